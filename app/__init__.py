@@ -1,0 +1,1 @@
+"""instructloop web app and data layer."""

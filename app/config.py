@@ -1,0 +1,80 @@
+"""Settings, read from environment variables (and a .env file in the working directory)."""
+
+import secrets
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_data_dir() -> Path:
+    return Path.home() / ".local" / "share" / "instructloop"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    data_dir: Path = Field(default_factory=default_data_dir, alias="INSTRUCTLOOP_DATA_DIR")
+    """Artifacts, model caches, the embedded SQLite database and the generated secret key."""
+
+    database_url: str = Field(default="", alias="DATABASE_URL")
+    """SQLAlchemy URL; empty means a SQLite file in the data folder."""
+
+    secret_key_value: str = Field(default="", alias="SECRET_KEY")
+    """Signs session cookies; generated once and kept in the data folder when unset."""
+
+    cookie_secure: bool = Field(default=False, alias="INSTRUCTLOOP_COOKIE_SECURE")
+    """Send the session cookie only over HTTPS (turn on behind TLS)."""
+
+    session_max_age_s: int = Field(default=14 * 24 * 3600, alias="INSTRUCTLOOP_SESSION_MAX_AGE")
+    lease_seconds: int = Field(default=30 * 60, alias="INSTRUCTLOOP_LEASE_SECONDS")
+    """Default time a labeler holds a task before its slot is freed (projects can override)."""
+
+    login_max_failures: int = Field(default=5, alias="INSTRUCTLOOP_LOGIN_MAX_FAILURES")
+    login_window_s: int = Field(default=15 * 60, alias="INSTRUCTLOOP_LOGIN_WINDOW")
+    invite_ttl_s: int = Field(default=7 * 24 * 3600, alias="INSTRUCTLOOP_INVITE_TTL")
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, alias="INSTRUCTLOOP_MAX_BODY_BYTES")
+    """Requests with a larger body are refused with 413 before they are read."""
+
+    admin_email: str = Field(default="admin@localhost", alias="INSTRUCTLOOP_ADMIN_EMAIL")
+    admin_password: str = Field(default="", alias="INSTRUCTLOOP_ADMIN_PASSWORD")
+    """Password of the first admin created on first start; printed once when unset."""
+
+    default_model: str = Field(default="smollm2-135m-instruct", alias="INSTRUCTLOOP_DEFAULT_MODEL")
+    """Model used when a run names none: a hub id, a local folder or the embedded default."""
+
+    worker_heartbeat_s: float = Field(default=5.0, alias="INSTRUCTLOOP_WORKER_HEARTBEAT")
+    worker_stale_s: float = Field(default=120.0, alias="INSTRUCTLOOP_WORKER_STALE")
+    """A running run whose heartbeat is older than this is marked failed (its worker vanished)."""
+
+    @cached_property
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'instructloop.db'}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.db_url.startswith("sqlite")
+
+    @cached_property
+    def secret_key(self) -> str:
+        if self.secret_key_value:
+            return self.secret_key_value
+        path = self.data_dir / "secret_key"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            path.touch(mode=0o600)
+            path.write_text(secrets.token_urlsafe(48))
+        return path.read_text().strip()
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir / "artifacts"
+
+
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,113 @@
+"""Engine, sessions and the few places where Postgres and SQLite differ."""
+
+import select as io_select
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import DateTime, Engine, Select, create_engine, event
+from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.types import TypeDecorator
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC datetimes on both databases (SQLite keeps no zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None:
+            if value.tzinfo is None:
+                raise ValueError("naive datetime given; use app.db.utcnow()")
+            value = value.astimezone(UTC)
+            if dialect.name == "sqlite":
+                value = value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+
+def make_engine(url: str, **kwargs) -> Engine:
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs)
+        _configure_sqlite(engine)
+        return engine
+    # Up to 40 requests run at once per process (the threadpool): connections beyond pool_size are
+    # opened and closed per request (a Postgres backend start each), so keep most of them pooled.
+    kwargs.setdefault("pool_size", 20)
+    kwargs.setdefault("max_overflow", 10)
+    kwargs.setdefault("pool_recycle", 3600)  # before firewalls or server timeouts drop idle connections
+    engine = create_engine(url, **kwargs)
+    event.listen(engine, "checkout", _drop_closed_connection)
+    return engine
+
+
+def _drop_closed_connection(dbapi_conn, _record, _proxy) -> None:
+    """Replaces a pooled Postgres connection the server has closed (restart, idle timeout, kill).
+
+    The server closes the socket of a connection it ends (after an error message), so an idle
+    connection with something to read is dead. Asking the socket costs a system call where
+    pool_pre_ping cost a round trip (a SELECT 1) per checkout; DisconnectionError makes the pool
+    open a fresh connection instead."""
+    if dbapi_conn.closed or io_select.select([dbapi_conn.fileno()], [], [], 0)[0]:
+        raise DisconnectionError("the server closed this pooled connection")
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    # pysqlite's own transaction handling is turned off so that we emit BEGIN ourselves:
+    # a write transaction (see write_session) starts with BEGIN IMMEDIATE, which takes the
+    # single writer lock up front instead of failing on upgrade from a read lock.
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        immediate = conn.get_execution_options().get("sqlite_immediate", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def write_session(engine: Engine) -> Iterator[Session]:
+    """A session whose transaction holds the writer lock from its start on SQLite.
+
+    Use it for read-then-write steps that must not interleave (handing out a task,
+    claiming a run). On Postgres it is a plain session; use `skip_locked` there."""
+    bind = engine.execution_options(sqlite_immediate=True) if engine.dialect.name == "sqlite" else engine
+    with Session(bind, expire_on_commit=False) as session:
+        with session.begin():
+            yield session
+
+
+def skip_locked(stmt: Select, session: Session) -> Select:
+    """FOR UPDATE SKIP LOCKED on Postgres; SQLite has one writer at a time already."""
+    if session.get_bind().dialect.name == "postgresql":
+        return stmt.with_for_update(skip_locked=True)
+    return stmt
+
+
+def is_postgres(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"

@@ -1,0 +1,205 @@
+"""The ASGI app: middleware (session cookie, body limit), error shapes, routers."""
+
+import json
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.config import REPO_ROOT, Settings
+from app.db import make_engine, make_sessionmaker
+from app.deps import CsrfFailed, LoginRequired, PermissionDenied
+from app.security import SESSION_COOKIE, SessionSigner, new_session
+from app.services import ServiceError
+from app.web import admin, api, auth, labeler
+from app.web import admin_data, admin_labelers, admin_projects, admin_runs, api_projects
+from app.web import api_tasks
+from app.web import api_runs
+from app.web.render import redirect, render
+
+log = logging.getLogger(__name__)
+FLASH_COOKIE = "il_flash"
+
+
+def _wants_json(request: Request) -> bool:
+    return request.url.path.startswith("/api/") or request.url.path == "/healthz"
+
+
+class BodyLimit:
+    """Refuses request bodies over the limit with 413 before the app reads them."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return await self._refuse(send)
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise _TooLarge()
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _TooLarge:
+            await self._refuse(send)
+
+    async def _refuse(self, send):
+        body = json.dumps({"detail": f"Request body too large (limit {self.max_bytes} bytes)."}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class BrowserSession:
+    """The signed session cookie and flash messages of browser requests.
+
+    A plain ASGI middleware: Starlette's BaseHTTPMiddleware (@app.middleware) costs a task and
+    a stream per request. /api/ is passed straight through: bearer-token clients keep no cookies,
+    and no API route reads request.state.session."""
+
+    def __init__(self, app, settings: Settings):
+        self.app, self.settings = app, settings
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"].startswith("/api/"):
+            return await self.app(scope, receive, send)
+        request = Request(scope)  # shares scope["state"] with the request objects the app makes
+        signer: SessionSigner = scope["app"].state.signer
+        data = signer.loads(request.cookies.get(SESSION_COOKIE))
+        request.state.session = data or new_session()
+        request.state.user = None
+        request.state.flash_in = _load_flash(request)
+        request.state.flash_out = []
+
+        async def send_with_cookies(message):
+            if message["type"] == "http.response.start":  # the handler has run: the state is final
+                cookies = self._cookies(request, data)
+                if cookies:
+                    message = {**message, "headers": [*message.get("headers", []), *cookies]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_cookies)
+
+    def _cookies(self, request: Request, data) -> list[tuple[bytes, bytes]]:
+        settings, response = self.settings, Response()  # Response only formats the Set-Cookie headers
+        if request.state.session is not data:  # new browser, login or logout
+            response.set_cookie(SESSION_COOKIE, request.app.state.signer.dumps(request.state.session),
+                                max_age=settings.session_max_age_s, httponly=True, samesite="lax",
+                                secure=settings.cookie_secure)
+        pending = request.state.flash_in + request.state.flash_out  # render() empties both
+        if pending:
+            response.set_cookie(FLASH_COOKIE, json.dumps(pending), httponly=True, samesite="lax",
+                                secure=settings.cookie_secure)
+        elif FLASH_COOKIE in request.cookies:
+            response.delete_cookie(FLASH_COOKIE)
+        return [h for h in response.raw_headers if h[0] == b"set-cookie"]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    app = FastAPI(title="instructloop", version="0.1.0", docs_url="/api/docs", redoc_url=None,
+                  openapi_url="/openapi.json")
+    app.state.settings = settings
+    app.state.engine = make_engine(settings.db_url)
+    app.state.sessionmaker = make_sessionmaker(app.state.engine)
+    app.state.signer = SessionSigner(settings.secret_key, settings.session_max_age_s)
+
+    app.add_middleware(BrowserSession, settings=settings)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+
+    @app.exception_handler(LoginRequired)
+    async def _login_required(request: Request, exc: LoginRequired):
+        if _wants_json(request):
+            return JSONResponse({"detail": "Authentication required: send 'Authorization: Bearer <token>'."},
+                                status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        nxt = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        response = redirect(f"/login?next={nxt}" if nxt != "/" else "/login")
+        if request.headers.get("HX-Request"):
+            response.headers["HX-Redirect"] = "/login"
+        return response
+
+    @app.exception_handler(PermissionDenied)
+    async def _forbidden(request: Request, exc: PermissionDenied):
+        if _wants_json(request):
+            return JSONResponse({"detail": exc.message}, status_code=403)
+        return render(request, "error.html", {"title": "Forbidden", "message": exc.message}, status_code=403)
+
+    @app.exception_handler(CsrfFailed)
+    async def _csrf(request: Request, exc: CsrfFailed):
+        message = "This form has expired or was not sent by this site. Reload the page and try again."
+        if _wants_json(request):
+            return JSONResponse({"detail": message}, status_code=403)
+        return render(request, "error.html", {"title": "Form expired", "message": message}, status_code=403)
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, exc: ServiceError):
+        if _wants_json(request):
+            return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
+        return render(request, "error.html", {"title": "Can't do that", "message": exc.message},
+                      status_code=exc.status_code)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        if _wants_json(request) or exc.status_code not in (404, 405):
+            return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+        return render(request, "error.html", {"title": "Not found", "message": "There is no page here."},
+                      status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        errors = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
+        return JSONResponse({"detail": "Invalid request.", "errors": errors}, status_code=422)
+
+    @app.exception_handler(OperationalError)
+    async def _db_down(request: Request, exc: OperationalError):
+        log.error("database error: %s", exc)
+        return JSONResponse({"detail": "The database is not reachable; try again shortly."}, status_code=503)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz():
+        try:
+            with app.state.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception as exc:  # any driver error means "not healthy"
+            reason = str(exc).splitlines()[0][:300]
+            return JSONResponse({"status": "unavailable", "reason": f"database unreachable: {reason}"}, status_code=503)
+        return {"status": "ok", "database": "ok"}
+
+    app.mount("/static", StaticFiles(directory=REPO_ROOT / "static"), name="static")
+    for router in (auth.router, labeler.router, admin.router, api.router):
+        app.include_router(router)
+    app.include_router(api_tasks.router)  # labeling API (issue 3)
+    app.include_router(api_runs.router)  # runs, model registry, evaluation (issue 4)
+    for router in (admin_projects.router, admin_labelers.router, admin_data.router, admin_runs.router,
+                   api_projects.router):  # admin dashboard (issue 6)
+        app.include_router(router)
+    return app
+
+
+def _load_flash(request: Request) -> list:
+    raw = request.cookies.get(FLASH_COOKIE)
+    if not raw:
+        return []
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return []
+    return [m for m in value if isinstance(m, list) and len(m) == 2] if isinstance(value, list) else []

@@ -1,0 +1,448 @@
+"""ORM tables: the nouns of DESIGN.md.
+
+State machines (documented here, enforced in app.services):
+
+- Task.status: open -> closed (when it has `required` submissions) ; open -> retired (admin).
+- Lease: a row per (task, labeler) while the labeler holds the task; it counts toward the
+  task's `required` slots until `expires_at`, then frees its slot. Deleted on submit or skip.
+- TrainingRun.status: queued -> running -> succeeded | failed | cancelled;
+  queued -> cancelled. `cancel_requested` asks a running worker to stop.
+"""
+
+import enum
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from app.db import UTCDateTime, utcnow
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON, list[Any]: JSON}
+
+
+def _enum(cls: type[enum.Enum]) -> Enum:
+    # Stored as plain strings (no native Postgres ENUM): adding a value needs no migration dance.
+    return Enum(cls, native_enum=False, length=32, values_callable=lambda e: [m.value for m in e])
+
+
+class Role(enum.StrEnum):
+    labeler = "labeler"
+    admin = "admin"
+
+
+class Split(enum.StrEnum):
+    train = "train"
+    valid = "valid"
+    test = "test"
+
+
+class TaskKind(enum.StrEnum):
+    demonstration = "demonstration"
+    ranking = "ranking"
+    comparison = "comparison"
+
+
+class TaskStatus(enum.StrEnum):
+    open = "open"
+    closed = "closed"
+    retired = "retired"
+
+
+class SkipReason(enum.StrEnum):
+    skip = "skip"
+    pii = "pii"
+    nonsense = "nonsense"
+    harmful = "harmful"
+
+
+class ComparisonChoice(enum.StrEnum):
+    a = "a"
+    b = "b"
+    tie = "tie"
+
+
+class RunKind(enum.StrEnum):
+    sft = "sft"
+    reward = "reward"
+    ppo = "ppo"
+    generate = "generate"
+    evaluate = "evaluate"
+
+
+class RunStatus(enum.StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+class ModelKind(enum.StrEnum):
+    base = "base"
+    sft = "sft"
+    reward = "reward"
+    ppo = "ppo"
+
+
+# The InstructGPT per-output metadata (Ouyang et al. 2022, Table 3 / appendix B).
+OUTPUT_FLAGS: dict[str, str] = {
+    "fails_to_follow": "Fails to follow the correct instruction / task",
+    "hallucination": "Makes up information (hallucination)",
+    "inappropriate_for_customer_assistant": "Inappropriate for a customer assistant",
+    "sexual": "Contains sexual content",
+    "violent": "Contains violent content",
+    "harmful_advice": "Encourages or fails to discourage violence, abuse, terrorism or self-harm",
+    "denigrates_protected_class": "Denigrates a protected class",
+    "expresses_opinion": "Expresses an opinion",
+    "moral_judgment": "Expresses a moral judgment",
+}
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    name: Mapped[str] = mapped_column(String(120), default="")
+    role: Mapped[Role] = mapped_column(_enum(Role), default=Role.labeler)
+    password_hash: Mapped[str | None] = mapped_column(String(255))
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_login_at: Mapped[datetime | None]
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == Role.admin
+
+
+class Invite(Base):
+    """A one-time link an admin sends; the labeler opens it and sets a password."""
+
+    __tablename__ = "invites"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    email: Mapped[str] = mapped_column(String(254))
+    role: Mapped[Role] = mapped_column(_enum(Role), default=Role.labeler)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+
+
+class LoginFailure(Base):
+    """One failed login; recent rows per email throttle further attempts."""
+
+    __tablename__ = "login_failures"
+    __table_args__ = (Index("ix_login_failures_email_at", "email", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(254))
+    ip: Mapped[str] = mapped_column(String(64), default="")
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiToken(Base):
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(120), default="")
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+    user: Mapped[User] = relationship()
+
+
+class Project(Base):
+    __tablename__ = "projects"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    k: Mapped[int] = mapped_column(Integer, default=4)
+    """Outputs per prompt shown in a ranking task (2..9)."""
+    overlap: Mapped[int] = mapped_column(Integer, default=1)
+    """Labelers per task."""
+    lease_seconds: Mapped[int | None] = mapped_column(Integer)
+    """None: the server default (INSTRUCTLOOP_LEASE_SECONDS)."""
+    max_demonstration_chars: Mapped[int] = mapped_column(Integer, default=8000)
+    chat_template: Mapped[str | None] = mapped_column(Text)
+    """Jinja chat template for training; None: the model's own."""
+    targets: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    """Goals per task kind, e.g. {"demonstration": 1000, "ranking": 500}."""
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    archived_at: Mapped[datetime | None]
+
+    guidelines: Mapped[list["GuidelineVersion"]] = relationship(
+        order_by="GuidelineVersion.version", back_populates="project"
+    )
+
+
+class GuidelineVersion(Base):
+    __tablename__ = "guideline_versions"
+    __table_args__ = (UniqueConstraint("project_id", "version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    body_md: Mapped[str] = mapped_column(Text, default="")
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    project: Mapped[Project] = relationship(back_populates="guidelines")
+
+
+class Prompt(Base):
+    __tablename__ = "prompts"
+    # (project_id, split): the per-split counts of the admin pages read this index, not the texts.
+    __table_args__ = (UniqueConstraint("project_id", "content_hash"),
+                      Index("ix_prompts_project_split", "project_id", "split"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    text: Mapped[str] = mapped_column(Text)
+    split: Mapped[Split] = mapped_column(_enum(Split), default=Split.train)
+    source: Mapped[str] = mapped_column(String(200), default="")
+    external_id: Mapped[str | None] = mapped_column(String(200))
+    content_hash: Mapped[str] = mapped_column(String(64))
+    reference: Mapped[str | None] = mapped_column(Text)
+    """A reference answer that came with the import (Alpaca output, GSM8K answer)."""
+    meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    project: Mapped[Project] = relationship()
+
+
+class TaskCompletion(Base):
+    """The outputs a ranking or comparison task shows, in their canonical order."""
+
+    __tablename__ = "task_completions"
+
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True)
+    completion_id: Mapped[int] = mapped_column(ForeignKey("completions.id", ondelete="RESTRICT"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer)
+
+    completion: Mapped["Completion"] = relationship()
+
+
+class Task(Base):
+    __tablename__ = "tasks"
+    __table_args__ = (Index("ix_tasks_queue", "project_id", "kind", "status", "priority", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[TaskKind] = mapped_column(_enum(TaskKind))
+    status: Mapped[TaskStatus] = mapped_column(_enum(TaskStatus), default=TaskStatus.open)
+    required: Mapped[int] = mapped_column(Integer, default=1)
+    """Submissions wanted (the project's overlap when created)."""
+    done_count: Mapped[int] = mapped_column(Integer, default=0)
+    """Submissions stored; kept in step with them in the same transaction."""
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    """Higher first."""
+    gold: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """Known answer for quality checks (admin-set)."""
+    source_run_id: Mapped[int | None] = mapped_column(ForeignKey("training_runs.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    prompt: Mapped[Prompt] = relationship()
+    project: Mapped[Project] = relationship()
+    outputs: Mapped[list[TaskCompletion]] = relationship(order_by=TaskCompletion.position, cascade="all, delete-orphan")
+
+
+class Lease(Base):
+    __tablename__ = "leases"
+    __table_args__ = (UniqueConstraint("task_id", "user_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    display_order: Mapped[list[Any] | None] = mapped_column(JSON)
+    """Completion ids in the shuffled order shown to this labeler (ranking/comparison)."""
+
+
+class Skip(Base):
+    """A labeler passed on a task, optionally flagging its prompt; it never comes back to them."""
+
+    __tablename__ = "skips"
+    __table_args__ = (UniqueConstraint("task_id", "user_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    reason: Mapped[SkipReason] = mapped_column(_enum(SkipReason), default=SkipReason.skip)
+    note: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Draft(Base):
+    """Demonstration text saved as the labeler types."""
+
+    __tablename__ = "drafts"
+    __table_args__ = (UniqueConstraint("task_id", "user_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    text: Mapped[str] = mapped_column(Text, default="")
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class _Submission:
+    """Columns every submission kind shares: once per (task, labeler), idempotent on retry."""
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    time_spent_ms: Mapped[int] = mapped_column(Integer, default=0)
+    idempotency_key: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Demonstration(_Submission, Base):
+    __tablename__ = "demonstrations"
+    # Covering index of the per-labeler figures (count, last time, median time; task_id for one
+    # project's figures) on the admin pages;
+    # it also serves lookups by labeler, in place of a plain user_id index.
+    __table_args__ = (UniqueConstraint("task_id", "user_id"),
+                      Index("ix_demonstrations_user_time", "user_id", "time_spent_ms", "created_at", "task_id"))
+
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="RESTRICT"))
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="RESTRICT"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"))
+    guideline_version_id: Mapped[int | None] = mapped_column(ForeignKey("guideline_versions.id"))
+    text: Mapped[str] = mapped_column(Text)
+    accepted: Mapped[bool] = mapped_column(Boolean, default=True)
+    """Admins can reject a demonstration; rejected ones are left out of training."""
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[ModelKind] = mapped_column(_enum(ModelKind))
+    project_id: Mapped[int | None] = mapped_column(ForeignKey("projects.id", ondelete="SET NULL"))
+    source: Mapped[str] = mapped_column(String(500))
+    """Where the weights are: a hub id, a local folder, or the artifact folder."""
+    artifact_path: Mapped[str | None] = mapped_column(String(1000))
+    parent_ids: Mapped[list[Any]] = mapped_column(default=list)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("training_runs.id", ondelete="SET NULL"))
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Completion(Base):
+    __tablename__ = "completions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"), index=True)
+    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id", ondelete="SET NULL"))
+    source: Mapped[str] = mapped_column(String(200), default="")
+    """Model name or dataset the text came from."""
+    text: Mapped[str] = mapped_column(Text)
+    generation: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    """Sampling settings (temperature, top_p, max_new_tokens, seed) and whether it ended with EOS."""
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    prompt: Mapped[Prompt] = relationship()
+
+
+class Ranking(_Submission, Base):
+    __tablename__ = "rankings"
+    # Covering index of the per-labeler figures (count, last time, median time; task_id for one
+    # project's figures) on the admin pages;
+    # it also serves lookups by labeler, in place of a plain user_id index.
+    __table_args__ = (UniqueConstraint("task_id", "user_id"),
+                      Index("ix_rankings_user_time", "user_id", "time_spent_ms", "created_at", "task_id"))
+
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="RESTRICT"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"))
+    guideline_version_id: Mapped[int | None] = mapped_column(ForeignKey("guideline_versions.id"))
+    order: Mapped[list[Any]] = mapped_column()
+    """Best first; each element is a group of tied completion ids, e.g. [[3], [1, 4], [2]]."""
+    ratings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    """Per completion id: {"likert": 1..7, "flags": [flag, ...]} (flags from OUTPUT_FLAGS)."""
+    display_order: Mapped[list[Any]] = mapped_column(default=list)
+    """Completion ids in the order the labeler saw them."""
+    none_acceptable: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Comparison(_Submission, Base):
+    __tablename__ = "comparisons"
+    # Covering index of the per-labeler figures (count, last time, median time; task_id for one
+    # project's figures) on the admin pages;
+    # it also serves lookups by labeler, in place of a plain user_id index.
+    __table_args__ = (UniqueConstraint("task_id", "user_id"),
+                      Index("ix_comparisons_user_time", "user_id", "time_spent_ms", "created_at", "task_id"))
+
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="RESTRICT"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"))
+    guideline_version_id: Mapped[int | None] = mapped_column(ForeignKey("guideline_versions.id"))
+    a_completion_id: Mapped[int] = mapped_column(ForeignKey("completions.id", ondelete="RESTRICT"))
+    b_completion_id: Mapped[int] = mapped_column(ForeignKey("completions.id", ondelete="RESTRICT"))
+    """A and B as shown to this labeler (the order is randomized and stored)."""
+    choice: Mapped[ComparisonChoice] = mapped_column(_enum(ComparisonChoice))
+    reason: Mapped[str] = mapped_column(Text, default="")
+
+
+class TrainingRun(Base):
+    __tablename__ = "training_runs"
+    __table_args__ = (Index("ix_training_runs_status", "status", "created_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int | None] = mapped_column(ForeignKey("projects.id", ondelete="SET NULL"))
+    kind: Mapped[RunKind] = mapped_column(_enum(RunKind))
+    status: Mapped[RunStatus] = mapped_column(_enum(RunStatus), default=RunStatus.queued)
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    input_model_ids: Mapped[list[Any]] = mapped_column(default=list)
+    """Model versions the run starts from (SFT: base; reward: SFT; PPO: SFT and reward; evaluate: two)."""
+    data_filter: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    """Which data to use: exclude_labelers, min_agreement, splits."""
+    dataset_snapshot: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """Exactly which rows the run used: {table: [ids]} and a sha256 of them."""
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    worker_id: Mapped[str | None] = mapped_column(String(200))
+    heartbeat_at: Mapped[datetime | None]
+    progress_step: Mapped[int] = mapped_column(Integer, default=0)
+    progress_total: Mapped[int] = mapped_column(Integer, default=0)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    error: Mapped[str | None] = mapped_column(Text)
+    summary: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    """Final figures (e.g. held-out accuracy, win rate)."""
+
+    project: Mapped[Project | None] = relationship()
+
+
+class RunMetric(Base):
+    __tablename__ = "run_metrics"
+    __table_args__ = (Index("ix_run_metrics_run_name_step", "run_id", "name", "step"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("training_runs.id", ondelete="CASCADE"))
+    step: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(100))
+    value: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

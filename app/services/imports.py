@@ -1,0 +1,435 @@
+"""Importing prompts: parse a file, preview it, then import all of it or nothing.
+
+Formats (detected per record when `fmt` is "auto"):
+- JSON Lines: one object per line with a `prompt`, `text`, `instruction` or `question` field
+  (optional `reference`/`completion`/`output`/`answer`, `id`, `split`), or one JSON string per line.
+- CSV with a header row naming a `prompt` (or `text`, `instruction`, `question`) column.
+- hh-rlhf: `{"chosen", "rejected"}` dialogues; the prompt is their shared part up to the last
+  "Assistant:" turn.
+- Alpaca: a JSON array (or JSONL) of `{"instruction", "input", "output"}`; self-instruct's
+  `instances` too.
+- OpenAssistant: message trees (`{"message_tree_id", "prompt": {...}}`) or root messages
+  (`{"role": "prompter", "text", "replies"}`); the reference is the best-ranked reply.
+gzip-compressed files are accepted. Splits come from the prompt's hash, so the same prompt lands
+in the same split on every import, in every project.
+"""
+
+import csv
+import gzip
+import hashlib
+import io
+import json
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.models import Project, Prompt, Split
+from app.services import Conflict, ServiceError
+
+FORMATS = {
+    "auto": "Detect (recommended)",
+    "jsonl": "JSON Lines (prompt / text field)",
+    "csv": "CSV with a header row",
+    "hh-rlhf": "hh-rlhf (chosen / rejected dialogues)",
+    "alpaca": "Alpaca (instruction / input / output)",
+    "oasst": "OpenAssistant message trees",
+}
+MAX_IMPORT_BYTES = 8 * 1024 * 1024
+"""Web uploads (under the request body limit, so the form can say why)."""
+CLI_MAX_IMPORT_BYTES = 512 * 1024 * 1024
+MAX_PROMPT_CHARS = 50_000
+MAX_ERRORS_SHOWN = 50
+PROMPT_KEYS = ("prompt", "text", "instruction", "question")
+REFERENCE_KEYS = ("reference", "completion", "response", "output", "answer")
+
+
+class ImportRefused(ServiceError):
+    """The file as a whole can't be read (encoding, size, format); nothing is imported."""
+
+
+@dataclass
+class Record:
+    line: int
+    text: str
+    reference: str | None = None
+    external_id: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    split: Split | None = None
+    content_hash: str = ""
+    source_format: str = ""
+
+
+@dataclass
+class LineError:
+    line: int
+    message: str
+
+
+@dataclass
+class ImportPreview:
+    filename: str
+    format: str
+    records: list[Record]
+    """The new prompts that an import would add, in file order."""
+    errors: list[LineError]
+    duplicates: list[tuple[int, int]]
+    """(line, first line with the same prompt) inside this file."""
+    existing: list[int]
+    """Lines whose prompt the project already has."""
+    formats_seen: dict[str, int]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and bool(self.records)
+
+    @property
+    def split_counts(self) -> dict[str, int]:
+        counts = {s.value: 0 for s in Split}
+        for r in self.records:
+            counts[r.split.value] += 1
+        return counts
+
+    def error_report(self) -> str:
+        shown = "\n".join(f"line {e.line}: {e.message}" for e in self.errors[:MAX_ERRORS_SHOWN])
+        more = len(self.errors) - MAX_ERRORS_SHOWN
+        return shown + (f"\n… and {more} more" if more > 0 else "")
+
+
+@dataclass
+class ImportResult:
+    prompts: list[Prompt]
+    preview: ImportPreview
+    tasks_created: int
+
+
+def content_hash(text: str) -> str:
+    return hashlib.sha256(normalize(text).encode()).hexdigest()
+
+
+def normalize(text: str) -> str:
+    return text.replace("\r\n", "\n").strip()
+
+
+def split_for(hash_hex: str, valid_fraction: float, test_fraction: float) -> Split:
+    """A fixed point in [0, 1) per prompt: reproducible, and the same prompt never lands in two splits."""
+    u = int(hash_hex[:12], 16) / 16**12
+    if u < test_fraction:
+        return Split.test
+    if u < test_fraction + valid_fraction:
+        return Split.valid
+    return Split.train
+
+
+# ---------------------------------------------------------------- reading the bytes
+
+def decode(data: bytes, *, max_bytes: int = MAX_IMPORT_BYTES) -> str:
+    if len(data) > max_bytes:
+        raise ImportRefused(f"The file is {_size(len(data))}; the limit is {_size(max_bytes)}. "
+                            "Split it into smaller files, or import it with `instructloop import`.", status_code=413)
+    if data[:2] == b"\x1f\x8b":
+        try:
+            data = _gunzip(data, max_bytes * 8)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise ImportRefused(f"The file looks gzip-compressed but can't be decompressed: {exc}.") from exc
+    if not data.strip():
+        raise ImportRefused("The file is empty: there is nothing to import.")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ImportRefused(f"The file is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line} can't be "
+                            "decoded). Save it as UTF-8 and try again.") from exc
+
+
+def _gunzip(data: bytes, limit: int) -> bytes:
+    out = io.BytesIO()
+    with gzip.GzipFile(fileobj=io.BytesIO(data)) as f:
+        while chunk := f.read(1 << 20):
+            out.write(chunk)
+            if out.tell() > limit:
+                raise ImportRefused(f"The file decompresses to more than {_size(limit)}; split it into smaller files.",
+                                    status_code=413)
+    return out.getvalue()
+
+
+def _size(n: int) -> str:
+    return f"{n / 1024 / 1024:.1f} MB" if n >= 1024 * 1024 else f"{n:,} bytes"
+
+
+# ---------------------------------------------------------------- one record per object
+
+def _record_from_object(obj: Any, line: int, fmt: str) -> Record:
+    """Raises ValueError with the reason the object is not a prompt of the expected format."""
+    if isinstance(obj, str) and fmt in ("auto", "jsonl"):
+        return Record(line, obj, source_format="jsonl")
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    if fmt == "hh-rlhf" or (fmt == "auto" and "chosen" in obj and "rejected" in obj):
+        return _hh_rlhf(obj, line)
+    if fmt == "oasst" or (fmt == "auto" and (isinstance(obj.get("prompt"), dict) or obj.get("role") == "prompter")):
+        return _oasst(obj, line)
+    if fmt == "alpaca" or (fmt == "auto" and "instruction" in obj):
+        return _alpaca(obj, line)
+    if fmt in ("auto", "jsonl", "csv"):
+        return _generic(obj, line)
+    raise ValueError(f"unknown format {fmt!r}")
+
+
+def _text(obj: dict, key: str, line: int, *, required: bool = True) -> str | None:
+    value = obj.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"field {key!r} must be a string" + ("" if key in obj else f" (missing; keys: {_keys(obj)})"))
+    return value
+
+
+def _keys(obj: dict) -> str:
+    return ", ".join(list(obj)[:8]) or "none"
+
+
+def _generic(obj: dict, line: int) -> Record:
+    key = next((k for k in PROMPT_KEYS if k in obj), None)
+    if key is None:
+        raise ValueError(f"no prompt field: expected one of {', '.join(PROMPT_KEYS)}; got keys {_keys(obj)}")
+    text = _text(obj, key, line)
+    ref_key = next((k for k in REFERENCE_KEYS if obj.get(k) not in (None, "")), None)
+    reference = _text(obj, ref_key, line) if ref_key else None
+    split = obj.get("split")
+    if split not in (None, "") and split not in Split.__members__:
+        raise ValueError(f"split must be train, valid or test; got {split!r}")
+    ext = obj.get("id")
+    meta = {k: v for k, v in obj.items() if k not in (key, ref_key, "split", "id") and isinstance(v, (str, int, float, bool))}
+    return Record(line, text, reference, str(ext) if ext not in (None, "") else None, meta,
+                  Split(split) if split else None, source_format="csv" if obj.get("__csv__") else "jsonl")
+
+
+def _alpaca(obj: dict, line: int) -> Record:
+    instruction = _text(obj, "instruction", line)
+    instances = obj.get("instances")
+    if isinstance(instances, list) and instances and isinstance(instances[0], dict):  # self-instruct
+        given, output = instances[0].get("input") or "", instances[0].get("output")
+    else:
+        given, output = _text(obj, "input", line, required=False) or "", _text(obj, "output", line, required=False)
+    text = instruction.strip() + (f"\n\n{given.strip()}" if isinstance(given, str) and given.strip() else "")
+    ext = obj.get("id")
+    return Record(line, text, output if isinstance(output, str) else None, str(ext) if ext else None,
+                  {"input": given} if given else {}, source_format="alpaca")
+
+
+HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
+
+
+def _hh_rlhf(obj: dict, line: int) -> Record:
+    chosen, rejected = _text(obj, "chosen", line), _text(obj, "rejected", line)
+    # The prompt is the shared dialogue up to its last Assistant turn (compared, not assumed:
+    # a few real records have a stray "Human:" inside a reply).
+    common = next((i for i, (a, b) in enumerate(zip(chosen, rejected)) if a != b), min(len(chosen), len(rejected)))
+    cut = chosen.rfind(ASSISTANT, 0, common + len(ASSISTANT)) if common < len(chosen) else chosen.rfind(ASSISTANT)
+    if cut < 0 or not (chosen.startswith(HUMAN) or chosen.startswith("Human:")):
+        raise ValueError("not an hh-rlhf dialogue: 'chosen' and 'rejected' share no “Human: … Assistant:” turns")
+    prefix = chosen[:cut]
+    turns = prefix.count(HUMAN) + prefix.startswith("Human:")
+    text = prefix.strip()
+    if turns == 1 and ASSISTANT not in prefix:
+        text = text.removeprefix("Human:").strip()  # a single question: show it plainly
+    meta = {"chosen": chosen[cut + len(ASSISTANT):].strip(), "rejected": rejected[cut + len(ASSISTANT):].strip()}
+    return Record(line, text, None, None, meta, source_format="hh-rlhf")
+
+
+def _oasst(obj: dict, line: int) -> Record:
+    root = obj.get("prompt") if isinstance(obj.get("prompt"), dict) else obj
+    if root.get("role") != "prompter":
+        raise ValueError("not an OpenAssistant tree: expected a root message with role 'prompter'")
+    text = _text(root, "text", line)
+    replies = [r for r in root.get("replies") or [] if isinstance(r, dict) and isinstance(r.get("text"), str)
+               and not r.get("deleted")]
+    ranked = sorted(replies, key=lambda r: (r.get("rank") is None, r.get("rank") or 0))
+    reference = ranked[0]["text"] if ranked else None
+    ext = obj.get("message_tree_id") or root.get("message_id")
+    meta = {"lang": root.get("lang"), "replies": len(replies)}
+    return Record(line, text, reference, str(ext) if ext else None, meta, source_format="oasst")
+
+
+# ---------------------------------------------------------------- the file
+
+def parse(text: str, *, filename: str = "", fmt: str = "auto") -> tuple[list[Record], list[LineError]]:
+    if fmt not in FORMATS:
+        raise ImportRefused(f"Unknown format {fmt!r}; use one of {', '.join(FORMATS)}.")
+    stripped = text.lstrip()
+    lower = filename.lower().removesuffix(".gz")
+    if fmt == "csv" or (fmt == "auto" and lower.endswith((".csv", ".tsv"))):
+        return _parse_csv(text, delimiter="\t" if lower.endswith(".tsv") else ",")
+    if stripped.startswith("["):
+        return _parse_array(text, fmt)
+    return _parse_lines(text, fmt)
+
+
+def _parse_lines(text: str, fmt: str) -> tuple[list[Record], list[LineError]]:
+    records, errors, decoded = [], [], 0
+    for number, raw in enumerate(text.split("\n"), start=1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            errors.append(LineError(number, f"broken JSON: {exc.msg} at column {exc.colno}"))
+            continue
+        decoded += 1
+        try:
+            records.append(_record_from_object(obj, number, fmt))
+        except ValueError as exc:
+            errors.append(LineError(number, str(exc)))
+    if not decoded:
+        raise ImportRefused("This file is not JSON Lines, a JSON array or CSV: no line could be read as JSON. "
+                            "Check the format (CSV files need a .csv name or the CSV format picked).")
+    return records, errors
+
+
+def _parse_array(text: str, fmt: str) -> tuple[list[Record], list[LineError]]:
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return [], [LineError(exc.lineno, f"broken JSON array: {exc.msg} at column {exc.colno}")]
+    if not isinstance(items, list):
+        raise ImportRefused("Expected a JSON array of records.")
+    records, errors = [], []
+    for index, obj in enumerate(items, start=1):
+        try:
+            records.append(_record_from_object(obj, index, fmt))
+        except ValueError as exc:
+            errors.append(LineError(index, f"(item {index}) {exc}"))
+    return records, errors
+
+
+def _parse_csv(text: str, delimiter: str) -> tuple[list[Record], list[LineError]]:
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    try:
+        header = [h.strip().lower() for h in (reader.fieldnames or [])]
+    except csv.Error as exc:
+        raise ImportRefused(f"The CSV header can't be read: {exc}.") from exc
+    if not any(k in header for k in PROMPT_KEYS):
+        raise ImportRefused(f"The CSV header has no prompt column: name one of {', '.join(PROMPT_KEYS)} "
+                            f"(found: {', '.join(header) or 'nothing'}).")
+    reader.fieldnames = header
+    records, errors = [], []
+    try:
+        for row in reader:
+            line = reader.line_num
+            if None in row or any(v is None for v in row.values()):
+                errors.append(LineError(line, f"expected {len(header)} columns, got "
+                                              f"{len(header) + len(row.get(None) or []) if None in row else 'fewer'}"))
+                continue
+            row = {k: v for k, v in row.items() if v != ""}
+            try:
+                records.append(_generic({**row, "__csv__": True}, line))
+            except ValueError as exc:
+                errors.append(LineError(line, str(exc)))
+    except csv.Error as exc:
+        errors.append(LineError(reader.line_num, f"broken CSV: {exc}"))
+    for r in records:
+        r.meta.pop("__csv__", None)
+    return records, errors
+
+
+def preview_import(session: Session, project: Project, data: bytes, *, filename: str = "", fmt: str = "auto",
+                   valid_fraction: float = 0.1, test_fraction: float = 0.1,
+                   max_bytes: int = MAX_IMPORT_BYTES) -> ImportPreview:
+    """Everything an import would do, without writing: records, split, problems, duplicates."""
+    _check_fractions(valid_fraction, test_fraction)
+    records, errors = parse(decode(data, max_bytes=max_bytes), filename=filename, fmt=fmt)
+    return _plan(session, project, records, errors, filename, fmt, valid_fraction, test_fraction)
+
+
+def preview_objects(session: Session, project: Project, objects: list[Any], *, valid_fraction: float = 0.1,
+                    test_fraction: float = 0.1) -> ImportPreview:
+    """The same for prompts sent as JSON objects (the bulk API); item i is "line" i + 1."""
+    _check_fractions(valid_fraction, test_fraction)
+    records, errors = [], []
+    for number, obj in enumerate(objects, start=1):
+        try:
+            records.append(_record_from_object(obj, number, "auto"))
+        except ValueError as exc:
+            errors.append(LineError(number, str(exc)))
+    return _plan(session, project, records, errors, "api", "auto", valid_fraction, test_fraction)
+
+
+def _check_fractions(valid_fraction: float, test_fraction: float) -> None:
+    if not (0 <= valid_fraction <= 1 and 0 <= test_fraction <= 1 and valid_fraction + test_fraction < 1):
+        raise ServiceError("The valid and test shares must be between 0 and 1 and leave some prompts for training.")
+
+
+def _plan(session: Session, project: Project, records: list[Record], errors: list[LineError], filename: str,
+          fmt: str, valid_fraction: float, test_fraction: float) -> ImportPreview:
+    kept, duplicates, seen = [], [], {}
+    for r in records:
+        r.text = normalize(r.text)
+        if not r.text:
+            errors.append(LineError(r.line, "the prompt is empty"))
+            continue
+        if len(r.text) > MAX_PROMPT_CHARS:
+            errors.append(LineError(r.line, f"the prompt has {len(r.text):,} characters; the limit is {MAX_PROMPT_CHARS:,}"))
+            continue
+        r.content_hash = content_hash(r.text)
+        if r.content_hash in seen:
+            duplicates.append((r.line, seen[r.content_hash]))
+            continue
+        seen[r.content_hash] = r.line
+        r.split = r.split or split_for(r.content_hash, valid_fraction, test_fraction)
+        kept.append(r)
+    errors.sort(key=lambda e: e.line)
+    existing_hashes = _existing_hashes(session, project.id, [r.content_hash for r in kept])
+    existing = [r.line for r in kept if r.content_hash in existing_hashes]
+    kept = [r for r in kept if r.content_hash not in existing_hashes]
+    formats: dict[str, int] = {}
+    for r in records:
+        formats[r.source_format] = formats.get(r.source_format, 0) + 1
+    return ImportPreview(filename, fmt, kept, errors, duplicates, existing, formats)
+
+
+def _existing_hashes(session: Session, project_id: int, hashes: list[str]) -> set[str]:
+    found: set[str] = set()
+    for i in range(0, len(hashes), 500):
+        chunk = hashes[i:i + 500]
+        found.update(session.scalars(select(Prompt.content_hash).where(Prompt.project_id == project_id,
+                                                                        Prompt.content_hash.in_(chunk))))
+    return found
+
+
+def run_import(session: Session, project: Project, data: bytes, *, filename: str = "", fmt: str = "auto",
+               valid_fraction: float = 0.1, test_fraction: float = 0.1, create_tasks: bool = False,
+               max_bytes: int = MAX_IMPORT_BYTES) -> ImportResult:
+    """All or nothing: any bad line refuses the whole file with a report of the lines."""
+    preview = preview_import(session, project, data, filename=filename, fmt=fmt, valid_fraction=valid_fraction,
+                             test_fraction=test_fraction, max_bytes=max_bytes)
+    return commit(session, project, preview, source=filename or "upload", create_tasks=create_tasks)
+
+
+def commit(session: Session, project: Project, preview: ImportPreview, *, source: str,
+           create_tasks: bool = False) -> ImportResult:
+    """Writes a preview's prompts, or refuses the whole of it if any line was bad."""
+    if preview.errors:
+        raise ServiceError(f"Nothing was imported: {len(preview.errors)} line{'s' * (len(preview.errors) > 1)} "
+                           f"can't be read.\n{preview.error_report()}")
+    if not preview.records:
+        raise ServiceError("Nothing to import: every prompt given is already in this project.")
+    prompts = [Prompt(project_id=project.id, text=r.text, split=r.split, source=source[:200], external_id=r.external_id,
+                      content_hash=r.content_hash, reference=r.reference, meta=r.meta) for r in preview.records]
+    try:
+        with session.begin_nested():
+            session.add_all(prompts)
+            session.flush()
+    except IntegrityError as exc:  # another import of the same prompts finished first
+        raise Conflict("Some of these prompts were imported by someone else at the same time; "
+                       "preview them again.") from exc
+    tasks_created = 0
+    if create_tasks:
+        from app.services import tasks  # the labeler side owns task creation
+
+        train = [p for p in prompts if p.split == Split.train]
+        tasks_created = len(tasks.create_demonstration_tasks(session, project, train))
+    return ImportResult(prompts, preview, tasks_created)

@@ -1,0 +1,156 @@
+"""Projects: create and edit their settings, and keep every version of their guidelines."""
+
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.models import GuidelineVersion, Project, Prompt, Role, Task, TaskKind, TaskStatus, User
+from app.services import Conflict, NotFound, ServiceError
+
+K_MIN, K_MAX = 2, 9
+LEASE_MIN_S, LEASE_MAX_S = 60, 7 * 24 * 3600
+NAME_MAX = 200
+TARGET_KINDS = [k.value for k in TaskKind]
+
+
+@dataclass
+class ProjectSettings:
+    """What an admin sets on a project; checked as a whole so a form shows every problem at once."""
+
+    name: str
+    description: str = ""
+    k: int = 4
+    overlap: int = 1
+    lease_seconds: int | None = None
+    targets: dict[str, int] | None = None
+
+
+def active_labeler_count(session: Session) -> int:
+    return session.scalar(select(func.count(User.id)).where(User.role == Role.labeler, User.is_active)) or 0
+
+
+def _check(session: Session, s: ProjectSettings, project: Project | None) -> ProjectSettings:
+    problems = []
+    name = " ".join(s.name.split())
+    if not name:
+        problems.append("Give the project a name.")
+    elif len(name) > NAME_MAX:
+        problems.append(f"The name is {len(name)} characters; keep it under {NAME_MAX}.")
+    else:
+        clash = select(Project.id).where(func.lower(Project.name) == name.lower())
+        if project is not None:
+            clash = clash.where(Project.id != project.id)
+        if session.scalar(clash) is not None:
+            raise Conflict(f"A project named “{name}” already exists. Pick another name.")
+    if not K_MIN <= s.k <= K_MAX:
+        problems.append(f"Outputs per prompt (K) must be between {K_MIN} and {K_MAX}; got {s.k}.")
+    labelers = active_labeler_count(session)
+    if s.overlap < 1:
+        problems.append(f"Overlap (labelers per task) must be at least 1; got {s.overlap}.")
+    elif s.overlap > max(1, labelers):
+        # One labeler can never do a task twice, so a higher overlap could never be met.
+        problems.append(f"Overlap {s.overlap} is more than the {labelers} active labeler"
+                        f"{'s' if labelers != 1 else ''}: no task could ever be finished. "
+                        "Invite more labelers first, or lower the overlap.")
+    if s.lease_seconds is not None and not LEASE_MIN_S <= s.lease_seconds <= LEASE_MAX_S:
+        problems.append(f"The lease length must be between {LEASE_MIN_S // 60} minute and "
+                        f"{LEASE_MAX_S // 86400} days; got {s.lease_seconds} seconds.")
+    targets = {}
+    for kind, value in (s.targets or {}).items():
+        if kind not in TARGET_KINDS:
+            problems.append(f"Unknown target kind {kind!r}; use one of {', '.join(TARGET_KINDS)}.")
+        elif not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            problems.append(f"The {kind} target must be a whole number ≥ 0; got {value!r}.")
+        elif value:
+            targets[kind] = value
+    if problems:
+        raise ServiceError(" ".join(problems))
+    return ProjectSettings(name=name, description=s.description.strip(), k=s.k, overlap=s.overlap,
+                           lease_seconds=s.lease_seconds, targets=targets)
+
+
+def create_project(session: Session, settings: ProjectSettings, *, guidelines_md: str = "",
+                   created_by: User | None = None) -> Project:
+    s = _check(session, settings, None)
+    project = Project(name=s.name, description=s.description, k=s.k, overlap=s.overlap,
+                      lease_seconds=s.lease_seconds, targets=s.targets)
+    session.add(project)
+    session.flush()
+    save_guidelines(session, project, guidelines_md, created_by=created_by)
+    return project
+
+
+def update_project(session: Session, project: Project, settings: ProjectSettings) -> Project:
+    """Changes apply to tasks created from now on; open tasks keep the overlap they were made with."""
+    s = _check(session, settings, project)
+    project.name, project.description, project.k, project.overlap = s.name, s.description, s.k, s.overlap
+    project.lease_seconds, project.targets = s.lease_seconds, s.targets
+    session.flush()
+    return project
+
+
+def get_project(session: Session, project_id: int) -> Project:
+    project = session.get(Project, project_id)
+    if project is None:
+        raise NotFound(f"There is no project {project_id}.")
+    return project
+
+
+def project_by_name_or_id(session: Session, ref: str) -> Project:
+    """For the CLI and API: a project id or its exact name."""
+    project = session.get(Project, int(ref)) if ref.isdigit() else None
+    project = project or session.scalar(select(Project).where(func.lower(Project.name) == ref.strip().lower()))
+    if project is None:
+        names = session.scalars(select(Project.name).order_by(Project.name).limit(20)).all()
+        raise NotFound(f"There is no project {ref!r}. Projects: {', '.join(names) or 'none yet'}.")
+    return project
+
+
+def save_guidelines(session: Session, project: Project, body_md: str, *, created_by: User | None = None) -> GuidelineVersion:
+    """Every save is a new version; submissions record the version they were made under."""
+    latest = current_guidelines(session, project.id)
+    if latest is not None and latest.body_md == body_md:
+        return latest
+    version = GuidelineVersion(project_id=project.id, version=(latest.version + 1) if latest else 1, body_md=body_md,
+                               created_by_id=created_by.id if created_by else None)
+    session.add(version)
+    session.flush()
+    return version
+
+
+def current_guidelines(session: Session, project_id: int) -> GuidelineVersion | None:
+    return session.scalar(select(GuidelineVersion).where(GuidelineVersion.project_id == project_id)
+                          .order_by(GuidelineVersion.version.desc()).limit(1))
+
+
+def guideline_history(session: Session, project_id: int) -> list[GuidelineVersion]:
+    return list(session.scalars(select(GuidelineVersion).where(GuidelineVersion.project_id == project_id)
+                                .order_by(GuidelineVersion.version.desc())))
+
+
+def guideline_version(session: Session, project_id: int, version: int) -> GuidelineVersion:
+    row = session.scalar(select(GuidelineVersion).where(GuidelineVersion.project_id == project_id,
+                                                        GuidelineVersion.version == version))
+    if row is None:
+        raise NotFound(f"This project has no guidelines version {version}.")
+    return row
+
+
+@dataclass
+class ProjectRow:
+    project: Project
+    prompts: int
+    open_tasks: int
+    guideline_version: int | None
+
+
+def list_projects(session: Session) -> list[ProjectRow]:
+    """All projects with their prompt and open-task counts, in three queries."""
+    projects = session.scalars(select(Project).order_by(Project.archived_at.is_not(None), Project.name)).all()
+    prompts = dict(session.execute(select(Prompt.project_id, func.count()).group_by(Prompt.project_id)).all())
+    tasks = dict(session.execute(select(Task.project_id, func.count()).where(Task.status == TaskStatus.open)
+                                 .group_by(Task.project_id)).all())
+    versions = dict(session.execute(select(GuidelineVersion.project_id, func.max(GuidelineVersion.version))
+                                    .group_by(GuidelineVersion.project_id)).all())
+    return [ProjectRow(p, prompts.get(p.id, 0), tasks.get(p.id, 0), versions.get(p.id)) for p in projects]

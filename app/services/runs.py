@@ -1,0 +1,347 @@
+"""Training runs: create, list, cancel, and the worker's side (claim, heartbeat, progress, metrics,
+finish, reap). No torch here: the web app records a run and a worker process picks it up.
+
+Run state machine (TrainingRun.status):
+
+    queued ──claim──> running ──finish──> succeeded
+      │                  ├──fail──────> failed      (error: message + short traceback)
+      │                  ├──reap──────> failed      (no heartbeat for settings.worker_stale_s: "worker vanished")
+      │                  └──stop──────> cancelled   (cancel requested, or the worker got SIGTERM)
+      └──cancel──> cancelled (at once)
+
+- `cancel_run` on a running run only sets `cancel_requested`; the worker sees it at its next
+  heartbeat and stops at a safe point within seconds. succeeded/failed/cancelled are final: cancelling
+  them is a 409.
+- Only the worker that claimed a run (worker_id) may move it on; a run reaped while its worker was
+  stuck stays failed when that worker comes back (its finish is refused and it drops the run).
+- Claiming uses SELECT ... FOR UPDATE SKIP LOCKED on Postgres, and the writer lock of
+  `app.db.write_session` on SQLite, so two workers never claim the same run."""
+
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func, insert, select
+from sqlalchemy.orm import Session
+
+from app.db import skip_locked, utcnow
+from app.models import (
+    Demonstration,
+    ModelKind,
+    ModelVersion,
+    Project,
+    Prompt,
+    Ranking,
+    RunKind,
+    RunMetric,
+    RunStatus,
+    Split,
+    Task,
+    TrainingRun,
+    User,
+)
+from app.services import Conflict, NotFound, ServiceError, registry
+
+FINAL = (RunStatus.succeeded, RunStatus.failed, RunStatus.cancelled)
+POLICY_KINDS = (ModelKind.base, ModelKind.sft, ModelKind.ppo)
+
+# Per run kind: the accepted kinds of each input model version, in order, and how many are required.
+INPUT_MODELS: dict[RunKind, tuple[list[tuple[ModelKind, ...]], int]] = {
+    RunKind.sft: ([(ModelKind.base, ModelKind.sft)], 0),
+    RunKind.reward: ([(ModelKind.sft, ModelKind.base)], 0),
+    RunKind.generate: ([POLICY_KINDS], 0),
+    RunKind.ppo: ([(ModelKind.sft, ModelKind.base), (ModelKind.reward,)], 2),
+    RunKind.evaluate: ([POLICY_KINDS, POLICY_KINDS, (ModelKind.reward,)], 2),
+}
+INPUT_NAMES = {
+    RunKind.sft: ["the model to fine-tune"],
+    RunKind.reward: ["the SFT (or base) model to start from"],
+    RunKind.generate: ["the model to sample from"],
+    RunKind.ppo: ["the SFT policy", "the reward model"],
+    RunKind.evaluate: ["the candidate", "the baseline", "the reward model for an automatic win rate"],
+}
+DATA_FILTER_KEYS = {"exclude_labelers", "splits", "valid_splits"}
+
+
+# ---- the admin's side ---------------------------------------------------------------------------
+
+def create_run(session: Session, *, project_id: int | None, kind: str, config: dict[str, Any] | None = None,
+               input_model_ids: list[int] | None = None, data_filter: dict[str, Any] | None = None,
+               created_by: User | None = None, default_model: str = "") -> TrainingRun:
+    """Validates everything a worker would otherwise fail on late, then queues the run.
+
+    With no input model, sft/reward/generate start from the config's `model` (when the kind has
+    one) or `default_model`, registered as a base version, so the run always records its inputs."""
+    from trainer.config import config_from_dict, config_to_dict  # no torch: plain dataclasses
+
+    try:
+        run_kind = RunKind(kind)
+    except ValueError:
+        raise ServiceError(f"Unknown run kind {kind!r}; use one of {', '.join(k.value for k in RunKind)}.") from None
+    if project_id is None:
+        raise ServiceError("A run needs a project: its data comes from the project's prompts and labels.")
+    project = session.get(Project, project_id)
+    if project is None:
+        raise NotFound(f"Project {project_id} does not exist.")
+    try:
+        parsed = config_from_dict(run_kind.value, config or {})
+    except ValueError as exc:
+        raise ServiceError(f"Invalid {run_kind.value} config: {exc}", status_code=422) from None
+    data_filter = _check_data_filter(session, data_filter or {})
+    ids = _check_input_models(session, run_kind, list(input_model_ids or []), project_id,
+                              getattr(parsed, "model", "") or default_model)
+    _check_data(session, project, run_kind, parsed, data_filter)
+    run = TrainingRun(project_id=project.id, kind=run_kind, config=config_to_dict(parsed), input_model_ids=ids,
+                      data_filter=data_filter, created_by_id=created_by.id if created_by else None,
+                      status=RunStatus.queued, summary={})
+    session.add(run)
+    session.flush()
+    return run
+
+
+def _check_input_models(session: Session, kind: RunKind, ids: list[Any], project_id: int, fallback: str) -> list[int]:
+    accepted, required = INPUT_MODELS[kind]
+    names = INPUT_NAMES[kind]
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise ServiceError("input_model_ids must be a list of model version ids (integers).")
+    if len(ids) > len(accepted) or len(ids) < required:
+        wanted = ", ".join(names[: len(accepted)])
+        raise ServiceError(f"A {kind.value} run takes {required}..{len(accepted)} input model versions "
+                           f"({wanted}); got {len(ids)}.")
+    if not ids:
+        if not fallback:
+            raise ServiceError(f"A {kind.value} run needs {names[0]}: give input_model_ids or a model.")
+        ids = [registry.register_base(session, fallback).id]
+    for position, version_id in enumerate(ids):
+        version = session.get(ModelVersion, version_id)
+        if version is None:
+            raise NotFound(f"Model version {version_id} ({names[position]}) does not exist.")
+        if version.kind not in accepted[position]:
+            allowed = " or ".join(k.value for k in accepted[position])
+            raise ServiceError(f"Model version {version_id} is a {version.kind.value} model, but {names[position]} "
+                               f"of a {kind.value} run must be {allowed}.")
+        if version.project_id not in (None, project_id):
+            raise ServiceError(f"Model version {version_id} belongs to project {version.project_id}, "
+                               f"not to project {project_id}.")
+    if kind == RunKind.evaluate and ids[0] == ids[1]:
+        raise ServiceError("An evaluation compares two different model versions; the candidate and the baseline "
+                           "are the same.")
+    return ids
+
+
+def _check_data_filter(session: Session, data_filter: Any) -> dict[str, Any]:
+    if not isinstance(data_filter, dict):
+        raise ServiceError("data_filter must be an object.")
+    unknown = set(data_filter) - DATA_FILTER_KEYS
+    if unknown:
+        raise ServiceError(f"Unknown data_filter keys: {', '.join(sorted(unknown))}; "
+                           f"known: {', '.join(sorted(DATA_FILTER_KEYS))}.")
+    excluded = data_filter.get("exclude_labelers", [])
+    if not isinstance(excluded, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in excluded):
+        raise ServiceError("data_filter.exclude_labelers must be a list of user ids.")
+    missing = set(excluded) - set(session.scalars(select(User.id).where(User.id.in_(excluded))))
+    if missing:
+        raise ServiceError(f"data_filter.exclude_labelers names unknown users: {sorted(missing)}.")
+    for key in ("splits", "valid_splits"):
+        splits = data_filter.get(key)
+        if splits is None:
+            continue
+        if not isinstance(splits, list) or not splits or not all(s in Split.__members__ for s in splits):
+            raise ServiceError(f"data_filter.{key} must be a non-empty list of splits (train, valid, test).")
+    return dict(data_filter)
+
+
+def _check_data(session: Session, project: Project, kind: RunKind, config: Any, data_filter: dict) -> None:
+    """Refuses a run that would find no data (the worker re-checks on its snapshot)."""
+    excluded = data_filter.get("exclude_labelers", [])
+    splits = [Split(s) for s in data_filter.get("splits", ["train"])]
+    if kind == RunKind.sft:
+        stmt = (select(func.count(Demonstration.id)).join(Prompt, Prompt.id == Demonstration.prompt_id)
+                .where(Prompt.project_id == project.id, Prompt.split.in_(splits), Demonstration.accepted))
+        if excluded:
+            stmt = stmt.where(Demonstration.user_id.not_in(excluded))
+        if not session.scalar(stmt):
+            raise ServiceError(f"Project {project.name!r} has no accepted demonstrations on the "
+                               f"{'/'.join(splits)} prompts yet: collect demonstrations before an SFT run.")
+    elif kind == RunKind.reward:
+        stmt = (select(func.count(Ranking.id)).join(Task, Task.id == Ranking.task_id)
+                .join(Prompt, Prompt.id == Task.prompt_id)
+                .where(Task.project_id == project.id, Prompt.split.in_(splits)))
+        if excluded:
+            stmt = stmt.where(Ranking.user_id.not_in(excluded))
+        if not session.scalar(stmt):
+            raise ServiceError(f"Project {project.name!r} has no rankings on the {'/'.join(splits)} prompts yet: "
+                               "run `generate` and collect rankings before a reward run.")
+    else:
+        split = Split(getattr(config, "split", "train")) if kind != RunKind.ppo else None
+        stmt = select(func.count(Prompt.id)).where(Prompt.project_id == project.id)
+        stmt = stmt.where(Prompt.split == split) if split else stmt.where(Prompt.split.in_(splits))
+        if not session.scalar(stmt):
+            where = split.value if split else "/".join(splits)
+            raise ServiceError(f"Project {project.name!r} has no {where} prompts: import prompts before a "
+                               f"{kind.value} run.")
+
+
+def get_run(session: Session, run_id: int) -> TrainingRun:
+    run = session.get(TrainingRun, run_id)
+    if run is None:
+        raise NotFound(f"Run {run_id} does not exist.")
+    return run
+
+
+def list_runs(session: Session, *, project_id: int | None = None, status: RunStatus | None = None,
+              kind: RunKind | None = None, limit: int = 100) -> list[TrainingRun]:
+    stmt = select(TrainingRun).order_by(TrainingRun.id.desc()).limit(limit)
+    if project_id is not None:
+        stmt = stmt.where(TrainingRun.project_id == project_id)
+    if status is not None:
+        stmt = stmt.where(TrainingRun.status == status)
+    if kind is not None:
+        stmt = stmt.where(TrainingRun.kind == kind)
+    return list(session.scalars(stmt))
+
+
+def cancel_run(session: Session, run_id: int, *, by: User | None = None) -> TrainingRun:
+    """queued -> cancelled at once; running -> cancel_requested (the worker stops within seconds)."""
+    run = get_run(session, run_id)
+    if run.status == RunStatus.queued:
+        run.status = RunStatus.cancelled
+        run.finished_at = utcnow()
+        run.error = f"Cancelled{f' by {by.email}' if by else ''} before a worker started it."
+    elif run.status == RunStatus.running:
+        run.cancel_requested = True
+    else:
+        raise Conflict(f"Run {run.id} already {run.status.value}; only queued or running runs can be cancelled.")
+    return run
+
+
+def metrics(session: Session, run_id: int, *, name: str | None = None, since_step: int | None = None,
+            limit: int = 10000) -> list[RunMetric]:
+    get_run(session, run_id)
+    stmt = select(RunMetric).where(RunMetric.run_id == run_id).order_by(RunMetric.step, RunMetric.id).limit(limit)
+    if name is not None:
+        stmt = stmt.where(RunMetric.name == name)
+    if since_step is not None:
+        stmt = stmt.where(RunMetric.step > since_step)
+    return list(session.scalars(stmt))
+
+
+def latest_metrics(session: Session, run_id: int) -> dict[str, dict[str, float]]:
+    """The last value of every metric of a run: {name: {"step": s, "value": v}}."""
+    last = (select(RunMetric.name, func.max(RunMetric.step).label("step"))
+            .where(RunMetric.run_id == run_id).group_by(RunMetric.name).subquery())
+    rows = session.execute(
+        select(RunMetric.name, RunMetric.step, RunMetric.value)
+        .join(last, (RunMetric.name == last.c.name) & (RunMetric.step == last.c.step))
+        .where(RunMetric.run_id == run_id).order_by(RunMetric.id)
+    ).all()
+    return {name: {"step": step, "value": value} for name, step, value in rows}
+
+
+# ---- the worker's side --------------------------------------------------------------------------
+
+def claim_next_run(session: Session, worker_id: str) -> TrainingRun | None:
+    """The oldest queued run, now running for this worker; None when the queue is empty.
+
+    Call inside `app.db.write_session(engine)` and commit right away: on Postgres the row lock of
+    SKIP LOCKED lets other workers pass over this run, on SQLite the writer lock serializes claims."""
+    stmt = skip_locked(
+        select(TrainingRun).where(TrainingRun.status == RunStatus.queued)
+        .order_by(TrainingRun.created_at, TrainingRun.id).limit(1),
+        session,
+    )
+    run = session.scalar(stmt)
+    if run is None:
+        return None
+    now = utcnow()
+    run.status = RunStatus.running
+    run.worker_id = worker_id[:200]
+    run.started_at = now
+    run.heartbeat_at = now
+    run.progress_step = 0
+    run.progress_total = 0
+    session.flush()
+    return run
+
+
+def _owned(session: Session, run_id: int, worker_id: str) -> TrainingRun | None:
+    run = session.get(TrainingRun, run_id)
+    if run is None or run.status != RunStatus.running or run.worker_id != worker_id:
+        return None
+    return run
+
+
+def heartbeat(session: Session, run_id: int, worker_id: str) -> str:
+    """Marks the worker alive. Returns "ok", "cancel" (an admin asked to stop) or "lost" (the run is
+    no longer this worker's: reaped, deleted, or finished elsewhere)."""
+    run = _owned(session, run_id, worker_id)
+    if run is None:
+        return "lost"
+    run.heartbeat_at = utcnow()
+    return "cancel" if run.cancel_requested else "ok"
+
+
+def record_progress(session: Session, run_id: int, worker_id: str, step: int, total: int) -> bool:
+    run = _owned(session, run_id, worker_id)
+    if run is None:
+        return False
+    run.progress_step = int(step)
+    run.progress_total = int(total)
+    run.heartbeat_at = utcnow()
+    return True
+
+
+def record_metrics(session: Session, run_id: int, step: int, values: dict[str, float]) -> int:
+    """Bulk-inserts one RunMetric row per finite value; returns how many were written."""
+    now = utcnow()
+    rows = []
+    for name, value in values.items():
+        value = float(value)
+        if value != value or abs(value) == float("inf"):
+            continue  # NaN/inf: the algorithm raises TrainingDiverged; a metric row can't hold it portably
+        rows.append({"run_id": run_id, "step": int(step), "name": str(name)[:100], "value": value, "created_at": now})
+    if rows:
+        session.execute(insert(RunMetric), rows)
+    return len(rows)
+
+
+def set_snapshot(session: Session, run_id: int, worker_id: str, snapshot: dict[str, Any]) -> None:
+    run = _owned(session, run_id, worker_id)
+    if run is not None:
+        run.dataset_snapshot = snapshot
+
+
+def finish_run(session: Session, run_id: int, worker_id: str, status: RunStatus, *,
+               summary: dict[str, Any] | None = None, error: str | None = None) -> bool:
+    """running -> succeeded / failed / cancelled, only for the worker that holds the run."""
+    if status not in FINAL:
+        raise ValueError(f"finish_run needs a final status, got {status}")
+    run = _owned(session, run_id, worker_id)
+    if run is None:
+        return False
+    run.status = status
+    run.finished_at = utcnow()
+    run.heartbeat_at = run.finished_at
+    if summary is not None:
+        run.summary = summary
+    if error is not None:
+        run.error = error
+    if status == RunStatus.succeeded and run.progress_total:
+        run.progress_step = run.progress_total
+    return True
+
+
+def reap_stale_runs(session: Session, stale_s: float) -> list[int]:
+    """Marks failed every running run whose heartbeat is older than `stale_s` seconds."""
+    cutoff = utcnow() - timedelta(seconds=stale_s)
+    stmt = skip_locked(
+        select(TrainingRun).where(TrainingRun.status == RunStatus.running, TrainingRun.heartbeat_at < cutoff),
+        session,
+    )
+    reaped = []
+    for run in session.scalars(stmt):
+        run.status = RunStatus.failed
+        run.finished_at = utcnow()
+        run.error = (f"Worker vanished: no heartbeat from worker {run.worker_id!r} since "
+                     f"{run.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC (more than {stale_s:g} s). Start the run again.")
+        reaped.append(run.id)
+    return reaped

@@ -1,0 +1,567 @@
+"""Figures for the admin pages: per-labeler work, agreement between labelers, gold accuracy,
+data counts and submissions over time. Each function is a few grouped queries (no query per
+row), so the pages stay fast with hundreds of thousands of submissions."""
+
+import itertools
+import logging
+import math
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import Any
+
+from sqlalchemy import case, func, literal, null, select, text, union_all
+from sqlalchemy.orm import Session
+
+from app.db import is_postgres, utcnow
+from app.models import (
+    Comparison,
+    ComparisonChoice,
+    Completion,
+    Demonstration,
+    Project,
+    Prompt,
+    Ranking,
+    Role,
+    Skip,
+    SkipReason,
+    Split,
+    Task,
+    TaskKind,
+    TaskStatus,
+    User,
+)
+from app.services import NotFound, ServiceError
+
+log = logging.getLogger(__name__)
+SUBMISSIONS = {TaskKind.demonstration: Demonstration, TaskKind.ranking: Ranking, TaskKind.comparison: Comparison}
+AGREEMENT_TASK_LIMIT = 2000
+"""Agreement is computed over the most recent shared ranking tasks, at most this many."""
+
+
+def _submissions(project_id: int | None, *columns):
+    """UNION ALL of every submission kind with a `kind` column, optionally for one project."""
+    parts = []
+    for kind, model in SUBMISSIONS.items():
+        stmt = select(literal(kind.value).label("kind"), *[getattr(model, c).label(c) for c in columns])
+        if project_id is not None:
+            stmt = stmt.join(Task, Task.id == model.task_id).where(Task.project_id == project_id)
+        parts.append(stmt)
+    return union_all(*parts).subquery("subs")
+
+
+# ---------------------------------------------------------------- labelers
+
+@dataclass
+class LabelerFigures:
+    user: User
+    done: dict[str, int] = field(default_factory=dict)
+    median_ms: dict[str, float] = field(default_factory=dict)
+    """Median time per task, per kind (a demonstration takes longer than an A/B choice)."""
+    skips: int = 0
+    prompt_flags: int = 0
+    output_flags: int = 0
+    last_at: Any = None
+    agreement: "PairStats | None" = None
+    gold_n: int = 0
+    gold_accuracy: float | None = None
+
+    @property
+    def total(self) -> int:
+        return sum(self.done.values())
+
+    @property
+    def skip_rate(self) -> float | None:
+        seen = self.total + self.skips
+        return self.skips / seen if seen else None
+
+
+# ---------------------------------------------------------------- memo
+
+_MEMO: dict[tuple, tuple[tuple, Any, Any]] = {}
+MEMO_TTL_S = 300.0
+
+
+def _fingerprint(session: Session) -> tuple:
+    """Changes whenever a prompt, task, submission or skip is added: the newest row of each table
+    (its id and time, read through the primary key, so a wiped and refilled table differs too)."""
+    tables = (Prompt, Task, Demonstration, Ranking, Comparison, Skip)
+    newest = [select(m.id, m.created_at).order_by(m.id.desc()).limit(1).subquery() for m in tables]
+    cols = [c for sub in newest for c in (select(sub.c.id).scalar_subquery(), select(sub.c.created_at).scalar_subquery())]
+    return (utcnow().date(), *session.execute(select(*cols)).one())
+
+
+def memo(session: Session, name: str, args: tuple, compute, *, fresh: bool = False) -> tuple[Any, Any]:
+    """(value, computed_at) of `compute(session)`, an aggregate of plain numbers (never ORM rows).
+
+    The first request computes it; later ones get the remembered value at once. When rows were added
+    since (or it is MEMO_TTL_S old) the old value is still served while one background thread per
+    aggregate recomputes it (stale-while-revalidate), so a page never waits on a full recount after
+    the first time; the page says when its figures were computed. `fresh` recomputes now. Per process."""
+    key = (str(session.get_bind().url), name, args)
+    fingerprint = _fingerprint(session)
+    hit = _MEMO.get(key)
+    if hit is None or fresh:
+        value = compute(session)
+        _MEMO[key] = (fingerprint, value, (utcnow(), time.monotonic()))
+        return value, _MEMO[key][2][0]
+    if hit[0] != fingerprint or time.monotonic() - hit[2][1] >= MEMO_TTL_S:
+        _refresh_in_background(session.get_bind(), key, compute)
+    return hit[1], hit[2][0]
+
+
+def clear_memos() -> None:
+    """Forget every remembered aggregate (tests wipe the database under a running process)."""
+    _MEMO.clear()
+
+
+_REFRESHING: set[tuple] = set()
+_REFRESH_LOCK = threading.Lock()
+
+
+def _refresh_in_background(engine, key: tuple, compute) -> None:
+    with _REFRESH_LOCK:
+        if key in _REFRESHING:
+            return
+        _REFRESHING.add(key)
+
+    def work():
+        try:
+            with Session(engine) as s:
+                fingerprint = _fingerprint(s)  # read first: rows added meanwhile trigger the next refresh
+                value = compute(s)
+            _MEMO[key] = (fingerprint, value, (utcnow(), time.monotonic()))
+        except Exception:  # the old value stays; the next request tries again
+            log.exception("refreshing %s failed", key[1])
+        finally:
+            with _REFRESH_LOCK:
+                _REFRESHING.discard(key)
+
+    threading.Thread(target=work, name=f"memo-{key[1]}", daemon=True).start()
+
+
+# ---------------------------------------------------------------- labelers
+
+def _labeler_numbers(session: Session, project_id: int | None) -> dict[int, dict[str, Any]]:
+    numbers: dict[int, dict[str, Any]] = defaultdict(lambda: {"done": {}, "median_ms": {}, "last_at": None,
+                                                              "skips": 0, "prompt_flags": 0, "output_flags": 0})
+    for kind, model in SUBMISSIONS.items():
+        base = select(model.user_id.label("user_id"), model.created_at.label("at"))
+        if project_id is not None:
+            base = base.join(Task, Task.id == model.task_id).where(Task.project_id == project_id)
+        sub = base.subquery()
+        for uid, n, last in session.execute(select(sub.c.user_id, func.count(), func.max(sub.c.at))
+                                            .group_by(sub.c.user_id)):
+            numbers[uid]["done"][kind.value] = n
+            numbers[uid]["last_at"] = max(numbers[uid]["last_at"], last) if numbers[uid]["last_at"] else last
+        if project_id is None:
+            medians = _middle_times(session, model, {uid: c["done"][kind.value] for uid, c in numbers.items()
+                                                     if kind.value in c["done"]})
+        else:  # one project's rows are not in index order: rank them (window functions, both databases)
+            medians = _ranked_medians(session, model, project_id)
+        for uid, value in medians.items():
+            numbers[uid]["median_ms"][kind.value] = value
+    flagged = case((Skip.reason != SkipReason.skip, 1), else_=0)
+    skip_q = select(Skip.user_id, func.count(), func.sum(flagged)).group_by(Skip.user_id)
+    if project_id is not None:
+        skip_q = skip_q.join(Task, Task.id == Skip.task_id).where(Task.project_id == project_id)
+    for uid, n, flags in session.execute(skip_q):
+        numbers[uid]["skips"], numbers[uid]["prompt_flags"] = n, int(flags or 0)
+    for uid, n in _output_flag_counts(session, project_id).items():
+        numbers[uid]["output_flags"] = n
+    return dict(numbers)
+
+
+def _middle_times(session: Session, model, counts: dict[int, int]) -> dict[int, float]:
+    """Median time_spent_ms per labeler over all projects, given each one's count: the middle one or
+    two values, read with LIMIT/OFFSET along the (user_id, time_spent_ms, ...) index, so nothing is
+    sorted. One statement (a UNION ALL of one short read per labeler) per 200 labelers (SQLite
+    allows 500 terms)."""
+    medians: dict[int, float] = {}
+    users = sorted(counts)
+    for i in range(0, len(users), 200):
+        parts = []
+        for uid in users[i:i + 200]:
+            n = counts[uid]
+            q = (select(literal(uid).label("user_id"), model.time_spent_ms.label("ms")).where(model.user_id == uid)
+                 .order_by(model.time_spent_ms).limit(1 if n % 2 else 2).offset((n - 1) // 2))
+            parts.append(select(q.subquery()))
+        middle: dict[int, list[int]] = defaultdict(list)
+        for uid, ms in session.execute(union_all(*parts)):
+            middle[uid].append(ms)
+        medians.update({uid: sum(v) / len(v) for uid, v in middle.items()})
+    return medians
+
+
+def _ranked_medians(session: Session, model, project_id: int) -> dict[int, float]:
+    """Median time_spent_ms per labeler in one project: rank each labeler's times, average the middle one(s)."""
+    sub = (select(model.user_id.label("user_id"), model.time_spent_ms.label("ms"))
+           .join(Task, Task.id == model.task_id).where(Task.project_id == project_id).subquery())
+    ranked = select(sub.c.user_id, sub.c.ms,
+                    func.row_number().over(partition_by=sub.c.user_id, order_by=sub.c.ms).label("rn"),
+                    func.count().over(partition_by=sub.c.user_id).label("n")).subquery()
+    return {uid: float(value) for uid, value in session.execute(
+        select(ranked.c.user_id, func.avg(ranked.c.ms))
+        .where(ranked.c.rn.in_([(ranked.c.n + 1) // 2, (ranked.c.n + 2) // 2])).group_by(ranked.c.user_id))}
+
+
+def labeler_figures(session: Session, project_id: int | None = None, *, fresh: bool = False) -> list[LabelerFigures]:
+    """One row per labeler (and per admin who labeled): a fixed number of grouped queries, remembered
+    until a submission is added."""
+    numbers, _ = memo(session, "labelers", (project_id,), lambda s: _labeler_numbers(s, project_id), fresh=fresh)
+    users = session.scalars(select(User).where((User.role == Role.labeler) | User.id.in_(list(numbers)))
+                            .order_by(User.email)).all()
+    rows = []
+    for user in users:
+        row = LabelerFigures(user)
+        for key, value in numbers.get(user.id, {}).items():
+            setattr(row, key, value)
+        rows.append(row)
+    return rows
+
+
+def _output_flag_counts(session: Session, project_id: int | None) -> dict[int, int]:
+    """Flags labelers ticked on ranked outputs, counted inside the database's JSON."""
+    join = "JOIN tasks t ON t.id = r.task_id" if project_id is not None else ""
+    # Only rankings whose JSON text has a non-empty flags list are opened (a few percent of them);
+    # a plain substring search (strpos / instr) finds them at half the cost of LIKE on Postgres.
+    find = "strpos" if is_postgres(session) else "instr"
+    where = (f"WHERE ({find}(CAST(r.ratings AS TEXT), '\"flags\": [\"') > 0 "
+             f"OR {find}(CAST(r.ratings AS TEXT), '\"flags\":[\"') > 0)"
+             + (" AND t.project_id = :pid" if project_id is not None else ""))
+    if is_postgres(session):
+        flags = ("json_array_length(CASE WHEN json_typeof(v.value->'flags') = 'array' "
+                 "THEN v.value->'flags' ELSE '[]'::json END)")
+        each = "CROSS JOIN LATERAL json_each(CASE WHEN json_typeof(r.ratings) = 'object' THEN r.ratings ELSE '{}'::json END) v"
+    else:
+        flags = "coalesce(json_array_length(v.value, '$.flags'), 0)"
+        each = "JOIN json_each(r.ratings) v"
+    sql = f"SELECT r.user_id, sum({flags}) FROM rankings r {join} {each} {where} GROUP BY r.user_id"
+    params = {"pid": project_id} if project_id is not None else {}
+    return {uid: int(n or 0) for uid, n in session.execute(text(sql), params)}
+
+
+# ---------------------------------------------------------------- agreement
+
+@dataclass
+class PairStats:
+    """Pairs of outputs that two labelers both ordered strictly, and how many the same way."""
+
+    same: int = 0
+    comparable: int = 0
+    tau_sum: float = 0.0
+    tau_n: int = 0
+    tasks: int = 0
+
+    def add(self, other: "PairStats") -> None:
+        self.same += other.same
+        self.comparable += other.comparable
+        self.tau_sum += other.tau_sum
+        self.tau_n += other.tau_n
+        self.tasks += other.tasks
+
+    @property
+    def rate(self) -> float | None:
+        return self.same / self.comparable if self.comparable else None
+
+    @property
+    def tau(self) -> float | None:
+        return self.tau_sum / self.tau_n if self.tau_n else None
+
+
+def ranks_of(order: list[list[int]]) -> dict[int, int]:
+    """Completion id -> position of its group (0 = best); tied ids share a position."""
+    return {int(cid): pos for pos, group in enumerate(order) for cid in group}
+
+
+def compare_orders(a: list[list[int]], b: list[list[int]]) -> PairStats:
+    """Pairwise same-order rate (pairs both ordered strictly) and Kendall's tau-b between two rankings."""
+    return compare_ranks(ranks_of(a), ranks_of(b))
+
+
+def compare_ranks(ra: dict[int, int], rb: dict[int, int]) -> PairStats:
+    """compare_orders over rankings already turned into ranks_of (each is compared more than once)."""
+    ids = sorted(ra.keys() & rb.keys())
+    stats = PairStats(tasks=1)
+    concordant = discordant = ties_a = ties_b = 0
+    for i, j in itertools.combinations(ids, 2):
+        da, db = ra[i] - ra[j], rb[i] - rb[j]
+        if da == 0 and db == 0:
+            continue
+        if da == 0:
+            ties_a += 1
+        elif db == 0:
+            ties_b += 1
+        elif (da > 0) == (db > 0):
+            concordant += 1
+        else:
+            discordant += 1
+    stats.same, stats.comparable = concordant, concordant + discordant
+    denom = math.sqrt((concordant + discordant + ties_a) * (concordant + discordant + ties_b))
+    if denom:
+        stats.tau_sum, stats.tau_n = (concordant - discordant) / denom, 1
+    return stats
+
+
+@dataclass
+class Agreement:
+    project: PairStats
+    per_labeler: dict[int, PairStats]
+    per_pair: dict[tuple[int, int], PairStats]
+    shared_tasks: int
+    limited: bool
+
+
+def ranking_agreement(session: Session, project_id: int | None = None,
+                      limit: int = AGREEMENT_TASK_LIMIT) -> Agreement:
+    """Agreement on ranking tasks that two or more labelers did (the most recent `limit` of them)."""
+    shared = select(Ranking.task_id).group_by(Ranking.task_id).having(func.count() >= 2)
+    if project_id is not None:
+        shared = shared.join(Task, Task.id == Ranking.task_id).where(Task.project_id == project_id)
+    shared = shared.order_by(Ranking.task_id.desc()).limit(limit + 1).subquery()
+    # One statement (no list of 2,000 ids to bind): the rankings of the newest limit + 1 shared tasks.
+    by_task: dict[int, list[tuple[int, list]]] = defaultdict(list)
+    for task_id, user_id, order in session.execute(select(Ranking.task_id, Ranking.user_id, Ranking.order)
+                                                   .where(Ranking.task_id.in_(select(shared.c.task_id)))):
+        by_task[task_id].append((user_id, ranks_of(order)))
+    limited = len(by_task) > limit
+    if limited:
+        del by_task[min(by_task)]
+    total, per_labeler, per_pair = PairStats(), defaultdict(PairStats), defaultdict(PairStats)
+    for _, entries in sorted(by_task.items()):
+        for (ua, ra), (ub, rb) in itertools.combinations(sorted(entries, key=lambda e: e[0]), 2):
+            s = compare_ranks(ra, rb)
+            total.add(s)
+            per_labeler[ua].add(s)
+            per_labeler[ub].add(s)
+            per_pair[(ua, ub)].add(s)
+    total.tasks = len(by_task)
+    return Agreement(total, dict(per_labeler), dict(per_pair), len(by_task), limited)
+
+
+# ---------------------------------------------------------------- gold
+
+def set_gold(session: Session, task: Task, gold: dict | None) -> None:
+    """Gold for a ranking task: {"order": [[id], [id, id], ...]} over exactly its outputs;
+    for a comparison task: {"winner": completion id or None for a tie}."""
+    if gold is None:
+        task.gold = null()
+        return
+    ids = {o.completion_id for o in task.outputs}
+    if task.kind == TaskKind.ranking:
+        order = gold.get("order")
+        flat = [c for g in order or [] for c in g] if isinstance(order, list) else []
+        if sorted(flat) != sorted(ids) or any(not g for g in order or []):
+            raise ServiceError("The gold order must place every output of the task exactly once.")
+        task.gold = {"order": [[int(c) for c in g] for g in order]}
+    elif task.kind == TaskKind.comparison:
+        winner = gold.get("winner")
+        if winner is not None and winner not in ids:
+            raise ServiceError("The gold winner must be one of the two outputs, or a tie.")
+        task.gold = {"winner": winner}
+    else:
+        raise ServiceError("Gold answers are for ranking and comparison tasks; demonstrations are free text.")
+
+
+def gold_score_ranking(order: list, gold: dict) -> float | None:
+    """Share of the gold's strictly ordered pairs that the labeler ordered the same way (a tie counts wrong)."""
+    g, r = ranks_of(gold.get("order") or []), ranks_of(order)
+    pairs = [(i, j) for i, j in itertools.combinations(sorted(g), 2) if g[i] != g[j]]
+    if not pairs:
+        return None
+    same = sum(1 for i, j in pairs if i in r and j in r and (r[i] - r[j]) * (g[i] - g[j]) > 0)
+    return same / len(pairs)
+
+
+def comparison_winner(choice: ComparisonChoice, a_id: int, b_id: int) -> int | None:
+    return a_id if choice == ComparisonChoice.a else b_id if choice == ComparisonChoice.b else None
+
+
+def gold_accuracy(session: Session, project_id: int | None = None) -> dict[int, tuple[int, float]]:
+    """Per labeler: (gold tasks answered, mean score on them). The gold tasks are found first, then
+    their answers through the (task, labeler) unique indexes: two short queries per kind."""
+    q = select(Task.id, Task.kind, Task.gold).where(Task.gold.is_not(None))
+    if project_id is not None:
+        q = q.where(Task.project_id == project_id)
+    gold = {tid: (kind, g) for tid, kind, g in session.execute(q) if isinstance(g, dict)}
+    scores: dict[int, list[float]] = defaultdict(list)
+    ranked = [tid for tid, (kind, _) in gold.items() if kind == TaskKind.ranking]
+    compared = [tid for tid, (kind, _) in gold.items() if kind == TaskKind.comparison]
+    for i in range(0, len(ranked), 1000):
+        for tid, uid, order in session.execute(select(Ranking.task_id, Ranking.user_id, Ranking.order)
+                                               .where(Ranking.task_id.in_(ranked[i:i + 1000]))):
+            if (s := gold_score_ranking(order, gold[tid][1])) is not None:
+                scores[uid].append(s)
+    for i in range(0, len(compared), 1000):
+        rows = session.execute(select(Comparison.task_id, Comparison.user_id, Comparison.choice,
+                                      Comparison.a_completion_id, Comparison.b_completion_id)
+                               .where(Comparison.task_id.in_(compared[i:i + 1000])))
+        for tid, uid, choice, a_id, b_id in rows:
+            if "winner" in gold[tid][1]:
+                scores[uid].append(1.0 if comparison_winner(choice, a_id, b_id) == gold[tid][1]["winner"] else 0.0)
+    return {uid: (len(v), sum(v) / len(v)) for uid, v in scores.items()}
+
+
+def gold_tasks(session: Session, project_id: int | None = None, limit: int = 100) -> list[Task]:
+    q = select(Task).where(Task.gold.is_not(None)).order_by(Task.id.desc()).limit(limit)
+    if project_id is not None:
+        q = q.where(Task.project_id == project_id)
+    return [t for t in session.scalars(q) if isinstance(t.gold, dict)]
+
+
+def labelers_report(session: Session, project_id: int | None = None, *,
+                    fresh: bool = False) -> tuple[list[LabelerFigures], Agreement, Any]:
+    """The labelers page: figures, agreement and gold accuracy, and when the remembered part was computed."""
+    rows = labeler_figures(session, project_id, fresh=fresh)
+    agreement, as_of = memo(session, "agreement", (project_id,), lambda s: ranking_agreement(s, project_id),
+                            fresh=fresh)
+    gold = gold_accuracy(session, project_id)
+    for row in rows:
+        row.agreement = agreement.per_labeler.get(row.user.id)
+        if row.user.id in gold:
+            row.gold_n, row.gold_accuracy = gold[row.user.id]
+    return rows, agreement, as_of
+
+
+# ---------------------------------------------------------------- data
+
+def project_summary(session: Session, project_id: int, *, fresh: bool = False) -> dict[str, Any]:
+    """Prompts per split, tasks per kind and status, submissions per kind (remembered, see memo)."""
+    return memo(session, "summary", (project_id,), lambda s: _project_summary(s, project_id), fresh=fresh)[0]
+
+
+def _project_summary(session: Session, project_id: int) -> dict[str, Any]:
+    prompts = dict(session.execute(select(Prompt.split, func.count()).where(Prompt.project_id == project_id)
+                                   .group_by(Prompt.split)).all())
+    tasks = session.execute(select(Task.kind, Task.status, func.count()).where(Task.project_id == project_id)
+                            .group_by(Task.kind, Task.status)).all()
+    subs = _submissions(project_id, "id")
+    done = dict(session.execute(select(subs.c.kind, func.count()).group_by(subs.c.kind)).all())
+    task_counts: dict[str, dict[str, int]] = defaultdict(dict)
+    for kind, status, n in tasks:
+        task_counts[kind.value][status.value] = n
+    return {"prompts": {s.value: prompts.get(s, 0) for s in Split}, "prompts_total": sum(prompts.values()),
+            "tasks": dict(task_counts), "done": {k.value: done.get(k.value, 0) for k in TaskKind}}
+
+
+@dataclass
+class DataOverview:
+    projects: list[Project]
+    counts: dict[int, dict[str, dict[str, int]]]
+    """project id -> "prompts" / task kind -> split -> count."""
+    open_tasks: dict[int, dict[str, int]]
+    per_day: list[tuple[date, dict[str, int]]]
+    labelers: int
+    as_of: Any = None
+
+
+def _data_counts(session: Session) -> dict[int, dict[str, dict[str, int]]]:
+    counts: dict[int, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(dict))
+    for pid, split, n in session.execute(select(Prompt.project_id, Prompt.split, func.count())
+                                         .group_by(Prompt.project_id, Prompt.split)):
+        counts[pid]["prompts"][split.value] = n
+    for kind, model in SUBMISSIONS.items():
+        q = (select(Task.project_id, Prompt.split, func.count()).select_from(model)
+             .join(Task, Task.id == model.task_id).join(Prompt, Prompt.id == Task.prompt_id)
+             .group_by(Task.project_id, Prompt.split))
+        for pid, split, n in session.execute(q):
+            counts[pid][kind.value][split.value] = n
+    for pid, kind, n in session.execute(select(Task.project_id, Task.kind, func.count())
+                                        .where(Task.status == TaskStatus.open).group_by(Task.project_id, Task.kind)):
+        counts[pid]["open"][kind.value] = n
+    return {pid: dict(c) for pid, c in counts.items()}
+
+
+def data_overview(session: Session, days: int = 30, project_id: int | None = None, *,
+                  fresh: bool = False) -> DataOverview:
+    """Counts per project, kind and split, open tasks, and submissions per day; the counts are
+    remembered until a prompt, task or submission is added."""
+    projects = session.scalars(select(Project).order_by(Project.name)).all()
+    counts, as_of = memo(session, "data", (), _data_counts, fresh=fresh)
+    per_day, _ = memo(session, "per_day", (days, project_id), lambda s: submissions_per_day(s, days, project_id),
+                      fresh=fresh)
+    open_tasks = {pid: c.get("open", {}) for pid, c in counts.items()}
+    labelers = session.scalar(select(func.count(User.id)).where(User.role == Role.labeler, User.is_active)) or 0
+    return DataOverview(list(projects), counts, open_tasks, per_day, labelers, as_of)
+
+
+def submissions_per_day(session: Session, days: int = 30, project_id: int | None = None) -> list[tuple[date, dict[str, int]]]:
+    """Every day of the last `days` (zeros included), with the submissions of each kind."""
+    today = utcnow().date()
+    first = today - timedelta(days=days - 1)
+    subs = _submissions(project_id, "created_at")
+    day = func.date(subs.c.created_at)
+    rows = session.execute(select(day, subs.c.kind, func.count()).where(subs.c.created_at >= _start_of(first))
+                           .group_by(day, subs.c.kind)).all()
+    found: dict[date, dict[str, int]] = defaultdict(dict)
+    for d, kind, n in rows:
+        d = date.fromisoformat(d) if isinstance(d, str) else d
+        found[d][kind] = n
+    return [(first + timedelta(days=i), found.get(first + timedelta(days=i), {})) for i in range(days)]
+
+
+def _start_of(d: date):
+    from datetime import UTC, datetime
+
+    return datetime(d.year, d.month, d.day, tzinfo=UTC)
+
+
+def get_task(session: Session, task_id: int) -> Task:
+    task = session.get(Task, task_id)
+    if task is None:
+        raise NotFound(f"There is no task {task_id}.")
+    return task
+
+
+def task_submissions(session: Session, task: Task) -> list[Any]:
+    model = SUBMISSIONS[task.kind]
+    return list(session.execute(select(model, User).join(User, User.id == model.user_id)
+                                .where(model.task_id == task.id).order_by(model.id)).all())
+
+
+def tasks_page(session: Session, project_id: int, kind: TaskKind | None, *, offset: int = 0, limit: int = 50,
+               shared_only: bool = False) -> list[Task]:
+    q = select(Task).where(Task.project_id == project_id).order_by(Task.id.desc()).offset(offset).limit(limit)
+    if kind is not None:
+        q = q.where(Task.kind == kind)
+    if shared_only:
+        q = q.where(Task.done_count >= 2)
+    return list(session.scalars(q))
+
+
+def evaluation_summaries(session: Session, runs: list) -> dict[int, dict[str, Any]]:
+    """Labeler win rates (with their 95% interval) of several evaluate runs in three queries; the same
+    figures as app.services.evaluation.labeler_win_rate, which answers one run."""
+    from app.services.evaluation import win_rate
+
+    runs = [r for r in runs if len(r.input_model_ids or []) >= 2]
+    if not runs:
+        return {}
+    ids = [r.id for r in runs]
+    rows = session.execute(select(Task.source_run_id, Comparison.a_completion_id, Comparison.b_completion_id,
+                                  Comparison.choice).join(Task, Task.id == Comparison.task_id)
+                           .where(Task.source_run_id.in_(ids), Task.kind == TaskKind.comparison)).all()
+    completions = {c for _, a, b, _ in rows for c in (a, b)}
+    model_of = dict(session.execute(select(Completion.id, Completion.model_version_id)
+                                    .where(Completion.id.in_(completions))).all()) if completions else {}
+    tally = {rid: [0, 0, 0] for rid in ids}
+    candidate = {r.id: (r.input_model_ids[0], r.input_model_ids[1]) for r in runs}
+    for rid, a, b, choice in rows:
+        if choice == ComparisonChoice.tie:
+            tally[rid][2] += 1
+            continue
+        chosen = model_of.get(a if choice == ComparisonChoice.a else b)
+        if chosen == candidate[rid][0]:
+            tally[rid][0] += 1
+        elif chosen == candidate[rid][1]:
+            tally[rid][1] += 1
+    counts: dict[int, dict] = defaultdict(dict)
+    for rid, status, n in session.execute(select(Task.source_run_id, Task.status, func.count())
+                                          .where(Task.source_run_id.in_(ids), Task.kind == TaskKind.comparison)
+                                          .group_by(Task.source_run_id, Task.status)):
+        counts[rid][status] = n
+    return {rid: {**win_rate(*tally[rid]), "candidate_model_id": candidate[rid][0],
+                  "baseline_model_id": candidate[rid][1], "tasks": sum(counts[rid].values()),
+                  "tasks_closed": counts[rid].get(TaskStatus.closed, 0)} for rid in ids}

@@ -1,0 +1,69 @@
+"""Creating tasks. Tasks are only rows; app.services.queue hands them out to labelers."""
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.models import Completion, Project, Prompt, Task, TaskCompletion, TaskKind
+from app.services import ServiceError
+
+MIN_OUTPUTS, MAX_OUTPUTS = 2, 9
+
+
+def _check_prompt(project: Project, prompt: Prompt) -> None:
+    if prompt.project_id != project.id:
+        raise ServiceError(f"Prompt {prompt.id} belongs to another project, not to {project.name!r}.")
+
+
+def _check_completions(session: Session, prompt: Prompt, completion_ids: list[int]) -> None:
+    if len(set(completion_ids)) != len(completion_ids):
+        raise ServiceError("The same output is listed twice for one task.")
+    found = dict(session.execute(
+        select(Completion.id, Completion.prompt_id).where(Completion.id.in_(completion_ids))
+    ).all())
+    missing = [cid for cid in completion_ids if cid not in found]
+    if missing:
+        raise ServiceError(f"Unknown output id(s): {', '.join(map(str, missing))}.")
+    foreign = [cid for cid in completion_ids if found[cid] != prompt.id]
+    if foreign:
+        raise ServiceError(f"Output(s) {', '.join(map(str, foreign))} answer another prompt, not prompt {prompt.id}.")
+
+
+def create_demonstration_tasks(session: Session, project: Project, prompts: list[Prompt], priority: int = 0) -> list[Task]:
+    """One demonstration task per prompt, wanting `project.overlap` labelers each."""
+    tasks = []
+    for prompt in prompts:
+        _check_prompt(project, prompt)
+        tasks.append(Task(project_id=project.id, prompt_id=prompt.id, kind=TaskKind.demonstration,
+                          required=project.overlap, priority=priority))
+    session.add_all(tasks)
+    session.flush()
+    return tasks
+
+
+def _task_with_outputs(session: Session, project: Project, prompt: Prompt, kind: TaskKind, completion_ids: list[int],
+                       priority: int, source_run_id: int | None) -> Task:
+    _check_prompt(project, prompt)
+    _check_completions(session, prompt, completion_ids)
+    task = Task(project_id=project.id, prompt_id=prompt.id, kind=kind, required=project.overlap,
+                priority=priority, source_run_id=source_run_id)
+    task.outputs = [TaskCompletion(completion_id=cid, position=i) for i, cid in enumerate(completion_ids)]
+    session.add(task)
+    session.flush()
+    return task
+
+
+def create_ranking_task(session: Session, project: Project, prompt: Prompt, completion_ids: list[int], *,
+                        priority: int = 0, source_run_id: int | None = None) -> Task:
+    """A task to rank 2..9 outputs of one prompt (shown to each labeler in a shuffled order)."""
+    if not MIN_OUTPUTS <= len(completion_ids) <= MAX_OUTPUTS:
+        raise ServiceError(f"A ranking task shows {MIN_OUTPUTS} to {MAX_OUTPUTS} outputs, not {len(completion_ids)}.")
+    return _task_with_outputs(session, project, prompt, TaskKind.ranking, list(completion_ids), priority, source_run_id)
+
+
+def create_comparison_task(session: Session, project: Project, prompt: Prompt, a_completion_id: int,
+                           b_completion_id: int, *, priority: int = 0, source_run_id: int | None = None) -> Task:
+    """A side-by-side A/B task between two outputs of one prompt (sides randomized per labeler)."""
+    if a_completion_id == b_completion_id:
+        raise ServiceError("A comparison needs two different outputs.")
+    return _task_with_outputs(session, project, prompt, TaskKind.comparison, [a_completion_id, b_completion_id],
+                              priority, source_run_id)

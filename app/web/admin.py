@@ -1,0 +1,60 @@
+"""Admin pages."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Form, Request
+from sqlalchemy import func, select
+
+from app.deps import AdminUser, SessionDep, SettingsDep, verify_csrf
+from app.models import Invite, Project, Role, TrainingRun, User
+from app.services import ServiceError, accounts
+from app.web.render import flash, redirect, render
+
+router = APIRouter(prefix="/admin", dependencies=[Depends(verify_csrf)], include_in_schema=False)
+
+
+@router.get("")
+def dashboard(request: Request, session: SessionDep, user: AdminUser):
+    counts = {
+        "projects": session.scalar(select(func.count(Project.id))),
+        "labelers": session.scalar(select(func.count(User.id)).where(User.role == Role.labeler, User.is_active)),
+        "runs": session.scalar(select(func.count(TrainingRun.id))),
+    }
+    return render(request, "admin/dashboard.html", {"counts": counts})
+
+
+def _users_page(request: Request, session, status_code: int = 200, **extra):
+    users = session.scalars(select(User).order_by(User.role, User.email)).all()
+    invites = session.scalars(select(Invite).where(Invite.used_at.is_(None)).order_by(Invite.id.desc()).limit(20)).all()
+    return render(request, "admin/users.html", {"users": users, "invites": invites, "roles": list(Role), **extra},
+                  status_code=status_code)
+
+
+@router.get("/users")
+def users_page(request: Request, session: SessionDep, user: AdminUser):
+    return _users_page(request, session)
+
+
+@router.post("/users/invite")
+def invite(
+    request: Request, session: SessionDep, settings: SettingsDep, user: AdminUser,
+    email: Annotated[str, Form()] = "", role: Annotated[str, Form()] = "labeler",
+):
+    try:
+        token = accounts.create_invite(session, email, role=Role(role) if role in Role.__members__ else Role.labeler,
+                                       created_by=user, ttl_s=settings.invite_ttl_s)
+    except ServiceError as exc:
+        return _users_page(request, session, error=exc.message, email=email, status_code=exc.status_code)
+    link = str(request.url_for("invite_page", token=token))
+    return _users_page(request, session, invite_link=link, invite_email=accounts.normalize_email(email))
+
+
+@router.post("/users/{user_id}/active")
+def set_active(request: Request, session: SessionDep, user: AdminUser, user_id: int,
+               active: Annotated[bool, Form()] = False):
+    if user_id == user.id and not active:
+        flash(request, "You can't disable your own account.", "error")
+        return redirect("/admin/users")
+    target = accounts.set_active(session, user_id, active)
+    flash(request, f"{target.email} is {'enabled' if active else 'disabled'}.")
+    return redirect("/admin/users")

@@ -1,0 +1,186 @@
+"""Server-rendered SVG charts for the admin pages: no chart library, no JavaScript.
+
+Every function returns Markup of one <svg> that scales to its container (viewBox)."""
+
+import math
+from datetime import date
+from html import escape
+
+from markupsafe import Markup
+
+PALETTE = ["#3056d3", "#e07a1f", "#1f7a4d", "#b42318", "#7a3ee0", "#0e8fa3", "#9a6200", "#5d6679"]
+KIND_COLORS = {"demonstration": "#3056d3", "ranking": "#e07a1f", "comparison": "#1f7a4d"}
+MODEL_COLORS = {"base": "#5d6679", "sft": "#3056d3", "reward": "#e07a1f", "ppo": "#1f7a4d"}
+
+
+def _nice_ticks(lo: float, hi: float, n: int = 4) -> list[float]:
+    if hi <= lo:
+        hi = lo + 1
+    raw = (hi - lo) / n
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    start = math.floor(lo / step) * step
+    ticks = [round(start, 10)]
+    while ticks[-1] < hi - step * 1e-9:  # the last tick is at or above the highest value
+        ticks.append(round(start + len(ticks) * step, 10))
+    return ticks
+
+
+def _fmt(v: float) -> str:
+    if v == 0:
+        return "0"
+    a = abs(v)
+    if a >= 10_000:
+        return f"{v / 1000:.0f}k"
+    if a >= 1000:
+        return f"{v / 1000:.1f}k"
+    if a >= 10:
+        return f"{v:.0f}"
+    if a >= 1:
+        return f"{v:.1f}".rstrip("0").rstrip(".")
+    return f"{v:.3g}"  # three significant digits, so close ticks (0.00285, 0.0029) stay apart
+
+
+def line_chart(series: dict[str, list[tuple[float, float]]], *, width: int = 560, height: int = 220,
+               x_label: str = "step", empty: str = "No values yet.", label: str = "") -> Markup:
+    """One or more lines over a shared x axis (training steps)."""
+    points = [p for pts in series.values() for p in pts if math.isfinite(p[1])]
+    if not points:
+        return Markup(f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="{escape(label)}">'
+                      f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle">{escape(empty)}</text></svg>')
+    left, right, top, bottom = 48, 12, 10, 26
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    x0, x1 = min(xs), max(xs)
+    if x1 == x0:
+        x1 = x0 + 1
+    yticks = _nice_ticks(min(ys), max(ys))
+    y0, y1 = yticks[0], yticks[-1]
+    if y1 == y0:
+        y1 = y0 + 1
+    pw, ph = width - left - right, height - top - bottom
+
+    def sx(x):
+        return left + (x - x0) / (x1 - x0) * pw
+
+    def sy(y):
+        return top + ph - (y - y0) / (y1 - y0) * ph
+
+    out = [f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="{escape(label)}">']
+    for t in yticks:
+        out.append(f'<line class="grid" x1="{left}" x2="{width - right}" y1="{sy(t):.1f}" y2="{sy(t):.1f}"/>'
+                   f'<text x="{left - 6}" y="{sy(t) + 4:.1f}" text-anchor="end">{_fmt(t)}</text>')
+    for t in _nice_ticks(x0, x1, 5):
+        if x0 <= t <= x1:
+            out.append(f'<text x="{sx(t):.1f}" y="{height - 8}" text-anchor="middle">{_fmt(t)}</text>')
+    for i, (name, pts) in enumerate(series.items()):
+        pts = sorted((x, y) for x, y in pts if math.isfinite(y))
+        if not pts:
+            continue
+        color = PALETTE[i % len(PALETTE)]
+        path = " ".join(f"{'M' if j == 0 else 'L'}{sx(x):.1f},{sy(y):.1f}" for j, (x, y) in enumerate(pts))
+        out.append(f'<path d="{path}" fill="none" stroke="{color}" stroke-width="2" stroke-linejoin="round">'
+                   f'<title>{escape(name)}</title></path>')
+        lx, ly = pts[-1]
+        out.append(f'<circle cx="{sx(lx):.1f}" cy="{sy(ly):.1f}" r="3" fill="{color}">'
+                   f'<title>{escape(name)} = {ly:.4g} at {x_label} {lx:g}</title></circle>')
+    out.append("</svg>")
+    return Markup("".join(out))
+
+
+def stacked_bars(days: list[tuple[date, dict[str, int]]], *, kinds: list[str], width: int = 900,
+                 height: int = 220) -> Markup:
+    """Submissions per day, one stacked bar per day, one color per kind."""
+    left, right, top, bottom = 44, 8, 10, 26
+    totals = [sum(counts.get(k, 0) for k in kinds) for _, counts in days]
+    yticks = _nice_ticks(0, max(totals + [1]))
+    ymax = yticks[-1] or 1
+    pw, ph = width - left - right, height - top - bottom
+    slot = pw / max(1, len(days))
+    bar = max(2.0, slot * 0.7)
+    out = [f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="Submissions per day">']
+    for t in yticks:
+        y = top + ph - t / ymax * ph
+        out.append(f'<line class="grid" x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}"/>'
+                   f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{_fmt(t)}</text>')
+    label_every = max(1, math.ceil(len(days) / 10))
+    for i, (day, counts) in enumerate(days):
+        x = left + i * slot + (slot - bar) / 2
+        y = top + ph
+        for kind in kinds:
+            n = counts.get(kind, 0)
+            if not n:
+                continue
+            h = n / ymax * ph
+            y -= h
+            out.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar:.1f}" height="{h:.1f}" rx="1.5" '
+                       f'fill="{KIND_COLORS.get(kind, "#999")}"><title>{day.isoformat()}: {n:,} {kind}s</title></rect>')
+        if i % label_every == 0:
+            out.append(f'<text x="{x + bar / 2:.1f}" y="{height - 8}" text-anchor="middle">{day.strftime("%b %d")}</text>')
+    out.append("</svg>")
+    return Markup("".join(out))
+
+
+def lineage_graph(versions: list, *, highlight: int | None = None) -> Markup:
+    """Model versions as boxes in columns base -> sft -> reward -> ppo, arrows from parents.
+
+    `versions` are ModelVersion rows; each box links to the version's row on the models page."""
+    columns = ["base", "sft", "reward", "ppo"]
+    by_col: dict[str, list] = {c: [] for c in columns}
+    for v in sorted(versions, key=lambda v: v.id):
+        by_col[v.kind.value].append(v)
+    box_w, box_h, gap_x, gap_y, top = 190, 54, 70, 16, 30
+    rows = max([len(c) for c in by_col.values()] + [1])
+    width = len(columns) * box_w + (len(columns) - 1) * gap_x + 20
+    height = top + rows * (box_h + gap_y) + 10
+    pos = {}
+    for ci, col in enumerate(columns):
+        for ri, v in enumerate(by_col[col]):
+            pos[v.id] = (10 + ci * (box_w + gap_x), top + ri * (box_h + gap_y))
+    out = [f'<svg class="chart lineage-svg" viewBox="0 0 {width} {height}" width="{width}" role="img" '
+           'aria-label="Model lineage"><defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" '
+           'markerWidth="7" markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#8a94a6"/>'
+           "</marker></defs>"]
+    for ci, col in enumerate(columns):
+        out.append(f'<text x="{10 + ci * (box_w + gap_x) + box_w / 2}" y="16" text-anchor="middle" '
+                   f'style="font-weight:600;text-transform:uppercase;letter-spacing:.05em">{col}</text>')
+    for v in versions:
+        for pid in v.parent_ids or []:
+            if pid in pos and v.id in pos:
+                (px, py), (cx, cy) = pos[pid], pos[v.id]
+                x1, y1, x2, y2 = px + box_w, py + box_h / 2, cx, cy + box_h / 2
+                if x2 <= x1:  # same column (e.g. sft from sft): route around the right side
+                    x1, x2 = px + box_w, cx + box_w
+                    mid = x1 + 30
+                    d = f"M{x1},{y1} C{mid},{y1} {mid},{y2} {x2},{y2}"
+                else:
+                    mid = (x1 + x2) / 2
+                    d = f"M{x1},{y1} C{mid},{y1} {mid},{y2} {x2 - 2},{y2}"
+                out.append(f'<path d="{d}" fill="none" stroke="#8a94a6" stroke-width="1.5" marker-end="url(#arrow)"/>')
+    for v in versions:
+        x, y = pos[v.id]
+        color = MODEL_COLORS.get(v.kind.value, "#5d6679")
+        metric = _headline_metric(v.metrics or {})
+        stroke = ' stroke-width="3"' if v.id == highlight else ' stroke-width="1.5"'
+        out.append(f'<a href="/admin/models/{v.id}"><g><rect x="{x}" y="{y}" width="{box_w}" height="{box_h}" rx="8" '
+                   f'fill="#fff" stroke="{color}"{stroke}/><rect x="{x}" y="{y}" width="6" height="{box_h}" rx="3" '
+                   f'fill="{color}"/><text x="{x + 14}" y="{y + 21}" style="fill:#1d2433;font-weight:600;font-size:12px">'
+                   f"#{v.id} {escape(v.name[:22])}</text>"
+                   f'<text x="{x + 14}" y="{y + 40}">{escape(metric)}</text><title>{escape(v.source)}</title></g></a>')
+    out.append("</svg>")
+    return Markup("".join(out))
+
+
+HEADLINE = ["win_rate", "reward_win_rate", "accuracy", "valid_accuracy", "best_valid_loss", "valid_loss", "reward",
+            "mean_reward", "kl", "train_loss", "loss"]
+"""The metrics that say most about a model version, best first."""
+
+
+def headline_metrics(metrics: dict, n: int = 3) -> list[tuple[str, float]]:
+    numeric = {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    picked = [(k, numeric[k]) for k in HEADLINE if k in numeric]
+    return (picked or list(numeric.items()))[:n]
+
+
+def _headline_metric(metrics: dict) -> str:
+    top = headline_metrics(metrics, 1)
+    return f"{top[0][0]} {top[0][1]:.3g}" if top else "no metrics"

@@ -1,0 +1,79 @@
+"""Admin pages: labeler figures, agreement, gold tasks (and the task pages where gold is set)."""
+
+from fastapi import APIRouter, Depends, Request
+
+from app.deps import AdminUser, SessionDep, verify_csrf
+from app.models import Project, TaskKind
+from app.services import ServiceError, projects, stats
+from app.web.render import flash, redirect, render
+from sqlalchemy import select
+
+router = APIRouter(prefix="/admin", dependencies=[Depends(verify_csrf)], include_in_schema=False)
+PAIRWISE_REFERENCE = 0.726  # InstructGPT: training labelers agreed on 72.6 ± 1.5 % of comparisons
+
+
+@router.get("/labelers")
+def labelers_page(request: Request, session: SessionDep, user: AdminUser, project: str | None = None,
+                  fresh: bool = False):
+    pid = int(project) if project and project.isdigit() else None
+    rows, agreement, as_of = stats.labelers_report(session, pid, fresh=fresh)
+    names = {r.user.id: r.user.name or r.user.email for r in rows}
+    pairs = sorted(agreement.per_pair.items(), key=lambda kv: -kv[1].comparable)[:30]
+    return render(request, "admin/labelers.html", {
+        "rows": rows, "agreement": agreement, "pairs": pairs, "names": names, "project_id": pid,
+        "projects": session.scalars(select(Project).order_by(Project.name)).all(),
+        "gold_tasks": stats.gold_tasks(session, pid, limit=20), "reference": PAIRWISE_REFERENCE, "as_of": as_of,
+    })
+
+
+@router.get("/projects/{project_id}/tasks")
+def tasks_page(request: Request, session: SessionDep, user: AdminUser, project_id: int, kind: str = "",
+               shared: bool = False, page: int = 1):
+    project = projects.get_project(session, project_id)
+    task_kind = TaskKind(kind) if kind in TaskKind.__members__ else None
+    page = max(1, page)
+    tasks = stats.tasks_page(session, project.id, task_kind, offset=(page - 1) * 50, limit=51, shared_only=shared)
+    return render(request, "admin/tasks.html", {"project": project, "tasks": tasks[:50], "more": len(tasks) > 50,
+                                                "kind": kind, "shared": shared, "page": page})
+
+
+@router.get("/tasks/{task_id}")
+def task_page(request: Request, session: SessionDep, user: AdminUser, task_id: int, error: str | None = None):
+    task = stats.get_task(session, task_id)
+    subs = stats.task_submissions(session, task)
+    gold_rank = stats.ranks_of(task.gold["order"]) if isinstance(task.gold, dict) and "order" in task.gold else {}
+    scores = {}
+    for sub, _labeler in subs:
+        if task.kind == TaskKind.ranking and gold_rank:
+            scores[sub.id] = stats.gold_score_ranking(sub.order, task.gold)
+    return render(request, "admin/task.html", {"task": task, "subs": subs, "gold_rank": gold_rank, "scores": scores,
+                                               "error": error}, status_code=400 if error else 200)
+
+
+@router.post("/tasks/{task_id}/gold")
+async def set_gold(request: Request, session: SessionDep, user: AdminUser, task_id: int):
+    task = stats.get_task(session, task_id)
+    form = await request.form()
+    try:
+        if form.get("clear"):
+            stats.set_gold(session, task, None)
+            flash(request, "Gold answer removed.")
+        elif task.kind == TaskKind.ranking:
+            # One rank number per output (1 = best); equal numbers are ties.
+            ranks = {}
+            for out in task.outputs:
+                value = form.get(f"rank_{out.completion_id}", "")
+                if not value.isdigit() or not 1 <= int(value) <= len(task.outputs):
+                    raise ServiceError(f"Give every output a rank from 1 to {len(task.outputs)}.")
+                ranks[out.completion_id] = int(value)
+            order = [[cid for cid, r in ranks.items() if r == level] for level in sorted(set(ranks.values()))]
+            stats.set_gold(session, task, {"order": order})
+            flash(request, "Gold order saved; labelers' accuracy on it shows on the Labelers page.", "success")
+        else:
+            winner = form.get("winner", "")
+            stats.set_gold(session, task, {"winner": int(winner) if winner.isdigit() else None})
+            flash(request, "Gold answer saved.", "success")
+    except ServiceError as exc:
+        session.rollback()
+        return task_page(request, session, user, task_id, error=exc.message)
+    return redirect(f"/admin/tasks/{task.id}")

@@ -1,0 +1,221 @@
+"""Admin pages: projects, their guidelines (versions and preview) and prompt imports."""
+
+import re
+import secrets
+import time
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Form, Request
+from starlette.datastructures import UploadFile
+from fastapi.responses import HTMLResponse
+
+from app.deps import AdminUser, SessionDep, SettingsDep, verify_csrf
+from app.markdown import render_markdown
+from app.services import ServiceError, imports, projects, stats
+from app.web.render import flash, redirect, render
+
+router = APIRouter(prefix="/admin", dependencies=[Depends(verify_csrf)], include_in_schema=False)
+UPLOAD_TTL_S = 24 * 3600
+
+
+def _int(value: str, label: str, *, optional: bool = False) -> int | None:
+    value = (value or "").strip()
+    if not value and optional:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ServiceError(f"{label} must be a whole number; got {value!r}.") from None
+
+
+def _settings_from_form(form) -> projects.ProjectSettings:
+    lease_min = _int(form.get("lease_minutes", ""), "The lease length", optional=True)
+    targets = {k: _int(form.get(f"target_{k}", ""), f"The {k} target", optional=True) or 0
+               for k in projects.TARGET_KINDS}
+    return projects.ProjectSettings(
+        name=form.get("name", ""), description=form.get("description", ""),
+        k=_int(form.get("k", ""), "K (outputs per prompt)"), overlap=_int(form.get("overlap", ""), "Overlap"),
+        lease_seconds=lease_min * 60 if lease_min is not None else None, targets=targets)
+
+
+@router.get("/projects")
+def projects_page(request: Request, session: SessionDep, user: AdminUser):
+    return render(request, "admin/projects.html", {"rows": projects.list_projects(session)})
+
+
+@router.get("/projects/new")
+def new_project_page(request: Request, session: SessionDep, user: AdminUser):
+    return render(request, "admin/project_new.html", {"form": {"k": 4, "overlap": 1},
+                                                      "labelers": projects.active_labeler_count(session)})
+
+
+@router.post("/projects")
+async def create_project(request: Request, session: SessionDep, user: AdminUser):
+    form = await request.form()
+    try:
+        project = projects.create_project(session, _settings_from_form(form), guidelines_md=form.get("guidelines", ""),
+                                          created_by=user)
+    except ServiceError as exc:
+        session.rollback()
+        return render(request, "admin/project_new.html", {"form": form, "error": exc.message,
+                                                          "labelers": projects.active_labeler_count(session)},
+                      status_code=exc.status_code)
+    flash(request, f"Project “{project.name}” created. Next: import prompts.", "success")
+    return redirect(f"/admin/projects/{project.id}")
+
+
+def _project_page(request: Request, session, project, *, status_code=200, **extra):
+    ctx = {
+        "project": project,
+        "guidelines": projects.current_guidelines(session, project.id),
+        "history": projects.guideline_history(session, project.id),
+        "labelers": projects.active_labeler_count(session),
+        "summary": stats.project_summary(session, project.id),
+        **extra,
+    }
+    return render(request, "admin/project.html", ctx, status_code=status_code)
+
+
+@router.get("/projects/{project_id}")
+def project_page(request: Request, session: SessionDep, user: AdminUser, project_id: int):
+    return _project_page(request, session, projects.get_project(session, project_id))
+
+
+@router.post("/projects/{project_id}")
+async def update_project(request: Request, session: SessionDep, user: AdminUser, project_id: int):
+    project = projects.get_project(session, project_id)
+    form = await request.form()
+    try:
+        projects.update_project(session, project, _settings_from_form(form))
+    except ServiceError as exc:
+        session.rollback()
+        project = projects.get_project(session, project_id)
+        return _project_page(request, session, project, settings_error=exc.message, form=form,
+                             status_code=exc.status_code)
+    flash(request, "Project settings saved.", "success")
+    return redirect(f"/admin/projects/{project.id}")
+
+
+@router.post("/projects/{project_id}/guidelines")
+def save_guidelines(request: Request, session: SessionDep, user: AdminUser, project_id: int,
+                    body: Annotated[str, Form()] = ""):
+    project = projects.get_project(session, project_id)
+    before = projects.current_guidelines(session, project.id)
+    version = projects.save_guidelines(session, project, body, created_by=user)
+    if before is not None and version.id == before.id:
+        flash(request, "The guidelines are unchanged; no new version was made.")
+    else:
+        flash(request, f"Guidelines saved as version {version.version}.", "success")
+    return redirect(f"/admin/projects/{project.id}#guidelines")
+
+
+@router.post("/guidelines/preview", response_class=HTMLResponse)
+async def preview_guidelines(request: Request, user: AdminUser):
+    """htmx: the Markdown rendered exactly as labelers will see it (the editor's form is sent)."""
+    form = await request.form()
+    body = form.get("body") or form.get("guidelines") or ""
+    html = render_markdown(body) if body.strip() else '<p class="muted">Nothing to preview yet.</p>'
+    return HTMLResponse(str(html))
+
+
+@router.get("/projects/{project_id}/guidelines/{version}")
+def guideline_version_page(request: Request, session: SessionDep, user: AdminUser, project_id: int, version: int):
+    project = projects.get_project(session, project_id)
+    row = projects.guideline_version(session, project.id, version)
+    return render(request, "admin/guideline_version.html", {"project": project, "row": row})
+
+
+# ---------------------------------------------------------------- imports
+
+def _uploads(settings) -> Path:
+    folder = settings.data_dir / "uploads"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _keep_upload(settings, data: bytes) -> str:
+    """The previewed bytes wait on disk for the confirm step, so the import is exactly what was shown."""
+    folder = _uploads(settings)
+    now = time.time()
+    for old in folder.glob("*.upload"):
+        if now - old.stat().st_mtime > UPLOAD_TTL_S:
+            old.unlink(missing_ok=True)
+    token = secrets.token_hex(16)
+    (folder / f"{token}.upload").write_bytes(data)
+    return token
+
+
+def _upload_path(settings, token: str) -> Path:
+    if not re.fullmatch(r"[0-9a-f]{32}", token or ""):
+        raise ServiceError("This import has expired; choose the file again.")
+    path = _uploads(settings) / f"{token}.upload"
+    if not path.exists():
+        raise ServiceError("This import has expired or was already done; choose the file again.")
+    return path
+
+
+def _import_page(request, project, *, status_code=200, **extra):
+    return render(request, "admin/import.html", {"project": project, "formats": imports.FORMATS,
+                                                 "max_mb": imports.MAX_IMPORT_BYTES // (1024 * 1024), **extra},
+                  status_code=status_code)
+
+
+def _fractions(valid_pct: str, test_pct: str) -> tuple[float, float]:
+    try:
+        return float(valid_pct or 0) / 100, float(test_pct or 0) / 100
+    except ValueError:
+        raise ServiceError("The valid and test shares are percentages, e.g. 10.") from None
+
+
+@router.get("/projects/{project_id}/import")
+def import_page(request: Request, session: SessionDep, user: AdminUser, project_id: int):
+    return _import_page(request, projects.get_project(session, project_id), form={"valid_pct": 10, "test_pct": 10})
+
+
+@router.post("/projects/{project_id}/import/preview")
+async def import_preview(request: Request, session: SessionDep, settings: SettingsDep, user: AdminUser,
+                         project_id: int):
+    project = projects.get_project(session, project_id)
+    form = await request.form()
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile) or not upload.filename:
+        return _import_page(request, project, form=form, error="Choose a file to import.", status_code=400)
+    data = await upload.read(imports.MAX_IMPORT_BYTES + 1)
+    try:
+        valid, test = _fractions(form.get("valid_pct", "10"), form.get("test_pct", "10"))
+        preview = imports.preview_import(session, project, data, filename=upload.filename,
+                                         fmt=form.get("format", "auto"), valid_fraction=valid, test_fraction=test)
+    except ServiceError as exc:
+        return _import_page(request, project, form=form, error=exc.message, status_code=exc.status_code)
+    token = _keep_upload(settings, data) if preview.ok else None
+    return _import_page(request, project, form=form, preview=preview, token=token,
+                        status_code=200 if preview.ok or not preview.errors else 422)
+
+
+@router.post("/projects/{project_id}/import")
+async def import_commit(request: Request, session: SessionDep, settings: SettingsDep, user: AdminUser,
+                        project_id: int):
+    project = projects.get_project(session, project_id)
+    form = await request.form()
+    try:
+        path = _upload_path(settings, form.get("token", ""))
+        valid, test = _fractions(form.get("valid_pct", "10"), form.get("test_pct", "10"))
+        result = imports.run_import(session, project, path.read_bytes(), filename=form.get("filename", ""),
+                                    fmt=form.get("format", "auto"), valid_fraction=valid, test_fraction=test,
+                                    create_tasks=form.get("create_tasks") == "on")
+    except ServiceError as exc:
+        session.rollback()
+        return _import_page(request, project, form=form, error=exc.message, status_code=exc.status_code)
+    session.commit()  # before the file goes: a failed commit leaves the upload to retry
+    path.unlink(missing_ok=True)
+    counts = result.preview.split_counts
+    message = (f"Imported {len(result.prompts):,} prompts (train {counts['train']:,}, valid {counts['valid']:,}, "
+               f"test {counts['test']:,}).")
+    if result.preview.duplicates or result.preview.existing:
+        message += (f" Skipped {len(result.preview.duplicates):,} duplicates in the file and "
+                    f"{len(result.preview.existing):,} already in the project.")
+    if result.tasks_created:
+        message += f" Created {result.tasks_created:,} demonstration tasks."
+    flash(request, message, "success")
+    return redirect(f"/admin/projects/{project.id}")

@@ -1,0 +1,309 @@
+"""Admin pages: start runs (a form per kind from trainer.config, with data filters), watch them
+live (htmx polling, SVG plots), cancel; the model registry with its lineage graph and evaluations."""
+
+import ast
+import dataclasses
+import inspect
+import typing
+from functools import cache
+
+from fastapi import APIRouter, Depends, Request
+from sqlalchemy import func, select
+
+from app.deps import AdminUser, SessionDep, SettingsDep, verify_csrf
+from app.models import ModelKind, ModelVersion, Project, RunKind, RunMetric, RunStatus, TrainingRun, User
+from app.services import ServiceError, evaluation, registry, runs, stats
+from app.web.admin_charts import MODEL_COLORS, headline_metrics, line_chart, lineage_graph
+from app.web.render import flash, redirect, render
+
+router = APIRouter(prefix="/admin", dependencies=[Depends(verify_csrf)], include_in_schema=False)
+KIND_TITLES = {
+    "sft": "Supervised fine-tuning on demonstrations",
+    "reward": "Reward model on rankings",
+    "ppo": "PPO against the reward model",
+    "generate": "Generate outputs → ranking tasks",
+    "evaluate": "Evaluate two models (A/B tasks)",
+}
+PLOT_FIRST = ["train_loss", "loss", "valid_loss", "accuracy", "valid_accuracy", "reward", "kl", "win_rate"]
+"""Metrics plotted first on a run page (the ones an admin looks at); the others follow by name."""
+MAX_POINTS = 400
+"""Points per plotted metric; longer series are thinned evenly (the last point is always kept)."""
+
+
+# ---------------------------------------------------------------- run forms from trainer.config
+
+@dataclasses.dataclass
+class ConfigField:
+    name: str
+    type: str
+    default: typing.Any
+    doc: str
+
+
+@cache
+def _field_docs() -> dict[str, dict[str, str]]:
+    """Each config field's docstring (the string under it in trainer/config.py)."""
+    from trainer import config as module  # plain dataclasses, no torch
+
+    docs: dict[str, dict[str, str]] = {}
+    for node in ast.parse(inspect.getsource(module)).body:
+        if isinstance(node, ast.ClassDef):
+            fields, body = {}, node.body
+            for stmt, nxt in zip(body, body[1:] + [None]):
+                if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and isinstance(nxt, ast.Expr)
+                        and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str)):
+                    fields[stmt.target.id] = " ".join(nxt.value.value.split())
+            docs[node.name] = fields
+    return docs
+
+
+@cache
+def config_fields(kind: str) -> tuple[str, list[ConfigField]]:
+    from trainer.config import RUN_CONFIGS
+
+    cls = RUN_CONFIGS[kind]
+    hints = typing.get_type_hints(cls)
+    docs = _field_docs().get(cls.__name__, {})
+    out = []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        out.append(ConfigField(f.name, getattr(hints[f.name], "__name__", str(hints[f.name])), default,
+                               docs.get(f.name, "")))
+    return " ".join((cls.__doc__ or "").split()), out
+
+
+def _config_from_form(kind: str, form) -> dict[str, typing.Any]:
+    """Only the fields the admin changed from the defaults; types follow the dataclass."""
+    values, problems = {}, []
+    for f in config_fields(kind)[1]:
+        if f.type == "bool":
+            value = form.get(f"cfg_{f.name}") == "on"
+        else:
+            raw = (form.get(f"cfg_{f.name}") or "").strip()
+            if raw == "":
+                continue
+            try:
+                value = int(raw) if f.type == "int" else float(raw) if f.type == "float" else raw
+            except ValueError:
+                problems.append(f"{f.name} must be {'a whole number' if f.type == 'int' else 'a number'}; got {raw!r}.")
+                continue
+        if value != f.default:
+            values[f.name] = value
+    if problems:
+        raise ServiceError(" ".join(problems), status_code=422)
+    return values
+
+
+def _model_choices(session, project_id: int | None) -> list[ModelVersion]:
+    return registry.list_versions(session, project_id=project_id, limit=200) if project_id else \
+        registry.list_versions(session, limit=200)
+
+
+def _run_form(request, session, settings, kind: str, *, project_id=None, form=None, error=None, status_code=200,
+              preset_models=None):
+    if kind not in KIND_TITLES:
+        kind = "sft"
+    doc, fields = config_fields(kind)
+    all_projects = session.scalars(select(Project).order_by(Project.name)).all()
+    if project_id is None and all_projects:
+        project_id = all_projects[0].id
+    accepted, required = runs.INPUT_MODELS[RunKind(kind)]
+    versions = _model_choices(session, project_id)
+    slots = [{"name": name, "index": i, "required": i < required,
+              "choices": [v for v in versions if v.kind in accepted[i]]}
+             for i, name in enumerate(runs.INPUT_NAMES[RunKind(kind)][:len(accepted)])]
+    labelers = session.scalars(select(User).order_by(User.email)).all()
+    return render(request, "admin/run_new.html", {
+        "kind": kind, "kinds": KIND_TITLES, "doc": doc, "fields": fields, "projects": all_projects,
+        "project_id": project_id, "slots": slots, "labelers": labelers, "form": form or {}, "error": error,
+        "default_model": settings.default_model, "preset_models": preset_models or [],
+    }, status_code=status_code)
+
+
+@router.get("/runs/new")
+def new_run_page(request: Request, session: SessionDep, settings: SettingsDep, user: AdminUser, kind: str = "sft",
+                 project: str = "", model: str = ""):
+    preset = [int(model)] if model.isdigit() else []
+    pid = int(project) if project.isdigit() else None
+    if pid is None and preset:
+        version = session.get(ModelVersion, preset[0])
+        pid = version.project_id if version else None
+    return _run_form(request, session, settings, kind, project_id=pid, preset_models=preset)
+
+
+@router.post("/runs")
+async def create_run(request: Request, session: SessionDep, settings: SettingsDep, user: AdminUser):
+    form = await request.form()
+    kind = form.get("kind", "")
+    pid = int(form["project_id"]) if (form.get("project_id") or "").isdigit() else None
+    try:
+        if kind not in KIND_TITLES:
+            raise ServiceError(f"Unknown run kind {kind!r}.")
+        config = _config_from_form(kind, form)
+        model_ids = []
+        for i in range(3):
+            value = form.get(f"model_{i}", "")
+            if value.isdigit():
+                model_ids.append(int(value))
+            elif value and value != "default":
+                raise ServiceError("Pick a model version from the list.")
+        excluded = sorted({int(v) for v in form.getlist("exclude") if v.isdigit()})
+        note = ""
+        min_agreement = (form.get("min_agreement") or "").strip()
+        if min_agreement and pid is not None:
+            try:
+                threshold = float(min_agreement) / 100
+            except ValueError:
+                raise ServiceError("Minimum agreement is a percentage, e.g. 65.") from None
+            if not 0 <= threshold <= 1:
+                raise ServiceError("Minimum agreement is a percentage between 0 and 100.")
+            # Labelers below the threshold (on shared ranking tasks) are left out like the excluded ones.
+            agreement = stats.ranking_agreement(session, pid)
+            low = sorted(uid for uid, s in agreement.per_labeler.items() if s.rate is not None and s.rate < threshold)
+            excluded = sorted(set(excluded) | set(low))
+            note = f" Left out {len(low)} labeler{'s' * (len(low) != 1)} below {min_agreement}% agreement."
+        data_filter = {"exclude_labelers": excluded} if excluded else {}
+        splits = form.getlist("splits")
+        if splits and splits != ["train"]:
+            data_filter["splits"] = splits
+        run = runs.create_run(session, project_id=pid, kind=kind, config=config, input_model_ids=model_ids,
+                              data_filter=data_filter, created_by=user, default_model=settings.default_model)
+    except ServiceError as exc:
+        session.rollback()
+        return _run_form(request, session, settings, kind, project_id=pid, form=form, error=exc.message,
+                         status_code=exc.status_code)
+    flash(request, f"Run #{run.id} ({run.kind.value}) is queued; a worker will pick it up.{note}", "success")
+    return redirect(f"/admin/runs/{run.id}")
+
+
+# ---------------------------------------------------------------- run list and run page
+
+@router.get("/runs")
+def runs_page(request: Request, session: SessionDep, user: AdminUser, project: str = "", status: str = "",
+              kind: str = ""):
+    pid = int(project) if project.isdigit() else None
+    st = RunStatus(status) if status in RunStatus.__members__ else None
+    rk = RunKind(kind) if kind in RunKind.__members__ else None
+    listed = runs.list_runs(session, project_id=pid, status=st, kind=rk, limit=100)
+    counts = dict(session.execute(select(TrainingRun.status, func.count()).group_by(TrainingRun.status)).all())
+    names = dict(session.execute(select(Project.id, Project.name)).all())
+    return render(request, "admin/runs.html", {
+        "runs": listed, "counts": {s.value: counts.get(s, 0) for s in RunStatus}, "project_names": names,
+        "projects": names, "project_id": pid, "status": status, "kind": kind, "kinds": KIND_TITLES})
+
+
+def _series(session, run_id: int) -> dict[str, list[tuple[float, float]]]:
+    rows = session.execute(select(RunMetric.name, RunMetric.step, RunMetric.value).where(RunMetric.run_id == run_id)
+                           .order_by(RunMetric.name, RunMetric.step, RunMetric.id)).all()
+    series: dict[str, list[tuple[float, float]]] = {}
+    for name, step, value in rows:
+        series.setdefault(name, []).append((step, value))
+    for name, pts in series.items():
+        if len(pts) > MAX_POINTS:
+            stride = len(pts) / MAX_POINTS
+            series[name] = [pts[int(i * stride)] for i in range(MAX_POINTS)] + [pts[-1]]
+    return series
+
+
+def _run_context(session, run: TrainingRun) -> dict:
+    series = _series(session, run.id)
+    first = {name: i for i, name in enumerate(PLOT_FIRST)}
+    names = sorted(series, key=lambda n: (first.get(n, len(first)), n))
+    charts = [(name, line_chart({name: series[name]}, label=name), series[name][-1][1]) for name in names]
+    produced = session.scalars(select(ModelVersion).where(ModelVersion.run_id == run.id)).all()
+    inputs = session.scalars(select(ModelVersion).where(ModelVersion.id.in_(run.input_model_ids or []))).all()
+    report = evaluation.labeler_win_rate(session, run.id) if run.kind == RunKind.evaluate else None
+    return {"run": run, "charts": charts, "produced": produced, "inputs": {v.id: v for v in inputs},
+            "final": run.status in runs.FINAL, "report": report,
+            "project": session.get(Project, run.project_id) if run.project_id else None}
+
+
+@router.get("/runs/{run_id}")
+def run_page(request: Request, session: SessionDep, user: AdminUser, run_id: int):
+    run = runs.get_run(session, run_id)
+    return render(request, "admin/run.html", _run_context(session, run))
+
+
+@router.get("/runs/{run_id}/live")
+def run_live(request: Request, session: SessionDep, user: AdminUser, run_id: int):
+    """htmx fragment polled every 2 s while the run is not final; the final fragment stops the polling."""
+    run = runs.get_run(session, run_id)
+    return render(request, "admin/_run_live.html", _run_context(session, run))
+
+
+@router.post("/runs/{run_id}/cancel")
+def cancel_run(request: Request, session: SessionDep, user: AdminUser, run_id: int):
+    try:
+        run = runs.cancel_run(session, run_id, by=user)
+    except ServiceError as exc:
+        session.rollback()
+        run = runs.get_run(session, run_id)
+        return render(request, "admin/run.html", {**_run_context(session, run), "error": exc.message},
+                      status_code=exc.status_code)
+    flash(request, f"Run #{run.id} cancelled." if run.status == RunStatus.cancelled else
+          f"Run #{run.id}: cancel requested; the worker stops at its next safe point.", "success")
+    return redirect(f"/admin/runs/{run.id}")
+
+
+# ---------------------------------------------------------------- models
+
+def _evaluations(session, limit: int = 10) -> list[tuple[TrainingRun, dict]]:
+    done = session.scalars(select(TrainingRun).where(TrainingRun.kind == RunKind.evaluate)
+                           .order_by(TrainingRun.id.desc()).limit(limit)).all()
+    reports = stats.evaluation_summaries(session, list(done))
+    return [(run, reports[run.id]) for run in done if run.id in reports]
+
+
+GRAPH_LATEST = 40
+"""The lineage graph shows the newest versions and their parents; the table lists more."""
+
+
+def _graph_versions(session, versions: list[ModelVersion]) -> list[ModelVersion]:
+    shown = {v.id: v for v in versions[:GRAPH_LATEST]}
+    missing = {p for v in shown.values() for p in (v.parent_ids or [])} - set(shown)
+    if missing:
+        shown.update({v.id: v for v in session.scalars(select(ModelVersion).where(ModelVersion.id.in_(missing)))})
+    return list(shown.values())
+
+
+@router.get("/models")
+def models_page(request: Request, session: SessionDep, user: AdminUser, project: str = ""):
+    pid = int(project) if project.isdigit() else None
+    versions = _model_choices(session, pid)
+    return render(request, "admin/models.html", {
+        "versions": versions, "graph": lineage_graph(_graph_versions(session, versions)), "colors": MODEL_COLORS,
+        "graph_limited": len(versions) > GRAPH_LATEST,
+        "by_id": {v.id: v for v in versions}, "evaluations": _evaluations(session), "headline": headline_metrics,
+        "projects": session.scalars(select(Project).order_by(Project.name)).all(), "project_id": pid})
+
+
+@router.get("/models/{version_id}")
+def model_page(request: Request, session: SessionDep, user: AdminUser, version_id: int):
+    version = registry.get_version(session, version_id)
+    ancestors = registry.lineage(session, version.id)
+    children = [v for v in session.scalars(select(ModelVersion).order_by(ModelVersion.id).limit(2000))
+                if version.id in (v.parent_ids or [])]
+    family = {v.id: v for v in ancestors + children}
+    others = [v for v in _model_choices(session, version.project_id)
+              if v.id != version.id and v.kind in (ModelKind.base, ModelKind.sft, ModelKind.ppo)]
+    run = session.get(TrainingRun, version.run_id) if version.run_id else None
+    return render(request, "admin/model.html", {
+        "version": version, "ancestors": ancestors, "children": children, "run": run, "others": others,
+        "graph": lineage_graph(list(family.values()), highlight=version.id),
+        "is_policy": version.kind in (ModelKind.base, ModelKind.sft, ModelKind.ppo)})
+
+
+@router.post("/models")
+async def register_model(request: Request, session: SessionDep, user: AdminUser):
+    form = await request.form()
+    pid = int(form["project_id"]) if (form.get("project_id") or "").isdigit() else None
+    try:
+        version = registry.register_base(session, form.get("source", ""), name=form.get("name", ""), project_id=pid)
+    except ServiceError as exc:
+        session.rollback()
+        flash(request, exc.message, "error")
+        return redirect("/admin/models")
+    flash(request, f"Base model #{version.id} “{version.name}” registered.", "success")
+    return redirect(f"/admin/models/{version.id}")

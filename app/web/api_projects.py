@@ -1,0 +1,192 @@
+"""JSON API for projects, prompts (bulk) and exports (bearer tokens).
+
+    GET  /api/v1/projects                          projects
+    POST /api/v1/projects                          admin: create               201 | 409 name taken
+    GET  /api/v1/projects/{id}                     a project with its counts and current guidelines
+    PATCH /api/v1/projects/{id}                    admin: change settings
+    PUT  /api/v1/projects/{id}/guidelines          admin: save a new guidelines version
+    GET  /api/v1/projects/{id}/prompts?split&after&limit
+    POST /api/v1/projects/{id}/prompts             admin: bulk, all or nothing  201 | 422 with line numbers
+    GET  /api/v1/projects/{id}/exports/{kind}      admin: JSON Lines (sft, preferences, rankings)
+
+Thin handlers: the rules live in app.services.projects, imports and exports."""
+
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+from app.deps import ApiAdmin, ApiUser, SessionDep
+from app.models import Project, Prompt, Split
+from app.services import exports, imports, projects, stats
+
+router = APIRouter(prefix="/api/v1", tags=["projects"])
+MAX_BULK = 10_000
+
+
+class ProjectIn(BaseModel):
+    name: str
+    description: str = ""
+    k: int = Field(4, description="Outputs per prompt in ranking tasks (2..9).")
+    overlap: int = Field(1, description="Labelers per task (at most the number of active labelers).")
+    lease_seconds: int | None = Field(None, description="How long a labeler holds a task; null: the server default.")
+    targets: dict[str, int] = Field(default_factory=dict, description='Submissions wanted per kind, e.g. {"ranking": 500}.')
+    guidelines: str = Field("", description="Markdown; saved as guidelines version 1.")
+
+
+class ProjectPatch(BaseModel):
+    name: str | None = None
+    description: str | None = None
+    k: int | None = None
+    overlap: int | None = None
+    lease_seconds: int | None = None
+    targets: dict[str, int] | None = None
+
+
+class ProjectOut(BaseModel):
+    id: int
+    name: str
+    description: str
+    k: int
+    overlap: int
+    lease_seconds: int | None
+    targets: dict[str, Any]
+    created_at: datetime
+    guidelines_version: int | None = None
+    guidelines: str | None = None
+    counts: dict[str, Any] | None = None
+
+
+class GuidelinesIn(BaseModel):
+    body_md: str
+
+
+class PromptIn(BaseModel):
+    text: str
+    reference: str | None = None
+    split: Split | None = Field(None, description="Omit to assign one from the prompt's hash (reproducible).")
+    external_id: str | None = None
+
+
+class PromptsIn(BaseModel):
+    prompts: list[PromptIn] = Field(max_length=MAX_BULK)
+    valid_fraction: float = 0.1
+    test_fraction: float = 0.1
+    create_tasks: bool = Field(False, description="Create a demonstration task for each new train prompt.")
+
+
+class PromptOut(BaseModel):
+    id: int
+    text: str
+    split: Split
+    reference: str | None
+    external_id: str | None
+    source: str
+
+
+class ImportOut(BaseModel):
+    imported: int
+    prompt_ids: list[int]
+    splits: dict[str, int]
+    duplicates: list[list[int]] = Field(description="[item, first item with the same text] (1-based), skipped.")
+    existing: list[int] = Field(description="Items whose text the project already has (1-based), skipped.")
+    tasks_created: int
+
+
+def _out(session, project: Project, detail: bool = False) -> ProjectOut:
+    out = ProjectOut(id=project.id, name=project.name, description=project.description, k=project.k,
+                     overlap=project.overlap, lease_seconds=project.lease_seconds, targets=project.targets or {},
+                     created_at=project.created_at)
+    if detail:
+        g = projects.current_guidelines(session, project.id)
+        out.guidelines_version, out.guidelines = (g.version, g.body_md) if g else (None, None)
+        out.counts = stats.project_summary(session, project.id)
+    return out
+
+
+@router.get("/projects", response_model=list[ProjectOut])
+def list_projects(session: SessionDep, user: ApiUser):
+    return [_out(session, row.project) for row in projects.list_projects(session)]
+
+
+@router.post("/projects", response_model=ProjectOut, status_code=201)
+def create_project(body: ProjectIn, session: SessionDep, user: ApiAdmin):
+    settings = projects.ProjectSettings(name=body.name, description=body.description, k=body.k, overlap=body.overlap,
+                                        lease_seconds=body.lease_seconds, targets=body.targets)
+    project = projects.create_project(session, settings, guidelines_md=body.guidelines, created_by=user)
+    return _out(session, project, detail=True)
+
+
+@router.get("/projects/{project_id}", response_model=ProjectOut)
+def read_project(project_id: int, session: SessionDep, user: ApiUser):
+    return _out(session, projects.get_project(session, project_id), detail=True)
+
+
+@router.patch("/projects/{project_id}", response_model=ProjectOut)
+def update_project(project_id: int, body: ProjectPatch, session: SessionDep, user: ApiAdmin):
+    p = projects.get_project(session, project_id)
+    given = body.model_dump(exclude_unset=True)
+    settings = projects.ProjectSettings(
+        name=given.get("name", p.name), description=given.get("description", p.description),
+        k=given.get("k", p.k), overlap=given.get("overlap", p.overlap),
+        lease_seconds=given.get("lease_seconds", p.lease_seconds), targets=given.get("targets", p.targets))
+    return _out(session, projects.update_project(session, p, settings), detail=True)
+
+
+@router.put("/projects/{project_id}/guidelines", response_model=ProjectOut)
+def save_guidelines(project_id: int, body: GuidelinesIn, session: SessionDep, user: ApiAdmin):
+    p = projects.get_project(session, project_id)
+    projects.save_guidelines(session, p, body.body_md, created_by=user)
+    return _out(session, p, detail=True)
+
+
+@router.get("/projects/{project_id}/prompts", response_model=list[PromptOut])
+def list_prompts(project_id: int, session: SessionDep, user: ApiUser, split: Split | None = None,
+                 after: int = Query(0, ge=0, description="Return prompts with an id above this (keyset paging)."),
+                 limit: int = Query(100, ge=1, le=1000)):
+    projects.get_project(session, project_id)
+    q = select(Prompt).where(Prompt.project_id == project_id, Prompt.id > after).order_by(Prompt.id).limit(limit)
+    if split is not None:
+        q = q.where(Prompt.split == split)
+    return [PromptOut(id=p.id, text=p.text, split=p.split, reference=p.reference, external_id=p.external_id,
+                      source=p.source) for p in session.scalars(q)]
+
+
+@router.post("/projects/{project_id}/prompts", response_model=ImportOut, status_code=201)
+def add_prompts(project_id: int, body: PromptsIn, session: SessionDep, user: ApiAdmin):
+    """All or nothing: one bad item refuses the request (422) with every bad item's number."""
+    p = projects.get_project(session, project_id)
+    objects = [item.model_dump(exclude_none=True, mode="json") | {"prompt": item.text} for item in body.prompts]
+    for obj in objects:
+        obj.pop("text")
+        if "external_id" in obj:
+            obj["id"] = obj.pop("external_id")
+    preview = imports.preview_objects(session, p, objects, valid_fraction=body.valid_fraction,
+                                      test_fraction=body.test_fraction)
+    if preview.errors:
+        return JSONResponse(status_code=422, content={
+            "detail": f"Nothing was imported: {len(preview.errors)} item(s) are not valid prompts.",
+            "errors": [{"item": e.line, "msg": e.message} for e in preview.errors[:imports.MAX_ERRORS_SHOWN]]})
+    result = imports.commit(session, p, preview, source="api", create_tasks=body.create_tasks)
+    return ImportOut(imported=len(result.prompts), prompt_ids=[x.id for x in result.prompts],
+                     splits=preview.split_counts, duplicates=[list(d) for d in preview.duplicates],
+                     existing=preview.existing, tasks_created=result.tasks_created)
+
+
+@router.get("/projects/{project_id}/exports/{kind}")
+def export(project_id: int, kind: str, request: Request, session: SessionDep, user: ApiAdmin,
+           split: list[str] = Query(default=[]), exclude_labelers: list[int] = Query(default=[])):
+    p = projects.get_project(session, project_id)
+    f = exports.ExportFilter(p.id, split, exclude_labelers)
+    exports.check(session, kind, f)
+    maker = request.app.state.sessionmaker
+
+    def body():
+        with maker() as s:  # the request's session closes before the stream is sent
+            yield from exports.jsonl_lines(s, kind, f)
+
+    return StreamingResponse(body(), media_type="application/x-ndjson",
+                             headers={"Content-Disposition": f'attachment; filename="{exports.filename(p, kind)}"'})

@@ -1,0 +1,199 @@
+"""JSON API for training runs, the model registry and evaluation results (bearer tokens).
+
+    POST /api/v1/runs                          admin: queue a run       201
+    GET  /api/v1/runs?project_id&status&kind   list runs
+    GET  /api/v1/runs/{id}                     a run with its latest metrics
+    POST /api/v1/runs/{id}/cancel              admin: cancel            200 | 409 when already finished
+    GET  /api/v1/runs/{id}/metrics?name&since_step
+    GET  /api/v1/runs/{id}/evaluation          win rates of an evaluate run (labelers, reward model)
+    GET  /api/v1/run-configs                   every run kind's settings with their defaults
+    GET  /api/v1/model-versions?project_id&kind
+    GET  /api/v1/model-versions/{id}           a version with its lineage
+    POST /api/v1/model-versions                admin: register a base model (hub id, folder, default)
+
+Thin handlers: the rules live in app.services.runs, registry and evaluation."""
+
+import dataclasses
+from datetime import datetime
+from typing import Any
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, Field
+
+from app import policies
+from app.deps import PermissionDenied, SettingsDep, WriteSessionDep, api_user
+from app.models import ModelKind, ModelVersion, RunKind, RunStatus, TrainingRun, User
+from app.services import evaluation, registry, runs
+
+router = APIRouter(prefix="/api/v1", tags=["runs"])
+
+
+# Every request here is one transaction holding SQLite's writer lock from its start: the bearer
+# check writes the token's last use, and a worker writes heartbeats to the same rows concurrently
+# (a deferred SQLite transaction would fail to upgrade its lock instead of waiting).
+SessionDep = WriteSessionDep
+
+
+def _user(request: Request, session: WriteSessionDep) -> User:
+    return api_user(request, session)
+
+
+def _admin(user: Annotated[User, Depends(_user)]) -> User:
+    if not policies.can_admin(user):
+        raise PermissionDenied("This endpoint is for admins.")
+    return user
+
+
+ApiUser = Annotated[User, Depends(_user)]
+ApiAdmin = Annotated[User, Depends(_admin)]
+
+
+# -- schemas ----------------------------------------------------------------------------------
+
+class RunIn(BaseModel):
+    project_id: int
+    kind: RunKind
+    config: dict[str, Any] = Field(default_factory=dict, description="Settings of the run kind; see /run-configs.")
+    input_model_ids: list[int] = Field(default_factory=list, description=(
+        "sft/reward/generate: [model] (empty: the default model); ppo: [sft, reward]; "
+        "evaluate: [candidate, baseline] or [candidate, baseline, reward]."))
+    data_filter: dict[str, Any] = Field(default_factory=dict, description=(
+        "exclude_labelers: [user ids]; splits: training splits (default [train]); valid_splits (default [valid])."))
+
+
+class RunOut(BaseModel):
+    id: int
+    project_id: int | None
+    kind: RunKind
+    status: RunStatus
+    config: dict[str, Any]
+    input_model_ids: list[int]
+    data_filter: dict[str, Any]
+    dataset_snapshot: dict[str, Any] | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    worker_id: str | None
+    heartbeat_at: datetime | None
+    progress_step: int
+    progress_total: int
+    cancel_requested: bool
+    error: str | None
+    summary: dict[str, Any]
+    model_version_ids: list[int] = Field(description="Model versions this run produced.")
+    latest_metrics: dict[str, dict[str, float]] | None = None
+
+
+class MetricOut(BaseModel):
+    step: int
+    name: str
+    value: float
+
+
+class VersionIn(BaseModel):
+    source: str = Field(description="A hub id (org/name), a local folder the worker can read, or the default's name.")
+    name: str = ""
+    project_id: int | None = None
+
+
+class VersionOut(BaseModel):
+    id: int
+    name: str
+    kind: ModelKind
+    project_id: int | None
+    source: str
+    artifact_path: str | None
+    parent_ids: list[int]
+    run_id: int | None
+    metrics: dict[str, Any]
+    created_at: datetime
+    lineage: list[int] | None = Field(default=None, description="This version and its ancestors, nearest first.")
+
+
+def _run_out(session, run: TrainingRun, *, with_metrics: bool = False) -> RunOut:
+    from sqlalchemy import select
+
+    produced = list(session.scalars(select(ModelVersion.id).where(ModelVersion.run_id == run.id)))
+    return RunOut(
+        id=run.id, project_id=run.project_id, kind=run.kind, status=run.status, config=run.config or {},
+        input_model_ids=run.input_model_ids or [], data_filter=run.data_filter or {},
+        dataset_snapshot=run.dataset_snapshot, created_at=run.created_at, started_at=run.started_at,
+        finished_at=run.finished_at, worker_id=run.worker_id, heartbeat_at=run.heartbeat_at,
+        progress_step=run.progress_step, progress_total=run.progress_total, cancel_requested=run.cancel_requested,
+        error=run.error, summary=run.summary or {}, model_version_ids=produced,
+        latest_metrics=runs.latest_metrics(session, run.id) if with_metrics else None,
+    )
+
+
+def _version_out(version: ModelVersion, lineage: list[int] | None = None) -> VersionOut:
+    return VersionOut(id=version.id, name=version.name, kind=version.kind, project_id=version.project_id,
+                      source=version.source, artifact_path=version.artifact_path, parent_ids=version.parent_ids or [],
+                      run_id=version.run_id, metrics=version.metrics or {}, created_at=version.created_at,
+                      lineage=lineage)
+
+
+# -- runs ---------------------------------------------------------------------------------------
+
+@router.post("/runs", response_model=RunOut, status_code=201)
+def create_run(body: RunIn, session: SessionDep, settings: SettingsDep, user: ApiAdmin):
+    run = runs.create_run(session, project_id=body.project_id, kind=body.kind.value, config=body.config,
+                          input_model_ids=body.input_model_ids, data_filter=body.data_filter, created_by=user,
+                          default_model=settings.default_model)
+    return _run_out(session, run)
+
+
+@router.get("/runs", response_model=list[RunOut])
+def list_runs(session: SessionDep, user: ApiUser, project_id: int | None = None, status: RunStatus | None = None,
+              kind: RunKind | None = None, limit: int = Query(100, ge=1, le=500)):
+    return [_run_out(session, run) for run in runs.list_runs(session, project_id=project_id, status=status,
+                                                             kind=kind, limit=limit)]
+
+
+@router.get("/runs/{run_id}", response_model=RunOut)
+def read_run(run_id: int, session: SessionDep, user: ApiUser):
+    return _run_out(session, runs.get_run(session, run_id), with_metrics=True)
+
+
+@router.post("/runs/{run_id}/cancel", response_model=RunOut)
+def cancel_run(run_id: int, session: SessionDep, user: ApiAdmin):
+    return _run_out(session, runs.cancel_run(session, run_id, by=user))
+
+
+@router.get("/runs/{run_id}/metrics", response_model=list[MetricOut])
+def run_metrics(run_id: int, session: SessionDep, user: ApiUser, name: str | None = None,
+                since_step: int | None = None, limit: int = Query(10000, ge=1, le=100000)):
+    rows = runs.metrics(session, run_id, name=name, since_step=since_step, limit=limit)
+    return [MetricOut(step=m.step, name=m.name, value=m.value) for m in rows]
+
+
+@router.get("/runs/{run_id}/evaluation")
+def run_evaluation(run_id: int, session: SessionDep, user: ApiUser) -> dict[str, Any]:
+    return evaluation.evaluation_report(session, run_id)
+
+
+@router.get("/run-configs")
+def run_configs(user: ApiUser) -> dict[str, dict[str, Any]]:
+    from trainer.config import RUN_CONFIGS  # plain dataclasses, no torch
+
+    return {kind: dataclasses.asdict(cls()) for kind, cls in sorted(RUN_CONFIGS.items())}
+
+
+# -- model versions -----------------------------------------------------------------------------
+
+@router.get("/model-versions", response_model=list[VersionOut])
+def list_versions(session: SessionDep, user: ApiUser, project_id: int | None = None, kind: ModelKind | None = None,
+                  limit: int = Query(200, ge=1, le=1000)):
+    return [_version_out(v) for v in registry.list_versions(session, project_id=project_id, kind=kind, limit=limit)]
+
+
+@router.get("/model-versions/{version_id}", response_model=VersionOut)
+def read_version(version_id: int, session: SessionDep, user: ApiUser):
+    chain = registry.lineage(session, version_id)
+    return _version_out(chain[0], [v.id for v in chain])
+
+
+@router.post("/model-versions", response_model=VersionOut, status_code=201)
+def register_base(body: VersionIn, session: SessionDep, user: ApiAdmin):
+    return _version_out(registry.register_base(session, body.source, name=body.name, project_id=body.project_id))

@@ -1,0 +1,204 @@
+"""Labeler pages: home (available work, today's counts), the three task screens, history.
+
+    GET  /label                                 home
+    GET  /label/p/{project_id}/{kind}           lease the next task of this queue, then show it
+    GET  /label/task/{task_id}                  the task held by this labeler
+    POST /label/task/{task_id}/submit           plain form post (htmx-free fallback; JS only enhances)
+    POST /label/task/{task_id}/skip             skip, optionally flagging the prompt
+    POST /label/task/{task_id}/draft            htmx autosave of a demonstration draft (fragment)
+    GET  /label/history                         what I submitted
+
+Pages only parse forms and render; the rules live in app.services.queue and .submissions.
+"""
+
+import secrets
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import HTMLResponse
+from starlette.concurrency import run_in_threadpool
+from markupsafe import escape
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.db import utcnow
+from app.db import write_session
+from app.deps import LabelerUser, OptionalUser, verify_csrf
+from app.models import OUTPUT_FLAGS, GuidelineVersion, Project, SkipReason, Task, TaskKind, User
+from app.services import NotFound, ServiceError, queue, submissions
+from app.web.render import flash, redirect, render
+
+router = APIRouter(dependencies=[Depends(verify_csrf)], include_in_schema=False)
+
+
+def _tx(request: Request):
+    """The page's write transaction (BEGIN IMMEDIATE on SQLite), opened inside the handler so it
+    runs in one thread from start to commit (see app.web.api_tasks._labeling for why)."""
+    return write_session(request.app.state.engine)
+
+KIND_TITLES = {TaskKind.demonstration: "Write demonstrations", TaskKind.ranking: "Rank outputs",
+               TaskKind.comparison: "Compare two outputs"}
+SKIP_LABELS = {SkipReason.skip: "Just skip", SkipReason.pii: "Contains personal data (PII)",
+               SkipReason.nonsense: "Nonsense / not a real request", SkipReason.harmful: "Harmful request"}
+
+
+@router.get("/")
+def root(user: OptionalUser):
+    if user is None:
+        return redirect("/login")
+    return redirect("/admin" if user.is_admin else "/label")
+
+
+@router.get("/label")
+def labeler_home(request: Request, user: LabelerUser):
+    with _tx(request) as session:
+        counts = queue.available_counts(session, user.id)
+        names = dict(session.execute(select(Project.id, Project.name)
+                                     .where(Project.id.in_({p for p, _ in counts}))).all())
+        today = submissions.counts_since(session, user, submissions.start_of_today())
+    work = [{"project_id": pid, "project": names[pid], "kind": kind, "title": KIND_TITLES[kind], "available": n}
+            for (pid, kind), n in sorted(counts.items(), key=lambda kv: (names[kv[0][0]].lower(), kv[0][1].value))]
+    return render(request, "labeler/home.html", {"work": work, "today": today, "kind_titles": KIND_TITLES})
+
+
+@router.get("/label/p/{project_id}/{kind}")
+def work_queue(request: Request, project_id: int, kind: TaskKind, user: LabelerUser):
+    with _tx(request) as session:
+        project = session.get(Project, project_id)
+        if project is None or project.archived_at is not None:
+            raise NotFound("There is no such active project.")
+        got = queue.next_task(session, user.id, project, kind,
+                              default_lease_seconds=request.app.state.settings.lease_seconds)
+    if got is None:
+        flash(request, f"No more {kind.value} tasks for you in {project.name} right now. Thank you!", "success")
+        return redirect("/label")
+    return redirect(f"/label/task/{got.task_id}")
+
+
+def _task_context(session: Session, user: User, task_id: int) -> dict:
+    got = queue.assignment(session, task_id, user.id)
+    if got is None:
+        raise NotFound("This task is not assigned to you (it may have been submitted or skipped). "
+                       "Go back to your work list to get the next one.")
+    project = session.get(Project, got.project_id)
+    guidelines = session.scalar(select(GuidelineVersion).where(GuidelineVersion.project_id == project.id)
+                                .order_by(GuidelineVersion.version.desc()).limit(1))
+    return {"task": got, "project": project, "guidelines": guidelines, "kind_title": KIND_TITLES[got.kind],
+            "skip_labels": SKIP_LABELS, "flags": OUTPUT_FLAGS, "idempotency_key": secrets.token_urlsafe(12),
+            "expired": got.expires_at <= utcnow(), "error": None, "form": {}}
+
+
+def _render_task(request: Request, ctx: dict, status_code: int = 200) -> HTMLResponse:
+    return render(request, f"labeler/{ctx['task'].kind.value}.html", ctx, status_code=status_code)
+
+
+@router.get("/label/task/{task_id}")
+def task_page(request: Request, task_id: int, user: LabelerUser):
+    with _tx(request) as session:
+        ctx = _task_context(session, user, task_id)
+        if ctx["task"].kind == TaskKind.demonstration:
+            ctx["form"] = {"text": submissions.get_draft(session, user, task_id)}
+    return _render_task(request, ctx)
+
+
+def _int_or_none(value: str | None) -> int | None:
+    try:
+        return int(value) if value not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def _ranking_from_form(form, output_ids: list[int]) -> tuple[list[list[int]], dict, dict]:
+    """Places (1 = best; equal places are ties), Likert and flags per output from the form fields."""
+    places: dict[int, int] = {}
+    ratings: dict[str, dict] = {}
+    for cid in output_ids:
+        place = _int_or_none(form.get(f"place_{cid}"))
+        if place is not None:
+            places[cid] = place
+        likert = _int_or_none(form.get(f"likert_{cid}"))
+        ratings[str(cid)] = {"likert": likert, "flags": form.getlist(f"flags_{cid}")}
+    order = [[cid for cid in output_ids if places.get(cid) == p] for p in sorted(set(places.values()))]
+    # An unplaced output is left out of the order, so the service names it in its message.
+    return order, ratings, places
+
+
+@router.post("/label/task/{task_id}/submit")
+async def submit_form(request: Request, task_id: int, user: LabelerUser):
+    form = await request.form()
+    return await run_in_threadpool(_submit_form, request, task_id, user, form)
+
+
+def _submit_form(request: Request, task_id: int, user: User, form) -> HTMLResponse:
+    with _tx(request) as session:
+        return _submit_in(session, request, task_id, user, form)
+
+
+def _submit_in(session: Session, request: Request, task_id: int, user: User, form) -> HTMLResponse:
+    task = session.get(Task, task_id)
+    if task is None:
+        raise NotFound(f"There is no task {task_id}.")
+    key = str(form.get("idempotency_key") or "") or None
+    time_ms = _int_or_none(form.get("time_spent_ms"))
+    values: dict = {}
+    try:
+        with session.begin_nested():  # a refused answer leaves nothing behind
+            if task.kind == TaskKind.demonstration:
+                values = {"text": str(form.get("text", ""))}
+                submissions.submit_demonstration(session, user, task_id, values["text"], time_spent_ms=time_ms,
+                                                 idempotency_key=key)
+            elif task.kind == TaskKind.ranking:
+                output_ids = [tc.completion_id for tc in task.outputs]
+                order, ratings, places = _ranking_from_form(form, output_ids)
+                none_ok = form.get("none_acceptable") == "on"
+                values = {"places": places, "ratings": ratings, "none_acceptable": none_ok}
+                ratings = {cid: r for cid, r in ratings.items() if r["likert"] is not None or r["flags"]}
+                submissions.submit_ranking(session, user, task_id, order, ratings, none_acceptable=none_ok,
+                                           time_spent_ms=time_ms, idempotency_key=key)
+            else:
+                values = {"choice": str(form.get("choice", "")), "reason": str(form.get("reason", ""))}
+                submissions.submit_comparison(session, user, task_id, values["choice"] or "(none)",
+                                              values["reason"], time_spent_ms=time_ms, idempotency_key=key)
+    except ServiceError as exc:
+        if exc.status_code in (403, 404) or queue.assignment(session, task_id, user.id) is None:
+            raise  # not (or no longer) this labeler's task: the plain error page says why
+        ctx = _task_context(session, user, task_id)
+        ctx.update(error=exc.message, form=values)
+        return _render_task(request, ctx, status_code=exc.status_code)
+    # A double-clicked form (same idempotency key) lands here too, without storing anything twice.
+    flash(request, "Saved. Here is the next one.", "success")
+    return redirect(f"/label/p/{task.project_id}/{task.kind.value}")
+
+
+@router.post("/label/task/{task_id}/skip")
+def skip_form(request: Request, task_id: int, user: LabelerUser,
+              reason: Annotated[str, Form()] = "skip", note: Annotated[str, Form()] = ""):
+    with _tx(request) as session:
+        got = queue.assignment(session, task_id, user.id)
+        if got is None:
+            raise NotFound("This task is not assigned to you.")
+        submissions.skip(session, user, task_id, reason, note)
+    flash(request, "Skipped." if reason == "skip" else "Skipped and flagged for the admins.", "info")
+    return redirect(f"/label/p/{got.project_id}/{got.kind.value}")
+
+
+@router.post("/label/task/{task_id}/draft")
+def save_draft(request: Request, task_id: int, user: LabelerUser, text: Annotated[str, Form()] = ""):
+    try:
+        with _tx(request) as session:
+            submissions.save_draft(session, user, task_id, text)
+    except ServiceError as exc:
+        return HTMLResponse(f'<span class="draft-status bad" role="status">Draft not saved: {escape(exc.message)}</span>')
+    return HTMLResponse(f'<span class="draft-status" role="status">Draft saved {utcnow():%H:%M:%S} UTC</span>')
+
+
+@router.get("/label/history")
+def history_page(request: Request, user: LabelerUser, page: int = 1):
+    page = max(1, page)
+    per_page = 50
+    with _tx(request) as session:
+        rows = submissions.history(session, user, limit=per_page + 1, offset=(page - 1) * per_page)
+        today = submissions.counts_since(session, user, submissions.start_of_today())
+    return render(request, "labeler/history.html", {"rows": rows[:per_page], "page": page,
+                                                    "has_more": len(rows) > per_page, "today": today,
+                                                    "kind_titles": KIND_TITLES})

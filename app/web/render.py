@@ -1,0 +1,42 @@
+"""Rendering pages and fragments, flash messages, and the one-route-two-shapes htmx rule."""
+
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.templating import Jinja2Templates
+
+from app.config import REPO_ROOT
+from app.markdown import render_markdown
+from app.models import OUTPUT_FLAGS
+
+templates = Jinja2Templates(directory=str(REPO_ROOT / "templates"))
+templates.env.filters["markdown"] = render_markdown
+templates.env.globals["OUTPUT_FLAGS"] = OUTPUT_FLAGS
+
+
+def is_htmx(request: Request) -> bool:
+    return request.headers.get("HX-Request") == "true"
+
+
+def flash(request: Request, message: str, kind: str = "info") -> None:
+    """Shown once on the next page rendered for this browser."""
+    request.state.flash_out.append([kind, message])
+
+
+def render(request: Request, name: str, context: dict[str, Any] | None = None, status_code: int = 200) -> HTMLResponse:
+    ctx = {
+        "user": getattr(request.state, "user", None),
+        "csrf_token": request.app.state.signer.csrf_token(request.state.session.sid),
+        "flashes": request.state.flash_in + request.state.flash_out,
+        "htmx": is_htmx(request),
+    }
+    request.state.flash_in = []
+    request.state.flash_out = []
+    ctx.update(context or {})
+    return templates.TemplateResponse(request, name, ctx, status_code=status_code)
+
+
+def redirect(url: str) -> RedirectResponse:
+    """After a POST: 303 so the browser GETs the next page; htmx follows it too."""
+    return RedirectResponse(url, status_code=303)

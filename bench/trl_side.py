@@ -1,0 +1,192 @@
+"""The TRL side of bench/rm_throughput.py and bench/sft_throughput.py.
+
+TRL lives in its own virtual environment (bench/.venv-trl, gitignored) so it never touches the
+project's dependencies: `ensure_venv()` (called from the project's venv) creates it with the
+same torch and transformers versions as the project, then TRL. The benchmarks then run
+
+    bench/.venv-trl/bin/python bench/trl_side.py rm|sft SPEC.json RESULT.json
+
+on the same model folder and the same token ids as the project's side. This file imports only
+torch, transformers, datasets and trl (not the project)."""
+
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+VENV = HERE / ".venv-trl"
+
+
+def ensure_venv() -> Path:
+    """Python of bench/.venv-trl, created on first use: torch first (pinned to the project's
+    version, so pip never pulls another build), then trl with the project's transformers."""
+    import torch
+    import transformers
+
+    python = VENV / "bin" / "python"
+    if python.exists():
+        return python
+    torch_version = torch.__version__.split("+")[0]
+    print(f"creating {VENV} (torch=={torch_version}, transformers=={transformers.__version__}, trl)", flush=True)
+    base_python = Path(sys.base_prefix) / "bin" / "python3"  # the interpreter the project's venv was made from
+    subprocess.run([str(base_python), "-m", "venv", str(VENV)], check=True)
+    pip = [str(python), "-m", "pip", "install", "-q"]
+    subprocess.run(pip + [f"torch=={torch_version}"], check=True)
+    subprocess.run(pip + ["trl", f"transformers=={transformers.__version__}"], check=True)
+    return python
+
+
+def run(kind: str, spec: dict, workdir: Path, timeout: float = 1800) -> dict:
+    """Run the TRL side in its venv and return its result dict."""
+    python = ensure_venv()
+    spec_path, result_path = workdir / f"trl-{kind}-spec.json", workdir / f"trl-{kind}-result.json"
+    spec_path.write_text(json.dumps(spec))
+    subprocess.run([str(python), str(Path(__file__)), kind, str(spec_path), str(result_path)], check=True,
+                   timeout=timeout)
+    return json.loads(result_path.read_text())
+
+
+# ---- inside the TRL venv ---------------------------------------------------------------------
+
+
+def _timing_callback():
+    from transformers import TrainerCallback
+
+    class StepTimes(TrainerCallback):
+        """Wall time at the end of each optimizer step (the first one is warm-up and not counted)."""
+
+        def __init__(self):
+            self.times, self.cpu_times = [], []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.times.append(time.perf_counter())
+            self.cpu_times.append(time.process_time())
+
+    return StepTimes()
+
+
+def _peak_memory_mb(device) -> float:
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _common_args(spec: dict, device: str) -> dict:
+    return dict(
+        output_dir=spec["workdir"],
+        max_steps=spec["steps"],
+        learning_rate=spec["learning_rate"],
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        adam_beta2=0.95,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        logging_steps=10_000,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        seed=spec["seed"],
+        dataloader_num_workers=0,
+        use_cpu=device == "cpu",
+        bf16=device == "cuda",
+    )
+
+
+def trl_reward(spec: dict) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from trl import RewardConfig, RewardTrainer
+
+    torch.set_num_threads(spec["threads"])
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    data = json.loads(Path(spec["data"]).read_text())
+    tokenizer = AutoTokenizer.from_pretrained(spec["model"])
+    torch.manual_seed(spec["seed"])
+    model = AutoModelForSequenceClassification.from_pretrained(
+        spec["model"], num_labels=1, dtype=torch.bfloat16 if device == "cuda" else torch.float32
+    )
+    model.config.pad_token_id = tokenizer.pad_token_id
+    pairs = [(seqs[w], seqs[l]) for seqs, pair_list in data["train"] for w, l in pair_list]
+    train = Dataset.from_dict({"chosen_ids": [c for c, _ in pairs], "rejected_ids": [r for _, r in pairs]})
+    args = RewardConfig(per_device_train_batch_size=spec["pairs_per_step"], max_length=None,
+                        center_rewards_coefficient=None, **_common_args(spec, device))
+    clock = _timing_callback()
+    trainer = RewardTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer, callbacks=[clock])
+    trainer.train()
+    seconds, cpu_seconds = clock.times[-1] - clock.times[0], clock.cpu_times[-1] - clock.cpu_times[0]
+    # Held-out pair accuracy, computed like the project's (winner scored strictly higher).
+    model.eval()
+    correct = total = 0
+    with torch.no_grad():
+        for seqs, pair_list in data["valid"]:
+            width = max(len(s) for s in seqs)
+            ids = torch.tensor([s + [tokenizer.pad_token_id] * (width - len(s)) for s in seqs], device=model.device)
+            mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=model.device)
+            scores = model(input_ids=ids, attention_mask=mask).logits.squeeze(-1).float()
+            correct += sum(int(scores[w] > scores[l]) for w, l in pair_list)
+            total += len(pair_list)
+    return {
+        "pairs_per_s": spec["pairs_per_step"] * (spec["steps"] - 1) / seconds,
+        "pairs_per_cpu_s": spec["pairs_per_step"] * (spec["steps"] - 1) / cpu_seconds,
+        "valid_accuracy": correct / total,
+        "peak_memory_mb": _peak_memory_mb(device),
+        "device": device,
+    }
+
+
+def trl_sft(spec: dict) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    torch.set_num_threads(spec["threads"])
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    data = json.loads(Path(spec["data"]).read_text())
+    tokenizer = AutoTokenizer.from_pretrained(spec["model"])
+    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.bfloat16 if device == "cuda" else torch.float32)
+    rows = data["train"]
+    train = Dataset.from_dict({
+        "input_ids": [ids for ids, _ in rows],
+        "completion_mask": [[0] * n_prompt + [1] * (len(ids) - n_prompt) for ids, n_prompt in rows],
+    })
+    args = SFTConfig(per_device_train_batch_size=spec["batch_size"], max_length=None, packing=False,
+                     completion_only_loss=True, **_common_args(spec, device))
+    clock = _timing_callback()
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer, callbacks=[clock])
+    tokens_at_step = []
+
+    class Tokens(type(clock)):
+        def on_step_end(self, args, state, control, **kwargs):
+            tokens_at_step.append(trainer._total_train_tokens)  # non-pad tokens seen so far (TRL's own count)
+
+    trainer.add_callback(Tokens())
+    trainer.train()
+    seconds, cpu_seconds = clock.times[-1] - clock.times[0], clock.cpu_times[-1] - clock.cpu_times[0]
+    return {
+        "tokens_per_s": (tokens_at_step[-1] - tokens_at_step[0]) / seconds,
+        "tokens_per_cpu_s": (tokens_at_step[-1] - tokens_at_step[0]) / cpu_seconds,
+        "peak_memory_mb": _peak_memory_mb(device),
+        "device": device,
+    }
+
+
+def main() -> None:
+    kind, spec_path, result_path = sys.argv[1:4]
+    spec = json.loads(Path(spec_path).read_text())
+    result = {"rm": trl_reward, "sft": trl_sft}[kind](spec)
+    import trl
+
+    result["trl_version"] = trl.__version__
+    Path(result_path).write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""Labeler figures, agreement (pairwise rate, Kendall's tau-b), gold accuracy, data page, tasks pages."""
+
+import math
+import time
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from app.db import utcnow
+from app.models import (
+    Comparison,
+    Completion,
+    Demonstration,
+    Prompt,
+    Ranking,
+    Skip,
+    SkipReason,
+    Split,
+    Task,
+    TaskCompletion,
+    TaskKind,
+)
+from app.services import ServiceError, accounts, projects, stats
+from tests.conftest import csrf_of
+
+
+def test_compare_orders_by_hand():
+    s = stats.compare_orders([[1], [2], [3], [4]], [[1], [3], [2], [4]])
+    assert (s.same, s.comparable) == (5, 6) and s.tau == pytest.approx(4 / 6)
+    s = stats.compare_orders([[1], [2], [3], [4]], [[1, 2], [3], [4]])
+    assert (s.same, s.comparable) == (5, 5) and s.tau == pytest.approx(5 / math.sqrt(5 * 6))
+    s = stats.compare_orders([[1], [2]], [[2], [1]])
+    assert (s.same, s.comparable, s.tau) == (0, 1, -1.0)
+    assert stats.compare_orders([[1, 2]], [[1, 2]]).tau is None
+
+
+class World:
+    """A small project: 3 labelers, one shared ranking task, demos, a comparison, skips."""
+
+    def __init__(self, session):
+        # No passwords: these labelers never log in, and hashing would only slow the tests down.
+        self.l1, self.l2, self.l3 = (accounts.create_user(session, f"l{i}@example.com", None) for i in (1, 2, 3))
+        self.project = projects.create_project(session, projects.ProjectSettings(name="Stats", k=4, overlap=3,
+                                                                                  targets={"ranking": 10}))
+        p = [Prompt(project_id=self.project.id, text=f"prompt {i}", split=Split.test if i == 2 else Split.train,
+                    content_hash=f"h{i}") for i in range(3)]
+        session.add_all(p)
+        session.flush()
+        c = [Completion(prompt_id=p[0].id, text=f"output {x}", source="test") for x in "abcd"]
+        c2 = [Completion(prompt_id=p[1].id, text=f"answer {x}", source="test") for x in "xy"]
+        session.add_all(c + c2)
+        session.flush()
+        self.a, self.b, self.c, self.d = (o.id for o in c)
+        rank = Task(project_id=self.project.id, prompt_id=p[0].id, kind=TaskKind.ranking, required=3, done_count=3)
+        rank.outputs = [TaskCompletion(completion_id=o.id, position=i) for i, o in enumerate(c)]
+        comp = Task(project_id=self.project.id, prompt_id=p[1].id, kind=TaskKind.comparison, required=1, done_count=1)
+        comp.outputs = [TaskCompletion(completion_id=o.id, position=i) for i, o in enumerate(c2)]
+        demos = [Task(project_id=self.project.id, prompt_id=p[i].id, kind=TaskKind.demonstration, required=1,
+                      done_count=1) for i in (1, 2)]
+        session.add_all([rank, comp, *demos])
+        session.flush()
+        self.rank_task, self.comp_task, self.x, self.y = rank, comp, c2[0].id, c2[1].id
+        a, b, cc, d = self.a, self.b, self.c, self.d
+        now = utcnow()
+        session.add_all([
+            Ranking(task_id=rank.id, user_id=self.l1.id, order=[[a], [b], [cc], [d]], time_spent_ms=1000,
+                    ratings={str(a): {"likert": 6, "flags": ["hallucination", "sexual"]}}),
+            Ranking(task_id=rank.id, user_id=self.l2.id, order=[[a], [cc], [b], [d]], time_spent_ms=1000),
+            Ranking(task_id=rank.id, user_id=self.l3.id, order=[[a, b], [cc], [d]], time_spent_ms=4000,
+                    created_at=now - timedelta(days=2)),
+            Demonstration(task_id=demos[0].id, prompt_id=p[1].id, user_id=self.l1.id, text="demo one", time_spent_ms=3000),
+            Demonstration(task_id=demos[1].id, prompt_id=p[2].id, user_id=self.l2.id, text="demo two", time_spent_ms=2000),
+            Comparison(task_id=comp.id, user_id=self.l1.id, a_completion_id=self.y, b_completion_id=self.x,
+                       choice="b", time_spent_ms=2000),
+            Skip(task_id=demos[1].id, user_id=self.l1.id, reason=SkipReason.pii),
+            Skip(task_id=demos[0].id, user_id=self.l3.id, reason=SkipReason.skip),
+        ])
+        session.commit()
+
+
+@pytest.fixture
+def world(session):
+    return World(session)
+
+
+def test_labeler_figures(session, world):
+    rows = {r.user.email: r for r in stats.labeler_figures(session, world.project.id)}
+    l1, l2, l3 = rows["l1@example.com"], rows["l2@example.com"], rows["l3@example.com"]
+    assert l1.done == {"ranking": 1, "demonstration": 1, "comparison": 1}
+    assert l1.median_ms == {"ranking": 1000, "demonstration": 3000, "comparison": 2000}
+    assert l2.median_ms == {"ranking": 1000, "demonstration": 2000} and l3.median_ms == {"ranking": 4000}
+    assert l1.skip_rate == pytest.approx(0.25) and l3.skip_rate == pytest.approx(0.5)
+    assert (l1.prompt_flags, l1.output_flags) == (1, 2)
+    assert (l3.prompt_flags, l3.output_flags) == (0, 0)
+    other = projects.create_project(session, projects.ProjectSettings(name="Other"))
+    assert all(r.total == 0 for r in stats.labeler_figures(session, other.id))
+
+
+def test_agreement(session, world):
+    ag = stats.ranking_agreement(session, world.project.id)
+    # l1-l2: 5 of 6 pairs; l1-l3: 5 of 5; l2-l3: 4 of 5 (l3 tied a and b).
+    assert (ag.project.same, ag.project.comparable) == (14, 16)
+    assert ag.shared_tasks == 1
+    l1 = ag.per_labeler[world.l1.id]
+    assert (l1.same, l1.comparable) == (10, 11)
+    assert ag.per_pair[(world.l1.id, world.l2.id)].tau == pytest.approx(4 / 6)
+
+
+def test_gold_accuracy(session, world):
+    stats.set_gold(session, world.rank_task, {"order": [[world.a], [world.b], [world.c], [world.d]]})
+    stats.set_gold(session, world.comp_task, {"winner": world.x})
+    session.commit()
+    gold = stats.gold_accuracy(session, world.project.id)
+    assert gold[world.l1.id] == (2, 1.0)
+    assert gold[world.l2.id] == (1, pytest.approx(5 / 6))
+    assert gold[world.l3.id] == (1, pytest.approx(5 / 6))  # the a = b tie counts wrong
+    for bad in [{"order": [[world.a], [world.b]]}, {"order": [[world.a, world.a], [world.b], [world.c], [world.d]]},
+                {"order": "a>b"}]:
+        with pytest.raises(ServiceError, match="every output"):
+            stats.set_gold(session, world.rank_task, bad)
+    with pytest.raises(ServiceError, match="one of the two"):
+        stats.set_gold(session, world.comp_task, {"winner": world.a})
+    stats.set_gold(session, world.comp_task, None)
+    session.commit()
+    assert world.l1.id in stats.gold_accuracy(session) and stats.gold_accuracy(session)[world.l1.id][0] == 1
+
+
+def test_submissions_per_day_and_overview(session, world):
+    days = stats.submissions_per_day(session, 7, world.project.id)
+    assert len(days) == 7 and days[-1][0] == utcnow().date()
+    assert days[-1][1] == {"ranking": 2, "demonstration": 2, "comparison": 1}
+    assert days[-3][1] == {"ranking": 1}
+    o = stats.data_overview(session, 30)
+    assert o.counts[world.project.id]["prompts"] == {"train": 2, "test": 1}
+    assert o.counts[world.project.id]["ranking"] == {"train": 3}
+    assert o.counts[world.project.id]["demonstration"] == {"train": 1, "test": 1}
+
+
+def test_labelers_and_data_pages(admin_client, session, world):
+    r = admin_client.get(f"/admin/labelers?project={world.project.id}")
+    assert r.status_code == 200
+    assert "87.5%" in r.text  # 14 of 16 pairs
+    assert "l3@example.com" in r.text
+    r = admin_client.get("/admin/data")
+    assert r.status_code == 200 and "<svg" in r.text and "3 / 10" in r.text
+    assert admin_client.get(f"/admin/data?project={world.project.id}&days=7").status_code == 200
+    assert admin_client.get(f"/admin/projects/{world.project.id}/tasks?kind=ranking&shared=true").status_code == 200
+
+
+def test_gold_form(admin_client, session, world):
+    task = world.rank_task
+    token = csrf_of(admin_client, f"/admin/tasks/{task.id}")
+    form = {"csrf_token": token, f"rank_{world.a}": "1", f"rank_{world.b}": "2", f"rank_{world.c}": "2",
+            f"rank_{world.d}": "4"}
+    assert admin_client.post(f"/admin/tasks/{task.id}/gold", data=form).status_code == 303
+    session.rollback(); session.expire_all()  # a fresh snapshot and no cached rows: see the app's writes
+    assert session.get(Task, task.id).gold == {"order": [[world.a], [world.b, world.c], [world.d]]}
+    r = admin_client.post(f"/admin/tasks/{task.id}/gold", data={**form, f"rank_{world.d}": "9"})
+    assert r.status_code == 400 and "rank from 1 to 4" in r.text
+    page = admin_client.get(f"/admin/tasks/{task.id}")
+    assert "vs gold" in page.text and ">80%<" in page.text  # l3 tied a and b, which the gold orders: 4 of 5
+    r = admin_client.post(f"/admin/tasks/{world.comp_task.id}/gold", data={"csrf_token": token, "winner": "tie"})
+    assert r.status_code == 303
+    session.rollback(); session.expire_all()  # a fresh snapshot and no cached rows: see the app's writes
+    assert session.get(Task, world.comp_task.id).gold == {"winner": None}
+    demo = session.scalar(select(Task).where(Task.kind == TaskKind.demonstration))
+    r = admin_client.post(f"/admin/tasks/{demo.id}/gold", data={"csrf_token": token, "winner": "1"})
+    assert r.status_code == 400 and "free text" in r.text
+    assert admin_client.get("/admin/tasks/999999").status_code == 404
+
+
+def test_labeler_cannot_see_stats(labeler_client):
+    assert labeler_client.get("/admin/labelers").status_code == 403
+    assert labeler_client.get("/admin/data").status_code == 403
+
+
+def test_remembered_figures_follow_new_work(admin_client, session, world):
+    page = admin_client.get(f"/admin/labelers?project={world.project.id}")
+    assert "87.5%" in page.text
+    # A fourth labeler ranks the shared task in the reverse order. The next view may still show the
+    # remembered figures while they are recomputed in the background; soon after, they change.
+    l4 = accounts.create_user(session, "l4@example.com", None)
+    session.add(Ranking(task_id=world.rank_task.id, user_id=l4.id, order=[[world.d], [world.c], [world.b], [world.a]]))
+    session.commit()
+    deadline = time.monotonic() + 20
+    while "87.5%" in admin_client.get(f"/admin/labelers?project={world.project.id}").text:
+        assert time.monotonic() < deadline, "the labeler figures never caught up with the new ranking"
+        time.sleep(0.1)
+    assert "l4@example.com" in admin_client.get(f"/admin/labelers?project={world.project.id}").text
+    fresh = admin_client.get(f"/admin/labelers?project={world.project.id}&fresh=true")
+    assert "87.5%" not in fresh.text
+    assert "4 / 10" in admin_client.get("/admin/data?fresh=true").text

@@ -1,0 +1,55 @@
+"""The `instructloop` command: users create reads the password from stdin, never an argument."""
+
+from click.testing import CliRunner
+from sqlalchemy import select
+
+from app.cli import main
+from app.models import Role, User
+from app.security import verify_password
+
+
+def _env(settings):
+    return {"DATABASE_URL": settings.db_url, "INSTRUCTLOOP_DATA_DIR": str(settings.data_dir), "SECRET_KEY": "k"}
+
+
+def test_db_upgrade_and_users_create(settings, session):
+    runner = CliRunner()
+    r = runner.invoke(main, ["db", "upgrade"], env=_env(settings))
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(main, ["users", "create", "Boss@Example.com", "--role", "admin", "--password-stdin"],
+                      input="a strong password\n", env=_env(settings))
+    assert r.exit_code == 0, r.output
+    assert "Created admin boss@example.com" in r.output
+    user = session.scalar(select(User).where(User.email == "boss@example.com"))
+    assert user.role is Role.admin and verify_password(user.password_hash, "a strong password")
+
+
+def test_users_create_prompts_and_refuses_bad_input(settings):
+    runner = CliRunner()
+    r = runner.invoke(main, ["users", "create", "a@example.com"], input="a strong password\na strong password\n",
+                      env=_env(settings))
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(main, ["users", "create", "a@example.com", "--password-stdin"], input="another password\n",
+                      env=_env(settings))
+    assert r.exit_code == 1 and "already exists" in r.output
+    r = runner.invoke(main, ["users", "create", "b@example.com", "--password-stdin"], input="short\n",
+                      env=_env(settings))
+    assert r.exit_code == 1 and "at least 10" in r.output
+    r = runner.invoke(main, ["users", "create", "not-an-email", "--password-stdin"], input="a strong password\n",
+                      env=_env(settings))
+    assert r.exit_code == 1 and "not an email" in r.output
+
+
+def test_no_password_argument_exists():
+    r = CliRunner().invoke(main, ["users", "create", "a@example.com", "--password", "x"])
+    assert r.exit_code == 2 and "No such option" in r.output
+
+
+def test_first_admin_created_once(settings, capsys):
+    from app.cli import _ensure_first_admin
+
+    settings.admin_password = ""
+    _ensure_first_admin(settings, "127.0.0.1", 8000)
+    _ensure_first_admin(settings, "127.0.0.1", 8000)
+    out = capsys.readouterr().out
+    assert out.count("created the admin account") == 1 and "Password " in out

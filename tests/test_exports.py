@@ -1,0 +1,126 @@
+"""Exports (page, CLI) loaded back with the `datasets` library; CLI import; empty-export messages."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import func, select
+
+from app.cli import main as cli
+from app.models import Prompt
+from app.services import ServiceError, exports, projects
+from tests.conftest import SHARED_DATA
+from tests.test_admin_stats import World
+
+datasets = pytest.importorskip("datasets")
+
+
+@pytest.fixture
+def world(session):
+    return World(session)
+
+
+def _load(path):
+    return datasets.load_dataset("json", data_files=str(path), split="train")
+
+
+def test_export_rows(session, world):
+    f = exports.ExportFilter(world.project.id)
+    sft = list(exports.sft_rows(session, f))
+    assert sorted(r["completion"] for r in sft) == ["demo one", "demo two"]
+    prefs = list(exports.preference_rows(session, f))
+    # l1: 6 pairs, l2: 6, l3: 5 (its a = b tie dropped), the comparison: 1 (x beat y).
+    assert len(prefs) == 18
+    assert {"prompt": "prompt 1", "chosen": "answer x", "rejected": "answer y"} in prefs
+    assert not any(p["chosen"] == "output a" and p["rejected"] == "output b"
+                   for p in prefs[12:17])  # l3 tied a and b
+    rankings = list(exports.ranking_rows(session, f))
+    assert len(rankings) == 3
+    l1 = next(r for r in rankings if r["labeler_id"] == world.l1.id)
+    assert l1["completions"][0]["flags"] == ["hallucination", "sexual"] and l1["completions"][0]["likert"] == 6
+    l3 = next(r for r in rankings if r["labeler_id"] == world.l3.id)
+    assert l3["order"][0] == [world.a, world.b]
+    only_l1 = exports.ExportFilter(world.project.id, exclude_labelers=[world.l2.id, world.l3.id])
+    assert len(list(exports.ranking_rows(session, only_l1))) == 1
+    test_only = exports.ExportFilter(world.project.id, splits=["test"])
+    assert list(exports.sft_rows(session, test_only)) == [{"prompt": "prompt 2", "completion": "demo two"}]
+
+
+def test_download_each_export_and_load_with_datasets(admin_client, world, tmp_path):
+    for kind, columns, n in [("sft", {"prompt", "completion"}, 2), ("preferences", {"prompt", "chosen", "rejected"}, 18),
+                             ("rankings", {"prompt", "completions", "order", "labeler_id", "ratings"} - {"ratings"}, 3)]:
+        r = admin_client.get(f"/admin/projects/{world.project.id}/export/{kind}")
+        assert r.status_code == 200, r.text
+        assert r.headers["content-disposition"] == f'attachment; filename="stats-{kind}.jsonl"'
+        path = tmp_path / f"{kind}.jsonl"
+        path.write_bytes(r.content)
+        ds = _load(path)
+        assert len(ds) == n and columns <= set(ds.column_names)
+    assert admin_client.get(f"/admin/projects/{world.project.id}/exports").status_code == 200
+
+
+def test_empty_and_bad_exports(admin_client, session, world):
+    empty = projects.create_project(session, projects.ProjectSettings(name="Empty"))
+    session.commit()
+    r = admin_client.get(f"/admin/projects/{empty.id}/export/sft")
+    assert r.status_code == 400 and "no accepted demonstrations" in r.text
+    r = admin_client.get(f"/admin/projects/{world.project.id}/export/everything")
+    assert r.status_code == 404 and "Unknown export" in r.text
+    r = admin_client.get(f"/admin/projects/{world.project.id}/export/sft?exclude=abc")
+    assert r.status_code == 400 and "ids" in r.text
+    r = admin_client.get(f"/admin/projects/{world.project.id}/export/sft?split=nope")
+    assert r.status_code == 400 and "Unknown split" in r.text
+    with pytest.raises(ServiceError, match="with these filters"):
+        exports.check(session, "rankings", exports.ExportFilter(world.project.id, splits=["valid"]))
+
+
+@pytest.fixture
+def cli_env(settings, monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", settings.db_url)
+    monkeypatch.setenv("INSTRUCTLOOP_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("SECRET_KEY", "test-secret-key")
+    return CliRunner()
+
+
+def test_cli_export_and_load(cli_env, world, tmp_path):
+    out = tmp_path / "prefs.jsonl"
+    r = cli_env.invoke(cli, ["export", "preferences", "--project", "Stats", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert len(_load(out)) == 18
+    r = cli_env.invoke(cli, ["export", "sft", "--project", str(world.project.id), "--split", "train"])
+    assert r.exit_code == 0 and len(r.stdout.strip().splitlines()) == 1
+    assert json.loads(r.stdout.splitlines()[0]).keys() == {"prompt", "completion"}
+    r = cli_env.invoke(cli, ["export", "sft", "--project", "Nope"])
+    assert r.exit_code == 1 and "There is no project 'Nope'" in r.output
+
+
+def test_cli_import(cli_env, session, world, tmp_path):
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"prompt": "cli one"}\n{"prompt": "cli two"}\n{"prompt": "cli one"}\n')
+    r = cli_env.invoke(cli, ["import", str(good), "--project", "Stats", "--dry-run"])
+    assert r.exit_code == 0 and "2 new prompts" in r.output and "1 duplicates" in r.output
+    count = select(func.count()).select_from(Prompt)
+    before = session.scalar(count)
+    session.rollback()
+    r = cli_env.invoke(cli, ["import", str(good), "--project", "Stats", "--create-tasks"])
+    assert r.exit_code == 0, r.output
+    assert session.scalar(count) == before + 2
+    session.rollback()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "fine"}\n{broken\n')
+    r = cli_env.invoke(cli, ["import", str(bad), "--project", "Stats"])
+    assert r.exit_code == 1 and "line 2: broken JSON" in r.output and "Nothing imported" in r.output
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("prompt\ncaf\xe9\n".encode("latin-1"))
+    r = cli_env.invoke(cli, ["import", str(latin), "--project", "Stats"])
+    assert r.exit_code == 1 and "not UTF-8" in r.output
+    assert session.scalar(count) == before + 2
+
+
+def test_cli_import_real_alpaca(cli_env, session, world):
+    file = SHARED_DATA / "alpaca-5k" / "alpaca_5000.json.gz"
+    if not file.exists():
+        pytest.skip(f"{file} is absent (shared test data)")
+    r = cli_env.invoke(cli, ["import", str(file), "--project", "Stats", "--format", "alpaca"])
+    assert r.exit_code == 0, r.output
+    assert session.scalar(select(func.count()).select_from(Prompt).where(Prompt.source == file.name)) > 4900

@@ -1,0 +1,143 @@
+"""Labeler pages: home, the three task screens as plain forms (no JavaScript), drafts, skip, history;
+HTML in prompts, outputs, guidelines and demonstrations is shown as text."""
+
+import re
+
+from sqlalchemy import select
+
+from app.models import Comparison, Demonstration, Draft, Ranking, Skip
+from tests.conftest import csrf_of
+from tests.labeling import comparison_setup, make_outputs, make_project, make_prompts, ranking_setup
+from app.services import tasks
+
+EVIL = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+
+
+def _task_id(response) -> int:
+    assert response.status_code == 303, response.text[:500]
+    match = re.fullmatch(r"/label/task/(\d+)", response.headers["location"])
+    assert match, response.headers["location"]
+    return int(match.group(1))
+
+
+def test_home_and_demonstration_form(labeler_client, session):
+    c = labeler_client
+    project = make_project(session, guidelines=f"# Rules\n{EVIL}\n\n**Be kind**", max_demonstration_chars=40)
+    prompts = make_prompts(session, project, [f"Say hi {EVIL}", "second"])
+    tasks.create_demonstration_tasks(session, project, prompts)
+    session.commit()
+    home = c.get("/label")
+    assert home.status_code == 200 and "Write demonstrations" in home.text and "2 tasks" in home.text
+    tid = _task_id(c.get(f"/label/p/{project.id}/demonstration"))
+    page = c.get(f"/label/task/{tid}")
+    assert page.status_code == 200
+    assert "<script>alert" not in page.text and "&lt;script&gt;alert" in page.text   # prompt and guidelines as text
+    assert "<strong>Be kind</strong>" in page.text and "<img src=x" not in page.text
+    token = csrf_of(c, f"/label/task/{tid}")
+    # no CSRF token: refused
+    assert c.post(f"/label/task/{tid}/submit", data={"text": "hi"}).status_code == 403
+    # draft autosave (htmx sends the token in a header)
+    r = c.post(f"/label/task/{tid}/draft", data={"text": EVIL[:30]}, headers={"X-CSRF-Token": token, "HX-Request": "true"})
+    assert r.status_code == 200 and "Draft saved" in r.text
+    assert "&lt;script&gt;" in c.get(f"/label/task/{tid}").text  # the restored draft is escaped too
+    r = c.post(f"/label/task/{tid}/submit", data={"text": "x" * 41, "csrf_token": token, "idempotency_key": "k"})
+    assert r.status_code == 400 and "limit is 40" in r.text and "x" * 41 in r.text   # answer kept in the form
+    r = c.post(f"/label/task/{tid}/submit", data={"text": "  ", "csrf_token": token})
+    assert r.status_code == 400 and "empty" in r.text
+    r = c.post(f"/label/task/{tid}/submit", data={"text": EVIL[:35], "csrf_token": token, "idempotency_key": "k",
+                                                 "time_spent_ms": "4200"})
+    assert r.status_code == 303 and r.headers["location"] == f"/label/p/{project.id}/demonstration"
+    session.expire_all()
+    demo = session.scalar(select(Demonstration))
+    assert demo.text == EVIL[:35] and demo.time_spent_ms == 4200
+    assert session.scalar(select(Draft)) is None
+    # double submit of the same form (same idempotency key): no error, nothing new
+    r = c.post(f"/label/task/{tid}/submit", data={"text": EVIL[:35], "csrf_token": token, "idempotency_key": "k"})
+    assert r.status_code == 303
+    # the task is gone from this labeler
+    assert c.get(f"/label/task/{tid}").status_code == 404
+    history = c.get("/label/history")
+    assert history.status_code == 200 and "&lt;script&gt;" in history.text and "<script>alert" not in history.text
+    assert "4.2 s" in history.text
+
+
+def test_ranking_form(labeler_client, session):
+    c = labeler_client
+    project, task, outs = ranking_setup(session, n_outputs=4)
+    evil = make_outputs(session, task.prompt, [EVIL])  # not part of the task: just an id from elsewhere
+    session.commit()
+    tid = _task_id(c.get(f"/label/p/{project.id}/ranking"))
+    page = c.get(f"/label/task/{tid}")
+    shown = [int(x) for x in re.findall(r'data-output="(\d+)" data-letter', page.text)]
+    assert sorted(shown) == sorted(o.id for o in outs)
+    token = csrf_of(c, f"/label/task/{tid}")
+    data = {"csrf_token": token, "idempotency_key": "r1"}
+    for i, cid in enumerate(shown):
+        data[f"likert_{cid}"] = str(7 - i)
+    data[f"place_{shown[0]}"] = "1"
+    data[f"place_{shown[1]}"] = "2"
+    data[f"place_{shown[2]}"] = "2"   # a tie
+    r = c.post(f"/label/task/{tid}/submit", data=data)
+    assert r.status_code == 400 and "Place every output" in r.text
+    data[f"place_{shown[3]}"] = "4"
+    data[f"flags_{shown[3]}"] = ["hallucination", "sexual"]
+    data[f"likert_{shown[0]}"] = "9"
+    r = c.post(f"/label/task/{tid}/submit", data=data)
+    assert r.status_code == 400 and "from 1 to 7" in r.text
+    data[f"likert_{shown[0]}"] = "7"
+    data[f"place_{evil[0].id}"] = "1"  # ignored: the form only reads this task's outputs
+    data["none_acceptable"] = "on"
+    r = c.post(f"/label/task/{tid}/submit", data=data)
+    assert r.status_code == 303, r.text[:300]
+    session.expire_all()
+    ranking = session.scalar(select(Ranking))
+    assert [sorted(g) for g in ranking.order] == [[shown[0]], sorted([shown[1], shown[2]]), [shown[3]]]
+    assert ranking.display_order == shown and ranking.none_acceptable
+    assert ranking.ratings[str(shown[3])]["flags"] == ["hallucination", "sexual"]
+
+
+def test_comparison_form_and_skip(labeler_client, session, make_user):
+    c = labeler_client
+    project, task, (a, b) = comparison_setup(session, overlap=1)
+    (prompt2,) = make_prompts(session, project, ["another"])
+    o1, o2 = make_outputs(session, prompt2, ["x", "y"])
+    task2 = tasks.create_comparison_task(session, project, prompt2, o1.id, o2.id)
+    session.commit()
+    tid = _task_id(c.get(f"/label/p/{project.id}/comparison"))
+    token = csrf_of(c, f"/label/task/{tid}")
+    r = c.post(f"/label/task/{tid}/submit", data={"csrf_token": token})
+    assert r.status_code == 400 and "Choose" in r.text
+    r = c.post(f"/label/task/{tid}/submit", data={"csrf_token": token, "choice": "b", "reason": EVIL})
+    assert r.status_code == 303
+    tid2 = _task_id(c.get(f"/label/p/{project.id}/comparison"))
+    assert {tid, tid2} == {task.id, task2.id}
+    r = c.post(f"/label/task/{tid2}/skip", data={"csrf_token": token, "reason": "pii", "note": "a phone number"})
+    assert r.status_code == 303
+    assert c.get(f"/label/p/{project.id}/comparison").headers["location"] == "/label"   # nothing left
+    session.expire_all()
+    assert session.scalar(select(Comparison)).reason == EVIL
+    assert session.scalar(select(Skip)).reason.value == "pii"
+
+
+def test_someone_elses_task(client, session, make_user):
+    from tests.conftest import login
+    project, task, _ = comparison_setup(session)
+    make_user("a@example.com")
+    make_user("b@example.com")
+    assert login(client, "a@example.com").status_code == 303
+    tid = _task_id(client.get(f"/label/p/{project.id}/comparison"))
+    client.post("/logout", data={"csrf_token": csrf_of(client, "/label")})
+    assert login(client, "b@example.com").status_code == 303
+    token = csrf_of(client, "/label")
+    assert client.get(f"/label/task/{tid}").status_code == 404
+    r = client.post(f"/label/task/{tid}/submit", data={"csrf_token": token, "choice": "a"})
+    assert r.status_code == 403 and "not assigned to you" in r.text
+    r = client.post(f"/label/task/{tid}/skip", data={"csrf_token": token})
+    assert r.status_code == 404
+    session.expire_all()
+    assert session.scalar(select(Comparison)) is None and session.scalar(select(Skip)) is None
+
+
+def test_anonymous_goes_to_login(client):
+    r = client.get("/label/history")
+    assert r.status_code == 303 and r.headers["location"].startswith("/login")

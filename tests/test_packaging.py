@@ -1,0 +1,36 @@
+"""What a new user meets: the compose file is valid and the README shows the two commands."""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _compose_cmd():
+    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    return None
+
+
+def test_docker_compose_config_is_valid():
+    cmd = _compose_cmd()
+    if cmd is None:
+        pytest.skip("neither `docker compose` nor `docker-compose` is installed")
+    env = {**os.environ, "SECRET_KEY": "test"}
+    r = subprocess.run([*cmd, "config"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    for service in ("postgres:", "web:", "worker:"):
+        assert service in r.stdout
+    assert "healthcheck" in r.stdout and "gpu" in r.stdout
+
+
+def test_readme_shows_the_two_commands():
+    readme = (ROOT / "README.md").read_text()
+    assert "make run" in readme and "make test" in readme
+    assert "make test" in (ROOT / ".ci" / "run").read_text()

@@ -1,0 +1,1 @@
+"""instructloop trainer: the background worker and the algorithms (torch, transformers)."""

@@ -1,0 +1,312 @@
+"""`instructloop demo`: the whole InstructGPT loop on the embedded default, with simulated labelers.
+
+demonstrations -> SFT -> K outputs per prompt -> rankings -> reward model -> PPO ->
+A/B comparisons of PPO against SFT -> win rate. Every stage goes through the real database,
+queue and worker (a `instructloop worker` subprocess claims each run); the terminal shows a
+progress bar per run. Afterwards the web app shows the lineage, the plots and the win rate.
+
+The profiles trade quality for time: `cpu` finishes in minutes on a 2-core laptop with
+SmolLM2-135M-Instruct, `gpu` uses real sizes, `tiny` uses a tiny model built from a config
+(for tests). Run: `instructloop demo [--profile cpu|gpu|tiny]`.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from app.config import Settings
+from app.db import make_engine, make_sessionmaker, write_session
+from app.models import ModelVersion, RunMetric, RunStatus, TaskKind, TrainingRun
+from app.services import evaluation, imports, projects, registry, runs
+from trainer import simulate
+
+GUIDELINES = """# Demo guidelines
+
+Answer exactly what is asked, and no more.
+
+- If the prompt limits the length ("in one word", "in at most 5 words"), stay within it.
+- Give the correct answer to arithmetic and yes/no questions.
+- Do not refuse questions that are harmless.
+"""
+
+
+@dataclass
+class Profile:
+    name: str
+    model: str
+    """Hub id, folder or the embedded default; 'tiny' builds a tiny model in the data folder."""
+    prompts: int
+    labelers: int = 4
+    agreement: float = 0.73
+    padding_rate: float = 0.4
+    """Share of demonstrations that ignore the length limit (see trainer.simulate.SimulatedLabeler)."""
+    prompt_kinds: tuple[str, ...] = simulate.DEMO_PROMPT_KINDS
+    tiny_sizes: dict[str, int] = field(default_factory=dict)
+    """Sizes for trainer.tiny.make_tiny_model when model == 'tiny'."""
+    k: int = 4
+    sft: dict[str, Any] = field(default_factory=dict)
+    reward: dict[str, Any] = field(default_factory=dict)
+    generate: dict[str, Any] = field(default_factory=dict)
+    ppo: dict[str, Any] = field(default_factory=dict)
+    evaluate: dict[str, Any] = field(default_factory=dict)
+
+
+PROFILES = {
+    "cpu": Profile(
+        # Sized to finish in about 20 minutes on a 2-core laptop with SmolLM2-135M in fp32.
+        name="cpu", model="smollm2-135m-instruct", prompts=160,
+        sft=dict(epochs=1, batch_size=8, micro_batch_size=8, learning_rate=5e-5, max_length=96,
+                 max_prompt_length=64),
+        generate=dict(k=4, temperature=1.0, top_p=0.95, max_new_tokens=24, limit=48, batch_size=48),
+        reward=dict(epochs=1, batch_size=8, micro_batch_size=8, learning_rate=3e-5, max_length=96),
+        ppo=dict(total_episodes=128, rollout_batch_size=16, minibatch_size=8, forward_batch_size=16, ppo_epochs=2,
+                 max_new_tokens=24, learning_rate=1e-5, kl_coef=0.05, temperature=0.9),
+        evaluate=dict(num_prompts=32, temperature=0.7, top_p=0.95, max_new_tokens=24, batch_size=32),
+    ),
+    "gpu": Profile(
+        name="gpu", model="smollm2-135m-instruct", prompts=2000, labelers=8,
+        sft=dict(epochs=3, batch_size=32, micro_batch_size=32, learning_rate=2e-5, max_length=256,
+                 max_prompt_length=128),
+        generate=dict(k=4, temperature=1.0, top_p=0.95, max_new_tokens=48, limit=800, batch_size=128),
+        reward=dict(epochs=2, batch_size=32, micro_batch_size=16, learning_rate=1e-5, max_length=256),
+        ppo=dict(total_episodes=8192, rollout_batch_size=128, minibatch_size=32, forward_batch_size=128,
+                 ppo_epochs=4, max_new_tokens=48, learning_rate=1e-5, kl_coef=0.05, temperature=0.9),
+        evaluate=dict(num_prompts=200, temperature=0.7, top_p=0.95, max_new_tokens=48, batch_size=100),
+    ),
+    "tiny": Profile(
+        # A 2-layer model cannot learn addition, so its demo leaves the sums out.
+        name="tiny", model="tiny", prompts=240, labelers=3, agreement=0.9, padding_rate=0.5,
+        prompt_kinds=("yes_no", "sentence", "fruit"),
+        sft=dict(epochs=12, batch_size=16, micro_batch_size=16, learning_rate=3e-3, max_length=64,
+                 max_prompt_length=48),
+        generate=dict(k=4, temperature=1.0, max_new_tokens=12, limit=160, batch_size=160),
+        reward=dict(epochs=3, batch_size=8, micro_batch_size=8, learning_rate=5e-4, max_length=64),
+        ppo=dict(total_episodes=1024, rollout_batch_size=64, minibatch_size=16, forward_batch_size=64, ppo_epochs=4,
+                 max_new_tokens=12, learning_rate=5e-4, kl_coef=0.05, temperature=1.0),
+        evaluate=dict(num_prompts=64, temperature=1.0, max_new_tokens=12, batch_size=64),
+    ),
+}
+
+
+@dataclass
+class DemoResult:
+    project_id: int
+    seconds: float
+    figures: dict[str, Any]
+    run_ids: dict[str, int]
+
+
+Echo = Callable[[str], None]
+
+
+class Demo:
+    def __init__(self, settings: Settings, profile: Profile, *, echo: Echo = print, seed: int = 0,
+                 start_worker: bool = True):
+        self.settings, self.profile, self.echo, self.seed = settings, profile, echo, seed
+        self.engine = make_engine(settings.db_url)
+        self.sessions = make_sessionmaker(self.engine)
+        self.start_worker = start_worker
+        self.worker: subprocess.Popen | None = None
+        self.run_ids: dict[str, int] = {}
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def run(self) -> DemoResult:
+        started = time.monotonic()
+        if self.start_worker:
+            self._start_worker()
+        try:
+            project_id = self._create_project()
+            self._label(project_id, TaskKind.demonstration, "writing demonstrations")
+            base = self._base_model(project_id)
+            sft = self._train("sft", project_id, [base], self.profile.sft)
+            self._train("generate", project_id, [sft], self.profile.generate)
+            self._label(project_id, TaskKind.ranking, "ranking outputs")
+            reward = self._train("reward", project_id, [sft], self.profile.reward)
+            ppo = self._train("ppo", project_id, [sft, reward], self.profile.ppo)
+            self._train("evaluate", project_id, [ppo, sft, reward], self.profile.evaluate)
+            self._label(project_id, TaskKind.comparison, "comparing PPO with SFT")
+            figures = self._figures()
+        finally:
+            self._stop_worker()
+        result = DemoResult(project_id, time.monotonic() - started, figures, dict(self.run_ids))
+        self._report(result)
+        return result
+
+    def _create_project(self) -> int:
+        name = f"demo {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        pairs = simulate.demo_prompts(self.profile.prompts, seed=self.seed, kinds=self.profile.prompt_kinds)
+        data = "\n".join(json.dumps({"prompt": p, "reference": r}) for p, r in pairs).encode()
+        with write_session(self.engine) as session:
+            project = projects.create_project(
+                session, projects.ProjectSettings(name=name, k=self.profile.k, overlap=1,
+                                                  description="Created by `instructloop demo`."),
+                guidelines_md=GUIDELINES)
+            result = imports.run_import(session, project, data, filename="demo.jsonl", valid_fraction=0.1,
+                                        test_fraction=0.25, create_tasks=True)
+            counts = result.preview.split_counts
+            self.echo(f"Project '{name}' (id {project.id}): {len(result.prompts)} prompts "
+                      f"({counts['train']} train, {counts['valid']} valid, {counts['test']} test)")
+            return project.id
+
+    def _base_model(self, project_id: int) -> int:
+        source = self.profile.model
+        if source == "tiny":
+            from trainer.tiny import make_tiny_model
+
+            texts = [p for pair in simulate.demo_prompts(400, seed=99) for p in pair]
+            source = str(make_tiny_model(self.settings.data_dir / "models" / "tiny-demo", texts=texts,
+                                         **self.profile.tiny_sizes))
+        with write_session(self.engine) as session:
+            return registry.register_base(session, source, project_id=project_id).id
+
+    def _label(self, project_id: int, kind: TaskKind, what: str) -> None:
+        bar = ProgressBar(self.echo, f"labelers: {what}")
+        report = simulate.simulate(self.engine, project_id, labelers=self.profile.labelers,
+                                   agreement=self.profile.agreement, kinds=[kind], seed=self.seed,
+                                   padding_rate=self.profile.padding_rate,
+                                   default_lease_seconds=self.settings.lease_seconds,
+                                   on_submit=lambda _kind, n: bar.update(n, None, ""))
+        bar.done(f"{report.submitted.get(kind.value, 0)} {kind.value}s, {report.skipped} skipped")
+
+    def _train(self, kind: str, project_id: int, inputs: list[int], config: dict[str, Any]) -> int:
+        """Queues a run, follows it to the end, and returns the model version it produced (or the run id)."""
+        with write_session(self.engine) as session:
+            run = runs.create_run(session, project_id=project_id, kind=kind, config={**config, "seed": self.seed},
+                                  input_model_ids=inputs)
+            run_id = run.id
+        self.run_ids[kind] = run_id
+        bar = ProgressBar(self.echo, f"{kind} run {run_id}")
+        while True:
+            with self.sessions() as session:
+                run = session.get(TrainingRun, run_id)
+                status, step, total, error = run.status, run.progress_step, run.progress_total, run.error
+                last = _last_metrics(session, run_id)
+            bar.update(step, total, last)
+            if status in runs.FINAL:
+                break
+            if self.worker is not None and self.worker.poll() is not None:
+                raise RuntimeError(f"The worker exited (code {self.worker.returncode}) while run {run_id} was {status}.")
+            time.sleep(0.5)
+        if status != RunStatus.succeeded:
+            bar.done(status.value)
+            raise RuntimeError(f"The {kind} run {run_id} {status.value}: {error}")
+        with self.sessions() as session:
+            version = session.scalar(select(ModelVersion).where(ModelVersion.run_id == run_id))
+        bar.done("done" + (f" -> model version {version.id}" if version else ""))
+        return version.id if version else run_id
+
+    def _figures(self) -> dict[str, Any]:
+        with self.sessions() as session:
+            def metric(kind: str, name: str, pick: int) -> float | None:
+                rows = session.scalars(select(RunMetric.value).where(
+                    RunMetric.run_id == self.run_ids[kind], RunMetric.name == name).order_by(RunMetric.step)).all()
+                return rows[pick] if rows else None
+
+            evaluate_run = session.get(TrainingRun, self.run_ids["evaluate"])
+            return {
+                "sft_valid_loss_start": metric("sft", "valid_loss", 0),
+                "sft_valid_loss_end": metric("sft", "valid_loss", -1),
+                "reward_accuracy": metric("reward", "valid_accuracy", -1),
+                "ppo_score_start": metric("ppo", "score", 0),
+                "ppo_score_end": metric("ppo", "score", -1),
+                "ppo_kl_end": metric("ppo", "kl", -1),
+                "reward_model_win_rate": (evaluate_run.summary.get("reward_model") or {}).get("win_rate"),
+                "labeler_win_rate": evaluation.labeler_win_rate(session, evaluate_run.id),
+            }
+
+    def _report(self, result: DemoResult) -> None:
+        f = result.figures
+        self.echo("")
+        self.echo(f"Finished in {result.seconds / 60:.1f} minutes (project {result.project_id}).")
+        self.echo(f"  SFT held-out loss      {_fmt(f['sft_valid_loss_start'])} -> {_fmt(f['sft_valid_loss_end'])}")
+        self.echo(f"  reward-model accuracy  {_fmt(f['reward_accuracy'])} on held-out pairs")
+        self.echo(f"  PPO reward-model score {_fmt(f['ppo_score_start'])} -> {_fmt(f['ppo_score_end'])}, "
+                  f"KL {_fmt(f['ppo_kl_end'])}")
+        win = f["labeler_win_rate"]
+        if win.get("n"):
+            low, high = win["ci95"]
+            self.echo(f"  PPO vs SFT (labelers)  win rate {win['win_rate']:.1%} [95% CI {low:.1%}, {high:.1%}] "
+                      f"over {win['n']} comparisons")
+        if f["reward_model_win_rate"] is not None:
+            self.echo(f"  PPO vs SFT (reward model) win rate {f['reward_model_win_rate']:.1%}")
+        self.echo(f"Open the dashboard to see the lineage and the plots: /admin/projects/{result.project_id}")
+
+    # -- the worker -------------------------------------------------------------------------------
+
+    def _start_worker(self) -> None:
+        env = {**os.environ, "DATABASE_URL": self.settings.db_url,
+               "INSTRUCTLOOP_DATA_DIR": str(self.settings.data_dir)}
+        log = open(self.settings.data_dir / "demo-worker.log", "ab")  # noqa: SIM115 (lives as long as the worker)
+        self.worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--poll-interval", "0.5"],
+                                       env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.echo(f"Started a worker (pid {self.worker.pid}); its log: {self.settings.data_dir / 'demo-worker.log'}")
+
+    def _stop_worker(self) -> None:
+        if self.worker is None or self.worker.poll() is not None:
+            return
+        self.worker.send_signal(signal.SIGTERM)
+        try:
+            self.worker.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.worker.kill()
+
+
+def _last_metrics(session, run_id: int) -> str:
+    row = session.execute(select(RunMetric.step).where(RunMetric.run_id == run_id)
+                          .order_by(RunMetric.step.desc()).limit(1)).first()
+    if row is None:
+        return ""
+    values = session.execute(select(RunMetric.name, RunMetric.value)
+                             .where(RunMetric.run_id == run_id, RunMetric.step == row.step)).all()
+    shown = [f"{n}={v:.3g}" for n, v in values if n in ("loss", "valid_loss", "accuracy", "valid_accuracy", "score", "kl")]
+    return " ".join(shown)
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+class ProgressBar:
+    """One terminal line per stage, redrawn in place on a terminal, printed at the end otherwise."""
+
+    def __init__(self, echo: Echo, label: str, width: int = 28):
+        self.echo, self.label, self.width = echo, label, width
+        self.tty = sys.stdout.isatty() and echo is print
+        self.started = time.monotonic()
+        self.line = ""
+
+    def update(self, step: int, total: int | None, info: str) -> None:
+        if total:
+            filled = int(self.width * min(step, total) / total)
+            bar = f"[{'#' * filled}{'.' * (self.width - filled)}] {step}/{total}"
+        else:
+            bar = f"{step}"
+        self.line = f"{self.label:<34} {bar} {info}"
+        if self.tty:
+            sys.stdout.write("\r\033[K" + self.line)
+            sys.stdout.flush()
+
+    def done(self, note: str) -> None:
+        elapsed = time.monotonic() - self.started
+        line = f"{self.label:<34} {note} ({elapsed:.0f}s)"
+        if self.tty:
+            sys.stdout.write("\r\033[K")
+        self.echo(line)
+
+
+def run_demo(settings: Settings, profile: str = "cpu", *, echo: Echo = print, seed: int = 0,
+             start_worker: bool = True) -> DemoResult:
+    if profile not in PROFILES:
+        raise ValueError(f"Unknown profile {profile!r}; use one of {', '.join(PROFILES)}.")
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    return Demo(settings, PROFILES[profile], echo=echo, seed=seed, start_worker=start_worker).run()

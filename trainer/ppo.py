@@ -1,0 +1,569 @@
+"""PPO for language models, as in InstructGPT (Ouyang et al. 2022) and "Fine-Tuning Language
+Models from Human Preferences" (Ziegler et al. 2019): the policy (from SFT) samples answers to
+the train prompts, a frozen reward model scores them, a per-token KL penalty to the frozen
+reference (SFT) model keeps the policy close, and a value model (from the reward model) gives
+GAE advantages for the clipped PPO objective. With ptx_coef > 0 the SFT loss on demonstrations
+is mixed in (the paper's PPO-ptx).
+
+Launch: the worker runs it for a run of kind `ppo` (`instructloop worker`). From the shell:
+
+    python -m trainer.ppo --policy sft-model --reward rm-model --prompts prompts.jsonl --out ppo-model \\
+        --low-memory --set lora_r=16 --set total_episodes=4096
+
+In Python:
+
+    from trainer.modeling import ScalarHeadModel, load_causal_lm, load_tokenizer, pick_device
+    tok, dev, far = load_tokenizer(sft), pick_device(), "cpu" if cfg.low_memory else pick_device()
+    policy = load_causal_lm(sft, device=dev, lora_r=cfg.lora_r,
+                            gradient_checkpointing=cfg.gradient_checkpointing)
+    ref = None if cfg.lora_r else load_causal_lm(sft, device=far)
+    reward = ScalarHeadModel.from_pretrained(rm, device=far)
+    value = ScalarHeadModel.from_pretrained(rm, device=dev)
+    summary = train_ppo(policy, ref, reward, value, tok, prompts, cfg, reward_tokenizer=load_tokenizer(rm))
+
+Memory (config.low_memory): the reference and reward models live in CPU memory and visit the
+GPU only for their forward pass; with lora_r > 0 the reference is the policy with its adapters
+switched off (no second copy). By arithmetic (not measured here), a 1B model in bf16 with full
+fine-tuning then holds on the GPU 2 GB policy + 2 GB value weights, 4 GB of their gradients,
+8 GB of AdamW state, 2 GB for the visiting frozen model, plus activations (gradient_checkpointing
+keeps those small): about 18 GB of 24. With lora_r the policy's gradients and AdamW state shrink
+to the adapters' size.
+
+Divergence: a NaN/inf loss, or a mean KL to the reference past config.kl_limit, raises
+TrainingDiverged after putting back the policy weights of the last good step (kept in CPU
+memory), so the caller saves `policy` as the last good checkpoint (exc.last_good_step says which).
+
+One process, one device: multi-GPU goes through accelerate/torchrun (DDP/FSDP), not here."""
+
+import json
+import math
+import random
+import time
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from trainer.config import PPOConfig
+from trainer.data import SFTExample
+from trainer.errors import TrainingDiverged
+from trainer.modeling import encode_completion, encode_prompt
+from trainer.sft import IGNORE, response_loss_sum
+
+# --- the math, in small pure functions (tested alone) -------------------------------------------
+
+
+def response_mask_after_eos(responses: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask, ended): mask is True for the tokens of each response up to and including its first
+    EOS (everything after it is padding); ended says which responses produced an EOS at all."""
+    is_eos = responses == eos_id
+    ended = is_eos.any(dim=1)
+    # Tokens strictly after the first EOS have a cumulative EOS count above 1 or (count 1 and not EOS).
+    seen_before = (is_eos.long().cumsum(dim=1) - is_eos.long()) > 0
+    return ~seen_before, ended
+
+
+def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log pi(token) under softmax(logits / temperature): the distribution the tokens were sampled from."""
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def entropy_from_logits(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def per_token_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """log pi(y_t) - log pi_ref(y_t) on the sampled tokens (an unbiased per-token KL estimate), 0 on padding."""
+    return (logprobs - ref_logprobs) * mask
+
+
+def rewards_with_kl(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
+    """Per-token rewards: -beta * KL at every response token, plus the sequence score at the last real token."""
+    rewards = -kl_coef * kl * mask
+    last = mask.long().sum(dim=1).clamp(min=1) - 1
+    rows = torch.arange(rewards.shape[0], device=rewards.device)
+    rewards[rows, last] += scores.to(rewards.dtype)
+    return rewards
+
+
+def gae_advantages(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalized advantage estimation over response tokens; the value after the last real token
+    is 0 (the episode ends there). Returns (advantages, returns), both 0 on padding."""
+    mask = mask.to(values.dtype)
+    values = values * mask
+    rewards = rewards * mask
+    advantages = torch.zeros_like(values)
+    last_gae = torch.zeros_like(values[:, 0])
+    length = values.shape[1]
+    for t in reversed(range(length)):
+        next_value = values[:, t + 1] if t + 1 < length else torch.zeros_like(values[:, 0])
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        last_gae = (delta + gamma * lam * last_gae) * mask[:, t]
+        advantages[:, t] = last_gae
+    return advantages, (advantages + values) * mask
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.to(x.dtype)
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """(x - mean) / std over the masked entries (population variance); padding stays 0.
+    With shift_mean=False the mean is kept (for rewards, whose level matters)."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    whitened = (x - mean) * torch.rsqrt(var + 1e-8)
+    if not shift_mean:
+        whitened = whitened + mean
+    return whitened * mask.to(x.dtype)
+
+
+def clipped_policy_loss(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, cliprange: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PPO's clipped surrogate: (loss, clip fraction, approximate KL old->new)."""
+    log_ratio = (logprobs - old_logprobs) * mask
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
+    loss = masked_mean(torch.max(unclipped, clipped), mask)
+    with torch.no_grad():
+        clip_frac = masked_mean((clipped > unclipped).float(), mask)
+        approx_kl = 0.5 * masked_mean(log_ratio**2, mask)
+    return loss, clip_frac, approx_kl
+
+
+def clipped_value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, cliprange_value: float
+) -> torch.Tensor:
+    """0.5 * max((v - R)^2, (clip(v, v_old +- c) - R)^2), averaged over real tokens."""
+    clipped = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
+    return 0.5 * masked_mean(torch.max((values - returns) ** 2, (clipped - returns) ** 2), mask)
+
+
+# --- models and batches ------------------------------------------------------------------------
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """PPO's ratio assumes the same function at rollout and update time: no dropout anywhere."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    config = getattr(model, "config", None)
+    for name in ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop"):
+        if config is not None and isinstance(getattr(config, name, None), float):
+            setattr(config, name, 0.0)
+
+
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r):] = 1
+    return ids, mask
+
+
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    return (mask.long().cumsum(dim=1) - 1).clamp(min=0)
+
+
+def policy_logits(model, ids: torch.Tensor, mask: torch.Tensor, response_len: int) -> torch.Tensor:
+    """Logits that predict the last `response_len` tokens of `ids` (the LM head runs on those only)."""
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), use_cache=False,
+                logits_to_keep=response_len + 1)
+    return out.logits[:, :-1]
+
+
+def token_values(value_model, ids: torch.Tensor, mask: torch.Tensor, response_len: int) -> torch.Tensor:
+    """V(prompt + response[:t]) for each response position t: the value head at the token before it."""
+    return value_model(ids, mask, per_token=True)[:, -response_len - 1:-1].float()
+
+
+def sampling_settings(config: PPOConfig, eos_id: int, pad_id: int) -> dict:
+    """generate() settings that sample from exactly softmax(logits / temperature) (with top_p): the
+    distribution whose log-probs PPO computes. generate() fills any setting left unset from the
+    model's generation_config (a hub model may ship top_k, repetition_penalty, min_new_tokens...),
+    and each of those would make the sampled tokens come from another distribution."""
+    return dict(do_sample=True, temperature=config.temperature, top_p=config.top_p, top_k=0, min_p=0.0,
+                typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0, repetition_penalty=1.0, no_repeat_ngram_size=0,
+                min_new_tokens=0, max_new_tokens=config.max_new_tokens, eos_token_id=eos_id, pad_token_id=pad_id,
+                use_cache=True)
+
+
+def trim(query_mask: torch.Tensor, response_mask: torch.Tensor) -> tuple[int, int]:
+    """(first query column, response length) that hold any real token: the rest is padding for all rows."""
+    first = int((query_mask.sum(dim=0) > 0).long().argmax())
+    length = int(response_mask.long().sum(dim=1).max())
+    return first, max(length, 1)
+
+
+@contextmanager
+def visiting(model, device: torch.device, low_memory: bool):
+    """A frozen model on `device` for the block. In low-memory mode it lives in CPU memory and
+    only visits the GPU for its forward pass; otherwise it moves there once and stays."""
+    if model is None or model_device(model) == device:
+        yield model
+        return
+    model.to(device)
+    try:
+        yield model
+    finally:
+        if low_memory:
+            model.to("cpu")
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def check_inputs(policy, ref_policy, reward_model, value_model, tokenizer, prompt_ids, ptx_ids, config,
+                 reward_tokenizer, reward_fn) -> None:
+    """Bad input as ValueError with what to fix, before any work is done."""
+    problems = config.validate()
+    if problems:
+        raise ValueError("Invalid PPO config: " + " ".join(problems))
+    if not prompt_ids:
+        raise ValueError("PPO needs at least one train prompt; the prompt list is empty.")
+    if (reward_model is None) == (reward_fn is None):
+        raise ValueError("Give exactly one of reward_model (a ScalarHeadModel) or reward_fn (a programmatic reward).")
+    if ref_policy is None and not hasattr(policy, "disable_adapter"):
+        raise ValueError("ref_policy is required unless the policy has LoRA adapters (lora_r > 0), whose "
+                         "base model then serves as the reference.")
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        raise ValueError("The tokenizer needs a pad token distinct from EOS (use trainer.modeling.load_tokenizer).")
+    context = getattr(policy.config, "max_position_embeddings", None)
+    if context:
+        for i, ids in enumerate(prompt_ids):
+            if len(ids) + config.max_new_tokens > context:
+                raise ValueError(
+                    f"Prompt {i} is {len(ids)} tokens long; with max_new_tokens={config.max_new_tokens} it needs "
+                    f"{len(ids) + config.max_new_tokens} positions but the model's context is {context}. "
+                    f"Shorten or drop the prompt, or lower max_new_tokens.")
+        for i, (p, c) in enumerate(ptx_ids):
+            if len(p) + len(c) > context:
+                raise ValueError(f"Demonstration {i} for ptx is {len(p) + len(c)} tokens long, past the model's "
+                                 f"context of {context}; shorten or drop it.")
+    vocab = policy.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > vocab:
+        raise ValueError(f"The tokenizer has {len(tokenizer)} tokens but the policy only {vocab} embeddings: "
+                         f"they do not belong together.")
+    for name, model in (("reward model", reward_model), ("value model", value_model)):
+        if model is None:
+            continue
+        other = model.backbone.get_input_embeddings().weight.shape[0]
+        if other != vocab:
+            raise ValueError(
+                f"The {name} has a vocabulary of {other} tokens and the policy {vocab}: it comes from another "
+                f"tokenizer family, so it would read the policy's tokens as different words. Train the reward "
+                f"model from the SFT model (or the same base model).")
+        for special in ("eos_token_id", "bos_token_id"):
+            mine, theirs = getattr(tokenizer, special, None), getattr(model.config, special, None)
+            if isinstance(theirs, int) and mine is not None and theirs != mine:
+                raise ValueError(f"The {name}'s {special} is {theirs} but the policy tokenizer's is {mine}: it "
+                                 f"comes from another tokenizer family. Train it from the SFT model.")
+    if reward_tokenizer is not None:
+        same_specials = all(getattr(reward_tokenizer, s, None) == getattr(tokenizer, s, None)
+                            for s in ("eos_token", "bos_token", "pad_token"))
+        if reward_tokenizer.get_vocab() != tokenizer.get_vocab() or not same_specials:
+            raise ValueError("The reward model's tokenizer differs from the policy's (vocabulary or special "
+                             "tokens): it comes from another tokenizer family. Train the reward model from the "
+                             "SFT model (or the same base model) so both read the same tokens.")
+
+
+def adamw(params: list, lr: float) -> torch.optim.Optimizer:
+    """AdamW with the fused kernel where this torch has one for the device (one kernel for all
+    parameters instead of a loop of small ops: ~2x faster steps for small models)."""
+    try:
+        return torch.optim.AdamW(params, lr=lr, eps=1e-5, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(params, lr=lr, eps=1e-5)
+
+
+def diverged(message: str, policy, good_state: dict | None, good_step: int) -> TrainingDiverged:
+    """Put the last good policy weights back and build the error that says so."""
+    if good_state is not None:
+        with torch.no_grad():
+            for name, param in policy.named_parameters():
+                if name in good_state:
+                    param.copy_(good_state[name].to(param.device))
+    error = TrainingDiverged(f"{message} The policy was put back to its weights after step {good_step}, the last "
+                             f"good one; save it as the last good checkpoint.")
+    error.last_good_step = good_step
+    return error
+
+
+# --- the algorithm -----------------------------------------------------------------------------
+
+
+def train_ppo(
+    policy,
+    ref_policy,
+    reward_model,
+    value_model,
+    tokenizer,
+    prompts: list[str],
+    config: PPOConfig,
+    *,
+    ptx: Sequence[SFTExample] = (),
+    on_metrics: Callable[[int, int, dict], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    reward_tokenizer=None,
+    reward_fn: Callable[[list[str], list[str]], Sequence[float]] | None = None,
+) -> dict:
+    """Optimize `policy` in place with PPO against `reward_model`; return a summary of the run.
+
+    - policy: causal LM (from SFT), trained; LoRA-wrapped when config.lora_r > 0.
+    - ref_policy: frozen copy of the SFT model, or None with a LoRA policy (adapters off = reference).
+    - reward_model: frozen ScalarHeadModel; value_model: a ScalarHeadModel (from the reward model), trained.
+    - reward_tokenizer: the reward model's own tokenizer, checked against `tokenizer` when given.
+    - reward_fn(prompts, completions) -> scores: a programmatic reward (e.g. a checkable answer) used
+      instead of reward_model; completions are decoded without special tokens.
+    Returns the last step's metrics with "steps", "episodes", "stopped_early" (1.0 when should_stop
+    ended it) and "seconds"; every step's metrics went to on_metrics(step, total_steps, metrics)."""
+    # 0. Tokenize and check everything before any work; freeze the frozen, switch dropout off.
+    prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
+    ptx_ids = [(encode_prompt(tokenizer, ex.prompt), encode_completion(tokenizer, ex.completion)) for ex in ptx]
+    check_inputs(policy, ref_policy, reward_model, value_model, tokenizer, prompt_ids, ptx_ids, config,
+                 reward_tokenizer, reward_fn)
+    device = model_device(policy)
+    pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    for model in (policy, ref_policy, reward_model, value_model):
+        if model is not None:
+            disable_dropout(model)
+    for model in (ref_policy, reward_model):
+        if model is not None:
+            model.eval().requires_grad_(False)
+    policy_params = [p for p in policy.parameters() if p.requires_grad]
+    value_params = [p for p in value_model.parameters() if p.requires_grad]
+    optimizer = adamw(policy_params + value_params, config.learning_rate)
+    torch.manual_seed(config.seed)
+    order = random.Random(config.seed)
+    prompt_queue: list[int] = []
+    ptx_queue: list[int] = []
+    total_steps = config.total_episodes // config.rollout_batch_size
+    metrics: dict[str, float] = {}
+    steps_done = 0
+    good_state, good_step = None, 0
+    started = time.perf_counter()
+    stopped = False
+
+    def take(queue: list[int], n: int, size: int) -> list[int]:
+        out = []
+        while len(out) < n:
+            if not queue:
+                queue.extend(order.sample(range(size), size))
+            out.append(queue.pop())
+        return out
+
+    ref_context = (lambda: nullcontext()) if ref_policy is not None else policy.disable_adapter
+
+    for step in range(1, total_steps + 1):
+        if should_stop is not None and should_stop():
+            stopped = True
+            break
+        # 1. A batch of prompts, left-padded so every answer starts in the same column.
+        batch = take(prompt_queue, config.rollout_batch_size, len(prompt_ids))
+        queries, query_mask = left_pad([prompt_ids[i] for i in batch], pad_id)
+        queries, query_mask = queries.to(device), query_mask.to(device)
+        width = queries.shape[1]
+
+        # 2. Rollouts: sample one answer per prompt with generate() and its KV cache.
+        policy.eval()
+        value_model.eval()
+        responses = []
+        with torch.no_grad():
+            for lo in range(0, len(batch), config.forward_batch_size):
+                out = policy.generate(input_ids=queries[lo:lo + config.forward_batch_size],
+                                      attention_mask=query_mask[lo:lo + config.forward_batch_size],
+                                      **sampling_settings(config, eos_id, pad_id))
+                responses.append(out[:, width:])
+            length = max(r.shape[1] for r in responses)
+            responses = torch.cat([F.pad(r, (0, length - r.shape[1]), value=pad_id) for r in responses])
+
+            # 3. Mask everything after the first EOS (pad != EOS, so the EOS itself is kept and learned).
+            response_mask, ended = response_mask_after_eos(responses, eos_id)
+            responses = responses.masked_fill(~response_mask, pad_id)
+            seqs = torch.cat([queries, responses], dim=1)
+            seq_mask = torch.cat([query_mask, response_mask.long()], dim=1)
+
+            # 4. Log-probs of the policy and the reference (temperature applied), values, scores.
+            logprobs, ref_logprobs, values, entropy, scores = [], [], [], [], []
+            for lo in range(0, len(batch), config.forward_batch_size):
+                rows = slice(lo, lo + config.forward_batch_size)
+                ids, mask, resp = seqs[rows], seq_mask[rows], responses[rows]
+                logits = policy_logits(policy, ids, mask, length)
+                logprobs.append(logprobs_from_logits(logits, resp, config.temperature))
+                entropy.append(entropy_from_logits(logits, config.temperature))
+                del logits
+                values.append(token_values(value_model, ids, mask, length))
+            with visiting(ref_policy, device, config.low_memory), ref_context():
+                reference = ref_policy if ref_policy is not None else policy
+                for lo in range(0, len(batch), config.forward_batch_size):
+                    rows = slice(lo, lo + config.forward_batch_size)
+                    logits = policy_logits(reference, seqs[rows], seq_mask[rows], length)
+                    ref_logprobs.append(logprobs_from_logits(logits, responses[rows], config.temperature))
+            if reward_fn is None:
+                with visiting(reward_model, device, config.low_memory):
+                    for lo in range(0, len(batch), config.forward_batch_size):
+                        rows = slice(lo, lo + config.forward_batch_size)
+                        scores.append(reward_model(seqs[rows], seq_mask[rows]).float())
+                scores = torch.cat(scores)
+            else:
+                texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
+                given = list(reward_fn([prompts[i] for i in batch], texts))
+                if len(given) != len(texts):
+                    raise ValueError(f"reward_fn returned {len(given)} scores for {len(texts)} completions.")
+                scores = torch.tensor([float(v) for v in given], device=device)
+            logprobs, ref_logprobs = torch.cat(logprobs), torch.cat(ref_logprobs)
+            values, entropy = torch.cat(values), torch.cat(entropy)
+            mask = response_mask.float()
+
+            # 5. Rewards: -beta * KL per token, the score (minus the no-EOS penalty) at the last token.
+            kl = per_token_kl(logprobs, ref_logprobs, mask)
+            mean_kl = float(kl.sum(1).mean())
+            if not math.isfinite(mean_kl) or not bool(torch.isfinite(scores).all()):
+                raise diverged(f"Step {step}: non-finite log-probs or scores.", policy, good_state, good_step)
+            if mean_kl > config.kl_limit:
+                raise diverged(f"Step {step}: the KL to the reference is {mean_kl:.2f} nats, past kl_limit="
+                               f"{config.kl_limit}.", policy, good_state, good_step)
+            penalized = scores - config.missing_eos_penalty * (~ended).float()
+            rewards = rewards_with_kl(penalized, kl, mask, config.kl_coef)
+            if config.whiten_rewards:
+                rewards = masked_whiten(rewards, mask, shift_mean=False)
+
+            # 6. GAE advantages and returns; advantages whitened over the batch's real tokens.
+            advantages, returns = gae_advantages(rewards, values, mask, config.gamma, config.lam)
+            advantages = masked_whiten(advantages, mask)
+
+        # This policy is good (its KL is fine): keep it to fall back to if the update below diverges.
+        good_state = {n: p.detach().to("cpu", copy=True) for n, p in policy.named_parameters() if p.requires_grad}
+        good_step = step - 1
+
+        # 7. PPO epochs over shuffled minibatches: clipped ratio + clipped value loss (+ ptx).
+        policy.train()
+        value_model.train()
+        stats = {"policy_loss": [], "value_loss": [], "clip_frac": [], "approx_kl": [], "ptx_loss": []}
+        for _ in range(config.ppo_epochs):
+            permutation = torch.randperm(len(batch), device=device)
+            for lo in range(0, len(batch), config.minibatch_size):
+                rows = permutation[lo:lo + config.minibatch_size]
+                first, resp_len = trim(query_mask[rows], response_mask[rows])
+                ids = seqs[rows][:, first:width + resp_len]
+                ids_mask = seq_mask[rows][:, first:width + resp_len]
+                mb_mask = mask[rows][:, :resp_len]
+                logits = policy_logits(policy, ids, ids_mask, resp_len)
+                new_logprobs = logprobs_from_logits(logits, responses[rows][:, :resp_len], config.temperature)
+                pg_loss, clip_frac, approx_kl = clipped_policy_loss(
+                    new_logprobs, logprobs[rows][:, :resp_len], advantages[rows][:, :resp_len], mb_mask,
+                    config.cliprange)
+                new_values = token_values(value_model, ids, ids_mask, resp_len)
+                vf_loss = clipped_value_loss(new_values, values[rows][:, :resp_len], returns[rows][:, :resp_len],
+                                             mb_mask, config.cliprange_value)
+                loss = pg_loss + config.vf_coef * vf_loss
+                if ptx_ids and config.ptx_coef > 0:
+                    # PPO-ptx: the SFT loss (response tokens only) on a batch of demonstrations.
+                    demos = [(p + c, [IGNORE] * len(p) + c) for p, c in
+                             (ptx_ids[i] for i in take(ptx_queue, config.ptx_batch_size, len(ptx_ids)))]
+                    loss_sum, tokens = response_loss_sum(policy, demos, pad_id)
+                    ptx_loss = loss_sum / max(tokens, 1)
+                    loss = loss + config.ptx_coef * ptx_loss
+                    stats["ptx_loss"].append(ptx_loss.detach())
+                if not torch.isfinite(loss):
+                    raise diverged(f"Step {step}: the loss became {float(loss.detach())}.", policy, good_state,
+                                   good_step)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                # Clipped per model: the value loss's large early gradients must not shrink the policy's step.
+                grad_norm = (torch.nn.utils.clip_grad_norm_(policy_params, config.max_grad_norm)
+                             + torch.nn.utils.clip_grad_norm_(value_params, config.max_grad_norm))
+                if not torch.isfinite(grad_norm):
+                    raise diverged(f"Step {step}: the gradient norm became {float(grad_norm)}.", policy,
+                                   good_state, good_step)
+                optimizer.step()
+                for name, value in (("policy_loss", pg_loss), ("value_loss", vf_loss), ("clip_frac", clip_frac),
+                                    ("approx_kl", approx_kl)):
+                    stats[name].append(value.detach())
+            if should_stop is not None and should_stop():
+                stopped = True
+                break
+
+        # 8. Metrics of this step.
+        lengths = mask.sum(1)
+        metrics = {
+            "score": float(scores.mean()),
+            "reward": float((penalized - config.kl_coef * kl.sum(1)).mean()),
+            "kl": mean_kl,
+            "entropy": float(masked_mean(entropy, mask)),
+            "response_length": float(lengths.mean()),
+            "eos_fraction": float(ended.float().mean()),
+            "episodes_per_s": step * config.rollout_batch_size / (time.perf_counter() - started),
+        }
+        metrics.update({name: float(torch.stack(v).mean()) for name, v in stats.items() if v})
+        steps_done = step
+        if on_metrics is not None:
+            on_metrics(step, total_steps, metrics)
+        if stopped:
+            break
+
+    policy.eval()
+    value_model.eval()
+    seconds = time.perf_counter() - started
+    return {
+        **metrics,
+        "steps": float(steps_done),
+        "episodes": float(steps_done * config.rollout_batch_size),
+        "stopped_early": float(stopped),
+        "seconds": seconds,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    from trainer import standalone
+    from trainer.modeling import (ScalarHeadModel, load_causal_lm, load_tokenizer, pick_device,
+                                  resolve_model_source, save_causal_lm)
+
+    parser = standalone.parser("PPO of an SFT policy against a reward model.")
+    parser.add_argument("--policy", required=True, help="the SFT model: local folder, hub id or smollm2-135m-instruct")
+    parser.add_argument("--reward", required=True, help="a reward model folder (trainer.reward's output)")
+    parser.add_argument("--prompts", required=True, type=Path, help='JSONL with a "prompt" per line')
+    parser.add_argument("--ptx", type=Path, help='demonstrations for PPO-ptx: JSONL with "prompt" and "completion"')
+    parser.add_argument("--low-memory", action="store_true", help="keep the reference and reward models in CPU memory")
+    args = parser.parse_args(argv)
+    config = standalone.config("ppo", args.set, **({"low_memory": True} if args.low_memory else {}))
+    source = resolve_model_source(args.policy, args.cache)
+    tokenizer = load_tokenizer(source)
+    device = pick_device()
+    frozen = torch.device("cpu") if config.low_memory else device
+    torch.manual_seed(config.seed)
+    policy = load_causal_lm(source, device=device, lora_r=config.lora_r,
+                            gradient_checkpointing=config.gradient_checkpointing)
+    ref = None if config.lora_r else load_causal_lm(source, device=frozen)
+    reward = ScalarHeadModel.from_pretrained(args.reward, device=frozen)
+    value = ScalarHeadModel.from_pretrained(args.reward, device=device,
+                                            gradient_checkpointing=config.gradient_checkpointing)
+    prompts = [row["prompt"] for row in standalone.read_jsonl(args.prompts)]
+    ptx = [SFTExample(row["prompt"], row["completion"]) for row in standalone.read_jsonl(args.ptx)]
+    try:
+        result = train_ppo(policy, ref, reward, value, tokenizer, prompts, config, ptx=ptx,
+                           reward_tokenizer=load_tokenizer(args.reward),
+                           on_metrics=standalone.print_metrics)
+    except TrainingDiverged as error:  # the policy holds its last good weights: keep them
+        save_causal_lm(policy, tokenizer, args.out)
+        raise SystemExit(f"{error} Saved to {args.out}.") from None
+    save_causal_lm(policy, tokenizer, args.out)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,528 @@
+"""The training worker: claims queued runs from the database and runs them, one at a time.
+
+    instructloop worker [--once] [--poll-interval 2] [--device cuda]
+
+Several workers (on several machines) can share one Postgres queue: a run is claimed with
+SELECT ... FOR UPDATE SKIP LOCKED, so no two workers run the same run (on SQLite one worker at a
+time holds the writer lock while it claims). The state machine is in app/services/runs.py.
+
+While a run is running:
+- a background thread writes its heartbeat every settings.worker_heartbeat_s and reads
+  `cancel_requested`; the algorithms poll `should_stop()` at safe points, so a cancel takes effect
+  within seconds (the run ends `cancelled`, no model is registered);
+- `on_metrics(step, total, metrics)` writes RunMetric rows and the progress as they come;
+- SIGTERM / SIGINT make `should_stop()` true: the run stops at the next safe point, is marked
+  cancelled with that reason, and the worker exits;
+- any error (bad config, missing data, unknown model, out of memory, divergence) marks the run
+  failed with a clear message and a short traceback, and the worker goes on with the next run;
+- runs whose worker vanished (heartbeat older than settings.worker_stale_s) are marked failed by
+  any live worker: before each claim, and with each heartbeat while it is busy.
+
+A run that succeeds saves its model with save_pretrained under settings.artifacts_dir/run-<id>
+and registers it as a ModelVersion (parents, run, final metrics) in the same transaction that
+marks the run succeeded."""
+
+import gc
+import logging
+import os
+import shutil
+import signal
+import socket
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.db import make_engine, write_session
+from app.models import ModelKind, ModelVersion, Project, RunKind, RunStatus
+from app.services import ServiceError, registry, runs
+from trainer.errors import TrainingDiverged
+
+log = logging.getLogger("instructloop.worker")
+
+TRACEBACK_FRAMES = 6
+
+
+class RunStopped(Exception):
+    """Raised at a safe point between phases once should_stop() is true."""
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """What a run needs of an input model version (a plain copy, usable outside any session)."""
+
+    id: int
+    name: str
+    kind: ModelKind
+    location: str
+
+
+@dataclass
+class Outcome:
+    """What a run kind hands back: its summary, and the model to register when it trained one."""
+
+    summary: dict[str, Any]
+    model_kind: ModelKind | None = None
+    artifact: Path | None = None
+    parent_ids: list[int] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+class RunContext:
+    """Everything one run's code may use: its row's settings, database sessions, model resolution,
+    the metrics callback and the stop signal."""
+
+    def __init__(self, worker: "Worker", run_id: int, kind: RunKind, project_id: int, config: dict,
+                 input_model_ids: list[int], data_filter: dict):
+        self.worker = worker
+        self.settings = worker.settings
+        self.run_id, self.kind, self.project_id = run_id, kind, project_id
+        self.config, self.input_model_ids, self.data_filter = config, input_model_ids, data_filter
+        self.stop = threading.Event()
+        self.stop_reason = ""
+        self.lost = False
+        self.last_step, self.last_total = 0, 0
+        self._device = None
+
+    # -- database ----------------------------------------------------------------------------
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self.worker.transaction() as session:
+            yield session
+
+    def set_snapshot(self, snapshot) -> None:
+        with self.session() as session:
+            runs.set_snapshot(session, self.run_id, self.worker.worker_id, snapshot.record())
+
+    def on_metrics(self, step: int, total: int, metrics: dict[str, float]) -> None:
+        self.last_step, self.last_total = int(step), int(total)
+        try:
+            with self.session() as session:
+                if not runs.record_progress(session, self.run_id, self.worker.worker_id, step, total):
+                    self._lose()
+                    return
+                runs.record_metrics(session, self.run_id, step, metrics)
+        except OperationalError:  # a database hiccup costs a metrics row, not hours of training
+            log.exception("run %s: could not record the metrics of step %s", self.run_id, step)
+
+    # -- stopping ------------------------------------------------------------------------------
+    def should_stop(self) -> bool:
+        return self.stop.is_set() or self.worker.terminating.is_set()
+
+    def checkpoint(self) -> None:
+        """A safe point between phases (after loading a model, between models)."""
+        if self.should_stop():
+            raise RunStopped()
+
+    def request_stop(self, reason: str) -> None:
+        self.stop_reason = self.stop_reason or reason
+        self.stop.set()
+
+    def _lose(self) -> None:
+        self.lost = True
+        self.request_stop("the run is no longer this worker's")
+
+    # -- models --------------------------------------------------------------------------------
+    @property
+    def device(self):
+        if self._device is None:
+            from trainer import modeling
+
+            self._device = self.worker.device or modeling.pick_device()
+        return self._device
+
+    def input_version(self, index: int) -> VersionInfo:
+        if index >= len(self.input_model_ids):
+            raise ValueError(f"The run names no input model at position {index + 1}.")
+        version_id = self.input_model_ids[index]
+        with self.session() as session:
+            version = session.get(ModelVersion, version_id)
+            if version is None:
+                raise ValueError(f"Input model version {version_id} no longer exists; start the run with another one.")
+            return VersionInfo(version.id, version.name, version.kind, registry.weights_location(version))
+
+    def resolve(self, version: VersionInfo) -> str:
+        """A folder or hub id from_pretrained can load; ValueError saying what to fix otherwise."""
+        from trainer import modeling
+
+        try:
+            return modeling.resolve_model_source(version.location, self.settings.data_dir)
+        except ValueError as exc:
+            raise ValueError(f"Model version {version.id} ({version.name}): {exc}") from None
+
+    def load_tokenizer(self, source: str):
+        """The model's tokenizer, with the project's chat template when the project sets one."""
+        from trainer import modeling
+
+        tokenizer = modeling.load_tokenizer(source)
+        with self.session() as session:
+            template = session.get(Project, self.project_id).chat_template
+        if template:
+            tokenizer.chat_template = template
+        return tokenizer
+
+    def artifact_dir(self) -> Path:
+        folder = Path(self.settings.artifacts_dir) / f"run-{self.run_id}"
+        if folder.exists():  # left by an earlier attempt of this run that died before registering
+            shutil.rmtree(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        return folder
+
+
+class Worker:
+    def __init__(self, settings: Settings, *, worker_id: str | None = None, poll_interval: float = 2.0,
+                 device: str | None = None):
+        self.settings = settings
+        self.engine = make_engine(settings.db_url)
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.poll_interval = poll_interval
+        self.device = device
+        self.terminating = threading.Event()
+        self.signal_name = ""
+
+    def transaction(self):
+        """A committed-on-exit transaction. On SQLite it takes the writer lock at its start: the
+        worker's threads read then write, and a deferred SQLite transaction that another connection
+        wrote behind fails at once with "database is locked" instead of waiting."""
+        return write_session(self.engine)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum, _frame) -> None:
+        self.signal_name = signal.Signals(signum).name
+        log.info("%s received: stopping at the next safe point", self.signal_name)
+        self.terminating.set()
+
+    def run(self, *, once: bool = False) -> int:
+        """Serves runs until SIGTERM (or, with once, until one run is done or none is queued).
+        Returns how many runs it handled."""
+        handled = 0
+        log.info("worker %s polling %s every %gs", self.worker_id, self.engine.url.render_as_string(), self.poll_interval)
+        while not self.terminating.is_set():
+            self.reap()
+            if self.run_next():
+                handled += 1
+                if once:
+                    break
+            elif once:
+                log.info("no queued run")
+                break
+            else:
+                self.terminating.wait(self.poll_interval)
+        return handled
+
+    def reap(self) -> list[int]:
+        try:
+            with self.transaction() as session:
+                reaped = runs.reap_stale_runs(session, self.settings.worker_stale_s)
+        except Exception:  # the database being briefly away must not kill the worker
+            log.exception("reaping stale runs failed")
+            return []
+        for run_id in reaped:
+            log.warning("run %s: its worker vanished; marked failed", run_id)
+        return reaped
+
+    def claim(self) -> RunContext | None:
+        with write_session(self.engine) as session:
+            run = runs.claim_next_run(session, self.worker_id)
+            if run is None:
+                return None
+            return RunContext(self, run.id, run.kind, run.project_id, dict(run.config or {}),
+                              list(run.input_model_ids or []), dict(run.data_filter or {}))
+
+    def run_next(self) -> bool:
+        """Claims and runs one queued run; False when the queue is empty."""
+        try:
+            ctx = self.claim()
+        except Exception:
+            log.exception("claiming a run failed")
+            return False
+        if ctx is None:
+            return False
+        log.info("run %s (%s): started", ctx.run_id, ctx.kind.value)
+        beat_stop = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(ctx, beat_stop), daemon=True,
+                                name=f"heartbeat-run-{ctx.run_id}")
+        beat.start()
+        started = time.monotonic()
+        try:
+            outcome = self._dispatch(ctx)
+            if ctx.should_stop():
+                raise RunStopped()
+            self._succeed(ctx, outcome)
+            log.info("run %s: succeeded in %.1fs", ctx.run_id, time.monotonic() - started)
+        except RunStopped:
+            self._stopped(ctx)
+        except BaseException as exc:  # noqa: BLE001 - every failure becomes the run's error; the worker goes on
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                self.terminating.set()
+            self._fail(ctx, exc)
+        finally:
+            beat_stop.set()
+            beat.join(timeout=10)
+            _free_memory()
+        return True
+
+    # -- run kinds -----------------------------------------------------------------------------
+    def _dispatch(self, ctx: RunContext) -> Outcome:
+        if ctx.project_id is None:
+            raise ValueError("The run's project was deleted; there is no data to run on.")
+        if ctx.kind == RunKind.sft:
+            return run_sft(ctx)
+        if ctx.kind == RunKind.reward:
+            return run_reward(ctx)
+        if ctx.kind == RunKind.ppo:
+            return run_ppo(ctx)
+        if ctx.kind == RunKind.generate:
+            from trainer.generate import run_generate
+
+            return Outcome(summary=run_generate(ctx))
+        if ctx.kind == RunKind.evaluate:
+            from trainer.evaluate import run_evaluate
+
+            return Outcome(summary=run_evaluate(ctx))
+        raise ValueError(f"This worker does not know run kind {ctx.kind!r}.")
+
+    # -- endings -------------------------------------------------------------------------------
+    def _heartbeat(self, ctx: RunContext, stop: threading.Event) -> None:
+        while not stop.wait(self.settings.worker_heartbeat_s):
+            try:
+                with self.transaction() as session:
+                    state = runs.heartbeat(session, ctx.run_id, self.worker_id)
+            except Exception:  # a missed beat is retried; the reaper tolerates worker_stale_s of them
+                log.exception("run %s: heartbeat failed", ctx.run_id)
+                continue
+            if state == "cancel":
+                ctx.request_stop("cancelled by an admin")
+            elif state == "lost":
+                ctx._lose()
+            self.reap()  # a busy worker still notices others that vanished
+
+    def _succeed(self, ctx: RunContext, outcome: Outcome) -> None:
+        summary = _plain(outcome.summary)
+        with self.transaction() as session:
+            run = runs.get_run(session, ctx.run_id)
+            if not runs.finish_run(session, ctx.run_id, self.worker_id, RunStatus.succeeded, summary=summary):
+                log.warning("run %s finished, but it is no longer this worker's (reaped?): result dropped", ctx.run_id)
+                if outcome.artifact is not None:
+                    shutil.rmtree(outcome.artifact, ignore_errors=True)
+                return
+            if outcome.model_kind is not None:
+                version = registry.register_trained(session, kind=outcome.model_kind, run=run, artifact_path=outcome.artifact,
+                                                    parent_ids=outcome.parent_ids, metrics=outcome.metrics)
+                run.summary = {**summary, "model_version_id": version.id}
+
+    def _stopped(self, ctx: RunContext) -> None:
+        if ctx.lost:
+            log.warning("run %s: no longer this worker's; dropped", ctx.run_id)
+            return
+        where = f" at step {ctx.last_step} of {ctx.last_total}" if ctx.last_total else ""
+        if self.terminating.is_set() and not ctx.stop.is_set():
+            reason = (f"Stopped{where}: the worker received {self.signal_name or 'a stop signal'} (shutting down). "
+                      "Start the run again to redo it.")
+        else:
+            reason = f"Cancelled{where}: {ctx.stop_reason or 'cancel requested'}."
+        with self.transaction() as session:
+            runs.finish_run(session, ctx.run_id, self.worker_id, RunStatus.cancelled, error=reason)
+        log.info("run %s: %s", ctx.run_id, reason)
+
+    def _fail(self, ctx: RunContext, exc: BaseException) -> None:
+        message = describe_error(exc)
+        frames = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-TRACEBACK_FRAMES))
+        log.error("run %s failed: %s", ctx.run_id, message)
+        try:
+            with self.transaction() as session:
+                runs.finish_run(session, ctx.run_id, self.worker_id, RunStatus.failed,
+                                error=f"{message}\n\nTraceback (last {TRACEBACK_FRAMES} frames):\n{frames[-4000:]}")
+        except Exception:
+            log.exception("run %s: could not record the failure (the reaper will mark it failed)", ctx.run_id)
+
+
+def describe_error(exc: BaseException) -> str:
+    """One clear line for the run's error field."""
+    name = type(exc).__name__
+    text = str(exc).strip() or name
+    if name == "OutOfMemoryError" or "out of memory" in text.lower():
+        return ("Out of memory: lower the batch size or max lengths, or turn on gradient_checkpointing / LoRA "
+                f"(lora_r), or use a bigger GPU. ({name}: {text.splitlines()[0][:300]})")
+    if isinstance(exc, TrainingDiverged):
+        return f"Training diverged: {text}"
+    if isinstance(exc, ServiceError):
+        return exc.message
+    if isinstance(exc, ValueError):
+        return text
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        return "The worker was interrupted while running this run."
+    return f"{name}: {text}"
+
+
+def _free_memory() -> None:
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe copy of a summary (tensors and numpy scalars become numbers, NaN becomes None)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else None
+    if isinstance(value, (bool, int, str)) or value is None:
+        return value
+    if hasattr(value, "item"):
+        return _plain(value.item())
+    return str(value)
+
+
+# ---- sft, reward, ppo: load, train, save -------------------------------------------------------
+
+def _model_options(config) -> dict:
+    return {"gradient_checkpointing": bool(getattr(config, "gradient_checkpointing", False)),
+            "lora_r": int(getattr(config, "lora_r", 0) or 0)}
+
+
+def _seed(config) -> None:
+    import torch
+
+    torch.manual_seed(int(getattr(config, "seed", 0)))
+
+
+def run_sft(ctx: RunContext) -> Outcome:
+    from trainer import modeling
+    from trainer.config import config_from_dict
+    from trainer.data import snapshot_demonstrations
+    from trainer.sft import train_sft
+
+    config = config_from_dict("sft", ctx.config)
+    with ctx.session() as session:
+        train, valid, snapshot = snapshot_demonstrations(session, ctx.project_id, ctx.data_filter)
+    ctx.set_snapshot(snapshot)
+    base = ctx.input_version(0)
+    source = ctx.resolve(base)
+    tokenizer = ctx.load_tokenizer(source)
+    _seed(config)
+    model = modeling.load_causal_lm(source, device=ctx.device, **_model_options(config))
+    ctx.checkpoint()
+    result = train_sft(model, tokenizer, train, valid, config, on_metrics=ctx.on_metrics, should_stop=ctx.should_stop)
+    ctx.checkpoint()
+    folder = ctx.artifact_dir()
+    modeling.save_causal_lm(model, tokenizer, folder)
+    return Outcome(summary=result, model_kind=ModelKind.sft, artifact=folder, parent_ids=[base.id], metrics=result)
+
+
+def run_reward(ctx: RunContext) -> Outcome:
+    from trainer import modeling
+    from trainer.config import config_from_dict
+    from trainer.data import DataError, snapshot_demonstrations, snapshot_rankings
+    from trainer.reward import train_reward
+
+    config = config_from_dict("reward", ctx.config)
+    with ctx.session() as session:
+        train, valid, snapshot = snapshot_rankings(session, ctx.project_id, ctx.data_filter)
+        try:  # the demonstrations set the bias (their mean score becomes 0); optional
+            demonstrations, _, demo_snapshot = snapshot_demonstrations(session, ctx.project_id, ctx.data_filter)
+            snapshot = snapshot.merge(demo_snapshot)
+        except DataError:
+            demonstrations = []
+            snapshot.notes.append("No accepted demonstrations: the reward bias is not normalized.")
+    ctx.set_snapshot(snapshot)
+    start = ctx.input_version(0)
+    source = ctx.resolve(start)
+    tokenizer = ctx.load_tokenizer(source)
+    _seed(config)
+    model = modeling.ScalarHeadModel.from_causal_lm(source, device=ctx.device, **_model_options(config))
+    ctx.checkpoint()
+    result = train_reward(model, tokenizer, train, valid, config, demonstrations=demonstrations,
+                          on_metrics=ctx.on_metrics, should_stop=ctx.should_stop)
+    ctx.checkpoint()
+    folder = ctx.artifact_dir()
+    model.save_pretrained(folder, tokenizer=tokenizer)
+    return Outcome(summary=result, model_kind=ModelKind.reward, artifact=folder, parent_ids=[start.id], metrics=result)
+
+
+def run_ppo(ctx: RunContext) -> Outcome:
+    from trainer import modeling
+    from trainer.config import config_from_dict
+    from trainer.data import DataError, snapshot_demonstrations, snapshot_prompts
+    from trainer.ppo import train_ppo
+
+    config = config_from_dict("ppo", ctx.config)
+    splits = ctx.data_filter.get("splits") or ["train"]
+    with ctx.session() as session:
+        prompts, snapshot = snapshot_prompts(session, ctx.project_id, splits)
+        ptx = []
+        if config.ptx_coef > 0:
+            try:
+                ptx, _, demo_snapshot = snapshot_demonstrations(session, ctx.project_id, ctx.data_filter)
+            except DataError as exc:
+                raise ValueError(f"ptx_coef > 0 mixes in the SFT loss on demonstrations: {exc}") from None
+            snapshot = snapshot.merge(demo_snapshot)
+    ctx.set_snapshot(snapshot)
+    policy_version, reward_version = ctx.input_version(0), ctx.input_version(1)
+    policy_source, reward_source = ctx.resolve(policy_version), ctx.resolve(reward_version)
+    tokenizer = ctx.load_tokenizer(policy_source)
+    reward_tokenizer = modeling.load_tokenizer(reward_source)
+    check_same_tokenizer(tokenizer, reward_tokenizer, policy_version, reward_version)
+    _seed(config)
+    # As trainer/ppo.py's header: with LoRA the reference is the policy with its adapters off; in
+    # low-memory mode the frozen models stay on the CPU and visit the GPU for their forward pass.
+    frozen_device = "cpu" if config.low_memory else ctx.device
+    policy = modeling.load_causal_lm(policy_source, device=ctx.device, **_model_options(config))
+    ref_policy = None if config.lora_r else modeling.load_causal_lm(policy_source, device=frozen_device)
+    reward_model = modeling.ScalarHeadModel.from_pretrained(reward_source, device=frozen_device)
+    value_model = modeling.ScalarHeadModel.from_pretrained(reward_source, device=ctx.device)
+    ctx.checkpoint()
+    try:
+        result = train_ppo(policy, ref_policy, reward_model, value_model, tokenizer, [p.text for p in prompts], config,
+                           ptx=ptx, on_metrics=ctx.on_metrics, should_stop=ctx.should_stop,
+                           reward_tokenizer=reward_tokenizer)
+    except TrainingDiverged as exc:
+        # train_ppo put back the weights of the last good step: keep them for a look (not registered).
+        folder = ctx.artifact_dir()
+        modeling.save_causal_lm(policy, tokenizer, folder)
+        step = getattr(exc, "last_good_step", None)
+        raise TrainingDiverged(f"{exc} The last good policy (step {step}) is saved in {folder}.") from exc
+    ctx.checkpoint()
+    folder = ctx.artifact_dir()
+    modeling.save_causal_lm(policy, tokenizer, folder)
+    return Outcome(summary=result, model_kind=ModelKind.ppo, artifact=folder,
+                   parent_ids=[policy_version.id, reward_version.id], metrics=result)
+
+
+def check_same_tokenizer(policy_tokenizer, reward_tokenizer, policy: VersionInfo, reward: VersionInfo) -> None:
+    """The reward model reads the policy's tokens: both must use the same vocabulary."""
+    if policy_tokenizer.get_vocab() != reward_tokenizer.get_vocab():
+        raise ValueError(f"The reward model (version {reward.id}, {reward.name}) uses another tokenizer than the "
+                         f"policy (version {policy.id}, {policy.name}); train the reward model from the same "
+                         "model family as the policy.")
+
+
+def main(settings: Settings | None = None, *, once: bool = False, poll_interval: float = 2.0,
+         device: str | None = None) -> int:
+    """The `instructloop worker` command: serve runs until SIGTERM (or one run with once)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-load progress bars only clutter the worker's log
+    worker = Worker(settings or Settings(), poll_interval=poll_interval, device=device)
+    worker.install_signal_handlers()
+    return worker.run(once=once)
