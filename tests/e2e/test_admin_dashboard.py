@@ -85,18 +85,24 @@ def test_admin_runs_the_loop_in_a_browser(live_server, page_at, shot, make_user,
     base = registry.register_base(session, str(tiny), name="tiny-counting")
     session.commit()
 
-    # 4. Start an SFT run from its form, then a real worker trains it while the page plots the loss
-    #    (120 epochs of 3 steps: long enough, ~10 s, that the 2 s polling sees it running).
-    page.goto(f"{live_server}/admin/runs/new?kind=sft&project={project_id}")
-    page.select_option("select[name=model_0]", str(base.id))
-    for name, value in {"epochs": "120", "batch_size": "4", "micro_batch_size": "4", "max_length": "64",
-                        "max_prompt_length": "32", "learning_rate": "0.003", "warmup_ratio": "0"}.items():
-        page.fill(f"input[name=cfg_{name}]", value)
-    shot(page, "admin-run-new")
-    page.click("button:has-text('Queue sft run')")
-    page.wait_for_url(re.compile(r".*/admin/runs/\d+$"))
-    run_id = int(page.url.rsplit("/", 1)[1])
-    assert "waiting for a worker" in page.locator("#run-live").inner_text()
+    # 4. Start an SFT run from its form; a real worker trains it while the page plots the loss. The
+    #    first run is far too long to finish (100k epochs), so the test sees its plot grow whatever the
+    #    machine's speed, then cancels it from the page; a second, short run goes to the end.
+    def queue_sft(epochs: int) -> int:
+        page.goto(f"{live_server}/admin/runs/new?kind=sft&project={project_id}")
+        page.select_option("select[name=model_0]", str(base.id))
+        for name, value in {"epochs": str(epochs), "batch_size": "4", "micro_batch_size": "4", "max_length": "64",
+                            "max_prompt_length": "32", "learning_rate": "0.003", "warmup_ratio": "0"}.items():
+            page.fill(f"input[name=cfg_{name}]", value)
+        shot(page, "admin-run-new")
+        page.click("button:has-text('Queue sft run')")
+        page.wait_for_url(re.compile(r".*/admin/runs/\d+$"))
+        assert "waiting for a worker" in page.locator("#run-live").inner_text()
+        return int(page.url.rsplit("/", 1)[1])
+
+    long_run = queue_sft(epochs=100_000)
+    page.evaluate("window.notReloaded = true")
+    engine = session.get_bind()  # a fresh session per look: a held SQLite snapshot would never see the end
     with WorkerThread(fast_settings(settings)):
         page.wait_for_selector('[data-metric="train_loss"]', timeout=120_000)
         first = _points(page, "train_loss")
@@ -105,8 +111,14 @@ def test_admin_runs_the_loop_in_a_browser(live_server, page_at, shot, make_user,
             """([n]) => { const p = document.querySelector('[data-metric="train_loss"] path[fill="none"]');
                           return p && (p.getAttribute('d').match(/[ML]/g) || []).length > n; }""",
             arg=[first], timeout=60_000)
-        assert _points(page, "train_loss") > first  # the same page, updated by htmx polling
-        engine = session.get_bind()  # a fresh session per look: a held SQLite snapshot would never see the end
+        assert _points(page, "train_loss") > first
+        assert page.evaluate("window.notReloaded")  # the same page, updated by htmx polling
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.click("#cancel-run")
+        page.wait_for_selector("#run-live .badge.warn", timeout=60_000)  # cancelled
+        assert run_status(engine, long_run).status == RunStatus.cancelled
+
+        run_id = queue_sft(epochs=20)
         wait_for(lambda: run_status(engine, run_id).status not in (RunStatus.queued, RunStatus.running), timeout=180)
     run = run_status(engine, run_id)
     assert run.status == RunStatus.succeeded, run.error
