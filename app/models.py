@@ -369,11 +369,11 @@ class Completion(Base):
 
 class Ranking(_Submission, Base):
     __tablename__ = "rankings"
-    # Covering index of the per-labeler figures (count, last time, median time; task_id for one
-    # project's figures) on the admin pages;
+    # Covering index of the per-labeler figures (count, last time, median time, flags; task_id for
+    # one project's figures) on the admin pages;
     # it also serves lookups by labeler, in place of a plain user_id index.
     __table_args__ = (UniqueConstraint("task_id", "user_id"),
-                      Index("ix_rankings_user_time", "user_id", "time_spent_ms", "created_at", "task_id"))
+                      Index("ix_rankings_user_time", "user_id", "time_spent_ms", "created_at", "task_id", "flag_count"))
 
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="RESTRICT"))
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"))
@@ -385,6 +385,16 @@ class Ranking(_Submission, Base):
     display_order: Mapped[list[Any]] = mapped_column(default=list)
     """Completion ids in the order the labeler saw them."""
     none_acceptable: Mapped[bool] = mapped_column(Boolean, default=False)
+    flag_count: Mapped[int] = mapped_column(Integer, default=lambda ctx: count_output_flags(
+        ctx.get_current_parameters().get("ratings")))
+    """Flags ticked over all outputs, set from `ratings` on insert: the labelers page sums it
+    instead of opening every ranking's JSON."""
+
+
+def count_output_flags(ratings: Any) -> int:
+    if not isinstance(ratings, dict):
+        return 0
+    return sum(len(r["flags"]) for r in ratings.values() if isinstance(r, dict) and isinstance(r.get("flags"), list))
 
 
 class Comparison(_Submission, Base):

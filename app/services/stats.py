@@ -2,9 +2,11 @@
 data counts and submissions over time. Each function is a few grouped queries (no query per
 row), so the pages stay fast with hundreds of thousands of submissions."""
 
+import functools
 import itertools
 import logging
 import math
+import statistics
 import threading
 import time
 from collections import defaultdict
@@ -12,10 +14,10 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
-from sqlalchemy import case, func, literal, null, select, text, union_all
+from sqlalchemy import case, func, literal, null, select, union_all
 from sqlalchemy.orm import Session
 
-from app.db import is_postgres, utcnow
+from app.db import utcnow
 from app.models import (
     Comparison,
     ComparisonChoice,
@@ -147,22 +149,34 @@ def _refresh_in_background(engine, key: tuple, compute) -> None:
 def _labeler_numbers(session: Session, project_id: int | None) -> dict[int, dict[str, Any]]:
     numbers: dict[int, dict[str, Any]] = defaultdict(lambda: {"done": {}, "median_ms": {}, "last_at": None,
                                                               "skips": 0, "prompt_flags": 0, "output_flags": 0})
+
+    def note_last(uid, last):
+        numbers[uid]["last_at"] = max(numbers[uid]["last_at"], last) if numbers[uid]["last_at"] else last
+
     for kind, model in SUBMISSIONS.items():
-        base = select(model.user_id.label("user_id"), model.created_at.label("at"))
-        if project_id is not None:
-            base = base.join(Task, Task.id == model.task_id).where(Task.project_id == project_id)
-        sub = base.subquery()
-        for uid, n, last in session.execute(select(sub.c.user_id, func.count(), func.max(sub.c.at))
-                                            .group_by(sub.c.user_id)):
-            numbers[uid]["done"][kind.value] = n
-            numbers[uid]["last_at"] = max(numbers[uid]["last_at"], last) if numbers[uid]["last_at"] else last
         if project_id is None:
+            # All projects: grouped reads and medians along the (user_id, time_spent_ms, ...) index.
+            for uid, n, last in session.execute(select(model.user_id, func.count(), func.max(model.created_at))
+                                                .group_by(model.user_id)):
+                numbers[uid]["done"][kind.value] = n
+                note_last(uid, last)
             medians = _middle_times(session, model, {uid: c["done"][kind.value] for uid, c in numbers.items()
                                                      if kind.value in c["done"]})
-        else:  # one project's rows are not in index order: rank them (window functions, both databases)
-            medians = _ranked_medians(session, model, project_id)
-        for uid, value in medians.items():
-            numbers[uid]["median_ms"][kind.value] = value
+            for uid, value in medians.items():
+                numbers[uid]["median_ms"][kind.value] = value
+        else:
+            # One project's rows are spread over the index: one read of them, counted here.
+            times: dict[int, list[int]] = defaultdict(list)
+            last: dict[int, Any] = {}
+            for uid, ms, at in session.execute(select(model.user_id, model.time_spent_ms, model.created_at)
+                                               .join(Task, Task.id == model.task_id)
+                                               .where(Task.project_id == project_id)):
+                times[uid].append(ms)
+                last[uid] = max(last[uid], at) if uid in last else at
+            for uid, values in times.items():
+                numbers[uid]["done"][kind.value] = len(values)
+                numbers[uid]["median_ms"][kind.value] = float(statistics.median(values))
+                note_last(uid, last[uid])
     flagged = case((Skip.reason != SkipReason.skip, 1), else_=0)
     skip_q = select(Skip.user_id, func.count(), func.sum(flagged)).group_by(Skip.user_id)
     if project_id is not None:
@@ -195,18 +209,6 @@ def _middle_times(session: Session, model, counts: dict[int, int]) -> dict[int, 
     return medians
 
 
-def _ranked_medians(session: Session, model, project_id: int) -> dict[int, float]:
-    """Median time_spent_ms per labeler in one project: rank each labeler's times, average the middle one(s)."""
-    sub = (select(model.user_id.label("user_id"), model.time_spent_ms.label("ms"))
-           .join(Task, Task.id == model.task_id).where(Task.project_id == project_id).subquery())
-    ranked = select(sub.c.user_id, sub.c.ms,
-                    func.row_number().over(partition_by=sub.c.user_id, order_by=sub.c.ms).label("rn"),
-                    func.count().over(partition_by=sub.c.user_id).label("n")).subquery()
-    return {uid: float(value) for uid, value in session.execute(
-        select(ranked.c.user_id, func.avg(ranked.c.ms))
-        .where(ranked.c.rn.in_([(ranked.c.n + 1) // 2, (ranked.c.n + 2) // 2])).group_by(ranked.c.user_id))}
-
-
 def labeler_figures(session: Session, project_id: int | None = None, *, fresh: bool = False) -> list[LabelerFigures]:
     """One row per labeler (and per admin who labeled): a fixed number of grouped queries, remembered
     until a submission is added."""
@@ -223,24 +225,11 @@ def labeler_figures(session: Session, project_id: int | None = None, *, fresh: b
 
 
 def _output_flag_counts(session: Session, project_id: int | None) -> dict[int, int]:
-    """Flags labelers ticked on ranked outputs, counted inside the database's JSON."""
-    join = "JOIN tasks t ON t.id = r.task_id" if project_id is not None else ""
-    # Only rankings whose JSON text has a non-empty flags list are opened (a few percent of them);
-    # a plain substring search (strpos / instr) finds them at half the cost of LIKE on Postgres.
-    find = "strpos" if is_postgres(session) else "instr"
-    where = (f"WHERE ({find}(CAST(r.ratings AS TEXT), '\"flags\": [\"') > 0 "
-             f"OR {find}(CAST(r.ratings AS TEXT), '\"flags\":[\"') > 0)"
-             + (" AND t.project_id = :pid" if project_id is not None else ""))
-    if is_postgres(session):
-        flags = ("json_array_length(CASE WHEN json_typeof(v.value->'flags') = 'array' "
-                 "THEN v.value->'flags' ELSE '[]'::json END)")
-        each = "CROSS JOIN LATERAL json_each(CASE WHEN json_typeof(r.ratings) = 'object' THEN r.ratings ELSE '{}'::json END) v"
-    else:
-        flags = "coalesce(json_array_length(v.value, '$.flags'), 0)"
-        each = "JOIN json_each(r.ratings) v"
-    sql = f"SELECT r.user_id, sum({flags}) FROM rankings r {join} {each} {where} GROUP BY r.user_id"
-    params = {"pid": project_id} if project_id is not None else {}
-    return {uid: int(n or 0) for uid, n in session.execute(text(sql), params)}
+    """Flags labelers ticked on ranked outputs (each ranking stores its count)."""
+    q = select(Ranking.user_id, func.sum(Ranking.flag_count)).group_by(Ranking.user_id)
+    if project_id is not None:
+        q = q.join(Task, Task.id == Ranking.task_id).where(Task.project_id == project_id)
+    return {uid: int(n or 0) for uid, n in session.execute(q)}
 
 
 # ---------------------------------------------------------------- agreement
@@ -284,21 +273,36 @@ def compare_orders(a: list[list[int]], b: list[list[int]]) -> PairStats:
 def compare_ranks(ra: dict[int, int], rb: dict[int, int]) -> PairStats:
     """compare_orders over rankings already turned into ranks_of (each is compared more than once)."""
     ids = sorted(ra.keys() & rb.keys())
-    stats = PairStats(tasks=1)
+    return _pair_stats(*_count_pairs(_signs(ra, ids), _signs(rb, ids)))
+
+
+def _signs(ranks: dict[int, int], ids) -> tuple[int, ...]:
+    """For each pair (i, j) of ids in order: 1 if i is ranked below j, -1 if above, 0 if tied."""
+    return tuple((ranks[i] > ranks[j]) - (ranks[i] < ranks[j]) for i, j in itertools.combinations(ids, 2))
+
+
+@functools.lru_cache(maxsize=65536)
+def _count_pairs(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """(concordant, discordant, tied in a only, tied in b only) over two rankings' signs. Rankings
+    of K outputs have few distinct sign patterns, so most calls are answered from the cache."""
     concordant = discordant = ties_a = ties_b = 0
-    for i, j in itertools.combinations(ids, 2):
-        da, db = ra[i] - ra[j], rb[i] - rb[j]
-        if da == 0 and db == 0:
+    for x, y in zip(a, b):
+        if x == 0 and y == 0:
             continue
-        if da == 0:
+        if x == 0:
             ties_a += 1
-        elif db == 0:
+        elif y == 0:
             ties_b += 1
-        elif (da > 0) == (db > 0):
+        elif x == y:
             concordant += 1
         else:
             discordant += 1
-    stats.same, stats.comparable = concordant, concordant + discordant
+    return concordant, discordant, ties_a, ties_b
+
+
+def _pair_stats(concordant: int, discordant: int, ties_a: int, ties_b: int) -> PairStats:
+    """Same-order rate over strictly ordered pairs, and Kendall's tau-b."""
+    stats = PairStats(same=concordant, comparable=concordant + discordant, tasks=1)
     denom = math.sqrt((concordant + discordant + ties_a) * (concordant + discordant + ties_b))
     if denom:
         stats.tau_sum, stats.tau_n = (concordant - discordant) / denom, 1
@@ -325,14 +329,16 @@ def ranking_agreement(session: Session, project_id: int | None = None,
     by_task: dict[int, list[tuple[int, list]]] = defaultdict(list)
     for task_id, user_id, order in session.execute(select(Ranking.task_id, Ranking.user_id, Ranking.order)
                                                    .where(Ranking.task_id.in_(select(shared.c.task_id)))):
-        by_task[task_id].append((user_id, ranks_of(order)))
+        ranks = ranks_of(order)
+        ids = tuple(sorted(ranks))
+        by_task[task_id].append((user_id, ids, _signs(ranks, ids), ranks))
     limited = len(by_task) > limit
     if limited:
         del by_task[min(by_task)]
     total, per_labeler, per_pair = PairStats(), defaultdict(PairStats), defaultdict(PairStats)
     for _, entries in sorted(by_task.items()):
-        for (ua, ra), (ub, rb) in itertools.combinations(sorted(entries, key=lambda e: e[0]), 2):
-            s = compare_ranks(ra, rb)
+        for (ua, ids_a, sa, ra), (ub, ids_b, sb, rb) in itertools.combinations(sorted(entries, key=lambda e: e[0]), 2):
+            s = _pair_stats(*_count_pairs(sa, sb)) if ids_a == ids_b else compare_ranks(ra, rb)
             total.add(s)
             per_labeler[ua].add(s)
             per_labeler[ub].add(s)

@@ -73,8 +73,6 @@ class Slot:
 _tid, _uid, _now = bindparam("task_id"), bindparam("user_id"), bindparam("now")
 _latest_guideline = (select(GuidelineVersion.id).where(GuidelineVersion.project_id == Task.project_id)
                      .order_by(GuidelineVersion.version.desc()).limit(1).scalar_subquery())
-# FOR UPDATE OF tasks: serializes with the queue and other submitters of this task (SQLite renders
-# no FOR UPDATE; there the caller's transaction already holds the writer lock).
 _other = aliased(Lease)  # not the outer query's (outer-joined) lease
 _others_live = (select(func.count()).select_from(_other)
                 .where(_other.task_id == Task.id, _other.user_id != _uid, _other.expires_at > _now).scalar_subquery())

@@ -265,6 +265,7 @@ def upgrade() -> None:
     sa.Column('ratings', sa.JSON(), nullable=False),
     sa.Column('display_order', sa.JSON(), nullable=False),
     sa.Column('none_acceptable', sa.Boolean(), nullable=False),
+    sa.Column('flag_count', sa.Integer(), nullable=False),
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('time_spent_ms', sa.Integer(), nullable=False),
     sa.Column('idempotency_key', sa.String(length=100), nullable=True),
@@ -276,7 +277,7 @@ def upgrade() -> None:
     sa.UniqueConstraint('task_id', 'user_id')
     )
     with op.batch_alter_table('rankings', schema=None) as batch_op:
-        batch_op.create_index('ix_rankings_user_time', ['user_id', 'time_spent_ms', 'created_at', 'task_id'], unique=False)
+        batch_op.create_index('ix_rankings_user_time', ['user_id', 'time_spent_ms', 'created_at', 'task_id', 'flag_count'], unique=False)
 
     op.create_table('skips',
     sa.Column('id', sa.Integer(), nullable=False),
