@@ -193,6 +193,7 @@ def test_ranking_rules(engine, session):
         assert stored.order == order and stored.none_acceptable
         assert stored.display_order == [o.id for o in got.outputs]
         assert stored.ratings[str(ids[2])] == {"likert": 6, "flags": ["expresses_opinion", "hallucination"]}
+        assert stored.flag_count == 2  # what the labelers page sums
     with pytest.raises(Forbidden):
         _do(engine, submissions.submit_ranking, b, task.id, order, ratings)
     assert other_task.id != task.id

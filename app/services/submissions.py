@@ -35,6 +35,7 @@ from app.models import (
     TaskKind,
     TaskStatus,
     User,
+    count_output_flags,
 )
 from app.services import Conflict, Forbidden, NotFound, ServiceError
 from app.services.queue import TASK_OUTPUT_IDS, SUBMISSION_MODELS
@@ -306,6 +307,7 @@ def submit_ranking(session: Session, user: User, task_id: int, order: Any, ratin
         return _replay_or_conflict(existing, kind, key, same)
     slot = _claim_slot(session, user, task)
     return _store(session, slot, kind, time_spent_ms, key, order=clean_order, ratings=clean_ratings,
+                  flag_count=count_output_flags(clean_ratings),
                   none_acceptable=bool(none_acceptable), display_order=list(slot.task.display_order or []))
 
 
