@@ -12,6 +12,7 @@ Rules (see app.services.queue for how slots are handed out):
   removing the lease and draft happen in one transaction, under the task's row lock.
 """
 
+import functools
 from dataclasses import dataclass
 from types import SimpleNamespace
 from datetime import UTC, datetime
@@ -109,17 +110,19 @@ _INSERT = {kind: insert(model).returning(model.id) for kind, model in SUBMISSION
 
 
 # Postgres: the slot update and the lease removal ride along with the insert (one round trip
-# instead of three; SQLite has no data-modifying WITH). Own bind names, and the insert's values
-# bound in the statement: SQLAlchemy would apply execute() parameters named like columns to the
-# UPDATE inside the WITH as well.
+# instead of three; SQLite has no data-modifying WITH). Every bind has its own name (slot_*, v_*):
+# SQLAlchemy would apply execute() parameters named like columns to the UPDATE inside the WITH too.
 _slot_tid, _slot_uid = bindparam("slot_task_id"), bindparam("slot_user_id")
 _CLOSE_SLOT_CTE = _close_slot(_slot_tid).cte("closed_slot")
 _DROP_LEASE_CTE = delete(Lease).where(Lease.task_id == _slot_tid, Lease.user_id == _slot_uid).cte("dropped_lease")
 
 
-def _insert_and_close(model, values: dict):
-    table = model.__table__
-    return insert(table).values(**values).add_cte(_CLOSE_SLOT_CTE, _DROP_LEASE_CTE).returning(table.c.id)
+@functools.cache
+def _insert_and_close(kind: TaskKind, columns: tuple[str, ...]):
+    """Built once per kind and set of columns; the values are bound as v_<column>."""
+    table = SUBMISSION_MODELS[kind].__table__
+    values = {name: bindparam(f"v_{name}", type_=table.c[name].type) for name in columns}
+    return insert(table).values(values).add_cte(_CLOSE_SLOT_CTE, _DROP_LEASE_CTE).returning(table.c.id)
 
 
 def _check_key(key: str | None) -> str | None:
@@ -192,8 +195,9 @@ def _store(session: Session, slot: Slot, kind: TaskKind, time_spent_ms: int | No
                   created_at=slot.now, time_spent_ms=_time_spent(slot, time_spent_ms), idempotency_key=key, **answer)
     params = {"task_id": task.id, "user_id": slot.user_id}
     if is_postgres(session):
-        new_id = session.scalar(_insert_and_close(SUBMISSION_MODELS[kind], values),
-                                {"slot_task_id": task.id, "slot_user_id": slot.user_id})
+        new_id = session.scalar(_insert_and_close(kind, tuple(values)),
+                                {"slot_task_id": task.id, "slot_user_id": slot.user_id,
+                                 **{f"v_{name}": value for name, value in values.items()}})
     else:
         new_id = session.scalar(_INSERT[kind], values)
         session.execute(_CLOSE_SLOT, {"task_id": task.id})
