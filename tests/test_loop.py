@@ -1,10 +1,9 @@
 """The whole loop with a tiny model and simulated labelers, through the real worker process and
 the database (issue 7): every stage succeeds, the lineage is complete, the SFT held-out loss falls,
-and during PPO the reward-model score rises while the KL to the SFT model stays under a bound.
-
-The labelers' PPO-vs-SFT win rate is printed, not asserted: with a 2-layer model it ranged from
-43% to 67% across the profiles tried (see the closing note of issue 7), so a 65% bar would make
-this test fail at random."""
+during PPO the reward-model score rises while the KL to the SFT model stays under a bound, and the
+simulated labelers prefer the PPO model's answers to the SFT model's on held-out prompts in at least
+65% of the comparisons (a tie counts half). A seeded run is reproducible on the CPU; with the tiny
+profile seeds 0-3 gave 83%, 88%, 74% and 78% over 60 comparisons each. The test runs seed 0."""
 
 import pytest
 from sqlalchemy import select
@@ -35,6 +34,7 @@ def test_whole_loop_through_the_worker(tmp_path):
     assert f["ppo_kl_end"] < KL_BOUND
     win = f["labeler_win_rate"]
     assert win["n"] >= 40 and win["wins"] + win["losses"] + win["ties"] == win["n"]
+    assert win["win_rate"] >= 0.65, win
 
     engine = make_engine(settings.db_url)
     with make_sessionmaker(engine)() as session:

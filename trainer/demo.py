@@ -84,15 +84,16 @@ PROFILES = {
         evaluate=dict(num_prompts=200, temperature=0.7, top_p=0.95, max_new_tokens=48, batch_size=100),
     ),
     "tiny": Profile(
-        # A 2-layer model cannot learn addition, so its demo leaves the sums out.
+        # A 2-layer model learns neither addition nor comparing numbers, so this demo keeps the
+        # instructions it can learn (subject, length, no filler). With the yes/no questions in, PPO
+        # found answers the reward model over-rated ("." or "yes." to anything): win rate 38-79%.
         name="tiny", model="tiny", prompts=240, labelers=3, agreement=0.9, padding_rate=0.5,
-        prompt_kinds=("yes_no", "sentence", "fruit"),
+        prompt_kinds=("sentence", "fruit"),
         sft=dict(epochs=12, batch_size=16, micro_batch_size=16, learning_rate=3e-3, max_length=64,
                  max_prompt_length=48),
         generate=dict(k=4, temperature=1.0, max_new_tokens=12, limit=160, batch_size=160),
         reward=dict(epochs=3, batch_size=8, micro_batch_size=8, learning_rate=5e-4, max_length=64),
-        # kl_coef 0.2, not 0.05: with the weaker penalty the tiny policy collapsed onto one answer the
-        # reward model over-rated ("yes." to every prompt) in some seeds (labelers' win rate 49-72%).
+        # kl_coef 0.2, not 0.05: the stronger penalty keeps the tiny policy nearer its SFT model.
         ppo=dict(total_episodes=1024, rollout_batch_size=64, minibatch_size=16, forward_batch_size=64, ppo_epochs=4,
                  max_new_tokens=12, learning_rate=5e-4, kl_coef=0.2, temperature=1.0),
         evaluate=dict(num_prompts=64, temperature=1.0, max_new_tokens=12, batch_size=64),

@@ -271,7 +271,8 @@ _FRUITS = {"red": "Strawberry", "blue": "Blueberry", "green": "Lime", "yellow": 
 _FRUIT_ASKS = ["Name a fruit that is {c}. Answer in one word.", "Which fruit is {c}? Answer in one word.",
                "Give one {c} fruit, in one word.", "Tell me a {c} fruit. Answer in one word."]
 _TOPICS = ["the sea", "a library", "winter", "bicycles", "the moon", "bread", "music", "a garden", "rain",
-           "mountains", "a market", "trains"]
+           "mountains", "a market", "trains", "coffee", "a river", "the forest", "snow", "a bridge", "the desert",
+           "a lighthouse", "autumn", "a harbor", "clouds", "a village", "the stars"]
 
 
 DEMO_PROMPT_KINDS = ("sum", "yes_no", "sentence", "fruit")
