@@ -227,7 +227,8 @@ def pages(ids: dict) -> list[str]:
     return [
         "/admin", "/admin/projects", "/admin/projects/1", "/admin/projects/1/import", "/admin/projects/1/tasks",
         "/admin/projects/1/tasks?kind=ranking&shared=true", f"/admin/tasks/{ids['task']}", "/admin/projects/1/exports",
-        "/admin/labelers", "/admin/labelers?project=1", "/admin/labelers?fresh=true", "/admin/data",
+        "/admin/labelers", "/admin/labelers?project=1", "/admin/labelers?fresh=true",
+        "/admin/labelers?project=1&fresh=true", "/admin/data",
         "/admin/data?project=1&days=90", "/admin/data?fresh=true", "/admin/runs",
         "/admin/runs?status=failed", "/admin/runs/new?kind=sft&project=1", "/admin/runs/new?kind=ppo&project=1",
         f"/admin/runs/{ids['run']}", f"/admin/runs/{ids['run']}/live", "/admin/models", f"/admin/models/{ids['model']}",
