@@ -126,8 +126,12 @@ def test_a_vanished_workers_run_is_failed_and_its_late_result_dropped(settings, 
         # and when it notices it drops the run instead of overwriting the failure.
         started = wait_for(lambda: _progressed(worker.engine, run.id, 1), timeout=60)
         assert started.status == RunStatus.running, started.error
-        with worker.transaction() as s:
-            assert runs.reap_stale_runs(s, stale_s=-60) == [run.id]
+        def reap_everything():
+            with worker.transaction() as s:
+                return runs.reap_stale_runs(s, stale_s=-60)
+
+        # The reaper passes over (SKIP LOCKED) a run whose heartbeat is being written right now.
+        assert wait_for(reap_everything, timeout=10) == [run.id]
         time.sleep(1.5)
         late = run_status(worker.engine, run.id)
         steps = late.progress_step
