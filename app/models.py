@@ -388,7 +388,8 @@ class Ranking(_Submission, Base):
     flag_count: Mapped[int] = mapped_column(Integer, default=lambda ctx: count_output_flags(
         ctx.get_current_parameters().get("ratings")))
     """Flags ticked over all outputs, set from `ratings` on insert: the labelers page sums it
-    instead of opening every ranking's JSON."""
+    instead of opening every ranking's JSON. (The submit path passes it explicitly: its Postgres
+    insert-with-CTE statement does not run Python column defaults.)"""
 
 
 def count_output_flags(ratings: Any) -> int:
