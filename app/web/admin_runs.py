@@ -10,6 +10,7 @@ from functools import cache
 from fastapi import APIRouter, Depends, Request
 from sqlalchemy import func, select
 
+from app.db import write_session
 from app.deps import AdminUser, SessionDep, SettingsDep, verify_csrf
 from app.models import ModelKind, ModelVersion, Project, RunKind, RunMetric, RunStatus, TrainingRun, User
 from app.services import ServiceError, evaluation, registry, runs, stats
@@ -133,6 +134,14 @@ def new_run_page(request: Request, session: SessionDep, settings: SettingsDep, u
     return _run_form(request, session, settings, kind, project_id=pid, preset_models=preset)
 
 
+def _writing(request: Request):
+    """The write of a POST here, in its own transaction that takes SQLite's writer lock at its start
+    (BEGIN IMMEDIATE). A worker commits metrics and heartbeats many times a second; a deferred
+    transaction that read before them could not write afterwards ("database is locked"). Opened in
+    the handler, not as a dependency, for the reason given in app.deps.get_write_session."""
+    return write_session(request.app.state.engine)
+
+
 @router.post("/runs")
 async def create_run(request: Request, session: SessionDep, settings: SettingsDep, user: AdminUser):
     form = await request.form()
@@ -168,10 +177,10 @@ async def create_run(request: Request, session: SessionDep, settings: SettingsDe
         splits = form.getlist("splits")
         if splits and splits != ["train"]:
             data_filter["splits"] = splits
-        run = runs.create_run(session, project_id=pid, kind=kind, config=config, input_model_ids=model_ids,
-                              data_filter=data_filter, created_by=user, default_model=settings.default_model)
+        with _writing(request) as ws:
+            run = runs.create_run(ws, project_id=pid, kind=kind, config=config, input_model_ids=model_ids,
+                                  data_filter=data_filter, created_by=user, default_model=settings.default_model)
     except ServiceError as exc:
-        session.rollback()
         return _run_form(request, session, settings, kind, project_id=pid, form=form, error=exc.message,
                          status_code=exc.status_code)
     flash(request, f"Run #{run.id} ({run.kind.value}) is queued; a worker will pick it up.{note}", "success")
@@ -236,9 +245,9 @@ def run_live(request: Request, session: SessionDep, user: AdminUser, run_id: int
 @router.post("/runs/{run_id}/cancel")
 def cancel_run(request: Request, session: SessionDep, user: AdminUser, run_id: int):
     try:
-        run = runs.cancel_run(session, run_id, by=user)
+        with _writing(request) as ws:
+            run = runs.cancel_run(ws, run_id, by=user)
     except ServiceError as exc:
-        session.rollback()
         run = runs.get_run(session, run_id)
         return render(request, "admin/run.html", {**_run_context(session, run), "error": exc.message},
                       status_code=exc.status_code)
@@ -300,9 +309,9 @@ async def register_model(request: Request, session: SessionDep, user: AdminUser)
     form = await request.form()
     pid = int(form["project_id"]) if (form.get("project_id") or "").isdigit() else None
     try:
-        version = registry.register_base(session, form.get("source", ""), name=form.get("name", ""), project_id=pid)
+        with _writing(request) as ws:
+            version = registry.register_base(ws, form.get("source", ""), name=form.get("name", ""), project_id=pid)
     except ServiceError as exc:
-        session.rollback()
         flash(request, exc.message, "error")
         return redirect("/admin/models")
     flash(request, f"Base model #{version.id} “{version.name}” registered.", "success")
