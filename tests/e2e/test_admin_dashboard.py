@@ -24,10 +24,11 @@ datasets = pytest.importorskip("datasets")
 _one_thread = pytest.fixture(autouse=True)(one_torch_thread)
 
 
-def _points(page, metric: str) -> int:
-    """How many points the plotted line of `metric` has right now."""
+def _plot_and_step(page, metric: str) -> tuple[str, int]:
+    """The plotted line of `metric` (its path) and the run's step, as the page shows them now."""
     d = page.locator(f'[data-metric="{metric}"] path[fill="none"]').first.get_attribute("d") or ""
-    return d.count("L") + d.count("M")
+    step = re.search(r"step (\d+) of", page.locator("#run-progress-text").inner_text())
+    return d, int(step.group(1)) if step else -1
 
 
 def test_admin_runs_the_loop_in_a_browser(live_server, page_at, shot, make_user, session, settings, tmp_path):
@@ -97,21 +98,25 @@ def test_admin_runs_the_loop_in_a_browser(live_server, page_at, shot, make_user,
         shot(page, "admin-run-new")
         page.click("button:has-text('Queue sft run')")
         page.wait_for_url(re.compile(r".*/admin/runs/\d+$"))
-        assert "waiting for a worker" in page.locator("#run-live").inner_text()
         return int(page.url.rsplit("/", 1)[1])
 
     long_run = queue_sft(epochs=100_000)
+    assert "waiting for a worker" in page.locator("#run-live").inner_text()  # none started yet
     page.evaluate("window.notReloaded = true")
     engine = session.get_bind()  # a fresh session per look: a held SQLite snapshot would never see the end
     with WorkerThread(fast_settings(settings)):
         page.wait_for_selector('[data-metric="train_loss"]', timeout=120_000)
-        first = _points(page, "train_loss")
+        first_plot, first_step = _plot_and_step(page, "train_loss")
         shot(page, "admin-run-live")
+        # The line is thinned to 400 points once the run is longer, so "it grew" means: a later step
+        # and a redrawn line.
         page.wait_for_function(
-            """([n]) => { const p = document.querySelector('[data-metric="train_loss"] path[fill="none"]');
-                          return p && (p.getAttribute('d').match(/[ML]/g) || []).length > n; }""",
-            arg=[first], timeout=60_000)
-        assert _points(page, "train_loss") > first
+            """([d, step]) => { const p = document.querySelector('[data-metric="train_loss"] path[fill="none"]');
+                                const m = document.querySelector('#run-progress-text').innerText.match(/step (\\d+) of/);
+                                return p && m && p.getAttribute('d') !== d && Number(m[1]) > step; }""",
+            arg=[first_plot, first_step], timeout=60_000)
+        plot, step = _plot_and_step(page, "train_loss")
+        assert step > first_step and plot != first_plot
         assert page.evaluate("window.notReloaded")  # the same page, updated by htmx polling
         page.once("dialog", lambda dialog: dialog.accept())
         page.click("#cancel-run")
