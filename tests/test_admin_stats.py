@@ -97,6 +97,29 @@ def test_labeler_figures(session, world):
     assert all(r.total == 0 for r in stats.labeler_figures(session, other.id))
 
 
+def test_one_projects_figures_equal_the_all_projects_figures(session, world):
+    # Both paths compute medians differently (index reads vs one string of times per labeler): an even
+    # count takes the mean of the middle two, and the last time is the newest submission's.
+    newest = utcnow() + timedelta(minutes=5)
+    for ms, at in [(1000, None), (6000, newest), (7000, None)]:
+        task = Task(project_id=world.project.id, prompt_id=world.rank_task.prompt_id, kind=TaskKind.demonstration,
+                    required=1, done_count=1)
+        session.add(task)
+        session.flush()
+        session.add(Demonstration(task_id=task.id, prompt_id=task.prompt_id, user_id=world.l1.id, text="more",
+                                  time_spent_ms=ms, **({"created_at": at} if at else {})))
+    session.commit()
+    one = {r.user.email: r for r in stats.labeler_figures(session, world.project.id, fresh=True)}
+    every = {r.user.email: r for r in stats.labeler_figures(session, None, fresh=True)}
+    l1 = one["l1@example.com"]
+    assert l1.done["demonstration"] == 4 and l1.median_ms["demonstration"] == 4500  # 1000 3000 | 6000 7000
+    assert abs(l1.last_at - newest) < timedelta(seconds=1)
+    for email, row in one.items():
+        other = every[email]
+        assert (row.done, row.median_ms, row.skips, row.prompt_flags, row.output_flags, row.last_at) == \
+            (other.done, other.median_ms, other.skips, other.prompt_flags, other.output_flags, other.last_at)
+
+
 def test_agreement(session, world):
     ag = stats.ranking_agreement(session, world.project.id)
     # l1-l2: 5 of 6 pairs; l1-l3: 5 of 5; l2-l3: 4 of 5 (l3 tied a and b).
