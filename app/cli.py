@@ -37,7 +37,7 @@ def serve(host: str, port: int, workers: int, with_worker: bool, migrate: bool |
     _ensure_first_admin(settings, host, port)
     worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"]) if with_worker else None
     try:
-        uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers, log_level="info")
+        uvicorn.run("app.main:create_served_app", factory=True, host=host, port=port, workers=workers, log_level="info")
     finally:
         if worker is not None:
             worker.terminate()

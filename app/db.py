@@ -66,10 +66,21 @@ def _drop_closed_connection(dbapi_conn, _record, _proxy) -> None:
         raise DisconnectionError("the server closed this pooled connection")
 
 
+SQLITE_WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE", "SAVEPOINT", "CREATE", "DROP", "ALTER")
+
+
 def _configure_sqlite(engine: Engine) -> None:
-    # pysqlite's own transaction handling is turned off so that we emit BEGIN ourselves:
-    # a write transaction (see write_session) starts with BEGIN IMMEDIATE, which takes the
-    # single writer lock up front instead of failing on upgrade from a read lock.
+    """pysqlite's own transaction handling is off; we begin transactions ourselves, so that a
+    transaction that writes holds SQLite's single writer lock from its start (BEGIN IMMEDIATE).
+
+    A deferred transaction (plain BEGIN) reads from a snapshot; if another connection commits
+    before its first write, SQLite refuses that write at once ("database is locked") and the busy
+    timeout does not help. A web request reads (the user, the form's objects) before it writes
+    while a worker commits metrics many times a second, so that happened. Instead:
+    - `write_session` begins with BEGIN IMMEDIATE: its reads and writes are one locked unit;
+    - any other transaction reads without a transaction (each statement sees the latest commits,
+      like Postgres' default READ COMMITTED) and begins with BEGIN IMMEDIATE at its first write."""
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):
         dbapi_conn.isolation_level = None
@@ -82,8 +93,14 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):
-        immediate = conn.get_execution_options().get("sqlite_immediate", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        if conn.get_execution_options().get("sqlite_immediate", False):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _before_write(conn, cursor, statement, _parameters, _context, _executemany):
+        if (conn.in_transaction() and not conn.connection.dbapi_connection.in_transaction
+                and statement.lstrip().upper().startswith(SQLITE_WRITES)):
+            cursor.execute("BEGIN IMMEDIATE")
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

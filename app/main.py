@@ -1,5 +1,6 @@
 """The ASGI app: middleware (session cookie, body limit), error shapes, routers."""
 
+import gc
 import json
 import logging
 
@@ -193,6 +194,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     return app
 
+
+
+def create_served_app(settings: Settings | None = None) -> FastAPI:
+    """The app as `instructloop serve` runs it (the uvicorn factory, called in each server process).
+
+    The ~120,000 objects made by importing and building the app live as long as the process, so they
+    are moved out of the garbage collector's reach (gc.freeze). Otherwise every full collection walks
+    them again: a page that reads many rows triggered such collections and took ~90 ms longer
+    (bench/admin_pages.py). Not done in create_app: tests build many apps in one process, and a
+    frozen app that is later dropped is never collected."""
+    app = create_app(settings)
+    gc.collect()
+    gc.freeze()
+    return app
 
 def _load_flash(request: Request) -> list:
     raw = request.cookies.get(FLASH_COOKIE)

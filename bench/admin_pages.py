@@ -34,7 +34,7 @@ from sqlalchemy import insert, text  # noqa: E402
 
 from app.config import Settings  # noqa: E402
 from app.db import make_engine, make_sessionmaker  # noqa: E402
-from app.main import create_app  # noqa: E402
+from app.main import create_served_app  # noqa: E402
 from app.migrate import upgrade  # noqa: E402
 from app.models import (  # noqa: E402
     Base,
@@ -238,7 +238,7 @@ def pages(ids: dict) -> list[str]:
 
 def measure(url: str, data_dir: Path, ids: dict, repeat: int) -> dict[str, tuple[float, float]]:
     settings = Settings(DATABASE_URL=url, INSTRUCTLOOP_DATA_DIR=data_dir, SECRET_KEY="bench")
-    app = create_app(settings)
+    app = create_served_app(settings)  # as `instructloop serve` builds it
     out = {}
     with TestClient(app, base_url="http://testserver") as client:
         token = client.get("/login").text.split('name="csrf_token" value="')[1].split('"')[0]

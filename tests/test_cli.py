@@ -53,3 +53,38 @@ def test_first_admin_created_once(settings, capsys):
     _ensure_first_admin(settings, "127.0.0.1", 8000)
     out = capsys.readouterr().out
     assert out.count("created the admin account") == 1 and "Password " in out
+
+
+def test_serve_starts_on_the_embedded_database(tmp_path):
+    # The README's first command: a fresh data folder, SQLite migrated, the first admin created, and
+    # the app (its served factory, app.main.create_served_app) answering.
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env.update(INSTRUCTLOOP_DATA_DIR=str(tmp_path), INSTRUCTLOOP_ADMIN_PASSWORD="a strong password")
+    server = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, status = time.monotonic() + 60, None
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+                    status = r.status
+                break
+            except OSError:
+                time.sleep(0.3)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/login", timeout=5) as r:
+            assert r.status == 200 and b'name="password"' in r.read()
+    finally:
+        server.terminate()
+        output = server.communicate(timeout=30)[0]
+    assert status == 200, output
+    assert "created the admin account" in output and (tmp_path / "instructloop.db").exists()
