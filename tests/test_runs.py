@@ -128,6 +128,17 @@ def test_cancel_queued_running_and_finished(session, project):
         runs.cancel_run(session, 999)
 
 
+def test_a_cancel_reads_the_run_afresh_so_a_workers_claim_is_not_overwritten(engine, session, project):
+    run = queue_raw(session, project, "generate")
+    session.commit()
+    assert runs.get_run(session, run.id).status == RunStatus.queued  # the admin's page showed it queued
+    with write_session(engine) as worker:
+        assert runs.claim_next_run(worker, "w1").id == run.id  # a worker claims it meanwhile
+    cancelled = runs.cancel_run(session, run.id)
+    session.commit()
+    assert cancelled.status == RunStatus.running and cancelled.cancel_requested
+
+
 def test_claim_takes_oldest_and_sets_worker_fields(engine, session, project):
     first, second = queue_raw(session, project, "generate"), queue_raw(session, project, "generate")
     session.commit()

@@ -201,8 +201,14 @@ def list_runs(session: Session, *, project_id: int | None = None, status: RunSta
 
 
 def cancel_run(session: Session, run_id: int, *, by: User | None = None) -> TrainingRun:
-    """queued -> cancelled at once; running -> cancel_requested (the worker stops within seconds)."""
-    run = get_run(session, run_id)
+    """queued -> cancelled at once; running -> cancel_requested (the worker stops within seconds).
+
+    The row is locked and read afresh (FOR UPDATE on Postgres; on SQLite, call it inside
+    `app.db.write_session`): a worker claiming the run at the same moment must not have its
+    'running' overwritten with 'cancelled'."""
+    run = session.get(TrainingRun, run_id, with_for_update=True, populate_existing=True)
+    if run is None:
+        raise NotFound(f"Run {run_id} does not exist.")
     if run.status == RunStatus.queued:
         run.status = RunStatus.cancelled
         run.finished_at = utcnow()

@@ -135,10 +135,10 @@ def new_run_page(request: Request, session: SessionDep, settings: SettingsDep, u
 
 
 def _writing(request: Request):
-    """The write of a POST here, in its own transaction that takes SQLite's writer lock at its start
-    (BEGIN IMMEDIATE). A worker commits metrics and heartbeats many times a second; a deferred
-    transaction that read before them could not write afterwards ("database is locked"). Opened in
-    the handler, not as a dependency, for the reason given in app.deps.get_write_session."""
+    """The read-then-write of a POST here (is the run still running? then cancel it) as one
+    transaction that holds SQLite's writer lock from its start (BEGIN IMMEDIATE), so a worker's
+    commit cannot fall between the check and the write. Opened in the handler, not as a
+    dependency, for the reason given in app.deps.get_write_session."""
     return write_session(request.app.state.engine)
 
 
