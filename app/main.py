@@ -195,7 +195,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-
 def create_served_app(settings: Settings | None = None) -> FastAPI:
     """The app as `instructloop serve` runs it (the uvicorn factory, called in each server process).
 
@@ -208,6 +207,7 @@ def create_served_app(settings: Settings | None = None) -> FastAPI:
     gc.collect()
     gc.freeze()
     return app
+
 
 def _load_flash(request: Request) -> list:
     raw = request.cookies.get(FLASH_COOKIE)

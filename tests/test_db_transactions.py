@@ -1,6 +1,8 @@
 """Transactions on both databases: a request that read before another connection committed can
 still write (SQLite used to refuse it with "database is locked"), and rollbacks undo everything."""
 
+import sqlite3
+
 import pytest
 from sqlalchemy import select
 
@@ -44,6 +46,12 @@ def test_a_rollback_undoes_every_write_and_a_savepoint_only_its_own(engine):
 def test_write_session_reads_and_writes_as_one_unit(engine):
     make = make_sessionmaker(engine)
     with write_session(engine) as ws:
+        ws.scalar(select(User.id).limit(1))
+        if engine.dialect.name == "sqlite":  # the writer lock is held from the start, before any write
+            other = sqlite3.connect(engine.url.database, timeout=0.1)
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                other.execute("BEGIN IMMEDIATE")
+            other.close()
         accounts.create_user(ws, "locked@example.com", None)
         assert ws.scalar(select(User.id).where(User.email == "locked@example.com")) is not None
     with make() as s:

@@ -332,7 +332,7 @@ def ranking_agreement(session: Session, project_id: int | None = None,
         shared = shared.join(Task, Task.id == Ranking.task_id).where(Task.project_id == project_id)
     shared = shared.order_by(Ranking.task_id.desc()).limit(limit + 1).subquery()
     # One statement (no list of 2,000 ids to bind): the rankings of the newest limit + 1 shared tasks.
-    by_task: dict[int, list[tuple[int, list]]] = defaultdict(list)
+    by_task: dict[int, list[tuple]] = defaultdict(list)  # (user, output ids, pair signs, ranks)
     for task_id, user_id, order in session.execute(select(Ranking.task_id, Ranking.user_id, Ranking.order)
                                                    .where(Ranking.task_id.in_(select(shared.c.task_id)))):
         ranks = ranks_of(order)

@@ -134,14 +134,6 @@ def new_run_page(request: Request, session: SessionDep, settings: SettingsDep, u
     return _run_form(request, session, settings, kind, project_id=pid, preset_models=preset)
 
 
-def _writing(request: Request):
-    """The read-then-write of a POST here (is the run still running? then cancel it) as one
-    transaction that holds SQLite's writer lock from its start (BEGIN IMMEDIATE), so a worker's
-    commit cannot fall between the check and the write. Opened in the handler, not as a
-    dependency, for the reason given in app.deps.get_write_session."""
-    return write_session(request.app.state.engine)
-
-
 @router.post("/runs")
 async def create_run(request: Request, session: SessionDep, settings: SettingsDep, user: AdminUser):
     form = await request.form()
@@ -177,10 +169,10 @@ async def create_run(request: Request, session: SessionDep, settings: SettingsDe
         splits = form.getlist("splits")
         if splits and splits != ["train"]:
             data_filter["splits"] = splits
-        with _writing(request) as ws:
-            run = runs.create_run(ws, project_id=pid, kind=kind, config=config, input_model_ids=model_ids,
-                                  data_filter=data_filter, created_by=user, default_model=settings.default_model)
+        run = runs.create_run(session, project_id=pid, kind=kind, config=config, input_model_ids=model_ids,
+                              data_filter=data_filter, created_by=user, default_model=settings.default_model)
     except ServiceError as exc:
+        session.rollback()
         return _run_form(request, session, settings, kind, project_id=pid, form=form, error=exc.message,
                          status_code=exc.status_code)
     flash(request, f"Run #{run.id} ({run.kind.value}) is queued; a worker will pick it up.{note}", "success")
@@ -245,7 +237,9 @@ def run_live(request: Request, session: SessionDep, user: AdminUser, run_id: int
 @router.post("/runs/{run_id}/cancel")
 def cancel_run(request: Request, session: SessionDep, user: AdminUser, run_id: int):
     try:
-        with _writing(request) as ws:
+        # Check and write as one unit that holds SQLite's writer lock from its start (Postgres: FOR
+        # UPDATE in cancel_run). Opened here, not as a dependency: see app.deps.get_write_session.
+        with write_session(request.app.state.engine) as ws:
             run = runs.cancel_run(ws, run_id, by=user)
     except ServiceError as exc:
         run = runs.get_run(session, run_id)
@@ -309,9 +303,9 @@ async def register_model(request: Request, session: SessionDep, user: AdminUser)
     form = await request.form()
     pid = int(form["project_id"]) if (form.get("project_id") or "").isdigit() else None
     try:
-        with _writing(request) as ws:
-            version = registry.register_base(ws, form.get("source", ""), name=form.get("name", ""), project_id=pid)
+        version = registry.register_base(session, form.get("source", ""), name=form.get("name", ""), project_id=pid)
     except ServiceError as exc:
+        session.rollback()
         flash(request, exc.message, "error")
         return redirect("/admin/models")
     flash(request, f"Base model #{version.id} “{version.name}” registered.", "success")
