@@ -35,6 +35,7 @@ class Settings(BaseSettings):
 
     login_max_failures: int = Field(default=5, alias="INSTRUCTLOOP_LOGIN_MAX_FAILURES")
     login_window_s: int = Field(default=15 * 60, alias="INSTRUCTLOOP_LOGIN_WINDOW")
+    login_max_failures_per_ip: int = Field(default=20, alias="INSTRUCTLOOP_LOGIN_MAX_FAILURES_PER_IP")
     invite_ttl_s: int = Field(default=7 * 24 * 3600, alias="INSTRUCTLOOP_INVITE_TTL")
     max_body_bytes: int = Field(default=10 * 1024 * 1024, alias="INSTRUCTLOOP_MAX_BODY_BYTES")
     """Requests with a larger body are refused with 413 before they are read."""

@@ -21,6 +21,7 @@ from app.web import admin, api, auth, labeler
 from app.web import admin_data, admin_labelers, admin_projects, admin_runs, api_projects
 from app.web import api_tasks
 from app.web import api_runs
+from app.web.headers import SecurityHeaders, docs_router
 from app.web.render import redirect, render
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ class BrowserSession:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    app = FastAPI(title="instructloop", version="0.1.0", docs_url="/api/docs", redoc_url=None,
+    app = FastAPI(title="instructloop", version="0.1.0", docs_url=None, redoc_url=None,
                   openapi_url="/openapi.json")
     app.state.settings = settings
     app.state.engine = make_engine(settings.db_url)
@@ -125,6 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(BrowserSession, settings=settings)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(SecurityHeaders, hsts=settings.cookie_secure)  # outermost: on every response
 
     @app.exception_handler(LoginRequired)
     async def _login_required(request: Request, exc: LoginRequired):
@@ -185,7 +187,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"status": "ok", "database": "ok"}
 
     app.mount("/static", StaticFiles(directory=REPO_ROOT / "static"), name="static")
-    for router in (auth.router, labeler.router, admin.router, api.router):
+    for router in (auth.router, labeler.router, admin.router, api.router, docs_router):
         app.include_router(router)
     app.include_router(api_tasks.router)  # labeling API (issue 3)
     app.include_router(api_runs.router)  # runs, model registry, evaluation (issue 4)

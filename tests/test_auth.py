@@ -267,3 +267,93 @@ def test_huge_body_refused(client):
 def test_unknown_page_is_404(client):
     assert client.get("/nope").status_code == 404
     assert client.get("/api/v1/nope").json()["detail"] == "Not Found"
+
+
+def test_unknown_email_costs_one_password_check_like_a_known_one(session, make_user, monkeypatch):
+    # Login timing must not tell which emails exist: both paths run exactly one argon2 verification.
+    make_user("a@example.com")
+    calls = []
+    real = accounts.verify_password
+    monkeypatch.setattr(accounts, "verify_password", lambda h, p: calls.append(h) or real(h, p))
+    for email in ("a@example.com", "nobody@example.com"):
+        try:
+            accounts.authenticate(session, email, "wrong password!", ip="1.2.3.4", max_failures=5,
+                                  max_failures_per_ip=20, window_s=900)
+        except accounts.LoginError:
+            pass
+    assert len(calls) == 2 and calls[0] is not None and calls[1] is None
+
+
+def test_a_stranger_does_not_lock_the_owner_out(session, make_user):
+    make_user("a@example.com")
+    limits = {"max_failures": 5, "max_failures_per_ip": 20, "window_s": 900}
+    for _ in range(5):
+        try:
+            accounts.authenticate(session, "a@example.com", "wrong password!", ip="6.6.6.6", **limits)
+        except accounts.LoginError:
+            pass
+    try:
+        accounts.authenticate(session, "a@example.com", PASSWORD, ip="6.6.6.6", **limits)
+        raise AssertionError("the guesser was not throttled")
+    except accounts.LoginThrottled:
+        pass
+    assert accounts.authenticate(session, "a@example.com", PASSWORD, ip="10.0.0.1", **limits).email == "a@example.com"
+
+
+def test_one_ip_trying_many_emails_is_throttled(session):
+    outcomes = []
+    for i in range(25):
+        try:
+            accounts.authenticate(session, f"user{i}@example.com", "wrong password!", ip="6.6.6.6",
+                                  max_failures=5, max_failures_per_ip=20, window_s=900)
+        except accounts.ServiceError as exc:
+            outcomes.append(type(exc).__name__)
+    assert outcomes == ["LoginError"] * 20 + ["LoginThrottled"] * 5
+
+
+def test_parallel_guesses_get_at_most_the_limit_of_checks(engine, make_user):
+    import threading
+
+    from app.db import make_sessionmaker
+
+    make_user("a@example.com")
+    factory, outcomes, start = make_sessionmaker(engine), [], threading.Barrier(30)
+
+    def guess(i: int) -> None:
+        start.wait()
+        with factory() as s:
+            try:
+                accounts.authenticate(s, "a@example.com", f"wrong guess {i}", ip="6.6.6.6",
+                                      max_failures=5, max_failures_per_ip=100, window_s=900)
+            except accounts.ServiceError as exc:
+                outcomes.append(type(exc).__name__)
+            s.commit()
+
+    threads = [threading.Thread(target=guess, args=(i,)) for i in range(30)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(outcomes) == 30
+    assert outcomes.count("LoginError") == 5 and outcomes.count("LoginThrottled") == 25
+
+
+def test_admin_can_clear_a_users_login_failures(session, make_user):
+    user = make_user("a@example.com")
+    for _ in range(3):
+        try:
+            accounts.authenticate(session, "a@example.com", "wrong password!", ip="6.6.6.6",
+                                  max_failures=5, max_failures_per_ip=20, window_s=900)
+        except accounts.LoginError:
+            pass
+    assert accounts.clear_login_failures(session, user.id) == 3
+
+
+def test_common_and_repetitive_passwords_are_refused(session):
+    for weak in ("aaaaaaaaaa", "password123456", "qwertyuiop1", "1234567890"):
+        try:
+            accounts.create_user(session, "w@example.com", weak)
+            raise AssertionError(f"{weak!r} was accepted")
+        except accounts.ServiceError as exc:
+            assert "Try a few uncommon words" in exc.message
+    assert accounts.create_user(session, "w@example.com", "plum harbor quietly").email == "w@example.com"

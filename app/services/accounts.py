@@ -38,7 +38,7 @@ def create_user(session: Session, email: str, password: str | None, *, role: Rol
         raise ServiceError(f"{email!r} is not an email address.")
     if session.scalar(select(User.id).where(User.email == email)) is not None:
         raise Conflict(f"A user with the email {email} already exists.")
-    if password is not None and (problem := password_problem(password)):
+    if password is not None and (problem := password_problem(password, (email, name))):
         raise ServiceError(problem)
     user = User(email=email, name=name or email.split("@")[0], role=role,
                 password_hash=hash_password(password) if password is not None else None)
@@ -47,30 +47,60 @@ def create_user(session: Session, email: str, password: str | None, *, role: Rol
     return user
 
 
-def authenticate(session: Session, email: str, password: str, *, ip: str, max_failures: int, window_s: int) -> User:
+def authenticate(session: Session, email: str, password: str, *, ip: str, max_failures: int,
+                 max_failures_per_ip: int, window_s: int) -> User:
     """The user for these credentials, or LoginError / LoginThrottled with a clear message.
 
-    Failures are counted per email in a sliding window, so guessing one account's password
-    is throttled whether or not that account exists."""
+    Failures are limited per (email, IP) and per IP in a sliding window: a stranger guessing
+    from elsewhere slows only themselves and never locks the owner out. Each attempt is stored as
+    a failure before its password is checked and committed at once (see _admit_attempt), so
+    parallel guesses count each other; a success then removes it. The check runs for unknown
+    emails too (against a dummy hash), so both take the same time."""
     email = normalize_email(email)
-    since = utcnow() - timedelta(seconds=window_s)
-    failures = session.scalars(
-        select(LoginFailure.at).where(LoginFailure.email == email, LoginFailure.at > since).order_by(LoginFailure.at)
-    ).all()
-    if len(failures) >= max_failures:
-        wait_s = (failures[0] + timedelta(seconds=window_s) - utcnow()).total_seconds()
-        minutes = max(1, math.ceil(wait_s / 60))
-        raise LoginThrottled(f"Too many failed attempts for this account. Try again in {minutes} minute{'s' * (minutes > 1)}.")
+    _admit_attempt(session, email, ip, max_failures=max_failures, max_failures_per_ip=max_failures_per_ip,
+                   window_s=window_s)
     user = session.scalar(select(User).where(User.email == email))
-    if user is None or not verify_password(user.password_hash, password):
-        session.add(LoginFailure(email=email, ip=ip))
-        session.flush()
+    if not verify_password(user.password_hash if user else None, password) or user is None:
         raise LoginError("Wrong email or password.")
+    session.execute(delete(LoginFailure).where(LoginFailure.email == email, LoginFailure.ip == ip))
     if not user.is_active:
         raise LoginError("This account is disabled. Ask an admin to enable it.")
-    session.execute(delete(LoginFailure).where(LoginFailure.email == email))
     user.last_login_at = utcnow()
     return user
+
+
+def _admit_attempt(session: Session, email: str, ip: str, *, max_failures: int, max_failures_per_ip: int,
+                   window_s: int) -> None:
+    """Records this attempt as a failure and commits, or raises LoginThrottled (recording nothing).
+
+    Counting and recording happen under one lock per IP, so no two attempts from one IP can both
+    see room for one more: Postgres takes an advisory transaction lock; on SQLite the insert comes
+    first and takes the database's writer lock (transactions begin at their first write)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(func.hashtext("login:" + ip))))
+    session.add(LoginFailure(email=email, ip=ip))
+    session.flush()
+    since = utcnow() - timedelta(seconds=window_s)
+    recent = select(func.count(), func.min(LoginFailure.at)).where(LoginFailure.ip == ip, LoginFailure.at > since)
+    pair_count, pair_oldest = session.execute(recent.where(LoginFailure.email == email)).one()
+    ip_count, ip_oldest = session.execute(recent).one()
+    # Each count includes this attempt, hence ">".
+    if pair_count > max_failures or ip_count > max_failures_per_ip:
+        oldest = pair_oldest if pair_count > max_failures else ip_oldest
+        session.rollback()
+        wait_s = (oldest + timedelta(seconds=window_s) - utcnow()).total_seconds()
+        minutes = max(1, math.ceil(wait_s / 60))
+        raise LoginThrottled("Too many failed attempts from your network. "
+                             f"Try again in {minutes} minute{'s' * (minutes > 1)}.")
+    session.commit()
+
+
+def clear_login_failures(session: Session, user_id: int) -> int:
+    """An admin's unlock: forgets every recent failure for this user's email. Returns how many."""
+    user = session.get(User, user_id)
+    if user is None:
+        raise NotFound("No such user.")
+    return session.execute(delete(LoginFailure).where(LoginFailure.email == user.email)).rowcount
 
 
 def create_invite(session: Session, email: str, *, role: Role, created_by: User | None, ttl_s: int) -> str:

@@ -39,7 +39,8 @@ def login(
     try:
         user = accounts.authenticate(
             session, email, password, ip=request.client.host if request.client else "",
-            max_failures=settings.login_max_failures, window_s=settings.login_window_s,
+            max_failures=settings.login_max_failures,
+            max_failures_per_ip=settings.login_max_failures_per_ip, window_s=settings.login_window_s,
         )
     except ServiceError as exc:
         # The failure row must be stored even though we answer with an error.

@@ -10,3 +10,20 @@ document.addEventListener("htmx:responseError", (e) => {
   div.textContent = text;
   target.prepend(div);
 });
+
+// <select data-autosubmit> submits its form on change (no inline onchange: the CSP refuses it).
+document.addEventListener("change", (e) => {
+  if (e.target.matches("select[data-autosubmit]")) e.target.form.submit();
+});
+
+// <select data-navigate="/path?x="> goes to that address plus the chosen value.
+document.addEventListener("change", (e) => {
+  const nav = e.target.closest("select[data-navigate]");
+  if (nav) location = nav.dataset.navigate + encodeURIComponent(nav.value);
+});
+
+// <form data-confirm="Question?"> asks before it submits.
+document.addEventListener("submit", (e) => {
+  const question = e.target.dataset && e.target.dataset.confirm;
+  if (question && !confirm(question)) e.preventDefault();
+});
