@@ -103,6 +103,9 @@ def _configure_sqlite(engine: Engine) -> None:
             cursor.execute("BEGIN IMMEDIATE")
 
 
+import app.validation  # noqa: E402,F401  (registers the check every flush runs)
+
+
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 

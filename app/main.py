@@ -17,6 +17,7 @@ from app.db import make_engine, make_sessionmaker
 from app.deps import CsrfFailed, LoginRequired, PermissionDenied
 from app.security import SESSION_COOKIE, SessionSigner, new_session
 from app.services import ServiceError
+from app.validation import InvalidValue
 from app.web import admin, api, auth, labeler
 from app.web import admin_data, admin_labelers, admin_projects, admin_runs, api_projects
 from app.web import api_tasks
@@ -158,6 +159,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
         return render(request, "error.html", {"title": "Can't do that", "message": exc.message},
                       status_code=exc.status_code)
+
+    @app.exception_handler(InvalidValue)
+    async def _invalid_value(request: Request, exc: InvalidValue):
+        if _wants_json(request):
+            return JSONResponse({"detail": exc.message}, status_code=422)
+        return render(request, "error.html", {"title": "Can't store that", "message": exc.message}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):

@@ -39,6 +39,7 @@ from app.models import (
     count_output_flags,
 )
 from app.services import Conflict, Forbidden, NotFound, ServiceError
+from app.validation import check_values
 from app.services.queue import TASK_OUTPUT_IDS, SUBMISSION_MODELS
 
 MAX_TIME_SPENT_MS = 24 * 3600 * 1000
@@ -193,6 +194,7 @@ def _store(session: Session, slot: Slot, kind: TaskKind, time_spent_ms: int | No
     task = slot.task
     values = dict(task_id=task.id, user_id=slot.user_id, guideline_version_id=task.guideline_id,
                   created_at=slot.now, time_spent_ms=_time_spent(slot, time_spent_ms), idempotency_key=key, **answer)
+    check_values(SUBMISSION_MODELS[kind].__table__, values)
     params = {"task_id": task.id, "user_id": slot.user_id}
     if is_postgres(session):
         new_id = session.scalar(_insert_and_close(kind, tuple(values)),

@@ -1,0 +1,88 @@
+"""The last check before a value reaches the database: text that either database would refuse or
+cut, and numbers JSON can't hold. One place for every write, whichever route or service made it.
+
+Postgres refuses NUL in text and JSON and lone UTF-16 surrogates (they can't be encoded as UTF-8);
+strings longer than their column fail there and are silently kept whole on SQLite; NaN and Infinity
+are not JSON. Each of these used to surface as a 500 (issue 15). Routes validate their input with a
+clear message first; this guard turns anything that slips through into a 422 naming the field, and
+the transaction is rolled back, so nothing is half-written.
+
+ORM objects are checked at flush (a session event); statements built by hand (bulk inserts) call
+`check_values` themselves."""
+
+import math
+from typing import Any
+
+from sqlalchemy import JSON, String, Table, event, inspect
+from sqlalchemy.orm import Session
+
+
+class InvalidValue(ValueError):
+    """Answered 422 with its message (app.main); below the services layer, so not a ServiceError."""
+
+    status_code = 422
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+def text_problem(value: str, max_length: int | None = None) -> str | None:
+    """Why this text can't be stored, or None."""
+    if "\x00" in value:
+        return "contains a NUL character (\\u0000)"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "contains a lone surrogate (not valid Unicode)"
+    if max_length is not None and len(value) > max_length:
+        return f"is longer than {max_length} characters"
+    return None
+
+
+def json_problem(value: Any) -> str | None:
+    """Why this JSON value can't be stored, or None (walks nested lists and dicts)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return "contains NaN or Infinity (not JSON)"
+        if isinstance(item, str) and (problem := text_problem(item)):
+            return problem
+        if isinstance(item, dict):
+            for key, nested in item.items():
+                if isinstance(key, str) and (problem := text_problem(key)):
+                    return problem
+                stack.append(nested)
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return None
+
+
+def value_problem(column_type: Any, value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(column_type, JSON):
+        return json_problem(value)
+    if isinstance(value, str) and isinstance(column_type, String):
+        return text_problem(value, column_type.length)
+    if isinstance(value, float) and not math.isfinite(value):
+        return "is NaN or Infinity"
+    return None
+
+
+def check_values(table: Table, values: dict[str, Any]) -> None:
+    """Raises InvalidValue for the first value of this row its column can't store."""
+    for name, value in values.items():
+        if name in table.c and (problem := value_problem(table.c[name].type, value)):
+            raise InvalidValue(f"{name} {problem}.")
+
+
+@event.listens_for(Session, "before_flush")
+def _check_before_flush(session: Session, _context, _instances) -> None:
+    for obj in (*session.new, *session.dirty):
+        state = inspect(obj)
+        for prop in state.mapper.column_attrs:
+            value = state.attrs[prop.key].loaded_value
+            if (problem := value_problem(prop.columns[0].type, value)) is not None:
+                raise InvalidValue(f"{prop.key} {problem}.")
