@@ -10,7 +10,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: run test install dev worker lint clean
+.PHONY: run test install dev worker lint clean fuzz
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,14 @@ worker: install
 # SQLite always; Postgres too when TEST_DATABASE_URL is set (e.g. postgresql+psycopg://postgres@127.0.0.1/test).
 test: dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Schemathesis against the API as an admin and a labeler (bench/fuzz_api.py); its own environment.
+# FUZZ_DATABASE_URL names a scratch database (emptied), e.g. postgresql+psycopg://postgres@127.0.0.1/il_fuzz.
+FUZZ_ARGS ?=
+fuzz: dev
+	test -x bench/.venv-fuzz/bin/schemathesis || ($(PYTHON) -m venv bench/.venv-fuzz && \
+		bench/.venv-fuzz/bin/python -m pip install --quiet "schemathesis==4.32.5")
+	$(BIN)/python bench/fuzz_api.py $(FUZZ_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
