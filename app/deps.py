@@ -81,10 +81,10 @@ def browser_session(request: Request) -> SessionData:
 
 
 def optional_user(request: Request, session: SessionDep) -> User | None:
-    uid = request.state.session.user_id
-    if uid is None:
+    data = request.state.session
+    if data.user_id is None:
         return None
-    user = session.get(User, uid)
+    user = accounts.user_for_session(session, data.user_id, data.sid)  # None once the session ended
     if not policies.is_signed_in(user):
         return None
     # Templates get a plain snapshot: error pages render after the session rolled back.

@@ -4,11 +4,11 @@ import math
 import secrets
 from datetime import timedelta
 
-from sqlalchemy import bindparam, delete, func, select
+from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
-from app.models import ApiToken, Invite, LoginFailure, Role, User
+from app.models import ApiToken, Invite, LoginFailure, PasswordReset, Role, User, UserSession
 from app.security import (
     hash_password,
     new_api_token,
@@ -131,9 +131,16 @@ def open_invite(session: Session, token: str) -> Invite:
 
 def accept_invite(session: Session, token: str, password: str, name: str = "") -> User:
     invite = open_invite(session, token)
+    if password_problem(password, (invite.email, name)) is None:
+        # Marked used by one conditional UPDATE: of two parallel accepts the second waits for the
+        # first's row lock (SQLite: the writer lock), then finds it used.
+        taken = session.execute(update(Invite).where(Invite.id == invite.id, Invite.used_at.is_(None))
+                                .values(used_at=utcnow())).rowcount
+        if not taken:
+            raise ServiceError("This invite link was already used. Log in, or ask an admin for a new one.",
+                               status_code=410)
     user = create_user(session, invite.email, password, role=invite.role, name=name)
-    invite.used_at = utcnow()
-    invite.user_id = user.id
+    session.execute(update(Invite).where(Invite.id == invite.id).values(user_id=user.id))
     return user
 
 
@@ -181,9 +188,120 @@ def ensure_first_admin(session: Session, email: str, password: str) -> tuple[Use
 
 
 def set_active(session: Session, user_id: int, active: bool) -> User:
+    """Disabling ends the user's sessions and revokes their API tokens: enabling them again later
+    does not bring an old cookie or token back."""
     user = session.get(User, user_id)
     if user is None:
         raise NotFound("No such user.")
     user.is_active = active
+    if not active:
+        end_access(session, user.id)
+    return user
+
+
+# -- browser sessions --------------------------------------------------------------------------
+
+# last_seen_at is shown to the minute; refreshing it at most this often spares a write per page.
+SESSION_LAST_SEEN_RESOLUTION = timedelta(minutes=5)
+
+_SESSION_USER = (select(UserSession, User).join(User, User.id == UserSession.user_id)
+                 .where(UserSession.sid_hash == bindparam("sid_hash"), UserSession.ended_at.is_(None)))
+
+
+def start_session(session: Session, user: User, sid: str, *, ip: str = "", user_agent: str = "") -> None:
+    session.add(UserSession(user_id=user.id, sid_hash=token_hash(sid), ip=ip[:64], user_agent=user_agent[:300]))
+    session.flush()
+
+
+def user_for_session(session: Session, user_id: int, sid: str) -> User | None:
+    """The signed-in user of a browser session that has not ended, else None."""
+    found = session.execute(_SESSION_USER, {"sid_hash": token_hash(sid)}).first()
+    if found is None or found.User.id != user_id or not found.User.is_active:
+        return None
+    row, now = found.UserSession, utcnow()
+    if now - row.last_seen_at > SESSION_LAST_SEEN_RESOLUTION:
+        row.last_seen_at = now
+    return found.User
+
+
+def end_session(session: Session, sid: str) -> None:
+    session.execute(update(UserSession).where(UserSession.sid_hash == token_hash(sid), UserSession.ended_at.is_(None))
+                    .values(ended_at=utcnow()))
+
+
+def end_sessions(session: Session, user_id: int, *, keep_sid: str | None = None) -> int:
+    """Ends every open session of the user (but the one with keep_sid). Returns how many."""
+    stmt = update(UserSession).where(UserSession.user_id == user_id, UserSession.ended_at.is_(None))
+    if keep_sid is not None:
+        stmt = stmt.where(UserSession.sid_hash != token_hash(keep_sid))
+    return session.execute(stmt.values(ended_at=utcnow())).rowcount
+
+
+def open_sessions(session: Session, user_id: int) -> list[UserSession]:
+    return list(session.scalars(select(UserSession).where(UserSession.user_id == user_id, UserSession.ended_at.is_(None))
+                                .order_by(UserSession.last_seen_at.desc())))
+
+
+def end_access(session: Session, user_id: int) -> tuple[int, int]:
+    """An admin's "sign out everywhere": ends every session and revokes every API token.
+    Returns (sessions ended, tokens revoked)."""
+    ended = end_sessions(session, user_id)
+    revoked = session.execute(update(ApiToken).where(ApiToken.user_id == user_id, ApiToken.revoked_at.is_(None))
+                              .values(revoked_at=utcnow())).rowcount
+    return ended, revoked
+
+
+# -- passwords ---------------------------------------------------------------------------------
+
+def change_password(session: Session, user: User, current: str, new: str, *, keep_sid: str) -> None:
+    """Checks the current password, sets the new one and ends the user's other sessions."""
+    if not verify_password(user.password_hash, current):
+        raise ServiceError("The current password is wrong.")
+    _set_password(session, user, new)
+    end_sessions(session, user.id, keep_sid=keep_sid)
+
+
+def _set_password(session: Session, user: User, password: str) -> None:
+    if problem := password_problem(password, (user.email, user.name)):
+        raise ServiceError(problem)
+    user.password_hash = hash_password(password)
+    session.flush()
+
+
+def create_password_reset(session: Session, user_id: int, *, created_by: User | None, ttl_s: int) -> str:
+    """Returns the raw token for the link (shown once); earlier open links of the user stop working."""
+    user = session.get(User, user_id)
+    if user is None:
+        raise NotFound("No such user.")
+    now = utcnow()
+    session.execute(update(PasswordReset).where(PasswordReset.user_id == user.id, PasswordReset.used_at.is_(None))
+                    .values(used_at=now))
+    token = new_invite_token()
+    session.add(PasswordReset(user_id=user.id, token_hash=token_hash(token), expires_at=now + timedelta(seconds=ttl_s),
+                              created_by_id=created_by.id if created_by else None))
+    session.flush()
+    return token
+
+
+def open_password_reset(session: Session, token: str) -> PasswordReset:
+    reset = session.scalar(select(PasswordReset).where(PasswordReset.token_hash == token_hash(token)))
+    if reset is None:
+        raise NotFound("This reset link is not valid. Ask an admin for a new one.")
+    if reset.used_at is not None:
+        raise ServiceError("This reset link was already used. Ask an admin for a new one.", status_code=410)
+    if reset.expires_at < utcnow():
+        raise ServiceError("This reset link has expired. Ask an admin for a new one.", status_code=410)
+    return reset
+
+
+def use_password_reset(session: Session, token: str, password: str) -> User:
+    """Sets the new password and ends every session of the user (whoever had them)."""
+    reset = open_password_reset(session, token)
+    user = reset.user
+    _set_password(session, user, password)
+    if not session.execute(update(PasswordReset).where(PasswordReset.id == reset.id, PasswordReset.used_at.is_(None))
+                           .values(used_at=utcnow())).rowcount:
+        raise ServiceError("This reset link was already used. Ask an admin for a new one.", status_code=410)
+    end_sessions(session, user.id)
     return user
 

@@ -1,8 +1,11 @@
 """Projects: create and edit their settings, and keep every version of their guidelines."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.models import GuidelineVersion, Project, Prompt, Role, Task, TaskKind, TaskStatus, User
@@ -75,8 +78,8 @@ def create_project(session: Session, settings: ProjectSettings, *, guidelines_md
     s = _check(session, settings, None)
     project = Project(name=s.name, description=s.description, k=s.k, overlap=s.overlap,
                       lease_seconds=s.lease_seconds, targets=s.targets)
-    session.add(project)
-    session.flush()
+    with _unique_name(session, s.name):
+        session.add(project)
     save_guidelines(session, project, guidelines_md, created_by=created_by)
     return project
 
@@ -84,10 +87,21 @@ def create_project(session: Session, settings: ProjectSettings, *, guidelines_md
 def update_project(session: Session, project: Project, settings: ProjectSettings) -> Project:
     """Changes apply to tasks created from now on; open tasks keep the overlap they were made with."""
     s = _check(session, settings, project)
-    project.name, project.description, project.k, project.overlap = s.name, s.description, s.k, s.overlap
-    project.lease_seconds, project.targets = s.lease_seconds, s.targets
-    session.flush()
+    with _unique_name(session, s.name):
+        project.name, project.description, project.k, project.overlap = s.name, s.description, s.k, s.overlap
+        project.lease_seconds, project.targets = s.lease_seconds, s.targets
     return project
+
+
+@contextmanager
+def _unique_name(session: Session, name: str) -> Iterator[None]:
+    """Writes in a savepoint: when a parallel request took the name since _check looked, the
+    database's unique index refuses it, only this write is undone and the answer is 409."""
+    try:
+        with session.begin_nested():
+            yield
+    except IntegrityError as exc:
+        raise Conflict(f"A project named “{name}” already exists. Pick another name.") from exc
 
 
 def get_project(session: Session, project_id: int) -> Project:

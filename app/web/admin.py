@@ -58,3 +58,25 @@ def set_active(request: Request, session: SessionDep, user: AdminUser, user_id: 
     target = accounts.set_active(session, user_id, active)
     flash(request, f"{target.email} is {'enabled' if active else 'disabled'}.")
     return redirect("/admin/users")
+
+
+@router.post("/users/{user_id}/end-access")
+def end_access(request: Request, session: SessionDep, user: AdminUser, user_id: int):
+    ended, revoked = accounts.end_access(session, user_id)
+    flash(request, f"Ended {ended} session{'s' * (ended != 1)} and revoked {revoked} API token{'s' * (revoked != 1)}.")
+    return redirect("/admin/users")
+
+
+@router.post("/users/{user_id}/reset-link")
+def reset_link(request: Request, session: SessionDep, settings: SettingsDep, user: AdminUser, user_id: int):
+    token = accounts.create_password_reset(session, user_id, created_by=user, ttl_s=settings.invite_ttl_s)
+    target = session.get(User, user_id)
+    return _users_page(request, session, reset_link=str(request.url_for("reset_page", token=token)),
+                       reset_email=target.email if target else "")
+
+
+@router.post("/users/{user_id}/unlock")
+def unlock(request: Request, session: SessionDep, user: AdminUser, user_id: int):
+    cleared = accounts.clear_login_failures(session, user_id)
+    flash(request, f"Cleared {cleared} failed login{'s' * (cleared != 1)}.")
+    return redirect("/admin/users")

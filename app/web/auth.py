@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Form, Request
 
 from app.deps import CurrentUser, OptionalUser, SessionDep, SettingsDep, verify_csrf
 from app.models import ApiToken
-from app.security import new_session
+from app.security import new_session, token_hash
 from app.services import ServiceError, accounts
 from app.web.render import flash, redirect, render
 
@@ -38,7 +38,7 @@ def login(
 ):
     try:
         user = accounts.authenticate(
-            session, email, password, ip=request.client.host if request.client else "",
+            session, email, password, ip=_client_ip(request),
             max_failures=settings.login_max_failures,
             max_failures_per_ip=settings.login_max_failures_per_ip, window_s=settings.login_window_s,
         )
@@ -47,12 +47,24 @@ def login(
         session.commit()
         return render(request, "auth/login.html", {"error": exc.message, "email": email, "next": next},
                       status_code=exc.status_code)
-    request.state.session = new_session(user.id)  # a fresh session id at every login
+    _sign_in(request, session, user)
     return redirect(_safe_next(next))
 
 
+def _sign_in(request: Request, session, user) -> None:
+    """A fresh session id at every sign-in, recorded on the server so that it can be ended."""
+    request.state.session = new_session(user.id)
+    accounts.start_session(session, user, request.state.session.sid, ip=_client_ip(request),
+                           user_agent=request.headers.get("user-agent", ""))
+
+
+def _client_ip(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
 @router.post("/logout")
-def logout(request: Request):
+def logout(request: Request, session: SessionDep):
+    accounts.end_session(session, request.state.session.sid)
     request.state.session = new_session()
     flash(request, "You are logged out.")
     return redirect("/login")
@@ -91,22 +103,82 @@ def accept_invite(
         session.rollback()
         return render(request, "auth/invite.html", {"invite": invite, "token": token, "name": name,
                                                     "error": exc.message}, status_code=exc.status_code)
-    request.state.session = new_session(user.id)
+    _sign_in(request, session, user)
     flash(request, "Welcome! Your account is ready.")
     return redirect("/")
 
 
+def _account_page(request: Request, session, user, status_code: int = 200, **extra):
+    tokens = session.query(ApiToken).filter_by(user_id=user.id).order_by(ApiToken.id.desc()).all()
+    sessions = accounts.open_sessions(session, user.id)
+    current = token_hash(request.state.session.sid)
+    return render(request, "auth/account.html", {"tokens": tokens, "sessions": sessions, "current_sid_hash": current,
+                                                  **extra}, status_code=status_code)
+
+
 @router.get("/account")
 def account_page(request: Request, session: SessionDep, user: CurrentUser):
-    tokens = session.query(ApiToken).filter_by(user_id=user.id).order_by(ApiToken.id.desc()).all()
-    return render(request, "auth/account.html", {"tokens": tokens})
+    return _account_page(request, session, user)
 
 
 @router.post("/account/tokens")
 def create_token(request: Request, session: SessionDep, user: CurrentUser, name: Annotated[str, Form()] = ""):
     token = accounts.create_api_token(session, user, name=name.strip()[:120])
-    tokens = session.query(ApiToken).filter_by(user_id=user.id).order_by(ApiToken.id.desc()).all()
-    return render(request, "auth/account.html", {"tokens": tokens, "new_token": token})
+    return _account_page(request, session, user, new_token=token)
+
+
+@router.post("/account/password")
+def change_password(
+    request: Request, session: SessionDep, user: CurrentUser,
+    current: Annotated[str, Form()] = "", password: Annotated[str, Form()] = "", password2: Annotated[str, Form()] = "",
+):
+    try:
+        if password != password2:
+            raise ServiceError("The two new passwords differ.")
+        accounts.change_password(session, user, current, password, keep_sid=request.state.session.sid)
+    except ServiceError as exc:
+        return _account_page(request, session, user, password_error=exc.message, status_code=exc.status_code)
+    flash(request, "Password changed. Your other sessions are signed out.")
+    return redirect("/account")
+
+
+@router.post("/account/sessions/end-others")
+def end_other_sessions(request: Request, session: SessionDep, user: CurrentUser):
+    ended = accounts.end_sessions(session, user.id, keep_sid=request.state.session.sid)
+    flash(request, f"Signed out {ended} other session{'s' * (ended != 1)}.")
+    return redirect("/account")
+
+
+@router.get("/reset/{token}")
+def reset_page(request: Request, session: SessionDep, token: str):
+    try:
+        reset = accounts.open_password_reset(session, token)
+    except ServiceError as exc:
+        return render(request, "error.html", {"title": "Reset link", "message": exc.message},
+                      status_code=exc.status_code)
+    return render(request, "auth/reset.html", {"email": reset.user.email, "token": token})
+
+
+@router.post("/reset/{token}")
+def reset_password(request: Request, session: SessionDep, token: str, password: Annotated[str, Form()] = "",
+                   password2: Annotated[str, Form()] = ""):
+    try:
+        reset = accounts.open_password_reset(session, token)
+    except ServiceError as exc:
+        return render(request, "error.html", {"title": "Reset link", "message": exc.message},
+                      status_code=exc.status_code)
+    email = reset.user.email
+    try:
+        if password != password2:
+            raise ServiceError("The two passwords differ.")
+        accounts.use_password_reset(session, token, password)
+    except ServiceError as exc:
+        session.rollback()
+        return render(request, "auth/reset.html", {"email": email, "token": token, "error": exc.message},
+                      status_code=exc.status_code)
+    request.state.session = new_session()
+    flash(request, "Your password is set. Log in with it.")
+    return redirect("/login")
 
 
 @router.post("/account/tokens/{token_id}/revoke")

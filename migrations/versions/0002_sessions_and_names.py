@@ -1,0 +1,69 @@
+"""server-side sessions, password resets, per-IP login index, case-insensitive project names
+
+Revision ID: 0002_sessions
+Revises: 0001
+"""
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+import app.db
+
+revision: str = "0002_sessions"
+down_revision: str | None = "0001"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "user_sessions",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("user_id", sa.Integer(), nullable=False),
+        sa.Column("sid_hash", sa.String(length=64), nullable=False),
+        sa.Column("created_at", app.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("last_seen_at", app.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("ended_at", app.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("ip", sa.String(length=64), nullable=False),
+        sa.Column("user_agent", sa.String(length=300), nullable=False),
+        sa.ForeignKeyConstraint(["user_id"], ["users.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("sid_hash"),
+    )
+    op.create_index("ix_user_sessions_user_id", "user_sessions", ["user_id"])
+    op.create_table(
+        "password_resets",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("user_id", sa.Integer(), nullable=False),
+        sa.Column("token_hash", sa.String(length=64), nullable=False),
+        sa.Column("created_by_id", sa.Integer(), nullable=True),
+        sa.Column("created_at", app.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", app.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("used_at", app.db.UTCDateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(["user_id"], ["users.id"], ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(["created_by_id"], ["users.id"], ondelete="SET NULL"),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("token_hash"),
+    )
+    op.create_index("ix_password_resets_user_id", "password_resets", ["user_id"])
+    op.create_index("ix_login_failures_ip_at", "login_failures", ["ip", "at"])
+    # Projects whose names differ only in case (possible before) get " (2)", " (3)"... first.
+    conn = op.get_bind()
+    seen: dict[str, int] = {}
+    for pid, name in conn.execute(sa.text("SELECT id, name FROM projects ORDER BY id")).all():
+        n = seen.get(name.lower(), 0) + 1
+        seen[name.lower()] = n
+        if n > 1:
+            conn.execute(sa.text("UPDATE projects SET name = :name WHERE id = :id"),
+                         {"name": f"{name[:190]} ({n})", "id": pid})
+    op.create_index("ux_projects_name_lower", "projects", [sa.text("lower(name)")], unique=True)
+
+
+def downgrade() -> None:
+    op.drop_index("ux_projects_name_lower", table_name="projects")
+    op.drop_index("ix_login_failures_ip_at", table_name="login_failures")
+    op.drop_index("ix_password_resets_user_id", table_name="password_resets")
+    op.drop_table("password_resets")
+    op.drop_index("ix_user_sessions_user_id", table_name="user_sessions")
+    op.drop_table("user_sessions")
