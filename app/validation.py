@@ -71,11 +71,18 @@ def value_problem(column_type: Any, value: Any) -> str | None:
     return None
 
 
-def check_values(table: Table, values: dict[str, Any]) -> None:
-    """Raises InvalidValue for the first value of this row its column can't store."""
+def row_problem(table: Table, values: dict[str, Any]) -> str | None:
+    """Why the first value of this row that its column can't store can't be, or None."""
     for name, value in values.items():
         if name in table.c and (problem := value_problem(table.c[name].type, value)):
-            raise InvalidValue(f"{name} {problem}.")
+            return f"{name} {problem}"
+    return None
+
+
+def check_values(table: Table, values: dict[str, Any]) -> None:
+    """Raises InvalidValue for the first value of this row its column can't store."""
+    if problem := row_problem(table, values):
+        raise InvalidValue(f"{problem}.")
 
 
 @event.listens_for(Session, "before_flush")

@@ -69,3 +69,23 @@ def test_nan_in_a_run_config_never_reaches_the_database(session):
     session.add(TrainingRun(project_id=project.id, kind="sft", config={"learning_rate": float("inf")}))
     with pytest.raises(InvalidValue, match="config contains NaN or Infinity"):
         session.flush()
+
+
+def test_import_preview_refuses_what_the_commit_would(session):
+    from app.services import imports
+
+    project = make_project(session)
+    lines = [json.dumps({"prompt": "fine prompt"}),
+             json.dumps({"prompt": "nul \x00 prompt"}),
+             json.dumps({"prompt": "long id", "id": "x" * 201}),
+             json.dumps({"prompt": "bad ref", "reference": "lone \udc00"}),
+             json.dumps({"prompt": "bad meta", "note": "nul \x00"})]
+    preview = imports.preview_import(session, project, "\n".join(lines).encode())
+    assert [(e.line, e.message) for e in preview.errors] == [
+        (2, "text contains a NUL character (\\u0000)"),
+        (3, "external_id is longer than 200 characters"),
+        (4, "reference contains a lone surrogate (not valid Unicode)"),
+        (5, "meta contains a NUL character (\\u0000)"),
+    ]
+    ok = imports.preview_import(session, project, lines[0].encode())
+    assert imports.commit(session, project, ok, source="t").preview.records[0].text == "fine prompt"

@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 
 from app.models import Project, Prompt, Split
 from app.services import Conflict, ServiceError
+from app.validation import row_problem
 
 FORMATS = {
     "auto": "Detect (recommended)",
@@ -373,6 +374,11 @@ def _plan(session: Session, project: Project, records: list[Record], errors: lis
             continue
         if len(r.text) > MAX_PROMPT_CHARS:
             errors.append(LineError(r.line, f"the prompt has {len(r.text):,} characters; the limit is {MAX_PROMPT_CHARS:,}"))
+            continue
+        # The same checks the database write makes, so a preview that passes also commits.
+        if problem := row_problem(Prompt.__table__, {"text": r.text, "reference": r.reference,
+                                                     "external_id": r.external_id, "meta": r.meta}):
+            errors.append(LineError(r.line, problem))
             continue
         r.content_hash = content_hash(r.text)
         if r.content_hash in seen:
