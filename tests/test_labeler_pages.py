@@ -13,6 +13,11 @@ from app.services import tasks
 EVIL = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 
 
+def _start(c, project_id: int, kind: str):
+    """The work list's Start button: a POST leases the next task (a GET leases nothing)."""
+    return c.post(f"/label/p/{project_id}/{kind}", data={"csrf_token": csrf_of(c, "/label")})
+
+
 def _task_id(response) -> int:
     assert response.status_code == 303, response.text[:500]
     match = re.fullmatch(r"/label/task/(\d+)", response.headers["location"])
@@ -28,7 +33,7 @@ def test_home_and_demonstration_form(labeler_client, session):
     session.commit()
     home = c.get("/label")
     assert home.status_code == 200 and "Write demonstrations" in home.text and "2 tasks" in home.text
-    tid = _task_id(c.get(f"/label/p/{project.id}/demonstration"))
+    tid = _task_id(_start(c, project.id, "demonstration"))
     page = c.get(f"/label/task/{tid}")
     assert page.status_code == 200
     assert "<script>alert" not in page.text and "&lt;script&gt;alert" in page.text   # prompt and guidelines as text
@@ -46,7 +51,8 @@ def test_home_and_demonstration_form(labeler_client, session):
     assert r.status_code == 400 and "empty" in r.text
     r = c.post(f"/label/task/{tid}/submit", data={"text": EVIL[:35], "csrf_token": token, "idempotency_key": "k",
                                                  "time_spent_ms": "4200"})
-    assert r.status_code == 303 and r.headers["location"] == f"/label/p/{project.id}/demonstration"
+    second = _task_id(r)  # saved, and the next task of the queue is leased at once
+    assert second != tid and "Saved. Here is the next one." in c.get(f"/label/task/{second}").text
     session.expire_all()
     demo = session.scalar(select(Demonstration))
     assert demo.text == EVIL[:35] and demo.time_spent_ms == 4200
@@ -66,7 +72,7 @@ def test_ranking_form(labeler_client, session):
     project, task, outs = ranking_setup(session, n_outputs=4)
     evil = make_outputs(session, task.prompt, [EVIL])  # not part of the task: just an id from elsewhere
     session.commit()
-    tid = _task_id(c.get(f"/label/p/{project.id}/ranking"))
+    tid = _task_id(_start(c, project.id, "ranking"))
     page = c.get(f"/label/task/{tid}")
     shown = [int(x) for x in re.findall(r'data-output="(\d+)" data-letter', page.text)]
     assert sorted(shown) == sorted(o.id for o in outs)
@@ -103,17 +109,19 @@ def test_comparison_form_and_skip(labeler_client, session, make_user):
     o1, o2 = make_outputs(session, prompt2, ["x", "y"])
     task2 = tasks.create_comparison_task(session, project, prompt2, o1.id, o2.id)
     session.commit()
-    tid = _task_id(c.get(f"/label/p/{project.id}/comparison"))
+    tid = _task_id(_start(c, project.id, "comparison"))
     token = csrf_of(c, f"/label/task/{tid}")
     r = c.post(f"/label/task/{tid}/submit", data={"csrf_token": token})
     assert r.status_code == 400 and "Choose" in r.text
     r = c.post(f"/label/task/{tid}/submit", data={"csrf_token": token, "choice": "b", "reason": EVIL})
-    assert r.status_code == 303
-    tid2 = _task_id(c.get(f"/label/p/{project.id}/comparison"))
+    tid2 = _task_id(r)
     assert {tid, tid2} == {task.id, task2.id}
+    assert "Saved. Here is the next one." in c.get(f"/label/task/{tid2}").text  # the redirect a browser follows
     r = c.post(f"/label/task/{tid2}/skip", data={"csrf_token": token, "reason": "pii", "note": "a phone number"})
-    assert r.status_code == 303
-    assert c.get(f"/label/p/{project.id}/comparison").headers["location"] == "/label"   # nothing left
+    assert r.status_code == 303 and r.headers["location"] == "/label"   # nothing left
+    home = c.get("/label").text
+    assert "Skipped and flagged for the admins. No more comparison tasks" in home and "next one" not in home
+    assert _start(c, project.id, "comparison").headers["location"] == "/label"
     session.expire_all()
     assert session.scalar(select(Comparison)).reason == EVIL
     assert session.scalar(select(Skip)).reason.value == "pii"
@@ -125,7 +133,7 @@ def test_someone_elses_task(client, session, make_user):
     make_user("a@example.com")
     make_user("b@example.com")
     assert login(client, "a@example.com").status_code == 303
-    tid = _task_id(client.get(f"/label/p/{project.id}/comparison"))
+    tid = _task_id(_start(client, project.id, "comparison"))
     client.post("/logout", data={"csrf_token": csrf_of(client, "/label")})
     assert login(client, "b@example.com").status_code == 303
     token = csrf_of(client, "/label")
@@ -141,3 +149,15 @@ def test_someone_elses_task(client, session, make_user):
 def test_anonymous_goes_to_login(client):
     r = client.get("/label/history")
     assert r.status_code == 303 and r.headers["location"].startswith("/login")
+
+
+def test_a_get_of_a_queue_link_leases_nothing(labeler_client, session):
+    from app.models import Lease
+
+    project, _, _ = comparison_setup(session)
+    session.commit()
+    r = labeler_client.get(f"/label/p/{project.id}/comparison")
+    assert r.status_code == 303 and r.headers["location"] == "/label"
+    session.expire_all()
+    assert session.scalar(select(Lease)) is None
+    assert _task_id(_start(labeler_client, project.id, "comparison"))

@@ -1,7 +1,8 @@
 """Labeler pages: home (available work, today's counts), the three task screens, history.
 
     GET  /label                                 home
-    GET  /label/p/{project_id}/{kind}           lease the next task of this queue, then show it
+    POST /label/p/{project_id}/{kind}           lease the next task of this queue, then show it
+                                                (a POST: prefetching or reloading a link leases nothing)
     GET  /label/task/{task_id}                  the task held by this labeler
     POST /label/task/{task_id}/submit           plain form post (htmx-free fallback; JS only enhances)
     POST /label/task/{task_id}/skip             skip, optionally flagging the prompt
@@ -62,7 +63,19 @@ def labeler_home(request: Request, user: LabelerUser):
 
 
 @router.get("/label/p/{project_id}/{kind}")
+def work_queue_link(user: LabelerUser):
+    """Old links and bookmarks: the work list, where Start leases (GET never does)."""
+    return redirect("/label")
+
+
+@router.post("/label/p/{project_id}/{kind}")
 def work_queue(request: Request, project_id: int, kind: TaskKind, user: LabelerUser):
+    return _next_task(request, user, project_id, kind, done="")
+
+
+def _next_task(request: Request, user: User, project_id: int, kind: TaskKind, *, done: str):
+    """Leases the next task of this queue (in its own transaction: whatever was saved before stays
+    saved) and shows it, or goes back to the work list when there is none. `done` is said first."""
     with _tx(request) as session:
         project = session.get(Project, project_id)
         if project is None or project.archived_at is not None:
@@ -70,8 +83,11 @@ def work_queue(request: Request, project_id: int, kind: TaskKind, user: LabelerU
         got = queue.next_task(session, user.id, project, kind,
                               default_lease_seconds=request.app.state.settings.lease_seconds)
     if got is None:
-        flash(request, f"No more {kind.value} tasks for you in {project.name} right now. Thank you!", "success")
+        flash(request, f"{done} No more {kind.value} tasks for you in {project.name} right now. Thank you!".strip(),
+              "success")
         return redirect("/label")
+    if done:
+        flash(request, f"{done} Here is the next one.", "success")
     return redirect(f"/label/task/{got.task_id}")
 
 
@@ -131,10 +147,15 @@ async def submit_form(request: Request, task_id: int, user: LabelerUser):
 
 def _submit_form(request: Request, task_id: int, user: User, form) -> HTMLResponse:
     with _tx(request) as session:
-        return _submit_in(session, request, task_id, user, form)
+        response = _submit_in(session, request, task_id, user, form)
+    if isinstance(response, tuple):  # stored: on to the next task of the same queue
+        return _next_task(request, user, *response, done="Saved.")
+    return response
 
 
-def _submit_in(session: Session, request: Request, task_id: int, user: User, form) -> HTMLResponse:
+def _submit_in(session: Session, request: Request, task_id: int, user: User,
+               form) -> HTMLResponse | tuple[int, TaskKind]:
+    """The form again with the error, or the stored task's (project id, kind)."""
     task = session.get(Task, task_id)
     if task is None:
         raise NotFound(f"There is no task {task_id}.")
@@ -166,8 +187,7 @@ def _submit_in(session: Session, request: Request, task_id: int, user: User, for
         ctx.update(error=exc.message, form=values)
         return _render_task(request, ctx, status_code=exc.status_code)
     # A double-clicked form (same idempotency key) lands here too, without storing anything twice.
-    flash(request, "Saved. Here is the next one.", "success")
-    return redirect(f"/label/p/{task.project_id}/{task.kind.value}")
+    return task.project_id, task.kind
 
 
 @router.post("/label/task/{task_id}/skip")
@@ -178,8 +198,8 @@ def skip_form(request: Request, task_id: int, user: LabelerUser,
         if got is None:
             raise NotFound("This task is not assigned to you.")
         submissions.skip(session, user, task_id, reason, note)
-    flash(request, "Skipped." if reason == "skip" else "Skipped and flagged for the admins.", "info")
-    return redirect(f"/label/p/{got.project_id}/{got.kind.value}")
+    done = "Skipped." if reason == "skip" else "Skipped and flagged for the admins."
+    return _next_task(request, user, got.project_id, got.kind, done=done)
 
 
 @router.post("/label/task/{task_id}/draft")

@@ -36,7 +36,7 @@ def _start(page, live_server, kind: str, login: bool = True) -> None:
     if login:
         ui_login(page, live_server, "lena@example.com", PASSWORD)
     page.goto(f"{live_server}/label")
-    page.locator(f"a[href$='/{kind}']").first.click()
+    page.locator(f"form[action$='/{kind}'] button").first.click()
     page.wait_for_url("**/label/task/*")
 
 
