@@ -29,6 +29,11 @@ PLAIN_TEMPLATE = "User: {prompt}\nAssistant:"
 HEAD_WEIGHTS = "scalar_head.safetensors"
 HEAD_INFO = "scalar_head.json"
 
+# Never run Python code shipped inside a model folder or hub repo (`auto_map`): loading a model
+# must not execute whatever its author wrote. transformers then refuses such a folder with a
+# ValueError instead of asking on the terminal, which a worker has not got.
+NO_REMOTE_CODE = {"trust_remote_code": False}
+
 
 # --- where a model comes from ---------------------------------------------------------
 
@@ -52,7 +57,7 @@ def resolve_model_source(name_or_path: str, cache_dir: Path) -> str:
     if name.startswith(("/", ".", "~")) or name.count("/") > 1:
         raise ValueError(f"model folder {name!r} does not exist: check the path, or use {DEFAULT_MODEL!r}")
     try:  # a hub id: its config must be reachable (from the local HF cache or the hub)
-        AutoConfig.from_pretrained(name)
+        AutoConfig.from_pretrained(name, **NO_REMOTE_CODE)
     except Exception as exc:  # OSError, connection errors, bad repo ids all mean the same here
         raise ValueError(
             f"unknown model {name!r}: not a local folder, and the Hugging Face hub id could not be "
@@ -141,7 +146,7 @@ def _choose_pad_token(tokenizer) -> None:
 def load_tokenizer(source: str):
     """The model's tokenizer with a pad token distinct from EOS and left padding (for generation;
     the training code builds its own right-padded batches)."""
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    tokenizer = AutoTokenizer.from_pretrained(source, **NO_REMOTE_CODE)
     if tokenizer.eos_token_id is None:
         raise ValueError(f"the tokenizer of {source!r} has no EOS token; a model needs one to end its answers")
     _choose_pad_token(tokenizer)
@@ -229,7 +234,7 @@ def load_causal_lm(
     """A causal LM on `device` (fp32 on CPU, bf16 on GPU unless `dtype` says otherwise),
     wrapped with LoRA adapters of rank `lora_r` when it is > 0. Save it with save_causal_lm."""
     device = torch.device(device)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype or pick_dtype(device))
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype or pick_dtype(device), **NO_REMOTE_CODE)
     model = _prepare(
         model, source, gradient_checkpointing=gradient_checkpointing, lora_r=lora_r, task_type="CAUSAL_LM"
     )
@@ -286,7 +291,7 @@ class ScalarHeadModel(torch.nn.Module):
     ) -> "ScalarHeadModel":
         """A fresh head on the transformer of a causal LM folder (its LM head is dropped)."""
         device = torch.device(device) if device is not None else pick_device()
-        backbone = AutoModel.from_pretrained(source, dtype=dtype or pick_dtype(device))
+        backbone = AutoModel.from_pretrained(source, dtype=dtype or pick_dtype(device), **NO_REMOTE_CODE)
         backbone = _prepare(
             backbone,
             source,
