@@ -179,6 +179,17 @@ class PasswordReset(Base):
     user: Mapped[User] = relationship(foreign_keys=[user_id])
 
 
+class DatabaseIdentity(Base):
+    """One row: this database's random id, made on first use. Run artifacts live under
+    artifacts/<database_id>/, so two databases that share a data folder never write into each
+    other's run folders (both have a run 1)."""
+
+    __tablename__ = "database_identity"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    database_id: Mapped[str] = mapped_column(String(32))
+
+
 class LoginFailure(Base):
     """One failed login; recent rows per email throttle further attempts."""
 

@@ -224,7 +224,7 @@ def test_cancel_during_sft_registers_no_model(settings, session, tiny):
     assert stopped.error.startswith("Cancelled at step ") and stopped.progress_total == 6000
     session.expire_all()
     assert session.scalar(select(ModelVersion.id).where(ModelVersion.run_id == run.id)) is None
-    assert not (settings.artifacts_dir / f"run-{run.id}").exists()
+    assert not (settings.artifacts_dir / registry.database_id(session) / f"run-{run.id}").exists()
 
 
 def test_errors_are_described_for_people():

@@ -49,7 +49,8 @@ def _produced(session, run, artifacts_dir: Path) -> ModelVersion:
     session.expire_all()
     (version,) = session.scalars(select(ModelVersion).where(ModelVersion.run_id == run.id))
     assert run.summary["model_version_id"] == version.id
-    assert Path(version.artifact_path) == artifacts_dir / f"run-{run.id}"
+    # Under this database's id: another database sharing the data folder has a run of this id too.
+    assert Path(version.artifact_path) == artifacts_dir / registry.database_id(session) / f"run-{run.id}"
     assert (Path(version.artifact_path) / "config.json").is_file()
     return version
 

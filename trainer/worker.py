@@ -18,7 +18,8 @@ While a run is running:
 - runs whose worker vanished (heartbeat older than settings.worker_stale_s) are marked failed by
   any live worker: before each claim, and with each heartbeat while it is busy.
 
-A run that succeeds saves its model with save_pretrained under settings.artifacts_dir/run-<id>
+A run that succeeds saves its model with save_pretrained under
+settings.artifacts_dir/<database id>/run-<id>
 and registers it as a ModelVersion (parents, run, final metrics) in the same transaction that
 marks the run succeeded."""
 
@@ -171,7 +172,9 @@ class RunContext:
         return tokenizer
 
     def artifact_dir(self) -> Path:
-        folder = Path(self.settings.artifacts_dir) / f"run-{self.run_id}"
+        with self.session() as session:
+            database_id = registry.database_id(session)
+        folder = Path(self.settings.artifacts_dir) / database_id / f"run-{self.run_id}"
         if folder.exists():  # left by an earlier attempt of this run that died before registering
             shutil.rmtree(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)

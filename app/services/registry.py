@@ -5,13 +5,15 @@ version (sft, reward, ppo) points at its artifact folder and lists its parent ve
 run that made it and the run's final metrics, so `lineage()` walks back to the base model
 and each run's dataset snapshot names the rows it used."""
 
+import uuid
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.models import ModelKind, ModelVersion, Project, TrainingRun
+from app.models import DatabaseIdentity, ModelKind, ModelVersion, Project, TrainingRun
 from app.services import NotFound, ServiceError
 
 
@@ -113,3 +115,16 @@ def _plain_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
         elif hasattr(value, "item"):  # a 0-d tensor or numpy scalar
             out[str(key)] = value.item()
     return out
+
+
+def database_id(session: Session) -> str:
+    """This database's random id (made on first use; see DatabaseIdentity)."""
+    found = session.scalar(select(DatabaseIdentity.database_id).where(DatabaseIdentity.id == 1))
+    if found is not None:
+        return found
+    try:
+        with session.begin_nested():
+            session.add(DatabaseIdentity(id=1, database_id=uuid.uuid4().hex))
+    except IntegrityError:  # another process made it first
+        pass
+    return session.scalars(select(DatabaseIdentity.database_id).where(DatabaseIdentity.id == 1)).one()

@@ -1,4 +1,5 @@
-"""server-side sessions, password resets, per-IP login index, case-insensitive project names
+"""server-side sessions, password resets, per-IP login index, case-insensitive project names,
+the database's identity (artifact folders)
 
 Revision ID: 0002_sessions
 Revises: 0001
@@ -48,6 +49,12 @@ def upgrade() -> None:
     )
     op.create_index("ix_password_resets_user_id", "password_resets", ["user_id"])
     op.create_index("ix_login_failures_ip_at", "login_failures", ["ip", "at"])
+    op.create_table(
+        "database_identity",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("database_id", sa.String(length=32), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+    )
     # Projects whose names differ only in case (possible before) get " (2)", " (3)"... first.
     conn = op.get_bind()
     seen: dict[str, int] = {}
@@ -62,6 +69,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index("ux_projects_name_lower", table_name="projects")
+    op.drop_table("database_identity")
     op.drop_index("ix_login_failures_ip_at", table_name="login_failures")
     op.drop_index("ix_password_resets_user_id", table_name="password_resets")
     op.drop_table("password_resets")
