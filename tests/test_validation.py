@@ -89,3 +89,58 @@ def test_import_preview_refuses_what_the_commit_would(session):
     ]
     ok = imports.preview_import(session, project, lines[0].encode())
     assert imports.commit(session, project, ok, source="t").preview.records[0].text == "fine prompt"
+
+
+def _api(session, role):
+    from app.models import Role
+
+    user = accounts.create_user(session, f"{role}@example.com", None, role=Role(role))
+    heads = {"Authorization": f"Bearer {accounts.create_api_token(session, user)}"}
+    session.commit()
+    return heads
+
+
+@pytest.mark.parametrize("path, name", [
+    ("/api/v1/projects/2147483648", "project_id"), ("/api/v1/projects/0/prompts", "project_id"),
+    ("/api/v1/runs/99999999999999999999", "run_id"), ("/api/v1/runs?project_id=-3", "project_id"),
+    ("/api/v1/model-versions?project_id=2147483648", "project_id"),
+    ("/api/v1/runs/1/metrics?since_step=-99999999999999999999", "since_step"),
+    ("/api/v1/projects/1/prompts?after=2147483648", "after"), ("/api/v1/model-versions/4294967296", "version_id"),
+])
+def test_numbers_out_of_the_databases_range_are_422_naming_the_parameter(client, session, path, name):
+    r = client.get(path, headers=_api(session, "admin"))
+    assert r.status_code == 422, r.text
+    assert r.json()["errors"][0]["loc"][-1] == name
+
+
+def test_pages_refuse_out_of_range_ids_too(admin_client):
+    for path in ("/admin/projects/99999999999", "/admin/runs/9223372036854775808", "/admin/models/-1"):
+        assert admin_client.get(path).status_code == 422, path
+
+
+def test_patch_with_null_fields(client, session):
+    heads = _api(session, "admin")
+    project = make_project(session, lease_seconds=600)
+    session.commit()
+    url = f"/api/v1/projects/{project.id}"
+    r = client.patch(url, json={"name": None, "k": None}, headers=heads)
+    assert r.status_code == 422 and "k, name can't be null" in r.text
+    r = client.patch(url, json={"lease_seconds": None}, headers=heads)  # null: the server default
+    assert r.status_code == 200 and r.json()["lease_seconds"] is None
+
+
+def test_run_settings_have_bounds_and_must_be_finite(client, session):
+    heads = _api(session, "admin")
+    project = make_project(session)
+    session.commit()
+    for config, message in (({"epochs": 10**18}, "epochs must be an integer within"),
+                            ({"epochs": 5000}, "epochs must be at most 1,000"),
+                            ({"learning_rate": 1e400}, "learning_rate must be a finite number")):
+        body = json.dumps({"project_id": project.id, "kind": "sft", "config": config})
+        r = client.post("/api/v1/runs", content=body, headers={**heads, "content-type": "application/json"})
+        assert r.status_code == 422 and message in r.json()["detail"], r.text
+    nan = '{"project_id": %d, "kind": "sft", "config": {"learning_rate": NaN}}' % project.id
+    r = client.post("/api/v1/runs", content=nan, headers={**heads, "content-type": "application/json"})
+    assert r.status_code in (400, 422) and "finite" in r.text
+    session.commit()
+    assert session.scalar(select(func.count(TrainingRun.id))) == 0

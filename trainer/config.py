@@ -8,6 +8,7 @@ Each config has `validate() -> list[str]` returning clear problems (empty when f
 refuses unknown keys and wrong types and runs `validate()`, listing every problem at once."""
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -343,6 +344,20 @@ RUN_CONFIGS: dict[str, type] = {
 }
 
 
+# Every integer setting fits the database's integer and every number is finite (NaN and Infinity
+# are not JSON); these settings also get an upper bound that keeps a run possible to finish. The
+# lower bounds and the relations between settings are in each config's validate().
+INT_MAX = 2**31 - 1
+UPPER_BOUNDS = {"epochs": 1000, "ppo_epochs": 100, "lora_r": 4096, **{name: 65536 for name in (
+    "batch_size", "micro_batch_size", "eval_batch_size", "rollout_batch_size", "minibatch_size",
+    "forward_batch_size", "ptx_batch_size")}}
+
+
+def _bound_problems(values: dict[str, Any]) -> list[str]:
+    return [f"{key} must be at most {UPPER_BOUNDS[key]:,}, got {value}." for key, value in values.items()
+            if key in UPPER_BOUNDS and isinstance(value, int | float) and value > UPPER_BOUNDS[key]]
+
+
 def config_from_dict(kind: str, values: dict[str, Any] | None) -> Any:
     """The config of run kind `kind` from JSON-like values; defaults fill what is missing.
 
@@ -366,6 +381,7 @@ def config_from_dict(kind: str, values: dict[str, Any] | None) -> Any:
             clean[key] = converted
         else:
             problems.append(f"{key} must be {_type_name(hints[key])}, got {value!r}.")
+    problems += _bound_problems(clean)
     if problems:
         raise ValueError(" ".join(problems))
     config = cls(**clean)
@@ -407,13 +423,11 @@ def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
     if hint is int:
         if isinstance(value, bool):
             return False, None
-        if isinstance(value, int):
-            return True, value
         if isinstance(value, float) and value.is_integer():
-            return True, int(value)
-        return False, None
+            value = int(value)
+        return isinstance(value, int) and -INT_MAX <= value <= INT_MAX, value
     if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             return False, None
         return True, float(value)
     if hint is str:
@@ -422,7 +436,7 @@ def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
 
 
 def _type_name(hint: Any) -> str:
-    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    names = {int: f"an integer within ±{INT_MAX:,}", float: "a finite number", bool: "true or false", str: "a string"}
     if hint in names:
         return names[hint]
     return f"of type {getattr(hint, '__name__', str(hint))}"

@@ -14,6 +14,7 @@ from app.services import Conflict, NotFound, ServiceError
 K_MIN, K_MAX = 2, 9
 LEASE_MIN_S, LEASE_MAX_S = 60, 7 * 24 * 3600
 NAME_MAX = 200
+TARGET_MAX = 10_000_000
 TARGET_KINDS = [k.value for k in TaskKind]
 
 
@@ -63,8 +64,8 @@ def _check(session: Session, s: ProjectSettings, project: Project | None) -> Pro
     for kind, value in (s.targets or {}).items():
         if kind not in TARGET_KINDS:
             problems.append(f"Unknown target kind {kind!r}; use one of {', '.join(TARGET_KINDS)}.")
-        elif not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            problems.append(f"The {kind} target must be a whole number ≥ 0; got {value!r}.")
+        elif not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= TARGET_MAX:
+            problems.append(f"The {kind} target must be a whole number from 0 to {TARGET_MAX:,}; got {value!r}.")
         elif value:
             targets[kind] = value
     if problems:

@@ -9,6 +9,7 @@ from app.deps import AdminUser, SessionDep, SettingsDep, verify_csrf
 from app.models import Invite, Project, Role, TrainingRun, User
 from app.services import ServiceError, accounts
 from app.web.render import flash, redirect, render
+from app.web.params import IdPath
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(verify_csrf)], include_in_schema=False)
 
@@ -50,7 +51,7 @@ def invite(
 
 
 @router.post("/users/{user_id}/active")
-def set_active(request: Request, session: SessionDep, user: AdminUser, user_id: int,
+def set_active(request: Request, session: SessionDep, user: AdminUser, user_id: IdPath,
                active: Annotated[bool, Form()] = False):
     if user_id == user.id and not active:
         flash(request, "You can't disable your own account.", "error")
@@ -61,14 +62,14 @@ def set_active(request: Request, session: SessionDep, user: AdminUser, user_id: 
 
 
 @router.post("/users/{user_id}/end-access")
-def end_access(request: Request, session: SessionDep, user: AdminUser, user_id: int):
+def end_access(request: Request, session: SessionDep, user: AdminUser, user_id: IdPath):
     ended, revoked = accounts.end_access(session, user_id)
     flash(request, f"Ended {ended} session{'s' * (ended != 1)} and revoked {revoked} API token{'s' * (revoked != 1)}.")
     return redirect("/admin/users")
 
 
 @router.post("/users/{user_id}/reset-link")
-def reset_link(request: Request, session: SessionDep, settings: SettingsDep, user: AdminUser, user_id: int):
+def reset_link(request: Request, session: SessionDep, settings: SettingsDep, user: AdminUser, user_id: IdPath):
     token = accounts.create_password_reset(session, user_id, created_by=user, ttl_s=settings.invite_ttl_s)
     target = session.get(User, user_id)
     return _users_page(request, session, reset_link=str(request.url_for("reset_page", token=token)),
@@ -76,7 +77,7 @@ def reset_link(request: Request, session: SessionDep, settings: SettingsDep, use
 
 
 @router.post("/users/{user_id}/unlock")
-def unlock(request: Request, session: SessionDep, user: AdminUser, user_id: int):
+def unlock(request: Request, session: SessionDep, user: AdminUser, user_id: IdPath):
     cleared = accounts.clear_login_failures(session, user_id)
     flash(request, f"Cleared {cleared} failed login{'s' * (cleared != 1)}.")
     return redirect("/admin/users")

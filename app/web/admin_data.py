@@ -1,6 +1,8 @@
 """Admin pages: the data overview (counts, targets, submissions over time) and exports."""
 
-from fastapi import APIRouter, Depends, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
 from app.deps import AdminUser, SessionDep, verify_csrf
@@ -8,6 +10,7 @@ from app.models import TaskKind
 from app.services import ServiceError, exports, projects, stats
 from app.web.admin_charts import KIND_COLORS, stacked_bars
 from app.web.render import render
+from app.web.params import IdPath
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(verify_csrf)], include_in_schema=False)
 KINDS = [k.value for k in TaskKind]
@@ -18,7 +21,7 @@ def _project_id(value: str | None) -> int | None:
 
 
 @router.get("/data")
-def data_page(request: Request, session: SessionDep, user: AdminUser, project: str | None = None, days: int = 30,
+def data_page(request: Request, session: SessionDep, user: AdminUser, project: str | None = None, days: Annotated[int, Query(ge=1, le=3650)] = 30,
               fresh: bool = False):
     days = min(max(days, 7), 365)
     pid = _project_id(project)
@@ -31,7 +34,7 @@ def data_page(request: Request, session: SessionDep, user: AdminUser, project: s
 
 
 @router.get("/projects/{project_id}/export/{kind}")
-def export_download(request: Request, session: SessionDep, user: AdminUser, project_id: int, kind: str,
+def export_download(request: Request, session: SessionDep, user: AdminUser, project_id: IdPath, kind: str,
                     split: str = "", exclude: str = ""):
     project = projects.get_project(session, project_id)
     try:
@@ -53,7 +56,7 @@ def export_download(request: Request, session: SessionDep, user: AdminUser, proj
 
 
 @router.get("/projects/{project_id}/exports")
-def exports_page(request: Request, session: SessionDep, user: AdminUser, project_id: int):
+def exports_page(request: Request, session: SessionDep, user: AdminUser, project_id: IdPath):
     project = projects.get_project(session, project_id)
     labelers = [row.user for row in stats.labeler_figures(session, project.id) if row.total]
     return render(request, "admin/exports.html", {"project": project, "kinds": exports.KINDS, "labelers": labelers})

@@ -6,6 +6,7 @@ from app.deps import AdminUser, SessionDep, verify_csrf
 from app.models import Project, TaskKind
 from app.services import ServiceError, projects, stats
 from app.web.render import flash, redirect, render
+from app.web.params import IdPath, Page
 from sqlalchemy import select
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(verify_csrf)], include_in_schema=False)
@@ -27,8 +28,8 @@ def labelers_page(request: Request, session: SessionDep, user: AdminUser, projec
 
 
 @router.get("/projects/{project_id}/tasks")
-def tasks_page(request: Request, session: SessionDep, user: AdminUser, project_id: int, kind: str = "",
-               shared: bool = False, page: int = 1):
+def tasks_page(request: Request, session: SessionDep, user: AdminUser, project_id: IdPath, kind: str = "",
+               shared: bool = False, page: Page = 1):
     project = projects.get_project(session, project_id)
     task_kind = TaskKind(kind) if kind in TaskKind.__members__ else None
     page = max(1, page)
@@ -38,7 +39,7 @@ def tasks_page(request: Request, session: SessionDep, user: AdminUser, project_i
 
 
 @router.get("/tasks/{task_id}")
-def task_page(request: Request, session: SessionDep, user: AdminUser, task_id: int, error: str | None = None):
+def task_page(request: Request, session: SessionDep, user: AdminUser, task_id: IdPath, error: str | None = None):
     task = stats.get_task(session, task_id)
     subs = stats.task_submissions(session, task)
     gold_rank = stats.ranks_of(task.gold["order"]) if isinstance(task.gold, dict) and "order" in task.gold else {}
@@ -51,7 +52,7 @@ def task_page(request: Request, session: SessionDep, user: AdminUser, task_id: i
 
 
 @router.post("/tasks/{task_id}/gold")
-async def set_gold(request: Request, session: SessionDep, user: AdminUser, task_id: int):
+async def set_gold(request: Request, session: SessionDep, user: AdminUser, task_id: IdPath):
     task = stats.get_task(session, task_id)
     form = await request.form()
     try:

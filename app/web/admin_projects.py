@@ -14,6 +14,7 @@ from app.deps import AdminUser, SessionDep, SettingsDep, verify_csrf
 from app.markdown import render_markdown
 from app.services import ServiceError, imports, projects, stats
 from app.web.render import flash, redirect, render
+from app.web.params import IdPath
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(verify_csrf)], include_in_schema=False)
 UPLOAD_TTL_S = 24 * 3600
@@ -78,12 +79,12 @@ def _project_page(request: Request, session, project, *, status_code=200, **extr
 
 
 @router.get("/projects/{project_id}")
-def project_page(request: Request, session: SessionDep, user: AdminUser, project_id: int):
+def project_page(request: Request, session: SessionDep, user: AdminUser, project_id: IdPath):
     return _project_page(request, session, projects.get_project(session, project_id))
 
 
 @router.post("/projects/{project_id}")
-async def update_project(request: Request, session: SessionDep, user: AdminUser, project_id: int):
+async def update_project(request: Request, session: SessionDep, user: AdminUser, project_id: IdPath):
     project = projects.get_project(session, project_id)
     form = await request.form()
     try:
@@ -98,7 +99,7 @@ async def update_project(request: Request, session: SessionDep, user: AdminUser,
 
 
 @router.post("/projects/{project_id}/guidelines")
-def save_guidelines(request: Request, session: SessionDep, user: AdminUser, project_id: int,
+def save_guidelines(request: Request, session: SessionDep, user: AdminUser, project_id: IdPath,
                     body: Annotated[str, Form()] = ""):
     project = projects.get_project(session, project_id)
     before = projects.current_guidelines(session, project.id)
@@ -120,7 +121,7 @@ async def preview_guidelines(request: Request, user: AdminUser):
 
 
 @router.get("/projects/{project_id}/guidelines/{version}")
-def guideline_version_page(request: Request, session: SessionDep, user: AdminUser, project_id: int, version: int):
+def guideline_version_page(request: Request, session: SessionDep, user: AdminUser, project_id: IdPath, version: IdPath):
     project = projects.get_project(session, project_id)
     row = projects.guideline_version(session, project.id, version)
     return render(request, "admin/guideline_version.html", {"project": project, "row": row})
@@ -169,13 +170,13 @@ def _fractions(valid_pct: str, test_pct: str) -> tuple[float, float]:
 
 
 @router.get("/projects/{project_id}/import")
-def import_page(request: Request, session: SessionDep, user: AdminUser, project_id: int):
+def import_page(request: Request, session: SessionDep, user: AdminUser, project_id: IdPath):
     return _import_page(request, projects.get_project(session, project_id), form={"valid_pct": 10, "test_pct": 10})
 
 
 @router.post("/projects/{project_id}/import/preview")
 async def import_preview(request: Request, session: SessionDep, settings: SettingsDep, user: AdminUser,
-                         project_id: int):
+                         project_id: IdPath):
     project = projects.get_project(session, project_id)
     form = await request.form()
     upload = form.get("file")
@@ -195,7 +196,7 @@ async def import_preview(request: Request, session: SessionDep, settings: Settin
 
 @router.post("/projects/{project_id}/import")
 async def import_commit(request: Request, session: SessionDep, settings: SettingsDep, user: AdminUser,
-                        project_id: int):
+                        project_id: IdPath):
     project = projects.get_project(session, project_id)
     form = await request.form()
     try:

@@ -16,6 +16,7 @@ from app.models import ModelKind, ModelVersion, Project, RunKind, RunMetric, Run
 from app.services import ServiceError, evaluation, registry, runs, stats
 from app.web.admin_charts import MODEL_COLORS, headline_metrics, line_chart, lineage_graph
 from app.web.render import flash, redirect, render
+from app.web.params import IdPath
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(verify_csrf)], include_in_schema=False)
 KIND_TITLES = {
@@ -222,20 +223,20 @@ def _run_context(session, run: TrainingRun) -> dict:
 
 
 @router.get("/runs/{run_id}")
-def run_page(request: Request, session: SessionDep, user: AdminUser, run_id: int):
+def run_page(request: Request, session: SessionDep, user: AdminUser, run_id: IdPath):
     run = runs.get_run(session, run_id)
     return render(request, "admin/run.html", _run_context(session, run))
 
 
 @router.get("/runs/{run_id}/live")
-def run_live(request: Request, session: SessionDep, user: AdminUser, run_id: int):
+def run_live(request: Request, session: SessionDep, user: AdminUser, run_id: IdPath):
     """htmx fragment polled every 2 s while the run is not final; the final fragment stops the polling."""
     run = runs.get_run(session, run_id)
     return render(request, "admin/_run_live.html", _run_context(session, run))
 
 
 @router.post("/runs/{run_id}/cancel")
-def cancel_run(request: Request, session: SessionDep, user: AdminUser, run_id: int):
+def cancel_run(request: Request, session: SessionDep, user: AdminUser, run_id: IdPath):
     try:
         # Check and write as one unit that holds SQLite's writer lock from its start (Postgres: FOR
         # UPDATE in cancel_run). Opened here, not as a dependency: see app.deps.get_write_session.
@@ -283,7 +284,7 @@ def models_page(request: Request, session: SessionDep, user: AdminUser, project:
 
 
 @router.get("/models/{version_id}")
-def model_page(request: Request, session: SessionDep, user: AdminUser, version_id: int):
+def model_page(request: Request, session: SessionDep, user: AdminUser, version_id: IdPath):
     version = registry.get_version(session, version_id)
     ancestors = registry.lineage(session, version.id)
     children = [v for v in session.scalars(select(ModelVersion).order_by(ModelVersion.id).limit(2000))

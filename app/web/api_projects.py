@@ -16,12 +16,13 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from sqlalchemy import select
 
 from app.deps import ApiAdmin, ApiUser, SessionDep
 from app.models import Project, Prompt, Split
 from app.services import exports, imports, projects, stats
+from app.web.params import DB_INT_MAX, Id, IdPath
 
 router = APIRouter(prefix="/api/v1", tags=["projects"])
 MAX_BULK = 10_000
@@ -38,12 +39,22 @@ class ProjectIn(BaseModel):
 
 
 class ProjectPatch(BaseModel):
+    """Only the fields sent change. `lease_seconds: null` means the server default; the other
+    fields can't be null (leave one out to keep its value)."""
+
     name: str | None = None
     description: str | None = None
     k: int | None = None
     overlap: int | None = None
     lease_seconds: int | None = None
     targets: dict[str, int] | None = None
+
+    @model_validator(mode="after")
+    def _no_null_but_lease(self) -> "ProjectPatch":
+        nulls = [name for name in sorted(self.model_fields_set - {"lease_seconds"}) if getattr(self, name) is None]
+        if nulls:
+            raise ValueError(f"{', '.join(nulls)} can't be null; leave a field out to keep its current value")
+        return self
 
 
 class ProjectOut(BaseModel):
@@ -121,12 +132,12 @@ def create_project(body: ProjectIn, session: SessionDep, user: ApiAdmin):
 
 
 @router.get("/projects/{project_id}", response_model=ProjectOut)
-def read_project(project_id: int, session: SessionDep, user: ApiUser):
+def read_project(project_id: IdPath, session: SessionDep, user: ApiUser):
     return _out(session, projects.get_project(session, project_id), detail=True)
 
 
 @router.patch("/projects/{project_id}", response_model=ProjectOut)
-def update_project(project_id: int, body: ProjectPatch, session: SessionDep, user: ApiAdmin):
+def update_project(project_id: IdPath, body: ProjectPatch, session: SessionDep, user: ApiAdmin):
     p = projects.get_project(session, project_id)
     given = body.model_dump(exclude_unset=True)
     settings = projects.ProjectSettings(
@@ -137,15 +148,15 @@ def update_project(project_id: int, body: ProjectPatch, session: SessionDep, use
 
 
 @router.put("/projects/{project_id}/guidelines", response_model=ProjectOut)
-def save_guidelines(project_id: int, body: GuidelinesIn, session: SessionDep, user: ApiAdmin):
+def save_guidelines(project_id: IdPath, body: GuidelinesIn, session: SessionDep, user: ApiAdmin):
     p = projects.get_project(session, project_id)
     projects.save_guidelines(session, p, body.body_md, created_by=user)
     return _out(session, p, detail=True)
 
 
 @router.get("/projects/{project_id}/prompts", response_model=list[PromptOut])
-def list_prompts(project_id: int, session: SessionDep, user: ApiUser, split: Split | None = None,
-                 after: int = Query(0, ge=0, description="Return prompts with an id above this (keyset paging)."),
+def list_prompts(project_id: IdPath, session: SessionDep, user: ApiUser, split: Split | None = None,
+                 after: int = Query(0, ge=0, le=DB_INT_MAX, description="Return prompts with an id above this (keyset paging)."),
                  limit: int = Query(100, ge=1, le=1000)):
     projects.get_project(session, project_id)
     q = select(Prompt).where(Prompt.project_id == project_id, Prompt.id > after).order_by(Prompt.id).limit(limit)
@@ -156,7 +167,7 @@ def list_prompts(project_id: int, session: SessionDep, user: ApiUser, split: Spl
 
 
 @router.post("/projects/{project_id}/prompts", response_model=ImportOut, status_code=201)
-def add_prompts(project_id: int, body: PromptsIn, session: SessionDep, user: ApiAdmin):
+def add_prompts(project_id: IdPath, body: PromptsIn, session: SessionDep, user: ApiAdmin):
     """All or nothing: one bad item refuses the request (422) with every bad item's number."""
     p = projects.get_project(session, project_id)
     objects = [item.model_dump(exclude_none=True, mode="json") | {"prompt": item.text} for item in body.prompts]
@@ -177,8 +188,8 @@ def add_prompts(project_id: int, body: PromptsIn, session: SessionDep, user: Api
 
 
 @router.get("/projects/{project_id}/exports/{kind}")
-def export(project_id: int, kind: str, request: Request, session: SessionDep, user: ApiAdmin,
-           split: list[str] = Query(default=[]), exclude_labelers: list[int] = Query(default=[])):
+def export(project_id: IdPath, kind: str, request: Request, session: SessionDep, user: ApiAdmin,
+           split: list[str] = Query(default=[]), exclude_labelers: list[Id] = Query(default=[])):
     p = projects.get_project(session, project_id)
     f = exports.ExportFilter(p.id, split, exclude_labelers)
     exports.check(session, kind, f)

@@ -26,6 +26,7 @@ from app import policies
 from app.deps import PermissionDenied, SettingsDep, WriteSessionDep, api_user
 from app.models import ModelKind, ModelVersion, RunKind, RunStatus, TrainingRun, User
 from app.services import evaluation, registry, runs
+from app.web.params import DB_INT_MAX, Id, IdPath, IdQuery
 
 router = APIRouter(prefix="/api/v1", tags=["runs"])
 
@@ -53,10 +54,10 @@ ApiAdmin = Annotated[User, Depends(_admin)]
 # -- schemas ----------------------------------------------------------------------------------
 
 class RunIn(BaseModel):
-    project_id: int
+    project_id: Id
     kind: RunKind
     config: dict[str, Any] = Field(default_factory=dict, description="Settings of the run kind; see /run-configs.")
-    input_model_ids: list[int] = Field(default_factory=list, description=(
+    input_model_ids: list[Id] = Field(default_factory=list, max_length=3, description=(
         "sft/reward/generate: [model] (empty: the default model); ppo: [sft, reward]; "
         "evaluate: [candidate, baseline] or [candidate, baseline, reward]."))
     data_filter: dict[str, Any] = Field(default_factory=dict, description=(
@@ -95,7 +96,7 @@ class MetricOut(BaseModel):
 class VersionIn(BaseModel):
     source: str = Field(description="A hub id (org/name), a local folder the worker can read, or the default's name.")
     name: str = ""
-    project_id: int | None = None
+    project_id: Id | None = None
 
 
 class VersionOut(BaseModel):
@@ -145,31 +146,31 @@ def create_run(body: RunIn, session: SessionDep, settings: SettingsDep, user: Ap
 
 
 @router.get("/runs", response_model=list[RunOut])
-def list_runs(session: SessionDep, user: ApiUser, project_id: int | None = None, status: RunStatus | None = None,
+def list_runs(session: SessionDep, user: ApiUser, project_id: IdQuery = None, status: RunStatus | None = None,
               kind: RunKind | None = None, limit: int = Query(100, ge=1, le=500)):
     return [_run_out(session, run) for run in runs.list_runs(session, project_id=project_id, status=status,
                                                              kind=kind, limit=limit)]
 
 
 @router.get("/runs/{run_id}", response_model=RunOut)
-def read_run(run_id: int, session: SessionDep, user: ApiUser):
+def read_run(run_id: IdPath, session: SessionDep, user: ApiUser):
     return _run_out(session, runs.get_run(session, run_id), with_metrics=True)
 
 
 @router.post("/runs/{run_id}/cancel", response_model=RunOut)
-def cancel_run(run_id: int, session: SessionDep, user: ApiAdmin):
+def cancel_run(run_id: IdPath, session: SessionDep, user: ApiAdmin):
     return _run_out(session, runs.cancel_run(session, run_id, by=user))
 
 
 @router.get("/runs/{run_id}/metrics", response_model=list[MetricOut])
-def run_metrics(run_id: int, session: SessionDep, user: ApiUser, name: str | None = None,
-                since_step: int | None = None, limit: int = Query(10000, ge=1, le=100000)):
+def run_metrics(run_id: IdPath, session: SessionDep, user: ApiUser, name: str | None = None,
+                since_step: Annotated[int | None, Query(ge=0, le=DB_INT_MAX)] = None, limit: int = Query(10000, ge=1, le=100000)):
     rows = runs.metrics(session, run_id, name=name, since_step=since_step, limit=limit)
     return [MetricOut(step=m.step, name=m.name, value=m.value) for m in rows]
 
 
 @router.get("/runs/{run_id}/evaluation")
-def run_evaluation(run_id: int, session: SessionDep, user: ApiUser) -> dict[str, Any]:
+def run_evaluation(run_id: IdPath, session: SessionDep, user: ApiUser) -> dict[str, Any]:
     return evaluation.evaluation_report(session, run_id)
 
 
@@ -183,13 +184,13 @@ def run_configs(user: ApiUser) -> dict[str, dict[str, Any]]:
 # -- model versions -----------------------------------------------------------------------------
 
 @router.get("/model-versions", response_model=list[VersionOut])
-def list_versions(session: SessionDep, user: ApiUser, project_id: int | None = None, kind: ModelKind | None = None,
+def list_versions(session: SessionDep, user: ApiUser, project_id: IdQuery = None, kind: ModelKind | None = None,
                   limit: int = Query(200, ge=1, le=1000)):
     return [_version_out(v) for v in registry.list_versions(session, project_id=project_id, kind=kind, limit=limit)]
 
 
 @router.get("/model-versions/{version_id}", response_model=VersionOut)
-def read_version(version_id: int, session: SessionDep, user: ApiUser):
+def read_version(version_id: IdPath, session: SessionDep, user: ApiUser):
     chain = registry.lineage(session, version_id)
     return _version_out(chain[0], [v.id for v in chain])
 

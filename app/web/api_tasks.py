@@ -17,6 +17,7 @@ from app.db import write_session
 from app.deps import api_user
 from app.models import SkipReason, TaskKind
 from app.services import queue, submissions
+from app.web.params import IdPath
 
 router = APIRouter(prefix="/api/v1", tags=["labeling"])
 
@@ -115,7 +116,7 @@ def leased_task_out(a: queue.Assignment) -> LeasedTaskOut:
 @router.get("/projects/{project_id}/next", response_model=LeasedTaskOut,
             responses={204: {"description": "No task of this kind is available to you now."},
                        401: {"description": "Missing or invalid bearer token."}})
-def next_task(request: Request, project_id: int, kind: TaskKind = TaskKind.demonstration):
+def next_task(request: Request, project_id: IdPath, kind: TaskKind = TaskKind.demonstration):
     """Your next task of this kind in the project, leased to you (your live lease again if you hold one)."""
     with _labeling(request) as session:
         user = api_user(request, session)
@@ -126,7 +127,7 @@ def next_task(request: Request, project_id: int, kind: TaskKind = TaskKind.demon
 
 @router.post("/tasks/{task_id}/submission", response_model=SubmissionOut, status_code=201,
              responses={200: {"description": "Idempotent retry: the stored submission."}})
-def submit(request: Request, task_id: int, body: SubmissionIn, response: Response,
+def submit(request: Request, task_id: IdPath, body: SubmissionIn, response: Response,
            idempotency_key: IdempotencyKey = None):
     """Stores your answer for a task leased to you. Safe to retry with the same Idempotency-Key."""
     with _labeling(request) as session:
@@ -150,7 +151,7 @@ def submit(request: Request, task_id: int, body: SubmissionIn, response: Respons
 
 
 @router.post("/tasks/{task_id}/skip", response_model=SkipOut)
-def skip(request: Request, task_id: int, body: SkipIn):
+def skip(request: Request, task_id: IdPath, body: SkipIn):
     """Passes on a task leased to you; with reason pii / nonsense / harmful it also flags the prompt for admins."""
     with _labeling(request) as session:
         user = api_user(request, session)

@@ -9,6 +9,7 @@ from app.models import ApiToken
 from app.security import new_session, token_hash
 from app.services import ServiceError, accounts
 from app.web.render import flash, redirect, render
+from app.web.params import IdPath
 
 router = APIRouter(dependencies=[Depends(verify_csrf)], include_in_schema=False)
 
@@ -182,7 +183,7 @@ def reset_password(request: Request, session: SessionDep, token: str, password: 
 
 
 @router.post("/account/tokens/{token_id}/revoke")
-def revoke_token(request: Request, session: SessionDep, user: CurrentUser, token_id: int):
+def revoke_token(request: Request, session: SessionDep, user: CurrentUser, token_id: IdPath):
     accounts.revoke_api_token(session, user, token_id)
     flash(request, "Token revoked.")
     return redirect("/account")

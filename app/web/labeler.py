@@ -28,6 +28,7 @@ from app.deps import LabelerUser, OptionalUser, verify_csrf
 from app.models import OUTPUT_FLAGS, GuidelineVersion, Project, SkipReason, Task, TaskKind, User
 from app.services import NotFound, ServiceError, queue, submissions
 from app.web.render import flash, redirect, render
+from app.web.params import IdPath, Page
 
 router = APIRouter(dependencies=[Depends(verify_csrf)], include_in_schema=False)
 
@@ -69,7 +70,7 @@ def work_queue_link(user: LabelerUser):
 
 
 @router.post("/label/p/{project_id}/{kind}")
-def work_queue(request: Request, project_id: int, kind: TaskKind, user: LabelerUser):
+def work_queue(request: Request, project_id: IdPath, kind: TaskKind, user: LabelerUser):
     return _next_task(request, user, project_id, kind, done="")
 
 
@@ -109,7 +110,7 @@ def _render_task(request: Request, ctx: dict, status_code: int = 200) -> HTMLRes
 
 
 @router.get("/label/task/{task_id}")
-def task_page(request: Request, task_id: int, user: LabelerUser):
+def task_page(request: Request, task_id: IdPath, user: LabelerUser):
     with _tx(request) as session:
         ctx = _task_context(session, user, task_id)
         if ctx["task"].kind == TaskKind.demonstration:
@@ -140,7 +141,7 @@ def _ranking_from_form(form, output_ids: list[int]) -> tuple[list[list[int]], di
 
 
 @router.post("/label/task/{task_id}/submit")
-async def submit_form(request: Request, task_id: int, user: LabelerUser):
+async def submit_form(request: Request, task_id: IdPath, user: LabelerUser):
     form = await request.form()
     return await run_in_threadpool(_submit_form, request, task_id, user, form)
 
@@ -191,7 +192,7 @@ def _submit_in(session: Session, request: Request, task_id: int, user: User,
 
 
 @router.post("/label/task/{task_id}/skip")
-def skip_form(request: Request, task_id: int, user: LabelerUser,
+def skip_form(request: Request, task_id: IdPath, user: LabelerUser,
               reason: Annotated[str, Form()] = "skip", note: Annotated[str, Form()] = ""):
     with _tx(request) as session:
         got = queue.assignment(session, task_id, user.id)
@@ -203,7 +204,7 @@ def skip_form(request: Request, task_id: int, user: LabelerUser,
 
 
 @router.post("/label/task/{task_id}/draft")
-def save_draft(request: Request, task_id: int, user: LabelerUser, text: Annotated[str, Form()] = ""):
+def save_draft(request: Request, task_id: IdPath, user: LabelerUser, text: Annotated[str, Form()] = ""):
     try:
         with _tx(request) as session:
             submissions.save_draft(session, user, task_id, text)
@@ -213,7 +214,7 @@ def save_draft(request: Request, task_id: int, user: LabelerUser, text: Annotate
 
 
 @router.get("/label/history")
-def history_page(request: Request, user: LabelerUser, page: int = 1):
+def history_page(request: Request, user: LabelerUser, page: Page = 1):
     page = max(1, page)
     per_page = 50
     with _tx(request) as session:
