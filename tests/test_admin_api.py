@@ -31,7 +31,7 @@ def _count(session, model):
 
 def test_auth(api):
     assert api("GET", "/projects", who=None).status_code == 401
-    assert api("GET", "/projects", who="labeler").status_code == 200
+    assert api("GET", "/projects", who="labeler").status_code == 403  # labelers use /work
     r = api("POST", "/projects", who="labeler", json={"name": "X"})
     assert r.status_code == 403 and r.json()["detail"]
 

@@ -244,6 +244,22 @@ def assignment(session: Session, task_id: int, user_id: int) -> Assignment | Non
                       expires_at=row.expires_at, outputs=outputs)
 
 
+@dataclass(frozen=True)
+class WorkItem:
+    project_id: int
+    project: str
+    kind: TaskKind
+    available: int
+
+
+def work_list(session: Session, user_id: int) -> list[WorkItem]:
+    """What this labeler can work on now: tasks available per project and kind, by project name."""
+    counts = available_counts(session, user_id)
+    names = dict(session.execute(select(Project.id, Project.name).where(Project.id.in_({p for p, _ in counts}))).all())
+    return [WorkItem(pid, names[pid], kind, n)
+            for (pid, kind), n in sorted(counts.items(), key=lambda kv: (names[kv[0][0]].lower(), kv[0][1].value))]
+
+
 def available_counts(session: Session, user_id: int, now: datetime | None = None) -> dict[tuple[int, TaskKind], int]:
     """Tasks this labeler could be handed now (or already holds), per (project id, kind), live projects only."""
     now = now or utcnow()

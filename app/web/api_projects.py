@@ -1,4 +1,5 @@
-"""JSON API for projects, prompts (bulk) and exports (bearer tokens).
+"""JSON API for projects, prompts (bulk) and exports (bearer tokens), for admins: labelers see
+what their pages show them through the labeling API (/work, next, submission, skip).
 
     GET  /api/v1/projects                          projects
     POST /api/v1/projects                          admin: create               201 | 409 name taken
@@ -19,7 +20,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field, model_validator
 from sqlalchemy import select
 
-from app.deps import ApiAdmin, ApiUser, SessionDep
+from app.deps import ApiAdmin, SessionDep
 from app.models import Project, Prompt, Split
 from app.services import exports, imports, projects, stats
 from app.web.params import DB_INT_MAX, Id, IdPath
@@ -119,7 +120,7 @@ def _out(session, project: Project, detail: bool = False) -> ProjectOut:
 
 
 @router.get("/projects", response_model=list[ProjectOut])
-def list_projects(session: SessionDep, user: ApiUser):
+def list_projects(session: SessionDep, user: ApiAdmin):
     return [_out(session, row.project) for row in projects.list_projects(session)]
 
 
@@ -132,7 +133,7 @@ def create_project(body: ProjectIn, session: SessionDep, user: ApiAdmin):
 
 
 @router.get("/projects/{project_id}", response_model=ProjectOut)
-def read_project(project_id: IdPath, session: SessionDep, user: ApiUser):
+def read_project(project_id: IdPath, session: SessionDep, user: ApiAdmin):
     return _out(session, projects.get_project(session, project_id), detail=True)
 
 
@@ -155,7 +156,7 @@ def save_guidelines(project_id: IdPath, body: GuidelinesIn, session: SessionDep,
 
 
 @router.get("/projects/{project_id}/prompts", response_model=list[PromptOut])
-def list_prompts(project_id: IdPath, session: SessionDep, user: ApiUser, split: Split | None = None,
+def list_prompts(project_id: IdPath, session: SessionDep, user: ApiAdmin, split: Split | None = None,
                  after: int = Query(0, ge=0, le=DB_INT_MAX, description="Return prompts with an id above this (keyset paging)."),
                  limit: int = Query(100, ge=1, le=1000)):
     projects.get_project(session, project_id)

@@ -1,4 +1,5 @@
-"""JSON API for training runs, the model registry and evaluation results (bearer tokens).
+"""JSON API for training runs, the model registry and evaluation results (bearer tokens), for
+admins (a labeler's pages show none of it).
 
     POST /api/v1/runs                          admin: queue a run       201
     GET  /api/v1/runs?project_id&status&kind   list runs
@@ -47,7 +48,6 @@ def _admin(user: Annotated[User, Depends(_user)]) -> User:
     return user
 
 
-ApiUser = Annotated[User, Depends(_user)]
 ApiAdmin = Annotated[User, Depends(_admin)]
 
 
@@ -146,14 +146,14 @@ def create_run(body: RunIn, session: SessionDep, settings: SettingsDep, user: Ap
 
 
 @router.get("/runs", response_model=list[RunOut])
-def list_runs(session: SessionDep, user: ApiUser, project_id: IdQuery = None, status: RunStatus | None = None,
+def list_runs(session: SessionDep, user: ApiAdmin, project_id: IdQuery = None, status: RunStatus | None = None,
               kind: RunKind | None = None, limit: int = Query(100, ge=1, le=500)):
     return [_run_out(session, run) for run in runs.list_runs(session, project_id=project_id, status=status,
                                                              kind=kind, limit=limit)]
 
 
 @router.get("/runs/{run_id}", response_model=RunOut)
-def read_run(run_id: IdPath, session: SessionDep, user: ApiUser):
+def read_run(run_id: IdPath, session: SessionDep, user: ApiAdmin):
     return _run_out(session, runs.get_run(session, run_id), with_metrics=True)
 
 
@@ -163,19 +163,19 @@ def cancel_run(run_id: IdPath, session: SessionDep, user: ApiAdmin):
 
 
 @router.get("/runs/{run_id}/metrics", response_model=list[MetricOut])
-def run_metrics(run_id: IdPath, session: SessionDep, user: ApiUser, name: str | None = None,
+def run_metrics(run_id: IdPath, session: SessionDep, user: ApiAdmin, name: str | None = None,
                 since_step: Annotated[int | None, Query(ge=0, le=DB_INT_MAX)] = None, limit: int = Query(10000, ge=1, le=100000)):
     rows = runs.metrics(session, run_id, name=name, since_step=since_step, limit=limit)
     return [MetricOut(step=m.step, name=m.name, value=m.value) for m in rows]
 
 
 @router.get("/runs/{run_id}/evaluation")
-def run_evaluation(run_id: IdPath, session: SessionDep, user: ApiUser) -> dict[str, Any]:
+def run_evaluation(run_id: IdPath, session: SessionDep, user: ApiAdmin) -> dict[str, Any]:
     return evaluation.evaluation_report(session, run_id)
 
 
 @router.get("/run-configs")
-def run_configs(user: ApiUser) -> dict[str, dict[str, Any]]:
+def run_configs(user: ApiAdmin) -> dict[str, dict[str, Any]]:
     from trainer.config import RUN_CONFIGS  # plain dataclasses, no torch
 
     return {kind: dataclasses.asdict(cls()) for kind, cls in sorted(RUN_CONFIGS.items())}
@@ -184,13 +184,13 @@ def run_configs(user: ApiUser) -> dict[str, dict[str, Any]]:
 # -- model versions -----------------------------------------------------------------------------
 
 @router.get("/model-versions", response_model=list[VersionOut])
-def list_versions(session: SessionDep, user: ApiUser, project_id: IdQuery = None, kind: ModelKind | None = None,
+def list_versions(session: SessionDep, user: ApiAdmin, project_id: IdQuery = None, kind: ModelKind | None = None,
                   limit: int = Query(200, ge=1, le=1000)):
     return [_version_out(v) for v in registry.list_versions(session, project_id=project_id, kind=kind, limit=limit)]
 
 
 @router.get("/model-versions/{version_id}", response_model=VersionOut)
-def read_version(version_id: IdPath, session: SessionDep, user: ApiUser):
+def read_version(version_id: IdPath, session: SessionDep, user: ApiAdmin):
     chain = registry.lineage(session, version_id)
     return _version_out(chain[0], [v.id for v in chain])
 

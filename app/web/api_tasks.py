@@ -1,5 +1,6 @@
 """JSON API for labeling: next task (with its lease), submit (idempotent), skip.
 
+    GET  /api/v1/work                                      what this labeler can work on now
     GET  /api/v1/projects/{project_id}/next?kind=ranking   200 the leased task | 204 nothing to do
     POST /api/v1/tasks/{task_id}/submission                201 stored | 200 idempotent retry
     POST /api/v1/tasks/{task_id}/skip                      200
@@ -98,6 +99,13 @@ class SkipIn(BaseModel):
     note: str = ""
 
 
+class WorkOut(BaseModel):
+    project_id: int
+    project: str
+    kind: TaskKind
+    available: int
+
+
 class SkipOut(BaseModel):
     task_id: int
     reason: SkipReason
@@ -112,6 +120,15 @@ def leased_task_out(a: queue.Assignment) -> LeasedTaskOut:
 # -- routes -----------------------------------------------------------------------------------
 # Auth is the same bearer-token check as app.deps.ApiUser (app.deps.api_user), run inside the
 # handler's transaction.
+
+@router.get("/work", response_model=list[WorkOut])
+def work(request: Request):
+    """What you can work on now, as your work list shows it: tasks available per project and kind."""
+    with _labeling(request) as session:
+        user = api_user(request, session)
+        return [WorkOut(project_id=w.project_id, project=w.project, kind=w.kind, available=w.available)
+                for w in queue.work_list(session, user.id)]
+
 
 @router.get("/projects/{project_id}/next", response_model=LeasedTaskOut,
             responses={204: {"description": "No task of this kind is available to you now."},

@@ -12,6 +12,7 @@
 Pages only parse forms and render; the rules live in app.services.queue and .submissions.
 """
 
+import dataclasses
 import secrets
 from typing import Annotated
 
@@ -54,12 +55,8 @@ def root(user: OptionalUser):
 @router.get("/label")
 def labeler_home(request: Request, user: LabelerUser):
     with _tx(request) as session:
-        counts = queue.available_counts(session, user.id)
-        names = dict(session.execute(select(Project.id, Project.name)
-                                     .where(Project.id.in_({p for p, _ in counts}))).all())
+        work = [{**dataclasses.asdict(w), "title": KIND_TITLES[w.kind]} for w in queue.work_list(session, user.id)]
         today = submissions.counts_since(session, user, submissions.start_of_today())
-    work = [{"project_id": pid, "project": names[pid], "kind": kind, "title": KIND_TITLES[kind], "available": n}
-            for (pid, kind), n in sorted(counts.items(), key=lambda kv: (names[kv[0][0]].lower(), kv[0][1].value))]
     return render(request, "labeler/home.html", {"work": work, "today": today, "kind_titles": KIND_TITLES})
 
 

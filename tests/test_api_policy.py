@@ -1,0 +1,65 @@
+"""Least privilege on the API, route by route: every operation of the OpenAPI schema is listed
+here with the roles that may call it, and a labeler gets 403 on all the others (anonymous 401).
+A new route fails this test until someone decides who may call it."""
+
+import re
+
+import pytest
+
+from app.models import Role
+from app.services import accounts
+from tests.labeling import demo_setup
+
+LABELER_ALLOWED = {
+    ("GET", "/api/v1/me"),
+    ("GET", "/api/v1/work"),
+    ("GET", "/api/v1/projects/{project_id}/next"),
+    ("POST", "/api/v1/tasks/{task_id}/submission"),
+    ("POST", "/api/v1/tasks/{task_id}/skip"),
+}
+ADMIN_ONLY = {
+    ("GET", "/api/v1/projects"), ("POST", "/api/v1/projects"), ("GET", "/api/v1/projects/{project_id}"),
+    ("PATCH", "/api/v1/projects/{project_id}"), ("PUT", "/api/v1/projects/{project_id}/guidelines"),
+    ("GET", "/api/v1/projects/{project_id}/prompts"), ("POST", "/api/v1/projects/{project_id}/prompts"),
+    ("GET", "/api/v1/projects/{project_id}/exports/{kind}"),
+    ("POST", "/api/v1/runs"), ("GET", "/api/v1/runs"), ("GET", "/api/v1/runs/{run_id}"),
+    ("POST", "/api/v1/runs/{run_id}/cancel"), ("GET", "/api/v1/runs/{run_id}/metrics"),
+    ("GET", "/api/v1/runs/{run_id}/evaluation"), ("GET", "/api/v1/run-configs"),
+    ("GET", "/api/v1/model-versions"), ("GET", "/api/v1/model-versions/{version_id}"),
+    ("POST", "/api/v1/model-versions"),
+}
+
+
+def _operations(client) -> set[tuple[str, str]]:
+    schema = client.get("/openapi.json").json()
+    return {(method.upper(), path) for path, ops in schema["paths"].items() for method in ops}
+
+
+def test_every_api_operation_has_a_policy(client):
+    assert _operations(client) == LABELER_ALLOWED | ADMIN_ONLY
+
+
+def _url(path: str, project_id: int) -> str:
+    return re.sub(r"\{(\w+)\}", lambda m: {"kind": "sft"}.get(m.group(1), str(project_id)), path)
+
+
+@pytest.mark.parametrize("method, path", sorted(ADMIN_ONLY))
+def test_a_labeler_gets_403_on_every_admin_operation(client, session, method, path):
+    project, _ = demo_setup(session, n_prompts=1)
+    labeler = accounts.create_user(session, "lab@example.com", None, role=Role.labeler)
+    heads = {"Authorization": f"Bearer {accounts.create_api_token(session, labeler)}"}
+    session.commit()
+    url = _url(path, project.id)
+    body = {} if method in ("POST", "PUT", "PATCH") else None
+    assert client.request(method, url, json=body).status_code == 401
+    r = client.request(method, url, json=body, headers=heads)
+    assert r.status_code == 403, (method, url, r.status_code, r.text[:200])
+
+
+def test_a_labeler_sees_their_work_list_like_the_home_page(client, session):
+    project, _ = demo_setup(session, n_prompts=3)
+    labeler = accounts.create_user(session, "lab@example.com", None, role=Role.labeler)
+    heads = {"Authorization": f"Bearer {accounts.create_api_token(session, labeler)}"}
+    session.commit()
+    assert client.get("/api/v1/work", headers=heads).json() == [
+        {"project_id": project.id, "project": project.name, "kind": "demonstration", "available": 3}]
