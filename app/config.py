@@ -26,6 +26,13 @@ class Settings(BaseSettings):
     secret_key_value: str = Field(default="", alias="SECRET_KEY")
     """Signs session cookies; generated once and kept in the data folder when unset."""
 
+    public_url: str = Field(default="", alias="INSTRUCTLOOP_PUBLIC_URL")
+    """The address people open, e.g. https://label.example.com: invite and reset links start with it.
+    Unset, links use the address of the admin's request (its Host header)."""
+
+    allowed_hosts: str = Field(default="", alias="INSTRUCTLOOP_ALLOWED_HOSTS")
+    """Comma-separated host names the server answers to (others get 400); empty: any."""
+
     cookie_secure: bool = Field(default=False, alias="INSTRUCTLOOP_COOKIE_SECURE")
     """Send the session cookie only over HTTPS (turn on behind TLS)."""
 

@@ -11,6 +11,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from app.config import REPO_ROOT, Settings
 from app.db import make_engine, make_sessionmaker
@@ -29,8 +30,12 @@ log = logging.getLogger(__name__)
 FLASH_COOKIE = "il_flash"
 
 
+def _path_wants_json(path: str) -> bool:
+    return path.startswith("/api/") or path in ("/healthz", "/openapi.json")
+
+
 def _wants_json(request: Request) -> bool:
-    return request.url.path.startswith("/api/") or request.url.path == "/healthz"
+    return _path_wants_json(request.url.path)
 
 
 class BodyLimit:
@@ -44,7 +49,7 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await self._refuse(send)
+            return await self._refuse(scope, send)
         seen = 0
 
         async def limited_receive():
@@ -58,13 +63,24 @@ class BodyLimit:
         try:
             await self.app(scope, limited_receive, send)
         except _TooLarge:
-            await self._refuse(send)
+            await self._refuse(scope, send)
 
-    async def _refuse(self, send):
-        body = json.dumps({"detail": f"Request body too large (limit {self.max_bytes} bytes)."}).encode()
+    async def _refuse(self, scope, send):
+        message = f"Request body too large (limit {self.max_bytes:,} bytes)."
+        if _path_wants_json(scope["path"]):
+            body, kind = json.dumps({"detail": message}).encode(), b"application/json"
+        else:  # a page: a plain page saying so (this runs outside the app, so no template)
+            body, kind = _PLAIN_PAGE.format(title="Too large", message=message).encode(), b"text/html; charset=utf-8"
         await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                    "headers": [(b"content-type", kind), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
+
+
+_PLAIN_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title><link rel="stylesheet" href="/static/css/app.css">
+</head><body><main><section class="card narrow"><h1>{title}</h1><p>{message}</p>
+<p><a href="/">Go to the start page</a></p></section></main></body></html>
+"""
 
 
 class _TooLarge(Exception):
@@ -89,7 +105,7 @@ class BrowserSession:
         data = signer.loads(request.cookies.get(SESSION_COOKIE))
         request.state.session = data or new_session()
         request.state.user = None
-        request.state.flash_in = _load_flash(request)
+        request.state.flash_in = scope["app"].state.signer.loads_flash(request.cookies.get(FLASH_COOKIE))
         request.state.flash_out = []
 
         async def send_with_cookies(message):
@@ -109,7 +125,7 @@ class BrowserSession:
                                 secure=settings.cookie_secure)
         pending = request.state.flash_in + request.state.flash_out  # render() empties both
         if pending:
-            response.set_cookie(FLASH_COOKIE, json.dumps(pending), httponly=True, samesite="lax",
+            response.set_cookie(FLASH_COOKIE, request.app.state.signer.dumps_flash(pending), httponly=True, samesite="lax",
                                 secure=settings.cookie_secure)
         elif FLASH_COOKIE in request.cookies:
             response.delete_cookie(FLASH_COOKIE)
@@ -127,6 +143,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(BrowserSession, settings=settings)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    if settings.allowed_hosts:
+        hosts = [h.strip() for h in settings.allowed_hosts.split(",") if h.strip()]
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts)
     app.add_middleware(SecurityHeaders, hsts=settings.cookie_secure)  # outermost: on every response
 
     @app.exception_handler(LoginRequired)
@@ -181,7 +200,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(OperationalError)
     async def _db_down(request: Request, exc: OperationalError):
         log.error("database error: %s", exc)
-        return JSONResponse({"detail": "The database is not reachable; try again shortly."}, status_code=503)
+        message = "The database is not reachable; try again shortly."
+        if _wants_json(request):
+            return JSONResponse({"detail": message}, status_code=503)
+        return render(request, "error.html", {"title": "Try again shortly", "message": message}, status_code=503)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz():
@@ -189,8 +211,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             with app.state.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
         except Exception as exc:  # any driver error means "not healthy"
-            reason = str(exc).splitlines()[0][:300]
-            return JSONResponse({"status": "unavailable", "reason": f"database unreachable: {reason}"}, status_code=503)
+            # The driver's words name the database's host and port: for the log, not for anyone asking.
+            log.error("health check: database unreachable: %s", str(exc).splitlines()[0][:300])
+            return JSONResponse({"status": "unavailable", "reason": "database unreachable"}, status_code=503)
         return {"status": "ok", "database": "ok"}
 
     app.mount("/static", StaticFiles(directory=REPO_ROOT / "static"), name="static")
@@ -216,14 +239,3 @@ def create_served_app(settings: Settings | None = None) -> FastAPI:
     gc.collect()
     gc.freeze()
     return app
-
-
-def _load_flash(request: Request) -> list:
-    raw = request.cookies.get(FLASH_COOKIE)
-    if not raw:
-        return []
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return []
-    return [m for m in value if isinstance(m, list) and len(m) == 2] if isinstance(value, list) else []

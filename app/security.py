@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from itsdangerous import BadSignature, URLSafeTimedSerializer
+from itsdangerous import BadSignature, URLSafeSerializer, URLSafeTimedSerializer
 from zxcvbn import zxcvbn
 
 SESSION_COOKIE = "il_session"
@@ -65,6 +65,7 @@ class SessionData:
 class SessionSigner:
     def __init__(self, secret_key: str, max_age_s: int):
         self._serializer = URLSafeTimedSerializer(secret_key, salt="instructloop.session")
+        self._flash = URLSafeSerializer(secret_key, salt="instructloop.flash")
         self._csrf_key = hashlib.sha256(("csrf:" + secret_key).encode()).digest()
         self.max_age_s = max_age_s
 
@@ -82,6 +83,20 @@ class SessionSigner:
             return None
         uid = raw.get("uid")
         return SessionData(sid=raw["sid"], user_id=uid if isinstance(uid, int) else None)
+
+    def dumps_flash(self, messages: list) -> str:
+        return self._flash.dumps(messages)
+
+    def loads_flash(self, cookie: str | None) -> list:
+        """The flash messages of a cookie this server signed; [] for anything else (a forged
+        cookie can't put words on our pages)."""
+        if not cookie:
+            return []
+        try:
+            value = self._flash.loads(cookie)
+        except BadSignature:
+            return []
+        return [m for m in value if isinstance(m, list) and len(m) == 2] if isinstance(value, list) else []
 
     def csrf_token(self, sid: str) -> str:
         return hmac.new(self._csrf_key, sid.encode(), hashlib.sha256).hexdigest()

@@ -63,3 +63,16 @@ def test_a_labeler_sees_their_work_list_like_the_home_page(client, session):
     session.commit()
     assert client.get("/api/v1/work", headers=heads).json() == [
         {"project_id": project.id, "project": project.name, "kind": "demonstration", "available": 3}]
+
+
+def test_someone_elses_task_reveals_nothing_about_itself(client, session):
+    project, (task,) = demo_setup(session, n_prompts=1)
+    a, b = (accounts.create_user(session, f"{n}@example.com", None, role=Role.labeler) for n in "ab")
+    ha, hb = ({"Authorization": f"Bearer {accounts.create_api_token(session, u)}"} for u in (a, b))
+    session.commit()
+    assert client.get(f"/api/v1/projects/{project.id}/next", headers=ha).status_code == 200
+    wrong_kind = {"kind": "comparison", "choice": "a"}
+    r = client.post(f"/api/v1/tasks/{task.id}/submission", json=wrong_kind, headers=hb)
+    assert r.status_code == 403 and "not assigned to you" in r.json()["detail"] and "demonstration" not in r.text
+    r = client.post(f"/api/v1/tasks/{task.id}/submission", json=wrong_kind, headers=ha)  # the holder is told
+    assert r.status_code == 400 and "is a demonstration task" in r.json()["detail"]

@@ -261,6 +261,8 @@ def test_cannot_revoke_someone_elses_token(labeler_client, make_user, session):
 
 def test_huge_body_refused(client):
     r = client.post("/login", content=b"x" * (11 * 1024 * 1024), headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 413 and "text/html" in r.headers["content-type"] and "too large" in r.text  # a page
+    r = client.post("/api/v1/projects", content=b"x" * (11 * 1024 * 1024), headers={"content-type": "application/json"})
     assert r.status_code == 413 and "too large" in r.json()["detail"]
 
 

@@ -69,12 +69,12 @@ def test_disabling_ends_sessions_and_tokens_for_good(app, admin_client, make_use
     token = accounts.create_api_token(session, user)
     session.commit()
     api = {"Authorization": f"Bearer {token}"}
-    assert browser.get("/account").status_code == 200 and admin_client.get("/api/v1/projects", headers=api).status_code == 200
+    assert browser.get("/account").status_code == 200 and admin_client.get("/api/v1/me", headers=api).status_code == 200
     csrf = csrf_of(admin_client, "/admin/users")
     admin_client.post(f"/admin/users/{user.id}/active", data={"active": "false", "csrf_token": csrf})
     admin_client.post(f"/admin/users/{user.id}/active", data={"active": "true", "csrf_token": csrf})
     assert browser.get("/account").status_code == 303  # the old cookie does not come back
-    assert admin_client.get("/api/v1/projects", headers=api).status_code == 401
+    assert admin_client.get("/api/v1/me", headers=api).status_code == 401
 
 
 def test_admin_signs_a_user_out_everywhere_and_unlocks_them(app, admin_client, make_user, session):
@@ -88,7 +88,7 @@ def test_admin_signs_a_user_out_everywhere_and_unlocks_them(app, admin_client, m
     assert r.status_code == 303
     assert "Ended 1 session and revoked 1 API token" in admin_client.get("/admin/users").text
     assert browser.get("/account").status_code == 303
-    assert browser.get("/api/v1/projects", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+    assert browser.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"}).status_code == 401
     for _ in range(3):
         login(browser, "a@example.com", "wrong password!")
     admin_client.post(f"/admin/users/{user.id}/unlock", data={"csrf_token": csrf})
@@ -161,3 +161,36 @@ def test_parallel_creates_of_one_name_in_any_case_make_one_project(engine, sessi
         t.join(60)
     assert sorted(outcomes) == [201] + [409] * 5
     assert session.scalar(select(func.count(Project.id))) == 1
+
+
+def test_links_use_the_public_address_not_the_host_header(settings, make_user):
+    from tests.conftest import login as log_in
+
+    settings.public_url = "https://label.example.com/"
+    settings.allowed_hosts = ""
+    from app.main import create_app
+
+    app = create_app(settings)
+    admin = make_user("admin@example.com", Role.admin)
+    target = make_user("a@example.com")
+    with TestClient(app, base_url="http://testserver", follow_redirects=False) as client:
+        log_in(client, admin.email)
+        csrf = csrf_of(client, "/admin/users")
+        page = client.post("/admin/users/invite", data={"email": "new@example.com", "role": "labeler", "csrf_token": csrf},
+                           headers={"Host": "evil.example"}).text
+        assert 'id="invite-link">https://label.example.com/invite/' in page and "evil.example" not in page
+        page = client.post(f"/admin/users/{target.id}/reset-link", data={"csrf_token": csrf},
+                           headers={"Host": "evil.example"}).text
+        assert 'id="reset-link">https://label.example.com/reset/' in page
+    app.state.engine.dispose()
+
+
+def test_allowed_hosts_refuse_other_host_headers(settings):
+    from app.main import create_app
+
+    settings.allowed_hosts = "label.example.com, testserver"
+    app = create_app(settings)
+    with TestClient(app, base_url="http://testserver") as client:
+        assert client.get("/login").status_code == 200
+        assert client.get("/login", headers={"Host": "evil.example"}).status_code == 400
+    app.state.engine.dispose()

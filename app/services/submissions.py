@@ -136,10 +136,13 @@ def _locked_task(session: Session, user: User, task_id: int, kind: TaskKind):
     task = session.execute(_LOCK_TASK, {"task_id": task_id}).first()
     if task is None:
         raise NotFound(f"There is no task {task_id}.")
+    slot = session.execute(_SLOT.add_columns(_HAS_SUBMITTED[TaskKind(task.kind)].label("submitted")),
+                           {"task_id": task_id, "user_id": user.id, "now": utcnow()}).one()
+    # Ownership first: someone else's task reveals nothing about itself (not even its kind).
+    if slot.lease_id is None and not slot.submitted:
+        raise Forbidden(f"Task {task_id} is not assigned to you. Ask for the next task to get one.")
     if task.kind != kind:
         raise ServiceError(f"Task {task_id} is a {TaskKind(task.kind).value} task, not a {kind.value} task.")
-    slot = session.execute(_SLOT.add_columns(_HAS_SUBMITTED[kind].label("submitted")),
-                           {"task_id": task_id, "user_id": user.id, "now": utcnow()}).one()
     return SimpleNamespace(**task._asdict(), **slot._asdict())  # one plain record of both
 
 

@@ -31,6 +31,13 @@ def _users_page(request: Request, session, status_code: int = 200, **extra):
                   status_code=status_code)
 
 
+def _link(request: Request, settings, route: str, token: str) -> str:
+    """A link to send someone: on the configured public address, so that a forged Host header
+    can't put another site in it."""
+    path = request.app.url_path_for(route, token=token)
+    return settings.public_url.rstrip("/") + path if settings.public_url else str(request.url_for(route, token=token))
+
+
 @router.get("/users")
 def users_page(request: Request, session: SessionDep, user: AdminUser):
     return _users_page(request, session)
@@ -46,7 +53,7 @@ def invite(
                                        created_by=user, ttl_s=settings.invite_ttl_s)
     except ServiceError as exc:
         return _users_page(request, session, error=exc.message, email=email, status_code=exc.status_code)
-    link = str(request.url_for("invite_page", token=token))
+    link = _link(request, settings, "invite_page", token)
     return _users_page(request, session, invite_link=link, invite_email=accounts.normalize_email(email))
 
 
@@ -72,7 +79,7 @@ def end_access(request: Request, session: SessionDep, user: AdminUser, user_id: 
 def reset_link(request: Request, session: SessionDep, settings: SettingsDep, user: AdminUser, user_id: IdPath):
     token = accounts.create_password_reset(session, user_id, created_by=user, ttl_s=settings.invite_ttl_s)
     target = session.get(User, user_id)
-    return _users_page(request, session, reset_link=str(request.url_for("reset_page", token=token)),
+    return _users_page(request, session, reset_link=_link(request, settings, "reset_page", token),
                        reset_email=target.email if target else "")
 
 

@@ -205,8 +205,9 @@ def save_draft(request: Request, task_id: IdPath, user: LabelerUser, text: Annot
     try:
         with _tx(request) as session:
             submissions.save_draft(session, user, task_id, text)
-    except ServiceError as exc:
-        return HTMLResponse(f'<span class="draft-status bad" role="status">Draft not saved: {escape(exc.message)}</span>')
+    except ServiceError as exc:  # its own status (the page swaps it in: data-swap-errors)
+        return HTMLResponse(f'<span class="draft-status bad" role="status">Draft not saved: {escape(exc.message)}</span>',
+                            status_code=exc.status_code)
     return HTMLResponse(f'<span class="draft-status" role="status">Draft saved {utcnow():%H:%M:%S} UTC</span>')
 
 

@@ -27,3 +27,13 @@ document.addEventListener("submit", (e) => {
   const question = e.target.dataset && e.target.dataset.confirm;
   if (question && !confirm(question)) e.preventDefault();
 });
+
+// Elements with data-swap-errors show the server's 4xx fragment (e.g. "Draft not saved: ...") in
+// their target, instead of htmx's default of dropping error responses.
+document.addEventListener("htmx:beforeSwap", (e) => {
+  const status = e.detail.xhr.status;
+  if (status >= 400 && status < 500 && e.detail.requestConfig.elt.hasAttribute("data-swap-errors")) {
+    e.detail.shouldSwap = true;
+    e.detail.isError = false;
+  }
+});
