@@ -78,6 +78,34 @@ class Outcome:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
+class OutageLog:
+    """While the database is away: one line when writes start failing, one every `every_s` while
+    they go on failing, one when they work again, instead of a traceback per failed write (a 15 s
+    outage once wrote 244,243 log lines)."""
+
+    def __init__(self, what: str, every_s: float = 30.0):
+        self.what, self.every_s = what, every_s
+        self.failures, self.last_logged = 0, float("-inf")
+
+    def failed(self, exc: BaseException) -> None:
+        self.failures += 1
+        now = time.monotonic()
+        if now - self.last_logged >= self.every_s:
+            self.last_logged = now
+            first_line = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+            log.warning("%s: database unreachable (%s); %d failed attempt(s) so far, retrying",
+                        self.what, first_line, self.failures)
+
+    def ok(self) -> None:
+        if self.failures:
+            log.warning("%s: database reachable again after %d failed attempt(s)", self.what, self.failures)
+            self.failures, self.last_logged = 0, float("-inf")
+
+
+# Metrics kept in memory while the database is away, at most this many steps (the oldest go first).
+MAX_UNSENT_METRICS = 100_000
+
+
 class RunContext:
     """Everything one run's code may use: its row's settings, database sessions, model resolution,
     the metrics callback and the stop signal."""
@@ -93,6 +121,8 @@ class RunContext:
         self.lost = False
         self.last_step, self.last_total = 0, 0
         self._device = None
+        self._unsent: list[tuple[int, dict[str, float]]] = []  # steps whose metrics wait for the database
+        self._metrics_outage = OutageLog(f"run {run_id}: metrics")
 
     # -- database ----------------------------------------------------------------------------
     @contextmanager
@@ -105,15 +135,23 @@ class RunContext:
             runs.set_snapshot(session, self.run_id, self.worker.worker_id, snapshot.record())
 
     def on_metrics(self, step: int, total: int, metrics: dict[str, float]) -> None:
+        """Records progress and metrics; while the database is away they wait in memory and are
+        written, in order, with the first step after it is back (training goes on meanwhile)."""
         self.last_step, self.last_total = int(step), int(total)
+        self._unsent.append((int(step), metrics))
+        del self._unsent[:-MAX_UNSENT_METRICS]
         try:
             with self.session() as session:
                 if not runs.record_progress(session, self.run_id, self.worker.worker_id, step, total):
                     self._lose()
                     return
-                runs.record_metrics(session, self.run_id, step, metrics)
-        except OperationalError:  # a database hiccup costs a metrics row, not hours of training
-            log.exception("run %s: could not record the metrics of step %s", self.run_id, step)
+                for unsent_step, unsent in self._unsent:
+                    runs.record_metrics(session, self.run_id, unsent_step, unsent)
+        except OperationalError as exc:
+            self._metrics_outage.failed(exc)
+            return
+        self._unsent.clear()
+        self._metrics_outage.ok()
 
     # -- stopping ------------------------------------------------------------------------------
     def should_stop(self) -> bool:
@@ -191,6 +229,7 @@ class Worker:
         self.device = device
         self.terminating = threading.Event()
         self.signal_name = ""
+        self.outage = OutageLog("worker")
 
     def transaction(self):
         """A committed-on-exit transaction. On SQLite it takes the writer lock at its start: the
@@ -230,9 +269,13 @@ class Worker:
         try:
             with self.transaction() as session:
                 reaped = runs.reap_stale_runs(session, self.settings.worker_stale_s)
-        except Exception:  # the database being briefly away must not kill the worker
+        except OperationalError as exc:  # the database being briefly away must not kill the worker
+            self.outage.failed(exc)
+            return []
+        except Exception:
             log.exception("reaping stale runs failed")
             return []
+        self.outage.ok()
         for run_id in reaped:
             log.warning("run %s: its worker vanished; marked failed", run_id)
         return reaped
@@ -249,6 +292,9 @@ class Worker:
         """Claims and runs one queued run; False when the queue is empty."""
         try:
             ctx = self.claim()
+        except OperationalError as exc:
+            self.outage.failed(exc)
+            return False
         except Exception:
             log.exception("claiming a run failed")
             return False
@@ -300,13 +346,18 @@ class Worker:
 
     # -- endings -------------------------------------------------------------------------------
     def _heartbeat(self, ctx: RunContext, stop: threading.Event) -> None:
+        outage = OutageLog(f"run {ctx.run_id}: heartbeat")
         while not stop.wait(self.settings.worker_heartbeat_s):
             try:
                 with self.transaction() as session:
                     state = runs.heartbeat(session, ctx.run_id, self.worker_id)
-            except Exception:  # a missed beat is retried; the reaper tolerates worker_stale_s of them
+            except OperationalError as exc:  # a missed beat is retried; the reaper tolerates worker_stale_s of them
+                outage.failed(exc)
+                continue
+            except Exception:
                 log.exception("run %s: heartbeat failed", ctx.run_id)
                 continue
+            outage.ok()
             if state == "cancel":
                 ctx.request_stop("cancelled by an admin")
             elif state == "lost":
