@@ -11,6 +11,8 @@ from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
+from app.validation import guard_parameters  # importing it also registers the check every flush runs
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -44,6 +46,7 @@ def make_engine(url: str, **kwargs) -> Engine:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs)
         _configure_sqlite(engine)
+        guard_parameters(engine)
         return engine
     # Up to 40 requests run at once per process (the threadpool): connections beyond pool_size are
     # opened and closed per request (a Postgres backend start each), so keep most of them pooled.
@@ -52,6 +55,7 @@ def make_engine(url: str, **kwargs) -> Engine:
     kwargs.setdefault("pool_recycle", 3600)  # before firewalls or server timeouts drop idle connections
     engine = create_engine(url, **kwargs)
     event.listen(engine, "checkout", _drop_closed_connection)
+    guard_parameters(engine)
     return engine
 
 
@@ -101,9 +105,6 @@ def _configure_sqlite(engine: Engine) -> None:
         if (conn.in_transaction() and not conn.connection.dbapi_connection.in_transaction
                 and statement.lstrip().upper().startswith(SQLITE_WRITES)):
             cursor.execute("BEGIN IMMEDIATE")
-
-
-import app.validation  # noqa: E402,F401  (registers the check every flush runs)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

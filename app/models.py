@@ -278,8 +278,35 @@ class Prompt(Base):
     """A reference answer that came with the import (Alpaca output, GSM8K answer)."""
     meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    import_job_id: Mapped[int | None] = mapped_column(ForeignKey("import_jobs.id", ondelete="SET NULL"), index=True)
+    """The background import that added it (None: added another way)."""
 
     project: Mapped[Project] = relationship()
+
+
+class ImportJobStatus(enum.StrEnum):
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+
+
+class ImportJob(Base):
+    """A file import from the web, done in the background: the page follows its progress. All or
+    nothing: a job that fails removes the prompts it had added."""
+
+    __tablename__ = "import_jobs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    filename: Mapped[str] = mapped_column(String(200), default="")
+    options: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[ImportJobStatus] = mapped_column(_enum(ImportJobStatus), default=ImportJobStatus.running)
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    done: Mapped[int] = mapped_column(Integer, default=0)
+    message: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
 
 
 class TaskCompletion(Base):

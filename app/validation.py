@@ -8,12 +8,17 @@ clear message first; this guard turns anything that slips through into a 422 nam
 the transaction is rolled back, so nothing is half-written.
 
 ORM objects are checked at flush (a session event); statements built by hand (bulk inserts) call
-`check_values` themselves."""
+`check_values` themselves. Every statement's text parameters, reads included, are checked for NUL
+and lone surrogates just before they are sent (an engine event): Postgres refuses them even in a
+WHERE clause, so a lookup by a name with a NUL in it was a 500 too."""
 
+import itertools
 import math
+import re
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import JSON, String, Table, event, inspect
+from sqlalchemy import JSON, Engine, String, Table, event, inspect
 from sqlalchemy.orm import Session
 
 
@@ -93,3 +98,25 @@ def _check_before_flush(session: Session, _context, _instances) -> None:
             value = state.attrs[prop.key].loaded_value
             if (problem := value_problem(prop.columns[0].type, value)) is not None:
                 raise InvalidValue(f"{prop.key} {problem}.")
+
+
+def _param_problem(parameters: Any, names: Sequence[str] = ()) -> str | None:
+    """The first text parameter (of a row, or of each row of an executemany) that can't be sent.
+    `names` name positional parameters (SQLite's)."""
+    rows = parameters if isinstance(parameters, list) else [parameters]
+    for row in rows:
+        items = row.items() if isinstance(row, dict) else itertools.zip_longest(names, row or (), fillvalue="a text value")
+        for name, value in items:
+            if isinstance(value, str) and ("\x00" in value or not value.isascii()) and (problem := text_problem(value)):
+                return f"{re.sub(r'_[0-9]+$', '', str(name))} {problem}"
+    return None
+
+
+def guard_parameters(engine: Engine) -> None:
+    """Checks every statement's text parameters just before they are sent (see the module doc)."""
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _check_parameters(_conn, _cursor, _statement, parameters, context, _executemany) -> None:
+        names = getattr(getattr(context, "compiled", None), "positiontup", None) or ()
+        if problem := _param_problem(parameters, names):
+            raise InvalidValue(f"{problem}.")

@@ -7,7 +7,7 @@ import re
 import pytest
 from sqlalchemy import func, select
 
-from app.models import Project, Prompt, Split, Task, TaskKind
+from app.models import ImportJob, ImportJobStatus, Project, Prompt, Split, Task, TaskKind
 from app.services import ServiceError, imports, projects
 from tests.conftest import SHARED_DATA, csrf_of
 
@@ -187,3 +187,66 @@ def test_upload_without_file(admin_client, project):
     r = admin_client.post(f"/admin/projects/{project.id}/import/preview", data={"csrf_token": token},
                           files={"file": ("", b"")})
     assert r.status_code == 400 and "Choose a file" in r.text
+
+
+def _preview_token(client, project, data: bytes) -> dict:
+    r = _upload(client, project, data)
+    assert r.status_code == 200, r.text[:300]
+    token = re.search(r'name="token" value="([0-9a-f]+)"', r.text).group(1)
+    return {"csrf_token": csrf_of(client, "/admin/projects"), "token": token, "filename": "big.jsonl",
+            "format": "auto", "valid_pct": "10", "test_pct": "10", "create_tasks": "on"}
+
+
+def _wait_for_job(client, url: str, seconds: float = 60) -> str:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        fragment = client.get(url, headers={"HX-Request": "true"}).text
+        if "hx-trigger" not in fragment:  # no longer polling: finished
+            return fragment
+        time.sleep(0.1)
+    raise AssertionError("the import did not finish")
+
+
+def test_a_big_import_runs_in_the_background_in_chunks(admin_client, session, project, monkeypatch):
+    monkeypatch.setattr(imports, "BACKGROUND_MIN_BYTES", 1000)
+    monkeypatch.setattr(imports, "JOB_CHUNK", 50)
+    data = _jsonl(*({"prompt": f"prompt number {i}"} for i in range(500)))
+    r = admin_client.post(f"/admin/projects/{project.id}/import", data=_preview_token(admin_client, project, data))
+    assert r.status_code == 303 and "/imports/" in r.headers["location"]  # the request returned at once
+    page = admin_client.get(r.headers["location"])
+    assert page.status_code == 200 and "Import into" in page.text
+    done = _wait_for_job(admin_client, r.headers["location"])
+    assert "Imported 500 prompts" in done and "demonstration tasks" in done
+    assert _count(session) == 500
+    job = session.scalar(select(ImportJob))
+    assert job.status == ImportJobStatus.succeeded and job.done == job.total == 500
+    assert session.scalar(select(func.count()).select_from(Prompt).where(Prompt.import_job_id == job.id)) == 500
+
+
+def test_a_failed_background_import_leaves_nothing(admin_client, session, project, monkeypatch, engine):
+    monkeypatch.setattr(imports, "BACKGROUND_MIN_BYTES", 1000)
+    monkeypatch.setattr(imports, "JOB_CHUNK", 50)
+    data = _jsonl(*({"prompt": f"prompt number {i}"} for i in range(300)))
+    fields = _preview_token(admin_client, project, data)
+    # Someone else imports prompt 200 while the job runs (after its own check of what exists): the
+    # job's chunk with it can't be written.
+    session.add(Prompt(project_id=project.id, text="prompt number 200", split=Split.train,
+                       content_hash=imports.content_hash("prompt number 200")))
+    session.commit()
+    monkeypatch.setattr(imports, "_existing_hashes", lambda *args: set())
+    r = admin_client.post(f"/admin/projects/{project.id}/import", data=fields)
+    done = _wait_for_job(admin_client, r.headers["location"])
+    assert "imported by someone else at the same time" in done
+    assert _count(session) == 1  # the chunks written before the clash were removed
+    assert session.scalar(select(ImportJob)).status == ImportJobStatus.failed
+
+
+def test_jobs_of_a_stopped_server_are_failed_and_undone(engine, session, project):
+    job = imports.start_job(session, project, filename="x.jsonl", options={}, created_by=None)
+    session.add(Prompt(project_id=project.id, text="half", content_hash="h" * 64, import_job_id=job.id))
+    session.commit()
+    assert imports.fail_unfinished_jobs(engine) == 1
+    session.expire_all()
+    assert _count(session) == 0 and "server stopped" in session.get(ImportJob, job.id).message

@@ -144,3 +144,13 @@ def test_run_settings_have_bounds_and_must_be_finite(client, session):
     assert r.status_code in (400, 422) and "finite" in r.text
     session.commit()
     assert session.scalar(select(func.count(TrainingRun.id))) == 0
+
+
+def test_text_parameters_of_reads_are_checked_too(client, session):
+    heads = _api(session, "admin")
+    for body in ({"name": "nul\x00name"}, {"name": "lone \ud800"}):
+        r = client.post("/api/v1/projects", content=json.dumps(body), headers={**heads, "content-type": "application/json"})
+        assert r.status_code == 422 and "name" in r.json()["detail"], r.text
+    r = client.post("/api/v1/model-versions", content=json.dumps({"source": "a\x00b"}),
+                    headers={**heads, "content-type": "application/json"})
+    assert r.status_code == 422 and "NUL" in r.json()["detail"], r.text

@@ -15,6 +15,7 @@ in the same split on every import, in every project.
 """
 
 import csv
+import logging
 import gzip
 import hashlib
 import io
@@ -23,13 +24,16 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.models import Project, Prompt, Split
-from app.services import Conflict, ServiceError
+from app.db import make_sessionmaker, utcnow
+from app.models import ImportJob, ImportJobStatus, Project, Prompt, Split, Task, TaskKind, User
+from app.services import Conflict, NotFound, ServiceError
 from app.validation import row_problem
+
+log = logging.getLogger(__name__)
 
 FORMATS = {
     "auto": "Detect (recommended)",
@@ -439,3 +443,111 @@ def commit(session: Session, project: Project, preview: ImportPreview, *, source
         train = [p for p in prompts if p.split == Split.train]
         tasks_created = len(tasks.create_demonstration_tasks(session, project, train))
     return ImportResult(prompts, preview, tasks_created)
+
+
+# ---------------------------------------------------------------- web imports as background jobs
+
+# Files larger than this import in the background (the request returns at once and the page
+# follows the job); smaller ones finish within the request, as before.
+BACKGROUND_MIN_BYTES = 1024 * 1024
+JOB_CHUNK = 2_000
+"""Prompts per transaction: each chunk commits with the job's progress, so the page can show it and
+neither the request nor the database holds a 500,000-prompt transaction."""
+
+
+def summary(preview: ImportPreview, tasks_created: int) -> str:
+    counts = preview.split_counts
+    message = (f"Imported {len(preview.records):,} prompts (train {counts['train']:,}, valid {counts['valid']:,}, "
+               f"test {counts['test']:,}).")
+    if preview.duplicates or preview.existing:
+        message += (f" Skipped {len(preview.duplicates):,} duplicates in the file and "
+                    f"{len(preview.existing):,} already in the project.")
+    if tasks_created:
+        message += f" Created {tasks_created:,} demonstration tasks."
+    return message
+
+
+def start_job(session: Session, project: Project, *, filename: str, options: dict[str, Any],
+              created_by: User | None) -> ImportJob:
+    job = ImportJob(project_id=project.id, filename=filename[:200], options=options,
+                    created_by_id=created_by.id if created_by else None)
+    session.add(job)
+    session.flush()
+    return job
+
+
+def run_job(engine: Engine, job_id: int, data: bytes) -> ImportJob:
+    """Parses the upload, then writes its prompts JOB_CHUNK at a time, each chunk in its own
+    transaction with the job's progress. All or nothing all the same: when anything fails, the
+    prompts the job added are deleted and the job says why. Returns the finished job."""
+    factory = make_sessionmaker(engine)
+    try:
+        with factory.begin() as session:
+            job = session.get_one(ImportJob, job_id)
+            project = session.get_one(Project, job.project_id)
+            o = job.options
+            preview = preview_import(session, project, data, filename=job.filename, fmt=o.get("fmt", "auto"),
+                                     valid_fraction=o.get("valid_fraction", 0.1),
+                                     test_fraction=o.get("test_fraction", 0.1))
+            if preview.errors:
+                raise ServiceError(f"Nothing was imported: {len(preview.errors)} line"
+                                   f"{'s' * (len(preview.errors) > 1)} can't be read.\n{preview.error_report()}")
+            if not preview.records:
+                raise ServiceError("Nothing to import: every prompt in the file is already in this project.")
+            job.total = len(preview.records)
+        for start in range(0, len(preview.records), JOB_CHUNK):
+            chunk = preview.records[start:start + JOB_CHUNK]
+            with factory.begin() as session:
+                session.execute(insert(Prompt), [
+                    {"project_id": project.id, "text": r.text, "split": r.split, "source": job.filename or "upload",
+                     "external_id": r.external_id, "content_hash": r.content_hash, "reference": r.reference,
+                     "meta": r.meta, "import_job_id": job_id} for r in chunk])
+                session.execute(update(ImportJob).where(ImportJob.id == job_id)
+                                .values(done=ImportJob.done + len(chunk)))
+        tasks_created = 0
+        with factory.begin() as session:
+            if o.get("create_tasks"):  # one demonstration task per new train prompt, as tasks.create_demonstration_tasks
+                train_ids = list(session.scalars(select(Prompt.id).where(Prompt.import_job_id == job_id,
+                                                                         Prompt.split == Split.train)))
+                for start in range(0, len(train_ids), JOB_CHUNK):
+                    session.execute(insert(Task), [
+                        {"project_id": project.id, "prompt_id": pid, "kind": TaskKind.demonstration,
+                         "required": project.overlap} for pid in train_ids[start:start + JOB_CHUNK]])
+                tasks_created = len(train_ids)
+            session.execute(update(ImportJob).where(ImportJob.id == job_id).values(
+                status=ImportJobStatus.succeeded, message=summary(preview, tasks_created), finished_at=utcnow()))
+    except Exception as exc:  # noqa: BLE001 - every failure ends the job, with its prompts removed
+        if isinstance(exc, IntegrityError):
+            message = "Some of these prompts were imported by someone else at the same time; preview them again."
+        elif isinstance(exc, ServiceError):
+            message = exc.message
+        else:
+            log.exception("import job %s failed", job_id)
+            message = f"The import failed ({type(exc).__name__}); nothing was imported."
+        fail_job(engine, job_id, message)
+    with factory() as session:
+        return session.get_one(ImportJob, job_id)
+
+
+def fail_job(engine: Engine, job_id: int, message: str) -> None:
+    """Removes what the job added and records why it ended."""
+    with make_sessionmaker(engine).begin() as session:
+        session.execute(delete(Prompt).where(Prompt.import_job_id == job_id))
+        session.execute(update(ImportJob).where(ImportJob.id == job_id).values(
+            status=ImportJobStatus.failed, message=message, done=0, finished_at=utcnow()))
+
+
+def fail_unfinished_jobs(engine: Engine) -> int:
+    """At server start: jobs a previous server process was running can't finish any more."""
+    with make_sessionmaker(engine)() as session:
+        ids = list(session.scalars(select(ImportJob.id).where(ImportJob.status == ImportJobStatus.running)))
+    for job_id in ids:
+        fail_job(engine, job_id, "The server stopped during this import; nothing was imported. Import the file again.")
+    return len(ids)
+
+
+def get_job(session: Session, project_id: int, job_id: int) -> ImportJob:
+    job = session.get(ImportJob, job_id)
+    if job is None or job.project_id != project_id:
+        raise NotFound("There is no such import.")
+    return job

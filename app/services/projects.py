@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from app.models import GuidelineVersion, Project, Prompt, Role, Task, TaskKind, TaskStatus, User
 from app.services import Conflict, NotFound, ServiceError
+from app.validation import text_problem
 
 K_MIN, K_MAX = 2, 9
 LEASE_MIN_S, LEASE_MAX_S = 60, 7 * 24 * 3600
@@ -37,6 +38,9 @@ def active_labeler_count(session: Session) -> int:
 def _check(session: Session, s: ProjectSettings, project: Project | None) -> ProjectSettings:
     problems = []
     name = " ".join(s.name.split())
+    for field, value in (("name", name), ("description", s.description)):
+        if problem := text_problem(value):
+            raise ServiceError(f"The {field} {problem}.", status_code=422)
     if not name:
         problems.append("Give the project a name.")
     elif len(name) > NAME_MAX:

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from app.models import DatabaseIdentity, ModelKind, ModelVersion, Project, TrainingRun
 from app.services import NotFound, ServiceError
+from app.validation import text_problem
 
 
 def get_version(session: Session, version_id: int) -> ModelVersion:
@@ -45,6 +46,9 @@ def register_base(session: Session, source: str, *, name: str = "", project_id: 
         raise ServiceError("A base model needs a source: a hub id (org/name), a local folder, or the default model's name.")
     if len(source) > 500:
         raise ServiceError("The model source is longer than 500 characters.")
+    for field, value in (("source", source), ("name", name)):
+        if problem := text_problem(value):
+            raise ServiceError(f"The model {field} {problem}.", status_code=422)
     if project_id is not None and session.get(Project, project_id) is None:
         raise NotFound(f"Project {project_id} does not exist.")
     existing = session.scalar(select(ModelVersion).where(

@@ -2,16 +2,19 @@
 
 import re
 import secrets
+import threading
 import time
 from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Request
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from fastapi.responses import HTMLResponse
 
 from app.deps import AdminUser, SessionDep, SettingsDep, verify_csrf
 from app.markdown import render_markdown
+from app.models import ImportJobStatus
 from app.services import ServiceError, imports, projects, stats
 from app.web.render import flash, redirect, render
 from app.web.params import IdPath
@@ -202,21 +205,31 @@ async def import_commit(request: Request, session: SessionDep, settings: Setting
     try:
         path = _upload_path(settings, form.get("token", ""))
         valid, test = _fractions(form.get("valid_pct", "10"), form.get("test_pct", "10"))
-        result = imports.run_import(session, project, path.read_bytes(), filename=form.get("filename", ""),
-                                    fmt=form.get("format", "auto"), valid_fraction=valid, test_fraction=test,
-                                    create_tasks=form.get("create_tasks") == "on")
+        options = {"fmt": form.get("format", "auto"), "valid_fraction": valid, "test_fraction": test,
+                   "create_tasks": form.get("create_tasks") == "on"}
+        job = imports.start_job(session, project, filename=str(form.get("filename", "")), options=options,
+                                created_by=user)
     except ServiceError as exc:
         session.rollback()
         return _import_page(request, project, form=form, error=exc.message, status_code=exc.status_code)
-    session.commit()  # before the file goes: a failed commit leaves the upload to retry
+    session.commit()
+    data = path.read_bytes()
     path.unlink(missing_ok=True)
-    counts = result.preview.split_counts
-    message = (f"Imported {len(result.prompts):,} prompts (train {counts['train']:,}, valid {counts['valid']:,}, "
-               f"test {counts['test']:,}).")
-    if result.preview.duplicates or result.preview.existing:
-        message += (f" Skipped {len(result.preview.duplicates):,} duplicates in the file and "
-                    f"{len(result.preview.existing):,} already in the project.")
-    if result.tasks_created:
-        message += f" Created {result.tasks_created:,} demonstration tasks."
-    flash(request, message, "success")
+    engine = request.app.state.engine
+    if len(data) > imports.BACKGROUND_MIN_BYTES:
+        threading.Thread(target=imports.run_job, args=(engine, job.id, data), daemon=True,
+                         name=f"import-job-{job.id}").start()
+        return redirect(f"/admin/projects/{project.id}/imports/{job.id}")
+    job = await run_in_threadpool(imports.run_job, engine, job.id, data)
+    if job.status != ImportJobStatus.succeeded:
+        return _import_page(request, project, form=form, error=job.message, status_code=409)
+    flash(request, job.message, "success")
     return redirect(f"/admin/projects/{project.id}")
+
+
+@router.get("/projects/{project_id}/imports/{job_id}")
+def import_job_page(request: Request, session: SessionDep, user: AdminUser, project_id: IdPath, job_id: IdPath):
+    project = projects.get_project(session, project_id)
+    job = imports.get_job(session, project.id, job_id)
+    template = "admin/_import_job.html" if request.headers.get("HX-Request") else "admin/import_job.html"
+    return render(request, template, {"project": project, "job": job})

@@ -1,5 +1,5 @@
 """server-side sessions, password resets, per-IP login index, case-insensitive project names,
-the database's identity (artifact folders)
+the database's identity (artifact folders), background import jobs
 
 Revision ID: 0002_sessions
 Revises: 0001
@@ -55,6 +55,30 @@ def upgrade() -> None:
         sa.Column("database_id", sa.String(length=32), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
+    op.create_table(
+        "import_jobs",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("project_id", sa.Integer(), nullable=False),
+        sa.Column("created_by_id", sa.Integer(), nullable=True),
+        sa.Column("filename", sa.String(length=200), nullable=False),
+        sa.Column("options", sa.JSON(), nullable=False),
+        sa.Column("status", sa.Enum("running", "succeeded", "failed", name="importjobstatus", native_enum=False,
+                                    length=32), nullable=False),
+        sa.Column("total", sa.Integer(), nullable=False),
+        sa.Column("done", sa.Integer(), nullable=False),
+        sa.Column("message", sa.Text(), nullable=False),
+        sa.Column("created_at", app.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("finished_at", app.db.UTCDateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(["project_id"], ["projects.id"], ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(["created_by_id"], ["users.id"], ondelete="SET NULL"),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    op.create_index("ix_import_jobs_project_id", "import_jobs", ["project_id"])
+    with op.batch_alter_table("prompts") as batch:
+        batch.add_column(sa.Column("import_job_id", sa.Integer(), nullable=True))
+        batch.create_foreign_key("fk_prompts_import_job_id", "import_jobs", ["import_job_id"], ["id"],
+                                 ondelete="SET NULL")
+        batch.create_index("ix_prompts_import_job_id", ["import_job_id"])
     # Projects whose names differ only in case (possible before) get " (2)", " (3)"... first.
     conn = op.get_bind()
     seen: dict[str, int] = {}
@@ -69,6 +93,12 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index("ux_projects_name_lower", table_name="projects")
+    with op.batch_alter_table("prompts") as batch:
+        batch.drop_index("ix_prompts_import_job_id")
+        batch.drop_constraint("fk_prompts_import_job_id", type_="foreignkey")
+        batch.drop_column("import_job_id")
+    op.drop_index("ix_import_jobs_project_id", table_name="import_jobs")
+    op.drop_table("import_jobs")
     op.drop_table("database_identity")
     op.drop_index("ix_login_failures_ip_at", table_name="login_failures")
     op.drop_index("ix_password_resets_user_id", table_name="password_resets")
