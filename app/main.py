@@ -17,7 +17,7 @@ from app.config import REPO_ROOT, Settings
 from app.db import make_engine, make_sessionmaker
 from app.deps import CsrfFailed, LoginRequired, PermissionDenied
 from app.security import SESSION_COOKIE, SessionSigner, new_session
-from app.services import ServiceError
+from app.services import ServiceError, imports
 from app.validation import InvalidValue
 from app.web import admin, api, auth, labeler
 from app.web import admin_data, admin_labelers, admin_projects, admin_runs, api_projects
@@ -236,6 +236,10 @@ def create_served_app(settings: Settings | None = None) -> FastAPI:
     (bench/admin_pages.py). Not done in create_app: tests build many apps in one process, and a
     frozen app that is later dropped is never collected."""
     app = create_app(settings)
+    try:  # an import a previous server process was running can't finish: undo it and say so
+        imports.fail_unfinished_jobs(app.state.engine)
+    except OperationalError:
+        log.warning("the database is not reachable at start; unfinished imports are left as they are")
     gc.collect()
     gc.freeze()
     return app
