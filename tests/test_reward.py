@@ -174,3 +174,46 @@ def test_lora_with_gradient_checkpointing_learns_too(tiny, tmp_path):
     model.save_pretrained(tmp_path / "rm", tokenizer=tok)  # adapters merged: loads as a plain model
     loaded = ScalarHeadModel.from_pretrained(tmp_path / "rm", device="cpu")
     assert not any("lora" in name for name, _ in loaded.named_parameters())
+
+
+def test_a_trained_reward_model_is_a_standard_sequence_classifier(tiny, tmp_path):
+    """The saved folder loads in plain transformers (as TRL, OpenRLHF and vLLM load reward models)
+    and its logit plus the documented offset is the project's score, normalization included."""
+    from transformers import AutoModelForSequenceClassification
+
+    from trainer.modeling import SCORE_OFFSET, encode_completion, encode_prompt, pad_right
+
+    model, tok = fresh(tiny)
+    demos = [SFTExample(prompt=r.prompt, completion=r.completions[0]) for r in TRAIN[:16]]
+    result = train_reward(model, tok, TRAIN[:32], VALID[:8], FAST, demonstrations=demos)
+    assert result["bias_shift"] != 0
+    model.save_pretrained(tmp_path / "rm", tokenizer=tok)
+    sequences = [encode_prompt(tok, r.prompt) + encode_completion(tok, c) for r in VALID[:4] for c in r.completions]
+    ids, mask = pad_right(sequences, tok.pad_token_id)
+    with torch.no_grad():
+        ours = model.eval()(ids, mask)
+        plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm").eval()
+        theirs = plain(input_ids=ids, attention_mask=mask).logits[:, 0] + getattr(plain.config, SCORE_OFFSET)
+        reloaded = ScalarHeadModel.from_pretrained(tmp_path / "rm", device="cpu").eval()(ids, mask)
+    torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=0)
+    torch.testing.assert_close(reloaded, ours, atol=1e-5, rtol=0)
+    assert plain.config.num_labels == 1 and (tmp_path / "rm" / "chat_template.jinja").exists()
+    # Readable by the group (transformers writes weights 0600 through a temporary file).
+    assert all(p.stat().st_mode & 0o044 == 0o044 for p in (tmp_path / "rm").iterdir())
+
+
+def test_reward_models_in_the_older_form_still_load(tiny, tmp_path):
+    """Backbone folder + scalar_head.safetensors, as saved before the sequence-classification form."""
+    from safetensors.torch import save_file
+
+    from trainer.modeling import HEAD_WEIGHTS, encode_completion, encode_prompt, pad_right
+
+    model, tok = fresh(tiny, seed=3)
+    folder = tmp_path / "old"
+    model.backbone.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    save_file({k: v.contiguous() for k, v in model.head.state_dict().items()}, folder / HEAD_WEIGHTS)
+    ids, mask = pad_right([encode_prompt(tok, "Hi") + encode_completion(tok, "great")], tok.pad_token_id)
+    with torch.no_grad():
+        torch.testing.assert_close(ScalarHeadModel.from_pretrained(folder, device="cpu").eval()(ids, mask),
+                                   model.eval()(ids, mask))

