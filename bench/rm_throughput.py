@@ -115,7 +115,7 @@ def our_side(spec: dict) -> dict:
         batch = train[step * per_step : (step + 1) * per_step]
         n_pairs = sum(len(r.pairs) for r in batch)
         loss_sum, _ = step_loss(model, batch, tokenizer.pad_token_id)
-        (loss_sum / n_pairs).backward()
+        (loss_sum / len(batch)).backward()  # per-ranking means (InstructGPT's 1/C(K,2)), averaged
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -33,9 +33,16 @@ def close(actual, expected):
 
 def test_mask_after_eos_keeps_the_eos_and_nothing_after():
     responses = torch.tensor([[5, 9, EOS, 7, EOS], [5, 6, 7, 8, 9], [EOS, 4, 4, 4, 4]])
-    mask, ended = response_mask_after_eos(responses, EOS)
+    mask, ended = response_mask_after_eos(responses, [EOS])
     assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
     assert ended.tolist() == [True, False, True]
+
+
+def test_mask_stops_at_any_end_token():
+    responses = torch.tensor([[5, 8, 7, EOS], [5, EOS, 8, 9], [5, 6, 7, 9]])
+    mask, ended = response_mask_after_eos(responses, [EOS, 8])
+    assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1]]
+    assert ended.tolist() == [True, True, False]
 
 
 def test_left_pad_and_trim():

@@ -92,18 +92,40 @@ def test_kway_loss_equals_the_mean_of_the_naive_pairwise_losses(tiny):
     assert any(len(r.pairs) < len(r.sequences) * (len(r.sequences) - 1) // 2 for r in encoded)  # ties present
 
     kway_sum, kway_margins = kway_step_loss(model, encoded, tok.pad_token_id)
-    (kway_sum / n_pairs).backward()
+    (kway_sum / len(encoded)).backward()
     kway_grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
     naive_sum, naive_margins = pairwise_step_loss(model, encoded, tok.pad_token_id)
     per_pair = -torch.nn.functional.logsigmoid(naive_margins)
-    (naive_sum / n_pairs).backward()
+    (naive_sum / len(encoded)).backward()
 
     assert kway_margins.shape == (n_pairs,)
-    assert torch.allclose(kway_sum / n_pairs, per_pair.mean(), atol=1e-6)
+    # The paper's loss: per ranking the mean over its C(K,2) pairs, then the mean over rankings.
+    per_ranking, start = [], 0
+    for r in encoded:
+        per_ranking.append(per_pair[start:start + len(r.pairs)].mean())
+        start += len(r.pairs)
+    assert torch.allclose(kway_sum / len(encoded), torch.stack(per_ranking).mean(), atol=1e-6)
     assert torch.allclose(kway_margins, naive_margins, atol=1e-5)
     for kway_grad, param in zip(kway_grads, model.parameters()):
         assert torch.allclose(kway_grad, param.grad, rtol=1e-4, atol=1e-5)  # float32 sums in another order
+
+
+def test_each_ranking_weighs_the_same_whatever_its_k(tiny):
+    """A K=9 ranking (36 pairs) and two K=4 rankings (6 pairs each): each ranking's pairs carry a
+    total weight of 1, so the K=9 one is a third of the loss (it was 36/48 = 75% when every pair
+    of the batch weighed the same)."""
+    model, tok = fresh(tiny)
+    model.eval()
+    full = lambda k: RankingExample("p", [f"answer {i}" for i in range(k)], [[i] for i in range(k)])  # noqa: E731
+    encoded = encode_rankings(tok, [full(9), full(4), full(4)], max_length=64)
+    assert [len(r.pairs) for r in encoded] == [36, 6, 6]
+    with torch.no_grad():
+        total, margins = kway_step_loss(model, encoded, tok.pad_token_id)
+        nine, _ = kway_step_loss(model, encoded[:1], tok.pad_token_id)
+    per_pair = -torch.nn.functional.logsigmoid(margins)
+    assert torch.allclose(nine, per_pair[:36].mean(), atol=1e-6)
+    assert torch.allclose(total, per_pair[:36].mean() + per_pair[36:42].mean() + per_pair[42:].mean(), atol=1e-6)
 
 
 def test_reward_model_learns_a_synthetic_preference_and_centres_demonstrations(tiny):

@@ -31,6 +31,9 @@ class RankingExample:
     completions: list[str]
     order: list[list[int]]
     meta: dict = field(default_factory=dict, compare=False)
+    ended: list[bool] | None = None
+    """Per completion: did the sample end by itself (False: cut at its length limit, so the reward
+    model must score it without an end token, as PPO will). None: all ended (written by people)."""
 
 
 # ---- the database snapshot ------------------------------------------------------------------
@@ -146,7 +149,10 @@ def snapshot_rankings(session: Session, project_id: int, data_filter: dict | Non
         raise DataError(f"No rankings on the {'/'.join(train_splits)} prompts of project {project_id}: run "
                         "`generate` and collect rankings before a reward run.")
     wanted = {cid for r, _, _ in rows for group in r.order for cid in group}
-    texts = dict(session.execute(select(Completion.id, Completion.text).where(Completion.id.in_(wanted))).all())
+    found = session.execute(select(Completion.id, Completion.text, Completion.generation)
+                            .where(Completion.id.in_(wanted))).all()
+    texts = {cid: text for cid, text, _ in found}
+    ended = {cid: bool((generation or {}).get("ended_with_eos", True)) for cid, _, generation in found}
     for ranking, task, _ in rows:
         missing = sorted({cid for group in ranking.order for cid in group} - set(texts))
         if missing:
@@ -169,7 +175,7 @@ def snapshot_rankings(session: Session, project_id: int, data_filter: dict | Non
         index = {cid: i for i, cid in enumerate(ids)}
         example = RankingExample(
             prompt=prompt.text, completions=[texts[cid] for cid in ids],
-            order=[[index[cid] for cid in group] for group in groups],
+            order=[[index[cid] for cid in group] for group in groups], ended=[ended[cid] for cid in ids],
             meta={"ranking_id": ranking.id, "task_id": task.id, "prompt_id": prompt.id, "user_id": ranking.user_id},
         )
         is_valid = prompt.id in holdout or (prompt.split in valid_splits and prompt.split not in train_splits)

@@ -40,6 +40,7 @@ def run_evaluate(ctx) -> dict:
     # 2. Both policies answer the same prompts (those that fit both contexts).
     answers: dict[int, dict[int, int]] = {}  # version id -> prompt id -> completion id
     texts: dict[int, str] = {}  # completion id -> text
+    ended: dict[int, bool] = {}  # completion id -> did the sample end by itself
     steps_total = 2 * len(prompts)
     for turn, version in enumerate((candidate, baseline)):
         source = ctx.resolve(version)
@@ -61,6 +62,7 @@ def run_evaluate(ctx) -> dict:
                     (row,) = store_completions(session, item.id, version, outputs, config, ctx.run_id)
                     answers[version.id][item.id] = row.id
                     texts[row.id] = row.text
+                    ended[row.id] = bool(row.generation.get("ended_with_eos", True))
             ctx.on_metrics(turn * steps_total // 2 + start + len(samples), steps_total, {
                 f"eos_fraction_{'candidate' if turn == 0 else 'baseline'}":
                     sum(s[0].ended_with_eos for s in samples) / len(samples),
@@ -95,14 +97,14 @@ def run_evaluate(ctx) -> dict:
     # 4. The reward model's verdict.
     if reward is not None:
         summary["reward_model"] = reward_win_rate(ctx, reward, prompts, answers[candidate.id], answers[baseline.id],
-                                                  texts, batch_size=config.batch_size)
+                                                  texts, ended, batch_size=config.batch_size)
         ctx.on_metrics(steps_total, steps_total, {"reward_win_rate": summary["reward_model"]["win_rate"]})
     return summary
 
 
 @torch.no_grad()
 def reward_win_rate(ctx, reward, prompts, candidate_answers: dict[int, int], baseline_answers: dict[int, int],
-                    texts: dict[int, str], *, batch_size: int) -> dict:
+                    texts: dict[int, str], ended: dict[int, bool], *, batch_size: int) -> dict:
     source = ctx.resolve(reward)
     tokenizer = ctx.load_tokenizer(source)
     model = modeling.ScalarHeadModel.from_pretrained(source, device=ctx.device)
@@ -112,8 +114,8 @@ def reward_win_rate(ctx, reward, prompts, candidate_answers: dict[int, int], bas
     for start in range(0, len(prompts), batch_size):
         ctx.checkpoint()
         chunk = prompts[start:start + batch_size]
-        pairs = [(p.text, texts[candidate_answers[p.id]]) for p in chunk] + \
-                [(p.text, texts[baseline_answers[p.id]]) for p in chunk]
+        answers = [candidate_answers[p.id] for p in chunk] + [baseline_answers[p.id] for p in chunk]
+        pairs = [(p.text, texts[a], ended[a]) for p, a in zip(chunk + chunk, answers)]
         scores = score_pairs(model, tokenizer, pairs).tolist()
         for mine, theirs in zip(scores[:len(chunk)], scores[len(chunk):]):
             margins.append(mine - theirs)
@@ -129,10 +131,11 @@ def reward_win_rate(ctx, reward, prompts, candidate_answers: dict[int, int], bas
             "mean_margin": sum(margins) / len(margins) if margins else None}
 
 
-def score_pairs(model, tokenizer, pairs: list[tuple[str, str]]) -> torch.Tensor:
-    """Reward scores of (prompt, answer) pairs, encoded as the reward model was trained (prompt
-    template + answer + EOS), right-padded."""
-    rows = [modeling.encode_prompt(tokenizer, p) + modeling.encode_completion(tokenizer, a) for p, a in pairs]
+def score_pairs(model, tokenizer, pairs: list[tuple[str, str, bool]]) -> torch.Tensor:
+    """Reward scores of (prompt, answer, ended) triples, encoded as the reward model was trained
+    (prompt template + answer + its end token when it ended), right-padded."""
+    rows = [modeling.encode_prompt(tokenizer, p) + modeling.encode_completion(tokenizer, a, ended=e)
+            for p, a, e in pairs]
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit:
         rows = [r[-limit:] for r in rows]

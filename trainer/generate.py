@@ -28,15 +28,8 @@ class Sample:
 
 
 def eos_ids(model, tokenizer) -> list[int]:
-    """Every id that ends an answer: the tokenizer's EOS and the model's generation_config EOS ids."""
-    ids = {tokenizer.eos_token_id}
-    configured = getattr(model.generation_config, "eos_token_id", None)
-    if isinstance(configured, int):
-        ids.add(configured)
-    elif configured:
-        ids.update(configured)
-    ids.discard(None)
-    return sorted(ids)
+    """Every id that ends an answer (modeling.end_ids)."""
+    return modeling.end_ids(tokenizer, getattr(model, "generation_config", None))
 
 
 def context_length(model) -> int | None:

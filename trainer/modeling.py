@@ -175,9 +175,55 @@ def encode_prompt(tokenizer, prompt: str) -> list[int]:
     return tokenizer(format_prompt(tokenizer, prompt), add_special_tokens=not with_template).input_ids
 
 
-def encode_completion(tokenizer, completion: str) -> list[int]:
-    """Token ids of an answer, ended by EOS (the model must learn to stop)."""
-    return tokenizer(completion, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+# --- when an answer has ended: one definition for SFT targets, generation, PPO and reward scoring ---
+
+_TEMPLATE_END: dict[tuple[int, str], int | None] = {}
+_ANSWER_MARKER = "<<instructloop answer>>"
+
+
+def template_end_id(tokenizer) -> int | None:
+    """The special token the chat template closes an assistant turn with (<|im_end|>, <|eot_id|>,
+    <end_of_turn>...), read off the template itself; None without a template or such a token."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
+        return None
+    key = (id(tokenizer), template)
+    if key not in _TEMPLATE_END:
+        found = None
+        try:
+            text = tokenizer.apply_chat_template(
+                [{"role": "user", "content": "x"}, {"role": "assistant", "content": _ANSWER_MARKER}], tokenize=False)
+        except Exception:  # a template that refuses this conversation: no end token to learn from it
+            text = ""
+        if _ANSWER_MARKER in text:
+            tail = tokenizer(text.split(_ANSWER_MARKER, 1)[1], add_special_tokens=False).input_ids
+            special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
+            found = tail[0] if tail and tail[0] in special else None
+        _TEMPLATE_END[key] = found
+    return _TEMPLATE_END[key]
+
+
+def answer_end_id(tokenizer) -> int:
+    """The token that ends an answer in training targets: the chat template's end of turn, else EOS."""
+    end = template_end_id(tokenizer)
+    return tokenizer.eos_token_id if end is None else end
+
+
+def end_ids(tokenizer, generation_config=None) -> list[int]:
+    """Every id after which an answer has ended: the chat template's end of turn, the tokenizer's
+    EOS and every EOS id of the model's generation config (Llama-3, Gemma, Phi-3 end turns with a
+    token other than EOS). Generation, PPO and evaluation all stop at any of them."""
+    configured = getattr(generation_config, "eos_token_id", None)
+    configured = [configured] if isinstance(configured, int) else list(configured or [])
+    ids = [template_end_id(tokenizer), tokenizer.eos_token_id, *configured]
+    return list(dict.fromkeys(i for i in ids if i is not None))
+
+
+def encode_completion(tokenizer, completion: str, *, ended: bool = True) -> list[int]:
+    """Token ids of an answer, closed by answer_end_id when it ended (the model must learn to stop;
+    a sample cut at its length limit is scored as it was, without one)."""
+    ids = tokenizer(completion, add_special_tokens=False).input_ids
+    return ids + [answer_end_id(tokenizer)] if ended else ids
 
 
 def pad_right(rows: list[list[int]], pad_id: int, fill: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -49,16 +49,17 @@ import torch.nn.functional as F
 from trainer.config import PPOConfig
 from trainer.data import SFTExample
 from trainer.errors import TrainingDiverged
-from trainer.modeling import encode_completion, encode_prompt
+from trainer.modeling import encode_completion, encode_prompt, end_ids
 from trainer.sft import IGNORE, response_loss_sum
 
 # --- the math, in small pure functions (tested alone) -------------------------------------------
 
 
-def response_mask_after_eos(responses: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def response_mask_after_eos(responses: torch.Tensor, end_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """(mask, ended): mask is True for the tokens of each response up to and including its first
-    EOS (everything after it is padding); ended says which responses produced an EOS at all."""
-    is_eos = responses == eos_id
+    end token, any of `end_ids` (everything after it is padding); ended says which responses
+    produced one at all."""
+    is_eos = torch.isin(responses, torch.tensor(end_ids, device=responses.device))
     ended = is_eos.any(dim=1)
     # Tokens strictly after the first EOS have a cumulative EOS count above 1 or (count 1 and not EOS).
     seen_before = (is_eos.long().cumsum(dim=1) - is_eos.long()) > 0
@@ -152,14 +153,22 @@ def clipped_value_loss(
 
 
 def disable_dropout(model: torch.nn.Module) -> None:
-    """PPO's ratio assumes the same function at rollout and update time: no dropout anywhere."""
+    """PPO's ratio assumes the same function at rollout and update time: no dropout anywhere.
+
+    Dropout lives in nn.Dropout modules, but also as float attributes that attention and decoder
+    layers copy from the config and pass to F.dropout themselves (Llama's, Qwen's and Mistral's
+    `attention_dropout`, OPT's `dropout`): those are zeroed too, on every module and config."""
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
-    config = getattr(model, "config", None)
-    for name in ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop"):
-        if config is not None and isinstance(getattr(config, name, None), float):
-            setattr(config, name, 0.0)
+        for owner in (module, getattr(module, "config", None)):
+            for name, value in list(vars(owner).items()) if owner is not None else ():
+                if isinstance(value, float) and not isinstance(value, bool) and _is_dropout_rate(name):
+                    setattr(owner, name, 0.0)
+
+
+def _is_dropout_rate(name: str) -> bool:
+    return "dropout" in name or name.endswith("pdrop")
 
 
 def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,7 +197,7 @@ def token_values(value_model, ids: torch.Tensor, mask: torch.Tensor, response_le
     return value_model(ids, mask, per_token=True)[:, -response_len - 1:-1].float()
 
 
-def sampling_settings(config: PPOConfig, eos_id: int, pad_id: int) -> dict:
+def sampling_settings(config: PPOConfig, eos_id: list[int], pad_id: int) -> dict:
     """generate() settings that sample from exactly softmax(logits / temperature) (with top_p): the
     distribution whose log-probs PPO computes. generate() fills any setting left unset from the
     model's generation_config (a hub model may ship top_k, repetition_penalty, min_new_tokens...),
@@ -240,8 +249,9 @@ def check_inputs(policy, ref_policy, reward_model, value_model, tokenizer, promp
     if ref_policy is None and not hasattr(policy, "disable_adapter"):
         raise ValueError("ref_policy is required unless the policy has LoRA adapters (lora_r > 0), whose "
                          "base model then serves as the reference.")
-    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
-        raise ValueError("The tokenizer needs a pad token distinct from EOS (use trainer.modeling.load_tokenizer).")
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id in end_ids(tokenizer, getattr(policy, "generation_config", None)):
+        raise ValueError("The tokenizer needs a pad token distinct from every end token (use "
+                         "trainer.modeling.load_tokenizer).")
     context = getattr(policy.config, "max_position_embeddings", None)
     if context:
         for i, ids in enumerate(prompt_ids):
@@ -337,7 +347,7 @@ def train_ppo(
     check_inputs(policy, ref_policy, reward_model, value_model, tokenizer, prompt_ids, ptx_ids, config,
                  reward_tokenizer, reward_fn)
     device = model_device(policy)
-    pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    pad_id, eos_id = tokenizer.pad_token_id, end_ids(tokenizer, getattr(policy, "generation_config", None))
     for model in (policy, ref_policy, reward_model, value_model):
         if model is not None:
             disable_dropout(model)

@@ -3,7 +3,8 @@ rankings of K outputs per prompt with the paper's K-way loss.
 
 All C(K,2) pairs of one ranking form one batch element, and each of the K completions runs
 through the model once (K forwards instead of the 2*C(K,2) of a pairwise trainer); the loss is
-the mean over the batch's pairs of -log sigmoid(r_winner - r_loser). Tied outputs are not
+the mean over the batch's rankings of each ranking's mean over its pairs of
+-log sigmoid(r_winner - r_loser) (InstructGPT's 1/C(K,2) per ranking). Tied outputs are not
 compared. After training, the head's bias is shifted so the demonstrations' mean score is 0, and
 the accuracy on held-out pairs is reported.
 
@@ -84,9 +85,9 @@ def encode_rankings(tokenizer, rankings: list[RankingExample], max_length: int) 
         used = sorted({i for pair in pairs for i in pair})  # unranked outputs need no forward
         slot = {i: s for s, i in enumerate(used)}
         prompt_ids = encode_prompt(tokenizer, example.prompt)
-        sequences = [
-            encode_sequence(prompt_ids, encode_completion(tokenizer, example.completions[i]), max_length) for i in used
-        ]
+        ended = example.ended or [True] * len(example.completions)
+        sequences = [encode_sequence(prompt_ids, encode_completion(tokenizer, example.completions[i], ended=ended[i]),
+                                     max_length) for i in used]
         encoded.append(EncodedRanking(sequences, [(slot[w], slot[l]) for w, l in pairs]))
     return encoded
 
@@ -98,17 +99,24 @@ def score(model: ScalarHeadModel, sequences: list[list[int]], pad_id: int) -> to
 
 
 def kway_step_loss(model, rankings: list[EncodedRanking], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum over all pairs of -log sigmoid(r_w - r_l), per-pair margins r_w - r_l), with one
-    forward per completion: the K sequences of every ranking go through the model in one batch."""
-    sequences, winners, losers, offset = [], [], [], 0
+    """(sum over the rankings of each ranking's mean -log sigmoid(r_w - r_l) over its pairs,
+    per-pair margins r_w - r_l), with one forward per completion: the K sequences of every ranking
+    go through the model in one batch.
+
+    Each ranking weighs the same whatever its K, as in InstructGPT (the loss is 1/C(K,2) times the
+    sum over a ranking's pairs): averaging over all pairs of a batch instead let a K=9 ranking (36
+    pairs) outweigh two K=4 rankings (6 pairs each) three to one."""
+    sequences, winners, losers, weights, offset = [], [], [], [], 0
     for ranking in rankings:
         sequences += ranking.sequences
         winners += [offset + w for w, _ in ranking.pairs]
         losers += [offset + l for _, l in ranking.pairs]
+        weights += [1.0 / len(ranking.pairs)] * len(ranking.pairs)
         offset += len(ranking.sequences)
     rewards = score(model, sequences, pad_id)
     margins = rewards[winners] - rewards[losers]
-    return -F.logsigmoid(margins).sum(), margins
+    per_pair = torch.tensor(weights, device=margins.device, dtype=margins.dtype)
+    return (-F.logsigmoid(margins) * per_pair).sum(), margins
 
 
 def pairwise_step_loss(model, rankings: list[EncodedRanking], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,8 +124,9 @@ def pairwise_step_loss(model, rankings: list[EncodedRanking], pad_id: int) -> tu
     own sequences (2 * C(K,2) forwards per ranking), as a pairwise trainer does."""
     chosen = [r.sequences[w] for r in rankings for w, _ in r.pairs]
     rejected = [r.sequences[l] for r in rankings for _, l in r.pairs]
+    weights = torch.tensor([1.0 / len(r.pairs) for r in rankings for _ in r.pairs])
     margins = score(model, chosen, pad_id) - score(model, rejected, pad_id)
-    return -F.logsigmoid(margins).sum(), margins
+    return (-F.logsigmoid(margins) * weights.to(margins)).sum(), margins
 
 
 @torch.no_grad()
@@ -132,7 +141,8 @@ def evaluate(model, rankings: list[EncodedRanking], pad_id: int, batch_size: int
         correct += int((margins > 0).sum())
         pairs += margins.numel()
     model.train(was_training)
-    return {"accuracy": correct / max(pairs, 1), "loss": loss / max(pairs, 1), "pairs": float(pairs)}
+    # accuracy over pairs (as the paper reports it), loss as trained: per ranking
+    return {"accuracy": correct / max(pairs, 1), "loss": loss / max(len(rankings), 1), "pairs": float(pairs)}
 
 
 @torch.no_grad()
@@ -221,16 +231,17 @@ def train_reward(
                 if micro and should_stop():  # cancel mid-batch: drop the partial gradients, keep the last step
                     result["stopped_early"] = 1.0
                     break
-                # 4. K forwards per ranking; the loss is the mean over the whole batch's pairs.
+                # 4. K forwards per ranking; the loss is the mean over the batch's rankings of each
+                # ranking's mean over its pairs.
                 loss_sum, margins = kway_step_loss(model, batch[micro : micro + config.micro_batch_size], pad_id)
-                (loss_sum / batch_pairs).backward()
+                (loss_sum / len(batch)).backward()
                 loss_total += loss_sum.item()
                 correct += int((margins.detach() > 0).sum())
             if result["stopped_early"]:
                 optimizer.zero_grad(set_to_none=True)
                 total_steps = step
                 break
-            loss = loss_total / batch_pairs
+            loss = loss_total / len(batch)
             if not math.isfinite(loss):
                 raise TrainingDiverged(
                     f"Reward loss became {loss} at step {step + 1}: lower learning_rate (now {config.learning_rate})."
