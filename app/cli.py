@@ -227,18 +227,21 @@ def import_prompts(file: str, project_ref: str, fmt: str, valid_pct: float, test
 @click.argument("kind", type=click.Choice(["sft", "preferences", "rankings"]))
 @click.option("--project", "project_ref", required=True, help="Project name or id.")
 @click.option("--split", "splits", multiple=True, type=click.Choice(["train", "valid", "test"]),
-              help="Only these splits (repeat the option); default all.")
+              help="Only these splits (repeat the option); default train (valid and test are for evaluation).")
+@click.option("--format", "fmt", type=click.Choice(["plain", "conversational"]), default="plain", show_default=True,
+              help="conversational: chat messages, so TRL applies the model's chat template.")
 @click.option("--exclude-labeler", "exclude", multiple=True, type=int, help="Leave out this labeler id (repeatable).")
 @click.option("-o", "--output", default="-", show_default=True, type=click.Path(dir_okay=False, allow_dash=True),
               help="Output file.")
-def export_data(kind: str, project_ref: str, splits: tuple[str, ...], exclude: tuple[int, ...], output: str) -> None:
+def export_data(kind: str, project_ref: str, splits: tuple[str, ...], fmt: str, exclude: tuple[int, ...],
+                output: str) -> None:
     """Export KIND as JSON Lines: sft (prompt/completion), preferences (prompt/chosen/rejected), rankings."""
     from app.services import ServiceError, exports, projects
 
     try:
         with _sessionmaker(Settings())() as session:
             project = projects.project_by_name_or_id(session, project_ref)
-            f = exports.ExportFilter(project.id, list(splits), list(exclude))
+            f = exports.ExportFilter(project.id, list(splits), list(exclude), fmt)
             exports.check(session, kind, f)
             n = 0
             with click.open_file(output, "w", encoding="utf-8") as out:

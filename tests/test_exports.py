@@ -25,13 +25,15 @@ def _load(path):
 
 
 def test_export_rows(session, world):
-    f = exports.ExportFilter(world.project.id)
+    f = exports.ExportFilter(world.project.id, splits=["train", "valid", "test"])
     sft = list(exports.sft_rows(session, f))
-    assert sorted(r["completion"] for r in sft) == ["demo one", "demo two"]
+    assert sorted((r["completion"], r["split"]) for r in sft) == [("demo one", "train"), ("demo two", "test")]
+    default = exports.ExportFilter(world.project.id)  # the train split only: valid and test are for evaluation
+    assert [r["completion"] for r in exports.sft_rows(session, default)] == ["demo one"]
     prefs = list(exports.preference_rows(session, f))
     # l1: 6 pairs, l2: 6, l3: 5 (its a = b tie dropped), the comparison: 1 (x beat y).
     assert len(prefs) == 18
-    assert {"prompt": "prompt 1", "chosen": "answer x", "rejected": "answer y"} in prefs
+    assert {"prompt": "prompt 1", "chosen": "answer x", "rejected": "answer y", "split": "train"} in prefs
     assert not any(p["chosen"] == "output a" and p["rejected"] == "output b"
                    for p in prefs[12:17])  # l3 tied a and b
     rankings = list(exports.ranking_rows(session, f))
@@ -43,19 +45,51 @@ def test_export_rows(session, world):
     only_l1 = exports.ExportFilter(world.project.id, exclude_labelers=[world.l2.id, world.l3.id])
     assert len(list(exports.ranking_rows(session, only_l1))) == 1
     test_only = exports.ExportFilter(world.project.id, splits=["test"])
-    assert list(exports.sft_rows(session, test_only)) == [{"prompt": "prompt 2", "completion": "demo two"}]
+    assert list(exports.sft_rows(session, test_only)) == [{"prompt": "prompt 2", "completion": "demo two", "split": "test"}]
+
+
+def test_a_rejected_demonstration_is_not_exported(session, world):
+    from app.models import Demonstration
+
+    session.execute(Demonstration.__table__.update().where(Demonstration.text == "demo one").values(accepted=False))
+    session.commit()
+    f = exports.ExportFilter(world.project.id, splits=["train", "valid", "test"])
+    assert [r["completion"] for r in exports.sft_rows(session, f)] == ["demo two"]
+
+
+def test_conversational_format_is_chat_messages(session, world):
+    f = exports.ExportFilter(world.project.id, format="conversational")
+    (sft,) = exports.sft_rows(session, f)
+    assert sft == {"messages": [{"role": "user", "content": "prompt 1"}, {"role": "assistant", "content": "demo one"}],
+                   "split": "train"}
+    prefs = list(exports.preference_rows(session, f))
+    assert {"prompt": [{"role": "user", "content": "prompt 1"}], "chosen": [{"role": "assistant", "content": "answer x"}],
+            "rejected": [{"role": "assistant", "content": "answer y"}], "split": "train"} in prefs
+    ranking = next(exports.ranking_rows(session, f))
+    assert ranking["prompt"] == [{"role": "user", "content": "prompt 0"}]
+    assert ranking["completions"][0]["messages"] == [{"role": "assistant", "content": "output a"}]
+    with pytest.raises(ServiceError, match="Unknown format"):
+        exports.check(session, "sft", exports.ExportFilter(world.project.id, format="xml"))
 
 
 def test_download_each_export_and_load_with_datasets(admin_client, world, tmp_path):
-    for kind, columns, n in [("sft", {"prompt", "completion"}, 2), ("preferences", {"prompt", "chosen", "rejected"}, 18),
-                             ("rankings", {"prompt", "completions", "order", "labeler_id", "ratings"} - {"ratings"}, 3)]:
-        r = admin_client.get(f"/admin/projects/{world.project.id}/export/{kind}")
+    for kind, columns, n in [("sft", {"prompt", "completion", "split"}, 2),
+                             ("preferences", {"prompt", "chosen", "rejected", "split"}, 18),
+                             ("rankings", {"prompt", "completions", "order", "labeler_id", "split"}, 3)]:
+        r = admin_client.get(f"/admin/projects/{world.project.id}/export/{kind}?split=all")
         assert r.status_code == 200, r.text
-        assert r.headers["content-disposition"] == f'attachment; filename="stats-{kind}.jsonl"'
+        assert r.headers["content-disposition"] == f'attachment; filename="stats-{kind}-train-valid-test.jsonl"'
         path = tmp_path / f"{kind}.jsonl"
         path.write_bytes(r.content)
         ds = _load(path)
         assert len(ds) == n and columns <= set(ds.column_names)
+    for kind, columns in [("sft", {"messages", "split"}), ("preferences", {"prompt", "chosen", "rejected", "split"})]:
+        r = admin_client.get(f"/admin/projects/{world.project.id}/export/{kind}?format=conversational")
+        path = tmp_path / f"{kind}-chat.jsonl"
+        path.write_bytes(r.content)
+        ds = _load(path)
+        assert columns <= set(ds.column_names) and set(ds["split"]) == {"train"}
+        assert isinstance(ds[0]["messages" if kind == "sft" else "chosen"], list)
     assert admin_client.get(f"/admin/projects/{world.project.id}/exports").status_code == 200
 
 
@@ -70,7 +104,7 @@ def test_empty_and_bad_exports(admin_client, session, world):
     assert r.status_code == 400 and "ids" in r.text
     r = admin_client.get(f"/admin/projects/{world.project.id}/export/sft?split=nope")
     assert r.status_code == 400 and "Unknown split" in r.text
-    with pytest.raises(ServiceError, match="with these filters"):
+    with pytest.raises(ServiceError, match="on the valid split"):
         exports.check(session, "rankings", exports.ExportFilter(world.project.id, splits=["valid"]))
 
 
@@ -89,7 +123,9 @@ def test_cli_export_and_load(cli_env, world, tmp_path):
     assert len(_load(out)) == 18
     r = cli_env.invoke(cli, ["export", "sft", "--project", str(world.project.id), "--split", "train"])
     assert r.exit_code == 0 and len(r.stdout.strip().splitlines()) == 1
-    assert json.loads(r.stdout.splitlines()[0]).keys() == {"prompt", "completion"}
+    assert json.loads(r.stdout.splitlines()[0]).keys() == {"prompt", "completion", "split"}
+    r = cli_env.invoke(cli, ["export", "sft", "--project", "Stats", "--format", "conversational"])
+    assert r.exit_code == 0 and json.loads(r.stdout.splitlines()[0])["messages"][1]["role"] == "assistant"
     r = cli_env.invoke(cli, ["export", "sft", "--project", "Nope"])
     assert r.exit_code == 1 and "There is no project 'Nope'" in r.output
 

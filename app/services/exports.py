@@ -5,6 +5,13 @@
   labeler put in different groups of a ranking, and every A/B comparison that is not a tie. Ties dropped.
 - rankings: one row per ranking with all outputs, the full order with ties, ratings, flags,
   the order shown and the labeler id.
+
+Every row says its prompt's `split`; an export holds the train split unless others are asked for
+(valid and test prompts are for evaluation). Two formats, as TRL reads them:
+- plain: strings; a trainer then sees the text without the chat template;
+- conversational: message lists (sft: {"messages": [user, assistant]}; preferences: "prompt" as
+  [user], "chosen"/"rejected" as [assistant]; rankings: "prompt" as [user] and each completion's
+  "messages" as [assistant]), so TRL applies the model's chat template.
 """
 
 import json
@@ -28,19 +35,33 @@ KINDS = {
 BATCH = 1000
 
 
+FORMATS = {"plain": "plain strings", "conversational": "chat messages (TRL's conversational format)"}
+SPLITS = ("train", "valid", "test")
+
+
 @dataclass
 class ExportFilter:
     project_id: int
     splits: list[str] = field(default_factory=list)
-    """Empty: every split."""
+    """Empty: the train split only."""
     exclude_labelers: list[int] = field(default_factory=list)
+    format: str = "plain"
+
+    def __post_init__(self) -> None:
+        self.splits = list(self.splits) or ["train"]
+
+
+def _user(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+def _assistant(text: str) -> list[dict[str, str]]:
+    return [{"role": "assistant", "content": text}]
 
 
 def _scoped(stmt, model, f: ExportFilter):
     stmt = stmt.join(Task, Task.id == model.task_id).join(Prompt, Prompt.id == Task.prompt_id).where(
-        Task.project_id == f.project_id)
-    if f.splits:
-        stmt = stmt.where(Prompt.split.in_(f.splits))
+        Task.project_id == f.project_id, Prompt.split.in_(f.splits))
     if f.exclude_labelers:
         stmt = stmt.where(model.user_id.not_in(f.exclude_labelers))
     return stmt
@@ -58,11 +79,22 @@ def _batches(session: Session, stmt, id_column) -> Iterator[list]:
 
 
 def sft_rows(session: Session, f: ExportFilter) -> Iterator[dict[str, Any]]:
-    stmt = _scoped(select(Demonstration.id, Prompt.text, Demonstration.text), Demonstration, f).where(
+    """Accepted demonstrations only: an admin's rejected ones are left out, as in training."""
+    stmt = _scoped(select(Demonstration.id, Prompt.text, Demonstration.text, Prompt.split), Demonstration, f).where(
         Demonstration.accepted)
     for rows in _batches(session, stmt, Demonstration.id):
-        for _, prompt, completion in rows:
-            yield {"prompt": prompt, "completion": completion}
+        for _, prompt, completion, split in rows:
+            if f.format == "conversational":
+                yield {"messages": _user(prompt) + _assistant(completion), "split": split.value}
+            else:
+                yield {"prompt": prompt, "completion": completion, "split": split.value}
+
+
+def _pair(f: ExportFilter, prompt: str, chosen: str, rejected: str, split) -> dict[str, Any]:
+    if f.format == "conversational":
+        return {"prompt": _user(prompt), "chosen": _assistant(chosen), "rejected": _assistant(rejected),
+                "split": split.value}
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected, "split": split.value}
 
 
 def _outputs(session: Session, task_ids: list[int]) -> dict[int, list[tuple[int, str, str]]]:
@@ -87,35 +119,40 @@ def _ranking_batches(session: Session, f: ExportFilter):
 
 def preference_rows(session: Session, f: ExportFilter) -> Iterator[dict[str, Any]]:
     for rows, outputs in _ranking_batches(session, f):
-        for _, ranking, _pid, prompt, _split in rows:
+        for _, ranking, _pid, prompt, split in rows:
             texts = {cid: text for cid, text, *_ in outputs[ranking.task_id]}
             order = [[c for c in group if c in texts] for group in ranking.order]
             for i, better in enumerate(order):
                 for worse in order[i + 1:]:
                     for a in better:
                         for b in worse:
-                            yield {"prompt": prompt, "chosen": texts[a], "rejected": texts[b]}
+                            yield _pair(f, prompt, texts[a], texts[b], split)
     stmt = _scoped(select(Comparison.id, Prompt.text, Comparison.choice, Comparison.a_completion_id,
-                          Comparison.b_completion_id), Comparison, f).where(Comparison.choice != ComparisonChoice.tie)
+                          Comparison.b_completion_id, Prompt.split), Comparison, f).where(
+        Comparison.choice != ComparisonChoice.tie)
     for rows in _batches(session, stmt, Comparison.id):
         ids = {c for r in rows for c in (r[3], r[4])}
         texts = dict(session.execute(select(Completion.id, Completion.text).where(Completion.id.in_(ids))).all())
-        for _, prompt, choice, a, b in rows:
+        for _, prompt, choice, a, b, split in rows:
             chosen, rejected = (a, b) if choice == ComparisonChoice.a else (b, a)
-            yield {"prompt": prompt, "chosen": texts[chosen], "rejected": texts[rejected]}
+            yield _pair(f, prompt, texts[chosen], texts[rejected], split)
 
 
 def ranking_rows(session: Session, f: ExportFilter) -> Iterator[dict[str, Any]]:
     for rows, outputs in _ranking_batches(session, f):
         for _, r, prompt_id, prompt, split in rows:
             ratings = r.ratings or {}
+            conversational = f.format == "conversational"
+            completions = []
+            for cid, text, source, model_id in outputs[r.task_id]:
+                rating = ratings.get(str(cid)) or {}
+                completions.append({"id": cid, "text": text, "source": source, "model_version_id": model_id,
+                                    "likert": rating.get("likert"), "flags": list(rating.get("flags") or []),
+                                    **({"messages": _assistant(text)} if conversational else {})})
             yield {
-                "ranking_id": r.id, "task_id": r.task_id, "prompt_id": prompt_id, "prompt": prompt,
-                "split": split.value, "labeler_id": r.user_id,
-                "completions": [{"id": cid, "text": text, "source": source, "model_version_id": model_id,
-                                 "likert": (ratings.get(str(cid)) or {}).get("likert"),
-                                 "flags": list((ratings.get(str(cid)) or {}).get("flags") or [])}
-                                for cid, text, source, model_id in outputs[r.task_id]],
+                "ranking_id": r.id, "task_id": r.task_id, "prompt_id": prompt_id,
+                "prompt": _user(prompt) if conversational else prompt,
+                "split": split.value, "labeler_id": r.user_id, "completions": completions,
                 "order": r.order, "display_order": r.display_order, "none_acceptable": r.none_acceptable,
                 "time_spent_ms": r.time_spent_ms, "guideline_version_id": r.guideline_version_id,
                 "created_at": r.created_at.isoformat(),
@@ -129,9 +166,11 @@ def check(session: Session, kind: str, f: ExportFilter) -> None:
     """Refuses an export that would be empty or unknown, before any byte is sent."""
     if kind not in ROWS:
         raise ServiceError(f"Unknown export {kind!r}; choose one of {', '.join(ROWS)}.", status_code=404)
-    bad = [s for s in f.splits if s not in ("train", "valid", "test")]
+    bad = [s for s in f.splits if s not in SPLITS]
     if bad:
         raise ServiceError(f"Unknown split {bad[0]!r}; use train, valid or test.")
+    if f.format not in FORMATS:
+        raise ServiceError(f"Unknown format {f.format!r}; use {' or '.join(FORMATS)}.")
     if kind == "sft":
         probe = _scoped(select(Demonstration.id), Demonstration, f).where(Demonstration.accepted)
     else:
@@ -143,7 +182,8 @@ def check(session: Session, kind: str, f: ExportFilter) -> None:
         what = {"sft": "accepted demonstrations", "preferences": "rankings or comparisons",
                 "rankings": "rankings"}[kind]
         raise ServiceError(f"Nothing to export: this project has no {what} yet"
-                           f"{' with these filters' if f.splits or f.exclude_labelers else ''}.")
+                           f" on the {'/'.join(f.splits)} split{'s' * (len(f.splits) > 1)}"
+                           f"{' with these filters' if f.exclude_labelers else ''}.")
     if kind == "preferences" and not any(True for _ in _first_preference(session, f)):
         raise ServiceError("Nothing to export: every ranking so far is a full tie, so there are no preference pairs.")
 
@@ -159,6 +199,7 @@ def jsonl_lines(session: Session, kind: str, f: ExportFilter) -> Iterator[str]:
         yield json.dumps(row, ensure_ascii=False) + "\n"
 
 
-def filename(project: Project, kind: str) -> str:
+def filename(project: Project, kind: str, f: ExportFilter | None = None) -> str:
     slug = re.sub(r"[^a-z0-9]+", "-", project.name.lower()).strip("-") or f"project-{project.id}"
-    return f"{slug}-{kind}.jsonl"
+    suffix = "" if f is None else "-" + "-".join(f.splits) + ("-chat" if f.format == "conversational" else "")
+    return f"{slug}-{kind}{suffix}.jsonl"

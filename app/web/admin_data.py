@@ -35,13 +35,13 @@ def data_page(request: Request, session: SessionDep, user: AdminUser, project: s
 
 @router.get("/projects/{project_id}/export/{kind}")
 def export_download(request: Request, session: SessionDep, user: AdminUser, project_id: IdPath, kind: str,
-                    split: str = "", exclude: str = ""):
+                    split: str = "train", exclude: str = "", format: str = "plain"):
     project = projects.get_project(session, project_id)
     try:
         excluded = [int(x) for x in exclude.replace(" ", "").split(",") if x]
     except ValueError:
         raise ServiceError("Leave out labelers by their ids, separated by commas (e.g. 3,7).") from None
-    f = exports.ExportFilter(project.id, [split] if split else [], excluded)
+    f = exports.ExportFilter(project.id, list(exports.SPLITS) if split == "all" else [split], excluded, format)
     exports.check(session, kind, f)
     maker = request.app.state.sessionmaker
 
@@ -50,7 +50,7 @@ def export_download(request: Request, session: SessionDep, user: AdminUser, proj
         with maker() as s:
             yield from exports.jsonl_lines(s, kind, f)
 
-    name = exports.filename(project, kind)
+    name = exports.filename(project, kind, f)
     return StreamingResponse(body(), media_type="application/x-ndjson",
                              headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
@@ -59,4 +59,5 @@ def export_download(request: Request, session: SessionDep, user: AdminUser, proj
 def exports_page(request: Request, session: SessionDep, user: AdminUser, project_id: IdPath):
     project = projects.get_project(session, project_id)
     labelers = [row.user for row in stats.labeler_figures(session, project.id) if row.total]
-    return render(request, "admin/exports.html", {"project": project, "kinds": exports.KINDS, "labelers": labelers})
+    return render(request, "admin/exports.html", {"project": project, "kinds": exports.KINDS, "labelers": labelers,
+                                                  "formats": exports.FORMATS})

@@ -190,9 +190,11 @@ def add_prompts(project_id: IdPath, body: PromptsIn, session: SessionDep, user: 
 
 @router.get("/projects/{project_id}/exports/{kind}")
 def export(project_id: IdPath, kind: str, request: Request, session: SessionDep, user: ApiAdmin,
-           split: list[str] = Query(default=[]), exclude_labelers: list[Id] = Query(default=[])):
+           split: list[str] = Query(default=[], description="Splits to export (repeat); default: train only."),
+           exclude_labelers: list[Id] = Query(default=[]),
+           format: str = Query("plain", description="plain (strings) or conversational (chat messages, as TRL reads them).")):
     p = projects.get_project(session, project_id)
-    f = exports.ExportFilter(p.id, split, exclude_labelers)
+    f = exports.ExportFilter(p.id, split, exclude_labelers, format)
     exports.check(session, kind, f)
     maker = request.app.state.sessionmaker
 
@@ -201,4 +203,4 @@ def export(project_id: IdPath, kind: str, request: Request, session: SessionDep,
             yield from exports.jsonl_lines(s, kind, f)
 
     return StreamingResponse(body(), media_type="application/x-ndjson",
-                             headers={"Content-Disposition": f'attachment; filename="{exports.filename(p, kind)}"'})
+                             headers={"Content-Disposition": f'attachment; filename="{exports.filename(p, kind, f)}"'})
