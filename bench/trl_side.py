@@ -178,10 +178,73 @@ def trl_sft(spec: dict) -> dict:
     }
 
 
+def trl_check(spec: dict) -> dict:
+    """What an ML engineer does with instructloop's outputs in TRL: one optimizer step each of
+    RewardTrainer from the project's reward-model folder, and of SFTTrainer / DPOTrainer /
+    RewardTrainer on the project's exports (plain and conversational) loaded with `datasets`.
+    Reports per check whether it ran and whether TRL applied the model's chat template."""
+    import torch
+    from datasets import load_dataset
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer, SFTConfig, SFTTrainer
+
+    torch.set_num_threads(spec["threads"])
+    exports, results = spec["exports"], {}
+    tokenizer = AutoTokenizer.from_pretrained(spec["policy"])
+    marker = spec["template_marker"]  # text only the chat template writes (e.g. "<|assistant|>")
+
+    def common(name: str) -> dict:
+        return dict(output_dir=str(Path(spec["workdir"]) / name), max_steps=1, per_device_train_batch_size=2,
+                    learning_rate=1e-4, logging_steps=1, save_strategy="no", report_to=[], disable_tqdm=True,
+                    use_cpu=True, seed=0)
+
+    def first_ids(trainer) -> list[int]:
+        """The token ids TRL made of the first example (its column names differ per trainer and version)."""
+        row = trainer.train_dataset[0]
+        keys = [k for k in row if k.endswith("ids") and k != "completion_ids"] or list(row)
+        return [i for k in keys if isinstance(row[k], list) for i in row[k] if isinstance(i, int)]
+
+    def record(name: str, trainer) -> None:
+        try:
+            out = trainer.train()
+            text = tokenizer.decode(first_ids(trainer))
+            results[name] = {"ok": True, "loss": float(out.training_loss), "chat_template_applied": marker in text}
+        except Exception as exc:  # report the failure in the table instead of stopping the other checks
+            results[name] = {"ok": False, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+
+    def reward_pairs(path: str):
+        ds = load_dataset("json", data_files=path, split="train")
+        return ds.remove_columns([c for c in ds.column_names if c not in ("prompt", "chosen", "rejected")])
+
+    # 1. The project's reward model folder, loaded as TRL loads any reward model.
+    rm = AutoModelForSequenceClassification.from_pretrained(spec["reward_model"], num_labels=1)
+    for fmt in ("plain", "conversational"):
+        train = reward_pairs(exports[f"preferences-{fmt}"])
+        trainer = RewardTrainer(model=rm, args=RewardConfig(**common(f"rm-folder-{fmt}")), train_dataset=train,
+                                processing_class=tokenizer)
+        record(f"RewardTrainer from our reward-model folder, preferences ({fmt})", trainer)
+    # 2. The exports in each trainer.
+    for fmt in ("plain", "conversational"):
+        sft = load_dataset("json", data_files=exports[f"sft-{fmt}"], split="train").remove_columns(["split"])
+        trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(spec["policy"]), train_dataset=sft,
+                             args=SFTConfig(**common(f"sft-{fmt}"), max_length=256), processing_class=tokenizer)
+        record(f"SFTTrainer on the sft export ({fmt})", trainer)
+        prefs = reward_pairs(exports[f"preferences-{fmt}"])
+        trainer = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(spec["policy"]), train_dataset=prefs,
+                             args=DPOConfig(**common(f"dpo-{fmt}"), max_length=256), processing_class=tokenizer)
+        record(f"DPOTrainer on the preferences export ({fmt})", trainer)
+        trainer = RewardTrainer(
+            model=AutoModelForSequenceClassification.from_pretrained(spec["policy"], num_labels=1),
+            train_dataset=reward_pairs(exports[f"rankings-pairs-{fmt}"]),
+            args=RewardConfig(**common(f"rm-rankings-{fmt}")), processing_class=tokenizer)
+        record(f"RewardTrainer on the rankings export ({fmt})", trainer)
+    return {"checks": results}
+
+
 def main() -> None:
     kind, spec_path, result_path = sys.argv[1:4]
     spec = json.loads(Path(spec_path).read_text())
-    result = {"rm": trl_reward, "sft": trl_sft}[kind](spec)
+    result = {"rm": trl_reward, "sft": trl_sft, "check": trl_check}[kind](spec)
     import trl
 
     result["trl_version"] = trl.__version__
