@@ -64,7 +64,7 @@ def test_create_run_defaults_to_a_registered_base_model(session, project):
     ({"kind": "distill"}, 400, "Unknown run kind 'distill'"),
     ({"kind": "generate", "config": {"k": 1, "top_p": 0, "nope": 1}}, 422, "Unknown setting 'nope'"),
     ({"kind": "generate", "config": {"k": 1}}, 422, "k must be 0"),
-    ({"kind": "generate", "config": {"temperature": "hot"}}, 422, "temperature must be a number"),
+    ({"kind": "generate", "config": {"temperature": "hot"}}, 422, "temperature must be a finite number"),
     ({"kind": "evaluate", "config": {"split": "train"}}, 422, "held-out split"),
     ({"kind": "sft"}, 400, "no accepted demonstrations"),
     ({"kind": "reward"}, 400, "no rankings"),
