@@ -95,6 +95,9 @@ def _common_args(spec: dict, device: str) -> dict:
         dataloader_num_workers=0,
         use_cpu=device == "cpu",
         bf16=device == "cuda",
+        # The project's trainers default to no activation checkpointing; TRL's configs default to it
+        # on (slower, less memory). Same setting on both sides, or the speed figures flatter ours.
+        gradient_checkpointing=spec.get("gradient_checkpointing", False),
     )
 
 
