@@ -46,6 +46,8 @@ def test_home_and_demonstration_form(labeler_client, session):
     assert r.status_code == 200 and "Draft saved" in r.text
     too_long = c.post(f"/label/task/{tid}/draft", data={"text": "x" * 41}, headers={"X-CSRF-Token": token})
     assert too_long.status_code == 400 and "Draft not saved" in too_long.text and "limit is 40" in too_long.text
+    nul = c.post(f"/label/task/{tid}/draft", data={"text": "a\x00b"}, headers={"X-CSRF-Token": token})
+    assert nul.status_code == 422 and "Draft not saved: The draft contains a NUL character" in nul.text
     assert "&lt;script&gt;" in c.get(f"/label/task/{tid}").text  # the restored draft is escaped too
     r = c.post(f"/label/task/{tid}/submit", data={"text": "x" * 41, "csrf_token": token, "idempotency_key": "k"})
     assert r.status_code == 400 and "limit is 40" in r.text and "x" * 41 in r.text   # answer kept in the form

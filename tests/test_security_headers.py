@@ -75,3 +75,13 @@ def test_no_template_has_inline_script():
         assert not re.search(r"<script(?![^>]*\bsrc=)", text), f"inline <script> in {path}"
         assert not re.search(r"\son[a-z]+\s*=", text), f"inline event handler in {path}"
         assert "javascript:" not in text, path
+
+
+def test_a_forged_flash_cookie_puts_nothing_on_the_page(client):
+    """The flash cookie is signed: a cookie set by someone else (a subdomain, a proxy) is ignored."""
+    import json
+
+    from app.main import FLASH_COOKIE
+
+    client.cookies.set(FLASH_COOKIE, json.dumps([["error", "Your account is locked, call +1 555 0100"]]))
+    assert "call +1 555 0100" not in client.get("/login").text

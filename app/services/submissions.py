@@ -39,7 +39,7 @@ from app.models import (
     count_output_flags,
 )
 from app.services import Conflict, Forbidden, NotFound, ServiceError
-from app.validation import check_values
+from app.validation import check_values, text_problem
 from app.services.queue import TASK_OUTPUT_IDS, SUBMISSION_MODELS
 
 MAX_TIME_SPENT_MS = 24 * 3600 * 1000
@@ -221,6 +221,8 @@ def clean_demonstration(text: str, limit: int) -> str:
         raise ServiceError("The demonstration is empty. Write the answer you would want the assistant to give.")
     if len(text) > limit:
         raise ServiceError(f"The demonstration has {len(text)} characters; the limit is {limit}.")
+    if problem := text_problem(text):
+        raise ServiceError(f"The demonstration {problem}; remove it and save again.", status_code=422)
     return text
 
 
@@ -383,6 +385,8 @@ def save_draft(session: Session, user: User, task_id: int, text: str) -> Draft:
     text = (text or "").replace("\r\n", "\n")
     if len(text) > limit:
         raise ServiceError(f"The draft has {len(text)} characters; the limit is {limit}.")
+    if problem := text_problem(text):
+        raise ServiceError(f"The draft {problem}.", status_code=422)
     draft = session.scalar(select(Draft).where(Draft.task_id == task_id, Draft.user_id == user.id))
     if draft is None:
         draft = Draft(task_id=task_id, user_id=user.id)
