@@ -118,15 +118,20 @@ def create_invite(session: Session, email: str, *, role: Role, created_by: User 
     return token
 
 
+def _open_link(session: Session, model: type[Invite] | type[PasswordReset], token: str, what: str):
+    """The row of a one-time link (invite or password reset), or why it can't be used."""
+    row = session.scalar(select(model).where(model.token_hash == token_hash(token)))
+    if row is None:
+        raise NotFound(f"This {what} link is not valid. Ask an admin for a new one.")
+    if row.used_at is not None:
+        raise ServiceError(f"This {what} link was already used. Log in, or ask an admin for a new one.", status_code=410)
+    if row.expires_at < utcnow():
+        raise ServiceError(f"This {what} link has expired. Ask an admin for a new one.", status_code=410)
+    return row
+
+
 def open_invite(session: Session, token: str) -> Invite:
-    invite = session.scalar(select(Invite).where(Invite.token_hash == token_hash(token)))
-    if invite is None:
-        raise NotFound("This invite link is not valid. Ask an admin for a new one.")
-    if invite.used_at is not None:
-        raise ServiceError("This invite link was already used. Log in, or ask an admin for a new one.", status_code=410)
-    if invite.expires_at < utcnow():
-        raise ServiceError("This invite link has expired. Ask an admin for a new one.", status_code=410)
-    return invite
+    return _open_link(session, Invite, token, "invite")
 
 
 def accept_invite(session: Session, token: str, password: str, name: str = "") -> User:
@@ -284,14 +289,7 @@ def create_password_reset(session: Session, user_id: int, *, created_by: User | 
 
 
 def open_password_reset(session: Session, token: str) -> PasswordReset:
-    reset = session.scalar(select(PasswordReset).where(PasswordReset.token_hash == token_hash(token)))
-    if reset is None:
-        raise NotFound("This reset link is not valid. Ask an admin for a new one.")
-    if reset.used_at is not None:
-        raise ServiceError("This reset link was already used. Ask an admin for a new one.", status_code=410)
-    if reset.expires_at < utcnow():
-        raise ServiceError("This reset link has expired. Ask an admin for a new one.", status_code=410)
-    return reset
+    return _open_link(session, PasswordReset, token, "reset")
 
 
 def use_password_reset(session: Session, token: str, password: str) -> User:
@@ -301,7 +299,7 @@ def use_password_reset(session: Session, token: str, password: str) -> User:
     _set_password(session, user, password)
     if not session.execute(update(PasswordReset).where(PasswordReset.id == reset.id, PasswordReset.used_at.is_(None))
                            .values(used_at=utcnow())).rowcount:
-        raise ServiceError("This reset link was already used. Ask an admin for a new one.", status_code=410)
+        raise ServiceError("This reset link was already used. Log in, or ask an admin for a new one.", status_code=410)
     end_sessions(session, user.id)
     return user
 
