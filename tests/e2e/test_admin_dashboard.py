@@ -87,12 +87,14 @@ def test_admin_runs_the_loop_in_a_browser(live_server, page_at, shot, make_user,
     session.commit()
 
     # 4. Start an SFT run from its form; a real worker trains it while the page plots the loss. The
-    #    first run is far too long to finish (100k epochs), so the test sees its plot grow whatever the
-    #    machine's speed, then cancels it from the page; a second, short run goes to the end.
-    def queue_sft(epochs: int) -> int:
+    #    first run is far too long to finish (1,000 epochs of one-example steps, the most the form
+    #    allows), so the test sees its plot grow whatever the machine's speed, then cancels it from the
+    #    page; a second, short run goes to the end.
+    def queue_sft(epochs: int, batch: int = 4) -> int:
         page.goto(f"{live_server}/admin/runs/new?kind=sft&project={project_id}")
         page.select_option("select[name=model_0]", str(base.id))
-        for name, value in {"epochs": str(epochs), "batch_size": "4", "micro_batch_size": "4", "max_length": "64",
+        for name, value in {"epochs": str(epochs), "batch_size": str(batch), "micro_batch_size": str(batch),
+                            "max_length": "64",
                             "max_prompt_length": "32", "learning_rate": "0.003", "warmup_ratio": "0"}.items():
             page.fill(f"input[name=cfg_{name}]", value)
         shot(page, "admin-run-new")
@@ -100,7 +102,7 @@ def test_admin_runs_the_loop_in_a_browser(live_server, page_at, shot, make_user,
         page.wait_for_url(re.compile(r".*/admin/runs/\d+$"))
         return int(page.url.rsplit("/", 1)[1])
 
-    long_run = queue_sft(epochs=100_000)
+    long_run = queue_sft(epochs=1000, batch=1)
     assert "waiting for a worker" in page.locator("#run-live").inner_text()  # none started yet
     page.evaluate("window.notReloaded = true")
     engine = session.get_bind()  # a fresh session per look: a held SQLite snapshot would never see the end
