@@ -195,7 +195,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
         errors = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
-        return JSONResponse({"detail": "Invalid request.", "errors": errors}, status_code=422)
+        if _wants_json(request):
+            return JSONResponse({"detail": "Invalid request.", "errors": errors}, status_code=422)
+        what = "; ".join(f"{e['loc'][-1]}: {e['msg']}" for e in errors[:3])
+        return render(request, "error.html", {"title": "Not a valid address", "message": f"This page can't be "
+                                              f"shown for these values ({what})."}, status_code=422)
 
     @app.exception_handler(OperationalError)
     async def _db_down(request: Request, exc: OperationalError):
