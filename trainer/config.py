@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 SPLITS = ("train", "valid", "test")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "bf16-pure")  # see trainer/precision.py
 
 
 @dataclass
@@ -55,6 +56,8 @@ class SFTConfig:
     """Train LoRA adapters of this rank instead of all weights (0 = full fine-tuning)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, about 30% slower)."""
+    precision: str = "auto"
+    """Training precision: auto (bf16 on GPUs that have it, fp16 on older GPUs, fp32 on the CPU), fp32, bf16 or fp16 (mixed: fp32 master weights under autocast), or bf16-pure (half the memory, but small updates round away: only for a model that does not fit otherwise)."""
     seed: int = 0
     """Seeds shuffling (and the worker seeds model init): the same data and seed give the same metrics on the CPU."""
 
@@ -105,6 +108,8 @@ class RewardConfig:
     """Train LoRA adapters of this rank on the backbone (the head is always trained; 0 = full fine-tuning)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, about 30% slower)."""
+    precision: str = "auto"
+    """Training precision: auto (bf16 on GPUs that have it, fp16 on older GPUs, fp32 on the CPU), fp32, bf16 or fp16 (mixed: fp32 master weights under autocast), or bf16-pure (half the memory, but small updates round away: only for a model that does not fit otherwise)."""
     seed: int = 0
     """Seeds shuffling: the same data and seed give the same metrics on the CPU."""
 
@@ -115,9 +120,15 @@ class RewardConfig:
         return problems
 
 
+def _precision_problems(config) -> list[str]:
+    if config.precision not in PRECISIONS:
+        return [f"precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}."]
+    return []
+
+
 def _optimizer_problems(config) -> list[str]:
     """Checks shared by SFTConfig and RewardConfig."""
-    problems = []
+    problems = _precision_problems(config)
     if not 0 < config.learning_rate < 1:
         problems.append(f"learning_rate must be in (0, 1), got {config.learning_rate}.")
     if config.epochs < 1:
@@ -274,11 +285,14 @@ class PPOConfig:
     low_memory: bool = False
     """Keep the reference and reward models in CPU memory and move each to the GPU only for its
     forward pass (with lora_r and gradient_checkpointing, a 1B-parameter PPO fits on 24 GB)."""
+    precision: str = "auto"
+    """Training precision: auto (bf16 on GPUs that have it, fp16 on older GPUs, fp32 on the CPU), fp32, bf16 or fp16 (mixed: fp32 master weights under autocast), or bf16-pure (half the memory, but small updates round away: only for a model that does not fit otherwise)."""
     seed: int = 0
     """Seeds prompt order, sampling and minibatch shuffling."""
 
     def validate(self) -> list[str]:
         problems = _sampling_problems(self.temperature, self.top_p, self.max_new_tokens, batch_size=1)
+        problems += _precision_problems(self)
         if self.forward_batch_size < 1:
             problems.append(f"forward_batch_size must be at least 1, got {self.forward_batch_size}.")
         if not 0 < self.learning_rate < 1:

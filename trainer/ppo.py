@@ -50,6 +50,7 @@ from trainer.config import PPOConfig
 from trainer.data import SFTExample
 from trainer.errors import TrainingDiverged
 from trainer.modeling import encode_completion, encode_prompt, end_ids
+from trainer.precision import for_model
 from trainer.sft import IGNORE, response_loss_sum
 
 # --- the math, in small pure functions (tested alone) -------------------------------------------
@@ -354,6 +355,8 @@ def train_ppo(
     for model in (ref_policy, reward_model):
         if model is not None:
             model.eval().requires_grad_(False)
+    precision = for_model(config.precision, policy)  # fp32 master weights unless bf16-pure
+    for_model(config.precision, value_model)
     policy_params = [p for p in policy.parameters() if p.requires_grad]
     value_params = [p for p in value_model.parameters() if p.requires_grad]
     optimizer = adamw(policy_params + value_params, config.learning_rate)
@@ -392,7 +395,7 @@ def train_ppo(
         policy.eval()
         value_model.eval()
         responses = []
-        with torch.no_grad():
+        with torch.no_grad(), precision.autocast():
             for lo in range(0, len(batch), config.forward_batch_size):
                 out = policy.generate(input_ids=queries[lo:lo + config.forward_batch_size],
                                       attention_mask=query_mask[lo:lo + config.forward_batch_size],
@@ -472,35 +475,41 @@ def train_ppo(
                 ids = seqs[rows][:, first:width + resp_len]
                 ids_mask = seq_mask[rows][:, first:width + resp_len]
                 mb_mask = mask[rows][:, :resp_len]
-                logits = policy_logits(policy, ids, ids_mask, resp_len)
-                new_logprobs = logprobs_from_logits(logits, responses[rows][:, :resp_len], config.temperature)
-                pg_loss, clip_frac, approx_kl = clipped_policy_loss(
-                    new_logprobs, logprobs[rows][:, :resp_len], advantages[rows][:, :resp_len], mb_mask,
-                    config.cliprange)
-                new_values = token_values(value_model, ids, ids_mask, resp_len)
-                vf_loss = clipped_value_loss(new_values, values[rows][:, :resp_len], returns[rows][:, :resp_len],
-                                             mb_mask, config.cliprange_value)
-                loss = pg_loss + config.vf_coef * vf_loss
-                if ptx_ids and config.ptx_coef > 0:
-                    # PPO-ptx: the SFT loss (response tokens only) on a batch of demonstrations.
-                    demos = [(p + c, [IGNORE] * len(p) + c) for p, c in
-                             (ptx_ids[i] for i in take(ptx_queue, config.ptx_batch_size, len(ptx_ids)))]
-                    loss_sum, tokens = response_loss_sum(policy, demos, pad_id)
-                    ptx_loss = loss_sum / max(tokens, 1)
-                    loss = loss + config.ptx_coef * ptx_loss
-                    stats["ptx_loss"].append(ptx_loss.detach())
+                with precision.autocast():  # the forward passes of this minibatch (backward runs outside)
+                    logits = policy_logits(policy, ids, ids_mask, resp_len)
+                    new_logprobs = logprobs_from_logits(logits, responses[rows][:, :resp_len], config.temperature)
+                    pg_loss, clip_frac, approx_kl = clipped_policy_loss(
+                        new_logprobs, logprobs[rows][:, :resp_len], advantages[rows][:, :resp_len], mb_mask,
+                        config.cliprange)
+                    new_values = token_values(value_model, ids, ids_mask, resp_len)
+                    vf_loss = clipped_value_loss(new_values, values[rows][:, :resp_len], returns[rows][:, :resp_len],
+                                                 mb_mask, config.cliprange_value)
+                    loss = pg_loss + config.vf_coef * vf_loss
+                    if ptx_ids and config.ptx_coef > 0:
+                        # PPO-ptx: the SFT loss (response tokens only) on a batch of demonstrations.
+                        demos = [(p + c, [IGNORE] * len(p) + c) for p, c in
+                                 (ptx_ids[i] for i in take(ptx_queue, config.ptx_batch_size, len(ptx_ids)))]
+                        loss_sum, tokens = response_loss_sum(policy, demos, pad_id)
+                        ptx_loss = loss_sum / max(tokens, 1)
+                        loss = loss + config.ptx_coef * ptx_loss
+                        stats["ptx_loss"].append(ptx_loss.detach())
                 if not torch.isfinite(loss):
                     raise diverged(f"Step {step}: the loss became {float(loss.detach())}.", policy, good_state,
                                    good_step)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                # Clipped per model: the value loss's large early gradients must not shrink the policy's step.
-                grad_norm = (torch.nn.utils.clip_grad_norm_(policy_params, config.max_grad_norm)
-                             + torch.nn.utils.clip_grad_norm_(value_params, config.max_grad_norm))
-                if not torch.isfinite(grad_norm):
-                    raise diverged(f"Step {step}: the gradient norm became {float(grad_norm)}.", policy,
-                                   good_state, good_step)
-                optimizer.step()
+                precision.backward(loss)
+
+                def clip() -> torch.Tensor:
+                    # Clipped per model: the value loss's large early gradients must not shrink the policy's step.
+                    norm = (torch.nn.utils.clip_grad_norm_(policy_params, config.max_grad_norm)
+                            + torch.nn.utils.clip_grad_norm_(value_params, config.max_grad_norm))
+                    # fp16: the scaler skips a step whose gradients overflowed; otherwise it is divergence.
+                    if not torch.isfinite(norm) and precision.scaler is None:
+                        raise diverged(f"Step {step}: the gradient norm became {float(norm)}.", policy,
+                                       good_state, good_step)
+                    return norm
+
+                precision.step(optimizer, clip)
                 for name, value in (("policy_loss", pg_loss), ("value_loss", vf_loss), ("clip_frac", clip_frac),
                                     ("approx_kl", approx_kl)):
                     stats[name].append(value.detach())

@@ -33,6 +33,7 @@ from trainer.config import RewardConfig
 from trainer.data import RankingExample, SFTExample
 from trainer.errors import TrainingDiverged
 from trainer.modeling import ScalarHeadModel, encode_completion, encode_prompt, pad_right
+from trainer.precision import for_model
 
 MetricsCallback = Callable[[int, int, dict[str, float]], None]
 
@@ -196,6 +197,7 @@ def train_reward(
     total_steps = steps_per_epoch * config.epochs
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
+    precision = for_model(config.precision, model)  # fp32 master weights unless bf16-pure
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=(0.9, 0.95), weight_decay=config.weight_decay,
                                   fused=True)  # one kernel for all parameters (CPU and GPU)
@@ -233,8 +235,9 @@ def train_reward(
                     break
                 # 4. K forwards per ranking; the loss is the mean over the batch's rankings of each
                 # ranking's mean over its pairs.
-                loss_sum, margins = kway_step_loss(model, batch[micro : micro + config.micro_batch_size], pad_id)
-                (loss_sum / len(batch)).backward()
+                with precision.autocast():
+                    loss_sum, margins = kway_step_loss(model, batch[micro : micro + config.micro_batch_size], pad_id)
+                precision.backward(loss_sum / len(batch))
                 loss_total += loss_sum.item()
                 correct += int((margins.detach() > 0).sum())
             if result["stopped_early"]:
@@ -246,8 +249,7 @@ def train_reward(
                 raise TrainingDiverged(
                     f"Reward loss became {loss} at step {step + 1}: lower learning_rate (now {config.learning_rate})."
                 )
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm).item()
-            optimizer.step()
+            grad_norm = precision.step(optimizer, lambda: torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)).item()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -260,7 +262,8 @@ def train_reward(
             # 5. Held-out pairs every eval_every steps and at the end.
             stopping = should_stop()  # cancel / SIGTERM, polled once per step
             if valid_rows and (stopping or step % eval_every == 0 or step == total_steps):
-                held_out = evaluate(model, valid_rows, pad_id, config.eval_batch_size)
+                with precision.autocast():
+                    held_out = evaluate(model, valid_rows, pad_id, config.eval_batch_size)
                 metrics.update(valid_loss=held_out["loss"], valid_accuracy=held_out["accuracy"])
                 result.update(valid_loss=held_out["loss"], valid_accuracy=held_out["accuracy"])
             on_metrics(step, total_steps, metrics)

@@ -28,6 +28,7 @@ from trainer.config import SFTConfig
 from trainer.data import SFTExample
 from trainer.errors import TrainingDiverged
 from trainer.modeling import encode_completion, encode_prompt, pad_right
+from trainer.precision import for_model
 
 IGNORE = -100  # label of the prompt's tokens: no loss there
 
@@ -105,6 +106,7 @@ def train_sft(
     total_steps = steps_per_epoch * config.epochs
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
+    precision = for_model(config.precision, model)  # fp32 master weights unless bf16-pure
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=(0.9, 0.95), weight_decay=config.weight_decay,
                                   fused=True)  # one kernel for all parameters (CPU and GPU)
@@ -119,7 +121,8 @@ def train_sft(
     best = {"valid_loss": math.inf, "step": 0, "weights": None}
     result = {"steps": 0.0, "train_loss": math.nan, "tokens": 0.0, "stopped_early": 0.0}
     if valid_rows:
-        result["initial_valid_loss"] = held_out_loss(model, valid_rows, pad_id, config.eval_batch_size)
+        with precision.autocast():
+            result["initial_valid_loss"] = held_out_loss(model, valid_rows, pad_id, config.eval_batch_size)
         on_metrics(0, total_steps, {"valid_loss": result["initial_valid_loss"]})
 
     # 4. The loop: one optimizer step per batch_size demonstrations, accumulated over micro-batches.
@@ -141,8 +144,9 @@ def train_sft(
                     result["stopped_early"] = 1.0
                     break
                 rows = batch[micro : micro + config.micro_batch_size]
-                loss_sum, _ = response_loss_sum(model, rows, pad_id)
-                (loss_sum / batch_tokens).backward()
+                with precision.autocast():
+                    loss_sum, _ = response_loss_sum(model, rows, pad_id)
+                precision.backward(loss_sum / batch_tokens)
                 loss_total += loss_sum.item()
                 tokens_seen += sum(len(ids) for ids, _ in rows)
             if result["stopped_early"]:
@@ -155,8 +159,7 @@ def train_sft(
                 raise TrainingDiverged(
                     f"SFT loss became {loss} at step {step + 1}: lower learning_rate (now {config.learning_rate})."
                 )
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm).item()
-            optimizer.step()
+            grad_norm = precision.step(optimizer, lambda: torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)).item()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -167,7 +170,8 @@ def train_sft(
             # 6. Held-out loss every eval_every steps (and at the end); remember the best weights.
             stopping = should_stop()  # cancel / SIGTERM, polled once per step
             if valid_rows and (stopping or step % eval_every == 0 or step == total_steps):
-                metrics["valid_loss"] = held_out_loss(model, valid_rows, pad_id, config.eval_batch_size)
+                with precision.autocast():
+                    metrics["valid_loss"] = held_out_loss(model, valid_rows, pad_id, config.eval_batch_size)
                 result["valid_loss"] = metrics["valid_loss"]
                 if metrics["valid_loss"] < best["valid_loss"]:
                     best.update(valid_loss=metrics["valid_loss"], step=step)
