@@ -272,3 +272,17 @@ def test_command_line_trains_and_saves_the_policy(sft_folder, tmp_path, capsys):
     assert (out / "config.json").is_file()
     assert '"steps": 1.0' in capsys.readouterr().out
     assert load_causal_lm(str(out), device="cpu") is not None
+
+
+def test_a_lora_value_model_trains_only_its_adapters_and_head(sft_folder):
+    """value_lora_r: the value model as LoRA adapters on the reward model's backbone, plus its head."""
+    policy, ref, _, tokenizer = models(sft_folder)
+    value = ScalarHeadModel.from_causal_lm(sft_folder, device="cpu", lora_r=4, gradient_checkpointing=True)
+    frozen = {n: p.detach().clone() for n, p in value.named_parameters() if not p.requires_grad}
+    history = []
+    train_ppo(policy, ref, None, value, tokenizer, PROMPTS, small(total_episodes=16), reward_fn=says_a_number,
+              on_metrics=lambda s, t, m: history.append(m))
+    trained = [n for n, p in value.named_parameters() if p.requires_grad]
+    assert trained and all("lora_" in n or n.startswith("head.") for n in trained)
+    assert all(torch.equal(p, frozen[n]) for n, p in value.named_parameters() if n in frozen)
+    assert history[0]["peak_memory_mb"] > 0

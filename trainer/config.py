@@ -280,8 +280,12 @@ class PPOConfig:
     lora_r: int = 0
     """Train LoRA adapters of this rank on the policy (0 = full fine-tuning); the reference is then
     the policy with its adapters switched off, so the backbone is held once."""
+    value_lora_r: int = 0
+    """Train the value model (started from the reward model) as LoRA adapters of this rank and its
+    head (0 = all its weights): with a full-size value model, PPO holds two trained models."""
     gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass (less memory, about 30% slower)."""
+    """Recompute activations in the backward pass, of the policy and the value model (less memory,
+    about 30% slower)."""
     low_memory: bool = False
     """Keep the reference and reward models in CPU memory and move each to the GPU only for its
     forward pass (with lora_r and gradient_checkpointing, a 1B-parameter PPO fits on 24 GB)."""
@@ -332,6 +336,8 @@ class PPOConfig:
             problems.append(f"max_grad_norm must be above 0, got {self.max_grad_norm}.")
         if self.lora_r < 0:
             problems.append(f"lora_r must be 0 (full fine-tuning) or positive, got {self.lora_r}.")
+        if self.value_lora_r < 0:
+            problems.append(f"value_lora_r must be 0 (all weights) or positive, got {self.value_lora_r}.")
         return problems
 
 
@@ -362,7 +368,7 @@ RUN_CONFIGS: dict[str, type] = {
 # are not JSON); these settings also get an upper bound that keeps a run possible to finish. The
 # lower bounds and the relations between settings are in each config's validate().
 INT_MAX = 2**31 - 1
-UPPER_BOUNDS = {"epochs": 1000, "ppo_epochs": 100, "lora_r": 4096, **{name: 65536 for name in (
+UPPER_BOUNDS = {"epochs": 1000, "ppo_epochs": 100, "lora_r": 4096, "value_lora_r": 4096, **{name: 65536 for name in (
     "batch_size", "micro_batch_size", "eval_batch_size", "rollout_batch_size", "minibatch_size",
     "forward_batch_size", "ptx_batch_size")}}
 

@@ -38,6 +38,7 @@ One process, one device: multi-GPU goes through accelerate/torchrun (DDP/FSDP), 
 import json
 import math
 import random
+import resource
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -314,6 +315,16 @@ def diverged(message: str, policy, good_state: dict | None, good_step: int) -> T
     return error
 
 
+def peak_memory_mb(device: torch.device) -> float:
+    """The GPU's peak allocation during this step (reset after reading), or the process's peak
+    resident memory on the CPU (which only grows)."""
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+        torch.cuda.reset_peak_memory_stats(device)
+        return peak
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 # --- the algorithm -----------------------------------------------------------------------------
 
 
@@ -527,6 +538,7 @@ def train_ppo(
             "response_length": float(lengths.mean()),
             "eos_fraction": float(ended.float().mean()),
             "episodes_per_s": step * config.rollout_batch_size / (time.perf_counter() - started),
+            "peak_memory_mb": peak_memory_mb(device),
         }
         metrics.update({name: float(torch.stack(v).mean()) for name, v in stats.items() if v})
         steps_done = step
@@ -569,7 +581,7 @@ def main(argv: list[str] | None = None) -> None:
                             gradient_checkpointing=config.gradient_checkpointing)
     ref = None if config.lora_r else load_causal_lm(source, device=frozen)
     reward = ScalarHeadModel.from_pretrained(args.reward, device=frozen)
-    value = ScalarHeadModel.from_pretrained(args.reward, device=device,
+    value = ScalarHeadModel.from_pretrained(args.reward, device=device, lora_r=config.value_lora_r,
                                             gradient_checkpointing=config.gradient_checkpointing)
     prompts = [row["prompt"] for row in standalone.read_jsonl(args.prompts)]
     ptx = [SFTExample(row["prompt"], row["completion"]) for row in standalone.read_jsonl(args.ptx)]

@@ -544,7 +544,8 @@ def run_ppo(ctx: RunContext) -> Outcome:
     policy = modeling.load_causal_lm(policy_source, device=ctx.device, **_model_options(config))
     ref_policy = None if config.lora_r else modeling.load_causal_lm(policy_source, device=frozen_device)
     reward_model = modeling.ScalarHeadModel.from_pretrained(reward_source, device=frozen_device)
-    value_model = modeling.ScalarHeadModel.from_pretrained(reward_source, device=ctx.device)
+    value_model = modeling.ScalarHeadModel.from_pretrained(reward_source, device=ctx.device, lora_r=config.value_lora_r,
+                                                           gradient_checkpointing=config.gradient_checkpointing)
     ctx.checkpoint()
     try:
         result = train_ppo(policy, ref_policy, reward_model, value_model, tokenizer, [p.text for p in prompts], config,
