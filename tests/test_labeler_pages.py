@@ -165,3 +165,8 @@ def test_a_get_of_a_queue_link_leases_nothing(labeler_client, session):
     session.expire_all()
     assert session.scalar(select(Lease)) is None
     assert _task_id(_start(labeler_client, project.id, "comparison"))
+
+
+def test_a_task_that_does_not_exist_says_so(labeler_client):
+    r = labeler_client.get("/label/task/99999")
+    assert r.status_code == 404 and "There is no task 99999" in r.text

@@ -92,6 +92,8 @@ def _next_task(request: Request, user: User, project_id: int, kind: TaskKind, *,
 def _task_context(session: Session, user: User, task_id: int) -> dict:
     got = queue.assignment(session, task_id, user.id)
     if got is None:
+        if session.get(Task, task_id) is None:
+            raise NotFound(f"There is no task {task_id}. Go back to your work list to get the next one.")
         raise NotFound("This task is not assigned to you (it may have been submitted or skipped). "
                        "Go back to your work list to get the next one.")
     project = session.get(Project, got.project_id)
