@@ -51,7 +51,7 @@ from trainer.config import PPOConfig
 from trainer.data import SFTExample
 from trainer.errors import TrainingDiverged
 from trainer.modeling import encode_completion, encode_prompt, end_ids
-from trainer.precision import for_model
+from trainer.precision import for_model, load_dtype
 from trainer.sft import IGNORE, response_loss_sum
 
 # --- the math, in small pure functions (tested alone) -------------------------------------------
@@ -577,11 +577,12 @@ def main(argv: list[str] | None = None) -> None:
     device = pick_device()
     frozen = torch.device("cpu") if config.low_memory else device
     torch.manual_seed(config.seed)
-    policy = load_causal_lm(source, device=device, lora_r=config.lora_r,
+    policy = load_causal_lm(source, device=device, lora_r=config.lora_r, dtype=load_dtype(config.precision),
                             gradient_checkpointing=config.gradient_checkpointing)
     ref = None if config.lora_r else load_causal_lm(source, device=frozen)
     reward = ScalarHeadModel.from_pretrained(args.reward, device=frozen)
     value = ScalarHeadModel.from_pretrained(args.reward, device=device, lora_r=config.value_lora_r,
+                                            dtype=load_dtype(config.precision),
                                             gradient_checkpointing=config.gradient_checkpointing)
     prompts = [row["prompt"] for row in standalone.read_jsonl(args.prompts)]
     ptx = [SFTExample(row["prompt"], row["completion"]) for row in standalone.read_jsonl(args.ptx)]

@@ -69,6 +69,13 @@ def resolve(name: str, device: torch.device | str) -> Precision:
     return Precision(name, device.type, scaler)
 
 
+def load_dtype(name: str) -> torch.dtype:
+    """The dtype to load a model that will be trained in: fp32 (the master weights, as accelerate's
+    mixed precision keeps them) unless bf16-pure. Measured on SmolLM2 (bench/precision.py): loading in
+    bf16 and training bf16-mixed from those rounded weights lowered the held-out loss much less."""
+    return torch.bfloat16 if name == "bf16-pure" else torch.float32
+
+
 def for_model(name: str, model: torch.nn.Module) -> Precision:
     """The precision for training `model`, its trainable weights (the master weights) put in the
     dtype it wants: fp32 for fp32/bf16/fp16 (a model loaded in bf16 gets fp32 copies of what it
@@ -78,4 +85,9 @@ def for_model(name: str, model: torch.nn.Module) -> Precision:
     for param in model.parameters():
         if param.requires_grad and param.dtype != precision.weights_dtype:
             param.data = param.data.to(precision.weights_dtype)
+    if precision.weights_dtype == torch.float32:  # small constants such as rotary frequencies, in fp32 too
+        for module in model.modules():
+            for key, buffer in module._buffers.items():
+                if buffer is not None and buffer.is_floating_point() and buffer.dtype != torch.float32:
+                    module._buffers[key] = buffer.float()
     return precision

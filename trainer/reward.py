@@ -33,7 +33,7 @@ from trainer.config import RewardConfig
 from trainer.data import RankingExample, SFTExample
 from trainer.errors import TrainingDiverged
 from trainer.modeling import ScalarHeadModel, encode_completion, encode_prompt, pad_right
-from trainer.precision import for_model
+from trainer.precision import for_model, load_dtype
 
 MetricsCallback = Callable[[int, int, dict[str, float]], None]
 
@@ -298,6 +298,7 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = load_tokenizer(source)
     torch.manual_seed(config.seed)
     model = ScalarHeadModel.from_causal_lm(source, device=pick_device(), lora_r=config.lora_r,
+                                           dtype=load_dtype(config.precision),
                                            gradient_checkpointing=config.gradient_checkpointing)
     train, valid = ([RankingExample(prompt=r["prompt"], completions=r["completions"], order=r["order"])
                      for r in standalone.read_jsonl(path)] for path in (args.train, args.valid))

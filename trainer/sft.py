@@ -28,7 +28,7 @@ from trainer.config import SFTConfig
 from trainer.data import SFTExample
 from trainer.errors import TrainingDiverged
 from trainer.modeling import encode_completion, encode_prompt, pad_right
-from trainer.precision import for_model
+from trainer.precision import for_model, load_dtype
 
 IGNORE = -100  # label of the prompt's tokens: no loss there
 
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     source = resolve_model_source(args.model, args.cache)
     tokenizer = load_tokenizer(source)
     torch.manual_seed(config.seed)
-    model = load_causal_lm(source, device=pick_device(), lora_r=config.lora_r,
+    model = load_causal_lm(source, device=pick_device(), lora_r=config.lora_r, dtype=load_dtype(config.precision),
                            gradient_checkpointing=config.gradient_checkpointing)
     train, valid = ([SFTExample(r["prompt"], r["completion"]) for r in standalone.read_jsonl(path)]
                     for path in (args.train, args.valid))

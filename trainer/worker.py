@@ -451,8 +451,12 @@ def _plain(value: Any) -> Any:
 # ---- sft, reward, ppo: load, train, save -------------------------------------------------------
 
 def _model_options(config) -> dict:
+    """How to load the model a run trains: its dtype follows the run's precision (fp32 master weights
+    unless bf16-pure), then checkpointing and LoRA."""
+    from trainer.precision import load_dtype
+
     return {"gradient_checkpointing": bool(getattr(config, "gradient_checkpointing", False)),
-            "lora_r": int(getattr(config, "lora_r", 0) or 0)}
+            "lora_r": int(getattr(config, "lora_r", 0) or 0), "dtype": load_dtype(config.precision)}
 
 
 def _seed(config) -> None:
@@ -545,7 +549,8 @@ def run_ppo(ctx: RunContext) -> Outcome:
     ref_policy = None if config.lora_r else modeling.load_causal_lm(policy_source, device=frozen_device)
     reward_model = modeling.ScalarHeadModel.from_pretrained(reward_source, device=frozen_device)
     value_model = modeling.ScalarHeadModel.from_pretrained(reward_source, device=ctx.device, lora_r=config.value_lora_r,
-                                                           gradient_checkpointing=config.gradient_checkpointing)
+                                                           gradient_checkpointing=config.gradient_checkpointing,
+                                                           dtype=_model_options(config)["dtype"])
     ctx.checkpoint()
     try:
         result = train_ppo(policy, ref_policy, reward_model, value_model, tokenizer, [p.text for p in prompts], config,
