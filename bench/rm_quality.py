@@ -16,7 +16,6 @@ learns little from a few thousand pairs; the comparison is what matters. Accurac
 right when the chosen answer scores strictly higher."""
 
 import argparse
-import gzip
 import json
 import random
 import subprocess
@@ -28,24 +27,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 HH = ROOT.parent / "shared" / "data" / "hh-rlhf"
-FILES = {"helpful-base": "test-first1554.jsonl.gz", "helpful-online": "test.jsonl.gz",
-         "helpful-rejection-sampled": "test.jsonl.gz"}
-TURN = "\n\nAssistant:"
 
 
 def load_pairs() -> list[tuple[str, str, str]]:
-    pairs = []
-    for split, name in FILES.items():
-        with gzip.open(HH / split / name, "rt", encoding="utf-8") as f:
-            for line in f:
-                row = json.loads(line)
-                chosen, rejected = row["chosen"], row["rejected"]
-                cut = chosen.rfind(TURN)
-                if chosen == rejected or cut < 0 or chosen[:cut] != rejected[:cut]:
-                    continue
-                pairs.append((chosen[:cut].strip(), chosen[cut + len(TURN):].strip(),
-                              rejected[cut + len(TURN):].strip()))
-    return pairs
+    """(prompt, chosen answer, rejected answer), as tests/test_reward_hh.py reads the helpful splits."""
+    from tests.test_reward_hh import load_helpful
+
+    return [(r.prompt, r.completions[0], r.completions[1]) for r in load_helpful()]
 
 
 def our_side(spec: dict) -> dict:
