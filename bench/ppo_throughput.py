@@ -79,7 +79,7 @@ def prepare(out: Path, device: str, size: str) -> dict:
     import transformers
     from transformers import LlamaForSequenceClassification
 
-    from trainer.config import RewardConfig, SFTConfig
+    from runconfig import RewardConfig, SFTConfig
     from trainer.data import RankingExample, SFTExample
     from trainer.modeling import ScalarHeadModel, encode_prompt, load_causal_lm, load_tokenizer
     from trainer.reward import train_reward
@@ -172,7 +172,7 @@ def side_ours(paths: dict, s: dict, device: str) -> dict:
     import torch
     import transformers
 
-    from trainer.config import PPOConfig
+    from runconfig import PPOConfig
     from trainer.modeling import ScalarHeadModel, load_causal_lm, load_tokenizer
     from trainer.ppo import train_ppo
 

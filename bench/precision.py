@@ -41,7 +41,7 @@ PAIRS = [
 def one(spec: dict) -> dict:
     import torch
 
-    from trainer.config import SFTConfig
+    from runconfig import SFTConfig
     from trainer.data import SFTExample
     from trainer.modeling import load_causal_lm, load_tokenizer, resolve_model_source
     from trainer.precision import load_dtype

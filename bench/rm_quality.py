@@ -41,7 +41,7 @@ def our_side(spec: dict) -> dict:
     pairs itself, into the same ids the TRL side gets)."""
     import torch
 
-    from trainer.config import RewardConfig
+    from runconfig import RewardConfig
     from trainer.data import RankingExample
     from trainer.modeling import ScalarHeadModel, load_tokenizer
     from trainer.reward import train_reward

@@ -45,7 +45,7 @@ def demonstrations(n: int, seed: int):
 def our_side(spec: dict) -> dict:
     import torch
 
-    from trainer.config import SFTConfig
+    from runconfig import SFTConfig
     from trainer.modeling import load_causal_lm, load_tokenizer
     from trainer.sft import train_sft
 
@@ -90,7 +90,7 @@ def main() -> None:
         print(json.dumps(our_side(json.loads(Path(args.side).read_text()))))
         return
 
-    from trainer.config import SFTConfig
+    from runconfig import SFTConfig
     from trainer.modeling import load_tokenizer, resolve_model_source
     from trainer.sft import IGNORE, encode_example
     from trainer.tiny import make_tiny_model

@@ -90,7 +90,7 @@ def write_exports(url: str, project_id: int, workdir: Path) -> dict[str, str]:
 
 def train_reward_folder(policy: str, workdir: Path) -> str:
     """A reward model trained a few steps by the project's trainer and saved as it saves them."""
-    from trainer.config import RewardConfig
+    from runconfig import RewardConfig
     from trainer.data import RankingExample
     from trainer.modeling import ScalarHeadModel, load_tokenizer
     from trainer.reward import train_reward

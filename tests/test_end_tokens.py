@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from trainer import modeling
-from trainer.config import PPOConfig
+from runconfig import PPOConfig
 from trainer.generate import sample_batches
 from trainer.ppo import train_ppo
 from trainer.tiny import make_tiny_model

@@ -7,7 +7,7 @@ import pytest
 import torch
 import transformers
 
-from trainer.config import PPOConfig
+from runconfig import PPOConfig
 from trainer.data import SFTExample
 from trainer.errors import TrainingDiverged
 from trainer.modeling import ScalarHeadModel, encode_completion, encode_prompt, load_causal_lm, load_tokenizer

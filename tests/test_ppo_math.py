@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from trainer.config import PPOConfig, config_from_dict
+from runconfig import PPOConfig, config_from_dict
 from trainer.ppo import (
     clipped_policy_loss,
     clipped_value_loss,
@@ -119,7 +119,7 @@ def test_clipped_value_loss_by_hand():
 
 
 def test_ppo_config_refuses_bad_values_with_clear_messages():
-    assert PPOConfig().validate() == []
+    assert PPOConfig().problems() == []
     with pytest.raises(ValueError) as err:
         config_from_dict("ppo", {"kl_coef": -0.1, "cliprange": 1.5, "rollout_batch_size": 16, "minibatch_size": 5})
     message = str(err.value)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.test_sft import TRAIN, VALID
-from trainer.config import SFTConfig, config_from_dict
+from runconfig import SFTConfig, config_from_dict
 from trainer.modeling import load_causal_lm, load_tokenizer
 from trainer.precision import resolve
 from trainer.sft import train_sft

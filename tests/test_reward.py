@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from trainer.config import RewardConfig, config_from_dict
+from runconfig import RewardConfig, config_from_dict
 from trainer.data import RankingExample, SFTExample
 from trainer.modeling import ScalarHeadModel, load_tokenizer
 from trainer.reward import (

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tests.conftest import SHARED_DATA
-from trainer.config import RewardConfig
+from runconfig import RewardConfig
 from trainer.data import RankingExample
 from trainer.modeling import ScalarHeadModel, load_tokenizer
 from trainer.reward import train_reward

@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from trainer.config import SFTConfig, config_from_dict
+from runconfig import SFTConfig, config_from_dict
 from trainer.data import SFTExample
 from trainer.errors import TrainingDiverged
 from trainer.modeling import load_causal_lm, load_tokenizer

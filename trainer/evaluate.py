@@ -20,7 +20,7 @@ from app.models import ModelKind, Project, Prompt
 from app.services import tasks
 from app.services.evaluation import win_rate
 from trainer import modeling
-from trainer.config import EvaluateConfig, config_from_dict, config_to_dict
+from runconfig import EvaluateConfig, config_from_dict, config_to_dict
 from trainer.data import snapshot_prompts
 from trainer.generate import sample_batches, split_by_length, store_completions
 

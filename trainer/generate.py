@@ -15,7 +15,7 @@ import torch
 from app.models import Completion, ModelKind, Project, Prompt, TaskKind
 from app.services import tasks
 from trainer import modeling
-from trainer.config import GenerateConfig, config_from_dict, config_to_dict
+from runconfig import GenerateConfig, config_from_dict, config_to_dict
 from trainer.data import PromptItem, snapshot_prompts
 
 

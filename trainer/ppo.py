@@ -47,7 +47,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from trainer.config import PPOConfig
+from runconfig import PPOConfig
 from trainer.data import SFTExample
 from trainer.errors import TrainingDiverged
 from trainer.modeling import encode_completion, encode_prompt, end_ids
@@ -241,7 +241,7 @@ def model_device(model) -> torch.device:
 def check_inputs(policy, ref_policy, reward_model, value_model, tokenizer, prompt_ids, ptx_ids, config,
                  reward_tokenizer, reward_fn) -> None:
     """Bad input as ValueError with what to fix, before any work is done."""
-    problems = config.validate()
+    problems = config.problems()
     if problems:
         raise ValueError("Invalid PPO config: " + " ".join(problems))
     if not prompt_ids:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from trainer.config import PRECISIONS
+from runconfig import PRECISIONS
 
 
 @dataclass

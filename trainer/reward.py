@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-from trainer.config import RewardConfig
+from runconfig import RewardConfig
 from trainer.data import RankingExample, SFTExample
 from trainer.errors import TrainingDiverged
 from trainer.modeling import ScalarHeadModel, encode_completion, encode_prompt, pad_right
@@ -176,7 +176,7 @@ def train_reward(
 ) -> dict:
     """Train `model` in place on the rankings; return the final metrics (held-out accuracy first)."""
     # 1. Check the config and the rankings (bad indices, K < 2) before any work.
-    problems = config.validate()
+    problems = config.problems()
     if problems:
         raise ValueError("Bad reward config: " + " ".join(problems))
     pad_id = tokenizer.pad_token_id

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-from trainer.config import SFTConfig
+from runconfig import SFTConfig
 from trainer.data import SFTExample
 from trainer.errors import TrainingDiverged
 from trainer.modeling import encode_completion, encode_prompt, pad_right
@@ -83,7 +83,7 @@ def train_sft(
 ) -> dict:
     """Fine-tune `model` in place; return the final metrics (train/valid loss, steps, tokens/s)."""
     # 1. Check the config and the data before any work.
-    problems = config.validate()
+    problems = config.problems()
     if problems:
         raise ValueError("Bad SFT config: " + " ".join(problems))
     if not train:

@@ -18,7 +18,7 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 
 def config(kind: str, sets: list[str], **overrides: Any):
-    from trainer.config import config_from_dict
+    from runconfig import config_from_dict
 
     values = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in sets)}
     return config_from_dict(kind, {**values, **overrides})

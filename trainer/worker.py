@@ -467,7 +467,7 @@ def _seed(config) -> None:
 
 def run_sft(ctx: RunContext) -> Outcome:
     from trainer import modeling
-    from trainer.config import config_from_dict
+    from runconfig import config_from_dict
     from trainer.data import snapshot_demonstrations
     from trainer.sft import train_sft
 
@@ -490,7 +490,7 @@ def run_sft(ctx: RunContext) -> Outcome:
 
 def run_reward(ctx: RunContext) -> Outcome:
     from trainer import modeling
-    from trainer.config import config_from_dict
+    from runconfig import config_from_dict
     from trainer.data import DataError, snapshot_demonstrations, snapshot_rankings
     from trainer.reward import train_reward
 
@@ -520,7 +520,7 @@ def run_reward(ctx: RunContext) -> Outcome:
 
 def run_ppo(ctx: RunContext) -> Outcome:
     from trainer import modeling
-    from trainer.config import config_from_dict
+    from runconfig import config_from_dict
     from trainer.data import DataError, snapshot_demonstrations, snapshot_prompts
     from trainer.ppo import train_ppo
 

@@ -71,7 +71,7 @@ def create_run(session: Session, *, project_id: int | None, kind: str, config: d
 
     With no input model, sft/reward/generate start from the config's `model` (when the kind has
     one) or `default_model`, registered as a base version, so the run always records its inputs."""
-    from trainer.config import config_from_dict, config_to_dict  # no torch: plain dataclasses
+    from runconfig import config_from_dict, config_to_dict  # no torch: plain dataclasses
 
     try:
         run_kind = RunKind(kind)

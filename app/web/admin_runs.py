@@ -1,9 +1,7 @@
-"""Admin pages: start runs (a form per kind from trainer.config, with data filters), watch them
+"""Admin pages: start runs (a form per kind from runconfig, with data filters), watch them
 live (htmx polling, SVG plots), cancel; the model registry with its lineage graph and evaluations."""
 
-import ast
 import dataclasses
-import inspect
 import typing
 from functools import cache
 
@@ -17,6 +15,7 @@ from app.services import ServiceError, evaluation, registry, runs, stats
 from app.web.admin_charts import MODEL_COLORS, headline_metrics, line_chart, lineage_graph
 from app.web.render import flash, redirect, render
 from app.web.params import IdPath
+from runconfig import RUN_CONFIGS
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(verify_csrf)], include_in_schema=False)
 KIND_TITLES = {
@@ -32,7 +31,7 @@ MAX_POINTS = 400
 """Points per plotted metric; longer series are thinned evenly (the last point is always kept)."""
 
 
-# ---------------------------------------------------------------- run forms from trainer.config
+# ---------------------------------------------------------------- run forms from runconfig
 
 @dataclasses.dataclass
 class ConfigField:
@@ -43,37 +42,13 @@ class ConfigField:
 
 
 @cache
-def _field_docs() -> dict[str, dict[str, str]]:
-    """Each config field's docstring (the string under it in trainer/config.py)."""
-    from trainer import config as module  # plain dataclasses, no torch
-
-    docs: dict[str, dict[str, str]] = {}
-    for node in ast.parse(inspect.getsource(module)).body:
-        if isinstance(node, ast.ClassDef):
-            fields, body = {}, node.body
-            for stmt, nxt in zip(body, body[1:] + [None]):
-                if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and isinstance(nxt, ast.Expr)
-                        and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str)):
-                    fields[stmt.target.id] = " ".join(nxt.value.value.split())
-            docs[node.name] = fields
-    return docs
-
-
-@cache
 def config_fields(kind: str) -> tuple[str, list[ConfigField]]:
-    from trainer.config import RUN_CONFIGS
-
+    """The run kind's description and its settings, with the docs written under each field."""
     cls = RUN_CONFIGS[kind]
-    hints = typing.get_type_hints(cls)
-    docs = _field_docs().get(cls.__name__, {})
-    out = []
-    for f in dataclasses.fields(cls):
-        if not f.init:
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        out.append(ConfigField(f.name, getattr(hints[f.name], "__name__", str(hints[f.name])), default,
-                               docs.get(f.name, "")))
-    return " ".join((cls.__doc__ or "").split()), out
+    fields = [ConfigField(name, getattr(info.annotation, "__name__", str(info.annotation)), info.default,
+                          " ".join((info.description or "").split()))
+              for name, info in cls.model_fields.items()]
+    return " ".join((cls.__doc__ or "").split()), fields
 
 
 def _config_from_form(kind: str, form) -> dict[str, typing.Any]:

@@ -28,6 +28,7 @@ from app.deps import PermissionDenied, SettingsDep, WriteSessionDep, api_user
 from app.models import ModelKind, ModelVersion, RunKind, RunStatus, TrainingRun, User
 from app.services import evaluation, registry, runs
 from app.web.params import DB_INT_MAX, Id, IdPath, IdQuery
+from runconfig import RUN_CONFIGS
 
 router = APIRouter(prefix="/api/v1", tags=["runs"])
 
@@ -176,9 +177,7 @@ def run_evaluation(run_id: IdPath, session: SessionDep, user: ApiAdmin) -> dict[
 
 @router.get("/run-configs")
 def run_configs(user: ApiAdmin) -> dict[str, dict[str, Any]]:
-    from trainer.config import RUN_CONFIGS  # plain dataclasses, no torch
-
-    return {kind: dataclasses.asdict(cls()) for kind, cls in sorted(RUN_CONFIGS.items())}
+    return {kind: cls().model_dump() for kind, cls in sorted(RUN_CONFIGS.items())}
 
 
 # -- model versions -----------------------------------------------------------------------------

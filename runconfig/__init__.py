@@ -1,25 +1,36 @@
-"""One flat, typed config dataclass per run kind (no torch here: the web app imports this
-to show defaults and to validate a run before it is queued).
+"""Run settings: one pydantic model per run kind, shared by the web app (forms, API, validation
+before a run is queued) and the trainer (which reads them back from the run row). Neither torch
+nor the app is imported here, so both sides may import this module without a package cycle.
 
 Defaults follow the InstructGPT paper (Ouyang et al. 2022, appendix C), scaled for small models.
-Each config has `validate() -> list[str]` returning clear problems (empty when fine).
+Each field's docstring is its documentation (`use_attribute_docstrings`): the run forms and
+`GET /api/v1/run-configs` show it. Each model's `problems()` lists impossible combinations.
 
 `config_from_dict(kind, values)` is the one way in from JSON (API, dashboard, database): it
-refuses unknown keys and wrong types and runs `validate()`, listing every problem at once."""
+refuses unknown keys and wrong types and runs `problems()`, listing every problem at once."""
 
-import dataclasses
-import math
-import types
-import typing
-from dataclasses import dataclass
-from typing import Any
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 SPLITS = ("train", "valid", "test")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "bf16-pure")  # see trainer/precision.py
+INT_MAX = 2**31 - 1  # every integer setting fits the database's integer
 
 
-@dataclass
-class SFTConfig:
+class RunConfig(BaseModel):
+    """Strict JSON types: an int is accepted where a float is wanted, a bool never as a number."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, use_attribute_docstrings=True,
+                              validate_assignment=True)
+
+    def problems(self) -> list[str]:
+        return []
+
+
+class SFTConfig(RunConfig):
     """`sft`: supervised fine-tuning on the accepted demonstrations, loss on the response tokens
     only (InstructGPT appendix C.1: cosine decay, batch 32; 16 epochs there, fewer here because
     small models on small data overfit sooner). Input model: the base (or an earlier SFT) model."""
@@ -61,7 +72,7 @@ class SFTConfig:
     seed: int = 0
     """Seeds shuffling (and the worker seeds model init): the same data and seed give the same metrics on the CPU."""
 
-    def validate(self) -> list[str]:
+    def problems(self) -> list[str]:
         problems = _optimizer_problems(self)
         if not 8 <= self.max_length <= 32768:
             problems.append(f"max_length must be between 8 and 32768 tokens, got {self.max_length}.")
@@ -71,8 +82,7 @@ class SFTConfig:
         return problems
 
 
-@dataclass
-class RewardConfig:
+class RewardConfig(RunConfig):
     """`reward`: a reward model (the input model + a scalar head read at the last real token) trained
     on the labelers' rankings with InstructGPT's K-way loss: all C(K,2) pairs of one ranking form one
     batch element, each completion runs through the model once, ties are dropped (appendix C.2: one
@@ -113,20 +123,20 @@ class RewardConfig:
     seed: int = 0
     """Seeds shuffling: the same data and seed give the same metrics on the CPU."""
 
-    def validate(self) -> list[str]:
+    def problems(self) -> list[str]:
         problems = _optimizer_problems(self)
         if not 8 <= self.max_length <= 32768:
             problems.append(f"max_length must be between 8 and 32768 tokens, got {self.max_length}.")
         return problems
 
 
-def _precision_problems(config) -> list[str]:
+def _precision_problems(config: SFTConfig | RewardConfig | PPOConfig) -> list[str]:
     if config.precision not in PRECISIONS:
         return [f"precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}."]
     return []
 
 
-def _optimizer_problems(config) -> list[str]:
+def _optimizer_problems(config: SFTConfig | RewardConfig) -> list[str]:
     """Checks shared by SFTConfig and RewardConfig."""
     problems = _precision_problems(config)
     if not 0 < config.learning_rate < 1:
@@ -158,8 +168,7 @@ def _optimizer_problems(config) -> list[str]:
     return problems
 
 
-@dataclass
-class GenerateConfig:
+class GenerateConfig(RunConfig):
     """`generate`: sample K outputs per prompt from one model version and create ranking tasks."""
 
     k: int = 0
@@ -183,8 +192,8 @@ class GenerateConfig:
     seed: int = 0
     """Seeds the sampler: the same model, prompts and seed give the same outputs on the CPU."""
 
-    def validate(self) -> list[str]:
-        problems = []
+    def problems(self) -> list[str]:
+        problems: list[str] = []
         if self.k != 0 and not 2 <= self.k <= 9:
             problems.append(f"k must be 0 (the project's K) or between 2 and 9, got {self.k}.")
         problems += _sampling_problems(self.temperature, self.top_p, self.max_new_tokens, self.batch_size)
@@ -195,8 +204,7 @@ class GenerateConfig:
         return problems
 
 
-@dataclass
-class EvaluateConfig:
+class EvaluateConfig(RunConfig):
     """`evaluate`: two model versions answer the same held-out prompts; labelers compare them
     side by side (A/B order randomized per prompt and stored), and an optional reward model
     gives an automatic win rate. Input models: [candidate, baseline] or [candidate, baseline, reward]."""
@@ -218,8 +226,8 @@ class EvaluateConfig:
     seed: int = 0
     """Seeds sampling and the A/B order."""
 
-    def validate(self) -> list[str]:
-        problems = []
+    def problems(self) -> list[str]:
+        problems: list[str] = []
         if self.split not in ("valid", "test"):
             problems.append(f"split must be a held-out split (valid or test), got {self.split!r}.")
         if self.num_prompts < 0:
@@ -228,8 +236,7 @@ class EvaluateConfig:
         return problems
 
 
-@dataclass
-class PPOConfig:
+class PPOConfig(RunConfig):
     """`ppo`: optimize the policy (from an SFT model) against a frozen reward model, with a per-token
     KL penalty to the frozen SFT reference (InstructGPT's "PPO" and, with ptx_coef > 0, "PPO-ptx").
     Input models: [policy (SFT), reward]; the value model starts from the reward model.
@@ -294,7 +301,7 @@ class PPOConfig:
     seed: int = 0
     """Seeds prompt order, sampling and minibatch shuffling."""
 
-    def validate(self) -> list[str]:
+    def problems(self) -> list[str]:
         problems = _sampling_problems(self.temperature, self.top_p, self.max_new_tokens, batch_size=1)
         problems += _precision_problems(self)
         if self.forward_batch_size < 1:
@@ -342,7 +349,7 @@ class PPOConfig:
 
 
 def _sampling_problems(temperature: float, top_p: float, max_new_tokens: int, batch_size: int) -> list[str]:
-    problems = []
+    problems: list[str] = []
     if not temperature > 0:
         problems.append(f"temperature must be above 0, got {temperature}.")
     if not 0 < top_p <= 1:
@@ -354,31 +361,26 @@ def _sampling_problems(temperature: float, top_p: float, max_new_tokens: int, ba
     return problems
 
 
-# Each owner adds its kind: sft and reward (SFTConfig, RewardConfig), ppo (PPOConfig).
-RUN_CONFIGS: dict[str, type] = {
+RUN_CONFIGS: dict[str, type[RunConfig]] = {
     "sft": SFTConfig,
     "reward": RewardConfig,
     "generate": GenerateConfig,
     "evaluate": EvaluateConfig,
     "ppo": PPOConfig,
 }
+RunKindName = Literal["sft", "reward", "generate", "evaluate", "ppo"]
 
 
-# Every integer setting fits the database's integer and every number is finite (NaN and Infinity
-# are not JSON); these settings also get an upper bound that keeps a run possible to finish. The
-# lower bounds and the relations between settings are in each config's validate().
-INT_MAX = 2**31 - 1
+# Settings with an upper bound that keeps a run possible to finish. The lower bounds and the
+# relations between settings are in each config's problems().
 UPPER_BOUNDS = {"epochs": 1000, "ppo_epochs": 100, "lora_r": 4096, "value_lora_r": 4096, **{name: 65536 for name in (
     "batch_size", "micro_batch_size", "eval_batch_size", "rollout_batch_size", "minibatch_size",
     "forward_batch_size", "ptx_batch_size")}}
+_TYPE_NAMES = {"int": f"an integer within ±{INT_MAX:,}", "float": "a finite number", "bool": "true or false",
+               "str": "a string"}
 
 
-def _bound_problems(values: dict[str, Any]) -> list[str]:
-    return [f"{key} must be at most {UPPER_BOUNDS[key]:,}, got {value}." for key, value in values.items()
-            if key in UPPER_BOUNDS and isinstance(value, int | float) and value > UPPER_BOUNDS[key]]
-
-
-def config_from_dict(kind: str, values: dict[str, Any] | None) -> Any:
+def config_from_dict(kind: str, values: Any) -> Any:
     """The config of run kind `kind` from JSON-like values; defaults fill what is missing.
 
     Raises ValueError listing every problem (unknown kind or keys, wrong types, impossible values)."""
@@ -388,75 +390,40 @@ def config_from_dict(kind: str, values: dict[str, Any] | None) -> Any:
     values = {} if values is None else values
     if not isinstance(values, dict):
         raise ValueError(f"The {kind} config must be an object of settings, got {type(values).__name__}.")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls) if f.init}
-    problems = [f"Unknown setting {key!r} for a {kind} run; known settings: {', '.join(sorted(known))}."
-                for key in values if key not in known]
-    clean = {}
-    for key, value in values.items():
-        if key not in known:
-            continue
-        ok, converted = _coerce(value, hints[key])
-        if ok:
-            clean[key] = converted
-        else:
-            problems.append(f"{key} must be {_type_name(hints[key])}, got {value!r}.")
-    problems += _bound_problems(clean)
-    if problems:
-        raise ValueError(" ".join(problems))
-    config = cls(**clean)
-    problems = config.validate()
+    fields = cls.model_fields
+    # JSON has one number type: 3.0 is the integer 3 (pydantic's strict mode would refuse it).
+    values = {key: int(value) if isinstance(value, float) and value.is_integer() and key in fields
+              and fields[key].annotation is int and abs(value) <= INT_MAX else value
+              for key, value in values.items()}
+    problems = []
+    try:
+        config = cls.model_validate(values)
+    except ValidationError as error:
+        for item in error.errors():
+            key = str(item["loc"][0]) if item["loc"] else ""
+            if item["type"] == "extra_forbidden":
+                problems.append(f"Unknown setting {key!r} for a {kind} run; known settings: "
+                                f"{', '.join(sorted(fields))}.")
+            else:
+                problems.append(f"{key} must be {type_name(cls, key)}, got {item['input']!r}.")
+    else:
+        for key in fields:
+            value = getattr(config, key)
+            if fields[key].annotation is int and abs(value) > INT_MAX:
+                problems.append(f"{key} must be {type_name(cls, key)}, got {value}.")
+            elif key in UPPER_BOUNDS and value > UPPER_BOUNDS[key]:
+                problems.append(f"{key} must be at most {UPPER_BOUNDS[key]:,}, got {value}.")
+        problems = problems or config.problems()
     if problems:
         raise ValueError(" ".join(problems))
     return config
 
 
-def config_to_dict(config: Any) -> dict[str, Any]:
-    return dataclasses.asdict(config)
+def config_to_dict(config: RunConfig) -> dict[str, Any]:
+    return config.model_dump()
 
 
-def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
-    """(ok, value) for JSON input: ints are accepted where floats are wanted, bools never pass as numbers."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(hint):
-            ok, converted = _coerce(value, option)
-            if ok:
-                return True, converted
-        return False, None
-    if hint is type(None):
-        return value is None, None
-    if hint is Any:
-        return True, value
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            return False, None
-        (item,) = typing.get_args(hint)[:1] or (Any,)
-        items = [_coerce(v, item) for v in value]
-        if not all(ok for ok, _ in items):
-            return False, None
-        return True, list(v for _, v in items) if origin is list else tuple(v for _, v in items)
-    if origin is dict:
-        return isinstance(value, dict), value
-    if hint is bool:
-        return isinstance(value, bool), value
-    if hint is int:
-        if isinstance(value, bool):
-            return False, None
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        return isinstance(value, int) and -INT_MAX <= value <= INT_MAX, value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            return False, None
-        return True, float(value)
-    if hint is str:
-        return isinstance(value, str), value
-    return isinstance(value, hint), value
-
-
-def _type_name(hint: Any) -> str:
-    names = {int: f"an integer within ±{INT_MAX:,}", float: "a finite number", bool: "true or false", str: "a string"}
-    if hint in names:
-        return names[hint]
-    return f"of type {getattr(hint, '__name__', str(hint))}"
+def type_name(cls: type[RunConfig], key: str) -> str:
+    annotation = cls.model_fields[key].annotation
+    name = getattr(annotation, "__name__", str(annotation))
+    return _TYPE_NAMES.get(name, f"of type {name}")
