@@ -80,10 +80,10 @@ def _configure_sqlite(engine: Engine) -> None:
     A deferred transaction (plain BEGIN) reads from a snapshot; if another connection commits
     before its first write, SQLite refuses that write at once ("database is locked") and the busy
     timeout does not help. A web request reads (the user, the form's objects) before it writes
-    while a worker commits metrics many times a second, so that happened. Instead:
-    - `write_session` begins with BEGIN IMMEDIATE: its reads and writes are one locked unit;
-    - any other transaction reads without a transaction (each statement sees the latest commits,
-      like Postgres' default READ COMMITTED) and begins with BEGIN IMMEDIATE at its first write."""
+    while a worker commits metrics many times a second, so that happened. Instead, a session reads
+    without a transaction (each statement sees the latest commits, like Postgres' default READ
+    COMMITTED) and begins with BEGIN IMMEDIATE at its first write, or earlier where a service
+    calls `lock_writes` because what it reads decides what it writes."""
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):
@@ -94,11 +94,6 @@ def _configure_sqlite(engine: Engine) -> None:
         cur.execute("PRAGMA busy_timeout=30000")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn):
-        if conn.get_execution_options().get("sqlite_immediate", False):
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     @event.listens_for(engine, "before_cursor_execute")
     def _before_write(conn, cursor, statement, _parameters, _context, _executemany):
@@ -111,15 +106,26 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
+def lock_writes(session: Session) -> None:
+    """From here to the end of the session's transaction, no other connection writes: call it first
+    in a service whose reads decide its writes (handing out a task, claiming or cancelling a run).
+
+    SQLite: BEGIN IMMEDIATE now (rather than at the first write). Postgres: nothing; those services
+    lock the rows they read (`skip_locked`, FOR UPDATE), so unrelated writers are not serialized."""
+    if session.get_bind().dialect.name == "sqlite":
+        connection = session.connection()
+        if not connection.connection.dbapi_connection.in_transaction:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 @contextmanager
 def write_session(engine: Engine) -> Iterator[Session]:
-    """A session whose transaction holds the writer lock from its start on SQLite.
-
-    Use it for read-then-write steps that must not interleave (handing out a task,
-    claiming a run). On Postgres it is a plain session; use `skip_locked` there."""
-    bind = engine.execution_options(sqlite_immediate=True) if engine.dialect.name == "sqlite" else engine
-    with Session(bind, expire_on_commit=False) as session:
+    """A transaction outside a web request (worker, CLI, tests) that holds the writer lock from its
+    start (`lock_writes`) and commits at the end of the block. Web requests get their session from
+    `app.deps.SessionDep` instead."""
+    with Session(engine, expire_on_commit=False) as session:
         with session.begin():
+            lock_writes(session)
             yield session
 
 

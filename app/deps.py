@@ -1,15 +1,17 @@
 """Annotated dependencies: the database session and the signed-in user, for pages and API."""
 
-from collections.abc import Iterator
+import math
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
 
+import anyio
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from app import policies
 from app.config import Settings
-from app.db import write_session
 from app.models import Role, User
 from app.security import CSRF_FIELD, CSRF_HEADER, SessionData
 from app.services import accounts
@@ -42,36 +44,33 @@ class CsrfFailed(Exception):
     pass
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    """One transaction per request: committed before the response is sent, rolled back on
-    any error so that nothing is half-written."""
-    with request.app.state.sessionmaker() as session:
-        try:
-            yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
+# Sessions are committed on threads of their own, not on the handlers' threadpool: a request that
+# holds SQLite's writer lock must be able to commit (and release it) while every handler thread is
+# waiting for that lock. At most one such thread per request in flight.
+_COMMIT_THREADS = anyio.CapacityLimiter(math.inf)
+
+
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    """The request's one transaction: committed before the response is sent, rolled back on any
+    error so that nothing is half-written. On SQLite it takes the writer lock at its first write,
+    or where a service calls `app.db.lock_writes`. A handler may commit earlier, where a step must
+    stay saved whatever follows (a labeler's answer before the next task is leased)."""
+    session = request.app.state.sessionmaker()
+    try:
+        yield session
+        await anyio.to_thread.run_sync(session.commit, limiter=_COMMIT_THREADS)
+    except BaseException:
+        await anyio.to_thread.run_sync(session.rollback, limiter=_COMMIT_THREADS)
+        raise
+    finally:
+        await anyio.to_thread.run_sync(session.close, limiter=_COMMIT_THREADS)
 
 
 def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_write_session(request: Request) -> Iterator[Session]:
-    """Like get_session, but on SQLite the transaction takes the writer lock at its start
-    (BEGIN IMMEDIATE), for requests that read then write under contention.
-
-    Caution for hot paths: FastAPI runs a sync dependency's setup and teardown on other threadpool
-    threads than the handler, so the writer lock can be held while waiting for a free thread; under
-    heavy load that deadlocks until SQLite's busy timeout. The labeling API and pages therefore open
-    `app.db.write_session(request.app.state.engine)` inside the handler instead."""
-    with write_session(request.app.state.engine) as session:
-        yield session
-
-
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
-WriteSessionDep = Annotated[Session, Depends(get_write_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
@@ -110,12 +109,17 @@ def admin_user(user: Annotated[User, Depends(current_user)]) -> User:
     return user
 
 
-def api_user(request: Request, session: SessionDep) -> User:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
+# The API's one authentication: a bearer token (Settings page or `instructloop token`). Declared
+# through HTTPBearer so that /openapi.json names the scheme on every operation that needs it and
+# /api/docs has "Authorize"; auto_error is off so a missing token gets our 401 body.
+bearer = HTTPBearer(auto_error=False, description="An API token from your Account page.")
+
+
+def api_user(session: SessionDep,
+             credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> User:
+    if credentials is None or not credentials.credentials.strip():
         raise LoginRequired()
-    user = accounts.user_for_api_token(session, token.strip())
+    user = accounts.user_for_api_token(session, credentials.credentials.strip())
     if user is None:
         raise LoginRequired()
     return user

@@ -64,8 +64,23 @@ def test_minimum_agreement_leaves_out_low_labelers(admin_client, session, world)
     r = _post_run(admin_client, world.project.id, kind="reward", min_agreement="85")
     assert r.status_code == 303, r.text
     run = session.scalar(select(TrainingRun))
-    assert run.data_filter == {"exclude_labelers": [world.l2.id]}
+    assert run.data_filter == {"exclude_labelers": [world.l2.id], "min_agreement": 85.0, "below_agreement": [world.l2.id]}
     assert "Left out 1 labeler below 85% agreement" in admin_client.get(r.headers["location"]).text
+
+
+def test_api_takes_min_agreement_as_documented(client, session, world, make_user):
+    from app.models import Role
+    from app.services import accounts
+
+    token = accounts.create_api_token(session, make_user("api-admin@example.com", Role.admin))
+    session.commit()
+    headers = {"Authorization": f"Bearer {token}"}
+    body = {"project_id": world.project.id, "kind": "reward", "data_filter": {"min_agreement": 85}}
+    r = client.post("/api/v1/runs", headers=headers, json=body)
+    assert r.status_code == 201, r.text
+    assert r.json()["data_filter"]["exclude_labelers"] == [world.l2.id]
+    bad = client.post("/api/v1/runs", headers=headers, json={**body, "data_filter": {"min_agreement": 150}})
+    assert bad.status_code == 400 and "percentage between 0 and 100" in bad.json()["detail"]
 
 
 @pytest.mark.parametrize("extra,status,message", [
@@ -189,7 +204,7 @@ def test_evaluation_results_match_the_evaluation_service(admin_client, session, 
                                choice=choice))
     session.commit()
     one = evaluation.labeler_win_rate(session, run.id)
-    batched = stats.evaluation_summaries(session, [run])[run.id]
+    batched = evaluation.recent_evaluations(session)[0][1]
     assert batched == one
     assert (one["wins"], one["losses"], one["ties"]) == (2, 2, 1)  # worked by hand from the choices above
     page = admin_client.get("/admin/models")

@@ -16,7 +16,7 @@ from tests.worker_helpers import (
     run_status,
 )
 from trainer import modeling
-from trainer.data import snapshot_prompts
+from trainer.snapshots import snapshot_prompts
 from trainer.generate import _to_sample, sample_batches
 from trainer.tiny import make_tiny_model
 from trainer.worker import Worker

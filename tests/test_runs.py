@@ -30,7 +30,7 @@ from tests.worker_helpers import (
     make_prompts,
     queue_raw,
 )
-from trainer import data
+from trainer import snapshots as data
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@
 
 import importlib.util
 import copy
-import json
 import os
 import shutil
 import tempfile

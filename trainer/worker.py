@@ -321,28 +321,19 @@ class Worker:
         finally:
             beat_stop.set()
             beat.join(timeout=10)
-            _free_memory()
+            free_memory()
         return True
 
     # -- run kinds -----------------------------------------------------------------------------
     def _dispatch(self, ctx: RunContext) -> Outcome:
         if ctx.project_id is None:
             raise ValueError("The run's project was deleted; there is no data to run on.")
-        if ctx.kind == RunKind.sft:
-            return run_sft(ctx)
-        if ctx.kind == RunKind.reward:
-            return run_reward(ctx)
-        if ctx.kind == RunKind.ppo:
-            return run_ppo(ctx)
-        if ctx.kind == RunKind.generate:
-            from trainer.generate import run_generate
+        from trainer import jobs  # torch and the models load with the first run, not at import
 
-            return Outcome(summary=run_generate(ctx))
-        if ctx.kind == RunKind.evaluate:
-            from trainer.evaluate import run_evaluate
-
-            return Outcome(summary=run_evaluate(ctx))
-        raise ValueError(f"This worker does not know run kind {ctx.kind!r}.")
+        job = jobs.JOBS.get(ctx.kind)
+        if job is None:
+            raise ValueError(f"This worker does not know run kind {ctx.kind!r}.")
+        return job(ctx)
 
     # -- endings -------------------------------------------------------------------------------
     def _heartbeat(self, ctx: RunContext, stop: threading.Event) -> None:
@@ -422,7 +413,7 @@ def describe_error(exc: BaseException) -> str:
     return f"{name}: {text}"
 
 
-def _free_memory() -> None:
+def free_memory() -> None:
     gc.collect()
     try:
         import torch
@@ -446,135 +437,6 @@ def _plain(value: Any) -> Any:
     if hasattr(value, "item"):
         return _plain(value.item())
     return str(value)
-
-
-# ---- sft, reward, ppo: load, train, save -------------------------------------------------------
-
-def _model_options(config) -> dict:
-    """How to load the model a run trains: its dtype follows the run's precision (fp32 master weights
-    unless bf16-pure), then checkpointing and LoRA."""
-    from trainer.precision import load_dtype
-
-    return {"gradient_checkpointing": bool(getattr(config, "gradient_checkpointing", False)),
-            "lora_r": int(getattr(config, "lora_r", 0) or 0), "dtype": load_dtype(config.precision)}
-
-
-def _seed(config) -> None:
-    import torch
-
-    torch.manual_seed(int(getattr(config, "seed", 0)))
-
-
-def run_sft(ctx: RunContext) -> Outcome:
-    from trainer import modeling
-    from runconfig import config_from_dict
-    from trainer.data import snapshot_demonstrations
-    from trainer.sft import train_sft
-
-    config = config_from_dict("sft", ctx.config)
-    with ctx.session() as session:
-        train, valid, snapshot = snapshot_demonstrations(session, ctx.project_id, ctx.data_filter)
-    ctx.set_snapshot(snapshot)
-    base = ctx.input_version(0)
-    source = ctx.resolve(base)
-    tokenizer = ctx.load_tokenizer(source)
-    _seed(config)
-    model = modeling.load_causal_lm(source, device=ctx.device, **_model_options(config))
-    ctx.checkpoint()
-    result = train_sft(model, tokenizer, train, valid, config, on_metrics=ctx.on_metrics, should_stop=ctx.should_stop)
-    ctx.checkpoint()
-    folder = ctx.artifact_dir()
-    modeling.save_causal_lm(model, tokenizer, folder)
-    return Outcome(summary=result, model_kind=ModelKind.sft, artifact=folder, parent_ids=[base.id], metrics=result)
-
-
-def run_reward(ctx: RunContext) -> Outcome:
-    from trainer import modeling
-    from runconfig import config_from_dict
-    from trainer.data import DataError, snapshot_demonstrations, snapshot_rankings
-    from trainer.reward import train_reward
-
-    config = config_from_dict("reward", ctx.config)
-    with ctx.session() as session:
-        train, valid, snapshot = snapshot_rankings(session, ctx.project_id, ctx.data_filter)
-        try:  # the demonstrations set the bias (their mean score becomes 0); optional
-            demonstrations, _, demo_snapshot = snapshot_demonstrations(session, ctx.project_id, ctx.data_filter)
-            snapshot = snapshot.merge(demo_snapshot)
-        except DataError:
-            demonstrations = []
-            snapshot.notes.append("No accepted demonstrations: the reward bias is not normalized.")
-    ctx.set_snapshot(snapshot)
-    start = ctx.input_version(0)
-    source = ctx.resolve(start)
-    tokenizer = ctx.load_tokenizer(source)
-    _seed(config)
-    model = modeling.ScalarHeadModel.from_causal_lm(source, device=ctx.device, **_model_options(config))
-    ctx.checkpoint()
-    result = train_reward(model, tokenizer, train, valid, config, demonstrations=demonstrations,
-                          on_metrics=ctx.on_metrics, should_stop=ctx.should_stop)
-    ctx.checkpoint()
-    folder = ctx.artifact_dir()
-    model.save_pretrained(folder, tokenizer=tokenizer)
-    return Outcome(summary=result, model_kind=ModelKind.reward, artifact=folder, parent_ids=[start.id], metrics=result)
-
-
-def run_ppo(ctx: RunContext) -> Outcome:
-    from trainer import modeling
-    from runconfig import config_from_dict
-    from trainer.data import DataError, snapshot_demonstrations, snapshot_prompts
-    from trainer.ppo import train_ppo
-
-    config = config_from_dict("ppo", ctx.config)
-    splits = ctx.data_filter.get("splits") or ["train"]
-    with ctx.session() as session:
-        prompts, snapshot = snapshot_prompts(session, ctx.project_id, splits)
-        ptx = []
-        if config.ptx_coef > 0:
-            try:
-                ptx, _, demo_snapshot = snapshot_demonstrations(session, ctx.project_id, ctx.data_filter)
-            except DataError as exc:
-                raise ValueError(f"ptx_coef > 0 mixes in the SFT loss on demonstrations: {exc}") from None
-            snapshot = snapshot.merge(demo_snapshot)
-    ctx.set_snapshot(snapshot)
-    policy_version, reward_version = ctx.input_version(0), ctx.input_version(1)
-    policy_source, reward_source = ctx.resolve(policy_version), ctx.resolve(reward_version)
-    tokenizer = ctx.load_tokenizer(policy_source)
-    reward_tokenizer = modeling.load_tokenizer(reward_source)
-    check_same_tokenizer(tokenizer, reward_tokenizer, policy_version, reward_version)
-    _seed(config)
-    # As trainer/ppo.py's header: with LoRA the reference is the policy with its adapters off; in
-    # low-memory mode the frozen models stay on the CPU and visit the GPU for their forward pass.
-    frozen_device = "cpu" if config.low_memory else ctx.device
-    policy = modeling.load_causal_lm(policy_source, device=ctx.device, **_model_options(config))
-    ref_policy = None if config.lora_r else modeling.load_causal_lm(policy_source, device=frozen_device)
-    reward_model = modeling.ScalarHeadModel.from_pretrained(reward_source, device=frozen_device)
-    value_model = modeling.ScalarHeadModel.from_pretrained(reward_source, device=ctx.device, lora_r=config.value_lora_r,
-                                                           gradient_checkpointing=config.gradient_checkpointing,
-                                                           dtype=_model_options(config)["dtype"])
-    ctx.checkpoint()
-    try:
-        result = train_ppo(policy, ref_policy, reward_model, value_model, tokenizer, [p.text for p in prompts], config,
-                           ptx=ptx, on_metrics=ctx.on_metrics, should_stop=ctx.should_stop,
-                           reward_tokenizer=reward_tokenizer)
-    except TrainingDiverged as exc:
-        # train_ppo put back the weights of the last good step: keep them for a look (not registered).
-        folder = ctx.artifact_dir()
-        modeling.save_causal_lm(policy, tokenizer, folder)
-        step = getattr(exc, "last_good_step", None)
-        raise TrainingDiverged(f"{exc} The last good policy (step {step}) is saved in {folder}.") from exc
-    ctx.checkpoint()
-    folder = ctx.artifact_dir()
-    modeling.save_causal_lm(policy, tokenizer, folder)
-    return Outcome(summary=result, model_kind=ModelKind.ppo, artifact=folder,
-                   parent_ids=[policy_version.id, reward_version.id], metrics=result)
-
-
-def check_same_tokenizer(policy_tokenizer, reward_tokenizer, policy: VersionInfo, reward: VersionInfo) -> None:
-    """The reward model reads the policy's tokens: both must use the same vocabulary."""
-    if policy_tokenizer.get_vocab() != reward_tokenizer.get_vocab():
-        raise ValueError(f"The reward model (version {reward.id}, {reward.name}) uses another tokenizer than the "
-                         f"policy (version {policy.id}, {policy.name}); train the reward model from the same "
-                         "model family as the policy.")
 
 
 def main(settings: Settings | None = None, *, once: bool = False, poll_interval: float = 2.0,

@@ -192,12 +192,33 @@ def ensure_first_admin(session: Session, email: str, password: str) -> tuple[Use
     return create_user(session, email, password, role=Role.admin, name="admin"), generated
 
 
-def set_active(session: Session, user_id: int, active: bool) -> User:
-    """Disabling ends the user's sessions and revokes their API tokens: enabling them again later
-    does not bring an old cookie or token back."""
+def get_user(session: Session, user_id: int) -> User:
     user = session.get(User, user_id)
     if user is None:
         raise NotFound("No such user.")
+    return user
+
+
+def list_users(session: Session) -> list[User]:
+    """Everyone, admins first, by email (the People page and the run form's labeler list)."""
+    return list(session.scalars(select(User).order_by(User.role, User.email)))
+
+
+def open_invites(session: Session, *, limit: int = 20) -> list[Invite]:
+    return list(session.scalars(select(Invite).where(Invite.used_at.is_(None)).order_by(Invite.id.desc()).limit(limit)))
+
+
+def api_tokens(session: Session, user_id: int) -> list[ApiToken]:
+    return list(session.scalars(select(ApiToken).where(ApiToken.user_id == user_id).order_by(ApiToken.id.desc())))
+
+
+def set_active(session: Session, user_id: int, active: bool, *, by: User | None = None) -> User:
+    """Disabling ends the user's sessions and revokes their API tokens: enabling them again later
+    does not bring an old cookie or token back. No admin disables their own account (nobody could
+    enable it again if they were the last admin)."""
+    if by is not None and by.id == user_id and not active:
+        raise ServiceError("You can't disable your own account.")
+    user = get_user(session, user_id)
     user.is_active = active
     if not active:
         end_access(session, user.id)

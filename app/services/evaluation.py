@@ -5,12 +5,13 @@ confidence interval is Wilson's score interval on that share (with ties as half-
 stays inside [0, 1] and behaves at small n and at 0 % or 100 %, unlike the normal approximation."""
 
 import math
+from collections import defaultdict
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.models import Comparison, ComparisonChoice, Completion, RunKind, Task, TaskKind, TaskStatus
+from app.models import Comparison, ComparisonChoice, Completion, RunKind, Task, TaskKind, TaskStatus, TrainingRun
 from app.services import ServiceError
 from app.services.runs import get_run
 
@@ -41,31 +42,48 @@ def labeler_win_rate(session: Session, run_id: int) -> dict[str, Any]:
     run = get_run(session, run_id)
     if run.kind != RunKind.evaluate:
         raise ServiceError(f"Run {run.id} is a {run.kind.value} run; win rates come from evaluate runs.")
-    candidate_id, baseline_id = run.input_model_ids[0], run.input_model_ids[1]
-    rows = session.execute(
-        select(Comparison.a_completion_id, Comparison.b_completion_id, Comparison.choice)
-        .join(Task, Task.id == Comparison.task_id)
-        .where(Task.source_run_id == run.id, Task.kind == TaskKind.comparison)
-    ).all()
-    ids = {cid for a, b, _ in rows for cid in (a, b)}
+    return labeler_win_rates(session, [run])[run.id]
+
+
+def labeler_win_rates(session: Session, runs: list[TrainingRun]) -> dict[int, dict[str, Any]]:
+    """Labeler win rates (with their 95% interval) of several evaluate runs, in three queries."""
+    runs = [r for r in runs if len(r.input_model_ids or []) >= 2]
+    if not runs:
+        return {}
+    ids = [r.id for r in runs]
+    rows = session.execute(select(Task.source_run_id, Comparison.a_completion_id, Comparison.b_completion_id,
+                                  Comparison.choice).join(Task, Task.id == Comparison.task_id)
+                           .where(Task.source_run_id.in_(ids), Task.kind == TaskKind.comparison)).all()
+    completions = {c for _, a, b, _ in rows for c in (a, b)}
     model_of = dict(session.execute(select(Completion.id, Completion.model_version_id)
-                                    .where(Completion.id.in_(ids))).all()) if ids else {}
-    wins = losses = ties = 0
-    for a, b, choice in rows:
+                                    .where(Completion.id.in_(completions))).all()) if completions else {}
+    tally = {rid: [0, 0, 0] for rid in ids}  # wins, losses, ties
+    pair = {r.id: (r.input_model_ids[0], r.input_model_ids[1]) for r in runs}
+    for rid, a, b, choice in rows:
         if choice == ComparisonChoice.tie:
-            ties += 1
+            tally[rid][2] += 1
             continue
-        chosen = a if choice == ComparisonChoice.a else b
-        if model_of.get(chosen) == candidate_id:
-            wins += 1
-        elif model_of.get(chosen) == baseline_id:
-            losses += 1
-    counts = dict(session.execute(
-        select(Task.status, func.count(Task.id))
-        .where(Task.source_run_id == run.id, Task.kind == TaskKind.comparison).group_by(Task.status)
-    ).all())
-    return {**win_rate(wins, losses, ties), "candidate_model_id": candidate_id, "baseline_model_id": baseline_id,
-            "tasks": sum(counts.values()), "tasks_closed": counts.get(TaskStatus.closed, 0)}
+        chosen = model_of.get(a if choice == ComparisonChoice.a else b)
+        if chosen == pair[rid][0]:
+            tally[rid][0] += 1
+        elif chosen == pair[rid][1]:
+            tally[rid][1] += 1
+    counts: dict[int, dict[TaskStatus, int]] = defaultdict(dict)
+    for rid, status, n in session.execute(select(Task.source_run_id, Task.status, func.count())
+                                          .where(Task.source_run_id.in_(ids), Task.kind == TaskKind.comparison)
+                                          .group_by(Task.source_run_id, Task.status)):
+        counts[rid][status] = n
+    return {rid: {**win_rate(*tally[rid]), "candidate_model_id": pair[rid][0], "baseline_model_id": pair[rid][1],
+                  "tasks": sum(counts[rid].values()), "tasks_closed": counts[rid].get(TaskStatus.closed, 0)}
+            for rid in ids}
+
+
+def recent_evaluations(session: Session, limit: int = 10) -> list[tuple[TrainingRun, dict[str, Any]]]:
+    """The newest evaluate runs with their labeler win rates (the Models page)."""
+    done = list(session.scalars(select(TrainingRun).where(TrainingRun.kind == RunKind.evaluate)
+                                .order_by(TrainingRun.id.desc()).limit(limit)))
+    reports = labeler_win_rates(session, done)
+    return [(run, reports[run.id]) for run in done if run.id in reports]
 
 
 def evaluation_report(session: Session, run_id: int) -> dict[str, Any]:

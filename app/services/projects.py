@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.models import GuidelineVersion, Project, Prompt, Role, Task, TaskKind, TaskStatus, User
+from app.models import GuidelineVersion, Project, Prompt, Role, Split, Task, TaskKind, TaskStatus, TrainingRun, User
 from app.services import Conflict, NotFound, ServiceError
 from app.validation import text_problem
 
@@ -173,3 +173,30 @@ def list_projects(session: Session) -> list[ProjectRow]:
     versions = dict(session.execute(select(GuidelineVersion.project_id, func.max(GuidelineVersion.version))
                                     .group_by(GuidelineVersion.project_id)).all())
     return [ProjectRow(p, prompts.get(p.id, 0), tasks.get(p.id, 0), versions.get(p.id)) for p in projects]
+
+
+def project_choices(session: Session) -> list[Project]:
+    """Every project by name, for the pickers of the admin pages."""
+    return list(session.scalars(select(Project).order_by(Project.name)))
+
+
+def project_names(session: Session) -> dict[int, str]:
+    return dict(session.execute(select(Project.id, Project.name)).all())
+
+
+def dashboard_counts(session: Session) -> dict[str, int]:
+    return {
+        "projects": session.scalar(select(func.count(Project.id))) or 0,
+        "labelers": session.scalar(select(func.count(User.id)).where(User.role == Role.labeler, User.is_active)) or 0,
+        "runs": session.scalar(select(func.count(TrainingRun.id))) or 0,
+    }
+
+
+def list_prompts(session: Session, project_id: int, *, split: Split | None = None, after: int = 0,
+                 limit: int = 100) -> list[Prompt]:
+    """The project's prompts with an id above `after` (keyset paging), oldest first."""
+    get_project(session, project_id)
+    stmt = select(Prompt).where(Prompt.project_id == project_id, Prompt.id > after).order_by(Prompt.id).limit(limit)
+    if split is not None:
+        stmt = stmt.where(Prompt.split == split)
+    return list(session.scalars(stmt))

@@ -6,9 +6,8 @@ by priority (higher first), then age (older first). A lease is a row per (task, 
 that holds one slot until `expires_at`; after that the slot is free again (the row stays,
 so a labeler coming back to the task sees the same shuffled order of outputs).
 
-Concurrency: call these functions inside `app.db.write_session` (or the web layer's
-equivalent). On SQLite that transaction holds the single writer lock from its start, so
-the read-check-write below cannot interleave. On Postgres the candidate row is taken with
+Concurrency: leasing starts with `app.db.lock_writes`: on SQLite the transaction then holds the
+single writer lock until it commits, so the read-check-write below cannot interleave. On Postgres the candidate row is taken with
 `SELECT ... FOR UPDATE SKIP LOCKED` (concurrent labelers pass over it instead of waiting),
 and once the lock is held the live leases are counted again with a fresh snapshot: every
 writer that changes a task's slots (lease, submit, skip) holds that task's row lock, so the
@@ -23,7 +22,7 @@ from sqlalchemy import and_, bindparam, exists, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from app.db import is_postgres, utcnow
+from app.db import is_postgres, lock_writes, utcnow
 from app.services import NotFound
 from app.models import (
     Comparison,
@@ -124,6 +123,7 @@ def next_task_in_project(session: Session, user_id: int, project_id: int, kind: 
                          default_lease_seconds: int, now: datetime | None = None) -> Assignment | None:
     """next_task by project id; NotFound when there is no such active project. The project is read
     in the same query as the labeler's live lease (the API's hot path: one round trip less)."""
+    lock_writes(session)
     now = now or utcnow()
     row = session.execute(_HELD_AND_TOP[kind], {"user_id": user_id, "now": now, "project_id": project_id}).first()
     if row is None or row.archived_at is not None:
@@ -242,6 +242,17 @@ def assignment(session: Session, task_id: int, user_id: int) -> Assignment | Non
     return Assignment(task_id=row.id, project_id=row.project_id, kind=TaskKind(row.kind), prompt_id=row.prompt_id,
                       prompt_text=row.text, lease_id=row.lease_id, leased_at=row.created_at,
                       expires_at=row.expires_at, outputs=outputs)
+
+
+def held_task(session: Session, task_id: int, user_id: int) -> Assignment:
+    """The task as `assignment` gives it; NotFound saying why when this labeler holds no lease on it."""
+    got = assignment(session, task_id, user_id)
+    if got is None:
+        if session.get(Task, task_id) is None:
+            raise NotFound(f"There is no task {task_id}. Go back to your work list to get the next one.")
+        raise NotFound("This task is not assigned to you (it may have been submitted or skipped). "
+                       "Go back to your work list to get the next one.")
+    return got
 
 
 @dataclass(frozen=True)

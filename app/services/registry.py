@@ -25,6 +25,20 @@ def get_version(session: Session, version_id: int) -> ModelVersion:
     return version
 
 
+def versions_by_id(session: Session, ids: list[int]) -> dict[int, ModelVersion]:
+    return {v.id: v for v in session.scalars(select(ModelVersion).where(ModelVersion.id.in_(ids)))} if ids else {}
+
+
+def produced_by(session: Session, run_id: int) -> list[ModelVersion]:
+    return list(session.scalars(select(ModelVersion).where(ModelVersion.run_id == run_id).order_by(ModelVersion.id)))
+
+
+def children(session: Session, version_id: int, *, scan: int = 2000) -> list[ModelVersion]:
+    """Versions trained from this one (among the oldest `scan` versions: parent ids are a JSON list)."""
+    return [v for v in session.scalars(select(ModelVersion).order_by(ModelVersion.id).limit(scan))
+            if version_id in (v.parent_ids or [])]
+
+
 def list_versions(session: Session, *, project_id: int | None = None, kind: ModelKind | None = None,
                   limit: int = 200) -> list[ModelVersion]:
     stmt = select(ModelVersion).order_by(ModelVersion.id.desc()).limit(limit)

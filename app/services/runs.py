@@ -15,7 +15,7 @@ Run state machine (TrainingRun.status):
 - Only the worker that claimed a run (worker_id) may move it on; a run reaped while its worker was
   stuck stays failed when that worker comes back (its finish is refused and it drops the run).
 - Claiming uses SELECT ... FOR UPDATE SKIP LOCKED on Postgres, and the writer lock of
-  `app.db.write_session` on SQLite, so two workers never claim the same run."""
+  `app.db.lock_writes` on SQLite, so two workers never claim the same run."""
 
 from datetime import timedelta
 from typing import Any
@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
-from app.db import skip_locked, utcnow
+from app.db import lock_writes, skip_locked, utcnow
 from app.models import (
     Demonstration,
     ModelKind,
@@ -39,7 +39,7 @@ from app.models import (
     TrainingRun,
     User,
 )
-from app.services import Conflict, NotFound, ServiceError, registry
+from app.services import Conflict, NotFound, ServiceError, registry, stats
 
 FINAL = (RunStatus.succeeded, RunStatus.failed, RunStatus.cancelled)
 POLICY_KINDS = (ModelKind.base, ModelKind.sft, ModelKind.ppo)
@@ -59,7 +59,10 @@ INPUT_NAMES = {
     RunKind.ppo: ["the SFT policy", "the reward model"],
     RunKind.evaluate: ["the candidate", "the baseline", "the reward model for an automatic win rate"],
 }
-DATA_FILTER_KEYS = {"exclude_labelers", "splits", "valid_splits"}
+DATA_FILTER_KEYS = {"exclude_labelers", "min_agreement", "splits", "valid_splits"}
+"""What a run's data_filter may say (TrainingRun.data_filter): labelers to leave out, a minimum
+agreement in percent (labelers below it on shared ranking tasks are left out too, resolved when the
+run is created and listed in `below_agreement`), and the training and validation splits."""
 
 
 # ---- the admin's side ---------------------------------------------------------------------------
@@ -87,6 +90,8 @@ def create_run(session: Session, *, project_id: int | None, kind: str, config: d
     except ValueError as exc:
         raise ServiceError(f"Invalid {run_kind.value} config: {exc}", status_code=422) from None
     data_filter = _check_data_filter(session, data_filter or {})
+    if "min_agreement" in data_filter:
+        data_filter = _apply_min_agreement(session, project.id, data_filter)
     ids = _check_input_models(session, run_kind, list(input_model_ids or []), project_id,
                               getattr(parsed, "model", "") or default_model)
     _check_data(session, project, run_kind, parsed, data_filter)
@@ -141,6 +146,10 @@ def _check_data_filter(session: Session, data_filter: Any) -> dict[str, Any]:
     missing = set(excluded) - set(session.scalars(select(User.id).where(User.id.in_(excluded))))
     if missing:
         raise ServiceError(f"data_filter.exclude_labelers names unknown users: {sorted(missing)}.")
+    agreement = data_filter.get("min_agreement")
+    if agreement is not None and (isinstance(agreement, bool) or not isinstance(agreement, int | float)
+                                  or not 0 <= agreement <= 100):
+        raise ServiceError(f"data_filter.min_agreement is a percentage between 0 and 100, e.g. 65; got {agreement!r}.")
     for key in ("splits", "valid_splits"):
         splits = data_filter.get(key)
         if splits is None:
@@ -148,6 +157,16 @@ def _check_data_filter(session: Session, data_filter: Any) -> dict[str, Any]:
         if not isinstance(splits, list) or not splits or not all(s in Split.__members__ for s in splits):
             raise ServiceError(f"data_filter.{key} must be a non-empty list of splits (train, valid, test).")
     return dict(data_filter)
+
+
+def _apply_min_agreement(session: Session, project_id: int, data_filter: dict[str, Any]) -> dict[str, Any]:
+    """Labelers whose agreement with the others on shared ranking tasks is below min_agreement are
+    left out like the excluded ones; who they were is kept with the run (`below_agreement`)."""
+    threshold = data_filter["min_agreement"] / 100
+    per_labeler = stats.ranking_agreement(session, project_id).per_labeler
+    low = sorted(uid for uid, s in per_labeler.items() if s.rate is not None and s.rate < threshold)
+    excluded = sorted(set(data_filter.get("exclude_labelers", [])) | set(low))
+    return {**data_filter, "exclude_labelers": excluded, "below_agreement": low}
 
 
 def _check_data(session: Session, project: Project, kind: RunKind, config: Any, data_filter: dict) -> None:
@@ -181,6 +200,10 @@ def _check_data(session: Session, project: Project, kind: RunKind, config: Any, 
                                f"{kind.value} run.")
 
 
+def find_run(session: Session, run_id: int) -> TrainingRun | None:
+    return session.get(TrainingRun, run_id)
+
+
 def get_run(session: Session, run_id: int) -> TrainingRun:
     run = session.get(TrainingRun, run_id)
     if run is None:
@@ -200,12 +223,44 @@ def list_runs(session: Session, *, project_id: int | None = None, status: RunSta
     return list(session.scalars(stmt))
 
 
+def status_counts(session: Session) -> dict[str, int]:
+    """How many runs are in each status (every status named, zeros included)."""
+    counts = dict(session.execute(select(TrainingRun.status, func.count()).group_by(TrainingRun.status)).all())
+    return {status.value: counts.get(status, 0) for status in RunStatus}
+
+
+def produced_version_ids(session: Session, run_ids: list[int]) -> dict[int, list[int]]:
+    """The model versions each run produced, for many runs in one query."""
+    produced: dict[int, list[int]] = {run_id: [] for run_id in run_ids}
+    if run_ids:
+        for version_id, run_id in session.execute(select(ModelVersion.id, ModelVersion.run_id)
+                                                  .where(ModelVersion.run_id.in_(run_ids))
+                                                  .order_by(ModelVersion.id)):
+            produced[run_id].append(version_id)
+    return produced
+
+
+def metric_series(session: Session, run_id: int, *, max_points: int) -> dict[str, list[tuple[float, float]]]:
+    """Every metric of a run as (step, value) points; longer series are thinned evenly to max_points
+    (the last point is always kept)."""
+    rows = session.execute(select(RunMetric.name, RunMetric.step, RunMetric.value).where(RunMetric.run_id == run_id)
+                           .order_by(RunMetric.name, RunMetric.step, RunMetric.id))
+    series: dict[str, list[tuple[float, float]]] = {}
+    for name, step, value in rows:
+        series.setdefault(name, []).append((step, value))
+    for name, points in series.items():
+        if len(points) > max_points:
+            stride = len(points) / max_points
+            series[name] = [points[int(i * stride)] for i in range(max_points)] + [points[-1]]
+    return series
+
+
 def cancel_run(session: Session, run_id: int, *, by: User | None = None) -> TrainingRun:
     """queued -> cancelled at once; running -> cancel_requested (the worker stops within seconds).
 
-    The row is locked and read afresh (FOR UPDATE on Postgres; on SQLite, call it inside
-    `app.db.write_session`): a worker claiming the run at the same moment must not have its
-    'running' overwritten with 'cancelled'."""
+    The row is locked and read afresh (FOR UPDATE on Postgres, the writer lock on SQLite): a worker
+    claiming the run at the same moment must not have its 'running' overwritten with 'cancelled'."""
+    lock_writes(session)
     run = session.get(TrainingRun, run_id, with_for_update=True, populate_existing=True)
     if run is None:
         raise NotFound(f"Run {run_id} does not exist.")
@@ -248,8 +303,9 @@ def latest_metrics(session: Session, run_id: int) -> dict[str, dict[str, float]]
 def claim_next_run(session: Session, worker_id: str) -> TrainingRun | None:
     """The oldest queued run, now running for this worker; None when the queue is empty.
 
-    Call inside `app.db.write_session(engine)` and commit right away: on Postgres the row lock of
-    SKIP LOCKED lets other workers pass over this run, on SQLite the writer lock serializes claims."""
+    Commit right away: on Postgres the row lock of SKIP LOCKED lets other workers pass over this
+    run, on SQLite the writer lock (`lock_writes`) serializes claims."""
+    lock_writes(session)
     stmt = skip_locked(
         select(TrainingRun).where(TrainingRun.status == RunStatus.queued)
         .order_by(TrainingRun.created_at, TrainingRun.id).limit(1),

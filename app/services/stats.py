@@ -21,7 +21,6 @@ from app.db import utcnow
 from app.models import (
     Comparison,
     ComparisonChoice,
-    Completion,
     Demonstration,
     Project,
     Prompt,
@@ -35,10 +34,10 @@ from app.models import (
     TaskStatus,
     User,
 )
-from app.services import NotFound, ServiceError
+from app.services import ServiceError
+from app.services.tasks import SUBMISSIONS
 
 log = logging.getLogger(__name__)
-SUBMISSIONS = {TaskKind.demonstration: Demonstration, TaskKind.ranking: Ranking, TaskKind.comparison: Comparison}
 AGREEMENT_TASK_LIMIT = 2000
 """Agreement is computed over the most recent shared ranking tasks, at most this many."""
 
@@ -518,62 +517,3 @@ def _start_of(d: date):
     from datetime import UTC, datetime
 
     return datetime(d.year, d.month, d.day, tzinfo=UTC)
-
-
-def get_task(session: Session, task_id: int) -> Task:
-    task = session.get(Task, task_id)
-    if task is None:
-        raise NotFound(f"There is no task {task_id}.")
-    return task
-
-
-def task_submissions(session: Session, task: Task) -> list[Any]:
-    model = SUBMISSIONS[task.kind]
-    return list(session.execute(select(model, User).join(User, User.id == model.user_id)
-                                .where(model.task_id == task.id).order_by(model.id)).all())
-
-
-def tasks_page(session: Session, project_id: int, kind: TaskKind | None, *, offset: int = 0, limit: int = 50,
-               shared_only: bool = False) -> list[Task]:
-    q = select(Task).where(Task.project_id == project_id).order_by(Task.id.desc()).offset(offset).limit(limit)
-    if kind is not None:
-        q = q.where(Task.kind == kind)
-    if shared_only:
-        q = q.where(Task.done_count >= 2)
-    return list(session.scalars(q))
-
-
-def evaluation_summaries(session: Session, runs: list) -> dict[int, dict[str, Any]]:
-    """Labeler win rates (with their 95% interval) of several evaluate runs in three queries; the same
-    figures as app.services.evaluation.labeler_win_rate, which answers one run."""
-    from app.services.evaluation import win_rate
-
-    runs = [r for r in runs if len(r.input_model_ids or []) >= 2]
-    if not runs:
-        return {}
-    ids = [r.id for r in runs]
-    rows = session.execute(select(Task.source_run_id, Comparison.a_completion_id, Comparison.b_completion_id,
-                                  Comparison.choice).join(Task, Task.id == Comparison.task_id)
-                           .where(Task.source_run_id.in_(ids), Task.kind == TaskKind.comparison)).all()
-    completions = {c for _, a, b, _ in rows for c in (a, b)}
-    model_of = dict(session.execute(select(Completion.id, Completion.model_version_id)
-                                    .where(Completion.id.in_(completions))).all()) if completions else {}
-    tally = {rid: [0, 0, 0] for rid in ids}
-    candidate = {r.id: (r.input_model_ids[0], r.input_model_ids[1]) for r in runs}
-    for rid, a, b, choice in rows:
-        if choice == ComparisonChoice.tie:
-            tally[rid][2] += 1
-            continue
-        chosen = model_of.get(a if choice == ComparisonChoice.a else b)
-        if chosen == candidate[rid][0]:
-            tally[rid][0] += 1
-        elif chosen == candidate[rid][1]:
-            tally[rid][1] += 1
-    counts: dict[int, dict] = defaultdict(dict)
-    for rid, status, n in session.execute(select(Task.source_run_id, Task.status, func.count())
-                                          .where(Task.source_run_id.in_(ids), Task.kind == TaskKind.comparison)
-                                          .group_by(Task.source_run_id, Task.status)):
-        counts[rid][status] = n
-    return {rid: {**win_rate(*tally[rid]), "candidate_model_id": candidate[rid][0],
-                  "baseline_model_id": candidate[rid][1], "tasks": sum(counts[rid].values()),
-                  "tasks_closed": counts[rid].get(TaskStatus.closed, 0)} for rid in ids}

@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import and_, bindparam, case, delete, exists, func, insert, select, union_all, update
 from sqlalchemy.orm import Session, aliased
 
-from app.db import is_postgres, utcnow
+from app.db import is_postgres, lock_writes, utcnow
 from app.models import (
     OUTPUT_FLAGS,
     ComparisonChoice,
@@ -133,6 +133,7 @@ def _check_key(key: str | None) -> str | None:
 
 
 def _locked_task(session: Session, user: User, task_id: int, kind: TaskKind):
+    lock_writes(session)
     task = session.execute(_LOCK_TASK, {"task_id": task_id}).first()
     if task is None:
         raise NotFound(f"There is no task {task_id}.")
@@ -357,6 +358,7 @@ def skip(session: Session, user: User, task_id: int, reason: str = "skip", note:
     note = (note or "").strip()
     if len(note) > MAX_REASON_CHARS:
         raise ServiceError(f"The note has {len(note)} characters; the limit is {MAX_REASON_CHARS}.")
+    lock_writes(session)
     task = session.scalar(select(Task).where(Task.id == task_id).with_for_update())
     if task is None:
         raise NotFound(f"There is no task {task_id}.")
@@ -376,6 +378,7 @@ def skip(session: Session, user: User, task_id: int, reason: str = "skip", note:
 
 def save_draft(session: Session, user: User, task_id: int, text: str) -> Draft:
     """Keeps the demonstration being typed (one row per task and labeler)."""
+    lock_writes(session)
     task = session.get(Task, task_id)
     if task is None:
         raise NotFound(f"There is no task {task_id}.")

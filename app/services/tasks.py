@@ -1,10 +1,23 @@
-"""Creating tasks. Tasks are only rows; app.services.queue hands them out to labelers."""
+"""Creating and reading tasks. Tasks are only rows; app.services.queue hands them out to labelers."""
+
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.models import Completion, Project, Prompt, Task, TaskCompletion, TaskKind
-from app.services import ServiceError
+from app.models import (
+    Comparison,
+    Completion,
+    Demonstration,
+    Project,
+    Prompt,
+    Ranking,
+    Task,
+    TaskCompletion,
+    TaskKind,
+    User,
+)
+from app.services import NotFound, ServiceError
 
 MIN_OUTPUTS, MAX_OUTPUTS = 2, 9
 
@@ -67,3 +80,30 @@ def create_comparison_task(session: Session, project: Project, prompt: Prompt, a
         raise ServiceError("A comparison needs two different outputs.")
     return _task_with_outputs(session, project, prompt, TaskKind.comparison, [a_completion_id, b_completion_id],
                               priority, source_run_id)
+
+
+SUBMISSIONS = {TaskKind.demonstration: Demonstration, TaskKind.ranking: Ranking, TaskKind.comparison: Comparison}
+"""The table of each task kind's submissions."""
+
+
+def get_task(session: Session, task_id: int) -> Task:
+    task = session.get(Task, task_id)
+    if task is None:
+        raise NotFound(f"There is no task {task_id}.")
+    return task
+
+
+def task_submissions(session: Session, task: Task) -> list[Any]:
+    model = SUBMISSIONS[task.kind]
+    return list(session.execute(select(model, User).join(User, User.id == model.user_id)
+                                .where(model.task_id == task.id).order_by(model.id)).all())
+
+
+def tasks_page(session: Session, project_id: int, kind: TaskKind | None, *, offset: int = 0, limit: int = 50,
+               shared_only: bool = False) -> list[Task]:
+    q = select(Task).where(Task.project_id == project_id).order_by(Task.id.desc()).offset(offset).limit(limit)
+    if kind is not None:
+        q = q.where(Task.kind == kind)
+    if shared_only:
+        q = q.where(Task.done_count >= 2)
+    return list(session.scalars(q))

@@ -3,11 +3,9 @@
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Request
-from sqlalchemy import func, select
-
 from app.deps import AdminUser, SessionDep, SettingsDep, verify_csrf
-from app.models import Invite, Project, Role, TrainingRun, User
-from app.services import ServiceError, accounts
+from app.models import Role
+from app.services import ServiceError, accounts, projects
 from app.web.render import flash, redirect, render
 from app.web.params import IdPath
 
@@ -16,18 +14,12 @@ router = APIRouter(prefix="/admin", dependencies=[Depends(verify_csrf)], include
 
 @router.get("")
 def dashboard(request: Request, session: SessionDep, user: AdminUser):
-    counts = {
-        "projects": session.scalar(select(func.count(Project.id))),
-        "labelers": session.scalar(select(func.count(User.id)).where(User.role == Role.labeler, User.is_active)),
-        "runs": session.scalar(select(func.count(TrainingRun.id))),
-    }
-    return render(request, "admin/dashboard.html", {"counts": counts})
+    return render(request, "admin/dashboard.html", {"counts": projects.dashboard_counts(session)})
 
 
 def _users_page(request: Request, session, status_code: int = 200, **extra):
-    users = session.scalars(select(User).order_by(User.role, User.email)).all()
-    invites = session.scalars(select(Invite).where(Invite.used_at.is_(None)).order_by(Invite.id.desc()).limit(20)).all()
-    return render(request, "admin/users.html", {"users": users, "invites": invites, "roles": list(Role), **extra},
+    return render(request, "admin/users.html", {"users": accounts.list_users(session),
+                                                "invites": accounts.open_invites(session), "roles": list(Role), **extra},
                   status_code=status_code)
 
 
@@ -60,10 +52,11 @@ def invite(
 @router.post("/users/{user_id}/active")
 def set_active(request: Request, session: SessionDep, user: AdminUser, user_id: IdPath,
                active: Annotated[bool, Form()] = False):
-    if user_id == user.id and not active:
-        flash(request, "You can't disable your own account.", "error")
+    try:
+        target = accounts.set_active(session, user_id, active, by=user)
+    except ServiceError as exc:
+        flash(request, exc.message, "error")
         return redirect("/admin/users")
-    target = accounts.set_active(session, user_id, active)
     flash(request, f"{target.email} is {'enabled' if active else 'disabled'}.")
     return redirect("/admin/users")
 
@@ -78,9 +71,8 @@ def end_access(request: Request, session: SessionDep, user: AdminUser, user_id: 
 @router.post("/users/{user_id}/reset-link")
 def reset_link(request: Request, session: SessionDep, settings: SettingsDep, user: AdminUser, user_id: IdPath):
     token = accounts.create_password_reset(session, user_id, created_by=user, ttl_s=settings.invite_ttl_s)
-    target = session.get(User, user_id)
     return _users_page(request, session, reset_link=_link(request, settings, "reset_page", token),
-                       reset_email=target.email if target else "")
+                       reset_email=accounts.get_user(session, user_id).email)
 
 
 @router.post("/users/{user_id}/unlock")

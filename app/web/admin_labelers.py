@@ -3,11 +3,10 @@
 from fastapi import APIRouter, Depends, Request
 
 from app.deps import AdminUser, SessionDep, verify_csrf
-from app.models import Project, TaskKind
-from app.services import ServiceError, projects, stats
+from app.models import TaskKind
+from app.services import ServiceError, projects, stats, tasks
 from app.web.render import flash, redirect, render
 from app.web.params import IdPath, Page
-from sqlalchemy import select
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(verify_csrf)], include_in_schema=False)
 PAIRWISE_REFERENCE = 0.726  # InstructGPT: training labelers agreed on 72.6 ± 1.5 % of comparisons
@@ -22,7 +21,7 @@ def labelers_page(request: Request, session: SessionDep, user: AdminUser, projec
     pairs = sorted(agreement.per_pair.items(), key=lambda kv: -kv[1].comparable)[:30]
     return render(request, "admin/labelers.html", {
         "rows": rows, "agreement": agreement, "pairs": pairs, "names": names, "project_id": pid,
-        "projects": session.scalars(select(Project).order_by(Project.name)).all(),
+        "projects": projects.project_choices(session),
         "gold_tasks": stats.gold_tasks(session, pid, limit=20), "reference": PAIRWISE_REFERENCE, "as_of": as_of,
     })
 
@@ -33,15 +32,15 @@ def tasks_page(request: Request, session: SessionDep, user: AdminUser, project_i
     project = projects.get_project(session, project_id)
     task_kind = TaskKind(kind) if kind in TaskKind.__members__ else None
     page = max(1, page)
-    tasks = stats.tasks_page(session, project.id, task_kind, offset=(page - 1) * 50, limit=51, shared_only=shared)
-    return render(request, "admin/tasks.html", {"project": project, "tasks": tasks[:50], "more": len(tasks) > 50,
+    listed = tasks.tasks_page(session, project.id, task_kind, offset=(page - 1) * 50, limit=51, shared_only=shared)
+    return render(request, "admin/tasks.html", {"project": project, "tasks": listed[:50], "more": len(listed) > 50,
                                                 "kind": kind, "shared": shared, "page": page})
 
 
 @router.get("/tasks/{task_id}")
 def task_page(request: Request, session: SessionDep, user: AdminUser, task_id: IdPath, error: str | None = None):
-    task = stats.get_task(session, task_id)
-    subs = stats.task_submissions(session, task)
+    task = tasks.get_task(session, task_id)
+    subs = tasks.task_submissions(session, task)
     gold_rank = stats.ranks_of(task.gold["order"]) if isinstance(task.gold, dict) and "order" in task.gold else {}
     scores = {}
     for sub, _labeler in subs:
@@ -53,7 +52,7 @@ def task_page(request: Request, session: SessionDep, user: AdminUser, task_id: I
 
 @router.post("/tasks/{task_id}/gold")
 async def set_gold(request: Request, session: SessionDep, user: AdminUser, task_id: IdPath):
-    task = stats.get_task(session, task_id)
+    task = tasks.get_task(session, task_id)
     form = await request.form()
     try:
         if form.get("clear"):

@@ -6,12 +6,10 @@ import typing
 from functools import cache
 
 from fastapi import APIRouter, Depends, Request
-from sqlalchemy import func, select
 
-from app.db import write_session
 from app.deps import AdminUser, SessionDep, SettingsDep, verify_csrf
-from app.models import ModelKind, ModelVersion, Project, RunKind, RunMetric, RunStatus, TrainingRun, User
-from app.services import ServiceError, evaluation, registry, runs, stats
+from app.models import ModelKind, ModelVersion, RunKind, RunStatus, TrainingRun
+from app.services import ServiceError, accounts, evaluation, projects, registry, runs
 from app.web.admin_charts import MODEL_COLORS, headline_metrics, line_chart, lineage_graph
 from app.web.render import flash, redirect, render
 from app.web.params import IdPath
@@ -83,7 +81,7 @@ def _run_form(request, session, settings, kind: str, *, project_id=None, form=No
     if kind not in KIND_TITLES:
         kind = "sft"
     doc, fields = config_fields(kind)
-    all_projects = session.scalars(select(Project).order_by(Project.name)).all()
+    all_projects = projects.project_choices(session)
     if project_id is None and all_projects:
         project_id = all_projects[0].id
     accepted, required = runs.INPUT_MODELS[RunKind(kind)]
@@ -91,7 +89,7 @@ def _run_form(request, session, settings, kind: str, *, project_id=None, form=No
     slots = [{"name": name, "index": i, "required": i < required,
               "choices": [v for v in versions if v.kind in accepted[i]]}
              for i, name in enumerate(runs.INPUT_NAMES[RunKind(kind)][:len(accepted)])]
-    labelers = session.scalars(select(User).order_by(User.email)).all()
+    labelers = sorted(accounts.list_users(session), key=lambda u: u.email)
     return render(request, "admin/run_new.html", {
         "kind": kind, "kinds": KIND_TITLES, "doc": doc, "fields": fields, "projects": all_projects,
         "project_id": project_id, "slots": slots, "labelers": labelers, "form": form or {}, "error": error,
@@ -105,7 +103,7 @@ def new_run_page(request: Request, session: SessionDep, settings: SettingsDep, u
     preset = [int(model)] if model.isdigit() else []
     pid = int(project) if project.isdigit() else None
     if pid is None and preset:
-        version = session.get(ModelVersion, preset[0])
+        version = registry.versions_by_id(session, preset).get(preset[0])
         pid = version.project_id if version else None
     return _run_form(request, session, settings, kind, project_id=pid, preset_models=preset)
 
@@ -127,21 +125,13 @@ async def create_run(request: Request, session: SessionDep, settings: SettingsDe
             elif value and value != "default":
                 raise ServiceError("Pick a model version from the list.")
         excluded = sorted({int(v) for v in form.getlist("exclude") if v.isdigit()})
-        note = ""
+        data_filter: dict[str, typing.Any] = {"exclude_labelers": excluded} if excluded else {}
         min_agreement = (form.get("min_agreement") or "").strip()
-        if min_agreement and pid is not None:
+        if min_agreement:
             try:
-                threshold = float(min_agreement) / 100
+                data_filter["min_agreement"] = float(min_agreement)
             except ValueError:
                 raise ServiceError("Minimum agreement is a percentage, e.g. 65.") from None
-            if not 0 <= threshold <= 1:
-                raise ServiceError("Minimum agreement is a percentage between 0 and 100.")
-            # Labelers below the threshold (on shared ranking tasks) are left out like the excluded ones.
-            agreement = stats.ranking_agreement(session, pid)
-            low = sorted(uid for uid, s in agreement.per_labeler.items() if s.rate is not None and s.rate < threshold)
-            excluded = sorted(set(excluded) | set(low))
-            note = f" Left out {len(low)} labeler{'s' * (len(low) != 1)} below {min_agreement}% agreement."
-        data_filter = {"exclude_labelers": excluded} if excluded else {}
         splits = form.getlist("splits")
         if splits and splits != ["train"]:
             data_filter["splits"] = splits
@@ -151,6 +141,8 @@ async def create_run(request: Request, session: SessionDep, settings: SettingsDe
         session.rollback()
         return _run_form(request, session, settings, kind, project_id=pid, form=form, error=exc.message,
                          status_code=exc.status_code)
+    low = run.data_filter.get("below_agreement")
+    note = "" if low is None else f" Left out {len(low)} labeler{'s' * (len(low) != 1)} below {min_agreement}% agreement."
     flash(request, f"Run #{run.id} ({run.kind.value}) is queued; a worker will pick it up.{note}", "success")
     return redirect(f"/admin/runs/{run.id}")
 
@@ -164,37 +156,22 @@ def runs_page(request: Request, session: SessionDep, user: AdminUser, project: s
     st = RunStatus(status) if status in RunStatus.__members__ else None
     rk = RunKind(kind) if kind in RunKind.__members__ else None
     listed = runs.list_runs(session, project_id=pid, status=st, kind=rk, limit=100)
-    counts = dict(session.execute(select(TrainingRun.status, func.count()).group_by(TrainingRun.status)).all())
-    names = dict(session.execute(select(Project.id, Project.name)).all())
+    names = projects.project_names(session)
     return render(request, "admin/runs.html", {
-        "runs": listed, "counts": {s.value: counts.get(s, 0) for s in RunStatus}, "project_names": names,
+        "runs": listed, "counts": runs.status_counts(session), "project_names": names,
         "projects": names, "project_id": pid, "status": status, "kind": kind, "kinds": KIND_TITLES})
 
 
-def _series(session, run_id: int) -> dict[str, list[tuple[float, float]]]:
-    rows = session.execute(select(RunMetric.name, RunMetric.step, RunMetric.value).where(RunMetric.run_id == run_id)
-                           .order_by(RunMetric.name, RunMetric.step, RunMetric.id)).all()
-    series: dict[str, list[tuple[float, float]]] = {}
-    for name, step, value in rows:
-        series.setdefault(name, []).append((step, value))
-    for name, pts in series.items():
-        if len(pts) > MAX_POINTS:
-            stride = len(pts) / MAX_POINTS
-            series[name] = [pts[int(i * stride)] for i in range(MAX_POINTS)] + [pts[-1]]
-    return series
-
-
-def _run_context(session, run: TrainingRun) -> dict:
-    series = _series(session, run.id)
+def _run_context(session: SessionDep, run: TrainingRun) -> dict:
+    series = runs.metric_series(session, run.id, max_points=MAX_POINTS)
     first = {name: i for i, name in enumerate(PLOT_FIRST)}
     names = sorted(series, key=lambda n: (first.get(n, len(first)), n))
     charts = [(name, line_chart({name: series[name]}, label=name), series[name][-1][1]) for name in names]
-    produced = session.scalars(select(ModelVersion).where(ModelVersion.run_id == run.id)).all()
-    inputs = session.scalars(select(ModelVersion).where(ModelVersion.id.in_(run.input_model_ids or []))).all()
     report = evaluation.labeler_win_rate(session, run.id) if run.kind == RunKind.evaluate else None
-    return {"run": run, "charts": charts, "produced": produced, "inputs": {v.id: v for v in inputs},
+    return {"run": run, "charts": charts, "produced": registry.produced_by(session, run.id),
+            "inputs": registry.versions_by_id(session, run.input_model_ids or []),
             "final": run.status in runs.FINAL, "report": report,
-            "project": session.get(Project, run.project_id) if run.project_id else None}
+            "project": projects.get_project(session, run.project_id) if run.project_id else None}
 
 
 @router.get("/runs/{run_id}")
@@ -213,11 +190,9 @@ def run_live(request: Request, session: SessionDep, user: AdminUser, run_id: IdP
 @router.post("/runs/{run_id}/cancel")
 def cancel_run(request: Request, session: SessionDep, user: AdminUser, run_id: IdPath):
     try:
-        # Check and write as one unit that holds SQLite's writer lock from its start (Postgres: FOR
-        # UPDATE in cancel_run). Opened here, not as a dependency: see app.deps.get_write_session.
-        with write_session(request.app.state.engine) as ws:
-            run = runs.cancel_run(ws, run_id, by=user)
+        run = runs.cancel_run(session, run_id, by=user)
     except ServiceError as exc:
+        session.rollback()
         run = runs.get_run(session, run_id)
         return render(request, "admin/run.html", {**_run_context(session, run), "error": exc.message},
                       status_code=exc.status_code)
@@ -228,22 +203,14 @@ def cancel_run(request: Request, session: SessionDep, user: AdminUser, run_id: I
 
 # ---------------------------------------------------------------- models
 
-def _evaluations(session, limit: int = 10) -> list[tuple[TrainingRun, dict]]:
-    done = session.scalars(select(TrainingRun).where(TrainingRun.kind == RunKind.evaluate)
-                           .order_by(TrainingRun.id.desc()).limit(limit)).all()
-    reports = stats.evaluation_summaries(session, list(done))
-    return [(run, reports[run.id]) for run in done if run.id in reports]
-
-
 GRAPH_LATEST = 40
 """The lineage graph shows the newest versions and their parents; the table lists more."""
 
 
-def _graph_versions(session, versions: list[ModelVersion]) -> list[ModelVersion]:
+def _graph_versions(session: SessionDep, versions: list[ModelVersion]) -> list[ModelVersion]:
     shown = {v.id: v for v in versions[:GRAPH_LATEST]}
     missing = {p for v in shown.values() for p in (v.parent_ids or [])} - set(shown)
-    if missing:
-        shown.update({v.id: v for v in session.scalars(select(ModelVersion).where(ModelVersion.id.in_(missing)))})
+    shown.update(registry.versions_by_id(session, sorted(missing)))
     return list(shown.values())
 
 
@@ -254,20 +221,19 @@ def models_page(request: Request, session: SessionDep, user: AdminUser, project:
     return render(request, "admin/models.html", {
         "versions": versions, "graph": lineage_graph(_graph_versions(session, versions)), "colors": MODEL_COLORS,
         "graph_limited": len(versions) > GRAPH_LATEST,
-        "by_id": {v.id: v for v in versions}, "evaluations": _evaluations(session), "headline": headline_metrics,
-        "projects": session.scalars(select(Project).order_by(Project.name)).all(), "project_id": pid})
+        "by_id": {v.id: v for v in versions}, "evaluations": evaluation.recent_evaluations(session), "headline": headline_metrics,
+        "projects": projects.project_choices(session), "project_id": pid})
 
 
 @router.get("/models/{version_id}")
 def model_page(request: Request, session: SessionDep, user: AdminUser, version_id: IdPath):
     version = registry.get_version(session, version_id)
     ancestors = registry.lineage(session, version.id)
-    children = [v for v in session.scalars(select(ModelVersion).order_by(ModelVersion.id).limit(2000))
-                if version.id in (v.parent_ids or [])]
+    children = registry.children(session, version.id)
     family = {v.id: v for v in ancestors + children}
     others = [v for v in _model_choices(session, version.project_id)
               if v.id != version.id and v.kind in (ModelKind.base, ModelKind.sft, ModelKind.ppo)]
-    run = session.get(TrainingRun, version.run_id) if version.run_id else None
+    run = runs.find_run(session, version.run_id) if version.run_id else None
     return render(request, "admin/model.html", {
         "version": version, "ancestors": ancestors, "children": children, "run": run, "others": others,
         "graph": lineage_graph(list(family.values()), highlight=version.id),

@@ -18,10 +18,9 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field, model_validator
-from sqlalchemy import select
 
 from app.deps import ApiAdmin, SessionDep
-from app.models import Project, Prompt, Split
+from app.models import Project, Split
 from app.services import exports, imports, projects, stats
 from app.web.params import DB_INT_MAX, Id, IdPath
 
@@ -159,12 +158,9 @@ def save_guidelines(project_id: IdPath, body: GuidelinesIn, session: SessionDep,
 def list_prompts(project_id: IdPath, session: SessionDep, user: ApiAdmin, split: Split | None = None,
                  after: int = Query(0, ge=0, le=DB_INT_MAX, description="Return prompts with an id above this (keyset paging)."),
                  limit: int = Query(100, ge=1, le=1000)):
-    projects.get_project(session, project_id)
-    q = select(Prompt).where(Prompt.project_id == project_id, Prompt.id > after).order_by(Prompt.id).limit(limit)
-    if split is not None:
-        q = q.where(Prompt.split == split)
     return [PromptOut(id=p.id, text=p.text, split=p.split, reference=p.reference, external_id=p.external_id,
-                      source=p.source) for p in session.scalars(q)]
+                      source=p.source)
+            for p in projects.list_prompts(session, project_id, split=split, after=after, limit=limit)]
 
 
 @router.post("/projects/{project_id}/prompts", response_model=ImportOut, status_code=201)

@@ -14,42 +14,21 @@ admins (a labeler's pages show none of it).
 
 Thin handlers: the rules live in app.services.runs, registry and evaluation."""
 
-import dataclasses
 from datetime import datetime
 from typing import Any
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
-from app import policies
-from app.deps import PermissionDenied, SettingsDep, WriteSessionDep, api_user
-from app.models import ModelKind, ModelVersion, RunKind, RunStatus, TrainingRun, User
+from app.deps import ApiAdmin, SessionDep, SettingsDep
+from app.models import ModelKind, ModelVersion, RunKind, RunStatus, TrainingRun
 from app.services import evaluation, registry, runs
 from app.web.params import DB_INT_MAX, Id, IdPath, IdQuery
 from runconfig import RUN_CONFIGS
 
 router = APIRouter(prefix="/api/v1", tags=["runs"])
-
-
-# Every request here is one transaction holding SQLite's writer lock from its start: the bearer
-# check writes the token's last use, and a worker writes heartbeats to the same rows concurrently
-# (a deferred SQLite transaction would fail to upgrade its lock instead of waiting).
-SessionDep = WriteSessionDep
-
-
-def _user(request: Request, session: WriteSessionDep) -> User:
-    return api_user(request, session)
-
-
-def _admin(user: Annotated[User, Depends(_user)]) -> User:
-    if not policies.can_admin(user):
-        raise PermissionDenied("This endpoint is for admins.")
-    return user
-
-
-ApiAdmin = Annotated[User, Depends(_admin)]
 
 
 # -- schemas ----------------------------------------------------------------------------------
@@ -62,7 +41,8 @@ class RunIn(BaseModel):
         "sft/reward/generate: [model] (empty: the default model); ppo: [sft, reward]; "
         "evaluate: [candidate, baseline] or [candidate, baseline, reward]."))
     data_filter: dict[str, Any] = Field(default_factory=dict, description=(
-        "exclude_labelers: [user ids]; splits: training splits (default [train]); valid_splits (default [valid])."))
+        "exclude_labelers: [user ids]; min_agreement: a percentage (labelers below it on shared ranking tasks "
+        "are left out too); splits: training splits (default [train]); valid_splits (default [valid])."))
 
 
 class RunOut(BaseModel):
@@ -114,19 +94,25 @@ class VersionOut(BaseModel):
     lineage: list[int] | None = Field(default=None, description="This version and its ancestors, nearest first.")
 
 
-def _run_out(session, run: TrainingRun, *, with_metrics: bool = False) -> RunOut:
-    from sqlalchemy import select
-
-    produced = list(session.scalars(select(ModelVersion.id).where(ModelVersion.run_id == run.id)))
+def _run_out(run: TrainingRun, produced: list[int], latest: dict[str, dict[str, float]] | None = None) -> RunOut:
     return RunOut(
         id=run.id, project_id=run.project_id, kind=run.kind, status=run.status, config=run.config or {},
         input_model_ids=run.input_model_ids or [], data_filter=run.data_filter or {},
         dataset_snapshot=run.dataset_snapshot, created_at=run.created_at, started_at=run.started_at,
         finished_at=run.finished_at, worker_id=run.worker_id, heartbeat_at=run.heartbeat_at,
         progress_step=run.progress_step, progress_total=run.progress_total, cancel_requested=run.cancel_requested,
-        error=run.error, summary=run.summary or {}, model_version_ids=produced,
-        latest_metrics=runs.latest_metrics(session, run.id) if with_metrics else None,
+        error=run.error, summary=run.summary or {}, model_version_ids=produced, latest_metrics=latest,
     )
+
+
+def _runs_out(session: SessionDep, listed: list[TrainingRun]) -> list[RunOut]:
+    produced = runs.produced_version_ids(session, [run.id for run in listed])
+    return [_run_out(run, produced[run.id]) for run in listed]
+
+
+def _one_run_out(session: SessionDep, run: TrainingRun, *, with_metrics: bool = False) -> RunOut:
+    latest = runs.latest_metrics(session, run.id) if with_metrics else None
+    return _run_out(run, runs.produced_version_ids(session, [run.id])[run.id], latest)
 
 
 def _version_out(version: ModelVersion, lineage: list[int] | None = None) -> VersionOut:
@@ -143,24 +129,23 @@ def create_run(body: RunIn, session: SessionDep, settings: SettingsDep, user: Ap
     run = runs.create_run(session, project_id=body.project_id, kind=body.kind.value, config=body.config,
                           input_model_ids=body.input_model_ids, data_filter=body.data_filter, created_by=user,
                           default_model=settings.default_model)
-    return _run_out(session, run)
+    return _one_run_out(session, run)
 
 
 @router.get("/runs", response_model=list[RunOut])
 def list_runs(session: SessionDep, user: ApiAdmin, project_id: IdQuery = None, status: RunStatus | None = None,
               kind: RunKind | None = None, limit: int = Query(100, ge=1, le=500)):
-    return [_run_out(session, run) for run in runs.list_runs(session, project_id=project_id, status=status,
-                                                             kind=kind, limit=limit)]
+    return _runs_out(session, runs.list_runs(session, project_id=project_id, status=status, kind=kind, limit=limit))
 
 
 @router.get("/runs/{run_id}", response_model=RunOut)
 def read_run(run_id: IdPath, session: SessionDep, user: ApiAdmin):
-    return _run_out(session, runs.get_run(session, run_id), with_metrics=True)
+    return _one_run_out(session, runs.get_run(session, run_id), with_metrics=True)
 
 
 @router.post("/runs/{run_id}/cancel", response_model=RunOut)
 def cancel_run(run_id: IdPath, session: SessionDep, user: ApiAdmin):
-    return _run_out(session, runs.cancel_run(session, run_id, by=user))
+    return _one_run_out(session, runs.cancel_run(session, run_id, by=user))
 
 
 @router.get("/runs/{run_id}/metrics", response_model=list[MetricOut])

@@ -11,24 +11,15 @@ Thin handlers: the rules live in app.services.queue and app.services.submissions
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Header, Response
 from pydantic import BaseModel, Field
 
-from app.db import write_session
-from app.deps import api_user
+from app.deps import ApiUser, SessionDep, SettingsDep
 from app.models import SkipReason, TaskKind
 from app.services import queue, submissions
 from app.web.params import IdPath
 
 router = APIRouter(prefix="/api/v1", tags=["labeling"])
-
-
-def _labeling(request: Request):
-    """The request's one transaction: on SQLite it takes the writer lock at its start (BEGIN
-    IMMEDIATE). Opened inside the (sync) handler, not as a dependency, so the whole transaction
-    runs in one worker thread: a dependency's setup and teardown run on other threadpool threads,
-    and holding SQLite's writer lock while waiting for a free thread deadlocks under load."""
-    return write_session(request.app.state.engine)
 
 
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=100,
@@ -118,48 +109,41 @@ def leased_task_out(a: queue.Assignment) -> LeasedTaskOut:
 
 
 # -- routes -----------------------------------------------------------------------------------
-# Auth is the same bearer-token check as app.deps.ApiUser (app.deps.api_user), run inside the
-# handler's transaction.
 
 @router.get("/work", response_model=list[WorkOut])
-def work(request: Request):
+def work(session: SessionDep, user: ApiUser):
     """What you can work on now, as your work list shows it: tasks available per project and kind."""
-    with _labeling(request) as session:
-        user = api_user(request, session)
-        return [WorkOut(project_id=w.project_id, project=w.project, kind=w.kind, available=w.available)
-                for w in queue.work_list(session, user.id)]
+    return [WorkOut(project_id=w.project_id, project=w.project, kind=w.kind, available=w.available)
+            for w in queue.work_list(session, user.id)]
 
 
 @router.get("/projects/{project_id}/next", response_model=LeasedTaskOut,
             responses={204: {"description": "No task of this kind is available to you now."},
                        401: {"description": "Missing or invalid bearer token."}})
-def next_task(request: Request, project_id: IdPath, kind: TaskKind = TaskKind.demonstration):
+def next_task(session: SessionDep, user: ApiUser, settings: SettingsDep, project_id: IdPath,
+              kind: TaskKind = TaskKind.demonstration):
     """Your next task of this kind in the project, leased to you (your live lease again if you hold one)."""
-    with _labeling(request) as session:
-        user = api_user(request, session)
-        got = queue.next_task_in_project(session, user.id, project_id, kind,
-                                         default_lease_seconds=request.app.state.settings.lease_seconds)
-        return Response(status_code=204) if got is None else leased_task_out(got)
+    got = queue.next_task_in_project(session, user.id, project_id, kind, default_lease_seconds=settings.lease_seconds)
+    return Response(status_code=204) if got is None else leased_task_out(got)
 
 
 @router.post("/tasks/{task_id}/submission", response_model=SubmissionOut, status_code=201,
              responses={200: {"description": "Idempotent retry: the stored submission."}})
-def submit(request: Request, task_id: IdPath, body: SubmissionIn, response: Response,
+def submit(session: SessionDep, user: ApiUser, task_id: IdPath, body: SubmissionIn, response: Response,
            idempotency_key: IdempotencyKey = None):
     """Stores your answer for a task leased to you. Safe to retry with the same Idempotency-Key."""
-    with _labeling(request) as session:
-        user = api_user(request, session)
-        if isinstance(body, DemonstrationIn):
-            done = submissions.submit_demonstration(session, user, task_id, body.text,
-                                                    time_spent_ms=body.time_spent_ms, idempotency_key=idempotency_key)
-        elif isinstance(body, RankingIn):
-            ratings = {cid: r.model_dump() for cid, r in body.ratings.items()}
-            done = submissions.submit_ranking(session, user, task_id, body.order, ratings,
-                                              none_acceptable=body.none_acceptable, time_spent_ms=body.time_spent_ms,
-                                              idempotency_key=idempotency_key)
-        else:
-            done = submissions.submit_comparison(session, user, task_id, body.choice, body.reason,
-                                                 time_spent_ms=body.time_spent_ms, idempotency_key=idempotency_key)
+    done: submissions.Receipt
+    if isinstance(body, DemonstrationIn):
+        done = submissions.submit_demonstration(session, user, task_id, body.text,
+                                                time_spent_ms=body.time_spent_ms, idempotency_key=idempotency_key)
+    elif isinstance(body, RankingIn):
+        ratings = {cid: r.model_dump() for cid, r in body.ratings.items()}
+        done = submissions.submit_ranking(session, user, task_id, body.order, ratings,
+                                          none_acceptable=body.none_acceptable, time_spent_ms=body.time_spent_ms,
+                                          idempotency_key=idempotency_key)
+    else:
+        done = submissions.submit_comparison(session, user, task_id, body.choice, body.reason,
+                                             time_spent_ms=body.time_spent_ms, idempotency_key=idempotency_key)
     if done.replayed:
         response.status_code = 200
     return SubmissionOut(id=done.id, task_id=done.task_id, kind=done.kind, created_at=done.created_at,
@@ -168,9 +152,7 @@ def submit(request: Request, task_id: IdPath, body: SubmissionIn, response: Resp
 
 
 @router.post("/tasks/{task_id}/skip", response_model=SkipOut)
-def skip(request: Request, task_id: IdPath, body: SkipIn):
+def skip(session: SessionDep, user: ApiUser, task_id: IdPath, body: SkipIn):
     """Passes on a task leased to you; with reason pii / nonsense / harmful it also flags the prompt for admins."""
-    with _labeling(request) as session:
-        user = api_user(request, session)
-        row = submissions.skip(session, user, task_id, body.reason, body.note)
-        return SkipOut(task_id=row.task_id, reason=row.reason)
+    row = submissions.skip(session, user, task_id, body.reason, body.note)
+    return SkipOut(task_id=row.task_id, reason=row.reason)

@@ -5,7 +5,6 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Form, Request
 
 from app.deps import CurrentUser, OptionalUser, SessionDep, SettingsDep, verify_csrf
-from app.models import ApiToken
 from app.security import new_session, token_hash
 from app.services import ServiceError, accounts
 from app.web.render import flash, redirect, render
@@ -110,7 +109,7 @@ def accept_invite(
 
 
 def _account_page(request: Request, session, user, status_code: int = 200, **extra):
-    tokens = session.query(ApiToken).filter_by(user_id=user.id).order_by(ApiToken.id.desc()).all()
+    tokens = accounts.api_tokens(session, user.id)
     sessions = accounts.open_sessions(session, user.id)
     current = token_hash(request.state.session.sid)
     return render(request, "auth/account.html", {"tokens": tokens, "sessions": sessions, "current_sid_hash": current,

@@ -14,30 +14,21 @@ Pages only parse forms and render; the rules live in app.services.queue and .sub
 
 import dataclasses
 import secrets
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse
-from starlette.concurrency import run_in_threadpool
 from markupsafe import escape
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
-from app.db import utcnow
-from app.db import write_session
-from app.deps import LabelerUser, OptionalUser, verify_csrf
-from app.models import OUTPUT_FLAGS, GuidelineVersion, Project, SkipReason, Task, TaskKind, User
-from app.services import NotFound, ServiceError, queue, submissions
-from app.web.render import flash, redirect, render
+from app.deps import LabelerUser, OptionalUser, SessionDep, SettingsDep, verify_csrf
+from app.models import OUTPUT_FLAGS, SkipReason, TaskKind, User
+from app.services import ServiceError, projects, queue, submissions, tasks
 from app.web.params import IdPath, Page
+from app.web.render import flash, redirect, render
 
 router = APIRouter(dependencies=[Depends(verify_csrf)], include_in_schema=False)
-
-
-def _tx(request: Request):
-    """The page's write transaction (BEGIN IMMEDIATE on SQLite), opened inside the handler so it
-    runs in one thread from start to commit (see app.web.api_tasks._labeling for why)."""
-    return write_session(request.app.state.engine)
 
 KIND_TITLES = {TaskKind.demonstration: "Write demonstrations", TaskKind.ranking: "Rank outputs",
                TaskKind.comparison: "Compare two outputs"}
@@ -53,10 +44,9 @@ def root(user: OptionalUser):
 
 
 @router.get("/label")
-def labeler_home(request: Request, user: LabelerUser):
-    with _tx(request) as session:
-        work = [{**dataclasses.asdict(w), "title": KIND_TITLES[w.kind]} for w in queue.work_list(session, user.id)]
-        today = submissions.counts_since(session, user, submissions.start_of_today())
+def labeler_home(request: Request, session: SessionDep, user: LabelerUser):
+    work = [{**dataclasses.asdict(w), "title": KIND_TITLES[w.kind]} for w in queue.work_list(session, user.id)]
+    today = submissions.counts_since(session, user, submissions.start_of_today())
     return render(request, "labeler/home.html", {"work": work, "today": today, "kind_titles": KIND_TITLES})
 
 
@@ -67,21 +57,20 @@ def work_queue_link(user: LabelerUser):
 
 
 @router.post("/label/p/{project_id}/{kind}")
-def work_queue(request: Request, project_id: IdPath, kind: TaskKind, user: LabelerUser):
-    return _next_task(request, user, project_id, kind, done="")
+def work_queue(request: Request, session: SessionDep, settings: SettingsDep, project_id: IdPath, kind: TaskKind,
+               user: LabelerUser):
+    return _next_task(request, session, settings.lease_seconds, user, project_id, kind, done="")
 
 
-def _next_task(request: Request, user: User, project_id: int, kind: TaskKind, *, done: str):
-    """Leases the next task of this queue (in its own transaction: whatever was saved before stays
-    saved) and shows it, or goes back to the work list when there is none. `done` is said first."""
-    with _tx(request) as session:
-        project = session.get(Project, project_id)
-        if project is None or project.archived_at is not None:
-            raise NotFound("There is no such active project.")
-        got = queue.next_task(session, user.id, project, kind,
-                              default_lease_seconds=request.app.state.settings.lease_seconds)
+def _next_task(request: Request, session: SessionDep, lease_seconds: int, user: User, project_id: int,
+               kind: TaskKind, *, done: str):
+    """Leases the next task of this queue and shows it, or goes back to the work list when there is
+    none. `done` is said first. Callers that stored something commit first: it stays saved whatever
+    happens here."""
+    got = queue.next_task_in_project(session, user.id, project_id, kind, default_lease_seconds=lease_seconds)
     if got is None:
-        flash(request, f"{done} No more {kind.value} tasks for you in {project.name} right now. Thank you!".strip(),
+        name = projects.get_project(session, project_id).name
+        flash(request, f"{done} No more {kind.value} tasks for you in {name} right now. Thank you!".strip(),
               "success")
         return redirect("/label")
     if done:
@@ -89,19 +78,12 @@ def _next_task(request: Request, user: User, project_id: int, kind: TaskKind, *,
     return redirect(f"/label/task/{got.task_id}")
 
 
-def _task_context(session: Session, user: User, task_id: int) -> dict:
-    got = queue.assignment(session, task_id, user.id)
-    if got is None:
-        if session.get(Task, task_id) is None:
-            raise NotFound(f"There is no task {task_id}. Go back to your work list to get the next one.")
-        raise NotFound("This task is not assigned to you (it may have been submitted or skipped). "
-                       "Go back to your work list to get the next one.")
-    project = session.get(Project, got.project_id)
-    guidelines = session.scalar(select(GuidelineVersion).where(GuidelineVersion.project_id == project.id)
-                                .order_by(GuidelineVersion.version.desc()).limit(1))
-    return {"task": got, "project": project, "guidelines": guidelines, "kind_title": KIND_TITLES[got.kind],
+def _task_context(session: SessionDep, user: User, task_id: int) -> dict:
+    got = queue.held_task(session, task_id, user.id)
+    return {"task": got, "project": projects.get_project(session, got.project_id),
+            "guidelines": projects.current_guidelines(session, got.project_id), "kind_title": KIND_TITLES[got.kind],
             "skip_labels": SKIP_LABELS, "flags": OUTPUT_FLAGS, "idempotency_key": secrets.token_urlsafe(12),
-            "expired": got.expires_at <= utcnow(), "error": None, "form": {}}
+            "expired": got.expires_at <= datetime.now(UTC), "error": None, "form": {}}
 
 
 def _render_task(request: Request, ctx: dict, status_code: int = 200) -> HTMLResponse:
@@ -109,11 +91,10 @@ def _render_task(request: Request, ctx: dict, status_code: int = 200) -> HTMLRes
 
 
 @router.get("/label/task/{task_id}")
-def task_page(request: Request, task_id: IdPath, user: LabelerUser):
-    with _tx(request) as session:
-        ctx = _task_context(session, user, task_id)
-        if ctx["task"].kind == TaskKind.demonstration:
-            ctx["form"] = {"text": submissions.get_draft(session, user, task_id)}
+def task_page(request: Request, session: SessionDep, task_id: IdPath, user: LabelerUser):
+    ctx = _task_context(session, user, task_id)
+    if ctx["task"].kind == TaskKind.demonstration:
+        ctx["form"] = {"text": submissions.get_draft(session, user, task_id)}
     return _render_task(request, ctx)
 
 
@@ -140,25 +121,25 @@ def _ranking_from_form(form, output_ids: list[int]) -> tuple[list[list[int]], di
 
 
 @router.post("/label/task/{task_id}/submit")
-async def submit_form(request: Request, task_id: IdPath, user: LabelerUser):
+async def submit_form(request: Request, session: SessionDep, settings: SettingsDep, task_id: IdPath,
+                      user: LabelerUser):
     form = await request.form()
-    return await run_in_threadpool(_submit_form, request, task_id, user, form)
+    return await run_in_threadpool(_submit_form, request, session, settings.lease_seconds, task_id, user, form)
 
 
-def _submit_form(request: Request, task_id: int, user: User, form) -> HTMLResponse:
-    with _tx(request) as session:
-        response = _submit_in(session, request, task_id, user, form)
+def _submit_form(request: Request, session: SessionDep, lease_seconds: int, task_id: int, user: User,
+                 form) -> HTMLResponse:
+    response = _submit_in(session, request, task_id, user, form)
     if isinstance(response, tuple):  # stored: on to the next task of the same queue
-        return _next_task(request, user, *response, done="Saved.")
+        session.commit()
+        return _next_task(request, session, lease_seconds, user, *response, done="Saved.")
     return response
 
 
-def _submit_in(session: Session, request: Request, task_id: int, user: User,
+def _submit_in(session: SessionDep, request: Request, task_id: int, user: User,
                form) -> HTMLResponse | tuple[int, TaskKind]:
     """The form again with the error, or the stored task's (project id, kind)."""
-    task = session.get(Task, task_id)
-    if task is None:
-        raise NotFound(f"There is no task {task_id}.")
+    task = tasks.get_task(session, task_id)
     key = str(form.get("idempotency_key") or "") or None
     time_ms = _int_or_none(form.get("time_spent_ms"))
     values: dict = {}
@@ -191,35 +172,31 @@ def _submit_in(session: Session, request: Request, task_id: int, user: User,
 
 
 @router.post("/label/task/{task_id}/skip")
-def skip_form(request: Request, task_id: IdPath, user: LabelerUser,
+def skip_form(request: Request, session: SessionDep, settings: SettingsDep, task_id: IdPath, user: LabelerUser,
               reason: Annotated[str, Form()] = "skip", note: Annotated[str, Form()] = ""):
-    with _tx(request) as session:
-        got = queue.assignment(session, task_id, user.id)
-        if got is None:
-            raise NotFound("This task is not assigned to you.")
-        submissions.skip(session, user, task_id, reason, note)
+    got = queue.held_task(session, task_id, user.id)
+    submissions.skip(session, user, task_id, reason, note)
+    session.commit()
     done = "Skipped." if reason == "skip" else "Skipped and flagged for the admins."
-    return _next_task(request, user, got.project_id, got.kind, done=done)
+    return _next_task(request, session, settings.lease_seconds, user, got.project_id, got.kind, done=done)
 
 
 @router.post("/label/task/{task_id}/draft")
-def save_draft(request: Request, task_id: IdPath, user: LabelerUser, text: Annotated[str, Form()] = ""):
+def save_draft(session: SessionDep, task_id: IdPath, user: LabelerUser, text: Annotated[str, Form()] = ""):
     try:
-        with _tx(request) as session:
-            submissions.save_draft(session, user, task_id, text)
+        submissions.save_draft(session, user, task_id, text)
     except ServiceError as exc:  # its own status (the page swaps it in: data-swap-errors)
         return HTMLResponse(f'<span class="draft-status bad" role="status">Draft not saved: {escape(exc.message)}</span>',
                             status_code=exc.status_code)
-    return HTMLResponse(f'<span class="draft-status" role="status">Draft saved {utcnow():%H:%M:%S} UTC</span>')
+    return HTMLResponse(f'<span class="draft-status" role="status">Draft saved {datetime.now(UTC):%H:%M:%S} UTC</span>')
 
 
 @router.get("/label/history")
-def history_page(request: Request, user: LabelerUser, page: Page = 1):
+def history_page(request: Request, session: SessionDep, user: LabelerUser, page: Page = 1):
     page = max(1, page)
     per_page = 50
-    with _tx(request) as session:
-        rows = submissions.history(session, user, limit=per_page + 1, offset=(page - 1) * per_page)
-        today = submissions.counts_since(session, user, submissions.start_of_today())
+    rows = submissions.history(session, user, limit=per_page + 1, offset=(page - 1) * per_page)
+    today = submissions.counts_since(session, user, submissions.start_of_today())
     return render(request, "labeler/history.html", {"rows": rows[:per_page], "page": page,
                                                     "has_more": len(rows) > per_page, "today": today,
                                                     "kind_titles": KIND_TITLES})

@@ -1,0 +1,187 @@
+"""The database snapshot a run trains on (the worker's side: SQLAlchemy and the app's models,
+no torch): demonstrations, rankings and prompts become the plain examples of trainer/data.py.
+
+A run reads its data once, when it starts, and records exactly which rows it used (ids) and a
+sha256 of their contents in run.dataset_snapshot, so every model can be traced to its data and a
+later edit of a row shows up as a different hash."""
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.models import Completion, Demonstration, Prompt, Ranking, Split, Task, TaskKind
+from trainer.data import PromptItem, RankingExample, SFTExample
+
+HOLDOUT_EVERY = 10
+"""With no rows on the valid split, every 10th training prompt (by id) is held out instead."""
+
+
+class DataError(ValueError):
+    """The project's data cannot feed this run; the message says what to fix."""
+
+
+@dataclass
+class Snapshot:
+    """Which rows a run used: {table: [ids]}, a sha256 of their contents, counts and notes."""
+
+    rows: dict[str, list[int]]
+    manifest: list[Any] = field(repr=False)
+    counts: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def sha256(self) -> str:
+        blob = json.dumps(self.manifest, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def record(self) -> dict[str, Any]:
+        """What goes into TrainingRun.dataset_snapshot."""
+        return {"rows": {k: sorted(v) for k, v in self.rows.items()}, "sha256": self.sha256,
+                "counts": self.counts, "notes": self.notes}
+
+    def keep_prompts(self, ids: list[int]) -> None:
+        """Narrows a prompt snapshot to the prompts the run really used (e.g. those that fit the context)."""
+        keep = set(ids)
+        self.rows["prompts"] = [i for i in self.rows.get("prompts", []) if i in keep]
+        self.manifest = [m for m in self.manifest if m[0] != "prompt" or m[1] in keep]
+        self.counts["prompts"] = len(self.rows["prompts"])
+
+    def merge(self, other: "Snapshot") -> "Snapshot":
+        rows = {k: list(v) for k, v in self.rows.items()}
+        for key, ids in other.rows.items():
+            rows[key] = sorted(set(rows.get(key, [])) | set(ids))
+        return Snapshot(rows, self.manifest + other.manifest, {**self.counts, **other.counts},
+                        self.notes + other.notes)
+
+
+def _splits(data_filter: dict, key: str, default: list[str]) -> list[Split]:
+    return [Split(s) for s in (data_filter.get(key) or default)]
+
+
+def _held_out(prompt_ids: set[int]) -> set[int]:
+    return {pid for i, pid in enumerate(sorted(prompt_ids)) if i % HOLDOUT_EVERY == HOLDOUT_EVERY - 1}
+
+
+def snapshot_demonstrations(session: Session, project_id: int, data_filter: dict | None = None
+                            ) -> tuple[list[SFTExample], list[SFTExample], Snapshot]:
+    """Accepted demonstrations -> (train, valid) SFT examples, split by their prompt's split."""
+    data_filter = data_filter or {}
+    train_splits = _splits(data_filter, "splits", ["train"])
+    valid_splits = _splits(data_filter, "valid_splits", ["valid"])
+    stmt = (select(Demonstration, Prompt).join(Prompt, Prompt.id == Demonstration.prompt_id)
+            .where(Prompt.project_id == project_id, Demonstration.accepted,
+                   Prompt.split.in_(train_splits + valid_splits))
+            .order_by(Demonstration.id))
+    if data_filter.get("exclude_labelers"):
+        stmt = stmt.where(Demonstration.user_id.not_in(data_filter["exclude_labelers"]))
+    rows = session.execute(stmt).all()
+    if not any(p.split in train_splits for _, p in rows):
+        raise DataError(f"No accepted demonstrations on the {'/'.join(train_splits)} prompts of project "
+                        f"{project_id}: collect (or accept) demonstrations before an SFT run.")
+    notes = []
+    holdout: set[int] = set()
+    if not any(p.split in valid_splits and p.split not in train_splits for _, p in rows):
+        holdout = _held_out({p.id for _, p in rows})
+        notes.append(f"No demonstrations on the {'/'.join(valid_splits)} split: held out every "
+                     f"{HOLDOUT_EVERY}th training prompt ({len(holdout)} prompts) for the validation loss.")
+    train, valid, manifest = [], [], []
+    for demo, prompt in rows:
+        example = SFTExample(prompt=prompt.text, completion=demo.text)
+        is_valid = prompt.id in holdout or (prompt.split in valid_splits and prompt.split not in train_splits)
+        (valid if is_valid else train).append(example)
+        manifest.append(["demonstration", demo.id, prompt.id, "valid" if is_valid else "train", prompt.text, demo.text])
+    snapshot = Snapshot(rows={"demonstrations": [d.id for d, _ in rows], "prompts": sorted({p.id for _, p in rows})},
+                        manifest=manifest, counts={"sft_train": len(train), "sft_valid": len(valid)}, notes=notes)
+    return train, valid, snapshot
+
+
+def snapshot_rankings(session: Session, project_id: int, data_filter: dict | None = None
+                      ) -> tuple[list[RankingExample], list[RankingExample], Snapshot]:
+    """Labelers' rankings -> (train, valid) RankingExamples. Rankings with one group only (all tied)
+    carry no preference and are left out. A ranking naming a completion that no longer exists fails."""
+    data_filter = data_filter or {}
+    train_splits = _splits(data_filter, "splits", ["train"])
+    valid_splits = _splits(data_filter, "valid_splits", ["valid"])
+    stmt = (select(Ranking, Task, Prompt).join(Task, Task.id == Ranking.task_id).join(Prompt, Prompt.id == Task.prompt_id)
+            .where(Task.project_id == project_id, Task.kind == TaskKind.ranking,
+                   Prompt.split.in_(train_splits + valid_splits))
+            .order_by(Ranking.id))
+    if data_filter.get("exclude_labelers"):
+        stmt = stmt.where(Ranking.user_id.not_in(data_filter["exclude_labelers"]))
+    rows = session.execute(stmt).all()
+    if not any(p.split in train_splits for _, _, p in rows):
+        raise DataError(f"No rankings on the {'/'.join(train_splits)} prompts of project {project_id}: run "
+                        "`generate` and collect rankings before a reward run.")
+    wanted = {cid for r, _, _ in rows for group in r.order for cid in group}
+    found = session.execute(select(Completion.id, Completion.text, Completion.generation)
+                            .where(Completion.id.in_(wanted))).all()
+    texts = {cid: text for cid, text, _ in found}
+    ended = {cid: bool((generation or {}).get("ended_with_eos", True)) for cid, _, generation in found}
+    for ranking, task, _ in rows:
+        missing = sorted({cid for group in ranking.order for cid in group} - set(texts))
+        if missing:
+            raise DataError(f"Ranking {ranking.id} (task {task.id}) refers to completion(s) {missing}, which no "
+                            "longer exist. Exclude its labeler with data_filter.exclude_labelers, or restore the "
+                            "completions, then start the run again.")
+    notes = []
+    holdout: set[int] = set()
+    if not any(p.split in valid_splits and p.split not in train_splits for _, _, p in rows):
+        holdout = _held_out({p.id for _, _, p in rows})
+        notes.append(f"No rankings on the {'/'.join(valid_splits)} split: held out every {HOLDOUT_EVERY}th "
+                     f"training prompt ({len(holdout)} prompts) for the held-out accuracy.")
+    train, valid, manifest, used, no_preference = [], [], [], [], 0
+    for ranking, task, prompt in rows:
+        groups = [list(g) for g in ranking.order if g]
+        if len(groups) < 2:
+            no_preference += 1
+            continue
+        ids = [cid for group in groups for cid in group]
+        index = {cid: i for i, cid in enumerate(ids)}
+        example = RankingExample(
+            prompt=prompt.text, completions=[texts[cid] for cid in ids],
+            order=[[index[cid] for cid in group] for group in groups], ended=[ended[cid] for cid in ids],
+            meta={"ranking_id": ranking.id, "task_id": task.id, "prompt_id": prompt.id, "user_id": ranking.user_id},
+        )
+        is_valid = prompt.id in holdout or (prompt.split in valid_splits and prompt.split not in train_splits)
+        (valid if is_valid else train).append(example)
+        used.append(ranking)
+        manifest.append(["ranking", ranking.id, prompt.id, "valid" if is_valid else "train", prompt.text,
+                         groups, [texts[cid] for cid in ids]])
+    if no_preference:
+        notes.append(f"Left out {no_preference} ranking(s) with every output tied (no preference to learn).")
+    if not train:
+        raise DataError(f"Every training ranking of project {project_id} ties all its outputs: there is no "
+                        "preference to learn yet.")
+    snapshot = Snapshot(
+        rows={"rankings": [r.id for r in used], "prompts": sorted({p.id for _, _, p in rows}),
+              "completions": sorted({cid for r in used for g in r.order for cid in g})},
+        manifest=manifest, counts={"rankings_train": len(train), "rankings_valid": len(valid)}, notes=notes,
+    )
+    return train, valid, snapshot
+
+
+def snapshot_prompts(session: Session, project_id: int, splits: list[str], *, limit: int = 0,
+                     without_task_kind: TaskKind | None = None) -> tuple[list[PromptItem], Snapshot]:
+    """Prompts of the given splits, oldest first (at most `limit`, 0 = all); with `without_task_kind`
+    only prompts that have no task of that kind yet."""
+    split_values = [Split(s) for s in splits]
+    stmt = select(Prompt).where(Prompt.project_id == project_id, Prompt.split.in_(split_values)).order_by(Prompt.id)
+    if without_task_kind is not None:
+        has_task = select(Task.prompt_id).where(Task.project_id == project_id, Task.kind == without_task_kind)
+        stmt = stmt.where(Prompt.id.not_in(has_task))
+    if limit:
+        stmt = stmt.limit(limit)
+    prompts = list(session.scalars(stmt))
+    if not prompts:
+        extra = f" without a {without_task_kind.value} task" if without_task_kind else ""
+        raise DataError(f"Project {project_id} has no {'/'.join(splits)} prompts{extra}: import prompts "
+                        "(or choose another split) and start the run again.")
+    items = [PromptItem(id=p.id, text=p.text, split=p.split.value) for p in prompts]
+    snapshot = Snapshot(rows={"prompts": [p.id for p in items]},
+                        manifest=[["prompt", p.id, p.split, p.text] for p in items],
+                        counts={"prompts": len(items)})
+    return items, snapshot
