@@ -7,11 +7,9 @@ import itertools
 import logging
 import math
 import statistics
-import threading
-import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import String, case, cast, func, literal, null, select, union_all
@@ -81,66 +79,37 @@ class LabelerFigures:
 
 # ---------------------------------------------------------------- memo
 
-_MEMO: dict[tuple, tuple[tuple, Any, Any]] = {}
-MEMO_TTL_S = 300.0
+_MEMO: dict[tuple, tuple[tuple, Any, datetime]] = {}
 
 
 def _fingerprint(session: Session) -> tuple:
-    """Changes whenever a prompt, task, submission or skip is added: the newest row of each table
-    (its id and time, read through the primary key, so a wiped and refilled table differs too)."""
+    """Changes whenever a prompt, task, submission or skip is added or an import is rolled back: the
+    newest row of each table (its id and time, read through the primary key, so a wiped and refilled
+    table differs too), and the date (figures per day). Rows are not edited in place in ways these
+    figures read (a task's status follows its submissions)."""
     tables = (Prompt, Task, Demonstration, Ranking, Comparison, Skip)
     newest = [select(m.id, m.created_at).order_by(m.id.desc()).limit(1).subquery() for m in tables]
     cols = [c for sub in newest for c in (select(sub.c.id).scalar_subquery(), select(sub.c.created_at).scalar_subquery())]
     return (utcnow().date(), *session.execute(select(*cols)).one())
 
 
-def memo(session: Session, name: str, args: tuple, compute, *, fresh: bool = False) -> tuple[Any, Any]:
+def memo(session: Session, name: str, args: tuple, compute, *, fresh: bool = False) -> tuple[Any, datetime]:
     """(value, computed_at) of `compute(session)`, an aggregate of plain numbers (never ORM rows).
 
-    The first request computes it; later ones get the remembered value at once. When rows were added
-    since (or it is MEMO_TTL_S old) the old value is still served while one background thread per
-    aggregate recomputes it (stale-while-revalidate), so a page never waits on a full recount after
-    the first time; the page says when its figures were computed. `fresh` recomputes now. Per process."""
+    Remembered per process until a row is added (`_fingerprint`, one indexed query): a view after a
+    change always recomputes, so no figure older than the last write is shown. `fresh` recomputes
+    anyway."""
     key = (str(session.get_bind().url), name, args)
     fingerprint = _fingerprint(session)
     hit = _MEMO.get(key)
-    if hit is None or fresh:
-        value = compute(session)
-        _MEMO[key] = (fingerprint, value, (utcnow(), time.monotonic()))
-        return value, _MEMO[key][2][0]
-    if hit[0] != fingerprint or time.monotonic() - hit[2][1] >= MEMO_TTL_S:
-        _refresh_in_background(session.get_bind(), key, compute)
-    return hit[1], hit[2][0]
+    if hit is None or fresh or hit[0] != fingerprint:
+        hit = _MEMO[key] = (fingerprint, compute(session), utcnow())
+    return hit[1], hit[2]
 
 
 def clear_memos() -> None:
     """Forget every remembered aggregate (tests wipe the database under a running process)."""
     _MEMO.clear()
-
-
-_REFRESHING: set[tuple] = set()
-_REFRESH_LOCK = threading.Lock()
-
-
-def _refresh_in_background(engine, key: tuple, compute) -> None:
-    with _REFRESH_LOCK:
-        if key in _REFRESHING:
-            return
-        _REFRESHING.add(key)
-
-    def work():
-        try:
-            with Session(engine) as s:
-                fingerprint = _fingerprint(s)  # read first: rows added meanwhile trigger the next refresh
-                value = compute(s)
-            _MEMO[key] = (fingerprint, value, (utcnow(), time.monotonic()))
-        except Exception:  # the old value stays; the next request tries again
-            log.exception("refreshing %s failed", key[1])
-        finally:
-            with _REFRESH_LOCK:
-                _REFRESHING.discard(key)
-
-    threading.Thread(target=work, name=f"memo-{key[1]}", daemon=True).start()
 
 
 # ---------------------------------------------------------------- labelers
