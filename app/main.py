@@ -19,10 +19,19 @@ from app.deps import CsrfFailed, LoginRequired, PermissionDenied
 from app.security import SESSION_COOKIE, SessionSigner, new_session
 from app.services import ServiceError, imports
 from app.validation import InvalidValue
-from app.web import admin, api, auth, labeler
-from app.web import admin_data, admin_labelers, admin_projects, admin_runs, api_projects
-from app.web import api_tasks
-from app.web import api_runs
+from app.web import (
+    admin,
+    admin_data,
+    admin_labelers,
+    admin_projects,
+    admin_runs,
+    api,
+    api_projects,
+    api_runs,
+    api_tasks,
+    auth,
+    labeler,
+)
 from app.web.headers import SecurityHeaders, docs_router
 from app.web.render import redirect, render
 

@@ -26,8 +26,7 @@ import trl_side  # noqa: E402
 
 from app.db import make_engine, make_sessionmaker  # noqa: E402
 from app.migrate import upgrade  # noqa: E402
-from app.models import (Completion, Demonstration, Prompt, Ranking, Split, Task, TaskCompletion,  # noqa: E402
-                        TaskKind)
+from app.models import Completion, Demonstration, Prompt, Ranking, Split, Task, TaskCompletion, TaskKind  # noqa: E402
 from app.services import accounts, exports, projects  # noqa: E402
 
 QUESTIONS = ["What is two plus two?", "Name a colour.", "Say hello.", "Count to three.", "Name a fruit.",

@@ -47,7 +47,6 @@ from app.migrate import upgrade  # noqa: E402
 from app.models import Demonstration, GuidelineVersion, Project, Prompt, Role, Task, TaskKind  # noqa: E402
 from app.services import accounts  # noqa: E402
 
-
 # -- a tiny HTTP/1.1 keep-alive client (the load generator must cost less CPU than the server) ----
 
 class Conn:

@@ -183,7 +183,7 @@ def test_models_lineage_and_actions(admin_client, session, world):
 
 def test_evaluation_results_match_the_evaluation_service(admin_client, session, world):
     from app.models import Comparison, Completion, Prompt, Task, TaskCompletion, TaskKind
-    from app.services import evaluation, stats
+    from app.services import evaluation
 
     cand = registry.register_base(session, "/models/candidate")
     base = registry.register_base(session, "/models/baseline")

@@ -1,7 +1,6 @@
 """Labeler figures, agreement (pairwise rate, Kendall's tau-b), gold accuracy, data page, tasks pages."""
 
 import math
-import time
 from datetime import timedelta
 
 import pytest
@@ -177,7 +176,8 @@ def test_gold_form(admin_client, session, world):
     form = {"csrf_token": token, f"rank_{world.a}": "1", f"rank_{world.b}": "2", f"rank_{world.c}": "2",
             f"rank_{world.d}": "4"}
     assert admin_client.post(f"/admin/tasks/{task.id}/gold", data=form).status_code == 303
-    session.rollback(); session.expire_all()  # a fresh snapshot and no cached rows: see the app's writes
+    session.rollback()
+    session.expire_all()  # a fresh snapshot and no cached rows: see the app's writes
     assert session.get(Task, task.id).gold == {"order": [[world.a], [world.b, world.c], [world.d]]}
     r = admin_client.post(f"/admin/tasks/{task.id}/gold", data={**form, f"rank_{world.d}": "9"})
     assert r.status_code == 400 and "rank from 1 to 4" in r.text
@@ -185,7 +185,8 @@ def test_gold_form(admin_client, session, world):
     assert "vs gold" in page.text and ">80%<" in page.text  # l3 tied a and b, which the gold orders: 4 of 5
     r = admin_client.post(f"/admin/tasks/{world.comp_task.id}/gold", data={"csrf_token": token, "winner": "tie"})
     assert r.status_code == 303
-    session.rollback(); session.expire_all()  # a fresh snapshot and no cached rows: see the app's writes
+    session.rollback()
+    session.expire_all()  # a fresh snapshot and no cached rows: see the app's writes
     assert session.get(Task, world.comp_task.id).gold == {"winner": None}
     demo = session.scalar(select(Task).where(Task.kind == TaskKind.demonstration))
     r = admin_client.post(f"/admin/tasks/{demo.id}/gold", data={"csrf_token": token, "winner": "1"})

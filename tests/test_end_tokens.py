@@ -5,8 +5,8 @@ applies no missing-EOS penalty to such answers."""
 import pytest
 import torch
 
-from trainer import modeling
 from runconfig import PPOConfig
+from trainer import modeling
 from trainer.generate import sample_batches
 from trainer.ppo import train_ppo
 from trainer.tiny import make_tiny_model

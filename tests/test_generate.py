@@ -16,11 +16,10 @@ from tests.worker_helpers import (
     run_status,
 )
 from trainer import modeling
-from trainer.snapshots import snapshot_prompts
 from trainer.generate import _to_sample, sample_batches
+from trainer.snapshots import snapshot_prompts
 from trainer.tiny import make_tiny_model
 from trainer.worker import Worker
-
 
 _one_thread = pytest.fixture(autouse=True)(one_torch_thread)
 

@@ -6,9 +6,9 @@ import re
 from sqlalchemy import select
 
 from app.models import Comparison, Demonstration, Draft, Ranking, Skip
+from app.services import tasks
 from tests.conftest import csrf_of
 from tests.labeling import comparison_setup, make_outputs, make_project, make_prompts, ranking_setup
-from app.services import tasks
 
 EVIL = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 

@@ -8,9 +8,34 @@ from sqlalchemy.exc import IntegrityError
 
 from app.db import make_sessionmaker, utcnow
 from app.models import (
-    ApiToken, Base, Comparison, ComparisonChoice, Completion, Demonstration, Draft, GuidelineVersion, Invite,
-    Lease, LoginFailure, ModelKind, ModelVersion, Project, Prompt, Ranking, Role, RunKind, RunMetric, RunStatus,
-    Skip, SkipReason, Split, Task, TaskCompletion, TaskKind, TrainingRun, User,
+    ApiToken,
+    Base,
+    Comparison,
+    ComparisonChoice,
+    Completion,
+    Demonstration,
+    Draft,
+    GuidelineVersion,
+    Invite,
+    Lease,
+    LoginFailure,
+    ModelKind,
+    ModelVersion,
+    Project,
+    Prompt,
+    Ranking,
+    Role,
+    RunKind,
+    RunMetric,
+    RunStatus,
+    Skip,
+    SkipReason,
+    Split,
+    Task,
+    TaskCompletion,
+    TaskKind,
+    TrainingRun,
+    User,
 )
 
 UNICODE = "Ünïcode ✓ 中文 — <b>not bold</b> \"quotes\" 'and' \\ backslash\nnew line"

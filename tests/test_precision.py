@@ -5,8 +5,8 @@ updates to rounding, which is why mixed is the default on GPUs and pure only whe
 import pytest
 import torch
 
-from tests.test_sft import TRAIN, VALID
 from runconfig import SFTConfig, config_from_dict
+from tests.test_sft import TRAIN, VALID
 from trainer.modeling import load_causal_lm, load_tokenizer
 from trainer.precision import resolve
 from trainer.sft import train_sft

@@ -12,8 +12,8 @@ import time
 import pytest
 import torch
 
-from tests.conftest import SHARED_DATA
 from runconfig import RewardConfig
+from tests.conftest import SHARED_DATA
 from trainer.data import RankingExample
 from trainer.modeling import ScalarHeadModel, load_tokenizer
 from trainer.reward import train_reward

@@ -66,8 +66,8 @@ def test_api_docs_use_the_vendored_swagger_without_inline_script(client):
 
 
 def test_no_template_has_inline_script():
-    from pathlib import Path
     import re
+    from pathlib import Path
 
     root = Path(__file__).resolve().parents[1] / "templates"
     for path in root.rglob("*.html"):

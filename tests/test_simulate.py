@@ -11,7 +11,12 @@ from app.models import Comparison, Completion, Demonstration, Project, Prompt, R
 from app.services import tasks
 from app.services.queue import Output
 from trainer.simulate import (
-    SimulatedLabeler, demo_prompts, noise_for_agreement, order_by_score, preference_score, simulate,
+    SimulatedLabeler,
+    demo_prompts,
+    noise_for_agreement,
+    order_by_score,
+    preference_score,
+    simulate,
 )
 
 

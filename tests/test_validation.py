@@ -141,7 +141,7 @@ def test_run_settings_have_bounds_and_must_be_finite(client, session):
         body = json.dumps({"project_id": project.id, "kind": "sft", "config": config})
         r = client.post("/api/v1/runs", content=body, headers={**heads, "content-type": "application/json"})
         assert r.status_code == 422 and message in r.json()["detail"], r.text
-    nan = '{"project_id": %d, "kind": "sft", "config": {"learning_rate": NaN}}' % project.id
+    nan = f'{{"project_id": {project.id}, "kind": "sft", "config": {{"learning_rate": NaN}}}}'
     r = client.post("/api/v1/runs", content=nan, headers={**heads, "content-type": "application/json"})
     assert r.status_code in (400, 422) and "finite" in r.text
     session.commit()

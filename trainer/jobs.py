@@ -186,7 +186,7 @@ def run_generate(ctx: RunContext) -> Outcome:
     for start, samples in batches:
         with ctx.session() as session:
             project = session.get(Project, ctx.project_id)
-            for item, outputs in zip(prompts[start:start + len(samples)], samples):
+            for item, outputs in zip(prompts[start:start + len(samples)], samples, strict=True):
                 prompt = session.get(Prompt, item.id)
                 if prompt is None:  # deleted while the run sampled
                     continue
@@ -240,7 +240,7 @@ def run_evaluate(ctx: RunContext) -> Outcome:
                                  batch_size=config.batch_size, should_stop=ctx.should_stop)
         for start, samples in batches:
             with ctx.session() as session:
-                for item, outputs in zip(prompts[start:start + len(samples)], samples):
+                for item, outputs in zip(prompts[start:start + len(samples)], samples, strict=True):
                     (row,) = store_completions(session, item.id, version, outputs, config, ctx.run_id)
                     answers[version.id][item.id] = row.id
                     texts[row.id] = row.text
@@ -297,9 +297,9 @@ def reward_win_rate(ctx, reward, prompts, candidate_answers: dict[int, int], bas
         ctx.checkpoint()
         chunk = prompts[start:start + batch_size]
         answers = [candidate_answers[p.id] for p in chunk] + [baseline_answers[p.id] for p in chunk]
-        pairs = [(p.text, texts[a], ended[a]) for p, a in zip(chunk + chunk, answers)]
+        pairs = [(p.text, texts[a], ended[a]) for p, a in zip(chunk + chunk, answers, strict=True)]
         scores = score_pairs(model, tokenizer, pairs).tolist()
-        for mine, theirs in zip(scores[:len(chunk)], scores[len(chunk):]):
+        for mine, theirs in zip(scores[:len(chunk)], scores[len(chunk):], strict=True):
             margins.append(mine - theirs)
             if abs(mine - theirs) < 1e-6:
                 ties += 1

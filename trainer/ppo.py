@@ -40,9 +40,9 @@ import math
 import random
 import resource
 import time
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -510,14 +510,14 @@ def train_ppo(
                 optimizer.zero_grad(set_to_none=True)
                 precision.backward(loss)
 
-                def clip() -> torch.Tensor:
+                def clip() -> torch.Tensor:  # called at once by precision.step, in this iteration
                     # Clipped per model: the value loss's large early gradients must not shrink the policy's step.
                     norm = (torch.nn.utils.clip_grad_norm_(policy_params, config.max_grad_norm)
                             + torch.nn.utils.clip_grad_norm_(value_params, config.max_grad_norm))
                     # fp16: the scaler skips a step whose gradients overflowed; otherwise it is divergence.
                     if not torch.isfinite(norm) and precision.scaler is None:
-                        raise diverged(f"Step {step}: the gradient norm became {float(norm)}.", policy,
-                                       good_state, good_step)
+                        raise diverged(f"Step {step}: the gradient norm became {float(norm)}.",  # noqa: B023
+                                       policy, good_state, good_step)  # noqa: B023
                     return norm
 
                 precision.step(optimizer, clip)
@@ -561,8 +561,14 @@ def train_ppo(
 
 def main(argv: list[str] | None = None) -> None:
     from trainer import standalone
-    from trainer.modeling import (ScalarHeadModel, load_causal_lm, load_tokenizer, pick_device,
-                                  resolve_model_source, save_causal_lm)
+    from trainer.modeling import (
+        ScalarHeadModel,
+        load_causal_lm,
+        load_tokenizer,
+        pick_device,
+        resolve_model_source,
+        save_causal_lm,
+    )
 
     parser = standalone.parser("PPO of an SFT policy against a reward model.")
     parser.add_argument("--policy", required=True, help="the SFT model: local folder, hub id or smollm2-135m-instruct")

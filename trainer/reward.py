@@ -89,7 +89,7 @@ def encode_rankings(tokenizer, rankings: list[RankingExample], max_length: int) 
         ended = example.ended or [True] * len(example.completions)
         sequences = [encode_sequence(prompt_ids, encode_completion(tokenizer, example.completions[i], ended=ended[i]),
                                      max_length) for i in used]
-        encoded.append(EncodedRanking(sequences, [(slot[w], slot[l]) for w, l in pairs]))
+        encoded.append(EncodedRanking(sequences, [(slot[win], slot[lose]) for win, lose in pairs]))
     return encoded
 
 
@@ -111,7 +111,7 @@ def kway_step_loss(model, rankings: list[EncodedRanking], pad_id: int) -> tuple[
     for ranking in rankings:
         sequences += ranking.sequences
         winners += [offset + w for w, _ in ranking.pairs]
-        losers += [offset + l for _, l in ranking.pairs]
+        losers += [offset + lose for _, lose in ranking.pairs]
         weights += [1.0 / len(ranking.pairs)] * len(ranking.pairs)
         offset += len(ranking.sequences)
     rewards = score(model, sequences, pad_id)
@@ -124,7 +124,7 @@ def pairwise_step_loss(model, rankings: list[EncodedRanking], pad_id: int) -> tu
     """The naive equivalent of kway_step_loss: each pair's winner and loser are forwarded as their
     own sequences (2 * C(K,2) forwards per ranking), as a pairwise trainer does."""
     chosen = [r.sequences[w] for r in rankings for w, _ in r.pairs]
-    rejected = [r.sequences[l] for r in rankings for _, l in r.pairs]
+    rejected = [r.sequences[lose] for r in rankings for _, lose in r.pairs]
     weights = torch.tensor([1.0 / len(r.pairs) for r in rankings for _ in r.pairs])
     margins = score(model, chosen, pad_id) - score(model, rejected, pad_id)
     return (-F.logsigmoid(margins) * weights.to(margins)).sum(), margins

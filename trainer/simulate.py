@@ -109,7 +109,7 @@ def _number_word(word: str) -> int | None:
 def order_by_score(ids: list[int], scores: list[float]) -> list[list[int]]:
     """Groups of ids, best first; equal scores share a group (a tie)."""
     groups: dict[float, list[int]] = {}
-    for cid, s in zip(ids, scores):
+    for cid, s in zip(ids, scores, strict=True):
         groups.setdefault(s, []).append(cid)
     return [groups[s] for s in sorted(groups, reverse=True)]
 
@@ -146,7 +146,7 @@ class SimulatedLabeler:
             scores = [self.rng.random() for _ in outputs]
         best, worst = max(scores), min(scores)
         ratings = {}
-        for o, s in zip(outputs, scores):
+        for o, s in zip(outputs, scores, strict=True):
             flags = ["fails_to_follow"] if s < 0 else []
             ratings[str(o.id)] = {"likert": likert(s, best, worst), "flags": flags}
         return order_by_score(ids, scores), ratings

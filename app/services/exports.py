@@ -24,7 +24,17 @@ from typing import Any
 from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
-from app.models import Comparison, ComparisonChoice, Completion, Demonstration, Project, Prompt, Ranking, Task, TaskCompletion
+from app.models import (
+    Comparison,
+    ComparisonChoice,
+    Completion,
+    Demonstration,
+    Project,
+    Prompt,
+    Ranking,
+    Task,
+    TaskCompletion,
+)
 from app.services import ServiceError
 
 KINDS = {

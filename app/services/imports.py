@@ -15,11 +15,11 @@ in the same split on every import, in every project.
 """
 
 import csv
-import logging
 import gzip
 import hashlib
 import io
 import json
+import logging
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -233,7 +233,7 @@ def _hh_rlhf(obj: dict, line: int) -> Record:
     chosen, rejected = _text(obj, "chosen", line), _text(obj, "rejected", line)
     # The prompt is the shared dialogue up to its last Assistant turn (compared, not assumed:
     # a few real records have a stray "Human:" inside a reply).
-    common = next((i for i, (a, b) in enumerate(zip(chosen, rejected)) if a != b), min(len(chosen), len(rejected)))
+    common = next((i for i, (a, b) in enumerate(zip(chosen, rejected, strict=False)) if a != b), min(len(chosen), len(rejected)))
     cut = chosen.rfind(ASSISTANT, 0, common + len(ASSISTANT)) if common < len(chosen) else chosen.rfind(ASSISTANT)
     if cut < 0 or not (chosen.startswith(HUMAN) or chosen.startswith("Human:")):
         raise ValueError("not an hh-rlhf dialogue: 'chosen' and 'rejected' share no “Human: … Assistant:” turns")

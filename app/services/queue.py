@@ -23,7 +23,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from app.db import is_postgres, lock_writes, utcnow
-from app.services import NotFound
 from app.models import (
     Comparison,
     Completion,
@@ -38,6 +37,7 @@ from app.models import (
     TaskKind,
     TaskStatus,
 )
+from app.services import NotFound
 
 SUBMISSION_MODELS = {TaskKind.demonstration: Demonstration, TaskKind.ranking: Ranking,
                      TaskKind.comparison: Comparison}

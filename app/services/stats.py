@@ -260,7 +260,7 @@ def _count_pairs(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, int, int,
     """(concordant, discordant, tied in a only, tied in b only) over two rankings' signs. Rankings
     of K outputs have few distinct sign patterns, so most calls are answered from the cache."""
     concordant = discordant = ties_a = ties_b = 0
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         if x == 0 and y == 0:
             continue
         if x == 0:

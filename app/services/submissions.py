@@ -14,8 +14,8 @@ Rules (see app.services.queue for how slots are handed out):
 
 import functools
 from dataclasses import dataclass
-from types import SimpleNamespace
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import and_, bindparam, case, delete, exists, func, insert, select, union_all, update
@@ -39,8 +39,8 @@ from app.models import (
     count_output_flags,
 )
 from app.services import Conflict, Forbidden, NotFound, ServiceError
+from app.services.queue import SUBMISSION_MODELS, TASK_OUTPUT_IDS
 from app.validation import check_values, text_problem
-from app.services.queue import TASK_OUTPUT_IDS, SUBMISSION_MODELS
 
 MAX_TIME_SPENT_MS = 24 * 3600 * 1000
 MAX_REASON_CHARS = 2000

@@ -3,11 +3,12 @@
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Request
+
 from app.deps import AdminUser, SessionDep, SettingsDep, verify_csrf
 from app.models import Role
 from app.services import ServiceError, accounts, projects
-from app.web.render import flash, redirect, render
 from app.web.params import IdPath
+from app.web.render import flash, redirect, render
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(verify_csrf)], include_in_schema=False)
 

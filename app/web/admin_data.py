@@ -9,8 +9,8 @@ from app.deps import AdminUser, SessionDep, verify_csrf
 from app.models import TaskKind
 from app.services import ServiceError, exports, projects, stats
 from app.web.admin_charts import KIND_COLORS, stacked_bars
-from app.web.render import render
 from app.web.params import IdPath
+from app.web.render import render
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(verify_csrf)], include_in_schema=False)
 KINDS = [k.value for k in TaskKind]

@@ -5,8 +5,8 @@ from fastapi import APIRouter, Depends, Request
 from app.deps import AdminUser, SessionDep, verify_csrf
 from app.models import TaskKind
 from app.services import ServiceError, projects, stats, tasks
-from app.web.render import flash, redirect, render
 from app.web.params import IdPath, Page
+from app.web.render import flash, redirect, render
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(verify_csrf)], include_in_schema=False)
 PAIRWISE_REFERENCE = 0.726  # InstructGPT: training labelers agreed on 72.6 ± 1.5 % of comparisons

@@ -11,8 +11,8 @@ from app.deps import AdminUser, SessionDep, SettingsDep, verify_csrf
 from app.models import ModelKind, ModelVersion, RunKind, RunStatus, TrainingRun
 from app.services import ServiceError, accounts, evaluation, projects, registry, runs
 from app.web.admin_charts import MODEL_COLORS, headline_metrics, line_chart, lineage_graph
-from app.web.render import flash, redirect, render
 from app.web.params import IdPath
+from app.web.render import flash, redirect, render
 from runconfig import RUN_CONFIGS
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(verify_csrf)], include_in_schema=False)

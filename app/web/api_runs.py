@@ -15,9 +15,7 @@ admins (a labeler's pages show none of it).
 Thin handlers: the rules live in app.services.runs, registry and evaluation."""
 
 from datetime import datetime
-from typing import Any
-
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field

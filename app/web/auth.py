@@ -7,8 +7,8 @@ from fastapi import APIRouter, Depends, Form, Request
 from app.deps import CurrentUser, OptionalUser, SessionDep, SettingsDep, verify_csrf
 from app.security import new_session, token_hash
 from app.services import ServiceError, accounts
-from app.web.render import flash, redirect, render
 from app.web.params import IdPath
+from app.web.render import flash, redirect, render
 
 router = APIRouter(dependencies=[Depends(verify_csrf)], include_in_schema=False)
 

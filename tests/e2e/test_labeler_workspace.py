@@ -160,7 +160,7 @@ def test_rank_four_outputs_by_keyboard_only(live_server, page_at, shot, session,
     assert "3 of 4 placed" in page.locator("[data-status]").inner_text()
     chip["B"].focus()
     page.keyboard.press("4")
-    assert page.locator("select[name=place_%d]" % letters["B"]).input_value() == "4"
+    assert page.locator(f"select[name=place_{letters['B']}]").input_value() == "4"
     assert page.locator("[data-status]").inner_text() == "Ready to submit."
     assert submit.is_enabled()
     shot(page, f"ranking-keyboard-{size}")
@@ -201,10 +201,10 @@ def test_rank_by_drag_and_drop(live_server, page_at, shot, session, lena):
     buckets = page.locator(".buckets .bucket")
     for letter, place in zip("DCAB", (1, 2, 2, 3)):   # D best, C and A tied, B last
         _drag(page, page.locator(f".chip[data-output='{letters[letter]}']"), buckets.nth(place - 1))
-        assert page.locator("select[name=place_%d]" % letters[letter]).input_value() == str(place)
-    assert page.locator("select[name=place_%d]" % letters["A"]).input_value() == "2"
-    _drag(page, page.locator(".chip[data-output='%d']" % letters["B"]), buckets.nth(3))  # move B from 3rd to 4th
-    assert page.locator("select[name=place_%d]" % letters["B"]).input_value() == "4"
+        assert page.locator(f"select[name=place_{letters[letter]}]").input_value() == str(place)
+    assert page.locator(f"select[name=place_{letters['A']}]").input_value() == "2"
+    _drag(page, page.locator(f".chip[data-output='{letters['B']}']"), buckets.nth(3))  # move B from 3rd to 4th
+    assert page.locator(f"select[name=place_{letters['B']}]").input_value() == "4"
     page.get_by_label("None of these outputs is acceptable").check()
     shot(page, "ranking-drag-desktop")
     page.locator("#submit-btn").click()
