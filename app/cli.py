@@ -23,8 +23,11 @@ def main() -> None:
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--workers", default=1, show_default=True, type=int, help="Web server processes.")
 @click.option("--with-worker/--no-worker", default=False, help="Also start one training worker beside the web app.")
-@click.option("--migrate/--no-migrate", default=None,
-              help="Upgrade the database first (default: only for the embedded SQLite database).")
+@click.option(
+    "--migrate/--no-migrate",
+    default=None,
+    help="Upgrade the database first (default: only for the embedded SQLite database).",
+)
 def serve(host: str, port: int, workers: int, with_worker: bool, migrate: bool | None) -> None:
     """Serve the web app."""
     import uvicorn
@@ -56,7 +59,9 @@ def _ensure_first_admin(settings: Settings, host: str, port: int) -> None:
     click.echo(f"  Open    http://{host}:{port}/login")
     click.echo(f"  Email   {user.email}")
     if generated:
-        click.echo(f"  Password {generated}   (shown only this once; set INSTRUCTLOOP_ADMIN_PASSWORD to choose your own)")
+        click.echo(
+            f"  Password {generated}   (shown only this once; set INSTRUCTLOOP_ADMIN_PASSWORD to choose your own)"
+        )
     else:
         click.echo("  Password from INSTRUCTLOOP_ADMIN_PASSWORD")
     click.echo()
@@ -125,10 +130,19 @@ def users_create(email: str, role: str, name: str, password_stdin: bool) -> None
 
 @main.command()
 @click.option("--once", is_flag=True, help="Run one queued run (if any) and exit.")
-@click.option("--poll-interval", default=2.0, show_default=True, type=float,
-              help="Seconds between looks at the queue when it is empty.")
-@click.option("--device", default="auto", show_default=True,
-              help="Torch device for training (auto: cuda when available, else cpu).")
+@click.option(
+    "--poll-interval",
+    default=2.0,
+    show_default=True,
+    type=float,
+    help="Seconds between looks at the queue when it is empty.",
+)
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="Torch device for training (auto: cuda when available, else cpu).",
+)
 def worker(once: bool, poll_interval: float, device: str) -> None:
     """Run the training worker: claim queued runs and run them (SIGTERM stops it at a safe point)."""
     import logging
@@ -138,24 +152,47 @@ def worker(once: bool, poll_interval: float, device: str) -> None:
 
     if poll_interval <= 0:
         raise click.BadParameter("must be above 0", param_hint="--poll-interval")
-    handled = worker_main(Settings(), once=once, poll_interval=poll_interval,
-                          device=None if device == "auto" else device)
+    handled = worker_main(
+        Settings(), once=once, poll_interval=poll_interval, device=None if device == "auto" else device
+    )
     click.echo(f"Worker stopped after {handled} run{'s' * (handled != 1)}.")
+
 
 @main.command()
 @click.option("--project", "project_ref", required=True, help="Project name or id.")
 @click.option("--labelers", default=3, show_default=True, type=int)
-@click.option("--agreement", default=0.73, show_default=True, type=float,
-              help="Pairwise agreement between two simulated labelers (0.5 = chance).")
+@click.option(
+    "--agreement",
+    default=0.73,
+    show_default=True,
+    type=float,
+    help="Pairwise agreement between two simulated labelers (0.5 = chance).",
+)
 @click.option("--kinds", default="demonstration,ranking,comparison", show_default=True)
-@click.option("--demos-file", type=click.Path(exists=True, dir_okay=False),
-              help="JSONL with prompt/completion or Alpaca instruction/input/output; else the prompts' references.")
-@click.option("--padding-rate", default=0.0, show_default=True, type=float,
-              help="Share of demonstrations that wrap the answer in chatty filler, ignoring length limits.")
+@click.option(
+    "--demos-file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="JSONL with prompt/completion or Alpaca instruction/input/output; else the prompts' references.",
+)
+@click.option(
+    "--padding-rate",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Share of demonstrations that wrap the answer in chatty filler, ignoring length limits.",
+)
 @click.option("--max-tasks", type=int, default=None)
 @click.option("--seed", default=0, show_default=True, type=int)
-def simulate(project_ref: str, labelers: int, agreement: float, kinds: str, demos_file: str | None,
-             padding_rate: float, max_tasks: int | None, seed: int) -> None:
+def simulate(
+    project_ref: str,
+    labelers: int,
+    agreement: float,
+    kinds: str,
+    demos_file: str | None,
+    padding_rate: float,
+    max_tasks: int | None,
+    seed: int,
+) -> None:
     """Let simulated labelers with a known preference work a project's queues."""
     from pathlib import Path
 
@@ -176,9 +213,18 @@ def simulate(project_ref: str, labelers: int, agreement: float, kinds: str, demo
     except ServiceError as exc:
         raise click.ClickException(exc.message) from exc
     demos = sim.load_demonstrations(Path(demos_file)) if demos_file else {}
-    report = sim.simulate(engine, project_id, labelers=labelers, agreement=agreement, kinds=kind_list, demos=demos,
-                          padding_rate=padding_rate, default_lease_seconds=settings.lease_seconds, seed=seed,
-                          max_tasks=max_tasks)
+    report = sim.simulate(
+        engine,
+        project_id,
+        labelers=labelers,
+        agreement=agreement,
+        kinds=kind_list,
+        demos=demos,
+        padding_rate=padding_rate,
+        default_lease_seconds=settings.lease_seconds,
+        seed=seed,
+        max_tasks=max_tasks,
+    )
     for kind, n in report.submitted.items():
         click.echo(f"{kind}: {n} submitted")
     click.echo(f"skipped: {report.skipped}")
@@ -189,14 +235,20 @@ def simulate(project_ref: str, labelers: int, agreement: float, kinds: str, demo
 @main.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 @click.option("--project", "project_ref", required=True, help="Project name or id.")
-@click.option("--format", "fmt", default="auto", show_default=True,
-              type=click.Choice(["auto", "jsonl", "csv", "hh-rlhf", "alpaca", "oasst"]))
+@click.option(
+    "--format",
+    "fmt",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "jsonl", "csv", "hh-rlhf", "alpaca", "oasst"]),
+)
 @click.option("--valid", "valid_pct", default=10.0, show_default=True, help="Validation share, percent.")
 @click.option("--test", "test_pct", default=10.0, show_default=True, help="Test share, percent.")
 @click.option("--create-tasks", is_flag=True, help="Create a demonstration task for each train prompt.")
 @click.option("--dry-run", is_flag=True, help="Only show the preview; write nothing.")
-def import_prompts(file: str, project_ref: str, fmt: str, valid_pct: float, test_pct: float, create_tasks: bool,
-                   dry_run: bool) -> None:
+def import_prompts(
+    file: str, project_ref: str, fmt: str, valid_pct: float, test_pct: float, create_tasks: bool, dry_run: bool
+) -> None:
     """Import prompts from FILE (JSONL, CSV, hh-rlhf, Alpaca, OpenAssistant; .gz ok): all or nothing."""
     from app.services import ServiceError, imports, projects
 
@@ -206,12 +258,19 @@ def import_prompts(file: str, project_ref: str, fmt: str, valid_pct: float, test
     try:
         with _sessionmaker(Settings()).begin() as session:
             project = projects.project_by_name_or_id(session, project_ref)
-            args = dict(filename=name, fmt=fmt, valid_fraction=valid_pct / 100, test_fraction=test_pct / 100,
-                        max_bytes=imports.CLI_MAX_IMPORT_BYTES)
+            args = dict(
+                filename=name,
+                fmt=fmt,
+                valid_fraction=valid_pct / 100,
+                test_fraction=test_pct / 100,
+                max_bytes=imports.CLI_MAX_IMPORT_BYTES,
+            )
             preview = imports.preview_import(session, project, data, **args)
-            click.echo(f"{name}: {len(preview.records):,} new prompts {preview.split_counts}, "
-                       f"{len(preview.duplicates):,} duplicates in the file, {len(preview.existing):,} already in "
-                       f"“{project.name}”, {len(preview.errors):,} bad lines.")
+            click.echo(
+                f"{name}: {len(preview.records):,} new prompts {preview.split_counts}, "
+                f"{len(preview.duplicates):,} duplicates in the file, {len(preview.existing):,} already in "
+                f"“{project.name}”, {len(preview.errors):,} bad lines."
+            )
             if preview.errors:
                 raise click.ClickException(f"Nothing imported.\n{preview.error_report()}")
             if dry_run:
@@ -219,22 +278,42 @@ def import_prompts(file: str, project_ref: str, fmt: str, valid_pct: float, test
             result = imports.run_import(session, project, data, create_tasks=create_tasks, **args)
     except ServiceError as exc:
         raise click.ClickException(exc.message) from exc
-    click.echo(f"Imported {len(result.prompts):,} prompts" +
-               (f" and created {result.tasks_created:,} demonstration tasks." if create_tasks else "."))
+    click.echo(
+        f"Imported {len(result.prompts):,} prompts"
+        + (f" and created {result.tasks_created:,} demonstration tasks." if create_tasks else ".")
+    )
 
 
 @main.command("export")
 @click.argument("kind", type=click.Choice(["sft", "preferences", "rankings"]))
 @click.option("--project", "project_ref", required=True, help="Project name or id.")
-@click.option("--split", "splits", multiple=True, type=click.Choice(["train", "valid", "test"]),
-              help="Only these splits (repeat the option); default train (valid and test are for evaluation).")
-@click.option("--format", "fmt", type=click.Choice(["plain", "conversational"]), default="plain", show_default=True,
-              help="conversational: chat messages, so TRL applies the model's chat template.")
+@click.option(
+    "--split",
+    "splits",
+    multiple=True,
+    type=click.Choice(["train", "valid", "test"]),
+    help="Only these splits (repeat the option); default train (valid and test are for evaluation).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["plain", "conversational"]),
+    default="plain",
+    show_default=True,
+    help="conversational: chat messages, so TRL applies the model's chat template.",
+)
 @click.option("--exclude-labeler", "exclude", multiple=True, type=int, help="Leave out this labeler id (repeatable).")
-@click.option("-o", "--output", default="-", show_default=True, type=click.Path(dir_okay=False, allow_dash=True),
-              help="Output file.")
-def export_data(kind: str, project_ref: str, splits: tuple[str, ...], fmt: str, exclude: tuple[int, ...],
-                output: str) -> None:
+@click.option(
+    "-o",
+    "--output",
+    default="-",
+    show_default=True,
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="Output file.",
+)
+def export_data(
+    kind: str, project_ref: str, splits: tuple[str, ...], fmt: str, exclude: tuple[int, ...], output: str
+) -> None:
     """Export KIND as JSON Lines: sft (prompt/completion), preferences (prompt/chosen/rejected), rankings."""
     from app.services import ServiceError, exports, projects
 
@@ -255,12 +334,21 @@ def export_data(kind: str, project_ref: str, splits: tuple[str, ...], fmt: str, 
 
 
 @main.command()
-@click.option("--profile", type=click.Choice(["cpu", "gpu", "tiny"]), default="cpu", show_default=True,
-              help="cpu: minutes on a laptop; gpu: real sizes; tiny: a tiny model, for a quick look.")
+@click.option(
+    "--profile",
+    type=click.Choice(["cpu", "gpu", "tiny"]),
+    default="cpu",
+    show_default=True,
+    help="cpu: minutes on a laptop; gpu: real sizes; tiny: a tiny model, for a quick look.",
+)
 @click.option("--gpu", "gpu_flag", is_flag=True, help="Same as --profile gpu.")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--worker/--no-worker", "start_worker", default=True,
-              help="Start a worker for the demo (turn off when `instructloop worker` already runs).")
+@click.option(
+    "--worker/--no-worker",
+    "start_worker",
+    default=True,
+    help="Start a worker for the demo (turn off when `instructloop worker` already runs).",
+)
 def demo(profile: str, gpu_flag: bool, seed: int, start_worker: bool) -> None:
     """Run the whole loop with simulated labelers: SFT, rankings, reward model, PPO, evaluation."""
     from app import migrate as migrations

@@ -97,8 +97,11 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "before_cursor_execute")
     def _before_write(conn, cursor, statement, _parameters, _context, _executemany):
-        if (conn.in_transaction() and not conn.connection.dbapi_connection.in_transaction
-                and statement.lstrip().upper().startswith(SQLITE_WRITES)):
+        if (
+            conn.in_transaction()
+            and not conn.connection.dbapi_connection.in_transaction
+            and statement.lstrip().upper().startswith(SQLITE_WRITES)
+        ):
             cursor.execute("BEGIN IMMEDIATE")
 
 

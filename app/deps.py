@@ -115,8 +115,7 @@ def admin_user(user: Annotated[User, Depends(current_user)]) -> User:
 bearer = HTTPBearer(auto_error=False, description="An API token from your Account page.")
 
 
-def api_user(session: SessionDep,
-             credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> User:
+def api_user(session: SessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> User:
     if credentials is None or not credentials.credentials.strip():
         raise LoginRequired()
     user = accounts.user_for_api_token(session, credentials.credentials.strip())

@@ -80,8 +80,13 @@ class BodyLimit:
             body, kind = json.dumps({"detail": message}).encode(), b"application/json"
         else:  # a page: a plain page saying so (this runs outside the app, so no template)
             body, kind = _PLAIN_PAGE.format(title="Too large", message=message).encode(), b"text/html; charset=utf-8"
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", kind), (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", kind), (b"content-length", str(len(body)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 
@@ -129,13 +134,23 @@ class BrowserSession:
     def _cookies(self, request: Request, data) -> list[tuple[bytes, bytes]]:
         settings, response = self.settings, Response()  # Response only formats the Set-Cookie headers
         if request.state.session is not data:  # new browser, login or logout
-            response.set_cookie(SESSION_COOKIE, request.app.state.signer.dumps(request.state.session),
-                                max_age=settings.session_max_age_s, httponly=True, samesite="lax",
-                                secure=settings.cookie_secure)
+            response.set_cookie(
+                SESSION_COOKIE,
+                request.app.state.signer.dumps(request.state.session),
+                max_age=settings.session_max_age_s,
+                httponly=True,
+                samesite="lax",
+                secure=settings.cookie_secure,
+            )
         pending = request.state.flash_in + request.state.flash_out  # render() empties both
         if pending:
-            response.set_cookie(FLASH_COOKIE, request.app.state.signer.dumps_flash(pending), httponly=True, samesite="lax",
-                                secure=settings.cookie_secure)
+            response.set_cookie(
+                FLASH_COOKIE,
+                request.app.state.signer.dumps_flash(pending),
+                httponly=True,
+                samesite="lax",
+                secure=settings.cookie_secure,
+            )
         elif FLASH_COOKIE in request.cookies:
             response.delete_cookie(FLASH_COOKIE)
         return [h for h in response.raw_headers if h[0] == b"set-cookie"]
@@ -143,8 +158,7 @@ class BrowserSession:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    app = FastAPI(title="instructloop", version="0.1.0", docs_url=None, redoc_url=None,
-                  openapi_url="/openapi.json")
+    app = FastAPI(title="instructloop", version="0.1.0", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     app.state.settings = settings
     app.state.engine = make_engine(settings.db_url)
     app.state.sessionmaker = make_sessionmaker(app.state.engine)
@@ -160,8 +174,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(LoginRequired)
     async def _login_required(request: Request, exc: LoginRequired):
         if _wants_json(request):
-            return JSONResponse({"detail": "Authentication required: send 'Authorization: Bearer <token>'."},
-                                status_code=401, headers={"WWW-Authenticate": "Bearer"})
+            return JSONResponse(
+                {"detail": "Authentication required: send 'Authorization: Bearer <token>'."},
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         nxt = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         response = redirect(f"/login?next={nxt}" if nxt != "/" else "/login")
         if request.headers.get("HX-Request"):
@@ -185,8 +202,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _service_error(request: Request, exc: ServiceError):
         if _wants_json(request):
             return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
-        return render(request, "error.html", {"title": "Can't do that", "message": exc.message},
-                      status_code=exc.status_code)
+        return render(
+            request, "error.html", {"title": "Can't do that", "message": exc.message}, status_code=exc.status_code
+        )
 
     @app.exception_handler(InvalidValue)
     async def _invalid_value(request: Request, exc: InvalidValue):
@@ -198,8 +216,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _http_error(request: Request, exc: StarletteHTTPException):
         if _wants_json(request) or exc.status_code not in (404, 405):
             return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
-        return render(request, "error.html", {"title": "Not found", "message": "There is no page here."},
-                      status_code=exc.status_code)
+        return render(
+            request,
+            "error.html",
+            {"title": "Not found", "message": "There is no page here."},
+            status_code=exc.status_code,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
@@ -207,8 +229,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if _wants_json(request):
             return JSONResponse({"detail": "Invalid request.", "errors": errors}, status_code=422)
         what = "; ".join(f"{e['loc'][-1]}: {e['msg']}" for e in errors[:3])
-        return render(request, "error.html", {"title": "Not a valid address", "message": f"This page can't be "
-                                              f"shown for these values ({what})."}, status_code=422)
+        return render(
+            request,
+            "error.html",
+            {"title": "Not a valid address", "message": f"This page can't be shown for these values ({what})."},
+            status_code=422,
+        )
 
     @app.exception_handler(OperationalError)
     async def _db_down(request: Request, exc: OperationalError):
@@ -234,8 +260,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     app.include_router(api_tasks.router)  # labeling API (issue 3)
     app.include_router(api_runs.router)  # runs, model registry, evaluation (issue 4)
-    for router in (admin_projects.router, admin_labelers.router, admin_data.router, admin_runs.router,
-                   api_projects.router):  # admin dashboard (issue 6)
+    for router in (
+        admin_projects.router,
+        admin_labelers.router,
+        admin_data.router,
+        admin_runs.router,
+        api_projects.router,
+    ):  # admin dashboard (issue 6)
         app.include_router(router)
     return app
 

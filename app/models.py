@@ -264,8 +264,10 @@ class GuidelineVersion(Base):
 class Prompt(Base):
     __tablename__ = "prompts"
     # (project_id, split): the per-split counts of the admin pages read this index, not the texts.
-    __table_args__ = (UniqueConstraint("project_id", "content_hash"),
-                      Index("ix_prompts_project_split", "project_id", "split"))
+    __table_args__ = (
+        UniqueConstraint("project_id", "content_hash"),
+        Index("ix_prompts_project_split", "project_id", "split"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
@@ -400,8 +402,10 @@ class Demonstration(_Submission, Base):
     # Covering index of the per-labeler figures (count, last time, median time; task_id for one
     # project's figures) on the admin pages;
     # it also serves lookups by labeler, in place of a plain user_id index.
-    __table_args__ = (UniqueConstraint("task_id", "user_id"),
-                      Index("ix_demonstrations_user_time", "user_id", "time_spent_ms", "created_at", "task_id"))
+    __table_args__ = (
+        UniqueConstraint("task_id", "user_id"),
+        Index("ix_demonstrations_user_time", "user_id", "time_spent_ms", "created_at", "task_id"),
+    )
 
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="RESTRICT"))
     prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="RESTRICT"), index=True)
@@ -449,8 +453,10 @@ class Ranking(_Submission, Base):
     # Covering index of the per-labeler figures (count, last time, median time, flags; task_id for
     # one project's figures) on the admin pages;
     # it also serves lookups by labeler, in place of a plain user_id index.
-    __table_args__ = (UniqueConstraint("task_id", "user_id"),
-                      Index("ix_rankings_user_time", "user_id", "time_spent_ms", "created_at", "task_id", "flag_count"))
+    __table_args__ = (
+        UniqueConstraint("task_id", "user_id"),
+        Index("ix_rankings_user_time", "user_id", "time_spent_ms", "created_at", "task_id", "flag_count"),
+    )
 
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="RESTRICT"))
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"))
@@ -462,8 +468,9 @@ class Ranking(_Submission, Base):
     display_order: Mapped[list[Any]] = mapped_column(default=list)
     """Completion ids in the order the labeler saw them."""
     none_acceptable: Mapped[bool] = mapped_column(Boolean, default=False)
-    flag_count: Mapped[int] = mapped_column(Integer, default=lambda ctx: count_output_flags(
-        ctx.get_current_parameters().get("ratings")))
+    flag_count: Mapped[int] = mapped_column(
+        Integer, default=lambda ctx: count_output_flags(ctx.get_current_parameters().get("ratings"))
+    )
     """Flags ticked over all outputs, set from `ratings` on insert: the labelers page sums it
     instead of opening every ranking's JSON. (The submit path passes it explicitly: its Postgres
     insert-with-CTE statement does not run Python column defaults.)"""
@@ -480,8 +487,10 @@ class Comparison(_Submission, Base):
     # Covering index of the per-labeler figures (count, last time, median time; task_id for one
     # project's figures) on the admin pages;
     # it also serves lookups by labeler, in place of a plain user_id index.
-    __table_args__ = (UniqueConstraint("task_id", "user_id"),
-                      Index("ix_comparisons_user_time", "user_id", "time_spent_ms", "created_at", "task_id"))
+    __table_args__ = (
+        UniqueConstraint("task_id", "user_id"),
+        Index("ix_comparisons_user_time", "user_id", "time_spent_ms", "created_at", "task_id"),
+    )
 
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="RESTRICT"))
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"))

@@ -105,7 +105,9 @@ def _param_problem(parameters: Any, names: Sequence[str] = ()) -> str | None:
     `names` name positional parameters (SQLite's)."""
     rows = parameters if isinstance(parameters, list) else [parameters]
     for row in rows:
-        items = row.items() if isinstance(row, dict) else itertools.zip_longest(names, row or (), fillvalue="a text value")
+        items = (
+            row.items() if isinstance(row, dict) else itertools.zip_longest(names, row or (), fillvalue="a text value")
+        )
         for name, value in items:
             if isinstance(value, str) and ("\x00" in value or not value.isascii()) and (problem := text_problem(value)):
                 return f"{re.sub(r'_[0-9]+$', '', str(name))} {problem}"

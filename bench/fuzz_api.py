@@ -70,15 +70,33 @@ def free_port() -> int:
 
 
 def fuzz(base: str, token: str, who: str, max_examples: int, max_time: int, workers: int) -> tuple[int, int, str]:
-    cmd = [str(SCHEMATHESIS), "run", f"{base}/openapi.json", "--url", base,
-           "-H", f"Authorization: Bearer {token}", "--checks", "not_a_server_error",
-           "--max-examples", str(max_examples), "--max-time", str(max_time), "--workers", str(workers),
-           "--continue-on-failure", "--suppress-health-check", "all", "--no-color"]
+    cmd = [
+        str(SCHEMATHESIS),
+        "run",
+        f"{base}/openapi.json",
+        "--url",
+        base,
+        "-H",
+        f"Authorization: Bearer {token}",
+        "--checks",
+        "not_a_server_error",
+        "--max-examples",
+        str(max_examples),
+        "--max-time",
+        str(max_time),
+        "--workers",
+        str(workers),
+        "--continue-on-failure",
+        "--suppress-health-check",
+        "all",
+        "--no-color",
+    ]
     started = time.monotonic()
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=max_time + 600).stdout
     seconds = time.monotonic() - started
     generated = sum(int(n) for n in re.findall(r"(\d+) generated", out)) or sum(
-        int(n) for n in re.findall(r"Test cases:\s*(\d+)", out))
+        int(n) for n in re.findall(r"Test cases:\s*(\d+)", out)
+    )
     errors = len(re.findall(r"Server error", out))
     print(f"{who}: {generated} test cases in {seconds:.0f} s, {errors} server-error findings")
     return generated, errors, out
@@ -86,8 +104,11 @@ def fuzz(base: str, token: str, who: str, max_examples: int, max_time: int, work
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--db-url", default=os.environ.get("FUZZ_DATABASE_URL", ""),
-                        help="scratch database (emptied); default: a temporary SQLite file")
+    parser.add_argument(
+        "--db-url",
+        default=os.environ.get("FUZZ_DATABASE_URL", ""),
+        help="scratch database (emptied); default: a temporary SQLite file",
+    )
     parser.add_argument("--max-examples", type=int, default=300, help="cases per operation and phase")
     parser.add_argument("--max-time", type=int, default=900, help="seconds per token")
     parser.add_argument("--workers", type=int, default=2)
@@ -100,10 +121,20 @@ def main() -> None:
     reset(url)
     admin_token, labeler_token = seed(url)
     port = free_port()
-    env = {**os.environ, "DATABASE_URL": url, "INSTRUCTLOOP_DATA_DIR": str(tmp / "data"),
-           "SECRET_KEY": "fuzz", "INSTRUCTLOOP_ADMIN_PASSWORD": "fuzz admin password 1"}
-    server = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--no-migrate"],
-                              env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(tmp / "server.log", "w"))
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "INSTRUCTLOOP_DATA_DIR": str(tmp / "data"),
+        "SECRET_KEY": "fuzz",
+        "INSTRUCTLOOP_ADMIN_PASSWORD": "fuzz admin password 1",
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--no-migrate"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp / "server.log", "w"),
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(100):
@@ -118,8 +149,9 @@ def main() -> None:
             total_cases, total_errors = total_cases + cases, total_errors + errors
             if args.show or errors:
                 print(out[-20000:])
-        print(f"total: {total_cases} test cases, {total_errors} server-error findings "
-              f"(server log: {tmp / 'server.log'})")
+        print(
+            f"total: {total_cases} test cases, {total_errors} server-error findings (server log: {tmp / 'server.log'})"
+        )
     finally:
         server.terminate()
         server.wait(10)

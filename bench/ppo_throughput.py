@@ -43,11 +43,18 @@ ROOT = Path(__file__).resolve().parent.parent
 TRL_PYTHON = ROOT / "bench" / ".venv-trl12" / "bin" / "python"
 
 DIGIT_ANSWERS = ["0 1 2 3 4 5 6 7 8 9 10", "Count: 1 2 3 4 5.", "The answer is 42.", "It costs 19 dollars, thank you."]
-WORD_ANSWERS = ["The quick brown fox jumps over the lazy dog.", "The capital of France is Paris.",
-                "Thank you, that is helpful!", "Please answer politely and briefly."]
+WORD_ANSWERS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "The capital of France is Paris.",
+    "Thank you, that is helpful!",
+    "Please answer politely and briefly.",
+]
 TOPICS = ["numbers", "animals", "cities", "manners", "prices", "colours", "weather", "counting"]
-PROMPTS = [f"{verb} about {topic}." for verb in ("Tell me something", "Say a line", "Write briefly", "Answer")
-           for topic in TOPICS]  # 32 prompts
+PROMPTS = [
+    f"{verb} about {topic}."
+    for verb in ("Tell me something", "Say a line", "Write briefly", "Answer")
+    for topic in TOPICS
+]  # 32 prompts
 
 
 def has_digit(text: str) -> bool:
@@ -56,10 +63,22 @@ def has_digit(text: str) -> bool:
 
 def settings_from(args) -> dict:
     return {
-        "rollout_batch_size": 16, "minibatch_size": 8, "ppo_epochs": 4, "forward_batch_size": 16,
-        "learning_rate": args.lr, "kl_coef": 0.1, "cliprange": 0.2, "cliprange_value": 0.2, "vf_coef": 0.1,
-        "gamma": 1.0, "lam": 0.95, "temperature": 1.0, "max_new_tokens": args.max_new_tokens,
-        "missing_eos_penalty": 1.0, "total_episodes": args.episodes, "seed": args.seed,
+        "rollout_batch_size": 16,
+        "minibatch_size": 8,
+        "ppo_epochs": 4,
+        "forward_batch_size": 16,
+        "learning_rate": args.lr,
+        "kl_coef": 0.1,
+        "cliprange": 0.2,
+        "cliprange_value": 0.2,
+        "vf_coef": 0.1,
+        "gamma": 1.0,
+        "lam": 0.95,
+        "temperature": 1.0,
+        "max_new_tokens": args.max_new_tokens,
+        "missing_eos_penalty": 1.0,
+        "total_episodes": args.episodes,
+        "seed": args.seed,
     }
 
 
@@ -67,10 +86,12 @@ def settings_from(args) -> dict:
 
 
 SIZES = {  # the tiny Llama-style model of each size (trainer.tiny), about 0.7M and 9.7M parameters
-    "tiny": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
-                 num_key_value_heads=2),
-    "small": dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=6, num_attention_heads=6,
-                  num_key_value_heads=2),
+    "tiny": dict(
+        hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2
+    ),
+    "small": dict(
+        hidden_size=384, intermediate_size=1024, num_hidden_layers=6, num_attention_heads=6, num_key_value_heads=2
+    ),
 }
 
 
@@ -91,15 +112,19 @@ def prepare(out: Path, device: str, size: str) -> dict:
     if all((p / "config.json").is_file() for p in paths.values()) and (out / "prompts.json").is_file():
         return {k: str(v) for k, v in paths.items()}
     torch.manual_seed(0)
-    make_tiny_model(paths["base"], texts=DEFAULT_TEXTS + DIGIT_ANSWERS + WORD_ANSWERS + PROMPTS,
-                    **SIZES[size])
+    make_tiny_model(paths["base"], texts=DEFAULT_TEXTS + DIGIT_ANSWERS + WORD_ANSWERS + PROMPTS, **SIZES[size])
     tokenizer = load_tokenizer(str(paths["base"]))
 
     # SFT: every prompt answered by every answer (half with digits), so the policy says either.
     policy = load_causal_lm(str(paths["base"]), device=device)
     demos = [SFTExample(p, a) for p in PROMPTS for a in DIGIT_ANSWERS + WORD_ANSWERS]
-    sft = train_sft(policy, tokenizer, demos, demos[:32], SFTConfig(learning_rate=3e-3, epochs=12, batch_size=32,
-                                                                    micro_batch_size=32, warmup_ratio=0.1))
+    sft = train_sft(
+        policy,
+        tokenizer,
+        demos,
+        demos[:32],
+        SFTConfig(learning_rate=3e-3, epochs=12, batch_size=32, micro_batch_size=32, warmup_ratio=0.1),
+    )
     policy.save_pretrained(paths["sft"])
     tokenizer.save_pretrained(paths["sft"])
 
@@ -109,9 +134,16 @@ def prepare(out: Path, device: str, size: str) -> dict:
     for _ in range(4):
         for prompt in PROMPTS:
             ids = torch.tensor([encode_prompt(tokenizer, prompt)], device=device)
-            outs = policy.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=0,
-                                   num_return_sequences=4, max_new_tokens=24, pad_token_id=tokenizer.pad_token_id)
-            texts = tokenizer.batch_decode(outs[:, ids.shape[1]:], skip_special_tokens=True)
+            outs = policy.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=True,
+                top_k=0,
+                num_return_sequences=4,
+                max_new_tokens=24,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            texts = tokenizer.batch_decode(outs[:, ids.shape[1] :], skip_special_tokens=True)
             texts.append(rng.choice(DIGIT_ANSWERS if not any(map(has_digit, texts)) else WORD_ANSWERS))
             good = [i for i, t in enumerate(texts) if has_digit(t)]
             bad = [i for i, t in enumerate(texts) if not has_digit(t)]
@@ -120,9 +152,15 @@ def prepare(out: Path, device: str, size: str) -> dict:
     rng.shuffle(rankings)
     split = len(rankings) * 4 // 5
     rm = ScalarHeadModel.from_causal_lm(str(paths["sft"]), device=device)
-    rm_result = train_reward(rm, tokenizer, rankings[:split], rankings[split:],
-                             RewardConfig(learning_rate=1e-3, epochs=4, batch_size=8, micro_batch_size=8,
-                                          max_length=128, normalize_bias=False))
+    rm_result = train_reward(
+        rm,
+        tokenizer,
+        rankings[:split],
+        rankings[split:],
+        RewardConfig(
+            learning_rate=1e-3, epochs=4, batch_size=8, micro_batch_size=8, max_length=128, normalize_bias=False
+        ),
+    )
     with torch.no_grad():
         rm.head.bias.zero_()  # TRL's score head has no bias; a constant shift changes nothing in PPO
     rm.save_pretrained(paths["rm"], tokenizer=tokenizer)
@@ -143,12 +181,16 @@ def prepare(out: Path, device: str, size: str) -> dict:
     with torch.no_grad():
         ours, theirs = float(check(ids, mask)), float(seq(input_ids=ids, attention_mask=mask).logits[0, 0])
     assert abs(ours - theirs) < 1e-4, (ours, theirs)
-    (out / "prompts.json").write_text(json.dumps({
-        "prompt_ids": [encode_prompt(tokenizer, p) for p in PROMPTS],
-        "sft_train_loss": sft.get("train_loss"),
-        "rm_valid_accuracy": rm_result.get("valid_accuracy"),
-        "rankings": len(rankings),
-    }))
+    (out / "prompts.json").write_text(
+        json.dumps(
+            {
+                "prompt_ids": [encode_prompt(tokenizer, p) for p in PROMPTS],
+                "sft_train_loss": sft.get("train_loss"),
+                "rm_valid_accuracy": rm_result.get("valid_accuracy"),
+                "rankings": len(rankings),
+            }
+        )
+    )
     return {k: str(v) for k, v in paths.items()}
 
 
@@ -193,8 +235,15 @@ def side_ours(paths: dict, s: dict, device: str) -> dict:
     started, cpu_started = time.perf_counter(), time.process_time()
     result = train_ppo(policy, ref, reward, value, tokenizer, PROMPTS, config, on_metrics=record)
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
-    return {"episodes": result["episodes"], "seconds": seconds, "cpu_seconds": cpu_seconds, "curve": curve, "kl": kls,
-            "memory_before_mb": memory_before, "peak_mb": peak_memory_mb(device)}
+    return {
+        "episodes": result["episodes"],
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "curve": curve,
+        "kl": kls,
+        "memory_before_mb": memory_before,
+        "peak_mb": peak_memory_mb(device),
+    }
 
 
 def side_trl(paths: dict, s: dict, device: str, prompt_ids: list[list[int]]) -> dict:
@@ -223,38 +272,90 @@ def side_trl(paths: dict, s: dict, device: str, prompt_ids: list[list[int]]) -> 
 
     out = tempfile.mkdtemp(prefix="trl-ppo-")
     args = PPOConfig(
-        output_dir=out, report_to=[], logging_steps=1, save_strategy="no", disable_tqdm=True,
-        use_cpu=not device.startswith("cuda"), bf16=False, gradient_checkpointing=False,
-        per_device_train_batch_size=s["rollout_batch_size"], gradient_accumulation_steps=1,
-        num_mini_batches=s["rollout_batch_size"] // s["minibatch_size"], num_ppo_epochs=s["ppo_epochs"],
-        local_rollout_forward_batch_size=s["forward_batch_size"], total_episodes=s["total_episodes"],
-        learning_rate=s["learning_rate"], lr_scheduler_type="constant", adam_epsilon=1e-5,
-        kl_coef=s["kl_coef"], cliprange=s["cliprange"], cliprange_value=s["cliprange_value"], vf_coef=s["vf_coef"],
-        gamma=s["gamma"], lam=s["lam"], temperature=s["temperature"], response_length=s["max_new_tokens"],
-        stop_token="eos", missing_eos_penalty=s["missing_eos_penalty"], num_sample_generations=0, seed=s["seed"],
+        output_dir=out,
+        report_to=[],
+        logging_steps=1,
+        save_strategy="no",
+        disable_tqdm=True,
+        use_cpu=not device.startswith("cuda"),
+        bf16=False,
+        gradient_checkpointing=False,
+        per_device_train_batch_size=s["rollout_batch_size"],
+        gradient_accumulation_steps=1,
+        num_mini_batches=s["rollout_batch_size"] // s["minibatch_size"],
+        num_ppo_epochs=s["ppo_epochs"],
+        local_rollout_forward_batch_size=s["forward_batch_size"],
+        total_episodes=s["total_episodes"],
+        learning_rate=s["learning_rate"],
+        lr_scheduler_type="constant",
+        adam_epsilon=1e-5,
+        kl_coef=s["kl_coef"],
+        cliprange=s["cliprange"],
+        cliprange_value=s["cliprange_value"],
+        vf_coef=s["vf_coef"],
+        gamma=s["gamma"],
+        lam=s["lam"],
+        temperature=s["temperature"],
+        response_length=s["max_new_tokens"],
+        stop_token="eos",
+        missing_eos_penalty=s["missing_eos_penalty"],
+        num_sample_generations=0,
+        seed=s["seed"],
     )
-    trainer = PPOTrainer(args=args, processing_class=tokenizer, model=policy, ref_model=ref, reward_model=reward,
-                         train_dataset=dataset, value_model=value, eval_dataset=dataset, callbacks=[Record()])
+    trainer = PPOTrainer(
+        args=args,
+        processing_class=tokenizer,
+        model=policy,
+        ref_model=ref,
+        reward_model=reward,
+        train_dataset=dataset,
+        value_model=value,
+        eval_dataset=dataset,
+        callbacks=[Record()],
+    )
     memory_before = peak_memory_mb(device)
     started, cpu_started = time.perf_counter(), time.process_time()
     trainer.train()
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
-    return {"episodes": trainer.state.episode, "seconds": seconds, "cpu_seconds": cpu_seconds, "curve": curve,
-            "kl": kls,
-            "memory_before_mb": memory_before, "peak_mb": peak_memory_mb(device)}
+    return {
+        "episodes": trainer.state.episode,
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "curve": curve,
+        "kl": kls,
+        "memory_before_mb": memory_before,
+        "peak_mb": peak_memory_mb(device),
+    }
 
 
 def run_side(side: str, work: Path, args, seed: int) -> dict:
     python = sys.executable if side == "ours" else str(TRL_PYTHON)
-    cmd = [python, __file__, "--side", side, "--work", str(work), "--device", args.device,
-           "--threads", str(args.threads), "--episodes", str(args.episodes), "--lr", str(args.lr),
-           "--max-new-tokens", str(args.max_new_tokens), "--seed", str(seed)]
+    cmd = [
+        python,
+        __file__,
+        "--side",
+        side,
+        "--work",
+        str(work),
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads),
+        "--episodes",
+        str(args.episodes),
+        "--lr",
+        str(args.lr),
+        "--max-new-tokens",
+        str(args.max_new_tokens),
+        "--seed",
+        str(seed),
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode or not lines:
         raise SystemExit(f"the {side} side failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 # --- 3. the comparison ----------------------------------------------------------------------------------
@@ -282,8 +383,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         paths = {name: str(work / name) for name in ("sft", "rm", "rm_seqcls")}
         prompt_ids = json.loads((work / "prompts.json").read_text())["prompt_ids"]
-        result = side_ours(paths, s, args.device) if args.side == "ours" else side_trl(paths, s, args.device,
-                                                                                       prompt_ids)
+        result = (
+            side_ours(paths, s, args.device) if args.side == "ours" else side_trl(paths, s, args.device, prompt_ids)
+        )
         print("RESULT " + json.dumps(result))
         return
 
@@ -296,20 +398,27 @@ def main() -> None:
     t0 = time.perf_counter()
     prepare(work, args.device, args.size)
     info = json.loads((work / "prompts.json").read_text())
-    print(f"models ready in {time.perf_counter() - t0:.0f}s: SFT train loss {info['sft_train_loss']:.3f}, reward "
-          f"model held-out accuracy {info['rm_valid_accuracy']:.3f} on rankings of SFT samples "
-          f"({info['rankings']} rankings)")
-    print(f"settings: {json.dumps(s)} (seed + repeat), model {args.size} {SIZES[args.size]}, threads "
-          f"{args.threads}, device {args.device}")
+    print(
+        f"models ready in {time.perf_counter() - t0:.0f}s: SFT train loss {info['sft_train_loss']:.3f}, reward "
+        f"model held-out accuracy {info['rm_valid_accuracy']:.3f} on rankings of SFT samples "
+        f"({info['rankings']} rankings)"
+    )
+    print(
+        f"settings: {json.dumps(s)} (seed + repeat), model {args.size} {SIZES[args.size]}, threads "
+        f"{args.threads}, device {args.device}"
+    )
     load = os.getloadavg()
     runs = {"ours": [], "trl": []}
     for repeat in range(args.repeats):
-        for side in (("ours", "trl") if repeat % 2 == 0 else ("trl", "ours")):
+        for side in ("ours", "trl") if repeat % 2 == 0 else ("trl", "ours"):
             result = run_side(side, work, args, seed=args.seed + repeat)
             runs[side].append(result)
-            print(f"  run {repeat + 1} {side:4s}: {result['episodes'] / result['seconds']:.2f} episodes/s, "
-                  f"{result['episodes'] / result['cpu_seconds']:.2f} episodes per CPU-second, "
-                  f"peak {result['peak_mb']:.0f} MB, final score {result['curve'][-1]:+.3f}", flush=True)
+            print(
+                f"  run {repeat + 1} {side:4s}: {result['episodes'] / result['seconds']:.2f} episodes/s, "
+                f"{result['episodes'] / result['cpu_seconds']:.2f} episodes per CPU-second, "
+                f"peak {result['peak_mb']:.0f} MB, final score {result['curve'][-1]:+.3f}",
+                flush=True,
+            )
     print(f"load average before: {load[0]:.2f}, after: {os.getloadavg()[0]:.2f} (2 cores shared with other work)")
 
     def summary(side):
@@ -319,27 +428,41 @@ def main() -> None:
         steps = min(len(r["curve"]) for r in rs)
         curve = [statistics.mean(r["curve"][i] for r in rs) for i in range(steps)]
         kl = [statistics.mean(r["kl"][i] for r in rs) for i in range(steps)]
-        tail = curve[-max(1, steps // 4):]
-        return {"eps": statistics.median(eps), "eps_all": eps, "eps_cpu": statistics.median(eps_cpu),
-                "peak": max(r["peak_mb"] for r in rs), "before": max(r["memory_before_mb"] for r in rs),
-                "curve": curve, "kl": kl,
-                "first": curve[0], "last_quarter": statistics.mean(tail), "mean": statistics.mean(curve)}
+        tail = curve[-max(1, steps // 4) :]
+        return {
+            "eps": statistics.median(eps),
+            "eps_all": eps,
+            "eps_cpu": statistics.median(eps_cpu),
+            "peak": max(r["peak_mb"] for r in rs),
+            "before": max(r["memory_before_mb"] for r in rs),
+            "curve": curve,
+            "kl": kl,
+            "first": curve[0],
+            "last_quarter": statistics.mean(tail),
+            "mean": statistics.mean(curve),
+        }
 
     ours, trl = summary("ours"), summary("trl")
     unit = "peak RSS MB" if args.device == "cpu" else "peak GPU MB"
     print()
-    print(f"| side | episodes/s (median of {args.repeats}) | runs | episodes per CPU-s | {unit} (after loading) | "
-          f"score step 1 | score last quarter | score mean | KL last |")
+    print(
+        f"| side | episodes/s (median of {args.repeats}) | runs | episodes per CPU-s | {unit} (after loading) | "
+        f"score step 1 | score last quarter | score mean | KL last |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for name, r in (("instructloop trainer/ppo.py", ours), ("TRL 1.12 PPOTrainer", trl)):
         runs_text = ", ".join(f"{e:.2f}" for e in r["eps_all"])
-        print(f"| {name} | {r['eps']:.2f} | {runs_text} | {r['eps_cpu']:.2f} | {r['peak']:.0f} ({r['before']:.0f}) | "
-              f"{r['first']:+.3f} | "
-              f"{r['last_quarter']:+.3f} | {r['mean']:+.3f} | {r['kl'][-1]:.3f} |")
+        print(
+            f"| {name} | {r['eps']:.2f} | {runs_text} | {r['eps_cpu']:.2f} | {r['peak']:.0f} ({r['before']:.0f}) | "
+            f"{r['first']:+.3f} | "
+            f"{r['last_quarter']:+.3f} | {r['mean']:+.3f} | {r['kl'][-1]:.3f} |"
+        )
     print()
-    print(f"speed ratio ours/TRL: {ours['eps'] / trl['eps']:.2f}x episodes/s (goal >= 1.5x), "
-          f"{ours['eps_cpu'] / trl['eps_cpu']:.2f}x episodes per CPU-second; "
-          f"reward last quarter ours {ours['last_quarter']:+.3f} vs TRL {trl['last_quarter']:+.3f}")
+    print(
+        f"speed ratio ours/TRL: {ours['eps'] / trl['eps']:.2f}x episodes/s (goal >= 1.5x), "
+        f"{ours['eps_cpu'] / trl['eps_cpu']:.2f}x episodes per CPU-second; "
+        f"reward last quarter ours {ours['last_quarter']:+.3f} vs TRL {trl['last_quarter']:+.3f}"
+    )
     print("reward curve (mean score - missing-EOS penalty per step, mean over runs):")
     print("  ours: " + " ".join(f"{v:+.2f}" for v in ours["curve"]))
     print("  TRL:  " + " ".join(f"{v:+.2f}" for v in trl["curve"]))

@@ -67,15 +67,33 @@ def one(spec: dict) -> dict:
             changed = sum(int((p.detach().float() != before[n]).sum()) for n, p in model.named_parameters())
             changed_after_first.append(changed / sum(p.numel() for p in model.parameters()))
 
-    config = SFTConfig(learning_rate=spec["lr"], epochs=100, max_steps=spec["steps"], batch_size=4, micro_batch_size=4,
-                       warmup_ratio=0.0, min_lr_ratio=1.0, keep_best=False, max_length=128, max_prompt_length=64,
-                       eval_every=spec["steps"], precision=spec["precision"])
+    config = SFTConfig(
+        learning_rate=spec["lr"],
+        epochs=100,
+        max_steps=spec["steps"],
+        batch_size=4,
+        micro_batch_size=4,
+        warmup_ratio=0.0,
+        min_lr_ratio=1.0,
+        keep_best=False,
+        max_length=128,
+        max_prompt_length=64,
+        eval_every=spec["steps"],
+        precision=spec["precision"],
+    )
     result = train_sft(model, tokenizer, train, valid, config, on_metrics=on_metrics)
-    peak = (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    return {"seconds_per_step": (step_times[-1] - step_times[0]) / max(1, len(step_times) - 1),
-            "peak_memory_mb": peak, "changed_first_step": changed_after_first[0],
-            "loss_drop": result["initial_valid_loss"] - result["valid_loss"], "device": device}
+    peak = (
+        torch.cuda.max_memory_allocated() / 2**20
+        if device == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
+    return {
+        "seconds_per_step": (step_times[-1] - step_times[0]) / max(1, len(step_times) - 1),
+        "peak_memory_mb": peak,
+        "changed_first_step": changed_after_first[0],
+        "loss_drop": result["initial_valid_loss"] - result["valid_loss"],
+        "device": device,
+    }
 
 
 def main() -> None:
@@ -91,18 +109,31 @@ def main() -> None:
         print(json.dumps(one(json.loads(args.one))))
         return
     print(f"model {args.model}; SFT, {args.steps} steps of 4 demonstrations, lr {args.lr}\n")
-    print(f"{'precision':<24} {'s/step':>7} {'peak MB':>8} {'weights changed by step 1':>26} {'held-out loss drop':>19}")
+    print(
+        f"{'precision':<24} {'s/step':>7} {'peak MB':>8} {'weights changed by step 1':>26} {'held-out loss drop':>19}"
+    )
     # The worker loads fp32 for fp32 and bf16 (master weights) and bf16 for bf16-pure; the extra row
     # trains bf16-mixed from weights loaded in bf16, to show why it does not.
     for precision, loaded in (("fp32", None), ("bf16", None), ("bf16-pure", None), ("bf16", "bfloat16")):
-        spec = {"model": args.model, "steps": args.steps, "lr": args.lr, "threads": args.threads, "cache": args.cache,
-                "precision": precision, "loaded": loaded}
-        out = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], check=True, capture_output=True,
-                             text=True)
+        spec = {
+            "model": args.model,
+            "steps": args.steps,
+            "lr": args.lr,
+            "threads": args.threads,
+            "cache": args.cache,
+            "precision": precision,
+            "loaded": loaded,
+        }
+        out = subprocess.run(
+            [sys.executable, __file__, "--one", json.dumps(spec)], check=True, capture_output=True, text=True
+        )
         r = json.loads(out.stdout.strip().splitlines()[-1])
         name = precision + (" (loaded bf16)" if loaded else "")
-        print(f"{name:<24} {r['seconds_per_step']:>7.2f} {r['peak_memory_mb']:>8.0f} "
-              f"{r['changed_first_step']:>26.1%} {r['loss_drop']:>19.4f}   ({r['device']})", flush=True)
+        print(
+            f"{name:<24} {r['seconds_per_step']:>7.2f} {r['peak_memory_mb']:>8.0f} "
+            f"{r['changed_first_step']:>26.1%} {r['loss_drop']:>19.4f}   ({r['device']})",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

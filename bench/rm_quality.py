@@ -52,10 +52,19 @@ def our_side(spec: dict) -> dict:
     tokenizer = load_tokenizer(spec["model"])
     torch.manual_seed(spec["seed"])
     model = ScalarHeadModel.from_causal_lm(spec["model"])
-    config = RewardConfig(learning_rate=spec["learning_rate"], batch_size=spec["pairs_per_step"],
-                          micro_batch_size=spec["pairs_per_step"], warmup_ratio=0.0, min_lr_ratio=1.0,  # constant lr
-                          max_steps=spec["steps"], eval_every=spec["steps"], eval_batch_size=16,
-                          max_length=spec["max_length"], normalize_bias=False, seed=spec["seed"])
+    config = RewardConfig(
+        learning_rate=spec["learning_rate"],
+        batch_size=spec["pairs_per_step"],
+        micro_batch_size=spec["pairs_per_step"],
+        warmup_ratio=0.0,
+        min_lr_ratio=1.0,  # constant lr
+        max_steps=spec["steps"],
+        eval_every=spec["steps"],
+        eval_batch_size=16,
+        max_length=spec["max_length"],
+        normalize_bias=False,
+        seed=spec["seed"],
+    )
     result = train_reward(model, tokenizer, train, valid, config)
     return {"pairs_per_s": result["pairs_per_s"], "valid_accuracy": result["valid_accuracy"]}
 
@@ -66,7 +75,9 @@ def main() -> None:
     parser.add_argument("--train-pairs", type=int, default=2400)
     parser.add_argument("--valid-pairs", type=int, default=600)
     parser.add_argument("--pairs-per-step", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=300, help="optimizer steps per side (at most train pairs / pairs per step)")
+    parser.add_argument(
+        "--steps", type=int, default=300, help="optimizer steps per side (at most train pairs / pairs per step)"
+    )
     parser.add_argument("--learning-rate", type=float, default=3e-4)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--seeds", default="0", help="comma-separated seeds (model init and data order)")
@@ -91,13 +102,25 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     pairs = load_pairs()
     args.steps = min(args.steps, args.train_pairs // args.pairs_per_step)
-    print(f"{len(pairs):,} hh-rlhf helpful pairs; {args.train_pairs:,} train, {args.valid_pairs:,} held out; "
-          f"{args.pairs_per_step} pairs/step x {args.steps} steps, lr {args.learning_rate}, max_length {args.max_length}")
+    print(
+        f"{len(pairs):,} hh-rlhf helpful pairs; {args.train_pairs:,} train, {args.valid_pairs:,} held out; "
+        f"{args.pairs_per_step} pairs/step x {args.steps} steps, lr {args.learning_rate}, max_length {args.max_length}"
+    )
     if args.model == "tiny":
         texts = [t for p in pairs[:4000] for t in p]
-        model = str(make_tiny_model(workdir / "tiny-model", texts=texts, vocab_size=4096, hidden_size=256,
-                                    intermediate_size=704, num_hidden_layers=4, num_attention_heads=8,
-                                    num_key_value_heads=4, max_position_embeddings=512))
+        model = str(
+            make_tiny_model(
+                workdir / "tiny-model",
+                texts=texts,
+                vocab_size=4096,
+                hidden_size=256,
+                intermediate_size=704,
+                num_hidden_layers=4,
+                num_attention_heads=8,
+                num_key_value_heads=4,
+                max_position_embeddings=512,
+            )
+        )
     else:
         model = resolve_model_source(args.model, Path(args.cache))
     tokenizer = load_tokenizer(model)
@@ -106,21 +129,39 @@ def main() -> None:
     for seed in [int(s) for s in args.seeds.split(",")]:
         shuffled = pairs[:]
         random.Random(seed).shuffle(shuffled)
-        split = {"train": shuffled[:args.train_pairs],
-                 "valid": shuffled[args.train_pairs:args.train_pairs + args.valid_pairs]}
-        encoded = {name: [[r.sequences, r.pairs] for r in encode_rankings(
-            tokenizer, [RankingExample(p, [c, r], [[0], [1]]) for p, c, r in rows], args.max_length)]
-            for name, rows in split.items()}
+        split = {
+            "train": shuffled[: args.train_pairs],
+            "valid": shuffled[args.train_pairs : args.train_pairs + args.valid_pairs],
+        }
+        encoded = {
+            name: [
+                [r.sequences, r.pairs]
+                for r in encode_rankings(
+                    tokenizer, [RankingExample(p, [c, r], [[0], [1]]) for p, c, r in rows], args.max_length
+                )
+            ]
+            for name, rows in split.items()
+        }
         data, raw = workdir / f"ids-seed{seed}.json", workdir / f"pairs-seed{seed}.json"
         data.write_text(json.dumps(encoded))
         raw.write_text(json.dumps(split))
-        spec = {"model": model, "data": str(data), "pairs": str(raw), "steps": args.steps, "seed": seed,
-                "threads": args.threads, "learning_rate": args.learning_rate, "pairs_per_step": args.pairs_per_step,
-                "max_length": args.max_length, "workdir": str(workdir / "trl")}
+        spec = {
+            "model": model,
+            "data": str(data),
+            "pairs": str(raw),
+            "steps": args.steps,
+            "seed": seed,
+            "threads": args.threads,
+            "learning_rate": args.learning_rate,
+            "pairs_per_step": args.pairs_per_step,
+            "max_length": args.max_length,
+            "workdir": str(workdir / "trl"),
+        }
         spec_path = workdir / "ours-spec.json"
         spec_path.write_text(json.dumps(spec))
-        out = subprocess.run([sys.executable, __file__, "--side", str(spec_path)], check=True, capture_output=True,
-                             text=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--side", str(spec_path)], check=True, capture_output=True, text=True
+        )
         ours = json.loads(out.stdout.strip().splitlines()[-1])
         theirs = trl_side.run("rm", spec, workdir)
         for side, r in (("instructloop (K-way loss)", ours), (f"TRL {theirs['trl_version']} RewardTrainer", theirs)):

@@ -43,7 +43,7 @@ def source_texts(n: int, rng: random.Random) -> tuple[list[str], list[str]]:
                 for text in (row["chosen"], row["rejected"]):
                     cut = text.rfind(TURN)
                     prompts.append(text[:cut].strip()[-600:])
-                    answers.append(text[cut + len(TURN):].strip()[:400])
+                    answers.append(text[cut + len(TURN) :].strip()[:400])
         return prompts, answers
     words = "the a model answer question helpful kind long short clear wrong right good bad please".split()
     make = lambda k: " ".join(rng.choice(words) for _ in range(k))  # noqa: E731
@@ -58,11 +58,13 @@ def make_rankings(k: int, n: int, seed: int):
     rankings = []
     for _ in range(n):
         picked = rng.sample(range(len(QUALITY)), k)  # K different words: a full order, no ties
-        rankings.append(RankingExample(
-            prompt=rng.choice(prompts),
-            completions=[f"{QUALITY[q]}. {rng.choice(answers)}" for q in picked],
-            order=[[i] for i in sorted(range(k), key=lambda i: -picked[i])],
-        ))
+        rankings.append(
+            RankingExample(
+                prompt=rng.choice(prompts),
+                completions=[f"{QUALITY[q]}. {rng.choice(answers)}" for q in picked],
+                order=[[i] for i in sorted(range(k), key=lambda i: -picked[i])],
+            )
+        )
     return rankings
 
 
@@ -73,19 +75,32 @@ def prepare(args, workdir: Path) -> tuple[str, dict]:
     from trainer.tiny import make_tiny_model
 
     data_files = {}
-    all_rankings = {k: (make_rankings(k, args.train_rankings, seed=k), make_rankings(k, args.valid_rankings, seed=100 + k))
-                    for k in args.ks}
+    all_rankings = {
+        k: (make_rankings(k, args.train_rankings, seed=k), make_rankings(k, args.valid_rankings, seed=100 + k))
+        for k in args.ks
+    }
     if args.model == "tiny":
         texts = [t for train, _ in all_rankings.values() for r in train for t in [r.prompt, *r.completions]]
-        model = str(make_tiny_model(workdir / "tiny-model", texts=texts, vocab_size=4096, hidden_size=256,
-                                    intermediate_size=704, num_hidden_layers=4, num_attention_heads=8,
-                                    num_key_value_heads=4))
+        model = str(
+            make_tiny_model(
+                workdir / "tiny-model",
+                texts=texts,
+                vocab_size=4096,
+                hidden_size=256,
+                intermediate_size=704,
+                num_hidden_layers=4,
+                num_attention_heads=8,
+                num_key_value_heads=4,
+            )
+        )
     else:
         model = resolve_model_source(args.model, Path(args.cache))
     tokenizer = load_tokenizer(model)
     for k, (train, valid) in all_rankings.items():
-        encoded = {name: [[r.sequences, r.pairs] for r in encode_rankings(tokenizer, rows, args.max_length)]
-                   for name, rows in (("train", train), ("valid", valid))}
+        encoded = {
+            name: [[r.sequences, r.pairs] for r in encode_rankings(tokenizer, rows, args.max_length)]
+            for name, rows in (("train", train), ("valid", valid))
+        }
         data_files[k] = workdir / f"rankings-k{k}.json"
         data_files[k].write_text(json.dumps(encoded))
     return model, data_files
@@ -126,30 +141,43 @@ def our_side(spec: dict) -> dict:
         pairs_timed += n_pairs if step > 0 else 0
     held_out = evaluate(model, valid, tokenizer.pad_token_id, batch_size=per_step)
     device = model.device.type
-    peak = (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    return {"pairs_per_s": pairs_timed / (times[-1] - times[0]),
-            "pairs_per_cpu_s": pairs_timed / (cpu_times[-1] - cpu_times[0]), "valid_accuracy": held_out["accuracy"],
-            "peak_memory_mb": peak, "device": device}
+    peak = (
+        torch.cuda.max_memory_allocated() / 2**20
+        if device == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
+    return {
+        "pairs_per_s": pairs_timed / (times[-1] - times[0]),
+        "pairs_per_cpu_s": pairs_timed / (cpu_times[-1] - cpu_times[0]),
+        "valid_accuracy": held_out["accuracy"],
+        "peak_memory_mb": peak,
+        "device": device,
+    }
 
 
 def run_our_side(side: str, spec: dict, workdir: Path) -> dict:
     spec_path = workdir / f"{side}-spec.json"
     spec_path.write_text(json.dumps({**spec, "side": side}))
-    out = subprocess.run([sys.executable, __file__, "--side", str(spec_path)], check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--side", str(spec_path)], check=True, capture_output=True, text=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="tiny", help="tiny (built here), a model folder, hub id or smollm2-135m-instruct")
+    parser.add_argument(
+        "--model", default="tiny", help="tiny (built here), a model folder, hub id or smollm2-135m-instruct"
+    )
     parser.add_argument("--ks", default="4,9", help="comma-separated K values")
     parser.add_argument("--rankings-per-step", type=int, default=2)
     parser.add_argument("--steps", type=int, default=6, help="optimizer steps per side (the first is not timed)")
     parser.add_argument("--valid-rankings", type=int, default=24)
     parser.add_argument("--max-length", type=int, default=160)
     parser.add_argument("--learning-rate", type=float, default=5e-4)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per side (1: steady on a busy machine)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads per side (1: steady on a busy machine)"
+    )
     parser.add_argument("--repeats", type=int, default=2, help="rounds per side, the fastest is kept")
     parser.add_argument("--no-trl", action="store_true", help="skip TRL (no bench/.venv-trl)")
     parser.add_argument("--cache", default=str(Path.home() / ".local/share/instructloop"))
@@ -165,26 +193,42 @@ def main() -> None:
     workdir = Path(args.out)
     workdir.mkdir(parents=True, exist_ok=True)
     model, data_files = prepare(args, workdir)
-    print(f"model: {args.model}; {args.rankings_per_step} rankings per step, {args.steps} steps (first untimed), "
-          f"max_length {args.max_length}, {args.threads} thread(s) per side, best of {args.repeats} rounds\n")
-    header = (f"{'K':>2} {'side':<22} {'pairs/s':>8} {'vs naive':>8} {'vs TRL':>7} {'pairs/CPU-s':>11} {'vs naive':>8} "
-              f"{'vs TRL':>7} {'held-out acc':>12} {'peak MB':>8}")
+    print(
+        f"model: {args.model}; {args.rankings_per_step} rankings per step, {args.steps} steps (first untimed), "
+        f"max_length {args.max_length}, {args.threads} thread(s) per side, best of {args.repeats} rounds\n"
+    )
+    header = (
+        f"{'K':>2} {'side':<22} {'pairs/s':>8} {'vs naive':>8} {'vs TRL':>7} {'pairs/CPU-s':>11} {'vs naive':>8} "
+        f"{'vs TRL':>7} {'held-out acc':>12} {'peak MB':>8}"
+    )
     print(header)
     print("-" * len(header))
     rows = []
     for k in args.ks:
-        spec = {"model": model, "data": str(data_files[k]), "steps": args.steps, "seed": 0, "threads": args.threads,
-                "learning_rate": args.learning_rate, "rankings_per_step": args.rankings_per_step}
-        runs = {"K-way (ours)": lambda: run_our_side("kway", spec, workdir),
-                "naive pairwise (ours)": lambda: run_our_side("naive", spec, workdir)}
+        spec = {
+            "model": model,
+            "data": str(data_files[k]),
+            "steps": args.steps,
+            "seed": 0,
+            "threads": args.threads,
+            "learning_rate": args.learning_rate,
+            "rankings_per_step": args.rankings_per_step,
+        }
+        runs = {
+            "K-way (ours)": lambda: run_our_side("kway", spec, workdir),
+            "naive pairwise (ours)": lambda: run_our_side("naive", spec, workdir),
+        }
         if not args.no_trl:
             import trl_side
 
             data = json.loads(Path(data_files[k]).read_text())
             # TRL sees the same pairs; each step takes as many pairs as one of our steps does on average.
             n_pairs = sum(len(p) for _, p in data["train"])
-            trl_spec = {**spec, "pairs_per_step": max(1, round(n_pairs / len(data["train"]) * args.rankings_per_step)),
-                        "workdir": str(workdir / "trl")}
+            trl_spec = {
+                **spec,
+                "pairs_per_step": max(1, round(n_pairs / len(data["train"]) * args.rankings_per_step)),
+                "workdir": str(workdir / "trl"),
+            }
             runs["TRL RewardTrainer"] = lambda: trl_side.run("rm", trl_spec, workdir)
         # Sides take turns, and each keeps its fastest round: other load on the machine only slows a round down.
         results = {}
@@ -199,8 +243,11 @@ def main() -> None:
             for key in ("pairs_per_s", "pairs_per_cpu_s"):
                 vs_trl = f"{r[key] / trl[key]:.2f}x" if trl else "-"
                 cells.append(f"{r[key]:>8.1f} {r[key] / naive[key]:>7.2f}x {vs_trl:>7}")
-            print(f"{k:>2} {side:<22} {cells[0]} {'':>3}{cells[1]} {r['valid_accuracy']:>12.3f} "
-                  f"{r['peak_memory_mb']:>8.0f}", flush=True)
+            print(
+                f"{k:>2} {side:<22} {cells[0]} {'':>3}{cells[1]} {r['valid_accuracy']:>12.3f} "
+                f"{r['peak_memory_mb']:>8.0f}",
+                flush=True,
+            )
             rows.append({"k": k, "side": side, **r})
     (workdir / "results.json").write_text(json.dumps(rows, indent=1))
 

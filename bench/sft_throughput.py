@@ -35,8 +35,10 @@ def demonstrations(n: int, seed: int):
         with gzip.open(ALPACA, "rt", encoding="utf-8") as f:
             rows = json.load(f)
         rng.shuffle(rows)
-        return [SFTExample(prompt=(r["instruction"] + ("\n\n" + r["input"] if r["input"] else "")),
-                           completion=r["output"]) for r in rows[:n]]
+        return [
+            SFTExample(prompt=(r["instruction"] + ("\n\n" + r["input"] if r["input"] else "")), completion=r["output"])
+            for r in rows[:n]
+        ]
     words = "the a model answer question helpful kind long short clear wrong right good bad please".split()
     make = lambda k: " ".join(rng.choice(words) for _ in range(k))  # noqa: E731
     return [SFTExample(make(rng.randint(10, 60)), make(rng.randint(20, 150))) for _ in range(n)]
@@ -53,10 +55,18 @@ def our_side(spec: dict) -> dict:
     tokenizer = load_tokenizer(spec["model"])
     model = load_causal_lm(spec["model"], device="cuda" if torch.cuda.is_available() else "cpu")
     examples = demonstrations(spec["batch_size"] * spec["steps"], seed=0)
-    config = SFTConfig(learning_rate=spec["learning_rate"], epochs=1, batch_size=spec["batch_size"],
-                       micro_batch_size=spec["batch_size"], warmup_ratio=0.0, min_lr_ratio=1.0,
-                       max_length=spec["max_length"], max_prompt_length=spec["max_length"] // 2, keep_best=False,
-                       seed=spec["seed"])
+    config = SFTConfig(
+        learning_rate=spec["learning_rate"],
+        epochs=1,
+        batch_size=spec["batch_size"],
+        micro_batch_size=spec["batch_size"],
+        warmup_ratio=0.0,
+        min_lr_ratio=1.0,
+        max_length=spec["max_length"],
+        max_prompt_length=spec["max_length"] // 2,
+        keep_best=False,
+        seed=spec["seed"],
+    )
     marks = []
 
     def on_metrics(step, total, metrics):
@@ -66,21 +76,32 @@ def our_side(spec: dict) -> dict:
 
     train_sft(model, tokenizer, examples, [], config, on_metrics=on_metrics)
     device = model.device.type
-    peak = (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    peak = (
+        torch.cuda.max_memory_allocated() / 2**20
+        if device == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
     tokens = sum(n for _, _, n in marks[1:])
-    return {"tokens_per_s": tokens / (marks[-1][0] - marks[0][0]), "tokens_per_cpu_s": tokens / (marks[-1][1] - marks[0][1]),
-            "peak_memory_mb": peak, "device": device}
+    return {
+        "tokens_per_s": tokens / (marks[-1][0] - marks[0][0]),
+        "tokens_per_cpu_s": tokens / (marks[-1][1] - marks[0][1]),
+        "peak_memory_mb": peak,
+        "device": device,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="tiny", help="tiny (built here), a model folder, hub id or smollm2-135m-instruct")
+    parser.add_argument(
+        "--model", default="tiny", help="tiny (built here), a model folder, hub id or smollm2-135m-instruct"
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=6, help="optimizer steps per side (the first is not timed)")
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--learning-rate", type=float, default=2e-4)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per side (1: steady on a busy machine)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads per side (1: steady on a busy machine)"
+    )
     parser.add_argument("--repeats", type=int, default=2, help="rounds per side, the fastest is kept")
     parser.add_argument("--cache", default=str(Path.home() / ".local/share/instructloop"))
     parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "sft"))
@@ -99,9 +120,18 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     examples = demonstrations(args.batch_size * args.steps, seed=0)
     if args.model == "tiny":
-        model = str(make_tiny_model(workdir / "tiny-model", texts=[f"{e.prompt} {e.completion}" for e in examples],
-                                    vocab_size=8192, hidden_size=256, intermediate_size=704, num_hidden_layers=4,
-                                    num_attention_heads=8, num_key_value_heads=4))
+        model = str(
+            make_tiny_model(
+                workdir / "tiny-model",
+                texts=[f"{e.prompt} {e.completion}" for e in examples],
+                vocab_size=8192,
+                hidden_size=256,
+                intermediate_size=704,
+                num_hidden_layers=4,
+                num_attention_heads=8,
+                num_key_value_heads=4,
+            )
+        )
     else:
         model = resolve_model_source(args.model, Path(args.cache))
     # The very token ids our side trains on, for TRL: [ids, number of prompt tokens].
@@ -113,16 +143,25 @@ def main() -> None:
         rows.append([ids, sum(label == IGNORE for label in labels)])
     data = workdir / "sft-data.json"
     data.write_text(json.dumps({"train": rows}))
-    spec = {"model": model, "data": str(data), "steps": args.steps, "batch_size": args.batch_size, "seed": 0,
-            "threads": args.threads, "learning_rate": args.learning_rate, "max_length": args.max_length}
+    spec = {
+        "model": model,
+        "data": str(data),
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "seed": 0,
+        "threads": args.threads,
+        "learning_rate": args.learning_rate,
+        "max_length": args.max_length,
+    }
 
     spec_path = workdir / "ours-spec.json"
     spec_path.write_text(json.dumps(spec))
     import trl_side
 
     def run_ours():
-        out = subprocess.run([sys.executable, __file__, "--side", str(spec_path)], check=True, capture_output=True,
-                             text=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--side", str(spec_path)], check=True, capture_output=True, text=True
+        )
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     # The sides take turns, and each keeps its fastest round: other load on the machine only slows a round down.
@@ -132,15 +171,19 @@ def main() -> None:
         ours = r if ours is None or r["tokens_per_s"] > ours["tokens_per_s"] else ours
         r = trl_side.run("sft", {**spec, "workdir": str(workdir / "trl")}, workdir)
         trl = r if trl is None or r["tokens_per_s"] > trl["tokens_per_s"] else trl
-    print(f"\nmodel: {args.model}; batch {args.batch_size}, {args.steps} steps (first untimed), max_length "
-          f"{args.max_length}, {args.threads} thread(s) per side, best of {args.repeats} rounds, {len(rows)} demonstrations\n")
+    print(
+        f"\nmodel: {args.model}; batch {args.batch_size}, {args.steps} steps (first untimed), max_length "
+        f"{args.max_length}, {args.threads} thread(s) per side, best of {args.repeats} rounds, {len(rows)} demonstrations\n"
+    )
     header = f"{'side':<26} {'tokens/s':>9} {'vs TRL':>7} {'tokens/CPU-s':>13} {'vs TRL':>7} {'peak MB':>8}"
     print(header)
     print("-" * len(header))
     for side, r in (("trainer/sft.py (ours)", ours), (f"TRL SFTTrainer {trl['trl_version']}", trl)):
-        print(f"{side:<26} {r['tokens_per_s']:>9.0f} {r['tokens_per_s'] / trl['tokens_per_s']:>6.2f}x "
-              f"{r['tokens_per_cpu_s']:>13.0f} {r['tokens_per_cpu_s'] / trl['tokens_per_cpu_s']:>6.2f}x "
-              f"{r['peak_memory_mb']:>8.0f}")
+        print(
+            f"{side:<26} {r['tokens_per_s']:>9.0f} {r['tokens_per_s'] / trl['tokens_per_s']:>6.2f}x "
+            f"{r['tokens_per_cpu_s']:>13.0f} {r['tokens_per_cpu_s'] / trl['tokens_per_cpu_s']:>6.2f}x "
+            f"{r['peak_memory_mb']:>8.0f}"
+        )
     (workdir / "results.json").write_text(json.dumps({"ours": ours, "trl": trl}, indent=1))
 
 

@@ -29,8 +29,16 @@ from app.migrate import upgrade  # noqa: E402
 from app.models import Completion, Demonstration, Prompt, Ranking, Split, Task, TaskCompletion, TaskKind  # noqa: E402
 from app.services import accounts, exports, projects  # noqa: E402
 
-QUESTIONS = ["What is two plus two?", "Name a colour.", "Say hello.", "Count to three.", "Name a fruit.",
-             "What is the sky's colour?", "Give a number.", "Say goodbye."]
+QUESTIONS = [
+    "What is two plus two?",
+    "Name a colour.",
+    "Say hello.",
+    "Count to three.",
+    "Name a fruit.",
+    "What is the sky's colour?",
+    "Give a number.",
+    "Say goodbye.",
+]
 ANSWERS = ["Four.", "Blue.", "Hello!", "One, two, three.", "An apple.", "Blue, mostly.", "Seven.", "Goodbye!"]
 
 
@@ -40,12 +48,16 @@ def seed_project(url: str) -> int:
     with make_sessionmaker(engine)() as session:
         labeler = accounts.create_user(session, "labeler@bench.invalid", None)
         project = projects.create_project(session, projects.ProjectSettings(name="Interop", k=3))
-        prompts = [Prompt(project_id=project.id, text=q, split=Split.train, content_hash=f"h{i}")
-                   for i, q in enumerate(QUESTIONS)]
+        prompts = [
+            Prompt(project_id=project.id, text=q, split=Split.train, content_hash=f"h{i}")
+            for i, q in enumerate(QUESTIONS)
+        ]
         session.add_all(prompts)
         session.flush()
         for prompt, answer in zip(prompts, ANSWERS):
-            demo = Task(project_id=project.id, prompt_id=prompt.id, kind=TaskKind.demonstration, required=1, done_count=1)
+            demo = Task(
+                project_id=project.id, prompt_id=prompt.id, kind=TaskKind.demonstration, required=1, done_count=1
+            )
             outputs = [Completion(prompt_id=prompt.id, text=t, source="bench") for t in (answer, "Not sure.", "No.")]
             session.add_all([demo, *outputs])
             session.flush()
@@ -53,8 +65,12 @@ def seed_project(url: str) -> int:
             rank.outputs = [TaskCompletion(completion_id=o.id, position=i) for i, o in enumerate(outputs)]
             session.add(rank)
             session.flush()
-            session.add_all([Demonstration(task_id=demo.id, prompt_id=prompt.id, user_id=labeler.id, text=answer),
-                             Ranking(task_id=rank.id, user_id=labeler.id, order=[[o.id] for o in outputs])])
+            session.add_all(
+                [
+                    Demonstration(task_id=demo.id, prompt_id=prompt.id, user_id=labeler.id, text=answer),
+                    Ranking(task_id=rank.id, user_id=labeler.id, order=[[o.id] for o in outputs]),
+                ]
+            )
         session.commit()
         project_id = project.id
     engine.dispose()
@@ -77,9 +93,12 @@ def write_exports(url: str, project_id: int, workdir: Path) -> dict[str, str]:
                 row = json.loads(line)
                 by_id = {c["id"]: c["messages"] if fmt == "conversational" else c["text"] for c in row["completions"]}
                 for i, better in enumerate(row["order"]):
-                    for worse in row["order"][i + 1:]:
-                        pairs += [{"prompt": row["prompt"], "chosen": by_id[a], "rejected": by_id[b]}
-                                  for a in better for b in worse]
+                    for worse in row["order"][i + 1 :]:
+                        pairs += [
+                            {"prompt": row["prompt"], "chosen": by_id[a], "rejected": by_id[b]}
+                            for a in better
+                            for b in worse
+                        ]
             path = workdir / f"rankings-pairs-{fmt}.jsonl"
             path.write_text("".join(json.dumps(p) + "\n" for p in pairs))
             files[f"rankings-pairs-{fmt}"] = str(path)
@@ -97,8 +116,13 @@ def train_reward_folder(policy: str, workdir: Path) -> str:
     tokenizer = load_tokenizer(policy)
     model = ScalarHeadModel.from_causal_lm(policy, device="cpu")
     rankings = [RankingExample(q, [a, "Not sure.", "No."], [[0], [1], [2]]) for q, a in zip(QUESTIONS, ANSWERS)]
-    train_reward(model, tokenizer, rankings, [], RewardConfig(learning_rate=1e-3, batch_size=4, micro_batch_size=4,
-                                                              warmup_ratio=0.0))
+    train_reward(
+        model,
+        tokenizer,
+        rankings,
+        [],
+        RewardConfig(learning_rate=1e-3, batch_size=4, micro_batch_size=4, warmup_ratio=0.0),
+    )
     folder = workdir / "reward-model"
     model.save_pretrained(folder, tokenizer=tokenizer)
     return str(folder)
@@ -113,8 +137,14 @@ def main() -> None:
     project_id = seed_project(url)
     files = write_exports(url, project_id, workdir)
     policy = str(make_tiny_model(workdir / "policy", texts=QUESTIONS + ANSWERS + ["Not sure.", "No."]))
-    spec = {"policy": policy, "reward_model": train_reward_folder(policy, workdir), "exports": files,
-            "template_marker": "<|assistant|>", "threads": 1, "workdir": str(workdir / "trl")}
+    spec = {
+        "policy": policy,
+        "reward_model": train_reward_folder(policy, workdir),
+        "exports": files,
+        "template_marker": "<|assistant|>",
+        "threads": 1,
+        "workdir": str(workdir / "trl"),
+    }
     result = trl_side.run("check", spec, workdir)
     print(f"TRL {result['trl_version']}; data and models in {workdir}\n")
     print(f"{'check':<72} {'ran':>4} {'loss':>8}  chat template applied")

@@ -44,8 +44,9 @@ def run(kind: str, spec: dict, workdir: Path, timeout: float = 1800) -> dict:
     python = ensure_venv()
     spec_path, result_path = workdir / f"trl-{kind}-spec.json", workdir / f"trl-{kind}-result.json"
     spec_path.write_text(json.dumps(spec))
-    subprocess.run([str(python), str(Path(__file__)), kind, str(spec_path), str(result_path)], check=True,
-                   timeout=timeout)
+    subprocess.run(
+        [str(python), str(Path(__file__)), kind, str(spec_path), str(result_path)], check=True, timeout=timeout
+    )
     return json.loads(result_path.read_text())
 
 
@@ -118,8 +119,12 @@ def trl_reward(spec: dict) -> dict:
     model.config.pad_token_id = tokenizer.pad_token_id
     pairs = [(seqs[w], seqs[l]) for seqs, pair_list in data["train"] for w, l in pair_list]
     train = Dataset.from_dict({"chosen_ids": [c for c, _ in pairs], "rejected_ids": [r for _, r in pairs]})
-    args = RewardConfig(per_device_train_batch_size=spec["pairs_per_step"], max_length=None,
-                        center_rewards_coefficient=None, **_common_args(spec, device))
+    args = RewardConfig(
+        per_device_train_batch_size=spec["pairs_per_step"],
+        max_length=None,
+        center_rewards_coefficient=None,
+        **_common_args(spec, device),
+    )
     clock = _timing_callback()
     trainer = RewardTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer, callbacks=[clock])
     trainer.train()
@@ -154,14 +159,23 @@ def trl_sft(spec: dict) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     data = json.loads(Path(spec["data"]).read_text())
     tokenizer = AutoTokenizer.from_pretrained(spec["model"])
-    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.bfloat16 if device == "cuda" else torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        spec["model"], dtype=torch.bfloat16 if device == "cuda" else torch.float32
+    )
     rows = data["train"]
-    train = Dataset.from_dict({
-        "input_ids": [ids for ids, _ in rows],
-        "completion_mask": [[0] * n_prompt + [1] * (len(ids) - n_prompt) for ids, n_prompt in rows],
-    })
-    args = SFTConfig(per_device_train_batch_size=spec["batch_size"], max_length=None, packing=False,
-                     completion_only_loss=True, **_common_args(spec, device))
+    train = Dataset.from_dict(
+        {
+            "input_ids": [ids for ids, _ in rows],
+            "completion_mask": [[0] * n_prompt + [1] * (len(ids) - n_prompt) for ids, n_prompt in rows],
+        }
+    )
+    args = SFTConfig(
+        per_device_train_batch_size=spec["batch_size"],
+        max_length=None,
+        packing=False,
+        completion_only_loss=True,
+        **_common_args(spec, device),
+    )
     clock = _timing_callback()
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer, callbacks=[clock])
     tokens_at_step = []
@@ -197,9 +211,18 @@ def trl_check(spec: dict) -> dict:
     marker = spec["template_marker"]  # text only the chat template writes (e.g. "<|assistant|>")
 
     def common(name: str) -> dict:
-        return dict(output_dir=str(Path(spec["workdir"]) / name), max_steps=1, per_device_train_batch_size=2,
-                    learning_rate=1e-4, logging_steps=1, save_strategy="no", report_to=[], disable_tqdm=True,
-                    use_cpu=True, seed=0)
+        return dict(
+            output_dir=str(Path(spec["workdir"]) / name),
+            max_steps=1,
+            per_device_train_batch_size=2,
+            learning_rate=1e-4,
+            logging_steps=1,
+            save_strategy="no",
+            report_to=[],
+            disable_tqdm=True,
+            use_cpu=True,
+            seed=0,
+        )
 
     def first_ids(trainer) -> list[int]:
         """The token ids TRL made of the first example (its column names differ per trainer and version)."""
@@ -223,23 +246,34 @@ def trl_check(spec: dict) -> dict:
     rm = AutoModelForSequenceClassification.from_pretrained(spec["reward_model"], num_labels=1)
     for fmt in ("plain", "conversational"):
         train = reward_pairs(exports[f"preferences-{fmt}"])
-        trainer = RewardTrainer(model=rm, args=RewardConfig(**common(f"rm-folder-{fmt}")), train_dataset=train,
-                                processing_class=tokenizer)
+        trainer = RewardTrainer(
+            model=rm, args=RewardConfig(**common(f"rm-folder-{fmt}")), train_dataset=train, processing_class=tokenizer
+        )
         record(f"RewardTrainer from our reward-model folder, preferences ({fmt})", trainer)
     # 2. The exports in each trainer.
     for fmt in ("plain", "conversational"):
         sft = load_dataset("json", data_files=exports[f"sft-{fmt}"], split="train").remove_columns(["split"])
-        trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(spec["policy"]), train_dataset=sft,
-                             args=SFTConfig(**common(f"sft-{fmt}"), max_length=256), processing_class=tokenizer)
+        trainer = SFTTrainer(
+            model=AutoModelForCausalLM.from_pretrained(spec["policy"]),
+            train_dataset=sft,
+            args=SFTConfig(**common(f"sft-{fmt}"), max_length=256),
+            processing_class=tokenizer,
+        )
         record(f"SFTTrainer on the sft export ({fmt})", trainer)
         prefs = reward_pairs(exports[f"preferences-{fmt}"])
-        trainer = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(spec["policy"]), train_dataset=prefs,
-                             args=DPOConfig(**common(f"dpo-{fmt}"), max_length=256), processing_class=tokenizer)
+        trainer = DPOTrainer(
+            model=AutoModelForCausalLM.from_pretrained(spec["policy"]),
+            train_dataset=prefs,
+            args=DPOConfig(**common(f"dpo-{fmt}"), max_length=256),
+            processing_class=tokenizer,
+        )
         record(f"DPOTrainer on the preferences export ({fmt})", trainer)
         trainer = RewardTrainer(
             model=AutoModelForSequenceClassification.from_pretrained(spec["policy"], num_labels=1),
             train_dataset=reward_pairs(exports[f"rankings-pairs-{fmt}"]),
-            args=RewardConfig(**common(f"rm-rankings-{fmt}")), processing_class=tokenizer)
+            args=RewardConfig(**common(f"rm-rankings-{fmt}")),
+            processing_class=tokenizer,
+        )
         record(f"RewardTrainer on the rankings export ({fmt})", trainer)
     return {"checks": results}
 

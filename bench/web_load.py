@@ -49,6 +49,7 @@ from app.services import accounts  # noqa: E402
 
 # -- a tiny HTTP/1.1 keep-alive client (the load generator must cost less CPU than the server) ----
 
+
 class Conn:
     def __init__(self, host: str, port: int, token: str):
         self.host, self.port = host, port
@@ -61,8 +62,10 @@ class Conn:
         reused = self.writer is not None and not self.reader.at_eof()
         if not reused:
             await self._connect()
-        head = (f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n{self.auth}{extra}"
-                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n{self.auth}{extra}"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
         try:
             self.writer.write(head)
             status_line = await self.reader.readline()
@@ -100,20 +103,28 @@ class Conn:
 
 # -- one run ---------------------------------------------------------------------------------
 
+
 @dataclass
 class Stats:
     next_ms: list[float] = field(default_factory=list)
     submit_ms: list[float] = field(default_factory=list)
-    acked: list[tuple[int, int]] = field(default_factory=list)       # (task, user) the server stored
+    acked: list[tuple[int, int]] = field(default_factory=list)  # (task, user) the server stored
     handed: dict[int, set[int]] = field(default_factory=lambda: defaultdict(set))  # task -> users
-    done: dict[int, set[int]] = field(default_factory=lambda: defaultdict(set))    # user -> tasks submitted
-    repeats: int = 0                                                 # same task handed again after submit
+    done: dict[int, set[int]] = field(default_factory=lambda: defaultdict(set))  # user -> tasks submitted
+    repeats: int = 0  # same task handed again after submit
     errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     empty: int = 0
 
 
-async def labeler(conn: Conn, user_id: int, project_id: int, stats: Stats, deadline: float,
-                  pause: tuple[float, float] | None, rng: random.Random):
+async def labeler(
+    conn: Conn,
+    user_id: int,
+    project_id: int,
+    stats: Stats,
+    deadline: float,
+    pause: tuple[float, float] | None,
+    rng: random.Random,
+):
     done = stats.done[user_id]
     if pause:
         await asyncio.sleep(rng.uniform(0, pause[1]))  # spread the start over one pause
@@ -133,11 +144,13 @@ async def labeler(conn: Conn, user_id: int, project_id: int, stats: Stats, deadl
             if task_id in done:
                 stats.repeats += 1
             stats.handed[task_id].add(user_id)
-            payload = json.dumps({"kind": "demonstration", "text": f"Answer by {user_id} to {task_id}.",
-                                  "time_spent_ms": 1000}).encode()
+            payload = json.dumps(
+                {"kind": "demonstration", "text": f"Answer by {user_id} to {task_id}.", "time_spent_ms": 1000}
+            ).encode()
             t0 = time.perf_counter()
-            status, body = await conn.request("POST", f"/api/v1/tasks/{task_id}/submission", payload,
-                                              f"Idempotency-Key: {user_id}-{task_id}\r\n")
+            status, body = await conn.request(
+                "POST", f"/api/v1/tasks/{task_id}/submission", payload, f"Idempotency-Key: {user_id}-{task_id}\r\n"
+            )
             stats.submit_ms.append((time.perf_counter() - t0) * 1000)
             if status in (200, 201):
                 stats.acked.append((task_id, user_id))
@@ -161,6 +174,7 @@ def pct(values: list[float], q: float) -> float:
 
 # -- setup ------------------------------------------------------------------------------------
 
+
 def fresh_database(db: str, pg_url: str, workdir: Path) -> str:
     if db == "sqlite":
         path = workdir / "bench.db"
@@ -169,8 +183,9 @@ def fresh_database(db: str, pg_url: str, workdir: Path) -> str:
     else:
         url = pg_url
         name = make_url(url).database
-        admin = make_engine(make_url(url).set(database="postgres").render_as_string(hide_password=False),
-                            isolation_level="AUTOCOMMIT")
+        admin = make_engine(
+            make_url(url).set(database="postgres").render_as_string(hide_password=False), isolation_level="AUTOCOMMIT"
+        )
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
             conn.execute(text(f'CREATE DATABASE "{name}"'))
@@ -188,12 +203,36 @@ def seed(url: str, n_users: int, n_tasks: int, overlap: int) -> tuple[int, list[
         s.flush()
         s.add(GuidelineVersion(project_id=project.id, version=1, body_md="Be helpful."))
         texts = [f"Bench prompt {i}: explain something." for i in range(n_tasks)]
-        s.execute(insert(Prompt), [{"project_id": project.id, "text": t, "content_hash": hashlib.sha256(t.encode())
-                                    .hexdigest(), "split": "train", "source": "bench", "meta": {}} for t in texts])
+        s.execute(
+            insert(Prompt),
+            [
+                {
+                    "project_id": project.id,
+                    "text": t,
+                    "content_hash": hashlib.sha256(t.encode()).hexdigest(),
+                    "split": "train",
+                    "source": "bench",
+                    "meta": {},
+                }
+                for t in texts
+            ],
+        )
         prompt_ids = s.scalars(select(Prompt.id).where(Prompt.project_id == project.id).order_by(Prompt.id)).all()
-        s.execute(insert(Task), [{"project_id": project.id, "prompt_id": pid, "kind": TaskKind.demonstration,
-                                  "required": overlap, "status": "open", "done_count": 0, "priority": 0}
-                                 for pid in prompt_ids])
+        s.execute(
+            insert(Task),
+            [
+                {
+                    "project_id": project.id,
+                    "prompt_id": pid,
+                    "kind": TaskKind.demonstration,
+                    "required": overlap,
+                    "status": "open",
+                    "done_count": 0,
+                    "priority": 0,
+                }
+                for pid in prompt_ids
+            ],
+        )
         users = []
         for i in range(n_users):
             user = accounts.create_user(s, f"bench{i}@example.com", None, role=Role.labeler)
@@ -210,18 +249,26 @@ def check(url: str, stats: Stats) -> dict:
     engine = make_engine(url)
     with engine.connect() as conn:
         stored = {tuple(r) for r in conn.execute(select(Demonstration.task_id, Demonstration.user_id))}
-        over = conn.execute(text(
-            "SELECT count(*) FROM tasks t WHERE (SELECT count(*) FROM demonstrations d WHERE d.task_id = t.id)"
-            " > t.required")).scalar()
-        mismatched = conn.execute(text(
-            "SELECT count(*) FROM tasks t WHERE (SELECT count(*) FROM demonstrations d WHERE d.task_id = t.id)"
-            " <> t.done_count")).scalar()
+        over = conn.execute(
+            text(
+                "SELECT count(*) FROM tasks t WHERE (SELECT count(*) FROM demonstrations d WHERE d.task_id = t.id)"
+                " > t.required"
+            )
+        ).scalar()
+        mismatched = conn.execute(
+            text(
+                "SELECT count(*) FROM tasks t WHERE (SELECT count(*) FROM demonstrations d WHERE d.task_id = t.id)"
+                " <> t.done_count"
+            )
+        ).scalar()
         required = dict(conn.execute(select(Task.id, Task.required)).all())
     engine.dispose()
     handed_over = sum(1 for tid, users in stats.handed.items() if len(users) > required[tid])
-    return {"double": handed_over + stats.repeats + over,
-            "lost": len(set(stats.acked) - stored) + mismatched,
-            "stored": len(stored)}
+    return {
+        "double": handed_over + stats.repeats + over,
+        "lost": len(set(stats.acked) - stored) + mismatched,
+        "stored": len(stored),
+    }
 
 
 def cpu_seconds(root_pid: int) -> float:
@@ -249,8 +296,22 @@ def free_port() -> int:
 def start_server(url: str, workdir: Path, workers: int) -> tuple[subprocess.Popen, int]:
     port = free_port()
     env = {**os.environ, "DATABASE_URL": url, "SECRET_KEY": "bench", "INSTRUCTLOOP_DATA_DIR": str(workdir / "data")}
-    cmd = [sys.executable, "-m", "uvicorn", "app.main:create_served_app", "--factory", "--host", "127.0.0.1",
-           "--port", str(port), "--workers", str(workers), "--log-level", "warning", "--no-access-log"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "app.main:create_served_app",
+        "--factory",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
     for _ in range(200):
         try:
@@ -267,8 +328,9 @@ async def drive(port: int, users, project_id: int, seconds: float, pause, stats:
     conns = [Conn("127.0.0.1", port, token) for _, token in users]
     t0 = time.perf_counter()
     deadline = t0 + seconds
-    await asyncio.gather(*(labeler(c, uid, project_id, stats, deadline, pause, rng)
-                           for c, (uid, _) in zip(conns, users)))
+    await asyncio.gather(
+        *(labeler(c, uid, project_id, stats, deadline, pause, rng) for c, (uid, _) in zip(conns, users))
+    )
     elapsed = time.perf_counter() - t0
     for c in conns:
         if c.writer is not None:
@@ -293,24 +355,42 @@ def run_one(db: str, args, n: int, seconds: float, pause, workdir: Path) -> dict
         proc.wait(timeout=30)
     checks = check(url, stats)
     n_req = len(stats.next_ms) + len(stats.submit_ms)
-    return {"db": db, "load": f"{'realistic' if pause else 'saturation'} N={n}", "seconds": round(elapsed, 1),
-            "submissions": len(stats.acked), "subs_per_s": len(stats.acked) / elapsed, "req_per_s": n_req / elapsed,
-            "next_p50": pct(stats.next_ms, 50), "next_p95": pct(stats.next_ms, 95), "next_p99": pct(stats.next_ms, 99),
-            "sub_p50": pct(stats.submit_ms, 50), "sub_p95": pct(stats.submit_ms, 95),
-            "sub_p99": pct(stats.submit_ms, 99), "double": checks["double"], "lost": checks["lost"],
-            "errors": sum(stats.errors.values()), "error_kinds": dict(stats.errors), "queue_empty": stats.empty,
-            "server_cpu_ms_per_req": 1000 * server_cpu / max(1, n_req), "loadavg": os.getloadavg()[0]}
+    return {
+        "db": db,
+        "load": f"{'realistic' if pause else 'saturation'} N={n}",
+        "seconds": round(elapsed, 1),
+        "submissions": len(stats.acked),
+        "subs_per_s": len(stats.acked) / elapsed,
+        "req_per_s": n_req / elapsed,
+        "next_p50": pct(stats.next_ms, 50),
+        "next_p95": pct(stats.next_ms, 95),
+        "next_p99": pct(stats.next_ms, 99),
+        "sub_p50": pct(stats.submit_ms, 50),
+        "sub_p95": pct(stats.submit_ms, 95),
+        "sub_p99": pct(stats.submit_ms, 99),
+        "double": checks["double"],
+        "lost": checks["lost"],
+        "errors": sum(stats.errors.values()),
+        "error_kinds": dict(stats.errors),
+        "queue_empty": stats.empty,
+        "server_cpu_ms_per_req": 1000 * server_cpu / max(1, n_req),
+        "loadavg": os.getloadavg()[0],
+    }
 
 
-HEADER = ("| DB | load | s | subs | subs/s | req/s | next p50/p95/p99 ms | submit p50/p95/p99 ms "
-          "| double | lost | errors | server CPU ms/req | load avg |")
+HEADER = (
+    "| DB | load | s | subs | subs/s | req/s | next p50/p95/p99 ms | submit p50/p95/p99 ms "
+    "| double | lost | errors | server CPU ms/req | load avg |"
+)
 
 
 def row(r: dict) -> str:
-    return (f"| {r['db']} | {r['load']} | {r['seconds']} | {r['submissions']} | {r['subs_per_s']:.1f} "
-            f"| {r['req_per_s']:.0f} | {r['next_p50']:.1f} / {r['next_p95']:.1f} / {r['next_p99']:.1f} "
-            f"| {r['sub_p50']:.1f} / {r['sub_p95']:.1f} / {r['sub_p99']:.1f} | {r['double']} | {r['lost']} "
-            f"| {r['errors']}{' ' + str(r['error_kinds']) if r['errors'] else ''} | {r['server_cpu_ms_per_req']:.2f} | {r['loadavg']:.1f} |")
+    return (
+        f"| {r['db']} | {r['load']} | {r['seconds']} | {r['submissions']} | {r['subs_per_s']:.1f} "
+        f"| {r['req_per_s']:.0f} | {r['next_p50']:.1f} / {r['next_p95']:.1f} / {r['next_p99']:.1f} "
+        f"| {r['sub_p50']:.1f} / {r['sub_p95']:.1f} / {r['sub_p99']:.1f} | {r['double']} | {r['lost']} "
+        f"| {r['errors']}{' ' + str(r['error_kinds']) if r['errors'] else ''} | {r['server_cpu_ms_per_req']:.2f} | {r['loadavg']:.1f} |"
+    )
 
 
 def main() -> None:
@@ -318,8 +398,10 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--db", choices=["postgres", "sqlite", "both"], default="both")
-    p.add_argument("--pg-url", default=os.environ.get("BENCH_DATABASE_URL",
-                                                      "postgresql+psycopg://postgres@127.0.0.1:5432/il_bench"))
+    p.add_argument(
+        "--pg-url",
+        default=os.environ.get("BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/il_bench"),
+    )
     p.add_argument("--loads", default="1,10,50", help="saturation labeler counts")
     p.add_argument("--seconds", type=float, default=10.0, help="length of each saturation run")
     p.add_argument("--realistic", type=int, default=500, help="labelers in the realistic run (0: skip it)")

@@ -23,8 +23,9 @@ INT_MAX = 2**31 - 1  # every integer setting fits the database's integer
 class RunConfig(BaseModel):
     """Strict JSON types: an int is accepted where a float is wanted, a bool never as a number."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, use_attribute_docstrings=True,
-                              validate_assignment=True)
+    model_config = ConfigDict(
+        extra="forbid", strict=True, allow_inf_nan=False, use_attribute_docstrings=True, validate_assignment=True
+    )
 
     def problems(self) -> list[str]:
         return []
@@ -77,8 +78,10 @@ class SFTConfig(RunConfig):
         if not 8 <= self.max_length <= 32768:
             problems.append(f"max_length must be between 8 and 32768 tokens, got {self.max_length}.")
         if not 1 <= self.max_prompt_length < self.max_length:
-            problems.append(f"max_prompt_length must be at least 1 and below max_length ({self.max_length}), "
-                            f"got {self.max_prompt_length}.")
+            problems.append(
+                f"max_prompt_length must be at least 1 and below max_length ({self.max_length}), "
+                f"got {self.max_prompt_length}."
+            )
         return problems
 
 
@@ -144,11 +147,15 @@ def _optimizer_problems(config: SFTConfig | RewardConfig) -> list[str]:
     if config.epochs < 1:
         problems.append(f"epochs must be at least 1, got {config.epochs}.")
     if config.batch_size < 1 or config.micro_batch_size < 1:
-        problems.append(f"batch_size and micro_batch_size must be at least 1, got "
-                        f"{config.batch_size} and {config.micro_batch_size}.")
+        problems.append(
+            f"batch_size and micro_batch_size must be at least 1, got "
+            f"{config.batch_size} and {config.micro_batch_size}."
+        )
     elif config.batch_size % config.micro_batch_size:
-        problems.append(f"micro_batch_size ({config.micro_batch_size}) must divide batch_size "
-                        f"({config.batch_size}): gradients of whole micro-batches are accumulated.")
+        problems.append(
+            f"micro_batch_size ({config.micro_batch_size}) must divide batch_size "
+            f"({config.batch_size}): gradients of whole micro-batches are accumulated."
+        )
     if config.eval_batch_size < 1:
         problems.append(f"eval_batch_size must be at least 1, got {config.eval_batch_size}.")
     if not 0 <= config.warmup_ratio < 1:
@@ -323,14 +330,19 @@ class PPOConfig(RunConfig):
         if self.ppo_epochs < 1:
             problems.append(f"ppo_epochs must be at least 1, got {self.ppo_epochs}.")
         if self.rollout_batch_size < 1 or self.minibatch_size < 1:
-            problems.append(f"rollout_batch_size and minibatch_size must be at least 1, got "
-                            f"{self.rollout_batch_size} and {self.minibatch_size}.")
+            problems.append(
+                f"rollout_batch_size and minibatch_size must be at least 1, got "
+                f"{self.rollout_batch_size} and {self.minibatch_size}."
+            )
         elif self.rollout_batch_size % self.minibatch_size:
-            problems.append(f"minibatch_size ({self.minibatch_size}) must divide rollout_batch_size "
-                            f"({self.rollout_batch_size}).")
+            problems.append(
+                f"minibatch_size ({self.minibatch_size}) must divide rollout_batch_size ({self.rollout_batch_size})."
+            )
         if self.total_episodes < self.rollout_batch_size:
-            problems.append(f"total_episodes ({self.total_episodes}) must be at least rollout_batch_size "
-                            f"({self.rollout_batch_size}).")
+            problems.append(
+                f"total_episodes ({self.total_episodes}) must be at least rollout_batch_size "
+                f"({self.rollout_batch_size})."
+            )
         if self.missing_eos_penalty < 0:
             problems.append(f"missing_eos_penalty must be 0 or more, got {self.missing_eos_penalty}.")
         if self.ptx_coef < 0:
@@ -373,11 +385,30 @@ RunKindName = Literal["sft", "reward", "generate", "evaluate", "ppo"]
 
 # Settings with an upper bound that keeps a run possible to finish. The lower bounds and the
 # relations between settings are in each config's problems().
-UPPER_BOUNDS = {"epochs": 1000, "ppo_epochs": 100, "lora_r": 4096, "value_lora_r": 4096, **{name: 65536 for name in (
-    "batch_size", "micro_batch_size", "eval_batch_size", "rollout_batch_size", "minibatch_size",
-    "forward_batch_size", "ptx_batch_size")}}
-_TYPE_NAMES = {"int": f"an integer within ±{INT_MAX:,}", "float": "a finite number", "bool": "true or false",
-               "str": "a string"}
+UPPER_BOUNDS = {
+    "epochs": 1000,
+    "ppo_epochs": 100,
+    "lora_r": 4096,
+    "value_lora_r": 4096,
+    **{
+        name: 65536
+        for name in (
+            "batch_size",
+            "micro_batch_size",
+            "eval_batch_size",
+            "rollout_batch_size",
+            "minibatch_size",
+            "forward_batch_size",
+            "ptx_batch_size",
+        )
+    },
+}
+_TYPE_NAMES = {
+    "int": f"an integer within ±{INT_MAX:,}",
+    "float": "a finite number",
+    "bool": "true or false",
+    "str": "a string",
+}
 
 
 def config_from_dict(kind: str, values: Any) -> Any:
@@ -392,9 +423,16 @@ def config_from_dict(kind: str, values: Any) -> Any:
         raise ValueError(f"The {kind} config must be an object of settings, got {type(values).__name__}.")
     fields = cls.model_fields
     # JSON has one number type: 3.0 is the integer 3 (pydantic's strict mode would refuse it).
-    values = {key: int(value) if isinstance(value, float) and value.is_integer() and key in fields
-              and fields[key].annotation is int and abs(value) <= INT_MAX else value
-              for key, value in values.items()}
+    values = {
+        key: int(value)
+        if isinstance(value, float)
+        and value.is_integer()
+        and key in fields
+        and fields[key].annotation is int
+        and abs(value) <= INT_MAX
+        else value
+        for key, value in values.items()
+    }
     problems = []
     try:
         config = cls.model_validate(values)
@@ -402,8 +440,9 @@ def config_from_dict(kind: str, values: Any) -> Any:
         for item in error.errors():
             key = str(item["loc"][0]) if item["loc"] else ""
             if item["type"] == "extra_forbidden":
-                problems.append(f"Unknown setting {key!r} for a {kind} run; known settings: "
-                                f"{', '.join(sorted(fields))}.")
+                problems.append(
+                    f"Unknown setting {key!r} for a {kind} run; known settings: {', '.join(sorted(fields))}."
+                )
             else:
                 problems.append(f"{key} must be {type_name(cls, key)}, got {item['input']!r}.")
     else:

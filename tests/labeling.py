@@ -8,8 +8,15 @@ from app.models import Completion, GuidelineVersion, Project, Prompt, Role, User
 from app.services import accounts, tasks
 
 
-def make_project(session: Session, name: str = "Assistant", *, overlap: int = 1, k: int = 4,
-                 guidelines: str = "# Be helpful\nAnswer **clearly**.", **fields) -> Project:
+def make_project(
+    session: Session,
+    name: str = "Assistant",
+    *,
+    overlap: int = 1,
+    k: int = 4,
+    guidelines: str = "# Be helpful\nAnswer **clearly**.",
+    **fields,
+) -> Project:
     project = Project(name=name, overlap=overlap, k=k, **fields)
     session.add(project)
     session.flush()
@@ -19,8 +26,9 @@ def make_project(session: Session, name: str = "Assistant", *, overlap: int = 1,
 
 
 def make_prompts(session: Session, project: Project, texts: list[str]) -> list[Prompt]:
-    prompts = [Prompt(project_id=project.id, text=t, content_hash=hashlib.sha256(t.encode()).hexdigest())
-               for t in texts]
+    prompts = [
+        Prompt(project_id=project.id, text=t, content_hash=hashlib.sha256(t.encode()).hexdigest()) for t in texts
+    ]
     session.add_all(prompts)
     session.flush()
     return prompts

@@ -14,7 +14,10 @@ from tests.test_admin_stats import World
 def api(client, session):
     admin = accounts.create_user(session, "api-admin@example.com", None, role=Role.admin)
     labeler = accounts.create_user(session, "api-labeler@example.com", None)
-    tokens = {"admin": accounts.create_api_token(session, admin), "labeler": accounts.create_api_token(session, labeler)}
+    tokens = {
+        "admin": accounts.create_api_token(session, admin),
+        "labeler": accounts.create_api_token(session, labeler),
+    }
     session.commit()
 
     def call(method, path, who="admin", **kw):
@@ -64,19 +67,34 @@ def test_bulk_prompts_all_or_nothing(api, session):
     assert r.status_code == 422
     assert [e["item"] for e in r.json()["errors"]] == [2, 3]
     assert _count(session, Prompt) == 0
-    good = {"prompts": [{"text": "one", "split": "test"}, {"text": "two", "reference": "2", "external_id": "e2"},
-                        {"text": "one"}], "create_tasks": True, "valid_fraction": 0, "test_fraction": 0}
+    good = {
+        "prompts": [
+            {"text": "one", "split": "test"},
+            {"text": "two", "reference": "2", "external_id": "e2"},
+            {"text": "one"},
+        ],
+        "create_tasks": True,
+        "valid_fraction": 0,
+        "test_fraction": 0,
+    }
     r = api("POST", f"/projects/{pid}/prompts", json=good)
     assert r.status_code == 201, r.text
     body = r.json()
-    assert body["imported"] == 2 and body["duplicates"] == [[3, 1]] and body["splits"] == {"train": 1, "valid": 0, "test": 1}
+    assert (
+        body["imported"] == 2
+        and body["duplicates"] == [[3, 1]]
+        and body["splits"] == {"train": 1, "valid": 0, "test": 1}
+    )
     assert body["tasks_created"] == 1 and _count(session, Task) == 1
     r = api("POST", f"/projects/{pid}/prompts", json={"prompts": [{"text": "two"}]})
     assert r.status_code == 400 and "already in this project" in r.json()["detail"]
     listed = api("GET", f"/projects/{pid}/prompts?split=train").json()
     assert [(p["text"], p["reference"], p["external_id"]) for p in listed] == [("two", "2", "e2")]
-    r = api("POST", f"/projects/{pid}/prompts", json={"prompts": [{"text": "a"}], "valid_fraction": 0.7,
-                                                      "test_fraction": 0.5})
+    r = api(
+        "POST",
+        f"/projects/{pid}/prompts",
+        json={"prompts": [{"text": "a"}], "valid_fraction": 0.7, "test_fraction": 0.5},
+    )
     assert r.status_code == 400 and "leave some prompts" in r.json()["detail"]
     assert api("POST", f"/projects/{pid}/prompts", json={"prompts": "nope"}).status_code == 422
 

@@ -10,8 +10,15 @@ from tests.conftest import csrf_of
 
 
 def _form(client, **values):
-    data = {"name": "Assistant", "k": "4", "overlap": "1", "lease_minutes": "", "description": "",
-            "guidelines": "# Be helpful", "csrf_token": csrf_of(client, "/admin/projects/new")}
+    data = {
+        "name": "Assistant",
+        "k": "4",
+        "overlap": "1",
+        "lease_minutes": "",
+        "description": "",
+        "guidelines": "# Be helpful",
+        "csrf_token": csrf_of(client, "/admin/projects/new"),
+    }
     data.update(values)
     return data
 
@@ -40,13 +47,19 @@ def test_duplicate_name_is_refused_with_a_message(admin_client, session):
 def test_bad_k_overlap_and_lease_are_refused(admin_client, make_user, session):
     make_user("l1@example.com")
     make_user("l2@example.com")
-    for values, message in [({"k": "1"}, "between 2 and 9"), ({"k": "10"}, "between 2 and 9"),
-                            ({"k": "four"}, "whole number"), ({"overlap": "3"}, "more than the 2 active labelers"),
-                            ({"overlap": "0"}, "at least 1"), ({"lease_minutes": "0"}, "lease length"),
-                            ({"name": "   "}, "Give the project a name"), ({"target_ranking": "-5"}, "ranking target")]:
+    for values, message in [
+        ({"k": "1"}, "between 2 and 9"),
+        ({"k": "10"}, "between 2 and 9"),
+        ({"k": "four"}, "whole number"),
+        ({"overlap": "3"}, "more than the 2 active labelers"),
+        ({"overlap": "0"}, "at least 1"),
+        ({"lease_minutes": "0"}, "lease length"),
+        ({"name": "   "}, "Give the project a name"),
+        ({"target_ranking": "-5"}, "ranking target"),
+    ]:
         r = admin_client.post("/admin/projects", data=_form(admin_client, **values))
         assert r.status_code == 400, values
-        assert message in r.text, (values, re.findall(r'flash-error[^>]*>([^<]*)', r.text))
+        assert message in r.text, (values, re.findall(r"flash-error[^>]*>([^<]*)", r.text))
     assert session.scalar(select(func.count(Project.id))) == 0
     assert admin_client.post("/admin/projects", data=_form(admin_client, overlap="2")).status_code == 303
 
@@ -72,8 +85,10 @@ def test_edit_project_and_rename_clash(admin_client, session):
     token = csrf_of(admin_client, f"/admin/projects/{a.id}")
     r = admin_client.post(f"/admin/projects/{a.id}", data={"name": "B", "k": "5", "overlap": "1", "csrf_token": token})
     assert r.status_code == 409 and "already exists" in r.text
-    r = admin_client.post(f"/admin/projects/{a.id}", data={"name": "A2", "k": "5", "overlap": "1", "lease_minutes": "45",
-                                                          "csrf_token": token})
+    r = admin_client.post(
+        f"/admin/projects/{a.id}",
+        data={"name": "A2", "k": "5", "overlap": "1", "lease_minutes": "45", "csrf_token": token},
+    )
     assert r.status_code == 303
     session.expire_all()
     a = session.get(Project, a.id)
@@ -85,15 +100,23 @@ def test_guidelines_versions_and_preview(admin_client, session):
     session.commit()
     token = csrf_of(admin_client, f"/admin/projects/{project.id}")
     for body in ["v two", "v two", "v **three**"]:
-        assert admin_client.post(f"/admin/projects/{project.id}/guidelines",
-                                 data={"body": body, "csrf_token": token}).status_code == 303
-    versions = session.scalars(select(GuidelineVersion).where(GuidelineVersion.project_id == project.id)
-                               .order_by(GuidelineVersion.version)).all()
+        assert (
+            admin_client.post(
+                f"/admin/projects/{project.id}/guidelines", data={"body": body, "csrf_token": token}
+            ).status_code
+            == 303
+        )
+    versions = session.scalars(
+        select(GuidelineVersion).where(GuidelineVersion.project_id == project.id).order_by(GuidelineVersion.version)
+    ).all()
     assert [(v.version, v.body_md) for v in versions] == [(1, "v one"), (2, "v two"), (3, "v **three**")]
     assert "v one" in admin_client.get(f"/admin/projects/{project.id}/guidelines/1").text
     assert admin_client.get(f"/admin/projects/{project.id}/guidelines/9").status_code == 404
-    r = admin_client.post("/admin/guidelines/preview", data={"body": "# Title\n<script>x</script>"},
-                          headers={"X-CSRF-Token": token, "HX-Request": "true"})
+    r = admin_client.post(
+        "/admin/guidelines/preview",
+        data={"body": "# Title\n<script>x</script>"},
+        headers={"X-CSRF-Token": token, "HX-Request": "true"},
+    )
     assert r.status_code == 200 and "<h1>Title</h1>" in r.text and "<script>" not in r.text
 
 

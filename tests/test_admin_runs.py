@@ -41,14 +41,19 @@ def test_run_form_per_kind(admin_client, world, kind):
 
 
 def _post_run(client, project_id, kind="sft", **extra):
-    data = {"csrf_token": csrf_of(client, "/admin/runs/new"), "kind": kind, "project_id": str(project_id),
-            "model_0": "default", "splits": "train", **extra}
+    data = {
+        "csrf_token": csrf_of(client, "/admin/runs/new"),
+        "kind": kind,
+        "project_id": str(project_id),
+        "model_0": "default",
+        "splits": "train",
+        **extra,
+    }
     return client.post("/admin/runs", data=data)
 
 
 def test_start_run_with_changed_settings_and_filters(admin_client, session, world):
-    r = _post_run(admin_client, world.project.id, cfg_epochs="1", cfg_learning_rate="2e-05",
-                  exclude=str(world.l3.id))
+    r = _post_run(admin_client, world.project.id, cfg_epochs="1", cfg_learning_rate="2e-05", exclude=str(world.l3.id))
     assert r.status_code == 303, r.text
     run = session.scalar(select(TrainingRun))
     assert r.headers["location"] == f"/admin/runs/{run.id}"
@@ -64,7 +69,11 @@ def test_minimum_agreement_leaves_out_low_labelers(admin_client, session, world)
     r = _post_run(admin_client, world.project.id, kind="reward", min_agreement="85")
     assert r.status_code == 303, r.text
     run = session.scalar(select(TrainingRun))
-    assert run.data_filter == {"exclude_labelers": [world.l2.id], "min_agreement": 85.0, "below_agreement": [world.l2.id]}
+    assert run.data_filter == {
+        "exclude_labelers": [world.l2.id],
+        "min_agreement": 85.0,
+        "below_agreement": [world.l2.id],
+    }
     assert "Left out 1 labeler below 85% agreement" in admin_client.get(r.headers["location"]).text
 
 
@@ -83,12 +92,15 @@ def test_api_takes_min_agreement_as_documented(client, session, world, make_user
     assert bad.status_code == 400 and "percentage between 0 and 100" in bad.json()["detail"]
 
 
-@pytest.mark.parametrize("extra,status,message", [
-    ({"cfg_epochs": "three"}, 422, "epochs must be a whole number"),
-    ({"cfg_learning_rate": "-1"}, 422, "learning_rate"),
-    ({"min_agreement": "lots"}, 400, "percentage"),
-    ({"model_0": "999"}, 404, "does not exist"),
-])
+@pytest.mark.parametrize(
+    "extra,status,message",
+    [
+        ({"cfg_epochs": "three"}, 422, "epochs must be a whole number"),
+        ({"cfg_learning_rate": "-1"}, 422, "learning_rate"),
+        ({"min_agreement": "lots"}, 400, "percentage"),
+        ({"model_0": "999"}, 404, "does not exist"),
+    ],
+)
 def test_bad_run_forms(admin_client, session, world, extra, status, message):
     r = _post_run(admin_client, world.project.id, **extra)
     assert r.status_code == status and message in r.text, r.text[-2000:]
@@ -100,8 +112,11 @@ def test_run_with_no_data_is_refused(admin_client, session, world):
 
     empty = projects.create_project(session, projects.ProjectSettings(name="Empty"))
     session.commit()
-    for kind, message in [("sft", "no accepted demonstrations"), ("reward", "no rankings"),
-                          ("generate", "no train prompts")]:
+    for kind, message in [
+        ("sft", "no accepted demonstrations"),
+        ("reward", "no rankings"),
+        ("generate", "no train prompts"),
+    ]:
         r = _post_run(admin_client, empty.id, kind=kind)
         assert r.status_code == 400 and message in r.text, (kind, r.text[-1500:])
     r = _post_run(admin_client, "", kind="sft")
@@ -112,8 +127,16 @@ def test_run_with_no_data_is_refused(admin_client, session, world):
 
 
 def _run(session, project, status=RunStatus.running, **kw) -> TrainingRun:
-    run = TrainingRun(project_id=project.id, kind=kw.pop("kind", RunKind.sft), status=status, config={},
-                      input_model_ids=[], data_filter={}, summary={}, **kw)
+    run = TrainingRun(
+        project_id=project.id,
+        kind=kw.pop("kind", RunKind.sft),
+        status=status,
+        config={},
+        input_model_ids=[],
+        data_filter={},
+        summary={},
+        **kw,
+    )
     session.add(run)
     session.commit()
     return run
@@ -138,8 +161,13 @@ def test_live_plot_and_cancel(admin_client, session, world):
 
 
 def test_cancel_finished_run_and_failed_error(admin_client, session, world):
-    run = _run(session, world.project, status=RunStatus.failed, error="ValueError: no EOS token\n  at step 3",
-               finished_at=utcnow())
+    run = _run(
+        session,
+        world.project,
+        status=RunStatus.failed,
+        error="ValueError: no EOS token\n  at step 3",
+        finished_at=utcnow(),
+    )
     page = admin_client.get(f"/admin/runs/{run.id}")
     assert "Why it failed" in page.text and "no EOS token" in page.text
     assert 'hx-trigger="every 2s"' not in page.text and "cancel-run" not in page.text
@@ -153,18 +181,26 @@ def test_cancel_finished_run_and_failed_error(admin_client, session, world):
     _fresh(session)
     assert session.get(TrainingRun, queued.id).status == RunStatus.cancelled
     listing = admin_client.get("/admin/runs?status=cancelled")
-    assert f"/admin/runs/{queued.id}" in listing.text and f"/admin/runs/{run.id}\"" not in listing.text
+    assert f"/admin/runs/{queued.id}" in listing.text and f'/admin/runs/{run.id}"' not in listing.text
 
 
 def test_models_lineage_and_actions(admin_client, session, world):
     base = registry.register_base(session, "smollm2-135m-instruct")
     run = _run(session, world.project, status=RunStatus.succeeded)
-    sft = registry.register_trained(session, kind=ModelKind.sft, run=run, artifact_path="/tmp/a", parent_ids=[base.id],
-                                    metrics={"valid_loss": 1.25})
-    rm = registry.register_trained(session, kind=ModelKind.reward, run=run, artifact_path="/tmp/b",
-                                   parent_ids=[sft.id], metrics={"accuracy": 0.7})
-    ppo = registry.register_trained(session, kind=ModelKind.ppo, run=run, artifact_path="/tmp/c",
-                                    parent_ids=[sft.id, rm.id], metrics={"reward": 0.5})
+    sft = registry.register_trained(
+        session, kind=ModelKind.sft, run=run, artifact_path="/tmp/a", parent_ids=[base.id], metrics={"valid_loss": 1.25}
+    )
+    rm = registry.register_trained(
+        session, kind=ModelKind.reward, run=run, artifact_path="/tmp/b", parent_ids=[sft.id], metrics={"accuracy": 0.7}
+    )
+    ppo = registry.register_trained(
+        session,
+        kind=ModelKind.ppo,
+        run=run,
+        artifact_path="/tmp/c",
+        parent_ids=[sft.id, rm.id],
+        metrics={"reward": 0.5},
+    )
     session.commit()
     page = admin_client.get("/admin/models")
     assert page.status_code == 200
@@ -195,13 +231,21 @@ def test_evaluation_results_match_the_evaluation_service(admin_client, session, 
         b = Completion(prompt_id=prompt.id, text=f"b{i}", model_version_id=base.id if i % 2 else cand.id)
         session.add_all([a, b])
         session.flush()
-        task = Task(project_id=world.project.id, prompt_id=prompt.id, kind=TaskKind.comparison, required=1,
-                    done_count=1, status="closed", source_run_id=run.id)
+        task = Task(
+            project_id=world.project.id,
+            prompt_id=prompt.id,
+            kind=TaskKind.comparison,
+            required=1,
+            done_count=1,
+            status="closed",
+            source_run_id=run.id,
+        )
         task.outputs = [TaskCompletion(completion_id=a.id, position=0), TaskCompletion(completion_id=b.id, position=1)]
         session.add(task)
         session.flush()
-        session.add(Comparison(task_id=task.id, user_id=world.l1.id, a_completion_id=a.id, b_completion_id=b.id,
-                               choice=choice))
+        session.add(
+            Comparison(task_id=task.id, user_id=world.l1.id, a_completion_id=a.id, b_completion_id=b.id, choice=choice)
+        )
     session.commit()
     one = evaluation.labeler_win_rate(session, run.id)
     batched = evaluation.recent_evaluations(session)[0][1]

@@ -40,10 +40,18 @@ class World:
     def __init__(self, session):
         # No passwords: these labelers never log in, and hashing would only slow the tests down.
         self.l1, self.l2, self.l3 = (accounts.create_user(session, f"l{i}@example.com", None) for i in (1, 2, 3))
-        self.project = projects.create_project(session, projects.ProjectSettings(name="Stats", k=4, overlap=3,
-                                                                                  targets={"ranking": 10}))
-        p = [Prompt(project_id=self.project.id, text=f"prompt {i}", split=Split.test if i == 2 else Split.train,
-                    content_hash=f"h{i}") for i in range(3)]
+        self.project = projects.create_project(
+            session, projects.ProjectSettings(name="Stats", k=4, overlap=3, targets={"ranking": 10})
+        )
+        p = [
+            Prompt(
+                project_id=self.project.id,
+                text=f"prompt {i}",
+                split=Split.test if i == 2 else Split.train,
+                content_hash=f"h{i}",
+            )
+            for i in range(3)
+        ]
         session.add_all(p)
         session.flush()
         c = [Completion(prompt_id=p[0].id, text=f"output {x}", source="test") for x in "abcd"]
@@ -55,26 +63,50 @@ class World:
         rank.outputs = [TaskCompletion(completion_id=o.id, position=i) for i, o in enumerate(c)]
         comp = Task(project_id=self.project.id, prompt_id=p[1].id, kind=TaskKind.comparison, required=1, done_count=1)
         comp.outputs = [TaskCompletion(completion_id=o.id, position=i) for i, o in enumerate(c2)]
-        demos = [Task(project_id=self.project.id, prompt_id=p[i].id, kind=TaskKind.demonstration, required=1,
-                      done_count=1) for i in (1, 2)]
+        demos = [
+            Task(project_id=self.project.id, prompt_id=p[i].id, kind=TaskKind.demonstration, required=1, done_count=1)
+            for i in (1, 2)
+        ]
         session.add_all([rank, comp, *demos])
         session.flush()
         self.rank_task, self.comp_task, self.x, self.y = rank, comp, c2[0].id, c2[1].id
         a, b, cc, d = self.a, self.b, self.c, self.d
         now = utcnow()
-        session.add_all([
-            Ranking(task_id=rank.id, user_id=self.l1.id, order=[[a], [b], [cc], [d]], time_spent_ms=1000,
-                    ratings={str(a): {"likert": 6, "flags": ["hallucination", "sexual"]}}),
-            Ranking(task_id=rank.id, user_id=self.l2.id, order=[[a], [cc], [b], [d]], time_spent_ms=1000),
-            Ranking(task_id=rank.id, user_id=self.l3.id, order=[[a, b], [cc], [d]], time_spent_ms=4000,
-                    created_at=now - timedelta(days=2)),
-            Demonstration(task_id=demos[0].id, prompt_id=p[1].id, user_id=self.l1.id, text="demo one", time_spent_ms=3000),
-            Demonstration(task_id=demos[1].id, prompt_id=p[2].id, user_id=self.l2.id, text="demo two", time_spent_ms=2000),
-            Comparison(task_id=comp.id, user_id=self.l1.id, a_completion_id=self.y, b_completion_id=self.x,
-                       choice="b", time_spent_ms=2000),
-            Skip(task_id=demos[1].id, user_id=self.l1.id, reason=SkipReason.pii),
-            Skip(task_id=demos[0].id, user_id=self.l3.id, reason=SkipReason.skip),
-        ])
+        session.add_all(
+            [
+                Ranking(
+                    task_id=rank.id,
+                    user_id=self.l1.id,
+                    order=[[a], [b], [cc], [d]],
+                    time_spent_ms=1000,
+                    ratings={str(a): {"likert": 6, "flags": ["hallucination", "sexual"]}},
+                ),
+                Ranking(task_id=rank.id, user_id=self.l2.id, order=[[a], [cc], [b], [d]], time_spent_ms=1000),
+                Ranking(
+                    task_id=rank.id,
+                    user_id=self.l3.id,
+                    order=[[a, b], [cc], [d]],
+                    time_spent_ms=4000,
+                    created_at=now - timedelta(days=2),
+                ),
+                Demonstration(
+                    task_id=demos[0].id, prompt_id=p[1].id, user_id=self.l1.id, text="demo one", time_spent_ms=3000
+                ),
+                Demonstration(
+                    task_id=demos[1].id, prompt_id=p[2].id, user_id=self.l2.id, text="demo two", time_spent_ms=2000
+                ),
+                Comparison(
+                    task_id=comp.id,
+                    user_id=self.l1.id,
+                    a_completion_id=self.y,
+                    b_completion_id=self.x,
+                    choice="b",
+                    time_spent_ms=2000,
+                ),
+                Skip(task_id=demos[1].id, user_id=self.l1.id, reason=SkipReason.pii),
+                Skip(task_id=demos[0].id, user_id=self.l3.id, reason=SkipReason.skip),
+            ]
+        )
         session.commit()
 
 
@@ -101,12 +133,25 @@ def test_one_projects_figures_equal_the_all_projects_figures(session, world):
     # count takes the mean of the middle two, and the last time is the newest submission's.
     newest = utcnow() + timedelta(minutes=5)
     for ms, at in [(1000, None), (6000, newest), (7000, None)]:
-        task = Task(project_id=world.project.id, prompt_id=world.rank_task.prompt_id, kind=TaskKind.demonstration,
-                    required=1, done_count=1)
+        task = Task(
+            project_id=world.project.id,
+            prompt_id=world.rank_task.prompt_id,
+            kind=TaskKind.demonstration,
+            required=1,
+            done_count=1,
+        )
         session.add(task)
         session.flush()
-        session.add(Demonstration(task_id=task.id, prompt_id=task.prompt_id, user_id=world.l1.id, text="more",
-                                  time_spent_ms=ms, **({"created_at": at} if at else {})))
+        session.add(
+            Demonstration(
+                task_id=task.id,
+                prompt_id=task.prompt_id,
+                user_id=world.l1.id,
+                text="more",
+                time_spent_ms=ms,
+                **({"created_at": at} if at else {}),
+            )
+        )
     session.commit()
     one = {r.user.email: r for r in stats.labeler_figures(session, world.project.id, fresh=True)}
     every = {r.user.email: r for r in stats.labeler_figures(session, None, fresh=True)}
@@ -115,8 +160,14 @@ def test_one_projects_figures_equal_the_all_projects_figures(session, world):
     assert abs(l1.last_at - newest) < timedelta(seconds=1)
     for email, row in one.items():
         other = every[email]
-        assert (row.done, row.median_ms, row.skips, row.prompt_flags, row.output_flags, row.last_at) == \
-            (other.done, other.median_ms, other.skips, other.prompt_flags, other.output_flags, other.last_at)
+        assert (row.done, row.median_ms, row.skips, row.prompt_flags, row.output_flags, row.last_at) == (
+            other.done,
+            other.median_ms,
+            other.skips,
+            other.prompt_flags,
+            other.output_flags,
+            other.last_at,
+        )
 
 
 def test_agreement(session, world):
@@ -137,8 +188,11 @@ def test_gold_accuracy(session, world):
     assert gold[world.l1.id] == (2, 1.0)
     assert gold[world.l2.id] == (1, pytest.approx(5 / 6))
     assert gold[world.l3.id] == (1, pytest.approx(5 / 6))  # the a = b tie counts wrong
-    for bad in [{"order": [[world.a], [world.b]]}, {"order": [[world.a, world.a], [world.b], [world.c], [world.d]]},
-                {"order": "a>b"}]:
+    for bad in [
+        {"order": [[world.a], [world.b]]},
+        {"order": [[world.a, world.a], [world.b], [world.c], [world.d]]},
+        {"order": "a>b"},
+    ]:
         with pytest.raises(ServiceError, match="every output"):
             stats.set_gold(session, world.rank_task, bad)
     with pytest.raises(ServiceError, match="one of the two"):
@@ -173,8 +227,13 @@ def test_labelers_and_data_pages(admin_client, session, world):
 def test_gold_form(admin_client, session, world):
     task = world.rank_task
     token = csrf_of(admin_client, f"/admin/tasks/{task.id}")
-    form = {"csrf_token": token, f"rank_{world.a}": "1", f"rank_{world.b}": "2", f"rank_{world.c}": "2",
-            f"rank_{world.d}": "4"}
+    form = {
+        "csrf_token": token,
+        f"rank_{world.a}": "1",
+        f"rank_{world.b}": "2",
+        f"rank_{world.c}": "2",
+        f"rank_{world.d}": "4",
+    }
     assert admin_client.post(f"/admin/tasks/{task.id}/gold", data=form).status_code == 303
     session.rollback()
     session.expire_all()  # a fresh snapshot and no cached rows: see the app's writes
@@ -215,7 +274,8 @@ def test_remembered_figures_follow_new_work_on_the_next_view(admin_client, sessi
 def test_project_page_counts_new_prompts_at_once(admin_client, session, world):
     stat = '<div class="stat-value">{}</div>'
     assert stat.format(3) in admin_client.get(f"/admin/projects/{world.project.id}").text
-    session.add_all([Prompt(project_id=world.project.id, text=f"new prompt {i}", content_hash=f"new{i}")
-                     for i in range(25)])
+    session.add_all(
+        [Prompt(project_id=world.project.id, text=f"new prompt {i}", content_hash=f"new{i}") for i in range(25)]
+    )
     session.commit()
     assert stat.format(28) in admin_client.get(f"/admin/projects/{world.project.id}").text  # 3 + 25

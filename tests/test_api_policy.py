@@ -18,14 +18,23 @@ LABELER_ALLOWED = {
     ("POST", "/api/v1/tasks/{task_id}/skip"),
 }
 ADMIN_ONLY = {
-    ("GET", "/api/v1/projects"), ("POST", "/api/v1/projects"), ("GET", "/api/v1/projects/{project_id}"),
-    ("PATCH", "/api/v1/projects/{project_id}"), ("PUT", "/api/v1/projects/{project_id}/guidelines"),
-    ("GET", "/api/v1/projects/{project_id}/prompts"), ("POST", "/api/v1/projects/{project_id}/prompts"),
+    ("GET", "/api/v1/projects"),
+    ("POST", "/api/v1/projects"),
+    ("GET", "/api/v1/projects/{project_id}"),
+    ("PATCH", "/api/v1/projects/{project_id}"),
+    ("PUT", "/api/v1/projects/{project_id}/guidelines"),
+    ("GET", "/api/v1/projects/{project_id}/prompts"),
+    ("POST", "/api/v1/projects/{project_id}/prompts"),
     ("GET", "/api/v1/projects/{project_id}/exports/{kind}"),
-    ("POST", "/api/v1/runs"), ("GET", "/api/v1/runs"), ("GET", "/api/v1/runs/{run_id}"),
-    ("POST", "/api/v1/runs/{run_id}/cancel"), ("GET", "/api/v1/runs/{run_id}/metrics"),
-    ("GET", "/api/v1/runs/{run_id}/evaluation"), ("GET", "/api/v1/run-configs"),
-    ("GET", "/api/v1/model-versions"), ("GET", "/api/v1/model-versions/{version_id}"),
+    ("POST", "/api/v1/runs"),
+    ("GET", "/api/v1/runs"),
+    ("GET", "/api/v1/runs/{run_id}"),
+    ("POST", "/api/v1/runs/{run_id}/cancel"),
+    ("GET", "/api/v1/runs/{run_id}/metrics"),
+    ("GET", "/api/v1/runs/{run_id}/evaluation"),
+    ("GET", "/api/v1/run-configs"),
+    ("GET", "/api/v1/model-versions"),
+    ("GET", "/api/v1/model-versions/{version_id}"),
     ("POST", "/api/v1/model-versions"),
 }
 
@@ -45,8 +54,12 @@ def test_the_schema_declares_the_bearer_scheme_on_every_operation(client):
     schemes = schema["components"]["securitySchemes"]
     assert [s["scheme"] for s in schemes.values()] == ["bearer"]
     (name,) = schemes
-    missing = [(method, path) for path, ops in schema["paths"].items() for method, op in ops.items()
-               if {name: []} not in op.get("security", [])]
+    missing = [
+        (method, path)
+        for path, ops in schema["paths"].items()
+        for method, op in ops.items()
+        if {name: []} not in op.get("security", [])
+    ]
     assert missing == []
 
 
@@ -73,7 +86,8 @@ def test_a_labeler_sees_their_work_list_like_the_home_page(client, session):
     heads = {"Authorization": f"Bearer {accounts.create_api_token(session, labeler)}"}
     session.commit()
     assert client.get("/api/v1/work", headers=heads).json() == [
-        {"project_id": project.id, "project": project.name, "kind": "demonstration", "available": 3}]
+        {"project_id": project.id, "project": project.name, "kind": "demonstration", "available": 3}
+    ]
 
 
 def test_someone_elses_task_reveals_nothing_about_itself(client, session):

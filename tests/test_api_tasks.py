@@ -30,7 +30,9 @@ def test_demonstration_flow_and_bad_input(client, session, two):
     session.commit()
     ha, hb = two
     assert client.get(f"/api/v1/projects/{project.id}/next").status_code == 401
-    assert client.get(f"/api/v1/projects/{project.id}/next", headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert (
+        client.get(f"/api/v1/projects/{project.id}/next", headers={"Authorization": "Bearer nope"}).status_code == 401
+    )
     assert client.get("/api/v1/projects/999/next", headers=ha).status_code == 404
     r = client.get(f"/api/v1/projects/{project.id}/next", headers=ha)
     assert r.status_code == 200, r.text
@@ -50,8 +52,12 @@ def test_demonstration_flow_and_bad_input(client, session, two):
         assert r.status_code == status and message in r.json()["detail"], (body, r.text)
     r = client.post(url, json={"kind": "demonstration", "text": "<script>alert(1)</script> fine"}, headers=hb)
     assert r.status_code == 403 and "not assigned to you" in r.json()["detail"]
-    assert client.post("/api/v1/tasks/4242/submission", json={"kind": "demonstration", "text": "x"},
-                       headers=ha).status_code == 404
+    assert (
+        client.post(
+            "/api/v1/tasks/4242/submission", json={"kind": "demonstration", "text": "x"}, headers=ha
+        ).status_code
+        == 404
+    )
     assert _count(session, Demonstration) == 0
     key = {**ha, "Idempotency-Key": "abc-1"}
     first = client.post(url, json={"kind": "demonstration", "text": "Hello", "time_spent_ms": 900}, headers=key)
@@ -87,8 +93,16 @@ def test_ranking_and_skip(client, session, two):
     ]:
         r = client.post(url, json={"kind": "ranking", "order": order, "ratings": rts}, headers=ha)
         assert r.status_code == 400 and message in r.json()["detail"], r.text
-    r = client.post(url, json={"kind": "ranking", "order": [[ids[1]], [ids[0], ids[2]], [ids[3]]], "ratings": ratings,
-                               "none_acceptable": True}, headers=ha)
+    r = client.post(
+        url,
+        json={
+            "kind": "ranking",
+            "order": [[ids[1]], [ids[0], ids[2]], [ids[3]]],
+            "ratings": ratings,
+            "none_acceptable": True,
+        },
+        headers=ha,
+    )
     assert r.status_code == 201, r.text
     session.commit()
     stored = session.scalar(select(Ranking))
@@ -99,8 +113,9 @@ def test_ranking_and_skip(client, session, two):
     client.get(f"/api/v1/projects/{project2.id}/next?kind=comparison", headers=hb)
     r = client.post(f"/api/v1/tasks/{ctask.id}/skip", json={"reason": "spam"}, headers=hb)
     assert r.status_code == 422
-    r = client.post(f"/api/v1/tasks/{ctask.id}/skip", json={"reason": "harmful", "note": "asks for a weapon"},
-                    headers=hb)
+    r = client.post(
+        f"/api/v1/tasks/{ctask.id}/skip", json={"reason": "harmful", "note": "asks for a weapon"}, headers=hb
+    )
     assert r.status_code == 200 and r.json()["reason"] == "harmful"
     assert client.get(f"/api/v1/projects/{project2.id}/next?kind=comparison", headers=hb).status_code == 204
     got = client.get(f"/api/v1/projects/{project2.id}/next?kind=comparison", headers=ha).json()
@@ -115,7 +130,6 @@ def test_huge_body_refused(client, session, two, settings):
     ha, _ = two
     client.get(f"/api/v1/projects/{project.id}/next", headers=ha)
     huge = "x" * (settings.max_body_bytes + 10)
-    r = client.post(f"/api/v1/tasks/{tasks[0].id}/submission", json={"kind": "demonstration", "text": huge},
-                    headers=ha)
+    r = client.post(f"/api/v1/tasks/{tasks[0].id}/submission", json={"kind": "demonstration", "text": huge}, headers=ha)
     assert r.status_code == 413 and "too large" in r.json()["detail"]
     assert _count(session, Demonstration) == 0

@@ -99,8 +99,9 @@ def test_logout(labeler_client):
 def test_open_redirect_refused(client, make_user):
     make_user("a@example.com")
     token = csrf_of(client)
-    r = client.post("/login", data={"email": "a@example.com", "password": PASSWORD, "csrf_token": token,
-                                    "next": "//evil.example/"})
+    r = client.post(
+        "/login", data={"email": "a@example.com", "password": PASSWORD, "csrf_token": token, "next": "//evil.example/"}
+    )
     assert r.headers["location"] == "/"
 
 
@@ -138,8 +139,9 @@ def test_labeler_gets_403_on_admin_pages(labeler_client):
     for path in ("/admin", "/admin/users"):
         r = labeler_client.get(path)
         assert r.status_code == 403 and "for admins" in r.text
-    r = labeler_client.post("/admin/users/invite", data={"email": "x@example.com",
-                                                         "csrf_token": csrf_of(labeler_client, "/label")})
+    r = labeler_client.post(
+        "/admin/users/invite", data={"email": "x@example.com", "csrf_token": csrf_of(labeler_client, "/label")}
+    )
     assert r.status_code == 403
 
 
@@ -161,8 +163,10 @@ def test_policies():
 
 
 def _invite(admin_client) -> str:
-    r = admin_client.post("/admin/users/invite", data={"email": "New@Example.com", "role": "labeler",
-                                                       "csrf_token": csrf_of(admin_client, "/admin/users")})
+    r = admin_client.post(
+        "/admin/users/invite",
+        data={"email": "New@Example.com", "role": "labeler", "csrf_token": csrf_of(admin_client, "/admin/users")},
+    )
     assert r.status_code == 200
     link = r.text.split('id="invite-link">')[1].split("<")[0]
     assert "/invite/" in link
@@ -178,10 +182,13 @@ def test_invite_flow(admin_client, app):
         csrf = csrf_of(browser, f"/invite/{token}")
         r = browser.post(f"/invite/{token}", data={"password": "short", "password2": "short", "csrf_token": csrf})
         assert r.status_code == 400 and "at least 10" in r.text
-        r = browser.post(f"/invite/{token}", data={"password": PASSWORD, "password2": PASSWORD + "x", "csrf_token": csrf})
+        r = browser.post(
+            f"/invite/{token}", data={"password": PASSWORD, "password2": PASSWORD + "x", "csrf_token": csrf}
+        )
         assert r.status_code == 400 and "differ" in r.text
-        r = browser.post(f"/invite/{token}", data={"password": PASSWORD, "password2": PASSWORD, "csrf_token": csrf,
-                                                   "name": "Nia"})
+        r = browser.post(
+            f"/invite/{token}", data={"password": PASSWORD, "password2": PASSWORD, "csrf_token": csrf, "name": "Nia"}
+        )
         assert r.status_code == 303
         assert browser.get("/label").status_code == 200
     with TestClient(app, follow_redirects=False) as other:
@@ -196,29 +203,34 @@ def test_expired_and_unknown_invite(client, session):
     session.commit()
     r = client.get(f"/invite/{token}")
     assert r.status_code == 410 and "expired" in r.text
-    r = client.post(f"/invite/{token}", data={"password": PASSWORD, "password2": PASSWORD,
-                                              "csrf_token": csrf_of(client)})
+    r = client.post(
+        f"/invite/{token}", data={"password": PASSWORD, "password2": PASSWORD, "csrf_token": csrf_of(client)}
+    )
     assert r.status_code == 410
     assert session.scalar(select(User).where(User.email == "late@example.com")) is None
     assert client.get("/invite/not-a-token").status_code == 404
 
 
 def test_invite_for_existing_user_refused(admin_client):
-    r = admin_client.post("/admin/users/invite", data={"email": "admin@example.com",
-                                                       "csrf_token": csrf_of(admin_client, "/admin/users")})
+    r = admin_client.post(
+        "/admin/users/invite", data={"email": "admin@example.com", "csrf_token": csrf_of(admin_client, "/admin/users")}
+    )
     assert r.status_code == 409 and "already exists" in r.text
 
 
 def test_admin_disables_user(admin_client, make_user, session):
     user = make_user("l@example.com")
-    r = admin_client.post(f"/admin/users/{user.id}/active", data={"active": "false",
-                                                                  "csrf_token": csrf_of(admin_client, "/admin/users")})
+    r = admin_client.post(
+        f"/admin/users/{user.id}/active", data={"active": "false", "csrf_token": csrf_of(admin_client, "/admin/users")}
+    )
     assert r.status_code == 303
     session.expire_all()
     assert session.get(User, user.id).is_active is False
     # an admin cannot lock themselves out
-    r = admin_client.post(f"/admin/users/{admin_client.user.id}/active",
-                          data={"active": "false", "csrf_token": csrf_of(admin_client, "/admin/users")})
+    r = admin_client.post(
+        f"/admin/users/{admin_client.user.id}/active",
+        data={"active": "false", "csrf_token": csrf_of(admin_client, "/admin/users")},
+    )
     session.expire_all()
     assert session.get(User, admin_client.user.id).is_active is True
 
@@ -226,7 +238,9 @@ def test_admin_disables_user(admin_client, make_user, session):
 def test_api_token_lifecycle(labeler_client, client, session):
     r = client.get("/api/v1/me")
     assert r.status_code == 401 and r.json()["detail"].startswith("Authentication required")
-    r = labeler_client.post("/account/tokens", data={"name": "script", "csrf_token": csrf_of(labeler_client, "/account")})
+    r = labeler_client.post(
+        "/account/tokens", data={"name": "script", "csrf_token": csrf_of(labeler_client, "/account")}
+    )
     token = r.text.split('id="new-token">')[1].split("<")[0]
     assert token.startswith("il_")
     stored = session.scalar(select(ApiToken))
@@ -235,7 +249,9 @@ def test_api_token_lifecycle(labeler_client, client, session):
     assert me.status_code == 200 and me.json()["email"] == "labeler@example.com"
     assert labeler_client.get("/api/v1/me", headers={"Authorization": "Bearer il_wrong"}).status_code == 401
     assert labeler_client.get("/api/v1/me", headers={"Authorization": f"Basic {token}"}).status_code == 401
-    r = labeler_client.post(f"/account/tokens/{stored.id}/revoke", data={"csrf_token": csrf_of(labeler_client, "/account")})
+    r = labeler_client.post(
+        f"/account/tokens/{stored.id}/revoke", data={"csrf_token": csrf_of(labeler_client, "/account")}
+    )
     assert r.status_code == 303
     assert labeler_client.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"}).status_code == 401
 
@@ -253,14 +269,18 @@ def test_cannot_revoke_someone_elses_token(labeler_client, make_user, session):
     accounts.create_api_token(session, other)
     session.commit()
     token_id = session.scalar(select(ApiToken.id))
-    r = labeler_client.post(f"/account/tokens/{token_id}/revoke", data={"csrf_token": csrf_of(labeler_client, "/account")})
+    r = labeler_client.post(
+        f"/account/tokens/{token_id}/revoke", data={"csrf_token": csrf_of(labeler_client, "/account")}
+    )
     assert r.status_code == 404
     session.expire_all()
     assert session.get(ApiToken, token_id).revoked_at is None
 
 
 def test_huge_body_refused(client):
-    r = client.post("/login", content=b"x" * (11 * 1024 * 1024), headers={"content-type": "application/x-www-form-urlencoded"})
+    r = client.post(
+        "/login", content=b"x" * (11 * 1024 * 1024), headers={"content-type": "application/x-www-form-urlencoded"}
+    )
     assert r.status_code == 413 and "text/html" in r.headers["content-type"] and "too large" in r.text  # a page
     r = client.post("/api/v1/projects", content=b"x" * (11 * 1024 * 1024), headers={"content-type": "application/json"})
     assert r.status_code == 413 and "too large" in r.json()["detail"]
@@ -279,8 +299,9 @@ def test_unknown_email_costs_one_password_check_like_a_known_one(session, make_u
     monkeypatch.setattr(accounts, "verify_password", lambda h, p: calls.append(h) or real(h, p))
     for email in ("a@example.com", "nobody@example.com"):
         try:
-            accounts.authenticate(session, email, "wrong password!", ip="1.2.3.4", max_failures=5,
-                                  max_failures_per_ip=20, window_s=900)
+            accounts.authenticate(
+                session, email, "wrong password!", ip="1.2.3.4", max_failures=5, max_failures_per_ip=20, window_s=900
+            )
         except accounts.LoginError:
             pass
     assert len(calls) == 2 and calls[0] is not None and calls[1] is None
@@ -306,8 +327,15 @@ def test_one_ip_trying_many_emails_is_throttled(session):
     outcomes = []
     for i in range(25):
         try:
-            accounts.authenticate(session, f"user{i}@example.com", "wrong password!", ip="6.6.6.6",
-                                  max_failures=5, max_failures_per_ip=20, window_s=900)
+            accounts.authenticate(
+                session,
+                f"user{i}@example.com",
+                "wrong password!",
+                ip="6.6.6.6",
+                max_failures=5,
+                max_failures_per_ip=20,
+                window_s=900,
+            )
         except accounts.ServiceError as exc:
             outcomes.append(type(exc).__name__)
     assert outcomes == ["LoginError"] * 20 + ["LoginThrottled"] * 5
@@ -325,8 +353,15 @@ def test_parallel_guesses_get_at_most_the_limit_of_checks(engine, make_user):
         start.wait()
         with factory() as s:
             try:
-                accounts.authenticate(s, "a@example.com", f"wrong guess {i}", ip="6.6.6.6",
-                                      max_failures=5, max_failures_per_ip=100, window_s=900)
+                accounts.authenticate(
+                    s,
+                    "a@example.com",
+                    f"wrong guess {i}",
+                    ip="6.6.6.6",
+                    max_failures=5,
+                    max_failures_per_ip=100,
+                    window_s=900,
+                )
             except accounts.ServiceError as exc:
                 outcomes.append(type(exc).__name__)
             s.commit()
@@ -344,8 +379,15 @@ def test_admin_can_clear_a_users_login_failures(session, make_user):
     user = make_user("a@example.com")
     for _ in range(3):
         try:
-            accounts.authenticate(session, "a@example.com", "wrong password!", ip="6.6.6.6",
-                                  max_failures=5, max_failures_per_ip=20, window_s=900)
+            accounts.authenticate(
+                session,
+                "a@example.com",
+                "wrong password!",
+                ip="6.6.6.6",
+                max_failures=5,
+                max_failures_per_ip=20,
+                window_s=900,
+            )
         except accounts.LoginError:
             pass
     assert accounts.clear_login_failures(session, user.id) == 3

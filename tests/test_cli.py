@@ -16,8 +16,12 @@ def test_db_upgrade_and_users_create(settings, session):
     runner = CliRunner()
     r = runner.invoke(main, ["db", "upgrade"], env=_env(settings))
     assert r.exit_code == 0, r.output
-    r = runner.invoke(main, ["users", "create", "Boss@Example.com", "--role", "admin", "--password-stdin"],
-                      input="a strong password\n", env=_env(settings))
+    r = runner.invoke(
+        main,
+        ["users", "create", "Boss@Example.com", "--role", "admin", "--password-stdin"],
+        input="a strong password\n",
+        env=_env(settings),
+    )
     assert r.exit_code == 0, r.output
     assert "Created admin boss@example.com" in r.output
     user = session.scalar(select(User).where(User.email == "boss@example.com"))
@@ -26,17 +30,21 @@ def test_db_upgrade_and_users_create(settings, session):
 
 def test_users_create_prompts_and_refuses_bad_input(settings):
     runner = CliRunner()
-    r = runner.invoke(main, ["users", "create", "a@example.com"], input="a strong password\na strong password\n",
-                      env=_env(settings))
+    r = runner.invoke(
+        main, ["users", "create", "a@example.com"], input="a strong password\na strong password\n", env=_env(settings)
+    )
     assert r.exit_code == 0, r.output
-    r = runner.invoke(main, ["users", "create", "a@example.com", "--password-stdin"], input="another password\n",
-                      env=_env(settings))
+    r = runner.invoke(
+        main, ["users", "create", "a@example.com", "--password-stdin"], input="another password\n", env=_env(settings)
+    )
     assert r.exit_code == 1 and "already exists" in r.output
-    r = runner.invoke(main, ["users", "create", "b@example.com", "--password-stdin"], input="short\n",
-                      env=_env(settings))
+    r = runner.invoke(
+        main, ["users", "create", "b@example.com", "--password-stdin"], input="short\n", env=_env(settings)
+    )
     assert r.exit_code == 1 and "at least 10" in r.output
-    r = runner.invoke(main, ["users", "create", "not-an-email", "--password-stdin"], input="a strong password\n",
-                      env=_env(settings))
+    r = runner.invoke(
+        main, ["users", "create", "not-an-email", "--password-stdin"], input="a strong password\n", env=_env(settings)
+    )
     assert r.exit_code == 1 and "not an email" in r.output
 
 
@@ -70,8 +78,13 @@ def test_serve_starts_on_the_embedded_database(tmp_path):
         port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     env.update(INSTRUCTLOOP_DATA_DIR=str(tmp_path), INSTRUCTLOOP_ADMIN_PASSWORD="a strong password")
-    server = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline, status = time.monotonic() + 60, None
         while time.monotonic() < deadline and server.poll() is None:

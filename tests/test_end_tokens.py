@@ -48,8 +48,9 @@ def test_end_ids_gather_the_template_the_tokenizer_and_the_generation_config(two
 
 def test_generate_and_evaluate_sampling_stop_at_the_other_end_id(two_ends):
     _, tokenizer, _, load = two_ends
-    ((_, samples),) = sample_batches(load(), tokenizer, ["Say it"], k=3, temperature=1.0, top_p=1.0,
-                                      max_new_tokens=8, seed=0, batch_size=4)
+    ((_, samples),) = sample_batches(
+        load(), tokenizer, ["Say it"], k=3, temperature=1.0, top_p=1.0, max_new_tokens=8, seed=0, batch_size=4
+    )
     assert all(s.ended_with_eos and s.num_tokens == 1 for s in samples[0])
 
 
@@ -57,10 +58,26 @@ def test_ppo_stops_at_the_other_end_id_without_a_penalty(two_ends):
     folder, tokenizer, _, load = two_ends
     value = modeling.ScalarHeadModel.from_causal_lm(folder, device="cpu")
     history = []
-    config = PPOConfig(total_episodes=8, rollout_batch_size=8, minibatch_size=4, ppo_epochs=1, max_new_tokens=6,
-                       missing_eos_penalty=1.0, learning_rate=1e-6)
-    train_ppo(load(), load(), None, value, tokenizer, ["Say it", "Go on"], config,
-              reward_fn=lambda prompts, answers: [1.0] * len(answers), on_metrics=lambda s, t, m: history.append(m))
+    config = PPOConfig(
+        total_episodes=8,
+        rollout_batch_size=8,
+        minibatch_size=4,
+        ppo_epochs=1,
+        max_new_tokens=6,
+        missing_eos_penalty=1.0,
+        learning_rate=1e-6,
+    )
+    train_ppo(
+        load(),
+        load(),
+        None,
+        value,
+        tokenizer,
+        ["Say it", "Go on"],
+        config,
+        reward_fn=lambda prompts, answers: [1.0] * len(answers),
+        on_metrics=lambda s, t, m: history.append(m),
+    )
     assert history[0]["eos_fraction"] == 1.0 and history[0]["response_length"] == 1.0
     assert history[0]["reward"] == pytest.approx(1.0, abs=1e-3)  # the score, with no missing-EOS penalty
 
@@ -75,12 +92,32 @@ def test_no_dropout_is_left_in_train_mode(family):
 
     torch.manual_seed(0)
     if family == "opt":
-        model = OPTForCausalLM(OPTConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, ffn_dim=64,
-                                         num_attention_heads=4, max_position_embeddings=32, word_embed_proj_dim=32,
-                                         dropout=0.3, attention_dropout=0.3, activation_dropout=0.3))
+        model = OPTForCausalLM(
+            OPTConfig(
+                vocab_size=64,
+                hidden_size=32,
+                num_hidden_layers=2,
+                ffn_dim=64,
+                num_attention_heads=4,
+                max_position_embeddings=32,
+                word_embed_proj_dim=32,
+                dropout=0.3,
+                attention_dropout=0.3,
+                activation_dropout=0.3,
+            )
+        )
     else:
-        model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                             num_attention_heads=4, num_key_value_heads=2, attention_dropout=0.3))
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=64,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                attention_dropout=0.3,
+            )
+        )
     ids = torch.randint(0, 64, (2, 12))
     model.train()
     assert not torch.allclose(model(ids).logits, model(ids).logits)  # dropout is on before

@@ -34,8 +34,7 @@ def test_export_rows(session, world):
     # l1: 6 pairs, l2: 6, l3: 5 (its a = b tie dropped), the comparison: 1 (x beat y).
     assert len(prefs) == 18
     assert {"prompt": "prompt 1", "chosen": "answer x", "rejected": "answer y", "split": "train"} in prefs
-    assert not any(p["chosen"] == "output a" and p["rejected"] == "output b"
-                   for p in prefs[12:17])  # l3 tied a and b
+    assert not any(p["chosen"] == "output a" and p["rejected"] == "output b" for p in prefs[12:17])  # l3 tied a and b
     rankings = list(exports.ranking_rows(session, f))
     assert len(rankings) == 3
     l1 = next(r for r in rankings if r["labeler_id"] == world.l1.id)
@@ -45,7 +44,9 @@ def test_export_rows(session, world):
     only_l1 = exports.ExportFilter(world.project.id, exclude_labelers=[world.l2.id, world.l3.id])
     assert len(list(exports.ranking_rows(session, only_l1))) == 1
     test_only = exports.ExportFilter(world.project.id, splits=["test"])
-    assert list(exports.sft_rows(session, test_only)) == [{"prompt": "prompt 2", "completion": "demo two", "split": "test"}]
+    assert list(exports.sft_rows(session, test_only)) == [
+        {"prompt": "prompt 2", "completion": "demo two", "split": "test"}
+    ]
 
 
 def test_a_rejected_demonstration_is_not_exported(session, world):
@@ -60,11 +61,17 @@ def test_a_rejected_demonstration_is_not_exported(session, world):
 def test_conversational_format_is_chat_messages(session, world):
     f = exports.ExportFilter(world.project.id, format="conversational")
     (sft,) = exports.sft_rows(session, f)
-    assert sft == {"messages": [{"role": "user", "content": "prompt 1"}, {"role": "assistant", "content": "demo one"}],
-                   "split": "train"}
+    assert sft == {
+        "messages": [{"role": "user", "content": "prompt 1"}, {"role": "assistant", "content": "demo one"}],
+        "split": "train",
+    }
     prefs = list(exports.preference_rows(session, f))
-    assert {"prompt": [{"role": "user", "content": "prompt 1"}], "chosen": [{"role": "assistant", "content": "answer x"}],
-            "rejected": [{"role": "assistant", "content": "answer y"}], "split": "train"} in prefs
+    assert {
+        "prompt": [{"role": "user", "content": "prompt 1"}],
+        "chosen": [{"role": "assistant", "content": "answer x"}],
+        "rejected": [{"role": "assistant", "content": "answer y"}],
+        "split": "train",
+    } in prefs
     ranking = next(exports.ranking_rows(session, f))
     assert ranking["prompt"] == [{"role": "user", "content": "prompt 0"}]
     assert ranking["completions"][0]["messages"] == [{"role": "assistant", "content": "output a"}]
@@ -73,9 +80,11 @@ def test_conversational_format_is_chat_messages(session, world):
 
 
 def test_download_each_export_and_load_with_datasets(admin_client, world, tmp_path):
-    for kind, columns, n in [("sft", {"prompt", "completion", "split"}, 2),
-                             ("preferences", {"prompt", "chosen", "rejected", "split"}, 18),
-                             ("rankings", {"prompt", "completions", "order", "labeler_id", "split"}, 3)]:
+    for kind, columns, n in [
+        ("sft", {"prompt", "completion", "split"}, 2),
+        ("preferences", {"prompt", "chosen", "rejected", "split"}, 18),
+        ("rankings", {"prompt", "completions", "order", "labeler_id", "split"}, 3),
+    ]:
         r = admin_client.get(f"/admin/projects/{world.project.id}/export/{kind}?split=all")
         assert r.status_code == 200, r.text
         assert r.headers["content-disposition"] == f'attachment; filename="stats-{kind}-train-valid-test.jsonl"'

@@ -42,7 +42,9 @@ def test_sampling_is_seeded_and_counts_tokens(tiny):
     for sample in (s for per_prompt in first for s in per_prompt):
         assert sample.num_tokens <= 6 and (sample.ended_with_eos or sample.num_tokens == 6)
     # Stopping between batches: nothing after the first batch.
-    stopped = list(sample_batches(model, tokenizer, prompts, seed=1, should_stop=iter([False, True]).__next__, **kwargs))
+    stopped = list(
+        sample_batches(model, tokenizer, prompts, seed=1, should_stop=iter([False, True]).__next__, **kwargs)
+    )
     assert [start for start, _ in stopped] == [0]
 
 
@@ -83,14 +85,21 @@ def test_generate_run_stores_outputs_and_ranking_tasks(settings, session, tiny):
         session.expire_all()
         made = ranking_tasks(session, run.id)
         assert sorted(t.prompt_id for t in made) == [p.id for p in prompts]
-        outputs = session.scalars(select(Completion).join(TaskCompletion).where(
-            TaskCompletion.task_id.in_([t.id for t in made]))).all()
+        outputs = session.scalars(
+            select(Completion).join(TaskCompletion).where(TaskCompletion.task_id.in_([t.id for t in made]))
+        ).all()
         assert len(outputs) == 15 and {o.model_version_id for o in outputs} == {version}
         settings_stored = outputs[0].generation
         assert settings_stored["temperature"] == 0.9 and settings_stored["top_p"] == 0.95
-        assert settings_stored["max_new_tokens"] == 8 and settings_stored["seed"] == 7 and settings_stored["run_id"] == run.id
+        assert (
+            settings_stored["max_new_tokens"] == 8
+            and settings_stored["seed"] == 7
+            and settings_stored["run_id"] == run.id
+        )
         assert all(isinstance(o.generation["ended_with_eos"], bool) for o in outputs)
-        steps = session.scalars(select(RunMetric.step).where(RunMetric.run_id == run.id, RunMetric.name == "eos_fraction"))
+        steps = session.scalars(
+            select(RunMetric.step).where(RunMetric.run_id == run.id, RunMetric.name == "eos_fraction")
+        )
         assert list(steps) == [2, 4, 5]
 
         # The same prompts, model and seed again give the same outputs.
@@ -100,12 +109,17 @@ def test_generate_run_stores_outputs_and_ranking_tasks(settings, session, tiny):
         session.commit()
         assert worker.run_next() and worker.run_next()
         session.expire_all()
-        texts = lambda run_id: [c.text for c in session.scalars(  # noqa: E731
-            select(Completion).where(Completion.generation["run_id"].as_integer() == run_id).order_by(Completion.id))]
+
+        def texts(run_id: int) -> list[str]:
+            by_run = Completion.generation["run_id"].as_integer() == run_id
+            return [c.text for c in session.scalars(select(Completion).where(by_run).order_by(Completion.id))]
+
         assert texts(rerun.id) == texts(run.id)
         failed = run_status(worker.engine, empty.id)
         assert failed.status == RunStatus.failed
-        assert failed.error.startswith("Every selected prompt is too long for the model's context with max_new_tokens=8")
+        assert failed.error.startswith(
+            "Every selected prompt is too long for the model's context with max_new_tokens=8"
+        )
         assert session.scalar(select(func.count(Completion.id))) == 30
     finally:
         worker.engine.dispose()

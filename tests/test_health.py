@@ -11,8 +11,11 @@ def test_healthz_ok(client):
 
 def test_healthz_503_when_database_unreachable(tmp_path):
     # A port where nothing listens: the check must answer 503 with a reason, not hang or 500.
-    settings = Settings(DATABASE_URL="postgresql+psycopg://postgres@127.0.0.1:1/nope?connect_timeout=2",
-                        INSTRUCTLOOP_DATA_DIR=tmp_path, SECRET_KEY="k")
+    settings = Settings(
+        DATABASE_URL="postgresql+psycopg://postgres@127.0.0.1:1/nope?connect_timeout=2",
+        INSTRUCTLOOP_DATA_DIR=tmp_path,
+        SECRET_KEY="k",
+    )
     with TestClient(create_app(settings)) as client:
         r = client.get("/healthz")
         assert r.status_code == 503
@@ -23,8 +26,11 @@ def test_healthz_503_when_database_unreachable(tmp_path):
 
 
 def test_pages_answer_a_503_page_when_database_goes_away(tmp_path):
-    settings = Settings(DATABASE_URL="postgresql+psycopg://postgres@127.0.0.1:1/nope?connect_timeout=2",
-                        INSTRUCTLOOP_DATA_DIR=tmp_path, SECRET_KEY="k")
+    settings = Settings(
+        DATABASE_URL="postgresql+psycopg://postgres@127.0.0.1:1/nope?connect_timeout=2",
+        INSTRUCTLOOP_DATA_DIR=tmp_path,
+        SECRET_KEY="k",
+    )
     with TestClient(create_app(settings), follow_redirects=False) as client:
         token = client.get("/login").text.split('name="csrf_token" value="')[1].split('"')[0]
         r = client.post("/login", data={"email": "a@example.com", "password": "x" * 12, "csrf_token": token})

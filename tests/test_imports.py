@@ -29,8 +29,13 @@ def _jsonl(*objs) -> bytes:
 
 
 def test_jsonl_import_with_duplicates_and_splits(session, project):
-    data = _jsonl({"prompt": "Write a haiku"}, {"text": "Explain DNS", "reference": "It maps names"},
-                  "Plain string prompt", {"prompt": "Write a haiku "}, {"prompt": "Pinned", "split": "test"})
+    data = _jsonl(
+        {"prompt": "Write a haiku"},
+        {"text": "Explain DNS", "reference": "It maps names"},
+        "Plain string prompt",
+        {"prompt": "Write a haiku "},
+        {"prompt": "Pinned", "split": "test"},
+    )
     result = imports.run_import(session, project, data, filename="p.jsonl")
     session.commit()
     texts = {p.text: p for p in session.scalars(select(Prompt))}
@@ -74,19 +79,26 @@ def test_broken_line_imports_nothing_and_reports_line_numbers(session, project):
         imports.run_import(session, project, data, filename="x.jsonl", create_tasks=True)
     message = exc.value.message
     assert "Nothing was imported: 3 lines" in message
-    assert "line 2: broken JSON" in message and "line 4: no prompt field" in message and "line 5: field 'prompt'" in message
+    assert (
+        "line 2: broken JSON" in message
+        and "line 4: no prompt field" in message
+        and "line 5: field 'prompt'" in message
+    )
     assert _count(session) == 0 and _count(session, Task) == 0
 
 
-@pytest.mark.parametrize("data,message", [
-    (b"", "empty"),
-    (b"  \n\n ", "empty"),
-    ('{"prompt": "caf\u00e9"}'.encode("latin-1"), "not UTF-8"),
-    (b"This is a plain text file,\nnot prompts.", "not JSON Lines"),
-    (b"\x89PNG\r\n\x1a\n\x00\x00", "not UTF-8"),
-    (gzip.compress(b""), "empty"),
-    (b"\x1f\x8b\x08garbage", "can't be decompressed"),
-])
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        (b"", "empty"),
+        (b"  \n\n ", "empty"),
+        ('{"prompt": "caf\u00e9"}'.encode("latin-1"), "not UTF-8"),
+        (b"This is a plain text file,\nnot prompts.", "not JSON Lines"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00", "not UTF-8"),
+        (gzip.compress(b""), "empty"),
+        (b"\x1f\x8b\x08garbage", "can't be decompressed"),
+    ],
+)
 def test_whole_file_problems(session, project, data, message):
     with pytest.raises(ServiceError, match=message):
         imports.preview_import(session, project, data, filename="x.jsonl")
@@ -104,11 +116,27 @@ def test_wrong_named_format_is_reported_per_line(session, project):
 
 
 def test_formats_inline(session, project):
-    hh = {"chosen": "\n\nHuman: Hi there\n\nAssistant: Hello!", "rejected": "\n\nHuman: Hi there\n\nAssistant: Go away."}
-    alpaca = [{"instruction": "Add", "input": "2+2", "output": "4"}, {"instruction": "Greet", "input": "", "output": "Hi"}]
-    tree = {"message_tree_id": "t1", "tree_state": "ready_for_export",
-            "prompt": {"message_id": "m", "role": "prompter", "text": "Root?", "replies": [
-                {"role": "assistant", "text": "second", "rank": 1}, {"role": "assistant", "text": "best", "rank": 0}]}}
+    hh = {
+        "chosen": "\n\nHuman: Hi there\n\nAssistant: Hello!",
+        "rejected": "\n\nHuman: Hi there\n\nAssistant: Go away.",
+    }
+    alpaca = [
+        {"instruction": "Add", "input": "2+2", "output": "4"},
+        {"instruction": "Greet", "input": "", "output": "Hi"},
+    ]
+    tree = {
+        "message_tree_id": "t1",
+        "tree_state": "ready_for_export",
+        "prompt": {
+            "message_id": "m",
+            "role": "prompter",
+            "text": "Root?",
+            "replies": [
+                {"role": "assistant", "text": "second", "rank": 1},
+                {"role": "assistant", "text": "best", "rank": 0},
+            ],
+        },
+    }
     p = imports.preview_import(session, project, _jsonl(hh, tree))
     assert [(r.text, r.reference) for r in p.records] == [("Hi there", None), ("Root?", "best")]
     assert p.records[0].meta == {"chosen": "Hello!", "rejected": "Go away."}
@@ -116,19 +144,23 @@ def test_formats_inline(session, project):
     assert [(r.text, r.reference) for r in p.records] == [("Add\n\n2+2", "4"), ("Greet", "Hi")]
 
 
-@pytest.mark.parametrize("path,fmt,expected", [
-    ("hh-rlhf/helpful-base/test-first1554.jsonl.gz", "hh-rlhf", 1554),
-    ("alpaca-5k/alpaca_5000.json.gz", "alpaca", 5000),
-    ("oasst-en-100/en_100_tree.jsonl.gz", "oasst", 100),
-    ("oasst-en-100/en_100_message.jsonl.gz", "auto", 100),
-    ("gsm8k/train.jsonl.gz", "auto", 7473),
-])
+@pytest.mark.parametrize(
+    "path,fmt,expected",
+    [
+        ("hh-rlhf/helpful-base/test-first1554.jsonl.gz", "hh-rlhf", 1554),
+        ("alpaca-5k/alpaca_5000.json.gz", "alpaca", 5000),
+        ("oasst-en-100/en_100_tree.jsonl.gz", "oasst", 100),
+        ("oasst-en-100/en_100_message.jsonl.gz", "auto", 100),
+        ("gsm8k/train.jsonl.gz", "auto", 7473),
+    ],
+)
 def test_real_files_parse(session, project, path, fmt, expected):
     file = SHARED_DATA / path
     if not file.exists():
         pytest.skip(f"{file} is absent (shared test data)")
-    preview = imports.preview_import(session, project, file.read_bytes(), filename=file.name, fmt=fmt,
-                                     max_bytes=imports.CLI_MAX_IMPORT_BYTES)
+    preview = imports.preview_import(
+        session, project, file.read_bytes(), filename=file.name, fmt=fmt, max_bytes=imports.CLI_MAX_IMPORT_BYTES
+    )
     assert not preview.errors
     assert len(preview.records) + len(preview.duplicates) == expected
     assert all(r.text for r in preview.records)
@@ -156,8 +188,15 @@ def test_upload_preview_then_confirm(admin_client, session, project):
     assert r.status_code == 200 and "Import 2 prompts" in r.text and "line 3 = line 1" in r.text
     assert _count(session) == 0  # a preview writes nothing
     token = re.search(r'name="token" value="([0-9a-f]+)"', r.text).group(1)
-    fields = {"csrf_token": csrf_of(admin_client, "/admin/projects"), "token": token, "filename": "p.jsonl",
-              "format": "auto", "valid_pct": "10", "test_pct": "10", "create_tasks": "on"}
+    fields = {
+        "csrf_token": csrf_of(admin_client, "/admin/projects"),
+        "token": token,
+        "filename": "p.jsonl",
+        "format": "auto",
+        "valid_pct": "10",
+        "test_pct": "10",
+        "create_tasks": "on",
+    }
     r = admin_client.post(f"/admin/projects/{project.id}/import", data=fields)
     assert r.status_code == 303
     assert _count(session) == 2
@@ -167,13 +206,16 @@ def test_upload_preview_then_confirm(admin_client, session, project):
     assert _count(session) == 2
 
 
-@pytest.mark.parametrize("data,name,status,message", [
-    (b"", "e.jsonl", 400, "empty"),
-    ("prompt\nna\u00efve\n".encode("utf-16"), "u.csv", 400, "not UTF-8"),
-    (b"x" * (imports.MAX_IMPORT_BYTES + 1), "big.jsonl", 413, "the limit is 8.0 MB"),
-    (b"<html><body>hello</body></html>", "page.html", 400, "not JSON Lines"),
-    (b'{"prompt": "ok"}\n{"prompt": \n', "b.jsonl", 422, '<td class="num">2</td><td>broken JSON'),
-])
+@pytest.mark.parametrize(
+    "data,name,status,message",
+    [
+        (b"", "e.jsonl", 400, "empty"),
+        ("prompt\nna\u00efve\n".encode("utf-16"), "u.csv", 400, "not UTF-8"),
+        (b"x" * (imports.MAX_IMPORT_BYTES + 1), "big.jsonl", 413, "the limit is 8.0 MB"),
+        (b"<html><body>hello</body></html>", "page.html", 400, "not JSON Lines"),
+        (b'{"prompt": "ok"}\n{"prompt": \n', "b.jsonl", 422, '<td class="num">2</td><td>broken JSON'),
+    ],
+)
 def test_upload_bad_files_show_a_message(admin_client, session, project, data, name, status, message):
     r = _upload(admin_client, project, data, name=name)
     assert r.status_code == status
@@ -184,8 +226,9 @@ def test_upload_bad_files_show_a_message(admin_client, session, project, data, n
 
 def test_upload_without_file(admin_client, project):
     token = csrf_of(admin_client, f"/admin/projects/{project.id}/import")
-    r = admin_client.post(f"/admin/projects/{project.id}/import/preview", data={"csrf_token": token},
-                          files={"file": ("", b"")})
+    r = admin_client.post(
+        f"/admin/projects/{project.id}/import/preview", data={"csrf_token": token}, files={"file": ("", b"")}
+    )
     assert r.status_code == 400 and "Choose a file" in r.text
 
 
@@ -193,8 +236,15 @@ def _preview_token(client, project, data: bytes) -> dict:
     r = _upload(client, project, data)
     assert r.status_code == 200, r.text[:300]
     token = re.search(r'name="token" value="([0-9a-f]+)"', r.text).group(1)
-    return {"csrf_token": csrf_of(client, "/admin/projects"), "token": token, "filename": "big.jsonl",
-            "format": "auto", "valid_pct": "10", "test_pct": "10", "create_tasks": "on"}
+    return {
+        "csrf_token": csrf_of(client, "/admin/projects"),
+        "token": token,
+        "filename": "big.jsonl",
+        "format": "auto",
+        "valid_pct": "10",
+        "test_pct": "10",
+        "create_tasks": "on",
+    }
 
 
 def _wait_for_job(client, url: str, seconds: float = 60) -> str:
@@ -232,8 +282,14 @@ def test_a_failed_background_import_leaves_nothing(admin_client, session, projec
     fields = _preview_token(admin_client, project, data)
     # Someone else imports prompt 200 while the job runs (after its own check of what exists): the
     # job's chunk with it can't be written.
-    session.add(Prompt(project_id=project.id, text="prompt number 200", split=Split.train,
-                       content_hash=imports.content_hash("prompt number 200")))
+    session.add(
+        Prompt(
+            project_id=project.id,
+            text="prompt number 200",
+            split=Split.train,
+            content_hash=imports.content_hash("prompt number 200"),
+        )
+    )
     session.commit()
     monkeypatch.setattr(imports, "_existing_hashes", lambda *args: set())
     r = admin_client.post(f"/admin/projects/{project.id}/import", data=fields)

@@ -36,13 +36,15 @@ def test_home_and_demonstration_form(labeler_client, session):
     tid = _task_id(_start(c, project.id, "demonstration"))
     page = c.get(f"/label/task/{tid}")
     assert page.status_code == 200
-    assert "<script>alert" not in page.text and "&lt;script&gt;alert" in page.text   # prompt and guidelines as text
+    assert "<script>alert" not in page.text and "&lt;script&gt;alert" in page.text  # prompt and guidelines as text
     assert "<strong>Be kind</strong>" in page.text and "<img src=x" not in page.text
     token = csrf_of(c, f"/label/task/{tid}")
     # no CSRF token: refused
     assert c.post(f"/label/task/{tid}/submit", data={"text": "hi"}).status_code == 403
     # draft autosave (htmx sends the token in a header)
-    r = c.post(f"/label/task/{tid}/draft", data={"text": EVIL[:30]}, headers={"X-CSRF-Token": token, "HX-Request": "true"})
+    r = c.post(
+        f"/label/task/{tid}/draft", data={"text": EVIL[:30]}, headers={"X-CSRF-Token": token, "HX-Request": "true"}
+    )
     assert r.status_code == 200 and "Draft saved" in r.text
     too_long = c.post(f"/label/task/{tid}/draft", data={"text": "x" * 41}, headers={"X-CSRF-Token": token})
     assert too_long.status_code == 400 and "Draft not saved" in too_long.text and "limit is 40" in too_long.text
@@ -50,11 +52,13 @@ def test_home_and_demonstration_form(labeler_client, session):
     assert nul.status_code == 422 and "Draft not saved: The draft contains a NUL character" in nul.text
     assert "&lt;script&gt;" in c.get(f"/label/task/{tid}").text  # the restored draft is escaped too
     r = c.post(f"/label/task/{tid}/submit", data={"text": "x" * 41, "csrf_token": token, "idempotency_key": "k"})
-    assert r.status_code == 400 and "limit is 40" in r.text and "x" * 41 in r.text   # answer kept in the form
+    assert r.status_code == 400 and "limit is 40" in r.text and "x" * 41 in r.text  # answer kept in the form
     r = c.post(f"/label/task/{tid}/submit", data={"text": "  ", "csrf_token": token})
     assert r.status_code == 400 and "empty" in r.text
-    r = c.post(f"/label/task/{tid}/submit", data={"text": EVIL[:35], "csrf_token": token, "idempotency_key": "k",
-                                                 "time_spent_ms": "4200"})
+    r = c.post(
+        f"/label/task/{tid}/submit",
+        data={"text": EVIL[:35], "csrf_token": token, "idempotency_key": "k", "time_spent_ms": "4200"},
+    )
     second = _task_id(r)  # saved, and the next task of the queue is leased at once
     assert second != tid and "Saved. Here is the next one." in c.get(f"/label/task/{second}").text
     session.expire_all()
@@ -86,7 +90,7 @@ def test_ranking_form(labeler_client, session):
         data[f"likert_{cid}"] = str(7 - i)
     data[f"place_{shown[0]}"] = "1"
     data[f"place_{shown[1]}"] = "2"
-    data[f"place_{shown[2]}"] = "2"   # a tie
+    data[f"place_{shown[2]}"] = "2"  # a tie
     r = c.post(f"/label/task/{tid}/submit", data=data)
     assert r.status_code == 400 and "Place every output" in r.text
     data[f"place_{shown[3]}"] = "4"
@@ -122,7 +126,7 @@ def test_comparison_form_and_skip(labeler_client, session, make_user):
     assert {tid, tid2} == {task.id, task2.id}
     assert "Saved. Here is the next one." in c.get(f"/label/task/{tid2}").text  # the redirect a browser follows
     r = c.post(f"/label/task/{tid2}/skip", data={"csrf_token": token, "reason": "pii", "note": "a phone number"})
-    assert r.status_code == 303 and r.headers["location"] == "/label"   # nothing left
+    assert r.status_code == 303 and r.headers["location"] == "/label"  # nothing left
     home = c.get("/label").text
     assert "Skipped and flagged for the admins. No more comparison tasks" in home and "next one" not in home
     assert _start(c, project.id, "comparison").headers["location"] == "/label"
@@ -133,6 +137,7 @@ def test_comparison_form_and_skip(labeler_client, session, make_user):
 
 def test_someone_elses_task(client, session, make_user):
     from tests.conftest import login
+
     project, task, _ = comparison_setup(session)
     make_user("a@example.com")
     make_user("b@example.com")

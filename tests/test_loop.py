@@ -20,8 +20,9 @@ KL_BOUND = 15.0
 
 
 def test_whole_loop_through_the_worker(tmp_path):
-    settings = Settings(DATABASE_URL=f"sqlite:///{tmp_path / 'loop.db'}", INSTRUCTLOOP_DATA_DIR=tmp_path / "data",
-                        SECRET_KEY="k")
+    settings = Settings(
+        DATABASE_URL=f"sqlite:///{tmp_path / 'loop.db'}", INSTRUCTLOOP_DATA_DIR=tmp_path / "data", SECRET_KEY="k"
+    )
     upgrade(settings.db_url)
     lines: list[str] = []
     result = run_demo(settings, "tiny", echo=lines.append, seed=0)

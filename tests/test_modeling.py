@@ -145,4 +145,4 @@ def test_default_model_is_converted_once_from_the_gguf_and_answers(request, tmp_
     assert model.dtype == torch.float32
     ids = torch.tensor([encode_prompt(tok, "What is the capital of France?")])
     out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False)
-    assert "Paris" in tok.decode(out[0, ids.shape[1]:])
+    assert "Paris" in tok.decode(out[0, ids.shape[1] :])

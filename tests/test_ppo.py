@@ -68,8 +68,16 @@ def models(folder, lora_r=0):
 
 
 def small(**changes) -> PPOConfig:
-    values = dict(total_episodes=64, rollout_batch_size=16, minibatch_size=8, ppo_epochs=2, max_new_tokens=8,
-                  learning_rate=5e-4, kl_coef=0.1, seed=0)
+    values = dict(
+        total_episodes=64,
+        rollout_batch_size=16,
+        minibatch_size=8,
+        ppo_epochs=2,
+        max_new_tokens=8,
+        learning_rate=5e-4,
+        kl_coef=0.1,
+        seed=0,
+    )
     values.update(changes)
     return PPOConfig(**values)
 
@@ -78,8 +86,17 @@ def test_mean_reward_rises_while_the_kl_stays_under_the_bound(sft_folder):
     policy, ref, value, tokenizer = models(sft_folder)
     history = []
     config = small(total_episodes=192, kl_limit=2.0)  # passing kl_limit would raise TrainingDiverged
-    result = train_ppo(policy, ref, None, value, tokenizer, PROMPTS, config, reward_fn=says_a_number,
-                       on_metrics=lambda step, total, m: history.append((step, total, m)))
+    result = train_ppo(
+        policy,
+        ref,
+        None,
+        value,
+        tokenizer,
+        PROMPTS,
+        config,
+        reward_fn=says_a_number,
+        on_metrics=lambda step, total, m: history.append((step, total, m)),
+    )
     scores = [m["score"] for _, _, m in history]
     assert [s for s, _, _ in history] == list(range(1, 13)) and history[0][1] == 12
     assert sum(scores[-4:]) / 4 > sum(scores[:2]) / 2 + 0.2, scores
@@ -97,7 +114,7 @@ def test_responses_are_cut_after_eos_and_a_missing_eos_is_penalized(sft_folder):
 
     def recording_generate(**kwargs):  # the real generate, its output kept for the check below
         out = generate(**kwargs)
-        raw.append(out[:, kwargs["input_ids"].shape[1]:])
+        raw.append(out[:, kwargs["input_ids"].shape[1] :])
         return out
 
     policy.generate = recording_generate
@@ -107,12 +124,21 @@ def test_responses_are_cut_after_eos_and_a_missing_eos_is_penalized(sft_folder):
         return [1.0] * len(completions)
 
     history = []
-    train_ppo(policy, ref, None, value, tokenizer, PROMPTS, small(total_episodes=16), reward_fn=constant,
-              on_metrics=lambda s, t, m: history.append(m))
+    train_ppo(
+        policy,
+        ref,
+        None,
+        value,
+        tokenizer,
+        PROMPTS,
+        small(total_episodes=16),
+        reward_fn=constant,
+        on_metrics=lambda s, t, m: history.append(m),
+    )
     eos = tokenizer.eos_token_id
     expected, lengths = [], []
     for row in raw[0].tolist():
-        cut = row[:row.index(eos) + 1] if eos in row else row
+        cut = row[: row.index(eos) + 1] if eos in row else row
         lengths.append(len(cut))
         expected.append(tokenizer.decode(cut, skip_special_tokens=True))
     assert seen == expected
@@ -124,8 +150,17 @@ def test_responses_are_cut_after_eos_and_a_missing_eos_is_penalized(sft_folder):
     # One token is too short for any answer + EOS: no response ends, each loses the penalty.
     history.clear()
     policy, ref, value, tokenizer = models(sft_folder)
-    train_ppo(policy, ref, None, value, tokenizer, PROMPTS, small(total_episodes=16, max_new_tokens=1,
-              missing_eos_penalty=0.75), reward_fn=constant, on_metrics=lambda s, t, m: history.append(m))
+    train_ppo(
+        policy,
+        ref,
+        None,
+        value,
+        tokenizer,
+        PROMPTS,
+        small(total_episodes=16, max_new_tokens=1, missing_eos_penalty=0.75),
+        reward_fn=constant,
+        on_metrics=lambda s, t, m: history.append(m),
+    )
     assert history[0]["eos_fraction"] == 0.0
     assert history[0]["reward"] == pytest.approx(1.0 - 0.75, abs=1e-5)
 
@@ -138,8 +173,17 @@ def test_rollouts_ignore_sampling_defaults_of_the_model(sft_folder):
     policy.generation_config.repetition_penalty = 5.0
     policy.generation_config.top_k = 1
     history = []
-    train_ppo(policy, ref, None, value, tokenizer, PROMPTS, small(total_episodes=16, max_new_tokens=8),
-              reward_fn=says_a_number, on_metrics=lambda s, t, m: history.append(m))
+    train_ppo(
+        policy,
+        ref,
+        None,
+        value,
+        tokenizer,
+        PROMPTS,
+        small(total_episodes=16, max_new_tokens=8),
+        reward_fn=says_a_number,
+        on_metrics=lambda s, t, m: history.append(m),
+    )
     assert history[0]["eos_fraction"] > 0.9 and history[0]["response_length"] < 5
 
 
@@ -149,8 +193,16 @@ def test_reward_model_path_trains_policy_and_value_and_leaves_frozen_models(sft_
     frozen = {k: v.clone() for k, v in list(ref.state_dict().items()) + list(reward.state_dict().items())}
     before_policy = policy.get_input_embeddings().weight.detach().clone()
     before_value = value.head.weight.detach().clone()
-    result = train_ppo(policy, ref, reward, value, tokenizer, PROMPTS, small(total_episodes=32),
-                       reward_tokenizer=load_tokenizer(sft_folder))
+    result = train_ppo(
+        policy,
+        ref,
+        reward,
+        value,
+        tokenizer,
+        PROMPTS,
+        small(total_episodes=32),
+        reward_tokenizer=load_tokenizer(sft_folder),
+    )
     assert result["steps"] == 2 and math.isfinite(result["score"])
     after = dict(list(ref.state_dict().items()) + list(reward.state_dict().items()))
     assert all(torch.equal(frozen[k], after[k]) for k in frozen)
@@ -162,8 +214,17 @@ def test_lora_policy_uses_its_base_as_the_reference(sft_folder):
     policy, _, value, tokenizer = models(sft_folder, lora_r=4)
     base = {k: v.clone() for k, v in policy.state_dict().items() if "lora_" not in k}
     history = []
-    train_ppo(policy, None, None, value, tokenizer, PROMPTS, small(total_episodes=48, learning_rate=5e-3),
-              reward_fn=says_a_number, on_metrics=lambda s, t, m: history.append(m))
+    train_ppo(
+        policy,
+        None,
+        None,
+        value,
+        tokenizer,
+        PROMPTS,
+        small(total_episodes=48, learning_rate=5e-3),
+        reward_fn=says_a_number,
+        on_metrics=lambda s, t, m: history.append(m),
+    )
     assert history[0]["kl"] == pytest.approx(0.0, abs=1e-5)  # LoRA B starts at 0: policy == base
     assert history[-1]["kl"] != pytest.approx(0.0, abs=1e-5)  # the adapters moved it away
     assert all(torch.equal(v, policy.state_dict()[k]) for k, v in base.items())
@@ -173,8 +234,18 @@ def test_ptx_mixes_the_sft_loss_on_demonstrations(sft_folder):
     policy, ref, value, tokenizer = models(sft_folder)
     demos = [SFTExample("Name a colour", "blue"), SFTExample("Name an animal", "a brown fox")]
     history = []
-    train_ppo(policy, ref, None, value, tokenizer, PROMPTS, small(total_episodes=64, ptx_coef=1.0, ptx_batch_size=2),
-              ptx=demos, reward_fn=lambda p, c: [0.0] * len(c), on_metrics=lambda s, t, m: history.append(m))
+    train_ppo(
+        policy,
+        ref,
+        None,
+        value,
+        tokenizer,
+        PROMPTS,
+        small(total_episodes=64, ptx_coef=1.0, ptx_batch_size=2),
+        ptx=demos,
+        reward_fn=lambda p, c: [0.0] * len(c),
+        on_metrics=lambda s, t, m: history.append(m),
+    )
     losses = [m["ptx_loss"] for m in history]
     assert losses[-1] < losses[0], losses
 
@@ -182,9 +253,18 @@ def test_ptx_mixes_the_sft_loss_on_demonstrations(sft_folder):
 def test_should_stop_returns_early_with_what_it_has(sft_folder):
     policy, ref, value, tokenizer = models(sft_folder)
     steps = []
-    result = train_ppo(policy, ref, None, value, tokenizer, PROMPTS, small(total_episodes=160),
-                       reward_fn=says_a_number, on_metrics=lambda s, t, m: steps.append(s),
-                       should_stop=lambda: len(steps) >= 2)
+    result = train_ppo(
+        policy,
+        ref,
+        None,
+        value,
+        tokenizer,
+        PROMPTS,
+        small(total_episodes=160),
+        reward_fn=says_a_number,
+        on_metrics=lambda s, t, m: steps.append(s),
+        should_stop=lambda: len(steps) >= 2,
+    )
     assert result["stopped_early"] == 1 and result["steps"] == 2 and steps == [1, 2]
 
 
@@ -210,8 +290,7 @@ def test_bad_input_is_refused_with_a_clear_message(sft_folder, tmp_path):
     reward = ScalarHeadModel.from_causal_lm(str(theirs), device="cpu")
     assert len(load_tokenizer(str(theirs))) == len(tokenizer) == 300
     with pytest.raises(ValueError, match="tokenizer differs"):
-        train_ppo(policy, ref, reward, value, tokenizer, PROMPTS, small(),
-                  reward_tokenizer=load_tokenizer(str(theirs)))
+        train_ppo(policy, ref, reward, value, tokenizer, PROMPTS, small(), reward_tokenizer=load_tokenizer(str(theirs)))
 
 
 def weights(model):
@@ -223,8 +302,17 @@ def test_kl_past_the_limit_stops_the_run_and_puts_back_the_last_good_policy(sft_
     after_step = {0: weights(policy)}
     config = small(total_episodes=160, learning_rate=2e-2, kl_coef=0.0, kl_limit=0.5)
     with pytest.raises(TrainingDiverged, match="past kl_limit=0.5") as err:
-        train_ppo(policy, ref, None, value, tokenizer, PROMPTS, config, reward_fn=says_a_number,
-                  on_metrics=lambda s, t, m: after_step.update({s: weights(policy)}))
+        train_ppo(
+            policy,
+            ref,
+            None,
+            value,
+            tokenizer,
+            PROMPTS,
+            config,
+            reward_fn=says_a_number,
+            on_metrics=lambda s, t, m: after_step.update({s: weights(policy)}),
+        )
     good = err.value.last_good_step
     assert good in after_step and good < max(after_step)
     assert all(torch.equal(v, dict(policy.named_parameters())[k]) for k, v in after_step[good].items())
@@ -240,8 +328,17 @@ def test_an_exploding_loss_stops_the_run_before_the_step_is_applied(sft_folder):
         return [1e38 if len(calls) == 2 else 0.0] * len(completions)
 
     with pytest.raises(TrainingDiverged, match=r"Step 2: the loss became (nan|inf)") as err:
-        train_ppo(policy, ref, None, value, tokenizer, PROMPTS, small(), reward_fn=explodes_on_second_step,
-                  on_metrics=lambda s, t, m: after_step.update({s: weights(policy)}))
+        train_ppo(
+            policy,
+            ref,
+            None,
+            value,
+            tokenizer,
+            PROMPTS,
+            small(),
+            reward_fn=explodes_on_second_step,
+            on_metrics=lambda s, t, m: after_step.update({s: weights(policy)}),
+        )
     assert err.value.last_good_step == 1
     assert all(torch.equal(v, dict(policy.named_parameters())[k]) for k, v in after_step[1].items())
 
@@ -262,13 +359,31 @@ def test_command_line_trains_and_saves_the_policy(sft_folder, tmp_path, capsys):
     from trainer.ppo import main
 
     reward_folder = tmp_path / "rm"
-    ScalarHeadModel.from_causal_lm(sft_folder, device="cpu").save_pretrained(reward_folder,
-                                                                           tokenizer=load_tokenizer(sft_folder))
+    ScalarHeadModel.from_causal_lm(sft_folder, device="cpu").save_pretrained(
+        reward_folder, tokenizer=load_tokenizer(sft_folder)
+    )
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(f'{{"prompt": "{p}"}}\n' for p in PROMPTS))
     out = tmp_path / "ppo"
-    main(["--policy", sft_folder, "--reward", str(reward_folder), "--prompts", str(prompts), "--out", str(out),
-          "--low-memory", "--set", "total_episodes=16", "--set", "max_new_tokens=4", "--set", "ppo_epochs=1"])
+    main(
+        [
+            "--policy",
+            sft_folder,
+            "--reward",
+            str(reward_folder),
+            "--prompts",
+            str(prompts),
+            "--out",
+            str(out),
+            "--low-memory",
+            "--set",
+            "total_episodes=16",
+            "--set",
+            "max_new_tokens=4",
+            "--set",
+            "ppo_epochs=1",
+        ]
+    )
     assert (out / "config.json").is_file()
     assert '"steps": 1.0' in capsys.readouterr().out
     assert load_causal_lm(str(out), device="cpu") is not None
@@ -280,8 +395,17 @@ def test_a_lora_value_model_trains_only_its_adapters_and_head(sft_folder):
     value = ScalarHeadModel.from_causal_lm(sft_folder, device="cpu", lora_r=4, gradient_checkpointing=True)
     frozen = {n: p.detach().clone() for n, p in value.named_parameters() if not p.requires_grad}
     history = []
-    train_ppo(policy, ref, None, value, tokenizer, PROMPTS, small(total_episodes=16), reward_fn=says_a_number,
-              on_metrics=lambda s, t, m: history.append(m))
+    train_ppo(
+        policy,
+        ref,
+        None,
+        value,
+        tokenizer,
+        PROMPTS,
+        small(total_episodes=16),
+        reward_fn=says_a_number,
+        on_metrics=lambda s, t, m: history.append(m),
+    )
     trained = [n for n, p in value.named_parameters() if p.requires_grad]
     assert trained and all("lora_" in n or n.startswith("head.") for n in trained)
     assert all(torch.equal(p, frozen[n]) for n, p in value.named_parameters() if n in frozen)

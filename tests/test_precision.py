@@ -24,9 +24,20 @@ def _train(tiny, precision: str, loaded: torch.dtype, lr: float, steps: int) -> 
     torch.manual_seed(0)
     model = load_causal_lm(tiny, device="cpu", dtype=loaded)
     before = {n: p.detach().float().clone() for n, p in model.named_parameters()}
-    config = SFTConfig(learning_rate=lr, epochs=50, max_steps=steps, batch_size=8, micro_batch_size=8,
-                       warmup_ratio=0.0, min_lr_ratio=1.0, keep_best=False, max_length=64, max_prompt_length=32,
-                       eval_every=steps, precision=precision)
+    config = SFTConfig(
+        learning_rate=lr,
+        epochs=50,
+        max_steps=steps,
+        batch_size=8,
+        micro_batch_size=8,
+        warmup_ratio=0.0,
+        min_lr_ratio=1.0,
+        keep_best=False,
+        max_length=64,
+        max_prompt_length=32,
+        eval_every=steps,
+        precision=precision,
+    )
     result = train_sft(model, load_tokenizer(tiny), TRAIN, VALID, config)
     changed = sum(int((p.detach().float() != before[n]).sum()) for n, p in model.named_parameters())
     total = sum(p.numel() for p in model.parameters())
@@ -37,8 +48,10 @@ def test_mixed_bf16_keeps_the_updates_that_pure_bf16_rounds_away(tiny):
     fp32_changed, _ = _train(tiny, "fp32", torch.float32, lr=2e-5, steps=1)
     mixed_changed, _ = _train(tiny, "bf16", torch.bfloat16, lr=2e-5, steps=1)
     pure_changed, _ = _train(tiny, "bf16-pure", torch.bfloat16, lr=2e-5, steps=1)
-    print(f"weights changed by one step at lr 2e-5: fp32 {fp32_changed:.1%}, bf16 mixed {mixed_changed:.1%}, "
-          f"bf16-pure {pure_changed:.1%}")
+    print(
+        f"weights changed by one step at lr 2e-5: fp32 {fp32_changed:.1%}, bf16 mixed {mixed_changed:.1%}, "
+        f"bf16-pure {pure_changed:.1%}"
+    )
     assert fp32_changed > 0.9
     assert mixed_changed == pytest.approx(fp32_changed, abs=0.02)  # within 2 points of fp32
     assert pure_changed < 0.5 * fp32_changed
@@ -48,8 +61,10 @@ def test_mixed_bf16_lowers_the_held_out_loss_like_fp32(tiny):
     _, fp32_drop = _train(tiny, "fp32", torch.float32, lr=2e-5, steps=8)
     _, mixed_drop = _train(tiny, "bf16", torch.bfloat16, lr=2e-5, steps=8)
     _, pure_drop = _train(tiny, "bf16-pure", torch.bfloat16, lr=2e-5, steps=8)
-    print(f"held-out loss drop after 8 steps at lr 2e-5: fp32 {fp32_drop:.4f}, bf16 mixed {mixed_drop:.4f}, "
-          f"bf16-pure {pure_drop:.4f}")
+    print(
+        f"held-out loss drop after 8 steps at lr 2e-5: fp32 {fp32_drop:.4f}, bf16 mixed {mixed_drop:.4f}, "
+        f"bf16-pure {pure_drop:.4f}"
+    )
     assert fp32_drop > 0
     assert mixed_drop == pytest.approx(fp32_drop, rel=0.15)  # within 15% of fp32
     assert pure_drop < 0.6 * fp32_drop

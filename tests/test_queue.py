@@ -37,8 +37,11 @@ def _do(engine, fn, *args, **kw):
 
 def _expire(engine, user, task_id):
     with write_session(engine) as s:
-        s.execute(update(Lease).where(Lease.user_id == user.id, Lease.task_id == task_id)
-                  .values(expires_at=utcnow() - timedelta(seconds=1)))
+        s.execute(
+            update(Lease)
+            .where(Lease.user_id == user.id, Lease.task_id == task_id)
+            .values(expires_at=utcnow() - timedelta(seconds=1))
+        )
 
 
 @pytest.fixture
@@ -53,6 +56,7 @@ def test_priority_then_age_and_same_lease_again(engine, session):
     project = make_project(session)
     prompts = make_prompts(session, project, ["old", "new", "urgent"])
     from app.services import tasks
+
     old, new = tasks.create_demonstration_tasks(session, project, prompts[:2])
     (urgent,) = tasks.create_demonstration_tasks(session, project, prompts[2:], priority=5)
     (u,) = make_labelers(session, 1)
@@ -68,17 +72,17 @@ def test_priority_then_age_and_same_lease_again(engine, session):
 def test_overlap_expiry_and_never_twice(engine, demo):
     project, (t1, t2, t3), (a, b, c, d) = demo
     assert _next(engine, a, project).task_id == t1.id
-    assert _next(engine, b, project).task_id == t1.id          # overlap 2: two labelers hold t1
-    assert _next(engine, c, project).task_id == t2.id          # t1 is full
+    assert _next(engine, b, project).task_id == t1.id  # overlap 2: two labelers hold t1
+    assert _next(engine, c, project).task_id == t2.id  # t1 is full
     _expire(engine, a, t1.id)
-    assert _next(engine, d, project).task_id == t1.id          # the expired lease freed its slot
+    assert _next(engine, d, project).task_id == t1.id  # the expired lease freed its slot
     _do(engine, submissions.submit_demonstration, b, t1.id, "b's answer")
     _do(engine, submissions.submit_demonstration, d, t1.id, "d's answer")
     with write_session(engine) as s:
         task = s.get(Task, t1.id)
         assert (task.done_count, task.status) == (2, TaskStatus.closed)
-    assert _next(engine, b, project).task_id == t2.id          # b never gets t1 again
-    assert _next(engine, a, project).task_id == t3.id          # a's t1 is closed; t2 is full (c, b)
+    assert _next(engine, b, project).task_id == t2.id  # b never gets t1 again
+    assert _next(engine, a, project).task_id == t3.id  # a's t1 is closed; t2 is full (c, b)
 
 
 def test_late_submission(engine, demo):
@@ -89,7 +93,7 @@ def test_late_submission(engine, demo):
     assert not _do(engine, submissions.submit_demonstration, a, t1.id, "late but welcome").replayed
     _next(engine, b, project)
     _expire(engine, b, t1.id)
-    _next(engine, c, project)   # takes t1's last slot
+    _next(engine, c, project)  # takes t1's last slot
     with pytest.raises(Conflict, match="expired"):
         _do(engine, submissions.submit_demonstration, b, t1.id, "too late")
     _do(engine, submissions.submit_demonstration, c, t1.id, "c's answer")
@@ -113,8 +117,9 @@ def test_demonstration_rules(engine, demo):
         _do(engine, submissions.submit_demonstration, a, 9999, "no such task")
     with pytest.raises(ServiceError, match="not a ranking task"):
         _do(engine, submissions.submit_ranking, a, t1.id, [], {})
-    row = _do(engine, submissions.submit_demonstration, a, t1.id, " my answer ", time_spent_ms=1234,
-              idempotency_key="k1")
+    row = _do(
+        engine, submissions.submit_demonstration, a, t1.id, " my answer ", time_spent_ms=1234, idempotency_key="k1"
+    )
     assert (row.time_spent_ms, row.kind, row.replayed) == (1234, TaskKind.demonstration, False)
     again = _do(engine, submissions.submit_demonstration, a, t1.id, "my answer", idempotency_key="k1")
     assert again.replayed and again.id == row.id
@@ -147,7 +152,7 @@ def test_skip_flag_and_drafts(engine, demo):
     _do(engine, submissions.skip, a, t1.id, "pii")  # twice: no change, no error
     with pytest.raises(Forbidden):
         _do(engine, submissions.skip, b, t1.id)
-    assert _next(engine, a, project).task_id == t2.id    # t1 never comes back to a
+    assert _next(engine, a, project).task_id == t2.id  # t1 never comes back to a
     with write_session(engine) as s:
         (flag,) = submissions.flagged_skips(s, project.id)
         assert (flag.reason.value, flag.note) == ("pii", "has a phone number")
@@ -179,7 +184,11 @@ def test_ranking_rules(engine, session):
         (ids, ok_ratings, "non-empty list"),
         ([[ids[0]], [ids[1], ids[2], ids[3]]], {**ok_ratings, ids[0]: {"likert": 8}}, "from 1 to 7"),
         ([[ids[0]], [ids[1], ids[2], ids[3]]], {**ok_ratings, ids[0]: {"likert": 0}}, "from 1 to 7"),
-        ([[ids[0]], [ids[1], ids[2], ids[3]]], {**ok_ratings, ids[0]: {"likert": 3, "flags": ["rude"]}}, "Unknown flag"),
+        (
+            [[ids[0]], [ids[1], ids[2], ids[3]]],
+            {**ok_ratings, ids[0]: {"likert": 3, "flags": ["rude"]}},
+            "Unknown flag",
+        ),
         ([[ids[0]], [ids[1], ids[2], ids[3]]], {i: r for i, r in ok_ratings.items() if i != ids[3]}, "no rating"),
     ]
     for order, ratings, message in bad:
@@ -225,7 +234,7 @@ def test_lease_length_per_project_and_counts(engine, session):
     with write_session(engine) as s:
         assert queue.available_counts(s, a.id) == {(project.id, TaskKind.demonstration): 2}
     later = utcnow() + timedelta(seconds=60)
-    again = _next(engine, a, project, now=later)   # the lease expired: a may get the same task back
+    again = _next(engine, a, project, now=later)  # the lease expired: a may get the same task back
     assert again.task_id == got.task_id and again.lease_id == got.lease_id
     with write_session(engine) as s:
         assert s.scalar(select(func.count()).select_from(Skip)) == 0

@@ -25,8 +25,8 @@ def test_fifty_labelers_at_once(settings, session):
     users = make_labelers(session, LABELERS)
     session.commit()
     engine = make_engine(settings.db_url, pool_size=LABELERS + 2, max_overflow=0)
-    handed: dict[int, list[int]] = defaultdict(list)        # user -> tasks handed out, in order
-    acked: list[tuple[int, int]] = []                        # (task, user) the service stored
+    handed: dict[int, list[int]] = defaultdict(list)  # user -> tasks handed out, in order
+    acked: list[tuple[int, int]] = []  # (task, user) the service stored
     skipped: list[tuple[int, int]] = []
     errors: list[BaseException] = []
     start = threading.Barrier(LABELERS)
@@ -60,10 +60,11 @@ def test_fifty_labelers_at_once(settings, session):
                         busy[0] -= 1
                     continue
                 key = f"{user.id}-{got.task_id}"
-                for _attempt in range(2 if rng.random() < 0.2 else 1):   # some clients retry
+                for _attempt in range(2 if rng.random() < 0.2 else 1):  # some clients retry
                     with write_session(engine) as s:
-                        receipt = submissions.submit_demonstration(s, user, got.task_id, f"answer {key}",
-                                                                   idempotency_key=key)
+                        receipt = submissions.submit_demonstration(
+                            s, user, got.task_id, f"answer {key}", idempotency_key=key
+                        )
                 with lock:
                     acked.append((receipt.task_id, user.id))
                     busy[0] -= 1

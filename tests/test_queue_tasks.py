@@ -13,10 +13,14 @@ def test_create_tasks(session):
     p1, p2 = make_prompts(session, project, ["one", "two"])
     demo = tasks.create_demonstration_tasks(session, project, [p1, p2], priority=2)
     assert [(t.kind, t.required, t.priority, t.prompt_id) for t in demo] == [
-        (TaskKind.demonstration, 3, 2, p1.id), (TaskKind.demonstration, 3, 2, p2.id)]
+        (TaskKind.demonstration, 3, 2, p1.id),
+        (TaskKind.demonstration, 3, 2, p2.id),
+    ]
     outs = make_outputs(session, p1, ["a", "b", "c", "d"])
     ranking = tasks.create_ranking_task(session, project, p1, [o.id for o in reversed(outs)])
-    assert [(tc.completion_id, tc.position) for tc in ranking.outputs] == [(o.id, i) for i, o in enumerate(reversed(outs))]
+    assert [(tc.completion_id, tc.position) for tc in ranking.outputs] == [
+        (o.id, i) for i, o in enumerate(reversed(outs))
+    ]
     cmp = tasks.create_comparison_task(session, project, p1, outs[0].id, outs[1].id)
     assert cmp.kind == TaskKind.comparison and len(cmp.outputs) == 2
     session.commit()

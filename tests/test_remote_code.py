@@ -11,13 +11,13 @@ import pytest
 from trainer import modeling
 from trainer.tiny import make_tiny_model
 
-EVIL = '''
+EVIL = """
 from pathlib import Path
 Path(__file__).with_name("RAN").write_text("remote code ran")
 from transformers import PreTrainedTokenizerFast
 class EvilTokenizer(PreTrainedTokenizerFast):
     pass
-'''
+"""
 
 
 def _with_remote_tokenizer(folder: Path) -> Path:
@@ -31,8 +31,9 @@ def _with_remote_tokenizer(folder: Path) -> Path:
 
 
 def _with_remote_model(folder: Path) -> Path:
-    (folder / "evil_model.py").write_text(EVIL.replace("PreTrainedTokenizerFast", "LlamaForCausalLM")
-                                          .replace("EvilTokenizer", "EvilModel"))
+    (folder / "evil_model.py").write_text(
+        EVIL.replace("PreTrainedTokenizerFast", "LlamaForCausalLM").replace("EvilTokenizer", "EvilModel")
+    )
     path = folder / "config.json"
     config = json.loads(path.read_text())
     config["auto_map"] = {"AutoModelForCausalLM": "evil_model.EvilModel"}
@@ -47,8 +48,14 @@ def test_a_tokenizer_with_its_own_code_is_refused_without_running_it(tmp_path):
         modeling.load_tokenizer(str(folder))
     # Even with someone at the terminal ready to say yes, nothing asks and nothing runs.
     load = f"from trainer import modeling; modeling.load_tokenizer({str(folder)!r})"
-    done = subprocess.run([sys.executable, "-c", load], input="y\n", capture_output=True, text=True, timeout=120,
-                          cwd=Path(__file__).resolve().parents[1])
+    done = subprocess.run(
+        [sys.executable, "-c", load],
+        input="y\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert done.returncode != 0 and "ValueError" in done.stderr and "Do you wish" not in done.stdout
     assert not (folder / "RAN").exists()
 

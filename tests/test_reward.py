@@ -27,6 +27,7 @@ def one_thread():
     yield
     torch.set_num_threads(threads)
 
+
 # A synthetic preference the labelers would have: the final word's quality level decides the
 # order; words of the same level are tied.
 LEVELS = [["awful", "wrong", "rude"], ["meh", "vague", "odd"], ["fine", "okay", "decent"], ["great", "correct", "kind"]]
@@ -43,11 +44,13 @@ def synthetic_rankings(n: int, seed: int, k: int = 4) -> list[RankingExample]:
         groups: dict[int, list[int]] = {}
         for i, word in enumerate(words):
             groups.setdefault(UTILITY[word], []).append(i)
-        rankings.append(RankingExample(
-            prompt=rng.choice(PROMPTS),
-            completions=[f"{rng.choice(FILLERS)} {word}" for word in words],
-            order=[groups[level] for level in sorted(groups, reverse=True)],
-        ))
+        rankings.append(
+            RankingExample(
+                prompt=rng.choice(PROMPTS),
+                completions=[f"{rng.choice(FILLERS)} {word}" for word in words],
+                order=[groups[level] for level in sorted(groups, reverse=True)],
+            )
+        )
     return rankings
 
 
@@ -85,7 +88,9 @@ def test_kway_loss_equals_the_mean_of_the_naive_pairwise_losses(tiny):
     """K forwards per ranking give the same loss and the same gradients as 2*C(K,2) forwards."""
     model, tok = fresh(tiny)
     model.eval()  # no dropout: the two computations must see the same network
-    rankings = synthetic_rankings(3, seed=5, k=9) + synthetic_rankings(3, seed=6, k=4) + synthetic_rankings(2, seed=7, k=2)
+    rankings = (
+        synthetic_rankings(3, seed=5, k=9) + synthetic_rankings(3, seed=6, k=4) + synthetic_rankings(2, seed=7, k=2)
+    )
     rankings.append(RankingExample("ties", ["a b", "c", "d e f", "g"], [[0, 2], [1], [3]]))
     encoded = encode_rankings(tok, rankings, max_length=64)
     n_pairs = sum(len(r.pairs) for r in encoded)
@@ -103,7 +108,7 @@ def test_kway_loss_equals_the_mean_of_the_naive_pairwise_losses(tiny):
     # The paper's loss: per ranking the mean over its C(K,2) pairs, then the mean over rankings.
     per_ranking, start = [], 0
     for r in encoded:
-        per_ranking.append(per_pair[start:start + len(r.pairs)].mean())
+        per_ranking.append(per_pair[start : start + len(r.pairs)].mean())
         start += len(r.pairs)
     assert torch.allclose(kway_sum / len(encoded), torch.stack(per_ranking).mean(), atol=1e-6)
     assert torch.allclose(kway_margins, naive_margins, atol=1e-5)
@@ -132,8 +137,15 @@ def test_reward_model_learns_a_synthetic_preference_and_centres_demonstrations(t
     model, tok = fresh(tiny)
     demos = [SFTExample(r.prompt, r.completions[r.order[0][0]]) for r in TRAIN[:24]]
     seen = []
-    result = train_reward(model, tok, TRAIN, VALID, FAST, demonstrations=demos,
-                          on_metrics=lambda step, total, m: seen.append((step, total, m)))
+    result = train_reward(
+        model,
+        tok,
+        TRAIN,
+        VALID,
+        FAST,
+        demonstrations=demos,
+        on_metrics=lambda step, total, m: seen.append((step, total, m)),
+    )
     assert result["steps"] == 12 and seen[-1][:2] == (12, 12)
     assert result["valid_accuracy"] >= 0.9, result
     assert result["valid_pairs"] == sum(len(ranking_pairs(r)) for r in VALID)
@@ -237,5 +249,6 @@ def test_reward_models_in_the_older_form_still_load(tiny, tmp_path):
     save_file({k: v.contiguous() for k, v in model.head.state_dict().items()}, folder / HEAD_WEIGHTS)
     ids, mask = pad_right([encode_prompt(tok, "Hi") + encode_completion(tok, "great")], tok.pad_token_id)
     with torch.no_grad():
-        torch.testing.assert_close(ScalarHeadModel.from_pretrained(folder, device="cpu").eval()(ids, mask),
-                                   model.eval()(ids, mask))
+        torch.testing.assert_close(
+            ScalarHeadModel.from_pretrained(folder, device="cpu").eval()(ids, mask), model.eval()(ids, mask)
+        )

@@ -45,12 +45,14 @@ def load_helpful() -> list[RankingExample]:
                 cut = chosen.rfind(TURN)
                 if chosen == rejected or cut < 0 or chosen[:cut] != rejected[:cut]:
                     continue
-                rankings.append(RankingExample(
-                    prompt=chosen[:cut].strip(),
-                    completions=[chosen[cut + len(TURN):].strip(), rejected[cut + len(TURN):].strip()],
-                    order=[[0], [1]],
-                    meta={"split": split},
-                ))
+                rankings.append(
+                    RankingExample(
+                        prompt=chosen[:cut].strip(),
+                        completions=[chosen[cut + len(TURN) :].strip(), rejected[cut + len(TURN) :].strip()],
+                        order=[[0], [1]],
+                        meta={"split": split},
+                    )
+                )
     return rankings
 
 
@@ -68,13 +70,16 @@ def test_reward_model_on_hh_rlhf_helpful_reports_held_out_accuracy(tmp_path):
     try:
         torch.manual_seed(0)
         model = ScalarHeadModel.from_causal_lm(str(folder), device="cpu")
-        config = RewardConfig(learning_rate=1e-3, epochs=1, batch_size=32, micro_batch_size=16, max_length=256,
-                              eval_batch_size=64)
+        config = RewardConfig(
+            learning_rate=1e-3, epochs=1, batch_size=32, micro_batch_size=16, max_length=256, eval_batch_size=64
+        )
         result = train_reward(model, tokenizer, train, valid, config)
     finally:
         torch.set_num_threads(threads)
-    print(f"\nhh-rlhf helpful: held-out accuracy {result['valid_accuracy']:.3f} on {result['valid_pairs']:.0f} pairs "
-          f"(trained on {result['train_pairs']:.0f} pairs, {result['pairs_per_s']:.1f} pairs/s, "
-          f"{time.perf_counter() - started:.1f} s in all)")
+    print(
+        f"\nhh-rlhf helpful: held-out accuracy {result['valid_accuracy']:.3f} on {result['valid_pairs']:.0f} pairs "
+        f"(trained on {result['train_pairs']:.0f} pairs, {result['pairs_per_s']:.1f} pairs/s, "
+        f"{time.perf_counter() - started:.1f} s in all)"
+    )
     assert result["valid_pairs"] == 500
     assert result["valid_accuracy"] > 0.5, result  # better than chance; the length heuristic gets 0.52 here

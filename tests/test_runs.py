@@ -49,10 +49,12 @@ def _version(session, kind: ModelKind, source: str = "org/model", project_id=Non
 
 # ---- create_run refuses what a worker would fail on --------------------------------------------
 
+
 def test_create_run_defaults_to_a_registered_base_model(session, project):
     make_prompts(session, project, ["Say hi"])
-    run = runs.create_run(session, project_id=project.id, kind="generate", config={"k": 3},
-                          default_model="smollm2-135m-instruct")
+    run = runs.create_run(
+        session, project_id=project.id, kind="generate", config={"k": 3}, default_model="smollm2-135m-instruct"
+    )
     assert run.status == RunStatus.queued and run.config["k"] == 3 and run.config["temperature"] == 1.0
     (base,) = [session.get(ModelVersion, i) for i in run.input_model_ids]
     assert base.kind == ModelKind.base and base.source == "smollm2-135m-instruct"
@@ -60,21 +62,24 @@ def test_create_run_defaults_to_a_registered_base_model(session, project):
     assert again.input_model_ids == run.input_model_ids  # one base version per source
 
 
-@pytest.mark.parametrize("kwargs, status, words", [
-    ({"kind": "distill"}, 400, "Unknown run kind 'distill'"),
-    ({"kind": "generate", "config": {"k": 1, "top_p": 0, "nope": 1}}, 422, "Unknown setting 'nope'"),
-    ({"kind": "generate", "config": {"k": 1}}, 422, "k must be 0"),
-    ({"kind": "generate", "config": {"temperature": "hot"}}, 422, "temperature must be a finite number"),
-    ({"kind": "evaluate", "config": {"split": "train"}}, 422, "held-out split"),
-    ({"kind": "sft"}, 400, "no accepted demonstrations"),
-    ({"kind": "reward"}, 400, "no rankings"),
-    ({"kind": "evaluate", "input_model_ids": [1, 2]}, 404, "Model version 1"),
-    ({"kind": "ppo", "input_model_ids": []}, 400, "takes 2..2 input model versions"),
-    ({"kind": "generate", "input_model_ids": ["x"]}, 400, "must be a list of model version ids"),
-    ({"kind": "generate", "data_filter": {"labelers": [1]}}, 400, "Unknown data_filter keys: labelers"),
-    ({"kind": "generate", "data_filter": {"exclude_labelers": [999]}}, 400, "unknown users: [999]"),
-    ({"kind": "generate", "data_filter": {"splits": ["dev"]}}, 400, "data_filter.splits"),
-])
+@pytest.mark.parametrize(
+    "kwargs, status, words",
+    [
+        ({"kind": "distill"}, 400, "Unknown run kind 'distill'"),
+        ({"kind": "generate", "config": {"k": 1, "top_p": 0, "nope": 1}}, 422, "Unknown setting 'nope'"),
+        ({"kind": "generate", "config": {"k": 1}}, 422, "k must be 0"),
+        ({"kind": "generate", "config": {"temperature": "hot"}}, 422, "temperature must be a finite number"),
+        ({"kind": "evaluate", "config": {"split": "train"}}, 422, "held-out split"),
+        ({"kind": "sft"}, 400, "no accepted demonstrations"),
+        ({"kind": "reward"}, 400, "no rankings"),
+        ({"kind": "evaluate", "input_model_ids": [1, 2]}, 404, "Model version 1"),
+        ({"kind": "ppo", "input_model_ids": []}, 400, "takes 2..2 input model versions"),
+        ({"kind": "generate", "input_model_ids": ["x"]}, 400, "must be a list of model version ids"),
+        ({"kind": "generate", "data_filter": {"labelers": [1]}}, 400, "Unknown data_filter keys: labelers"),
+        ({"kind": "generate", "data_filter": {"exclude_labelers": [999]}}, 400, "unknown users: [999]"),
+        ({"kind": "generate", "data_filter": {"splits": ["dev"]}}, 400, "data_filter.splits"),
+    ],
+)
 def test_create_run_refuses_bad_input_with_a_clear_message(session, project, kwargs, status, words):
     make_prompts(session, project, ["Say hi"])
     with pytest.raises(ServiceError) as err:
@@ -101,8 +106,13 @@ def test_create_run_checks_input_model_kinds_and_project(session, project):
     with pytest.raises(ServiceError, match=f"belongs to project {other_project.id}"):
         create("generate", [foreign.id])
     with pytest.raises(ServiceError, match="no test prompts|no valid prompts"):
-        runs.create_run(session, project_id=project.id, kind="evaluate", config={"split": "valid"},
-                        input_model_ids=[policy.id, other.id])
+        runs.create_run(
+            session,
+            project_id=project.id,
+            kind="evaluate",
+            config={"split": "valid"},
+            input_model_ids=[policy.id, other.id],
+        )
     assert create("evaluate", [policy.id, other.id, reward.id]).input_model_ids == [policy.id, other.id, reward.id]
     assert create("ppo", [policy.id, reward.id]).status == RunStatus.queued
     with pytest.raises(NotFound):
@@ -110,6 +120,7 @@ def test_create_run_checks_input_model_kinds_and_project(session, project):
 
 
 # ---- the state machine --------------------------------------------------------------------------
+
 
 def test_cancel_queued_running_and_finished(session, project):
     queued, running, done = (queue_raw(session, project, "generate") for _ in range(3))
@@ -218,28 +229,40 @@ def test_metrics_are_bulk_written_and_latest_per_name(session, project):
 
 # ---- registry -------------------------------------------------------------------------------------
 
+
 def test_registry_lineage_and_bad_sources(session, project):
     base = registry.register_base(session, "org/base-model")
     assert base.name == "base-model" and registry.register_base(session, "org/base-model").id == base.id
     run = queue_raw(session, project, "sft")
-    sft = registry.register_trained(session, kind=ModelKind.sft, run=run, artifact_path="/data/run-1",
-                                    parent_ids=[base.id], metrics={"valid_loss": 1.25, "nan": float("nan")})
-    rm = registry.register_trained(session, kind=ModelKind.reward, run=run, artifact_path="/data/run-2",
-                                   parent_ids=[sft.id], metrics={})
-    ppo = registry.register_trained(session, kind=ModelKind.ppo, run=run, artifact_path="/data/run-3",
-                                    parent_ids=[sft.id, rm.id], metrics={})
+    sft = registry.register_trained(
+        session,
+        kind=ModelKind.sft,
+        run=run,
+        artifact_path="/data/run-1",
+        parent_ids=[base.id],
+        metrics={"valid_loss": 1.25, "nan": float("nan")},
+    )
+    rm = registry.register_trained(
+        session, kind=ModelKind.reward, run=run, artifact_path="/data/run-2", parent_ids=[sft.id], metrics={}
+    )
+    ppo = registry.register_trained(
+        session, kind=ModelKind.ppo, run=run, artifact_path="/data/run-3", parent_ids=[sft.id, rm.id], metrics={}
+    )
     assert sft.metrics == {"valid_loss": 1.25, "nan": None} and sft.project_id == project.id
     assert [v.id for v in registry.lineage(session, ppo.id)] == [ppo.id, sft.id, rm.id, base.id]
     assert registry.weights_location(sft) == "/data/run-1" and registry.weights_location(base) == "org/base-model"
     with pytest.raises(ServiceError, match="needs a source"):
         registry.register_base(session, "  ")
     with pytest.raises(NotFound):
-        registry.register_trained(session, kind=ModelKind.sft, run=run, artifact_path="/x", parent_ids=[999], metrics={})
+        registry.register_trained(
+            session, kind=ModelKind.sft, run=run, artifact_path="/x", parent_ids=[999], metrics={}
+        )
     with pytest.raises(NotFound):
         registry.lineage(session, 999)
 
 
 # ---- snapshots ------------------------------------------------------------------------------------
+
 
 def test_demonstration_snapshot_records_rows_and_a_content_hash(session, project):
     alice, bob = make_labeler(session, "alice@example.com"), make_labeler(session, "bob@example.com")
@@ -272,7 +295,9 @@ def test_ranking_snapshot_orders_ties_and_deleted_completions(session, project):
     train, valid, snap = data.snapshot_rankings(session, project.id)
     assert valid == []  # 3 prompts: too few to hold any out
     assert [(e.completions, e.order) for e in train] == [
-        (["best", "mid", "also mid", "worst"], [[0], [1, 2], [3]]), (["q", "p"], [[0], [1]])]
+        (["best", "mid", "also mid", "worst"], [[0], [1, 2], [3]]),
+        (["q", "p"], [[0], [1]]),
+    ]
     assert snap.record()["rows"]["rankings"] == [r1.id, r3.id]
     assert any("every output tied" in n for n in snap.notes)
     # A completion removed behind the ranking's back (e.g. by a manual cleanup) fails the snapshot clearly.
@@ -299,10 +324,13 @@ def test_prompt_snapshot_limits_and_skips_prompts_with_tasks(session, project):
 
 # ---- win rates ------------------------------------------------------------------------------------
 
+
 def test_wilson_interval_matches_known_values():
     low, high = evaluation.wilson_interval(8, 10)
     assert low == pytest.approx(0.4902, abs=1e-4) and high == pytest.approx(0.9433, abs=1e-4)
-    assert evaluation.wilson_interval(0, 10)[0] == pytest.approx(0.0) and evaluation.wilson_interval(10, 10)[1] == pytest.approx(1.0)
+    assert evaluation.wilson_interval(0, 10)[0] == pytest.approx(0.0) and evaluation.wilson_interval(10, 10)[
+        1
+    ] == pytest.approx(1.0)
     assert evaluation.win_rate(0, 0, 0) == {"n": 0, "wins": 0, "losses": 0, "ties": 0, "win_rate": None, "ci95": None}
     two_ties = evaluation.win_rate(1, 1, 2)
     assert two_ties["win_rate"] == 0.5 and two_ties["ci95"][0] < 0.5 < two_ties["ci95"][1]
@@ -322,8 +350,15 @@ def test_labeler_win_rate_reads_choices_whatever_the_shown_order(session, projec
         session.flush()
         a, b = (mine, theirs) if first == "candidate" else (theirs, mine)
         task = tasks.create_comparison_task(session, project, prompt, a.id, b.id, source_run_id=run.id)
-        session.add(Comparison(task_id=task.id, user_id=labeler.id, a_completion_id=a.id, b_completion_id=b.id,
-                               choice=ComparisonChoice(choice)))
+        session.add(
+            Comparison(
+                task_id=task.id,
+                user_id=labeler.id,
+                a_completion_id=a.id,
+                b_completion_id=b.id,
+                choice=ComparisonChoice(choice),
+            )
+        )
     session.flush()
     result = evaluation.labeler_win_rate(session, run.id)
     assert (result["wins"], result["losses"], result["ties"], result["n"]) == (2, 1, 1, 4)

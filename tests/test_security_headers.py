@@ -21,17 +21,20 @@ def _assert_headers(response) -> None:
     assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
 
 
-@pytest.mark.parametrize("path, status", [
-    ("/login", 200),                      # page
-    ("/admin/users", 303),                # redirect to login
-    ("/static/js/app.js", 200),           # static file
-    ("/static/nope.js", 404),             # static 404
-    ("/api/v1/projects", 401),            # API error, JSON
-    ("/no/such/page", 404),               # error page
-    ("/openapi.json", 200),
-    ("/api/docs", 200),
-    ("/healthz", 200),
-])
+@pytest.mark.parametrize(
+    "path, status",
+    [
+        ("/login", 200),  # page
+        ("/admin/users", 303),  # redirect to login
+        ("/static/js/app.js", 200),  # static file
+        ("/static/nope.js", 404),  # static 404
+        ("/api/v1/projects", 401),  # API error, JSON
+        ("/no/such/page", 404),  # error page
+        ("/openapi.json", 200),
+        ("/api/docs", 200),
+        ("/healthz", 200),
+    ],
+)
 def test_headers_on_every_kind_of_response(client, path, status):
     r = client.get(path)
     assert r.status_code == status
@@ -41,8 +44,11 @@ def test_headers_on_every_kind_of_response(client, path, status):
 
 def test_headers_on_413_and_on_admin_pages(admin_client, settings):
     _assert_headers(admin_client.get("/admin/users"))
-    big = admin_client.post("/login", content=b"x" * (settings.max_body_bytes + 1),
-                            headers={"content-type": "application/x-www-form-urlencoded"})
+    big = admin_client.post(
+        "/login",
+        content=b"x" * (settings.max_body_bytes + 1),
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
     assert big.status_code == 413
     _assert_headers(big)
 
@@ -59,8 +65,11 @@ def test_api_docs_use_the_vendored_swagger_without_inline_script(client):
     html = client.get("/api/docs").text
     assert "cdn" not in html.lower()
     assert "<script>" not in html  # every script has a src
-    for src in ("/static/vendor/swagger-ui/swagger-ui-bundle.js", "/static/vendor/swagger-ui/swagger-ui.css",
-                "/static/js/api-docs.js"):
+    for src in (
+        "/static/vendor/swagger-ui/swagger-ui-bundle.js",
+        "/static/vendor/swagger-ui/swagger-ui.css",
+        "/static/js/api-docs.js",
+    ):
         assert src in html
         assert client.get(src).status_code == 200
 

@@ -36,14 +36,35 @@ def test_password_change_keeps_this_session_and_ends_the_others(app, client, mak
     login(client, "a@example.com")
     elsewhere = TestClient(app, base_url="http://testserver", follow_redirects=False)
     login(elsewhere, "a@example.com")
-    weak = client.post("/account/password", data={"current": PASSWORD, "password": "aaaaaaaaaa",
-                                                   "password2": "aaaaaaaaaa", "csrf_token": csrf_of(client, "/account")})
+    weak = client.post(
+        "/account/password",
+        data={
+            "current": PASSWORD,
+            "password": "aaaaaaaaaa",
+            "password2": "aaaaaaaaaa",
+            "csrf_token": csrf_of(client, "/account"),
+        },
+    )
     assert weak.status_code == 400 and "Repeats" in weak.text
-    wrong = client.post("/account/password", data={"current": "not it at all", "password": NEW_PASSWORD,
-                                                    "password2": NEW_PASSWORD, "csrf_token": csrf_of(client, "/account")})
+    wrong = client.post(
+        "/account/password",
+        data={
+            "current": "not it at all",
+            "password": NEW_PASSWORD,
+            "password2": NEW_PASSWORD,
+            "csrf_token": csrf_of(client, "/account"),
+        },
+    )
     assert wrong.status_code == 400 and "current password is wrong" in wrong.text
-    ok = client.post("/account/password", data={"current": PASSWORD, "password": NEW_PASSWORD,
-                                                 "password2": NEW_PASSWORD, "csrf_token": csrf_of(client, "/account")})
+    ok = client.post(
+        "/account/password",
+        data={
+            "current": PASSWORD,
+            "password": NEW_PASSWORD,
+            "password2": NEW_PASSWORD,
+            "csrf_token": csrf_of(client, "/account"),
+        },
+    )
     assert ok.status_code == 303
     assert client.get("/account").status_code == 200
     assert elsewhere.get("/account").status_code == 303
@@ -99,8 +120,9 @@ def test_reset_link_sets_a_password_once_and_ends_sessions(app, admin_client, ma
     user = make_user("a@example.com")
     browser = TestClient(app, base_url="http://testserver", follow_redirects=False)
     login(browser, "a@example.com")
-    page = admin_client.post(f"/admin/users/{user.id}/reset-link",
-                             data={"csrf_token": csrf_of(admin_client, "/admin/users")}).text
+    page = admin_client.post(
+        f"/admin/users/{user.id}/reset-link", data={"csrf_token": csrf_of(admin_client, "/admin/users")}
+    ).text
     link = page.split('id="reset-link">')[1].split("<")[0]
     path = "/" + link.split("/", 3)[3]
     stranger = TestClient(app, base_url="http://testserver", follow_redirects=False)
@@ -176,11 +198,15 @@ def test_links_use_the_public_address_not_the_host_header(settings, make_user):
     with TestClient(app, base_url="http://testserver", follow_redirects=False) as client:
         log_in(client, admin.email)
         csrf = csrf_of(client, "/admin/users")
-        page = client.post("/admin/users/invite", data={"email": "new@example.com", "role": "labeler", "csrf_token": csrf},
-                           headers={"Host": "evil.example"}).text
+        page = client.post(
+            "/admin/users/invite",
+            data={"email": "new@example.com", "role": "labeler", "csrf_token": csrf},
+            headers={"Host": "evil.example"},
+        ).text
         assert 'id="invite-link">https://label.example.com/invite/' in page and "evil.example" not in page
-        page = client.post(f"/admin/users/{target.id}/reset-link", data={"csrf_token": csrf},
-                           headers={"Host": "evil.example"}).text
+        page = client.post(
+            f"/admin/users/{target.id}/reset-link", data={"csrf_token": csrf}, headers={"Host": "evil.example"}
+        ).text
         assert 'id="reset-link">https://label.example.com/reset/' in page
     app.state.engine.dispose()
 

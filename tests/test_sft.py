@@ -22,6 +22,7 @@ def one_thread():
     yield
     torch.set_num_threads(threads)
 
+
 WORDS = "red green blue cat dog fish sun moon tree rock bird star".split()
 
 
@@ -66,7 +67,9 @@ def test_labels_cover_the_response_and_its_eos_only(tiny):
     ids, labels = encode_example(tok, SFTExample("Reverse: a b c", "c b a"), FAST)
     response = [t for t in labels if t != IGNORE]
     assert tok.decode(response) == "c b a</s>"
-    assert ids[-len(response):] == response and labels[: len(ids) - len(response)] == [IGNORE] * (len(ids) - len(response))
+    assert ids[-len(response) :] == response and labels[: len(ids) - len(response)] == [IGNORE] * (
+        len(ids) - len(response)
+    )
     cut = SFTConfig(max_length=12, max_prompt_length=4)
     ids, labels = encode_example(tok, SFTExample("Reverse: " + " ".join(WORDS), " ".join(WORDS)), cut)
     assert len(ids) == 12 and labels[:4] == [IGNORE] * 4 and labels[4] != IGNORE
@@ -124,8 +127,12 @@ def test_bad_configs_and_data_are_refused_with_clear_messages(tiny):
     with pytest.raises(ValueError) as info:
         config_from_dict("sft", {"learning_rate": 0, "epochs": 0, "max_prompt_length": 2048, "warmup_ratio": 1.5})
     message = str(info.value)
-    for part in ("learning_rate must be in (0, 1)", "epochs must be at least 1", "max_prompt_length must be",
-                 "warmup_ratio must be in [0, 1)"):
+    for part in (
+        "learning_rate must be in (0, 1)",
+        "epochs must be at least 1",
+        "max_prompt_length must be",
+        "warmup_ratio must be in [0, 1)",
+    ):
         assert part in message
 
 

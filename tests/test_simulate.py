@@ -67,8 +67,10 @@ def test_simulated_labelers_work_the_real_queue(engine, session):
     project = Project(name="sim", k=3, overlap=2)
     session.add(project)
     session.flush()
-    prompts = [Prompt(project_id=project.id, text=t, reference=r, content_hash=str(i))
-               for i, (t, r) in enumerate(demo_prompts(8))]
+    prompts = [
+        Prompt(project_id=project.id, text=t, reference=r, content_hash=str(i))
+        for i, (t, r) in enumerate(demo_prompts(8))
+    ]
     session.add_all(prompts)
     session.flush()
     tasks.create_demonstration_tasks(session, project, prompts)
@@ -87,13 +89,17 @@ def test_simulated_labelers_work_the_real_queue(engine, session):
         assert s.scalar(select(func.count(Demonstration.id))) == 16
         assert s.scalar(select(func.count(Ranking.id))) == 8
         # each task got exactly its overlap, from different labelers
-        per_task = s.execute(select(Ranking.task_id, func.count(func.distinct(Ranking.user_id)))
-                             .group_by(Ranking.task_id)).all()
+        per_task = s.execute(
+            select(Ranking.task_id, func.count(func.distinct(Ranking.user_id))).group_by(Ranking.task_id)
+        ).all()
         assert all(n == 2 for _, n in per_task)
         # the reference answer beats a refusal, whichever side it was shown on
         refs = {c.id for c in s.scalars(select(Completion)) if c.text == c.prompt.reference}
-        wins = [(c.a_completion_id if c.choice.value == "a" else c.b_completion_id) in refs
-                for c in s.scalars(select(Comparison)) if c.choice.value != "tie"]
+        wins = [
+            (c.a_completion_id if c.choice.value == "a" else c.b_completion_id) in refs
+            for c in s.scalars(select(Comparison))
+            if c.choice.value != "tie"
+        ]
         assert len(wins) == 8 and sum(wins) >= 7
     # a second pass finds nothing left to do
     assert simulate(engine, project.id, labelers=3, seed=1).submitted == {}
@@ -116,8 +122,10 @@ def test_simulate_command(settings, session):
     project = Project(name="cli sim", k=2, overlap=1)
     session.add(project)
     session.flush()
-    prompts = [Prompt(project_id=project.id, text=t, reference=r, content_hash=str(i))
-               for i, (t, r) in enumerate(demo_prompts(5))]
+    prompts = [
+        Prompt(project_id=project.id, text=t, reference=r, content_hash=str(i))
+        for i, (t, r) in enumerate(demo_prompts(5))
+    ]
     session.add_all(prompts)
     session.flush()
     tasks.create_demonstration_tasks(session, project, prompts)
@@ -134,8 +142,14 @@ def test_simulate_command(settings, session):
 
 def test_preference_checks_the_subject():
     fruit = "Name a fruit that is yellow. Answer in one word."
-    assert preference_score(fruit, "Banana", None) > preference_score(fruit, "Plum", None) > \
-        preference_score(fruit, "yes", None)
+    assert (
+        preference_score(fruit, "Banana", None)
+        > preference_score(fruit, "Plum", None)
+        > preference_score(fruit, "yes", None)
+    )
     sentence = "Write one sentence about the moon, in at most 10 words."
-    assert preference_score(sentence, "The moon is bright tonight.", None) > \
-        preference_score(sentence, "The sea is bright tonight.", None) > preference_score(sentence, "oo", None)
+    assert (
+        preference_score(sentence, "The moon is bright tonight.", None)
+        > preference_score(sentence, "The sea is bright tonight.", None)
+        > preference_score(sentence, "oo", None)
+    )

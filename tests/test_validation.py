@@ -23,12 +23,15 @@ def test_text_and_json_problems():
     assert "NUL" in json_problem({"k\x00": 1})
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("name", "x" * 201, "name is longer than 200 characters"),
-    ("name", "bad\x00name", "name contains a NUL character"),
-    ("description", "lone \udc80 surrogate", "description contains a lone surrogate"),
-    ("targets", {"ranking": float("nan")}, "targets contains NaN"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("name", "x" * 201, "name is longer than 200 characters"),
+        ("name", "bad\x00name", "name contains a NUL character"),
+        ("description", "lone \udc80 surrogate", "description contains a lone surrogate"),
+        ("targets", {"ranking": float("nan")}, "targets contains NaN"),
+    ],
+)
 def test_orm_writes_are_checked_at_flush(session, field, value, message):
     values = {"name": "P", field: value}
     session.add(Project(**values))
@@ -75,11 +78,13 @@ def test_import_preview_refuses_what_the_commit_would(session):
     from app.services import imports
 
     project = make_project(session)
-    lines = [json.dumps({"prompt": "fine prompt"}),
-             json.dumps({"prompt": "nul \x00 prompt"}),
-             json.dumps({"prompt": "long id", "id": "x" * 201}),
-             json.dumps({"prompt": "bad ref", "reference": "lone \udc00"}),
-             json.dumps({"prompt": "bad meta", "note": "nul \x00"})]
+    lines = [
+        json.dumps({"prompt": "fine prompt"}),
+        json.dumps({"prompt": "nul \x00 prompt"}),
+        json.dumps({"prompt": "long id", "id": "x" * 201}),
+        json.dumps({"prompt": "bad ref", "reference": "lone \udc00"}),
+        json.dumps({"prompt": "bad meta", "note": "nul \x00"}),
+    ]
     preview = imports.preview_import(session, project, "\n".join(lines).encode())
     assert [(e.line, e.message) for e in preview.errors] == [
         (2, "text contains a NUL character (\\u0000)"),
@@ -100,13 +105,19 @@ def _api(session, role):
     return heads
 
 
-@pytest.mark.parametrize("path, name", [
-    ("/api/v1/projects/2147483648", "project_id"), ("/api/v1/projects/0/prompts", "project_id"),
-    ("/api/v1/runs/99999999999999999999", "run_id"), ("/api/v1/runs?project_id=-3", "project_id"),
-    ("/api/v1/model-versions?project_id=2147483648", "project_id"),
-    ("/api/v1/runs/1/metrics?since_step=-99999999999999999999", "since_step"),
-    ("/api/v1/projects/1/prompts?after=2147483648", "after"), ("/api/v1/model-versions/4294967296", "version_id"),
-])
+@pytest.mark.parametrize(
+    "path, name",
+    [
+        ("/api/v1/projects/2147483648", "project_id"),
+        ("/api/v1/projects/0/prompts", "project_id"),
+        ("/api/v1/runs/99999999999999999999", "run_id"),
+        ("/api/v1/runs?project_id=-3", "project_id"),
+        ("/api/v1/model-versions?project_id=2147483648", "project_id"),
+        ("/api/v1/runs/1/metrics?since_step=-99999999999999999999", "since_step"),
+        ("/api/v1/projects/1/prompts?after=2147483648", "after"),
+        ("/api/v1/model-versions/4294967296", "version_id"),
+    ],
+)
 def test_numbers_out_of_the_databases_range_are_422_naming_the_parameter(client, session, path, name):
     r = client.get(path, headers=_api(session, "admin"))
     assert r.status_code == 422, r.text
@@ -135,9 +146,11 @@ def test_run_settings_have_bounds_and_must_be_finite(client, session):
     heads = _api(session, "admin")
     project = make_project(session)
     session.commit()
-    for config, message in (({"epochs": 10**18}, "epochs must be an integer within"),
-                            ({"epochs": 5000}, "epochs must be at most 1,000"),
-                            ({"learning_rate": 1e400}, "learning_rate must be a finite number")):
+    for config, message in (
+        ({"epochs": 10**18}, "epochs must be an integer within"),
+        ({"epochs": 5000}, "epochs must be at most 1,000"),
+        ({"learning_rate": 1e400}, "learning_rate must be a finite number"),
+    ):
         body = json.dumps({"project_id": project.id, "kind": "sft", "config": config})
         r = client.post("/api/v1/runs", content=body, headers={**heads, "content-type": "application/json"})
         assert r.status_code == 422 and message in r.json()["detail"], r.text
@@ -151,8 +164,13 @@ def test_run_settings_have_bounds_and_must_be_finite(client, session):
 def test_text_parameters_of_reads_are_checked_too(client, session):
     heads = _api(session, "admin")
     for body in ({"name": "nul\x00name"}, {"name": "lone \ud800"}):
-        r = client.post("/api/v1/projects", content=json.dumps(body), headers={**heads, "content-type": "application/json"})
+        r = client.post(
+            "/api/v1/projects", content=json.dumps(body), headers={**heads, "content-type": "application/json"}
+        )
         assert r.status_code == 422 and "name" in r.json()["detail"], r.text
-    r = client.post("/api/v1/model-versions", content=json.dumps({"source": "a\x00b"}),
-                    headers={**heads, "content-type": "application/json"})
+    r = client.post(
+        "/api/v1/model-versions",
+        content=json.dumps({"source": "a\x00b"}),
+        headers={**heads, "content-type": "application/json"},
+    )
     assert r.status_code == 422 and "NUL" in r.json()["detail"], r.text

@@ -67,8 +67,10 @@ def test_failing_runs_are_marked_and_the_worker_serves_the_next(settings, sessio
     good = queue_raw(session, project, "generate", {"max_new_tokens": 4}, [good_model])
     session.commit()
     with WorkerThread(fast_settings(settings)) as worker:
-        done = {r.id: wait_for(lambda r=r: _finished(worker.engine, r.id), timeout=60)
-                for r in (bad_config, unknown_model, no_data, deleted_input, orphan, good)}
+        done = {
+            r.id: wait_for(lambda r=r: _finished(worker.engine, r.id), timeout=60)
+            for r in (bad_config, unknown_model, no_data, deleted_input, orphan, good)
+        }
     assert done[good.id].status == RunStatus.succeeded, done[good.id].error
     expected = {
         bad_config.id: "k must be 0 (the project's K) or between 2 and 9, got 1. temperature must be above 0, got 0.0.",
@@ -126,6 +128,7 @@ def test_a_vanished_workers_run_is_failed_and_its_late_result_dropped(settings, 
         # and when it notices it drops the run instead of overwriting the failure.
         started = wait_for(lambda: _progressed(worker.engine, run.id, 1), timeout=60)
         assert started.status == RunStatus.running, started.error
+
         def reap_everything():
             with worker.transaction() as s:
                 return runs.reap_stale_runs(s, stale_s=-60)
@@ -144,12 +147,19 @@ def test_sigterm_stops_a_real_worker_at_a_safe_point(settings, session, tiny):
     project = make_project(session)
     run = long_generate_run(session, project, base_version(session, tiny))
     session.commit()
-    env = {**os.environ, "DATABASE_URL": settings.db_url, "INSTRUCTLOOP_DATA_DIR": str(settings.data_dir),
-           "SECRET_KEY": "test", "INSTRUCTLOOP_WORKER_HEARTBEAT": "0.2", "PYTHONUNBUFFERED": "1",
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "DATABASE_URL": settings.db_url,
+        "INSTRUCTLOOP_DATA_DIR": str(settings.data_dir),
+        "SECRET_KEY": "test",
+        "INSTRUCTLOOP_WORKER_HEARTBEAT": "0.2",
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": "1",
+    }
     command = [sys.executable, "-m", "app.cli", "worker", "--poll-interval", "0.1", "--device", "cpu"]
-    proc = subprocess.Popen(command, cwd=REPO_ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     from app.db import make_engine
 
     engine = make_engine(settings.db_url)
@@ -179,14 +189,27 @@ def test_evaluate_run_makes_ab_tasks_and_a_reward_win_rate(settings, session, ti
     other = make_tiny_model(tmp_path / "other", texts=[p + " " + a for p, a in COUNTING], seed=1)
     # A reward model with a fresh head on the tiny backbone (its training is tested in test_reward).
     rm_folder = tmp_path / "rm"
-    modeling.ScalarHeadModel.from_causal_lm(str(tiny), device="cpu").save_pretrained(rm_folder, modeling.load_tokenizer(str(tiny)))
+    modeling.ScalarHeadModel.from_causal_lm(str(tiny), device="cpu").save_pretrained(
+        rm_folder, modeling.load_tokenizer(str(tiny))
+    )
     candidate, baseline = base_version(session, tiny), registry.register_base(session, str(other)).id
-    rm = ModelVersion(name="rm", kind=ModelKind.reward, source=str(rm_folder), artifact_path=str(rm_folder),
-                      parent_ids=[candidate], metrics={})
+    rm = ModelVersion(
+        name="rm",
+        kind=ModelKind.reward,
+        source=str(rm_folder),
+        artifact_path=str(rm_folder),
+        parent_ids=[candidate],
+        metrics={},
+    )
     session.add(rm)
     session.flush()
-    run = runs.create_run(session, project_id=project.id, kind="evaluate", input_model_ids=[candidate, baseline, rm.id],
-                          config={"max_new_tokens": 6, "num_prompts": 8, "seed": 3})
+    run = runs.create_run(
+        session,
+        project_id=project.id,
+        kind="evaluate",
+        input_model_ids=[candidate, baseline, rm.id],
+        config={"max_new_tokens": 6, "num_prompts": 8, "seed": 3},
+    )
     session.commit()
     with WorkerThread(fast_settings(settings)) as worker:
         done = wait_for(lambda: _finished(worker.engine, run.id), timeout=120)
@@ -216,9 +239,20 @@ def test_cancel_during_sft_registers_no_model(settings, session, tiny):
 
     project = make_project(session)
     add_demonstrations(session, project, COUNTING, make_labeler(session))
-    run = queue_raw(session, project, "sft", {"epochs": 1000, "batch_size": 2, "micro_batch_size": 2,
-                                              "max_length": 64, "max_prompt_length": 32, "learning_rate": 1e-3},
-                    [base_version(session, tiny)])
+    run = queue_raw(
+        session,
+        project,
+        "sft",
+        {
+            "epochs": 1000,
+            "batch_size": 2,
+            "micro_batch_size": 2,
+            "max_length": 64,
+            "max_prompt_length": 32,
+            "learning_rate": 1e-3,
+        },
+        [base_version(session, tiny)],
+    )
     session.commit()
     stopped = _cancel_once_running(settings, run)
     assert stopped.error.startswith("Cancelled at step ") and stopped.progress_total == 6000
@@ -236,34 +270,53 @@ def test_errors_are_described_for_people():
 
     oom = describe_error(OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     assert oom.startswith("Out of memory: lower the batch size") and "Tried to allocate 2.00 GiB" in oom
-    assert describe_error(TrainingDiverged("SFT loss became nan at step 3")) == "Training diverged: SFT loss became nan at step 3"
+    assert (
+        describe_error(TrainingDiverged("SFT loss became nan at step 3"))
+        == "Training diverged: SFT loss became nan at step 3"
+    )
     assert describe_error(ValueError("k must be 2..9")) == "k must be 2..9"
     assert describe_error(KeyError("input_ids")) == "KeyError: 'input_ids'"
 
 
 def test_two_worker_processes_on_postgres_run_each_run_once(settings, session, tiny, db_url):
     if not db_url.startswith("postgresql"):
-        pytest.skip("the multi-process claim race is a Postgres (SKIP LOCKED) scenario; SQLite claims are "
-                    "serialized by its writer lock (covered with threads in test_runs)")
+        pytest.skip(
+            "the multi-process claim race is a Postgres (SKIP LOCKED) scenario; SQLite claims are "
+            "serialized by its writer lock (covered with threads in test_runs)"
+        )
     project = make_project(session)
     version = base_version(session, tiny)
     make_prompts(session, project, [f"Prompt {i}" for i in range(16)])
     session.commit()
-    env = {**os.environ, "DATABASE_URL": settings.db_url, "INSTRUCTLOOP_DATA_DIR": str(settings.data_dir),
-           "SECRET_KEY": "test", "INSTRUCTLOOP_WORKER_HEARTBEAT": "0.2", "PYTHONUNBUFFERED": "1",
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "DATABASE_URL": settings.db_url,
+        "INSTRUCTLOOP_DATA_DIR": str(settings.data_dir),
+        "SECRET_KEY": "test",
+        "INSTRUCTLOOP_WORKER_HEARTBEAT": "0.2",
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": "1",
+    }
     command = [sys.executable, "-m", "app.cli", "worker", "--poll-interval", "0.05", "--device", "cpu"]
-    procs = [subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
     try:
         for proc in procs:  # both are polling before the runs arrive, so both get some
             for line in proc.stdout:
                 if " polling " in line:
                     break
-        queued = [queue_raw(session, project, "generate",
-                            {"k": 2, "max_new_tokens": 8, "limit": 2, "batch_size": 1,
-                             "new_prompts_only": False, "seed": i}, [version]).id
-                  for i in range(6)]
+        queued = [
+            queue_raw(
+                session,
+                project,
+                "generate",
+                {"k": 2, "max_new_tokens": 8, "limit": 2, "batch_size": 1, "new_prompts_only": False, "seed": i},
+                [version],
+            ).id
+            for i in range(6)
+        ]
         session.commit()
         from app.db import make_engine
 

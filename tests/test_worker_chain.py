@@ -26,17 +26,38 @@ from trainer.worker import Worker
 
 _one_thread = pytest.fixture(autouse=True)(one_torch_thread)
 
-SFT = {"learning_rate": 3e-3, "epochs": 4, "batch_size": 4, "micro_batch_size": 4, "max_length": 64,
-       "max_prompt_length": 32, "eval_batch_size": 4, "warmup_ratio": 0.0}
-REWARD = {"learning_rate": 1e-3, "batch_size": 2, "micro_batch_size": 2, "epochs": 1, "max_length": 64,
-          "eval_batch_size": 4}
-PPO = {"total_episodes": 4, "rollout_batch_size": 2, "minibatch_size": 1, "forward_batch_size": 2,
-       "max_new_tokens": 6, "ppo_epochs": 1}
+SFT = {
+    "learning_rate": 3e-3,
+    "epochs": 4,
+    "batch_size": 4,
+    "micro_batch_size": 4,
+    "max_length": 64,
+    "max_prompt_length": 32,
+    "eval_batch_size": 4,
+    "warmup_ratio": 0.0,
+}
+REWARD = {
+    "learning_rate": 1e-3,
+    "batch_size": 2,
+    "micro_batch_size": 2,
+    "epochs": 1,
+    "max_length": 64,
+    "eval_batch_size": 4,
+}
+PPO = {
+    "total_episodes": 4,
+    "rollout_batch_size": 2,
+    "minibatch_size": 1,
+    "forward_batch_size": 2,
+    "max_new_tokens": 6,
+    "ppo_epochs": 1,
+}
 
 
 def _run(worker: Worker, session, project, user, kind: str, config: dict, inputs: list[int]):
-    run = runs.create_run(session, project_id=project.id, kind=kind, config=config, input_model_ids=inputs,
-                          created_by=user)
+    run = runs.create_run(
+        session, project_id=project.id, kind=kind, config=config, input_model_ids=inputs, created_by=user
+    )
     session.commit()
     assert worker.run_next()
     done = run_status(worker.engine, run.id)
@@ -71,7 +92,9 @@ def test_sft_generate_reward_ppo_evaluate_through_the_worker(settings, session, 
         sft_run = _run(worker, session, project, labeler, "sft", SFT, [base])
         assert sft_run.summary["valid_loss"] < sft_run.summary["initial_valid_loss"]
         assert len(sft_run.dataset_snapshot["rows"]["demonstrations"]) == 12
-        assert session.scalar(select(RunMetric.id).where(RunMetric.run_id == sft_run.id, RunMetric.name == "train_loss"))
+        assert session.scalar(
+            select(RunMetric.id).where(RunMetric.run_id == sft_run.id, RunMetric.name == "train_loss")
+        )
         sft = _produced(session, sft_run, settings.artifacts_dir)
         assert (sft.kind, sft.parent_ids, sft.run_id) == (ModelKind.sft, [base], sft_run.id)
         assert sft.metrics["valid_loss"] == sft_run.summary["valid_loss"]
@@ -85,7 +108,11 @@ def test_sft_generate_reward_ppo_evaluate_through_the_worker(settings, session, 
         for task in made:
             a, b = (session.get(Completion, o.completion_id) for o in task.outputs)
             assert a.model_version_id == sft.id
-            order = [[a.id, b.id]] if len(a.text) == len(b.text) else [[x.id] for x in sorted((a, b), key=lambda c: len(c.text))]
+            order = (
+                [[a.id, b.id]]
+                if len(a.text) == len(b.text)
+                else [[x.id] for x in sorted((a, b), key=lambda c: len(c.text))]
+            )
             session.add(Ranking(task_id=task.id, user_id=labeler.id, order=order, display_order=[a.id, b.id]))
         session.commit()
         if not any(len(r.order) == 2 for r in session.scalars(select(Ranking))):
@@ -104,7 +131,9 @@ def test_sft_generate_reward_ppo_evaluate_through_the_worker(settings, session, 
         assert [v.id for v in registry.lineage(session, policy.id)] == [policy.id, sft.id, rm.id, base]
 
         # 6. Evaluate PPO against SFT on the test prompts, with the reward model's verdict.
-        eval_run = _run(worker, session, project, labeler, "evaluate", {"max_new_tokens": 6}, [policy.id, sft.id, rm.id])
+        eval_run = _run(
+            worker, session, project, labeler, "evaluate", {"max_new_tokens": 6}, [policy.id, sft.id, rm.id]
+        )
         report = evaluation.evaluation_report(session, eval_run.id)
         assert report["labelers"]["tasks"] == 3 and report["reward_model"]["n"] == 3
         assert eval_run.summary["candidate_model_id"] == policy.id

@@ -42,8 +42,12 @@ def make_project(session: Session, name: str = "Counting", *, k: int = 2, **fiel
 
 
 def make_prompts(session: Session, project: Project, texts: list[str], split: Split = Split.train) -> list[Prompt]:
-    prompts = [Prompt(project_id=project.id, text=t, split=split,
-                      content_hash=hashlib.sha256(f"{split}:{t}".encode()).hexdigest()) for t in texts]
+    prompts = [
+        Prompt(
+            project_id=project.id, text=t, split=split, content_hash=hashlib.sha256(f"{split}:{t}".encode()).hexdigest()
+        )
+        for t in texts
+    ]
     session.add_all(prompts)
     session.flush()
     return prompts
@@ -53,26 +57,34 @@ def make_labeler(session: Session, email: str = "labeler@example.com") -> User:
     return accounts.create_user(session, email, None, role=Role.labeler)
 
 
-def add_demonstrations(session: Session, project: Project, pairs: list[tuple[str, str]], user: User,
-                       split: Split = Split.train) -> list[Demonstration]:
+def add_demonstrations(
+    session: Session, project: Project, pairs: list[tuple[str, str]], user: User, split: Split = Split.train
+) -> list[Demonstration]:
     prompts = make_prompts(session, project, [p for p, _ in pairs], split)
     demo_tasks = tasks.create_demonstration_tasks(session, project, prompts)
-    demos = [Demonstration(task_id=t.id, prompt_id=p.id, user_id=user.id, text=answer)
-             for t, p, (_, answer) in zip(demo_tasks, prompts, pairs)]
+    demos = [
+        Demonstration(task_id=t.id, prompt_id=p.id, user_id=user.id, text=answer)
+        for t, p, (_, answer) in zip(demo_tasks, prompts, pairs)
+    ]
     session.add_all(demos)
     session.flush()
     return demos
 
 
-def add_ranking(session: Session, project: Project, prompt: Prompt, answers: list[str], order: list[list[int]],
-                user: User) -> Ranking:
+def add_ranking(
+    session: Session, project: Project, prompt: Prompt, answers: list[str], order: list[list[int]], user: User
+) -> Ranking:
     """A ranking task over new outputs and a labeler's ranking of them (order: groups of indices)."""
     outputs = [Completion(prompt_id=prompt.id, text=a, source="test") for a in answers]
     session.add_all(outputs)
     session.flush()
     task = tasks.create_ranking_task(session, project, prompt, [o.id for o in outputs])
-    ranking = Ranking(task_id=task.id, user_id=user.id, order=[[outputs[i].id for i in g] for g in order],
-                      display_order=[o.id for o in outputs])
+    ranking = Ranking(
+        task_id=task.id,
+        user_id=user.id,
+        order=[[outputs[i].id for i in g] for g in order],
+        display_order=[o.id for o in outputs],
+    )
     session.add(ranking)
     session.flush()
     return ranking
@@ -82,12 +94,20 @@ def base_version(session: Session, folder: Path) -> int:
     return registry.register_base(session, str(folder), name="tiny").id
 
 
-def queue_raw(session: Session, project: Project, kind: str, config: dict | None = None,
-              input_model_ids: list[int] | None = None) -> TrainingRun:
+def queue_raw(
+    session: Session, project: Project, kind: str, config: dict | None = None, input_model_ids: list[int] | None = None
+) -> TrainingRun:
     """A queued run written straight to the table, skipping the checks of runs.create_run: the
     worker must cope with what an older version or a changed database left behind."""
-    run = TrainingRun(project_id=project.id, kind=kind, config=config or {}, input_model_ids=input_model_ids or [],
-                      data_filter={}, status=RunStatus.queued, summary={})
+    run = TrainingRun(
+        project_id=project.id,
+        kind=kind,
+        config=config or {},
+        input_model_ids=input_model_ids or [],
+        data_filter={},
+        status=RunStatus.queued,
+        summary={},
+    )
     session.add(run)
     session.flush()
     return run
@@ -133,8 +153,9 @@ class WorkerThread:
 def long_generate_run(session: Session, project: Project, version_id: int, n_prompts: int = 300) -> TrainingRun:
     """A generate run that takes tens of seconds on the CPU (one prompt per batch), for stop tests."""
     make_prompts(session, project, [f"Tell me a long story number {i}." for i in range(n_prompts)])
-    return queue_raw(session, project, "generate", {"k": 2, "max_new_tokens": 64, "batch_size": 1, "limit": 0},
-                     [version_id])
+    return queue_raw(
+        session, project, "generate", {"k": 2, "max_new_tokens": 64, "batch_size": 1, "limit": 0}, [version_id]
+    )
 
 
 def run_status(engine, run_id: int) -> TrainingRun:

@@ -64,38 +64,76 @@ class Profile:
 PROFILES = {
     "cpu": Profile(
         # Sized to finish in about 20 minutes on a 2-core laptop with SmolLM2-135M in fp32.
-        name="cpu", model="smollm2-135m-instruct", prompts=160,
-        sft=dict(epochs=1, batch_size=8, micro_batch_size=8, learning_rate=5e-5, max_length=96,
-                 max_prompt_length=64),
+        name="cpu",
+        model="smollm2-135m-instruct",
+        prompts=160,
+        sft=dict(epochs=1, batch_size=8, micro_batch_size=8, learning_rate=5e-5, max_length=96, max_prompt_length=64),
         generate=dict(k=4, temperature=1.0, top_p=0.95, max_new_tokens=24, limit=48, batch_size=48),
         reward=dict(epochs=1, batch_size=8, micro_batch_size=8, learning_rate=3e-5, max_length=96),
-        ppo=dict(total_episodes=128, rollout_batch_size=16, minibatch_size=8, forward_batch_size=16, ppo_epochs=2,
-                 max_new_tokens=24, learning_rate=1e-5, kl_coef=0.05, temperature=0.9),
+        ppo=dict(
+            total_episodes=128,
+            rollout_batch_size=16,
+            minibatch_size=8,
+            forward_batch_size=16,
+            ppo_epochs=2,
+            max_new_tokens=24,
+            learning_rate=1e-5,
+            kl_coef=0.05,
+            temperature=0.9,
+        ),
         evaluate=dict(num_prompts=32, temperature=0.7, top_p=0.95, max_new_tokens=24, batch_size=32),
     ),
     "gpu": Profile(
-        name="gpu", model="smollm2-135m-instruct", prompts=2000, labelers=8,
-        sft=dict(epochs=3, batch_size=32, micro_batch_size=32, learning_rate=2e-5, max_length=256,
-                 max_prompt_length=128),
+        name="gpu",
+        model="smollm2-135m-instruct",
+        prompts=2000,
+        labelers=8,
+        sft=dict(
+            epochs=3, batch_size=32, micro_batch_size=32, learning_rate=2e-5, max_length=256, max_prompt_length=128
+        ),
         generate=dict(k=4, temperature=1.0, top_p=0.95, max_new_tokens=48, limit=800, batch_size=128),
         reward=dict(epochs=2, batch_size=32, micro_batch_size=16, learning_rate=1e-5, max_length=256),
-        ppo=dict(total_episodes=8192, rollout_batch_size=128, minibatch_size=32, forward_batch_size=128,
-                 ppo_epochs=4, max_new_tokens=48, learning_rate=1e-5, kl_coef=0.05, temperature=0.9),
+        ppo=dict(
+            total_episodes=8192,
+            rollout_batch_size=128,
+            minibatch_size=32,
+            forward_batch_size=128,
+            ppo_epochs=4,
+            max_new_tokens=48,
+            learning_rate=1e-5,
+            kl_coef=0.05,
+            temperature=0.9,
+        ),
         evaluate=dict(num_prompts=200, temperature=0.7, top_p=0.95, max_new_tokens=48, batch_size=100),
     ),
     "tiny": Profile(
         # A 2-layer model learns neither addition nor comparing numbers, so this demo keeps the
         # instructions it can learn (subject, length, no filler). With the yes/no questions in, PPO
         # found answers the reward model over-rated ("." or "yes." to anything): win rate 38-79%.
-        name="tiny", model="tiny", prompts=240, labelers=3, agreement=0.9, padding_rate=0.5,
+        name="tiny",
+        model="tiny",
+        prompts=240,
+        labelers=3,
+        agreement=0.9,
+        padding_rate=0.5,
         prompt_kinds=("sentence", "fruit"),
-        sft=dict(epochs=12, batch_size=16, micro_batch_size=16, learning_rate=3e-3, max_length=64,
-                 max_prompt_length=48),
+        sft=dict(
+            epochs=12, batch_size=16, micro_batch_size=16, learning_rate=3e-3, max_length=64, max_prompt_length=48
+        ),
         generate=dict(k=4, temperature=1.0, max_new_tokens=12, limit=160, batch_size=160),
         reward=dict(epochs=3, batch_size=8, micro_batch_size=8, learning_rate=5e-4, max_length=64),
         # kl_coef 0.2, not 0.05: the stronger penalty keeps the tiny policy nearer its SFT model.
-        ppo=dict(total_episodes=1024, rollout_batch_size=64, minibatch_size=16, forward_batch_size=64, ppo_epochs=4,
-                 max_new_tokens=12, learning_rate=5e-4, kl_coef=0.2, temperature=1.0),
+        ppo=dict(
+            total_episodes=1024,
+            rollout_batch_size=64,
+            minibatch_size=16,
+            forward_batch_size=64,
+            ppo_epochs=4,
+            max_new_tokens=12,
+            learning_rate=5e-4,
+            kl_coef=0.2,
+            temperature=1.0,
+        ),
         evaluate=dict(num_prompts=64, temperature=1.0, max_new_tokens=12, batch_size=64),
     ),
 }
@@ -113,8 +151,9 @@ Echo = Callable[[str], None]
 
 
 class Demo:
-    def __init__(self, settings: Settings, profile: Profile, *, echo: Echo = print, seed: int = 0,
-                 start_worker: bool = True):
+    def __init__(
+        self, settings: Settings, profile: Profile, *, echo: Echo = print, seed: int = 0, start_worker: bool = True
+    ):
         self.settings, self.profile, self.echo, self.seed = settings, profile, echo, seed
         self.engine = make_engine(settings.db_url)
         self.sessions = make_sessionmaker(self.engine)
@@ -152,14 +191,20 @@ class Demo:
         data = "\n".join(json.dumps({"prompt": p, "reference": r}) for p, r in pairs).encode()
         with write_session(self.engine) as session:
             project = projects.create_project(
-                session, projects.ProjectSettings(name=name, k=self.profile.k, overlap=1,
-                                                  description="Created by `instructloop demo`."),
-                guidelines_md=GUIDELINES)
-            result = imports.run_import(session, project, data, filename="demo.jsonl", valid_fraction=0.1,
-                                        test_fraction=0.25, create_tasks=True)
+                session,
+                projects.ProjectSettings(
+                    name=name, k=self.profile.k, overlap=1, description="Created by `instructloop demo`."
+                ),
+                guidelines_md=GUIDELINES,
+            )
+            result = imports.run_import(
+                session, project, data, filename="demo.jsonl", valid_fraction=0.1, test_fraction=0.25, create_tasks=True
+            )
             counts = result.preview.split_counts
-            self.echo(f"Project '{name}' (id {project.id}): {len(result.prompts)} prompts "
-                      f"({counts['train']} train, {counts['valid']} valid, {counts['test']} test)")
+            self.echo(
+                f"Project '{name}' (id {project.id}): {len(result.prompts)} prompts "
+                f"({counts['train']} train, {counts['valid']} valid, {counts['test']} test)"
+            )
             return project.id
 
     def _base_model(self, project_id: int) -> int:
@@ -168,25 +213,33 @@ class Demo:
             from trainer.tiny import make_tiny_model
 
             texts = [p for pair in simulate.demo_prompts(400, seed=99) for p in pair]
-            source = str(make_tiny_model(self.settings.data_dir / "models" / "tiny-demo", texts=texts,
-                                         **self.profile.tiny_sizes))
+            source = str(
+                make_tiny_model(self.settings.data_dir / "models" / "tiny-demo", texts=texts, **self.profile.tiny_sizes)
+            )
         with write_session(self.engine) as session:
             return registry.register_base(session, source, project_id=project_id).id
 
     def _label(self, project_id: int, kind: TaskKind, what: str) -> None:
         bar = ProgressBar(self.echo, f"labelers: {what}")
-        report = simulate.simulate(self.engine, project_id, labelers=self.profile.labelers,
-                                   agreement=self.profile.agreement, kinds=[kind], seed=self.seed,
-                                   padding_rate=self.profile.padding_rate,
-                                   default_lease_seconds=self.settings.lease_seconds,
-                                   on_submit=lambda _kind, n: bar.update(n, None, ""))
+        report = simulate.simulate(
+            self.engine,
+            project_id,
+            labelers=self.profile.labelers,
+            agreement=self.profile.agreement,
+            kinds=[kind],
+            seed=self.seed,
+            padding_rate=self.profile.padding_rate,
+            default_lease_seconds=self.settings.lease_seconds,
+            on_submit=lambda _kind, n: bar.update(n, None, ""),
+        )
         bar.done(f"{report.submitted.get(kind.value, 0)} {kind.value}s, {report.skipped} skipped")
 
     def _train(self, kind: str, project_id: int, inputs: list[int], config: dict[str, Any]) -> int:
         """Queues a run, follows it to the end, and returns the model version it produced (or the run id)."""
         with write_session(self.engine) as session:
-            run = runs.create_run(session, project_id=project_id, kind=kind, config={**config, "seed": self.seed},
-                                  input_model_ids=inputs)
+            run = runs.create_run(
+                session, project_id=project_id, kind=kind, config={**config, "seed": self.seed}, input_model_ids=inputs
+            )
             run_id = run.id
         self.run_ids[kind] = run_id
         bar = ProgressBar(self.echo, f"{kind} run {run_id}")
@@ -199,7 +252,9 @@ class Demo:
             if status in runs.FINAL:
                 break
             if self.worker is not None and self.worker.poll() is not None:
-                raise RuntimeError(f"The worker exited (code {self.worker.returncode}) while run {run_id} was {status}.")
+                raise RuntimeError(
+                    f"The worker exited (code {self.worker.returncode}) while run {run_id} was {status}."
+                )
             time.sleep(0.5)
         if status != RunStatus.succeeded:
             bar.done(status.value)
@@ -211,9 +266,13 @@ class Demo:
 
     def _figures(self) -> dict[str, Any]:
         with self.sessions() as session:
+
             def metric(kind: str, name: str, pick: int) -> float | None:
-                rows = session.scalars(select(RunMetric.value).where(
-                    RunMetric.run_id == self.run_ids[kind], RunMetric.name == name).order_by(RunMetric.step)).all()
+                rows = session.scalars(
+                    select(RunMetric.value)
+                    .where(RunMetric.run_id == self.run_ids[kind], RunMetric.name == name)
+                    .order_by(RunMetric.step)
+                ).all()
                 return rows[pick] if rows else None
 
             evaluate_run = session.get(TrainingRun, self.run_ids["evaluate"])
@@ -234,13 +293,17 @@ class Demo:
         self.echo(f"Finished in {result.seconds / 60:.1f} minutes (project {result.project_id}).")
         self.echo(f"  SFT held-out loss      {_fmt(f['sft_valid_loss_start'])} -> {_fmt(f['sft_valid_loss_end'])}")
         self.echo(f"  reward-model accuracy  {_fmt(f['reward_accuracy'])} on held-out pairs")
-        self.echo(f"  PPO reward-model score {_fmt(f['ppo_score_start'])} -> {_fmt(f['ppo_score_end'])}, "
-                  f"KL {_fmt(f['ppo_kl_end'])}")
+        self.echo(
+            f"  PPO reward-model score {_fmt(f['ppo_score_start'])} -> {_fmt(f['ppo_score_end'])}, "
+            f"KL {_fmt(f['ppo_kl_end'])}"
+        )
         win = f["labeler_win_rate"]
         if win.get("n"):
             low, high = win["ci95"]
-            self.echo(f"  PPO vs SFT (labelers)  win rate {win['win_rate']:.1%} [95% CI {low:.1%}, {high:.1%}] "
-                      f"over {win['n']} comparisons")
+            self.echo(
+                f"  PPO vs SFT (labelers)  win rate {win['win_rate']:.1%} [95% CI {low:.1%}, {high:.1%}] "
+                f"over {win['n']} comparisons"
+            )
         if f["reward_model_win_rate"] is not None:
             self.echo(f"  PPO vs SFT (reward model) win rate {f['reward_model_win_rate']:.1%}")
         self.echo(f"Open the dashboard to see the lineage and the plots: /admin/projects/{result.project_id}")
@@ -248,11 +311,14 @@ class Demo:
     # -- the worker -------------------------------------------------------------------------------
 
     def _start_worker(self) -> None:
-        env = {**os.environ, "DATABASE_URL": self.settings.db_url,
-               "INSTRUCTLOOP_DATA_DIR": str(self.settings.data_dir)}
+        env = {**os.environ, "DATABASE_URL": self.settings.db_url, "INSTRUCTLOOP_DATA_DIR": str(self.settings.data_dir)}
         log = open(self.settings.data_dir / "demo-worker.log", "ab")  # noqa: SIM115 (lives as long as the worker)
-        self.worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--poll-interval", "0.5"],
-                                       env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.worker = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "worker", "--poll-interval", "0.5"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         self.echo(f"Started a worker (pid {self.worker.pid}); its log: {self.settings.data_dir / 'demo-worker.log'}")
 
     def _stop_worker(self) -> None:
@@ -266,13 +332,17 @@ class Demo:
 
 
 def _last_metrics(session, run_id: int) -> str:
-    row = session.execute(select(RunMetric.step).where(RunMetric.run_id == run_id)
-                          .order_by(RunMetric.step.desc()).limit(1)).first()
+    row = session.execute(
+        select(RunMetric.step).where(RunMetric.run_id == run_id).order_by(RunMetric.step.desc()).limit(1)
+    ).first()
     if row is None:
         return ""
-    values = session.execute(select(RunMetric.name, RunMetric.value)
-                             .where(RunMetric.run_id == run_id, RunMetric.step == row.step)).all()
-    shown = [f"{n}={v:.3g}" for n, v in values if n in ("loss", "valid_loss", "accuracy", "valid_accuracy", "score", "kl")]
+    values = session.execute(
+        select(RunMetric.name, RunMetric.value).where(RunMetric.run_id == run_id, RunMetric.step == row.step)
+    ).all()
+    shown = [
+        f"{n}={v:.3g}" for n, v in values if n in ("loss", "valid_loss", "accuracy", "valid_accuracy", "score", "kl")
+    ]
     return " ".join(shown)
 
 
@@ -308,8 +378,9 @@ class ProgressBar:
         self.echo(line)
 
 
-def run_demo(settings: Settings, profile: str = "cpu", *, echo: Echo = print, seed: int = 0,
-             start_worker: bool = True) -> DemoResult:
+def run_demo(
+    settings: Settings, profile: str = "cpu", *, echo: Echo = print, seed: int = 0, start_worker: bool = True
+) -> DemoResult:
     if profile not in PROFILES:
         raise ValueError(f"Unknown profile {profile!r}; use one of {', '.join(PROFILES)}.")
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)

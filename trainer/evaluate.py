@@ -9,8 +9,9 @@ from trainer import modeling
 def score_pairs(model, tokenizer, pairs: list[tuple[str, str, bool]]) -> torch.Tensor:
     """Reward scores of (prompt, answer, ended) triples, encoded as the reward model was trained
     (prompt template + answer + its end token when it ended), right-padded."""
-    rows = [modeling.encode_prompt(tokenizer, p) + modeling.encode_completion(tokenizer, a, ended=e)
-            for p, a, e in pairs]
+    rows = [
+        modeling.encode_prompt(tokenizer, p) + modeling.encode_completion(tokenizer, a, ended=e) for p, a, e in pairs
+    ]
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit:
         rows = [r[-limit:] for r in rows]
@@ -18,6 +19,6 @@ def score_pairs(model, tokenizer, pairs: list[tuple[str, str, bool]]) -> torch.T
     input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
-        input_ids[i, :len(r)] = torch.tensor(r)
-        attention_mask[i, :len(r)] = 1
+        input_ids[i, : len(r)] = torch.tensor(r)
+        attention_mask[i, : len(r)] = 1
     return model(input_ids.to(model.device), attention_mask.to(model.device)).float().cpu()

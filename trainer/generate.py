@@ -29,8 +29,9 @@ def context_length(model) -> int | None:
     return getattr(model.config, "max_position_embeddings", None)
 
 
-def split_by_length(model, tokenizer, prompts: list[PromptItem], max_new_tokens: int
-                    ) -> tuple[list[PromptItem], list[PromptItem]]:
+def split_by_length(
+    model, tokenizer, prompts: list[PromptItem], max_new_tokens: int
+) -> tuple[list[PromptItem], list[PromptItem]]:
     """(prompts that fit, prompts too long for the context with max_new_tokens of answer)."""
     limit = context_length(model)
     if not limit:
@@ -43,9 +44,19 @@ def split_by_length(model, tokenizer, prompts: list[PromptItem], max_new_tokens:
 
 
 @torch.no_grad()
-def sample_batches(model, tokenizer, prompts: list[str], *, k: int, temperature: float, top_p: float,
-                   max_new_tokens: int, seed: int, batch_size: int,
-                   should_stop: Callable[[], bool] | None = None) -> Iterator[tuple[int, list[list[Sample]]]]:
+def sample_batches(
+    model,
+    tokenizer,
+    prompts: list[str],
+    *,
+    k: int,
+    temperature: float,
+    top_p: float,
+    max_new_tokens: int,
+    seed: int,
+    batch_size: int,
+    should_stop: Callable[[], bool] | None = None,
+) -> Iterator[tuple[int, list[list[Sample]]]]:
     """Yields (index of the batch's first prompt, K samples per prompt of the batch), batch by batch;
     stops between batches when should_stop() says so."""
     model.eval()
@@ -55,20 +66,28 @@ def sample_batches(model, tokenizer, prompts: list[str], *, k: int, temperature:
     for start in range(0, len(prompts), batch_size):
         if should_stop is not None and should_stop():
             return
-        chunk = prompts[start:start + batch_size]
+        chunk = prompts[start : start + batch_size]
         encoded = [modeling.encode_prompt(tokenizer, p) for p in chunk]
         width = max(len(ids) for ids in encoded)
         input_ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
         for row, ids in enumerate(encoded):
-            input_ids[row, width - len(ids):] = torch.tensor(ids)
-            attention_mask[row, width - len(ids):] = 1
+            input_ids[row, width - len(ids) :] = torch.tensor(ids)
+            attention_mask[row, width - len(ids) :] = 1
         torch.manual_seed(seed + start)  # per batch, so resuming or re-batching keeps the stream
         output = model.generate(
-            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-            do_sample=True, temperature=temperature, top_p=top_p, top_k=0, repetition_penalty=1.0,
-            max_new_tokens=max_new_tokens, num_return_sequences=k, use_cache=True,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=ends,
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask.to(device),
+            do_sample=True,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=0,
+            repetition_penalty=1.0,
+            max_new_tokens=max_new_tokens,
+            num_return_sequences=k,
+            use_cache=True,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=ends,
         )
         generated = output[:, width:].cpu()
         samples: list[list[Sample]] = []

@@ -28,8 +28,11 @@ from trainer.worker import Outcome, RunContext, VersionInfo, free_memory
 def _model_options(config) -> dict:
     """How to load the model a run trains: its dtype follows the run's precision (fp32 master weights
     unless bf16-pure), then checkpointing and LoRA."""
-    return {"gradient_checkpointing": bool(getattr(config, "gradient_checkpointing", False)),
-            "lora_r": int(getattr(config, "lora_r", 0) or 0), "dtype": load_dtype(config.precision)}
+    return {
+        "gradient_checkpointing": bool(getattr(config, "gradient_checkpointing", False)),
+        "lora_r": int(getattr(config, "lora_r", 0) or 0),
+        "dtype": load_dtype(config.precision),
+    }
 
 
 def _seed(config) -> None:
@@ -71,8 +74,16 @@ def run_reward(ctx: RunContext) -> Outcome:
     _seed(config)
     model = modeling.ScalarHeadModel.from_causal_lm(source, device=ctx.device, **_model_options(config))
     ctx.checkpoint()
-    result = train_reward(model, tokenizer, train, valid, config, demonstrations=demonstrations,
-                          on_metrics=ctx.on_metrics, should_stop=ctx.should_stop)
+    result = train_reward(
+        model,
+        tokenizer,
+        train,
+        valid,
+        config,
+        demonstrations=demonstrations,
+        on_metrics=ctx.on_metrics,
+        should_stop=ctx.should_stop,
+    )
     ctx.checkpoint()
     folder = ctx.artifact_dir()
     model.save_pretrained(folder, tokenizer=tokenizer)
@@ -104,14 +115,28 @@ def run_ppo(ctx: RunContext) -> Outcome:
     policy = modeling.load_causal_lm(policy_source, device=ctx.device, **_model_options(config))
     ref_policy = None if config.lora_r else modeling.load_causal_lm(policy_source, device=frozen_device)
     reward_model = modeling.ScalarHeadModel.from_pretrained(reward_source, device=frozen_device)
-    value_model = modeling.ScalarHeadModel.from_pretrained(reward_source, device=ctx.device, lora_r=config.value_lora_r,
-                                                           gradient_checkpointing=config.gradient_checkpointing,
-                                                           dtype=_model_options(config)["dtype"])
+    value_model = modeling.ScalarHeadModel.from_pretrained(
+        reward_source,
+        device=ctx.device,
+        lora_r=config.value_lora_r,
+        gradient_checkpointing=config.gradient_checkpointing,
+        dtype=_model_options(config)["dtype"],
+    )
     ctx.checkpoint()
     try:
-        result = train_ppo(policy, ref_policy, reward_model, value_model, tokenizer, [p.text for p in prompts], config,
-                           ptx=ptx, on_metrics=ctx.on_metrics, should_stop=ctx.should_stop,
-                           reward_tokenizer=reward_tokenizer)
+        result = train_ppo(
+            policy,
+            ref_policy,
+            reward_model,
+            value_model,
+            tokenizer,
+            [p.text for p in prompts],
+            config,
+            ptx=ptx,
+            on_metrics=ctx.on_metrics,
+            should_stop=ctx.should_stop,
+            reward_tokenizer=reward_tokenizer,
+        )
     except TrainingDiverged as exc:
         # train_ppo put back the weights of the last good step: keep them for a look (not registered).
         folder = ctx.artifact_dir()
@@ -121,28 +146,50 @@ def run_ppo(ctx: RunContext) -> Outcome:
     ctx.checkpoint()
     folder = ctx.artifact_dir()
     modeling.save_causal_lm(policy, tokenizer, folder)
-    return Outcome(summary=result, model_kind=ModelKind.ppo, artifact=folder,
-                   parent_ids=[policy_version.id, reward_version.id], metrics=result)
+    return Outcome(
+        summary=result,
+        model_kind=ModelKind.ppo,
+        artifact=folder,
+        parent_ids=[policy_version.id, reward_version.id],
+        metrics=result,
+    )
 
 
 def check_same_tokenizer(policy_tokenizer, reward_tokenizer, policy: VersionInfo, reward: VersionInfo) -> None:
     """The reward model reads the policy's tokens: both must use the same vocabulary."""
     if policy_tokenizer.get_vocab() != reward_tokenizer.get_vocab():
-        raise ValueError(f"The reward model (version {reward.id}, {reward.name}) uses another tokenizer than the "
-                         f"policy (version {policy.id}, {policy.name}); train the reward model from the same "
-                         "model family as the policy.")
+        raise ValueError(
+            f"The reward model (version {reward.id}, {reward.name}) uses another tokenizer than the "
+            f"policy (version {policy.id}, {policy.name}); train the reward model from the same "
+            "model family as the policy."
+        )
 
 
 def generation_settings(config, *, ended_with_eos: bool, num_tokens: int, run_id: int) -> dict:
-    return {"temperature": config.temperature, "top_p": config.top_p, "max_new_tokens": config.max_new_tokens,
-            "seed": config.seed, "ended_with_eos": ended_with_eos, "num_tokens": num_tokens, "run_id": run_id}
+    return {
+        "temperature": config.temperature,
+        "top_p": config.top_p,
+        "max_new_tokens": config.max_new_tokens,
+        "seed": config.seed,
+        "ended_with_eos": ended_with_eos,
+        "num_tokens": num_tokens,
+        "run_id": run_id,
+    }
 
 
 def store_completions(session, prompt_id: int, version, samples: list[Sample], config, run_id: int) -> list[Completion]:
-    rows = [Completion(prompt_id=prompt_id, model_version_id=version.id, source=version.name[:200], text=s.text,
-                       generation=generation_settings(config, ended_with_eos=s.ended_with_eos,
-                                                      num_tokens=s.num_tokens, run_id=run_id))
-            for s in samples]
+    rows = [
+        Completion(
+            prompt_id=prompt_id,
+            model_version_id=version.id,
+            source=version.name[:200],
+            text=s.text,
+            generation=generation_settings(
+                config, ended_with_eos=s.ended_with_eos, num_tokens=s.num_tokens, run_id=run_id
+            ),
+        )
+        for s in samples
+    ]
     session.add_all(rows)
     session.flush()
     return rows
@@ -157,8 +204,12 @@ def run_generate(ctx: RunContext) -> Outcome:
         project = session.get(Project, ctx.project_id)
         k = config.k or project.k
         prompts, snapshot = snapshot_prompts(
-            session, ctx.project_id, [config.split], limit=config.limit,
-            without_task_kind=TaskKind.ranking if config.new_prompts_only else None)
+            session,
+            ctx.project_id,
+            [config.split],
+            limit=config.limit,
+            without_task_kind=TaskKind.ranking if config.new_prompts_only else None,
+        )
     if not 2 <= k <= 9:
         raise ValueError(f"K must be between 2 and 9 outputs per prompt; the project's K is {k}: set k in the config.")
     version = ctx.input_version(0)
@@ -170,41 +221,67 @@ def run_generate(ctx: RunContext) -> Outcome:
     ctx.checkpoint()
     prompts, too_long = split_by_length(model, tokenizer, prompts, config.max_new_tokens)
     if too_long:
-        snapshot.notes.append(f"Skipped {len(too_long)} prompt(s) longer than the context with max_new_tokens="
-                              f"{config.max_new_tokens}: ids {[p.id for p in too_long][:20]}.")
+        snapshot.notes.append(
+            f"Skipped {len(too_long)} prompt(s) longer than the context with max_new_tokens="
+            f"{config.max_new_tokens}: ids {[p.id for p in too_long][:20]}."
+        )
         snapshot.keep_prompts([p.id for p in prompts])
     if not prompts:
-        raise ValueError("Every selected prompt is too long for the model's context with "
-                         f"max_new_tokens={config.max_new_tokens}; lower max_new_tokens or use shorter prompts.")
+        raise ValueError(
+            "Every selected prompt is too long for the model's context with "
+            f"max_new_tokens={config.max_new_tokens}; lower max_new_tokens or use shorter prompts."
+        )
     ctx.set_snapshot(snapshot)
 
     total = len(prompts)
     made_tasks, completions, ended = 0, 0, 0
-    batches = sample_batches(model, tokenizer, [p.text for p in prompts], k=k, temperature=config.temperature,
-                             top_p=config.top_p, max_new_tokens=config.max_new_tokens, seed=config.seed,
-                             batch_size=config.batch_size, should_stop=ctx.should_stop)
+    batches = sample_batches(
+        model,
+        tokenizer,
+        [p.text for p in prompts],
+        k=k,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        max_new_tokens=config.max_new_tokens,
+        seed=config.seed,
+        batch_size=config.batch_size,
+        should_stop=ctx.should_stop,
+    )
     for start, samples in batches:
         with ctx.session() as session:
             project = session.get(Project, ctx.project_id)
-            for item, outputs in zip(prompts[start:start + len(samples)], samples, strict=True):
+            for item, outputs in zip(prompts[start : start + len(samples)], samples, strict=True):
                 prompt = session.get(Prompt, item.id)
                 if prompt is None:  # deleted while the run sampled
                     continue
                 rows = store_completions(session, prompt.id, version, outputs, config, ctx.run_id)
-                tasks.create_ranking_task(session, project, prompt, [r.id for r in rows], priority=config.priority,
-                                          source_run_id=ctx.run_id)
+                tasks.create_ranking_task(
+                    session, project, prompt, [r.id for r in rows], priority=config.priority, source_run_id=ctx.run_id
+                )
                 made_tasks += 1
                 completions += len(rows)
                 ended += sum(s.ended_with_eos for s in outputs)
         done = start + len(samples)
         batch_outputs = [s for outputs in samples for s in outputs]
-        ctx.on_metrics(done, total, {
-            "eos_fraction": sum(s.ended_with_eos for s in batch_outputs) / len(batch_outputs),
-            "mean_tokens": sum(s.num_tokens for s in batch_outputs) / len(batch_outputs),
-        })
-    return Outcome(summary={"prompts": total, "ranking_tasks": made_tasks, "completions": completions, "k": k,
-                            "eos_fraction": ended / completions if completions else 0.0,
-                            "model_version_id": version.id, "config": config_to_dict(config)})
+        ctx.on_metrics(
+            done,
+            total,
+            {
+                "eos_fraction": sum(s.ended_with_eos for s in batch_outputs) / len(batch_outputs),
+                "mean_tokens": sum(s.num_tokens for s in batch_outputs) / len(batch_outputs),
+            },
+        )
+    return Outcome(
+        summary={
+            "prompts": total,
+            "ranking_tasks": made_tasks,
+            "completions": completions,
+            "k": k,
+            "eos_fraction": ended / completions if completions else 0.0,
+            "model_version_id": version.id,
+            "config": config_to_dict(config),
+        }
+    )
 
 
 def run_evaluate(ctx: RunContext) -> Outcome:
@@ -231,24 +308,41 @@ def run_evaluate(ctx: RunContext) -> Outcome:
         ctx.checkpoint()
         fit, too_long = split_by_length(model, tokenizer, prompts, config.max_new_tokens)
         if too_long:
-            snapshot.notes.append(f"Model version {version.id}: skipped {len(too_long)} prompt(s) too long for "
-                                  f"its context: ids {[p.id for p in too_long][:20]}.")
+            snapshot.notes.append(
+                f"Model version {version.id}: skipped {len(too_long)} prompt(s) too long for "
+                f"its context: ids {[p.id for p in too_long][:20]}."
+            )
         prompts = fit
         answers[version.id] = {}
-        batches = sample_batches(model, tokenizer, [p.text for p in prompts], k=1, temperature=config.temperature,
-                                 top_p=config.top_p, max_new_tokens=config.max_new_tokens, seed=config.seed,
-                                 batch_size=config.batch_size, should_stop=ctx.should_stop)
+        batches = sample_batches(
+            model,
+            tokenizer,
+            [p.text for p in prompts],
+            k=1,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            max_new_tokens=config.max_new_tokens,
+            seed=config.seed,
+            batch_size=config.batch_size,
+            should_stop=ctx.should_stop,
+        )
         for start, samples in batches:
             with ctx.session() as session:
-                for item, outputs in zip(prompts[start:start + len(samples)], samples, strict=True):
+                for item, outputs in zip(prompts[start : start + len(samples)], samples, strict=True):
                     (row,) = store_completions(session, item.id, version, outputs, config, ctx.run_id)
                     answers[version.id][item.id] = row.id
                     texts[row.id] = row.text
                     ended[row.id] = bool(row.generation.get("ended_with_eos", True))
-            ctx.on_metrics(turn * steps_total // 2 + start + len(samples), steps_total, {
-                f"eos_fraction_{'candidate' if turn == 0 else 'baseline'}":
-                    sum(s[0].ended_with_eos for s in samples) / len(samples),
-            })
+            ctx.on_metrics(
+                turn * steps_total // 2 + start + len(samples),
+                steps_total,
+                {
+                    f"eos_fraction_{'candidate' if turn == 0 else 'baseline'}": sum(
+                        s[0].ended_with_eos for s in samples
+                    )
+                    / len(samples),
+                },
+            )
         del model
         free_memory()
         ctx.checkpoint()
@@ -270,23 +364,47 @@ def run_evaluate(ctx: RunContext) -> Outcome:
             a, b = (mine, theirs) if candidate_is_a else (theirs, mine)
             if prompt is None:
                 continue
-            task = tasks.create_comparison_task(session, project, prompt, a, b, priority=config.priority,
-                                                source_run_id=ctx.run_id)
+            task = tasks.create_comparison_task(
+                session, project, prompt, a, b, priority=config.priority, source_run_id=ctx.run_id
+            )
             pairs.append({"task_id": task.id, "prompt_id": item.id, "a": a, "b": b, "candidate_is_a": candidate_is_a})
-    summary = {"prompts": len(pairs), "comparison_tasks": len(pairs), "candidate_model_id": candidate.id,
-               "baseline_model_id": baseline.id, "pairs": pairs, "config": config_to_dict(config)}
+    summary = {
+        "prompts": len(pairs),
+        "comparison_tasks": len(pairs),
+        "candidate_model_id": candidate.id,
+        "baseline_model_id": baseline.id,
+        "pairs": pairs,
+        "config": config_to_dict(config),
+    }
 
     # 4. The reward model's verdict.
     if reward is not None:
-        summary["reward_model"] = reward_win_rate(ctx, reward, prompts, answers[candidate.id], answers[baseline.id],
-                                                  texts, ended, batch_size=config.batch_size)
+        summary["reward_model"] = reward_win_rate(
+            ctx,
+            reward,
+            prompts,
+            answers[candidate.id],
+            answers[baseline.id],
+            texts,
+            ended,
+            batch_size=config.batch_size,
+        )
         ctx.on_metrics(steps_total, steps_total, {"reward_win_rate": summary["reward_model"]["win_rate"]})
     return Outcome(summary=summary)
 
 
 @torch.no_grad()
-def reward_win_rate(ctx, reward, prompts, candidate_answers: dict[int, int], baseline_answers: dict[int, int],
-                    texts: dict[int, str], ended: dict[int, bool], *, batch_size: int) -> dict:
+def reward_win_rate(
+    ctx,
+    reward,
+    prompts,
+    candidate_answers: dict[int, int],
+    baseline_answers: dict[int, int],
+    texts: dict[int, str],
+    ended: dict[int, bool],
+    *,
+    batch_size: int,
+) -> dict:
     source = ctx.resolve(reward)
     tokenizer = ctx.load_tokenizer(source)
     model = modeling.ScalarHeadModel.from_pretrained(source, device=ctx.device)
@@ -295,11 +413,11 @@ def reward_win_rate(ctx, reward, prompts, candidate_answers: dict[int, int], bas
     margins = []
     for start in range(0, len(prompts), batch_size):
         ctx.checkpoint()
-        chunk = prompts[start:start + batch_size]
+        chunk = prompts[start : start + batch_size]
         answers = [candidate_answers[p.id] for p in chunk] + [baseline_answers[p.id] for p in chunk]
         pairs = [(p.text, texts[a], ended[a]) for p, a in zip(chunk + chunk, answers, strict=True)]
         scores = score_pairs(model, tokenizer, pairs).tolist()
-        for mine, theirs in zip(scores[:len(chunk)], scores[len(chunk):], strict=True):
+        for mine, theirs in zip(scores[: len(chunk)], scores[len(chunk) :], strict=True):
             margins.append(mine - theirs)
             if abs(mine - theirs) < 1e-6:
                 ties += 1
@@ -309,11 +427,17 @@ def reward_win_rate(ctx, reward, prompts, candidate_answers: dict[int, int], bas
                 losses += 1
     del model
     free_memory()
-    return {**win_rate(wins, losses, ties), "reward_model_id": reward.id,
-            "mean_margin": sum(margins) / len(margins) if margins else None}
+    return {
+        **win_rate(wins, losses, ties),
+        "reward_model_id": reward.id,
+        "mean_margin": sum(margins) / len(margins) if margins else None,
+    }
 
 
 JOBS: dict[RunKind, Callable[[RunContext], Outcome]] = {
-    RunKind.sft: run_sft, RunKind.reward: run_reward, RunKind.ppo: run_ppo,
-    RunKind.generate: run_generate, RunKind.evaluate: run_evaluate,
+    RunKind.sft: run_sft,
+    RunKind.reward: run_reward,
+    RunKind.ppo: run_ppo,
+    RunKind.generate: run_generate,
+    RunKind.evaluate: run_evaluate,
 }

@@ -54,7 +54,9 @@ def resolve_model_source(name_or_path: str, cache_dir: Path) -> str:
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
-            raise ValueError(f"model folder {str(path)!r} has no config.json: point to a folder written by save_pretrained")
+            raise ValueError(
+                f"model folder {str(path)!r} has no config.json: point to a folder written by save_pretrained"
+            )
         return str(path)
     if name.startswith(("/", ".", "~")) or name.count("/") > 1:
         raise ValueError(f"model folder {name!r} does not exist: check the path, or use {DEFAULT_MODEL!r}")
@@ -190,7 +192,8 @@ def template_end_id(tokenizer) -> int | None:
         found = None
         try:
             text = tokenizer.apply_chat_template(
-                [{"role": "user", "content": "x"}, {"role": "assistant", "content": _ANSWER_MARKER}], tokenize=False)
+                [{"role": "user", "content": "x"}, {"role": "assistant", "content": _ANSWER_MARKER}], tokenize=False
+            )
         except Exception:  # a template that refuses this conversation: no end token to learn from it
             text = ""
         if _ANSWER_MARKER in text:
@@ -283,9 +286,7 @@ def load_causal_lm(
     wrapped with LoRA adapters of rank `lora_r` when it is > 0. Save it with save_causal_lm."""
     device = torch.device(device)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype or pick_dtype(device), **NO_REMOTE_CODE)
-    model = _prepare(
-        model, source, gradient_checkpointing=gradient_checkpointing, lora_r=lora_r, task_type="CAUSAL_LM"
-    )
+    model = _prepare(model, source, gradient_checkpointing=gradient_checkpointing, lora_r=lora_r, task_type="CAUSAL_LM")
     return model.to(device)
 
 
@@ -395,20 +396,28 @@ class ScalarHeadModel(torch.nn.Module):
             )
             model.head.load_state_dict(load_file(folder / HEAD_WEIGHTS))
             return model
-        config = AutoConfig.from_pretrained(str(folder), **NO_REMOTE_CODE) if (folder / "config.json").is_file() else None
+        config = (
+            AutoConfig.from_pretrained(str(folder), **NO_REMOTE_CODE) if (folder / "config.json").is_file() else None
+        )
         if config is None or not any(a.endswith("ForSequenceClassification") for a in config.architectures or ()):
             raise ValueError(f"{folder} is not a reward/value model folder (no sequence-classification model in it)")
         device = torch.device(device) if device is not None else pick_device()
         classifier = AutoModelForSequenceClassification.from_pretrained(
-            str(folder), dtype=dtype or pick_dtype(device), **NO_REMOTE_CODE)
+            str(folder), dtype=dtype or pick_dtype(device), **NO_REMOTE_CODE
+        )
         backbone = getattr(classifier, classifier.base_model_prefix)
         score = _score_layer(classifier)
         head = torch.nn.Linear(score.in_features, 1)
         with torch.no_grad():
             head.weight.copy_(score.weight.float())
             head.bias.fill_(float(score.bias) if score.bias is not None else getattr(config, SCORE_OFFSET, 0.0))
-        backbone = _prepare(backbone, str(folder), gradient_checkpointing=gradient_checkpointing, lora_r=lora_r,
-                            task_type="FEATURE_EXTRACTION")
+        backbone = _prepare(
+            backbone,
+            str(folder),
+            gradient_checkpointing=gradient_checkpointing,
+            lora_r=lora_r,
+            task_type="FEATURE_EXTRACTION",
+        )
         return cls(backbone.to(device), head=head)
 
     @property

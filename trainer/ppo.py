@@ -178,8 +178,8 @@ def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-        mask[i, width - len(r):] = 1
+        ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r) :] = 1
     return ids, mask
 
 
@@ -189,14 +189,19 @@ def positions(mask: torch.Tensor) -> torch.Tensor:
 
 def policy_logits(model, ids: torch.Tensor, mask: torch.Tensor, response_len: int) -> torch.Tensor:
     """Logits that predict the last `response_len` tokens of `ids` (the LM head runs on those only)."""
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), use_cache=False,
-                logits_to_keep=response_len + 1)
+    out = model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=positions(mask),
+        use_cache=False,
+        logits_to_keep=response_len + 1,
+    )
     return out.logits[:, :-1]
 
 
 def token_values(value_model, ids: torch.Tensor, mask: torch.Tensor, response_len: int) -> torch.Tensor:
     """V(prompt + response[:t]) for each response position t: the value head at the token before it."""
-    return value_model(ids, mask, per_token=True)[:, -response_len - 1:-1].float()
+    return value_model(ids, mask, per_token=True)[:, -response_len - 1 : -1].float()
 
 
 def sampling_settings(config: PPOConfig, eos_id: list[int], pad_id: int) -> dict:
@@ -204,10 +209,23 @@ def sampling_settings(config: PPOConfig, eos_id: list[int], pad_id: int) -> dict
     distribution whose log-probs PPO computes. generate() fills any setting left unset from the
     model's generation_config (a hub model may ship top_k, repetition_penalty, min_new_tokens...),
     and each of those would make the sampled tokens come from another distribution."""
-    return dict(do_sample=True, temperature=config.temperature, top_p=config.top_p, top_k=0, min_p=0.0,
-                typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0, repetition_penalty=1.0, no_repeat_ngram_size=0,
-                min_new_tokens=0, max_new_tokens=config.max_new_tokens, eos_token_id=eos_id, pad_token_id=pad_id,
-                use_cache=True)
+    return dict(
+        do_sample=True,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        top_k=0,
+        min_p=0.0,
+        typical_p=1.0,
+        epsilon_cutoff=0.0,
+        eta_cutoff=0.0,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        min_new_tokens=0,
+        max_new_tokens=config.max_new_tokens,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+        use_cache=True,
+    )
 
 
 def trim(query_mask: torch.Tensor, response_mask: torch.Tensor) -> tuple[int, int]:
@@ -238,8 +256,9 @@ def model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def check_inputs(policy, ref_policy, reward_model, value_model, tokenizer, prompt_ids, ptx_ids, config,
-                 reward_tokenizer, reward_fn) -> None:
+def check_inputs(
+    policy, ref_policy, reward_model, value_model, tokenizer, prompt_ids, ptx_ids, config, reward_tokenizer, reward_fn
+) -> None:
     """Bad input as ValueError with what to fix, before any work is done."""
     problems = config.problems()
     if problems:
@@ -249,11 +268,16 @@ def check_inputs(policy, ref_policy, reward_model, value_model, tokenizer, promp
     if (reward_model is None) == (reward_fn is None):
         raise ValueError("Give exactly one of reward_model (a ScalarHeadModel) or reward_fn (a programmatic reward).")
     if ref_policy is None and not hasattr(policy, "disable_adapter"):
-        raise ValueError("ref_policy is required unless the policy has LoRA adapters (lora_r > 0), whose "
-                         "base model then serves as the reference.")
-    if tokenizer.pad_token_id is None or tokenizer.pad_token_id in end_ids(tokenizer, getattr(policy, "generation_config", None)):
-        raise ValueError("The tokenizer needs a pad token distinct from every end token (use "
-                         "trainer.modeling.load_tokenizer).")
+        raise ValueError(
+            "ref_policy is required unless the policy has LoRA adapters (lora_r > 0), whose "
+            "base model then serves as the reference."
+        )
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id in end_ids(
+        tokenizer, getattr(policy, "generation_config", None)
+    ):
+        raise ValueError(
+            "The tokenizer needs a pad token distinct from every end token (use trainer.modeling.load_tokenizer)."
+        )
     context = getattr(policy.config, "max_position_embeddings", None)
     if context:
         for i, ids in enumerate(prompt_ids):
@@ -261,15 +285,20 @@ def check_inputs(policy, ref_policy, reward_model, value_model, tokenizer, promp
                 raise ValueError(
                     f"Prompt {i} is {len(ids)} tokens long; with max_new_tokens={config.max_new_tokens} it needs "
                     f"{len(ids) + config.max_new_tokens} positions but the model's context is {context}. "
-                    f"Shorten or drop the prompt, or lower max_new_tokens.")
+                    f"Shorten or drop the prompt, or lower max_new_tokens."
+                )
         for i, (p, c) in enumerate(ptx_ids):
             if len(p) + len(c) > context:
-                raise ValueError(f"Demonstration {i} for ptx is {len(p) + len(c)} tokens long, past the model's "
-                                 f"context of {context}; shorten or drop it.")
+                raise ValueError(
+                    f"Demonstration {i} for ptx is {len(p) + len(c)} tokens long, past the model's "
+                    f"context of {context}; shorten or drop it."
+                )
     vocab = policy.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > vocab:
-        raise ValueError(f"The tokenizer has {len(tokenizer)} tokens but the policy only {vocab} embeddings: "
-                         f"they do not belong together.")
+        raise ValueError(
+            f"The tokenizer has {len(tokenizer)} tokens but the policy only {vocab} embeddings: "
+            f"they do not belong together."
+        )
     for name, model in (("reward model", reward_model), ("value model", value_model)):
         if model is None:
             continue
@@ -278,19 +307,26 @@ def check_inputs(policy, ref_policy, reward_model, value_model, tokenizer, promp
             raise ValueError(
                 f"The {name} has a vocabulary of {other} tokens and the policy {vocab}: it comes from another "
                 f"tokenizer family, so it would read the policy's tokens as different words. Train the reward "
-                f"model from the SFT model (or the same base model).")
+                f"model from the SFT model (or the same base model)."
+            )
         for special in ("eos_token_id", "bos_token_id"):
             mine, theirs = getattr(tokenizer, special, None), getattr(model.config, special, None)
             if isinstance(theirs, int) and mine is not None and theirs != mine:
-                raise ValueError(f"The {name}'s {special} is {theirs} but the policy tokenizer's is {mine}: it "
-                                 f"comes from another tokenizer family. Train it from the SFT model.")
+                raise ValueError(
+                    f"The {name}'s {special} is {theirs} but the policy tokenizer's is {mine}: it "
+                    f"comes from another tokenizer family. Train it from the SFT model."
+                )
     if reward_tokenizer is not None:
-        same_specials = all(getattr(reward_tokenizer, s, None) == getattr(tokenizer, s, None)
-                            for s in ("eos_token", "bos_token", "pad_token"))
+        same_specials = all(
+            getattr(reward_tokenizer, s, None) == getattr(tokenizer, s, None)
+            for s in ("eos_token", "bos_token", "pad_token")
+        )
         if reward_tokenizer.get_vocab() != tokenizer.get_vocab() or not same_specials:
-            raise ValueError("The reward model's tokenizer differs from the policy's (vocabulary or special "
-                             "tokens): it comes from another tokenizer family. Train the reward model from the "
-                             "SFT model (or the same base model) so both read the same tokens.")
+            raise ValueError(
+                "The reward model's tokenizer differs from the policy's (vocabulary or special "
+                "tokens): it comes from another tokenizer family. Train the reward model from the "
+                "SFT model (or the same base model) so both read the same tokens."
+            )
 
 
 def adamw(params: list, lr: float) -> torch.optim.Optimizer:
@@ -309,8 +345,10 @@ def diverged(message: str, policy, good_state: dict | None, good_step: int) -> T
             for name, param in policy.named_parameters():
                 if name in good_state:
                     param.copy_(good_state[name].to(param.device))
-    error = TrainingDiverged(f"{message} The policy was put back to its weights after step {good_step}, the last "
-                             f"good one; save it as the last good checkpoint.")
+    error = TrainingDiverged(
+        f"{message} The policy was put back to its weights after step {good_step}, the last "
+        f"good one; save it as the last good checkpoint."
+    )
     error.last_good_step = good_step
     return error
 
@@ -356,8 +394,18 @@ def train_ppo(
     # 0. Tokenize and check everything before any work; freeze the frozen, switch dropout off.
     prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
     ptx_ids = [(encode_prompt(tokenizer, ex.prompt), encode_completion(tokenizer, ex.completion)) for ex in ptx]
-    check_inputs(policy, ref_policy, reward_model, value_model, tokenizer, prompt_ids, ptx_ids, config,
-                 reward_tokenizer, reward_fn)
+    check_inputs(
+        policy,
+        ref_policy,
+        reward_model,
+        value_model,
+        tokenizer,
+        prompt_ids,
+        ptx_ids,
+        config,
+        reward_tokenizer,
+        reward_fn,
+    )
     device = model_device(policy)
     pad_id, eos_id = tokenizer.pad_token_id, end_ids(tokenizer, getattr(policy, "generation_config", None))
     for model in (policy, ref_policy, reward_model, value_model):
@@ -408,9 +456,11 @@ def train_ppo(
         responses = []
         with torch.no_grad(), precision.autocast():
             for lo in range(0, len(batch), config.forward_batch_size):
-                out = policy.generate(input_ids=queries[lo:lo + config.forward_batch_size],
-                                      attention_mask=query_mask[lo:lo + config.forward_batch_size],
-                                      **sampling_settings(config, eos_id, pad_id))
+                out = policy.generate(
+                    input_ids=queries[lo : lo + config.forward_batch_size],
+                    attention_mask=query_mask[lo : lo + config.forward_batch_size],
+                    **sampling_settings(config, eos_id, pad_id),
+                )
                 responses.append(out[:, width:])
             length = max(r.shape[1] for r in responses)
             responses = torch.cat([F.pad(r, (0, length - r.shape[1]), value=pad_id) for r in responses])
@@ -459,8 +509,12 @@ def train_ppo(
             if not math.isfinite(mean_kl) or not bool(torch.isfinite(scores).all()):
                 raise diverged(f"Step {step}: non-finite log-probs or scores.", policy, good_state, good_step)
             if mean_kl > config.kl_limit:
-                raise diverged(f"Step {step}: the KL to the reference is {mean_kl:.2f} nats, past kl_limit="
-                               f"{config.kl_limit}.", policy, good_state, good_step)
+                raise diverged(
+                    f"Step {step}: the KL to the reference is {mean_kl:.2f} nats, past kl_limit={config.kl_limit}.",
+                    policy,
+                    good_state,
+                    good_step,
+                )
             penalized = scores - config.missing_eos_penalty * (~ended).float()
             rewards = rewards_with_kl(penalized, kl, mask, config.kl_coef)
             if config.whiten_rewards:
@@ -481,48 +535,65 @@ def train_ppo(
         for _ in range(config.ppo_epochs):
             permutation = torch.randperm(len(batch), device=device)
             for lo in range(0, len(batch), config.minibatch_size):
-                rows = permutation[lo:lo + config.minibatch_size]
+                rows = permutation[lo : lo + config.minibatch_size]
                 first, resp_len = trim(query_mask[rows], response_mask[rows])
-                ids = seqs[rows][:, first:width + resp_len]
-                ids_mask = seq_mask[rows][:, first:width + resp_len]
+                ids = seqs[rows][:, first : width + resp_len]
+                ids_mask = seq_mask[rows][:, first : width + resp_len]
                 mb_mask = mask[rows][:, :resp_len]
                 with precision.autocast():  # the forward passes of this minibatch (backward runs outside)
                     logits = policy_logits(policy, ids, ids_mask, resp_len)
                     new_logprobs = logprobs_from_logits(logits, responses[rows][:, :resp_len], config.temperature)
                     pg_loss, clip_frac, approx_kl = clipped_policy_loss(
-                        new_logprobs, logprobs[rows][:, :resp_len], advantages[rows][:, :resp_len], mb_mask,
-                        config.cliprange)
+                        new_logprobs,
+                        logprobs[rows][:, :resp_len],
+                        advantages[rows][:, :resp_len],
+                        mb_mask,
+                        config.cliprange,
+                    )
                     new_values = token_values(value_model, ids, ids_mask, resp_len)
-                    vf_loss = clipped_value_loss(new_values, values[rows][:, :resp_len], returns[rows][:, :resp_len],
-                                                 mb_mask, config.cliprange_value)
+                    vf_loss = clipped_value_loss(
+                        new_values,
+                        values[rows][:, :resp_len],
+                        returns[rows][:, :resp_len],
+                        mb_mask,
+                        config.cliprange_value,
+                    )
                     loss = pg_loss + config.vf_coef * vf_loss
                     if ptx_ids and config.ptx_coef > 0:
                         # PPO-ptx: the SFT loss (response tokens only) on a batch of demonstrations.
-                        demos = [(p + c, [IGNORE] * len(p) + c) for p, c in
-                                 (ptx_ids[i] for i in take(ptx_queue, config.ptx_batch_size, len(ptx_ids)))]
+                        demos = [
+                            (p + c, [IGNORE] * len(p) + c)
+                            for p, c in (ptx_ids[i] for i in take(ptx_queue, config.ptx_batch_size, len(ptx_ids)))
+                        ]
                         loss_sum, tokens = response_loss_sum(policy, demos, pad_id)
                         ptx_loss = loss_sum / max(tokens, 1)
                         loss = loss + config.ptx_coef * ptx_loss
                         stats["ptx_loss"].append(ptx_loss.detach())
                 if not torch.isfinite(loss):
-                    raise diverged(f"Step {step}: the loss became {float(loss.detach())}.", policy, good_state,
-                                   good_step)
+                    raise diverged(
+                        f"Step {step}: the loss became {float(loss.detach())}.", policy, good_state, good_step
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 precision.backward(loss)
 
                 def clip() -> torch.Tensor:  # called at once by precision.step, in this iteration
                     # Clipped per model: the value loss's large early gradients must not shrink the policy's step.
-                    norm = (torch.nn.utils.clip_grad_norm_(policy_params, config.max_grad_norm)
-                            + torch.nn.utils.clip_grad_norm_(value_params, config.max_grad_norm))
+                    norm = torch.nn.utils.clip_grad_norm_(
+                        policy_params, config.max_grad_norm
+                    ) + torch.nn.utils.clip_grad_norm_(value_params, config.max_grad_norm)
                     # fp16: the scaler skips a step whose gradients overflowed; otherwise it is divergence.
                     if not torch.isfinite(norm) and precision.scaler is None:
-                        raise diverged(f"Step {step}: the gradient norm became {float(norm)}.",  # noqa: B023
-                                       policy, good_state, good_step)  # noqa: B023
+                        message = f"Step {step}: the gradient norm became {float(norm)}."  # noqa: B023
+                        raise diverged(message, policy, good_state, good_step)  # noqa: B023
                     return norm
 
                 precision.step(optimizer, clip)
-                for name, value in (("policy_loss", pg_loss), ("value_loss", vf_loss), ("clip_frac", clip_frac),
-                                    ("approx_kl", approx_kl)):
+                for name, value in (
+                    ("policy_loss", pg_loss),
+                    ("value_loss", vf_loss),
+                    ("clip_frac", clip_frac),
+                    ("approx_kl", approx_kl),
+                ):
                     stats[name].append(value.detach())
             if should_stop is not None and should_stop():
                 stopped = True
@@ -583,19 +654,37 @@ def main(argv: list[str] | None = None) -> None:
     device = pick_device()
     frozen = torch.device("cpu") if config.low_memory else device
     torch.manual_seed(config.seed)
-    policy = load_causal_lm(source, device=device, lora_r=config.lora_r, dtype=load_dtype(config.precision),
-                            gradient_checkpointing=config.gradient_checkpointing)
+    policy = load_causal_lm(
+        source,
+        device=device,
+        lora_r=config.lora_r,
+        dtype=load_dtype(config.precision),
+        gradient_checkpointing=config.gradient_checkpointing,
+    )
     ref = None if config.lora_r else load_causal_lm(source, device=frozen)
     reward = ScalarHeadModel.from_pretrained(args.reward, device=frozen)
-    value = ScalarHeadModel.from_pretrained(args.reward, device=device, lora_r=config.value_lora_r,
-                                            dtype=load_dtype(config.precision),
-                                            gradient_checkpointing=config.gradient_checkpointing)
+    value = ScalarHeadModel.from_pretrained(
+        args.reward,
+        device=device,
+        lora_r=config.value_lora_r,
+        dtype=load_dtype(config.precision),
+        gradient_checkpointing=config.gradient_checkpointing,
+    )
     prompts = [row["prompt"] for row in standalone.read_jsonl(args.prompts)]
     ptx = [SFTExample(row["prompt"], row["completion"]) for row in standalone.read_jsonl(args.ptx)]
     try:
-        result = train_ppo(policy, ref, reward, value, tokenizer, prompts, config, ptx=ptx,
-                           reward_tokenizer=load_tokenizer(args.reward),
-                           on_metrics=standalone.print_metrics)
+        result = train_ppo(
+            policy,
+            ref,
+            reward,
+            value,
+            tokenizer,
+            prompts,
+            config,
+            ptx=ptx,
+            reward_tokenizer=load_tokenizer(args.reward),
+            on_metrics=standalone.print_metrics,
+        )
     except TrainingDiverged as error:  # the policy holds its last good weights: keep them
         save_causal_lm(policy, tokenizer, args.out)
         raise SystemExit(f"{error} Saved to {args.out}.") from None

@@ -87,8 +87,12 @@ def encode_rankings(tokenizer, rankings: list[RankingExample], max_length: int) 
         slot = {i: s for s, i in enumerate(used)}
         prompt_ids = encode_prompt(tokenizer, example.prompt)
         ended = example.ended or [True] * len(example.completions)
-        sequences = [encode_sequence(prompt_ids, encode_completion(tokenizer, example.completions[i], ended=ended[i]),
-                                     max_length) for i in used]
+        sequences = [
+            encode_sequence(
+                prompt_ids, encode_completion(tokenizer, example.completions[i], ended=ended[i]), max_length
+            )
+            for i in used
+        ]
         encoded.append(EncodedRanking(sequences, [(slot[win], slot[lose]) for win, lose in pairs]))
     return encoded
 
@@ -155,8 +159,12 @@ def normalize_bias(model: ScalarHeadModel, tokenizer, demonstrations, max_length
         encode_sequence(encode_prompt(tokenizer, d.prompt), encode_completion(tokenizer, d.completion), max_length)
         for d in demonstrations
     ]
-    scores = torch.cat([score(model, sequences[i : i + batch_size], tokenizer.pad_token_id)
-                        for i in range(0, len(sequences), batch_size)])
+    scores = torch.cat(
+        [
+            score(model, sequences[i : i + batch_size], tokenizer.pad_token_id)
+            for i in range(0, len(sequences), batch_size)
+        ]
+    )
     shift = scores.mean().item()
     model.head.bias -= shift
     model.train(was_training)
@@ -199,8 +207,9 @@ def train_reward(
         total_steps = min(total_steps, config.max_steps)
     precision = for_model(config.precision, model)  # fp32 master weights unless bf16-pure
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=(0.9, 0.95), weight_decay=config.weight_decay,
-                                  fused=True)  # one kernel for all parameters (CPU and GPU)
+    optimizer = torch.optim.AdamW(
+        params, lr=config.learning_rate, betas=(0.9, 0.95), weight_decay=config.weight_decay, fused=True
+    )  # one kernel for all parameters (CPU and GPU)
     schedule = get_cosine_with_min_lr_schedule_with_warmup(
         optimizer,
         num_warmup_steps=round(config.warmup_ratio * total_steps),
@@ -249,15 +258,21 @@ def train_reward(
                 raise TrainingDiverged(
                     f"Reward loss became {loss} at step {step + 1}: lower learning_rate (now {config.learning_rate})."
                 )
-            grad_norm = precision.step(optimizer, lambda: torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)).item()
+            grad_norm = precision.step(
+                optimizer, lambda: torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            ).item()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             train_seconds += time.perf_counter() - step_started
             pairs_done += batch_pairs
             result.update(steps=float(step), train_loss=loss, train_accuracy=correct / batch_pairs)
-            metrics = {"train_loss": loss, "train_accuracy": correct / batch_pairs,
-                       "lr": schedule.get_last_lr()[0], "grad_norm": grad_norm}
+            metrics = {
+                "train_loss": loss,
+                "train_accuracy": correct / batch_pairs,
+                "lr": schedule.get_last_lr()[0],
+                "grad_norm": grad_norm,
+            }
 
             # 5. Held-out pairs every eval_every steps and at the end.
             stopping = should_stop()  # cancel / SIGTERM, polled once per step
@@ -278,8 +293,9 @@ def train_reward(
 
     # 7. Bias: the demonstrations' mean score becomes 0, so rewards are comparable across runs.
     if config.normalize_bias and demonstrations:
-        result["bias_shift"] = normalize_bias(model, tokenizer, list(demonstrations), config.max_length,
-                                              config.eval_batch_size)
+        result["bias_shift"] = normalize_bias(
+            model, tokenizer, list(demonstrations), config.max_length, config.eval_batch_size
+        )
     model.eval()
     return result
 
@@ -297,11 +313,20 @@ def main(argv: list[str] | None = None) -> None:
     source = resolve_model_source(args.model, args.cache)
     tokenizer = load_tokenizer(source)
     torch.manual_seed(config.seed)
-    model = ScalarHeadModel.from_causal_lm(source, device=pick_device(), lora_r=config.lora_r,
-                                           dtype=load_dtype(config.precision),
-                                           gradient_checkpointing=config.gradient_checkpointing)
-    train, valid = ([RankingExample(prompt=r["prompt"], completions=r["completions"], order=r["order"])
-                     for r in standalone.read_jsonl(path)] for path in (args.train, args.valid))
+    model = ScalarHeadModel.from_causal_lm(
+        source,
+        device=pick_device(),
+        lora_r=config.lora_r,
+        dtype=load_dtype(config.precision),
+        gradient_checkpointing=config.gradient_checkpointing,
+    )
+    train, valid = (
+        [
+            RankingExample(prompt=r["prompt"], completions=r["completions"], order=r["order"])
+            for r in standalone.read_jsonl(path)
+        ]
+        for path in (args.train, args.valid)
+    )
     result = train_reward(model, tokenizer, train, valid, config, on_metrics=standalone.print_metrics)
     model.save_pretrained(args.out, tokenizer=tokenizer)
     print(json.dumps(result))

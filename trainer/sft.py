@@ -108,8 +108,9 @@ def train_sft(
         total_steps = min(total_steps, config.max_steps)
     precision = for_model(config.precision, model)  # fp32 master weights unless bf16-pure
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=(0.9, 0.95), weight_decay=config.weight_decay,
-                                  fused=True)  # one kernel for all parameters (CPU and GPU)
+    optimizer = torch.optim.AdamW(
+        params, lr=config.learning_rate, betas=(0.9, 0.95), weight_decay=config.weight_decay, fused=True
+    )  # one kernel for all parameters (CPU and GPU)
     schedule = get_cosine_with_min_lr_schedule_with_warmup(
         optimizer,
         num_warmup_steps=round(config.warmup_ratio * total_steps),
@@ -159,13 +160,20 @@ def train_sft(
                 raise TrainingDiverged(
                     f"SFT loss became {loss} at step {step + 1}: lower learning_rate (now {config.learning_rate})."
                 )
-            grad_norm = precision.step(optimizer, lambda: torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)).item()
+            grad_norm = precision.step(
+                optimizer, lambda: torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            ).item()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             train_seconds += time.perf_counter() - step_started
             result.update(steps=float(step), train_loss=loss, tokens=result["tokens"] + tokens_seen)
-            metrics = {"train_loss": loss, "lr": schedule.get_last_lr()[0], "grad_norm": grad_norm, "tokens": tokens_seen}
+            metrics = {
+                "train_loss": loss,
+                "lr": schedule.get_last_lr()[0],
+                "grad_norm": grad_norm,
+                "tokens": tokens_seen,
+            }
 
             # 6. Held-out loss every eval_every steps (and at the end); remember the best weights.
             stopping = should_stop()  # cancel / SIGTERM, polled once per step
@@ -176,8 +184,9 @@ def train_sft(
                 if metrics["valid_loss"] < best["valid_loss"]:
                     best.update(valid_loss=metrics["valid_loss"], step=step)
                     if config.keep_best and step < total_steps:
-                        best["weights"] = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters()
-                                           if p.requires_grad}
+                        best["weights"] = {
+                            n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad
+                        }
                     elif config.keep_best:
                         best["weights"] = None  # the last weights are the best: nothing to restore
             on_metrics(step, total_steps, metrics)
@@ -216,10 +225,17 @@ def main(argv: list[str] | None = None) -> None:
     source = resolve_model_source(args.model, args.cache)
     tokenizer = load_tokenizer(source)
     torch.manual_seed(config.seed)
-    model = load_causal_lm(source, device=pick_device(), lora_r=config.lora_r, dtype=load_dtype(config.precision),
-                           gradient_checkpointing=config.gradient_checkpointing)
-    train, valid = ([SFTExample(r["prompt"], r["completion"]) for r in standalone.read_jsonl(path)]
-                    for path in (args.train, args.valid))
+    model = load_causal_lm(
+        source,
+        device=pick_device(),
+        lora_r=config.lora_r,
+        dtype=load_dtype(config.precision),
+        gradient_checkpointing=config.gradient_checkpointing,
+    )
+    train, valid = (
+        [SFTExample(r["prompt"], r["completion"]) for r in standalone.read_jsonl(path)]
+        for path in (args.train, args.valid)
+    )
     result = train_sft(model, tokenizer, train, valid, config, on_metrics=standalone.print_metrics)
     save_causal_lm(model, tokenizer, args.out)
     print(json.dumps(result))

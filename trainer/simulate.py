@@ -35,9 +35,14 @@ from app.db import write_session
 from app.models import Project, Prompt, Role, TaskKind, User
 from app.services import ServiceError, accounts, queue, submissions
 
-FRUITS = {"red": ("strawberry", "cherry", "apple", "raspberry"), "blue": ("blueberry",),
-          "green": ("lime", "kiwi", "grape", "apple"), "yellow": ("banana", "lemon", "pineapple"),
-          "purple": ("plum", "grape", "fig"), "orange": ("orange", "mango", "apricot", "peach")}
+FRUITS = {
+    "red": ("strawberry", "cherry", "apple", "raspberry"),
+    "blue": ("blueberry",),
+    "green": ("lime", "kiwi", "grape", "apple"),
+    "yellow": ("banana", "lemon", "pineapple"),
+    "purple": ("plum", "grape", "fig"),
+    "orange": ("orange", "mango", "apricot", "peach"),
+}
 """Fruits of each colour that the simulated labelers accept for the demo's fruit prompts."""
 REFUSALS = re.compile(r"\b(i can(no|')t|i am unable|i'm unable|i won't|as an ai|i'm sorry|i am sorry)\b", re.I)
 WORD = re.compile(r"[A-Za-z0-9']+")
@@ -120,9 +125,11 @@ def likert(score: float, best: float, worst: float) -> int:
     return 1 + round(6 * (score - worst) / (best - worst))
 
 
-PADDED = ["Sure! {answer} Let me know if you have any other questions about this.",
-          "Good question. I think the answer is {answer} but please check it yourself.",
-          "Here is my answer: {answer} I hope that this is helpful to you today."]
+PADDED = [
+    "Sure! {answer} Let me know if you have any other questions about this.",
+    "Good question. I think the answer is {answer} but please check it yourself.",
+    "Here is my answer: {answer} I hope that this is helpful to you today.",
+]
 
 
 @dataclass
@@ -199,16 +206,28 @@ def demonstration_for(prompt: Prompt, demos: dict[str, str]) -> str | None:
     return demos.get(prompt.text.strip()) or prompt.reference
 
 
-def simulate(engine, project_id: int, *, labelers: int = 3, agreement: float = 0.73,
-             kinds: Iterable[TaskKind] = tuple(TaskKind), demos: dict[str, str] | None = None,
-             padding_rate: float = 0.0, default_lease_seconds: int = 1800, seed: int = 0,
-             max_tasks: int | None = None, on_submit=None) -> SimulationReport:
+def simulate(
+    engine,
+    project_id: int,
+    *,
+    labelers: int = 3,
+    agreement: float = 0.73,
+    kinds: Iterable[TaskKind] = tuple(TaskKind),
+    demos: dict[str, str] | None = None,
+    padding_rate: float = 0.0,
+    default_lease_seconds: int = 1800,
+    seed: int = 0,
+    max_tasks: int | None = None,
+    on_submit=None,
+) -> SimulationReport:
     """Simulated labelers work the project's queues in turn until they are empty (or max_tasks)."""
     demos = demos or {}
     noise = noise_for_agreement(agreement)
     with write_session(engine) as session:
-        crowd = [SimulatedLabeler(u, noise, random.Random(seed * 1000 + i), padding_rate)
-                 for i, u in enumerate(ensure_labelers(session, labelers))]
+        crowd = [
+            SimulatedLabeler(u, noise, random.Random(seed * 1000 + i), padding_rate)
+            for i, u in enumerate(ensure_labelers(session, labelers))
+        ]
     report = SimulationReport()
     done = 0
     for kind in kinds:
@@ -226,8 +245,15 @@ def simulate(engine, project_id: int, *, labelers: int = 3, agreement: float = 0
     return report
 
 
-def _work_one(engine, project_id: int, labeler: SimulatedLabeler, kind: TaskKind, demos: dict[str, str],
-              default_lease_seconds: int, report: SimulationReport) -> bool:
+def _work_one(
+    engine,
+    project_id: int,
+    labeler: SimulatedLabeler,
+    kind: TaskKind,
+    demos: dict[str, str],
+    default_lease_seconds: int,
+    report: SimulationReport,
+) -> bool:
     """Takes and answers one task; False when this labeler's queue is empty."""
     with write_session(engine) as session:
         project = session.get(Project, project_id)
@@ -243,18 +269,30 @@ def _work_one(engine, project_id: int, labeler: SimulatedLabeler, kind: TaskKind
                     submissions.skip(session, user, task.task_id, "skip", "no demonstration available")
                     report.skipped += 1
                     return True
-                submissions.submit_demonstration(session, user, task.task_id, labeler.demonstrate(text),
-                                                 time_spent_ms=labeler.rng.randint(20_000, 120_000))
+                submissions.submit_demonstration(
+                    session,
+                    user,
+                    task.task_id,
+                    labeler.demonstrate(text),
+                    time_spent_ms=labeler.rng.randint(20_000, 120_000),
+                )
             elif kind == TaskKind.ranking:
                 order, ratings = labeler.rank(prompt.text, task.outputs, prompt.reference)
-                submissions.submit_ranking(session, user, task.task_id, order, ratings,
-                                           none_acceptable=all(r["likert"] <= 2 for r in ratings.values()),
-                                           time_spent_ms=labeler.rng.randint(30_000, 240_000))
+                submissions.submit_ranking(
+                    session,
+                    user,
+                    task.task_id,
+                    order,
+                    ratings,
+                    none_acceptable=all(r["likert"] <= 2 for r in ratings.values()),
+                    time_spent_ms=labeler.rng.randint(30_000, 240_000),
+                )
             else:
                 a, b = task.outputs
                 choice = labeler.compare(prompt.text, a.text, b.text, prompt.reference)
-                submissions.submit_comparison(session, user, task.task_id, choice,
-                                              time_spent_ms=labeler.rng.randint(10_000, 60_000))
+                submissions.submit_comparison(
+                    session, user, task.task_id, choice, time_spent_ms=labeler.rng.randint(10_000, 60_000)
+                )
         except ServiceError as exc:
             report.errors.append(f"task {task.task_id}: {exc.message}")
             submissions.skip(session, user, task.task_id, "skip", exc.message[:200])
@@ -266,13 +304,46 @@ def _work_one(engine, project_id: int, labeler: SimulatedLabeler, kind: TaskKind
 
 # -- a demo project whose preference code can check ---------------------------------------------
 
-_FRUITS = {"red": "Strawberry", "blue": "Blueberry", "green": "Lime", "yellow": "Banana", "purple": "Plum",
-           "orange": "Orange"}
-_FRUIT_ASKS = ["Name a fruit that is {c}. Answer in one word.", "Which fruit is {c}? Answer in one word.",
-               "Give one {c} fruit, in one word.", "Tell me a {c} fruit. Answer in one word."]
-_TOPICS = ["the sea", "a library", "winter", "bicycles", "the moon", "bread", "music", "a garden", "rain",
-           "mountains", "a market", "trains", "coffee", "a river", "the forest", "snow", "a bridge", "the desert",
-           "a lighthouse", "autumn", "a harbor", "clouds", "a village", "the stars"]
+_FRUITS = {
+    "red": "Strawberry",
+    "blue": "Blueberry",
+    "green": "Lime",
+    "yellow": "Banana",
+    "purple": "Plum",
+    "orange": "Orange",
+}
+_FRUIT_ASKS = [
+    "Name a fruit that is {c}. Answer in one word.",
+    "Which fruit is {c}? Answer in one word.",
+    "Give one {c} fruit, in one word.",
+    "Tell me a {c} fruit. Answer in one word.",
+]
+_TOPICS = [
+    "the sea",
+    "a library",
+    "winter",
+    "bicycles",
+    "the moon",
+    "bread",
+    "music",
+    "a garden",
+    "rain",
+    "mountains",
+    "a market",
+    "trains",
+    "coffee",
+    "a river",
+    "the forest",
+    "snow",
+    "a bridge",
+    "the desert",
+    "a lighthouse",
+    "autumn",
+    "a harbor",
+    "clouds",
+    "a village",
+    "the stars",
+]
 
 
 DEMO_PROMPT_KINDS = ("sum", "yes_no", "sentence", "fruit")
@@ -284,8 +355,11 @@ def demo_prompts(n: int, seed: int = 0, kinds: tuple[str, ...] = DEMO_PROMPT_KIN
     the subject (a fruit of a colour, a sentence about a topic). Fewer if the finite kinds run out."""
     rng = random.Random(seed)
     fruits = [(ask.format(c=c), fruit) for c, fruit in _FRUITS.items() for ask in _FRUIT_ASKS]
-    sentences = [(f"Write one sentence about {t}, in at most {w} words.", f"There is something calm about {t}.")
-                 for t in _TOPICS for w in range(8, 16)]
+    sentences = [
+        (f"Write one sentence about {t}, in at most {w} words.", f"There is something calm about {t}.")
+        for t in _TOPICS
+        for w in range(8, 16)
+    ]
     rng.shuffle(fruits)
     rng.shuffle(sentences)
 
@@ -297,9 +371,12 @@ def demo_prompts(n: int, seed: int = 0, kinds: tuple[str, ...] = DEMO_PROMPT_KIN
         x, y = rng.sample(range(1, 100), 2)
         return f"Is {x} greater than {y}? Answer in one word: yes or no.", "yes" if x > y else "no"
 
-    all_makers = {"sum": sum_prompt, "yes_no": yes_no_prompt,
-                  "sentence": lambda: sentences.pop() if sentences else None,
-                  "fruit": lambda: fruits.pop() if fruits else None}
+    all_makers = {
+        "sum": sum_prompt,
+        "yes_no": yes_no_prompt,
+        "sentence": lambda: sentences.pop() if sentences else None,
+        "fruit": lambda: fruits.pop() if fruits else None,
+    }
     unknown = set(kinds) - set(all_makers)
     if unknown or not kinds:
         raise ValueError(f"Unknown demo prompt kinds {sorted(unknown)}; use some of {', '.join(all_makers)}.")

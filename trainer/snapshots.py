@@ -40,8 +40,12 @@ class Snapshot:
 
     def record(self) -> dict[str, Any]:
         """What goes into TrainingRun.dataset_snapshot."""
-        return {"rows": {k: sorted(v) for k, v in self.rows.items()}, "sha256": self.sha256,
-                "counts": self.counts, "notes": self.notes}
+        return {
+            "rows": {k: sorted(v) for k, v in self.rows.items()},
+            "sha256": self.sha256,
+            "counts": self.counts,
+            "notes": self.notes,
+        }
 
     def keep_prompts(self, ids: list[int]) -> None:
         """Narrows a prompt snapshot to the prompts the run really used (e.g. those that fit the context)."""
@@ -54,8 +58,7 @@ class Snapshot:
         rows = {k: list(v) for k, v in self.rows.items()}
         for key, ids in other.rows.items():
             rows[key] = sorted(set(rows.get(key, [])) | set(ids))
-        return Snapshot(rows, self.manifest + other.manifest, {**self.counts, **other.counts},
-                        self.notes + other.notes)
+        return Snapshot(rows, self.manifest + other.manifest, {**self.counts, **other.counts}, self.notes + other.notes)
 
 
 def _splits(data_filter: dict, key: str, default: list[str]) -> list[Split]:
@@ -66,73 +69,97 @@ def _held_out(prompt_ids: set[int]) -> set[int]:
     return {pid for i, pid in enumerate(sorted(prompt_ids)) if i % HOLDOUT_EVERY == HOLDOUT_EVERY - 1}
 
 
-def snapshot_demonstrations(session: Session, project_id: int, data_filter: dict | None = None
-                            ) -> tuple[list[SFTExample], list[SFTExample], Snapshot]:
+def snapshot_demonstrations(
+    session: Session, project_id: int, data_filter: dict | None = None
+) -> tuple[list[SFTExample], list[SFTExample], Snapshot]:
     """Accepted demonstrations -> (train, valid) SFT examples, split by their prompt's split."""
     data_filter = data_filter or {}
     train_splits = _splits(data_filter, "splits", ["train"])
     valid_splits = _splits(data_filter, "valid_splits", ["valid"])
-    stmt = (select(Demonstration, Prompt).join(Prompt, Prompt.id == Demonstration.prompt_id)
-            .where(Prompt.project_id == project_id, Demonstration.accepted,
-                   Prompt.split.in_(train_splits + valid_splits))
-            .order_by(Demonstration.id))
+    stmt = (
+        select(Demonstration, Prompt)
+        .join(Prompt, Prompt.id == Demonstration.prompt_id)
+        .where(Prompt.project_id == project_id, Demonstration.accepted, Prompt.split.in_(train_splits + valid_splits))
+        .order_by(Demonstration.id)
+    )
     if data_filter.get("exclude_labelers"):
         stmt = stmt.where(Demonstration.user_id.not_in(data_filter["exclude_labelers"]))
     rows = session.execute(stmt).all()
     if not any(p.split in train_splits for _, p in rows):
-        raise DataError(f"No accepted demonstrations on the {'/'.join(train_splits)} prompts of project "
-                        f"{project_id}: collect (or accept) demonstrations before an SFT run.")
+        raise DataError(
+            f"No accepted demonstrations on the {'/'.join(train_splits)} prompts of project "
+            f"{project_id}: collect (or accept) demonstrations before an SFT run."
+        )
     notes = []
     holdout: set[int] = set()
     if not any(p.split in valid_splits and p.split not in train_splits for _, p in rows):
         holdout = _held_out({p.id for _, p in rows})
-        notes.append(f"No demonstrations on the {'/'.join(valid_splits)} split: held out every "
-                     f"{HOLDOUT_EVERY}th training prompt ({len(holdout)} prompts) for the validation loss.")
+        notes.append(
+            f"No demonstrations on the {'/'.join(valid_splits)} split: held out every "
+            f"{HOLDOUT_EVERY}th training prompt ({len(holdout)} prompts) for the validation loss."
+        )
     train, valid, manifest = [], [], []
     for demo, prompt in rows:
         example = SFTExample(prompt=prompt.text, completion=demo.text)
         is_valid = prompt.id in holdout or (prompt.split in valid_splits and prompt.split not in train_splits)
         (valid if is_valid else train).append(example)
         manifest.append(["demonstration", demo.id, prompt.id, "valid" if is_valid else "train", prompt.text, demo.text])
-    snapshot = Snapshot(rows={"demonstrations": [d.id for d, _ in rows], "prompts": sorted({p.id for _, p in rows})},
-                        manifest=manifest, counts={"sft_train": len(train), "sft_valid": len(valid)}, notes=notes)
+    snapshot = Snapshot(
+        rows={"demonstrations": [d.id for d, _ in rows], "prompts": sorted({p.id for _, p in rows})},
+        manifest=manifest,
+        counts={"sft_train": len(train), "sft_valid": len(valid)},
+        notes=notes,
+    )
     return train, valid, snapshot
 
 
-def snapshot_rankings(session: Session, project_id: int, data_filter: dict | None = None
-                      ) -> tuple[list[RankingExample], list[RankingExample], Snapshot]:
+def snapshot_rankings(
+    session: Session, project_id: int, data_filter: dict | None = None
+) -> tuple[list[RankingExample], list[RankingExample], Snapshot]:
     """Labelers' rankings -> (train, valid) RankingExamples. Rankings with one group only (all tied)
     carry no preference and are left out. A ranking naming a completion that no longer exists fails."""
     data_filter = data_filter or {}
     train_splits = _splits(data_filter, "splits", ["train"])
     valid_splits = _splits(data_filter, "valid_splits", ["valid"])
-    stmt = (select(Ranking, Task, Prompt).join(Task, Task.id == Ranking.task_id).join(Prompt, Prompt.id == Task.prompt_id)
-            .where(Task.project_id == project_id, Task.kind == TaskKind.ranking,
-                   Prompt.split.in_(train_splits + valid_splits))
-            .order_by(Ranking.id))
+    stmt = (
+        select(Ranking, Task, Prompt)
+        .join(Task, Task.id == Ranking.task_id)
+        .join(Prompt, Prompt.id == Task.prompt_id)
+        .where(
+            Task.project_id == project_id, Task.kind == TaskKind.ranking, Prompt.split.in_(train_splits + valid_splits)
+        )
+        .order_by(Ranking.id)
+    )
     if data_filter.get("exclude_labelers"):
         stmt = stmt.where(Ranking.user_id.not_in(data_filter["exclude_labelers"]))
     rows = session.execute(stmt).all()
     if not any(p.split in train_splits for _, _, p in rows):
-        raise DataError(f"No rankings on the {'/'.join(train_splits)} prompts of project {project_id}: run "
-                        "`generate` and collect rankings before a reward run.")
+        raise DataError(
+            f"No rankings on the {'/'.join(train_splits)} prompts of project {project_id}: run "
+            "`generate` and collect rankings before a reward run."
+        )
     wanted = {cid for r, _, _ in rows for group in r.order for cid in group}
-    found = session.execute(select(Completion.id, Completion.text, Completion.generation)
-                            .where(Completion.id.in_(wanted))).all()
+    found = session.execute(
+        select(Completion.id, Completion.text, Completion.generation).where(Completion.id.in_(wanted))
+    ).all()
     texts = {cid: text for cid, text, _ in found}
     ended = {cid: bool((generation or {}).get("ended_with_eos", True)) for cid, _, generation in found}
     for ranking, task, _ in rows:
         missing = sorted({cid for group in ranking.order for cid in group} - set(texts))
         if missing:
-            raise DataError(f"Ranking {ranking.id} (task {task.id}) refers to completion(s) {missing}, which no "
-                            "longer exist. Exclude its labeler with data_filter.exclude_labelers, or restore the "
-                            "completions, then start the run again.")
+            raise DataError(
+                f"Ranking {ranking.id} (task {task.id}) refers to completion(s) {missing}, which no "
+                "longer exist. Exclude its labeler with data_filter.exclude_labelers, or restore the "
+                "completions, then start the run again."
+            )
     notes = []
     holdout: set[int] = set()
     if not any(p.split in valid_splits and p.split not in train_splits for _, _, p in rows):
         holdout = _held_out({p.id for _, _, p in rows})
-        notes.append(f"No rankings on the {'/'.join(valid_splits)} split: held out every {HOLDOUT_EVERY}th "
-                     f"training prompt ({len(holdout)} prompts) for the held-out accuracy.")
+        notes.append(
+            f"No rankings on the {'/'.join(valid_splits)} split: held out every {HOLDOUT_EVERY}th "
+            f"training prompt ({len(holdout)} prompts) for the held-out accuracy."
+        )
     train, valid, manifest, used, no_preference = [], [], [], [], 0
     for ranking, task, prompt in rows:
         groups = [list(g) for g in ranking.order if g]
@@ -142,30 +169,48 @@ def snapshot_rankings(session: Session, project_id: int, data_filter: dict | Non
         ids = [cid for group in groups for cid in group]
         index = {cid: i for i, cid in enumerate(ids)}
         example = RankingExample(
-            prompt=prompt.text, completions=[texts[cid] for cid in ids],
-            order=[[index[cid] for cid in group] for group in groups], ended=[ended[cid] for cid in ids],
+            prompt=prompt.text,
+            completions=[texts[cid] for cid in ids],
+            order=[[index[cid] for cid in group] for group in groups],
+            ended=[ended[cid] for cid in ids],
             meta={"ranking_id": ranking.id, "task_id": task.id, "prompt_id": prompt.id, "user_id": ranking.user_id},
         )
         is_valid = prompt.id in holdout or (prompt.split in valid_splits and prompt.split not in train_splits)
         (valid if is_valid else train).append(example)
         used.append(ranking)
-        manifest.append(["ranking", ranking.id, prompt.id, "valid" if is_valid else "train", prompt.text,
-                         groups, [texts[cid] for cid in ids]])
+        manifest.append(
+            [
+                "ranking",
+                ranking.id,
+                prompt.id,
+                "valid" if is_valid else "train",
+                prompt.text,
+                groups,
+                [texts[cid] for cid in ids],
+            ]
+        )
     if no_preference:
         notes.append(f"Left out {no_preference} ranking(s) with every output tied (no preference to learn).")
     if not train:
-        raise DataError(f"Every training ranking of project {project_id} ties all its outputs: there is no "
-                        "preference to learn yet.")
+        raise DataError(
+            f"Every training ranking of project {project_id} ties all its outputs: there is no preference to learn yet."
+        )
     snapshot = Snapshot(
-        rows={"rankings": [r.id for r in used], "prompts": sorted({p.id for _, _, p in rows}),
-              "completions": sorted({cid for r in used for g in r.order for cid in g})},
-        manifest=manifest, counts={"rankings_train": len(train), "rankings_valid": len(valid)}, notes=notes,
+        rows={
+            "rankings": [r.id for r in used],
+            "prompts": sorted({p.id for _, _, p in rows}),
+            "completions": sorted({cid for r in used for g in r.order for cid in g}),
+        },
+        manifest=manifest,
+        counts={"rankings_train": len(train), "rankings_valid": len(valid)},
+        notes=notes,
     )
     return train, valid, snapshot
 
 
-def snapshot_prompts(session: Session, project_id: int, splits: list[str], *, limit: int = 0,
-                     without_task_kind: TaskKind | None = None) -> tuple[list[PromptItem], Snapshot]:
+def snapshot_prompts(
+    session: Session, project_id: int, splits: list[str], *, limit: int = 0, without_task_kind: TaskKind | None = None
+) -> tuple[list[PromptItem], Snapshot]:
     """Prompts of the given splits, oldest first (at most `limit`, 0 = all); with `without_task_kind`
     only prompts that have no task of that kind yet."""
     split_values = [Split(s) for s in splits]
@@ -178,10 +223,14 @@ def snapshot_prompts(session: Session, project_id: int, splits: list[str], *, li
     prompts = list(session.scalars(stmt))
     if not prompts:
         extra = f" without a {without_task_kind.value} task" if without_task_kind else ""
-        raise DataError(f"Project {project_id} has no {'/'.join(splits)} prompts{extra}: import prompts "
-                        "(or choose another split) and start the run again.")
+        raise DataError(
+            f"Project {project_id} has no {'/'.join(splits)} prompts{extra}: import prompts "
+            "(or choose another split) and start the run again."
+        )
     items = [PromptItem(id=p.id, text=p.text, split=p.split.value) for p in prompts]
-    snapshot = Snapshot(rows={"prompts": [p.id for p in items]},
-                        manifest=[["prompt", p.id, p.split, p.text] for p in items],
-                        counts={"prompts": len(items)})
+    snapshot = Snapshot(
+        rows={"prompts": [p.id for p in items]},
+        manifest=[["prompt", p.id, p.split, p.text] for p in items],
+        counts={"prompts": len(items)},
+    )
     return items, snapshot

@@ -11,8 +11,12 @@ def parser(description: str) -> argparse.ArgumentParser:
     """A parser with --out, --cache and --set; each algorithm adds its data and model flags."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--cache", type=Path, default=Path.home() / ".local/share/instructloop",
-                   help="where the default model is converted and cached")
+    p.add_argument(
+        "--cache",
+        type=Path,
+        default=Path.home() / ".local/share/instructloop",
+        help="where the default model is converted and cached",
+    )
     p.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="a config field")
     return p
 

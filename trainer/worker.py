@@ -93,8 +93,12 @@ class OutageLog:
         if now - self.last_logged >= self.every_s:
             self.last_logged = now
             first_line = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
-            log.warning("%s: database unreachable (%s); %d failed attempt(s) so far, retrying",
-                        self.what, first_line, self.failures)
+            log.warning(
+                "%s: database unreachable (%s); %d failed attempt(s) so far, retrying",
+                self.what,
+                first_line,
+                self.failures,
+            )
 
     def ok(self) -> None:
         if self.failures:
@@ -110,8 +114,16 @@ class RunContext:
     """Everything one run's code may use: its row's settings, database sessions, model resolution,
     the metrics callback and the stop signal."""
 
-    def __init__(self, worker: "Worker", run_id: int, kind: RunKind, project_id: int, config: dict,
-                 input_model_ids: list[int], data_filter: dict):
+    def __init__(
+        self,
+        worker: "Worker",
+        run_id: int,
+        kind: RunKind,
+        project_id: int,
+        config: dict,
+        input_model_ids: list[int],
+        data_filter: dict,
+    ):
         self.worker = worker
         self.settings = worker.settings
         self.run_id, self.kind, self.project_id = run_id, kind, project_id
@@ -220,8 +232,9 @@ class RunContext:
 
 
 class Worker:
-    def __init__(self, settings: Settings, *, worker_id: str | None = None, poll_interval: float = 2.0,
-                 device: str | None = None):
+    def __init__(
+        self, settings: Settings, *, worker_id: str | None = None, poll_interval: float = 2.0, device: str | None = None
+    ):
         self.settings = settings
         self.engine = make_engine(settings.db_url)
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -251,7 +264,9 @@ class Worker:
         """Serves runs until SIGTERM (or, with once, until one run is done or none is queued).
         Returns how many runs it handled."""
         handled = 0
-        log.info("worker %s polling %s every %gs", self.worker_id, self.engine.url.render_as_string(), self.poll_interval)
+        log.info(
+            "worker %s polling %s every %gs", self.worker_id, self.engine.url.render_as_string(), self.poll_interval
+        )
         while not self.terminating.is_set():
             self.reap()
             if self.run_next():
@@ -285,8 +300,15 @@ class Worker:
             run = runs.claim_next_run(session, self.worker_id)
             if run is None:
                 return None
-            return RunContext(self, run.id, run.kind, run.project_id, dict(run.config or {}),
-                              list(run.input_model_ids or []), dict(run.data_filter or {}))
+            return RunContext(
+                self,
+                run.id,
+                run.kind,
+                run.project_id,
+                dict(run.config or {}),
+                list(run.input_model_ids or []),
+                dict(run.data_filter or {}),
+            )
 
     def run_next(self) -> bool:
         """Claims and runs one queued run; False when the queue is empty."""
@@ -302,8 +324,9 @@ class Worker:
             return False
         log.info("run %s (%s): started", ctx.run_id, ctx.kind.value)
         beat_stop = threading.Event()
-        beat = threading.Thread(target=self._heartbeat, args=(ctx, beat_stop), daemon=True,
-                                name=f"heartbeat-run-{ctx.run_id}")
+        beat = threading.Thread(
+            target=self._heartbeat, args=(ctx, beat_stop), daemon=True, name=f"heartbeat-run-{ctx.run_id}"
+        )
         beat.start()
         started = time.monotonic()
         try:
@@ -365,8 +388,14 @@ class Worker:
                     shutil.rmtree(outcome.artifact, ignore_errors=True)
                 return
             if outcome.model_kind is not None:
-                version = registry.register_trained(session, kind=outcome.model_kind, run=run, artifact_path=outcome.artifact,
-                                                    parent_ids=outcome.parent_ids, metrics=outcome.metrics)
+                version = registry.register_trained(
+                    session,
+                    kind=outcome.model_kind,
+                    run=run,
+                    artifact_path=outcome.artifact,
+                    parent_ids=outcome.parent_ids,
+                    metrics=outcome.metrics,
+                )
                 run.summary = {**summary, "model_version_id": version.id}
 
     def _stopped(self, ctx: RunContext) -> None:
@@ -375,8 +404,10 @@ class Worker:
             return
         where = f" at step {ctx.last_step} of {ctx.last_total}" if ctx.last_total else ""
         if self.terminating.is_set() and not ctx.stop.is_set():
-            reason = (f"Stopped{where}: the worker received {self.signal_name or 'a stop signal'} (shutting down). "
-                      "Start the run again to redo it.")
+            reason = (
+                f"Stopped{where}: the worker received {self.signal_name or 'a stop signal'} (shutting down). "
+                "Start the run again to redo it."
+            )
         else:
             reason = f"Cancelled{where}: {ctx.stop_reason or 'cancel requested'}."
         with self.transaction() as session:
@@ -389,8 +420,13 @@ class Worker:
         log.error("run %s failed: %s", ctx.run_id, message)
         try:
             with self.transaction() as session:
-                runs.finish_run(session, ctx.run_id, self.worker_id, RunStatus.failed,
-                                error=f"{message}\n\nTraceback (last {TRACEBACK_FRAMES} frames):\n{frames[-4000:]}")
+                runs.finish_run(
+                    session,
+                    ctx.run_id,
+                    self.worker_id,
+                    RunStatus.failed,
+                    error=f"{message}\n\nTraceback (last {TRACEBACK_FRAMES} frames):\n{frames[-4000:]}",
+                )
         except Exception:
             log.exception("run %s: could not record the failure (the reaper will mark it failed)", ctx.run_id)
 
@@ -400,8 +436,10 @@ def describe_error(exc: BaseException) -> str:
     name = type(exc).__name__
     text = str(exc).strip() or name
     if name == "OutOfMemoryError" or "out of memory" in text.lower():
-        return ("Out of memory: lower the batch size or max lengths, or turn on gradient_checkpointing / LoRA "
-                f"(lora_r), or use a bigger GPU. ({name}: {text.splitlines()[0][:300]})")
+        return (
+            "Out of memory: lower the batch size or max lengths, or turn on gradient_checkpointing / LoRA "
+            f"(lora_r), or use a bigger GPU. ({name}: {text.splitlines()[0][:300]})"
+        )
     if isinstance(exc, TrainingDiverged):
         return f"Training diverged: {text}"
     if isinstance(exc, ServiceError):
@@ -439,8 +477,9 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def main(settings: Settings | None = None, *, once: bool = False, poll_interval: float = 2.0,
-         device: str | None = None) -> int:
+def main(
+    settings: Settings | None = None, *, once: bool = False, poll_interval: float = 2.0, device: str | None = None
+) -> int:
     """The `instructloop worker` command: serve runs until SIGTERM (or one run with once)."""
     from transformers.utils import logging as hf_logging
 

@@ -32,7 +32,9 @@ def normalize_email(email: str) -> str:
     return email.strip().lower()
 
 
-def create_user(session: Session, email: str, password: str | None, *, role: Role = Role.labeler, name: str = "") -> User:
+def create_user(
+    session: Session, email: str, password: str | None, *, role: Role = Role.labeler, name: str = ""
+) -> User:
     email = normalize_email(email)
     if "@" not in email or len(email) > 254:
         raise ServiceError(f"{email!r} is not an email address.")
@@ -40,15 +42,20 @@ def create_user(session: Session, email: str, password: str | None, *, role: Rol
         raise Conflict(f"A user with the email {email} already exists.")
     if password is not None and (problem := password_problem(password, (email, name))):
         raise ServiceError(problem)
-    user = User(email=email, name=name or email.split("@")[0], role=role,
-                password_hash=hash_password(password) if password is not None else None)
+    user = User(
+        email=email,
+        name=name or email.split("@")[0],
+        role=role,
+        password_hash=hash_password(password) if password is not None else None,
+    )
     session.add(user)
     session.flush()
     return user
 
 
-def authenticate(session: Session, email: str, password: str, *, ip: str, max_failures: int,
-                 max_failures_per_ip: int, window_s: int) -> User:
+def authenticate(
+    session: Session, email: str, password: str, *, ip: str, max_failures: int, max_failures_per_ip: int, window_s: int
+) -> User:
     """The user for these credentials, or LoginError / LoginThrottled with a clear message.
 
     Failures are limited per (email, IP) and per IP in a sliding window: a stranger guessing
@@ -57,8 +64,9 @@ def authenticate(session: Session, email: str, password: str, *, ip: str, max_fa
     parallel guesses count each other; a success then removes it. The check runs for unknown
     emails too (against a dummy hash), so both take the same time."""
     email = normalize_email(email)
-    _admit_attempt(session, email, ip, max_failures=max_failures, max_failures_per_ip=max_failures_per_ip,
-                   window_s=window_s)
+    _admit_attempt(
+        session, email, ip, max_failures=max_failures, max_failures_per_ip=max_failures_per_ip, window_s=window_s
+    )
     user = session.scalar(select(User).where(User.email == email))
     if not verify_password(user.password_hash if user else None, password) or user is None:
         raise LoginError("Wrong email or password.")
@@ -69,8 +77,9 @@ def authenticate(session: Session, email: str, password: str, *, ip: str, max_fa
     return user
 
 
-def _admit_attempt(session: Session, email: str, ip: str, *, max_failures: int, max_failures_per_ip: int,
-                   window_s: int) -> None:
+def _admit_attempt(
+    session: Session, email: str, ip: str, *, max_failures: int, max_failures_per_ip: int, window_s: int
+) -> None:
     """Records this attempt as a failure and commits, or raises LoginThrottled (recording nothing).
 
     Counting and recording happen under one lock per IP, so no two attempts from one IP can both
@@ -90,8 +99,9 @@ def _admit_attempt(session: Session, email: str, ip: str, *, max_failures: int, 
         session.rollback()
         wait_s = (oldest + timedelta(seconds=window_s) - utcnow()).total_seconds()
         minutes = max(1, math.ceil(wait_s / 60))
-        raise LoginThrottled("Too many failed attempts from your network. "
-                             f"Try again in {minutes} minute{'s' * (minutes > 1)}.")
+        raise LoginThrottled(
+            f"Too many failed attempts from your network. Try again in {minutes} minute{'s' * (minutes > 1)}."
+        )
     session.commit()
 
 
@@ -111,9 +121,15 @@ def create_invite(session: Session, email: str, *, role: Role, created_by: User 
     if session.scalar(select(User.id).where(User.email == email)) is not None:
         raise Conflict(f"A user with the email {email} already exists.")
     token = new_invite_token()
-    session.add(Invite(token_hash=token_hash(token), email=email, role=role,
-                       created_by_id=created_by.id if created_by else None,
-                       expires_at=utcnow() + timedelta(seconds=ttl_s)))
+    session.add(
+        Invite(
+            token_hash=token_hash(token),
+            email=email,
+            role=role,
+            created_by_id=created_by.id if created_by else None,
+            expires_at=utcnow() + timedelta(seconds=ttl_s),
+        )
+    )
     session.flush()
     return token
 
@@ -124,7 +140,9 @@ def _open_link(session: Session, model: type[Invite] | type[PasswordReset], toke
     if row is None:
         raise NotFound(f"This {what} link is not valid. Ask an admin for a new one.")
     if row.used_at is not None:
-        raise ServiceError(f"This {what} link was already used. Log in, or ask an admin for a new one.", status_code=410)
+        raise ServiceError(
+            f"This {what} link was already used. Log in, or ask an admin for a new one.", status_code=410
+        )
     if row.expires_at < utcnow():
         raise ServiceError(f"This {what} link has expired. Ask an admin for a new one.", status_code=410)
     return row
@@ -139,11 +157,13 @@ def accept_invite(session: Session, token: str, password: str, name: str = "") -
     if password_problem(password, (invite.email, name)) is None:
         # Marked used by one conditional UPDATE: of two parallel accepts the second waits for the
         # first's row lock (SQLite: the writer lock), then finds it used.
-        taken = session.execute(update(Invite).where(Invite.id == invite.id, Invite.used_at.is_(None))
-                                .values(used_at=utcnow())).rowcount
+        taken = session.execute(
+            update(Invite).where(Invite.id == invite.id, Invite.used_at.is_(None)).values(used_at=utcnow())
+        ).rowcount
         if not taken:
-            raise ServiceError("This invite link was already used. Log in, or ask an admin for a new one.",
-                               status_code=410)
+            raise ServiceError(
+                "This invite link was already used. Log in, or ask an admin for a new one.", status_code=410
+            )
     user = create_user(session, invite.email, password, role=invite.role, name=name)
     session.execute(update(Invite).where(Invite.id == invite.id).values(user_id=user.id))
     return user
@@ -161,8 +181,11 @@ TOKEN_LAST_USED_RESOLUTION = timedelta(seconds=60)
 
 
 # Built once: it runs on every API call, and building it cost more CPU than the query itself.
-_TOKEN_USER = (select(ApiToken, User).join(User, User.id == ApiToken.user_id)
-               .where(ApiToken.token_hash == bindparam("token_hash"), ApiToken.revoked_at.is_(None)))
+_TOKEN_USER = (
+    select(ApiToken, User)
+    .join(User, User.id == ApiToken.user_id)
+    .where(ApiToken.token_hash == bindparam("token_hash"), ApiToken.revoked_at.is_(None))
+)
 
 
 def user_for_api_token(session: Session, token: str) -> User | None:
@@ -230,8 +253,11 @@ def set_active(session: Session, user_id: int, active: bool, *, by: User | None 
 # last_seen_at is shown to the minute; refreshing it at most this often spares a write per page.
 SESSION_LAST_SEEN_RESOLUTION = timedelta(minutes=5)
 
-_SESSION_USER = (select(UserSession, User).join(User, User.id == UserSession.user_id)
-                 .where(UserSession.sid_hash == bindparam("sid_hash"), UserSession.ended_at.is_(None)))
+_SESSION_USER = (
+    select(UserSession, User)
+    .join(User, User.id == UserSession.user_id)
+    .where(UserSession.sid_hash == bindparam("sid_hash"), UserSession.ended_at.is_(None))
+)
 
 
 def start_session(session: Session, user: User, sid: str, *, ip: str = "", user_agent: str = "") -> None:
@@ -251,8 +277,11 @@ def user_for_session(session: Session, user_id: int, sid: str) -> User | None:
 
 
 def end_session(session: Session, sid: str) -> None:
-    session.execute(update(UserSession).where(UserSession.sid_hash == token_hash(sid), UserSession.ended_at.is_(None))
-                    .values(ended_at=utcnow()))
+    session.execute(
+        update(UserSession)
+        .where(UserSession.sid_hash == token_hash(sid), UserSession.ended_at.is_(None))
+        .values(ended_at=utcnow())
+    )
 
 
 def end_sessions(session: Session, user_id: int, *, keep_sid: str | None = None) -> int:
@@ -264,20 +293,27 @@ def end_sessions(session: Session, user_id: int, *, keep_sid: str | None = None)
 
 
 def open_sessions(session: Session, user_id: int) -> list[UserSession]:
-    return list(session.scalars(select(UserSession).where(UserSession.user_id == user_id, UserSession.ended_at.is_(None))
-                                .order_by(UserSession.last_seen_at.desc())))
+    return list(
+        session.scalars(
+            select(UserSession)
+            .where(UserSession.user_id == user_id, UserSession.ended_at.is_(None))
+            .order_by(UserSession.last_seen_at.desc())
+        )
+    )
 
 
 def end_access(session: Session, user_id: int) -> tuple[int, int]:
     """An admin's "sign out everywhere": ends every session and revokes every API token.
     Returns (sessions ended, tokens revoked)."""
     ended = end_sessions(session, user_id)
-    revoked = session.execute(update(ApiToken).where(ApiToken.user_id == user_id, ApiToken.revoked_at.is_(None))
-                              .values(revoked_at=utcnow())).rowcount
+    revoked = session.execute(
+        update(ApiToken).where(ApiToken.user_id == user_id, ApiToken.revoked_at.is_(None)).values(revoked_at=utcnow())
+    ).rowcount
     return ended, revoked
 
 
 # -- passwords ---------------------------------------------------------------------------------
+
 
 def change_password(session: Session, user: User, current: str, new: str, *, keep_sid: str) -> None:
     """Checks the current password, sets the new one and ends the user's other sessions."""
@@ -300,11 +336,20 @@ def create_password_reset(session: Session, user_id: int, *, created_by: User | 
     if user is None:
         raise NotFound("No such user.")
     now = utcnow()
-    session.execute(update(PasswordReset).where(PasswordReset.user_id == user.id, PasswordReset.used_at.is_(None))
-                    .values(used_at=now))
+    session.execute(
+        update(PasswordReset)
+        .where(PasswordReset.user_id == user.id, PasswordReset.used_at.is_(None))
+        .values(used_at=now)
+    )
     token = new_invite_token()
-    session.add(PasswordReset(user_id=user.id, token_hash=token_hash(token), expires_at=now + timedelta(seconds=ttl_s),
-                              created_by_id=created_by.id if created_by else None))
+    session.add(
+        PasswordReset(
+            user_id=user.id,
+            token_hash=token_hash(token),
+            expires_at=now + timedelta(seconds=ttl_s),
+            created_by_id=created_by.id if created_by else None,
+        )
+    )
     session.flush()
     return token
 
@@ -318,9 +363,11 @@ def use_password_reset(session: Session, token: str, password: str) -> User:
     reset = open_password_reset(session, token)
     user = reset.user
     _set_password(session, user, password)
-    if not session.execute(update(PasswordReset).where(PasswordReset.id == reset.id, PasswordReset.used_at.is_(None))
-                           .values(used_at=utcnow())).rowcount:
+    if not session.execute(
+        update(PasswordReset)
+        .where(PasswordReset.id == reset.id, PasswordReset.used_at.is_(None))
+        .values(used_at=utcnow())
+    ).rowcount:
         raise ServiceError("This reset link was already used. Log in, or ask an admin for a new one.", status_code=410)
     end_sessions(session, user.id)
     return user
-

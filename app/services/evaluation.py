@@ -33,8 +33,14 @@ def win_rate(wins: int, losses: int, ties: int) -> dict[str, Any]:
     n = wins + losses + ties
     score = wins + 0.5 * ties
     low, high = wilson_interval(score, n)
-    return {"n": n, "wins": wins, "losses": losses, "ties": ties,
-            "win_rate": score / n if n else None, "ci95": [low, high] if n else None}
+    return {
+        "n": n,
+        "wins": wins,
+        "losses": losses,
+        "ties": ties,
+        "win_rate": score / n if n else None,
+        "ci95": [low, high] if n else None,
+    }
 
 
 def labeler_win_rate(session: Session, run_id: int) -> dict[str, Any]:
@@ -51,12 +57,21 @@ def labeler_win_rates(session: Session, runs: list[TrainingRun]) -> dict[int, di
     if not runs:
         return {}
     ids = [r.id for r in runs]
-    rows = session.execute(select(Task.source_run_id, Comparison.a_completion_id, Comparison.b_completion_id,
-                                  Comparison.choice).join(Task, Task.id == Comparison.task_id)
-                           .where(Task.source_run_id.in_(ids), Task.kind == TaskKind.comparison)).all()
+    rows = session.execute(
+        select(Task.source_run_id, Comparison.a_completion_id, Comparison.b_completion_id, Comparison.choice)
+        .join(Task, Task.id == Comparison.task_id)
+        .where(Task.source_run_id.in_(ids), Task.kind == TaskKind.comparison)
+    ).all()
     completions = {c for _, a, b, _ in rows for c in (a, b)}
-    model_of = dict(session.execute(select(Completion.id, Completion.model_version_id)
-                                    .where(Completion.id.in_(completions))).all()) if completions else {}
+    model_of = (
+        dict(
+            session.execute(
+                select(Completion.id, Completion.model_version_id).where(Completion.id.in_(completions))
+            ).all()
+        )
+        if completions
+        else {}
+    )
     tally = {rid: [0, 0, 0] for rid in ids}  # wins, losses, ties
     pair = {r.id: (r.input_model_ids[0], r.input_model_ids[1]) for r in runs}
     for rid, a, b, choice in rows:
@@ -69,19 +84,31 @@ def labeler_win_rates(session: Session, runs: list[TrainingRun]) -> dict[int, di
         elif chosen == pair[rid][1]:
             tally[rid][1] += 1
     counts: dict[int, dict[TaskStatus, int]] = defaultdict(dict)
-    for rid, status, n in session.execute(select(Task.source_run_id, Task.status, func.count())
-                                          .where(Task.source_run_id.in_(ids), Task.kind == TaskKind.comparison)
-                                          .group_by(Task.source_run_id, Task.status)):
+    for rid, status, n in session.execute(
+        select(Task.source_run_id, Task.status, func.count())
+        .where(Task.source_run_id.in_(ids), Task.kind == TaskKind.comparison)
+        .group_by(Task.source_run_id, Task.status)
+    ):
         counts[rid][status] = n
-    return {rid: {**win_rate(*tally[rid]), "candidate_model_id": pair[rid][0], "baseline_model_id": pair[rid][1],
-                  "tasks": sum(counts[rid].values()), "tasks_closed": counts[rid].get(TaskStatus.closed, 0)}
-            for rid in ids}
+    return {
+        rid: {
+            **win_rate(*tally[rid]),
+            "candidate_model_id": pair[rid][0],
+            "baseline_model_id": pair[rid][1],
+            "tasks": sum(counts[rid].values()),
+            "tasks_closed": counts[rid].get(TaskStatus.closed, 0),
+        }
+        for rid in ids
+    }
 
 
 def recent_evaluations(session: Session, limit: int = 10) -> list[tuple[TrainingRun, dict[str, Any]]]:
     """The newest evaluate runs with their labeler win rates (the Models page)."""
-    done = list(session.scalars(select(TrainingRun).where(TrainingRun.kind == RunKind.evaluate)
-                                .order_by(TrainingRun.id.desc()).limit(limit)))
+    done = list(
+        session.scalars(
+            select(TrainingRun).where(TrainingRun.kind == RunKind.evaluate).order_by(TrainingRun.id.desc()).limit(limit)
+        )
+    )
     reports = labeler_win_rates(session, done)
     return [(run, reports[run.id]) for run in done if run.id in reports]
 

@@ -70,8 +70,11 @@ def _assistant(text: str) -> list[dict[str, str]]:
 
 
 def _scoped(stmt, model, f: ExportFilter):
-    stmt = stmt.join(Task, Task.id == model.task_id).join(Prompt, Prompt.id == Task.prompt_id).where(
-        Task.project_id == f.project_id, Prompt.split.in_(f.splits))
+    stmt = (
+        stmt.join(Task, Task.id == model.task_id)
+        .join(Prompt, Prompt.id == Task.prompt_id)
+        .where(Task.project_id == f.project_id, Prompt.split.in_(f.splits))
+    )
     if f.exclude_labelers:
         stmt = stmt.where(model.user_id.not_in(f.exclude_labelers))
     return stmt
@@ -91,7 +94,8 @@ def _batches(session: Session, stmt, id_column) -> Iterator[list]:
 def sft_rows(session: Session, f: ExportFilter) -> Iterator[dict[str, Any]]:
     """Accepted demonstrations only: an admin's rejected ones are left out, as in training."""
     stmt = _scoped(select(Demonstration.id, Prompt.text, Demonstration.text, Prompt.split), Demonstration, f).where(
-        Demonstration.accepted)
+        Demonstration.accepted
+    )
     for rows in _batches(session, stmt, Demonstration.id):
         for _, prompt, completion, split in rows:
             if f.format == "conversational":
@@ -102,19 +106,24 @@ def sft_rows(session: Session, f: ExportFilter) -> Iterator[dict[str, Any]]:
 
 def _pair(f: ExportFilter, prompt: str, chosen: str, rejected: str, split) -> dict[str, Any]:
     if f.format == "conversational":
-        return {"prompt": _user(prompt), "chosen": _assistant(chosen), "rejected": _assistant(rejected),
-                "split": split.value}
+        return {
+            "prompt": _user(prompt),
+            "chosen": _assistant(chosen),
+            "rejected": _assistant(rejected),
+            "split": split.value,
+        }
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected, "split": split.value}
 
 
 def _outputs(session: Session, task_ids: list[int]) -> dict[int, list[tuple[int, str, str]]]:
     """task id -> [(completion id, text, model source)] in canonical position order."""
     out: dict[int, list] = defaultdict(list)
-    rows = session.execute(select(TaskCompletion.task_id, Completion.id, Completion.text, Completion.source,
-                                  Completion.model_version_id)
-                           .join(Completion, Completion.id == TaskCompletion.completion_id)
-                           .where(TaskCompletion.task_id.in_(task_ids)).order_by(TaskCompletion.task_id,
-                                                                                 TaskCompletion.position))
+    rows = session.execute(
+        select(TaskCompletion.task_id, Completion.id, Completion.text, Completion.source, Completion.model_version_id)
+        .join(Completion, Completion.id == TaskCompletion.completion_id)
+        .where(TaskCompletion.task_id.in_(task_ids))
+        .order_by(TaskCompletion.task_id, TaskCompletion.position)
+    )
     for task_id, cid, text, source, model_id in rows:
         out[task_id].append((cid, text, source, model_id))
     return out
@@ -133,13 +142,22 @@ def preference_rows(session: Session, f: ExportFilter) -> Iterator[dict[str, Any
             texts = {cid: text for cid, text, *_ in outputs[ranking.task_id]}
             order = [[c for c in group if c in texts] for group in ranking.order]
             for i, better in enumerate(order):
-                for worse in order[i + 1:]:
+                for worse in order[i + 1 :]:
                     for a in better:
                         for b in worse:
                             yield _pair(f, prompt, texts[a], texts[b], split)
-    stmt = _scoped(select(Comparison.id, Prompt.text, Comparison.choice, Comparison.a_completion_id,
-                          Comparison.b_completion_id, Prompt.split), Comparison, f).where(
-        Comparison.choice != ComparisonChoice.tie)
+    stmt = _scoped(
+        select(
+            Comparison.id,
+            Prompt.text,
+            Comparison.choice,
+            Comparison.a_completion_id,
+            Comparison.b_completion_id,
+            Prompt.split,
+        ),
+        Comparison,
+        f,
+    ).where(Comparison.choice != ComparisonChoice.tie)
     for rows in _batches(session, stmt, Comparison.id):
         ids = {c for r in rows for c in (r[3], r[4])}
         texts = dict(session.execute(select(Completion.id, Completion.text).where(Completion.id.in_(ids))).all())
@@ -156,15 +174,30 @@ def ranking_rows(session: Session, f: ExportFilter) -> Iterator[dict[str, Any]]:
             completions = []
             for cid, text, source, model_id in outputs[r.task_id]:
                 rating = ratings.get(str(cid)) or {}
-                completions.append({"id": cid, "text": text, "source": source, "model_version_id": model_id,
-                                    "likert": rating.get("likert"), "flags": list(rating.get("flags") or []),
-                                    **({"messages": _assistant(text)} if conversational else {})})
+                completions.append(
+                    {
+                        "id": cid,
+                        "text": text,
+                        "source": source,
+                        "model_version_id": model_id,
+                        "likert": rating.get("likert"),
+                        "flags": list(rating.get("flags") or []),
+                        **({"messages": _assistant(text)} if conversational else {}),
+                    }
+                )
             yield {
-                "ranking_id": r.id, "task_id": r.task_id, "prompt_id": prompt_id,
+                "ranking_id": r.id,
+                "task_id": r.task_id,
+                "prompt_id": prompt_id,
                 "prompt": _user(prompt) if conversational else prompt,
-                "split": split.value, "labeler_id": r.user_id, "completions": completions,
-                "order": r.order, "display_order": r.display_order, "none_acceptable": r.none_acceptable,
-                "time_spent_ms": r.time_spent_ms, "guideline_version_id": r.guideline_version_id,
+                "split": split.value,
+                "labeler_id": r.user_id,
+                "completions": completions,
+                "order": r.order,
+                "display_order": r.display_order,
+                "none_acceptable": r.none_acceptable,
+                "time_spent_ms": r.time_spent_ms,
+                "guideline_version_id": r.guideline_version_id,
                 "created_at": r.created_at.isoformat(),
             }
 
@@ -186,14 +219,18 @@ def check(session: Session, kind: str, f: ExportFilter) -> None:
     else:
         probe = _scoped(select(Ranking.id), Ranking, f)
         if kind == "preferences":
-            probe = probe.union_all(_scoped(select(Comparison.id), Comparison, f).where(
-                Comparison.choice != ComparisonChoice.tie))
+            probe = probe.union_all(
+                _scoped(select(Comparison.id), Comparison, f).where(Comparison.choice != ComparisonChoice.tie)
+            )
     if not session.scalar(select(exists(probe.subquery().select()))):
-        what = {"sft": "accepted demonstrations", "preferences": "rankings or comparisons",
-                "rankings": "rankings"}[kind]
-        raise ServiceError(f"Nothing to export: this project has no {what} yet"
-                           f" on the {'/'.join(f.splits)} split{'s' * (len(f.splits) > 1)}"
-                           f"{' with these filters' if f.exclude_labelers else ''}.")
+        what = {"sft": "accepted demonstrations", "preferences": "rankings or comparisons", "rankings": "rankings"}[
+            kind
+        ]
+        raise ServiceError(
+            f"Nothing to export: this project has no {what} yet"
+            f" on the {'/'.join(f.splits)} split{'s' * (len(f.splits) > 1)}"
+            f"{' with these filters' if f.exclude_labelers else ''}."
+        )
     if kind == "preferences" and not any(True for _ in _first_preference(session, f)):
         raise ServiceError("Nothing to export: every ranking so far is a full tie, so there are no preference pairs.")
 

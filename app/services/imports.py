@@ -131,10 +131,14 @@ def split_for(hash_hex: str, valid_fraction: float, test_fraction: float) -> Spl
 
 # ---------------------------------------------------------------- reading the bytes
 
+
 def decode(data: bytes, *, max_bytes: int = MAX_IMPORT_BYTES) -> str:
     if len(data) > max_bytes:
-        raise ImportRefused(f"The file is {_size(len(data))}; the limit is {_size(max_bytes)}. "
-                            "Split it into smaller files, or import it with `instructloop import`.", status_code=413)
+        raise ImportRefused(
+            f"The file is {_size(len(data))}; the limit is {_size(max_bytes)}. "
+            "Split it into smaller files, or import it with `instructloop import`.",
+            status_code=413,
+        )
     if data[:2] == b"\x1f\x8b":
         try:
             data = _gunzip(data, max_bytes * 8)
@@ -146,8 +150,10 @@ def decode(data: bytes, *, max_bytes: int = MAX_IMPORT_BYTES) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise ImportRefused(f"The file is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line} can't be "
-                            "decoded). Save it as UTF-8 and try again.") from exc
+        raise ImportRefused(
+            f"The file is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line} can't be "
+            "decoded). Save it as UTF-8 and try again."
+        ) from exc
 
 
 def _gunzip(data: bytes, limit: int) -> bytes:
@@ -156,8 +162,9 @@ def _gunzip(data: bytes, limit: int) -> bytes:
         while chunk := f.read(1 << 20):
             out.write(chunk)
             if out.tell() > limit:
-                raise ImportRefused(f"The file decompresses to more than {_size(limit)}; split it into smaller files.",
-                                    status_code=413)
+                raise ImportRefused(
+                    f"The file decompresses to more than {_size(limit)}; split it into smaller files.", status_code=413
+                )
     return out.getvalue()
 
 
@@ -166,6 +173,7 @@ def _size(n: int) -> str:
 
 
 # ---------------------------------------------------------------- one record per object
+
 
 def _record_from_object(obj: Any, line: int, fmt: str) -> Record:
     """Raises ValueError with the reason the object is not a prompt of the expected format."""
@@ -208,9 +216,20 @@ def _generic(obj: dict, line: int) -> Record:
     if split not in (None, "") and split not in Split.__members__:
         raise ValueError(f"split must be train, valid or test; got {split!r}")
     ext = obj.get("id")
-    meta = {k: v for k, v in obj.items() if k not in (key, ref_key, "split", "id") and isinstance(v, (str, int, float, bool))}
-    return Record(line, text, reference, str(ext) if ext not in (None, "") else None, meta,
-                  Split(split) if split else None, source_format="csv" if obj.get("__csv__") else "jsonl")
+    meta = {
+        k: v
+        for k, v in obj.items()
+        if k not in (key, ref_key, "split", "id") and isinstance(v, (str, int, float, bool))
+    }
+    return Record(
+        line,
+        text,
+        reference,
+        str(ext) if ext not in (None, "") else None,
+        meta,
+        Split(split) if split else None,
+        source_format="csv" if obj.get("__csv__") else "jsonl",
+    )
 
 
 def _alpaca(obj: dict, line: int) -> Record:
@@ -222,8 +241,14 @@ def _alpaca(obj: dict, line: int) -> Record:
         given, output = _text(obj, "input", line, required=False) or "", _text(obj, "output", line, required=False)
     text = instruction.strip() + (f"\n\n{given.strip()}" if isinstance(given, str) and given.strip() else "")
     ext = obj.get("id")
-    return Record(line, text, output if isinstance(output, str) else None, str(ext) if ext else None,
-                  {"input": given} if given else {}, source_format="alpaca")
+    return Record(
+        line,
+        text,
+        output if isinstance(output, str) else None,
+        str(ext) if ext else None,
+        {"input": given} if given else {},
+        source_format="alpaca",
+    )
 
 
 HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
@@ -233,7 +258,9 @@ def _hh_rlhf(obj: dict, line: int) -> Record:
     chosen, rejected = _text(obj, "chosen", line), _text(obj, "rejected", line)
     # The prompt is the shared dialogue up to its last Assistant turn (compared, not assumed:
     # a few real records have a stray "Human:" inside a reply).
-    common = next((i for i, (a, b) in enumerate(zip(chosen, rejected, strict=False)) if a != b), min(len(chosen), len(rejected)))
+    common = next(
+        (i for i, (a, b) in enumerate(zip(chosen, rejected, strict=False)) if a != b), min(len(chosen), len(rejected))
+    )
     cut = chosen.rfind(ASSISTANT, 0, common + len(ASSISTANT)) if common < len(chosen) else chosen.rfind(ASSISTANT)
     if cut < 0 or not (chosen.startswith(HUMAN) or chosen.startswith("Human:")):
         raise ValueError("not an hh-rlhf dialogue: 'chosen' and 'rejected' share no “Human: … Assistant:” turns")
@@ -242,7 +269,7 @@ def _hh_rlhf(obj: dict, line: int) -> Record:
     text = prefix.strip()
     if turns == 1 and ASSISTANT not in prefix:
         text = text.removeprefix("Human:").strip()  # a single question: show it plainly
-    meta = {"chosen": chosen[cut + len(ASSISTANT):].strip(), "rejected": rejected[cut + len(ASSISTANT):].strip()}
+    meta = {"chosen": chosen[cut + len(ASSISTANT) :].strip(), "rejected": rejected[cut + len(ASSISTANT) :].strip()}
     return Record(line, text, None, None, meta, source_format="hh-rlhf")
 
 
@@ -251,8 +278,11 @@ def _oasst(obj: dict, line: int) -> Record:
     if root.get("role") != "prompter":
         raise ValueError("not an OpenAssistant tree: expected a root message with role 'prompter'")
     text = _text(root, "text", line)
-    replies = [r for r in root.get("replies") or [] if isinstance(r, dict) and isinstance(r.get("text"), str)
-               and not r.get("deleted")]
+    replies = [
+        r
+        for r in root.get("replies") or []
+        if isinstance(r, dict) and isinstance(r.get("text"), str) and not r.get("deleted")
+    ]
     ranked = sorted(replies, key=lambda r: (r.get("rank") is None, r.get("rank") or 0))
     reference = ranked[0]["text"] if ranked else None
     ext = obj.get("message_tree_id") or root.get("message_id")
@@ -261,6 +291,7 @@ def _oasst(obj: dict, line: int) -> Record:
 
 
 # ---------------------------------------------------------------- the file
+
 
 def parse(text: str, *, filename: str = "", fmt: str = "auto") -> tuple[list[Record], list[LineError]]:
     if fmt not in FORMATS:
@@ -290,8 +321,10 @@ def _parse_lines(text: str, fmt: str) -> tuple[list[Record], list[LineError]]:
         except ValueError as exc:
             errors.append(LineError(number, str(exc)))
     if not decoded:
-        raise ImportRefused("This file is not JSON Lines, a JSON array or CSV: no line could be read as JSON. "
-                            "Check the format (CSV files need a .csv name or the CSV format picked).")
+        raise ImportRefused(
+            "This file is not JSON Lines, a JSON array or CSV: no line could be read as JSON. "
+            "Check the format (CSV files need a .csv name or the CSV format picked)."
+        )
     return records, errors
 
 
@@ -318,16 +351,23 @@ def _parse_csv(text: str, delimiter: str) -> tuple[list[Record], list[LineError]
     except csv.Error as exc:
         raise ImportRefused(f"The CSV header can't be read: {exc}.") from exc
     if not any(k in header for k in PROMPT_KEYS):
-        raise ImportRefused(f"The CSV header has no prompt column: name one of {', '.join(PROMPT_KEYS)} "
-                            f"(found: {', '.join(header) or 'nothing'}).")
+        raise ImportRefused(
+            f"The CSV header has no prompt column: name one of {', '.join(PROMPT_KEYS)} "
+            f"(found: {', '.join(header) or 'nothing'})."
+        )
     reader.fieldnames = header
     records, errors = [], []
     try:
         for row in reader:
             line = reader.line_num
             if None in row or any(v is None for v in row.values()):
-                errors.append(LineError(line, f"expected {len(header)} columns, got "
-                                              f"{len(header) + len(row.get(None) or []) if None in row else 'fewer'}"))
+                errors.append(
+                    LineError(
+                        line,
+                        f"expected {len(header)} columns, got "
+                        f"{len(header) + len(row.get(None) or []) if None in row else 'fewer'}",
+                    )
+                )
                 continue
             row = {k: v for k, v in row.items() if v != ""}
             try:
@@ -341,17 +381,26 @@ def _parse_csv(text: str, delimiter: str) -> tuple[list[Record], list[LineError]
     return records, errors
 
 
-def preview_import(session: Session, project: Project, data: bytes, *, filename: str = "", fmt: str = "auto",
-                   valid_fraction: float = 0.1, test_fraction: float = 0.1,
-                   max_bytes: int = MAX_IMPORT_BYTES) -> ImportPreview:
+def preview_import(
+    session: Session,
+    project: Project,
+    data: bytes,
+    *,
+    filename: str = "",
+    fmt: str = "auto",
+    valid_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    max_bytes: int = MAX_IMPORT_BYTES,
+) -> ImportPreview:
     """Everything an import would do, without writing: records, split, problems, duplicates."""
     _check_fractions(valid_fraction, test_fraction)
     records, errors = parse(decode(data, max_bytes=max_bytes), filename=filename, fmt=fmt)
     return _plan(session, project, records, errors, filename, fmt, valid_fraction, test_fraction)
 
 
-def preview_objects(session: Session, project: Project, objects: list[Any], *, valid_fraction: float = 0.1,
-                    test_fraction: float = 0.1) -> ImportPreview:
+def preview_objects(
+    session: Session, project: Project, objects: list[Any], *, valid_fraction: float = 0.1, test_fraction: float = 0.1
+) -> ImportPreview:
     """The same for prompts sent as JSON objects (the bulk API); item i is "line" i + 1."""
     _check_fractions(valid_fraction, test_fraction)
     records, errors = [], []
@@ -368,8 +417,16 @@ def _check_fractions(valid_fraction: float, test_fraction: float) -> None:
         raise ServiceError("The valid and test shares must be between 0 and 1 and leave some prompts for training.")
 
 
-def _plan(session: Session, project: Project, records: list[Record], errors: list[LineError], filename: str,
-          fmt: str, valid_fraction: float, test_fraction: float) -> ImportPreview:
+def _plan(
+    session: Session,
+    project: Project,
+    records: list[Record],
+    errors: list[LineError],
+    filename: str,
+    fmt: str,
+    valid_fraction: float,
+    test_fraction: float,
+) -> ImportPreview:
     kept, duplicates, seen = [], [], {}
     for r in records:
         r.text = normalize(r.text)
@@ -377,11 +434,14 @@ def _plan(session: Session, project: Project, records: list[Record], errors: lis
             errors.append(LineError(r.line, "the prompt is empty"))
             continue
         if len(r.text) > MAX_PROMPT_CHARS:
-            errors.append(LineError(r.line, f"the prompt has {len(r.text):,} characters; the limit is {MAX_PROMPT_CHARS:,}"))
+            errors.append(
+                LineError(r.line, f"the prompt has {len(r.text):,} characters; the limit is {MAX_PROMPT_CHARS:,}")
+            )
             continue
         # The same checks the database write makes, so a preview that passes also commits.
-        if problem := row_problem(Prompt.__table__, {"text": r.text, "reference": r.reference,
-                                                     "external_id": r.external_id, "meta": r.meta}):
+        if problem := row_problem(
+            Prompt.__table__, {"text": r.text, "reference": r.reference, "external_id": r.external_id, "meta": r.meta}
+        ):
             errors.append(LineError(r.line, problem))
             continue
         r.content_hash = content_hash(r.text)
@@ -404,38 +464,73 @@ def _plan(session: Session, project: Project, records: list[Record], errors: lis
 def _existing_hashes(session: Session, project_id: int, hashes: list[str]) -> set[str]:
     found: set[str] = set()
     for i in range(0, len(hashes), 500):
-        chunk = hashes[i:i + 500]
-        found.update(session.scalars(select(Prompt.content_hash).where(Prompt.project_id == project_id,
-                                                                        Prompt.content_hash.in_(chunk))))
+        chunk = hashes[i : i + 500]
+        found.update(
+            session.scalars(
+                select(Prompt.content_hash).where(Prompt.project_id == project_id, Prompt.content_hash.in_(chunk))
+            )
+        )
     return found
 
 
-def run_import(session: Session, project: Project, data: bytes, *, filename: str = "", fmt: str = "auto",
-               valid_fraction: float = 0.1, test_fraction: float = 0.1, create_tasks: bool = False,
-               max_bytes: int = MAX_IMPORT_BYTES) -> ImportResult:
+def run_import(
+    session: Session,
+    project: Project,
+    data: bytes,
+    *,
+    filename: str = "",
+    fmt: str = "auto",
+    valid_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    create_tasks: bool = False,
+    max_bytes: int = MAX_IMPORT_BYTES,
+) -> ImportResult:
     """All or nothing: any bad line refuses the whole file with a report of the lines."""
-    preview = preview_import(session, project, data, filename=filename, fmt=fmt, valid_fraction=valid_fraction,
-                             test_fraction=test_fraction, max_bytes=max_bytes)
+    preview = preview_import(
+        session,
+        project,
+        data,
+        filename=filename,
+        fmt=fmt,
+        valid_fraction=valid_fraction,
+        test_fraction=test_fraction,
+        max_bytes=max_bytes,
+    )
     return commit(session, project, preview, source=filename or "upload", create_tasks=create_tasks)
 
 
-def commit(session: Session, project: Project, preview: ImportPreview, *, source: str,
-           create_tasks: bool = False) -> ImportResult:
+def commit(
+    session: Session, project: Project, preview: ImportPreview, *, source: str, create_tasks: bool = False
+) -> ImportResult:
     """Writes a preview's prompts, or refuses the whole of it if any line was bad."""
     if preview.errors:
-        raise ServiceError(f"Nothing was imported: {len(preview.errors)} line{'s' * (len(preview.errors) > 1)} "
-                           f"can't be read.\n{preview.error_report()}")
+        raise ServiceError(
+            f"Nothing was imported: {len(preview.errors)} line{'s' * (len(preview.errors) > 1)} "
+            f"can't be read.\n{preview.error_report()}"
+        )
     if not preview.records:
         raise ServiceError("Nothing to import: every prompt given is already in this project.")
-    prompts = [Prompt(project_id=project.id, text=r.text, split=r.split, source=source[:200], external_id=r.external_id,
-                      content_hash=r.content_hash, reference=r.reference, meta=r.meta) for r in preview.records]
+    prompts = [
+        Prompt(
+            project_id=project.id,
+            text=r.text,
+            split=r.split,
+            source=source[:200],
+            external_id=r.external_id,
+            content_hash=r.content_hash,
+            reference=r.reference,
+            meta=r.meta,
+        )
+        for r in preview.records
+    ]
     try:
         with session.begin_nested():
             session.add_all(prompts)
             session.flush()
     except IntegrityError as exc:  # another import of the same prompts finished first
-        raise Conflict("Some of these prompts were imported by someone else at the same time; "
-                       "preview them again.") from exc
+        raise Conflict(
+            "Some of these prompts were imported by someone else at the same time; preview them again."
+        ) from exc
     tasks_created = 0
     if create_tasks:
         from app.services import tasks  # the labeler side owns task creation
@@ -457,20 +552,29 @@ neither the request nor the database holds a 500,000-prompt transaction."""
 
 def summary(preview: ImportPreview, tasks_created: int) -> str:
     counts = preview.split_counts
-    message = (f"Imported {len(preview.records):,} prompts (train {counts['train']:,}, valid {counts['valid']:,}, "
-               f"test {counts['test']:,}).")
+    message = (
+        f"Imported {len(preview.records):,} prompts (train {counts['train']:,}, valid {counts['valid']:,}, "
+        f"test {counts['test']:,})."
+    )
     if preview.duplicates or preview.existing:
-        message += (f" Skipped {len(preview.duplicates):,} duplicates in the file and "
-                    f"{len(preview.existing):,} already in the project.")
+        message += (
+            f" Skipped {len(preview.duplicates):,} duplicates in the file and "
+            f"{len(preview.existing):,} already in the project."
+        )
     if tasks_created:
         message += f" Created {tasks_created:,} demonstration tasks."
     return message
 
 
-def start_job(session: Session, project: Project, *, filename: str, options: dict[str, Any],
-              created_by: User | None) -> ImportJob:
-    job = ImportJob(project_id=project.id, filename=filename[:200], options=options,
-                    created_by_id=created_by.id if created_by else None)
+def start_job(
+    session: Session, project: Project, *, filename: str, options: dict[str, Any], created_by: User | None
+) -> ImportJob:
+    job = ImportJob(
+        project_id=project.id,
+        filename=filename[:200],
+        options=options,
+        created_by_id=created_by.id if created_by else None,
+    )
     session.add(job)
     session.flush()
     return job
@@ -486,36 +590,75 @@ def run_job(engine: Engine, job_id: int, data: bytes) -> ImportJob:
             job = session.get_one(ImportJob, job_id)
             project = session.get_one(Project, job.project_id)
             o = job.options
-            preview = preview_import(session, project, data, filename=job.filename, fmt=o.get("fmt", "auto"),
-                                     valid_fraction=o.get("valid_fraction", 0.1),
-                                     test_fraction=o.get("test_fraction", 0.1))
+            preview = preview_import(
+                session,
+                project,
+                data,
+                filename=job.filename,
+                fmt=o.get("fmt", "auto"),
+                valid_fraction=o.get("valid_fraction", 0.1),
+                test_fraction=o.get("test_fraction", 0.1),
+            )
             if preview.errors:
-                raise ServiceError(f"Nothing was imported: {len(preview.errors)} line"
-                                   f"{'s' * (len(preview.errors) > 1)} can't be read.\n{preview.error_report()}")
+                raise ServiceError(
+                    f"Nothing was imported: {len(preview.errors)} line"
+                    f"{'s' * (len(preview.errors) > 1)} can't be read.\n{preview.error_report()}"
+                )
             if not preview.records:
                 raise ServiceError("Nothing to import: every prompt in the file is already in this project.")
             job.total = len(preview.records)
         for start in range(0, len(preview.records), JOB_CHUNK):
-            chunk = preview.records[start:start + JOB_CHUNK]
+            chunk = preview.records[start : start + JOB_CHUNK]
             with factory.begin() as session:
-                session.execute(insert(Prompt), [
-                    {"project_id": project.id, "text": r.text, "split": r.split, "source": job.filename or "upload",
-                     "external_id": r.external_id, "content_hash": r.content_hash, "reference": r.reference,
-                     "meta": r.meta, "import_job_id": job_id} for r in chunk])
-                session.execute(update(ImportJob).where(ImportJob.id == job_id)
-                                .values(done=ImportJob.done + len(chunk)))
+                session.execute(
+                    insert(Prompt),
+                    [
+                        {
+                            "project_id": project.id,
+                            "text": r.text,
+                            "split": r.split,
+                            "source": job.filename or "upload",
+                            "external_id": r.external_id,
+                            "content_hash": r.content_hash,
+                            "reference": r.reference,
+                            "meta": r.meta,
+                            "import_job_id": job_id,
+                        }
+                        for r in chunk
+                    ],
+                )
+                session.execute(
+                    update(ImportJob).where(ImportJob.id == job_id).values(done=ImportJob.done + len(chunk))
+                )
         tasks_created = 0
         with factory.begin() as session:
-            if o.get("create_tasks"):  # one demonstration task per new train prompt, as tasks.create_demonstration_tasks
-                train_ids = list(session.scalars(select(Prompt.id).where(Prompt.import_job_id == job_id,
-                                                                         Prompt.split == Split.train)))
+            if o.get(
+                "create_tasks"
+            ):  # one demonstration task per new train prompt, as tasks.create_demonstration_tasks
+                train_ids = list(
+                    session.scalars(
+                        select(Prompt.id).where(Prompt.import_job_id == job_id, Prompt.split == Split.train)
+                    )
+                )
                 for start in range(0, len(train_ids), JOB_CHUNK):
-                    session.execute(insert(Task), [
-                        {"project_id": project.id, "prompt_id": pid, "kind": TaskKind.demonstration,
-                         "required": project.overlap} for pid in train_ids[start:start + JOB_CHUNK]])
+                    session.execute(
+                        insert(Task),
+                        [
+                            {
+                                "project_id": project.id,
+                                "prompt_id": pid,
+                                "kind": TaskKind.demonstration,
+                                "required": project.overlap,
+                            }
+                            for pid in train_ids[start : start + JOB_CHUNK]
+                        ],
+                    )
                 tasks_created = len(train_ids)
-            session.execute(update(ImportJob).where(ImportJob.id == job_id).values(
-                status=ImportJobStatus.succeeded, message=summary(preview, tasks_created), finished_at=utcnow()))
+            session.execute(
+                update(ImportJob)
+                .where(ImportJob.id == job_id)
+                .values(status=ImportJobStatus.succeeded, message=summary(preview, tasks_created), finished_at=utcnow())
+            )
     except Exception as exc:  # noqa: BLE001 - every failure ends the job, with its prompts removed
         if isinstance(exc, IntegrityError):
             message = "Some of these prompts were imported by someone else at the same time; preview them again."
@@ -533,8 +676,11 @@ def fail_job(engine: Engine, job_id: int, message: str) -> None:
     """Removes what the job added and records why it ended."""
     with make_sessionmaker(engine).begin() as session:
         session.execute(delete(Prompt).where(Prompt.import_job_id == job_id))
-        session.execute(update(ImportJob).where(ImportJob.id == job_id).values(
-            status=ImportJobStatus.failed, message=message, done=0, finished_at=utcnow()))
+        session.execute(
+            update(ImportJob)
+            .where(ImportJob.id == job_id)
+            .values(status=ImportJobStatus.failed, message=message, done=0, finished_at=utcnow())
+        )
 
 
 def fail_unfinished_jobs(engine: Engine) -> int:

@@ -58,12 +58,16 @@ def _check(session: Session, s: ProjectSettings, project: Project | None) -> Pro
         problems.append(f"Overlap (labelers per task) must be at least 1; got {s.overlap}.")
     elif s.overlap > max(1, labelers):
         # One labeler can never do a task twice, so a higher overlap could never be met.
-        problems.append(f"Overlap {s.overlap} is more than the {labelers} active labeler"
-                        f"{'s' if labelers != 1 else ''}: no task could ever be finished. "
-                        "Invite more labelers first, or lower the overlap.")
+        problems.append(
+            f"Overlap {s.overlap} is more than the {labelers} active labeler"
+            f"{'s' if labelers != 1 else ''}: no task could ever be finished. "
+            "Invite more labelers first, or lower the overlap."
+        )
     if s.lease_seconds is not None and not LEASE_MIN_S <= s.lease_seconds <= LEASE_MAX_S:
-        problems.append(f"The lease length must be between {LEASE_MIN_S // 60} minute and "
-                        f"{LEASE_MAX_S // 86400} days; got {s.lease_seconds} seconds.")
+        problems.append(
+            f"The lease length must be between {LEASE_MIN_S // 60} minute and "
+            f"{LEASE_MAX_S // 86400} days; got {s.lease_seconds} seconds."
+        )
     targets = {}
     for kind, value in (s.targets or {}).items():
         if kind not in TARGET_KINDS:
@@ -74,15 +78,28 @@ def _check(session: Session, s: ProjectSettings, project: Project | None) -> Pro
             targets[kind] = value
     if problems:
         raise ServiceError(" ".join(problems))
-    return ProjectSettings(name=name, description=s.description.strip(), k=s.k, overlap=s.overlap,
-                           lease_seconds=s.lease_seconds, targets=targets)
+    return ProjectSettings(
+        name=name,
+        description=s.description.strip(),
+        k=s.k,
+        overlap=s.overlap,
+        lease_seconds=s.lease_seconds,
+        targets=targets,
+    )
 
 
-def create_project(session: Session, settings: ProjectSettings, *, guidelines_md: str = "",
-                   created_by: User | None = None) -> Project:
+def create_project(
+    session: Session, settings: ProjectSettings, *, guidelines_md: str = "", created_by: User | None = None
+) -> Project:
     s = _check(session, settings, None)
-    project = Project(name=s.name, description=s.description, k=s.k, overlap=s.overlap,
-                      lease_seconds=s.lease_seconds, targets=s.targets)
+    project = Project(
+        name=s.name,
+        description=s.description,
+        k=s.k,
+        overlap=s.overlap,
+        lease_seconds=s.lease_seconds,
+        targets=s.targets,
+    )
     with _unique_name(session, s.name):
         session.add(project)
     save_guidelines(session, project, guidelines_md, created_by=created_by)
@@ -126,31 +143,47 @@ def project_by_name_or_id(session: Session, ref: str) -> Project:
     return project
 
 
-def save_guidelines(session: Session, project: Project, body_md: str, *, created_by: User | None = None) -> GuidelineVersion:
+def save_guidelines(
+    session: Session, project: Project, body_md: str, *, created_by: User | None = None
+) -> GuidelineVersion:
     """Every save is a new version; submissions record the version they were made under."""
     latest = current_guidelines(session, project.id)
     if latest is not None and latest.body_md == body_md:
         return latest
-    version = GuidelineVersion(project_id=project.id, version=(latest.version + 1) if latest else 1, body_md=body_md,
-                               created_by_id=created_by.id if created_by else None)
+    version = GuidelineVersion(
+        project_id=project.id,
+        version=(latest.version + 1) if latest else 1,
+        body_md=body_md,
+        created_by_id=created_by.id if created_by else None,
+    )
     session.add(version)
     session.flush()
     return version
 
 
 def current_guidelines(session: Session, project_id: int) -> GuidelineVersion | None:
-    return session.scalar(select(GuidelineVersion).where(GuidelineVersion.project_id == project_id)
-                          .order_by(GuidelineVersion.version.desc()).limit(1))
+    return session.scalar(
+        select(GuidelineVersion)
+        .where(GuidelineVersion.project_id == project_id)
+        .order_by(GuidelineVersion.version.desc())
+        .limit(1)
+    )
 
 
 def guideline_history(session: Session, project_id: int) -> list[GuidelineVersion]:
-    return list(session.scalars(select(GuidelineVersion).where(GuidelineVersion.project_id == project_id)
-                                .order_by(GuidelineVersion.version.desc())))
+    return list(
+        session.scalars(
+            select(GuidelineVersion)
+            .where(GuidelineVersion.project_id == project_id)
+            .order_by(GuidelineVersion.version.desc())
+        )
+    )
 
 
 def guideline_version(session: Session, project_id: int, version: int) -> GuidelineVersion:
-    row = session.scalar(select(GuidelineVersion).where(GuidelineVersion.project_id == project_id,
-                                                        GuidelineVersion.version == version))
+    row = session.scalar(
+        select(GuidelineVersion).where(GuidelineVersion.project_id == project_id, GuidelineVersion.version == version)
+    )
     if row is None:
         raise NotFound(f"This project has no guidelines version {version}.")
     return row
@@ -168,10 +201,18 @@ def list_projects(session: Session) -> list[ProjectRow]:
     """All projects with their prompt and open-task counts, in three queries."""
     projects = session.scalars(select(Project).order_by(Project.archived_at.is_not(None), Project.name)).all()
     prompts = dict(session.execute(select(Prompt.project_id, func.count()).group_by(Prompt.project_id)).all())
-    tasks = dict(session.execute(select(Task.project_id, func.count()).where(Task.status == TaskStatus.open)
-                                 .group_by(Task.project_id)).all())
-    versions = dict(session.execute(select(GuidelineVersion.project_id, func.max(GuidelineVersion.version))
-                                    .group_by(GuidelineVersion.project_id)).all())
+    tasks = dict(
+        session.execute(
+            select(Task.project_id, func.count()).where(Task.status == TaskStatus.open).group_by(Task.project_id)
+        ).all()
+    )
+    versions = dict(
+        session.execute(
+            select(GuidelineVersion.project_id, func.max(GuidelineVersion.version)).group_by(
+                GuidelineVersion.project_id
+            )
+        ).all()
+    )
     return [ProjectRow(p, prompts.get(p.id, 0), tasks.get(p.id, 0), versions.get(p.id)) for p in projects]
 
 
@@ -192,8 +233,9 @@ def dashboard_counts(session: Session) -> dict[str, int]:
     }
 
 
-def list_prompts(session: Session, project_id: int, *, split: Split | None = None, after: int = 0,
-                 limit: int = 100) -> list[Prompt]:
+def list_prompts(
+    session: Session, project_id: int, *, split: Split | None = None, after: int = 0, limit: int = 100
+) -> list[Prompt]:
     """The project's prompts with an id above `after` (keyset paging), oldest first."""
     get_project(session, project_id)
     stmt = select(Prompt).where(Prompt.project_id == project_id, Prompt.id > after).order_by(Prompt.id).limit(limit)

@@ -39,8 +39,7 @@ from app.models import (
 )
 from app.services import NotFound
 
-SUBMISSION_MODELS = {TaskKind.demonstration: Demonstration, TaskKind.ranking: Ranking,
-                     TaskKind.comparison: Comparison}
+SUBMISSION_MODELS = {TaskKind.demonstration: Demonstration, TaskKind.ranking: Ranking, TaskKind.comparison: Comparison}
 
 # Candidates tried per call when a race makes the first one full; each try is one short query.
 _MAX_TRIES = 20
@@ -69,8 +68,12 @@ class Assignment:
 
 def live_leases(task_id, now):
     """Scalar subquery: leases of a task that still hold a slot."""
-    return (select(func.count()).select_from(Lease)
-            .where(Lease.task_id == task_id, Lease.expires_at > now).scalar_subquery())
+    return (
+        select(func.count())
+        .select_from(Lease)
+        .where(Lease.task_id == task_id, Lease.expires_at > now)
+        .scalar_subquery()
+    )
 
 
 def available_filter(user_id, kind: TaskKind, now):
@@ -88,39 +91,87 @@ def available_filter(user_id, kind: TaskKind, now):
 
 # The statements on the hot path are built once (with bind parameters): building SQLAlchemy
 # expressions costs more CPU than running these short queries.
-_uid, _now, _pid, _tid, _prio = (bindparam("user_id"), bindparam("now"), bindparam("project_id"),
-                                 bindparam("task_id"), bindparam("priority"))
-_HELD = {kind: select(Lease.task_id).join(Task, Task.id == Lease.task_id)
-         .where(Lease.user_id == _uid, Lease.expires_at > _now, Task.project_id == _pid, Task.kind == kind,
-                Task.status == TaskStatus.open).order_by(Lease.id).limit(1) for kind in TaskKind}
-_TOP_PRIORITY = {kind: select(func.max(Task.priority))
-                 .where(Task.project_id == _pid, Task.kind == kind, Task.status == TaskStatus.open)
-                 for kind in TaskKind}
+_uid, _now, _pid, _tid, _prio = (
+    bindparam("user_id"),
+    bindparam("now"),
+    bindparam("project_id"),
+    bindparam("task_id"),
+    bindparam("priority"),
+)
+_HELD = {
+    kind: select(Lease.task_id)
+    .join(Task, Task.id == Lease.task_id)
+    .where(
+        Lease.user_id == _uid,
+        Lease.expires_at > _now,
+        Task.project_id == _pid,
+        Task.kind == kind,
+        Task.status == TaskStatus.open,
+    )
+    .order_by(Lease.id)
+    .limit(1)
+    for kind in TaskKind
+}
+_TOP_PRIORITY = {
+    kind: select(func.max(Task.priority)).where(
+        Task.project_id == _pid, Task.kind == kind, Task.status == TaskStatus.open
+    )
+    for kind in TaskKind
+}
 # One round trip for both: the labeler's live lease on this queue, and the queue's top priority.
-_HELD_AND_TOP = {kind: select(Project.archived_at, Project.lease_seconds,
-                              _HELD[kind].scalar_subquery().label("held"),
-                              _TOP_PRIORITY[kind].scalar_subquery().label("top"))
-                 .where(Project.id == _pid) for kind in TaskKind}
-_CANDIDATE = {kind: select(Task.id, Task.done_count, Task.required, Task.prompt_id, Prompt.text)
-              .join(Prompt, Prompt.id == Task.prompt_id)
-              .where(Task.project_id == _pid, Task.priority == _prio, available_filter(_uid, kind, _now))
-              .order_by(Task.id).limit(1) for kind in TaskKind}
-TASK_OUTPUT_IDS = (select(TaskCompletion.completion_id).where(TaskCompletion.task_id == _tid)
-               .order_by(TaskCompletion.position))
+_HELD_AND_TOP = {
+    kind: select(
+        Project.archived_at,
+        Project.lease_seconds,
+        _HELD[kind].scalar_subquery().label("held"),
+        _TOP_PRIORITY[kind].scalar_subquery().label("top"),
+    ).where(Project.id == _pid)
+    for kind in TaskKind
+}
+_CANDIDATE = {
+    kind: select(Task.id, Task.done_count, Task.required, Task.prompt_id, Prompt.text)
+    .join(Prompt, Prompt.id == Task.prompt_id)
+    .where(Task.project_id == _pid, Task.priority == _prio, available_filter(_uid, kind, _now))
+    .order_by(Task.id)
+    .limit(1)
+    for kind in TaskKind
+}
+TASK_OUTPUT_IDS = (
+    select(TaskCompletion.completion_id).where(TaskCompletion.task_id == _tid).order_by(TaskCompletion.position)
+)
 _LOCK_TASK = select(Task.id).where(Task.id == _tid).with_for_update()
-_OUTPUTS = (select(Completion.id, Completion.text).join(TaskCompletion, TaskCompletion.completion_id == Completion.id)
-            .where(TaskCompletion.task_id == _tid).order_by(TaskCompletion.position))
+_OUTPUTS = (
+    select(Completion.id, Completion.text)
+    .join(TaskCompletion, TaskCompletion.completion_id == Completion.id)
+    .where(TaskCompletion.task_id == _tid)
+    .order_by(TaskCompletion.position)
+)
 
 
-def next_task(session: Session, user_id: int, project: Project, kind: TaskKind, *,
-              default_lease_seconds: int, now: datetime | None = None) -> Assignment | None:
+def next_task(
+    session: Session,
+    user_id: int,
+    project: Project,
+    kind: TaskKind,
+    *,
+    default_lease_seconds: int,
+    now: datetime | None = None,
+) -> Assignment | None:
     """The labeler's live lease on this queue if it has one, else a newly leased task, else None."""
-    return next_task_in_project(session, user_id, project.id, kind, default_lease_seconds=default_lease_seconds,
-                                now=now)
+    return next_task_in_project(
+        session, user_id, project.id, kind, default_lease_seconds=default_lease_seconds, now=now
+    )
 
 
-def next_task_in_project(session: Session, user_id: int, project_id: int, kind: TaskKind, *,
-                         default_lease_seconds: int, now: datetime | None = None) -> Assignment | None:
+def next_task_in_project(
+    session: Session,
+    user_id: int,
+    project_id: int,
+    kind: TaskKind,
+    *,
+    default_lease_seconds: int,
+    now: datetime | None = None,
+) -> Assignment | None:
     """next_task by project id; NotFound when there is no such active project. The project is read
     in the same query as the labeler's live lease (the API's hot path: one round trip less)."""
     lock_writes(session)
@@ -138,13 +189,28 @@ def next_task_in_project(session: Session, user_id: int, project_id: int, kind: 
     if lease.display_order and lease.display_order != [o.id for o in outputs]:  # an earlier lease's order
         by_id = {o.id: o for o in outputs}
         outputs = [by_id[cid] for cid in lease.display_order]
-    return Assignment(task_id=task.id, project_id=project_id, kind=kind, prompt_id=task.prompt_id,
-                      prompt_text=task.text, lease_id=lease.id, leased_at=lease.created_at,
-                      expires_at=lease.expires_at, outputs=outputs)
+    return Assignment(
+        task_id=task.id,
+        project_id=project_id,
+        kind=kind,
+        prompt_id=task.prompt_id,
+        prompt_text=task.text,
+        lease_id=lease.id,
+        leased_at=lease.created_at,
+        expires_at=lease.expires_at,
+        outputs=outputs,
+    )
 
 
-def _lease_available_task(session: Session, user_id: int, project_id: int, kind: TaskKind, now: datetime,
-                          expires_at: datetime, priority: int | None):
+def _lease_available_task(
+    session: Session,
+    user_id: int,
+    project_id: int,
+    kind: TaskKind,
+    now: datetime,
+    expires_at: datetime,
+    priority: int | None,
+):
     """Locks and leases the next available task: (task row, lease row, outputs shuffled), or None."""
     # Walk the priorities from the top: within one priority the (project, kind, status, priority, id)
     # index gives the oldest first without sorting the whole queue. The max is taken over all open
@@ -159,8 +225,9 @@ def _lease_available_task(session: Session, user_id: int, project_id: int, kind:
             stmt = stmt.where(Task.id.not_in(tried))
         if postgres:
             # Pass over rows other labelers are locking right now.
-            row = session.execute(stmt.with_for_update(skip_locked=True, of=Task),
-                                  {**params, "priority": priority}).first()
+            row = session.execute(
+                stmt.with_for_update(skip_locked=True, of=Task), {**params, "priority": priority}
+            ).first()
             if row is None and not tried and _wait_for_first_candidate(session, stmt, {**params, "priority": priority}):
                 waits += 1
                 continue
@@ -173,9 +240,17 @@ def _lease_available_task(session: Session, user_id: int, project_id: int, kind:
         if kind != TaskKind.demonstration:
             outputs = [Output(cid, text) for cid, text in session.execute(_OUTPUTS, {"task_id": row.id})]
             random.shuffle(outputs)
-        lease = session.execute(_LEASE[session.get_bind().dialect.name],
-                                {"task_id": row.id, "user_id": user_id, "now": now, "leased_at": now,
-                                 "expires_at": expires_at, "display_order": [o.id for o in outputs]}).first()
+        lease = session.execute(
+            _LEASE[session.get_bind().dialect.name],
+            {
+                "task_id": row.id,
+                "user_id": user_id,
+                "now": now,
+                "leased_at": now,
+                "expires_at": expires_at,
+                "display_order": [o.id for o in outputs],
+            },
+        ).first()
         if lease is not None:
             return row, lease, outputs
         tried.append(row.id)  # Postgres: filled up after the candidate query took its snapshot
@@ -208,25 +283,43 @@ def _lease_statement(insert):
     whose earlier lease on this task expired gets the same row back, with the same display order
     (they may have seen the outputs already)."""
     c = Lease.__table__.c
-    values = select(Task.id, bindparam("user_id", type_=c.user_id.type), bindparam("leased_at", type_=c.created_at.type),
-                    bindparam("expires_at", type_=c.expires_at.type),
-                    bindparam("display_order", type_=c.display_order.type))
+    values = select(
+        Task.id,
+        bindparam("user_id", type_=c.user_id.type),
+        bindparam("leased_at", type_=c.created_at.type),
+        bindparam("expires_at", type_=c.expires_at.type),
+        bindparam("display_order", type_=c.display_order.type),
+    )
     values = values.where(Task.id == _tid, Task.done_count + live_leases(Task.id, _now) < Task.required)
-    stmt = insert(Lease.__table__).from_select([c.task_id, c.user_id, c.created_at, c.expires_at, c.display_order], values)
-    stmt = stmt.on_conflict_do_update(index_elements=[Lease.task_id, Lease.user_id],
-                                      set_={"created_at": stmt.excluded.created_at,
-                                            "expires_at": stmt.excluded.expires_at})
+    stmt = insert(Lease.__table__).from_select(
+        [c.task_id, c.user_id, c.created_at, c.expires_at, c.display_order], values
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[Lease.task_id, Lease.user_id],
+        set_={"created_at": stmt.excluded.created_at, "expires_at": stmt.excluded.expires_at},
+    )
     return stmt.returning(c.id, c.created_at, c.expires_at, c.display_order)
 
 
 _LEASE = {"postgresql": _lease_statement(postgresql.insert), "sqlite": _lease_statement(sqlite.insert)}
 
 
-_ASSIGNMENT = (select(Task.id, Task.project_id, Task.kind, Task.prompt_id, Prompt.text, Lease.id.label("lease_id"),
-                      Lease.created_at, Lease.expires_at, Lease.display_order)
-               .join(Prompt, Prompt.id == Task.prompt_id)
-               .join(Lease, and_(Lease.task_id == Task.id, Lease.user_id == _uid))
-               .where(Task.id == _tid))
+_ASSIGNMENT = (
+    select(
+        Task.id,
+        Task.project_id,
+        Task.kind,
+        Task.prompt_id,
+        Prompt.text,
+        Lease.id.label("lease_id"),
+        Lease.created_at,
+        Lease.expires_at,
+        Lease.display_order,
+    )
+    .join(Prompt, Prompt.id == Task.prompt_id)
+    .join(Lease, and_(Lease.task_id == Task.id, Lease.user_id == _uid))
+    .where(Task.id == _tid)
+)
 
 
 def assignment(session: Session, task_id: int, user_id: int) -> Assignment | None:
@@ -236,12 +329,21 @@ def assignment(session: Session, task_id: int, user_id: int) -> Assignment | Non
         return None
     outputs: list[Output] = []
     if row.display_order:
-        texts = dict(session.execute(select(Completion.id, Completion.text)
-                                     .where(Completion.id.in_(row.display_order))).all())
+        texts = dict(
+            session.execute(select(Completion.id, Completion.text).where(Completion.id.in_(row.display_order))).all()
+        )
         outputs = [Output(cid, texts[cid]) for cid in row.display_order]
-    return Assignment(task_id=row.id, project_id=row.project_id, kind=TaskKind(row.kind), prompt_id=row.prompt_id,
-                      prompt_text=row.text, lease_id=row.lease_id, leased_at=row.created_at,
-                      expires_at=row.expires_at, outputs=outputs)
+    return Assignment(
+        task_id=row.id,
+        project_id=row.project_id,
+        kind=TaskKind(row.kind),
+        prompt_id=row.prompt_id,
+        prompt_text=row.text,
+        lease_id=row.lease_id,
+        leased_at=row.created_at,
+        expires_at=row.expires_at,
+        outputs=outputs,
+    )
 
 
 def held_task(session: Session, task_id: int, user_id: int) -> Assignment:
@@ -250,8 +352,10 @@ def held_task(session: Session, task_id: int, user_id: int) -> Assignment:
     if got is None:
         if session.get(Task, task_id) is None:
             raise NotFound(f"There is no task {task_id}. Go back to your work list to get the next one.")
-        raise NotFound("This task is not assigned to you (it may have been submitted or skipped). "
-                       "Go back to your work list to get the next one.")
+        raise NotFound(
+            "This task is not assigned to you (it may have been submitted or skipped). "
+            "Go back to your work list to get the next one."
+        )
     return got
 
 
@@ -267,8 +371,10 @@ def work_list(session: Session, user_id: int) -> list[WorkItem]:
     """What this labeler can work on now: tasks available per project and kind, by project name."""
     counts = available_counts(session, user_id)
     names = dict(session.execute(select(Project.id, Project.name).where(Project.id.in_({p for p, _ in counts}))).all())
-    return [WorkItem(pid, names[pid], kind, n)
-            for (pid, kind), n in sorted(counts.items(), key=lambda kv: (names[kv[0][0]].lower(), kv[0][1].value))]
+    return [
+        WorkItem(pid, names[pid], kind, n)
+        for (pid, kind), n in sorted(counts.items(), key=lambda kv: (names[kv[0][0]].lower(), kv[0][1].value))
+    ]
 
 
 def available_counts(session: Session, user_id: int, now: datetime | None = None) -> dict[tuple[int, TaskKind], int]:
@@ -278,9 +384,14 @@ def available_counts(session: Session, user_id: int, now: datetime | None = None
     for kind in TaskKind:
         held = exists().where(Lease.task_id == Task.id, Lease.user_id == user_id, Lease.expires_at > now)
         rows = session.execute(
-            select(Task.project_id, func.count()).join(Project, Project.id == Task.project_id)
-            .where(Project.archived_at.is_(None), Task.kind == kind, Task.status == TaskStatus.open,
-                   available_filter(user_id, kind, now) | held)
+            select(Task.project_id, func.count())
+            .join(Project, Project.id == Task.project_id)
+            .where(
+                Project.archived_at.is_(None),
+                Task.kind == kind,
+                Task.status == TaskStatus.open,
+                available_filter(user_id, kind, now) | held,
+            )
             .group_by(Task.project_id)
         ).all()
         for project_id, n in rows:

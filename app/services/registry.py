@@ -35,12 +35,16 @@ def produced_by(session: Session, run_id: int) -> list[ModelVersion]:
 
 def children(session: Session, version_id: int, *, scan: int = 2000) -> list[ModelVersion]:
     """Versions trained from this one (among the oldest `scan` versions: parent ids are a JSON list)."""
-    return [v for v in session.scalars(select(ModelVersion).order_by(ModelVersion.id).limit(scan))
-            if version_id in (v.parent_ids or [])]
+    return [
+        v
+        for v in session.scalars(select(ModelVersion).order_by(ModelVersion.id).limit(scan))
+        if version_id in (v.parent_ids or [])
+    ]
 
 
-def list_versions(session: Session, *, project_id: int | None = None, kind: ModelKind | None = None,
-                  limit: int = 200) -> list[ModelVersion]:
+def list_versions(
+    session: Session, *, project_id: int | None = None, kind: ModelKind | None = None, limit: int = 200
+) -> list[ModelVersion]:
     stmt = select(ModelVersion).order_by(ModelVersion.id.desc()).limit(limit)
     if project_id is not None:
         # Base versions are shared by every project (project_id None).
@@ -57,7 +61,9 @@ def register_base(session: Session, source: str, *, name: str = "", project_id: 
     loaded is checked by the worker (the web app has no model hub access and no torch)."""
     source = source.strip()
     if not source:
-        raise ServiceError("A base model needs a source: a hub id (org/name), a local folder, or the default model's name.")
+        raise ServiceError(
+            "A base model needs a source: a hub id (org/name), a local folder, or the default model's name."
+        )
     if len(source) > 500:
         raise ServiceError("The model source is longer than 500 characters.")
     for field, value in (("source", source), ("name", name)):
@@ -65,30 +71,55 @@ def register_base(session: Session, source: str, *, name: str = "", project_id: 
             raise ServiceError(f"The model {field} {problem}.", status_code=422)
     if project_id is not None and session.get(Project, project_id) is None:
         raise NotFound(f"Project {project_id} does not exist.")
-    existing = session.scalar(select(ModelVersion).where(
-        ModelVersion.kind == ModelKind.base, ModelVersion.source == source,
-        (ModelVersion.project_id == project_id) if project_id is not None else ModelVersion.project_id.is_(None),
-    ).order_by(ModelVersion.id).limit(1))
+    existing = session.scalar(
+        select(ModelVersion)
+        .where(
+            ModelVersion.kind == ModelKind.base,
+            ModelVersion.source == source,
+            (ModelVersion.project_id == project_id) if project_id is not None else ModelVersion.project_id.is_(None),
+        )
+        .order_by(ModelVersion.id)
+        .limit(1)
+    )
     if existing is not None:
         return existing
-    version = ModelVersion(name=(name.strip() or _short_name(source))[:200], kind=ModelKind.base,
-                           project_id=project_id, source=source, parent_ids=[], metrics={})
+    version = ModelVersion(
+        name=(name.strip() or _short_name(source))[:200],
+        kind=ModelKind.base,
+        project_id=project_id,
+        source=source,
+        parent_ids=[],
+        metrics={},
+    )
     session.add(version)
     session.flush()
     return version
 
 
-def register_trained(session: Session, *, kind: ModelKind, run: TrainingRun, artifact_path: Path,
-                     parent_ids: list[int], metrics: dict[str, Any], name: str = "") -> ModelVersion:
+def register_trained(
+    session: Session,
+    *,
+    kind: ModelKind,
+    run: TrainingRun,
+    artifact_path: Path,
+    parent_ids: list[int],
+    metrics: dict[str, Any],
+    name: str = "",
+) -> ModelVersion:
     """A version a run produced: its artifact folder, its parents, its run and final metrics."""
     if kind == ModelKind.base:
         raise ServiceError("Trained versions are sft, reward or ppo; use register_base for base models.")
     for parent_id in parent_ids:
         get_version(session, parent_id)
     version = ModelVersion(
-        name=(name or f"{kind.value}-run{run.id}")[:200], kind=kind, project_id=run.project_id,
-        source=str(artifact_path), artifact_path=str(artifact_path), parent_ids=list(parent_ids),
-        run_id=run.id, metrics=_plain_metrics(metrics),
+        name=(name or f"{kind.value}-run{run.id}")[:200],
+        kind=kind,
+        project_id=run.project_id,
+        source=str(artifact_path),
+        artifact_path=str(artifact_path),
+        parent_ids=list(parent_ids),
+        run_id=run.id,
+        metrics=_plain_metrics(metrics),
     )
     session.add(version)
     session.flush()

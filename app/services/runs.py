@@ -67,9 +67,18 @@ run is created and listed in `below_agreement`), and the training and validation
 
 # ---- the admin's side ---------------------------------------------------------------------------
 
-def create_run(session: Session, *, project_id: int | None, kind: str, config: dict[str, Any] | None = None,
-               input_model_ids: list[int] | None = None, data_filter: dict[str, Any] | None = None,
-               created_by: User | None = None, default_model: str = "") -> TrainingRun:
+
+def create_run(
+    session: Session,
+    *,
+    project_id: int | None,
+    kind: str,
+    config: dict[str, Any] | None = None,
+    input_model_ids: list[int] | None = None,
+    data_filter: dict[str, Any] | None = None,
+    created_by: User | None = None,
+    default_model: str = "",
+) -> TrainingRun:
     """Validates everything a worker would otherwise fail on late, then queues the run.
 
     With no input model, sft/reward/generate start from the config's `model` (when the kind has
@@ -92,12 +101,20 @@ def create_run(session: Session, *, project_id: int | None, kind: str, config: d
     data_filter = _check_data_filter(session, data_filter or {})
     if "min_agreement" in data_filter:
         data_filter = _apply_min_agreement(session, project.id, data_filter)
-    ids = _check_input_models(session, run_kind, list(input_model_ids or []), project_id,
-                              getattr(parsed, "model", "") or default_model)
+    ids = _check_input_models(
+        session, run_kind, list(input_model_ids or []), project_id, getattr(parsed, "model", "") or default_model
+    )
     _check_data(session, project, run_kind, parsed, data_filter)
-    run = TrainingRun(project_id=project.id, kind=run_kind, config=config_to_dict(parsed), input_model_ids=ids,
-                      data_filter=data_filter, created_by_id=created_by.id if created_by else None,
-                      status=RunStatus.queued, summary={})
+    run = TrainingRun(
+        project_id=project.id,
+        kind=run_kind,
+        config=config_to_dict(parsed),
+        input_model_ids=ids,
+        data_filter=data_filter,
+        created_by_id=created_by.id if created_by else None,
+        status=RunStatus.queued,
+        summary={},
+    )
     session.add(run)
     session.flush()
     return run
@@ -110,8 +127,9 @@ def _check_input_models(session: Session, kind: RunKind, ids: list[Any], project
         raise ServiceError("input_model_ids must be a list of model version ids (integers).")
     if len(ids) > len(accepted) or len(ids) < required:
         wanted = ", ".join(names[: len(accepted)])
-        raise ServiceError(f"A {kind.value} run takes {required}..{len(accepted)} input model versions "
-                           f"({wanted}); got {len(ids)}.")
+        raise ServiceError(
+            f"A {kind.value} run takes {required}..{len(accepted)} input model versions ({wanted}); got {len(ids)}."
+        )
     if not ids:
         if not fallback:
             raise ServiceError(f"A {kind.value} run needs {names[0]}: give input_model_ids or a model.")
@@ -122,14 +140,18 @@ def _check_input_models(session: Session, kind: RunKind, ids: list[Any], project
             raise NotFound(f"Model version {version_id} ({names[position]}) does not exist.")
         if version.kind not in accepted[position]:
             allowed = " or ".join(k.value for k in accepted[position])
-            raise ServiceError(f"Model version {version_id} is a {version.kind.value} model, but {names[position]} "
-                               f"of a {kind.value} run must be {allowed}.")
+            raise ServiceError(
+                f"Model version {version_id} is a {version.kind.value} model, but {names[position]} "
+                f"of a {kind.value} run must be {allowed}."
+            )
         if version.project_id not in (None, project_id):
-            raise ServiceError(f"Model version {version_id} belongs to project {version.project_id}, "
-                               f"not to project {project_id}.")
+            raise ServiceError(
+                f"Model version {version_id} belongs to project {version.project_id}, not to project {project_id}."
+            )
     if kind == RunKind.evaluate and ids[0] == ids[1]:
-        raise ServiceError("An evaluation compares two different model versions; the candidate and the baseline "
-                           "are the same.")
+        raise ServiceError(
+            "An evaluation compares two different model versions; the candidate and the baseline are the same."
+        )
     return ids
 
 
@@ -138,8 +160,9 @@ def _check_data_filter(session: Session, data_filter: Any) -> dict[str, Any]:
         raise ServiceError("data_filter must be an object.")
     unknown = set(data_filter) - DATA_FILTER_KEYS
     if unknown:
-        raise ServiceError(f"Unknown data_filter keys: {', '.join(sorted(unknown))}; "
-                           f"known: {', '.join(sorted(DATA_FILTER_KEYS))}.")
+        raise ServiceError(
+            f"Unknown data_filter keys: {', '.join(sorted(unknown))}; known: {', '.join(sorted(DATA_FILTER_KEYS))}."
+        )
     excluded = data_filter.get("exclude_labelers", [])
     if not isinstance(excluded, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in excluded):
         raise ServiceError("data_filter.exclude_labelers must be a list of user ids.")
@@ -147,8 +170,9 @@ def _check_data_filter(session: Session, data_filter: Any) -> dict[str, Any]:
     if missing:
         raise ServiceError(f"data_filter.exclude_labelers names unknown users: {sorted(missing)}.")
     agreement = data_filter.get("min_agreement")
-    if agreement is not None and (isinstance(agreement, bool) or not isinstance(agreement, int | float)
-                                  or not 0 <= agreement <= 100):
+    if agreement is not None and (
+        isinstance(agreement, bool) or not isinstance(agreement, int | float) or not 0 <= agreement <= 100
+    ):
         raise ServiceError(f"data_filter.min_agreement is a percentage between 0 and 100, e.g. 65; got {agreement!r}.")
     for key in ("splits", "valid_splits"):
         splits = data_filter.get(key)
@@ -174,30 +198,41 @@ def _check_data(session: Session, project: Project, kind: RunKind, config: Any, 
     excluded = data_filter.get("exclude_labelers", [])
     splits = [Split(s) for s in data_filter.get("splits", ["train"])]
     if kind == RunKind.sft:
-        stmt = (select(func.count(Demonstration.id)).join(Prompt, Prompt.id == Demonstration.prompt_id)
-                .where(Prompt.project_id == project.id, Prompt.split.in_(splits), Demonstration.accepted))
+        stmt = (
+            select(func.count(Demonstration.id))
+            .join(Prompt, Prompt.id == Demonstration.prompt_id)
+            .where(Prompt.project_id == project.id, Prompt.split.in_(splits), Demonstration.accepted)
+        )
         if excluded:
             stmt = stmt.where(Demonstration.user_id.not_in(excluded))
         if not session.scalar(stmt):
-            raise ServiceError(f"Project {project.name!r} has no accepted demonstrations on the "
-                               f"{'/'.join(splits)} prompts yet: collect demonstrations before an SFT run.")
+            raise ServiceError(
+                f"Project {project.name!r} has no accepted demonstrations on the "
+                f"{'/'.join(splits)} prompts yet: collect demonstrations before an SFT run."
+            )
     elif kind == RunKind.reward:
-        stmt = (select(func.count(Ranking.id)).join(Task, Task.id == Ranking.task_id)
-                .join(Prompt, Prompt.id == Task.prompt_id)
-                .where(Task.project_id == project.id, Prompt.split.in_(splits)))
+        stmt = (
+            select(func.count(Ranking.id))
+            .join(Task, Task.id == Ranking.task_id)
+            .join(Prompt, Prompt.id == Task.prompt_id)
+            .where(Task.project_id == project.id, Prompt.split.in_(splits))
+        )
         if excluded:
             stmt = stmt.where(Ranking.user_id.not_in(excluded))
         if not session.scalar(stmt):
-            raise ServiceError(f"Project {project.name!r} has no rankings on the {'/'.join(splits)} prompts yet: "
-                               "run `generate` and collect rankings before a reward run.")
+            raise ServiceError(
+                f"Project {project.name!r} has no rankings on the {'/'.join(splits)} prompts yet: "
+                "run `generate` and collect rankings before a reward run."
+            )
     else:
         split = Split(getattr(config, "split", "train")) if kind != RunKind.ppo else None
         stmt = select(func.count(Prompt.id)).where(Prompt.project_id == project.id)
         stmt = stmt.where(Prompt.split == split) if split else stmt.where(Prompt.split.in_(splits))
         if not session.scalar(stmt):
             where = split.value if split else "/".join(splits)
-            raise ServiceError(f"Project {project.name!r} has no {where} prompts: import prompts before a "
-                               f"{kind.value} run.")
+            raise ServiceError(
+                f"Project {project.name!r} has no {where} prompts: import prompts before a {kind.value} run."
+            )
 
 
 def find_run(session: Session, run_id: int) -> TrainingRun | None:
@@ -211,8 +246,14 @@ def get_run(session: Session, run_id: int) -> TrainingRun:
     return run
 
 
-def list_runs(session: Session, *, project_id: int | None = None, status: RunStatus | None = None,
-              kind: RunKind | None = None, limit: int = 100) -> list[TrainingRun]:
+def list_runs(
+    session: Session,
+    *,
+    project_id: int | None = None,
+    status: RunStatus | None = None,
+    kind: RunKind | None = None,
+    limit: int = 100,
+) -> list[TrainingRun]:
     stmt = select(TrainingRun).order_by(TrainingRun.id.desc()).limit(limit)
     if project_id is not None:
         stmt = stmt.where(TrainingRun.project_id == project_id)
@@ -233,9 +274,11 @@ def produced_version_ids(session: Session, run_ids: list[int]) -> dict[int, list
     """The model versions each run produced, for many runs in one query."""
     produced: dict[int, list[int]] = {run_id: [] for run_id in run_ids}
     if run_ids:
-        for version_id, run_id in session.execute(select(ModelVersion.id, ModelVersion.run_id)
-                                                  .where(ModelVersion.run_id.in_(run_ids))
-                                                  .order_by(ModelVersion.id)):
+        for version_id, run_id in session.execute(
+            select(ModelVersion.id, ModelVersion.run_id)
+            .where(ModelVersion.run_id.in_(run_ids))
+            .order_by(ModelVersion.id)
+        ):
             produced[run_id].append(version_id)
     return produced
 
@@ -243,8 +286,11 @@ def produced_version_ids(session: Session, run_ids: list[int]) -> dict[int, list
 def metric_series(session: Session, run_id: int, *, max_points: int) -> dict[str, list[tuple[float, float]]]:
     """Every metric of a run as (step, value) points; longer series are thinned evenly to max_points
     (the last point is always kept)."""
-    rows = session.execute(select(RunMetric.name, RunMetric.step, RunMetric.value).where(RunMetric.run_id == run_id)
-                           .order_by(RunMetric.name, RunMetric.step, RunMetric.id))
+    rows = session.execute(
+        select(RunMetric.name, RunMetric.step, RunMetric.value)
+        .where(RunMetric.run_id == run_id)
+        .order_by(RunMetric.name, RunMetric.step, RunMetric.id)
+    )
     series: dict[str, list[tuple[float, float]]] = {}
     for name, step, value in rows:
         series.setdefault(name, []).append((step, value))
@@ -275,8 +321,9 @@ def cancel_run(session: Session, run_id: int, *, by: User | None = None) -> Trai
     return run
 
 
-def metrics(session: Session, run_id: int, *, name: str | None = None, since_step: int | None = None,
-            limit: int = 10000) -> list[RunMetric]:
+def metrics(
+    session: Session, run_id: int, *, name: str | None = None, since_step: int | None = None, limit: int = 10000
+) -> list[RunMetric]:
     get_run(session, run_id)
     stmt = select(RunMetric).where(RunMetric.run_id == run_id).order_by(RunMetric.step, RunMetric.id).limit(limit)
     if name is not None:
@@ -288,17 +335,23 @@ def metrics(session: Session, run_id: int, *, name: str | None = None, since_ste
 
 def latest_metrics(session: Session, run_id: int) -> dict[str, dict[str, float]]:
     """The last value of every metric of a run: {name: {"step": s, "value": v}}."""
-    last = (select(RunMetric.name, func.max(RunMetric.step).label("step"))
-            .where(RunMetric.run_id == run_id).group_by(RunMetric.name).subquery())
+    last = (
+        select(RunMetric.name, func.max(RunMetric.step).label("step"))
+        .where(RunMetric.run_id == run_id)
+        .group_by(RunMetric.name)
+        .subquery()
+    )
     rows = session.execute(
         select(RunMetric.name, RunMetric.step, RunMetric.value)
         .join(last, (RunMetric.name == last.c.name) & (RunMetric.step == last.c.step))
-        .where(RunMetric.run_id == run_id).order_by(RunMetric.id)
+        .where(RunMetric.run_id == run_id)
+        .order_by(RunMetric.id)
     ).all()
     return {name: {"step": step, "value": value} for name, step, value in rows}
 
 
 # ---- the worker's side --------------------------------------------------------------------------
+
 
 def claim_next_run(session: Session, worker_id: str) -> TrainingRun | None:
     """The oldest queued run, now running for this worker; None when the queue is empty.
@@ -307,8 +360,10 @@ def claim_next_run(session: Session, worker_id: str) -> TrainingRun | None:
     run, on SQLite the writer lock (`lock_writes`) serializes claims."""
     lock_writes(session)
     stmt = skip_locked(
-        select(TrainingRun).where(TrainingRun.status == RunStatus.queued)
-        .order_by(TrainingRun.created_at, TrainingRun.id).limit(1),
+        select(TrainingRun)
+        .where(TrainingRun.status == RunStatus.queued)
+        .order_by(TrainingRun.created_at, TrainingRun.id)
+        .limit(1),
         session,
     )
     run = session.scalar(stmt)
@@ -372,8 +427,15 @@ def set_snapshot(session: Session, run_id: int, worker_id: str, snapshot: dict[s
         run.dataset_snapshot = snapshot
 
 
-def finish_run(session: Session, run_id: int, worker_id: str, status: RunStatus, *,
-               summary: dict[str, Any] | None = None, error: str | None = None) -> bool:
+def finish_run(
+    session: Session,
+    run_id: int,
+    worker_id: str,
+    status: RunStatus,
+    *,
+    summary: dict[str, Any] | None = None,
+    error: str | None = None,
+) -> bool:
     """running -> succeeded / failed / cancelled, only for the worker that holds the run."""
     if status not in FINAL:
         raise ValueError(f"finish_run needs a final status, got {status}")
@@ -403,7 +465,9 @@ def reap_stale_runs(session: Session, stale_s: float) -> list[int]:
     for run in session.scalars(stmt):
         run.status = RunStatus.failed
         run.finished_at = utcnow()
-        run.error = (f"Worker vanished: no heartbeat from worker {run.worker_id!r} since "
-                     f"{run.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC (more than {stale_s:g} s). Start the run again.")
+        run.error = (
+            f"Worker vanished: no heartbeat from worker {run.worker_id!r} since "
+            f"{run.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC (more than {stale_s:g} s). Start the run again."
+        )
         reaped.append(run.id)
     return reaped

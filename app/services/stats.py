@@ -53,6 +53,7 @@ def _submissions(project_id: int | None, *columns):
 
 # ---------------------------------------------------------------- labelers
 
+
 @dataclass
 class LabelerFigures:
     user: User
@@ -89,7 +90,9 @@ def _fingerprint(session: Session) -> tuple:
     figures read (a task's status follows its submissions)."""
     tables = (Prompt, Task, Demonstration, Ranking, Comparison, Skip)
     newest = [select(m.id, m.created_at).order_by(m.id.desc()).limit(1).subquery() for m in tables]
-    cols = [c for sub in newest for c in (select(sub.c.id).scalar_subquery(), select(sub.c.created_at).scalar_subquery())]
+    cols = [
+        c for sub in newest for c in (select(sub.c.id).scalar_subquery(), select(sub.c.created_at).scalar_subquery())
+    ]
     return (utcnow().date(), *session.execute(select(*cols)).one())
 
 
@@ -114,9 +117,11 @@ def clear_memos() -> None:
 
 # ---------------------------------------------------------------- labelers
 
+
 def _labeler_numbers(session: Session, project_id: int | None) -> dict[int, dict[str, Any]]:
-    numbers: dict[int, dict[str, Any]] = defaultdict(lambda: {"done": {}, "median_ms": {}, "last_at": None,
-                                                              "skips": 0, "prompt_flags": 0, "output_flags": 0})
+    numbers: dict[int, dict[str, Any]] = defaultdict(
+        lambda: {"done": {}, "median_ms": {}, "last_at": None, "skips": 0, "prompt_flags": 0, "output_flags": 0}
+    )
 
     def note_last(uid, last):
         numbers[uid]["last_at"] = max(numbers[uid]["last_at"], last) if numbers[uid]["last_at"] else last
@@ -124,12 +129,14 @@ def _labeler_numbers(session: Session, project_id: int | None) -> dict[int, dict
     for kind, model in SUBMISSIONS.items():
         if project_id is None:
             # All projects: grouped reads and medians along the (user_id, time_spent_ms, ...) index.
-            for uid, n, last in session.execute(select(model.user_id, func.count(), func.max(model.created_at))
-                                                .group_by(model.user_id)):
+            for uid, n, last in session.execute(
+                select(model.user_id, func.count(), func.max(model.created_at)).group_by(model.user_id)
+            ):
                 numbers[uid]["done"][kind.value] = n
                 note_last(uid, last)
-            medians = _middle_times(session, model, {uid: c["done"][kind.value] for uid, c in numbers.items()
-                                                     if kind.value in c["done"]})
+            medians = _middle_times(
+                session, model, {uid: c["done"][kind.value] for uid, c in numbers.items() if kind.value in c["done"]}
+            )
             for uid, value in medians.items():
                 numbers[uid]["median_ms"][kind.value] = value
         else:
@@ -137,10 +144,17 @@ def _labeler_numbers(session: Session, project_id: int | None) -> dict[int, dict
             # joins their times into one string; the median is taken here. (Fetching the 44,000 rows
             # of a large project instead cost 2-3x as much, most of it garbage-collector passes over
             # the row objects.)
-            q = (select(model.user_id, func.count(), func.max(model.created_at),
-                        func.aggregate_strings(cast(model.time_spent_ms, String), ","))
-                 .join(Task, Task.id == model.task_id).where(Task.project_id == project_id)
-                 .group_by(model.user_id))
+            q = (
+                select(
+                    model.user_id,
+                    func.count(),
+                    func.max(model.created_at),
+                    func.aggregate_strings(cast(model.time_spent_ms, String), ","),
+                )
+                .join(Task, Task.id == model.task_id)
+                .where(Task.project_id == project_id)
+                .group_by(model.user_id)
+            )
             for uid, n, last, times in session.execute(q):
                 numbers[uid]["done"][kind.value] = n
                 numbers[uid]["median_ms"][kind.value] = float(statistics.median(map(int, times.split(","))))
@@ -165,10 +179,15 @@ def _middle_times(session: Session, model, counts: dict[int, int]) -> dict[int, 
     users = sorted(counts)
     for i in range(0, len(users), 200):
         parts = []
-        for uid in users[i:i + 200]:
+        for uid in users[i : i + 200]:
             n = counts[uid]
-            q = (select(literal(uid).label("user_id"), model.time_spent_ms.label("ms")).where(model.user_id == uid)
-                 .order_by(model.time_spent_ms).limit(1 if n % 2 else 2).offset((n - 1) // 2))
+            q = (
+                select(literal(uid).label("user_id"), model.time_spent_ms.label("ms"))
+                .where(model.user_id == uid)
+                .order_by(model.time_spent_ms)
+                .limit(1 if n % 2 else 2)
+                .offset((n - 1) // 2)
+            )
             parts.append(select(q.subquery()))
         middle: dict[int, list[int]] = defaultdict(list)
         for uid, ms in session.execute(union_all(*parts)):
@@ -181,8 +200,9 @@ def labeler_figures(session: Session, project_id: int | None = None, *, fresh: b
     """One row per labeler (and per admin who labeled): a fixed number of grouped queries, remembered
     until a submission is added."""
     numbers, _ = memo(session, "labelers", (project_id,), lambda s: _labeler_numbers(s, project_id), fresh=fresh)
-    users = session.scalars(select(User).where((User.role == Role.labeler) | User.id.in_(list(numbers)))
-                            .order_by(User.email)).all()
+    users = session.scalars(
+        select(User).where((User.role == Role.labeler) | User.id.in_(list(numbers))).order_by(User.email)
+    ).all()
     rows = []
     for user in users:
         row = LabelerFigures(user)
@@ -201,6 +221,7 @@ def _output_flag_counts(session: Session, project_id: int | None) -> dict[int, i
 
 
 # ---------------------------------------------------------------- agreement
+
 
 @dataclass
 class PairStats:
@@ -292,8 +313,7 @@ class Agreement:
     limited: bool
 
 
-def ranking_agreement(session: Session, project_id: int | None = None,
-                      limit: int = AGREEMENT_TASK_LIMIT) -> Agreement:
+def ranking_agreement(session: Session, project_id: int | None = None, limit: int = AGREEMENT_TASK_LIMIT) -> Agreement:
     """Agreement on ranking tasks that two or more labelers did (the most recent `limit` of them)."""
     shared = select(Ranking.task_id).group_by(Ranking.task_id).having(func.count() >= 2)
     if project_id is not None:
@@ -301,8 +321,9 @@ def ranking_agreement(session: Session, project_id: int | None = None,
     shared = shared.order_by(Ranking.task_id.desc()).limit(limit + 1).subquery()
     # One statement (no list of 2,000 ids to bind): the rankings of the newest limit + 1 shared tasks.
     by_task: dict[int, list[tuple]] = defaultdict(list)  # (user, output ids, pair signs, ranks)
-    for task_id, user_id, order in session.execute(select(Ranking.task_id, Ranking.user_id, Ranking.order)
-                                                   .where(Ranking.task_id.in_(select(shared.c.task_id)))):
+    for task_id, user_id, order in session.execute(
+        select(Ranking.task_id, Ranking.user_id, Ranking.order).where(Ranking.task_id.in_(select(shared.c.task_id)))
+    ):
         ranks = ranks_of(order)
         ids = tuple(sorted(ranks))
         by_task[task_id].append((user_id, ids, _signs(ranks, ids), ranks))
@@ -322,6 +343,7 @@ def ranking_agreement(session: Session, project_id: int | None = None,
 
 
 # ---------------------------------------------------------------- gold
+
 
 def set_gold(session: Session, task: Task, gold: dict | None) -> None:
     """Gold for a ranking task: {"order": [[id], [id, id], ...]} over exactly its outputs;
@@ -370,14 +392,21 @@ def gold_accuracy(session: Session, project_id: int | None = None) -> dict[int, 
     ranked = [tid for tid, (kind, _) in gold.items() if kind == TaskKind.ranking]
     compared = [tid for tid, (kind, _) in gold.items() if kind == TaskKind.comparison]
     for i in range(0, len(ranked), 1000):
-        for tid, uid, order in session.execute(select(Ranking.task_id, Ranking.user_id, Ranking.order)
-                                               .where(Ranking.task_id.in_(ranked[i:i + 1000]))):
+        for tid, uid, order in session.execute(
+            select(Ranking.task_id, Ranking.user_id, Ranking.order).where(Ranking.task_id.in_(ranked[i : i + 1000]))
+        ):
             if (s := gold_score_ranking(order, gold[tid][1])) is not None:
                 scores[uid].append(s)
     for i in range(0, len(compared), 1000):
-        rows = session.execute(select(Comparison.task_id, Comparison.user_id, Comparison.choice,
-                                      Comparison.a_completion_id, Comparison.b_completion_id)
-                               .where(Comparison.task_id.in_(compared[i:i + 1000])))
+        rows = session.execute(
+            select(
+                Comparison.task_id,
+                Comparison.user_id,
+                Comparison.choice,
+                Comparison.a_completion_id,
+                Comparison.b_completion_id,
+            ).where(Comparison.task_id.in_(compared[i : i + 1000]))
+        )
         for tid, uid, choice, a_id, b_id in rows:
             if "winner" in gold[tid][1]:
                 scores[uid].append(1.0 if comparison_winner(choice, a_id, b_id) == gold[tid][1]["winner"] else 0.0)
@@ -391,12 +420,14 @@ def gold_tasks(session: Session, project_id: int | None = None, limit: int = 100
     return [t for t in session.scalars(q) if isinstance(t.gold, dict)]
 
 
-def labelers_report(session: Session, project_id: int | None = None, *,
-                    fresh: bool = False) -> tuple[list[LabelerFigures], Agreement, Any]:
+def labelers_report(
+    session: Session, project_id: int | None = None, *, fresh: bool = False
+) -> tuple[list[LabelerFigures], Agreement, Any]:
     """The labelers page: figures, agreement and gold accuracy, and when the remembered part was computed."""
     rows = labeler_figures(session, project_id, fresh=fresh)
-    agreement, as_of = memo(session, "agreement", (project_id,), lambda s: ranking_agreement(s, project_id),
-                            fresh=fresh)
+    agreement, as_of = memo(
+        session, "agreement", (project_id,), lambda s: ranking_agreement(s, project_id), fresh=fresh
+    )
     gold = gold_accuracy(session, project_id)
     for row in rows:
         row.agreement = agreement.per_labeler.get(row.user.id)
@@ -407,23 +438,34 @@ def labelers_report(session: Session, project_id: int | None = None, *,
 
 # ---------------------------------------------------------------- data
 
+
 def project_summary(session: Session, project_id: int, *, fresh: bool = False) -> dict[str, Any]:
     """Prompts per split, tasks per kind and status, submissions per kind (remembered, see memo)."""
     return memo(session, "summary", (project_id,), lambda s: _project_summary(s, project_id), fresh=fresh)[0]
 
 
 def _project_summary(session: Session, project_id: int) -> dict[str, Any]:
-    prompts = dict(session.execute(select(Prompt.split, func.count()).where(Prompt.project_id == project_id)
-                                   .group_by(Prompt.split)).all())
-    tasks = session.execute(select(Task.kind, Task.status, func.count()).where(Task.project_id == project_id)
-                            .group_by(Task.kind, Task.status)).all()
+    prompts = dict(
+        session.execute(
+            select(Prompt.split, func.count()).where(Prompt.project_id == project_id).group_by(Prompt.split)
+        ).all()
+    )
+    tasks = session.execute(
+        select(Task.kind, Task.status, func.count())
+        .where(Task.project_id == project_id)
+        .group_by(Task.kind, Task.status)
+    ).all()
     subs = _submissions(project_id, "id")
     done = dict(session.execute(select(subs.c.kind, func.count()).group_by(subs.c.kind)).all())
     task_counts: dict[str, dict[str, int]] = defaultdict(dict)
     for kind, status, n in tasks:
         task_counts[kind.value][status.value] = n
-    return {"prompts": {s.value: prompts.get(s, 0) for s in Split}, "prompts_total": sum(prompts.values()),
-            "tasks": dict(task_counts), "done": {k.value: done.get(k.value, 0) for k in TaskKind}}
+    return {
+        "prompts": {s.value: prompts.get(s, 0) for s in Split},
+        "prompts_total": sum(prompts.values()),
+        "tasks": dict(task_counts),
+        "done": {k.value: done.get(k.value, 0) for k in TaskKind},
+    }
 
 
 @dataclass
@@ -439,42 +481,55 @@ class DataOverview:
 
 def _data_counts(session: Session) -> dict[int, dict[str, dict[str, int]]]:
     counts: dict[int, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(dict))
-    for pid, split, n in session.execute(select(Prompt.project_id, Prompt.split, func.count())
-                                         .group_by(Prompt.project_id, Prompt.split)):
+    for pid, split, n in session.execute(
+        select(Prompt.project_id, Prompt.split, func.count()).group_by(Prompt.project_id, Prompt.split)
+    ):
         counts[pid]["prompts"][split.value] = n
     for kind, model in SUBMISSIONS.items():
-        q = (select(Task.project_id, Prompt.split, func.count()).select_from(model)
-             .join(Task, Task.id == model.task_id).join(Prompt, Prompt.id == Task.prompt_id)
-             .group_by(Task.project_id, Prompt.split))
+        q = (
+            select(Task.project_id, Prompt.split, func.count())
+            .select_from(model)
+            .join(Task, Task.id == model.task_id)
+            .join(Prompt, Prompt.id == Task.prompt_id)
+            .group_by(Task.project_id, Prompt.split)
+        )
         for pid, split, n in session.execute(q):
             counts[pid][kind.value][split.value] = n
-    for pid, kind, n in session.execute(select(Task.project_id, Task.kind, func.count())
-                                        .where(Task.status == TaskStatus.open).group_by(Task.project_id, Task.kind)):
+    for pid, kind, n in session.execute(
+        select(Task.project_id, Task.kind, func.count())
+        .where(Task.status == TaskStatus.open)
+        .group_by(Task.project_id, Task.kind)
+    ):
         counts[pid]["open"][kind.value] = n
     return {pid: dict(c) for pid, c in counts.items()}
 
 
-def data_overview(session: Session, days: int = 30, project_id: int | None = None, *,
-                  fresh: bool = False) -> DataOverview:
+def data_overview(
+    session: Session, days: int = 30, project_id: int | None = None, *, fresh: bool = False
+) -> DataOverview:
     """Counts per project, kind and split, open tasks, and submissions per day; the counts are
     remembered until a prompt, task or submission is added."""
     projects = session.scalars(select(Project).order_by(Project.name)).all()
     counts, as_of = memo(session, "data", (), _data_counts, fresh=fresh)
-    per_day, _ = memo(session, "per_day", (days, project_id), lambda s: submissions_per_day(s, days, project_id),
-                      fresh=fresh)
+    per_day, _ = memo(
+        session, "per_day", (days, project_id), lambda s: submissions_per_day(s, days, project_id), fresh=fresh
+    )
     open_tasks = {pid: c.get("open", {}) for pid, c in counts.items()}
     labelers = session.scalar(select(func.count(User.id)).where(User.role == Role.labeler, User.is_active)) or 0
     return DataOverview(list(projects), counts, open_tasks, per_day, labelers, as_of)
 
 
-def submissions_per_day(session: Session, days: int = 30, project_id: int | None = None) -> list[tuple[date, dict[str, int]]]:
+def submissions_per_day(
+    session: Session, days: int = 30, project_id: int | None = None
+) -> list[tuple[date, dict[str, int]]]:
     """Every day of the last `days` (zeros included), with the submissions of each kind."""
     today = utcnow().date()
     first = today - timedelta(days=days - 1)
     subs = _submissions(project_id, "created_at")
     day = func.date(subs.c.created_at)
-    rows = session.execute(select(day, subs.c.kind, func.count()).where(subs.c.created_at >= _start_of(first))
-                           .group_by(day, subs.c.kind)).all()
+    rows = session.execute(
+        select(day, subs.c.kind, func.count()).where(subs.c.created_at >= _start_of(first)).group_by(day, subs.c.kind)
+    ).all()
     found: dict[date, dict[str, int]] = defaultdict(dict)
     for d, kind, n in rows:
         d = date.fromisoformat(d) if isinstance(d, str) else d

@@ -67,41 +67,79 @@ class Receipt:
 
 @dataclass
 class Slot:
-    task: Any       # the locked task row with this labeler's lease columns (see _LOCK_TASK)
+    task: Any  # the locked task row with this labeler's lease columns (see _LOCK_TASK)
     now: datetime
     user_id: int
 
 
 # Hot-path statements are built once with bind parameters (building them costs more than running them).
 _tid, _uid, _now = bindparam("task_id"), bindparam("user_id"), bindparam("now")
-_latest_guideline = (select(GuidelineVersion.id).where(GuidelineVersion.project_id == Task.project_id)
-                     .order_by(GuidelineVersion.version.desc()).limit(1).scalar_subquery())
+_latest_guideline = (
+    select(GuidelineVersion.id)
+    .where(GuidelineVersion.project_id == Task.project_id)
+    .order_by(GuidelineVersion.version.desc())
+    .limit(1)
+    .scalar_subquery()
+)
 _other = aliased(Lease)  # not the outer query's (outer-joined) lease
-_others_live = (select(func.count()).select_from(_other)
-                .where(_other.task_id == Task.id, _other.user_id != _uid, _other.expires_at > _now).scalar_subquery())
+_others_live = (
+    select(func.count())
+    .select_from(_other)
+    .where(_other.task_id == Task.id, _other.user_id != _uid, _other.expires_at > _now)
+    .scalar_subquery()
+)
 _has_draft = exists().where(Draft.task_id == Task.id, Draft.user_id == _uid)
 # FOR UPDATE OF tasks: serializes with the queue and other submitters of this task (SQLite renders
 # no FOR UPDATE; there the caller's transaction already holds the writer lock).
-_LOCK_TASK = (select(Task.id, Task.kind, Task.status, Task.required, Task.done_count, Task.project_id,
-                     Task.prompt_id, Project.max_demonstration_chars, _latest_guideline.label("guideline_id"))
-              .join(Project, Project.id == Task.project_id).where(Task.id == _tid).with_for_update(of=Task))
+_LOCK_TASK = (
+    select(
+        Task.id,
+        Task.kind,
+        Task.status,
+        Task.required,
+        Task.done_count,
+        Task.project_id,
+        Task.prompt_id,
+        Project.max_demonstration_chars,
+        _latest_guideline.label("guideline_id"),
+    )
+    .join(Project, Project.id == Task.project_id)
+    .where(Task.id == _tid)
+    .with_for_update(of=Task)
+)
 # Read in a statement of its own, after the lock is held: on Postgres a new statement sees what
 # the transactions we waited for committed (their submissions and removed leases).
-_SLOT = (select(Lease.id.label("lease_id"), Lease.created_at.label("leased_at"), Lease.expires_at,
-                Lease.display_order, _others_live.label("others_live"), _has_draft.label("has_draft"))
-         .select_from(Task).outerjoin(Lease, and_(Lease.task_id == Task.id, Lease.user_id == _uid))
-         .where(Task.id == _tid))
-_EXISTING = {kind: select(model).where(model.task_id == _tid, model.user_id == _uid)
-             for kind, model in SUBMISSION_MODELS.items()}
-_HAS_SUBMITTED = {kind: exists().where(model.task_id == Task.id, model.user_id == _uid)
-                  for kind, model in SUBMISSION_MODELS.items()}
+_SLOT = (
+    select(
+        Lease.id.label("lease_id"),
+        Lease.created_at.label("leased_at"),
+        Lease.expires_at,
+        Lease.display_order,
+        _others_live.label("others_live"),
+        _has_draft.label("has_draft"),
+    )
+    .select_from(Task)
+    .outerjoin(Lease, and_(Lease.task_id == Task.id, Lease.user_id == _uid))
+    .where(Task.id == _tid)
+)
+_EXISTING = {
+    kind: select(model).where(model.task_id == _tid, model.user_id == _uid) for kind, model in SUBMISSION_MODELS.items()
+}
+_HAS_SUBMITTED = {
+    kind: exists().where(model.task_id == Task.id, model.user_id == _uid) for kind, model in SUBMISSION_MODELS.items()
+}
 
 
 def _close_slot(task_id):
     """Takes one slot of the task, closing it when it has all its answers."""
-    return (update(Task).where(Task.id == task_id)
-            .values(done_count=Task.done_count + 1,
-                    status=case((Task.done_count + 1 >= Task.required, TaskStatus.closed.value), else_=Task.status)))
+    return (
+        update(Task)
+        .where(Task.id == task_id)
+        .values(
+            done_count=Task.done_count + 1,
+            status=case((Task.done_count + 1 >= Task.required, TaskStatus.closed.value), else_=Task.status),
+        )
+    )
 
 
 _CLOSE_SLOT = _close_slot(_tid)
@@ -137,8 +175,10 @@ def _locked_task(session: Session, user: User, task_id: int, kind: TaskKind):
     task = session.execute(_LOCK_TASK, {"task_id": task_id}).first()
     if task is None:
         raise NotFound(f"There is no task {task_id}.")
-    slot = session.execute(_SLOT.add_columns(_HAS_SUBMITTED[TaskKind(task.kind)].label("submitted")),
-                           {"task_id": task_id, "user_id": user.id, "now": utcnow()}).one()
+    slot = session.execute(
+        _SLOT.add_columns(_HAS_SUBMITTED[TaskKind(task.kind)].label("submitted")),
+        {"task_id": task_id, "user_id": user.id, "now": utcnow()},
+    ).one()
     # Ownership first: someone else's task reveals nothing about itself (not even its kind).
     if slot.lease_id is None and not slot.submitted:
         raise Forbidden(f"Task {task_id} is not assigned to you. Ask for the next task to get one.")
@@ -154,8 +194,15 @@ def _existing(session: Session, task, user: User):
 
 
 def _receipt(row, kind: TaskKind, replayed: bool) -> Receipt:
-    return Receipt(id=row.id, task_id=row.task_id, kind=kind, created_at=row.created_at,
-                   time_spent_ms=row.time_spent_ms, guideline_version_id=row.guideline_version_id, replayed=replayed)
+    return Receipt(
+        id=row.id,
+        task_id=row.task_id,
+        kind=kind,
+        created_at=row.created_at,
+        time_spent_ms=row.time_spent_ms,
+        guideline_version_id=row.guideline_version_id,
+        replayed=replayed,
+    )
 
 
 def _replay_or_conflict(existing, kind: TaskKind, key: str | None, same_answer: bool) -> Receipt:
@@ -172,12 +219,15 @@ def _claim_slot(session: Session, user: User, task) -> Slot:
     if task.lease_id is None:
         raise Forbidden(f"Task {task.id} is not assigned to you. Ask for the next task to get one.")
     if task.status != TaskStatus.open:
-        raise LeaseLost(f"Task {task.id} is {TaskStatus(task.status).value} and takes no more answers; "
-                        "nothing was stored.")
+        raise LeaseLost(
+            f"Task {task.id} is {TaskStatus(task.status).value} and takes no more answers; nothing was stored."
+        )
     if task.done_count + task.others_live >= task.required:
         if task.expires_at <= now:
-            raise LeaseLost(f"Your reservation of task {task.id} expired and other labelers have taken its "
-                            "remaining places; your answer was not stored.")
+            raise LeaseLost(
+                f"Your reservation of task {task.id} expired and other labelers have taken its "
+                "remaining places; your answer was not stored."
+            )
         # Cannot happen while the queue's invariant holds; refuse rather than over-fill the task.
         raise LeaseLost(f"Task {task.id} has all the answers it needs; nothing was stored.")
     return Slot(task, now, user.id)
@@ -192,29 +242,49 @@ def _time_spent(slot: Slot, reported_ms: int | None) -> int:
     return reported_ms
 
 
-def _store(session: Session, slot: Slot, kind: TaskKind, time_spent_ms: int | None, key: str | None,
-           **answer) -> Receipt:
+def _store(
+    session: Session, slot: Slot, kind: TaskKind, time_spent_ms: int | None, key: str | None, **answer
+) -> Receipt:
     """Inserts the submission, takes the task's slot (closing it when full), drops lease and draft."""
     task = slot.task
-    values = dict(task_id=task.id, user_id=slot.user_id, guideline_version_id=task.guideline_id,
-                  created_at=slot.now, time_spent_ms=_time_spent(slot, time_spent_ms), idempotency_key=key, **answer)
+    values = dict(
+        task_id=task.id,
+        user_id=slot.user_id,
+        guideline_version_id=task.guideline_id,
+        created_at=slot.now,
+        time_spent_ms=_time_spent(slot, time_spent_ms),
+        idempotency_key=key,
+        **answer,
+    )
     check_values(SUBMISSION_MODELS[kind].__table__, values)
     params = {"task_id": task.id, "user_id": slot.user_id}
     if is_postgres(session):
-        new_id = session.scalar(_insert_and_close(kind, tuple(values)),
-                                {"slot_task_id": task.id, "slot_user_id": slot.user_id,
-                                 **{f"v_{name}": value for name, value in values.items()}})
+        new_id = session.scalar(
+            _insert_and_close(kind, tuple(values)),
+            {
+                "slot_task_id": task.id,
+                "slot_user_id": slot.user_id,
+                **{f"v_{name}": value for name, value in values.items()},
+            },
+        )
     else:
         new_id = session.scalar(_INSERT[kind], values)
         session.execute(_CLOSE_SLOT, {"task_id": task.id})
         session.execute(_DROP_LEASE, params)
     if task.has_draft:
         session.execute(_DROP_DRAFT, params)
-    return Receipt(id=new_id, task_id=task.id, kind=kind, created_at=slot.now, time_spent_ms=values["time_spent_ms"],
-                   guideline_version_id=task.guideline_id)
+    return Receipt(
+        id=new_id,
+        task_id=task.id,
+        kind=kind,
+        created_at=slot.now,
+        time_spent_ms=values["time_spent_ms"],
+        guideline_version_id=task.guideline_id,
+    )
 
 
 # -- demonstrations ---------------------------------------------------------------------------
+
 
 def clean_demonstration(text: str, limit: int) -> str:
     text = (text or "").replace("\r\n", "\n").strip()
@@ -227,8 +297,15 @@ def clean_demonstration(text: str, limit: int) -> str:
     return text
 
 
-def submit_demonstration(session: Session, user: User, task_id: int, text: str, *, time_spent_ms: int | None = None,
-                         idempotency_key: str | None = None) -> Receipt:
+def submit_demonstration(
+    session: Session,
+    user: User,
+    task_id: int,
+    text: str,
+    *,
+    time_spent_ms: int | None = None,
+    idempotency_key: str | None = None,
+) -> Receipt:
     kind = TaskKind.demonstration
     key = _check_key(idempotency_key)
     task = _locked_task(session, user, task_id, kind)
@@ -241,6 +318,7 @@ def submit_demonstration(session: Session, user: User, task_id: int, text: str, 
 
 
 # -- rankings ---------------------------------------------------------------------------------
+
 
 def _task_output_ids(session: Session, task) -> list[int]:
     return list(session.scalars(TASK_OUTPUT_IDS, {"task_id": task.id}))
@@ -271,11 +349,13 @@ def clean_ranking(output_ids: list[int], order: Any, ratings: Any) -> tuple[list
         clean_order.append(clean_group)
     missing = [cid for cid in output_ids if cid not in seen]
     if missing:
-        raise ServiceError(f"Place every output: {', '.join(map(str, missing))} {'is' if len(missing) == 1 else 'are'} "
-                           "not in the order.")
+        raise ServiceError(
+            f"Place every output: {', '.join(map(str, missing))} {'is' if len(missing) == 1 else 'are'} "
+            "not in the order."
+        )
 
     if not isinstance(ratings, dict):
-        raise ServiceError("Ratings must map each output id to {\"likert\": 1-7, \"flags\": [...]}.")
+        raise ServiceError('Ratings must map each output id to {"likert": 1-7, "flags": [...]}.')
     clean_ratings: dict[str, Any] = {}
     for raw_id, rating in ratings.items():
         try:
@@ -285,48 +365,83 @@ def clean_ranking(output_ids: list[int], order: Any, ratings: Any) -> tuple[list
         if cid not in known:
             raise ServiceError(f"Output {cid} is not one of this task's outputs.")
         if not isinstance(rating, dict):
-            raise ServiceError(f"The rating of output {cid} must be {{\"likert\": 1-7, \"flags\": [...]}}.")
+            raise ServiceError(f'The rating of output {cid} must be {{"likert": 1-7, "flags": [...]}}.')
         likert = rating.get("likert")
         if isinstance(likert, bool) or not isinstance(likert, int) or not LIKERT_MIN <= likert <= LIKERT_MAX:
-            raise ServiceError(f"The Likert rating of output {cid} must be a whole number from {LIKERT_MIN} to "
-                               f"{LIKERT_MAX}, not {likert!r}.")
+            raise ServiceError(
+                f"The Likert rating of output {cid} must be a whole number from {LIKERT_MIN} to "
+                f"{LIKERT_MAX}, not {likert!r}."
+            )
         flags = rating.get("flags", [])
         if not isinstance(flags, list):
             raise ServiceError(f"The flags of output {cid} must be a list.")
         unknown = [f for f in flags if f not in OUTPUT_FLAGS]
         if unknown:
-            raise ServiceError(f"Unknown flag(s) on output {cid}: {', '.join(map(str, unknown))}. "
-                               f"Known flags: {', '.join(OUTPUT_FLAGS)}.")
+            raise ServiceError(
+                f"Unknown flag(s) on output {cid}: {', '.join(map(str, unknown))}. "
+                f"Known flags: {', '.join(OUTPUT_FLAGS)}."
+            )
         clean_ratings[str(cid)] = {"likert": likert, "flags": sorted(set(flags))}
     unrated = [cid for cid in output_ids if str(cid) not in clean_ratings]
     if unrated:
-        raise ServiceError(f"Rate every output on the 1-7 scale: {', '.join(map(str, unrated))} "
-                           f"{'has' if len(unrated) == 1 else 'have'} no rating.")
+        raise ServiceError(
+            f"Rate every output on the 1-7 scale: {', '.join(map(str, unrated))} "
+            f"{'has' if len(unrated) == 1 else 'have'} no rating."
+        )
     return clean_order, clean_ratings
 
 
-def submit_ranking(session: Session, user: User, task_id: int, order: Any, ratings: Any, *,
-                   none_acceptable: bool = False, time_spent_ms: int | None = None,
-                   idempotency_key: str | None = None) -> Receipt:
+def submit_ranking(
+    session: Session,
+    user: User,
+    task_id: int,
+    order: Any,
+    ratings: Any,
+    *,
+    none_acceptable: bool = False,
+    time_spent_ms: int | None = None,
+    idempotency_key: str | None = None,
+) -> Receipt:
     kind = TaskKind.ranking
     key = _check_key(idempotency_key)
     task = _locked_task(session, user, task_id, kind)
     clean_order, clean_ratings = clean_ranking(_task_output_ids(session, task), order, ratings)
     existing = _existing(session, task, user)
     if existing is not None:
-        same = (existing.order == clean_order and existing.ratings == clean_ratings
-                and existing.none_acceptable == bool(none_acceptable))
+        same = (
+            existing.order == clean_order
+            and existing.ratings == clean_ratings
+            and existing.none_acceptable == bool(none_acceptable)
+        )
         return _replay_or_conflict(existing, kind, key, same)
     slot = _claim_slot(session, user, task)
-    return _store(session, slot, kind, time_spent_ms, key, order=clean_order, ratings=clean_ratings,
-                  flag_count=count_output_flags(clean_ratings),
-                  none_acceptable=bool(none_acceptable), display_order=list(slot.task.display_order or []))
+    return _store(
+        session,
+        slot,
+        kind,
+        time_spent_ms,
+        key,
+        order=clean_order,
+        ratings=clean_ratings,
+        flag_count=count_output_flags(clean_ratings),
+        none_acceptable=bool(none_acceptable),
+        display_order=list(slot.task.display_order or []),
+    )
 
 
 # -- comparisons ------------------------------------------------------------------------------
 
-def submit_comparison(session: Session, user: User, task_id: int, choice: str, reason: str = "", *,
-                      time_spent_ms: int | None = None, idempotency_key: str | None = None) -> Receipt:
+
+def submit_comparison(
+    session: Session,
+    user: User,
+    task_id: int,
+    choice: str,
+    reason: str = "",
+    *,
+    time_spent_ms: int | None = None,
+    idempotency_key: str | None = None,
+) -> Receipt:
     kind = TaskKind.comparison
     key = _check_key(idempotency_key)
     task = _locked_task(session, user, task_id, kind)
@@ -342,11 +457,21 @@ def submit_comparison(session: Session, user: User, task_id: int, choice: str, r
         return _replay_or_conflict(existing, kind, key, existing.choice == choice and existing.reason == reason)
     slot = _claim_slot(session, user, task)
     a_id, b_id = slot.task.display_order or _task_output_ids(session, task)
-    return _store(session, slot, kind, time_spent_ms, key, a_completion_id=a_id, b_completion_id=b_id,
-                  choice=choice, reason=reason)
+    return _store(
+        session,
+        slot,
+        kind,
+        time_spent_ms,
+        key,
+        a_completion_id=a_id,
+        b_completion_id=b_id,
+        choice=choice,
+        reason=reason,
+    )
 
 
 # -- skips, flags and drafts ------------------------------------------------------------------
+
 
 def skip(session: Session, user: User, task_id: int, reason: str = "skip", note: str = "") -> Skip:
     """Passes on a held task (flagging its prompt when reason is pii / nonsense / harmful); it never
@@ -354,7 +479,9 @@ def skip(session: Session, user: User, task_id: int, reason: str = "skip", note:
     try:
         reason = SkipReason(reason or "skip")
     except ValueError:
-        raise ServiceError(f"Unknown skip reason {reason!r}; use one of: {', '.join(r.value for r in SkipReason)}.") from None
+        raise ServiceError(
+            f"Unknown skip reason {reason!r}; use one of: {', '.join(r.value for r in SkipReason)}."
+        ) from None
     note = (note or "").strip()
     if len(note) > MAX_REASON_CHARS:
         raise ServiceError(f"The note has {len(note)} characters; the limit is {MAX_REASON_CHARS}.")
@@ -406,6 +533,7 @@ def get_draft(session: Session, user: User, task_id: int) -> str:
 
 # -- history and counts -----------------------------------------------------------------------
 
+
 @dataclass
 class HistoryRow:
     kind: TaskKind
@@ -417,9 +545,14 @@ class HistoryRow:
 
 
 def _submission_union(user_id: int):
-    parts = [select(model.task_id.label("task_id"), model.created_at.label("created_at"),
-                    model.time_spent_ms.label("time_spent_ms")).where(model.user_id == user_id)
-             for model in SUBMISSION_MODELS.values()]
+    parts = [
+        select(
+            model.task_id.label("task_id"),
+            model.created_at.label("created_at"),
+            model.time_spent_ms.label("time_spent_ms"),
+        ).where(model.user_id == user_id)
+        for model in SUBMISSION_MODELS.values()
+    ]
     return union_all(*parts).subquery()
 
 
@@ -427,17 +560,24 @@ def history(session: Session, user: User, *, limit: int = 50, offset: int = 0) -
     sub = _submission_union(user.id)
     rows = session.execute(
         select(Task.kind, Task.id, Project.name, Prompt.text, sub.c.created_at, sub.c.time_spent_ms)
-        .join(Task, Task.id == sub.c.task_id).join(Project, Project.id == Task.project_id)
+        .join(Task, Task.id == sub.c.task_id)
+        .join(Project, Project.id == Task.project_id)
         .join(Prompt, Prompt.id == Task.prompt_id)
-        .order_by(sub.c.created_at.desc(), Task.id.desc()).limit(limit).offset(offset)
+        .order_by(sub.c.created_at.desc(), Task.id.desc())
+        .limit(limit)
+        .offset(offset)
     ).all()
     return [HistoryRow(TaskKind(r[0]), r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
 
 def counts_since(session: Session, user: User, since: datetime) -> dict[TaskKind, int]:
-    return {kind: session.scalar(select(func.count()).select_from(model)
-                                 .where(model.user_id == user.id, model.created_at >= since)) or 0
-            for kind, model in SUBMISSION_MODELS.items()}
+    return {
+        kind: session.scalar(
+            select(func.count()).select_from(model).where(model.user_id == user.id, model.created_at >= since)
+        )
+        or 0
+        for kind, model in SUBMISSION_MODELS.items()
+    }
 
 
 def start_of_today() -> datetime:
@@ -447,9 +587,12 @@ def start_of_today() -> datetime:
 
 def flagged_skips(session: Session, project_id: int, *, limit: int = 200) -> list[Skip]:
     """Prompts labelers flagged (PII, nonsense, harmful), newest first: for the admin pages."""
-    return list(session.scalars(
-        select(Skip).join(Task, Task.id == Skip.task_id)
-        .where(Task.project_id == project_id, Skip.reason != SkipReason.skip)
-        .order_by(Skip.created_at.desc()).limit(limit)
-    ))
-
+    return list(
+        session.scalars(
+            select(Skip)
+            .join(Task, Task.id == Skip.task_id)
+            .where(Task.project_id == project_id, Skip.reason != SkipReason.skip)
+            .order_by(Skip.created_at.desc())
+            .limit(limit)
+        )
+    )

@@ -30,9 +30,9 @@ def _check_prompt(project: Project, prompt: Prompt) -> None:
 def _check_completions(session: Session, prompt: Prompt, completion_ids: list[int]) -> None:
     if len(set(completion_ids)) != len(completion_ids):
         raise ServiceError("The same output is listed twice for one task.")
-    found = dict(session.execute(
-        select(Completion.id, Completion.prompt_id).where(Completion.id.in_(completion_ids))
-    ).all())
+    found = dict(
+        session.execute(select(Completion.id, Completion.prompt_id).where(Completion.id.in_(completion_ids))).all()
+    )
     missing = [cid for cid in completion_ids if cid not in found]
     if missing:
         raise ServiceError(f"Unknown output id(s): {', '.join(map(str, missing))}.")
@@ -41,45 +41,83 @@ def _check_completions(session: Session, prompt: Prompt, completion_ids: list[in
         raise ServiceError(f"Output(s) {', '.join(map(str, foreign))} answer another prompt, not prompt {prompt.id}.")
 
 
-def create_demonstration_tasks(session: Session, project: Project, prompts: list[Prompt], priority: int = 0) -> list[Task]:
+def create_demonstration_tasks(
+    session: Session, project: Project, prompts: list[Prompt], priority: int = 0
+) -> list[Task]:
     """One demonstration task per prompt, wanting `project.overlap` labelers each."""
     tasks = []
     for prompt in prompts:
         _check_prompt(project, prompt)
-        tasks.append(Task(project_id=project.id, prompt_id=prompt.id, kind=TaskKind.demonstration,
-                          required=project.overlap, priority=priority))
+        tasks.append(
+            Task(
+                project_id=project.id,
+                prompt_id=prompt.id,
+                kind=TaskKind.demonstration,
+                required=project.overlap,
+                priority=priority,
+            )
+        )
     session.add_all(tasks)
     session.flush()
     return tasks
 
 
-def _task_with_outputs(session: Session, project: Project, prompt: Prompt, kind: TaskKind, completion_ids: list[int],
-                       priority: int, source_run_id: int | None) -> Task:
+def _task_with_outputs(
+    session: Session,
+    project: Project,
+    prompt: Prompt,
+    kind: TaskKind,
+    completion_ids: list[int],
+    priority: int,
+    source_run_id: int | None,
+) -> Task:
     _check_prompt(project, prompt)
     _check_completions(session, prompt, completion_ids)
-    task = Task(project_id=project.id, prompt_id=prompt.id, kind=kind, required=project.overlap,
-                priority=priority, source_run_id=source_run_id)
+    task = Task(
+        project_id=project.id,
+        prompt_id=prompt.id,
+        kind=kind,
+        required=project.overlap,
+        priority=priority,
+        source_run_id=source_run_id,
+    )
     task.outputs = [TaskCompletion(completion_id=cid, position=i) for i, cid in enumerate(completion_ids)]
     session.add(task)
     session.flush()
     return task
 
 
-def create_ranking_task(session: Session, project: Project, prompt: Prompt, completion_ids: list[int], *,
-                        priority: int = 0, source_run_id: int | None = None) -> Task:
+def create_ranking_task(
+    session: Session,
+    project: Project,
+    prompt: Prompt,
+    completion_ids: list[int],
+    *,
+    priority: int = 0,
+    source_run_id: int | None = None,
+) -> Task:
     """A task to rank 2..9 outputs of one prompt (shown to each labeler in a shuffled order)."""
     if not MIN_OUTPUTS <= len(completion_ids) <= MAX_OUTPUTS:
         raise ServiceError(f"A ranking task shows {MIN_OUTPUTS} to {MAX_OUTPUTS} outputs, not {len(completion_ids)}.")
     return _task_with_outputs(session, project, prompt, TaskKind.ranking, list(completion_ids), priority, source_run_id)
 
 
-def create_comparison_task(session: Session, project: Project, prompt: Prompt, a_completion_id: int,
-                           b_completion_id: int, *, priority: int = 0, source_run_id: int | None = None) -> Task:
+def create_comparison_task(
+    session: Session,
+    project: Project,
+    prompt: Prompt,
+    a_completion_id: int,
+    b_completion_id: int,
+    *,
+    priority: int = 0,
+    source_run_id: int | None = None,
+) -> Task:
     """A side-by-side A/B task between two outputs of one prompt (sides randomized per labeler)."""
     if a_completion_id == b_completion_id:
         raise ServiceError("A comparison needs two different outputs.")
-    return _task_with_outputs(session, project, prompt, TaskKind.comparison, [a_completion_id, b_completion_id],
-                              priority, source_run_id)
+    return _task_with_outputs(
+        session, project, prompt, TaskKind.comparison, [a_completion_id, b_completion_id], priority, source_run_id
+    )
 
 
 SUBMISSIONS = {TaskKind.demonstration: Demonstration, TaskKind.ranking: Ranking, TaskKind.comparison: Comparison}
@@ -95,12 +133,22 @@ def get_task(session: Session, task_id: int) -> Task:
 
 def task_submissions(session: Session, task: Task) -> list[Any]:
     model = SUBMISSIONS[task.kind]
-    return list(session.execute(select(model, User).join(User, User.id == model.user_id)
-                                .where(model.task_id == task.id).order_by(model.id)).all())
+    return list(
+        session.execute(
+            select(model, User).join(User, User.id == model.user_id).where(model.task_id == task.id).order_by(model.id)
+        ).all()
+    )
 
 
-def tasks_page(session: Session, project_id: int, kind: TaskKind | None, *, offset: int = 0, limit: int = 50,
-               shared_only: bool = False) -> list[Task]:
+def tasks_page(
+    session: Session,
+    project_id: int,
+    kind: TaskKind | None,
+    *,
+    offset: int = 0,
+    limit: int = 50,
+    shared_only: bool = False,
+) -> list[Task]:
     q = select(Task).where(Task.project_id == project_id).order_by(Task.id.desc()).offset(offset).limit(limit)
     if kind is not None:
         q = q.where(Task.kind == kind)

@@ -19,9 +19,17 @@ def dashboard(request: Request, session: SessionDep, user: AdminUser):
 
 
 def _users_page(request: Request, session, status_code: int = 200, **extra):
-    return render(request, "admin/users.html", {"users": accounts.list_users(session),
-                                                "invites": accounts.open_invites(session), "roles": list(Role), **extra},
-                  status_code=status_code)
+    return render(
+        request,
+        "admin/users.html",
+        {
+            "users": accounts.list_users(session),
+            "invites": accounts.open_invites(session),
+            "roles": list(Role),
+            **extra,
+        },
+        status_code=status_code,
+    )
 
 
 def _link(request: Request, settings, route: str, token: str) -> str:
@@ -38,12 +46,21 @@ def users_page(request: Request, session: SessionDep, user: AdminUser):
 
 @router.post("/users/invite")
 def invite(
-    request: Request, session: SessionDep, settings: SettingsDep, user: AdminUser,
-    email: Annotated[str, Form()] = "", role: Annotated[str, Form()] = "labeler",
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    user: AdminUser,
+    email: Annotated[str, Form()] = "",
+    role: Annotated[str, Form()] = "labeler",
 ):
     try:
-        token = accounts.create_invite(session, email, role=Role(role) if role in Role.__members__ else Role.labeler,
-                                       created_by=user, ttl_s=settings.invite_ttl_s)
+        token = accounts.create_invite(
+            session,
+            email,
+            role=Role(role) if role in Role.__members__ else Role.labeler,
+            created_by=user,
+            ttl_s=settings.invite_ttl_s,
+        )
     except ServiceError as exc:
         return _users_page(request, session, error=exc.message, email=email, status_code=exc.status_code)
     link = _link(request, settings, "invite_page", token)
@@ -51,8 +68,9 @@ def invite(
 
 
 @router.post("/users/{user_id}/active")
-def set_active(request: Request, session: SessionDep, user: AdminUser, user_id: IdPath,
-               active: Annotated[bool, Form()] = False):
+def set_active(
+    request: Request, session: SessionDep, user: AdminUser, user_id: IdPath, active: Annotated[bool, Form()] = False
+):
     try:
         target = accounts.set_active(session, user_id, active, by=user)
     except ServiceError as exc:
@@ -72,8 +90,12 @@ def end_access(request: Request, session: SessionDep, user: AdminUser, user_id: 
 @router.post("/users/{user_id}/reset-link")
 def reset_link(request: Request, session: SessionDep, settings: SettingsDep, user: AdminUser, user_id: IdPath):
     token = accounts.create_password_reset(session, user_id, created_by=user, ttl_s=settings.invite_ttl_s)
-    return _users_page(request, session, reset_link=_link(request, settings, "reset_page", token),
-                       reset_email=accounts.get_user(session, user_id).email)
+    return _users_page(
+        request,
+        session,
+        reset_link=_link(request, settings, "reset_page", token),
+        reset_email=accounts.get_user(session, user_id).email,
+    )
 
 
 @router.post("/users/{user_id}/unlock")

@@ -41,13 +41,22 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}"  # three significant digits, so close ticks (0.00285, 0.0029) stay apart
 
 
-def line_chart(series: dict[str, list[tuple[float, float]]], *, width: int = 560, height: int = 220,
-               x_label: str = "step", empty: str = "No values yet.", label: str = "") -> Markup:
+def line_chart(
+    series: dict[str, list[tuple[float, float]]],
+    *,
+    width: int = 560,
+    height: int = 220,
+    x_label: str = "step",
+    empty: str = "No values yet.",
+    label: str = "",
+) -> Markup:
     """One or more lines over a shared x axis (training steps)."""
     points = [p for pts in series.values() for p in pts if math.isfinite(p[1])]
     if not points:
-        return Markup(f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="{escape(label)}">'
-                      f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle">{escape(empty)}</text></svg>')
+        return Markup(
+            f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="{escape(label)}">'
+            f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle">{escape(empty)}</text></svg>'
+        )
     left, right, top, bottom = 48, 12, 10, 26
     xs, ys = [p[0] for p in points], [p[1] for p in points]
     x0, x1 = min(xs), max(xs)
@@ -67,8 +76,10 @@ def line_chart(series: dict[str, list[tuple[float, float]]], *, width: int = 560
 
     out = [f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="{escape(label)}">']
     for t in yticks:
-        out.append(f'<line class="grid" x1="{left}" x2="{width - right}" y1="{sy(t):.1f}" y2="{sy(t):.1f}"/>'
-                   f'<text x="{left - 6}" y="{sy(t) + 4:.1f}" text-anchor="end">{_fmt(t)}</text>')
+        out.append(
+            f'<line class="grid" x1="{left}" x2="{width - right}" y1="{sy(t):.1f}" y2="{sy(t):.1f}"/>'
+            f'<text x="{left - 6}" y="{sy(t) + 4:.1f}" text-anchor="end">{_fmt(t)}</text>'
+        )
     for t in _nice_ticks(x0, x1, 5):
         if x0 <= t <= x1:
             out.append(f'<text x="{sx(t):.1f}" y="{height - 8}" text-anchor="middle">{_fmt(t)}</text>')
@@ -78,17 +89,22 @@ def line_chart(series: dict[str, list[tuple[float, float]]], *, width: int = 560
             continue
         color = PALETTE[i % len(PALETTE)]
         path = " ".join(f"{'M' if j == 0 else 'L'}{sx(x):.1f},{sy(y):.1f}" for j, (x, y) in enumerate(pts))
-        out.append(f'<path d="{path}" fill="none" stroke="{color}" stroke-width="2" stroke-linejoin="round">'
-                   f'<title>{escape(name)}</title></path>')
+        out.append(
+            f'<path d="{path}" fill="none" stroke="{color}" stroke-width="2" stroke-linejoin="round">'
+            f"<title>{escape(name)}</title></path>"
+        )
         lx, ly = pts[-1]
-        out.append(f'<circle cx="{sx(lx):.1f}" cy="{sy(ly):.1f}" r="3" fill="{color}">'
-                   f'<title>{escape(name)} = {ly:.4g} at {x_label} {lx:g}</title></circle>')
+        out.append(
+            f'<circle cx="{sx(lx):.1f}" cy="{sy(ly):.1f}" r="3" fill="{color}">'
+            f"<title>{escape(name)} = {ly:.4g} at {x_label} {lx:g}</title></circle>"
+        )
     out.append("</svg>")
     return Markup("".join(out))
 
 
-def stacked_bars(days: list[tuple[date, dict[str, int]]], *, kinds: list[str], width: int = 900,
-                 height: int = 220) -> Markup:
+def stacked_bars(
+    days: list[tuple[date, dict[str, int]]], *, kinds: list[str], width: int = 900, height: int = 220
+) -> Markup:
     """Submissions per day, one stacked bar per day, one color per kind."""
     left, right, top, bottom = 44, 8, 10, 26
     totals = [sum(counts.get(k, 0) for k in kinds) for _, counts in days]
@@ -100,8 +116,10 @@ def stacked_bars(days: list[tuple[date, dict[str, int]]], *, kinds: list[str], w
     out = [f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="Submissions per day">']
     for t in yticks:
         y = top + ph - t / ymax * ph
-        out.append(f'<line class="grid" x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}"/>'
-                   f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{_fmt(t)}</text>')
+        out.append(
+            f'<line class="grid" x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}"/>'
+            f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{_fmt(t)}</text>'
+        )
     label_every = max(1, math.ceil(len(days) / 10))
     for i, (day, counts) in enumerate(days):
         x = left + i * slot + (slot - bar) / 2
@@ -112,10 +130,14 @@ def stacked_bars(days: list[tuple[date, dict[str, int]]], *, kinds: list[str], w
                 continue
             h = n / ymax * ph
             y -= h
-            out.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar:.1f}" height="{h:.1f}" rx="1.5" '
-                       f'fill="{KIND_COLORS.get(kind, "#999")}"><title>{day.isoformat()}: {n:,} {kind}s</title></rect>')
+            out.append(
+                f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar:.1f}" height="{h:.1f}" rx="1.5" '
+                f'fill="{KIND_COLORS.get(kind, "#999")}"><title>{day.isoformat()}: {n:,} {kind}s</title></rect>'
+            )
         if i % label_every == 0:
-            out.append(f'<text x="{x + bar / 2:.1f}" y="{height - 8}" text-anchor="middle">{day.strftime("%b %d")}</text>')
+            out.append(
+                f'<text x="{x + bar / 2:.1f}" y="{height - 8}" text-anchor="middle">{day.strftime("%b %d")}</text>'
+            )
     out.append("</svg>")
     return Markup("".join(out))
 
@@ -136,13 +158,17 @@ def lineage_graph(versions: list, *, highlight: int | None = None) -> Markup:
     for ci, col in enumerate(columns):
         for ri, v in enumerate(by_col[col]):
             pos[v.id] = (10 + ci * (box_w + gap_x), top + ri * (box_h + gap_y))
-    out = [f'<svg class="chart lineage-svg" viewBox="0 0 {width} {height}" width="{width}" role="img" '
-           'aria-label="Model lineage"><defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" '
-           'markerWidth="7" markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#8a94a6"/>'
-           "</marker></defs>"]
+    out = [
+        f'<svg class="chart lineage-svg" viewBox="0 0 {width} {height}" width="{width}" role="img" '
+        'aria-label="Model lineage"><defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" '
+        'markerWidth="7" markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#8a94a6"/>'
+        "</marker></defs>"
+    ]
     for ci, col in enumerate(columns):
-        out.append(f'<text x="{10 + ci * (box_w + gap_x) + box_w / 2}" y="16" text-anchor="middle" '
-                   f'style="font-weight:600;text-transform:uppercase;letter-spacing:.05em">{col}</text>')
+        out.append(
+            f'<text x="{10 + ci * (box_w + gap_x) + box_w / 2}" y="16" text-anchor="middle" '
+            f'style="font-weight:600;text-transform:uppercase;letter-spacing:.05em">{col}</text>'
+        )
     for v in versions:
         for pid in v.parent_ids or []:
             if pid in pos and v.id in pos:
@@ -161,17 +187,30 @@ def lineage_graph(versions: list, *, highlight: int | None = None) -> Markup:
         color = MODEL_COLORS.get(v.kind.value, "#5d6679")
         metric = _headline_metric(v.metrics or {})
         stroke = ' stroke-width="3"' if v.id == highlight else ' stroke-width="1.5"'
-        out.append(f'<a href="/admin/models/{v.id}"><g><rect x="{x}" y="{y}" width="{box_w}" height="{box_h}" rx="8" '
-                   f'fill="#fff" stroke="{color}"{stroke}/><rect x="{x}" y="{y}" width="6" height="{box_h}" rx="3" '
-                   f'fill="{color}"/><text x="{x + 14}" y="{y + 21}" style="fill:#1d2433;font-weight:600;font-size:12px">'
-                   f"#{v.id} {escape(v.name[:22])}</text>"
-                   f'<text x="{x + 14}" y="{y + 40}">{escape(metric)}</text><title>{escape(v.source)}</title></g></a>')
+        out.append(
+            f'<a href="/admin/models/{v.id}"><g><rect x="{x}" y="{y}" width="{box_w}" height="{box_h}" rx="8" '
+            f'fill="#fff" stroke="{color}"{stroke}/><rect x="{x}" y="{y}" width="6" height="{box_h}" rx="3" '
+            f'fill="{color}"/><text x="{x + 14}" y="{y + 21}" style="fill:#1d2433;font-weight:600;font-size:12px">'
+            f"#{v.id} {escape(v.name[:22])}</text>"
+            f'<text x="{x + 14}" y="{y + 40}">{escape(metric)}</text><title>{escape(v.source)}</title></g></a>'
+        )
     out.append("</svg>")
     return Markup("".join(out))
 
 
-HEADLINE = ["win_rate", "reward_win_rate", "accuracy", "valid_accuracy", "best_valid_loss", "valid_loss", "reward",
-            "mean_reward", "kl", "train_loss", "loss"]
+HEADLINE = [
+    "win_rate",
+    "reward_win_rate",
+    "accuracy",
+    "valid_accuracy",
+    "best_valid_loss",
+    "valid_loss",
+    "reward",
+    "mean_reward",
+    "kl",
+    "train_loss",
+    "loss",
+]
 """The metrics that say most about a model version, best first."""
 
 

@@ -21,21 +21,46 @@ def _project_id(value: str | None) -> int | None:
 
 
 @router.get("/data")
-def data_page(request: Request, session: SessionDep, user: AdminUser, project: str | None = None, days: Annotated[int, Query(ge=1, le=3650)] = 30,
-              fresh: bool = False):
+def data_page(
+    request: Request,
+    session: SessionDep,
+    user: AdminUser,
+    project: str | None = None,
+    days: Annotated[int, Query(ge=1, le=3650)] = 30,
+    fresh: bool = False,
+):
     days = min(max(days, 7), 365)
     pid = _project_id(project)
     overview = stats.data_overview(session, days=days, project_id=pid, fresh=fresh)
     chart = stacked_bars(overview.per_day, kinds=KINDS)
     total = sum(sum(c.values()) for _, c in overview.per_day)
-    return render(request, "admin/data.html", {"o": overview, "chart": chart, "kinds": KINDS, "colors": KIND_COLORS,
-                                               "days": days, "project_id": pid, "period_total": total,
-                                               "export_kinds": exports.KINDS})
+    return render(
+        request,
+        "admin/data.html",
+        {
+            "o": overview,
+            "chart": chart,
+            "kinds": KINDS,
+            "colors": KIND_COLORS,
+            "days": days,
+            "project_id": pid,
+            "period_total": total,
+            "export_kinds": exports.KINDS,
+        },
+    )
 
 
 @router.get("/projects/{project_id}/export/{kind}")
-def export_download(request: Request, session: SessionDep, user: AdminUser, project_id: IdPath, kind: str,
-                    split: str = "train", exclude: str = "", format: str = "plain"):
+def export_download(
+    request: Request,
+    session: SessionDep,
+    user: AdminUser,
+    project_id: IdPath,
+    kind: str,
+    split: str = "train",
+    exclude: str = "",
+    format: str = "plain",
+):
     project = projects.get_project(session, project_id)
     try:
         excluded = [int(x) for x in exclude.replace(" ", "").split(",") if x]
@@ -51,13 +76,17 @@ def export_download(request: Request, session: SessionDep, user: AdminUser, proj
             yield from exports.jsonl_lines(s, kind, f)
 
     name = exports.filename(project, kind, f)
-    return StreamingResponse(body(), media_type="application/x-ndjson",
-                             headers={"Content-Disposition": f'attachment; filename="{name}"'})
+    return StreamingResponse(
+        body(), media_type="application/x-ndjson", headers={"Content-Disposition": f'attachment; filename="{name}"'}
+    )
 
 
 @router.get("/projects/{project_id}/exports")
 def exports_page(request: Request, session: SessionDep, user: AdminUser, project_id: IdPath):
     project = projects.get_project(session, project_id)
     labelers = [row.user for row in stats.labeler_figures(session, project.id) if row.total]
-    return render(request, "admin/exports.html", {"project": project, "kinds": exports.KINDS, "labelers": labelers,
-                                                  "formats": exports.FORMATS})
+    return render(
+        request,
+        "admin/exports.html",
+        {"project": project, "kinds": exports.KINDS, "labelers": labelers, "formats": exports.FORMATS},
+    )

@@ -13,28 +13,56 @@ PAIRWISE_REFERENCE = 0.726  # InstructGPT: training labelers agreed on 72.6 ± 1
 
 
 @router.get("/labelers")
-def labelers_page(request: Request, session: SessionDep, user: AdminUser, project: str | None = None,
-                  fresh: bool = False):
+def labelers_page(
+    request: Request, session: SessionDep, user: AdminUser, project: str | None = None, fresh: bool = False
+):
     pid = int(project) if project and project.isdigit() else None
     rows, agreement, as_of = stats.labelers_report(session, pid, fresh=fresh)
     names = {r.user.id: r.user.name or r.user.email for r in rows}
     pairs = sorted(agreement.per_pair.items(), key=lambda kv: -kv[1].comparable)[:30]
-    return render(request, "admin/labelers.html", {
-        "rows": rows, "agreement": agreement, "pairs": pairs, "names": names, "project_id": pid,
-        "projects": projects.project_choices(session),
-        "gold_tasks": stats.gold_tasks(session, pid, limit=20), "reference": PAIRWISE_REFERENCE, "as_of": as_of,
-    })
+    return render(
+        request,
+        "admin/labelers.html",
+        {
+            "rows": rows,
+            "agreement": agreement,
+            "pairs": pairs,
+            "names": names,
+            "project_id": pid,
+            "projects": projects.project_choices(session),
+            "gold_tasks": stats.gold_tasks(session, pid, limit=20),
+            "reference": PAIRWISE_REFERENCE,
+            "as_of": as_of,
+        },
+    )
 
 
 @router.get("/projects/{project_id}/tasks")
-def tasks_page(request: Request, session: SessionDep, user: AdminUser, project_id: IdPath, kind: str = "",
-               shared: bool = False, page: Page = 1):
+def tasks_page(
+    request: Request,
+    session: SessionDep,
+    user: AdminUser,
+    project_id: IdPath,
+    kind: str = "",
+    shared: bool = False,
+    page: Page = 1,
+):
     project = projects.get_project(session, project_id)
     task_kind = TaskKind(kind) if kind in TaskKind.__members__ else None
     page = max(1, page)
     listed = tasks.tasks_page(session, project.id, task_kind, offset=(page - 1) * 50, limit=51, shared_only=shared)
-    return render(request, "admin/tasks.html", {"project": project, "tasks": listed[:50], "more": len(listed) > 50,
-                                                "kind": kind, "shared": shared, "page": page})
+    return render(
+        request,
+        "admin/tasks.html",
+        {
+            "project": project,
+            "tasks": listed[:50],
+            "more": len(listed) > 50,
+            "kind": kind,
+            "shared": shared,
+            "page": page,
+        },
+    )
 
 
 @router.get("/tasks/{task_id}")
@@ -46,8 +74,12 @@ def task_page(request: Request, session: SessionDep, user: AdminUser, task_id: I
     for sub, _labeler in subs:
         if task.kind == TaskKind.ranking and gold_rank:
             scores[sub.id] = stats.gold_score_ranking(sub.order, task.gold)
-    return render(request, "admin/task.html", {"task": task, "subs": subs, "gold_rank": gold_rank, "scores": scores,
-                                               "error": error}, status_code=400 if error else 200)
+    return render(
+        request,
+        "admin/task.html",
+        {"task": task, "subs": subs, "gold_rank": gold_rank, "scores": scores, "error": error},
+        status_code=400 if error else 200,
+    )
 
 
 @router.post("/tasks/{task_id}/gold")

@@ -35,12 +35,17 @@ def _int(value: str, label: str, *, optional: bool = False) -> int | None:
 
 def _settings_from_form(form) -> projects.ProjectSettings:
     lease_min = _int(form.get("lease_minutes", ""), "The lease length", optional=True)
-    targets = {k: _int(form.get(f"target_{k}", ""), f"The {k} target", optional=True) or 0
-               for k in projects.TARGET_KINDS}
+    targets = {
+        k: _int(form.get(f"target_{k}", ""), f"The {k} target", optional=True) or 0 for k in projects.TARGET_KINDS
+    }
     return projects.ProjectSettings(
-        name=form.get("name", ""), description=form.get("description", ""),
-        k=_int(form.get("k", ""), "K (outputs per prompt)"), overlap=_int(form.get("overlap", ""), "Overlap"),
-        lease_seconds=lease_min * 60 if lease_min is not None else None, targets=targets)
+        name=form.get("name", ""),
+        description=form.get("description", ""),
+        k=_int(form.get("k", ""), "K (outputs per prompt)"),
+        overlap=_int(form.get("overlap", ""), "Overlap"),
+        lease_seconds=lease_min * 60 if lease_min is not None else None,
+        targets=targets,
+    )
 
 
 @router.get("/projects")
@@ -50,21 +55,28 @@ def projects_page(request: Request, session: SessionDep, user: AdminUser):
 
 @router.get("/projects/new")
 def new_project_page(request: Request, session: SessionDep, user: AdminUser):
-    return render(request, "admin/project_new.html", {"form": {"k": 4, "overlap": 1},
-                                                      "labelers": projects.active_labeler_count(session)})
+    return render(
+        request,
+        "admin/project_new.html",
+        {"form": {"k": 4, "overlap": 1}, "labelers": projects.active_labeler_count(session)},
+    )
 
 
 @router.post("/projects")
 async def create_project(request: Request, session: SessionDep, user: AdminUser):
     form = await request.form()
     try:
-        project = projects.create_project(session, _settings_from_form(form), guidelines_md=form.get("guidelines", ""),
-                                          created_by=user)
+        project = projects.create_project(
+            session, _settings_from_form(form), guidelines_md=form.get("guidelines", ""), created_by=user
+        )
     except ServiceError as exc:
         session.rollback()
-        return render(request, "admin/project_new.html", {"form": form, "error": exc.message,
-                                                          "labelers": projects.active_labeler_count(session)},
-                      status_code=exc.status_code)
+        return render(
+            request,
+            "admin/project_new.html",
+            {"form": form, "error": exc.message, "labelers": projects.active_labeler_count(session)},
+            status_code=exc.status_code,
+        )
     flash(request, f"Project “{project.name}” created. Next: import prompts.", "success")
     return redirect(f"/admin/projects/{project.id}")
 
@@ -95,15 +107,17 @@ async def update_project(request: Request, session: SessionDep, user: AdminUser,
     except ServiceError as exc:
         session.rollback()
         project = projects.get_project(session, project_id)
-        return _project_page(request, session, project, settings_error=exc.message, form=form,
-                             status_code=exc.status_code)
+        return _project_page(
+            request, session, project, settings_error=exc.message, form=form, status_code=exc.status_code
+        )
     flash(request, "Project settings saved.", "success")
     return redirect(f"/admin/projects/{project.id}")
 
 
 @router.post("/projects/{project_id}/guidelines")
-def save_guidelines(request: Request, session: SessionDep, user: AdminUser, project_id: IdPath,
-                    body: Annotated[str, Form()] = ""):
+def save_guidelines(
+    request: Request, session: SessionDep, user: AdminUser, project_id: IdPath, body: Annotated[str, Form()] = ""
+):
     project = projects.get_project(session, project_id)
     before = projects.current_guidelines(session, project.id)
     version = projects.save_guidelines(session, project, body, created_by=user)
@@ -131,6 +145,7 @@ def guideline_version_page(request: Request, session: SessionDep, user: AdminUse
 
 
 # ---------------------------------------------------------------- imports
+
 
 def _uploads(settings) -> Path:
     folder = settings.data_dir / "uploads"
@@ -160,9 +175,12 @@ def _upload_path(settings, token: str) -> Path:
 
 
 def _import_page(request, project, *, status_code=200, **extra):
-    return render(request, "admin/import.html", {"project": project, "formats": imports.FORMATS,
-                                                 "max_mb": imports.MAX_IMPORT_BYTES // (1024 * 1024), **extra},
-                  status_code=status_code)
+    return render(
+        request,
+        "admin/import.html",
+        {"project": project, "formats": imports.FORMATS, "max_mb": imports.MAX_IMPORT_BYTES // (1024 * 1024), **extra},
+        status_code=status_code,
+    )
 
 
 def _fractions(valid_pct: str, test_pct: str) -> tuple[float, float]:
@@ -178,8 +196,9 @@ def import_page(request: Request, session: SessionDep, user: AdminUser, project_
 
 
 @router.post("/projects/{project_id}/import/preview")
-async def import_preview(request: Request, session: SessionDep, settings: SettingsDep, user: AdminUser,
-                         project_id: IdPath):
+async def import_preview(
+    request: Request, session: SessionDep, settings: SettingsDep, user: AdminUser, project_id: IdPath
+):
     project = projects.get_project(session, project_id)
     form = await request.form()
     upload = form.get("file")
@@ -188,27 +207,46 @@ async def import_preview(request: Request, session: SessionDep, settings: Settin
     data = await upload.read(imports.MAX_IMPORT_BYTES + 1)
     try:
         valid, test = _fractions(form.get("valid_pct", "10"), form.get("test_pct", "10"))
-        preview = imports.preview_import(session, project, data, filename=upload.filename,
-                                         fmt=form.get("format", "auto"), valid_fraction=valid, test_fraction=test)
+        preview = imports.preview_import(
+            session,
+            project,
+            data,
+            filename=upload.filename,
+            fmt=form.get("format", "auto"),
+            valid_fraction=valid,
+            test_fraction=test,
+        )
     except ServiceError as exc:
         return _import_page(request, project, form=form, error=exc.message, status_code=exc.status_code)
     token = _keep_upload(settings, data) if preview.ok else None
-    return _import_page(request, project, form=form, preview=preview, token=token,
-                        status_code=200 if preview.ok or not preview.errors else 422)
+    return _import_page(
+        request,
+        project,
+        form=form,
+        preview=preview,
+        token=token,
+        status_code=200 if preview.ok or not preview.errors else 422,
+    )
 
 
 @router.post("/projects/{project_id}/import")
-async def import_commit(request: Request, session: SessionDep, settings: SettingsDep, user: AdminUser,
-                        project_id: IdPath):
+async def import_commit(
+    request: Request, session: SessionDep, settings: SettingsDep, user: AdminUser, project_id: IdPath
+):
     project = projects.get_project(session, project_id)
     form = await request.form()
     try:
         path = _upload_path(settings, form.get("token", ""))
         valid, test = _fractions(form.get("valid_pct", "10"), form.get("test_pct", "10"))
-        options = {"fmt": form.get("format", "auto"), "valid_fraction": valid, "test_fraction": test,
-                   "create_tasks": form.get("create_tasks") == "on"}
-        job = imports.start_job(session, project, filename=str(form.get("filename", "")), options=options,
-                                created_by=user)
+        options = {
+            "fmt": form.get("format", "auto"),
+            "valid_fraction": valid,
+            "test_fraction": test,
+            "create_tasks": form.get("create_tasks") == "on",
+        }
+        job = imports.start_job(
+            session, project, filename=str(form.get("filename", "")), options=options, created_by=user
+        )
     except ServiceError as exc:
         session.rollback()
         return _import_page(request, project, form=form, error=exc.message, status_code=exc.status_code)
@@ -217,8 +255,9 @@ async def import_commit(request: Request, session: SessionDep, settings: Setting
     path.unlink(missing_ok=True)
     engine = request.app.state.engine
     if len(data) > imports.BACKGROUND_MIN_BYTES:
-        threading.Thread(target=imports.run_job, args=(engine, job.id, data), daemon=True,
-                         name=f"import-job-{job.id}").start()
+        threading.Thread(
+            target=imports.run_job, args=(engine, job.id, data), daemon=True, name=f"import-job-{job.id}"
+        ).start()
         return redirect(f"/admin/projects/{project.id}/imports/{job.id}")
     job = await run_in_threadpool(imports.run_job, engine, job.id, data)
     if job.status != ImportJobStatus.succeeded:

@@ -31,6 +31,7 @@ MAX_POINTS = 400
 
 # ---------------------------------------------------------------- run forms from runconfig
 
+
 @dataclasses.dataclass
 class ConfigField:
     name: str
@@ -43,9 +44,15 @@ class ConfigField:
 def config_fields(kind: str) -> tuple[str, list[ConfigField]]:
     """The run kind's description and its settings, with the docs written under each field."""
     cls = RUN_CONFIGS[kind]
-    fields = [ConfigField(name, getattr(info.annotation, "__name__", str(info.annotation)), info.default,
-                          " ".join((info.description or "").split()))
-              for name, info in cls.model_fields.items()]
+    fields = [
+        ConfigField(
+            name,
+            getattr(info.annotation, "__name__", str(info.annotation)),
+            info.default,
+            " ".join((info.description or "").split()),
+        )
+        for name, info in cls.model_fields.items()
+    ]
     return " ".join((cls.__doc__ or "").split()), fields
 
 
@@ -72,12 +79,25 @@ def _config_from_form(kind: str, form) -> dict[str, typing.Any]:
 
 
 def _model_choices(session, project_id: int | None) -> list[ModelVersion]:
-    return registry.list_versions(session, project_id=project_id, limit=200) if project_id else \
-        registry.list_versions(session, limit=200)
+    return (
+        registry.list_versions(session, project_id=project_id, limit=200)
+        if project_id
+        else registry.list_versions(session, limit=200)
+    )
 
 
-def _run_form(request, session, settings, kind: str, *, project_id=None, form=None, error=None, status_code=200,
-              preset_models=None):
+def _run_form(
+    request,
+    session,
+    settings,
+    kind: str,
+    *,
+    project_id=None,
+    form=None,
+    error=None,
+    status_code=200,
+    preset_models=None,
+):
     if kind not in KIND_TITLES:
         kind = "sft"
     doc, fields = config_fields(kind)
@@ -86,20 +106,42 @@ def _run_form(request, session, settings, kind: str, *, project_id=None, form=No
         project_id = all_projects[0].id
     accepted, required = runs.INPUT_MODELS[RunKind(kind)]
     versions = _model_choices(session, project_id)
-    slots = [{"name": name, "index": i, "required": i < required,
-              "choices": [v for v in versions if v.kind in accepted[i]]}
-             for i, name in enumerate(runs.INPUT_NAMES[RunKind(kind)][:len(accepted)])]
+    slots = [
+        {"name": name, "index": i, "required": i < required, "choices": [v for v in versions if v.kind in accepted[i]]}
+        for i, name in enumerate(runs.INPUT_NAMES[RunKind(kind)][: len(accepted)])
+    ]
     labelers = sorted(accounts.list_users(session), key=lambda u: u.email)
-    return render(request, "admin/run_new.html", {
-        "kind": kind, "kinds": KIND_TITLES, "doc": doc, "fields": fields, "projects": all_projects,
-        "project_id": project_id, "slots": slots, "labelers": labelers, "form": form or {}, "error": error,
-        "default_model": settings.default_model, "preset_models": preset_models or [],
-    }, status_code=status_code)
+    return render(
+        request,
+        "admin/run_new.html",
+        {
+            "kind": kind,
+            "kinds": KIND_TITLES,
+            "doc": doc,
+            "fields": fields,
+            "projects": all_projects,
+            "project_id": project_id,
+            "slots": slots,
+            "labelers": labelers,
+            "form": form or {},
+            "error": error,
+            "default_model": settings.default_model,
+            "preset_models": preset_models or [],
+        },
+        status_code=status_code,
+    )
 
 
 @router.get("/runs/new")
-def new_run_page(request: Request, session: SessionDep, settings: SettingsDep, user: AdminUser, kind: str = "sft",
-                 project: str = "", model: str = ""):
+def new_run_page(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    user: AdminUser,
+    kind: str = "sft",
+    project: str = "",
+    model: str = "",
+):
     preset = [int(model)] if model.isdigit() else []
     pid = int(project) if project.isdigit() else None
     if pid is None and preset:
@@ -135,31 +177,55 @@ async def create_run(request: Request, session: SessionDep, settings: SettingsDe
         splits = form.getlist("splits")
         if splits and splits != ["train"]:
             data_filter["splits"] = splits
-        run = runs.create_run(session, project_id=pid, kind=kind, config=config, input_model_ids=model_ids,
-                              data_filter=data_filter, created_by=user, default_model=settings.default_model)
+        run = runs.create_run(
+            session,
+            project_id=pid,
+            kind=kind,
+            config=config,
+            input_model_ids=model_ids,
+            data_filter=data_filter,
+            created_by=user,
+            default_model=settings.default_model,
+        )
     except ServiceError as exc:
         session.rollback()
-        return _run_form(request, session, settings, kind, project_id=pid, form=form, error=exc.message,
-                         status_code=exc.status_code)
+        return _run_form(
+            request, session, settings, kind, project_id=pid, form=form, error=exc.message, status_code=exc.status_code
+        )
     low = run.data_filter.get("below_agreement")
-    note = "" if low is None else f" Left out {len(low)} labeler{'s' * (len(low) != 1)} below {min_agreement}% agreement."
+    note = (
+        "" if low is None else f" Left out {len(low)} labeler{'s' * (len(low) != 1)} below {min_agreement}% agreement."
+    )
     flash(request, f"Run #{run.id} ({run.kind.value}) is queued; a worker will pick it up.{note}", "success")
     return redirect(f"/admin/runs/{run.id}")
 
 
 # ---------------------------------------------------------------- run list and run page
 
+
 @router.get("/runs")
-def runs_page(request: Request, session: SessionDep, user: AdminUser, project: str = "", status: str = "",
-              kind: str = ""):
+def runs_page(
+    request: Request, session: SessionDep, user: AdminUser, project: str = "", status: str = "", kind: str = ""
+):
     pid = int(project) if project.isdigit() else None
     st = RunStatus(status) if status in RunStatus.__members__ else None
     rk = RunKind(kind) if kind in RunKind.__members__ else None
     listed = runs.list_runs(session, project_id=pid, status=st, kind=rk, limit=100)
     names = projects.project_names(session)
-    return render(request, "admin/runs.html", {
-        "runs": listed, "counts": runs.status_counts(session), "project_names": names,
-        "projects": names, "project_id": pid, "status": status, "kind": kind, "kinds": KIND_TITLES})
+    return render(
+        request,
+        "admin/runs.html",
+        {
+            "runs": listed,
+            "counts": runs.status_counts(session),
+            "project_names": names,
+            "projects": names,
+            "project_id": pid,
+            "status": status,
+            "kind": kind,
+            "kinds": KIND_TITLES,
+        },
+    )
 
 
 def _run_context(session: SessionDep, run: TrainingRun) -> dict:
@@ -168,10 +234,15 @@ def _run_context(session: SessionDep, run: TrainingRun) -> dict:
     names = sorted(series, key=lambda n: (first.get(n, len(first)), n))
     charts = [(name, line_chart({name: series[name]}, label=name), series[name][-1][1]) for name in names]
     report = evaluation.labeler_win_rate(session, run.id) if run.kind == RunKind.evaluate else None
-    return {"run": run, "charts": charts, "produced": registry.produced_by(session, run.id),
-            "inputs": registry.versions_by_id(session, run.input_model_ids or []),
-            "final": run.status in runs.FINAL, "report": report,
-            "project": projects.get_project(session, run.project_id) if run.project_id else None}
+    return {
+        "run": run,
+        "charts": charts,
+        "produced": registry.produced_by(session, run.id),
+        "inputs": registry.versions_by_id(session, run.input_model_ids or []),
+        "final": run.status in runs.FINAL,
+        "report": report,
+        "project": projects.get_project(session, run.project_id) if run.project_id else None,
+    }
 
 
 @router.get("/runs/{run_id}")
@@ -194,10 +265,16 @@ def cancel_run(request: Request, session: SessionDep, user: AdminUser, run_id: I
     except ServiceError as exc:
         session.rollback()
         run = runs.get_run(session, run_id)
-        return render(request, "admin/run.html", {**_run_context(session, run), "error": exc.message},
-                      status_code=exc.status_code)
-    flash(request, f"Run #{run.id} cancelled." if run.status == RunStatus.cancelled else
-          f"Run #{run.id}: cancel requested; the worker stops at its next safe point.", "success")
+        return render(
+            request, "admin/run.html", {**_run_context(session, run), "error": exc.message}, status_code=exc.status_code
+        )
+    flash(
+        request,
+        f"Run #{run.id} cancelled."
+        if run.status == RunStatus.cancelled
+        else f"Run #{run.id}: cancel requested; the worker stops at its next safe point.",
+        "success",
+    )
     return redirect(f"/admin/runs/{run.id}")
 
 
@@ -218,11 +295,21 @@ def _graph_versions(session: SessionDep, versions: list[ModelVersion]) -> list[M
 def models_page(request: Request, session: SessionDep, user: AdminUser, project: str = ""):
     pid = int(project) if project.isdigit() else None
     versions = _model_choices(session, pid)
-    return render(request, "admin/models.html", {
-        "versions": versions, "graph": lineage_graph(_graph_versions(session, versions)), "colors": MODEL_COLORS,
-        "graph_limited": len(versions) > GRAPH_LATEST,
-        "by_id": {v.id: v for v in versions}, "evaluations": evaluation.recent_evaluations(session), "headline": headline_metrics,
-        "projects": projects.project_choices(session), "project_id": pid})
+    return render(
+        request,
+        "admin/models.html",
+        {
+            "versions": versions,
+            "graph": lineage_graph(_graph_versions(session, versions)),
+            "colors": MODEL_COLORS,
+            "graph_limited": len(versions) > GRAPH_LATEST,
+            "by_id": {v.id: v for v in versions},
+            "evaluations": evaluation.recent_evaluations(session),
+            "headline": headline_metrics,
+            "projects": projects.project_choices(session),
+            "project_id": pid,
+        },
+    )
 
 
 @router.get("/models/{version_id}")
@@ -231,13 +318,25 @@ def model_page(request: Request, session: SessionDep, user: AdminUser, version_i
     ancestors = registry.lineage(session, version.id)
     children = registry.children(session, version.id)
     family = {v.id: v for v in ancestors + children}
-    others = [v for v in _model_choices(session, version.project_id)
-              if v.id != version.id and v.kind in (ModelKind.base, ModelKind.sft, ModelKind.ppo)]
+    others = [
+        v
+        for v in _model_choices(session, version.project_id)
+        if v.id != version.id and v.kind in (ModelKind.base, ModelKind.sft, ModelKind.ppo)
+    ]
     run = runs.find_run(session, version.run_id) if version.run_id else None
-    return render(request, "admin/model.html", {
-        "version": version, "ancestors": ancestors, "children": children, "run": run, "others": others,
-        "graph": lineage_graph(list(family.values()), highlight=version.id),
-        "is_policy": version.kind in (ModelKind.base, ModelKind.sft, ModelKind.ppo)})
+    return render(
+        request,
+        "admin/model.html",
+        {
+            "version": version,
+            "ancestors": ancestors,
+            "children": children,
+            "run": run,
+            "others": others,
+            "graph": lineage_graph(list(family.values()), highlight=version.id),
+            "is_policy": version.kind in (ModelKind.base, ModelKind.sft, ModelKind.ppo),
+        },
+    )
 
 
 @router.post("/models")

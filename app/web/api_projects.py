@@ -34,7 +34,9 @@ class ProjectIn(BaseModel):
     k: int = Field(4, description="Outputs per prompt in ranking tasks (2..9).")
     overlap: int = Field(1, description="Labelers per task (at most the number of active labelers).")
     lease_seconds: int | None = Field(None, description="How long a labeler holds a task; null: the server default.")
-    targets: dict[str, int] = Field(default_factory=dict, description='Submissions wanted per kind, e.g. {"ranking": 500}.')
+    targets: dict[str, int] = Field(
+        default_factory=dict, description='Submissions wanted per kind, e.g. {"ranking": 500}.'
+    )
     guidelines: str = Field("", description="Markdown; saved as guidelines version 1.")
 
 
@@ -108,9 +110,16 @@ class ImportOut(BaseModel):
 
 
 def _out(session, project: Project, detail: bool = False) -> ProjectOut:
-    out = ProjectOut(id=project.id, name=project.name, description=project.description, k=project.k,
-                     overlap=project.overlap, lease_seconds=project.lease_seconds, targets=project.targets or {},
-                     created_at=project.created_at)
+    out = ProjectOut(
+        id=project.id,
+        name=project.name,
+        description=project.description,
+        k=project.k,
+        overlap=project.overlap,
+        lease_seconds=project.lease_seconds,
+        targets=project.targets or {},
+        created_at=project.created_at,
+    )
     if detail:
         g = projects.current_guidelines(session, project.id)
         out.guidelines_version, out.guidelines = (g.version, g.body_md) if g else (None, None)
@@ -125,8 +134,14 @@ def list_projects(session: SessionDep, user: ApiAdmin):
 
 @router.post("/projects", response_model=ProjectOut, status_code=201)
 def create_project(body: ProjectIn, session: SessionDep, user: ApiAdmin):
-    settings = projects.ProjectSettings(name=body.name, description=body.description, k=body.k, overlap=body.overlap,
-                                        lease_seconds=body.lease_seconds, targets=body.targets)
+    settings = projects.ProjectSettings(
+        name=body.name,
+        description=body.description,
+        k=body.k,
+        overlap=body.overlap,
+        lease_seconds=body.lease_seconds,
+        targets=body.targets,
+    )
     project = projects.create_project(session, settings, guidelines_md=body.guidelines, created_by=user)
     return _out(session, project, detail=True)
 
@@ -141,9 +156,13 @@ def update_project(project_id: IdPath, body: ProjectPatch, session: SessionDep, 
     p = projects.get_project(session, project_id)
     given = body.model_dump(exclude_unset=True)
     settings = projects.ProjectSettings(
-        name=given.get("name", p.name), description=given.get("description", p.description),
-        k=given.get("k", p.k), overlap=given.get("overlap", p.overlap),
-        lease_seconds=given.get("lease_seconds", p.lease_seconds), targets=given.get("targets", p.targets))
+        name=given.get("name", p.name),
+        description=given.get("description", p.description),
+        k=given.get("k", p.k),
+        overlap=given.get("overlap", p.overlap),
+        lease_seconds=given.get("lease_seconds", p.lease_seconds),
+        targets=given.get("targets", p.targets),
+    )
     return _out(session, projects.update_project(session, p, settings), detail=True)
 
 
@@ -155,12 +174,20 @@ def save_guidelines(project_id: IdPath, body: GuidelinesIn, session: SessionDep,
 
 
 @router.get("/projects/{project_id}/prompts", response_model=list[PromptOut])
-def list_prompts(project_id: IdPath, session: SessionDep, user: ApiAdmin, split: Split | None = None,
-                 after: int = Query(0, ge=0, le=DB_INT_MAX, description="Return prompts with an id above this (keyset paging)."),
-                 limit: int = Query(100, ge=1, le=1000)):
-    return [PromptOut(id=p.id, text=p.text, split=p.split, reference=p.reference, external_id=p.external_id,
-                      source=p.source)
-            for p in projects.list_prompts(session, project_id, split=split, after=after, limit=limit)]
+def list_prompts(
+    project_id: IdPath,
+    session: SessionDep,
+    user: ApiAdmin,
+    split: Split | None = None,
+    after: int = Query(0, ge=0, le=DB_INT_MAX, description="Return prompts with an id above this (keyset paging)."),
+    limit: int = Query(100, ge=1, le=1000),
+):
+    return [
+        PromptOut(
+            id=p.id, text=p.text, split=p.split, reference=p.reference, external_id=p.external_id, source=p.source
+        )
+        for p in projects.list_prompts(session, project_id, split=split, after=after, limit=limit)
+    ]
 
 
 @router.post("/projects/{project_id}/prompts", response_model=ImportOut, status_code=201)
@@ -172,23 +199,39 @@ def add_prompts(project_id: IdPath, body: PromptsIn, session: SessionDep, user: 
         obj.pop("text")
         if "external_id" in obj:
             obj["id"] = obj.pop("external_id")
-    preview = imports.preview_objects(session, p, objects, valid_fraction=body.valid_fraction,
-                                      test_fraction=body.test_fraction)
+    preview = imports.preview_objects(
+        session, p, objects, valid_fraction=body.valid_fraction, test_fraction=body.test_fraction
+    )
     if preview.errors:
-        return JSONResponse(status_code=422, content={
-            "detail": f"Nothing was imported: {len(preview.errors)} item(s) are not valid prompts.",
-            "errors": [{"item": e.line, "msg": e.message} for e in preview.errors[:imports.MAX_ERRORS_SHOWN]]})
+        return JSONResponse(
+            status_code=422,
+            content={
+                "detail": f"Nothing was imported: {len(preview.errors)} item(s) are not valid prompts.",
+                "errors": [{"item": e.line, "msg": e.message} for e in preview.errors[: imports.MAX_ERRORS_SHOWN]],
+            },
+        )
     result = imports.commit(session, p, preview, source="api", create_tasks=body.create_tasks)
-    return ImportOut(imported=len(result.prompts), prompt_ids=[x.id for x in result.prompts],
-                     splits=preview.split_counts, duplicates=[list(d) for d in preview.duplicates],
-                     existing=preview.existing, tasks_created=result.tasks_created)
+    return ImportOut(
+        imported=len(result.prompts),
+        prompt_ids=[x.id for x in result.prompts],
+        splits=preview.split_counts,
+        duplicates=[list(d) for d in preview.duplicates],
+        existing=preview.existing,
+        tasks_created=result.tasks_created,
+    )
 
 
 @router.get("/projects/{project_id}/exports/{kind}")
-def export(project_id: IdPath, kind: str, request: Request, session: SessionDep, user: ApiAdmin,
-           split: list[str] = Query(default=[], description="Splits to export (repeat); default: train only."),
-           exclude_labelers: list[Id] = Query(default=[]),
-           format: str = Query("plain", description="plain (strings) or conversational (chat messages, as TRL reads them).")):
+def export(
+    project_id: IdPath,
+    kind: str,
+    request: Request,
+    session: SessionDep,
+    user: ApiAdmin,
+    split: list[str] = Query(default=[], description="Splits to export (repeat); default: train only."),
+    exclude_labelers: list[Id] = Query(default=[]),
+    format: str = Query("plain", description="plain (strings) or conversational (chat messages, as TRL reads them)."),
+):
     p = projects.get_project(session, project_id)
     f = exports.ExportFilter(p.id, split, exclude_labelers, format)
     exports.check(session, kind, f)
@@ -198,5 +241,8 @@ def export(project_id: IdPath, kind: str, request: Request, session: SessionDep,
         with maker() as s:  # the request's session closes before the stream is sent
             yield from exports.jsonl_lines(s, kind, f)
 
-    return StreamingResponse(body(), media_type="application/x-ndjson",
-                             headers={"Content-Disposition": f'attachment; filename="{exports.filename(p, kind, f)}"'})
+    return StreamingResponse(
+        body(),
+        media_type="application/x-ndjson",
+        headers={"Content-Disposition": f'attachment; filename="{exports.filename(p, kind, f)}"'},
+    )

@@ -31,16 +31,26 @@ router = APIRouter(prefix="/api/v1", tags=["runs"])
 
 # -- schemas ----------------------------------------------------------------------------------
 
+
 class RunIn(BaseModel):
     project_id: Id
     kind: RunKind
     config: dict[str, Any] = Field(default_factory=dict, description="Settings of the run kind; see /run-configs.")
-    input_model_ids: list[Id] = Field(default_factory=list, max_length=3, description=(
-        "sft/reward/generate: [model] (empty: the default model); ppo: [sft, reward]; "
-        "evaluate: [candidate, baseline] or [candidate, baseline, reward]."))
-    data_filter: dict[str, Any] = Field(default_factory=dict, description=(
-        "exclude_labelers: [user ids]; min_agreement: a percentage (labelers below it on shared ranking tasks "
-        "are left out too); splits: training splits (default [train]); valid_splits (default [valid])."))
+    input_model_ids: list[Id] = Field(
+        default_factory=list,
+        max_length=3,
+        description=(
+            "sft/reward/generate: [model] (empty: the default model); ppo: [sft, reward]; "
+            "evaluate: [candidate, baseline] or [candidate, baseline, reward]."
+        ),
+    )
+    data_filter: dict[str, Any] = Field(
+        default_factory=dict,
+        description=(
+            "exclude_labelers: [user ids]; min_agreement: a percentage (labelers below it on shared ranking tasks "
+            "are left out too); splits: training splits (default [train]); valid_splits (default [valid])."
+        ),
+    )
 
 
 class RunOut(BaseModel):
@@ -94,12 +104,26 @@ class VersionOut(BaseModel):
 
 def _run_out(run: TrainingRun, produced: list[int], latest: dict[str, dict[str, float]] | None = None) -> RunOut:
     return RunOut(
-        id=run.id, project_id=run.project_id, kind=run.kind, status=run.status, config=run.config or {},
-        input_model_ids=run.input_model_ids or [], data_filter=run.data_filter or {},
-        dataset_snapshot=run.dataset_snapshot, created_at=run.created_at, started_at=run.started_at,
-        finished_at=run.finished_at, worker_id=run.worker_id, heartbeat_at=run.heartbeat_at,
-        progress_step=run.progress_step, progress_total=run.progress_total, cancel_requested=run.cancel_requested,
-        error=run.error, summary=run.summary or {}, model_version_ids=produced, latest_metrics=latest,
+        id=run.id,
+        project_id=run.project_id,
+        kind=run.kind,
+        status=run.status,
+        config=run.config or {},
+        input_model_ids=run.input_model_ids or [],
+        data_filter=run.data_filter or {},
+        dataset_snapshot=run.dataset_snapshot,
+        created_at=run.created_at,
+        started_at=run.started_at,
+        finished_at=run.finished_at,
+        worker_id=run.worker_id,
+        heartbeat_at=run.heartbeat_at,
+        progress_step=run.progress_step,
+        progress_total=run.progress_total,
+        cancel_requested=run.cancel_requested,
+        error=run.error,
+        summary=run.summary or {},
+        model_version_ids=produced,
+        latest_metrics=latest,
     )
 
 
@@ -114,25 +138,48 @@ def _one_run_out(session: SessionDep, run: TrainingRun, *, with_metrics: bool = 
 
 
 def _version_out(version: ModelVersion, lineage: list[int] | None = None) -> VersionOut:
-    return VersionOut(id=version.id, name=version.name, kind=version.kind, project_id=version.project_id,
-                      source=version.source, artifact_path=version.artifact_path, parent_ids=version.parent_ids or [],
-                      run_id=version.run_id, metrics=version.metrics or {}, created_at=version.created_at,
-                      lineage=lineage)
+    return VersionOut(
+        id=version.id,
+        name=version.name,
+        kind=version.kind,
+        project_id=version.project_id,
+        source=version.source,
+        artifact_path=version.artifact_path,
+        parent_ids=version.parent_ids or [],
+        run_id=version.run_id,
+        metrics=version.metrics or {},
+        created_at=version.created_at,
+        lineage=lineage,
+    )
 
 
 # -- runs ---------------------------------------------------------------------------------------
 
+
 @router.post("/runs", response_model=RunOut, status_code=201)
 def create_run(body: RunIn, session: SessionDep, settings: SettingsDep, user: ApiAdmin):
-    run = runs.create_run(session, project_id=body.project_id, kind=body.kind.value, config=body.config,
-                          input_model_ids=body.input_model_ids, data_filter=body.data_filter, created_by=user,
-                          default_model=settings.default_model)
+    run = runs.create_run(
+        session,
+        project_id=body.project_id,
+        kind=body.kind.value,
+        config=body.config,
+        input_model_ids=body.input_model_ids,
+        data_filter=body.data_filter,
+        created_by=user,
+        default_model=settings.default_model,
+    )
     return _one_run_out(session, run)
 
 
 @router.get("/runs", response_model=list[RunOut])
-def list_runs(session: SessionDep, user: ApiAdmin, project_id: IdQuery = None, status: RunStatus | None = None,
-              kind: RunKind | None = None, limit: int = Query(100, ge=1, le=500)):
+def list_runs(
+    session: SessionDep,
+    user: ApiAdmin,
+    project_id: IdQuery = None,
+    status: RunStatus | None = None,
+    kind: RunKind | None = None,
+    limit: int = Query(100, ge=1, le=500),
+):
     return _runs_out(session, runs.list_runs(session, project_id=project_id, status=status, kind=kind, limit=limit))
 
 
@@ -147,8 +194,14 @@ def cancel_run(run_id: IdPath, session: SessionDep, user: ApiAdmin):
 
 
 @router.get("/runs/{run_id}/metrics", response_model=list[MetricOut])
-def run_metrics(run_id: IdPath, session: SessionDep, user: ApiAdmin, name: str | None = None,
-                since_step: Annotated[int | None, Query(ge=0, le=DB_INT_MAX)] = None, limit: int = Query(10000, ge=1, le=100000)):
+def run_metrics(
+    run_id: IdPath,
+    session: SessionDep,
+    user: ApiAdmin,
+    name: str | None = None,
+    since_step: Annotated[int | None, Query(ge=0, le=DB_INT_MAX)] = None,
+    limit: int = Query(10000, ge=1, le=100000),
+):
     rows = runs.metrics(session, run_id, name=name, since_step=since_step, limit=limit)
     return [MetricOut(step=m.step, name=m.name, value=m.value) for m in rows]
 
@@ -165,9 +218,15 @@ def run_configs(user: ApiAdmin) -> dict[str, dict[str, Any]]:
 
 # -- model versions -----------------------------------------------------------------------------
 
+
 @router.get("/model-versions", response_model=list[VersionOut])
-def list_versions(session: SessionDep, user: ApiAdmin, project_id: IdQuery = None, kind: ModelKind | None = None,
-                  limit: int = Query(200, ge=1, le=1000)):
+def list_versions(
+    session: SessionDep,
+    user: ApiAdmin,
+    project_id: IdQuery = None,
+    kind: ModelKind | None = None,
+    limit: int = Query(200, ge=1, le=1000),
+):
     return [_version_out(v) for v in registry.list_versions(session, project_id=project_id, kind=kind, limit=limit)]
 
 

@@ -22,11 +22,14 @@ from app.web.params import IdPath
 router = APIRouter(prefix="/api/v1", tags=["labeling"])
 
 
-IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=100,
-                                              description="Retrying with the same key and answer is safe.")]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", max_length=100, description="Retrying with the same key and answer is safe."),
+]
 
 
 # -- schemas ----------------------------------------------------------------------------------
+
 
 class OutputOut(BaseModel):
     id: int
@@ -103,52 +106,104 @@ class SkipOut(BaseModel):
 
 
 def leased_task_out(a: queue.Assignment) -> LeasedTaskOut:
-    return LeasedTaskOut(task_id=a.task_id, project_id=a.project_id, kind=a.kind, prompt_id=a.prompt_id,
-                         prompt=a.prompt_text, lease_id=a.lease_id, leased_at=a.leased_at, expires_at=a.expires_at,
-                         outputs=[OutputOut(id=o.id, label=chr(65 + i), text=o.text) for i, o in enumerate(a.outputs)])
+    return LeasedTaskOut(
+        task_id=a.task_id,
+        project_id=a.project_id,
+        kind=a.kind,
+        prompt_id=a.prompt_id,
+        prompt=a.prompt_text,
+        lease_id=a.lease_id,
+        leased_at=a.leased_at,
+        expires_at=a.expires_at,
+        outputs=[OutputOut(id=o.id, label=chr(65 + i), text=o.text) for i, o in enumerate(a.outputs)],
+    )
 
 
 # -- routes -----------------------------------------------------------------------------------
 
+
 @router.get("/work", response_model=list[WorkOut])
 def work(session: SessionDep, user: ApiUser):
     """What you can work on now, as your work list shows it: tasks available per project and kind."""
-    return [WorkOut(project_id=w.project_id, project=w.project, kind=w.kind, available=w.available)
-            for w in queue.work_list(session, user.id)]
+    return [
+        WorkOut(project_id=w.project_id, project=w.project, kind=w.kind, available=w.available)
+        for w in queue.work_list(session, user.id)
+    ]
 
 
-@router.get("/projects/{project_id}/next", response_model=LeasedTaskOut,
-            responses={204: {"description": "No task of this kind is available to you now."},
-                       401: {"description": "Missing or invalid bearer token."}})
-def next_task(session: SessionDep, user: ApiUser, settings: SettingsDep, project_id: IdPath,
-              kind: TaskKind = TaskKind.demonstration):
+@router.get(
+    "/projects/{project_id}/next",
+    response_model=LeasedTaskOut,
+    responses={
+        204: {"description": "No task of this kind is available to you now."},
+        401: {"description": "Missing or invalid bearer token."},
+    },
+)
+def next_task(
+    session: SessionDep,
+    user: ApiUser,
+    settings: SettingsDep,
+    project_id: IdPath,
+    kind: TaskKind = TaskKind.demonstration,
+):
     """Your next task of this kind in the project, leased to you (your live lease again if you hold one)."""
     got = queue.next_task_in_project(session, user.id, project_id, kind, default_lease_seconds=settings.lease_seconds)
     return Response(status_code=204) if got is None else leased_task_out(got)
 
 
-@router.post("/tasks/{task_id}/submission", response_model=SubmissionOut, status_code=201,
-             responses={200: {"description": "Idempotent retry: the stored submission."}})
-def submit(session: SessionDep, user: ApiUser, task_id: IdPath, body: SubmissionIn, response: Response,
-           idempotency_key: IdempotencyKey = None):
+@router.post(
+    "/tasks/{task_id}/submission",
+    response_model=SubmissionOut,
+    status_code=201,
+    responses={200: {"description": "Idempotent retry: the stored submission."}},
+)
+def submit(
+    session: SessionDep,
+    user: ApiUser,
+    task_id: IdPath,
+    body: SubmissionIn,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+):
     """Stores your answer for a task leased to you. Safe to retry with the same Idempotency-Key."""
     done: submissions.Receipt
     if isinstance(body, DemonstrationIn):
-        done = submissions.submit_demonstration(session, user, task_id, body.text,
-                                                time_spent_ms=body.time_spent_ms, idempotency_key=idempotency_key)
+        done = submissions.submit_demonstration(
+            session, user, task_id, body.text, time_spent_ms=body.time_spent_ms, idempotency_key=idempotency_key
+        )
     elif isinstance(body, RankingIn):
         ratings = {cid: r.model_dump() for cid, r in body.ratings.items()}
-        done = submissions.submit_ranking(session, user, task_id, body.order, ratings,
-                                          none_acceptable=body.none_acceptable, time_spent_ms=body.time_spent_ms,
-                                          idempotency_key=idempotency_key)
+        done = submissions.submit_ranking(
+            session,
+            user,
+            task_id,
+            body.order,
+            ratings,
+            none_acceptable=body.none_acceptable,
+            time_spent_ms=body.time_spent_ms,
+            idempotency_key=idempotency_key,
+        )
     else:
-        done = submissions.submit_comparison(session, user, task_id, body.choice, body.reason,
-                                             time_spent_ms=body.time_spent_ms, idempotency_key=idempotency_key)
+        done = submissions.submit_comparison(
+            session,
+            user,
+            task_id,
+            body.choice,
+            body.reason,
+            time_spent_ms=body.time_spent_ms,
+            idempotency_key=idempotency_key,
+        )
     if done.replayed:
         response.status_code = 200
-    return SubmissionOut(id=done.id, task_id=done.task_id, kind=done.kind, created_at=done.created_at,
-                         time_spent_ms=done.time_spent_ms, guideline_version_id=done.guideline_version_id,
-                         replayed=done.replayed)
+    return SubmissionOut(
+        id=done.id,
+        task_id=done.task_id,
+        kind=done.kind,
+        created_at=done.created_at,
+        time_spent_ms=done.time_spent_ms,
+        guideline_version_id=done.guideline_version_id,
+        replayed=done.replayed,
+    )
 
 
 @router.post("/tasks/{task_id}/skip", response_model=SkipOut)

@@ -38,15 +38,23 @@ def login(
 ):
     try:
         user = accounts.authenticate(
-            session, email, password, ip=_client_ip(request),
+            session,
+            email,
+            password,
+            ip=_client_ip(request),
             max_failures=settings.login_max_failures,
-            max_failures_per_ip=settings.login_max_failures_per_ip, window_s=settings.login_window_s,
+            max_failures_per_ip=settings.login_max_failures_per_ip,
+            window_s=settings.login_window_s,
         )
     except ServiceError as exc:
         # The failure row must be stored even though we answer with an error.
         session.commit()
-        return render(request, "auth/login.html", {"error": exc.message, "email": email, "next": next},
-                      status_code=exc.status_code)
+        return render(
+            request,
+            "auth/login.html",
+            {"error": exc.message, "email": email, "next": next},
+            status_code=exc.status_code,
+        )
     _sign_in(request, session, user)
     return redirect(_safe_next(next))
 
@@ -54,8 +62,13 @@ def login(
 def _sign_in(request: Request, session, user) -> None:
     """A fresh session id at every sign-in, recorded on the server so that it can be ended."""
     request.state.session = new_session(user.id)
-    accounts.start_session(session, user, request.state.session.sid, ip=_client_ip(request),
-                           user_agent=request.headers.get("user-agent", ""))
+    accounts.start_session(
+        session,
+        user,
+        request.state.session.sid,
+        ip=_client_ip(request),
+        user_agent=request.headers.get("user-agent", ""),
+    )
 
 
 def _client_ip(request: Request) -> str:
@@ -75,8 +88,9 @@ def invite_page(request: Request, session: SessionDep, token: str):
     try:
         invite = accounts.open_invite(session, token)
     except ServiceError as exc:
-        return render(request, "error.html", {"title": "Invite link", "message": exc.message},
-                      status_code=exc.status_code)
+        return render(
+            request, "error.html", {"title": "Invite link", "message": exc.message}, status_code=exc.status_code
+        )
     return render(request, "auth/invite.html", {"invite": invite, "token": token})
 
 
@@ -92,17 +106,26 @@ def accept_invite(
     try:
         invite = accounts.open_invite(session, token)
     except ServiceError as exc:
-        return render(request, "error.html", {"title": "Invite link", "message": exc.message},
-                      status_code=exc.status_code)
+        return render(
+            request, "error.html", {"title": "Invite link", "message": exc.message}, status_code=exc.status_code
+        )
     if password != password2:
-        return render(request, "auth/invite.html", {"invite": invite, "token": token, "name": name,
-                                                    "error": "The two passwords differ."}, status_code=400)
+        return render(
+            request,
+            "auth/invite.html",
+            {"invite": invite, "token": token, "name": name, "error": "The two passwords differ."},
+            status_code=400,
+        )
     try:
         user = accounts.accept_invite(session, token, password, name=name)
     except ServiceError as exc:
         session.rollback()
-        return render(request, "auth/invite.html", {"invite": invite, "token": token, "name": name,
-                                                    "error": exc.message}, status_code=exc.status_code)
+        return render(
+            request,
+            "auth/invite.html",
+            {"invite": invite, "token": token, "name": name, "error": exc.message},
+            status_code=exc.status_code,
+        )
     _sign_in(request, session, user)
     flash(request, "Welcome! Your account is ready.")
     return redirect("/")
@@ -112,8 +135,12 @@ def _account_page(request: Request, session, user, status_code: int = 200, **ext
     tokens = accounts.api_tokens(session, user.id)
     sessions = accounts.open_sessions(session, user.id)
     current = token_hash(request.state.session.sid)
-    return render(request, "auth/account.html", {"tokens": tokens, "sessions": sessions, "current_sid_hash": current,
-                                                  **extra}, status_code=status_code)
+    return render(
+        request,
+        "auth/account.html",
+        {"tokens": tokens, "sessions": sessions, "current_sid_hash": current, **extra},
+        status_code=status_code,
+    )
 
 
 @router.get("/account")
@@ -129,8 +156,12 @@ def create_token(request: Request, session: SessionDep, user: CurrentUser, name:
 
 @router.post("/account/password")
 def change_password(
-    request: Request, session: SessionDep, user: CurrentUser,
-    current: Annotated[str, Form()] = "", password: Annotated[str, Form()] = "", password2: Annotated[str, Form()] = "",
+    request: Request,
+    session: SessionDep,
+    user: CurrentUser,
+    current: Annotated[str, Form()] = "",
+    password: Annotated[str, Form()] = "",
+    password2: Annotated[str, Form()] = "",
 ):
     try:
         if password != password2:
@@ -154,19 +185,26 @@ def reset_page(request: Request, session: SessionDep, token: str):
     try:
         reset = accounts.open_password_reset(session, token)
     except ServiceError as exc:
-        return render(request, "error.html", {"title": "Reset link", "message": exc.message},
-                      status_code=exc.status_code)
+        return render(
+            request, "error.html", {"title": "Reset link", "message": exc.message}, status_code=exc.status_code
+        )
     return render(request, "auth/reset.html", {"email": reset.user.email, "token": token})
 
 
 @router.post("/reset/{token}")
-def reset_password(request: Request, session: SessionDep, token: str, password: Annotated[str, Form()] = "",
-                   password2: Annotated[str, Form()] = ""):
+def reset_password(
+    request: Request,
+    session: SessionDep,
+    token: str,
+    password: Annotated[str, Form()] = "",
+    password2: Annotated[str, Form()] = "",
+):
     try:
         reset = accounts.open_password_reset(session, token)
     except ServiceError as exc:
-        return render(request, "error.html", {"title": "Reset link", "message": exc.message},
-                      status_code=exc.status_code)
+        return render(
+            request, "error.html", {"title": "Reset link", "message": exc.message}, status_code=exc.status_code
+        )
     email = reset.user.email
     try:
         if password != password2:
@@ -174,8 +212,12 @@ def reset_password(request: Request, session: SessionDep, token: str, password: 
         accounts.use_password_reset(session, token, password)
     except ServiceError as exc:
         session.rollback()
-        return render(request, "auth/reset.html", {"email": email, "token": token, "error": exc.message},
-                      status_code=exc.status_code)
+        return render(
+            request,
+            "auth/reset.html",
+            {"email": email, "token": token, "error": exc.message},
+            status_code=exc.status_code,
+        )
     request.state.session = new_session()
     flash(request, "Your password is set. Log in with it.")
     return redirect("/login")

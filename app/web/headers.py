@@ -9,18 +9,20 @@ from fastapi.responses import HTMLResponse
 # No inline script anywhere (page behaviour lives in /static/js); inline style attributes stay
 # allowed because templates set widths and colours from data. frame-ancestors 'none' (and the older
 # X-Frame-Options) stop clickjacking of admin buttons.
-CONTENT_SECURITY_POLICY = "; ".join((
-    "default-src 'self'",
-    "script-src 'self'",
-    "style-src 'self' 'unsafe-inline'",
-    "img-src 'self' data:",
-    "font-src 'self'",
-    "connect-src 'self'",
-    "object-src 'none'",
-    "base-uri 'self'",
-    "form-action 'self'",
-    "frame-ancestors 'none'",
-))
+CONTENT_SECURITY_POLICY = "; ".join(
+    (
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self' 'unsafe-inline'",
+        "img-src 'self' data:",
+        "font-src 'self'",
+        "connect-src 'self'",
+        "object-src 'none'",
+        "base-uri 'self'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    )
+)
 
 # A year, as the HSTS preload list asks; sent only when cookies are HTTPS-only (behind TLS).
 HSTS = "max-age=31536000; includeSubDomains"

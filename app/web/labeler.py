@@ -30,10 +30,17 @@ from app.web.render import flash, redirect, render
 
 router = APIRouter(dependencies=[Depends(verify_csrf)], include_in_schema=False)
 
-KIND_TITLES = {TaskKind.demonstration: "Write demonstrations", TaskKind.ranking: "Rank outputs",
-               TaskKind.comparison: "Compare two outputs"}
-SKIP_LABELS = {SkipReason.skip: "Just skip", SkipReason.pii: "Contains personal data (PII)",
-               SkipReason.nonsense: "Nonsense / not a real request", SkipReason.harmful: "Harmful request"}
+KIND_TITLES = {
+    TaskKind.demonstration: "Write demonstrations",
+    TaskKind.ranking: "Rank outputs",
+    TaskKind.comparison: "Compare two outputs",
+}
+SKIP_LABELS = {
+    SkipReason.skip: "Just skip",
+    SkipReason.pii: "Contains personal data (PII)",
+    SkipReason.nonsense: "Nonsense / not a real request",
+    SkipReason.harmful: "Harmful request",
+}
 
 
 @router.get("/")
@@ -57,21 +64,22 @@ def work_queue_link(user: LabelerUser):
 
 
 @router.post("/label/p/{project_id}/{kind}")
-def work_queue(request: Request, session: SessionDep, settings: SettingsDep, project_id: IdPath, kind: TaskKind,
-               user: LabelerUser):
+def work_queue(
+    request: Request, session: SessionDep, settings: SettingsDep, project_id: IdPath, kind: TaskKind, user: LabelerUser
+):
     return _next_task(request, session, settings.lease_seconds, user, project_id, kind, done="")
 
 
-def _next_task(request: Request, session: SessionDep, lease_seconds: int, user: User, project_id: int,
-               kind: TaskKind, *, done: str):
+def _next_task(
+    request: Request, session: SessionDep, lease_seconds: int, user: User, project_id: int, kind: TaskKind, *, done: str
+):
     """Leases the next task of this queue and shows it, or goes back to the work list when there is
     none. `done` is said first. Callers that stored something commit first: it stays saved whatever
     happens here."""
     got = queue.next_task_in_project(session, user.id, project_id, kind, default_lease_seconds=lease_seconds)
     if got is None:
         name = projects.get_project(session, project_id).name
-        flash(request, f"{done} No more {kind.value} tasks for you in {name} right now. Thank you!".strip(),
-              "success")
+        flash(request, f"{done} No more {kind.value} tasks for you in {name} right now. Thank you!".strip(), "success")
         return redirect("/label")
     if done:
         flash(request, f"{done} Here is the next one.", "success")
@@ -80,10 +88,18 @@ def _next_task(request: Request, session: SessionDep, lease_seconds: int, user: 
 
 def _task_context(session: SessionDep, user: User, task_id: int) -> dict:
     got = queue.held_task(session, task_id, user.id)
-    return {"task": got, "project": projects.get_project(session, got.project_id),
-            "guidelines": projects.current_guidelines(session, got.project_id), "kind_title": KIND_TITLES[got.kind],
-            "skip_labels": SKIP_LABELS, "flags": OUTPUT_FLAGS, "idempotency_key": secrets.token_urlsafe(12),
-            "expired": got.expires_at <= datetime.now(UTC), "error": None, "form": {}}
+    return {
+        "task": got,
+        "project": projects.get_project(session, got.project_id),
+        "guidelines": projects.current_guidelines(session, got.project_id),
+        "kind_title": KIND_TITLES[got.kind],
+        "skip_labels": SKIP_LABELS,
+        "flags": OUTPUT_FLAGS,
+        "idempotency_key": secrets.token_urlsafe(12),
+        "expired": got.expires_at <= datetime.now(UTC),
+        "error": None,
+        "form": {},
+    }
 
 
 def _render_task(request: Request, ctx: dict, status_code: int = 200) -> HTMLResponse:
@@ -121,14 +137,14 @@ def _ranking_from_form(form, output_ids: list[int]) -> tuple[list[list[int]], di
 
 
 @router.post("/label/task/{task_id}/submit")
-async def submit_form(request: Request, session: SessionDep, settings: SettingsDep, task_id: IdPath,
-                      user: LabelerUser):
+async def submit_form(request: Request, session: SessionDep, settings: SettingsDep, task_id: IdPath, user: LabelerUser):
     form = await request.form()
     return await run_in_threadpool(_submit_form, request, session, settings.lease_seconds, task_id, user, form)
 
 
-def _submit_form(request: Request, session: SessionDep, lease_seconds: int, task_id: int, user: User,
-                 form) -> HTMLResponse:
+def _submit_form(
+    request: Request, session: SessionDep, lease_seconds: int, task_id: int, user: User, form
+) -> HTMLResponse:
     response = _submit_in(session, request, task_id, user, form)
     if isinstance(response, tuple):  # stored: on to the next task of the same queue
         session.commit()
@@ -136,8 +152,9 @@ def _submit_form(request: Request, session: SessionDep, lease_seconds: int, task
     return response
 
 
-def _submit_in(session: SessionDep, request: Request, task_id: int, user: User,
-               form) -> HTMLResponse | tuple[int, TaskKind]:
+def _submit_in(
+    session: SessionDep, request: Request, task_id: int, user: User, form
+) -> HTMLResponse | tuple[int, TaskKind]:
     """The form again with the error, or the stored task's (project id, kind)."""
     task = tasks.get_task(session, task_id)
     key = str(form.get("idempotency_key") or "") or None
@@ -147,20 +164,36 @@ def _submit_in(session: SessionDep, request: Request, task_id: int, user: User,
         with session.begin_nested():  # a refused answer leaves nothing behind
             if task.kind == TaskKind.demonstration:
                 values = {"text": str(form.get("text", ""))}
-                submissions.submit_demonstration(session, user, task_id, values["text"], time_spent_ms=time_ms,
-                                                 idempotency_key=key)
+                submissions.submit_demonstration(
+                    session, user, task_id, values["text"], time_spent_ms=time_ms, idempotency_key=key
+                )
             elif task.kind == TaskKind.ranking:
                 output_ids = [tc.completion_id for tc in task.outputs]
                 order, ratings, places = _ranking_from_form(form, output_ids)
                 none_ok = form.get("none_acceptable") == "on"
                 values = {"places": places, "ratings": ratings, "none_acceptable": none_ok}
                 ratings = {cid: r for cid, r in ratings.items() if r["likert"] is not None or r["flags"]}
-                submissions.submit_ranking(session, user, task_id, order, ratings, none_acceptable=none_ok,
-                                           time_spent_ms=time_ms, idempotency_key=key)
+                submissions.submit_ranking(
+                    session,
+                    user,
+                    task_id,
+                    order,
+                    ratings,
+                    none_acceptable=none_ok,
+                    time_spent_ms=time_ms,
+                    idempotency_key=key,
+                )
             else:
                 values = {"choice": str(form.get("choice", "")), "reason": str(form.get("reason", ""))}
-                submissions.submit_comparison(session, user, task_id, values["choice"] or "(none)",
-                                              values["reason"], time_spent_ms=time_ms, idempotency_key=key)
+                submissions.submit_comparison(
+                    session,
+                    user,
+                    task_id,
+                    values["choice"] or "(none)",
+                    values["reason"],
+                    time_spent_ms=time_ms,
+                    idempotency_key=key,
+                )
     except ServiceError as exc:
         if exc.status_code in (403, 404) or queue.assignment(session, task_id, user.id) is None:
             raise  # not (or no longer) this labeler's task: the plain error page says why
@@ -172,8 +205,15 @@ def _submit_in(session: SessionDep, request: Request, task_id: int, user: User,
 
 
 @router.post("/label/task/{task_id}/skip")
-def skip_form(request: Request, session: SessionDep, settings: SettingsDep, task_id: IdPath, user: LabelerUser,
-              reason: Annotated[str, Form()] = "skip", note: Annotated[str, Form()] = ""):
+def skip_form(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    task_id: IdPath,
+    user: LabelerUser,
+    reason: Annotated[str, Form()] = "skip",
+    note: Annotated[str, Form()] = "",
+):
     got = queue.held_task(session, task_id, user.id)
     submissions.skip(session, user, task_id, reason, note)
     session.commit()
@@ -186,8 +226,10 @@ def save_draft(session: SessionDep, task_id: IdPath, user: LabelerUser, text: An
     try:
         submissions.save_draft(session, user, task_id, text)
     except ServiceError as exc:  # its own status (the page swaps it in: data-swap-errors)
-        return HTMLResponse(f'<span class="draft-status bad" role="status">Draft not saved: {escape(exc.message)}</span>',
-                            status_code=exc.status_code)
+        return HTMLResponse(
+            f'<span class="draft-status bad" role="status">Draft not saved: {escape(exc.message)}</span>',
+            status_code=exc.status_code,
+        )
     return HTMLResponse(f'<span class="draft-status" role="status">Draft saved {datetime.now(UTC):%H:%M:%S} UTC</span>')
 
 
@@ -197,6 +239,14 @@ def history_page(request: Request, session: SessionDep, user: LabelerUser, page:
     per_page = 50
     rows = submissions.history(session, user, limit=per_page + 1, offset=(page - 1) * per_page)
     today = submissions.counts_since(session, user, submissions.start_of_today())
-    return render(request, "labeler/history.html", {"rows": rows[:per_page], "page": page,
-                                                    "has_more": len(rows) > per_page, "today": today,
-                                                    "kind_titles": KIND_TITLES})
+    return render(
+        request,
+        "labeler/history.html",
+        {
+            "rows": rows[:per_page],
+            "page": page,
+            "has_more": len(rows) > per_page,
+            "today": today,
+            "kind_titles": KIND_TITLES,
+        },
+    )

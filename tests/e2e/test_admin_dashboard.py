@@ -43,8 +43,10 @@ def test_admin_runs_the_loop_in_a_browser(live_server, page_at, shot, make_user,
     page.fill("input[name=description]", "Answer with the next numbers")
     page.fill("input[name=k]", "2")
     page.fill("input[name=target_demonstration]", "40")
-    page.fill("textarea[name=guidelines]", "# Counting\n\nReply with the **next four numbers**, separated by spaces.\n\n"
-                                            "- no words\n- no punctuation")
+    page.fill(
+        "textarea[name=guidelines]",
+        "# Counting\n\nReply with the **next four numbers**, separated by spaces.\n\n- no words\n- no punctuation",
+    )
     page.wait_for_selector("#guidelines-preview strong")
     shot(page, "admin-project-new")
     page.click("text=Create project")
@@ -55,8 +57,10 @@ def test_admin_runs_the_loop_in_a_browser(live_server, page_at, shot, make_user,
 
     # 2. Import a file: preview first (a duplicate is reported), then import.
     file = tmp_path / "counting.jsonl"
-    lines = [{"prompt": f"Count on from {i * 7}.", "reference": " ".join(str(i * 7 + j) for j in range(1, 5))}
-             for i in range(40)] + [{"prompt": "Count on from 0."}]
+    lines = [
+        {"prompt": f"Count on from {i * 7}.", "reference": " ".join(str(i * 7 + j) for j in range(1, 5))}
+        for i in range(40)
+    ] + [{"prompt": "Count on from 0."}]
     file.write_text("\n".join(json.dumps(x) for x in lines))
     page.click(f"a[href='/admin/projects/{project_id}/import']")
     page.set_input_files("input[type=file]", str(file))
@@ -93,9 +97,15 @@ def test_admin_runs_the_loop_in_a_browser(live_server, page_at, shot, make_user,
     def queue_sft(epochs: int, batch: int = 4) -> int:
         page.goto(f"{live_server}/admin/runs/new?kind=sft&project={project_id}")
         page.select_option("select[name=model_0]", str(base.id))
-        for name, value in {"epochs": str(epochs), "batch_size": str(batch), "micro_batch_size": str(batch),
-                            "max_length": "64",
-                            "max_prompt_length": "32", "learning_rate": "0.003", "warmup_ratio": "0"}.items():
+        for name, value in {
+            "epochs": str(epochs),
+            "batch_size": str(batch),
+            "micro_batch_size": str(batch),
+            "max_length": "64",
+            "max_prompt_length": "32",
+            "learning_rate": "0.003",
+            "warmup_ratio": "0",
+        }.items():
             page.fill(f"input[name=cfg_{name}]", value)
         shot(page, "admin-run-new")
         page.click("button:has-text('Queue sft run')")
@@ -116,7 +126,9 @@ def test_admin_runs_the_loop_in_a_browser(live_server, page_at, shot, make_user,
             """([d, step]) => { const p = document.querySelector('[data-metric="train_loss"] path[fill="none"]');
                                 const m = document.querySelector('#run-progress-text').innerText.match(/step (\\d+) of/);
                                 return p && m && p.getAttribute('d') !== d && Number(m[1]) > step; }""",
-            arg=[first_plot, first_step], timeout=60_000)
+            arg=[first_plot, first_step],
+            timeout=60_000,
+        )
         plot, step = _plot_and_step(page, "train_loss")
         assert step > first_step and plot != first_plot
         assert page.evaluate("window.notReloaded")  # the same page, updated by htmx polling

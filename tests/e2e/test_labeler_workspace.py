@@ -62,9 +62,9 @@ def test_write_a_demonstration(live_server, page_at, shot, session, lena, size):
     shot(page, f"labeler-home-work-{size}")
 
     _start(page, live_server, "demonstration", login=False)
-    assert EVIL in page.get_by_test_id("prompt").inner_text()          # shown as text
+    assert EVIL in page.get_by_test_id("prompt").inner_text()  # shown as text
     assert "not bold" in page.get_by_test_id("guidelines").inner_text()
-    assert page.locator("[data-testid=guidelines] strong").first.inner_text() == "helpful"   # Markdown rendered
+    assert page.locator("[data-testid=guidelines] strong").first.inner_text() == "helpful"  # Markdown rendered
     assert page.locator("[data-testid=guidelines] table").count() == 1
     _no_script_ran(page)
 
@@ -87,7 +87,7 @@ def test_write_a_demonstration(live_server, page_at, shot, session, lena, size):
     session.expire_all()
     demo = session.scalar(select(Demonstration))
     assert demo.text.startswith("Plants catch sunlight") and demo.text.endswith(EVIL[:40].strip())
-    assert demo.time_spent_ms > 800   # the time before the reload (>= the 800 ms draft delay) counts too
+    assert demo.time_spent_ms > 800  # the time before the reload (>= the 800 ms draft delay) counts too
 
     page.goto(f"{live_server}/label/history")
     assert "Explain photosynthesis" in page.locator("table").inner_text()
@@ -98,8 +98,16 @@ def test_write_a_demonstration(live_server, page_at, shot, session, lena, size):
 def _ranking_task(session):
     project = make_project(session, guidelines=GUIDELINES)
     (prompt,) = make_prompts(session, project, ["Write a haiku about autumn."])
-    outs = make_outputs(session, prompt, ["Leaves fall slowly down\nRed and gold upon the ground\nAutumn says goodbye",
-                                          LONG, f"Autumn haiku: {EVIL}", "I cannot help with that."])
+    outs = make_outputs(
+        session,
+        prompt,
+        [
+            "Leaves fall slowly down\nRed and gold upon the ground\nAutumn says goodbye",
+            LONG,
+            f"Autumn haiku: {EVIL}",
+            "I cannot help with that.",
+        ],
+    )
     tasks.create_ranking_task(session, project, prompt, [o.id for o in outs])
     session.commit()
     return outs
@@ -107,8 +115,10 @@ def _ranking_task(session):
 
 def _letters(page) -> dict[str, int]:
     cards = page.locator(".output-card")
-    return {cards.nth(i).get_attribute("data-letter"): int(cards.nth(i).get_attribute("data-output"))
-            for i in range(cards.count())}
+    return {
+        cards.nth(i).get_attribute("data-letter"): int(cards.nth(i).get_attribute("data-output"))
+        for i in range(cards.count())
+    }
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -120,8 +130,12 @@ def test_rank_four_outputs_by_keyboard_only(live_server, page_at, shot, session,
     letters = _letters(page)
     assert sorted(letters.values()) == sorted(o.id for o in outs)
     long_letter = next(k for k, v in letters.items() if v == outs[1].id)
-    assert page.get_by_test_id(f"output-{long_letter}").inner_text().rstrip().endswith("Line 40: the output goes on, "
-                                                                                       "and every line of it stays readable.")
+    assert (
+        page.get_by_test_id(f"output-{long_letter}")
+        .inner_text()
+        .rstrip()
+        .endswith("Line 40: the output goes on, and every line of it stays readable.")
+    )
     _no_script_ran(page)
     submit = page.locator("#submit-btn")
     assert submit.is_disabled()
@@ -149,13 +163,13 @@ def test_rank_four_outputs_by_keyboard_only(live_server, page_at, shot, session,
     chip["C"].focus()
     page.keyboard.press("2")
     chip["D"].focus()
-    page.keyboard.press("2")               # C and D tie for 2nd
+    page.keyboard.press("2")  # C and D tie for 2nd
     chip["B"].focus()
-    page.keyboard.press("ArrowDown")       # unplaced -> 1st
-    page.keyboard.press("ArrowDown")       # -> 2nd
-    page.keyboard.press("ArrowDown")       # -> 3rd
-    page.keyboard.press("ArrowDown")       # -> 4th
-    page.keyboard.press("0")               # taken out again
+    page.keyboard.press("ArrowDown")  # unplaced -> 1st
+    page.keyboard.press("ArrowDown")  # -> 2nd
+    page.keyboard.press("ArrowDown")  # -> 3rd
+    page.keyboard.press("ArrowDown")  # -> 4th
+    page.keyboard.press("0")  # taken out again
     assert submit.is_disabled()
     assert "3 of 4 placed" in page.locator("[data-status]").inner_text()
     chip["B"].focus()
@@ -168,7 +182,7 @@ def test_rank_four_outputs_by_keyboard_only(live_server, page_at, shot, session,
     page.locator(".rank-board").scroll_into_view_if_needed()
     shot(page, f"ranking-board-{size}", full_page=False)
     page.keyboard.press("Control+Enter")
-    page.wait_for_url("**/label")           # nothing else to rank: back home
+    page.wait_for_url("**/label")  # nothing else to rank: back home
     session.expire_all()
     ranking = session.scalar(select(Ranking))
     assert [sorted(g) for g in ranking.order] == [[letters["A"]], sorted([letters["C"], letters["D"]]), [letters["B"]]]
@@ -185,7 +199,7 @@ def _drag(page, source, target) -> None:
     x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
     page.mouse.move(x, y)
     page.mouse.down()
-    page.mouse.move(x + 6, y + 6, steps=3)   # past the drag threshold: dragstart
+    page.mouse.move(x + 6, y + 6, steps=3)  # past the drag threshold: dragstart
     target.hover()
     target.hover(position={"x": 10, "y": 10})
     page.mouse.up()
@@ -199,7 +213,7 @@ def test_rank_by_drag_and_drop(live_server, page_at, shot, session, lena):
     for letter, value in zip("ABCD", (7, 5, 5, 1)):
         page.locator(f"#out-{letters[letter]} .likert-opt:has(input[value='{value}'])").click()
     buckets = page.locator(".buckets .bucket")
-    for letter, place in zip("DCAB", (1, 2, 2, 3)):   # D best, C and A tied, B last
+    for letter, place in zip("DCAB", (1, 2, 2, 3)):  # D best, C and A tied, B last
         _drag(page, page.locator(f".chip[data-output='{letters[letter]}']"), buckets.nth(place - 1))
         assert page.locator(f"select[name=place_{letters[letter]}]").input_value() == str(place)
     assert page.locator(f"select[name=place_{letters['A']}]").input_value() == "2"
@@ -231,7 +245,7 @@ def test_compare_two(live_server, page_at, shot, session, lena, size):
     page.keyboard.press("2")
     assert page.locator("input[name=choice]:checked").get_attribute("value") == "b"
     page.locator("textarea[name=reason]").focus()
-    page.keyboard.type("b adds the full sentence")   # typing 'b' and 't' here must not change the choice
+    page.keyboard.type("b adds the full sentence")  # typing 'b' and 't' here must not change the choice
     assert page.locator("input[name=choice]:checked").get_attribute("value") == "b"
     shot(page, f"compare-{size}")
     page.keyboard.press("Control+Enter")

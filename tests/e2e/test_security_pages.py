@@ -14,8 +14,16 @@ from tests.labeling import comparison_setup
 
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
-ADMIN_PAGES = ["/admin", "/admin/projects", "/admin/users", "/admin/runs", "/admin/models", "/admin/data",
-               "/admin/runs/new?kind=sft", "/account"]
+ADMIN_PAGES = [
+    "/admin",
+    "/admin/projects",
+    "/admin/users",
+    "/admin/runs",
+    "/admin/models",
+    "/admin/data",
+    "/admin/runs/new?kind=sft",
+    "/account",
+]
 
 
 def _watch_csp(page) -> list[str]:
