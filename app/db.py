@@ -5,8 +5,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
-from sqlalchemy import DateTime, Engine, Select, create_engine, event
+from sqlalchemy import CursorResult, DateTime, Engine, Result, Select, create_engine, event
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -117,7 +118,8 @@ def lock_writes(session: Session) -> None:
     lock the rows they read (`skip_locked`, FOR UPDATE), so unrelated writers are not serialized."""
     if session.get_bind().dialect.name == "sqlite":
         connection = session.connection()
-        if not connection.connection.dbapi_connection.in_transaction:
+        dbapi_connection = connection.connection.dbapi_connection
+        if dbapi_connection is not None and not dbapi_connection.in_transaction:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
@@ -130,6 +132,11 @@ def write_session(engine: Engine) -> Iterator[Session]:
         with session.begin():
             lock_writes(session)
             yield session
+
+
+def changed_rows(result: Result) -> int:
+    """Rows an UPDATE or DELETE changed (the result of such a statement is a CursorResult)."""
+    return cast(CursorResult, result).rowcount
 
 
 def skip_locked(stmt: Select, session: Session) -> Select:

@@ -11,7 +11,7 @@ State machines (documented here, enforced in app.services):
 
 import enum
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -22,6 +22,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     Text,
     UniqueConstraint,
     func,
@@ -500,6 +501,20 @@ class Comparison(_Submission, Base):
     """A and B as shown to this labeler (the order is randomized and stored)."""
     choice: Mapped[ComparisonChoice] = mapped_column(_enum(ComparisonChoice))
     reason: Mapped[str] = mapped_column(Text, default="")
+
+
+def table(model: type[Base]) -> Table:
+    """The model's table (declarative mapping types `__table__` as any FromClause)."""
+    return cast(Table, model.__table__)
+
+
+SubmissionModel = type[Demonstration] | type[Ranking] | type[Comparison]
+SUBMISSION_MODELS: dict[TaskKind, SubmissionModel] = {
+    TaskKind.demonstration: Demonstration,
+    TaskKind.ranking: Ranking,
+    TaskKind.comparison: Comparison,
+}
+"""The table of each task kind's submissions."""
 
 
 class TrainingRun(Base):

@@ -1,9 +1,11 @@
 """Who may do what: small functions the routes call and the tests call directly."""
 
+from typing_extensions import TypeIs
+
 from app.models import Role, User
 
 
-def is_signed_in(user: User | None) -> bool:
+def is_signed_in(user: User | None) -> TypeIs[User]:
     return user is not None and user.is_active
 
 

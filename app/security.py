@@ -102,7 +102,7 @@ class SessionSigner:
         return hmac.new(self._csrf_key, sid.encode(), hashlib.sha256).hexdigest()
 
     def csrf_ok(self, sid: str, token: str | None) -> bool:
-        return bool(token) and hmac.compare_digest(self.csrf_token(sid), token)
+        return token is not None and hmac.compare_digest(self.csrf_token(sid), token)
 
 
 def new_session(user_id: int | None = None) -> SessionData:

@@ -129,7 +129,7 @@ def main() -> None:
         "INSTRUCTLOOP_ADMIN_PASSWORD": "fuzz admin password 1",
     }
     server = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--no-migrate"],
+        [sys.executable, "-m", "instructloop", "serve", "--port", str(port), "--no-migrate"],
         env=env,
         cwd=ROOT,
         stdout=subprocess.DEVNULL,

@@ -3,7 +3,7 @@
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from app.cli import main
+from instructloop.cli import main
 from app.models import Role, User
 from app.security import verify_password
 
@@ -54,7 +54,7 @@ def test_no_password_argument_exists():
 
 
 def test_first_admin_created_once(settings, capsys):
-    from app.cli import _ensure_first_admin
+    from instructloop.cli import _ensure_first_admin
 
     settings.admin_password = ""
     _ensure_first_admin(settings, "127.0.0.1", 8000)
@@ -79,7 +79,7 @@ def test_serve_starts_on_the_embedded_database(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     env.update(INSTRUCTLOOP_DATA_DIR=str(tmp_path), INSTRUCTLOOP_ADMIN_PASSWORD="a strong password")
     server = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "instructloop", "serve", "--port", str(port)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

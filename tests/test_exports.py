@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from app.cli import main as cli
+from instructloop.cli import main as cli
 from app.models import Prompt
 from app.services import ServiceError, exports, projects
 from tests.conftest import SHARED_DATA

@@ -117,7 +117,7 @@ def test_padding_rate_makes_demonstrations_ignore_length_limits():
 def test_simulate_command(settings, session):
     from click.testing import CliRunner
 
-    from app.cli import main
+    from instructloop.cli import main
 
     project = Project(name="cli sim", k=2, overlap=1)
     session.add(project)

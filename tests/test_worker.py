@@ -156,7 +156,7 @@ def test_sigterm_stops_a_real_worker_at_a_safe_point(settings, session, tiny):
         "PYTHONUNBUFFERED": "1",
         "OMP_NUM_THREADS": "1",
     }
-    command = [sys.executable, "-m", "app.cli", "worker", "--poll-interval", "0.1", "--device", "cpu"]
+    command = [sys.executable, "-m", "instructloop", "worker", "--poll-interval", "0.1", "--device", "cpu"]
     proc = subprocess.Popen(
         command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -297,7 +297,7 @@ def test_two_worker_processes_on_postgres_run_each_run_once(settings, session, t
         "PYTHONUNBUFFERED": "1",
         "OMP_NUM_THREADS": "1",
     }
-    command = [sys.executable, "-m", "app.cli", "worker", "--poll-interval", "0.05", "--device", "cpu"]
+    command = [sys.executable, "-m", "instructloop", "worker", "--poll-interval", "0.05", "--device", "cpu"]
     procs = [
         subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for _ in range(2)

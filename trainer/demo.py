@@ -314,7 +314,7 @@ class Demo:
         env = {**os.environ, "DATABASE_URL": self.settings.db_url, "INSTRUCTLOOP_DATA_DIR": str(self.settings.data_dir)}
         log = open(self.settings.data_dir / "demo-worker.log", "ab")  # noqa: SIM115 (lives as long as the worker)
         self.worker = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker", "--poll-interval", "0.5"],
+            [sys.executable, "-m", "instructloop", "worker", "--poll-interval", "0.5"],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

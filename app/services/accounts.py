@@ -3,11 +3,12 @@
 import math
 import secrets
 from datetime import timedelta
+from typing import TypeVar
 
 from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from app.db import utcnow
+from app.db import changed_rows, utcnow
 from app.models import ApiToken, Invite, LoginFailure, PasswordReset, Role, User, UserSession
 from app.security import (
     hash_password,
@@ -110,7 +111,7 @@ def clear_login_failures(session: Session, user_id: int) -> int:
     user = session.get(User, user_id)
     if user is None:
         raise NotFound("No such user.")
-    return session.execute(delete(LoginFailure).where(LoginFailure.email == user.email)).rowcount
+    return changed_rows(session.execute(delete(LoginFailure).where(LoginFailure.email == user.email)))
 
 
 def create_invite(session: Session, email: str, *, role: Role, created_by: User | None, ttl_s: int) -> str:
@@ -134,7 +135,10 @@ def create_invite(session: Session, email: str, *, role: Role, created_by: User 
     return token
 
 
-def _open_link(session: Session, model: type[Invite] | type[PasswordReset], token: str, what: str):
+OneTimeLink = TypeVar("OneTimeLink", Invite, PasswordReset)
+
+
+def _open_link(session: Session, model: type[OneTimeLink], token: str, what: str) -> OneTimeLink:
     """The row of a one-time link (invite or password reset), or why it can't be used."""
     row = session.scalar(select(model).where(model.token_hash == token_hash(token)))
     if row is None:
@@ -157,9 +161,11 @@ def accept_invite(session: Session, token: str, password: str, name: str = "") -
     if password_problem(password, (invite.email, name)) is None:
         # Marked used by one conditional UPDATE: of two parallel accepts the second waits for the
         # first's row lock (SQLite: the writer lock), then finds it used.
-        taken = session.execute(
-            update(Invite).where(Invite.id == invite.id, Invite.used_at.is_(None)).values(used_at=utcnow())
-        ).rowcount
+        taken = changed_rows(
+            session.execute(
+                update(Invite).where(Invite.id == invite.id, Invite.used_at.is_(None)).values(used_at=utcnow())
+            )
+        )
         if not taken:
             raise ServiceError(
                 "This invite link was already used. Log in, or ask an admin for a new one.", status_code=410
@@ -289,7 +295,7 @@ def end_sessions(session: Session, user_id: int, *, keep_sid: str | None = None)
     stmt = update(UserSession).where(UserSession.user_id == user_id, UserSession.ended_at.is_(None))
     if keep_sid is not None:
         stmt = stmt.where(UserSession.sid_hash != token_hash(keep_sid))
-    return session.execute(stmt.values(ended_at=utcnow())).rowcount
+    return changed_rows(session.execute(stmt.values(ended_at=utcnow())))
 
 
 def open_sessions(session: Session, user_id: int) -> list[UserSession]:
@@ -306,9 +312,13 @@ def end_access(session: Session, user_id: int) -> tuple[int, int]:
     """An admin's "sign out everywhere": ends every session and revokes every API token.
     Returns (sessions ended, tokens revoked)."""
     ended = end_sessions(session, user_id)
-    revoked = session.execute(
-        update(ApiToken).where(ApiToken.user_id == user_id, ApiToken.revoked_at.is_(None)).values(revoked_at=utcnow())
-    ).rowcount
+    revoked = changed_rows(
+        session.execute(
+            update(ApiToken)
+            .where(ApiToken.user_id == user_id, ApiToken.revoked_at.is_(None))
+            .values(revoked_at=utcnow())
+        )
+    )
     return ended, revoked
 
 
@@ -363,11 +373,13 @@ def use_password_reset(session: Session, token: str, password: str) -> User:
     reset = open_password_reset(session, token)
     user = reset.user
     _set_password(session, user, password)
-    if not session.execute(
-        update(PasswordReset)
-        .where(PasswordReset.id == reset.id, PasswordReset.used_at.is_(None))
-        .values(used_at=utcnow())
-    ).rowcount:
+    if not changed_rows(
+        session.execute(
+            update(PasswordReset)
+            .where(PasswordReset.id == reset.id, PasswordReset.used_at.is_(None))
+            .values(used_at=utcnow())
+        )
+    ):
         raise ServiceError("This reset link was already used. Log in, or ask an admin for a new one.", status_code=410)
     end_sessions(session, user.id)
     return user

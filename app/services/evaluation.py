@@ -75,6 +75,8 @@ def labeler_win_rates(session: Session, runs: list[TrainingRun]) -> dict[int, di
     tally = {rid: [0, 0, 0] for rid in ids}  # wins, losses, ties
     pair = {r.id: (r.input_model_ids[0], r.input_model_ids[1]) for r in runs}
     for rid, a, b, choice in rows:
+        if rid is None:  # not selected (source_run_id IN ids); the column itself is nullable
+            continue
         if choice == ComparisonChoice.tie:
             tally[rid][2] += 1
             continue
@@ -84,12 +86,13 @@ def labeler_win_rates(session: Session, runs: list[TrainingRun]) -> dict[int, di
         elif chosen == pair[rid][1]:
             tally[rid][1] += 1
     counts: dict[int, dict[TaskStatus, int]] = defaultdict(dict)
-    for rid, status, n in session.execute(
+    for run_id, status, n in session.execute(
         select(Task.source_run_id, Task.status, func.count())
         .where(Task.source_run_id.in_(ids), Task.kind == TaskKind.comparison)
         .group_by(Task.source_run_id, Task.status)
     ):
-        counts[rid][status] = n
+        if run_id is not None:
+            counts[run_id][status] = n
     return {
         rid: {
             **win_rate(*tally[rid]),
@@ -116,6 +119,9 @@ def recent_evaluations(session: Session, limit: int = 10) -> list[tuple[Training
 def evaluation_report(session: Session, run_id: int) -> dict[str, Any]:
     """What the dashboard and the API show for an evaluate run."""
     run = get_run(session, run_id)
-    report = {"run_id": run.id, "status": run.status.value, "labelers": labeler_win_rate(session, run_id)}
-    report["reward_model"] = (run.summary or {}).get("reward_model")
-    return report
+    return {
+        "run_id": run.id,
+        "status": run.status.value,
+        "labelers": labeler_win_rate(session, run_id),
+        "reward_model": (run.summary or {}).get("reward_model"),
+    }

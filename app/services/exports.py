@@ -17,11 +17,11 @@ Every row says its prompt's `split`; an export holds the train split unless othe
 import json
 import re
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import exists, select
+from sqlalchemy import Row, exists, select
 from sqlalchemy.orm import Session
 
 from app.models import (
@@ -80,7 +80,7 @@ def _scoped(stmt, model, f: ExportFilter):
     return stmt
 
 
-def _batches(session: Session, stmt, id_column) -> Iterator[list]:
+def _batches(session: Session, stmt, id_column) -> Iterator[Sequence[Row]]:
     """Keyset pagination by id: each batch is one short query, whatever the table size."""
     last = 0
     while True:

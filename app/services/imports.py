@@ -29,7 +29,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.db import make_sessionmaker, utcnow
-from app.models import ImportJob, ImportJobStatus, Project, Prompt, Split, Task, TaskKind, User
+from app.models import ImportJob, ImportJobStatus, Project, Prompt, Split, Task, TaskKind, User, table
 from app.services import Conflict, NotFound, ServiceError
 from app.validation import row_problem
 
@@ -95,7 +95,8 @@ class ImportPreview:
     def split_counts(self) -> dict[str, int]:
         counts = {s.value: 0 for s in Split}
         for r in self.records:
-            counts[r.split.value] += 1
+            if r.split is not None:
+                counts[r.split.value] += 1
         return counts
 
     def error_report(self) -> str:
@@ -192,10 +193,12 @@ def _record_from_object(obj: Any, line: int, fmt: str) -> Record:
     raise ValueError(f"unknown format {fmt!r}")
 
 
-def _text(obj: dict, key: str, line: int, *, required: bool = True) -> str | None:
+def _optional_text(obj: dict, key: str, line: int) -> str | None:
+    return None if obj.get(key) is None else _text(obj, key, line)
+
+
+def _text(obj: dict, key: str, line: int) -> str:
     value = obj.get(key)
-    if value is None and not required:
-        return None
     if not isinstance(value, str):
         raise ValueError(f"field {key!r} must be a string" + ("" if key in obj else f" (missing; keys: {_keys(obj)})"))
     return value
@@ -238,7 +241,7 @@ def _alpaca(obj: dict, line: int) -> Record:
     if isinstance(instances, list) and instances and isinstance(instances[0], dict):  # self-instruct
         given, output = instances[0].get("input") or "", instances[0].get("output")
     else:
-        given, output = _text(obj, "input", line, required=False) or "", _text(obj, "output", line, required=False)
+        given, output = _optional_text(obj, "input", line) or "", _optional_text(obj, "output", line)
     text = instruction.strip() + (f"\n\n{given.strip()}" if isinstance(given, str) and given.strip() else "")
     ext = obj.get("id")
     return Record(
@@ -274,7 +277,7 @@ def _hh_rlhf(obj: dict, line: int) -> Record:
 
 
 def _oasst(obj: dict, line: int) -> Record:
-    root = obj.get("prompt") if isinstance(obj.get("prompt"), dict) else obj
+    root = obj["prompt"] if isinstance(obj.get("prompt"), dict) else obj
     if root.get("role") != "prompter":
         raise ValueError("not an OpenAssistant tree: expected a root message with role 'prompter'")
     text = _text(root, "text", line)
@@ -427,7 +430,9 @@ def _plan(
     valid_fraction: float,
     test_fraction: float,
 ) -> ImportPreview:
-    kept, duplicates, seen = [], [], {}
+    kept: list[Record] = []
+    duplicates: list[tuple[int, int]] = []
+    seen: dict[str, int] = {}
     for r in records:
         r.text = normalize(r.text)
         if not r.text:
@@ -440,7 +445,7 @@ def _plan(
             continue
         # The same checks the database write makes, so a preview that passes also commits.
         if problem := row_problem(
-            Prompt.__table__, {"text": r.text, "reference": r.reference, "external_id": r.external_id, "meta": r.meta}
+            table(Prompt), {"text": r.text, "reference": r.reference, "external_id": r.external_id, "meta": r.meta}
         ):
             errors.append(LineError(r.line, problem))
             continue

@@ -68,14 +68,16 @@ def _check(session: Session, s: ProjectSettings, project: Project | None) -> Pro
             f"The lease length must be between {LEASE_MIN_S // 60} minute and "
             f"{LEASE_MAX_S // 86400} days; got {s.lease_seconds} seconds."
         )
-    targets = {}
-    for kind, value in (s.targets or {}).items():
-        if kind not in TARGET_KINDS:
-            problems.append(f"Unknown target kind {kind!r}; use one of {', '.join(TARGET_KINDS)}.")
-        elif not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= TARGET_MAX:
-            problems.append(f"The {kind} target must be a whole number from 0 to {TARGET_MAX:,}; got {value!r}.")
-        elif value:
-            targets[kind] = value
+    targets: dict[str, int] = {}
+    for target_kind, target in (s.targets or {}).items():
+        if target_kind not in TARGET_KINDS:
+            problems.append(f"Unknown target kind {target_kind!r}; use one of {', '.join(TARGET_KINDS)}.")
+        elif not isinstance(target, int) or isinstance(target, bool) or not 0 <= target <= TARGET_MAX:
+            problems.append(
+                f"The {target_kind} target must be a whole number from 0 to {TARGET_MAX:,}; got {target!r}."
+            )
+        elif target:
+            targets[target_kind] = target
     if problems:
         raise ServiceError(" ".join(problems))
     return ProjectSettings(
@@ -111,7 +113,7 @@ def update_project(session: Session, project: Project, settings: ProjectSettings
     s = _check(session, settings, project)
     with _unique_name(session, s.name):
         project.name, project.description, project.k, project.overlap = s.name, s.description, s.k, s.overlap
-        project.lease_seconds, project.targets = s.lease_seconds, s.targets
+        project.lease_seconds, project.targets = s.lease_seconds, s.targets or {}
     return project
 
 

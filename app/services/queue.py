@@ -18,28 +18,25 @@ import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, bindparam, exists, func, select
+from sqlalchemy import BindParameter, and_, bindparam, exists, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from app.db import is_postgres, lock_writes, utcnow
 from app.models import (
-    Comparison,
+    SUBMISSION_MODELS,
     Completion,
-    Demonstration,
     Lease,
     Project,
     Prompt,
-    Ranking,
     Skip,
     Task,
     TaskCompletion,
     TaskKind,
     TaskStatus,
+    table,
 )
 from app.services import NotFound
-
-SUBMISSION_MODELS = {TaskKind.demonstration: Demonstration, TaskKind.ranking: Ranking, TaskKind.comparison: Comparison}
 
 # Candidates tried per call when a race makes the first one full; each try is one short query.
 _MAX_TRIES = 20
@@ -91,13 +88,11 @@ def available_filter(user_id, kind: TaskKind, now):
 
 # The statements on the hot path are built once (with bind parameters): building SQLAlchemy
 # expressions costs more CPU than running these short queries.
-_uid, _now, _pid, _tid, _prio = (
-    bindparam("user_id"),
-    bindparam("now"),
-    bindparam("project_id"),
-    bindparam("task_id"),
-    bindparam("priority"),
-)
+_uid: BindParameter[int] = bindparam("user_id")
+_now: BindParameter[datetime] = bindparam("now")
+_pid: BindParameter[int] = bindparam("project_id")
+_tid: BindParameter[int] = bindparam("task_id")
+_prio: BindParameter[int] = bindparam("priority")
 _HELD = {
     kind: select(Lease.task_id)
     .join(Task, Task.id == Lease.task_id)
@@ -282,7 +277,7 @@ def _lease_statement(insert):
     lock makes the candidate query exact already; the check costs nothing there.) A labeler
     whose earlier lease on this task expired gets the same row back, with the same display order
     (they may have seen the outputs already)."""
-    c = Lease.__table__.c
+    c = table(Lease).c
     values = select(
         Task.id,
         bindparam("user_id", type_=c.user_id.type),
@@ -291,9 +286,7 @@ def _lease_statement(insert):
         bindparam("display_order", type_=c.display_order.type),
     )
     values = values.where(Task.id == _tid, Task.done_count + live_leases(Task.id, _now) < Task.required)
-    stmt = insert(Lease.__table__).from_select(
-        [c.task_id, c.user_id, c.created_at, c.expires_at, c.display_order], values
-    )
+    stmt = insert(table(Lease)).from_select([c.task_id, c.user_id, c.created_at, c.expires_at, c.display_order], values)
     stmt = stmt.on_conflict_do_update(
         index_elements=[Lease.task_id, Lease.user_id],
         set_={"created_at": stmt.excluded.created_at, "expires_at": stmt.excluded.expires_at},

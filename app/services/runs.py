@@ -279,7 +279,7 @@ def produced_version_ids(session: Session, run_ids: list[int]) -> dict[int, list
             .where(ModelVersion.run_id.in_(run_ids))
             .order_by(ModelVersion.id)
         ):
-            produced[run_id].append(version_id)
+            produced[run_id or 0].append(version_id)
     return produced
 
 

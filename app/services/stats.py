@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from app.db import utcnow
 from app.models import (
+    SUBMISSION_MODELS,
     Comparison,
     ComparisonChoice,
     Demonstration,
@@ -33,7 +34,6 @@ from app.models import (
     User,
 )
 from app.services import ServiceError
-from app.services.tasks import SUBMISSIONS
 
 log = logging.getLogger(__name__)
 AGREEMENT_TASK_LIMIT = 2000
@@ -43,7 +43,7 @@ AGREEMENT_TASK_LIMIT = 2000
 def _submissions(project_id: int | None, *columns):
     """UNION ALL of every submission kind with a `kind` column, optionally for one project."""
     parts = []
-    for kind, model in SUBMISSIONS.items():
+    for kind, model in SUBMISSION_MODELS.items():
         stmt = select(literal(kind.value).label("kind"), *[getattr(model, c).label(c) for c in columns])
         if project_id is not None:
             stmt = stmt.join(Task, Task.id == model.task_id).where(Task.project_id == project_id)
@@ -102,7 +102,7 @@ def memo(session: Session, name: str, args: tuple, compute, *, fresh: bool = Fal
     Remembered per process until a row is added (`_fingerprint`, one indexed query): a view after a
     change always recomputes, so no figure older than the last write is shown. `fresh` recomputes
     anyway."""
-    key = (str(session.get_bind().url), name, args)
+    key = (session.get_bind().engine.url.render_as_string(), name, args)
     fingerprint = _fingerprint(session)
     hit = _MEMO.get(key)
     if hit is None or fresh or hit[0] != fingerprint:
@@ -126,7 +126,7 @@ def _labeler_numbers(session: Session, project_id: int | None) -> dict[int, dict
     def note_last(uid, last):
         numbers[uid]["last_at"] = max(numbers[uid]["last_at"], last) if numbers[uid]["last_at"] else last
 
-    for kind, model in SUBMISSIONS.items():
+    for kind, model in SUBMISSION_MODELS.items():
         if project_id is None:
             # All projects: grouped reads and medians along the (user_id, time_spent_ms, ...) index.
             for uid, n, last in session.execute(
@@ -315,10 +315,10 @@ class Agreement:
 
 def ranking_agreement(session: Session, project_id: int | None = None, limit: int = AGREEMENT_TASK_LIMIT) -> Agreement:
     """Agreement on ranking tasks that two or more labelers did (the most recent `limit` of them)."""
-    shared = select(Ranking.task_id).group_by(Ranking.task_id).having(func.count() >= 2)
+    shared_tasks = select(Ranking.task_id).group_by(Ranking.task_id).having(func.count() >= 2)
     if project_id is not None:
-        shared = shared.join(Task, Task.id == Ranking.task_id).where(Task.project_id == project_id)
-    shared = shared.order_by(Ranking.task_id.desc()).limit(limit + 1).subquery()
+        shared_tasks = shared_tasks.join(Task, Task.id == Ranking.task_id).where(Task.project_id == project_id)
+    shared = shared_tasks.order_by(Ranking.task_id.desc()).limit(limit + 1).subquery()
     # One statement (no list of 2,000 ids to bind): the rankings of the newest limit + 1 shared tasks.
     by_task: dict[int, list[tuple]] = defaultdict(list)  # (user, output ids, pair signs, ranks)
     for task_id, user_id, order in session.execute(
@@ -330,7 +330,9 @@ def ranking_agreement(session: Session, project_id: int | None = None, limit: in
     limited = len(by_task) > limit
     if limited:
         del by_task[min(by_task)]
-    total, per_labeler, per_pair = PairStats(), defaultdict(PairStats), defaultdict(PairStats)
+    total = PairStats()
+    per_labeler: defaultdict[int, PairStats] = defaultdict(PairStats)
+    per_pair: defaultdict[tuple[int, int], PairStats] = defaultdict(PairStats)
     for _, entries in sorted(by_task.items()):
         for (ua, ids_a, sa, ra), (ub, ids_b, sb, rb) in itertools.combinations(sorted(entries, key=lambda e: e[0]), 2):
             s = _pair_stats(*_count_pairs(sa, sb)) if ids_a == ids_b else compare_ranks(ra, rb)
@@ -357,7 +359,7 @@ def set_gold(session: Session, task: Task, gold: dict | None) -> None:
         flat = [c for g in order or [] for c in g] if isinstance(order, list) else []
         if sorted(flat) != sorted(ids) or any(not g for g in order or []):
             raise ServiceError("The gold order must place every output of the task exactly once.")
-        task.gold = {"order": [[int(c) for c in g] for g in order]}
+        task.gold = {"order": [[int(c) for c in g] for g in order or []]}
     elif task.kind == TaskKind.comparison:
         winner = gold.get("winner")
         if winner is not None and winner not in ids:
@@ -456,7 +458,7 @@ def _project_summary(session: Session, project_id: int) -> dict[str, Any]:
         .group_by(Task.kind, Task.status)
     ).all()
     subs = _submissions(project_id, "id")
-    done = dict(session.execute(select(subs.c.kind, func.count()).group_by(subs.c.kind)).all())
+    done: dict[str, int] = dict(session.execute(select(subs.c.kind, func.count()).group_by(subs.c.kind)).tuples())
     task_counts: dict[str, dict[str, int]] = defaultdict(dict)
     for kind, status, n in tasks:
         task_counts[kind.value][status.value] = n
@@ -485,7 +487,7 @@ def _data_counts(session: Session) -> dict[int, dict[str, dict[str, int]]]:
         select(Prompt.project_id, Prompt.split, func.count()).group_by(Prompt.project_id, Prompt.split)
     ):
         counts[pid]["prompts"][split.value] = n
-    for kind, model in SUBMISSIONS.items():
+    for kind, model in SUBMISSION_MODELS.items():
         q = (
             select(Task.project_id, Prompt.split, func.count())
             .select_from(model)

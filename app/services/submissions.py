@@ -18,12 +18,13 @@ from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, delete, exists, func, insert, select, union_all, update
+from sqlalchemy import BindParameter, and_, bindparam, case, delete, exists, func, insert, select, union_all, update
 from sqlalchemy.orm import Session, aliased
 
 from app.db import is_postgres, lock_writes, utcnow
 from app.models import (
     OUTPUT_FLAGS,
+    SUBMISSION_MODELS,
     ComparisonChoice,
     Draft,
     GuidelineVersion,
@@ -37,9 +38,10 @@ from app.models import (
     TaskStatus,
     User,
     count_output_flags,
+    table,
 )
 from app.services import Conflict, Forbidden, NotFound, ServiceError
-from app.services.queue import SUBMISSION_MODELS, TASK_OUTPUT_IDS
+from app.services.queue import TASK_OUTPUT_IDS
 from app.validation import check_values, text_problem
 
 MAX_TIME_SPENT_MS = 24 * 3600 * 1000
@@ -73,7 +75,9 @@ class Slot:
 
 
 # Hot-path statements are built once with bind parameters (building them costs more than running them).
-_tid, _uid, _now = bindparam("task_id"), bindparam("user_id"), bindparam("now")
+_tid: BindParameter[int] = bindparam("task_id")
+_uid: BindParameter[int] = bindparam("user_id")
+_now: BindParameter[datetime] = bindparam("now")
 _latest_guideline = (
     select(GuidelineVersion.id)
     .where(GuidelineVersion.project_id == Task.project_id)
@@ -151,7 +155,8 @@ _INSERT = {kind: insert(model).returning(model.id) for kind, model in SUBMISSION
 # Postgres: the slot update and the lease removal ride along with the insert (one round trip
 # instead of three; SQLite has no data-modifying WITH). Every bind has its own name (slot_*, v_*):
 # SQLAlchemy would apply execute() parameters named like columns to the UPDATE inside the WITH too.
-_slot_tid, _slot_uid = bindparam("slot_task_id"), bindparam("slot_user_id")
+_slot_tid: BindParameter[int] = bindparam("slot_task_id")
+_slot_uid: BindParameter[int] = bindparam("slot_user_id")
 _CLOSE_SLOT_CTE = _close_slot(_slot_tid).cte("closed_slot")
 _DROP_LEASE_CTE = delete(Lease).where(Lease.task_id == _slot_tid, Lease.user_id == _slot_uid).cte("dropped_lease")
 
@@ -159,9 +164,9 @@ _DROP_LEASE_CTE = delete(Lease).where(Lease.task_id == _slot_tid, Lease.user_id 
 @functools.cache
 def _insert_and_close(kind: TaskKind, columns: tuple[str, ...]):
     """Built once per kind and set of columns; the values are bound as v_<column>."""
-    table = SUBMISSION_MODELS[kind].__table__
-    values = {name: bindparam(f"v_{name}", type_=table.c[name].type) for name in columns}
-    return insert(table).values(values).add_cte(_CLOSE_SLOT_CTE, _DROP_LEASE_CTE).returning(table.c.id)
+    submissions = table(SUBMISSION_MODELS[kind])
+    values = {name: bindparam(f"v_{name}", type_=submissions.c[name].type) for name in columns}
+    return insert(submissions).values(values).add_cte(_CLOSE_SLOT_CTE, _DROP_LEASE_CTE).returning(submissions.c.id)
 
 
 def _check_key(key: str | None) -> str | None:
@@ -256,7 +261,7 @@ def _store(
         idempotency_key=key,
         **answer,
     )
-    check_values(SUBMISSION_MODELS[kind].__table__, values)
+    check_values(table(SUBMISSION_MODELS[kind]), values)
     params = {"task_id": task.id, "user_id": slot.user_id}
     if is_postgres(session):
         new_id = session.scalar(
@@ -511,7 +516,7 @@ def save_draft(session: Session, user: User, task_id: int, text: str) -> Draft:
         raise NotFound(f"There is no task {task_id}.")
     if session.scalar(select(Lease.id).where(Lease.task_id == task_id, Lease.user_id == user.id)) is None:
         raise Forbidden(f"Task {task_id} is not assigned to you.")
-    limit = session.scalar(select(Project.max_demonstration_chars).where(Project.id == task.project_id))
+    limit = session.scalar(select(Project.max_demonstration_chars).where(Project.id == task.project_id)) or 0
     text = (text or "").replace("\r\n", "\n")
     if len(text) > limit:
         raise ServiceError(f"The draft has {len(text)} characters; the limit is {limit}.")

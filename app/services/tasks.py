@@ -6,12 +6,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.models import (
-    Comparison,
+    SUBMISSION_MODELS,
     Completion,
-    Demonstration,
     Project,
     Prompt,
-    Ranking,
     Task,
     TaskCompletion,
     TaskKind,
@@ -120,10 +118,6 @@ def create_comparison_task(
     )
 
 
-SUBMISSIONS = {TaskKind.demonstration: Demonstration, TaskKind.ranking: Ranking, TaskKind.comparison: Comparison}
-"""The table of each task kind's submissions."""
-
-
 def get_task(session: Session, task_id: int) -> Task:
     task = session.get(Task, task_id)
     if task is None:
@@ -132,7 +126,7 @@ def get_task(session: Session, task_id: int) -> Task:
 
 
 def task_submissions(session: Session, task: Task) -> list[Any]:
-    model = SUBMISSIONS[task.kind]
+    model = SUBMISSION_MODELS[task.kind]
     return list(
         session.execute(
             select(model, User).join(User, User.id == model.user_id).where(model.task_id == task.id).order_by(model.id)

@@ -176,7 +176,7 @@ def lineage_graph(versions: list, *, highlight: int | None = None) -> Markup:
                 x1, y1, x2, y2 = px + box_w, py + box_h / 2, cx, cy + box_h / 2
                 if x2 <= x1:  # same column (e.g. sft from sft): route around the right side
                     x1, x2 = px + box_w, cx + box_w
-                    mid = x1 + 30
+                    mid = x1 + 30.0
                     d = f"M{x1},{y1} C{mid},{y1} {mid},{y2} {x2},{y2}"
                 else:
                     mid = (x1 + x2) / 2

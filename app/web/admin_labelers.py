@@ -5,7 +5,7 @@ from fastapi import APIRouter, Depends, Request
 from app.deps import AdminUser, SessionDep, verify_csrf
 from app.models import TaskKind
 from app.services import ServiceError, projects, stats, tasks
-from app.web.params import IdPath, Page
+from app.web.params import IdPath, Page, form_id, form_text
 from app.web.render import flash, redirect, render
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(verify_csrf)], include_in_schema=False)
@@ -69,11 +69,12 @@ def tasks_page(
 def task_page(request: Request, session: SessionDep, user: AdminUser, task_id: IdPath, error: str | None = None):
     task = tasks.get_task(session, task_id)
     subs = tasks.task_submissions(session, task)
-    gold_rank = stats.ranks_of(task.gold["order"]) if isinstance(task.gold, dict) and "order" in task.gold else {}
+    gold = task.gold if isinstance(task.gold, dict) else {}
+    gold_rank = stats.ranks_of(gold["order"]) if "order" in gold else {}
     scores = {}
     for sub, _labeler in subs:
         if task.kind == TaskKind.ranking and gold_rank:
-            scores[sub.id] = stats.gold_score_ranking(sub.order, task.gold)
+            scores[sub.id] = stats.gold_score_ranking(sub.order, gold)
     return render(
         request,
         "admin/task.html",
@@ -94,7 +95,7 @@ async def set_gold(request: Request, session: SessionDep, user: AdminUser, task_
             # One rank number per output (1 = best); equal numbers are ties.
             ranks = {}
             for out in task.outputs:
-                value = form.get(f"rank_{out.completion_id}", "")
+                value = form_text(form, f"rank_{out.completion_id}")
                 if not value.isdigit() or not 1 <= int(value) <= len(task.outputs):
                     raise ServiceError(f"Give every output a rank from 1 to {len(task.outputs)}.")
                 ranks[out.completion_id] = int(value)
@@ -102,8 +103,7 @@ async def set_gold(request: Request, session: SessionDep, user: AdminUser, task_
             stats.set_gold(session, task, {"order": order})
             flash(request, "Gold order saved; labelers' accuracy on it shows on the Labelers page.", "success")
         else:
-            winner = form.get("winner", "")
-            stats.set_gold(session, task, {"winner": int(winner) if winner.isdigit() else None})
+            stats.set_gold(session, task, {"winner": form_id(form, "winner")})
             flash(request, "Gold answer saved.", "success")
     except ServiceError as exc:
         session.rollback()

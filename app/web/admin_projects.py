@@ -10,22 +10,23 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
 
 from app.deps import AdminUser, SessionDep, SettingsDep, verify_csrf
 from app.markdown import render_markdown
 from app.models import ImportJobStatus
 from app.services import ServiceError, imports, projects, stats
-from app.web.params import IdPath
+from app.web.params import IdPath, form_text
 from app.web.render import flash, redirect, render
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(verify_csrf)], include_in_schema=False)
 UPLOAD_TTL_S = 24 * 3600
 
 
-def _int(value: str, label: str, *, optional: bool = False) -> int | None:
-    value = (value or "").strip()
-    if not value and optional:
+def _int(form: FormData, name: str, label: str) -> int | None:
+    """The form's whole number, None when left empty."""
+    value = form_text(form, name).strip()
+    if not value:
         return None
     try:
         return int(value)
@@ -33,16 +34,17 @@ def _int(value: str, label: str, *, optional: bool = False) -> int | None:
         raise ServiceError(f"{label} must be a whole number; got {value!r}.") from None
 
 
-def _settings_from_form(form) -> projects.ProjectSettings:
-    lease_min = _int(form.get("lease_minutes", ""), "The lease length", optional=True)
-    targets = {
-        k: _int(form.get(f"target_{k}", ""), f"The {k} target", optional=True) or 0 for k in projects.TARGET_KINDS
-    }
+def _settings_from_form(form: FormData) -> projects.ProjectSettings:
+    lease_min = _int(form, "lease_minutes", "The lease length")
+    targets = {k: _int(form, f"target_{k}", f"The {k} target") or 0 for k in projects.TARGET_KINDS}
+    k, overlap = _int(form, "k", "K (outputs per prompt)"), _int(form, "overlap", "Overlap")
+    if k is None or overlap is None:
+        raise ServiceError("K (outputs per prompt) and Overlap are needed.")
     return projects.ProjectSettings(
-        name=form.get("name", ""),
-        description=form.get("description", ""),
-        k=_int(form.get("k", ""), "K (outputs per prompt)"),
-        overlap=_int(form.get("overlap", ""), "Overlap"),
+        name=form_text(form, "name"),
+        description=form_text(form, "description"),
+        k=k,
+        overlap=overlap,
         lease_seconds=lease_min * 60 if lease_min is not None else None,
         targets=targets,
     )
@@ -67,7 +69,7 @@ async def create_project(request: Request, session: SessionDep, user: AdminUser)
     form = await request.form()
     try:
         project = projects.create_project(
-            session, _settings_from_form(form), guidelines_md=form.get("guidelines", ""), created_by=user
+            session, _settings_from_form(form), guidelines_md=form_text(form, "guidelines"), created_by=user
         )
     except ServiceError as exc:
         session.rollback()
@@ -132,7 +134,7 @@ def save_guidelines(
 async def preview_guidelines(request: Request, user: AdminUser):
     """htmx: the Markdown rendered exactly as labelers will see it (the editor's form is sent)."""
     form = await request.form()
-    body = form.get("body") or form.get("guidelines") or ""
+    body = form_text(form, "body") or form_text(form, "guidelines")
     html = render_markdown(body) if body.strip() else '<p class="muted">Nothing to preview yet.</p>'
     return HTMLResponse(str(html))
 
@@ -206,13 +208,13 @@ async def import_preview(
         return _import_page(request, project, form=form, error="Choose a file to import.", status_code=400)
     data = await upload.read(imports.MAX_IMPORT_BYTES + 1)
     try:
-        valid, test = _fractions(form.get("valid_pct", "10"), form.get("test_pct", "10"))
+        valid, test = _fractions(form_text(form, "valid_pct", "10"), form_text(form, "test_pct", "10"))
         preview = imports.preview_import(
             session,
             project,
             data,
             filename=upload.filename,
-            fmt=form.get("format", "auto"),
+            fmt=form_text(form, "format", "auto"),
             valid_fraction=valid,
             test_fraction=test,
         )
@@ -236,16 +238,16 @@ async def import_commit(
     project = projects.get_project(session, project_id)
     form = await request.form()
     try:
-        path = _upload_path(settings, form.get("token", ""))
-        valid, test = _fractions(form.get("valid_pct", "10"), form.get("test_pct", "10"))
+        path = _upload_path(settings, form_text(form, "token"))
+        valid, test = _fractions(form_text(form, "valid_pct", "10"), form_text(form, "test_pct", "10"))
         options = {
-            "fmt": form.get("format", "auto"),
+            "fmt": form_text(form, "format", "auto"),
             "valid_fraction": valid,
             "test_fraction": test,
-            "create_tasks": form.get("create_tasks") == "on",
+            "create_tasks": form_text(form, "create_tasks") == "on",
         }
         job = imports.start_job(
-            session, project, filename=str(form.get("filename", "")), options=options, created_by=user
+            session, project, filename=form_text(form, "filename"), options=options, created_by=user
         )
     except ServiceError as exc:
         session.rollback()

@@ -6,12 +6,13 @@ import typing
 from functools import cache
 
 from fastapi import APIRouter, Depends, Request
+from starlette.datastructures import FormData
 
 from app.deps import AdminUser, SessionDep, SettingsDep, verify_csrf
 from app.models import ModelKind, ModelVersion, RunKind, RunStatus, TrainingRun
 from app.services import ServiceError, accounts, evaluation, projects, registry, runs
 from app.web.admin_charts import MODEL_COLORS, headline_metrics, line_chart, lineage_graph
-from app.web.params import IdPath
+from app.web.params import IdPath, form_id, form_text, form_texts
 from app.web.render import flash, redirect, render
 from runconfig import RUN_CONFIGS
 
@@ -56,14 +57,16 @@ def config_fields(kind: str) -> tuple[str, list[ConfigField]]:
     return " ".join((cls.__doc__ or "").split()), fields
 
 
-def _config_from_form(kind: str, form) -> dict[str, typing.Any]:
-    """Only the fields the admin changed from the defaults; types follow the dataclass."""
-    values, problems = {}, []
+def _config_from_form(kind: str, form: FormData) -> dict[str, typing.Any]:
+    """Only the fields the admin changed from the defaults; types follow the config model."""
+    values: dict[str, typing.Any] = {}
+    problems: list[str] = []
     for f in config_fields(kind)[1]:
+        value: bool | int | float | str
         if f.type == "bool":
-            value = form.get(f"cfg_{f.name}") == "on"
+            value = form_text(form, f"cfg_{f.name}") == "on"
         else:
-            raw = (form.get(f"cfg_{f.name}") or "").strip()
+            raw = form_text(form, f"cfg_{f.name}").strip()
             if raw == "":
                 continue
             try:
@@ -153,28 +156,28 @@ def new_run_page(
 @router.post("/runs")
 async def create_run(request: Request, session: SessionDep, settings: SettingsDep, user: AdminUser):
     form = await request.form()
-    kind = form.get("kind", "")
-    pid = int(form["project_id"]) if (form.get("project_id") or "").isdigit() else None
+    kind = form_text(form, "kind")
+    pid = form_id(form, "project_id")
     try:
         if kind not in KIND_TITLES:
             raise ServiceError(f"Unknown run kind {kind!r}.")
         config = _config_from_form(kind, form)
         model_ids = []
         for i in range(3):
-            value = form.get(f"model_{i}", "")
+            value = form_text(form, f"model_{i}")
             if value.isdigit():
                 model_ids.append(int(value))
             elif value and value != "default":
                 raise ServiceError("Pick a model version from the list.")
-        excluded = sorted({int(v) for v in form.getlist("exclude") if v.isdigit()})
+        excluded = sorted({int(v) for v in form_texts(form, "exclude") if v.isdigit()})
         data_filter: dict[str, typing.Any] = {"exclude_labelers": excluded} if excluded else {}
-        min_agreement = (form.get("min_agreement") or "").strip()
+        min_agreement = form_text(form, "min_agreement").strip()
         if min_agreement:
             try:
                 data_filter["min_agreement"] = float(min_agreement)
             except ValueError:
                 raise ServiceError("Minimum agreement is a percentage, e.g. 65.") from None
-        splits = form.getlist("splits")
+        splits = form_texts(form, "splits")
         if splits and splits != ["train"]:
             data_filter["splits"] = splits
         run = runs.create_run(
@@ -342,9 +345,11 @@ def model_page(request: Request, session: SessionDep, user: AdminUser, version_i
 @router.post("/models")
 async def register_model(request: Request, session: SessionDep, user: AdminUser):
     form = await request.form()
-    pid = int(form["project_id"]) if (form.get("project_id") or "").isdigit() else None
+    pid = form_id(form, "project_id")
     try:
-        version = registry.register_base(session, form.get("source", ""), name=form.get("name", ""), project_id=pid)
+        version = registry.register_base(
+            session, form_text(form, "source"), name=form_text(form, "name"), project_id=pid
+        )
     except ServiceError as exc:
         session.rollback()
         flash(request, exc.message, "error")

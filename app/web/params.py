@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import Path, Query
 from pydantic import Field
+from starlette.datastructures import FormData
 
 DB_INT_MAX = 2**31 - 1
 
@@ -19,3 +20,20 @@ Id = Annotated[int, Field(ge=1, le=DB_INT_MAX)]
 """An id in a JSON body or a list of ids."""
 Page = Annotated[int, Query(ge=1, le=100_000)]
 """A 1-based page number."""
+
+
+def form_text(form: FormData, name: str, default: str = "") -> str:
+    """A text field of a submitted form (the default where a file came instead of text)."""
+    value = form.get(name, default)
+    return value if isinstance(value, str) else default
+
+
+def form_texts(form: FormData, name: str) -> list[str]:
+    """Every value of a repeated text field (checkboxes, multiple selects)."""
+    return [v for v in form.getlist(name) if isinstance(v, str)]
+
+
+def form_id(form: FormData, name: str) -> int | None:
+    """An id picked in a form, or None when the field is empty or names nothing that could exist."""
+    value = form_text(form, name).strip()
+    return int(value) if value.isdigit() and 1 <= int(value) <= DB_INT_MAX else None

@@ -38,7 +38,7 @@ def serve(host: str, port: int, workers: int, with_worker: bool, migrate: bool |
     if migrate or (migrate is None and settings.is_sqlite):
         migrations.upgrade(settings.db_url)
     _ensure_first_admin(settings, host, port)
-    worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"]) if with_worker else None
+    worker = subprocess.Popen([sys.executable, "-m", "instructloop", "worker"]) if with_worker else None
     try:
         uvicorn.run("app.main:create_served_app", factory=True, host=host, port=port, workers=workers, log_level="info")
     finally:

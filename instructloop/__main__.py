@@ -1,0 +1,3 @@
+from instructloop.cli import main
+
+main()
