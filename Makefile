@@ -37,6 +37,13 @@ run: install
 worker: install
 	$(BIN)/instructloop worker
 
+# ruff (lint rules and format), mypy, and the layer contracts of import-linter (pyproject.toml).
+lint: dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
 # SQLite always; Postgres too when TEST_DATABASE_URL is set (e.g. postgresql+psycopg://postgres@127.0.0.1/test).
 test: dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

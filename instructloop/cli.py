@@ -258,14 +258,17 @@ def import_prompts(
     try:
         with _sessionmaker(Settings()).begin() as session:
             project = projects.project_by_name_or_id(session, project_ref)
-            args = dict(
+            valid, test, limit = valid_pct / 100, test_pct / 100, imports.CLI_MAX_IMPORT_BYTES
+            preview = imports.preview_import(
+                session,
+                project,
+                data,
                 filename=name,
                 fmt=fmt,
-                valid_fraction=valid_pct / 100,
-                test_fraction=test_pct / 100,
-                max_bytes=imports.CLI_MAX_IMPORT_BYTES,
+                valid_fraction=valid,
+                test_fraction=test,
+                max_bytes=limit,
             )
-            preview = imports.preview_import(session, project, data, **args)
             click.echo(
                 f"{name}: {len(preview.records):,} new prompts {preview.split_counts}, "
                 f"{len(preview.duplicates):,} duplicates in the file, {len(preview.existing):,} already in "
@@ -275,7 +278,17 @@ def import_prompts(
                 raise click.ClickException(f"Nothing imported.\n{preview.error_report()}")
             if dry_run:
                 return
-            result = imports.run_import(session, project, data, create_tasks=create_tasks, **args)
+            result = imports.run_import(
+                session,
+                project,
+                data,
+                create_tasks=create_tasks,
+                filename=name,
+                fmt=fmt,
+                valid_fraction=valid,
+                test_fraction=test,
+                max_bytes=limit,
+            )
     except ServiceError as exc:
         raise click.ClickException(exc.message) from exc
     click.echo(

@@ -3,9 +3,9 @@
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from instructloop.cli import main
 from app.models import Role, User
 from app.security import verify_password
+from instructloop.cli import main
 
 
 def _env(settings):

@@ -6,9 +6,9 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from instructloop.cli import main as cli
 from app.models import Prompt
 from app.services import ServiceError, exports, projects
+from instructloop.cli import main as cli
 from tests.conftest import SHARED_DATA
 from tests.test_admin_stats import World
 

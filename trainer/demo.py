@@ -245,7 +245,7 @@ class Demo:
         bar = ProgressBar(self.echo, f"{kind} run {run_id}")
         while True:
             with self.sessions() as session:
-                run = session.get(TrainingRun, run_id)
+                run = session.get_one(TrainingRun, run_id)
                 status, step, total, error = run.status, run.progress_step, run.progress_total, run.error
                 last = _last_metrics(session, run_id)
             bar.update(step, total, last)
@@ -275,7 +275,7 @@ class Demo:
                 ).all()
                 return rows[pick] if rows else None
 
-            evaluate_run = session.get(TrainingRun, self.run_ids["evaluate"])
+            evaluate_run = session.get_one(TrainingRun, self.run_ids["evaluate"])
             return {
                 "sft_valid_loss_start": metric("sft", "valid_loss", 0),
                 "sft_valid_loss_end": metric("sft", "valid_loss", -1),

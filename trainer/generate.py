@@ -36,7 +36,8 @@ def split_by_length(
     limit = context_length(model)
     if not limit:
         return prompts, []
-    fit, too_long = [], []
+    fit: list[PromptItem] = []
+    too_long: list[PromptItem] = []
     for item in prompts:
         n = len(modeling.encode_prompt(tokenizer, item.text))
         (fit if n + max_new_tokens <= limit else too_long).append(item)

@@ -6,6 +6,7 @@ app nor SQLAlchemy; import-linter checks that (`make lint`)."""
 
 import random
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -14,6 +15,7 @@ from app.services import tasks
 from app.services.evaluation import win_rate
 from runconfig import EvaluateConfig, GenerateConfig, config_from_dict, config_to_dict
 from trainer import modeling
+from trainer.data import SFTExample
 from trainer.errors import TrainingDiverged
 from trainer.evaluate import score_pairs
 from trainer.generate import Sample, sample_batches, split_by_length
@@ -95,7 +97,7 @@ def run_ppo(ctx: RunContext) -> Outcome:
     splits = ctx.data_filter.get("splits") or ["train"]
     with ctx.session() as session:
         prompts, snapshot = snapshot_prompts(session, ctx.project_id, splits)
-        ptx = []
+        ptx: list[SFTExample] = []
         if config.ptx_coef > 0:
             try:
                 ptx, _, demo_snapshot = snapshot_demonstrations(session, ctx.project_id, ctx.data_filter)
@@ -201,7 +203,7 @@ def run_generate(ctx: RunContext) -> Outcome:
     (a cancelled run keeps the complete tasks it made)."""
     config: GenerateConfig = config_from_dict("generate", ctx.config)
     with ctx.session() as session:
-        project = session.get(Project, ctx.project_id)
+        project = session.get_one(Project, ctx.project_id)
         k = config.k or project.k
         prompts, snapshot = snapshot_prompts(
             session,
@@ -249,7 +251,7 @@ def run_generate(ctx: RunContext) -> Outcome:
     )
     for start, samples in batches:
         with ctx.session() as session:
-            project = session.get(Project, ctx.project_id)
+            project = session.get_one(Project, ctx.project_id)
             for item, outputs in zip(prompts[start : start + len(samples)], samples, strict=True):
                 prompt = session.get(Prompt, item.id)
                 if prompt is None:  # deleted while the run sampled
@@ -356,7 +358,7 @@ def run_evaluate(ctx: RunContext) -> Outcome:
     rng = random.Random(config.seed)
     pairs = []
     with ctx.session() as session:
-        project = session.get(Project, ctx.project_id)
+        project = session.get_one(Project, ctx.project_id)
         for item in prompts:
             prompt = session.get(Prompt, item.id)
             mine, theirs = answers[candidate.id][item.id], answers[baseline.id][item.id]
@@ -368,7 +370,7 @@ def run_evaluate(ctx: RunContext) -> Outcome:
                 session, project, prompt, a, b, priority=config.priority, source_run_id=ctx.run_id
             )
             pairs.append({"task_id": task.id, "prompt_id": item.id, "a": a, "b": b, "candidate_is_a": candidate_is_a})
-    summary = {
+    summary: dict[str, Any] = {
         "prompts": len(pairs),
         "comparison_tasks": len(pairs),
         "candidate_model_id": candidate.id,

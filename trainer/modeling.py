@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
@@ -34,7 +35,7 @@ SCORE_OFFSET = "score_offset"
 # Never run Python code shipped inside a model folder or hub repo (`auto_map`): loading a model
 # must not execute whatever its author wrote. transformers then refuses such a folder with a
 # ValueError instead of asking on the terminal, which a worker has not got.
-NO_REMOTE_CODE = {"trust_remote_code": False}
+NO_REMOTE_CODE: dict[str, Any] = {"trust_remote_code": False}
 
 
 # --- where a model comes from ---------------------------------------------------------

@@ -347,9 +347,9 @@ def diverged(message: str, policy, good_state: dict | None, good_step: int) -> T
                     param.copy_(good_state[name].to(param.device))
     error = TrainingDiverged(
         f"{message} The policy was put back to its weights after step {good_step}, the last "
-        f"good one; save it as the last good checkpoint."
+        f"good one; save it as the last good checkpoint.",
+        last_good_step=good_step,
     )
-    error.last_good_step = good_step
     return error
 
 
@@ -431,7 +431,7 @@ def train_ppo(
     stopped = False
 
     def take(queue: list[int], n: int, size: int) -> list[int]:
-        out = []
+        out: list[int] = []
         while len(out) < n:
             if not queue:
                 queue.extend(order.sample(range(size), size))
@@ -453,7 +453,7 @@ def train_ppo(
         # 2. Rollouts: sample one answer per prompt with generate() and its KV cache.
         policy.eval()
         value_model.eval()
-        responses = []
+        chunks: list[torch.Tensor] = []
         with torch.no_grad(), precision.autocast():
             for lo in range(0, len(batch), config.forward_batch_size):
                 out = policy.generate(
@@ -461,9 +461,9 @@ def train_ppo(
                     attention_mask=query_mask[lo : lo + config.forward_batch_size],
                     **sampling_settings(config, eos_id, pad_id),
                 )
-                responses.append(out[:, width:])
-            length = max(r.shape[1] for r in responses)
-            responses = torch.cat([F.pad(r, (0, length - r.shape[1]), value=pad_id) for r in responses])
+                chunks.append(out[:, width:])
+            length = max(r.shape[1] for r in chunks)
+            responses = torch.cat([F.pad(r, (0, length - r.shape[1]), value=pad_id) for r in chunks])
 
             # 3. Mask everything after the first EOS (pad != EOS, so the EOS itself is kept and learned).
             response_mask, ended = response_mask_after_eos(responses, eos_id)
@@ -472,35 +472,35 @@ def train_ppo(
             seq_mask = torch.cat([query_mask, response_mask.long()], dim=1)
 
             # 4. Log-probs of the policy and the reference (temperature applied), values, scores.
-            logprobs, ref_logprobs, values, entropy, scores = [], [], [], [], []
+            parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("logprobs", "ref", "values", "entropy", "scores")}
             for lo in range(0, len(batch), config.forward_batch_size):
-                rows = slice(lo, lo + config.forward_batch_size)
-                ids, mask, resp = seqs[rows], seq_mask[rows], responses[rows]
-                logits = policy_logits(policy, ids, mask, length)
-                logprobs.append(logprobs_from_logits(logits, resp, config.temperature))
-                entropy.append(entropy_from_logits(logits, config.temperature))
+                part = slice(lo, lo + config.forward_batch_size)
+                part_ids, part_mask, resp = seqs[part], seq_mask[part], responses[part]
+                logits = policy_logits(policy, part_ids, part_mask, length)
+                parts["logprobs"].append(logprobs_from_logits(logits, resp, config.temperature))
+                parts["entropy"].append(entropy_from_logits(logits, config.temperature))
                 del logits
-                values.append(token_values(value_model, ids, mask, length))
+                parts["values"].append(token_values(value_model, part_ids, part_mask, length))
             with visiting(ref_policy, device, config.low_memory), ref_context():
                 reference = ref_policy if ref_policy is not None else policy
                 for lo in range(0, len(batch), config.forward_batch_size):
-                    rows = slice(lo, lo + config.forward_batch_size)
-                    logits = policy_logits(reference, seqs[rows], seq_mask[rows], length)
-                    ref_logprobs.append(logprobs_from_logits(logits, responses[rows], config.temperature))
+                    part = slice(lo, lo + config.forward_batch_size)
+                    logits = policy_logits(reference, seqs[part], seq_mask[part], length)
+                    parts["ref"].append(logprobs_from_logits(logits, responses[part], config.temperature))
             if reward_fn is None:
                 with visiting(reward_model, device, config.low_memory):
                     for lo in range(0, len(batch), config.forward_batch_size):
-                        rows = slice(lo, lo + config.forward_batch_size)
-                        scores.append(reward_model(seqs[rows], seq_mask[rows]).float())
-                scores = torch.cat(scores)
+                        part = slice(lo, lo + config.forward_batch_size)
+                        parts["scores"].append(reward_model(seqs[part], seq_mask[part]).float())
+                scores = torch.cat(parts["scores"])
             else:
                 texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
                 given = list(reward_fn([prompts[i] for i in batch], texts))
                 if len(given) != len(texts):
                     raise ValueError(f"reward_fn returned {len(given)} scores for {len(texts)} completions.")
                 scores = torch.tensor([float(v) for v in given], device=device)
-            logprobs, ref_logprobs = torch.cat(logprobs), torch.cat(ref_logprobs)
-            values, entropy = torch.cat(values), torch.cat(entropy)
+            logprobs, ref_logprobs = torch.cat(parts["logprobs"]), torch.cat(parts["ref"])
+            values, entropy = torch.cat(parts["values"]), torch.cat(parts["entropy"])
             mask = response_mask.float()
 
             # 5. Rewards: -beta * KL per token, the score (minus the no-EOS penalty) at the last token.
@@ -531,7 +531,13 @@ def train_ppo(
         # 7. PPO epochs over shuffled minibatches: clipped ratio + clipped value loss (+ ptx).
         policy.train()
         value_model.train()
-        stats = {"policy_loss": [], "value_loss": [], "clip_frac": [], "approx_kl": [], "ptx_loss": []}
+        stats: dict[str, list[torch.Tensor]] = {
+            "policy_loss": [],
+            "value_loss": [],
+            "clip_frac": [],
+            "approx_kl": [],
+            "ptx_loss": [],
+        }
         for _ in range(config.ppo_epochs):
             permutation = torch.randperm(len(batch), device=device)
             for lo in range(0, len(batch), config.minibatch_size):

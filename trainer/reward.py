@@ -21,7 +21,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,7 +166,7 @@ def normalize_bias(model: ScalarHeadModel, tokenizer, demonstrations, max_length
         ]
     )
     shift = scores.mean().item()
-    model.head.bias -= shift
+    model.head.bias.data.sub_(shift)
     model.train(was_training)
     return shift
 
@@ -178,7 +178,7 @@ def train_reward(
     valid: list[RankingExample],
     config: RewardConfig,
     *,
-    demonstrations: list[SFTExample] = (),
+    demonstrations: Sequence[SFTExample] = (),
     on_metrics: MetricsCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> dict:

@@ -119,7 +119,8 @@ def train_sft(
     )
     eval_every = config.eval_every or steps_per_epoch
 
-    best = {"valid_loss": math.inf, "step": 0, "weights": None}
+    best_loss, best_step = math.inf, 0
+    best_weights: dict[str, torch.Tensor] | None = None
     result = {"steps": 0.0, "train_loss": math.nan, "tokens": 0.0, "stopped_early": 0.0}
     if valid_rows:
         with precision.autocast():
@@ -181,14 +182,14 @@ def train_sft(
                 with precision.autocast():
                     metrics["valid_loss"] = held_out_loss(model, valid_rows, pad_id, config.eval_batch_size)
                 result["valid_loss"] = metrics["valid_loss"]
-                if metrics["valid_loss"] < best["valid_loss"]:
-                    best.update(valid_loss=metrics["valid_loss"], step=step)
+                if metrics["valid_loss"] < best_loss:
+                    best_loss, best_step = metrics["valid_loss"], step
                     if config.keep_best and step < total_steps:
-                        best["weights"] = {
+                        best_weights = {
                             n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad
                         }
                     elif config.keep_best:
-                        best["weights"] = None  # the last weights are the best: nothing to restore
+                        best_weights = None  # the last weights are the best: nothing to restore
             on_metrics(step, total_steps, metrics)
 
             # 7. Cancel / SIGTERM: stop at this safe point with what we have.
@@ -198,15 +199,15 @@ def train_sft(
                 break
 
     # 8. Keep the weights with the lowest held-out loss (checkpoint choice by validation loss).
-    if best["weights"] is not None:
+    if best_weights is not None:
         with torch.no_grad():
             for name, param in model.named_parameters():
-                if name in best["weights"]:
-                    param.copy_(best["weights"][name])
-    if valid_rows and math.isfinite(best["valid_loss"]):
-        result.update(best_valid_loss=best["valid_loss"], best_step=float(best["step"]))
+                if name in best_weights:
+                    param.copy_(best_weights[name])
+    if valid_rows and math.isfinite(best_loss):
+        result.update(best_valid_loss=best_loss, best_step=float(best_step))
         if config.keep_best:
-            result["valid_loss"] = best["valid_loss"]
+            result["valid_loss"] = best_loss
     result["tokens_per_s"] = result["tokens"] / train_seconds if train_seconds > 0 else 0.0
     model.eval()
     return result

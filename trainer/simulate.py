@@ -256,12 +256,12 @@ def _work_one(
 ) -> bool:
     """Takes and answers one task; False when this labeler's queue is empty."""
     with write_session(engine) as session:
-        project = session.get(Project, project_id)
-        user = session.get(User, labeler.user.id)
+        project = session.get_one(Project, project_id)
+        user = session.get_one(User, labeler.user.id)
         task = queue.next_task(session, user.id, project, kind, default_lease_seconds=default_lease_seconds)
         if task is None:
             return False
-        prompt = session.get(Prompt, task.prompt_id)
+        prompt = session.get_one(Prompt, task.prompt_id)
         try:
             if kind == TaskKind.demonstration:
                 text = demonstration_for(prompt, demos)

@@ -98,7 +98,9 @@ def snapshot_demonstrations(
             f"No demonstrations on the {'/'.join(valid_splits)} split: held out every "
             f"{HOLDOUT_EVERY}th training prompt ({len(holdout)} prompts) for the validation loss."
         )
-    train, valid, manifest = [], [], []
+    train: list[SFTExample] = []
+    valid: list[SFTExample] = []
+    manifest: list[Any] = []
     for demo, prompt in rows:
         example = SFTExample(prompt=prompt.text, completion=demo.text)
         is_valid = prompt.id in holdout or (prompt.split in valid_splits and prompt.split not in train_splits)
@@ -160,7 +162,11 @@ def snapshot_rankings(
             f"No rankings on the {'/'.join(valid_splits)} split: held out every {HOLDOUT_EVERY}th "
             f"training prompt ({len(holdout)} prompts) for the held-out accuracy."
         )
-    train, valid, manifest, used, no_preference = [], [], [], [], 0
+    train: list[RankingExample] = []
+    valid: list[RankingExample] = []
+    manifest: list[Any] = []
+    used: list[Ranking] = []
+    no_preference = 0
     for ranking, task, prompt in rows:
         groups = [list(g) for g in ranking.order if g]
         if len(groups) < 2:

@@ -119,20 +119,20 @@ class RunContext:
         worker: "Worker",
         run_id: int,
         kind: RunKind,
-        project_id: int,
+        project_id: int | None,
         config: dict,
         input_model_ids: list[int],
         data_filter: dict,
     ):
         self.worker = worker
         self.settings = worker.settings
-        self.run_id, self.kind, self.project_id = run_id, kind, project_id
+        self.run_id, self.kind, self._project_id = run_id, kind, project_id
         self.config, self.input_model_ids, self.data_filter = config, input_model_ids, data_filter
         self.stop = threading.Event()
         self.stop_reason = ""
         self.lost = False
         self.last_step, self.last_total = 0, 0
-        self._device = None
+        self._device: Any = None  # a torch.device once asked for (torch loads with the first run)
         self._unsent: list[tuple[int, dict[str, float]]] = []  # steps whose metrics wait for the database
         self._metrics_outage = OutageLog(f"run {run_id}: metrics")
 
@@ -182,6 +182,12 @@ class RunContext:
         self.lost = True
         self.request_stop("the run is no longer this worker's")
 
+    @property
+    def project_id(self) -> int:
+        if self._project_id is None:
+            raise ValueError("The run's project was deleted; there is no data to run on.")
+        return self._project_id
+
     # -- models --------------------------------------------------------------------------------
     @property
     def device(self):
@@ -216,7 +222,7 @@ class RunContext:
 
         tokenizer = modeling.load_tokenizer(source)
         with self.session() as session:
-            template = session.get(Project, self.project_id).chat_template
+            template = session.get_one(Project, self.project_id).chat_template
         if template:
             tokenizer.chat_template = template
         return tokenizer
@@ -349,8 +355,6 @@ class Worker:
 
     # -- run kinds -----------------------------------------------------------------------------
     def _dispatch(self, ctx: RunContext) -> Outcome:
-        if ctx.project_id is None:
-            raise ValueError("The run's project was deleted; there is no data to run on.")
         from trainer import jobs  # torch and the models load with the first run, not at import
 
         job = jobs.JOBS.get(ctx.kind)
@@ -387,7 +391,7 @@ class Worker:
                 if outcome.artifact is not None:
                     shutil.rmtree(outcome.artifact, ignore_errors=True)
                 return
-            if outcome.model_kind is not None:
+            if outcome.model_kind is not None and outcome.artifact is not None:
                 version = registry.register_trained(
                     session,
                     kind=outcome.model_kind,
