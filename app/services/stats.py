@@ -458,7 +458,7 @@ def _project_summary(session: Session, project_id: int) -> dict[str, Any]:
         .group_by(Task.kind, Task.status)
     ).all()
     subs = _submissions(project_id, "id")
-    done: dict[str, int] = dict(session.execute(select(subs.c.kind, func.count()).group_by(subs.c.kind)).tuples())
+    done: dict[str, int] = dict(session.execute(select(subs.c.kind, func.count()).group_by(subs.c.kind)).all())
     task_counts: dict[str, dict[str, int]] = defaultdict(dict)
     for kind, status, n in tasks:
         task_counts[kind.value][status.value] = n
