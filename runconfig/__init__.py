@@ -11,13 +11,23 @@ refuses unknown keys and wrong types and runs `problems()`, listing every proble
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 SPLITS = ("train", "valid", "test")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "bf16-pure")  # see trainer/precision.py
 INT_MAX = 2**31 - 1  # every integer setting fits the database's integer
+
+
+Precision = Annotated[
+    str,
+    Field(
+        description="Training precision: auto (bf16 on GPUs that have it, fp16 on older GPUs, fp32 on the CPU), "
+        "fp32, bf16 or fp16 (mixed: fp32 master weights under autocast), or bf16-pure (half the memory, but small "
+        "updates round away: only for a model that does not fit otherwise)."
+    ),
+]
 
 
 class RunConfig(BaseModel):
@@ -68,8 +78,7 @@ class SFTConfig(RunConfig):
     """Train LoRA adapters of this rank instead of all weights (0 = full fine-tuning)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, about 30% slower)."""
-    precision: str = "auto"
-    """Training precision: auto (bf16 on GPUs that have it, fp16 on older GPUs, fp32 on the CPU), fp32, bf16 or fp16 (mixed: fp32 master weights under autocast), or bf16-pure (half the memory, but small updates round away: only for a model that does not fit otherwise)."""
+    precision: Precision = "auto"
     seed: int = 0
     """Seeds shuffling (and the worker seeds model init): the same data and seed give the same metrics on the CPU."""
 
@@ -121,8 +130,7 @@ class RewardConfig(RunConfig):
     """Train LoRA adapters of this rank on the backbone (the head is always trained; 0 = full fine-tuning)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, about 30% slower)."""
-    precision: str = "auto"
-    """Training precision: auto (bf16 on GPUs that have it, fp16 on older GPUs, fp32 on the CPU), fp32, bf16 or fp16 (mixed: fp32 master weights under autocast), or bf16-pure (half the memory, but small updates round away: only for a model that does not fit otherwise)."""
+    precision: Precision = "auto"
     seed: int = 0
     """Seeds shuffling: the same data and seed give the same metrics on the CPU."""
 
@@ -303,8 +311,7 @@ class PPOConfig(RunConfig):
     low_memory: bool = False
     """Keep the reference and reward models in CPU memory and move each to the GPU only for its
     forward pass (with lora_r and gradient_checkpointing, a 1B-parameter PPO fits on 24 GB)."""
-    precision: str = "auto"
-    """Training precision: auto (bf16 on GPUs that have it, fp16 on older GPUs, fp32 on the CPU), fp32, bf16 or fp16 (mixed: fp32 master weights under autocast), or bf16-pure (half the memory, but small updates round away: only for a model that does not fit otherwise)."""
+    precision: Precision = "auto"
     seed: int = 0
     """Seeds prompt order, sampling and minibatch shuffling."""
 

@@ -15,7 +15,7 @@ from app.services import tasks
 from app.services.evaluation import win_rate
 from runconfig import EvaluateConfig, GenerateConfig, config_from_dict, config_to_dict
 from trainer import modeling
-from trainer.data import SFTExample
+from trainer.data import PromptItem, SFTExample
 from trainer.errors import TrainingDiverged
 from trainer.evaluate import score_pairs
 from trainer.generate import Sample, sample_batches, split_by_length
@@ -23,7 +23,7 @@ from trainer.ppo import train_ppo
 from trainer.precision import load_dtype
 from trainer.reward import train_reward
 from trainer.sft import train_sft
-from trainer.snapshots import DataError, snapshot_demonstrations, snapshot_prompts, snapshot_rankings
+from trainer.snapshots import DataError, Snapshot, snapshot_demonstrations, snapshot_prompts, snapshot_rankings
 from trainer.worker import Outcome, RunContext, VersionInfo, free_memory
 
 
@@ -197,6 +197,24 @@ def store_completions(session, prompt_id: int, version, samples: list[Sample], c
     return rows
 
 
+def _sampler(
+    ctx: RunContext, version: VersionInfo, prompts: list[PromptItem], max_new_tokens: int, snapshot: Snapshot
+) -> tuple[Any, Any, list[PromptItem]]:
+    """The policy to sample from, its tokenizer, and the prompts that fit its context with
+    max_new_tokens (the others are named in the snapshot's notes)."""
+    source = ctx.resolve(version)
+    tokenizer = ctx.load_tokenizer(source)
+    model = modeling.load_causal_lm(source, device=ctx.device)
+    ctx.checkpoint()
+    fit, too_long = split_by_length(model, tokenizer, prompts, max_new_tokens)
+    if too_long:
+        snapshot.notes.append(
+            f"Model version {version.id}: skipped {len(too_long)} prompt(s) longer than its context with "
+            f"max_new_tokens={max_new_tokens}: ids {[p.id for p in too_long][:20]}."
+        )
+    return model, tokenizer, fit
+
+
 def run_generate(ctx: RunContext) -> Outcome:
     """The `generate` run kind; `ctx` is the worker's RunContext. Each batch's completions and ranking
     tasks are committed together, so labelers can start on the first prompts while the rest samples
@@ -217,17 +235,8 @@ def run_generate(ctx: RunContext) -> Outcome:
     version = ctx.input_version(0)
     if version.kind == ModelKind.reward:
         raise ValueError(f"Model version {version.id} is a reward model; generate samples from a policy.")
-    source = ctx.resolve(version)
-    tokenizer = ctx.load_tokenizer(source)
-    model = modeling.load_causal_lm(source, device=ctx.device)
-    ctx.checkpoint()
-    prompts, too_long = split_by_length(model, tokenizer, prompts, config.max_new_tokens)
-    if too_long:
-        snapshot.notes.append(
-            f"Skipped {len(too_long)} prompt(s) longer than the context with max_new_tokens="
-            f"{config.max_new_tokens}: ids {[p.id for p in too_long][:20]}."
-        )
-        snapshot.keep_prompts([p.id for p in prompts])
+    model, tokenizer, prompts = _sampler(ctx, version, prompts, config.max_new_tokens, snapshot)
+    snapshot.keep_prompts([p.id for p in prompts])
     if not prompts:
         raise ValueError(
             "Every selected prompt is too long for the model's context with "
@@ -304,17 +313,7 @@ def run_evaluate(ctx: RunContext) -> Outcome:
     ended: dict[int, bool] = {}  # completion id -> did the sample end by itself
     steps_total = 2 * len(prompts)
     for turn, version in enumerate((candidate, baseline)):
-        source = ctx.resolve(version)
-        tokenizer = ctx.load_tokenizer(source)
-        model = modeling.load_causal_lm(source, device=ctx.device)
-        ctx.checkpoint()
-        fit, too_long = split_by_length(model, tokenizer, prompts, config.max_new_tokens)
-        if too_long:
-            snapshot.notes.append(
-                f"Model version {version.id}: skipped {len(too_long)} prompt(s) too long for "
-                f"its context: ids {[p.id for p in too_long][:20]}."
-            )
-        prompts = fit
+        model, tokenizer, prompts = _sampler(ctx, version, prompts, config.max_new_tokens, snapshot)
         answers[version.id] = {}
         batches = sample_batches(
             model,
