@@ -1,11 +1,12 @@
 """Engine, sessions and the few places where Postgres and SQLite differ."""
 
+import functools
 import select as io_select
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import cast
+from typing import Concatenate, ParamSpec, TypeVar, cast
 
 from sqlalchemy import CursorResult, DateTime, Engine, Result, Select, create_engine, event
 from sqlalchemy.exc import DisconnectionError
@@ -13,6 +14,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 from app.validation import guard_parameters  # importing it also registers the check every flush runs
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 def utcnow() -> datetime:
@@ -128,10 +132,40 @@ def write_session(engine: Engine) -> Iterator[Session]:
     """A transaction outside a web request (worker, CLI, tests) that holds the writer lock from its
     start (`lock_writes`) and commits at the end of the block. Web requests get their session from
     `app.deps.SessionDep` instead."""
-    with Session(engine, expire_on_commit=False) as session:
+    with Session(engine, expire_on_commit=False, info={OWNED: True}) as session:
         with session.begin():
             lock_writes(session)
             yield session
+
+
+OWNED = "transaction_owned_by_caller"
+"""Session.info key: the caller (write_session) commits; `atomic` leaves the transaction alone."""
+
+
+def atomic(func: Callable[Concatenate[Session, P], T]) -> Callable[Concatenate[Session, P], T]:
+    """A service step whose reads decide its writes (leasing a task, storing an answer, cancelling or
+    claiming a run): it holds the writer lock from its start (`lock_writes`) and commits before it
+    returns, in the caller's thread, or rolls back everything on an error.
+
+    Committing here, not when the web request ends, matters on SQLite: FastAPI validates a sync
+    endpoint's response on its threadpool before the request's dependencies end, so a lock held
+    until then waits for a thread while the pool's threads wait for the lock. Inside write_session
+    (worker, CLI) or an open savepoint the caller's transaction is left to the caller."""
+
+    @functools.wraps(func)
+    def step(session: Session, *args: P.args, **kwargs: P.kwargs) -> T:
+        if session.info.get(OWNED) or session.in_nested_transaction():
+            return func(session, *args, **kwargs)
+        lock_writes(session)
+        try:
+            result = func(session, *args, **kwargs)
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        return result
+
+    return step
 
 
 def changed_rows(result: Result) -> int:

@@ -45,25 +45,37 @@ class CsrfFailed(Exception):
 
 
 # Sessions are committed on threads of their own, not on the handlers' threadpool: a request that
-# holds SQLite's writer lock must be able to commit (and release it) while every handler thread is
-# waiting for that lock. At most one such thread per request in flight.
+# holds SQLite's writer lock (a plain write takes it at its first statement) must be able to commit
+# and release it while every handler thread waits for that lock. At most one per request in flight.
 _COMMIT_THREADS = anyio.CapacityLimiter(math.inf)
 
 
 async def get_session(request: Request) -> AsyncIterator[Session]:
-    """The request's one transaction: committed before the response is sent, rolled back on any
-    error so that nothing is half-written. On SQLite it takes the writer lock at its first write,
-    or where a service calls `app.db.lock_writes`. A handler may commit earlier, where a step must
-    stay saved whatever follows (a labeler's answer before the next task is leased)."""
+    """The request's session: what is still pending when the handler returns is committed before the
+    response is sent, and everything is rolled back on any error, so nothing is half-written. Service
+    steps whose reads decide their writes are `app.db.atomic`: they hold the writer lock and commit
+    within the handler (see there why)."""
     session = request.app.state.sessionmaker()
     try:
         yield session
-        await anyio.to_thread.run_sync(session.commit, limiter=_COMMIT_THREADS)
     except BaseException:
-        await anyio.to_thread.run_sync(session.rollback, limiter=_COMMIT_THREADS)
+        await _end(session, commit=False)
         raise
-    finally:
-        await anyio.to_thread.run_sync(session.close, limiter=_COMMIT_THREADS)
+    await _end(session, commit=True)
+
+
+async def _end(session: Session, *, commit: bool) -> None:
+    if not (session.in_transaction() or session.new or session.dirty or session.deleted):
+        session.close()  # nothing open (an atomic step committed already): no database call, no thread
+        return
+
+    def end() -> None:
+        try:
+            session.commit() if commit else session.rollback()
+        finally:
+            session.close()
+
+    await anyio.to_thread.run_sync(end, limiter=_COMMIT_THREADS)
 
 
 def get_settings(request: Request) -> Settings:

@@ -544,6 +544,13 @@ class TrainingRun(Base):
     error: Mapped[str | None] = mapped_column(Text)
     summary: Mapped[dict[str, Any]] = mapped_column(default=dict)
     """Final figures (e.g. held-out accuracy, win rate)."""
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """How many times a worker has claimed the run."""
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3, server_default="3")
+    """A run whose worker vanished or was stopped is queued again (from its newest checkpoint) until
+    it has had this many attempts; then it fails."""
+    attempt_log: Mapped[list[Any]] = mapped_column(default=list, server_default="[]")
+    """One entry per attempt: {attempt, worker, started_at, ended_at, outcome}."""
 
     project: Mapped[Project | None] = relationship()
 

@@ -78,6 +78,9 @@ class SFTConfig(RunConfig):
     """Train LoRA adapters of this rank instead of all weights (0 = full fine-tuning)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, about 30% slower)."""
+    save_every: int = 100
+    """Optimizer steps between checkpoints (0: only when stopped). A run whose worker was stopped or
+    vanished is queued again and goes on from its newest checkpoint."""
     precision: Precision = "auto"
     seed: int = 0
     """Seeds shuffling (and the worker seeds model init): the same data and seed give the same metrics on the CPU."""
@@ -130,6 +133,9 @@ class RewardConfig(RunConfig):
     """Train LoRA adapters of this rank on the backbone (the head is always trained; 0 = full fine-tuning)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, about 30% slower)."""
+    save_every: int = 100
+    """Optimizer steps between checkpoints (0: only when stopped). A run whose worker was stopped or
+    vanished is queued again and goes on from its newest checkpoint."""
     precision: Precision = "auto"
     seed: int = 0
     """Seeds shuffling: the same data and seed give the same metrics on the CPU."""
@@ -180,6 +186,8 @@ def _optimizer_problems(config: SFTConfig | RewardConfig) -> list[str]:
         problems.append(f"max_steps must be 0 (all epochs) or positive, got {config.max_steps}.")
     if config.lora_r < 0:
         problems.append(f"lora_r must be 0 (full fine-tuning) or positive, got {config.lora_r}.")
+    if config.save_every < 0:
+        problems.append(f"save_every must be 0 (only when stopped) or positive, got {config.save_every}.")
     return problems
 
 
@@ -311,6 +319,9 @@ class PPOConfig(RunConfig):
     low_memory: bool = False
     """Keep the reference and reward models in CPU memory and move each to the GPU only for its
     forward pass (with lora_r and gradient_checkpointing, a 1B-parameter PPO fits on 24 GB)."""
+    save_every: int = 10
+    """PPO steps between checkpoints (0: only when stopped). A run whose worker was stopped or
+    vanished is queued again and goes on from its newest checkpoint."""
     precision: Precision = "auto"
     seed: int = 0
     """Seeds prompt order, sampling and minibatch shuffling."""
@@ -362,6 +373,8 @@ class PPOConfig(RunConfig):
             problems.append(f"max_grad_norm must be above 0, got {self.max_grad_norm}.")
         if self.lora_r < 0:
             problems.append(f"lora_r must be 0 (full fine-tuning) or positive, got {self.lora_r}.")
+        if self.save_every < 0:
+            problems.append(f"save_every must be 0 (only when stopped) or positive, got {self.save_every}.")
         if self.value_lora_r < 0:
             problems.append(f"value_lora_r must be 0 (all weights) or positive, got {self.value_lora_r}.")
         return problems

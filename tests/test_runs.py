@@ -203,8 +203,10 @@ def test_heartbeat_reap_and_finish_guard(session, project):
     fresh.status, fresh.worker_id, fresh.heartbeat_at = RunStatus.running, "w2", utcnow()
     session.flush()
     assert runs.heartbeat(session, run.id, "someone-else") == "lost"
-    assert runs.reap_stale_runs(session, stale_s=120) == [run.id]
-    assert run.status == RunStatus.failed and run.error.startswith("Worker vanished: no heartbeat from worker 'w1'")
+    run.attempts = run.max_attempts = 1
+    assert runs.reap_stale_runs(session, stale_s=120) == {run.id: RunStatus.failed}
+    assert run.status == RunStatus.failed
+    assert run.error.startswith("Attempt 1 of 1: worker vanished (no heartbeat from worker 'w1'")
     assert fresh.status == RunStatus.running
     # The vanished worker comes back: its run is no longer its own.
     assert runs.heartbeat(session, run.id, "w1") == "lost"
@@ -367,3 +369,28 @@ def test_labeler_win_rate_reads_choices_whatever_the_shown_order(session, projec
     assert result["tasks"] == 4
     with pytest.raises(ServiceError, match="win rates come from evaluate runs"):
         evaluation.labeler_win_rate(session, queue_raw(session, project, "sft").id)
+
+
+def test_a_vanished_or_stopped_workers_run_is_queued_again_until_its_attempts_are_used(session, project):
+    run = queue_raw(session, project, "sft")
+    run.max_attempts = 2
+    session.flush()
+    log = []
+    for attempt, end in ((1, "vanished"), (2, "stopped")):
+        assert runs.claim_next_run(session, f"w{attempt}").id == run.id
+        assert run.attempts == attempt and run.attempt_log[-1]["worker"] == f"w{attempt}"
+        if end == "vanished":
+            run.heartbeat_at = utcnow() - timedelta(seconds=300)
+            assert runs.reap_stale_runs(session, stale_s=120) == {run.id: RunStatus.queued}
+            assert run.worker_id is None and "Queued again" in run.error
+        else:
+            assert runs.release_run(session, run.id, "w2", "SIGTERM at step 3 of 9") == RunStatus.cancelled
+            assert run.error.startswith("Attempt 2 of 2: worker stopped (SIGTERM at step 3 of 9). No attempts left")
+        log.append(run.attempt_log[-1]["outcome"])
+    assert log == ["worker vanished", "worker stopped"] and run.finished_at is not None
+    # An evaluate run is not posed twice: its first vanished attempt fails it.
+    evaluate = queue_raw(session, project, "evaluate")
+    session.flush()
+    runs.claim_next_run(session, "w3")
+    evaluate.heartbeat_at = utcnow() - timedelta(seconds=300)
+    assert runs.reap_stale_runs(session, stale_s=120) == {evaluate.id: RunStatus.failed}

@@ -52,7 +52,16 @@ def run_sft(ctx: RunContext) -> Outcome:
     _seed(config)
     model = modeling.load_causal_lm(source, device=ctx.device, **_model_options(config))
     ctx.checkpoint()
-    result = train_sft(model, tokenizer, train, valid, config, on_metrics=ctx.on_metrics, should_stop=ctx.should_stop)
+    result = train_sft(
+        model,
+        tokenizer,
+        train,
+        valid,
+        config,
+        on_metrics=ctx.on_metrics,
+        should_stop=ctx.should_stop,
+        checkpoints=ctx.checkpoints(),
+    )
     ctx.checkpoint()
     folder = ctx.artifact_dir()
     modeling.save_causal_lm(model, tokenizer, folder)
@@ -85,6 +94,7 @@ def run_reward(ctx: RunContext) -> Outcome:
         demonstrations=demonstrations,
         on_metrics=ctx.on_metrics,
         should_stop=ctx.should_stop,
+        checkpoints=ctx.checkpoints(),
     )
     ctx.checkpoint()
     folder = ctx.artifact_dir()
@@ -138,10 +148,11 @@ def run_ppo(ctx: RunContext) -> Outcome:
             on_metrics=ctx.on_metrics,
             should_stop=ctx.should_stop,
             reward_tokenizer=reward_tokenizer,
+            checkpoints=ctx.checkpoints(),
         )
     except TrainingDiverged as exc:
         # train_ppo put back the weights of the last good step: keep them for a look (not registered).
-        folder = ctx.artifact_dir()
+        folder = ctx.worker.run_folder(ctx.run_id, ".last-good")
         modeling.save_causal_lm(policy, tokenizer, folder)
         step = getattr(exc, "last_good_step", None)
         raise TrainingDiverged(f"{exc} The last good policy (step {step}) is saved in {folder}.") from exc

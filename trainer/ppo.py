@@ -48,6 +48,15 @@ import torch
 import torch.nn.functional as F
 
 from runconfig import PPOConfig
+from trainer.checkpoints import (
+    Checkpoints,
+    load_trained_state,
+    random_state,
+    restore_training_state,
+    set_random_state,
+    trained_state,
+    training_state,
+)
 from trainer.data import SFTExample
 from trainer.errors import TrainingDiverged
 from trainer.modeling import encode_completion, encode_prompt, end_ids
@@ -380,6 +389,7 @@ def train_ppo(
     should_stop: Callable[[], bool] | None = None,
     reward_tokenizer=None,
     reward_fn: Callable[[list[str], list[str]], Sequence[float]] | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> dict:
     """Optimize `policy` in place with PPO against `reward_model`; return a summary of the run.
 
@@ -389,6 +399,9 @@ def train_ppo(
     - reward_tokenizer: the reward model's own tokenizer, checked against `tokenizer` when given.
     - reward_fn(prompts, completions) -> scores: a programmatic reward (e.g. a checkable answer) used
       instead of reward_model; completions are decoded without special tokens.
+    - checkpoints: a checkpoint every config.save_every steps and when stopped between steps (a stop
+      in the middle of a step's PPO epochs goes back to the previous checkpoint), and the run goes on
+      from the newest one it finds.
     Returns the last step's metrics with "steps", "episodes", "stopped_early" (1.0 when should_stop
     ended it) and "seconds"; every step's metrics went to on_metrics(step, total_steps, metrics)."""
     # 0. Tokenize and check everything before any work; freeze the frozen, switch dropout off.
@@ -429,6 +442,28 @@ def train_ppo(
     good_state, good_step = None, 0
     started = time.perf_counter()
     stopped = False
+    checkpoints = checkpoints or Checkpoints()
+    first_step = 1
+    resumed = checkpoints.load()
+    if resumed is not None:  # go on exactly where the checkpoint was written
+        restore_training_state(resumed["policy"], policy, optimizer, None, precision.scaler)
+        load_trained_state(value_model, resumed["value"])
+        loop = resumed["loop"]
+        steps_done, metrics = loop["step"], loop["metrics"]
+        prompt_queue[:], ptx_queue[:] = loop["prompt_queue"], loop["ptx_queue"]
+        set_random_state(order, loop["order"])
+        first_step = steps_done + 1
+
+    def save(step: int) -> None:
+        loop = {
+            "step": step,
+            "metrics": metrics,
+            "prompt_queue": prompt_queue,
+            "ptx_queue": ptx_queue,
+            "order": random_state(order),
+        }
+        policy_state = training_state(policy, optimizer, None, precision.scaler)
+        checkpoints.save(step, {"policy": policy_state, "value": trained_state(value_model), "loop": loop})
 
     def take(queue: list[int], n: int, size: int) -> list[int]:
         out: list[int] = []
@@ -440,9 +475,11 @@ def train_ppo(
 
     ref_context = (lambda: nullcontext()) if ref_policy is not None else policy.disable_adapter
 
-    for step in range(1, total_steps + 1):
-        if should_stop is not None and should_stop():
+    for step in range(first_step, total_steps + 1):
+        if should_stop is not None and should_stop():  # between steps: a clean point to resume from
             stopped = True
+            if checkpoints.due(steps_done, config.save_every, stopping=True) and steps_done >= first_step:
+                save(steps_done)
             break
         # 1. A batch of prompts, left-padded so every answer starts in the same column.
         batch = take(prompt_queue, config.rollout_batch_size, len(prompt_ids))
@@ -614,7 +651,7 @@ def train_ppo(
             "entropy": float(masked_mean(entropy, mask)),
             "response_length": float(lengths.mean()),
             "eos_fraction": float(ended.float().mean()),
-            "episodes_per_s": step * config.rollout_batch_size / (time.perf_counter() - started),
+            "episodes_per_s": (step - first_step + 1) * config.rollout_batch_size / (time.perf_counter() - started),
             "peak_memory_mb": peak_memory_mb(device),
         }
         metrics.update({name: float(torch.stack(v).mean()) for name, v in stats.items() if v})
@@ -623,6 +660,8 @@ def train_ppo(
             on_metrics(step, total_steps, metrics)
         if stopped:
             break
+        if checkpoints.due(step, config.save_every):
+            save(step)
 
     policy.eval()
     value_model.eval()

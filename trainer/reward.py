@@ -19,7 +19,6 @@ kept for the numerical test of the K-way loss and for bench/rm_throughput.py."""
 
 import json
 import math
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from runconfig import RewardConfig
+from trainer.checkpoints import Checkpoints, EpochOrder, restore_training_state, training_state
 from trainer.data import RankingExample, SFTExample
 from trainer.errors import TrainingDiverged
 from trainer.modeling import ScalarHeadModel, encode_completion, encode_prompt, pad_right
@@ -181,8 +181,11 @@ def train_reward(
     demonstrations: Sequence[SFTExample] = (),
     on_metrics: MetricsCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> dict:
-    """Train `model` in place on the rankings; return the final metrics (held-out accuracy first)."""
+    """Train `model` in place on the rankings; return the final metrics (held-out accuracy first).
+    With `checkpoints`, a checkpoint every `config.save_every` steps and when stopped, and the run
+    goes on from the newest one it finds."""
     # 1. Check the config and the rankings (bad indices, K < 2) before any work.
     problems = config.problems()
     if problems:
@@ -197,8 +200,8 @@ def train_reward(
         )
     on_metrics = on_metrics or (lambda step, total, metrics: None)
     should_stop = should_stop or (lambda: False)
+    checkpoints = checkpoints or Checkpoints()
     torch.manual_seed(config.seed)
-    order_rng = random.Random(config.seed)
 
     # 2. Optimizer and schedule: linear warmup, cosine decay to min_lr_ratio (paper: 10%) of the peak.
     steps_per_epoch = math.ceil(len(train_rows) / config.batch_size)
@@ -225,69 +228,82 @@ def train_reward(
         "stopped_early": 0.0,
     }
 
+    train_seconds, step, pairs_done = 0.0, 0, 0  # time in training steps only (not evaluation)
+    epochs = EpochOrder(len(train_rows), config.batch_size, config.seed)
+    resumed = checkpoints.load()
+    if resumed is not None:  # go on exactly where the checkpoint was written
+        restore_training_state(resumed, model, optimizer, schedule, precision.scaler)
+        epochs.load(resumed["epochs"])
+        step, train_seconds, pairs_done = (resumed["loop"][k] for k in ("step", "train_seconds", "pairs_done"))
+        result.update(resumed["loop"]["result"], stopped_early=0.0)
+
+    def save(step: int) -> None:
+        loop = {"step": step, "train_seconds": train_seconds, "pairs_done": pairs_done, "result": result}
+        state = training_state(model, optimizer, schedule, precision.scaler)
+        checkpoints.save(step, {**state, "epochs": epochs.state(), "loop": loop})
+
     # 3. The loop: each optimizer step takes batch_size whole rankings (all their pairs).
     model.train()
-    train_seconds, step, pairs_done = 0.0, 0, 0  # time in training steps only (not evaluation)
     while step < total_steps:
-        order = list(range(len(train_rows)))
-        order_rng.shuffle(order)
-        for start in range(0, len(order), config.batch_size):
-            if step >= total_steps:
-                break
-            batch = [train_rows[i] for i in order[start : start + config.batch_size]]
-            batch_pairs = sum(len(r.pairs) for r in batch)
-            step_started = time.perf_counter()
-            loss_total, correct = 0.0, 0
-            for micro in range(0, len(batch), config.micro_batch_size):
-                if micro and should_stop():  # cancel mid-batch: drop the partial gradients, keep the last step
-                    result["stopped_early"] = 1.0
-                    break
-                # 4. K forwards per ranking; the loss is the mean over the batch's rankings of each
-                # ranking's mean over its pairs.
-                with precision.autocast():
-                    loss_sum, margins = kway_step_loss(model, batch[micro : micro + config.micro_batch_size], pad_id)
-                precision.backward(loss_sum / len(batch))
-                loss_total += loss_sum.item()
-                correct += int((margins.detach() > 0).sum())
-            if result["stopped_early"]:
-                optimizer.zero_grad(set_to_none=True)
-                total_steps = step
-                break
-            loss = loss_total / len(batch)
-            if not math.isfinite(loss):
-                raise TrainingDiverged(
-                    f"Reward loss became {loss} at step {step + 1}: lower learning_rate (now {config.learning_rate})."
-                )
-            grad_norm = precision.step(
-                optimizer, lambda: torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-            ).item()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            train_seconds += time.perf_counter() - step_started
-            pairs_done += batch_pairs
-            result.update(steps=float(step), train_loss=loss, train_accuracy=correct / batch_pairs)
-            metrics = {
-                "train_loss": loss,
-                "train_accuracy": correct / batch_pairs,
-                "lr": schedule.get_last_lr()[0],
-                "grad_norm": grad_norm,
-            }
-
-            # 5. Held-out pairs every eval_every steps and at the end.
-            stopping = should_stop()  # cancel / SIGTERM, polled once per step
-            if valid_rows and (stopping or step % eval_every == 0 or step == total_steps):
-                with precision.autocast():
-                    held_out = evaluate(model, valid_rows, pad_id, config.eval_batch_size)
-                metrics.update(valid_loss=held_out["loss"], valid_accuracy=held_out["accuracy"])
-                result.update(valid_loss=held_out["loss"], valid_accuracy=held_out["accuracy"])
-            on_metrics(step, total_steps, metrics)
-
-            # 6. Cancel / SIGTERM: stop at this safe point with what we have.
-            if stopping:
+        batch = [train_rows[i] for i in epochs.batch()]
+        batch_pairs = sum(len(r.pairs) for r in batch)
+        step_started = time.perf_counter()
+        loss_total, correct = 0.0, 0
+        for micro in range(0, len(batch), config.micro_batch_size):
+            if micro and should_stop():  # cancel mid-batch: drop the partial gradients, keep the last step
                 result["stopped_early"] = 1.0
-                total_steps = step
                 break
+            # 4. K forwards per ranking; the loss is the mean over the batch's rankings of each
+            # ranking's mean over its pairs.
+            with precision.autocast():
+                loss_sum, margins = kway_step_loss(model, batch[micro : micro + config.micro_batch_size], pad_id)
+            precision.backward(loss_sum / len(batch))
+            loss_total += loss_sum.item()
+            correct += int((margins.detach() > 0).sum())
+        if result["stopped_early"]:
+            optimizer.zero_grad(set_to_none=True)
+            if checkpoints.due(step, config.save_every, stopping=True):
+                save(step)
+            total_steps = step
+            break
+        epochs.advance()
+        loss = loss_total / len(batch)
+        if not math.isfinite(loss):
+            raise TrainingDiverged(
+                f"Reward loss became {loss} at step {step + 1}: lower learning_rate (now {config.learning_rate})."
+            )
+        grad_norm = precision.step(
+            optimizer, lambda: torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        ).item()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        train_seconds += time.perf_counter() - step_started
+        pairs_done += batch_pairs
+        result.update(steps=float(step), train_loss=loss, train_accuracy=correct / batch_pairs)
+        metrics = {
+            "train_loss": loss,
+            "train_accuracy": correct / batch_pairs,
+            "lr": schedule.get_last_lr()[0],
+            "grad_norm": grad_norm,
+        }
+
+        # 5. Held-out pairs every eval_every steps and at the end.
+        stopping = should_stop()  # cancel / SIGTERM, polled once per step
+        if valid_rows and (stopping or step % eval_every == 0 or step == total_steps):
+            with precision.autocast():
+                held_out = evaluate(model, valid_rows, pad_id, config.eval_batch_size)
+            metrics.update(valid_loss=held_out["loss"], valid_accuracy=held_out["accuracy"])
+            result.update(valid_loss=held_out["loss"], valid_accuracy=held_out["accuracy"])
+        on_metrics(step, total_steps, metrics)
+
+        # 6. Checkpoint; on cancel / SIGTERM stop at this safe point with what we have.
+        if checkpoints.due(step, config.save_every, stopping=stopping):
+            save(step)
+        if stopping:
+            result["stopped_early"] = 1.0
+            total_steps = step
+            break
 
     result["pairs_per_s"] = pairs_done / train_seconds if train_seconds > 0 else 0.0
 

@@ -15,7 +15,6 @@ positions never meet the vocabulary-sized output layer."""
 
 import json
 import math
-import random
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +24,14 @@ import torch.nn.functional as F
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from runconfig import SFTConfig
+from trainer.checkpoints import (
+    Checkpoints,
+    EpochOrder,
+    load_trained_state,
+    restore_training_state,
+    trained_state,
+    training_state,
+)
 from trainer.data import SFTExample
 from trainer.errors import TrainingDiverged
 from trainer.modeling import encode_completion, encode_prompt, pad_right
@@ -80,8 +87,11 @@ def train_sft(
     *,
     on_metrics: MetricsCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> dict:
-    """Fine-tune `model` in place; return the final metrics (train/valid loss, steps, tokens/s)."""
+    """Fine-tune `model` in place; return the final metrics (train/valid loss, steps, tokens/s).
+    With `checkpoints`, a checkpoint every `config.save_every` steps and when stopped, and the run
+    goes on from the newest one it finds."""
     # 1. Check the config and the data before any work.
     problems = config.problems()
     if problems:
@@ -93,8 +103,8 @@ def train_sft(
         raise ValueError(f"{len(empty)} training demonstrations have an empty response (first: #{empty[0]}).")
     on_metrics = on_metrics or (lambda step, total, metrics: None)
     should_stop = should_stop or (lambda: False)
+    checkpoints = checkpoints or Checkpoints()
     torch.manual_seed(config.seed)  # dropout, if the model has any
-    order_rng = random.Random(config.seed)  # shuffling, independent of torch's global state
 
     # 2. Tokenize once: prompt through the chat template, response ended by EOS.
     pad_id = tokenizer.pad_token_id
@@ -122,88 +132,104 @@ def train_sft(
     best_loss, best_step = math.inf, 0
     best_weights: dict[str, torch.Tensor] | None = None
     result = {"steps": 0.0, "train_loss": math.nan, "tokens": 0.0, "stopped_early": 0.0}
-    if valid_rows:
+    train_seconds, step = 0.0, 0  # time in training steps only (not evaluation)
+    epochs = EpochOrder(len(train_rows), config.batch_size, config.seed)
+    resumed = checkpoints.load()
+    if resumed is not None:  # go on exactly where the checkpoint was written
+        restore_training_state(resumed, model, optimizer, schedule, precision.scaler)
+        epochs.load(resumed["epochs"])
+        loop = resumed["loop"]
+        step, train_seconds = loop["step"], loop["train_seconds"]
+        result.update(loop["result"], stopped_early=0.0)
+        best_loss, best_step, best_weights = loop["best_loss"], loop["best_step"], loop["best_weights"]
+    elif valid_rows:
         with precision.autocast():
             result["initial_valid_loss"] = held_out_loss(model, valid_rows, pad_id, config.eval_batch_size)
         on_metrics(0, total_steps, {"valid_loss": result["initial_valid_loss"]})
 
+    def save(step: int) -> None:
+        loop = {
+            "step": step,
+            "train_seconds": train_seconds,
+            "result": result,
+            "best_loss": best_loss,
+            "best_step": best_step,
+            "best_weights": best_weights,
+        }
+        state = training_state(model, optimizer, schedule, precision.scaler)
+        checkpoints.save(step, {**state, "epochs": epochs.state(), "loop": loop})
+
     # 4. The loop: one optimizer step per batch_size demonstrations, accumulated over micro-batches.
     model.train()
-    train_seconds, step = 0.0, 0  # time in training steps only (not evaluation)
     while step < total_steps:
-        order = list(range(len(train_rows)))
-        order_rng.shuffle(order)
-        for start in range(0, len(order), config.batch_size):
-            if step >= total_steps:
-                break
-            batch = [train_rows[i] for i in order[start : start + config.batch_size]]
-            step_started = time.perf_counter()
-            # Normalize by the batch's response tokens, so accumulation equals one big batch.
-            batch_tokens = sum(sum(label != IGNORE for label in labels[1:]) for _, labels in batch)
-            loss_total, tokens_seen = 0.0, 0
-            for micro in range(0, len(batch), config.micro_batch_size):
-                if micro and should_stop():  # cancel mid-batch: drop the partial gradients, keep the last step
-                    result["stopped_early"] = 1.0
-                    break
-                rows = batch[micro : micro + config.micro_batch_size]
-                with precision.autocast():
-                    loss_sum, _ = response_loss_sum(model, rows, pad_id)
-                precision.backward(loss_sum / batch_tokens)
-                loss_total += loss_sum.item()
-                tokens_seen += sum(len(ids) for ids, _ in rows)
-            if result["stopped_early"]:
-                optimizer.zero_grad(set_to_none=True)
-                total_steps = step
-                break
-            loss = loss_total / batch_tokens
-            # 5. Stop on divergence rather than save a broken model.
-            if not math.isfinite(loss):
-                raise TrainingDiverged(
-                    f"SFT loss became {loss} at step {step + 1}: lower learning_rate (now {config.learning_rate})."
-                )
-            grad_norm = precision.step(
-                optimizer, lambda: torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-            ).item()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            train_seconds += time.perf_counter() - step_started
-            result.update(steps=float(step), train_loss=loss, tokens=result["tokens"] + tokens_seen)
-            metrics = {
-                "train_loss": loss,
-                "lr": schedule.get_last_lr()[0],
-                "grad_norm": grad_norm,
-                "tokens": tokens_seen,
-            }
-
-            # 6. Held-out loss every eval_every steps (and at the end); remember the best weights.
-            stopping = should_stop()  # cancel / SIGTERM, polled once per step
-            if valid_rows and (stopping or step % eval_every == 0 or step == total_steps):
-                with precision.autocast():
-                    metrics["valid_loss"] = held_out_loss(model, valid_rows, pad_id, config.eval_batch_size)
-                result["valid_loss"] = metrics["valid_loss"]
-                if metrics["valid_loss"] < best_loss:
-                    best_loss, best_step = metrics["valid_loss"], step
-                    if config.keep_best and step < total_steps:
-                        best_weights = {
-                            n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad
-                        }
-                    elif config.keep_best:
-                        best_weights = None  # the last weights are the best: nothing to restore
-            on_metrics(step, total_steps, metrics)
-
-            # 7. Cancel / SIGTERM: stop at this safe point with what we have.
-            if stopping:
+        batch = [train_rows[i] for i in epochs.batch()]
+        step_started = time.perf_counter()
+        # Normalize by the batch's response tokens, so accumulation equals one big batch.
+        batch_tokens = sum(sum(label != IGNORE for label in labels[1:]) for _, labels in batch)
+        loss_total, tokens_seen = 0.0, 0
+        for micro in range(0, len(batch), config.micro_batch_size):
+            if micro and should_stop():  # cancel mid-batch: drop the partial gradients, keep the last step
                 result["stopped_early"] = 1.0
-                total_steps = step
                 break
+            rows = batch[micro : micro + config.micro_batch_size]
+            with precision.autocast():
+                loss_sum, _ = response_loss_sum(model, rows, pad_id)
+            precision.backward(loss_sum / batch_tokens)
+            loss_total += loss_sum.item()
+            tokens_seen += sum(len(ids) for ids, _ in rows)
+        if result["stopped_early"]:
+            optimizer.zero_grad(set_to_none=True)
+            if checkpoints.due(step, config.save_every, stopping=True):
+                save(step)
+            total_steps = step
+            break
+        epochs.advance()
+        loss = loss_total / batch_tokens
+        # 5. Stop on divergence rather than save a broken model.
+        if not math.isfinite(loss):
+            raise TrainingDiverged(
+                f"SFT loss became {loss} at step {step + 1}: lower learning_rate (now {config.learning_rate})."
+            )
+        grad_norm = precision.step(
+            optimizer, lambda: torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        ).item()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        train_seconds += time.perf_counter() - step_started
+        result.update(steps=float(step), train_loss=loss, tokens=result["tokens"] + tokens_seen)
+        metrics = {
+            "train_loss": loss,
+            "lr": schedule.get_last_lr()[0],
+            "grad_norm": grad_norm,
+            "tokens": tokens_seen,
+        }
+
+        # 6. Held-out loss every eval_every steps (and at the end); remember the best weights.
+        stopping = should_stop()  # cancel / SIGTERM, polled once per step
+        if valid_rows and (stopping or step % eval_every == 0 or step == total_steps):
+            with precision.autocast():
+                metrics["valid_loss"] = held_out_loss(model, valid_rows, pad_id, config.eval_batch_size)
+            result["valid_loss"] = metrics["valid_loss"]
+            if metrics["valid_loss"] < best_loss:
+                best_loss, best_step = metrics["valid_loss"], step
+                if config.keep_best and step < total_steps:
+                    best_weights = trained_state(model)
+                elif config.keep_best:
+                    best_weights = None  # the last weights are the best: nothing to restore
+        on_metrics(step, total_steps, metrics)
+
+        # 7. Checkpoint; on cancel / SIGTERM stop at this safe point with what we have.
+        if checkpoints.due(step, config.save_every, stopping=stopping):
+            save(step)
+        if stopping:
+            result["stopped_early"] = 1.0
+            total_steps = step
+            break
 
     # 8. Keep the weights with the lowest held-out loss (checkpoint choice by validation loss).
     if best_weights is not None:
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                if name in best_weights:
-                    param.copy_(best_weights[name])
+        load_trained_state(model, best_weights)
     if valid_rows and math.isfinite(best_loss):
         result.update(best_valid_loss=best_loss, best_step=float(best_step))
         if config.keep_best:

@@ -228,13 +228,19 @@ class RunContext:
         return tokenizer
 
     def artifact_dir(self) -> Path:
-        with self.session() as session:
-            database_id = registry.database_id(session)
-        folder = Path(self.settings.artifacts_dir) / database_id / f"run-{self.run_id}"
-        if folder.exists():  # left by an earlier attempt of this run that died before registering
+        """An empty folder for the run's model: `run-<id>.partial`, renamed to `run-<id>` only when the
+        run succeeds, so a half-written model is never registered (nor taken for a whole one)."""
+        folder = self.worker.run_folder(self.run_id, ".partial")
+        if folder.exists():  # left by an earlier attempt of this run that died before finishing
             shutil.rmtree(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
         return folder
+
+    def checkpoints(self):
+        """Where this run's checkpoints go (kept across attempts, removed when the run ends)."""
+        from trainer.checkpoints import Checkpoints
+
+        return Checkpoints(self.worker.run_folder(self.run_id, ".checkpoints"))
 
 
 class Worker:
@@ -249,6 +255,20 @@ class Worker:
         self.terminating = threading.Event()
         self.signal_name = ""
         self.outage = OutageLog("worker")
+        self._database_id: str | None = None
+
+    def run_folder(self, run_id: int, suffix: str = "") -> Path:
+        """artifacts/<database id>/run-<id><suffix>: the model (no suffix), `.partial` while it is
+        written, `.checkpoints`, `.last-good` (a diverged PPO's last good policy)."""
+        if self._database_id is None:
+            with self.transaction() as session:
+                self._database_id = registry.database_id(session)
+        return Path(self.settings.artifacts_dir) / self._database_id / f"run-{run_id}{suffix}"
+
+    def remove_work_folders(self, run_id: int) -> None:
+        """The checkpoints and the unfinished model of a run that has ended (or will start over)."""
+        for suffix in (".partial", ".checkpoints"):
+            shutil.rmtree(self.run_folder(run_id, suffix), ignore_errors=True)
 
     def transaction(self):
         """A committed-on-exit transaction. On SQLite it takes the writer lock at its start: the
@@ -297,9 +317,13 @@ class Worker:
             log.exception("reaping stale runs failed")
             return []
         self.outage.ok()
-        for run_id in reaped:
-            log.warning("run %s: its worker vanished; marked failed", run_id)
-        return reaped
+        for run_id, status in reaped.items():
+            if status == RunStatus.queued:
+                log.warning("run %s: its worker vanished; queued again (resumes from its checkpoint)", run_id)
+            else:
+                log.warning("run %s: its worker vanished and it has no attempts left; marked %s", run_id, status.value)
+                self.remove_work_folders(run_id)
+        return list(reaped)
 
     def claim(self) -> RunContext | None:
         with write_session(self.engine) as session:
@@ -384,6 +408,10 @@ class Worker:
 
     def _succeed(self, ctx: RunContext, outcome: Outcome) -> None:
         summary = _plain(outcome.summary)
+        if outcome.artifact is not None:  # the model is whole: it gets its final name
+            final = self.run_folder(ctx.run_id)
+            shutil.rmtree(final, ignore_errors=True)
+            outcome.artifact = outcome.artifact.replace(final)
         with self.transaction() as session:
             run = runs.get_run(session, ctx.run_id)
             if not runs.finish_run(session, ctx.run_id, self.worker_id, RunStatus.succeeded, summary=summary):
@@ -401,21 +429,26 @@ class Worker:
                     metrics=outcome.metrics,
                 )
                 run.summary = {**summary, "model_version_id": version.id}
+        self.remove_work_folders(ctx.run_id)
 
     def _stopped(self, ctx: RunContext) -> None:
         if ctx.lost:
             log.warning("run %s: no longer this worker's; dropped", ctx.run_id)
             return
         where = f" at step {ctx.last_step} of {ctx.last_total}" if ctx.last_total else ""
-        if self.terminating.is_set() and not ctx.stop.is_set():
-            reason = (
-                f"Stopped{where}: the worker received {self.signal_name or 'a stop signal'} (shutting down). "
-                "Start the run again to redo it."
-            )
-        else:
-            reason = f"Cancelled{where}: {ctx.stop_reason or 'cancel requested'}."
+        if self.terminating.is_set() and not ctx.stop.is_set():  # shutting down: another worker goes on
+            why = f"{self.signal_name or 'a stop signal'}{where}"
+            with self.transaction() as session:
+                status = runs.release_run(session, ctx.run_id, self.worker_id, why)
+            shutil.rmtree(self.run_folder(ctx.run_id, ".partial"), ignore_errors=True)
+            if status != RunStatus.queued:
+                self.remove_work_folders(ctx.run_id)
+            log.info("run %s: stopped by %s; now %s", ctx.run_id, why, status.value if status else "not ours")
+            return
+        reason = f"Cancelled{where}: {ctx.stop_reason or 'cancel requested'}."
         with self.transaction() as session:
             runs.finish_run(session, ctx.run_id, self.worker_id, RunStatus.cancelled, error=reason)
+        self.remove_work_folders(ctx.run_id)
         log.info("run %s: %s", ctx.run_id, reason)
 
     def _fail(self, ctx: RunContext, exc: BaseException) -> None:
@@ -433,6 +466,8 @@ class Worker:
                 )
         except Exception:
             log.exception("run %s: could not record the failure (the reaper will mark it failed)", ctx.run_id)
+            return
+        self.remove_work_folders(ctx.run_id)
 
 
 def describe_error(exc: BaseException) -> str:

@@ -6,8 +6,8 @@ by priority (higher first), then age (older first). A lease is a row per (task, 
 that holds one slot until `expires_at`; after that the slot is free again (the row stays,
 so a labeler coming back to the task sees the same shuffled order of outputs).
 
-Concurrency: leasing starts with `app.db.lock_writes`: on SQLite the transaction then holds the
-single writer lock until it commits, so the read-check-write below cannot interleave. On Postgres the candidate row is taken with
+Concurrency: leasing is one `app.db.atomic` step: on SQLite it holds the single writer lock from
+its start until it commits, so the read-check-write below cannot interleave. On Postgres the candidate row is taken with
 `SELECT ... FOR UPDATE SKIP LOCKED` (concurrent labelers pass over it instead of waiting),
 and once the lock is held the live leases are counted again with a fresh snapshot: every
 writer that changes a task's slots (lease, submit, skip) holds that task's row lock, so the
@@ -22,7 +22,7 @@ from sqlalchemy import BindParameter, and_, bindparam, exists, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from app.db import is_postgres, lock_writes, utcnow
+from app.db import atomic, is_postgres, utcnow
 from app.models import (
     SUBMISSION_MODELS,
     Completion,
@@ -158,6 +158,7 @@ def next_task(
     )
 
 
+@atomic
 def next_task_in_project(
     session: Session,
     user_id: int,
@@ -169,7 +170,6 @@ def next_task_in_project(
 ) -> Assignment | None:
     """next_task by project id; NotFound when there is no such active project. The project is read
     in the same query as the labeler's live lease (the API's hot path: one round trip less)."""
-    lock_writes(session)
     now = now or utcnow()
     row = session.execute(_HELD_AND_TOP[kind], {"user_id": user_id, "now": now, "project_id": project_id}).first()
     if row is None or row.archived_at is not None:

@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
-from app.db import lock_writes, skip_locked, utcnow
+from app.db import atomic, lock_writes, skip_locked, utcnow
 from app.models import (
     Demonstration,
     ModelKind,
@@ -78,6 +78,7 @@ def create_run(
     data_filter: dict[str, Any] | None = None,
     created_by: User | None = None,
     default_model: str = "",
+    max_attempts: int = 3,
 ) -> TrainingRun:
     """Validates everything a worker would otherwise fail on late, then queues the run.
 
@@ -91,6 +92,8 @@ def create_run(
         raise ServiceError(f"Unknown run kind {kind!r}; use one of {', '.join(k.value for k in RunKind)}.") from None
     if project_id is None:
         raise ServiceError("A run needs a project: its data comes from the project's prompts and labels.")
+    if not 1 <= max_attempts <= 10:
+        raise ServiceError(f"max_attempts must be between 1 and 10, got {max_attempts}.")
     project = session.get(Project, project_id)
     if project is None:
         raise NotFound(f"Project {project_id} does not exist.")
@@ -114,6 +117,7 @@ def create_run(
         created_by_id=created_by.id if created_by else None,
         status=RunStatus.queued,
         summary={},
+        max_attempts=max_attempts,
     )
     session.add(run)
     session.flush()
@@ -301,12 +305,12 @@ def metric_series(session: Session, run_id: int, *, max_points: int) -> dict[str
     return series
 
 
+@atomic
 def cancel_run(session: Session, run_id: int, *, by: User | None = None) -> TrainingRun:
     """queued -> cancelled at once; running -> cancel_requested (the worker stops within seconds).
 
     The row is locked and read afresh (FOR UPDATE on Postgres, the writer lock on SQLite): a worker
     claiming the run at the same moment must not have its 'running' overwritten with 'cancelled'."""
-    lock_writes(session)
     run = session.get(TrainingRun, run_id, with_for_update=True, populate_existing=True)
     if run is None:
         raise NotFound(f"Run {run_id} does not exist.")
@@ -372,10 +376,11 @@ def claim_next_run(session: Session, worker_id: str) -> TrainingRun | None:
     now = utcnow()
     run.status = RunStatus.running
     run.worker_id = worker_id[:200]
-    run.started_at = now
+    run.started_at = run.started_at or now
     run.heartbeat_at = now
-    run.progress_step = 0
-    run.progress_total = 0
+    run.attempts += 1
+    entry = {"attempt": run.attempts, "worker": run.worker_id, "started_at": now.isoformat(timespec="seconds")}
+    run.attempt_log = [*(run.attempt_log or []), entry]
     session.flush()
     return run
 
@@ -442,6 +447,7 @@ def finish_run(
     run = _owned(session, run_id, worker_id)
     if run is None:
         return False
+    _end_attempt(run, status.value)
     run.status = status
     run.finished_at = utcnow()
     run.heartbeat_at = run.finished_at
@@ -454,20 +460,60 @@ def finish_run(
     return True
 
 
-def reap_stale_runs(session: Session, stale_s: float) -> list[int]:
-    """Marks failed every running run whose heartbeat is older than `stale_s` seconds."""
+def reap_stale_runs(session: Session, stale_s: float) -> dict[int, RunStatus]:
+    """Every running run whose heartbeat is older than `stale_s` seconds: queued again while it has
+    attempts left (the next worker resumes it from its newest checkpoint), else failed. Returns
+    {run id: its new status}."""
     cutoff = utcnow() - timedelta(seconds=stale_s)
     stmt = skip_locked(
         select(TrainingRun).where(TrainingRun.status == RunStatus.running, TrainingRun.heartbeat_at < cutoff),
         session,
     )
-    reaped = []
+    reaped = {}
     for run in session.scalars(stmt):
-        run.status = RunStatus.failed
-        run.finished_at = utcnow()
-        run.error = (
-            f"Worker vanished: no heartbeat from worker {run.worker_id!r} since "
-            f"{run.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC (more than {stale_s:g} s). Start the run again."
+        why = (
+            f"no heartbeat from worker {run.worker_id!r} since {run.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC "
+            f"(more than {stale_s:g} s)"
         )
-        reaped.append(run.id)
+        reaped[run.id] = _retry_or_end(run, "worker vanished", why, RunStatus.failed)
     return reaped
+
+
+def release_run(session: Session, run_id: int, worker_id: str, why: str) -> RunStatus | None:
+    """The worker holding the run is shutting down (SIGTERM) before the run ended: the run is queued
+    again while it has attempts left, else cancelled. None when the run is not this worker's."""
+    run = _owned(session, run_id, worker_id)
+    if run is None:
+        return None
+    return _retry_or_end(run, "worker stopped", why, RunStatus.cancelled)
+
+
+RESUMABLE = (RunKind.sft, RunKind.reward, RunKind.ppo, RunKind.generate)
+"""Run kinds that go on where an earlier attempt stopped: the trainings from their checkpoints,
+`generate` with the prompts that have no ranking task yet (new_prompts_only, its default). An
+`evaluate` run is not retried: a second attempt would pose the same comparisons again."""
+
+
+def _retry_or_end(run: TrainingRun, outcome: str, why: str, final: RunStatus) -> RunStatus:
+    _end_attempt(run, outcome)
+    if run.kind in RESUMABLE and run.attempts < run.max_attempts:
+        run.status, run.worker_id, run.heartbeat_at = RunStatus.queued, None, None
+        run.error = (
+            f"Attempt {run.attempts} of {run.max_attempts}: {outcome} ({why}). Queued again: the next "
+            "attempt resumes from the newest checkpoint."
+        )
+    else:
+        run.status, run.finished_at = final, utcnow()
+        run.error = (
+            f"Attempt {run.attempts} of {run.max_attempts}: {outcome} ({why}). No attempts left; start the run "
+            "again to redo it."
+        )
+    return run.status
+
+
+def _end_attempt(run: TrainingRun, outcome: str) -> None:
+    """Closes the current entry of the run's attempt log."""
+    log = [dict(entry) for entry in run.attempt_log or []]
+    if log and "ended_at" not in log[-1]:
+        log[-1].update(ended_at=utcnow().isoformat(timespec="seconds"), outcome=outcome)
+        run.attempt_log = log

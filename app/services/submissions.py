@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import BindParameter, and_, bindparam, case, delete, exists, func, insert, select, union_all, update
 from sqlalchemy.orm import Session, aliased
 
-from app.db import is_postgres, lock_writes, utcnow
+from app.db import atomic, is_postgres, utcnow
 from app.models import (
     OUTPUT_FLAGS,
     SUBMISSION_MODELS,
@@ -176,7 +176,6 @@ def _check_key(key: str | None) -> str | None:
 
 
 def _locked_task(session: Session, user: User, task_id: int, kind: TaskKind):
-    lock_writes(session)
     task = session.execute(_LOCK_TASK, {"task_id": task_id}).first()
     if task is None:
         raise NotFound(f"There is no task {task_id}.")
@@ -302,6 +301,7 @@ def clean_demonstration(text: str, limit: int) -> str:
     return text
 
 
+@atomic
 def submit_demonstration(
     session: Session,
     user: User,
@@ -396,6 +396,7 @@ def clean_ranking(output_ids: list[int], order: Any, ratings: Any) -> tuple[list
     return clean_order, clean_ratings
 
 
+@atomic
 def submit_ranking(
     session: Session,
     user: User,
@@ -437,6 +438,7 @@ def submit_ranking(
 # -- comparisons ------------------------------------------------------------------------------
 
 
+@atomic
 def submit_comparison(
     session: Session,
     user: User,
@@ -478,6 +480,7 @@ def submit_comparison(
 # -- skips, flags and drafts ------------------------------------------------------------------
 
 
+@atomic
 def skip(session: Session, user: User, task_id: int, reason: str = "skip", note: str = "") -> Skip:
     """Passes on a held task (flagging its prompt when reason is pii / nonsense / harmful); it never
     comes back to this labeler and its slot is freed at once."""
@@ -490,7 +493,6 @@ def skip(session: Session, user: User, task_id: int, reason: str = "skip", note:
     note = (note or "").strip()
     if len(note) > MAX_REASON_CHARS:
         raise ServiceError(f"The note has {len(note)} characters; the limit is {MAX_REASON_CHARS}.")
-    lock_writes(session)
     task = session.scalar(select(Task).where(Task.id == task_id).with_for_update())
     if task is None:
         raise NotFound(f"There is no task {task_id}.")
@@ -508,9 +510,9 @@ def skip(session: Session, user: User, task_id: int, reason: str = "skip", note:
     return row
 
 
+@atomic
 def save_draft(session: Session, user: User, task_id: int, text: str) -> Draft:
     """Keeps the demonstration being typed (one row per task and labeler)."""
-    lock_writes(session)
     task = session.get(Task, task_id)
     if task is None:
         raise NotFound(f"There is no task {task_id}.")

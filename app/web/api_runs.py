@@ -36,6 +36,9 @@ class RunIn(BaseModel):
     project_id: Id
     kind: RunKind
     config: dict[str, Any] = Field(default_factory=dict, description="Settings of the run kind; see /run-configs.")
+    max_attempts: int = Field(
+        3, ge=1, le=10, description="Attempts before the run fails when its worker vanishes or is stopped."
+    )
     input_model_ids: list[Id] = Field(
         default_factory=list,
         max_length=3,
@@ -72,6 +75,9 @@ class RunOut(BaseModel):
     cancel_requested: bool
     error: str | None
     summary: dict[str, Any]
+    attempts: int = Field(description="How many times a worker has claimed the run.")
+    max_attempts: int
+    attempt_log: list[dict[str, Any]] = Field(description="Per attempt: worker, started_at, ended_at, outcome.")
     model_version_ids: list[int] = Field(description="Model versions this run produced.")
     latest_metrics: dict[str, dict[str, float]] | None = None
 
@@ -124,6 +130,9 @@ def _run_out(run: TrainingRun, produced: list[int], latest: dict[str, dict[str, 
         summary=run.summary or {},
         model_version_ids=produced,
         latest_metrics=latest,
+        attempts=run.attempts,
+        max_attempts=run.max_attempts,
+        attempt_log=run.attempt_log or [],
     )
 
 
@@ -167,6 +176,7 @@ def create_run(body: RunIn, session: SessionDep, settings: SettingsDep, user: Ap
         data_filter=body.data_filter,
         created_by=user,
         default_model=settings.default_model,
+        max_attempts=body.max_attempts,
     )
     return _one_run_out(session, run)
 

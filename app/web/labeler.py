@@ -74,8 +74,8 @@ def _next_task(
     request: Request, session: SessionDep, lease_seconds: int, user: User, project_id: int, kind: TaskKind, *, done: str
 ):
     """Leases the next task of this queue and shows it, or goes back to the work list when there is
-    none. `done` is said first. Callers that stored something commit first: it stays saved whatever
-    happens here."""
+    none. `done` is said first. What the caller stored is committed already (atomic services): it
+    stays saved whatever happens here."""
     got = queue.next_task_in_project(session, user.id, project_id, kind, default_lease_seconds=lease_seconds)
     if got is None:
         name = projects.get_project(session, project_id).name
@@ -147,7 +147,6 @@ def _submit_form(
 ) -> HTMLResponse:
     response = _submit_in(session, request, task_id, user, form)
     if isinstance(response, tuple):  # stored: on to the next task of the same queue
-        session.commit()
         return _next_task(request, session, lease_seconds, user, *response, done="Saved.")
     return response
 
@@ -161,39 +160,39 @@ def _submit_in(
     time_ms = _int_or_none(form.get("time_spent_ms"))
     values: dict = {}
     try:
-        with session.begin_nested():  # a refused answer leaves nothing behind
-            if task.kind == TaskKind.demonstration:
-                values = {"text": str(form.get("text", ""))}
-                submissions.submit_demonstration(
-                    session, user, task_id, values["text"], time_spent_ms=time_ms, idempotency_key=key
-                )
-            elif task.kind == TaskKind.ranking:
-                output_ids = [tc.completion_id for tc in task.outputs]
-                order, ratings, places = _ranking_from_form(form, output_ids)
-                none_ok = form.get("none_acceptable") == "on"
-                values = {"places": places, "ratings": ratings, "none_acceptable": none_ok}
-                ratings = {cid: r for cid, r in ratings.items() if r["likert"] is not None or r["flags"]}
-                submissions.submit_ranking(
-                    session,
-                    user,
-                    task_id,
-                    order,
-                    ratings,
-                    none_acceptable=none_ok,
-                    time_spent_ms=time_ms,
-                    idempotency_key=key,
-                )
-            else:
-                values = {"choice": str(form.get("choice", "")), "reason": str(form.get("reason", ""))}
-                submissions.submit_comparison(
-                    session,
-                    user,
-                    task_id,
-                    values["choice"] or "(none)",
-                    values["reason"],
-                    time_spent_ms=time_ms,
-                    idempotency_key=key,
-                )
+        # Each submit is one atomic step: a refused answer leaves nothing behind.
+        if task.kind == TaskKind.demonstration:
+            values = {"text": str(form.get("text", ""))}
+            submissions.submit_demonstration(
+                session, user, task_id, values["text"], time_spent_ms=time_ms, idempotency_key=key
+            )
+        elif task.kind == TaskKind.ranking:
+            output_ids = [tc.completion_id for tc in task.outputs]
+            order, ratings, places = _ranking_from_form(form, output_ids)
+            none_ok = form.get("none_acceptable") == "on"
+            values = {"places": places, "ratings": ratings, "none_acceptable": none_ok}
+            ratings = {cid: r for cid, r in ratings.items() if r["likert"] is not None or r["flags"]}
+            submissions.submit_ranking(
+                session,
+                user,
+                task_id,
+                order,
+                ratings,
+                none_acceptable=none_ok,
+                time_spent_ms=time_ms,
+                idempotency_key=key,
+            )
+        else:
+            values = {"choice": str(form.get("choice", "")), "reason": str(form.get("reason", ""))}
+            submissions.submit_comparison(
+                session,
+                user,
+                task_id,
+                values["choice"] or "(none)",
+                values["reason"],
+                time_spent_ms=time_ms,
+                idempotency_key=key,
+            )
     except ServiceError as exc:
         if exc.status_code in (403, 404) or queue.assignment(session, task_id, user.id) is None:
             raise  # not (or no longer) this labeler's task: the plain error page says why
@@ -216,7 +215,6 @@ def skip_form(
 ):
     got = queue.held_task(session, task_id, user.id)
     submissions.skip(session, user, task_id, reason, note)
-    session.commit()
     done = "Skipped." if reason == "skip" else "Skipped and flagged for the admins."
     return _next_task(request, session, settings.lease_seconds, user, got.project_id, got.kind, done=done)
 

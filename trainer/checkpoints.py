@@ -1,0 +1,160 @@
+"""Checkpoints of a training loop, so that a run stopped or killed part-way resumes where it was.
+
+A checkpoint is one file, `step-<n>.pt` in the run's checkpoint folder, holding everything the
+loop needs to go on as if it had never stopped: the trained weights (all weights of a full
+fine-tune; the adapters and heads of a LoRA model), the optimizer, the learning-rate schedule and
+the fp16 loss scaler, torch's random generators, and the loop's own position (step, data order,
+shuffling generator, best weights so far). On the CPU a resumed run ends with the same weights as
+an uninterrupted one (tests/test_checkpoints.py).
+
+It is written to `step-<n>.pt.partial` and renamed when complete, so a file without `.partial` is
+whole; the newest `KEEP` are kept. These are plain `torch.save` files rather than accelerate's
+`save_state` folders: the loops here hold no Accelerator, and their own position (the data order of
+the current epoch, the prompt queue of PPO) has to be in the same file as the weights it belongs to."""
+
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+KEEP = 2
+"""Checkpoints kept per run: the newest, and one more in case the newest was cut short on disk."""
+
+
+def trained_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The weights that training changes (those with requires_grad), copied to the CPU."""
+    return {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trained_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    missing = [name for name, p in params.items() if p.requires_grad and name not in state]
+    if missing:
+        raise ValueError(
+            f"The checkpoint does not fit this model: {len(missing)} trained weights missing "
+            f"(first: {missing[0]}). Was the run's model or lora_r changed?"
+        )
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value.to(params[name].device))
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def random_state(generator: random.Random) -> list:
+    """A `random.Random` state in a form torch.load(weights_only=True) accepts (lists, ints)."""
+    version, internal, gauss = generator.getstate()
+    return [version, list(internal), gauss]
+
+
+def set_random_state(generator: random.Random, state: list) -> None:
+    version, internal, gauss = state
+    generator.setstate((version, tuple(internal), gauss))
+
+
+@dataclass
+class Checkpoints:
+    """Where a loop saves (every `save_every` steps of its config, and when it is stopped);
+    `folder` None: never (a plain run)."""
+
+    folder: Path | None = None
+    resume: bool = True
+    """Load the newest checkpoint at the start, when there is one."""
+
+    def due(self, step: int, every: int, *, stopping: bool = False) -> bool:
+        return self.folder is not None and (stopping or (every > 0 and step % every == 0))
+
+    @property
+    def enabled(self) -> bool:
+        return self.folder is not None
+
+    def latest(self) -> Path | None:
+        if self.folder is None or not self.folder.is_dir():
+            return None
+        found = sorted(self.folder.glob("step-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+        return found[-1] if found else None
+
+    def save(self, step: int, state: dict[str, Any]) -> Path:
+        """Writes `state` (tensors, numbers, lists, dicts) as the checkpoint of `step`."""
+        assert self.folder is not None
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"step-{step}.pt"
+        partial = path.with_name(path.name + ".partial")
+        torch.save({**state, "step": step, "rng": rng_state()}, partial)
+        partial.replace(path)
+        for old in sorted(self.folder.glob("step-*.pt"), key=lambda p: int(p.stem.split("-")[1]))[:-KEEP]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def load(self) -> dict[str, Any] | None:
+        """The newest checkpoint's state (torch's generators already restored), or None."""
+        path = self.latest() if self.resume else None
+        if path is None:
+            return None
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        set_rng_state(state["rng"])
+        return state
+
+
+def training_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: Any, scaler: Any) -> dict:
+    """The trained weights, the optimizer, the schedule (or None) and the fp16 scaler (or None)."""
+    return {
+        "weights": trained_state(model),
+        "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict() if schedule is not None else {},
+        "scaler": scaler.state_dict() if scaler is not None else {},
+    }
+
+
+def restore_training_state(
+    state: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: Any, scaler: Any
+) -> None:
+    load_trained_state(model, state["weights"])
+    optimizer.load_state_dict(state["optimizer"])
+    if schedule is not None:
+        schedule.load_state_dict(state["schedule"])
+    if scaler is not None and state["scaler"]:
+        scaler.load_state_dict(state["scaler"])
+
+
+class EpochOrder:
+    """Batches of example indices: each epoch a new order from the loop's own seeded generator (not
+    torch's global state), consumed `batch_size` at a time. Its state is part of a checkpoint."""
+
+    def __init__(self, size: int, batch_size: int, seed: int):
+        self.size, self.batch_size = size, batch_size
+        self.rng = random.Random(seed)
+        self.order: list[int] = []
+        self.position = 0
+
+    def batch(self) -> list[int]:
+        """The next batch (the same until `advance`); a new epoch's order when this one is used up."""
+        if self.position >= len(self.order):
+            self.order = list(range(self.size))
+            self.rng.shuffle(self.order)
+            self.position = 0
+        return self.order[self.position : self.position + self.batch_size]
+
+    def advance(self) -> None:
+        self.position += self.batch_size
+
+    def state(self) -> dict:
+        return {"order": self.order, "position": self.position, "rng": random_state(self.rng)}
+
+    def load(self, state: dict) -> None:
+        self.order, self.position = list(state["order"]), int(state["position"])
+        set_random_state(self.rng, state["rng"])
