@@ -668,6 +668,7 @@ def train_ppo(
     seconds = time.perf_counter() - started
     return {
         **metrics,
+        **({"resumed_from_step": float(first_step - 1)} if resumed is not None else {}),
         "steps": float(steps_done),
         "episodes": float(steps_done * config.rollout_batch_size),
         "stopped_early": float(stopped),

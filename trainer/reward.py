@@ -235,7 +235,7 @@ def train_reward(
         restore_training_state(resumed, model, optimizer, schedule, precision.scaler)
         epochs.load(resumed["epochs"])
         step, train_seconds, pairs_done = (resumed["loop"][k] for k in ("step", "train_seconds", "pairs_done"))
-        result.update(resumed["loop"]["result"], stopped_early=0.0)
+        result.update(resumed["loop"]["result"], stopped_early=0.0, resumed_from_step=float(step))
 
     def save(step: int) -> None:
         loop = {"step": step, "train_seconds": train_seconds, "pairs_done": pairs_done, "result": result}

@@ -140,7 +140,7 @@ def train_sft(
         epochs.load(resumed["epochs"])
         loop = resumed["loop"]
         step, train_seconds = loop["step"], loop["train_seconds"]
-        result.update(loop["result"], stopped_early=0.0)
+        result.update(loop["result"], stopped_early=0.0, resumed_from_step=float(step))
         best_loss, best_step, best_weights = loop["best_loss"], loop["best_step"], loop["best_weights"]
     elif valid_rows:
         with precision.autocast():
