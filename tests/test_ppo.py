@@ -8,6 +8,7 @@ import torch
 import transformers
 
 from runconfig import PPOConfig
+from trainer.checkpoints import Checkpoints
 from trainer.data import SFTExample
 from trainer.errors import TrainingDiverged
 from trainer.modeling import ScalarHeadModel, encode_completion, encode_prompt, load_causal_lm, load_tokenizer
@@ -297,10 +298,11 @@ def weights(model):
     return {k: v.detach().clone() for k, v in model.named_parameters()}
 
 
-def test_kl_past_the_limit_stops_the_run_and_puts_back_the_last_good_policy(sft_folder):
+def test_kl_past_the_limit_stops_the_run_and_puts_back_the_last_good_policy(sft_folder, tmp_path):
+    """A fully fine-tuned policy goes back to its newest checkpoint (no copy of it per step)."""
     policy, ref, value, tokenizer = models(sft_folder)
     after_step = {0: weights(policy)}
-    config = small(total_episodes=160, learning_rate=2e-2, kl_coef=0.0, kl_limit=0.5)
+    config = small(total_episodes=160, learning_rate=2e-2, kl_coef=0.0, kl_limit=0.5, save_every=1)
     with pytest.raises(TrainingDiverged, match="past kl_limit=0.5") as err:
         train_ppo(
             policy,
@@ -312,13 +314,14 @@ def test_kl_past_the_limit_stops_the_run_and_puts_back_the_last_good_policy(sft_
             config,
             reward_fn=says_a_number,
             on_metrics=lambda s, t, m: after_step.update({s: weights(policy)}),
+            checkpoints=Checkpoints(tmp_path),
         )
     good = err.value.last_good_step
     assert good in after_step and good < max(after_step)
     assert all(torch.equal(v, dict(policy.named_parameters())[k]) for k, v in after_step[good].items())
 
 
-def test_an_exploding_loss_stops_the_run_before_the_step_is_applied(sft_folder):
+def test_an_exploding_loss_stops_the_run_before_the_step_is_applied(sft_folder, tmp_path):
     policy, ref, value, tokenizer = models(sft_folder)
     calls = []
     after_step = {0: weights(policy)}
@@ -335,9 +338,10 @@ def test_an_exploding_loss_stops_the_run_before_the_step_is_applied(sft_folder):
             value,
             tokenizer,
             PROMPTS,
-            small(),
+            small(save_every=1),
             reward_fn=explodes_on_second_step,
             on_metrics=lambda s, t, m: after_step.update({s: weights(policy)}),
+            checkpoints=Checkpoints(tmp_path),
         )
     assert err.value.last_good_step == 1
     assert all(torch.equal(v, dict(policy.named_parameters())[k]) for k, v in after_step[1].items())
@@ -410,3 +414,11 @@ def test_a_lora_value_model_trains_only_its_adapters_and_head(sft_folder):
     assert trained and all("lora_" in n or n.startswith("head.") for n in trained)
     assert all(torch.equal(p, frozen[n]) for n, p in value.named_parameters() if n in frozen)
     assert history[0]["peak_memory_mb"] > 0
+
+
+def test_without_a_checkpoint_a_diverged_full_policy_is_not_put_back(sft_folder):
+    policy, ref, value, tokenizer = models(sft_folder)
+    config = small(total_episodes=160, learning_rate=2e-2, kl_coef=0.0, kl_limit=0.5)
+    with pytest.raises(TrainingDiverged, match="no earlier good policy") as err:
+        train_ppo(policy, ref, None, value, tokenizer, PROMPTS, config, reward_fn=says_a_number)
+    assert err.value.last_good_step is None

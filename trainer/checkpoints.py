@@ -82,10 +82,12 @@ class Checkpoints:
     def enabled(self) -> bool:
         return self.folder is not None
 
-    def latest(self) -> Path | None:
+    def latest(self, at_most: int | None = None) -> Path | None:
+        """The newest checkpoint (of a step <= at_most when given)."""
         if self.folder is None or not self.folder.is_dir():
             return None
-        found = sorted(self.folder.glob("step-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+        steps = sorted((int(p.stem.split("-")[1]), p) for p in self.folder.glob("step-*.pt"))
+        found = [p for step, p in steps if at_most is None or step <= at_most]
         return found[-1] if found else None
 
     def save(self, step: int, state: dict[str, Any]) -> Path:
@@ -101,13 +103,16 @@ class Checkpoints:
         return path
 
     def load(self) -> dict[str, Any] | None:
-        """The newest checkpoint's state (torch's generators already restored), or None."""
-        path = self.latest() if self.resume else None
-        if path is None:
-            return None
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        set_rng_state(state["rng"])
+        """The newest checkpoint's state to resume from (torch's generators already restored), or None."""
+        state = self.load_file() if self.resume else None
+        if state is not None:
+            set_rng_state(state["rng"])
         return state
+
+    def load_file(self, at_most: int | None = None) -> dict[str, Any] | None:
+        """The newest checkpoint (of a step <= at_most when given) as saved, or None when there is none."""
+        path = self.latest(at_most)
+        return None if path is None else torch.load(path, map_location="cpu", weights_only=True)
 
 
 def training_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: Any, scaler: Any) -> dict:

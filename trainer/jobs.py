@@ -151,11 +151,12 @@ def run_ppo(ctx: RunContext) -> Outcome:
             checkpoints=ctx.checkpoints(),
         )
     except TrainingDiverged as exc:
+        if exc.last_good_step is None:
+            raise
         # train_ppo put back the weights of the last good step: keep them for a look (not registered).
         folder = ctx.worker.run_folder(ctx.run_id, ".last-good")
         modeling.save_causal_lm(policy, tokenizer, folder)
-        step = getattr(exc, "last_good_step", None)
-        raise TrainingDiverged(f"{exc} The last good policy (step {step}) is saved in {folder}.") from exc
+        raise TrainingDiverged(f"{exc} The last good policy (step {exc.last_good_step}) is saved in {folder}.") from exc
     ctx.checkpoint()
     folder = ctx.artifact_dir()
     modeling.save_causal_lm(policy, tokenizer, folder)

@@ -30,8 +30,11 @@ keeps those small): about 18 GB of 24. With lora_r the policy's gradients and Ad
 to the adapters' size.
 
 Divergence: a NaN/inf loss, or a mean KL to the reference past config.kl_limit, raises
-TrainingDiverged after putting back the policy weights of the last good step (kept in CPU
-memory), so the caller saves `policy` as the last good checkpoint (exc.last_good_step says which).
+TrainingDiverged after putting back the last good policy weights (a LoRA policy's adapters of the
+last step, kept in CPU memory; a full policy's newest checkpoint), so the caller can save `policy`
+as the last good model (exc.last_good_step says which; None when there was nothing to go back to).
+
+Checkpoints and resume: trainer/checkpoints.py (`checkpoints=`, every config.save_every steps).
 
 One process, one device: multi-GPU goes through accelerate/torchrun (DDP/FSDP), not here."""
 
@@ -347,19 +350,44 @@ def adamw(params: list, lr: float) -> torch.optim.Optimizer:
         return torch.optim.AdamW(params, lr=lr, eps=1e-5)
 
 
-def diverged(message: str, policy, good_state: dict | None, good_step: int) -> TrainingDiverged:
-    """Put the last good policy weights back and build the error that says so."""
-    if good_state is not None:
-        with torch.no_grad():
-            for name, param in policy.named_parameters():
-                if name in good_state:
-                    param.copy_(good_state[name].to(param.device))
-    error = TrainingDiverged(
-        f"{message} The policy was put back to its weights after step {good_step}, the last "
-        f"good one; save it as the last good checkpoint.",
-        last_good_step=good_step,
+class LastGoodPolicy:
+    """What the policy goes back to when a step diverges, without a full copy of it per step (2.5 GB
+    per step for a 1B model): a LoRA policy's adapters are copied (small); a fully fine-tuned policy
+    goes back to its newest checkpoint from a good step (none: it is not put back). A step is good
+    once the next rollout, sampled from its weights, passed the KL and finiteness checks."""
+
+    def __init__(self, policy, checkpoints: Checkpoints, lora: bool):
+        self.policy, self.checkpoints, self.lora = policy, checkpoints, lora
+        self.adapters: dict[str, torch.Tensor] | None = None
+        self.step = 0
+
+    def keep(self, step: int) -> None:
+        """The policy after `step` is good (the rollout it sampled passed the checks)."""
+        self.step = step
+        if self.lora:
+            self.adapters = trained_state(self.policy)
+
+    def restore(self) -> int | None:
+        """Puts the last good weights back; the step they are from, or None when there are none."""
+        if self.adapters is not None:
+            load_trained_state(self.policy, self.adapters)
+            return self.step
+        state = self.checkpoints.load_file(at_most=self.step)
+        if state is None:
+            return None
+        load_trained_state(self.policy, state["policy"]["weights"])
+        return int(state["step"])
+
+
+def diverged(message: str, last_good: LastGoodPolicy) -> TrainingDiverged:
+    """Puts the last good policy weights back (when there are some) and builds the error that says so."""
+    step = last_good.restore()
+    if step is None:
+        return TrainingDiverged(f"{message} There is no earlier good policy to go back to (no checkpoint yet).")
+    return TrainingDiverged(
+        f"{message} The policy was put back to its weights after step {step}, the last good one.",
+        last_good_step=step,
     )
-    return error
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -439,10 +467,10 @@ def train_ppo(
     total_steps = config.total_episodes // config.rollout_batch_size
     metrics: dict[str, float] = {}
     steps_done = 0
-    good_state, good_step = None, 0
     started = time.perf_counter()
     stopped = False
     checkpoints = checkpoints or Checkpoints()
+    last_good = LastGoodPolicy(policy, checkpoints, lora=bool(config.lora_r))
     first_step = 1
     resumed = checkpoints.load()
     if resumed is not None:  # go on exactly where the checkpoint was written
@@ -474,6 +502,9 @@ def train_ppo(
         return out
 
     ref_context = (lambda: nullcontext()) if ref_policy is not None else policy.disable_adapter
+
+    if resumed is None and checkpoints.enabled:
+        save(0)  # the SFT policy itself: what a divergence in the first steps goes back to
 
     for step in range(first_step, total_steps + 1):
         if should_stop is not None and should_stop():  # between steps: a clean point to resume from
@@ -544,13 +575,11 @@ def train_ppo(
             kl = per_token_kl(logprobs, ref_logprobs, mask)
             mean_kl = float(kl.sum(1).mean())
             if not math.isfinite(mean_kl) or not bool(torch.isfinite(scores).all()):
-                raise diverged(f"Step {step}: non-finite log-probs or scores.", policy, good_state, good_step)
+                raise diverged(f"Step {step}: non-finite log-probs or scores.", last_good)
             if mean_kl > config.kl_limit:
                 raise diverged(
                     f"Step {step}: the KL to the reference is {mean_kl:.2f} nats, past kl_limit={config.kl_limit}.",
-                    policy,
-                    good_state,
-                    good_step,
+                    last_good,
                 )
             penalized = scores - config.missing_eos_penalty * (~ended).float()
             rewards = rewards_with_kl(penalized, kl, mask, config.kl_coef)
@@ -562,8 +591,7 @@ def train_ppo(
             advantages = masked_whiten(advantages, mask)
 
         # This policy is good (its KL is fine): keep it to fall back to if the update below diverges.
-        good_state = {n: p.detach().to("cpu", copy=True) for n, p in policy.named_parameters() if p.requires_grad}
-        good_step = step - 1
+        last_good.keep(step - 1)
 
         # 7. PPO epochs over shuffled minibatches: clipped ratio + clipped value loss (+ ptx).
         policy.train()
@@ -613,9 +641,7 @@ def train_ppo(
                         loss = loss + config.ptx_coef * ptx_loss
                         stats["ptx_loss"].append(ptx_loss.detach())
                 if not torch.isfinite(loss):
-                    raise diverged(
-                        f"Step {step}: the loss became {float(loss.detach())}.", policy, good_state, good_step
-                    )
+                    raise diverged(f"Step {step}: the loss became {float(loss.detach())}.", last_good)
                 optimizer.zero_grad(set_to_none=True)
                 precision.backward(loss)
 
@@ -627,7 +653,7 @@ def train_ppo(
                     # fp16: the scaler skips a step whose gradients overflowed; otherwise it is divergence.
                     if not torch.isfinite(norm) and precision.scaler is None:
                         message = f"Step {step}: the gradient norm became {float(norm)}."  # noqa: B023
-                        raise diverged(message, policy, good_state, good_step)  # noqa: B023
+                        raise diverged(message, last_good)  # noqa: B023
                     return norm
 
                 precision.step(optimizer, clip)
