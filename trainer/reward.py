@@ -31,6 +31,7 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 from runconfig import RewardConfig
 from trainer.checkpoints import Checkpoints, EpochOrder, restore_training_state, training_state
 from trainer.data import RankingExample, SFTExample
+from trainer.distributed import Team
 from trainer.errors import TrainingDiverged
 from trainer.modeling import ScalarHeadModel, encode_completion, encode_prompt, pad_right
 from trainer.precision import for_model, load_dtype
@@ -100,7 +101,8 @@ def encode_rankings(tokenizer, rankings: list[RankingExample], max_length: int) 
 def score(model: ScalarHeadModel, sequences: list[list[int]], pad_id: int) -> torch.Tensor:
     """Reward of each sequence (read at its last real token, its EOS)."""
     ids, mask = pad_right(sequences, pad_id)
-    return model(ids.to(model.device), mask.to(model.device))
+    device = next(model.parameters()).device  # (a DDP wrapper has no .device)
+    return model(ids.to(device), mask.to(device))
 
 
 def kway_step_loss(model, rankings: list[EncodedRanking], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,17 +137,23 @@ def pairwise_step_loss(model, rankings: list[EncodedRanking], pad_id: int) -> tu
 
 
 @torch.no_grad()
-def evaluate(model, rankings: list[EncodedRanking], pad_id: int, batch_size: int) -> dict[str, float]:
-    """Held-out pair accuracy (winner scored strictly higher) and mean loss per pair."""
+def evaluate(
+    model, rankings: list[EncodedRanking], pad_id: int, batch_size: int, team: Team | None = None
+) -> dict[str, float]:
+    """Held-out pair accuracy (winner scored strictly higher) and mean loss per pair (each process
+    scores its part of the rankings)."""
     was_training = model.training
     model.eval()
-    loss, correct, pairs = 0.0, 0, 0
-    for start in range(0, len(rankings), batch_size):
-        batch_loss, margins = kway_step_loss(model, rankings[start : start + batch_size], pad_id)
+    loss, correct, pairs = 0.0, 0.0, 0.0
+    part = team.shard(rankings) if team is not None else rankings
+    for start in range(0, len(part), batch_size):
+        batch_loss, margins = kway_step_loss(model, part[start : start + batch_size], pad_id)
         loss += batch_loss.item()
         correct += int((margins > 0).sum())
         pairs += margins.numel()
     model.train(was_training)
+    if team is not None:
+        loss, correct, pairs = team.sum(loss, correct, pairs)
     # accuracy over pairs (as the paper reports it), loss as trained: per ranking
     return {"accuracy": correct / max(pairs, 1), "loss": loss / max(len(rankings), 1), "pairs": float(pairs)}
 
@@ -201,6 +209,7 @@ def train_reward(
     on_metrics = on_metrics or (lambda step, total, metrics: None)
     should_stop = should_stop or (lambda: False)
     checkpoints = checkpoints or Checkpoints()
+    team = Team()  # one process, or one of several under accelerate launch (trainer/distributed.py)
     torch.manual_seed(config.seed)
 
     # 2. Optimizer and schedule: linear warmup, cosine decay to min_lr_ratio (paper: 10%) of the peak.
@@ -210,6 +219,7 @@ def train_reward(
         total_steps = min(total_steps, config.max_steps)
     precision = for_model(config.precision, model)  # fp32 master weights unless bf16-pure
     params = [p for p in model.parameters() if p.requires_grad]
+    wrapped = team.wrap(model)  # DDP with several processes
     optimizer = torch.optim.AdamW(
         params, lr=config.learning_rate, betas=(0.9, 0.95), weight_decay=config.weight_decay, fused=True
     )  # one kernel for all parameters (CPU and GPU)
@@ -240,7 +250,9 @@ def train_reward(
     def save(step: int) -> None:
         loop = {"step": step, "train_seconds": train_seconds, "pairs_done": pairs_done, "result": result}
         state = training_state(model, optimizer, schedule, precision.scaler)
-        checkpoints.save(step, {**state, "epochs": epochs.state(), "loop": loop})
+        if team.is_main:
+            checkpoints.save(step, {**state, "epochs": epochs.state(), "loop": loop})
+        team.barrier()
 
     # 3. The loop: each optimizer step takes batch_size whole rankings (all their pairs).
     model.train()
@@ -248,18 +260,24 @@ def train_reward(
         batch = [train_rows[i] for i in epochs.batch()]
         batch_pairs = sum(len(r.pairs) for r in batch)
         step_started = time.perf_counter()
-        loss_total, correct = 0.0, 0
-        for micro in range(0, len(batch), config.micro_batch_size):
+        loss_total, correct = 0.0, 0.0
+        part = team.shard(batch)  # this process's share of the global batch
+        n_micro = team.micro_batches(part, config.micro_batch_size, len(batch))
+        for micro in range(n_micro):
             if micro and should_stop():  # cancel mid-batch: drop the partial gradients, keep the last step
                 result["stopped_early"] = 1.0
                 break
             # 4. K forwards per ranking; the loss is the mean over the batch's rankings of each
             # ranking's mean over its pairs.
-            with precision.autocast():
-                loss_sum, margins = kway_step_loss(model, batch[micro : micro + config.micro_batch_size], pad_id)
-            precision.backward(loss_sum / len(batch))
-            loss_total += loss_sum.item()
-            correct += int((margins.detach() > 0).sum())
+            rows = part[micro * config.micro_batch_size : (micro + 1) * config.micro_batch_size]
+            weight = 1.0 if rows else 0.0  # a short part joins the all-reduce with a weightless ranking
+            with team.no_sync(wrapped, last=micro == n_micro - 1):
+                with precision.autocast():
+                    loss_sum, margins = kway_step_loss(wrapped, rows or batch[:1], pad_id)
+                precision.backward(loss_sum * (weight * team.loss_scale / len(batch)))
+            loss_total += loss_sum.item() * weight
+            correct += int((margins.detach() > 0).sum()) * weight
+        loss_total, correct = team.sum(loss_total, correct)
         if result["stopped_early"]:
             optimizer.zero_grad(set_to_none=True)
             if checkpoints.due(step, config.save_every, stopping=True):
@@ -292,7 +310,7 @@ def train_reward(
         stopping = should_stop()  # cancel / SIGTERM, polled once per step
         if valid_rows and (stopping or step % eval_every == 0 or step == total_steps):
             with precision.autocast():
-                held_out = evaluate(model, valid_rows, pad_id, config.eval_batch_size)
+                held_out = evaluate(model, valid_rows, pad_id, config.eval_batch_size, team)
             metrics.update(valid_loss=held_out["loss"], valid_accuracy=held_out["accuracy"])
             result.update(valid_loss=held_out["loss"], valid_accuracy=held_out["accuracy"])
         on_metrics(step, total_steps, metrics)
@@ -306,6 +324,7 @@ def train_reward(
             break
 
     result["pairs_per_s"] = pairs_done / train_seconds if train_seconds > 0 else 0.0
+    result.update(team.info())
 
     # 7. Bias: the demonstrations' mean score becomes 0, so rewards are comparable across runs.
     if config.normalize_bias and demonstrations:
@@ -318,7 +337,7 @@ def train_reward(
 
 def main(argv: list[str] | None = None) -> None:
     from trainer import standalone
-    from trainer.modeling import load_tokenizer, pick_device, resolve_model_source
+    from trainer.modeling import load_tokenizer, resolve_model_source
 
     parser = standalone.parser("Reward model on JSONL rankings.")
     parser.add_argument("--model", required=True, help="SFT model folder, hub id or smollm2-135m-instruct")
@@ -331,7 +350,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(config.seed)
     model = ScalarHeadModel.from_causal_lm(
         source,
-        device=pick_device(),
+        device=standalone.device(),
         lora_r=config.lora_r,
         dtype=load_dtype(config.precision),
         gradient_checkpointing=config.gradient_checkpointing,
@@ -343,9 +362,18 @@ def main(argv: list[str] | None = None) -> None:
         ]
         for path in (args.train, args.valid)
     )
-    result = train_reward(model, tokenizer, train, valid, config, on_metrics=standalone.print_metrics)
-    model.save_pretrained(args.out, tokenizer=tokenizer)
-    print(json.dumps(result))
+    result = train_reward(
+        model,
+        tokenizer,
+        train,
+        valid,
+        config,
+        on_metrics=standalone.print_metrics,
+        checkpoints=standalone.checkpoints(args),
+    )
+    if standalone.is_main():
+        model.save_pretrained(args.out, tokenizer=tokenizer)
+        print(json.dumps(result))
 
 
 if __name__ == "__main__":

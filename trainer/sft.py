@@ -33,6 +33,7 @@ from trainer.checkpoints import (
     training_state,
 )
 from trainer.data import SFTExample
+from trainer.distributed import Team
 from trainer.errors import TrainingDiverged
 from trainer.modeling import encode_completion, encode_prompt, pad_right
 from trainer.precision import for_model, load_dtype
@@ -66,15 +67,18 @@ def response_loss_sum(model, rows: list[tuple[list[int], list[int]]], pad_id: in
 
 
 @torch.no_grad()
-def held_out_loss(model, encoded: list, pad_id: int, batch_size: int) -> float:
-    """Mean loss per response token over the whole held-out set."""
+def held_out_loss(model, encoded: list, pad_id: int, batch_size: int, team: Team | None = None) -> float:
+    """Mean loss per response token over the whole held-out set (each process scores its part)."""
     was_training = model.training
     model.eval()
-    total, tokens = 0.0, 0
-    for start in range(0, len(encoded), batch_size):
-        loss, n = response_loss_sum(model, encoded[start : start + batch_size], pad_id)
+    total, tokens = 0.0, 0.0
+    part = team.shard(encoded) if team is not None else encoded
+    for start in range(0, len(part), batch_size):
+        loss, n = response_loss_sum(model, part[start : start + batch_size], pad_id)
         total, tokens = total + loss.item(), tokens + n
     model.train(was_training)
+    if team is not None:
+        total, tokens = team.sum(total, tokens)
     return total / max(tokens, 1)
 
 
@@ -104,6 +108,7 @@ def train_sft(
     on_metrics = on_metrics or (lambda step, total, metrics: None)
     should_stop = should_stop or (lambda: False)
     checkpoints = checkpoints or Checkpoints()
+    team = Team()  # one process, or one of several under accelerate launch (trainer/distributed.py)
     torch.manual_seed(config.seed)  # dropout, if the model has any
 
     # 2. Tokenize once: prompt through the chat template, response ended by EOS.
@@ -118,6 +123,7 @@ def train_sft(
         total_steps = min(total_steps, config.max_steps)
     precision = for_model(config.precision, model)  # fp32 master weights unless bf16-pure
     params = [p for p in model.parameters() if p.requires_grad]
+    wrapped = team.wrap(model)  # DDP with several processes
     optimizer = torch.optim.AdamW(
         params, lr=config.learning_rate, betas=(0.9, 0.95), weight_decay=config.weight_decay, fused=True
     )  # one kernel for all parameters (CPU and GPU)
@@ -144,7 +150,7 @@ def train_sft(
         best_loss, best_step, best_weights = loop["best_loss"], loop["best_step"], loop["best_weights"]
     elif valid_rows:
         with precision.autocast():
-            result["initial_valid_loss"] = held_out_loss(model, valid_rows, pad_id, config.eval_batch_size)
+            result["initial_valid_loss"] = held_out_loss(model, valid_rows, pad_id, config.eval_batch_size, team)
         on_metrics(0, total_steps, {"valid_loss": result["initial_valid_loss"]})
 
     def save(step: int) -> None:
@@ -157,7 +163,9 @@ def train_sft(
             "best_weights": best_weights,
         }
         state = training_state(model, optimizer, schedule, precision.scaler)
-        checkpoints.save(step, {**state, "epochs": epochs.state(), "loop": loop})
+        if team.is_main:
+            checkpoints.save(step, {**state, "epochs": epochs.state(), "loop": loop})
+        team.barrier()
 
     # 4. The loop: one optimizer step per batch_size demonstrations, accumulated over micro-batches.
     model.train()
@@ -166,17 +174,23 @@ def train_sft(
         step_started = time.perf_counter()
         # Normalize by the batch's response tokens, so accumulation equals one big batch.
         batch_tokens = sum(sum(label != IGNORE for label in labels[1:]) for _, labels in batch)
-        loss_total, tokens_seen = 0.0, 0
-        for micro in range(0, len(batch), config.micro_batch_size):
+        loss_total, tokens_seen = 0.0, 0.0
+        part = team.shard(batch)  # this process's share of the global batch
+        n_micro = team.micro_batches(part, config.micro_batch_size, len(batch))
+        for micro in range(n_micro):
             if micro and should_stop():  # cancel mid-batch: drop the partial gradients, keep the last step
                 result["stopped_early"] = 1.0
                 break
-            rows = batch[micro : micro + config.micro_batch_size]
-            with precision.autocast():
-                loss_sum, _ = response_loss_sum(model, rows, pad_id)
-            precision.backward(loss_sum / batch_tokens)
-            loss_total += loss_sum.item()
-            tokens_seen += sum(len(ids) for ids, _ in rows)
+            rows = part[micro * config.micro_batch_size : (micro + 1) * config.micro_batch_size]
+            weight = 1.0 if rows else 0.0  # a short part joins the all-reduce with a weightless row
+            rows = rows or batch[:1]
+            with team.no_sync(wrapped, last=micro == n_micro - 1):
+                with precision.autocast():
+                    loss_sum, _ = response_loss_sum(wrapped, rows, pad_id)
+                precision.backward(loss_sum * (weight * team.loss_scale / batch_tokens))
+            loss_total += loss_sum.item() * weight
+            tokens_seen += sum(len(ids) for ids, _ in rows) * int(weight)
+        loss_total, tokens_seen = team.sum(loss_total, tokens_seen)
         if result["stopped_early"]:
             optimizer.zero_grad(set_to_none=True)
             if checkpoints.due(step, config.save_every, stopping=True):
@@ -209,7 +223,7 @@ def train_sft(
         stopping = should_stop()  # cancel / SIGTERM, polled once per step
         if valid_rows and (stopping or step % eval_every == 0 or step == total_steps):
             with precision.autocast():
-                metrics["valid_loss"] = held_out_loss(model, valid_rows, pad_id, config.eval_batch_size)
+                metrics["valid_loss"] = held_out_loss(model, valid_rows, pad_id, config.eval_batch_size, team)
             result["valid_loss"] = metrics["valid_loss"]
             if metrics["valid_loss"] < best_loss:
                 best_loss, best_step = metrics["valid_loss"], step
@@ -235,13 +249,14 @@ def train_sft(
         if config.keep_best:
             result["valid_loss"] = best_loss
     result["tokens_per_s"] = result["tokens"] / train_seconds if train_seconds > 0 else 0.0
+    result.update(team.info())
     model.eval()
     return result
 
 
 def main(argv: list[str] | None = None) -> None:
     from trainer import standalone
-    from trainer.modeling import load_causal_lm, load_tokenizer, pick_device, resolve_model_source, save_causal_lm
+    from trainer.modeling import load_causal_lm, load_tokenizer, resolve_model_source, save_causal_lm
 
     parser = standalone.parser("SFT on prompt/completion JSONL.")
     parser.add_argument("--model", required=True, help="local folder, hub id or smollm2-135m-instruct")
@@ -254,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(config.seed)
     model = load_causal_lm(
         source,
-        device=pick_device(),
+        device=standalone.device(),
         lora_r=config.lora_r,
         dtype=load_dtype(config.precision),
         gradient_checkpointing=config.gradient_checkpointing,
@@ -263,9 +278,18 @@ def main(argv: list[str] | None = None) -> None:
         [SFTExample(r["prompt"], r["completion"]) for r in standalone.read_jsonl(path)]
         for path in (args.train, args.valid)
     )
-    result = train_sft(model, tokenizer, train, valid, config, on_metrics=standalone.print_metrics)
-    save_causal_lm(model, tokenizer, args.out)
-    print(json.dumps(result))
+    result = train_sft(
+        model,
+        tokenizer,
+        train,
+        valid,
+        config,
+        on_metrics=standalone.print_metrics,
+        checkpoints=standalone.checkpoints(args),
+    )
+    if standalone.is_main():
+        save_causal_lm(model, tokenizer, args.out)
+        print(json.dumps(result))
 
 
 if __name__ == "__main__":

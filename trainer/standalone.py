@@ -18,7 +18,38 @@ def parser(description: str) -> argparse.ArgumentParser:
         help="where the default model is converted and cached",
     )
     p.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="a config field")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on from the newest checkpoint in the checkpoint folder (a run stopped or killed part-way)",
+    )
+    p.add_argument(
+        "--checkpoints",
+        type=Path,
+        help="where checkpoints go (every save_every steps; default: next to --out, OUT.checkpoints)",
+    )
     return p
+
+
+def checkpoints(args: argparse.Namespace):
+    from trainer.checkpoints import Checkpoints
+
+    return Checkpoints(args.checkpoints or args.out.with_name(args.out.name + ".checkpoints"), resume=args.resume)
+
+
+def device():
+    """This process's device: under accelerate launch / torchrun its own GPU (or the CPU), else the best one."""
+    from trainer.distributed import Team
+    from trainer.modeling import pick_device
+
+    team = Team()
+    return team.device if team.size > 1 else pick_device()
+
+
+def is_main() -> bool:
+    from trainer.distributed import Team
+
+    return Team().is_main
 
 
 def config(kind: str, sets: list[str], **overrides: Any):
@@ -36,4 +67,5 @@ def read_jsonl(path: Path | None) -> list[dict]:
 
 
 def print_metrics(step: int, total: int, metrics: dict) -> None:
-    print(step, total, json.dumps(metrics), flush=True)
+    if is_main():  # one line per step, not one per process
+        print(step, total, json.dumps(metrics), flush=True)

@@ -1,0 +1,94 @@
+"""Several processes training one model: data parallel (DDP) through accelerate.
+
+    accelerate launch --multi_gpu --num_processes 8 -m trainer.sft --model ... --train ... --out ...
+    torchrun --nproc_per_node 8 -m trainer.sft ...                       # the same through torchrun
+    accelerate launch --multi_gpu --num_processes 2 -m trainer.reward ...  # no GPU: gloo on the CPU
+
+(accelerate 1.16's `launch --cpu` starts one process unless given an MPI hostfile; `--multi_gpu`
+starts the processes through torchrun, and on a machine without GPUs they train on the CPU.)
+
+`Team` is what a training loop needs to know about the other processes. accelerate's PartialState
+reads the launcher's environment (accelerate launch or torchrun: rank, world size, rendezvous),
+starts the process group (NCCL on GPUs, gloo on the CPU) and picks this process's device; one plain
+process is a team of one and changes nothing. The model is wrapped by `Accelerator.prepare_model`
+(DistributedDataParallel), which averages the gradients of every backward pass over the processes.
+
+The loops keep the global batch of their config: each optimizer step's batch is split into one
+contiguous part per process (`shard`), each process accumulates the gradients of its part over
+micro-batches with the all-reduce only on the last one (`no_sync`), and the losses are scaled so
+that DDP's average of the parts equals the gradient of the whole batch. A process whose part is
+short runs an extra micro-batch with weight 0, so that every process joins every all-reduce. Held-out
+figures and logged metrics are sums over the processes (`sum`). Process 0 writes checkpoints and
+the model; the others wait for it (`barrier`)."""
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, TypeVar
+
+import torch
+from accelerate import Accelerator, PartialState
+
+T = TypeVar("T")
+
+
+class Team:
+    def __init__(self) -> None:
+        # Without a GPU, several processes (LOCAL_RANK set by the launcher) make a gloo group on the CPU.
+        self.state = PartialState(cpu=not torch.cuda.is_available())
+        self.rank, self.size = self.state.process_index, self.state.num_processes
+        self.device = self.state.device
+        self._accelerator: Accelerator | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, items: Sequence[T]) -> list[T]:
+        """This process's contiguous part of a global batch (parts differ by at most one item)."""
+        per, extra = divmod(len(items), self.size)
+        start = self.rank * per + min(self.rank, extra)
+        return list(items[start : start + per + (self.rank < extra)])
+
+    def micro_batches(self, part: Sequence[T], micro: int, whole: int) -> int:
+        """How many micro-batches every process runs for this step: as many as the longest part needs
+        (`whole` items split over the team), so that all join the same number of backward passes."""
+        longest = -(-whole // self.size)
+        return max(1, -(-longest // micro))
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """DDP around the model when there are several processes; the model itself otherwise."""
+        if self.size == 1:
+            return model
+        if self._accelerator is None:
+            self._accelerator = Accelerator(cpu=self.device.type == "cpu")
+        return self._accelerator.prepare_model(model)
+
+    def no_sync(self, wrapped: torch.nn.Module, last: bool) -> AbstractContextManager:
+        """No gradient all-reduce for this backward pass unless it is the step's last one."""
+        if self.size == 1 or last:
+            return nullcontext()
+        return wrapped.no_sync()  # type: ignore[operator]
+
+    @property
+    def loss_scale(self) -> float:
+        """DDP averages the processes' gradients; each part's loss is a share of the whole batch's sum."""
+        return float(self.size)
+
+    def sum(self, *values: float) -> list[float]:
+        """The sums over the team of these numbers (one all-reduce)."""
+        if self.size == 1:
+            return list(values)
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(tensor)
+        return tensor.tolist()
+
+    def barrier(self) -> None:
+        if self.size > 1:
+            self.state.wait_for_everyone()
+
+    def info(self) -> dict[str, Any]:
+        return {"world_size": float(self.size)}
+
+
+def team() -> Team:
+    return Team()
