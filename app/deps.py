@@ -78,7 +78,8 @@ async def _end(session: Session, *, commit: bool) -> None:
     await anyio.to_thread.run_sync(end, limiter=_COMMIT_THREADS)
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
+    """Async: no I/O, so no hop to the threadpool (a sync dependency costs one per request)."""
     return request.app.state.settings
 
 
@@ -128,6 +129,8 @@ bearer = HTTPBearer(auto_error=False, description="An API token from your Accoun
 
 
 def api_user(session: SessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> User:
+    # Sync (on the threadpool): an async dependency here would run the query on the event loop, and
+    # on SQLite a query that waits for the writer lock would stall every request of the process.
     if credentials is None or not credentials.credentials.strip():
         raise LoginRequired()
     user = accounts.user_for_api_token(session, credentials.credentials.strip())
