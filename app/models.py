@@ -544,6 +544,8 @@ class TrainingRun(Base):
     error: Mapped[str | None] = mapped_column(Text)
     summary: Mapped[dict[str, Any]] = mapped_column(default=dict)
     """Final figures (e.g. held-out accuracy, win rate)."""
+    phase: Mapped[str | None] = mapped_column(String(40))
+    """What the worker is doing now: loading models, training, rolling out, optimizing, saving..."""
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     """How many times a worker has claimed the run."""
     max_attempts: Mapped[int] = mapped_column(Integer, default=3, server_default="3")

@@ -69,7 +69,7 @@ def test_sft_stopped_and_resumed_equals_one_uninterrupted_run(tiny, tmp_path):
         VALID,
         config,
         checkpoints=Checkpoints(folder),
-        on_metrics=lambda step, total, m: seen.append(step),
+        on_metrics=lambda step, total, m: m and seen.append(step),
     )
     assert seen[0] == stopped["steps"] + 1  # no step done twice, none skipped
     assert resumed["steps"] == expected["steps"] and resumed["valid_loss"] == expected["valid_loss"]
@@ -118,7 +118,7 @@ def test_reward_stopped_and_resumed_equals_one_uninterrupted_run(tiny, tmp_path)
         valid,
         config,
         checkpoints=Checkpoints(folder),
-        on_metrics=lambda step, total, m: seen.append(step),
+        on_metrics=lambda step, total, m: m and seen.append(step),
     )
     assert seen[0] == stopped["steps"] + 1
     assert resumed["steps"] == expected["steps"] and resumed["valid_accuracy"] == expected["valid_accuracy"]
@@ -165,7 +165,7 @@ def test_ppo_stopped_and_resumed_equals_one_uninterrupted_run(tiny, tmp_path):
         prompts,
         config,
         checkpoints=Checkpoints(folder),
-        on_metrics=lambda step, total, m: seen.append(step),
+        on_metrics=lambda step, total, m: m and seen.append(step),
     )
     assert seen[0] == stopped["steps"] + 1  # resumed, not started again
     assert resumed["steps"] == expected["steps"]

@@ -46,12 +46,14 @@ def run_sft(ctx: RunContext) -> Outcome:
     with ctx.session() as session:
         train, valid, snapshot = snapshot_demonstrations(session, ctx.project_id, ctx.data_filter)
     ctx.set_snapshot(snapshot)
+    ctx.set_phase("loading models")
     base = ctx.input_version(0)
     source = ctx.resolve(base)
     tokenizer = ctx.load_tokenizer(source)
     _seed(config)
     model = modeling.load_causal_lm(source, device=ctx.device, **_model_options(config))
     ctx.checkpoint()
+    ctx.set_phase("training")
     result = train_sft(
         model,
         tokenizer,
@@ -63,6 +65,7 @@ def run_sft(ctx: RunContext) -> Outcome:
         checkpoints=ctx.checkpoints(),
     )
     ctx.checkpoint()
+    ctx.set_phase("saving")
     folder = ctx.artifact_dir()
     modeling.save_causal_lm(model, tokenizer, folder)
     return Outcome(summary=result, model_kind=ModelKind.sft, artifact=folder, parent_ids=[base.id], metrics=result)
@@ -79,12 +82,14 @@ def run_reward(ctx: RunContext) -> Outcome:
             demonstrations = []
             snapshot.notes.append("No accepted demonstrations: the reward bias is not normalized.")
     ctx.set_snapshot(snapshot)
+    ctx.set_phase("loading models")
     start = ctx.input_version(0)
     source = ctx.resolve(start)
     tokenizer = ctx.load_tokenizer(source)
     _seed(config)
     model = modeling.ScalarHeadModel.from_causal_lm(source, device=ctx.device, **_model_options(config))
     ctx.checkpoint()
+    ctx.set_phase("training")
     result = train_reward(
         model,
         tokenizer,
@@ -97,6 +102,7 @@ def run_reward(ctx: RunContext) -> Outcome:
         checkpoints=ctx.checkpoints(),
     )
     ctx.checkpoint()
+    ctx.set_phase("saving")
     folder = ctx.artifact_dir()
     model.save_pretrained(folder, tokenizer=tokenizer)
     return Outcome(summary=result, model_kind=ModelKind.reward, artifact=folder, parent_ids=[start.id], metrics=result)
@@ -115,6 +121,7 @@ def run_ppo(ctx: RunContext) -> Outcome:
                 raise ValueError(f"ptx_coef > 0 mixes in the SFT loss on demonstrations: {exc}") from None
             snapshot = snapshot.merge(demo_snapshot)
     ctx.set_snapshot(snapshot)
+    ctx.set_phase("loading models")
     policy_version, reward_version = ctx.input_version(0), ctx.input_version(1)
     policy_source, reward_source = ctx.resolve(policy_version), ctx.resolve(reward_version)
     tokenizer = ctx.load_tokenizer(policy_source)
@@ -149,6 +156,7 @@ def run_ppo(ctx: RunContext) -> Outcome:
             should_stop=ctx.should_stop,
             reward_tokenizer=reward_tokenizer,
             checkpoints=ctx.checkpoints(),
+            on_phase=ctx.set_phase,
         )
     except TrainingDiverged as exc:
         if exc.last_good_step is None:
@@ -158,6 +166,7 @@ def run_ppo(ctx: RunContext) -> Outcome:
         modeling.save_causal_lm(policy, tokenizer, folder)
         raise TrainingDiverged(f"{exc} The last good policy (step {exc.last_good_step}) is saved in {folder}.") from exc
     ctx.checkpoint()
+    ctx.set_phase("saving")
     folder = ctx.artifact_dir()
     modeling.save_causal_lm(policy, tokenizer, folder)
     return Outcome(
@@ -214,10 +223,12 @@ def _sampler(
 ) -> tuple[Any, Any, list[PromptItem]]:
     """The policy to sample from, its tokenizer, and the prompts that fit its context with
     max_new_tokens (the others are named in the snapshot's notes)."""
+    ctx.set_phase(f"loading model {version.id}")
     source = ctx.resolve(version)
     tokenizer = ctx.load_tokenizer(source)
     model = modeling.load_causal_lm(source, device=ctx.device)
     ctx.checkpoint()
+    ctx.set_phase("sampling")
     fit, too_long = split_by_length(model, tokenizer, prompts, max_new_tokens)
     if too_long:
         snapshot.notes.append(
@@ -392,6 +403,7 @@ def run_evaluate(ctx: RunContext) -> Outcome:
 
     # 4. The reward model's verdict.
     if reward is not None:
+        ctx.set_phase("scoring with the reward model")
         summary["reward_model"] = reward_win_rate(
             ctx,
             reward,

@@ -49,6 +49,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from runconfig import PPOConfig
 from trainer.checkpoints import (
@@ -214,6 +215,16 @@ def policy_logits(model, ids: torch.Tensor, mask: torch.Tensor, response_len: in
 def token_values(value_model, ids: torch.Tensor, mask: torch.Tensor, response_len: int) -> torch.Tensor:
     """V(prompt + response[:t]) for each response position t: the value head at the token before it."""
     return value_model(ids, mask, per_token=True)[:, -response_len - 1 : -1].float()
+
+
+class StopWhen(StoppingCriteria):
+    """Ends a generate() call at the next token once `should_stop()` says so (a cancel, SIGTERM)."""
+
+    def __init__(self, should_stop: Callable[[], bool]):
+        self.should_stop = should_stop
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.should_stop(), dtype=torch.bool, device=input_ids.device)
 
 
 def sampling_settings(config: PPOConfig, eos_id: list[int], pad_id: int) -> dict:
@@ -418,6 +429,7 @@ def train_ppo(
     reward_tokenizer=None,
     reward_fn: Callable[[list[str], list[str]], Sequence[float]] | None = None,
     checkpoints: Checkpoints | None = None,
+    on_phase: Callable[[str, int], None] | None = None,
 ) -> dict:
     """Optimize `policy` in place with PPO against `reward_model`; return a summary of the run.
 
@@ -427,6 +439,7 @@ def train_ppo(
     - reward_tokenizer: the reward model's own tokenizer, checked against `tokenizer` when given.
     - reward_fn(prompts, completions) -> scores: a programmatic reward (e.g. a checkable answer) used
       instead of reward_model; completions are decoded without special tokens.
+    - on_phase(phase, total_steps): "rolling out" and "optimizing", at the start of each.
     - checkpoints: a checkpoint every config.save_every steps and when stopped between steps (a stop
       in the middle of a step's PPO epochs goes back to the previous checkpoint), and the run goes on
       from the newest one it finds.
@@ -505,6 +518,8 @@ def train_ppo(
 
     if resumed is None and checkpoints.enabled:
         save(0)  # the SFT policy itself: what a divergence in the first steps goes back to
+    on_phase = on_phase or (lambda phase, total: None)
+    stop_sampling = StoppingCriteriaList([StopWhen(should_stop)]) if should_stop is not None else None
 
     for step in range(first_step, total_steps + 1):
         if should_stop is not None and should_stop():  # between steps: a clean point to resume from
@@ -518,7 +533,9 @@ def train_ppo(
         queries, query_mask = queries.to(device), query_mask.to(device)
         width = queries.shape[1]
 
-        # 2. Rollouts: sample one answer per prompt with generate() and its KV cache.
+        # 2. Rollouts: sample one answer per prompt with generate() and its KV cache (a cancel ends
+        # the sampling at the next token; the unfinished step is dropped: the run resumes before it).
+        on_phase("rolling out", total_steps)  # (the number of steps is known before the first ends)
         policy.eval()
         value_model.eval()
         chunks: list[torch.Tensor] = []
@@ -527,9 +544,15 @@ def train_ppo(
                 out = policy.generate(
                     input_ids=queries[lo : lo + config.forward_batch_size],
                     attention_mask=query_mask[lo : lo + config.forward_batch_size],
+                    stopping_criteria=stop_sampling,
                     **sampling_settings(config, eos_id, pad_id),
                 )
                 chunks.append(out[:, width:])
+                if should_stop is not None and should_stop():
+                    break
+            if should_stop is not None and should_stop():
+                stopped = True
+                break
             length = max(r.shape[1] for r in chunks)
             responses = torch.cat([F.pad(r, (0, length - r.shape[1]), value=pad_id) for r in chunks])
 
@@ -594,6 +617,7 @@ def train_ppo(
         last_good.keep(step - 1)
 
         # 7. PPO epochs over shuffled minibatches: clipped ratio + clipped value loss (+ ptx).
+        on_phase("optimizing", total_steps)
         policy.train()
         value_model.train()
         stats: dict[str, list[torch.Tensor]] = {

@@ -255,6 +255,7 @@ def train_reward(
         team.barrier()
 
     # 3. The loop: each optimizer step takes batch_size whole rankings (all their pairs).
+    on_metrics(step, total_steps, {})  # the number of steps, before the first one
     model.train()
     while step < total_steps:
         batch = [train_rows[i] for i in epochs.batch()]

@@ -168,6 +168,7 @@ def train_sft(
         team.barrier()
 
     # 4. The loop: one optimizer step per batch_size demonstrations, accumulated over micro-batches.
+    on_metrics(step, total_steps, {})  # the number of steps, before the first one
     model.train()
     while step < total_steps:
         batch = [train_rows[i] for i in epochs.batch()]

@@ -67,5 +67,5 @@ def read_jsonl(path: Path | None) -> list[dict]:
 
 
 def print_metrics(step: int, total: int, metrics: dict) -> None:
-    if is_main():  # one line per step, not one per process
+    if metrics and is_main():  # one line per step, not one per process (and none for progress alone)
         print(step, total, json.dumps(metrics), flush=True)

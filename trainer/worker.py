@@ -132,6 +132,7 @@ class RunContext:
         self.stop_reason = ""
         self.lost = False
         self.last_step, self.last_total = 0, 0
+        self.phase = "starting"
         self._device: Any = None  # a torch.device once asked for (torch loads with the first run)
         self._unsent: list[tuple[int, dict[str, float]]] = []  # steps whose metrics wait for the database
         self._metrics_outage = OutageLog(f"run {run_id}: metrics")
@@ -150,11 +151,12 @@ class RunContext:
         """Records progress and metrics; while the database is away they wait in memory and are
         written, in order, with the first step after it is back (training goes on meanwhile)."""
         self.last_step, self.last_total = int(step), int(total)
-        self._unsent.append((int(step), metrics))
-        del self._unsent[:-MAX_UNSENT_METRICS]
+        if metrics:
+            self._unsent.append((int(step), metrics))
+            del self._unsent[:-MAX_UNSENT_METRICS]
         try:
             with self.session() as session:
-                if not runs.record_progress(session, self.run_id, self.worker.worker_id, step, total):
+                if not runs.record_progress(session, self.run_id, self.worker.worker_id, step, total, phase=self.phase):
                     self._lose()
                     return
                 for unsent_step, unsent in self._unsent:
@@ -164,6 +166,12 @@ class RunContext:
             return
         self._unsent.clear()
         self._metrics_outage.ok()
+
+    def set_phase(self, phase: str, total: int | None = None) -> None:
+        """Says what the run is doing now (shown on the run page at once), with the number of steps
+        when it becomes known."""
+        self.phase = phase
+        self.on_metrics(self.last_step, self.last_total if total is None else total, {})
 
     # -- stopping ------------------------------------------------------------------------------
     def should_stop(self) -> bool:

@@ -17,7 +17,7 @@ Run state machine (TrainingRun.status):
 - Claiming uses SELECT ... FOR UPDATE SKIP LOCKED on Postgres, and the writer lock of
   `app.db.lock_writes` on SQLite, so two workers never claim the same run."""
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, insert, select
@@ -274,6 +274,19 @@ def status_counts(session: Session) -> dict[str, int]:
     return {status.value: counts.get(status, 0) for status in RunStatus}
 
 
+def timing(run: TrainingRun, now: datetime | None = None) -> dict[str, float | None]:
+    """Seconds this attempt has run, and an estimate of the seconds left from its pace so far (None
+    until it has done a step)."""
+    if run.status != RunStatus.running or not run.attempt_log:
+        return {"elapsed_s": None, "eta_s": None}
+    attempt = run.attempt_log[-1]
+    elapsed = ((now or utcnow()) - datetime.fromisoformat(attempt["started_at"])).total_seconds()
+    done = run.progress_step - int(attempt.get("from_step", 0))
+    left = run.progress_total - run.progress_step
+    eta = elapsed / done * left if done > 0 and run.progress_total else None
+    return {"elapsed_s": elapsed, "eta_s": eta}
+
+
 def produced_version_ids(session: Session, run_ids: list[int]) -> dict[int, list[int]]:
     """The model versions each run produced, for many runs in one query."""
     produced: dict[int, list[int]] = {run_id: [] for run_id in run_ids}
@@ -379,7 +392,13 @@ def claim_next_run(session: Session, worker_id: str) -> TrainingRun | None:
     run.started_at = run.started_at or now
     run.heartbeat_at = now
     run.attempts += 1
-    entry = {"attempt": run.attempts, "worker": run.worker_id, "started_at": now.isoformat(timespec="seconds")}
+    entry = {
+        "attempt": run.attempts,
+        "worker": run.worker_id,
+        "started_at": now.isoformat(timespec="seconds"),
+        "from_step": run.progress_step,
+    }
+    run.phase = "starting"
     run.attempt_log = [*(run.attempt_log or []), entry]
     session.flush()
     return run
@@ -402,12 +421,16 @@ def heartbeat(session: Session, run_id: int, worker_id: str) -> str:
     return "cancel" if run.cancel_requested else "ok"
 
 
-def record_progress(session: Session, run_id: int, worker_id: str, step: int, total: int) -> bool:
+def record_progress(
+    session: Session, run_id: int, worker_id: str, step: int, total: int, phase: str | None = None
+) -> bool:
     run = _owned(session, run_id, worker_id)
     if run is None:
         return False
     run.progress_step = int(step)
     run.progress_total = int(total)
+    if phase is not None:
+        run.phase = phase[:40]
     run.heartbeat_at = utcnow()
     return True
 
@@ -449,6 +472,7 @@ def finish_run(
         return False
     _end_attempt(run, status.value)
     run.status = status
+    run.phase = None
     run.finished_at = utcnow()
     run.heartbeat_at = run.finished_at
     if summary is not None:
@@ -496,6 +520,7 @@ RESUMABLE = (RunKind.sft, RunKind.reward, RunKind.ppo, RunKind.generate)
 
 def _retry_or_end(run: TrainingRun, outcome: str, why: str, final: RunStatus) -> RunStatus:
     _end_attempt(run, outcome)
+    run.phase = None
     if run.kind in RESUMABLE and run.attempts < run.max_attempts:
         run.status, run.worker_id, run.heartbeat_at = RunStatus.queued, None, None
         run.error = (

@@ -239,6 +239,7 @@ def _run_context(session: SessionDep, run: TrainingRun) -> dict:
     report = evaluation.labeler_win_rate(session, run.id) if run.kind == RunKind.evaluate else None
     return {
         "run": run,
+        "timing": runs.timing(run),
         "charts": charts,
         "produced": registry.produced_by(session, run.id),
         "inputs": registry.versions_by_id(session, run.input_model_ids or []),

@@ -75,6 +75,9 @@ class RunOut(BaseModel):
     cancel_requested: bool
     error: str | None
     summary: dict[str, Any]
+    phase: str | None = Field(description="What the worker is doing now (loading models, rolling out, ...).")
+    elapsed_s: float | None = Field(description="Seconds the current attempt has run.")
+    eta_s: float | None = Field(description="Estimated seconds left, from the current attempt's pace.")
     attempts: int = Field(description="How many times a worker has claimed the run.")
     max_attempts: int
     attempt_log: list[dict[str, Any]] = Field(description="Per attempt: worker, started_at, ended_at, outcome.")
@@ -130,6 +133,8 @@ def _run_out(run: TrainingRun, produced: list[int], latest: dict[str, dict[str, 
         summary=run.summary or {},
         model_version_ids=produced,
         latest_metrics=latest,
+        phase=run.phase,
+        **runs.timing(run),
         attempts=run.attempts,
         max_attempts=run.max_attempts,
         attempt_log=run.attempt_log or [],

@@ -12,6 +12,21 @@ from app.models import OUTPUT_FLAGS
 
 templates = Jinja2Templates(directory=str(REPO_ROOT / "templates"))
 templates.env.filters["markdown"] = render_markdown
+
+
+def duration(seconds: float) -> str:
+    """12 s, 4 min 05 s, 2 h 07 min: how long a run has taken or may still take."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+templates.env.filters["duration"] = duration
 templates.env.globals["OUTPUT_FLAGS"] = OUTPUT_FLAGS
 
 
