@@ -9,6 +9,8 @@ RUN pip install --no-cache-dir "torch==${TORCH_VERSION}" ${TORCH_PIP_ARGS}
 COPY pyproject.toml requirements.lock README.md alembic.ini ./
 COPY app ./app
 COPY trainer ./trainer
+COPY runconfig ./runconfig
+COPY instructloop ./instructloop
 COPY migrations ./migrations
 COPY templates ./templates
 COPY static ./static

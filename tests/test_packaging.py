@@ -56,3 +56,13 @@ def test_the_environment_is_the_locked_one():
         if not req.specifier.contains(installed, prereleases=True):
             drift.append(f"{req.name}: {installed} installed, lock says {req.specifier}")
     assert drift == [], "run `make lock` or reinstall: " + "; ".join(drift)
+
+
+def test_the_image_copies_every_package():
+    """The Dockerfile copies each package pyproject installs (a new top-level package is easy to miss)."""
+    import tomllib
+
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    missing = [name for name in (p.rstrip("*") for p in include) if f"COPY {name} ./{name}" not in dockerfile]
+    assert missing == []
