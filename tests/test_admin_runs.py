@@ -253,3 +253,46 @@ def test_evaluation_results_match_the_evaluation_service(admin_client, session, 
     assert (one["wins"], one["losses"], one["ties"]) == (2, 2, 1)  # worked by hand from the choices above
     page = admin_client.get("/admin/models")
     assert f'href="/admin/runs/{run.id}"' in page.text and "50.0%" in page.text
+
+
+def test_the_run_form_says_what_the_run_will_do_and_about_how_long(admin_client, session):
+    from datetime import timedelta
+
+    from tests.worker_helpers import COUNTING, add_demonstrations, make_labeler, make_project
+
+    project = make_project(session, "Estimates")
+    add_demonstrations(session, project, COUNTING, make_labeler(session))  # 12 accepted demonstrations
+    session.commit()
+    page = admin_client.get(f"/admin/runs/new?kind=sft&project={project.id}").text
+    assert "3 optimizer steps: 3 epoch(s) over 12 demonstrations" in page and "No finished sft run yet" in page
+    # A finished SFT run that saw 24 demonstrations in 120 s sets the pace: 5 s per demonstration.
+    done = utcnow()
+    session.add(
+        TrainingRun(
+            project_id=project.id,
+            kind=RunKind.sft,
+            status=RunStatus.succeeded,
+            config={"epochs": 2, "batch_size": 4},
+            input_model_ids=[],
+            data_filter={},
+            summary={"steps": 6.0},
+            dataset_snapshot={"counts": {"sft_train": 12}},
+            started_at=done - timedelta(seconds=120),
+            finished_at=done,
+            worker_id="cpu-box:1",
+        )
+    )
+    session.commit()
+    page = admin_client.get(f"/admin/runs/new?kind=sft&project={project.id}").text
+    assert "About 3 min 00 s" in page and "worker cpu-box:1" in page  # 3 epochs x 12 = 36 x 5 s
+    token = csrf_of(admin_client, "/admin/runs/new")
+    changed = admin_client.post(
+        "/admin/runs/estimate",
+        data={"csrf_token": token, "kind": "sft", "project_id": str(project.id), "cfg_epochs": "1"},
+    )
+    assert changed.status_code == 200 and "About 1 min 00 s" in changed.text
+    bad = admin_client.post(
+        "/admin/runs/estimate",
+        data={"csrf_token": token, "kind": "sft", "project_id": str(project.id), "cfg_epochs": "0"},
+    )
+    assert bad.status_code == 200 and "Fix the settings" in bad.text

@@ -10,7 +10,7 @@ from starlette.datastructures import FormData
 
 from app.deps import AdminUser, SessionDep, SettingsDep, verify_csrf
 from app.models import ModelKind, ModelVersion, RunKind, RunStatus, TrainingRun
-from app.services import ServiceError, accounts, evaluation, projects, registry, runs
+from app.services import ServiceError, accounts, estimates, evaluation, projects, registry, runs
 from app.web.admin_charts import MODEL_COLORS, headline_metrics, line_chart, lineage_graph
 from app.web.params import IdPath, form_id, form_text, form_texts
 from app.web.render import flash, redirect, render
@@ -118,6 +118,7 @@ def _run_form(
         request,
         "admin/run_new.html",
         {
+            "estimate": _estimate(session, project_id, kind, form),
             "kind": kind,
             "kinds": KIND_TITLES,
             "doc": doc,
@@ -133,6 +134,27 @@ def _run_form(
         },
         status_code=status_code,
     )
+
+
+def _estimate(session: SessionDep, project_id: int | None, kind: str, form: FormData | None):
+    """What the run in the form will do and about how long it takes; None when the form's settings
+    are not valid yet (the form says why on submit)."""
+    try:
+        config = _config_from_form(kind, form) if form else {}
+        return estimates.estimate_run(session, project_id, kind, config)
+    except ServiceError:
+        return None
+
+
+@router.post("/runs/estimate")
+async def run_estimate(request: Request, session: SessionDep, user: AdminUser):
+    """htmx: the estimate again as the admin changes the form."""
+    form = await request.form()
+    kind = form_text(form, "kind")
+    if kind not in KIND_TITLES:
+        raise ServiceError(f"Unknown run kind {kind!r}.")
+    estimate = _estimate(session, form_id(form, "project_id"), kind, form)
+    return render(request, "admin/_run_estimate.html", {"estimate": estimate})
 
 
 @router.get("/runs/new")
