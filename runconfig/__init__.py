@@ -486,3 +486,51 @@ def type_name(cls: type[RunConfig], key: str) -> str:
     annotation = cls.model_fields[key].annotation
     name = getattr(annotation, "__name__", str(annotation))
     return _TYPE_NAMES.get(name, f"of type {name}")
+
+
+# Settings a person can start from on the run form, per run kind; the demo (`instructloop demo`)
+# runs its profiles with them. "cpu" is sized for SmolLM2-135M in fp32 on a 2-core laptop.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "cpu": {
+        "sft": dict(
+            epochs=1, batch_size=8, micro_batch_size=8, learning_rate=5e-5, max_length=96, max_prompt_length=64
+        ),
+        "generate": dict(k=4, temperature=1.0, top_p=0.95, max_new_tokens=24, limit=48, batch_size=48),
+        "reward": dict(epochs=1, batch_size=8, micro_batch_size=8, learning_rate=3e-5, max_length=96),
+        "ppo": dict(
+            total_episodes=128,
+            rollout_batch_size=16,
+            minibatch_size=8,
+            forward_batch_size=16,
+            ppo_epochs=2,
+            max_new_tokens=24,
+            learning_rate=1e-5,
+            kl_coef=0.05,
+            temperature=0.9,
+        ),
+        "evaluate": dict(num_prompts=32, temperature=0.7, top_p=0.95, max_new_tokens=24, batch_size=32),
+    },
+    "gpu": {
+        "sft": dict(
+            epochs=3, batch_size=32, micro_batch_size=32, learning_rate=2e-5, max_length=256, max_prompt_length=128
+        ),
+        "generate": dict(k=4, temperature=1.0, top_p=0.95, max_new_tokens=48, limit=800, batch_size=128),
+        "reward": dict(epochs=2, batch_size=32, micro_batch_size=16, learning_rate=1e-5, max_length=256),
+        "ppo": dict(
+            total_episodes=8192,
+            rollout_batch_size=128,
+            minibatch_size=32,
+            forward_batch_size=128,
+            ppo_epochs=4,
+            max_new_tokens=48,
+            learning_rate=1e-5,
+            kl_coef=0.05,
+            temperature=0.9,
+        ),
+        "evaluate": dict(num_prompts=200, temperature=0.7, top_p=0.95, max_new_tokens=48, batch_size=100),
+    },
+}
+PRESET_TITLES = {
+    "cpu": "CPU quick look (the CPU demo's settings: small batches, short answers)",
+    "gpu": "GPU (the GPU demo's settings)",
+}

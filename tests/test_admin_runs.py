@@ -296,3 +296,16 @@ def test_the_run_form_says_what_the_run_will_do_and_about_how_long(admin_client,
         data={"csrf_token": token, "kind": "sft", "project_id": str(project.id), "cfg_epochs": "0"},
     )
     assert bad.status_code == 200 and "Fix the settings" in bad.text
+
+
+def test_cpu_preset_fills_the_form_and_the_estimate_follows(admin_client, session):
+    from tests.worker_helpers import make_project, make_prompts
+
+    project = make_project(session, "Presets")
+    make_prompts(session, project, [f"prompt {i}" for i in range(20)])
+    session.commit()
+    page = admin_client.get(f"/admin/runs/new?kind=ppo&project={project.id}&preset=cpu").text
+    assert 'name="cfg_rollout_batch_size" value="16"' in page and 'name="cfg_total_episodes" value="128"' in page
+    assert "8 PPO steps of 16 episodes" in page  # the estimate reads the preset's settings
+    sft = admin_client.get(f"/admin/runs/new?kind=sft&project={project.id}&preset=cpu").text
+    assert 'name="cfg_keep_best" checked' in sft and 'name="cfg_max_length" value="96"' in sft

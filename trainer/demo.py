@@ -28,6 +28,7 @@ from app.config import Settings
 from app.db import make_engine, make_sessionmaker, write_session
 from app.models import ModelVersion, RunMetric, RunStatus, TaskKind, TrainingRun
 from app.services import evaluation, imports, projects, registry, runs
+from runconfig import PRESETS
 from trainer import simulate
 
 GUIDELINES = """# Demo guidelines
@@ -67,44 +68,22 @@ PROFILES = {
         name="cpu",
         model="smollm2-135m-instruct",
         prompts=160,
-        sft=dict(epochs=1, batch_size=8, micro_batch_size=8, learning_rate=5e-5, max_length=96, max_prompt_length=64),
-        generate=dict(k=4, temperature=1.0, top_p=0.95, max_new_tokens=24, limit=48, batch_size=48),
-        reward=dict(epochs=1, batch_size=8, micro_batch_size=8, learning_rate=3e-5, max_length=96),
-        ppo=dict(
-            total_episodes=128,
-            rollout_batch_size=16,
-            minibatch_size=8,
-            forward_batch_size=16,
-            ppo_epochs=2,
-            max_new_tokens=24,
-            learning_rate=1e-5,
-            kl_coef=0.05,
-            temperature=0.9,
-        ),
-        evaluate=dict(num_prompts=32, temperature=0.7, top_p=0.95, max_new_tokens=24, batch_size=32),
+        sft=PRESETS["cpu"]["sft"],
+        reward=PRESETS["cpu"]["reward"],
+        generate=PRESETS["cpu"]["generate"],
+        ppo=PRESETS["cpu"]["ppo"],
+        evaluate=PRESETS["cpu"]["evaluate"],
     ),
     "gpu": Profile(
         name="gpu",
         model="smollm2-135m-instruct",
         prompts=2000,
         labelers=8,
-        sft=dict(
-            epochs=3, batch_size=32, micro_batch_size=32, learning_rate=2e-5, max_length=256, max_prompt_length=128
-        ),
-        generate=dict(k=4, temperature=1.0, top_p=0.95, max_new_tokens=48, limit=800, batch_size=128),
-        reward=dict(epochs=2, batch_size=32, micro_batch_size=16, learning_rate=1e-5, max_length=256),
-        ppo=dict(
-            total_episodes=8192,
-            rollout_batch_size=128,
-            minibatch_size=32,
-            forward_batch_size=128,
-            ppo_epochs=4,
-            max_new_tokens=48,
-            learning_rate=1e-5,
-            kl_coef=0.05,
-            temperature=0.9,
-        ),
-        evaluate=dict(num_prompts=200, temperature=0.7, top_p=0.95, max_new_tokens=48, batch_size=100),
+        sft=PRESETS["gpu"]["sft"],
+        reward=PRESETS["gpu"]["reward"],
+        generate=PRESETS["gpu"]["generate"],
+        ppo=PRESETS["gpu"]["ppo"],
+        evaluate=PRESETS["gpu"]["evaluate"],
     ),
     "tiny": Profile(
         # A 2-layer model learns neither addition nor comparing numbers, so this demo keeps the

@@ -14,7 +14,7 @@ from app.services import ServiceError, accounts, estimates, evaluation, projects
 from app.web.admin_charts import MODEL_COLORS, headline_metrics, line_chart, lineage_graph
 from app.web.params import IdPath, form_id, form_text, form_texts
 from app.web.render import flash, redirect, render
-from runconfig import RUN_CONFIGS
+from runconfig import PRESET_TITLES, PRESETS, RUN_CONFIGS
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(verify_csrf)], include_in_schema=False)
 KIND_TITLES = {
@@ -119,6 +119,7 @@ def _run_form(
         "admin/run_new.html",
         {
             "estimate": _estimate(session, project_id, kind, form),
+            "presets": PRESET_TITLES,
             "kind": kind,
             "kinds": KIND_TITLES,
             "doc": doc,
@@ -166,13 +167,23 @@ def new_run_page(
     kind: str = "sft",
     project: str = "",
     model: str = "",
+    preset: str = "",
 ):
-    preset = [int(model)] if model.isdigit() else []
+    models = [int(model)] if model.isdigit() else []
     pid = int(project) if project.isdigit() else None
-    if pid is None and preset:
-        version = registry.versions_by_id(session, preset).get(preset[0])
+    if pid is None and models:
+        version = registry.versions_by_id(session, models).get(models[0])
         pid = version.project_id if version else None
-    return _run_form(request, session, settings, kind, project_id=pid, preset_models=preset)
+    # A preset fills the settings as if the admin had typed them (the form shows them, changeable).
+    values = PRESETS.get(preset, {}).get(kind)
+    form = None
+    if values is not None and kind in KIND_TITLES:
+        fields = {f.name: values.get(f.name, f.default) for f in config_fields(kind)[1]}
+        form = FormData(
+            [("splits", "train")]
+            + [(f"cfg_{name}", "on" if v is True else str(v)) for name, v in fields.items() if v is not False]
+        )
+    return _run_form(request, session, settings, kind, project_id=pid, form=form, preset_models=models)
 
 
 @router.post("/runs")
