@@ -6,7 +6,7 @@ import typing
 from functools import cache
 
 from fastapi import APIRouter, Depends, Request
-from starlette.datastructures import FormData
+from starlette.datastructures import FormData, UploadFile
 
 from app.deps import AdminUser, SessionDep, SettingsDep, verify_csrf
 from app.models import ModelKind, ModelVersion, RunKind, RunStatus, TrainingRun
@@ -179,10 +179,9 @@ def new_run_page(
     form = None
     if values is not None and kind in KIND_TITLES:
         fields = {f.name: values.get(f.name, f.default) for f in config_fields(kind)[1]}
-        form = FormData(
-            [("splits", "train")]
-            + [(f"cfg_{name}", "on" if v is True else str(v)) for name, v in fields.items() if v is not False]
-        )
+        items: list[tuple[str, str | UploadFile]] = [("splits", "train")]
+        items += [(f"cfg_{name}", "on" if v is True else str(v)) for name, v in fields.items() if v is not False]
+        form = FormData(items)
     return _run_form(request, session, settings, kind, project_id=pid, form=form, preset_models=models)
 
 
