@@ -238,6 +238,24 @@ def _sampler(
     return model, tokenizer, fit
 
 
+def _samples(
+    ctx: RunContext, model, tokenizer, prompts: list[PromptItem], k: int, config: GenerateConfig | EvaluateConfig
+):
+    """k answers per prompt, batch by batch, with the run's sampling settings (stops when asked)."""
+    return sample_batches(
+        model,
+        tokenizer,
+        [p.text for p in prompts],
+        k=k,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        max_new_tokens=config.max_new_tokens,
+        seed=config.seed,
+        batch_size=config.batch_size,
+        should_stop=ctx.should_stop,
+    )
+
+
 def run_generate(ctx: RunContext) -> Outcome:
     """The `generate` run kind; `ctx` is the worker's RunContext. Each batch's completions and ranking
     tasks are committed together, so labelers can start on the first prompts while the rest samples
@@ -269,18 +287,7 @@ def run_generate(ctx: RunContext) -> Outcome:
 
     total = len(prompts)
     made_tasks, completions, ended = 0, 0, 0
-    batches = sample_batches(
-        model,
-        tokenizer,
-        [p.text for p in prompts],
-        k=k,
-        temperature=config.temperature,
-        top_p=config.top_p,
-        max_new_tokens=config.max_new_tokens,
-        seed=config.seed,
-        batch_size=config.batch_size,
-        should_stop=ctx.should_stop,
-    )
+    batches = _samples(ctx, model, tokenizer, prompts, k, config)
     for start, samples in batches:
         with ctx.session() as session:
             project = session.get_one(Project, ctx.project_id)
@@ -338,18 +345,7 @@ def run_evaluate(ctx: RunContext) -> Outcome:
     for turn, version in enumerate((candidate, baseline)):
         model, tokenizer, prompts = _sampler(ctx, version, prompts, config.max_new_tokens, snapshot)
         answers[version.id] = {}
-        batches = sample_batches(
-            model,
-            tokenizer,
-            [p.text for p in prompts],
-            k=1,
-            temperature=config.temperature,
-            top_p=config.top_p,
-            max_new_tokens=config.max_new_tokens,
-            seed=config.seed,
-            batch_size=config.batch_size,
-            should_stop=ctx.should_stop,
-        )
+        batches = _samples(ctx, model, tokenizer, prompts, 1, config)
         for start, samples in batches:
             with ctx.session() as session:
                 for item, outputs in zip(prompts[start : start + len(samples)], samples, strict=True):

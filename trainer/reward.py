@@ -17,7 +17,6 @@ The worker runs this for a `reward` run (`instructloop worker`). By hand, on JSO
 `pairwise_step_loss` is the naive version (each pair's two completions forwarded separately),
 kept for the numerical test of the K-way loss and for bench/rm_throughput.py."""
 
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -363,18 +362,9 @@ def main(argv: list[str] | None = None) -> None:
         ]
         for path in (args.train, args.valid)
     )
-    result = train_reward(
-        model,
-        tokenizer,
-        train,
-        valid,
-        config,
-        on_metrics=standalone.print_metrics,
-        checkpoints=standalone.checkpoints(args),
+    standalone.train_and_save(
+        train_reward, model, tokenizer, train, valid, config, args, lambda m, tok, out: m.save_pretrained(out, tok)
     )
-    if standalone.is_main():
-        model.save_pretrained(args.out, tokenizer=tokenizer)
-        print(json.dumps(result))
 
 
 if __name__ == "__main__":

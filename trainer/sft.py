@@ -13,7 +13,6 @@ means), so the result does not depend on micro_batch_size. Logits are computed o
 positions that predict a response token (transformers' boolean `logits_to_keep`): the prompt's
 positions never meet the vocabulary-sized output layer."""
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -279,18 +278,7 @@ def main(argv: list[str] | None = None) -> None:
         [SFTExample(r["prompt"], r["completion"]) for r in standalone.read_jsonl(path)]
         for path in (args.train, args.valid)
     )
-    result = train_sft(
-        model,
-        tokenizer,
-        train,
-        valid,
-        config,
-        on_metrics=standalone.print_metrics,
-        checkpoints=standalone.checkpoints(args),
-    )
-    if standalone.is_main():
-        save_causal_lm(model, tokenizer, args.out)
-        print(json.dumps(result))
+    standalone.train_and_save(train_sft, model, tokenizer, train, valid, config, args, save_causal_lm)
 
 
 if __name__ == "__main__":

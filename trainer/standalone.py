@@ -69,3 +69,14 @@ def read_jsonl(path: Path | None) -> list[dict]:
 def print_metrics(step: int, total: int, metrics: dict) -> None:
     if metrics and is_main():  # one line per step, not one per process (and none for progress alone)
         print(step, total, json.dumps(metrics), flush=True)
+
+
+def train_and_save(
+    train_fn, model, tokenizer, train: list, valid: list, config, args: argparse.Namespace, save
+) -> None:
+    """Runs `train_fn` with printed metrics and the checkpoint folder of `args`; process 0 then saves
+    the model with save(model, tokenizer, args.out) and prints the final figures as one JSON line."""
+    result = train_fn(model, tokenizer, train, valid, config, on_metrics=print_metrics, checkpoints=checkpoints(args))
+    if is_main():
+        save(model, tokenizer, args.out)
+        print(json.dumps(result))
