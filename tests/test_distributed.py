@@ -6,6 +6,8 @@ noise."""
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +31,13 @@ def tiny(tmp_path_factory):
     return make_tiny_model(tmp_path_factory.mktemp("ddp") / "model", texts=texts)
 
 
+def _free_port() -> str:
+    """A rendezvous port of its own per launch (a process of the previous launch may still hold 29500)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
+
+
 def _write(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -47,6 +56,8 @@ def _run(args: list[str], processes: int, out: Path) -> dict:
             str(processes),
             "--num_machines",
             "1",
+            "--main_process_port",
+            _free_port(),
             "--mixed_precision",
             "no",
             "--dynamo_backend",
@@ -138,3 +149,70 @@ def test_reward_on_two_processes_matches_one(tiny, tmp_path):
     assert abs(one["valid_accuracy"] - two["valid_accuracy"]) < TOLERANCE
     assert abs(one["valid_loss"] - two["valid_loss"]) < TOLERANCE, (one, two)
     assert _close(tmp_path / "one", tmp_path / "two") < TOLERANCE
+
+
+@pytest.mark.skipif(ACCELERATE is None, reason="the accelerate command is not installed beside this Python")
+def test_sigterm_stops_two_processes_at_a_checkpoint_and_resume_finishes_the_run(tiny, tmp_path):
+    """A scheduler preempting the job (SIGTERM to the launcher): both processes stop at the same step
+    with a checkpoint and no model at --out; the same command with --resume ends where an
+    uninterrupted run ends."""
+    train = _write(tmp_path / "train.jsonl", [{"prompt": e.prompt, "completion": e.completion} for e in TRAIN])
+    args = [
+        "trainer.sft",
+        "--model",
+        str(tiny),
+        "--train",
+        str(train),
+        "--set",
+        "epochs=40",
+        "--set",
+        "batch_size=8",
+        "--set",
+        "micro_batch_size=2",
+        "--set",
+        "learning_rate=0.002",
+        "--set",
+        "save_every=0",
+    ]
+    whole = _run(args, 2, tmp_path / "whole")
+    command = [
+        ACCELERATE,
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--main_process_port",
+        _free_port(),
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        *args,
+        "--out",
+        str(tmp_path / "cut"),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        command,
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    lines = []
+    for line in proc.stdout:  # metric lines: "step total {json}"
+        lines.append(line)
+        if line.split(" ", 1)[0] == "20":
+            os.killpg(proc.pid, signal.SIGTERM)
+            break
+    output = "".join(lines) + proc.communicate(timeout=120)[0]
+    assert proc.returncode != 0 and "Run the same command with --resume" in output, output[-3000:]
+    assert not (tmp_path / "cut").exists() and list((tmp_path / "cut.checkpoints").glob("step-*.pt"))
+    resumed = _run([*args, "--resume"], 2, tmp_path / "cut")
+    assert 20 <= resumed["resumed_from_step"] < resumed["steps"] == whole["steps"]
+    assert _close(tmp_path / "whole", tmp_path / "cut") < TOLERANCE

@@ -82,6 +82,13 @@ class Team:
         torch.distributed.all_reduce(tensor)
         return tensor.tolist()
 
+    def any(self, flag: bool) -> bool:
+        """True on every process when it is true on one: a stop is decided together, or the others
+        would wait in the next step's all-reduce for a process that left."""
+        if self.size == 1:
+            return flag
+        return self.sum(float(flag))[0] > 0
+
     def barrier(self) -> None:
         if self.size > 1:
             self.state.wait_for_everyone()

@@ -178,7 +178,7 @@ def train_sft(
         part = team.shard(batch)  # this process's share of the global batch
         n_micro = team.micro_batches(part, config.micro_batch_size, len(batch))
         for micro in range(n_micro):
-            if micro and should_stop():  # cancel mid-batch: drop the partial gradients, keep the last step
+            if micro and team.size == 1 and should_stop():  # cancel mid-batch (one process: nobody waits)
                 result["stopped_early"] = 1.0
                 break
             rows = part[micro * config.micro_batch_size : (micro + 1) * config.micro_batch_size]
@@ -220,7 +220,7 @@ def train_sft(
         }
 
         # 6. Held-out loss every eval_every steps (and at the end); remember the best weights.
-        stopping = should_stop()  # cancel / SIGTERM, polled once per step
+        stopping = team.any(should_stop())  # cancel / SIGTERM, polled once per step, decided together
         if valid_rows and (stopping or step % eval_every == 0 or step == total_steps):
             with precision.autocast():
                 metrics["valid_loss"] = held_out_loss(model, valid_rows, pad_id, config.eval_batch_size, team)

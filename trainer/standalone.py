@@ -66,6 +66,17 @@ def read_jsonl(path: Path | None) -> list[dict]:
         return [row for row in map(json.loads, f) if row]
 
 
+def stop_on_signals():
+    """A should_stop for the command line: SIGTERM (a scheduler preempting the job) or Ctrl-C makes the
+    run stop at its next step, with a checkpoint, so that `--resume` goes on from there."""
+    import signal
+
+    asked: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: asked.append(signum))
+    return lambda: bool(asked)
+
+
 def print_metrics(step: int, total: int, metrics: dict) -> None:
     if metrics and is_main():  # one line per step, not one per process (and none for progress alone)
         print(step, total, json.dumps(metrics), flush=True)
@@ -76,7 +87,22 @@ def train_and_save(
 ) -> None:
     """Runs `train_fn` with printed metrics and the checkpoint folder of `args`; process 0 then saves
     the model with save(model, tokenizer, args.out) and prints the final figures as one JSON line."""
-    result = train_fn(model, tokenizer, train, valid, config, on_metrics=print_metrics, checkpoints=checkpoints(args))
+    result = train_fn(
+        model,
+        tokenizer,
+        train,
+        valid,
+        config,
+        on_metrics=print_metrics,
+        should_stop=stop_on_signals(),
+        checkpoints=checkpoints(args),
+    )
     if is_main():
+        if result.get("stopped_early"):  # a signal: no half-trained model at --out, a checkpoint to resume
+            print(json.dumps(result))
+            raise SystemExit(
+                f"Stopped at step {result['steps']:.0f}; the checkpoint is in "
+                f"{checkpoints(args).folder}. Run the same command with --resume to go on."
+            )
         save(model, tokenizer, args.out)
         print(json.dumps(result))
