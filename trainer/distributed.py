@@ -93,6 +93,13 @@ class Team:
         if self.size > 1:
             self.state.wait_for_everyone()
 
+    def close(self) -> None:
+        """Every process waits for the others (process 0 saving the model), then the group is taken
+        down: a process that exits while the others still use the group can abort (SIGABRT from gloo)."""
+        if self.size > 1 and torch.distributed.is_initialized():
+            self.state.wait_for_everyone()
+            torch.distributed.destroy_process_group()
+
     def info(self) -> dict[str, Any]:
         return {"world_size": float(self.size)}
 

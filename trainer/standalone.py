@@ -97,12 +97,17 @@ def train_and_save(
         should_stop=stop_on_signals(),
         checkpoints=checkpoints(args),
     )
-    if is_main():
-        if result.get("stopped_early"):  # a signal: no half-trained model at --out, a checkpoint to resume
-            print(json.dumps(result))
+    from trainer.distributed import Team
+
+    team = Team()
+    stopped = bool(result.get("stopped_early"))  # a signal: no half-trained model at --out
+    if team.is_main and not stopped:
+        save(model, tokenizer, args.out)
+    team.close()
+    if team.is_main:
+        print(json.dumps(result))
+        if stopped:
             raise SystemExit(
                 f"Stopped at step {result['steps']:.0f}; the checkpoint is in "
                 f"{checkpoints(args).folder}. Run the same command with --resume to go on."
             )
-        save(model, tokenizer, args.out)
-        print(json.dumps(result))
