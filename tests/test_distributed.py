@@ -43,31 +43,34 @@ def _write(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def _run(args: list[str], processes: int, out: Path) -> dict:
-    module = args[0]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _command(args: list[str], processes: int, out: Path) -> list[str]:
+    """`python -m MODULE ...` for one process, `accelerate launch ... -m MODULE ...` for several."""
     if processes == 1:
-        command = [sys.executable, "-m", module]
-    else:
-        command = [
-            ACCELERATE,
-            "launch",
-            "--multi_gpu",  # through torchrun; without a GPU the processes make a gloo group on the CPU
-            "--num_processes",
-            str(processes),
-            "--num_machines",
-            "1",
-            "--main_process_port",
-            _free_port(),
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "-m",
-            module,
-        ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        return [sys.executable, "-m", *args, "--out", str(out)]
+    # --multi_gpu starts the processes through torchrun; without a GPU they make a gloo group on the CPU.
+    launch = [
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--main_process_port",
+        _free_port(),
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
+    return [ACCELERATE, *launch, "-m", *args, "--out", str(out)]
+
+
+def _run(args: list[str], processes: int, out: Path) -> dict:
     done = subprocess.run(
-        [*command, *args[1:], "--out", str(out)], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600
+        _command(args, processes, out), cwd=REPO_ROOT, env=ENV, capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -175,30 +178,10 @@ def test_sigterm_stops_two_processes_at_a_checkpoint_and_resume_finishes_the_run
         "save_every=0",
     ]
     whole = _run(args, 2, tmp_path / "whole")
-    command = [
-        ACCELERATE,
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--main_process_port",
-        _free_port(),
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "-m",
-        *args,
-        "--out",
-        str(tmp_path / "cut"),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        command,
+        _command(args, 2, tmp_path / "cut"),
         cwd=REPO_ROOT,
-        env=env,
+        env=ENV,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

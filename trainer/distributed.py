@@ -21,7 +21,8 @@ short runs an extra micro-batch with weight 0, so that every process joins every
 figures and logged metrics are sums over the processes (`sum`). Process 0 writes checkpoints and
 the model; the others wait for it (`barrier`)."""
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, TypeVar
 
@@ -49,11 +50,16 @@ class Team:
         start = self.rank * per + min(self.rank, extra)
         return list(items[start : start + per + (self.rank < extra)])
 
-    def micro_batches(self, part: Sequence[T], micro: int, whole: int) -> int:
-        """How many micro-batches every process runs for this step: as many as the longest part needs
-        (`whole` items split over the team), so that all join the same number of backward passes."""
-        longest = -(-whole // self.size)
-        return max(1, -(-longest // micro))
+    def micro_batches(self, batch: Sequence[T], micro: int) -> Iterator[tuple[list[T], float, bool]]:
+        """This process's micro-batches of a global batch, as (rows, weight, last). Every process runs as
+        many as the longest part needs, so all join the same backward passes; a part that is short
+        runs batch[:1] with weight 0 (its gradient is zero, but it joins the all-reduce)."""
+        part = self.shard(batch)
+        longest = math.ceil(len(batch) / self.size)
+        count = max(1, math.ceil(longest / micro))
+        for i in range(count):
+            rows = part[i * micro : (i + 1) * micro]
+            yield (rows or list(batch[:1])), (1.0 if rows else 0.0), i == count - 1
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         """DDP around the model when there are several processes; the model itself otherwise."""

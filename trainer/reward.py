@@ -261,19 +261,15 @@ def train_reward(
         batch_pairs = sum(len(r.pairs) for r in batch)
         step_started = time.perf_counter()
         loss_total, correct = 0.0, 0.0
-        part = team.shard(batch)  # this process's share of the global batch
-        n_micro = team.micro_batches(part, config.micro_batch_size, len(batch))
-        for micro in range(n_micro):
+        for micro, (rows, weight, last) in enumerate(team.micro_batches(batch, config.micro_batch_size)):
             if micro and team.size == 1 and should_stop():  # cancel mid-batch (one process: nobody waits)
                 result["stopped_early"] = 1.0
                 break
             # 4. K forwards per ranking; the loss is the mean over the batch's rankings of each
             # ranking's mean over its pairs.
-            rows = part[micro * config.micro_batch_size : (micro + 1) * config.micro_batch_size]
-            weight = 1.0 if rows else 0.0  # a short part joins the all-reduce with a weightless ranking
-            with team.no_sync(wrapped, last=micro == n_micro - 1):
+            with team.no_sync(wrapped, last=last):
                 with precision.autocast():
-                    loss_sum, margins = kway_step_loss(wrapped, rows or batch[:1], pad_id)
+                    loss_sum, margins = kway_step_loss(wrapped, rows, pad_id)
                 precision.backward(loss_sum * (weight * team.loss_scale / len(batch)))
             loss_total += loss_sum.item() * weight
             correct += int((margins.detach() > 0).sum()) * weight

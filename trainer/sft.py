@@ -175,16 +175,11 @@ def train_sft(
         # Normalize by the batch's response tokens, so accumulation equals one big batch.
         batch_tokens = sum(sum(label != IGNORE for label in labels[1:]) for _, labels in batch)
         loss_total, tokens_seen = 0.0, 0.0
-        part = team.shard(batch)  # this process's share of the global batch
-        n_micro = team.micro_batches(part, config.micro_batch_size, len(batch))
-        for micro in range(n_micro):
+        for micro, (rows, weight, last) in enumerate(team.micro_batches(batch, config.micro_batch_size)):
             if micro and team.size == 1 and should_stop():  # cancel mid-batch (one process: nobody waits)
                 result["stopped_early"] = 1.0
                 break
-            rows = part[micro * config.micro_batch_size : (micro + 1) * config.micro_batch_size]
-            weight = 1.0 if rows else 0.0  # a short part joins the all-reduce with a weightless row
-            rows = rows or batch[:1]
-            with team.no_sync(wrapped, last=micro == n_micro - 1):
+            with team.no_sync(wrapped, last=last):
                 with precision.autocast():
                     loss_sum, _ = response_loss_sum(wrapped, rows, pad_id)
                 precision.backward(loss_sum * (weight * team.loss_scale / batch_tokens))

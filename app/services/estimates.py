@@ -13,10 +13,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.models import (
-    Demonstration,
     Project,
     Prompt,
-    Ranking,
     RunKind,
     RunStatus,
     Split,
@@ -25,6 +23,7 @@ from app.models import (
     TrainingRun,
 )
 from app.services import ServiceError
+from app.services.runs import training_examples
 from runconfig import config_from_dict
 
 
@@ -75,23 +74,8 @@ def _count(session: Session, stmt) -> int:
 
 
 def _work(session: Session, project_id: int | None, kind: RunKind, config: Any) -> Estimate:
-    train = [Split.train]
     if kind in (RunKind.sft, RunKind.reward):
-        if kind == RunKind.sft:
-            n = _count(
-                session,
-                select(func.count(Demonstration.id))
-                .join(Prompt, Prompt.id == Demonstration.prompt_id)
-                .where(Prompt.project_id == project_id, Prompt.split.in_(train), Demonstration.accepted),
-            )
-        else:
-            n = _count(
-                session,
-                select(func.count(Ranking.id))
-                .join(Task, Task.id == Ranking.task_id)
-                .join(Prompt, Prompt.id == Task.prompt_id)
-                .where(Task.project_id == project_id, Prompt.split.in_(train)),
-            )
+        n = training_examples(session, project_id, kind, [Split.train]) if project_id else 0
         steps = math.ceil(n / config.batch_size) * config.epochs
         seen = n * config.epochs
         if config.max_steps and config.max_steps < steps:

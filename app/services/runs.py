@@ -197,33 +197,43 @@ def _apply_min_agreement(session: Session, project_id: int, data_filter: dict[st
     return {**data_filter, "exclude_labelers": excluded, "below_agreement": low}
 
 
+def training_examples(
+    session: Session, project_id: int, kind: RunKind, splits: list[Split], excluded: list[int] | None = None
+) -> int:
+    """Accepted demonstrations (sft) or rankings (reward) on these splits of the project, leaving
+    out the excluded labelers."""
+    if kind == RunKind.sft:
+        stmt = (
+            select(func.count(Demonstration.id))
+            .join(Prompt, Prompt.id == Demonstration.prompt_id)
+            .where(Prompt.project_id == project_id, Prompt.split.in_(splits), Demonstration.accepted)
+        )
+        if excluded:
+            stmt = stmt.where(Demonstration.user_id.not_in(excluded))
+    else:
+        stmt = (
+            select(func.count(Ranking.id))
+            .join(Task, Task.id == Ranking.task_id)
+            .join(Prompt, Prompt.id == Task.prompt_id)
+            .where(Task.project_id == project_id, Prompt.split.in_(splits))
+        )
+        if excluded:
+            stmt = stmt.where(Ranking.user_id.not_in(excluded))
+    return int(session.scalar(stmt) or 0)
+
+
 def _check_data(session: Session, project: Project, kind: RunKind, config: Any, data_filter: dict) -> None:
     """Refuses a run that would find no data (the worker re-checks on its snapshot)."""
     excluded = data_filter.get("exclude_labelers", [])
     splits = [Split(s) for s in data_filter.get("splits", ["train"])]
     if kind == RunKind.sft:
-        stmt = (
-            select(func.count(Demonstration.id))
-            .join(Prompt, Prompt.id == Demonstration.prompt_id)
-            .where(Prompt.project_id == project.id, Prompt.split.in_(splits), Demonstration.accepted)
-        )
-        if excluded:
-            stmt = stmt.where(Demonstration.user_id.not_in(excluded))
-        if not session.scalar(stmt):
+        if not training_examples(session, project.id, kind, splits, excluded):
             raise ServiceError(
                 f"Project {project.name!r} has no accepted demonstrations on the "
                 f"{'/'.join(splits)} prompts yet: collect demonstrations before an SFT run."
             )
     elif kind == RunKind.reward:
-        stmt = (
-            select(func.count(Ranking.id))
-            .join(Task, Task.id == Ranking.task_id)
-            .join(Prompt, Prompt.id == Task.prompt_id)
-            .where(Task.project_id == project.id, Prompt.split.in_(splits))
-        )
-        if excluded:
-            stmt = stmt.where(Ranking.user_id.not_in(excluded))
-        if not session.scalar(stmt):
+        if not training_examples(session, project.id, kind, splits, excluded):
             raise ServiceError(
                 f"Project {project.name!r} has no rankings on the {'/'.join(splits)} prompts yet: "
                 "run `generate` and collect rankings before a reward run."
