@@ -143,9 +143,23 @@ def users_create(email: str, role: str, name: str, password_stdin: bool) -> None
     show_default=True,
     help="Torch device for training (auto: cuda when available, else cpu).",
 )
-def worker(once: bool, poll_interval: float, device: str) -> None:
+@click.option(
+    "--processes",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Train each SFT, reward and PPO run on this many processes (one per GPU; on a machine without "
+    "GPUs, CPU processes), started through accelerate launch. Only process 0 talks to the database.",
+)
+def worker(once: bool, poll_interval: float, device: str, processes: int) -> None:
     """Run the training worker: claim queued runs and run them (SIGTERM stops it at a safe point)."""
     import logging
+    import os
+
+    if processes > 1 and "LOCAL_RANK" not in os.environ:  # not yet launched: start the team
+        launch = team_launch_command(processes)
+        worker_args = ["--poll-interval", str(poll_interval), "--device", device] + ["--once"] * once
+        os.execv(launch[0], [*launch, "-m", "instructloop", "worker", *worker_args])
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from trainer.worker import main as worker_main  # torch is imported here, never by the web app
@@ -156,6 +170,38 @@ def worker(once: bool, poll_interval: float, device: str) -> None:
         Settings(), once=once, poll_interval=poll_interval, device=None if device == "auto" else device
     )
     click.echo(f"Worker stopped after {handled} run{'s' * (handled != 1)}.")
+
+
+TEAM_RESTARTS = 3
+"""How many times accelerate launch starts a worker team again after one of its processes failed."""
+
+
+def team_launch_command(processes: int) -> list[str]:
+    """`accelerate launch` for `processes` processes on this machine (several machines: see the
+    README). --multi_gpu starts them through torchrun: one per GPU, or gloo processes on the CPU."""
+    import socket
+
+    with socket.socket() as sock:  # a rendezvous port of its own (29500 may be another team's)
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--main_process_port",
+        port,
+        "--max_restarts",
+        str(TEAM_RESTARTS),
+        "--mixed_precision",
+        "no",  # each run sets its own precision
+        "--dynamo_backend",
+        "no",
+    ]
 
 
 @main.command()

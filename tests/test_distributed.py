@@ -1,7 +1,8 @@
 """Data-parallel training through accelerate on the CPU (gloo): `accelerate launch --multi_gpu
 --num_processes 2 -m trainer.sft|reward` on a machine without GPUs trains one model across two
 processes with the same global batch, and ends where one process ends, within float summation-order
-noise."""
+noise. PPO samples its answers, and each process draws its own: two processes learn as one does,
+within a stated tolerance, with their weights in step."""
 
 import json
 import os
@@ -16,6 +17,7 @@ import pytest
 from safetensors.torch import load_file
 
 from app.config import REPO_ROOT
+from tests.test_ppo import sft_folder  # noqa: F401 - the tiny SFT policy fixture
 from tests.test_reward import synthetic_rankings
 from tests.test_sft import TRAIN, VALID
 from trainer.tiny import make_tiny_model
@@ -68,10 +70,9 @@ def _command(args: list[str], processes: int, out: Path) -> list[str]:
     return [ACCELERATE, *launch, "-m", *args, "--out", str(out)]
 
 
-def _run(args: list[str], processes: int, out: Path) -> dict:
-    done = subprocess.run(
-        _command(args, processes, out), cwd=REPO_ROOT, env=ENV, capture_output=True, text=True, timeout=600
-    )
+def _run(args: list[str], processes: int, out: Path | None) -> dict:
+    command = _command(args, processes, out) if out is not None else _command(args, processes, Path())[:-2]
+    done = subprocess.run(command, cwd=REPO_ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -199,3 +200,20 @@ def test_sigterm_stops_two_processes_at_a_checkpoint_and_resume_finishes_the_run
     resumed = _run([*args, "--resume"], 2, tmp_path / "cut")
     assert 20 <= resumed["resumed_from_step"] < resumed["steps"] == whole["steps"]
     assert _close(tmp_path / "whole", tmp_path / "cut") < TOLERANCE
+
+
+@pytest.mark.skipif(ACCELERATE is None, reason="the accelerate command is not installed beside this Python")
+def test_ppo_on_two_processes_learns_like_one_with_the_weights_in_step(sft_folder):  # noqa: F811
+    """tests/ddp_ppo.py: 12 PPO steps of 16 episodes against the digit reward (each process samples 8).
+    The samples differ (each process draws its own), so the runs are compared by what they learn:
+    both raise the mean score, and their last 4 steps' mean scores are within 0.25 of each other."""
+    one = _run(["tests.ddp_ppo", sft_folder], 1, None)
+    two = _run(["tests.ddp_ppo", sft_folder], 2, None)
+    assert (one["world_size"], two["world_size"]) == (1.0, 2.0)
+    assert one["steps"] == two["steps"] == 12 and one["episodes"] == two["episodes"] == 192
+    late = {n: sum(r["scores"][-4:]) / 4 for n, r in (("one", one), ("two", two))}
+    for run in (one, two):
+        assert sum(run["scores"][-4:]) / 4 > sum(run["scores"][:2]) / 2 + 0.15, run["scores"]
+    assert abs(late["one"] - late["two"]) < 0.25, late
+    first, second = two["weight_sums"]
+    assert first == second, "the two processes' models drifted apart"

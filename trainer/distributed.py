@@ -88,6 +88,30 @@ class Team:
         torch.distributed.all_reduce(tensor)
         return tensor.tolist()
 
+    def sum_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The element-wise sum over the team of a tensor (a copy; the tensor itself is untouched)."""
+        if self.size == 1:
+            return tensor
+        total = tensor.detach().clone()
+        torch.distributed.all_reduce(total)
+        return total
+
+    def gather(self, value: T) -> list[T]:
+        """Every process's `value`, in rank order, on every process (small picklable objects)."""
+        if self.size == 1:
+            return [value]
+        out: list[Any] = [None] * self.size
+        torch.distributed.all_gather_object(out, value)
+        return out
+
+    def share(self, value: T) -> T:
+        """Process 0's `value` on every process (the others pass anything, e.g. None)."""
+        if self.size == 1:
+            return value
+        box = [value]
+        torch.distributed.broadcast_object_list(box, src=0, device=self.device)
+        return box[0]
+
     def any(self, flag: bool) -> bool:
         """True on every process when it is true on one: a stop is decided together, or the others
         would wait in the next step's all-reduce for a process that left."""

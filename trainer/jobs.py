@@ -43,8 +43,7 @@ def _seed(config) -> None:
 
 def run_sft(ctx: RunContext) -> Outcome:
     config = config_from_dict("sft", ctx.config)
-    with ctx.session() as session:
-        train, valid, snapshot = snapshot_demonstrations(session, ctx.project_id, ctx.data_filter)
+    train, valid, snapshot = ctx.read(lambda session: snapshot_demonstrations(session, ctx.project_id, ctx.data_filter))
     ctx.set_snapshot(snapshot)
     ctx.set_phase("loading models")
     base = ctx.input_version(0)
@@ -66,14 +65,14 @@ def run_sft(ctx: RunContext) -> Outcome:
     )
     ctx.checkpoint()
     ctx.set_phase("saving")
-    folder = ctx.artifact_dir()
-    modeling.save_causal_lm(model, tokenizer, folder)
+    folder = ctx.save_model(lambda folder: modeling.save_causal_lm(model, tokenizer, folder))
     return Outcome(summary=result, model_kind=ModelKind.sft, artifact=folder, parent_ids=[base.id], metrics=result)
 
 
 def run_reward(ctx: RunContext) -> Outcome:
     config = config_from_dict("reward", ctx.config)
-    with ctx.session() as session:
+
+    def read(session):
         train, valid, snapshot = snapshot_rankings(session, ctx.project_id, ctx.data_filter)
         try:  # the demonstrations set the bias (their mean score becomes 0); optional
             demonstrations, _, demo_snapshot = snapshot_demonstrations(session, ctx.project_id, ctx.data_filter)
@@ -81,6 +80,9 @@ def run_reward(ctx: RunContext) -> Outcome:
         except DataError:
             demonstrations = []
             snapshot.notes.append("No accepted demonstrations: the reward bias is not normalized.")
+        return train, valid, demonstrations, snapshot
+
+    train, valid, demonstrations, snapshot = ctx.read(read)
     ctx.set_snapshot(snapshot)
     ctx.set_phase("loading models")
     start = ctx.input_version(0)
@@ -103,15 +105,15 @@ def run_reward(ctx: RunContext) -> Outcome:
     )
     ctx.checkpoint()
     ctx.set_phase("saving")
-    folder = ctx.artifact_dir()
-    model.save_pretrained(folder, tokenizer=tokenizer)
+    folder = ctx.save_model(lambda folder: model.save_pretrained(folder, tokenizer=tokenizer))
     return Outcome(summary=result, model_kind=ModelKind.reward, artifact=folder, parent_ids=[start.id], metrics=result)
 
 
 def run_ppo(ctx: RunContext) -> Outcome:
     config = config_from_dict("ppo", ctx.config)
     splits = ctx.data_filter.get("splits") or ["train"]
-    with ctx.session() as session:
+
+    def read(session):
         prompts, snapshot = snapshot_prompts(session, ctx.project_id, splits)
         ptx: list[SFTExample] = []
         if config.ptx_coef > 0:
@@ -120,6 +122,9 @@ def run_ppo(ctx: RunContext) -> Outcome:
             except DataError as exc:
                 raise ValueError(f"ptx_coef > 0 mixes in the SFT loss on demonstrations: {exc}") from None
             snapshot = snapshot.merge(demo_snapshot)
+        return prompts, ptx, snapshot
+
+    prompts, ptx, snapshot = ctx.read(read)
     ctx.set_snapshot(snapshot)
     ctx.set_phase("loading models")
     policy_version, reward_version = ctx.input_version(0), ctx.input_version(1)
@@ -162,13 +167,15 @@ def run_ppo(ctx: RunContext) -> Outcome:
         if exc.last_good_step is None:
             raise
         # train_ppo put back the weights of the last good step: keep them for a look (not registered).
-        folder = ctx.worker.run_folder(ctx.run_id, ".last-good")
-        modeling.save_causal_lm(policy, tokenizer, folder)
-        raise TrainingDiverged(f"{exc} The last good policy (step {exc.last_good_step}) is saved in {folder}.") from exc
+        last_good = ctx.worker.run_folder(ctx.run_id, ".last-good")
+        if ctx.is_main:
+            modeling.save_causal_lm(policy, tokenizer, last_good)
+        raise TrainingDiverged(
+            f"{exc} The last good policy (step {exc.last_good_step}) is saved in {last_good}."
+        ) from exc
     ctx.checkpoint()
     ctx.set_phase("saving")
-    folder = ctx.artifact_dir()
-    modeling.save_causal_lm(policy, tokenizer, folder)
+    folder = ctx.save_model(lambda folder: modeling.save_causal_lm(policy, tokenizer, folder))
     return Outcome(
         summary=result,
         model_kind=ModelKind.ppo,

@@ -36,9 +36,18 @@ as the last good model (exc.last_good_step says which; None when there was nothi
 
 Checkpoints and resume: trainer/checkpoints.py (`checkpoints=`, every config.save_every steps).
 
-One process, one device: multi-GPU goes through accelerate/torchrun (DDP/FSDP), not here."""
+Several processes (accelerate launch / torchrun, trainer/distributed.py): each step's rollout batch
+is split into one part per process, each samples and scores its part, and the figures that span the
+batch are computed over all parts: the mean KL (the divergence check), the whitening of rewards and
+advantages, the logged metrics. The PPO epochs run over each process's part in minibatches of
+minibatch_size / processes rows with the policy and value model under DDP, so each optimizer step
+averages the gradients of one global minibatch (each part's loss is its own token mean: equal to one
+process's loss when the parts hold as many response tokens, close otherwise, as in TRL and
+OpenRLHF). rollout_batch_size and minibatch_size must divide by the number of processes. Every
+decision that ends a step early (a stop, a divergence) is taken together, so no process waits in an
+all-reduce for one that left. Each process samples with its own seed (seed + rank); a checkpoint
+holds every process's random generators."""
 
-import json
 import math
 import random
 import resource
@@ -57,11 +66,14 @@ from trainer.checkpoints import (
     load_trained_state,
     random_state,
     restore_training_state,
+    rng_state,
     set_random_state,
+    set_rng_state,
     trained_state,
     training_state,
 )
 from trainer.data import SFTExample
+from trainer.distributed import Team
 from trainer.errors import TrainingDiverged
 from trainer.modeling import encode_completion, encode_prompt, end_ids
 from trainer.precision import for_model, load_dtype
@@ -125,16 +137,23 @@ def gae_advantages(
     return advantages, (advantages + values) * mask
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, team: Team | None = None) -> torch.Tensor:
+    """The mean of the masked entries; with a team, over the entries of every process."""
     mask = mask.to(x.dtype)
-    return (x * mask).sum() / mask.sum().clamp(min=1)
+    total, count = (x * mask).sum(), mask.sum()
+    if team is not None and team.size > 1:
+        total, count = team.sum_tensor(torch.stack([total, count]))
+    return total / count.clamp(min=1)
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """(x - mean) / std over the masked entries (population variance); padding stays 0.
-    With shift_mean=False the mean is kept (for rewards, whose level matters)."""
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
+def masked_whiten(
+    x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, team: Team | None = None
+) -> torch.Tensor:
+    """(x - mean) / std over the masked entries (population variance; with a team, over the entries
+    of every process); padding stays 0. With shift_mean=False the mean is kept (for rewards, whose
+    level matters)."""
+    mean = masked_mean(x, mask, team)
+    var = masked_mean((x - mean) ** 2, mask, team)
     whitened = (x - mean) * torch.rsqrt(var + 1e-8)
     if not shift_mean:
         whitened = whitened + mean
@@ -280,12 +299,27 @@ def model_device(model) -> torch.device:
 
 
 def check_inputs(
-    policy, ref_policy, reward_model, value_model, tokenizer, prompt_ids, ptx_ids, config, reward_tokenizer, reward_fn
+    policy,
+    ref_policy,
+    reward_model,
+    value_model,
+    tokenizer,
+    prompt_ids,
+    ptx_ids,
+    config,
+    reward_tokenizer,
+    reward_fn,
+    team_size: int = 1,
 ) -> None:
     """Bad input as ValueError with what to fix, before any work is done."""
     problems = config.problems()
     if problems:
         raise ValueError("Invalid PPO config: " + " ".join(problems))
+    if team_size > 1 and (config.rollout_batch_size % team_size or config.minibatch_size % team_size):
+        raise ValueError(
+            f"With {team_size} processes, rollout_batch_size ({config.rollout_batch_size}) and minibatch_size "
+            f"({config.minibatch_size}) must both divide by {team_size}: each process takes an equal part."
+        )
     if not prompt_ids:
         raise ValueError("PPO needs at least one train prompt; the prompt list is empty.")
     if (reward_model is None) == (reward_fn is None):
@@ -446,6 +480,7 @@ def train_ppo(
     Returns the last step's metrics with "steps", "episodes", "stopped_early" (1.0 when should_stop
     ended it) and "seconds"; every step's metrics went to on_metrics(step, total_steps, metrics)."""
     # 0. Tokenize and check everything before any work; freeze the frozen, switch dropout off.
+    team = Team()  # one process, or one of several under accelerate launch (see the header)
     prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
     ptx_ids = [(encode_prompt(tokenizer, ex.prompt), encode_completion(tokenizer, ex.completion)) for ex in ptx]
     check_inputs(
@@ -459,6 +494,7 @@ def train_ppo(
         config,
         reward_tokenizer,
         reward_fn,
+        team.size,
     )
     device = model_device(policy)
     pad_id, eos_id = tokenizer.pad_token_id, end_ids(tokenizer, getattr(policy, "generation_config", None))
@@ -473,8 +509,10 @@ def train_ppo(
     policy_params = [p for p in policy.parameters() if p.requires_grad]
     value_params = [p for p in value_model.parameters() if p.requires_grad]
     optimizer = adamw(policy_params + value_params, config.learning_rate)
-    torch.manual_seed(config.seed)
-    order = random.Random(config.seed)
+    # DDP for the training passes; sampling and the no-grad passes use the models themselves.
+    policy_ddp, value_ddp = team.wrap(policy), team.wrap(value_model)
+    torch.manual_seed(config.seed + team.rank)  # each process samples its own answers
+    order = random.Random(config.seed)  # the same prompt order in every process: each takes its part
     prompt_queue: list[int] = []
     ptx_queue: list[int] = []
     total_steps = config.total_episodes // config.rollout_batch_size
@@ -490,6 +528,8 @@ def train_ppo(
         restore_training_state(resumed["policy"], policy, optimizer, None, precision.scaler)
         load_trained_state(value_model, resumed["value"])
         loop = resumed["loop"]
+        if len(loop.get("rng_by_rank", [])) == team.size:  # each process's own generators
+            set_rng_state(loop["rng_by_rank"][team.rank])
         steps_done, metrics = loop["step"], loop["metrics"]
         prompt_queue[:], ptx_queue[:] = loop["prompt_queue"], loop["ptx_queue"]
         set_random_state(order, loop["order"])
@@ -502,9 +542,12 @@ def train_ppo(
             "prompt_queue": prompt_queue,
             "ptx_queue": ptx_queue,
             "order": random_state(order),
+            "rng_by_rank": team.gather(rng_state()),
         }
         policy_state = training_state(policy, optimizer, None, precision.scaler)
-        checkpoints.save(step, {"policy": policy_state, "value": trained_state(value_model), "loop": loop})
+        if team.is_main:
+            checkpoints.save(step, {"policy": policy_state, "value": trained_state(value_model), "loop": loop})
+        team.barrier()
 
     def take(queue: list[int], n: int, size: int) -> list[int]:
         out: list[int] = []
@@ -520,15 +563,17 @@ def train_ppo(
         save(0)  # the SFT policy itself: what a divergence in the first steps goes back to
     on_phase = on_phase or (lambda phase, total: None)
     stop_sampling = StoppingCriteriaList([StopWhen(should_stop)]) if should_stop is not None else None
+    micro = config.minibatch_size // team.size  # this process's rows of each global minibatch
 
+    should_stop = should_stop or (lambda: False)
     for step in range(first_step, total_steps + 1):
-        if should_stop is not None and should_stop():  # between steps: a clean point to resume from
+        if team.any(should_stop()):  # between steps: a clean point to resume from
             stopped = True
             if checkpoints.due(steps_done, config.save_every, stopping=True) and steps_done >= first_step:
                 save(steps_done)
             break
         # 1. A batch of prompts, left-padded so every answer starts in the same column.
-        batch = take(prompt_queue, config.rollout_batch_size, len(prompt_ids))
+        batch = team.shard(take(prompt_queue, config.rollout_batch_size, len(prompt_ids)))  # this process's part
         queries, query_mask = left_pad([prompt_ids[i] for i in batch], pad_id)
         queries, query_mask = queries.to(device), query_mask.to(device)
         width = queries.shape[1]
@@ -548,9 +593,9 @@ def train_ppo(
                     **sampling_settings(config, eos_id, pad_id),
                 )
                 chunks.append(out[:, width:])
-                if should_stop is not None and should_stop():
+                if should_stop():
                     break
-            if should_stop is not None and should_stop():
+            if team.any(should_stop()):
                 stopped = True
                 break
             length = max(r.shape[1] for r in chunks)
@@ -596,8 +641,9 @@ def train_ppo(
 
             # 5. Rewards: -beta * KL per token, the score (minus the no-EOS penalty) at the last token.
             kl = per_token_kl(logprobs, ref_logprobs, mask)
-            mean_kl = float(kl.sum(1).mean())
-            if not math.isfinite(mean_kl) or not bool(torch.isfinite(scores).all()):
+            kl_total, rows_total = team.sum(float(kl.sum()), len(batch))
+            mean_kl = kl_total / rows_total  # over the whole batch: every process decides alike
+            if team.any(not math.isfinite(mean_kl) or not bool(torch.isfinite(scores).all())):
                 raise diverged(f"Step {step}: non-finite log-probs or scores.", last_good)
             if mean_kl > config.kl_limit:
                 raise diverged(
@@ -607,11 +653,11 @@ def train_ppo(
             penalized = scores - config.missing_eos_penalty * (~ended).float()
             rewards = rewards_with_kl(penalized, kl, mask, config.kl_coef)
             if config.whiten_rewards:
-                rewards = masked_whiten(rewards, mask, shift_mean=False)
+                rewards = masked_whiten(rewards, mask, shift_mean=False, team=team)
 
             # 6. GAE advantages and returns; advantages whitened over the batch's real tokens.
             advantages, returns = gae_advantages(rewards, values, mask, config.gamma, config.lam)
-            advantages = masked_whiten(advantages, mask)
+            advantages = masked_whiten(advantages, mask, team=team)
 
         # This policy is good (its KL is fine): keep it to fall back to if the update below diverges.
         last_good.keep(step - 1)
@@ -629,14 +675,14 @@ def train_ppo(
         }
         for _ in range(config.ppo_epochs):
             permutation = torch.randperm(len(batch), device=device)
-            for lo in range(0, len(batch), config.minibatch_size):
-                rows = permutation[lo : lo + config.minibatch_size]
+            for lo in range(0, len(batch), micro):
+                rows = permutation[lo : lo + micro]
                 first, resp_len = trim(query_mask[rows], response_mask[rows])
                 ids = seqs[rows][:, first : width + resp_len]
                 ids_mask = seq_mask[rows][:, first : width + resp_len]
                 mb_mask = mask[rows][:, :resp_len]
                 with precision.autocast():  # the forward passes of this minibatch (backward runs outside)
-                    logits = policy_logits(policy, ids, ids_mask, resp_len)
+                    logits = policy_logits(policy_ddp, ids, ids_mask, resp_len)
                     new_logprobs = logprobs_from_logits(logits, responses[rows][:, :resp_len], config.temperature)
                     pg_loss, clip_frac, approx_kl = clipped_policy_loss(
                         new_logprobs,
@@ -645,7 +691,7 @@ def train_ppo(
                         mb_mask,
                         config.cliprange,
                     )
-                    new_values = token_values(value_model, ids, ids_mask, resp_len)
+                    new_values = token_values(value_ddp, ids, ids_mask, resp_len)
                     vf_loss = clipped_value_loss(
                         new_values,
                         values[rows][:, :resp_len],
@@ -655,16 +701,16 @@ def train_ppo(
                     )
                     loss = pg_loss + config.vf_coef * vf_loss
                     if ptx_ids and config.ptx_coef > 0:
-                        # PPO-ptx: the SFT loss (response tokens only) on a batch of demonstrations.
-                        demos = [
-                            (p + c, [IGNORE] * len(p) + c)
-                            for p, c in (ptx_ids[i] for i in take(ptx_queue, config.ptx_batch_size, len(ptx_ids)))
-                        ]
+                        # PPO-ptx: the SFT loss (response tokens only) on a batch of demonstrations
+                        # (this process's part; through the model itself: DDP allows one forward per backward,
+                        # and the gradients of both passes meet in the same all-reduce).
+                        chosen = team.shard(take(ptx_queue, config.ptx_batch_size, len(ptx_ids)))
+                        demos = [(p + c, [IGNORE] * len(p) + c) for p, c in (ptx_ids[i] for i in chosen)]
                         loss_sum, tokens = response_loss_sum(policy, demos, pad_id)
                         ptx_loss = loss_sum / max(tokens, 1)
                         loss = loss + config.ptx_coef * ptx_loss
                         stats["ptx_loss"].append(ptx_loss.detach())
-                if not torch.isfinite(loss):
+                if team.any(not torch.isfinite(loss)):
                     raise diverged(f"Step {step}: the loss became {float(loss.detach())}.", last_good)
                 optimizer.zero_grad(set_to_none=True)
                 precision.backward(loss)
@@ -688,23 +734,30 @@ def train_ppo(
                     ("approx_kl", approx_kl),
                 ):
                     stats[name].append(value.detach())
-            if should_stop is not None and should_stop():
+            if team.any(should_stop()):
                 stopped = True
                 break
 
-        # 8. Metrics of this step.
-        lengths = mask.sum(1)
+        # 8. Metrics of this step, over the whole batch (peak memory: this process's).
+        score_sum, reward_sum, entropy_sum, response_tokens, ended_sum = team.sum(
+            float(scores.sum()),
+            float((penalized - config.kl_coef * kl.sum(1)).sum()),
+            float((entropy * mask).sum()),
+            float(mask.sum()),
+            float(ended.float().sum()),
+        )
         metrics = {
-            "score": float(scores.mean()),
-            "reward": float((penalized - config.kl_coef * kl.sum(1)).mean()),
+            "score": score_sum / rows_total,
+            "reward": reward_sum / rows_total,
             "kl": mean_kl,
-            "entropy": float(masked_mean(entropy, mask)),
-            "response_length": float(lengths.mean()),
-            "eos_fraction": float(ended.float().mean()),
+            "entropy": entropy_sum / max(response_tokens, 1.0),
+            "response_length": response_tokens / rows_total,
+            "eos_fraction": ended_sum / rows_total,
             "episodes_per_s": (step - first_step + 1) * config.rollout_batch_size / (time.perf_counter() - started),
             "peak_memory_mb": peak_memory_mb(device),
         }
-        metrics.update({name: float(torch.stack(v).mean()) for name, v in stats.items() if v})
+        means = {name: float(torch.stack(v).mean()) for name, v in stats.items() if v}
+        metrics.update(zip(means, (v / team.size for v in team.sum(*means.values())), strict=True))
         steps_done = step
         if on_metrics is not None:
             on_metrics(step, total_steps, metrics)
@@ -723,6 +776,7 @@ def train_ppo(
         "episodes": float(steps_done * config.rollout_batch_size),
         "stopped_early": float(stopped),
         "seconds": seconds,
+        **team.info(),
     }
 
 
@@ -732,7 +786,6 @@ def main(argv: list[str] | None = None) -> None:
         ScalarHeadModel,
         load_causal_lm,
         load_tokenizer,
-        pick_device,
         resolve_model_source,
         save_causal_lm,
     )
@@ -747,7 +800,7 @@ def main(argv: list[str] | None = None) -> None:
     config = standalone.config("ppo", args.set, **({"low_memory": True} if args.low_memory else {}))
     source = resolve_model_source(args.policy, args.cache)
     tokenizer = load_tokenizer(source)
-    device = pick_device()
+    device = standalone.device()
     frozen = torch.device("cpu") if config.low_memory else device
     torch.manual_seed(config.seed)
     policy = load_causal_lm(
@@ -780,12 +833,14 @@ def main(argv: list[str] | None = None) -> None:
             ptx=ptx,
             reward_tokenizer=load_tokenizer(args.reward),
             on_metrics=standalone.print_metrics,
+            should_stop=standalone.stop_on_signals(),
+            checkpoints=standalone.checkpoints(args),
         )
     except TrainingDiverged as error:  # the policy holds its last good weights: keep them
-        save_causal_lm(policy, tokenizer, args.out)
+        if standalone.is_main():
+            save_causal_lm(policy, tokenizer, args.out)
         raise SystemExit(f"{error} Saved to {args.out}.") from None
-    save_causal_lm(policy, tokenizer, args.out)
-    print(json.dumps(result))
+    standalone.finish(result, lambda: save_causal_lm(policy, tokenizer, args.out), args)
 
 
 if __name__ == "__main__":

@@ -97,12 +97,18 @@ def train_and_save(
         should_stop=stop_on_signals(),
         checkpoints=checkpoints(args),
     )
+    finish(result, lambda: save(model, tokenizer, args.out), args)
+
+
+def finish(result: dict, save, args: argparse.Namespace) -> None:
+    """After training: process 0 calls save() (unless a signal stopped the run: no half-trained model
+    at --out) and prints the final figures as one JSON line; every process then leaves together."""
     from trainer.distributed import Team
 
     team = Team()
-    stopped = bool(result.get("stopped_early"))  # a signal: no half-trained model at --out
+    stopped = bool(result.get("stopped_early"))
     if team.is_main and not stopped:
-        save(model, tokenizer, args.out)
+        save()
     team.close()
     if team.is_main:
         print(json.dumps(result))

@@ -21,7 +21,22 @@ While a run is running:
 A run that succeeds saves its model with save_pretrained under
 settings.artifacts_dir/<database id>/run-<id>
 and registers it as a ModelVersion (parents, run, final metrics) in the same transaction that
-marks the run succeeded."""
+marks the run succeeded.
+
+Several processes (`instructloop worker --processes N`, or the worker started by `accelerate
+launch` / `torchrun` on one or several machines): the processes form one team (trainer/distributed.py)
+and run each SFT, reward and PPO run together, data parallel. Only process 0 talks to the database:
+it claims the run, tells the others what to run (over a gloo group of its own, so the others can
+wait for work as long as the queue is empty), reads what the run reads once and hands it to them
+(`RunContext.on_main`), beats, writes metrics and registers the model. A cancel or SIGTERM reaches
+every process through the training loops, which decide each stop together. Generate and evaluate
+runs are sampled by process 0 alone. The processes share the data folder (artifacts, checkpoints):
+on several machines it must be a shared file system.
+
+A failure that every process meets alike (bad config, no data, divergence) ends the run and the team
+goes on. Any other failure (e.g. out of memory in one process) leaves the processes out of step: the
+run is marked failed where process 0 can still do so, and the team exits, so that the launcher
+(accelerate launch --max_restarts, systemd, Kubernetes) starts it again."""
 
 import gc
 import logging
@@ -33,11 +48,12 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
@@ -52,9 +68,22 @@ log = logging.getLogger("instructloop.worker")
 
 TRACEBACK_FRAMES = 6
 
+T = TypeVar("T")
+
 
 class RunStopped(Exception):
     """Raised at a safe point between phases once should_stop() is true."""
+
+
+class SharedError(ValueError):
+    """An error process 0 met while reading for the whole team (`RunContext.on_main`), raised in the others."""
+
+
+# Failures that every process of a team meets at the same point, after which the team is still in step.
+IN_STEP_FAILURES = (RunStopped, TrainingDiverged, ValueError)
+
+TEAM_IDLE_TIMEOUT = timedelta(days=30)
+"""How long the other processes of a team wait for process 0's next run (the queue may stay empty)."""
 
 
 @dataclass(frozen=True)
@@ -143,7 +172,43 @@ class RunContext:
         with self.worker.transaction() as session:
             yield session
 
+    @property
+    def is_main(self) -> bool:
+        """Process 0 of the team (or the only process): the one that talks to the database."""
+        return self.worker.team is None or self.worker.team.is_main
+
+    def on_main(self, read: Callable[[], T]) -> T:
+        """read() run by process 0 only, its result handed to every process of the team (an error
+        there is raised in every process): what a run reads of the database is read once, and all
+        processes train on the same snapshot."""
+        team = self.worker.team
+        if team is None or team.size == 1:
+            return read()
+        if not team.is_main:
+            value, error = team.share(None)
+            if error is not None:
+                raise SharedError(error)
+            return value
+        try:
+            value = read()
+        except Exception as exc:
+            team.share((None, describe_error(exc)))
+            raise
+        team.share((value, None))
+        return value
+
+    def read(self, query: Callable[[Session], T]) -> T:
+        """query(session) on process 0, its result in every process (see on_main)."""
+
+        def in_session() -> T:
+            with self.session() as session:
+                return query(session)
+
+        return self.on_main(in_session)
+
     def set_snapshot(self, snapshot) -> None:
+        if not self.is_main:
+            return
         with self.session() as session:
             runs.set_snapshot(session, self.run_id, self.worker.worker_id, snapshot.record())
 
@@ -151,6 +216,8 @@ class RunContext:
         """Records progress and metrics; while the database is away they wait in memory and are
         written, in order, with the first step after it is back (training goes on meanwhile)."""
         self.last_step, self.last_total = int(step), int(total)
+        if not self.is_main:  # the metrics are the team's (summed over the processes); process 0 writes them
+            return
         if metrics:
             self._unsent.append((int(step), metrics))
             del self._unsent[:-MAX_UNSENT_METRICS]
@@ -178,8 +245,11 @@ class RunContext:
         return self.stop.is_set() or self.worker.terminating.is_set()
 
     def checkpoint(self) -> None:
-        """A safe point between phases (after loading a model, between models)."""
-        if self.should_stop():
+        """A safe point between phases (after loading a model, between models), decided by the whole team."""
+        stop = self.should_stop()
+        if self.worker.team is not None:
+            stop = self.worker.team.any(stop)
+        if stop:
             raise RunStopped()
 
     def request_stop(self, reason: str) -> None:
@@ -202,38 +272,54 @@ class RunContext:
         if self._device is None:
             from trainer import modeling
 
-            self._device = self.worker.device or modeling.pick_device()
+            team = self.worker.team
+            self._device = team.device if team is not None else self.worker.device or modeling.pick_device()
         return self._device
 
     def input_version(self, index: int) -> VersionInfo:
         if index >= len(self.input_model_ids):
             raise ValueError(f"The run names no input model at position {index + 1}.")
         version_id = self.input_model_ids[index]
-        with self.session() as session:
+
+        def info(session: Session) -> VersionInfo:
             version = session.get(ModelVersion, version_id)
             if version is None:
                 raise ValueError(f"Input model version {version_id} no longer exists; start the run with another one.")
             return VersionInfo(version.id, version.name, version.kind, registry.weights_location(version))
 
+        return self.read(info)
+
     def resolve(self, version: VersionInfo) -> str:
-        """A folder or hub id from_pretrained can load; ValueError saying what to fix otherwise."""
+        """A folder or hub id from_pretrained can load; ValueError saying what to fix otherwise. Process
+        0 resolves (and converts the default model once) for the team."""
         from trainer import modeling
 
-        try:
-            return modeling.resolve_model_source(version.location, self.settings.data_dir)
-        except ValueError as exc:
-            raise ValueError(f"Model version {version.id} ({version.name}): {exc}") from None
+        def source() -> str:
+            try:
+                return modeling.resolve_model_source(version.location, self.settings.data_dir)
+            except ValueError as exc:
+                raise ValueError(f"Model version {version.id} ({version.name}): {exc}") from None
+
+        return self.on_main(source)
 
     def load_tokenizer(self, source: str):
         """The model's tokenizer, with the project's chat template when the project sets one."""
         from trainer import modeling
 
         tokenizer = modeling.load_tokenizer(source)
-        with self.session() as session:
-            template = session.get_one(Project, self.project_id).chat_template
+        template = self.read(lambda session: session.get_one(Project, self.project_id).chat_template)
         if template:
             tokenizer.chat_template = template
         return tokenizer
+
+    def save_model(self, write: Callable[[Path], Any]) -> Path | None:
+        """Process 0 writes the run's model with write(folder) into artifact_dir(); the folder (None in
+        the other processes of a team)."""
+        if not self.is_main:
+            return None
+        folder = self.artifact_dir()
+        write(folder)
+        return folder
 
     def artifact_dir(self) -> Path:
         """An empty folder for the run's model: `run-<id>.partial`, renamed to `run-<id>` only when the
@@ -251,11 +337,23 @@ class RunContext:
         return Checkpoints(self.worker.run_folder(self.run_id, ".checkpoints"))
 
 
+TEAM_KINDS = (RunKind.sft, RunKind.reward, RunKind.ppo)
+"""The run kinds a team of processes trains together; the others run in process 0 alone."""
+
+
 class Worker:
     def __init__(
-        self, settings: Settings, *, worker_id: str | None = None, poll_interval: float = 2.0, device: str | None = None
+        self,
+        settings: Settings,
+        *,
+        worker_id: str | None = None,
+        poll_interval: float = 2.0,
+        device: str | None = None,
+        team: Any = None,
     ):
         self.settings = settings
+        self.team = team  # trainer.distributed.Team of several processes, or None
+        self._control: Any = None  # the team's gloo group for "run this" / "stop" (created with the first message)
         self.engine = make_engine(settings.db_url)
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.poll_interval = poll_interval
@@ -297,9 +395,15 @@ class Worker:
     def run(self, *, once: bool = False) -> int:
         """Serves runs until SIGTERM (or, with once, until one run is done or none is queued).
         Returns how many runs it handled."""
+        if self.team is not None and not self.team.is_main:
+            return self.follow()
         handled = 0
         log.info(
-            "worker %s polling %s every %gs", self.worker_id, self.engine.url.render_as_string(), self.poll_interval
+            "worker %s polling %s every %gs%s",
+            self.worker_id,
+            self.engine.url.render_as_string(),
+            self.poll_interval,
+            f" (process 0 of {self.team.size})" if self.team is not None else "",
         )
         while not self.terminating.is_set():
             self.reap()
@@ -312,6 +416,41 @@ class Worker:
                 break
             else:
                 self.terminating.wait(self.poll_interval)
+        self.tell_team(None)  # the other processes leave too (after an out-of-step failure the launcher stops them)
+        return handled
+
+    # -- a team of processes ---------------------------------------------------------------------
+    def tell_team(self, run: dict | None) -> dict | None:
+        """Process 0 hands a run's description (None: stop) to the other processes; they get it
+        back from this call. Over a gloo group of its own with a long timeout: the others wait here
+        while the queue is empty or process 0 samples a generate run alone."""
+        if self.team is None:
+            return run
+        import torch.distributed
+
+        if self._control is None:
+            self._control = torch.distributed.new_group(backend="gloo", timeout=TEAM_IDLE_TIMEOUT)
+        box = [run]
+        torch.distributed.broadcast_object_list(box, src=0, group=self._control)
+        return box[0]
+
+    def follow(self) -> int:
+        """A process other than 0: runs, with process 0, each run it is told to, until told to stop."""
+        log.info("worker process %d of %d: waiting for runs from process 0", self.team.rank, self.team.size)
+        handled = 0
+        while (message := self.tell_team(None)) is not None:
+            self._database_id = message.pop("database_id")
+            ctx = RunContext(self, **message)
+            handled += 1
+            try:
+                self._dispatch(ctx)
+            except IN_STEP_FAILURES as exc:  # met by every process alike: process 0 records it
+                log.info("run %s ended on this process: %s", ctx.run_id, describe_error(exc))
+            except BaseException:
+                log.exception("run %s failed on this process alone: the team is out of step and exits", ctx.run_id)
+                raise
+            finally:
+                free_memory()
         return handled
 
     def reap(self) -> list[int]:
@@ -338,15 +477,17 @@ class Worker:
             run = runs.claim_next_run(session, self.worker_id)
             if run is None:
                 return None
-            return RunContext(
-                self,
-                run.id,
-                run.kind,
-                run.project_id,
-                dict(run.config or {}),
-                list(run.input_model_ids or []),
-                dict(run.data_filter or {}),
-            )
+            description: dict[str, Any] = {
+                "run_id": run.id,
+                "kind": run.kind,
+                "project_id": run.project_id,
+                "config": dict(run.config or {}),
+                "input_model_ids": list(run.input_model_ids or []),
+                "data_filter": dict(run.data_filter or {}),
+            }
+        if self.team is not None and description["kind"] in TEAM_KINDS:  # the others train it too
+            self.tell_team({**description, "database_id": self.run_folder(0).parent.name})
+        return RunContext(self, **description)
 
     def run_next(self) -> bool:
         """Claims and runs one queued run; False when the queue is empty."""
@@ -379,6 +520,8 @@ class Worker:
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 self.terminating.set()
             self._fail(ctx, exc)
+            if self.team is not None and not isinstance(exc, IN_STEP_FAILURES):
+                raise  # the team is out of step: all its processes exit, the launcher starts them again
         finally:
             beat_stop.set()
             beat.join(timeout=10)
@@ -527,10 +670,19 @@ def _plain(value: Any) -> Any:
 def main(
     settings: Settings | None = None, *, once: bool = False, poll_interval: float = 2.0, device: str | None = None
 ) -> int:
-    """The `instructloop worker` command: serve runs until SIGTERM (or one run with once)."""
+    """The `instructloop worker` command: serve runs until SIGTERM (or one run with once). Started by
+    accelerate launch / torchrun (WORLD_SIZE > 1), it is one process of a team (see the header)."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # per-load progress bars only clutter the worker's log
-    worker = Worker(settings or Settings(), poll_interval=poll_interval, device=device)
+    team = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from trainer.distributed import Team
+
+        team = Team()
+    worker = Worker(settings or Settings(), poll_interval=poll_interval, device=device, team=team)
     worker.install_signal_handlers()
-    return worker.run(once=once)
+    handled = worker.run(once=once)
+    if team is not None:
+        team.close()
+    return handled
