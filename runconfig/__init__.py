@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 SPLITS = ("train", "valid", "test")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "bf16-pure")  # see trainer/precision.py
+SHARDINGS = ("ddp", "fsdp")  # see trainer/distributed.py
 INT_MAX = 2**31 - 1  # every integer setting fits the database's integer
 
 
@@ -26,6 +27,17 @@ Precision = Annotated[
         description="Training precision: auto (bf16 on GPUs that have it, fp16 on older GPUs, fp32 on the CPU), "
         "fp32, bf16 or fp16 (mixed: fp32 master weights under autocast), or bf16-pure (half the memory, but small "
         "updates round away: only for a model that does not fit otherwise)."
+    ),
+]
+
+
+Sharding = Annotated[
+    str,
+    Field(
+        description="How several processes (instructloop worker --processes N, accelerate launch) share the "
+        "training: ddp (each holds the whole model and optimizer; fastest when they fit one GPU) or fsdp (weights, "
+        "gradients and optimizer state split across the processes: for full fine-tunes that do not fit one GPU; "
+        "not with LoRA, whose adapters are small). One process ignores it."
     ),
 ]
 
@@ -82,6 +94,7 @@ class SFTConfig(RunConfig):
     """Optimizer steps between checkpoints (0: only when stopped). A run whose worker was stopped or
     vanished is queued again and goes on from its newest checkpoint."""
     precision: Precision = "auto"
+    sharding: Sharding = "ddp"
     seed: int = 0
     """Seeds shuffling (and the worker seeds model init): the same data and seed give the same metrics on the CPU."""
 
@@ -137,6 +150,7 @@ class RewardConfig(RunConfig):
     """Optimizer steps between checkpoints (0: only when stopped). A run whose worker was stopped or
     vanished is queued again and goes on from its newest checkpoint."""
     precision: Precision = "auto"
+    sharding: Sharding = "ddp"
     seed: int = 0
     """Seeds shuffling: the same data and seed give the same metrics on the CPU."""
 
@@ -148,9 +162,15 @@ class RewardConfig(RunConfig):
 
 
 def _precision_problems(config: SFTConfig | RewardConfig | PPOConfig) -> list[str]:
+    """The precision and sharding settings."""
+    problems = []
     if config.precision not in PRECISIONS:
-        return [f"precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}."]
-    return []
+        problems.append(f"precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}.")
+    if config.sharding not in SHARDINGS:
+        problems.append(f"sharding must be one of {', '.join(SHARDINGS)}, got {config.sharding!r}.")
+    elif config.sharding == "fsdp" and (config.lora_r or getattr(config, "value_lora_r", 0)):
+        problems.append("sharding=fsdp splits fully fine-tuned models; LoRA adapters are small: use ddp with lora_r.")
+    return problems
 
 
 def _optimizer_problems(config: SFTConfig | RewardConfig) -> list[str]:
@@ -323,6 +343,7 @@ class PPOConfig(RunConfig):
     """PPO steps between checkpoints (0: only when stopped). A run whose worker was stopped or
     vanished is queued again and goes on from its newest checkpoint."""
     precision: Precision = "auto"
+    sharding: Sharding = "ddp"
     seed: int = 0
     """Seeds prompt order, sampling and minibatch shuffling."""
 

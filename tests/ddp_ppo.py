@@ -1,6 +1,6 @@
 """Run by tests/test_distributed.py as `python -m tests.ddp_ppo SFT_FOLDER` (one process) or under
 `accelerate launch` (several): PPO of the tiny SFT policy against the digit reward of
-tests/test_ppo.py. Process 0 prints one JSON line: the summary, every step's mean score, and each
+tests/test_ppo.py, with the config changes given as JSON in a second argument. Process 0 prints one JSON line: the summary, every step's mean score, and each
 process's sum of the policy's and value model's weights (equal when DDP kept them in step)."""
 
 import json
@@ -9,7 +9,7 @@ import sys
 import torch
 
 from tests.test_ppo import PROMPTS, models, says_a_number, small
-from trainer.distributed import Team
+from trainer.distributed import Team, full_tensor
 from trainer.ppo import train_ppo
 
 
@@ -25,12 +25,14 @@ def main() -> None:
         value,
         tokenizer,
         PROMPTS,
-        small(total_episodes=192, kl_limit=20.0),
+        small(total_episodes=192, kl_limit=20.0, **json.loads(sys.argv[2] if len(sys.argv) > 2 else "{}")),
         reward_fn=says_a_number,
         on_metrics=lambda step, total, metrics: scores.append(metrics["score"]),
     )
     team = Team()
-    weights = sum(float(p.detach().double().sum()) for model in (policy, value) for p in model.parameters())
+    weights = sum(
+        float(full_tensor(p.detach()).double().sum()) for model in (policy, value) for p in model.parameters()
+    )
     sums = team.gather(weights)
     if team.is_main:
         print(json.dumps({**result, "scores": scores, "weight_sums": sums}), flush=True)

@@ -88,7 +88,8 @@ def _close(a: Path, b: Path) -> float:
 
 
 @pytest.mark.skipif(ACCELERATE is None, reason="the accelerate command is not installed beside this Python")
-def test_sft_on_two_processes_matches_one(tiny, tmp_path):
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
+def test_sft_on_two_processes_matches_one(tiny, tmp_path, sharding):
     train = _write(tmp_path / "train.jsonl", [{"prompt": e.prompt, "completion": e.completion} for e in TRAIN])
     valid = _write(tmp_path / "valid.jsonl", [{"prompt": e.prompt, "completion": e.completion} for e in VALID])
     # 64 demonstrations, batches of 12 (the last one 4: uneven parts), micro-batches of 2.
@@ -112,6 +113,8 @@ def test_sft_on_two_processes_matches_one(tiny, tmp_path):
         "eval_every=4",
         "--set",
         "keep_best=false",
+        "--set",
+        f'sharding="{sharding}"',
     ]
     one = _run(args, 1, tmp_path / "one")
     two = _run(args, 2, tmp_path / "two")
@@ -123,7 +126,8 @@ def test_sft_on_two_processes_matches_one(tiny, tmp_path):
 
 
 @pytest.mark.skipif(ACCELERATE is None, reason="the accelerate command is not installed beside this Python")
-def test_reward_on_two_processes_matches_one(tiny, tmp_path):
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
+def test_reward_on_two_processes_matches_one(tiny, tmp_path, sharding):
     rows = [{"prompt": r.prompt, "completions": r.completions, "order": r.order} for r in synthetic_rankings(40, 0)]
     train = _write(tmp_path / "train.jsonl", rows[:30])
     valid = _write(tmp_path / "valid.jsonl", rows[30:])
@@ -145,6 +149,8 @@ def test_reward_on_two_processes_matches_one(tiny, tmp_path):
         "learning_rate=0.001",
         "--set",
         "eval_every=2",
+        "--set",
+        f'sharding="{sharding}"',
     ]
     one = _run(args, 1, tmp_path / "one")
     two = _run(args, 2, tmp_path / "two")
@@ -156,10 +162,11 @@ def test_reward_on_two_processes_matches_one(tiny, tmp_path):
 
 
 @pytest.mark.skipif(ACCELERATE is None, reason="the accelerate command is not installed beside this Python")
-def test_sigterm_stops_two_processes_at_a_checkpoint_and_resume_finishes_the_run(tiny, tmp_path):
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
+def test_sigterm_stops_two_processes_at_a_checkpoint_and_resume_finishes_the_run(tiny, tmp_path, sharding):
     """A scheduler preempting the job (SIGTERM to the launcher): both processes stop at the same step
     with a checkpoint and no model at --out; the same command with --resume ends where an
-    uninterrupted run ends."""
+    uninterrupted run ends (under FSDP the checkpoint holds the gathered weights and optimizer state)."""
     train = _write(tmp_path / "train.jsonl", [{"prompt": e.prompt, "completion": e.completion} for e in TRAIN])
     args = [
         "trainer.sft",
@@ -177,6 +184,8 @@ def test_sigterm_stops_two_processes_at_a_checkpoint_and_resume_finishes_the_run
         "learning_rate=0.002",
         "--set",
         "save_every=0",
+        "--set",
+        f'sharding="{sharding}"',
     ]
     whole = _run(args, 2, tmp_path / "whole")
     proc = subprocess.Popen(
@@ -217,3 +226,8 @@ def test_ppo_on_two_processes_learns_like_one_with_the_weights_in_step(sft_folde
     assert abs(late["one"] - late["two"]) < 0.25, late
     first, second = two["weight_sums"]
     assert first == second, "the two processes' models drifted apart"
+
+    # Sharded (FSDP): each process samples as under DDP, so the runs match within float noise.
+    fsdp = _run(["tests.ddp_ppo", sft_folder, '{"sharding": "fsdp"}'], 2, None)
+    assert fsdp["scores"] == two["scores"] and abs(fsdp["kl"] - two["kl"]) < TOLERANCE
+    assert abs(fsdp["weight_sums"][0] - first) < 1e-2 and fsdp["weight_sums"][0] == fsdp["weight_sums"][1]

@@ -1,5 +1,5 @@
 """`instructloop worker --processes 2`: a team of two processes (accelerate launch, gloo on the CPU)
-trains each SFT and PPO run together; only process 0 talks to the database (one metric row per
+trains each SFT and PPO run together (data parallel, or sharded with a run's sharding="fsdp"); only process 0 talks to the database (one metric row per
 step, one attempt), the model equals a one-process worker's within float summation-order noise, and
 a cancel from the dashboard reaches both processes in the middle of a run."""
 
@@ -84,11 +84,13 @@ def _ended(engine, run_id: int):
     return _when(engine, run_id)
 
 
-def test_a_team_of_two_trains_a_run_like_one_process_and_only_process_0_writes(settings, session, tiny):
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
+def test_a_team_of_two_trains_a_run_like_one_process_and_only_process_0_writes(settings, session, tiny, sharding):
     project = make_project(session)
     add_demonstrations(session, project, COUNTING, make_labeler(session))
     inputs = [base_version(session, tiny)]
-    team_run = runs.create_run(session, project_id=project.id, kind="sft", config=SFT, input_model_ids=inputs)
+    config = {**SFT, "sharding": sharding}  # (one process ignores it)
+    team_run = runs.create_run(session, project_id=project.id, kind="sft", config=config, input_model_ids=inputs)
     session.commit()
 
     proc = _team(settings, "--once")
@@ -106,7 +108,7 @@ def test_a_team_of_two_trains_a_run_like_one_process_and_only_process_0_writes(s
     assert train_rows == steps == 9
 
     # The same run on a one-process worker ends with the same model.
-    single_run = runs.create_run(session, project_id=project.id, kind="sft", config=SFT, input_model_ids=inputs)
+    single_run = runs.create_run(session, project_id=project.id, kind="sft", config=config, input_model_ids=inputs)
     session.commit()
     with WorkerThread(fast_settings(settings)) as worker:
         single = wait_for(lambda: _ended(engine, single_run.id), timeout=300)

@@ -19,14 +19,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict, set_optimizer_state_dict
+from torch.distributed.tensor import DTensor, distribute_tensor
+
+from trainer.distributed import full_tensor, is_sharded
 
 KEEP = 2
 """Checkpoints kept per run: the newest, and one more in case the newest was cut short on disk."""
 
 
 def trained_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The weights that training changes (those with requires_grad), copied to the CPU."""
-    return {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad}
+    """The weights that training changes (those with requires_grad), copied to the CPU (whole: for a
+    sharded model every process calls this)."""
+    return {
+        name: full_tensor(p.detach()).to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad
+    }
 
 
 def load_trained_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
@@ -39,7 +46,10 @@ def load_trained_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor]
         )
     with torch.no_grad():
         for name, value in state.items():
-            params[name].copy_(value.to(params[name].device))
+            param = params[name]
+            if isinstance(param, DTensor):  # this process's share of the whole weight
+                value = distribute_tensor(value.to(param.device), param.device_mesh, param.placements)
+            param.copy_(value.to(param.device))
 
 
 def rng_state() -> dict[str, Any]:
@@ -115,25 +125,45 @@ class Checkpoints:
         return None if path is None else torch.load(path, map_location="cpu", weights_only=True)
 
 
-def training_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: Any, scaler: Any) -> dict:
-    """The trained weights, the optimizer, the schedule (or None) and the fp16 scaler (or None)."""
+def training_state(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: Any, scaler: Any, owner: Any = None
+) -> dict:
+    """The trained weights, the optimizer, the schedule (or None) and the fp16 scaler (or None).
+    `owner`: the module that holds all the optimizer's parameters, when not `model` alone."""
     return {
         "weights": trained_state(model),
-        "optimizer": optimizer.state_dict(),
+        "optimizer": optimizer_state(owner or model, optimizer),
         "schedule": schedule.state_dict() if schedule is not None else {},
         "scaler": scaler.state_dict() if scaler is not None else {},
     }
 
 
 def restore_training_state(
-    state: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: Any, scaler: Any
+    state: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: Any, scaler: Any, owner: Any = None
 ) -> None:
     load_trained_state(model, state["weights"])
-    optimizer.load_state_dict(state["optimizer"])
+    load_optimizer_state(owner or model, optimizer, state["optimizer"])
     if schedule is not None:
         schedule.load_state_dict(state["schedule"])
     if scaler is not None and state["scaler"]:
         scaler.load_state_dict(state["scaler"])
+
+
+def optimizer_state(owner: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """The optimizer's state; for a sharded model its whole state by parameter name (torch's
+    distributed state-dict API; collective), which any number of processes can load again."""
+    if not is_sharded(owner):
+        return optimizer.state_dict()
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return {"sharded": True, "state": get_optimizer_state_dict(owner, optimizer, options=options)}
+
+
+def load_optimizer_state(owner: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    if state.get("sharded"):
+        options = StateDictOptions(full_state_dict=True)
+        set_optimizer_state_dict(owner, optimizer, optim_state_dict=state["state"], options=options)
+    else:
+        optimizer.load_state_dict(state)
 
 
 class EpochOrder:

@@ -19,15 +19,25 @@ micro-batches with the all-reduce only on the last one (`no_sync`), and the loss
 that DDP's average of the parts equals the gradient of the whole batch. A process whose part is
 short runs an extra micro-batch with weight 0, so that every process joins every all-reduce. Held-out
 figures and logged metrics are sums over the processes (`sum`). Process 0 writes checkpoints and
-the model; the others wait for it (`barrier`)."""
+the model; the others wait for it (`barrier`).
+
+With a run's `sharding="fsdp"` the model is sharded instead (torch's FSDP2, `fully_shard`: each
+transformer block, then the whole model, as accelerate's FSDP2 plugin wraps them): each process holds
+a 1/N share of the weights, gradients and optimizer state, and gathers a block's weights for its
+forward and backward pass. accelerate's own FSDP plugin is not used because it refuses to run on the
+CPU, where the tests run; the wrapping is the same. Under FSDP every forward pass is collective: the
+loops run as many passes in every process (equal parts, weight-0 fillers), sampling uses
+`synced_gpus`, and the full weights are gathered for checkpoints (`full_state_dict`) and the saved
+model."""
 
 import math
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, TypeVar
 
 import torch
 from accelerate import Accelerator, PartialState
+from torch.distributed.tensor import DTensor
 
 T = TypeVar("T")
 
@@ -50,6 +60,16 @@ class Team:
         start = self.rank * per + min(self.rank, extra)
         return list(items[start : start + per + (self.rank < extra)])
 
+    def batches(self, items: Sequence[T], size: int) -> Iterator[tuple[list[T], float]]:
+        """This process's part of `items` (e.g. a held-out set) in batches of `size`, as (rows, weight):
+        as many batches in every process, so that sharded (FSDP) forward passes meet; a process whose
+        part is shorter runs items[:1] with weight 0."""
+        part = self.shard(items)
+        count = math.ceil(math.ceil(len(items) / self.size) / size)
+        for i in range(count):
+            rows = part[i * size : (i + 1) * size]
+            yield (rows or list(items[:1])), (1.0 if rows else 0.0)
+
     def micro_batches(self, batch: Sequence[T], micro: int) -> Iterator[tuple[list[T], float, bool]]:
         """This process's micro-batches of a global batch, as (rows, weight, last). Every process runs as
         many as the longest part needs, so all join the same backward passes; a part that is short
@@ -61,18 +81,35 @@ class Team:
             rows = part[i * micro : (i + 1) * micro]
             yield (rows or list(batch[:1])), (1.0 if rows else 0.0), i == count - 1
 
-    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        """DDP around the model when there are several processes; the model itself otherwise."""
+    def wrap(self, model: torch.nn.Module, sharding: str = "ddp") -> torch.nn.Module:
+        """DDP around the model when there are several processes (or, with sharding="fsdp", the model
+        itself sharded in place); the model itself otherwise."""
         if self.size == 1:
             return model
+        if sharding == "fsdp":
+            return self._shard(model)
         if self._accelerator is None:
             self._accelerator = Accelerator(cpu=self.device.type == "cpu")
         return self._accelerator.prepare_model(model)
+
+    def _shard(self, model: torch.nn.Module) -> torch.nn.Module:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh(self.device.type, (self.size,))
+        blocks = {name for m in model.modules() for name in (getattr(m, "_no_split_modules", None) or [])}
+        for module in model.modules():
+            if type(module).__name__ in blocks:
+                fully_shard(module, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        return model
 
     def no_sync(self, wrapped: torch.nn.Module, last: bool) -> AbstractContextManager:
         """No gradient all-reduce for this backward pass unless it is the step's last one."""
         if self.size == 1 or last:
             return nullcontext()
+        if hasattr(wrapped, "set_requires_gradient_sync"):  # FSDP: gradients reduce-scattered on the last pass
+            return _fsdp_no_sync(wrapped)
         return wrapped.no_sync()  # type: ignore[operator]
 
     @property
@@ -136,3 +173,39 @@ class Team:
 
 def team() -> Team:
     return Team()
+
+
+@contextmanager
+def _fsdp_no_sync(model: Any) -> Iterator[None]:
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    """Whether the model's weights are split across processes (FSDP)."""
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a sharded weight (collective: every process calls it), else the tensor."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def full_state_dict(model: torch.nn.Module) -> dict[str, Any] | None:
+    """For a sharded model, its whole state dict on the CPU of process 0 ({} elsewhere), to save it
+    (collective: every process calls it); None for a model that is not sharded (it saves as it is)."""
+    if not is_sharded(model):
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    whole = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    # Tied weights (an LM head that is the embedding) come back as separate copies, which transformers
+    # would then save twice: keep the first name of each shared parameter, as save_pretrained does.
+    first: dict[int, str] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if first.setdefault(id(param), name) != name:
+            whole.pop(name, None)
+    return whole

@@ -16,6 +16,7 @@ from app.services.evaluation import win_rate
 from runconfig import EvaluateConfig, GenerateConfig, config_from_dict, config_to_dict
 from trainer import modeling
 from trainer.data import PromptItem, SFTExample
+from trainer.distributed import full_state_dict
 from trainer.errors import TrainingDiverged
 from trainer.evaluate import score_pairs
 from trainer.generate import Sample, sample_batches, split_by_length
@@ -65,7 +66,8 @@ def run_sft(ctx: RunContext) -> Outcome:
     )
     ctx.checkpoint()
     ctx.set_phase("saving")
-    folder = ctx.save_model(lambda folder: modeling.save_causal_lm(model, tokenizer, folder))
+    whole = full_state_dict(model)  # a sharded model's weights, gathered by every process
+    folder = ctx.save_model(lambda folder: modeling.save_causal_lm(model, tokenizer, folder, whole))
     return Outcome(summary=result, model_kind=ModelKind.sft, artifact=folder, parent_ids=[base.id], metrics=result)
 
 
@@ -105,7 +107,8 @@ def run_reward(ctx: RunContext) -> Outcome:
     )
     ctx.checkpoint()
     ctx.set_phase("saving")
-    folder = ctx.save_model(lambda folder: model.save_pretrained(folder, tokenizer=tokenizer))
+    whole = full_state_dict(model)
+    folder = ctx.save_model(lambda folder: model.save_pretrained(folder, tokenizer=tokenizer, state_dict=whole))
     return Outcome(summary=result, model_kind=ModelKind.reward, artifact=folder, parent_ids=[start.id], metrics=result)
 
 
@@ -168,14 +171,16 @@ def run_ppo(ctx: RunContext) -> Outcome:
             raise
         # train_ppo put back the weights of the last good step: keep them for a look (not registered).
         last_good = ctx.worker.run_folder(ctx.run_id, ".last-good")
+        whole = full_state_dict(policy)
         if ctx.is_main:
-            modeling.save_causal_lm(policy, tokenizer, last_good)
+            modeling.save_causal_lm(policy, tokenizer, last_good, whole)
         raise TrainingDiverged(
             f"{exc} The last good policy (step {exc.last_good_step}) is saved in {last_good}."
         ) from exc
     ctx.checkpoint()
     ctx.set_phase("saving")
-    folder = ctx.save_model(lambda folder: modeling.save_causal_lm(policy, tokenizer, folder))
+    whole = full_state_dict(policy)
+    folder = ctx.save_model(lambda folder: modeling.save_causal_lm(policy, tokenizer, folder, whole))
     return Outcome(
         summary=result,
         model_kind=ModelKind.ppo,

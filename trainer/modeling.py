@@ -298,10 +298,11 @@ def merge_lora(model):
     return model
 
 
-def save_causal_lm(model, tokenizer, folder: Path) -> Path:
-    """save_pretrained of the model (LoRA merged, so the folder loads as a plain model) and tokenizer."""
+def save_causal_lm(model, tokenizer, folder: Path, state_dict: dict | None = None) -> Path:
+    """save_pretrained of the model (LoRA merged, so the folder loads as a plain model) and tokenizer.
+    state_dict: the whole weights of a model sharded across processes (trainer.distributed.full_state_dict)."""
     folder = Path(folder)
-    merge_lora(model).save_pretrained(folder)
+    merge_lora(model).save_pretrained(folder, state_dict=state_dict)
     tokenizer.save_pretrained(folder)
     _make_readable(folder)
     return folder
@@ -429,26 +430,30 @@ class ScalarHeadModel(torch.nn.Module):
     def config(self):
         return self.backbone.config
 
-    def save_pretrained(self, folder: str | Path, tokenizer=None) -> Path:
+    def save_pretrained(self, folder: str | Path, tokenizer=None, state_dict: dict | None = None) -> Path:
         """The model as transformers' AutoModelForSequenceClassification (num_labels=1), the form
         TRL, OpenRLHF and vLLM load reward models in, with the tokenizer and its chat template.
 
         Its logit is this model's score. Most architectures' classification head has no bias: the
         head's bias (the demonstrations' mean shift included) is then `score_offset` in config.json,
-        so a plain load scores `logits[:, 0] + config.score_offset`."""
+        so a plain load scores `logits[:, 0] + config.score_offset`.
+
+        state_dict: the whole weights of a model sharded across processes (its own names: backbone.*, head.*)."""
         folder = Path(folder)
         self.backbone = merge_lora(self.backbone)
+        state = state_dict if state_dict is not None else self.state_dict()
+        backbone = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
         config = copy.deepcopy(self.backbone.config)
         config.num_labels = 1
         with torch.device("meta"):  # no memory or random init for weights about to be replaced
             classifier = AutoModelForSequenceClassification.from_config(config, dtype=self.backbone.dtype)
         score_name = next(name for name, _ in classifier.named_children() if name != classifier.base_model_prefix)
         score = getattr(classifier, score_name)
-        weights = {f"{classifier.base_model_prefix}.{k}": v for k, v in self.backbone.state_dict().items()}
-        weights[f"{score_name}.weight"] = self.head.weight.detach().to(self.backbone.dtype)
-        bias = float(self.head.bias.detach())
+        weights = {f"{classifier.base_model_prefix}.{k}": v for k, v in backbone.items()}
+        weights[f"{score_name}.weight"] = state["head.weight"].detach().to(self.backbone.dtype)
+        bias = float(state["head.bias"].detach())
         if score.bias is not None:
-            weights[f"{score_name}.bias"] = self.head.bias.detach().to(self.backbone.dtype)
+            weights[f"{score_name}.bias"] = state["head.bias"].detach().to(self.backbone.dtype)
             bias = 0.0
         classifier.load_state_dict(weights, assign=True)
         setattr(classifier.config, SCORE_OFFSET, bias)

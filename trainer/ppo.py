@@ -73,7 +73,7 @@ from trainer.checkpoints import (
     training_state,
 )
 from trainer.data import SFTExample
-from trainer.distributed import Team
+from trainer.distributed import Team, full_state_dict, full_tensor, is_sharded
 from trainer.errors import TrainingDiverged
 from trainer.modeling import encode_completion, encode_prompt, end_ids
 from trainer.precision import for_model, load_dtype
@@ -506,11 +506,14 @@ def train_ppo(
             model.eval().requires_grad_(False)
     precision = for_model(config.precision, policy)  # fp32 master weights unless bf16-pure
     for_model(config.precision, value_model)
+    # DDP for the training passes, sampling and the no-grad passes use the models themselves; or
+    # FSDP, which shards the models in place (every pass through them is then collective).
+    policy_ddp, value_ddp = team.wrap(policy, config.sharding), team.wrap(value_model, config.sharding)
+    sharded = is_sharded(policy)
     policy_params = [p for p in policy.parameters() if p.requires_grad]
     value_params = [p for p in value_model.parameters() if p.requires_grad]
     optimizer = adamw(policy_params + value_params, config.learning_rate)
-    # DDP for the training passes; sampling and the no-grad passes use the models themselves.
-    policy_ddp, value_ddp = team.wrap(policy), team.wrap(value_model)
+    both = torch.nn.ModuleList([policy, value_model])  # what holds the optimizer's parameters
     torch.manual_seed(config.seed + team.rank)  # each process samples its own answers
     order = random.Random(config.seed)  # the same prompt order in every process: each takes its part
     prompt_queue: list[int] = []
@@ -525,7 +528,7 @@ def train_ppo(
     first_step = 1
     resumed = checkpoints.load()
     if resumed is not None:  # go on exactly where the checkpoint was written
-        restore_training_state(resumed["policy"], policy, optimizer, None, precision.scaler)
+        restore_training_state(resumed["policy"], policy, optimizer, None, precision.scaler, owner=both)
         load_trained_state(value_model, resumed["value"])
         loop = resumed["loop"]
         if len(loop.get("rng_by_rank", [])) == team.size:  # each process's own generators
@@ -544,7 +547,7 @@ def train_ppo(
             "order": random_state(order),
             "rng_by_rank": team.gather(rng_state()),
         }
-        policy_state = training_state(policy, optimizer, None, precision.scaler)
+        policy_state = training_state(policy, optimizer, None, precision.scaler, owner=both)
         if team.is_main:
             checkpoints.save(step, {"policy": policy_state, "value": trained_state(value_model), "loop": loop})
         team.barrier()
@@ -590,10 +593,11 @@ def train_ppo(
                     input_ids=queries[lo : lo + config.forward_batch_size],
                     attention_mask=query_mask[lo : lo + config.forward_batch_size],
                     stopping_criteria=stop_sampling,
+                    synced_gpus=sharded,  # FSDP: every process runs as many forward passes
                     **sampling_settings(config, eos_id, pad_id),
                 )
                 chunks.append(out[:, width:])
-                if should_stop():
+                if team.any(should_stop()):
                     break
             if team.any(should_stop()):
                 stopped = True
@@ -717,9 +721,9 @@ def train_ppo(
 
                 def clip() -> torch.Tensor:  # called at once by precision.step, in this iteration
                     # Clipped per model: the value loss's large early gradients must not shrink the policy's step.
-                    norm = torch.nn.utils.clip_grad_norm_(
-                        policy_params, config.max_grad_norm
-                    ) + torch.nn.utils.clip_grad_norm_(value_params, config.max_grad_norm)
+                    norm = full_tensor(
+                        torch.nn.utils.clip_grad_norm_(policy_params, config.max_grad_norm)
+                    ) + full_tensor(torch.nn.utils.clip_grad_norm_(value_params, config.max_grad_norm))
                     # fp16: the scaler skips a step whose gradients overflowed; otherwise it is divergence.
                     if not torch.isfinite(norm) and precision.scaler is None:
                         message = f"Step {step}: the gradient norm became {float(norm)}."  # noqa: B023
@@ -837,10 +841,11 @@ def main(argv: list[str] | None = None) -> None:
             checkpoints=standalone.checkpoints(args),
         )
     except TrainingDiverged as error:  # the policy holds its last good weights: keep them
+        whole = full_state_dict(policy)
         if standalone.is_main():
-            save_causal_lm(policy, tokenizer, args.out)
+            save_causal_lm(policy, tokenizer, args.out, whole)
         raise SystemExit(f"{error} Saved to {args.out}.") from None
-    standalone.finish(result, lambda: save_causal_lm(policy, tokenizer, args.out), args)
+    standalone.finish(result, policy, lambda whole: save_causal_lm(policy, tokenizer, args.out, whole), args)
 
 
 if __name__ == "__main__":

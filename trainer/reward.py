@@ -30,7 +30,7 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 from runconfig import RewardConfig
 from trainer.checkpoints import Checkpoints, EpochOrder, restore_training_state, training_state
 from trainer.data import RankingExample, SFTExample
-from trainer.distributed import Team
+from trainer.distributed import Team, full_tensor
 from trainer.errors import TrainingDiverged
 from trainer.modeling import ScalarHeadModel, encode_completion, encode_prompt, pad_right
 from trainer.precision import for_model, load_dtype
@@ -144,15 +144,14 @@ def evaluate(
     was_training = model.training
     model.eval()
     loss, correct, pairs = 0.0, 0.0, 0.0
-    part = team.shard(rankings) if team is not None else rankings
-    for start in range(0, len(part), batch_size):
-        batch_loss, margins = kway_step_loss(model, part[start : start + batch_size], pad_id)
-        loss += batch_loss.item()
-        correct += int((margins > 0).sum())
-        pairs += margins.numel()
+    team = team or Team()
+    for rows, weight in team.batches(rankings, batch_size):
+        batch_loss, margins = kway_step_loss(model, rows, pad_id)
+        loss += batch_loss.item() * weight
+        correct += int((margins > 0).sum()) * weight
+        pairs += margins.numel() * weight
     model.train(was_training)
-    if team is not None:
-        loss, correct, pairs = team.sum(loss, correct, pairs)
+    loss, correct, pairs = team.sum(loss, correct, pairs)
     # accuracy over pairs (as the paper reports it), loss as trained: per ranking
     return {"accuracy": correct / max(pairs, 1), "loss": loss / max(len(rankings), 1), "pairs": float(pairs)}
 
@@ -217,8 +216,8 @@ def train_reward(
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
     precision = for_model(config.precision, model)  # fp32 master weights unless bf16-pure
-    params = [p for p in model.parameters() if p.requires_grad]
-    wrapped = team.wrap(model)  # DDP with several processes
+    wrapped = team.wrap(model, config.sharding)  # DDP (or FSDP) with several processes
+    params = [p for p in model.parameters() if p.requires_grad]  # (FSDP replaced them with their shards)
     optimizer = torch.optim.AdamW(
         params, lr=config.learning_rate, betas=(0.9, 0.95), weight_decay=config.weight_decay, fused=True
     )  # one kernel for all parameters (CPU and GPU)
@@ -286,9 +285,8 @@ def train_reward(
             raise TrainingDiverged(
                 f"Reward loss became {loss} at step {step + 1}: lower learning_rate (now {config.learning_rate})."
             )
-        grad_norm = precision.step(
-            optimizer, lambda: torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-        ).item()
+        norm = precision.step(optimizer, lambda: torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
+        grad_norm = float(full_tensor(norm))
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
@@ -359,7 +357,14 @@ def main(argv: list[str] | None = None) -> None:
         for path in (args.train, args.valid)
     )
     standalone.train_and_save(
-        train_reward, model, tokenizer, train, valid, config, args, lambda m, tok, out: m.save_pretrained(out, tok)
+        train_reward,
+        model,
+        tokenizer,
+        train,
+        valid,
+        config,
+        args,
+        lambda m, tok, out, whole: m.save_pretrained(out, tok, state_dict=whole),
     )
 
 

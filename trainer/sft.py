@@ -32,7 +32,7 @@ from trainer.checkpoints import (
     training_state,
 )
 from trainer.data import SFTExample
-from trainer.distributed import Team
+from trainer.distributed import Team, full_tensor
 from trainer.errors import TrainingDiverged
 from trainer.modeling import encode_completion, encode_prompt, pad_right
 from trainer.precision import for_model, load_dtype
@@ -71,13 +71,12 @@ def held_out_loss(model, encoded: list, pad_id: int, batch_size: int, team: Team
     was_training = model.training
     model.eval()
     total, tokens = 0.0, 0.0
-    part = team.shard(encoded) if team is not None else encoded
-    for start in range(0, len(part), batch_size):
-        loss, n = response_loss_sum(model, part[start : start + batch_size], pad_id)
-        total, tokens = total + loss.item(), tokens + n
+    team = team or Team()
+    for rows, weight in team.batches(encoded, batch_size):
+        loss, n = response_loss_sum(model, rows, pad_id)
+        total, tokens = total + loss.item() * weight, tokens + n * weight
     model.train(was_training)
-    if team is not None:
-        total, tokens = team.sum(total, tokens)
+    total, tokens = team.sum(total, tokens)
     return total / max(tokens, 1)
 
 
@@ -121,8 +120,8 @@ def train_sft(
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
     precision = for_model(config.precision, model)  # fp32 master weights unless bf16-pure
-    params = [p for p in model.parameters() if p.requires_grad]
-    wrapped = team.wrap(model)  # DDP with several processes
+    wrapped = team.wrap(model, config.sharding)  # DDP (or FSDP) with several processes
+    params = [p for p in model.parameters() if p.requires_grad]  # (FSDP replaced them with their shards)
     optimizer = torch.optim.AdamW(
         params, lr=config.learning_rate, betas=(0.9, 0.95), weight_decay=config.weight_decay, fused=True
     )  # one kernel for all parameters (CPU and GPU)
@@ -199,9 +198,8 @@ def train_sft(
             raise TrainingDiverged(
                 f"SFT loss became {loss} at step {step + 1}: lower learning_rate (now {config.learning_rate})."
             )
-        grad_norm = precision.step(
-            optimizer, lambda: torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-        ).item()
+        norm = precision.step(optimizer, lambda: torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
+        grad_norm = float(full_tensor(norm))
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1

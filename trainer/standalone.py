@@ -86,7 +86,8 @@ def train_and_save(
     train_fn, model, tokenizer, train: list, valid: list, config, args: argparse.Namespace, save
 ) -> None:
     """Runs `train_fn` with printed metrics and the checkpoint folder of `args`; process 0 then saves
-    the model with save(model, tokenizer, args.out) and prints the final figures as one JSON line."""
+    the model with save(model, tokenizer, args.out, whole) and prints the final figures as one JSON
+    line (whole: the gathered weights of a sharded model, else None)."""
     result = train_fn(
         model,
         tokenizer,
@@ -97,18 +98,20 @@ def train_and_save(
         should_stop=stop_on_signals(),
         checkpoints=checkpoints(args),
     )
-    finish(result, lambda: save(model, tokenizer, args.out), args)
+    finish(result, model, lambda whole: save(model, tokenizer, args.out, whole), args)
 
 
-def finish(result: dict, save, args: argparse.Namespace) -> None:
-    """After training: process 0 calls save() (unless a signal stopped the run: no half-trained model
-    at --out) and prints the final figures as one JSON line; every process then leaves together."""
-    from trainer.distributed import Team
+def finish(result: dict, model, save, args: argparse.Namespace) -> None:
+    """After training: process 0 calls save(whole) (unless a signal stopped the run: no half-trained
+    model at --out) and prints the final figures as one JSON line; every process then leaves
+    together. whole: the weights of a model sharded across the processes, gathered (else None)."""
+    from trainer.distributed import Team, full_state_dict
 
     team = Team()
     stopped = bool(result.get("stopped_early"))
+    whole = None if stopped else full_state_dict(model)
     if team.is_main and not stopped:
-        save()
+        save(whole)
     team.close()
     if team.is_main:
         print(json.dumps(result))
