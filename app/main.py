@@ -24,9 +24,11 @@ from app.web import (
     admin_data,
     admin_labelers,
     admin_projects,
+    admin_review,
     admin_runs,
     api,
     api_projects,
+    api_review,
     api_runs,
     api_tasks,
     auth,
@@ -265,7 +267,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         admin_labelers.router,
         admin_data.router,
         admin_runs.router,
+        admin_review.router,
         api_projects.router,
+        api_review.router,
     ):  # admin dashboard (issue 6)
         app.include_router(router)
     return app

@@ -71,6 +71,14 @@ class SkipReason(enum.StrEnum):
     harmful = "harmful"
 
 
+class ReviewStatus(enum.StrEnum):
+    """An admin's decision on a submission; a rejected one is left out of training and exports."""
+
+    pending = "pending"
+    accepted = "accepted"
+    rejected = "rejected"
+
+
 class ComparisonChoice(enum.StrEnum):
     a = "a"
     b = "b"
@@ -374,6 +382,9 @@ class Skip(Base):
     reason: Mapped[SkipReason] = mapped_column(_enum(SkipReason), default=SkipReason.skip)
     note: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    dismissed_at: Mapped[datetime | None] = mapped_column()
+    """When an admin looked at the flag and let the prompt be (None: the flag is open)."""
+    dismissed_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
 
 
 class Draft(Base):
@@ -390,12 +401,20 @@ class Draft(Base):
 
 
 class _Submission:
-    """Columns every submission kind shares: once per (task, labeler), idempotent on retry."""
+    """Columns every submission kind shares: once per (task, labeler), idempotent on retry, and an
+    admin's review (the server defaults: the submit path inserts with its own column list)."""
 
     id: Mapped[int] = mapped_column(primary_key=True)
     time_spent_ms: Mapped[int] = mapped_column(Integer, default=0)
     idempotency_key: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Server defaults only: the Postgres submit statement (an INSERT inside a WITH) would send a
+    # Python default's bind parameter as NULL.
+    review: Mapped[ReviewStatus] = mapped_column(_enum(ReviewStatus), server_default=ReviewStatus.pending.value)
+    """Rejected submissions are left out of training snapshots and exports."""
+    review_reason: Mapped[str] = mapped_column(Text, server_default="")
+    reviewed_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    reviewed_at: Mapped[datetime | None] = mapped_column()
 
 
 class Demonstration(_Submission, Base):
@@ -413,8 +432,6 @@ class Demonstration(_Submission, Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"))
     guideline_version_id: Mapped[int | None] = mapped_column(ForeignKey("guideline_versions.id"))
     text: Mapped[str] = mapped_column(Text)
-    accepted: Mapped[bool] = mapped_column(Boolean, default=True)
-    """Admins can reject a demonstration; rejected ones are left out of training."""
 
 
 class ModelVersion(Base):

@@ -52,7 +52,7 @@ def test_export_rows(session, world):
 def test_a_rejected_demonstration_is_not_exported(session, world):
     from app.models import Demonstration
 
-    session.execute(Demonstration.__table__.update().where(Demonstration.text == "demo one").values(accepted=False))
+    session.execute(Demonstration.__table__.update().where(Demonstration.text == "demo one").values(review="rejected"))
     session.commit()
     f = exports.ExportFilter(world.project.id, splits=["train", "valid", "test"])
     assert [r["completion"] for r in exports.sft_rows(session, f)] == ["demo two"]

@@ -14,6 +14,7 @@ from app.models import (
     Completion,
     ModelKind,
     ModelVersion,
+    ReviewStatus,
     RunMetric,
     RunStatus,
     Split,
@@ -271,13 +272,14 @@ def test_demonstration_snapshot_records_rows_and_a_content_hash(session, project
     mine = add_demonstrations(session, project, COUNTING[:3], alice)
     theirs = add_demonstrations(session, project, [("Other prompt", "Other answer")], bob)
     held = add_demonstrations(session, project, COUNTING[3:5], alice, Split.valid)
-    mine[0].accepted = False  # rejected by an admin: never trained on
+    mine[0].review = ReviewStatus.rejected  # rejected by an admin: never trained on
     session.flush()
     train, valid, snap = data.snapshot_demonstrations(session, project.id, {"exclude_labelers": [bob.id]})
     assert [e.completion for e in train] == [a for _, a in COUNTING[1:3]]
     assert [e.prompt for e in valid] == [p for p, _ in COUNTING[3:5]]
     record = snap.record()
     assert record["rows"]["demonstrations"] == sorted(d.id for d in mine[1:] + held)
+    assert record["counts"]["demonstrations_rejected"] == 1 and "Left out 1 demonstration(s)" in record["notes"][0]
     assert theirs[0].id not in record["rows"]["demonstrations"] and len(record["sha256"]) == 64
     # Same rows, same hash; an edited answer gives another hash.
     assert data.snapshot_demonstrations(session, project.id, {"exclude_labelers": [bob.id]})[2].sha256 == snap.sha256

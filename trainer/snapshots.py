@@ -10,10 +10,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.models import Completion, Demonstration, Prompt, Ranking, Split, Task, TaskKind
+from app.models import Completion, Demonstration, Prompt, Ranking, ReviewStatus, Split, Task, TaskKind
 from trainer.data import PromptItem, RankingExample, SFTExample
 
 HOLDOUT_EVERY = 10
@@ -69,6 +69,14 @@ def _held_out(prompt_ids: set[int]) -> set[int]:
     return {pid for i, pid in enumerate(sorted(prompt_ids)) if i % HOLDOUT_EVERY == HOLDOUT_EVERY - 1}
 
 
+def _rejected_note(session: Session, stmt, model, what: str) -> tuple[int, list[str]]:
+    """How many of the rows `stmt` selects (before the review filter) an admin rejected, and the note."""
+    count = int(
+        session.scalar(stmt.with_only_columns(func.count(model.id)).where(model.review == ReviewStatus.rejected)) or 0
+    )
+    return count, [f"Left out {count} {what} an admin rejected."] if count else []
+
+
 def snapshot_demonstrations(
     session: Session, project_id: int, data_filter: dict | None = None
 ) -> tuple[list[SFTExample], list[SFTExample], Snapshot]:
@@ -79,18 +87,18 @@ def snapshot_demonstrations(
     stmt = (
         select(Demonstration, Prompt)
         .join(Prompt, Prompt.id == Demonstration.prompt_id)
-        .where(Prompt.project_id == project_id, Demonstration.accepted, Prompt.split.in_(train_splits + valid_splits))
+        .where(Prompt.project_id == project_id, Prompt.split.in_(train_splits + valid_splits))
         .order_by(Demonstration.id)
     )
     if data_filter.get("exclude_labelers"):
         stmt = stmt.where(Demonstration.user_id.not_in(data_filter["exclude_labelers"]))
-    rows = session.execute(stmt).all()
+    rejected, notes = _rejected_note(session, stmt.order_by(None), Demonstration, "demonstration(s)")
+    rows = session.execute(stmt.where(Demonstration.review != ReviewStatus.rejected)).all()
     if not any(p.split in train_splits for _, p in rows):
         raise DataError(
             f"No accepted demonstrations on the {'/'.join(train_splits)} prompts of project "
             f"{project_id}: collect (or accept) demonstrations before an SFT run."
         )
-    notes = []
     holdout: set[int] = set()
     if not any(p.split in valid_splits and p.split not in train_splits for _, p in rows):
         holdout = _held_out({p.id for _, p in rows})
@@ -109,7 +117,7 @@ def snapshot_demonstrations(
     snapshot = Snapshot(
         rows={"demonstrations": [d.id for d, _ in rows], "prompts": sorted({p.id for _, p in rows})},
         manifest=manifest,
-        counts={"sft_train": len(train), "sft_valid": len(valid)},
+        counts={"sft_train": len(train), "sft_valid": len(valid), "demonstrations_rejected": rejected},
         notes=notes,
     )
     return train, valid, snapshot
@@ -134,7 +142,8 @@ def snapshot_rankings(
     )
     if data_filter.get("exclude_labelers"):
         stmt = stmt.where(Ranking.user_id.not_in(data_filter["exclude_labelers"]))
-    rows = session.execute(stmt).all()
+    rejected, notes = _rejected_note(session, stmt.order_by(None), Ranking, "ranking(s)")
+    rows = session.execute(stmt.where(Ranking.review != ReviewStatus.rejected)).all()
     if not any(p.split in train_splits for _, _, p in rows):
         raise DataError(
             f"No rankings on the {'/'.join(train_splits)} prompts of project {project_id}: run "
@@ -154,7 +163,6 @@ def snapshot_rankings(
                 "longer exist. Exclude its labeler with data_filter.exclude_labelers, or restore the "
                 "completions, then start the run again."
             )
-    notes = []
     holdout: set[int] = set()
     if not any(p.split in valid_splits and p.split not in train_splits for _, _, p in rows):
         holdout = _held_out({p.id for _, _, p in rows})
@@ -208,7 +216,7 @@ def snapshot_rankings(
             "completions": sorted({cid for r in used for g in r.order for cid in g}),
         },
         manifest=manifest,
-        counts={"rankings_train": len(train), "rankings_valid": len(valid)},
+        counts={"rankings_train": len(train), "rankings_valid": len(valid), "rankings_rejected": rejected},
         notes=notes,
     )
     return train, valid, snapshot

@@ -32,6 +32,7 @@ from app.models import (
     Project,
     Prompt,
     Ranking,
+    ReviewStatus,
     Task,
     TaskCompletion,
 )
@@ -77,7 +78,7 @@ def _scoped(stmt, model, f: ExportFilter):
     )
     if f.exclude_labelers:
         stmt = stmt.where(model.user_id.not_in(f.exclude_labelers))
-    return stmt
+    return stmt.where(model.review != ReviewStatus.rejected)  # an admin's rejections are left out, as in training
 
 
 def _batches(session: Session, stmt, id_column) -> Iterator[Sequence[Row]]:
@@ -92,10 +93,8 @@ def _batches(session: Session, stmt, id_column) -> Iterator[Sequence[Row]]:
 
 
 def sft_rows(session: Session, f: ExportFilter) -> Iterator[dict[str, Any]]:
-    """Accepted demonstrations only: an admin's rejected ones are left out, as in training."""
-    stmt = _scoped(select(Demonstration.id, Prompt.text, Demonstration.text, Prompt.split), Demonstration, f).where(
-        Demonstration.accepted
-    )
+    """Demonstrations (an admin's rejected ones are left out, as in training)."""
+    stmt = _scoped(select(Demonstration.id, Prompt.text, Demonstration.text, Prompt.split), Demonstration, f)
     for rows in _batches(session, stmt, Demonstration.id):
         for _, prompt, completion, split in rows:
             if f.format == "conversational":
@@ -215,7 +214,7 @@ def check(session: Session, kind: str, f: ExportFilter) -> None:
     if f.format not in FORMATS:
         raise ServiceError(f"Unknown format {f.format!r}; use {' or '.join(FORMATS)}.")
     if kind == "sft":
-        probe = _scoped(select(Demonstration.id), Demonstration, f).where(Demonstration.accepted)
+        probe = _scoped(select(Demonstration.id), Demonstration, f)
     else:
         probe = _scoped(select(Ranking.id), Ranking, f)
         if kind == "preferences":

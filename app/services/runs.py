@@ -31,6 +31,7 @@ from app.models import (
     Project,
     Prompt,
     Ranking,
+    ReviewStatus,
     RunKind,
     RunMetric,
     RunStatus,
@@ -206,7 +207,11 @@ def training_examples(
         stmt = (
             select(func.count(Demonstration.id))
             .join(Prompt, Prompt.id == Demonstration.prompt_id)
-            .where(Prompt.project_id == project_id, Prompt.split.in_(splits), Demonstration.accepted)
+            .where(
+                Prompt.project_id == project_id,
+                Prompt.split.in_(splits),
+                Demonstration.review != ReviewStatus.rejected,
+            )
         )
         if excluded:
             stmt = stmt.where(Demonstration.user_id.not_in(excluded))
@@ -215,7 +220,7 @@ def training_examples(
             select(func.count(Ranking.id))
             .join(Task, Task.id == Ranking.task_id)
             .join(Prompt, Prompt.id == Task.prompt_id)
-            .where(Task.project_id == project_id, Prompt.split.in_(splits))
+            .where(Task.project_id == project_id, Prompt.split.in_(splits), Ranking.review != ReviewStatus.rejected)
         )
         if excluded:
             stmt = stmt.where(Ranking.user_id.not_in(excluded))

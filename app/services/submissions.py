@@ -18,7 +18,20 @@ from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import BindParameter, and_, bindparam, case, delete, exists, func, insert, select, union_all, update
+from sqlalchemy import (
+    BindParameter,
+    and_,
+    bindparam,
+    case,
+    delete,
+    exists,
+    func,
+    insert,
+    literal_column,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.orm import Session, aliased
 
 from app.db import atomic, is_postgres, utcnow
@@ -319,7 +332,7 @@ def submit_demonstration(
     if existing is not None:
         return _replay_or_conflict(existing, kind, key, existing.text == text)
     slot = _claim_slot(session, user, task)
-    return _store(session, slot, kind, time_spent_ms, key, prompt_id=task.prompt_id, text=text, accepted=True)
+    return _store(session, slot, kind, time_spent_ms, key, prompt_id=task.prompt_id, text=text)
 
 
 # -- rankings ---------------------------------------------------------------------------------
@@ -549,24 +562,64 @@ class HistoryRow:
     prompt_text: str
     created_at: datetime
     time_spent_ms: int
+    submission_id: int | None = None
+    """None for a skipped task."""
+    review: str = ""
+    """pending, accepted or rejected (an admin's decision); empty for a skipped task."""
+    reason: str = ""
+    """The admin's reason (submissions) or the labeler's own note (skips)."""
+    skip_reason: SkipReason | None = None
+    item: Any = None
+    """review.Item: the submission whole, as the labeler made it."""
 
 
-def _submission_union(user_id: int):
-    parts = [
+def _history_union(user_id: int):
+    """The labeler's submissions of every kind and their skips, as one list of rows."""
+    parts: list[Any] = [
         select(
+            model.id.label("row_id"),
             model.task_id.label("task_id"),
             model.created_at.label("created_at"),
             model.time_spent_ms.label("time_spent_ms"),
+            model.review.label("review"),
+            model.review_reason.label("reason"),
+            literal_column(f"'{kind.value}'").label("source"),
         ).where(model.user_id == user_id)
-        for model in SUBMISSION_MODELS.values()
+        for kind, model in SUBMISSION_MODELS.items()
     ]
+    parts.append(
+        select(
+            Skip.id.label("row_id"),
+            Skip.task_id.label("task_id"),
+            Skip.created_at.label("created_at"),
+            literal_column("0").label("time_spent_ms"),
+            Skip.reason.label("review"),
+            Skip.note.label("reason"),
+            literal_column("'skip'").label("source"),
+        ).where(Skip.user_id == user_id)
+    )
     return union_all(*parts).subquery()
 
 
 def history(session: Session, user: User, *, limit: int = 50, offset: int = 0) -> list[HistoryRow]:
-    sub = _submission_union(user.id)
+    """What the labeler submitted and skipped, newest first, each submission with its review and
+    whole (review.Item), each skip with its reason and note."""
+    from app.services import review
+
+    sub = _history_union(user.id)
     rows = session.execute(
-        select(Task.kind, Task.id, Project.name, Prompt.text, sub.c.created_at, sub.c.time_spent_ms)
+        select(
+            Task.kind,
+            Task.id,
+            Project.name,
+            Prompt.text,
+            sub.c.created_at,
+            sub.c.time_spent_ms,
+            sub.c.row_id,
+            sub.c.review,
+            sub.c.reason,
+            sub.c.source,
+        )
         .join(Task, Task.id == sub.c.task_id)
         .join(Project, Project.id == Task.project_id)
         .join(Prompt, Prompt.id == Task.prompt_id)
@@ -574,7 +627,36 @@ def history(session: Session, user: User, *, limit: int = 50, offset: int = 0) -
         .limit(limit)
         .offset(offset)
     ).all()
-    return [HistoryRow(TaskKind(r[0]), r[1], r[2], r[3], r[4], r[5]) for r in rows]
+    out = []
+    for kind, task_id, project, prompt, created, spent, row_id, status, reason, source in rows:
+        if source == "skip":
+            out.append(
+                HistoryRow(
+                    TaskKind(kind),
+                    task_id,
+                    project,
+                    prompt,
+                    created,
+                    spent,
+                    skip_reason=SkipReason(status),
+                    reason=reason,
+                )
+            )
+        else:
+            out.append(
+                HistoryRow(TaskKind(kind), task_id, project, prompt, created, spent, row_id, str(status), reason)
+            )
+    for kind, model in SUBMISSION_MODELS.items():  # each submission whole, one query per kind
+        ids = [r.submission_id for r in out if r.submission_id is not None and r.kind == kind]
+        if ids:
+            found = {
+                i.submission.id: i
+                for i in review.items(session, kind, list(session.scalars(select(model).where(model.id.in_(ids)))))
+            }
+            for r in out:
+                if r.kind == kind and r.submission_id in found:
+                    r.item = found[r.submission_id]
+    return out
 
 
 def counts_since(session: Session, user: User, since: datetime) -> dict[TaskKind, int]:

@@ -1,0 +1,386 @@
+"""Review of what labelers submit: the admin's queue of submissions, each shown whole as the labeler
+saw it, and the decision on it (accept / reject with a reason, reversible, recorded with who and
+when). A rejected submission is left out of training snapshots and exports (trainer/snapshots.py,
+services/exports.py); the labeler sees the decision and its reason in their history.
+
+Disagreements: tasks whose labelers disagree, side by side; an admin asks one more labeler
+(raises the task's required count) or makes one answer the task's gold.
+
+Flags: the prompts labelers skipped as PII, nonsense or harmful (with their notes), which an admin
+retires (the prompt's open tasks with it) or dismisses; and the per-output flags of rankings
+(InstructGPT's metadata), counted per project."""
+
+import itertools
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import Session
+
+from app.db import changed_rows, utcnow
+from app.models import (
+    OUTPUT_FLAGS,
+    SUBMISSION_MODELS,
+    Completion,
+    Prompt,
+    Ranking,
+    ReviewStatus,
+    Skip,
+    SkipReason,
+    Task,
+    TaskKind,
+    TaskStatus,
+    User,
+)
+from app.services import NotFound, ServiceError, stats
+from app.validation import text_problem
+
+MAX_REASON = 2000
+PAGE = 25
+DISAGREEMENT_SCAN = 2000
+"""Shared tasks looked at for disagreements (the newest)."""
+MAX_REQUIRED = 50
+"""Labelers one task can ask for."""
+
+
+@dataclass
+class Output:
+    """One output of a ranking or comparison, as the labeler saw it."""
+
+    letter: str
+    completion_id: int
+    text: str
+    rank: int | None = None
+    """1 = best; equal ranks are ties (rankings)."""
+    likert: int | None = None
+    flags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Item:
+    kind: TaskKind
+    submission: Any
+    task: Task
+    prompt: Prompt
+    labeler: User
+    reviewer: User | None
+    outputs: list[Output] = field(default_factory=list)
+
+
+@dataclass
+class Filters:
+    kind: TaskKind = TaskKind.demonstration
+    status: str = "pending"
+    """pending, accepted, rejected or all."""
+    labeler_id: int | None = None
+    flagged: bool = False
+    """Rankings with a flagged output or "none acceptable"; comparisons with a reason written."""
+    days: int | None = None
+    """Submitted in the last N days."""
+    after: int = 0
+    """Keyset cursor: submissions with a higher id."""
+
+
+def parse_filters(kind: str, status: str, labeler: str, flagged: str, days: str, after: str) -> Filters:
+    """Filters from query-string values; anything unknown falls back to the default."""
+    return Filters(
+        kind=TaskKind(kind) if kind in TaskKind.__members__ else TaskKind.demonstration,
+        status=status if status in (*ReviewStatus.__members__, "all") else "pending",
+        labeler_id=int(labeler) if labeler.isdigit() else None,
+        flagged=flagged in ("1", "on", "true"),
+        days=int(days) if days.isdigit() and 0 < int(days) <= 3650 else None,
+        after=int(after) if after.isdigit() else 0,
+    )
+
+
+def _scoped(project_id: int, f: Filters):
+    model = SUBMISSION_MODELS[f.kind]
+    stmt = select(model).join(Task, Task.id == model.task_id).where(Task.project_id == project_id)
+    if f.labeler_id is not None:
+        stmt = stmt.where(model.user_id == f.labeler_id)
+    if f.days is not None:
+        stmt = stmt.where(model.created_at >= utcnow() - timedelta(days=f.days))
+    if f.flagged and f.kind == TaskKind.ranking:
+        stmt = stmt.where(or_(Ranking.flag_count > 0, Ranking.none_acceptable))
+    elif f.flagged and f.kind == TaskKind.comparison:
+        stmt = stmt.where(SUBMISSION_MODELS[TaskKind.comparison].reason != "")  # type: ignore[union-attr]
+    return model, stmt
+
+
+def status_counts(session: Session, project_id: int, f: Filters) -> dict[str, int]:
+    """How many submissions of the filter (whatever their status) are pending, accepted, rejected."""
+    model, stmt = _scoped(project_id, f)
+    rows = session.execute(stmt.with_only_columns(model.review, func.count()).group_by(model.review)).all()
+    counts = {s.value: 0 for s in ReviewStatus}
+    counts.update({ReviewStatus(status).value: n for status, n in rows})
+    counts["all"] = sum(counts.values())
+    return counts
+
+
+def queue(session: Session, project_id: int, f: Filters, *, limit: int = PAGE) -> list[Item]:
+    """The next `limit` submissions of the filter, oldest first, each whole."""
+    model, stmt = _scoped(project_id, f)
+    if f.status != "all":
+        stmt = stmt.where(model.review == ReviewStatus(f.status))
+    subs = list(session.scalars(stmt.where(model.id > f.after).order_by(model.id).limit(limit)))
+    return items(session, f.kind, subs)
+
+
+def items(session: Session, kind: TaskKind, subs: list[Any]) -> list[Item]:
+    """Submissions with what it takes to show them as the labeler saw them."""
+    if not subs:
+        return []
+    tasks = {t.id: t for t in session.scalars(select(Task).where(Task.id.in_({s.task_id for s in subs})))}
+    prompts = {
+        p.id: p for p in session.scalars(select(Prompt).where(Prompt.id.in_({t.prompt_id for t in tasks.values()})))
+    }
+    user_ids = {s.user_id for s in subs} | {s.reviewed_by_id for s in subs if s.reviewed_by_id}
+    users = {u.id: u for u in session.scalars(select(User).where(User.id.in_(user_ids)))}
+    completion_ids = {cid for s in subs for cid in _completion_ids(kind, s)}
+    texts = dict(session.execute(select(Completion.id, Completion.text).where(Completion.id.in_(completion_ids))).all())
+    out = []
+    for s in subs:
+        task = tasks[s.task_id]
+        out.append(
+            Item(
+                kind=kind,
+                submission=s,
+                task=task,
+                prompt=prompts[task.prompt_id],
+                labeler=users[s.user_id],
+                reviewer=users.get(s.reviewed_by_id) if s.reviewed_by_id else None,
+                outputs=_outputs(kind, s, texts),
+            )
+        )
+    return out
+
+
+def item(session: Session, kind: str, submission_id: int) -> Item:
+    """One submission, whole."""
+    if kind not in TaskKind.__members__:
+        raise NotFound(f"Unknown submission kind {kind!r}.")
+    sub = session.get(SUBMISSION_MODELS[TaskKind(kind)], submission_id)
+    if sub is None:
+        raise NotFound(f"No {kind} #{submission_id}.")
+    return items(session, TaskKind(kind), [sub])[0]
+
+
+def _completion_ids(kind: TaskKind, sub: Any) -> list[int]:
+    if kind == TaskKind.ranking:
+        return list(sub.display_order or [cid for group in sub.order for cid in group])
+    if kind == TaskKind.comparison:
+        return [sub.a_completion_id, sub.b_completion_id]
+    return []
+
+
+def _outputs(kind: TaskKind, sub: Any, texts: dict[int, str]) -> list[Output]:
+    """Outputs in the order the labeler saw them (A, B, ...), with rank, Likert and flags."""
+    ids = _completion_ids(kind, sub)
+    rank = {cid: i + 1 for i, group in enumerate(sub.order) for cid in group} if kind == TaskKind.ranking else {}
+    ratings = (sub.ratings or {}) if kind == TaskKind.ranking else {}
+    outputs = []
+    for i, cid in enumerate(ids):
+        rating = ratings.get(str(cid)) or ratings.get(cid) or {}
+        outputs.append(
+            Output(
+                letter=chr(ord("A") + i),
+                completion_id=cid,
+                text=texts.get(cid, "(this output no longer exists)"),
+                rank=rank.get(cid),
+                likert=rating.get("likert"),
+                flags=list(rating.get("flags") or []),
+            )
+        )
+    return outputs
+
+
+def decide(session: Session, admin: User, kind: str, submission_id: int, decision: str, reason: str = "") -> Any:
+    """Records an admin's decision on a submission: accepted, rejected (a reason is required) or
+    pending again (undoes an earlier decision). Returns the submission."""
+    if kind not in TaskKind.__members__:
+        raise ServiceError(f"Unknown submission kind {kind!r}; use demonstration, ranking or comparison.")
+    if decision not in ReviewStatus.__members__:
+        raise ServiceError(f"Unknown decision {decision!r}; use accepted, rejected or pending.")
+    reason = (reason or "").replace("\r\n", "\n").strip()
+    if len(reason) > MAX_REASON:
+        raise ServiceError(f"The reason has {len(reason)} characters; the limit is {MAX_REASON}.")
+    if problem := text_problem(reason):
+        raise ServiceError(f"The reason {problem}.")
+    status = ReviewStatus(decision)
+    if status == ReviewStatus.rejected and not reason:
+        raise ServiceError("Say why it is rejected: the labeler sees the reason in their history.")
+    sub: Any = session.get(SUBMISSION_MODELS[TaskKind(kind)], submission_id)
+    if sub is None:
+        raise NotFound(f"No {kind} #{submission_id}.")
+    sub.review = status
+    sub.review_reason = reason if status != ReviewStatus.pending else ""
+    sub.reviewed_by_id = admin.id if status != ReviewStatus.pending else None
+    sub.reviewed_at = utcnow() if status != ReviewStatus.pending else None
+    session.flush()
+    return sub
+
+
+# -- flags ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Flag:
+    skip: Skip
+    task: Task
+    prompt: Prompt
+    labeler: User
+
+
+def open_flags(session: Session, project_id: int, *, limit: int = 200) -> list[Flag]:
+    """Prompts labelers skipped as PII, nonsense or harmful, not yet dismissed, newest first."""
+    rows = session.execute(
+        select(Skip, Task, Prompt, User)
+        .join(Task, Task.id == Skip.task_id)
+        .join(Prompt, Prompt.id == Task.prompt_id)
+        .join(User, User.id == Skip.user_id)
+        .where(Task.project_id == project_id, Skip.reason != SkipReason.skip, Skip.dismissed_at.is_(None))
+        .order_by(Skip.created_at.desc(), Skip.id.desc())
+        .limit(limit)
+    ).all()
+    return [Flag(*row) for row in rows]
+
+
+def _flag(session: Session, project_id: int, skip_id: int) -> tuple[Skip, Task]:
+    row = session.execute(
+        select(Skip, Task).join(Task, Task.id == Skip.task_id).where(Skip.id == skip_id, Task.project_id == project_id)
+    ).first()
+    if row is None:
+        raise NotFound(f"No flag #{skip_id} in this project.")
+    return row[0], row[1]
+
+
+def dismiss_flag(session: Session, admin: User, project_id: int, skip_id: int) -> Skip:
+    """The admin looked at the flag and lets the prompt be."""
+    skip, _ = _flag(session, project_id, skip_id)
+    skip.dismissed_at, skip.dismissed_by_id = utcnow(), admin.id
+    session.flush()
+    return skip
+
+
+def retire_flagged_prompt(session: Session, admin: User, project_id: int, skip_id: int) -> int:
+    """Retires the flagged prompt's open tasks (no labeler gets them again; what was submitted stays)
+    and dismisses every open flag on the prompt. Returns how many tasks were retired."""
+    _, task = _flag(session, project_id, skip_id)
+    task_ids = select(Task.id).where(Task.prompt_id == task.prompt_id)
+    retired = changed_rows(
+        session.execute(
+            update(Task)
+            .where(Task.prompt_id == task.prompt_id, Task.status == TaskStatus.open)
+            .values(status=TaskStatus.retired)
+            .execution_options(synchronize_session=False)
+        )
+    )
+    session.execute(
+        update(Skip)
+        .where(Skip.task_id.in_(task_ids), Skip.reason != SkipReason.skip, Skip.dismissed_at.is_(None))
+        .values(dismissed_at=utcnow(), dismissed_by_id=admin.id)
+        .execution_options(synchronize_session=False)
+    )
+    session.expire_all()
+    return int(retired or 0)
+
+
+def output_flag_counts(session: Session, project_id: int) -> dict[str, int]:
+    """How often labelers ticked each output flag in the project's rankings (rankings with a flag only)."""
+    counts: Counter[str] = Counter({flag: 0 for flag in OUTPUT_FLAGS})
+    stmt = (
+        select(Ranking.ratings)
+        .join(Task, Task.id == Ranking.task_id)
+        .where(Task.project_id == project_id, Ranking.flag_count > 0)
+    )
+    for ratings in session.scalars(stmt):
+        for rating in (ratings or {}).values():
+            if isinstance(rating, dict):
+                counts.update(f for f in rating.get("flags") or [] if isinstance(f, str))
+    return dict(counts)
+
+
+# -- disagreements ----------------------------------------------------------------------------
+
+
+@dataclass
+class Disagreement:
+    task: Task
+    agreement: float
+    """Rankings: the labeler pairs' mean same-order rate over strictly ordered output pairs;
+    comparisons: the share of labeler pairs that picked the same winner."""
+    items: list[Item]
+
+
+def _agreement(kind: TaskKind, subs: list[Any]) -> float | None:
+    rates = []
+    for a, b in itertools.combinations(subs, 2):
+        if kind == TaskKind.ranking:
+            rate = stats.compare_orders(a.order, b.order).rate
+            if rate is not None:
+                rates.append(rate)
+        else:
+            winners = [stats.comparison_winner(s.choice, s.a_completion_id, s.b_completion_id) for s in (a, b)]
+            rates.append(float(winners[0] == winners[1]))
+    return sum(rates) / len(rates) if rates else None
+
+
+def disagreements(
+    session: Session, project_id: int, kind: TaskKind = TaskKind.ranking, *, below: float = 0.6, limit: int = 20
+) -> tuple[list[Disagreement], int]:
+    """Tasks of `kind` that two or more labelers did and whose agreement is below `below`, most
+    disagreeing first (among the newest DISAGREEMENT_SCAN shared tasks), with their submissions
+    whole; and how many shared tasks were looked at."""
+    model = SUBMISSION_MODELS[kind]
+    shared = list(
+        session.scalars(
+            select(Task.id)
+            .where(Task.project_id == project_id, Task.kind == kind, Task.done_count >= 2)
+            .order_by(Task.id.desc())
+            .limit(DISAGREEMENT_SCAN)
+        )
+    )
+    by_task: dict[int, list[Any]] = {}
+    found_subs: list[Any] = list(session.scalars(select(model).where(model.task_id.in_(shared)).order_by(model.id)))
+    for sub in found_subs:
+        if sub.review != ReviewStatus.rejected:
+            by_task.setdefault(sub.task_id, []).append(sub)
+    scored = [(rate, task_id) for task_id, subs in by_task.items() if (rate := _agreement(kind, subs)) is not None]
+    worst = sorted((r, t) for r, t in scored if r < below)[:limit]
+    found = {i.submission.id: i for i in items(session, kind, [s for _, t in worst for s in by_task[t]])}
+    return [
+        Disagreement(found[by_task[t][0].id].task, rate, [found[s.id] for s in by_task[t]]) for rate, t in worst
+    ], len(by_task)
+
+
+def ask_one_more_labeler(session: Session, task_id: int) -> Task:
+    """One more submission wanted on the task: it opens again for a labeler who has not done it."""
+    task = session.get(Task, task_id)
+    if task is None:
+        raise NotFound(f"No task #{task_id}.")
+    if task.status == TaskStatus.retired:
+        raise ServiceError("This task is retired; it is not handed out again.")
+    if task.required >= MAX_REQUIRED:
+        raise ServiceError(f"The task already asks for {task.required} labelers, the most there can be.")
+    task.required += 1
+    task.status = TaskStatus.open
+    session.flush()
+    return task
+
+
+def gold_from_submission(session: Session, kind: str, submission_id: int) -> Task:
+    """The submission's answer becomes its task's gold answer (rankings and comparisons)."""
+    one = item(session, kind, submission_id)
+    sub = one.submission
+    if one.kind == TaskKind.ranking:
+        stats.set_gold(session, one.task, {"order": sub.order})
+    elif one.kind == TaskKind.comparison:
+        stats.set_gold(
+            session, one.task, {"winner": stats.comparison_winner(sub.choice, sub.a_completion_id, sub.b_completion_id)}
+        )
+    else:
+        raise ServiceError("Gold answers are for ranking and comparison tasks; demonstrations are free text.")
+    session.flush()
+    return one.task

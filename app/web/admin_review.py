@@ -1,0 +1,128 @@
+"""Admin pages: review of submissions and the labelers' flags (rules in app.services.review).
+
+    GET  /admin/projects/{id}/review?kind&status&labeler&flagged&days&after   the review queue
+    POST /admin/review/{kind}/{id}                 decision (accepted / rejected / pending) + reason
+    GET  /admin/projects/{id}/flags                flagged prompts and ranking output flags
+    POST /admin/projects/{id}/flags/{skip}/retire  retire the prompt (and its open tasks)
+    POST /admin/projects/{id}/flags/{skip}/dismiss let the prompt be
+    GET  /admin/projects/{id}/disagreements?kind&below   tasks whose labelers disagree, side by side
+    POST /admin/tasks/{id}/more-labels             one more labeler on the task
+    POST /admin/review/{kind}/{id}/gold            the submission's answer becomes the task's gold
+
+A decision from the review page comes by htmx and answers with the card in its new state; without
+JavaScript the form posts and the page comes back."""
+
+from fastapi import APIRouter, Depends, Request
+
+from app.deps import AdminUser, SessionDep, verify_csrf
+from app.services import ServiceError, accounts, projects, review
+from app.web.params import IdPath, form_text
+from app.web.render import flash, is_htmx, redirect, render
+
+router = APIRouter(prefix="/admin", dependencies=[Depends(verify_csrf)], include_in_schema=False)
+
+
+@router.get("/projects/{project_id}/review")
+def review_page(
+    request: Request,
+    session: SessionDep,
+    user: AdminUser,
+    project_id: IdPath,
+    kind: str = "demonstration",
+    status: str = "pending",
+    labeler: str = "",
+    flagged: str = "",
+    days: str = "",
+    after: str = "",
+):
+    project = projects.get_project(session, project_id)
+    f = review.parse_filters(kind, status, labeler, flagged, days, after)
+    found = review.queue(session, project_id, f, limit=review.PAGE + 1)
+    return render(
+        request,
+        "admin/review.html",
+        {
+            "project": project,
+            "f": f,
+            "items": found[: review.PAGE],
+            "next_after": found[review.PAGE - 1].submission.id if len(found) > review.PAGE else None,
+            "counts": review.status_counts(session, project_id, f),
+            "labelers": accounts.list_users(session),
+        },
+    )
+
+
+@router.post("/review/{kind}/{submission_id}")
+async def decide(request: Request, session: SessionDep, user: AdminUser, kind: str, submission_id: IdPath):
+    form = await request.form()
+    error = None
+    try:
+        sub = review.decide(session, user, kind, submission_id, form_text(form, "decision"), form_text(form, "reason"))
+    except ServiceError as exc:
+        if exc.status_code == 404 or not is_htmx(request):
+            raise
+        error = exc.message  # the card comes back as it was, with the message
+    if not is_htmx(request):
+        flash(request, f"{kind.capitalize()} #{submission_id}: {sub.review.value}.")
+        return redirect(form_text(form, "back") or "/admin")
+    context = {"item": review.item(session, kind, submission_id), "error": error, "back": form_text(form, "back")}
+    return render(request, "admin/_review_item.html", context)
+
+
+@router.get("/projects/{project_id}/flags")
+def flags_page(request: Request, session: SessionDep, user: AdminUser, project_id: IdPath):
+    project = projects.get_project(session, project_id)
+    return render(
+        request,
+        "admin/flags.html",
+        {
+            "project": project,
+            "flags": review.open_flags(session, project_id),
+            "output_flags": review.output_flag_counts(session, project_id),
+        },
+    )
+
+
+@router.post("/projects/{project_id}/flags/{skip_id}/retire")
+def retire_prompt(request: Request, session: SessionDep, user: AdminUser, project_id: IdPath, skip_id: IdPath):
+    retired = review.retire_flagged_prompt(session, user, project_id, skip_id)
+    flash(request, f"Prompt retired: {retired} open task(s) will not be handed out again.")
+    return redirect(f"/admin/projects/{project_id}/flags")
+
+
+@router.post("/projects/{project_id}/flags/{skip_id}/dismiss")
+def dismiss_flag(request: Request, session: SessionDep, user: AdminUser, project_id: IdPath, skip_id: IdPath):
+    review.dismiss_flag(session, user, project_id, skip_id)
+    flash(request, "Flag dismissed: the prompt stays in the queue.")
+    return redirect(f"/admin/projects/{project_id}/flags")
+
+
+@router.get("/projects/{project_id}/disagreements")
+def disagreements_page(
+    request: Request, session: SessionDep, user: AdminUser, project_id: IdPath, kind: str = "ranking", below: str = "60"
+):
+    project = projects.get_project(session, project_id)
+    task_kind = review.TaskKind.comparison if kind == "comparison" else review.TaskKind.ranking
+    percent = int(below) if below.isdigit() and 0 < int(below) <= 101 else 60
+    found, looked_at = review.disagreements(session, project_id, task_kind, below=percent / 100)
+    return render(
+        request,
+        "admin/disagreements.html",
+        {"project": project, "found": found, "looked_at": looked_at, "kind": task_kind, "below": percent},
+    )
+
+
+@router.post("/tasks/{task_id}/more-labels")
+async def more_labels(request: Request, session: SessionDep, user: AdminUser, task_id: IdPath):
+    form = await request.form()
+    task = review.ask_one_more_labeler(session, task_id)
+    flash(request, f"Task #{task.id} now asks for {task.required} labelers; it is open again.", "success")
+    return redirect(form_text(form, "back") or f"/admin/tasks/{task.id}")
+
+
+@router.post("/review/{kind}/{submission_id}/gold")
+async def gold_from(request: Request, session: SessionDep, user: AdminUser, kind: str, submission_id: IdPath):
+    form = await request.form()
+    task = review.gold_from_submission(session, kind, submission_id)
+    flash(request, f"Task #{task.id}: gold answer set from {kind} #{submission_id}.", "success")
+    return redirect(form_text(form, "back") or f"/admin/tasks/{task.id}")

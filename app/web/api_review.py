@@ -1,0 +1,218 @@
+"""JSON API for reviewing submissions and labelers' flags (admins; rules in app.services.review).
+
+GET  /api/v1/projects/{id}/review?kind&status&labeler&flagged&days&after   submissions to review
+POST /api/v1/reviews                          a decision: {kind, submission_id, decision, reason}
+GET  /api/v1/projects/{id}/flags              flagged prompts (open) and ranking output flags
+POST /api/v1/projects/{id}/flags/{skip_id}/retire | dismiss"""
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, Field
+
+from app.deps import ApiAdmin, SessionDep
+from app.services import projects, review
+from app.web.params import DB_INT_MAX, Id, IdPath, IdQuery
+
+router = APIRouter(prefix="/api/v1", tags=["review"])
+
+
+class OutputOut(BaseModel):
+    letter: str = Field(description="A, B, ...: the order the labeler saw the outputs in.")
+    completion_id: int
+    text: str
+    rank: int | None = Field(None, description="1 = best; equal ranks are ties (rankings).")
+    likert: int | None = None
+    flags: list[str] = []
+
+
+class ReviewItemOut(BaseModel):
+    kind: str
+    submission_id: int
+    task_id: int
+    prompt_id: int
+    prompt: str
+    labeler_id: int
+    labeler: str
+    created_at: datetime
+    time_spent_ms: int
+    text: str | None = Field(None, description="The demonstration.")
+    outputs: list[OutputOut] = []
+    none_acceptable: bool | None = None
+    choice: str | None = Field(None, description="a, b or tie (comparisons; A and B as shown).")
+    reason: str | None = Field(None, description="The labeler's reason (comparisons).")
+    review: str
+    review_reason: str
+    reviewed_by: str | None
+    reviewed_at: datetime | None
+
+
+class ReviewPage(BaseModel):
+    counts: dict[str, int]
+    items: list[ReviewItemOut]
+    next_after: int | None = Field(None, description="Pass as `after` for the next page; null: no more.")
+
+
+class DecisionIn(BaseModel):
+    kind: Literal["demonstration", "ranking", "comparison"]
+    submission_id: Id
+    decision: Literal["accepted", "rejected", "pending"] = Field(description="pending undoes an earlier decision.")
+    reason: str = Field("", description="Required to reject: the labeler sees it in their history.")
+
+
+class FlagOut(BaseModel):
+    id: int
+    reason: str
+    note: str
+    task_id: int
+    prompt_id: int
+    prompt: str
+    labeler: str
+    created_at: datetime
+
+
+class FlagsOut(BaseModel):
+    flags: list[FlagOut]
+    output_flags: dict[str, int] = Field(description="How often each output flag was ticked in the project's rankings.")
+
+
+def _item_out(item: review.Item) -> ReviewItemOut:
+    s = item.submission
+    return ReviewItemOut(
+        kind=item.kind.value,
+        submission_id=s.id,
+        task_id=item.task.id,
+        prompt_id=item.prompt.id,
+        prompt=item.prompt.text,
+        labeler_id=item.labeler.id,
+        labeler=item.labeler.email,
+        created_at=s.created_at,
+        time_spent_ms=s.time_spent_ms,
+        text=getattr(s, "text", None),
+        outputs=[OutputOut(**vars(o)) for o in item.outputs],
+        none_acceptable=getattr(s, "none_acceptable", None),
+        choice=s.choice.value if hasattr(s, "choice") else None,
+        reason=getattr(s, "reason", None),
+        review=s.review.value,
+        review_reason=s.review_reason,
+        reviewed_by=item.reviewer.email if item.reviewer else None,
+        reviewed_at=s.reviewed_at,
+    )
+
+
+@router.get("/projects/{project_id}/review", response_model=ReviewPage)
+def review_queue(
+    session: SessionDep,
+    user: ApiAdmin,
+    project_id: IdPath,
+    kind: Literal["demonstration", "ranking", "comparison"] = "demonstration",
+    status: Literal["pending", "accepted", "rejected", "all"] = "pending",
+    labeler: IdQuery = None,
+    flagged: bool = False,
+    days: Annotated[int | None, Query(ge=1, le=3650)] = None,
+    after: Annotated[int, Query(ge=0, le=DB_INT_MAX)] = 0,
+):
+    projects.get_project(session, project_id)
+    f = review.parse_filters(kind, status, str(labeler or ""), "1" if flagged else "", str(days or ""), str(after))
+    found = review.queue(session, project_id, f, limit=review.PAGE + 1)
+    return ReviewPage(
+        counts=review.status_counts(session, project_id, f),
+        items=[_item_out(i) for i in found[: review.PAGE]],
+        next_after=found[review.PAGE - 1].submission.id if len(found) > review.PAGE else None,
+    )
+
+
+@router.post("/reviews", response_model=ReviewItemOut)
+def decide(body: DecisionIn, session: SessionDep, user: ApiAdmin):
+    review.decide(session, user, body.kind, body.submission_id, body.decision, body.reason)
+    return _item_out(review.item(session, body.kind, body.submission_id))
+
+
+@router.get("/projects/{project_id}/flags", response_model=FlagsOut)
+def flags(session: SessionDep, user: ApiAdmin, project_id: IdPath):
+    projects.get_project(session, project_id)
+    return FlagsOut(
+        flags=[
+            FlagOut(
+                id=f.skip.id,
+                reason=f.skip.reason.value,
+                note=f.skip.note,
+                task_id=f.task.id,
+                prompt_id=f.prompt.id,
+                prompt=f.prompt.text,
+                labeler=f.labeler.email,
+                created_at=f.skip.created_at,
+            )
+            for f in review.open_flags(session, project_id)
+        ],
+        output_flags=review.output_flag_counts(session, project_id),
+    )
+
+
+@router.post("/projects/{project_id}/flags/{skip_id}/retire")
+def retire(session: SessionDep, user: ApiAdmin, project_id: IdPath, skip_id: IdPath) -> dict[str, int]:
+    return {"retired_tasks": review.retire_flagged_prompt(session, user, project_id, skip_id)}
+
+
+@router.post("/projects/{project_id}/flags/{skip_id}/dismiss")
+def dismiss(session: SessionDep, user: ApiAdmin, project_id: IdPath, skip_id: IdPath) -> dict[str, int]:
+    return {"dismissed": review.dismiss_flag(session, user, project_id, skip_id).id}
+
+
+class DisagreementOut(BaseModel):
+    task_id: int
+    agreement: float
+    required: int
+    done: int
+    items: list[ReviewItemOut]
+
+
+class SubmissionRef(BaseModel):
+    kind: Literal["ranking", "comparison"]
+    submission_id: Id
+
+
+class TaskOut(BaseModel):
+    id: int
+    status: str
+    required: int
+    done: int
+    gold: dict | None
+
+
+def _task_out(task) -> TaskOut:
+    gold = task.gold if isinstance(task.gold, dict) else None
+    return TaskOut(id=task.id, status=task.status.value, required=task.required, done=task.done_count, gold=gold)
+
+
+@router.get("/projects/{project_id}/disagreements", response_model=list[DisagreementOut])
+def disagreements(
+    session: SessionDep,
+    user: ApiAdmin,
+    project_id: IdPath,
+    kind: Literal["ranking", "comparison"] = "ranking",
+    below: Annotated[float, Query(gt=0, le=1.01, description="Agreement below this share (0..1).")] = 0.6,
+):
+    projects.get_project(session, project_id)
+    found, _ = review.disagreements(session, project_id, review.TaskKind(kind), below=below)
+    return [
+        DisagreementOut(
+            task_id=d.task.id,
+            agreement=d.agreement,
+            required=d.task.required,
+            done=d.task.done_count,
+            items=[_item_out(i) for i in d.items],
+        )
+        for d in found
+    ]
+
+
+@router.post("/tasks/{task_id}/more-labels", response_model=TaskOut)
+def more_labels(session: SessionDep, user: ApiAdmin, task_id: IdPath):
+    return _task_out(review.ask_one_more_labeler(session, task_id))
+
+
+@router.post("/reviews/gold", response_model=TaskOut)
+def gold_from(body: SubmissionRef, session: SessionDep, user: ApiAdmin):
+    return _task_out(review.gold_from_submission(session, body.kind, body.submission_id))

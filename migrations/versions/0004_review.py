@@ -1,0 +1,57 @@
+"""review of submissions: each demonstration, ranking and comparison carries an admin's decision
+(pending / accepted / rejected, with the reason, who and when; replaces demonstrations.accepted),
+and a labeler's flag on a prompt can be dismissed
+
+Revision ID: 0004_review
+Revises: 0003_attempts
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+import app.db
+
+revision: str = "0004_review"
+down_revision: str | None = "0003_attempts"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+SUBMISSIONS = ("demonstrations", "rankings", "comparisons")
+REVIEW = sa.Enum("pending", "accepted", "rejected", name="reviewstatus", native_enum=False, length=32)
+
+
+def upgrade() -> None:
+    for name in SUBMISSIONS:
+        with op.batch_alter_table(name) as batch:
+            batch.add_column(sa.Column("review", REVIEW, server_default="pending", nullable=False))
+            batch.add_column(sa.Column("review_reason", sa.Text(), server_default="", nullable=False))
+            batch.add_column(sa.Column("reviewed_by_id", sa.Integer(), nullable=True))
+            batch.add_column(sa.Column("reviewed_at", app.db.UTCDateTime(timezone=True), nullable=True))
+            batch.create_foreign_key(f"fk_{name}_reviewed_by", "users", ["reviewed_by_id"], ["id"], ondelete="SET NULL")
+    # A demonstration an admin had rejected (accepted = false) keeps that decision.
+    op.execute(sa.text("UPDATE demonstrations SET review = 'rejected' WHERE accepted = :no").bindparams(no=False))
+    with op.batch_alter_table("demonstrations") as batch:
+        batch.drop_column("accepted")
+    with op.batch_alter_table("skips") as batch:
+        batch.add_column(sa.Column("dismissed_at", app.db.UTCDateTime(timezone=True), nullable=True))
+        batch.add_column(sa.Column("dismissed_by_id", sa.Integer(), nullable=True))
+        batch.create_foreign_key("fk_skips_dismissed_by", "users", ["dismissed_by_id"], ["id"], ondelete="SET NULL")
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("skips") as batch:
+        batch.drop_constraint("fk_skips_dismissed_by", type_="foreignkey")
+        batch.drop_column("dismissed_by_id")
+        batch.drop_column("dismissed_at")
+    with op.batch_alter_table("demonstrations") as batch:
+        batch.add_column(sa.Column("accepted", sa.Boolean(), server_default=sa.true(), nullable=False))
+    op.execute(sa.text("UPDATE demonstrations SET accepted = :no WHERE review = 'rejected'").bindparams(no=False))
+    for name in SUBMISSIONS:
+        with op.batch_alter_table(name) as batch:
+            batch.drop_constraint(f"fk_{name}_reviewed_by", type_="foreignkey")
+            batch.drop_column("reviewed_at")
+            batch.drop_column("reviewed_by_id")
+            batch.drop_column("review_reason")
+            batch.drop_column("review")

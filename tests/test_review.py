@@ -1,0 +1,238 @@
+"""Review of submissions (issue 16), on SQLite and Postgres: an admin's decision on a demonstration,
+ranking or comparison (reason required to reject, reversible, who and when), rejected ones left out
+of snapshots and exports, the labeler's history, flags (retire / dismiss), disagreements (one more
+labeler, gold from an answer), and the JSON API with its errors."""
+
+import re
+
+from sqlalchemy import select
+
+from app.models import (
+    Comparison,
+    Completion,
+    Demonstration,
+    Project,
+    Ranking,
+    ReviewStatus,
+    Role,
+    Skip,
+    SkipReason,
+    Task,
+)
+from app.services import accounts, exports, review, tasks
+from tests.conftest import PASSWORD, csrf_of, login
+from tests.worker_helpers import add_demonstrations, add_ranking, make_prompts
+from trainer.snapshots import snapshot_demonstrations
+
+HTMX = {"HX-Request": "true"}
+
+
+def _project(session, name="Review") -> Project:
+    project = Project(name=name, k=2, overlap=1)
+    session.add(project)
+    session.flush()
+    return project
+
+
+def _decide(client, kind: str, sub_id: int, decision: str, reason: str = "", htmx: bool = True):
+    data = {"decision": decision, "reason": reason, "csrf_token": csrf_of(client, "/admin"), "back": "/admin"}
+    return client.post(f"/admin/review/{kind}/{sub_id}", data=data, headers=HTMX if htmx else {})
+
+
+def test_a_rejected_demonstration_leaves_training_and_exports_and_the_labeler_sees_why(
+    session, admin_client, make_user, app
+):
+    labeler = make_user("writer@example.com", Role.labeler)
+    project = _project(session)
+    demos = add_demonstrations(session, project, [("Say hi", "Hi!"), ("Count to 3", "1 2 3\n4 5 6")], labeler)
+    session.commit()
+
+    page = admin_client.get(f"/admin/projects/{project.id}/review")
+    assert page.status_code == 200 and "2 pending" in page.text
+    assert "1 2 3\n4 5 6" in page.text, "the demonstration is shown whole, with its line breaks"
+
+    refused = _decide(admin_client, "demonstration", demos[1].id, "rejected")
+    assert refused.status_code == 200 and "Say why it is rejected" in refused.text
+    card = _decide(admin_client, "demonstration", demos[1].id, "rejected", "Counts past 3.")
+    assert card.status_code == 200 and 'data-review="rejected"' in card.text and "admin@example.com" in card.text
+    session.expire_all()
+    rejected = session.get(Demonstration, demos[1].id)
+    assert rejected.review == ReviewStatus.rejected and rejected.review_reason == "Counts past 3."
+    assert rejected.reviewed_by_id == admin_client.user.id and rejected.reviewed_at is not None
+
+    train, valid, snap = snapshot_demonstrations(session, project.id, {"valid_splits": ["train"]})
+    assert demos[1].id not in snap.rows["demonstrations"] and snap.counts["demonstrations_rejected"] == 1
+    assert "Left out 1 demonstration(s) an admin rejected." in snap.notes
+    rows = list(exports.sft_rows(session, exports.ExportFilter(project.id)))
+    assert [r["completion"] for r in rows] == ["Hi!"]
+
+    # The labeler's history: the answer whole, the decision and its reason.
+    admin_client.cookies.clear()
+    assert login(admin_client, labeler.email, PASSWORD).status_code == 303
+    history = admin_client.get("/label/history").text
+    assert "Counts past 3." in history and "rejected" in history and "1 2 3\n4 5 6" in history
+    assert "not reviewed" in history
+
+
+def test_a_decision_can_be_undone_and_a_plain_form_post_redirects(session, admin_client, make_user):
+    labeler = make_user("writer@example.com", Role.labeler)
+    project = _project(session)
+    (demo,) = add_demonstrations(session, project, [("Say hi", "Hi!")], labeler)
+    session.commit()
+    done = _decide(admin_client, "demonstration", demo.id, "accepted", htmx=False)
+    assert done.status_code == 303
+    session.expire_all()
+    assert session.get(Demonstration, demo.id).review == ReviewStatus.accepted
+    assert 'data-review="pending"' in _decide(admin_client, "demonstration", demo.id, "pending").text
+    session.expire_all()
+    undone = session.get(Demonstration, demo.id)
+    assert undone.review == ReviewStatus.pending and undone.reviewed_by_id is None and undone.review_reason == ""
+    assert _decide(admin_client, "demonstration", 999999, "accepted").status_code == 404
+    assert _decide(admin_client, "nonsense", demo.id, "accepted").status_code == 404
+
+
+def test_rankings_show_as_the_labeler_saw_them_and_rejected_ones_leave_the_reward_snapshot(
+    session, admin_client, make_user
+):
+    from trainer.snapshots import snapshot_rankings
+
+    alice = make_user("alice@example.com", Role.labeler)
+    project = _project(session)
+    (prompt,) = make_prompts(session, project, ["Pick the best"])
+    ranking = add_ranking(session, project, prompt, ["first answer", "second answer"], [[1], [0]], alice)
+    ranking.display_order = list(reversed(ranking.display_order))
+    ranking.ratings = {str(ranking.order[0][0]): {"likert": 6, "flags": []}}
+    (other,) = make_prompts(session, project, ["Pick again"])
+    kept = add_ranking(session, project, other, ["x", "y"], [[0], [1]], alice)
+    session.commit()
+    page = admin_client.get(f"/admin/projects/{project.id}/review?kind=ranking").text
+    card = page[page.index(f'id="review-ranking-{ranking.id}"') :]
+    # Shown as A = the second answer (the labeler's order), ranked 1, with its Likert rating.
+    assert re.search(r"<strong>A</strong>\s*· rank 1\s*· Likert 6/7\s*</div>second answer", card), card[:1500]
+    assert _decide(admin_client, "ranking", ranking.id, "rejected", "Random order.").status_code == 200
+    _, _, snap = snapshot_rankings(session, project.id, {"valid_splits": ["train"]})
+    assert snap.rows["rankings"] == [kept.id] and snap.counts["rankings_rejected"] == 1
+
+
+def bearer(session, user) -> dict[str, str]:
+    token = accounts.create_api_token(session, user)
+    session.commit()
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_the_api_reviews_and_refuses_bad_decisions(session, client, make_user):
+    admin = make_user("admin@example.com", Role.admin)
+    labeler = make_user("writer@example.com", Role.labeler)
+    project = _project(session)
+    (demo,) = add_demonstrations(session, project, [("Say hi", "Hi!")], labeler)
+    session.commit()
+    headers = bearer(session, admin)
+    listed = client.get(f"/api/v1/projects/{project.id}/review", headers=headers)
+    assert listed.status_code == 200
+    body = listed.json()
+    assert body["counts"]["pending"] == 1 and body["items"][0]["text"] == "Hi!" and body["next_after"] is None
+    ok = client.post(
+        "/api/v1/reviews",
+        json={"kind": "demonstration", "submission_id": demo.id, "decision": "rejected", "reason": "Too short."},
+        headers=headers,
+    )
+    assert ok.status_code == 200 and ok.json()["review"] == "rejected" and ok.json()["reviewed_by"] == admin.email
+    for bad, status in (
+        ({"kind": "demonstration", "submission_id": demo.id, "decision": "rejected"}, 400),
+        ({"kind": "demonstration", "submission_id": demo.id, "decision": "rejected", "reason": "a\x00b"}, 400),
+        ({"kind": "demonstration", "submission_id": demo.id, "decision": "maybe"}, 422),
+        ({"kind": "demonstration", "submission_id": 999999, "decision": "accepted"}, 404),
+        ({"kind": "demonstration", "submission_id": demo.id, "decision": "rejected", "reason": "x" * 2001}, 400),
+    ):
+        r = client.post("/api/v1/reviews", json=bad, headers=headers)
+        assert r.status_code == status and "detail" in r.json(), (bad, r.text)
+    assert client.post("/api/v1/reviews", json=bad, headers=bearer(session, labeler)).status_code == 403
+    session.expire_all()
+    assert session.get(Demonstration, demo.id).review_reason == "Too short.", "a refused decision changed nothing"
+
+
+def test_flags_are_listed_and_retiring_the_prompt_retires_its_open_tasks(session, admin_client, make_user):
+    labeler = make_user("writer@example.com", Role.labeler)
+    project = _project(session)
+    prompts = make_prompts(session, project, ["My card is 4111 1111 1111 1111", "Fine prompt"])
+    flagged, fine = tasks.create_demonstration_tasks(session, project, prompts)
+    session.add_all(
+        [
+            Skip(task_id=flagged.id, user_id=labeler.id, reason=SkipReason.pii, note="card number"),
+            Skip(task_id=fine.id, user_id=labeler.id, reason=SkipReason.nonsense, note=""),
+        ]
+    )
+    session.commit()
+    page = admin_client.get(f"/admin/projects/{project.id}/flags").text
+    assert "card number" in page and "4111 1111 1111 1111" in page and "Fine prompt" in page
+    skip_ids = {s.task_id: s.id for s in session.scalars(select(Skip))}
+    token = csrf_of(admin_client, "/admin")
+    r = admin_client.post(
+        f"/admin/projects/{project.id}/flags/{skip_ids[flagged.id]}/retire", data={"csrf_token": token}
+    )
+    assert r.status_code == 303
+    r = admin_client.post(f"/admin/projects/{project.id}/flags/{skip_ids[fine.id]}/dismiss", data={"csrf_token": token})
+    assert r.status_code == 303
+    session.expire_all()
+    assert session.get(Task, flagged.id).status.value == "retired" and session.get(Task, fine.id).status.value == "open"
+    assert review.open_flags(session, project.id) == []
+    assert "No open flags." in admin_client.get(f"/admin/projects/{project.id}/flags").text
+    other = _project(session, "Other")
+    session.commit()
+    missing = admin_client.post(
+        f"/admin/projects/{other.id}/flags/{skip_ids[fine.id]}/retire", data={"csrf_token": token}
+    )
+    assert missing.status_code == 404, "a flag of another project is not this project's"
+
+
+def test_disagreements_show_side_by_side_and_one_more_labeler_reopens_the_task(session, admin_client, make_user):
+    alice, bob = make_user("alice@example.com", Role.labeler), make_user("bob@example.com", Role.labeler)
+    project = _project(session)
+    (prompt,) = make_prompts(session, project, ["Which is better?"])
+    first = add_ranking(session, project, prompt, ["red", "blue"], [[0], [1]], alice)
+    task = session.get(Task, first.task_id)
+    second = Ranking(
+        task_id=task.id, user_id=bob.id, order=list(reversed(first.order)), display_order=first.display_order
+    )
+    session.add(second)
+    task.done_count, task.required, task.status = 2, 2, task.status.closed
+    session.commit()
+
+    page = admin_client.get(f"/admin/projects/{project.id}/disagreements").text
+    assert (
+        f"Task #{task.id}" in page
+        and "0% agreement" in page
+        and "alice@example.com" in page
+        and "bob@example.com" in page
+    )
+    token = csrf_of(admin_client, "/admin")
+    assert admin_client.post(f"/admin/tasks/{task.id}/more-labels", data={"csrf_token": token}).status_code == 303
+    session.expire_all()
+    task = session.get(Task, task.id)
+    assert task.required == 3 and task.status.value == "open"
+    r = admin_client.post(f"/admin/review/ranking/{second.id}/gold", data={"csrf_token": token})
+    assert r.status_code == 303
+    session.expire_all()
+    assert session.get(Task, task.id).gold == {"order": second.order}
+    # A rejected answer no longer counts: the task agrees with itself and leaves the page.
+    assert _decide(admin_client, "ranking", second.id, "rejected", "Backwards.").status_code == 200
+    assert f"Task #{task.id}" not in admin_client.get(f"/admin/projects/{project.id}/disagreements").text
+
+
+def test_comparisons_show_a_and_b_as_shown_with_the_reason(session, admin_client, make_user):
+    alice = make_user("alice@example.com", Role.labeler)
+    project = _project(session)
+    (prompt,) = make_prompts(session, project, ["Compare these"])
+    a, b = Completion(prompt_id=prompt.id, text="answer one"), Completion(prompt_id=prompt.id, text="answer two")
+    session.add_all([a, b])
+    session.flush()
+    task = tasks.create_comparison_task(session, project, prompt, a.id, b.id)
+    session.add(
+        Comparison(
+            task_id=task.id, user_id=alice.id, a_completion_id=b.id, b_completion_id=a.id, choice="a", reason="clearer"
+        )
+    )
+    session.commit()
+    page = admin_client.get(f"/admin/projects/{project.id}/review?kind=comparison").text
+    assert re.search(r"<strong>A</strong>\s*· <strong>chosen</strong>\s*</div>answer two", page), page[-3000:]
+    assert "reason: clearer" in page
