@@ -432,6 +432,22 @@ class Demonstration(_Submission, Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"))
     guideline_version_id: Mapped[int | None] = mapped_column(ForeignKey("guideline_versions.id"))
     text: Mapped[str] = mapped_column(Text)
+    revision: Mapped[int] = mapped_column(Integer, server_default="1")
+    """1 as submitted; each revision by its labeler adds one (the earlier texts: DemonstrationRevision)."""
+
+
+class DemonstrationRevision(Base):
+    """An earlier text of a demonstration that its labeler revised (kept; runs record the revision they used)."""
+
+    __tablename__ = "demonstration_revisions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    demonstration_id: Mapped[int] = mapped_column(ForeignKey("demonstrations.id", ondelete="CASCADE"), index=True)
+    revision: Mapped[int] = mapped_column(Integer)
+    text: Mapped[str] = mapped_column(Text)
+    written_at: Mapped[datetime] = mapped_column()
+    """When this text was submitted (or revised to)."""
+    replaced_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class ModelVersion(Base):

@@ -11,6 +11,7 @@ from app.models import (
     Comparison,
     Completion,
     Demonstration,
+    DemonstrationRevision,
     Project,
     Ranking,
     ReviewStatus,
@@ -236,3 +237,36 @@ def test_comparisons_show_a_and_b_as_shown_with_the_reason(session, admin_client
     page = admin_client.get(f"/admin/projects/{project.id}/review?kind=comparison").text
     assert re.search(r"<strong>A</strong>\s*· <strong>chosen</strong>\s*</div>answer two", page), page[-3000:]
     assert "reason: clearer" in page
+
+
+def test_a_labeler_revises_a_demonstration_until_it_is_reviewed_and_runs_record_the_revision(
+    session, admin_client, make_user
+):
+    labeler = make_user("writer@example.com", Role.labeler)
+    project = _project(session)
+    (demo,) = add_demonstrations(session, project, [("Say hi", "Hi")], labeler)
+    session.commit()
+    writer = admin_client  # the same browser, signed in as the labeler
+    writer.cookies.clear()
+    assert login(writer, labeler.email, PASSWORD).status_code == 303
+    assert "Revise" in writer.get("/label/history").text
+    token = csrf_of(writer, f"/label/demonstrations/{demo.id}/revise")
+    r = writer.post(f"/label/demonstrations/{demo.id}/revise", data={"text": "Hello there!", "csrf_token": token})
+    assert r.status_code == 303
+    empty = writer.post(f"/label/demonstrations/{demo.id}/revise", data={"text": "  ", "csrf_token": token})
+    assert empty.status_code == 400 and "empty" in empty.text
+    session.expire_all()
+    revised = session.get(Demonstration, demo.id)
+    assert (revised.text, revised.revision) == ("Hello there!", 2)
+    (earlier,) = session.scalars(select(DemonstrationRevision))
+    assert (earlier.demonstration_id, earlier.revision, earlier.text) == (demo.id, 1, "Hi")
+    _, _, snap = snapshot_demonstrations(session, project.id, {"valid_splits": ["train"]})
+    assert snap.record()["demonstration_revisions"] == {str(demo.id): 2}
+    assert snap.manifest[0][-1] == "Hello there!"
+
+    other = make_user("other@example.com", Role.labeler)
+    assert review.decide(session, other, "demonstration", demo.id, "accepted") is not None  # (any user object)
+    refused = writer.post(f"/label/demonstrations/{demo.id}/revise", data={"text": "Too late", "csrf_token": token})
+    assert refused.status_code == 409 and "can no longer be revised" in refused.text
+    assert "Revise</a>" not in writer.get("/label/history").text
+    assert writer.get("/label/demonstrations/999999/revise").status_code == 404

@@ -32,6 +32,8 @@ class Snapshot:
     manifest: list[Any] = field(repr=False)
     counts: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    revisions: dict[int, int] = field(default_factory=dict)
+    """Demonstrations used at a revision past the first: id -> revision (the text the labeler revised to)."""
 
     @property
     def sha256(self) -> str:
@@ -45,6 +47,11 @@ class Snapshot:
             "sha256": self.sha256,
             "counts": self.counts,
             "notes": self.notes,
+            **(
+                {"demonstration_revisions": {str(k): v for k, v in sorted(self.revisions.items())}}
+                if self.revisions
+                else {}
+            ),
         }
 
     def keep_prompts(self, ids: list[int]) -> None:
@@ -58,7 +65,13 @@ class Snapshot:
         rows = {k: list(v) for k, v in self.rows.items()}
         for key, ids in other.rows.items():
             rows[key] = sorted(set(rows.get(key, [])) | set(ids))
-        return Snapshot(rows, self.manifest + other.manifest, {**self.counts, **other.counts}, self.notes + other.notes)
+        return Snapshot(
+            rows,
+            self.manifest + other.manifest,
+            {**self.counts, **other.counts},
+            self.notes + other.notes,
+            {**self.revisions, **other.revisions},
+        )
 
 
 def _splits(data_filter: dict, key: str, default: list[str]) -> list[Split]:
@@ -119,6 +132,7 @@ def snapshot_demonstrations(
         manifest=manifest,
         counts={"sft_train": len(train), "sft_valid": len(valid), "demonstrations_rejected": rejected},
         notes=notes,
+        revisions={d.id: d.revision for d, _ in rows if d.revision > 1},
     )
     return train, valid, snapshot
 

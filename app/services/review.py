@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from app.db import changed_rows, utcnow
+from app.db import atomic, changed_rows, utcnow
 from app.models import (
     OUTPUT_FLAGS,
     SUBMISSION_MODELS,
@@ -196,6 +196,7 @@ def _outputs(kind: TaskKind, sub: Any, texts: dict[int, str]) -> list[Output]:
     return outputs
 
 
+@atomic
 def decide(session: Session, admin: User, kind: str, submission_id: int, decision: str, reason: str = "") -> Any:
     """Records an admin's decision on a submission: accepted, rejected (a reason is required) or
     pending again (undoes an earlier decision). Returns the submission."""
@@ -211,7 +212,7 @@ def decide(session: Session, admin: User, kind: str, submission_id: int, decisio
     status = ReviewStatus(decision)
     if status == ReviewStatus.rejected and not reason:
         raise ServiceError("Say why it is rejected: the labeler sees the reason in their history.")
-    sub: Any = session.get(SUBMISSION_MODELS[TaskKind(kind)], submission_id)
+    sub: Any = session.get(SUBMISSION_MODELS[TaskKind(kind)], submission_id, with_for_update=True)
     if sub is None:
         raise NotFound(f"No {kind} #{submission_id}.")
     sub.review = status

@@ -39,11 +39,14 @@ from app.models import (
     OUTPUT_FLAGS,
     SUBMISSION_MODELS,
     ComparisonChoice,
+    Demonstration,
+    DemonstrationRevision,
     Draft,
     GuidelineVersion,
     Lease,
     Project,
     Prompt,
+    ReviewStatus,
     Skip,
     SkipReason,
     Task,
@@ -333,6 +336,45 @@ def submit_demonstration(
         return _replay_or_conflict(existing, kind, key, existing.text == text)
     slot = _claim_slot(session, user, task)
     return _store(session, slot, kind, time_spent_ms, key, prompt_id=task.prompt_id, text=text)
+
+
+def own_demonstration(session: Session, user: User, demonstration_id: int):
+    """The labeler's own demonstration, whole (review.Item); NotFound for anyone else's."""
+    from app.services import review
+
+    demo = session.get(Demonstration, demonstration_id)
+    if demo is None or demo.user_id != user.id:
+        raise NotFound(f"You have no demonstration {demonstration_id}.")
+    return review.items(session, TaskKind.demonstration, [demo])[0]
+
+
+@atomic
+def revise_demonstration(session: Session, user: User, demonstration_id: int, text: str) -> Demonstration:
+    """The labeler rewrites their demonstration while no admin has reviewed it and its task is not
+    retired; the earlier text is kept (DemonstrationRevision) and `revision` goes up by one. A run
+    uses the text current when it takes its snapshot, and records the revision."""
+    demo = session.get(Demonstration, demonstration_id, with_for_update=True)
+    if demo is None or demo.user_id != user.id:
+        raise NotFound(f"You have no demonstration {demonstration_id}.")
+    if demo.review != ReviewStatus.pending:
+        raise Conflict(f"An admin has {demo.review.value} this demonstration; it can no longer be revised.")
+    task = session.get_one(Task, demo.task_id)
+    if task.status == TaskStatus.retired:
+        raise Conflict("This task was retired; its demonstration can no longer be revised.")
+    text = clean_demonstration(text, task.project.max_demonstration_chars)
+    if text == demo.text:
+        return demo
+    earlier = session.scalar(
+        select(func.max(DemonstrationRevision.replaced_at)).where(DemonstrationRevision.demonstration_id == demo.id)
+    )
+    session.add(
+        DemonstrationRevision(
+            demonstration_id=demo.id, revision=demo.revision, text=demo.text, written_at=earlier or demo.created_at
+        )
+    )
+    demo.text, demo.revision = text, demo.revision + 1
+    session.flush()
+    return demo
 
 
 # -- rankings ---------------------------------------------------------------------------------

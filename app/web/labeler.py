@@ -231,6 +231,32 @@ def save_draft(session: SessionDep, task_id: IdPath, user: LabelerUser, text: An
     return HTMLResponse(f'<span class="draft-status" role="status">Draft saved {datetime.now(UTC):%H:%M:%S} UTC</span>')
 
 
+@router.get("/label/demonstrations/{demonstration_id}/revise")
+def revise_page(request: Request, session: SessionDep, user: LabelerUser, demonstration_id: IdPath, error: str = ""):
+    row = submissions.own_demonstration(session, user, demonstration_id)
+    return render(request, "labeler/revise.html", {"item": row, "error": error}, status_code=400 if error else 200)
+
+
+@router.post("/label/demonstrations/{demonstration_id}/revise")
+def revise(
+    request: Request,
+    session: SessionDep,
+    user: LabelerUser,
+    demonstration_id: IdPath,
+    text: Annotated[str, Form()] = "",
+):
+    try:
+        demo = submissions.revise_demonstration(session, user, demonstration_id, text)
+    except ServiceError as exc:
+        if exc.status_code == 404:
+            raise
+        response = revise_page(request, session, user, demonstration_id, error=exc.message)
+        response.status_code = exc.status_code
+        return response
+    flash(request, f"Demonstration revised (revision {demo.revision}); the earlier text is kept.", "success")
+    return redirect("/label/history")
+
+
 @router.get("/label/history")
 def history_page(request: Request, session: SessionDep, user: LabelerUser, page: Page = 1):
     page = max(1, page)

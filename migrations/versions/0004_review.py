@@ -1,6 +1,7 @@
 """review of submissions: each demonstration, ranking and comparison carries an admin's decision
 (pending / accepted / rejected, with the reason, who and when; replaces demonstrations.accepted),
-and a labeler's flag on a prompt can be dismissed
+a labeler's flag on a prompt can be dismissed, and a labeler can revise a demonstration (earlier
+texts kept in demonstration_revisions)
 
 Revision ID: 0004_review
 Revises: 0003_attempts
@@ -34,6 +35,19 @@ def upgrade() -> None:
     op.execute(sa.text("UPDATE demonstrations SET review = 'rejected' WHERE accepted = :no").bindparams(no=False))
     with op.batch_alter_table("demonstrations") as batch:
         batch.drop_column("accepted")
+        batch.add_column(sa.Column("revision", sa.Integer(), server_default="1", nullable=False))
+    op.create_table(
+        "demonstration_revisions",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("demonstration_id", sa.Integer(), nullable=False),
+        sa.Column("revision", sa.Integer(), nullable=False),
+        sa.Column("text", sa.Text(), nullable=False),
+        sa.Column("written_at", app.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("replaced_at", app.db.UTCDateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(["demonstration_id"], ["demonstrations.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    op.create_index("ix_demonstration_revisions_demonstration_id", "demonstration_revisions", ["demonstration_id"])
     with op.batch_alter_table("skips") as batch:
         batch.add_column(sa.Column("dismissed_at", app.db.UTCDateTime(timezone=True), nullable=True))
         batch.add_column(sa.Column("dismissed_by_id", sa.Integer(), nullable=True))
@@ -45,7 +59,10 @@ def downgrade() -> None:
         batch.drop_constraint("fk_skips_dismissed_by", type_="foreignkey")
         batch.drop_column("dismissed_by_id")
         batch.drop_column("dismissed_at")
+    op.drop_index("ix_demonstration_revisions_demonstration_id", table_name="demonstration_revisions")
+    op.drop_table("demonstration_revisions")
     with op.batch_alter_table("demonstrations") as batch:
+        batch.drop_column("revision")
         batch.add_column(sa.Column("accepted", sa.Boolean(), server_default=sa.true(), nullable=False))
     op.execute(sa.text("UPDATE demonstrations SET accepted = :no WHERE review = 'rejected'").bindparams(no=False))
     for name in SUBMISSIONS:
