@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import (
     BindParameter,
+    String,
     and_,
     bindparam,
     case,
@@ -29,6 +30,7 @@ from sqlalchemy import (
     insert,
     literal_column,
     select,
+    type_coerce,
     union_all,
     update,
 )
@@ -623,7 +625,7 @@ def _history_union(user_id: int):
             model.task_id.label("task_id"),
             model.created_at.label("created_at"),
             model.time_spent_ms.label("time_spent_ms"),
-            model.review.label("review"),
+            type_coerce(model.review, String).label("review"),  # (skips put their reason here)
             model.review_reason.label("reason"),
             literal_column(f"'{kind.value}'").label("source"),
         ).where(model.user_id == user_id)
@@ -635,7 +637,7 @@ def _history_union(user_id: int):
             Skip.task_id.label("task_id"),
             Skip.created_at.label("created_at"),
             literal_column("0").label("time_spent_ms"),
-            Skip.reason.label("review"),
+            type_coerce(Skip.reason, String).label("review"),
             Skip.note.label("reason"),
             literal_column("'skip'").label("source"),
         ).where(Skip.user_id == user_id)

@@ -1,6 +1,7 @@
 // Rank outputs. The per-output "Place" selects are the form's truth (they also work without
 // JavaScript); this board mirrors them and lets the labeler set places by drag and drop or by
 // keyboard on the letter chips: 1..K = that place, ArrowUp/ArrowDown = move, 0/Delete = take out.
+// On a focused output card, 1..7 sets its quality (Likert) and moves to the next card; f opens its flags.
 (() => {
   const form = document.getElementById("task-form");
   const board = document.querySelector("[data-board]");
@@ -32,6 +33,25 @@
     chip.addEventListener("click", () => card.scrollIntoView({ behavior: "smooth", block: "start" }));
     chips.set(id, chip);
   }
+
+  cards.forEach((card, i) => {
+    card.tabIndex = 0;
+    card.addEventListener("keydown", (e) => {
+      if (e.target !== card || e.ctrlKey || e.metaKey || e.altKey) return;
+      if (/^[1-7]$/.test(e.key)) {
+        e.preventDefault();
+        card.querySelector(`input[type=radio][value="${e.key}"]`).checked = true;
+        update();
+        announce(`Output ${card.dataset.letter} rated ${e.key} of 7`);
+        (cards[i + 1] || chips.get(cards[0].dataset.output)).focus();
+      } else if (e.key === "f") {
+        e.preventDefault();
+        const flags = card.querySelector("details.flags");
+        flags.open = true;
+        flags.querySelector("input")?.focus();
+      }
+    });
+  });
 
   for (const zone of board.querySelectorAll("[data-drop]")) {
     zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("over"); });

@@ -25,7 +25,12 @@
     if (submit) submit.setAttribute("aria-busy", "true");
   });
 
+  // "?" (not while typing) opens the list of this screen's shortcuts; Esc closes it.
+  const help = document.getElementById("shortcuts");
+  const openHelp = () => { if (help && !help.open) help.showModal(); };
+  document.querySelector("[data-shortcuts]")?.addEventListener("click", openHelp);
   document.addEventListener("keydown", (e) => {
+    if (e.key === "?" && !e.target.matches("input[type=text], textarea, select")) { e.preventDefault(); openHelp(); return; }
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) {
       e.preventDefault();
       const submit = document.getElementById("submit-btn");
