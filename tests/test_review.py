@@ -270,3 +270,33 @@ def test_a_labeler_revises_a_demonstration_until_it_is_reviewed_and_runs_record_
     assert refused.status_code == 409 and "can no longer be revised" in refused.text
     assert "Revise</a>" not in writer.get("/label/history").text
     assert writer.get("/label/demonstrations/999999/revise").status_code == 404
+
+
+def test_labelers_page_shows_acceptance_and_leaves_a_labeler_out_of_new_runs(session, admin_client, make_user):
+    from app.services import runs
+
+    good, sloppy = make_user("good@example.com", Role.labeler), make_user("sloppy@example.com", Role.labeler)
+    project = _project(session)
+    add_demonstrations(session, project, [("Say hi", "Hi!")], good)
+    demos = add_demonstrations(session, project, [("A", "x"), ("B", "y"), ("C", "z")], sloppy)
+    session.commit()
+    for demo, decision in zip(demos, ("rejected", "rejected", "accepted"), strict=True):
+        review.decide(session, admin_client.user, "demonstration", demo.id, decision, "meh")
+    page = admin_client.get(f"/admin/labelers?project={project.id}").text
+    row = page[page.index("sloppy@example.com") :]
+    assert "33.3%" in row[:3000] and "of 3 reviewed" in row[:3000]
+
+    token = csrf_of(admin_client, "/admin")
+    r = admin_client.post(f"/admin/labelers/{sloppy.id}/training", data={"csrf_token": token, "left_out": "1"})
+    assert r.status_code == 303
+    run = runs.create_run(session, project_id=project.id, kind="sft", config={}, default_model="tiny")
+    assert sloppy.id in run.data_filter["exclude_labelers"] and run.data_filter["left_out_by_admin"] == [sloppy.id]
+    session.commit()
+    assert "left out" in admin_client.get("/admin/labelers").text
+    r = admin_client.post(f"/admin/labelers/{sloppy.id}/training", data={"csrf_token": token, "left_out": "0"})
+    assert r.status_code == 303
+    later = runs.create_run(session, project_id=project.id, kind="sft", config={}, default_model="tiny")
+    assert "left_out_by_admin" not in later.data_filter and sloppy.id not in later.data_filter.get(
+        "exclude_labelers", []
+    )
+    assert run.data_filter["exclude_labelers"] == [sloppy.id], "a run keeps the data it was made with"

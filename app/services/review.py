@@ -385,3 +385,29 @@ def gold_from_submission(session: Session, kind: str, submission_id: int) -> Tas
         raise ServiceError("Gold answers are for ranking and comparison tasks; demonstrations are free text.")
     session.flush()
     return one.task
+
+
+# -- labeler quality --------------------------------------------------------------------------
+
+
+def acceptance(session: Session, project_id: int | None = None) -> dict[int, tuple[int, int]]:
+    """Per labeler: (accepted, rejected) demonstrations among those an admin reviewed."""
+    model = SUBMISSION_MODELS[TaskKind.demonstration]
+    stmt = select(model.user_id, model.review, func.count()).where(model.review != ReviewStatus.pending)
+    if project_id is not None:
+        stmt = stmt.join(Task, Task.id == model.task_id).where(Task.project_id == project_id)
+    out: dict[int, list[int]] = {}
+    for user_id, status, n in session.execute(stmt.group_by(model.user_id, model.review)):
+        out.setdefault(user_id, [0, 0])[0 if status == ReviewStatus.accepted else 1] += n
+    return {uid: (a, r) for uid, (a, r) in out.items()}
+
+
+def leave_out_of_training(session: Session, user_id: int, left_out: bool) -> User:
+    """Leaves a labeler's data out of every run created from now on (or takes it back in); runs
+    already created keep the data they were made with."""
+    user = session.get(User, user_id)
+    if user is None:
+        raise NotFound(f"No user #{user_id}.")
+    user.left_out_of_training = left_out
+    session.flush()
+    return user

@@ -103,6 +103,7 @@ def create_run(
     except ValueError as exc:
         raise ServiceError(f"Invalid {run_kind.value} config: {exc}", status_code=422) from None
     data_filter = _check_data_filter(session, data_filter or {})
+    data_filter = _apply_left_out(session, data_filter)
     if "min_agreement" in data_filter:
         data_filter = _apply_min_agreement(session, project.id, data_filter)
     ids = _check_input_models(
@@ -186,6 +187,16 @@ def _check_data_filter(session: Session, data_filter: Any) -> dict[str, Any]:
         if not isinstance(splits, list) or not splits or not all(s in Split.__members__ for s in splits):
             raise ServiceError(f"data_filter.{key} must be a non-empty list of splits (train, valid, test).")
     return dict(data_filter)
+
+
+def _apply_left_out(session: Session, data_filter: dict[str, Any]) -> dict[str, Any]:
+    """Labelers an admin left out of training (Labelers page) join exclude_labelers; who they were is
+    kept with the run (`left_out_by_admin`)."""
+    left_out = sorted(session.scalars(select(User.id).where(User.left_out_of_training)))
+    if not left_out:
+        return data_filter
+    excluded = sorted(set(data_filter.get("exclude_labelers", [])) | set(left_out))
+    return {**data_filter, "exclude_labelers": excluded, "left_out_by_admin": left_out}
 
 
 def _apply_min_agreement(session: Session, project_id: int, data_filter: dict[str, Any]) -> dict[str, Any]:

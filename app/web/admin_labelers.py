@@ -4,7 +4,7 @@ from fastapi import APIRouter, Depends, Request
 
 from app.deps import AdminUser, SessionDep, verify_csrf
 from app.models import TaskKind
-from app.services import ServiceError, projects, stats, tasks
+from app.services import ServiceError, projects, review, stats, tasks
 from app.web.params import IdPath, Page, form_id, form_text
 from app.web.render import flash, redirect, render
 
@@ -31,10 +31,24 @@ def labelers_page(
             "project_id": pid,
             "projects": projects.project_choices(session),
             "gold_tasks": stats.gold_tasks(session, pid, limit=20),
+            "acceptance": review.acceptance(session, pid),
             "reference": PAIRWISE_REFERENCE,
             "as_of": as_of,
         },
     )
+
+
+@router.post("/labelers/{user_id}/training")
+async def leave_out(request: Request, session: SessionDep, user: AdminUser, user_id: IdPath):
+    form = await request.form()
+    left_out = form_text(form, "left_out") == "1"
+    labeler = review.leave_out_of_training(session, user_id, left_out)
+    who = labeler.name or labeler.email
+    if left_out:
+        flash(request, f"{who}'s data is left out of every run created from now on.", "success")
+    else:
+        flash(request, f"{who}'s data is used again in new runs.", "success")
+    return redirect(form_text(form, "back") or "/admin/labelers")
 
 
 @router.get("/projects/{project_id}/tasks")

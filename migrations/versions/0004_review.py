@@ -1,5 +1,6 @@
 """review of submissions: each demonstration, ranking and comparison carries an admin's decision
 (pending / accepted / rejected, with the reason, who and when; replaces demonstrations.accepted),
+an admin can leave a labeler's data out of future runs,
 a labeler's flag on a prompt can be dismissed, and a labeler can revise a demonstration (earlier
 texts kept in demonstration_revisions)
 
@@ -48,6 +49,8 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
     )
     op.create_index("ix_demonstration_revisions_demonstration_id", "demonstration_revisions", ["demonstration_id"])
+    with op.batch_alter_table("users") as batch:
+        batch.add_column(sa.Column("left_out_of_training", sa.Boolean(), server_default=sa.false(), nullable=False))
     with op.batch_alter_table("skips") as batch:
         batch.add_column(sa.Column("dismissed_at", app.db.UTCDateTime(timezone=True), nullable=True))
         batch.add_column(sa.Column("dismissed_by_id", sa.Integer(), nullable=True))
@@ -55,6 +58,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("users") as batch:
+        batch.drop_column("left_out_of_training")
     with op.batch_alter_table("skips") as batch:
         batch.drop_constraint("fk_skips_dismissed_by", type_="foreignkey")
         batch.drop_column("dismissed_by_id")
