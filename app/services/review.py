@@ -13,7 +13,7 @@ retires (the prompt's open tasks with it) or dismisses; and the per-output flags
 import itertools
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, or_, select, update
@@ -196,12 +196,22 @@ def _outputs(kind: TaskKind, sub: Any, texts: dict[int, str]) -> list[Output]:
     return outputs
 
 
+@dataclass
+class Decision:
+    kind: TaskKind
+    submission_id: int
+    review: ReviewStatus
+    review_reason: str
+    reviewed_by_id: int | None
+    reviewed_at: datetime | None
+
+
 @atomic
-def decide(session: Session, admin: User, kind: str, submission_id: int, decision: str, reason: str = "") -> Any:
+def decide(session: Session, admin: User, kind: str, submission_id: int, decision: str, reason: str = "") -> Decision:
     """Records an admin's decision on a submission: accepted, rejected (a reason is required) or
-    pending again (undoes an earlier decision). Returns the submission."""
+    pending again (undoes an earlier decision), in one UPDATE (the last decision wins)."""
     if kind not in TaskKind.__members__:
-        raise ServiceError(f"Unknown submission kind {kind!r}; use demonstration, ranking or comparison.")
+        raise NotFound(f"Unknown submission kind {kind!r}; use demonstration, ranking or comparison.")
     if decision not in ReviewStatus.__members__:
         raise ServiceError(f"Unknown decision {decision!r}; use accepted, rejected or pending.")
     reason = (reason or "").replace("\r\n", "\n").strip()
@@ -212,15 +222,22 @@ def decide(session: Session, admin: User, kind: str, submission_id: int, decisio
     status = ReviewStatus(decision)
     if status == ReviewStatus.rejected and not reason:
         raise ServiceError("Say why it is rejected: the labeler sees the reason in their history.")
-    sub: Any = session.get(SUBMISSION_MODELS[TaskKind(kind)], submission_id, with_for_update=True)
-    if sub is None:
+    decided = status != ReviewStatus.pending
+    model = SUBMISSION_MODELS[TaskKind(kind)]
+    row = session.execute(
+        update(model)
+        .where(model.id == submission_id)
+        .values(
+            review=status,
+            review_reason=reason if decided else "",
+            reviewed_by_id=admin.id if decided else None,
+            reviewed_at=utcnow() if decided else None,
+        )
+        .returning(model.review, model.review_reason, model.reviewed_by_id, model.reviewed_at)
+    ).first()
+    if row is None:
         raise NotFound(f"No {kind} #{submission_id}.")
-    sub.review = status
-    sub.review_reason = reason if status != ReviewStatus.pending else ""
-    sub.reviewed_by_id = admin.id if status != ReviewStatus.pending else None
-    sub.reviewed_at = utcnow() if status != ReviewStatus.pending else None
-    session.flush()
-    return sub
+    return Decision(TaskKind(kind), submission_id, ReviewStatus(row[0]), *row[1:])
 
 
 # -- flags ------------------------------------------------------------------------------------

@@ -92,7 +92,14 @@ def task_page(request: Request, session: SessionDep, user: AdminUser, task_id: I
     return render(
         request,
         "admin/task.html",
-        {"task": task, "subs": subs, "gold_rank": gold_rank, "scores": scores, "error": error},
+        {
+            "task": task,
+            "subs": subs,
+            "items": review.items(session, task.kind, [sub for sub, _ in subs]),
+            "gold_rank": gold_rank,
+            "scores": scores,
+            "error": error,
+        },
         status_code=400 if error else 200,
     )
 

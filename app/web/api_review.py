@@ -123,10 +123,26 @@ def review_queue(
     )
 
 
-@router.post("/reviews", response_model=ReviewItemOut)
+class DecisionOut(BaseModel):
+    kind: str
+    submission_id: int
+    review: str
+    review_reason: str
+    reviewed_by: str | None
+    reviewed_at: datetime | None
+
+
+@router.post("/reviews", response_model=DecisionOut)
 def decide(body: DecisionIn, session: SessionDep, user: ApiAdmin):
-    review.decide(session, user, body.kind, body.submission_id, body.decision, body.reason)
-    return _item_out(review.item(session, body.kind, body.submission_id))
+    d = review.decide(session, user, body.kind, body.submission_id, body.decision, body.reason)
+    return DecisionOut(
+        kind=d.kind.value,
+        submission_id=d.submission_id,
+        review=d.review.value,
+        review_reason=d.review_reason,
+        reviewed_by=user.email if d.reviewed_by_id else None,
+        reviewed_at=d.reviewed_at,
+    )
 
 
 @router.get("/projects/{project_id}/flags", response_model=FlagsOut)

@@ -30,5 +30,5 @@
     if (card.querySelector('[role="alert"]')) { card.querySelector('input[name="reason"]').focus(); moveOn = null; return; }
     if (moveOn === card.id) { moveOn = null; focusAt(cards().indexOf(card) + 1); } else card.focus();
   });
-  if (!current()) focusAt(0);
+  if (!current() && document.getElementById("review-list")) focusAt(0);  // the review page starts on the first
 })();
