@@ -199,13 +199,17 @@ def test_disagreements_show_side_by_side_and_one_more_labeler_reopens_the_task(s
     task.done_count, task.required, task.status = 2, 2, task.status.closed
     session.commit()
 
+    low = admin_client.get(f"/admin/projects/{project.id}/review?kind=ranking&status=all&agreement_below=50").text
+    assert f"review-ranking-{first.id}" in low and f"review-ranking-{second.id}" in low
+    nobody = admin_client.get(f"/admin/projects/{project.id}/review?kind=ranking&agreement_below=50&labeler=999").text
+    assert "Nothing to review" in nobody
     page = admin_client.get(f"/admin/projects/{project.id}/disagreements").text
-    assert (
-        f"Task #{task.id}" in page
-        and "0% agreement" in page
-        and "alice@example.com" in page
-        and "bob@example.com" in page
-    )
+    assert f"Task #{task.id}" in page and "0% agreement" in page
+    assert "alice@example.com" in page and "bob@example.com" in page
+    api = admin_client.get(
+        f"/api/v1/projects/{project.id}/disagreements", headers=bearer(session, admin_client.user)
+    ).json()
+    assert [(d["task_id"], d["agreement"], len(d["items"])) for d in api] == [(task.id, 0.0, 2)]
     token = csrf_of(admin_client, "/admin")
     assert admin_client.post(f"/admin/tasks/{task.id}/more-labels", data={"csrf_token": token}).status_code == 303
     session.expire_all()

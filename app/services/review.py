@@ -79,13 +79,18 @@ class Filters:
     """Rankings with a flagged output or "none acceptable"; comparisons with a reason written."""
     days: int | None = None
     """Submitted in the last N days."""
+    agreement_below: int | None = None
+    """By labelers whose agreement with the others on shared ranking tasks is below this percent."""
     after: int = 0
     """Keyset cursor: submissions with a higher id."""
 
 
-def parse_filters(kind: str, status: str, labeler: str, flagged: str, days: str, after: str) -> Filters:
+def parse_filters(
+    kind: str, status: str, labeler: str, flagged: str, days: str, after: str, agreement_below: str = ""
+) -> Filters:
     """Filters from query-string values; anything unknown falls back to the default."""
     return Filters(
+        agreement_below=int(agreement_below) if agreement_below.isdigit() and 0 < int(agreement_below) <= 100 else None,
         kind=TaskKind(kind) if kind in TaskKind.__members__ else TaskKind.demonstration,
         status=status if status in (*ReviewStatus.__members__, "all") else "pending",
         labeler_id=int(labeler) if labeler.isdigit() else None,
@@ -95,9 +100,15 @@ def parse_filters(kind: str, status: str, labeler: str, flagged: str, days: str,
     )
 
 
-def _scoped(project_id: int, f: Filters):
+def _scoped(session: Session, project_id: int, f: Filters):
     model = SUBMISSION_MODELS[f.kind]
     stmt = select(model).join(Task, Task.id == model.task_id).where(Task.project_id == project_id)
+    if f.agreement_below is not None:
+        agreement, _ = stats.memo(session, "agreement", (project_id,), lambda s: stats.ranking_agreement(s, project_id))
+        low = [
+            uid for uid, a in agreement.per_labeler.items() if a.rate is not None and a.rate < f.agreement_below / 100
+        ]
+        stmt = stmt.where(model.user_id.in_(low))
     if f.labeler_id is not None:
         stmt = stmt.where(model.user_id == f.labeler_id)
     if f.days is not None:
@@ -111,7 +122,7 @@ def _scoped(project_id: int, f: Filters):
 
 def status_counts(session: Session, project_id: int, f: Filters) -> dict[str, int]:
     """How many submissions of the filter (whatever their status) are pending, accepted, rejected."""
-    model, stmt = _scoped(project_id, f)
+    model, stmt = _scoped(session, project_id, f)
     rows = session.execute(stmt.with_only_columns(model.review, func.count()).group_by(model.review)).all()
     counts = {s.value: 0 for s in ReviewStatus}
     counts.update({ReviewStatus(status).value: n for status, n in rows})
@@ -121,7 +132,7 @@ def status_counts(session: Session, project_id: int, f: Filters) -> dict[str, in
 
 def queue(session: Session, project_id: int, f: Filters, *, limit: int = PAGE) -> list[Item]:
     """The next `limit` submissions of the filter, oldest first, each whole."""
-    model, stmt = _scoped(project_id, f)
+    model, stmt = _scoped(session, project_id, f)
     if f.status != "all":
         stmt = stmt.where(model.review == ReviewStatus(f.status))
     subs = list(session.scalars(stmt.where(model.id > f.after).order_by(model.id).limit(limit)))
@@ -332,16 +343,14 @@ class Disagreement:
     items: list[Item]
 
 
-def _agreement(kind: TaskKind, subs: list[Any]) -> float | None:
+def _agreement(kind: TaskKind, answers: list[Any]) -> float | None:
+    """answers: each labeler's ranking order, or comparison winner (completion id, None for a tie)."""
     rates = []
-    for a, b in itertools.combinations(subs, 2):
-        if kind == TaskKind.ranking:
-            rate = stats.compare_orders(a.order, b.order).rate
-            if rate is not None:
-                rates.append(rate)
-        else:
-            winners = [stats.comparison_winner(s.choice, s.a_completion_id, s.b_completion_id) for s in (a, b)]
-            rates.append(float(winners[0] == winners[1]))
+    for a, b in itertools.combinations(answers, 2):
+        if kind == TaskKind.comparison:
+            rates.append(float(a == b))
+        elif (rate := stats.compare_orders(a, b).rate) is not None:
+            rates.append(rate)
     return sum(rates) / len(rates) if rates else None
 
 
@@ -350,26 +359,40 @@ def disagreements(
 ) -> tuple[list[Disagreement], int]:
     """Tasks of `kind` that two or more labelers did and whose agreement is below `below`, most
     disagreeing first (among the newest DISAGREEMENT_SCAN shared tasks), with their submissions
-    whole; and how many shared tasks were looked at."""
-    model = SUBMISSION_MODELS[kind]
-    shared = list(
-        session.scalars(
-            select(Task.id)
-            .where(Task.project_id == project_id, Task.kind == kind, Task.done_count >= 2)
-            .order_by(Task.id.desc())
-            .limit(DISAGREEMENT_SCAN)
-        )
+    whole; and how many shared tasks were looked at. Rejected answers do not count."""
+    model: Any = SUBMISSION_MODELS[kind]
+    shared = (
+        select(Task.id)
+        .where(Task.project_id == project_id, Task.kind == kind, Task.done_count >= 2)
+        .order_by(Task.id.desc())
+        .limit(DISAGREEMENT_SCAN)
+        .subquery()
     )
-    by_task: dict[int, list[Any]] = {}
-    found_subs: list[Any] = list(session.scalars(select(model).where(model.task_id.in_(shared)).order_by(model.id)))
-    for sub in found_subs:
-        if sub.review != ReviewStatus.rejected:
-            by_task.setdefault(sub.task_id, []).append(sub)
-    scored = [(rate, task_id) for task_id, subs in by_task.items() if (rate := _agreement(kind, subs)) is not None]
+    answer = (
+        (model.order,) if kind == TaskKind.ranking else (model.choice, model.a_completion_id, model.b_completion_id)
+    )
+    rows = session.execute(
+        select(model.id, model.task_id, *answer)
+        .where(model.task_id.in_(select(shared.c.id)), model.review != ReviewStatus.rejected)
+        .order_by(model.id)
+    ).all()
+    by_task: dict[int, list[tuple[int, Any]]] = {}
+    for sub_id, task_id, *values in rows:
+        value = values[0] if kind == TaskKind.ranking else stats.comparison_winner(*values)
+        by_task.setdefault(task_id, []).append((sub_id, value))
+    scored = [
+        (rate, task_id)
+        for task_id, answers in by_task.items()
+        if len(answers) >= 2 and (rate := _agreement(kind, [v for _, v in answers])) is not None
+    ]
     worst = sorted((r, t) for r, t in scored if r < below)[:limit]
-    found = {i.submission.id: i for i in items(session, kind, [s for _, t in worst for s in by_task[t]])}
+    ids = [sub_id for _, t in worst for sub_id, _ in by_task[t]]
+    found = {
+        i.submission.id: i for i in items(session, kind, list(session.scalars(select(model).where(model.id.in_(ids)))))
+    }
     return [
-        Disagreement(found[by_task[t][0].id].task, rate, [found[s.id] for s in by_task[t]]) for rate, t in worst
+        Disagreement(found[by_task[t][0][0]].task, rate, [found[sub_id] for sub_id, _ in by_task[t]])
+        for rate, t in worst
     ], len(by_task)
 
 

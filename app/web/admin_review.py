@@ -34,9 +34,10 @@ def review_page(
     flagged: str = "",
     days: str = "",
     after: str = "",
+    agreement_below: str = "",
 ):
     project = projects.get_project(session, project_id)
-    f = review.parse_filters(kind, status, labeler, flagged, days, after)
+    f = review.parse_filters(kind, status, labeler, flagged, days, after, agreement_below)
     found = review.queue(session, project_id, f, limit=review.PAGE + 1)
     return render(
         request,

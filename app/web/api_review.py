@@ -112,9 +112,20 @@ def review_queue(
     flagged: bool = False,
     days: Annotated[int | None, Query(ge=1, le=3650)] = None,
     after: Annotated[int, Query(ge=0, le=DB_INT_MAX)] = 0,
+    agreement_below: Annotated[
+        int | None, Query(ge=1, le=100, description="Only labelers whose ranking agreement is below this percent.")
+    ] = None,
 ):
     projects.get_project(session, project_id)
-    f = review.parse_filters(kind, status, str(labeler or ""), "1" if flagged else "", str(days or ""), str(after))
+    f = review.parse_filters(
+        kind,
+        status,
+        str(labeler or ""),
+        "1" if flagged else "",
+        str(days or ""),
+        str(after),
+        str(agreement_below or ""),
+    )
     found = review.queue(session, project_id, f, limit=review.PAGE + 1)
     return ReviewPage(
         counts=review.status_counts(session, project_id, f),
