@@ -418,6 +418,8 @@ class _Submission:
     review_reason: Mapped[str] = mapped_column(Text, server_default="")
     reviewed_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     reviewed_at: Mapped[datetime | None] = mapped_column()
+    revision: Mapped[int] = mapped_column(Integer, server_default="1")
+    """1 as submitted; each revision by its labeler adds one (the earlier answers: SubmissionRevision)."""
 
 
 class Demonstration(_Submission, Base):
@@ -435,21 +437,23 @@ class Demonstration(_Submission, Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"))
     guideline_version_id: Mapped[int | None] = mapped_column(ForeignKey("guideline_versions.id"))
     text: Mapped[str] = mapped_column(Text)
-    revision: Mapped[int] = mapped_column(Integer, server_default="1")
-    """1 as submitted; each revision by its labeler adds one (the earlier texts: DemonstrationRevision)."""
 
 
-class DemonstrationRevision(Base):
-    """An earlier text of a demonstration that its labeler revised (kept; runs record the revision they used)."""
+class SubmissionRevision(Base):
+    """An earlier answer of a submission that its labeler revised (kept; runs record the revision they used)."""
 
-    __tablename__ = "demonstration_revisions"
+    __tablename__ = "submission_revisions"
+    __table_args__ = (Index("ix_submission_revisions_kind_submission", "kind", "submission_id"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    demonstration_id: Mapped[int] = mapped_column(ForeignKey("demonstrations.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[TaskKind] = mapped_column(_enum(TaskKind))
+    submission_id: Mapped[int] = mapped_column(Integer)
+    """The id in the kind's table (demonstrations, rankings, comparisons)."""
     revision: Mapped[int] = mapped_column(Integer)
-    text: Mapped[str] = mapped_column(Text)
+    answer: Mapped[dict[str, Any]] = mapped_column()
+    """The answer's fields as they were: text; or order, ratings, none_acceptable; or choice, reason."""
     written_at: Mapped[datetime] = mapped_column()
-    """When this text was submitted (or revised to)."""
+    """When this answer was submitted (or revised to)."""
     replaced_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -11,13 +11,13 @@ from app.models import (
     Comparison,
     Completion,
     Demonstration,
-    DemonstrationRevision,
     Project,
     Ranking,
     ReviewStatus,
     Role,
     Skip,
     SkipReason,
+    SubmissionRevision,
     Task,
 )
 from app.services import accounts, exports, review, tasks
@@ -262,10 +262,15 @@ def test_a_labeler_revises_a_demonstration_until_it_is_reviewed_and_runs_record_
     session.expire_all()
     revised = session.get(Demonstration, demo.id)
     assert (revised.text, revised.revision) == ("Hello there!", 2)
-    (earlier,) = session.scalars(select(DemonstrationRevision))
-    assert (earlier.demonstration_id, earlier.revision, earlier.text) == (demo.id, 1, "Hi")
+    (earlier,) = session.scalars(select(SubmissionRevision))
+    assert (earlier.kind.value, earlier.submission_id, earlier.revision, earlier.answer) == (
+        "demonstration",
+        demo.id,
+        1,
+        {"text": "Hi"},
+    )
     _, _, snap = snapshot_demonstrations(session, project.id, {"valid_splits": ["train"]})
-    assert snap.record()["demonstration_revisions"] == {str(demo.id): 2}
+    assert snap.record()["revisions"] == {"demonstrations": {str(demo.id): 2}}
     assert snap.manifest[0][-1] == "Hello there!"
 
     other = make_user("other@example.com", Role.labeler)
@@ -304,3 +309,46 @@ def test_labelers_page_shows_acceptance_and_leaves_a_labeler_out_of_new_runs(ses
         "exclude_labelers", []
     )
     assert run.data_filter["exclude_labelers"] == [sloppy.id], "a run keeps the data it was made with"
+
+
+def test_a_labeler_revises_a_ranking_and_a_comparison_in_their_task_screens(session, client, make_user):
+    from trainer.snapshots import snapshot_rankings
+
+    alice = make_user("alice@example.com", Role.labeler)
+    project = _project(session)
+    (prompt,) = make_prompts(session, project, ["Pick one"])
+    ranking = add_ranking(session, project, prompt, ["first", "second"], [[0], [1]], alice)
+    a, b = ranking.display_order
+    ranking.ratings = {str(a): {"likert": 6, "flags": []}, str(b): {"likert": 3, "flags": []}}
+    (other,) = make_prompts(session, project, ["Compare"])
+    x, y = Completion(prompt_id=other.id, text="x"), Completion(prompt_id=other.id, text="y")
+    session.add_all([x, y])
+    session.flush()
+    task = tasks.create_comparison_task(session, project, other, x.id, y.id)
+    comparison = Comparison(task_id=task.id, user_id=alice.id, a_completion_id=x.id, b_completion_id=y.id, choice="a")
+    session.add(comparison)
+    session.commit()
+    assert login(client, alice.email, PASSWORD).status_code == 303
+
+    page = client.get(f"/label/rankings/{ranking.id}/revise")
+    assert page.status_code == 200 and "Save the revision" in page.text and "Skip or flag" not in page.text
+    token = csrf_of(client, f"/label/rankings/{ranking.id}/revise")
+    form = {"csrf_token": token, f"place_{a}": "2", f"place_{b}": "1", f"likert_{a}": "2", f"likert_{b}": "7"}
+    unrated = client.post(f"/label/rankings/{ranking.id}/revise", data={**form, f"likert_{b}": ""})
+    assert unrated.status_code == 400 and "Rate every output" in unrated.text
+    assert client.post(f"/label/rankings/{ranking.id}/revise", data=form).status_code == 303
+    session.expire_all()
+    revised = session.get(Ranking, ranking.id)
+    assert revised.order == [[b], [a]] and revised.revision == 2
+    _, _, snap = snapshot_rankings(session, project.id, {"valid_splits": ["train"]})
+    assert snap.record()["revisions"] == {"rankings": {str(ranking.id): 2}}
+
+    data = {"csrf_token": token, "choice": "tie", "reason": "Both fine."}
+    assert client.post(f"/label/comparisons/{comparison.id}/revise", data=data).status_code == 303
+    session.expire_all()
+    assert session.get(Comparison, comparison.id).choice.value == "tie"
+    kept = {(r.kind.value, r.revision): r.answer for r in session.scalars(select(SubmissionRevision))}
+    assert kept[("comparison", 1)] == {"choice": "a", "reason": ""}
+    assert kept[("ranking", 1)]["order"] == [[a], [b]]
+    assert client.get("/label/nonsense/1/revise").status_code == 404
+    assert client.get(f"/label/rankings/{ranking.id + 100}/revise").status_code == 404

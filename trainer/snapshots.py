@@ -32,8 +32,8 @@ class Snapshot:
     manifest: list[Any] = field(repr=False)
     counts: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    revisions: dict[int, int] = field(default_factory=dict)
-    """Demonstrations used at a revision past the first: id -> revision (the text the labeler revised to)."""
+    revisions: dict[str, dict[int, int]] = field(default_factory=dict)
+    """Submissions used at a revision past the first, per table: id -> revision (the labeler's revised answer)."""
 
     @property
     def sha256(self) -> str:
@@ -48,7 +48,7 @@ class Snapshot:
             "counts": self.counts,
             "notes": self.notes,
             **(
-                {"demonstration_revisions": {str(k): v for k, v in sorted(self.revisions.items())}}
+                {"revisions": {t: {str(k): v for k, v in sorted(ids.items())} for t, ids in self.revisions.items()}}
                 if self.revisions
                 else {}
             ),
@@ -80,6 +80,11 @@ def _splits(data_filter: dict, key: str, default: list[str]) -> list[Split]:
 
 def _held_out(prompt_ids: set[int]) -> set[int]:
     return {pid for i, pid in enumerate(sorted(prompt_ids)) if i % HOLDOUT_EVERY == HOLDOUT_EVERY - 1}
+
+
+def _revised(table: str, subs: list) -> dict[str, dict[int, int]]:
+    revised = {s.id: s.revision for s in subs if s.revision > 1}
+    return {table: revised} if revised else {}
 
 
 def _rejected_note(session: Session, stmt, model, what: str) -> tuple[int, list[str]]:
@@ -132,7 +137,7 @@ def snapshot_demonstrations(
         manifest=manifest,
         counts={"sft_train": len(train), "sft_valid": len(valid), "demonstrations_rejected": rejected},
         notes=notes,
-        revisions={d.id: d.revision for d, _ in rows if d.revision > 1},
+        revisions=_revised("demonstrations", [d for d, _ in rows]),
     )
     return train, valid, snapshot
 
@@ -229,6 +234,7 @@ def snapshot_rankings(
             "prompts": sorted({p.id for _, _, p in rows}),
             "completions": sorted({cid for r in used for g in r.order for cid in g}),
         },
+        revisions=_revised("rankings", used),
         manifest=manifest,
         counts={"rankings_train": len(train), "rankings_valid": len(valid), "rankings_rejected": rejected},
         notes=notes,

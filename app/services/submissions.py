@@ -41,8 +41,6 @@ from app.models import (
     OUTPUT_FLAGS,
     SUBMISSION_MODELS,
     ComparisonChoice,
-    Demonstration,
-    DemonstrationRevision,
     Draft,
     GuidelineVersion,
     Lease,
@@ -51,6 +49,7 @@ from app.models import (
     ReviewStatus,
     Skip,
     SkipReason,
+    SubmissionRevision,
     Task,
     TaskKind,
     TaskStatus,
@@ -340,43 +339,88 @@ def submit_demonstration(
     return _store(session, slot, kind, time_spent_ms, key, prompt_id=task.prompt_id, text=text)
 
 
-def own_demonstration(session: Session, user: User, demonstration_id: int):
-    """The labeler's own demonstration, whole (review.Item); NotFound for anyone else's."""
+def own_submission(session: Session, user: User, kind: str, submission_id: int):
+    """The labeler's own submission, whole (review.Item); NotFound for anyone else's."""
     from app.services import review
 
-    demo = session.get(Demonstration, demonstration_id)
-    if demo is None or demo.user_id != user.id:
-        raise NotFound(f"You have no demonstration {demonstration_id}.")
-    return review.items(session, TaskKind.demonstration, [demo])[0]
+    model = SUBMISSION_MODELS.get(TaskKind(kind)) if kind in TaskKind.__members__ else None
+    sub: Any = session.get(model, submission_id) if model is not None else None
+    if sub is None or sub.user_id != user.id:
+        raise NotFound(f"You have no {kind} {submission_id}.")
+    return review.items(session, TaskKind(kind), [sub])[0]
+
+
+def _revisable(session: Session, user: User, kind: TaskKind, submission_id: int) -> tuple[Any, Task]:
+    """The labeler's own submission, locked, while no admin has reviewed it and its task is not retired."""
+    sub: Any = session.get(SUBMISSION_MODELS[kind], submission_id, with_for_update=True)
+    if sub is None or sub.user_id != user.id:
+        raise NotFound(f"You have no {kind.value} {submission_id}.")
+    if sub.review != ReviewStatus.pending:
+        raise Conflict(f"An admin has {sub.review.value} this {kind.value}; it can no longer be revised.")
+    task = session.get_one(Task, sub.task_id)
+    if task.status == TaskStatus.retired:
+        raise Conflict(f"This task was retired; its {kind.value} can no longer be revised.")
+    return sub, task
+
+
+def _keep_earlier(session: Session, kind: TaskKind, sub: Any, answer: dict[str, Any]) -> None:
+    """Keeps the answer being replaced (SubmissionRevision) and counts the new revision."""
+    earlier = session.scalar(
+        select(func.max(SubmissionRevision.replaced_at)).where(
+            SubmissionRevision.kind == kind, SubmissionRevision.submission_id == sub.id
+        )
+    )
+    session.add(
+        SubmissionRevision(
+            kind=kind, submission_id=sub.id, revision=sub.revision, answer=answer, written_at=earlier or sub.created_at
+        )
+    )
+    sub.revision += 1
+
+
+# A labeler revises their own submission while no admin has reviewed it and its task is not
+# retired; the earlier answer is kept and `revision` goes up by one. A run uses the answer current
+# when it takes its snapshot, and records the revision.
 
 
 @atomic
-def revise_demonstration(session: Session, user: User, demonstration_id: int, text: str) -> Demonstration:
-    """The labeler rewrites their demonstration while no admin has reviewed it and its task is not
-    retired; the earlier text is kept (DemonstrationRevision) and `revision` goes up by one. A run
-    uses the text current when it takes its snapshot, and records the revision."""
-    demo = session.get(Demonstration, demonstration_id, with_for_update=True)
-    if demo is None or demo.user_id != user.id:
-        raise NotFound(f"You have no demonstration {demonstration_id}.")
-    if demo.review != ReviewStatus.pending:
-        raise Conflict(f"An admin has {demo.review.value} this demonstration; it can no longer be revised.")
-    task = session.get_one(Task, demo.task_id)
-    if task.status == TaskStatus.retired:
-        raise Conflict("This task was retired; its demonstration can no longer be revised.")
+def revise_demonstration(session: Session, user: User, demonstration_id: int, text: str) -> Any:
+    demo, task = _revisable(session, user, TaskKind.demonstration, demonstration_id)
     text = clean_demonstration(text, task.project.max_demonstration_chars)
-    if text == demo.text:
-        return demo
-    earlier = session.scalar(
-        select(func.max(DemonstrationRevision.replaced_at)).where(DemonstrationRevision.demonstration_id == demo.id)
-    )
-    session.add(
-        DemonstrationRevision(
-            demonstration_id=demo.id, revision=demo.revision, text=demo.text, written_at=earlier or demo.created_at
-        )
-    )
-    demo.text, demo.revision = text, demo.revision + 1
+    if text != demo.text:
+        _keep_earlier(session, TaskKind.demonstration, demo, {"text": demo.text})
+        demo.text = text
     session.flush()
     return demo
+
+
+@atomic
+def revise_ranking(
+    session: Session, user: User, ranking_id: int, order: Any, ratings: Any, *, none_acceptable: bool = False
+) -> Any:
+    ranking, task = _revisable(session, user, TaskKind.ranking, ranking_id)
+    clean_order, clean_ratings = clean_ranking(_task_output_ids(session, task), order, ratings)
+    new = {"order": clean_order, "ratings": clean_ratings, "none_acceptable": bool(none_acceptable)}
+    old = {"order": ranking.order, "ratings": ranking.ratings, "none_acceptable": ranking.none_acceptable}
+    if new != old:
+        _keep_earlier(session, TaskKind.ranking, ranking, old)
+        ranking.order, ranking.ratings, ranking.none_acceptable = clean_order, clean_ratings, bool(none_acceptable)
+        ranking.flag_count = count_output_flags(clean_ratings)
+    session.flush()
+    return ranking
+
+
+@atomic
+def revise_comparison(session: Session, user: User, comparison_id: int, choice: str, reason: str = "") -> Any:
+    comparison, _ = _revisable(session, user, TaskKind.comparison, comparison_id)
+    clean_choice, reason = clean_comparison(choice, reason)
+    if (clean_choice, reason) != (comparison.choice, comparison.reason):
+        _keep_earlier(
+            session, TaskKind.comparison, comparison, {"choice": comparison.choice.value, "reason": comparison.reason}
+        )
+        comparison.choice, comparison.reason = clean_choice, reason
+    session.flush()
+    return comparison
 
 
 # -- rankings ---------------------------------------------------------------------------------
@@ -495,6 +539,17 @@ def submit_ranking(
 # -- comparisons ------------------------------------------------------------------------------
 
 
+def clean_comparison(choice: str, reason: str) -> tuple[ComparisonChoice, str]:
+    try:
+        clean = ComparisonChoice(choice)
+    except ValueError:
+        raise ServiceError(f"Choose 'a', 'b' or 'tie', not {choice!r}.") from None
+    reason = (reason or "").strip()
+    if len(reason) > MAX_REASON_CHARS:
+        raise ServiceError(f"The reason has {len(reason)} characters; the limit is {MAX_REASON_CHARS}.")
+    return clean, reason
+
+
 @atomic
 def submit_comparison(
     session: Session,
@@ -509,13 +564,7 @@ def submit_comparison(
     kind = TaskKind.comparison
     key = _check_key(idempotency_key)
     task = _locked_task(session, user, task_id, kind)
-    try:
-        choice = ComparisonChoice(choice)
-    except ValueError:
-        raise ServiceError(f"Choose 'a', 'b' or 'tie', not {choice!r}.") from None
-    reason = (reason or "").strip()
-    if len(reason) > MAX_REASON_CHARS:
-        raise ServiceError(f"The reason has {len(reason)} characters; the limit is {MAX_REASON_CHARS}.")
+    choice, reason = clean_comparison(choice, reason)
     existing = _existing(session, task, user)
     if existing is not None:
         return _replay_or_conflict(existing, kind, key, existing.choice == choice and existing.reason == reason)

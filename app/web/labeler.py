@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.deps import LabelerUser, OptionalUser, SessionDep, SettingsDep, verify_csrf
 from app.models import OUTPUT_FLAGS, SkipReason, TaskKind, User
-from app.services import ServiceError, projects, queue, submissions, tasks
+from app.services import NotFound, ServiceError, projects, queue, submissions, tasks
 from app.web.params import IdPath, Page
 from app.web.render import flash, redirect, render
 
@@ -231,29 +231,86 @@ def save_draft(session: SessionDep, task_id: IdPath, user: LabelerUser, text: An
     return HTMLResponse(f'<span class="draft-status" role="status">Draft saved {datetime.now(UTC):%H:%M:%S} UTC</span>')
 
 
-@router.get("/label/demonstrations/{demonstration_id}/revise")
-def revise_page(request: Request, session: SessionDep, user: LabelerUser, demonstration_id: IdPath, error: str = ""):
-    row = submissions.own_demonstration(session, user, demonstration_id)
-    return render(request, "labeler/revise.html", {"item": row, "error": error}, status_code=400 if error else 200)
+REVISABLE = {"demonstrations": TaskKind.demonstration, "rankings": TaskKind.ranking, "comparisons": TaskKind.comparison}
 
 
-@router.post("/label/demonstrations/{demonstration_id}/revise")
-def revise(
-    request: Request,
-    session: SessionDep,
-    user: LabelerUser,
-    demonstration_id: IdPath,
-    text: Annotated[str, Form()] = "",
-):
+def _revise_page(request: Request, session, user: User, kind: TaskKind, submission_id: int, error: str = "", form=None):
+    """A submitted answer in its task screen, filled in, to change and save again (or, once
+    reviewed, shown with why it can no longer change)."""
+    item = submissions.own_submission(session, user, kind.value, submission_id)
+    sub, status_code = item.submission, 400 if error else 200
+    if kind == TaskKind.demonstration or sub.review.value != "pending" or item.task.status.value == "retired":
+        return render(request, "labeler/revise.html", {"item": item, "error": error}, status_code=status_code)
+    if form is None and kind == TaskKind.ranking:
+        places = {cid: place for place, group in enumerate(sub.order, 1) for cid in group}
+        form = {"places": places, "ratings": sub.ratings or {}, "none_acceptable": sub.none_acceptable}
+    elif form is None:
+        form = {"choice": sub.choice.value, "reason": sub.reason}
+    outputs = [queue.Output(o.completion_id, o.text) for o in item.outputs]
+    task = queue.Assignment(
+        sub.task_id,
+        item.task.project_id,
+        kind,
+        item.prompt.id,
+        item.prompt.text,
+        0,
+        sub.created_at,
+        sub.created_at,
+        outputs,
+    )
+    context = {
+        "task": task,
+        "project": item.task.project,
+        "guidelines": projects.current_guidelines(session, item.task.project_id),
+        "kind_title": f"Revise your {kind.value}",
+        "skip_labels": SKIP_LABELS,
+        "flags": OUTPUT_FLAGS,
+        "idempotency_key": "",
+        "expired": False,
+        "revising": f"/label/{kind.value}s/{submission_id}/revise",
+        "error": error or None,
+        "form": form,
+    }
+    return render(request, f"labeler/{kind.value}.html", context, status_code=status_code)
+
+
+@router.get("/label/{kind}/{submission_id}/revise")
+def revise_page(request: Request, session: SessionDep, user: LabelerUser, kind: str, submission_id: IdPath):
+    if kind not in REVISABLE:
+        raise NotFound(f"Nothing to revise at /label/{kind}.")
+    return _revise_page(request, session, user, REVISABLE[kind], submission_id)
+
+
+@router.post("/label/{kind}/{submission_id}/revise")
+async def revise(request: Request, session: SessionDep, user: LabelerUser, kind: str, submission_id: IdPath):
+    if kind not in REVISABLE:
+        raise NotFound(f"Nothing to revise at /label/{kind}.")
+    task_kind, form = REVISABLE[kind], await request.form()
+    values: dict = {}
     try:
-        demo = submissions.revise_demonstration(session, user, demonstration_id, text)
+        if task_kind == TaskKind.demonstration:
+            sub = submissions.revise_demonstration(session, user, submission_id, str(form.get("text", "")))
+        elif task_kind == TaskKind.ranking:
+            item = submissions.own_submission(session, user, "ranking", submission_id)
+            order, ratings, places = _ranking_from_form(form, [o.completion_id for o in item.outputs])
+            none_ok = form.get("none_acceptable") == "on"
+            values = {"places": places, "ratings": ratings, "none_acceptable": none_ok}
+            ratings = {cid: r for cid, r in ratings.items() if r["likert"] is not None or r["flags"]}
+            sub = submissions.revise_ranking(session, user, submission_id, order, ratings, none_acceptable=none_ok)
+        else:
+            values = {"choice": str(form.get("choice", "")), "reason": str(form.get("reason", ""))}
+            sub = submissions.revise_comparison(session, user, submission_id, values["choice"], values["reason"])
     except ServiceError as exc:
         if exc.status_code == 404:
             raise
-        response = revise_page(request, session, user, demonstration_id, error=exc.message)
+        response = _revise_page(request, session, user, task_kind, submission_id, exc.message, values or None)
         response.status_code = exc.status_code
         return response
-    flash(request, f"Demonstration revised (revision {demo.revision}); the earlier text is kept.", "success")
+    flash(
+        request,
+        f"{task_kind.value.capitalize()} revised (revision {sub.revision}); the earlier answer is kept.",
+        "success",
+    )
     return redirect("/label/history")
 
 

@@ -1,8 +1,8 @@
 """review of submissions: each demonstration, ranking and comparison carries an admin's decision
 (pending / accepted / rejected, with the reason, who and when; replaces demonstrations.accepted),
 an admin can leave a labeler's data out of future runs,
-a labeler's flag on a prompt can be dismissed, and a labeler can revise a demonstration (earlier
-texts kept in demonstration_revisions)
+a labeler's flag on a prompt can be dismissed, and a labeler can revise a submission (earlier
+answers kept in submission_revisions)
 
 Revision ID: 0004_review
 Revises: 0003_attempts
@@ -31,24 +31,28 @@ def upgrade() -> None:
             batch.add_column(sa.Column("review_reason", sa.Text(), server_default="", nullable=False))
             batch.add_column(sa.Column("reviewed_by_id", sa.Integer(), nullable=True))
             batch.add_column(sa.Column("reviewed_at", app.db.UTCDateTime(timezone=True), nullable=True))
+            batch.add_column(sa.Column("revision", sa.Integer(), server_default="1", nullable=False))
             batch.create_foreign_key(f"fk_{name}_reviewed_by", "users", ["reviewed_by_id"], ["id"], ondelete="SET NULL")
     # A demonstration an admin had rejected (accepted = false) keeps that decision.
     op.execute(sa.text("UPDATE demonstrations SET review = 'rejected' WHERE accepted = :no").bindparams(no=False))
     with op.batch_alter_table("demonstrations") as batch:
         batch.drop_column("accepted")
-        batch.add_column(sa.Column("revision", sa.Integer(), server_default="1", nullable=False))
     op.create_table(
-        "demonstration_revisions",
+        "submission_revisions",
         sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("demonstration_id", sa.Integer(), nullable=False),
+        sa.Column(
+            "kind",
+            sa.Enum("demonstration", "ranking", "comparison", name="taskkind", native_enum=False, length=32),
+            nullable=False,
+        ),
+        sa.Column("submission_id", sa.Integer(), nullable=False),
         sa.Column("revision", sa.Integer(), nullable=False),
-        sa.Column("text", sa.Text(), nullable=False),
+        sa.Column("answer", sa.JSON(), nullable=False),
         sa.Column("written_at", app.db.UTCDateTime(timezone=True), nullable=False),
         sa.Column("replaced_at", app.db.UTCDateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(["demonstration_id"], ["demonstrations.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
     )
-    op.create_index("ix_demonstration_revisions_demonstration_id", "demonstration_revisions", ["demonstration_id"])
+    op.create_index("ix_submission_revisions_kind_submission", "submission_revisions", ["kind", "submission_id"])
     with op.batch_alter_table("users") as batch:
         batch.add_column(sa.Column("left_out_of_training", sa.Boolean(), server_default=sa.false(), nullable=False))
     with op.batch_alter_table("skips") as batch:
@@ -64,15 +68,15 @@ def downgrade() -> None:
         batch.drop_constraint("fk_skips_dismissed_by", type_="foreignkey")
         batch.drop_column("dismissed_by_id")
         batch.drop_column("dismissed_at")
-    op.drop_index("ix_demonstration_revisions_demonstration_id", table_name="demonstration_revisions")
-    op.drop_table("demonstration_revisions")
+    op.drop_index("ix_submission_revisions_kind_submission", table_name="submission_revisions")
+    op.drop_table("submission_revisions")
     with op.batch_alter_table("demonstrations") as batch:
-        batch.drop_column("revision")
         batch.add_column(sa.Column("accepted", sa.Boolean(), server_default=sa.true(), nullable=False))
     op.execute(sa.text("UPDATE demonstrations SET accepted = :no WHERE review = 'rejected'").bindparams(no=False))
     for name in SUBMISSIONS:
         with op.batch_alter_table(name) as batch:
             batch.drop_constraint(f"fk_{name}_reviewed_by", type_="foreignkey")
+            batch.drop_column("revision")
             batch.drop_column("reviewed_at")
             batch.drop_column("reviewed_by_id")
             batch.drop_column("review_reason")

@@ -110,9 +110,8 @@ def test_flag_reject_and_revise(live_server, page_at, shot, session, make_user):
     session.expire_all()
     train, valid, snap = snapshot_demonstrations(session, project.id, {"valid_splits": ["train"]})
     assert [e.completion for e in train + valid] == ["Hello there!"]
-    assert snap.counts["demonstrations_rejected"] == 1 and snap.record()["demonstration_revisions"] == {
-        str(hello.id): 2
-    }
+    assert snap.counts["demonstrations_rejected"] == 1
+    assert snap.record()["revisions"] == {"demonstrations": {str(hello.id): 2}}
     export = admin.request.get(f"{live_server}/admin/projects/{project.id}/export/sft?split=train")
     assert export.status == 200
     rows = [json.loads(line) for line in export.text().splitlines() if line.strip()]
