@@ -36,6 +36,16 @@ ADMIN_ONLY = {
     ("GET", "/api/v1/model-versions"),
     ("GET", "/api/v1/model-versions/{version_id}"),
     ("POST", "/api/v1/model-versions"),
+    ("POST", "/api/v1/projects/{project_id}/archive"),
+    ("POST", "/api/v1/projects/{project_id}/unarchive"),
+    ("GET", "/api/v1/projects/{project_id}/review"),
+    ("POST", "/api/v1/reviews"),
+    ("POST", "/api/v1/reviews/gold"),
+    ("GET", "/api/v1/projects/{project_id}/flags"),
+    ("POST", "/api/v1/projects/{project_id}/flags/{skip_id}/retire"),
+    ("POST", "/api/v1/projects/{project_id}/flags/{skip_id}/dismiss"),
+    ("GET", "/api/v1/projects/{project_id}/disagreements"),
+    ("POST", "/api/v1/tasks/{task_id}/more-labels"),
 }
 
 

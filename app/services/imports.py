@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 
 from app.db import make_sessionmaker, utcnow
 from app.models import ImportJob, ImportJobStatus, Project, Prompt, Split, Task, TaskKind, User, table
-from app.services import Conflict, NotFound, ServiceError
+from app.services import Conflict, NotFound, ServiceError, projects
 from app.validation import row_problem
 
 log = logging.getLogger(__name__)
@@ -508,6 +508,7 @@ def commit(
     session: Session, project: Project, preview: ImportPreview, *, source: str, create_tasks: bool = False
 ) -> ImportResult:
     """Writes a preview's prompts, or refuses the whole of it if any line was bad."""
+    projects.check_writable(project)
     if preview.errors:
         raise ServiceError(
             f"Nothing was imported: {len(preview.errors)} line{'s' * (len(preview.errors) > 1)} "
@@ -574,6 +575,7 @@ def summary(preview: ImportPreview, tasks_created: int) -> str:
 def start_job(
     session: Session, project: Project, *, filename: str, options: dict[str, Any], created_by: User | None
 ) -> ImportJob:
+    projects.check_writable(project)
     job = ImportJob(
         project_id=project.id,
         filename=filename[:200],

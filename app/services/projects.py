@@ -8,6 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.db import utcnow
 from app.models import GuidelineVersion, Project, Prompt, Role, Split, Task, TaskKind, TaskStatus, TrainingRun, User
 from app.services import Conflict, NotFound, ServiceError
 from app.validation import text_problem
@@ -110,6 +111,7 @@ def create_project(
 
 def update_project(session: Session, project: Project, settings: ProjectSettings) -> Project:
     """Changes apply to tasks created from now on; open tasks keep the overlap they were made with."""
+    check_writable(project)
     s = _check(session, settings, project)
     with _unique_name(session, s.name):
         project.name, project.description, project.k, project.overlap = s.name, s.description, s.k, s.overlap
@@ -126,6 +128,23 @@ def _unique_name(session: Session, name: str) -> Iterator[None]:
             yield
     except IntegrityError as exc:
         raise Conflict(f"A project named “{name}” already exists. Pick another name.") from exc
+
+
+def check_writable(project: Project) -> None:
+    """An archived project is read-only (its exports still work) until it is unarchived."""
+    if project.archived_at is not None:
+        raise Conflict(
+            f"Project “{project.name}” is archived, so it is read-only (exports still work). Unarchive it to change it."
+        )
+
+
+def set_archived(session: Session, project_id: int, archived: bool) -> Project:
+    """Archive: hidden from labelers (their held tasks can still be submitted), read-only, exportable.
+    Unarchive: everything as before."""
+    project = get_project(session, project_id)
+    project.archived_at = (project.archived_at or utcnow()) if archived else None
+    session.flush()
+    return project
 
 
 def get_project(session: Session, project_id: int) -> Project:
@@ -149,6 +168,7 @@ def save_guidelines(
     session: Session, project: Project, body_md: str, *, created_by: User | None = None
 ) -> GuidelineVersion:
     """Every save is a new version; submissions record the version they were made under."""
+    check_writable(project)
     latest = current_guidelines(session, project.id)
     if latest is not None and latest.body_md == body_md:
         return latest

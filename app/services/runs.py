@@ -40,7 +40,7 @@ from app.models import (
     TrainingRun,
     User,
 )
-from app.services import Conflict, NotFound, ServiceError, registry, stats
+from app.services import Conflict, NotFound, ServiceError, projects, registry, stats
 
 FINAL = (RunStatus.succeeded, RunStatus.failed, RunStatus.cancelled)
 POLICY_KINDS = (ModelKind.base, ModelKind.sft, ModelKind.ppo)
@@ -98,6 +98,7 @@ def create_run(
     project = session.get(Project, project_id)
     if project is None:
         raise NotFound(f"Project {project_id} does not exist.")
+    projects.check_writable(project)
     try:
         parsed = config_from_dict(run_kind.value, config or {})
     except ValueError as exc:

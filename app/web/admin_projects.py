@@ -116,6 +116,17 @@ async def update_project(request: Request, session: SessionDep, user: AdminUser,
     return redirect(f"/admin/projects/{project.id}")
 
 
+@router.post("/projects/{project_id}/archive")
+async def archive_project(request: Request, session: SessionDep, user: AdminUser, project_id: IdPath):
+    archived = form_text(await request.form(), "archived") == "1"
+    project = projects.set_archived(session, project_id, archived)
+    if archived:
+        flash(request, f"“{project.name}” is archived: labelers no longer see it, and it is read-only.", "success")
+    else:
+        flash(request, f"“{project.name}” is active again.", "success")
+    return redirect(f"/admin/projects/{project.id}")
+
+
 @router.post("/projects/{project_id}/guidelines")
 def save_guidelines(
     request: Request, session: SessionDep, user: AdminUser, project_id: IdPath, body: Annotated[str, Form()] = ""

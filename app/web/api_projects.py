@@ -5,6 +5,7 @@ what their pages show them through the labeling API (/work, next, submission, sk
     POST /api/v1/projects                          admin: create               201 | 409 name taken
     GET  /api/v1/projects/{id}                     a project with its counts and current guidelines
     PATCH /api/v1/projects/{id}                    admin: change settings
+    POST /api/v1/projects/{id}/archive | unarchive admin: hide from labelers, read-only (or back)
     PUT  /api/v1/projects/{id}/guidelines          admin: save a new guidelines version
     GET  /api/v1/projects/{id}/prompts?split&after&limit
     POST /api/v1/projects/{id}/prompts             admin: bulk, all or nothing  201 | 422 with line numbers
@@ -68,6 +69,7 @@ class ProjectOut(BaseModel):
     lease_seconds: int | None
     targets: dict[str, Any]
     created_at: datetime
+    archived_at: datetime | None = Field(None, description="Archived: hidden from labelers, read-only, exportable.")
     guidelines_version: int | None = None
     guidelines: str | None = None
     counts: dict[str, Any] | None = None
@@ -119,6 +121,7 @@ def _out(session, project: Project, detail: bool = False) -> ProjectOut:
         lease_seconds=project.lease_seconds,
         targets=project.targets or {},
         created_at=project.created_at,
+        archived_at=project.archived_at,
     )
     if detail:
         g = projects.current_guidelines(session, project.id)
@@ -149,6 +152,16 @@ def create_project(body: ProjectIn, session: SessionDep, user: ApiAdmin):
 @router.get("/projects/{project_id}", response_model=ProjectOut)
 def read_project(project_id: IdPath, session: SessionDep, user: ApiAdmin):
     return _out(session, projects.get_project(session, project_id), detail=True)
+
+
+@router.post("/projects/{project_id}/archive", response_model=ProjectOut)
+def archive_project(project_id: IdPath, session: SessionDep, user: ApiAdmin):
+    return _out(session, projects.set_archived(session, project_id, True))
+
+
+@router.post("/projects/{project_id}/unarchive", response_model=ProjectOut)
+def unarchive_project(project_id: IdPath, session: SessionDep, user: ApiAdmin):
+    return _out(session, projects.set_archived(session, project_id, False))
 
 
 @router.patch("/projects/{project_id}", response_model=ProjectOut)
