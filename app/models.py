@@ -156,6 +156,8 @@ class Invite(Base):
     expires_at: Mapped[datetime]
     used_at: Mapped[datetime | None]
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    revoked_at: Mapped[datetime | None]
+    """An admin revoked the link, or sent a new one to the same email (one open invite per email)."""
 
 
 class UserSession(Base):

@@ -49,3 +49,68 @@ def test_an_archived_project_is_hidden_from_labelers_read_only_and_exportable(se
     labeler_token = {"Authorization": f"Bearer {accounts.create_api_token(session, labeler)}"}
     session.commit()
     assert client.post(f"/api/v1/projects/{project.id}/archive", headers=labeler_token).status_code == 403
+
+
+def _invite_link(page: str) -> str:
+    import re
+
+    return re.search(r'id="invite-link">[^<]*(/invite/[^<\s]+)</code>', page).group(1)
+
+
+def test_invites_one_per_email_revocable_and_refused_before_typing_when_the_email_has_an_account(
+    session, client, make_user
+):
+    admin = make_user("admin@example.com", Role.admin)
+    assert login(client, admin.email, PASSWORD).status_code == 303
+    token = csrf_of(client, "/admin/users")
+    first = _invite_link(
+        client.post("/admin/users/invite", data={"csrf_token": token, "email": "new@example.com"}).text
+    )
+    second_page = client.post("/admin/users/invite", data={"csrf_token": token, "email": "NEW@example.com"}).text
+    second = _invite_link(second_page)
+    assert "Copy link" in second_page
+    # The second invite replaced the first: one open invite listed, the old link refused at once.
+    users_page = client.get("/admin/users").text
+    assert users_page.count("new@example.com ·") == 1
+    client.cookies.clear()
+    old = client.get(first)
+    assert old.status_code == 410 and "revoked" in old.text
+    assert client.get(second).status_code == 200
+
+    # Revoked by the admin: refused. A new link for the same email works.
+    assert login(client, admin.email, PASSWORD).status_code == 303
+    from sqlalchemy import select
+
+    from app.models import Invite
+
+    invite_id = session.scalar(select(Invite.id).where(Invite.revoked_at.is_(None)))
+    token = csrf_of(client, "/admin/users")
+    assert client.post(f"/admin/invites/{invite_id}/revoke", data={"csrf_token": token}).status_code == 303
+    assert "new@example.com ·" not in client.get("/admin/users").text
+    third = _invite_link(client.post(f"/admin/invites/{invite_id}/resend", data={"csrf_token": token}).text)
+    client.cookies.clear()
+    assert client.get(second).status_code == 410
+    page = client.get(third)
+    assert page.status_code == 200
+    form_token = csrf_of(client, third)
+    password = "a long enough password"
+    done = client.post(
+        third, data={"csrf_token": form_token, "password": password, "password2": password, "name": "New"}
+    )
+    assert done.status_code == 303
+
+    # An invite to an email that has an account since is refused when opened, not after typing.
+    client.cookies.clear()
+    assert login(client, admin.email, PASSWORD).status_code == 303
+    make_user("taken@example.com", Role.labeler)
+    token = csrf_of(client, "/admin/users")
+    late = _invite_link(
+        client.post("/admin/users/invite", data={"csrf_token": token, "email": "other@example.com"}).text
+    )
+    session.execute(
+        Invite.__table__.update().where(Invite.email == "other@example.com").values(email="taken@example.com")
+    )
+    session.commit()
+    client.cookies.clear()
+    refused = client.get(late)
+    assert refused.status_code == 409 and "already has an account" in refused.text

@@ -121,6 +121,13 @@ def create_invite(session: Session, email: str, *, role: Role, created_by: User 
         raise ServiceError(f"{email!r} is not an email address.")
     if session.scalar(select(User.id).where(User.email == email)) is not None:
         raise Conflict(f"A user with the email {email} already exists.")
+    # One open invite per email: a new link replaces the earlier one, which stops working.
+    session.execute(
+        update(Invite)
+        .where(Invite.email == email, Invite.used_at.is_(None), Invite.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
     token = new_invite_token()
     session.add(
         Invite(
@@ -147,13 +154,36 @@ def _open_link(session: Session, model: type[OneTimeLink], token: str, what: str
         raise ServiceError(
             f"This {what} link was already used. Log in, or ask an admin for a new one.", status_code=410
         )
+    if getattr(row, "revoked_at", None) is not None:
+        raise ServiceError(f"This {what} link was revoked. Ask an admin for a new one.", status_code=410)
     if row.expires_at < utcnow():
         raise ServiceError(f"This {what} link has expired. Ask an admin for a new one.", status_code=410)
     return row
 
 
 def open_invite(session: Session, token: str) -> Invite:
-    return _open_link(session, Invite, token, "invite")
+    """The invite behind a link, refused at once (before anyone types a password) when it is used,
+    revoked, expired, or its email already has an account."""
+    invite = _open_link(session, Invite, token, "invite")
+    if session.scalar(select(User.id).where(User.email == invite.email)) is not None:
+        raise Conflict(f"{invite.email} already has an account: log in instead.")
+    return invite
+
+
+def get_invite(session: Session, invite_id: int) -> Invite:
+    invite = session.get(Invite, invite_id)
+    if invite is None:
+        raise NotFound(f"There is no invite {invite_id}.")
+    return invite
+
+
+def revoke_invite(session: Session, invite_id: int) -> Invite:
+    invite = get_invite(session, invite_id)
+    if invite.used_at is not None:
+        raise Conflict(f"The invite for {invite.email} was already used; disable the user instead.")
+    invite.revoked_at = invite.revoked_at or utcnow()
+    session.flush()
+    return invite
 
 
 def accept_invite(session: Session, token: str, password: str, name: str = "") -> User:
@@ -234,7 +264,15 @@ def list_users(session: Session) -> list[User]:
 
 
 def open_invites(session: Session, *, limit: int = 20) -> list[Invite]:
-    return list(session.scalars(select(Invite).where(Invite.used_at.is_(None)).order_by(Invite.id.desc()).limit(limit)))
+    """Invites not used, revoked or expired, newest first."""
+    return list(
+        session.scalars(
+            select(Invite)
+            .where(Invite.used_at.is_(None), Invite.revoked_at.is_(None), Invite.expires_at > utcnow())
+            .order_by(Invite.id.desc())
+            .limit(limit)
+        )
+    )
 
 
 def api_tokens(session: Session, user_id: int) -> list[ApiToken]:

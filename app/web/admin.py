@@ -67,6 +67,22 @@ def invite(
     return _users_page(request, session, invite_link=link, invite_email=accounts.normalize_email(email))
 
 
+@router.post("/invites/{invite_id}/revoke")
+def revoke_invite(request: Request, session: SessionDep, user: AdminUser, invite_id: IdPath):
+    invite = accounts.revoke_invite(session, invite_id)
+    flash(request, f"The invite for {invite.email} is revoked: its link no longer works.")
+    return redirect("/admin/users")
+
+
+@router.post("/invites/{invite_id}/resend")
+def resend_invite(request: Request, session: SessionDep, settings: SettingsDep, user: AdminUser, invite_id: IdPath):
+    """A new link for the same email and role; the old one stops working."""
+    old = accounts.get_invite(session, invite_id)
+    token = accounts.create_invite(session, old.email, role=old.role, created_by=user, ttl_s=settings.invite_ttl_s)
+    link = _link(request, settings, "invite_page", token)
+    return _users_page(request, session, invite_link=link, invite_email=old.email)
+
+
 @router.post("/users/{user_id}/active")
 def set_active(
     request: Request, session: SessionDep, user: AdminUser, user_id: IdPath, active: Annotated[bool, Form()] = False

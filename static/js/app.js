@@ -37,3 +37,12 @@ document.addEventListener("htmx:beforeSwap", (e) => {
     e.detail.isError = false;
   }
 });
+
+// <button data-copy="#id"> copies that element's text (an invite or reset link) to the clipboard.
+document.addEventListener("click", async (e) => {
+  const button = e.target.closest("button[data-copy]");
+  if (!button) return;
+  const text = document.querySelector(button.dataset.copy)?.textContent.trim() || "";
+  try { await navigator.clipboard.writeText(text); button.textContent = "Copied"; }
+  catch { getSelection().selectAllChildren(document.querySelector(button.dataset.copy)); button.textContent = "Selected: press Ctrl+C"; }
+});
