@@ -114,3 +114,54 @@ def test_invites_one_per_email_revocable_and_refused_before_typing_when_the_emai
     client.cookies.clear()
     refused = client.get(late)
     assert refused.status_code == 409 and "already has an account" in refused.text
+
+
+def test_a_wrong_import_is_deleted_with_its_tasks_but_not_once_labeled(session, client, make_user):
+    import re
+
+    from sqlalchemy import func, select
+
+    from app.models import Demonstration, ImportJob, Prompt, Task
+
+    admin = make_user("admin@example.com", Role.admin)
+    labeler = make_user("lena@example.com", Role.labeler)
+    project = make_project(session, name="Imports")
+    session.commit()
+    assert login(client, admin.email, PASSWORD).status_code == 303
+
+    def upload(lines: list[str]) -> int:
+        token = csrf_of(client, f"/admin/projects/{project.id}/import")
+        data = "".join(f'{{"prompt": "{t}"}}\n' for t in lines).encode()
+        fields = {"csrf_token": token, "format": "auto", "valid_pct": "0", "test_pct": "0"}
+        r = client.post(f"/admin/projects/{project.id}/import/preview", data=fields, files={"file": ("w.jsonl", data)})
+        upload_token = re.search(r'name="token" value="([0-9a-f]+)"', r.text).group(1)
+        commit = {**fields, "token": upload_token, "filename": "wrong.jsonl", "create_tasks": "on"}
+        assert client.post(f"/admin/projects/{project.id}/import", data=commit).status_code == 303
+        return session.scalar(select(func.max(ImportJob.id)))
+
+    wrong = upload(["oops 1", "oops 2", "oops 3"])
+    kept = upload(["good one"])
+    page = client.get(f"/admin/projects/{project.id}").text
+    assert f"/imports/{wrong}" in page
+    job_page = client.get(f"/admin/projects/{project.id}/imports/{wrong}").text
+    assert "Delete this import" in job_page and "3 prompt(s), 3 task(s)" in job_page
+    token = csrf_of(client, f"/admin/projects/{project.id}")
+    r = client.post(f"/admin/projects/{project.id}/imports/{wrong}/delete", data={"csrf_token": token})
+    assert r.status_code == 303
+    session.expire_all()
+    assert session.scalars(select(Prompt.text)).all() == ["good one"]
+    assert session.scalar(select(func.count()).select_from(Task)) == 1
+    assert client.get(f"/admin/projects/{project.id}/imports/{wrong}").status_code == 404
+
+    # Once a labeler answered one of its prompts, the import stays: 409 in the API, a message on the page.
+    task = session.scalar(select(Task))
+    session.add(Demonstration(task_id=task.id, prompt_id=task.prompt_id, user_id=labeler.id, text="Hello"))
+    session.commit()
+    headers = {"Authorization": f"Bearer {accounts.create_api_token(session, admin)}"}
+    session.commit()
+    refused = client.delete(f"/api/v1/projects/{project.id}/imports/{kept}", headers=headers)
+    assert refused.status_code == 409 and "never deleted silently" in refused.json()["detail"]
+    r = client.post(f"/admin/projects/{project.id}/imports/{kept}/delete", data={"csrf_token": token})
+    assert r.status_code == 303 and "never deleted silently" in client.get(r.headers["location"]).text
+    session.expire_all()
+    assert session.scalar(select(func.count()).select_from(Prompt)) == 1

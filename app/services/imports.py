@@ -24,12 +24,24 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.db import make_sessionmaker, utcnow
-from app.models import ImportJob, ImportJobStatus, Project, Prompt, Split, Task, TaskKind, User, table
+from app.models import (
+    SUBMISSION_MODELS,
+    Completion,
+    ImportJob,
+    ImportJobStatus,
+    Project,
+    Prompt,
+    Split,
+    Task,
+    TaskKind,
+    User,
+    table,
+)
 from app.services import Conflict, NotFound, ServiceError, projects
 from app.validation import row_problem
 
@@ -699,8 +711,70 @@ def fail_unfinished_jobs(engine: Engine) -> int:
     return len(ids)
 
 
+def recent_jobs(session: Session, project_id: int, *, limit: int = 10) -> list[ImportJob]:
+    return list(
+        session.scalars(
+            select(ImportJob).where(ImportJob.project_id == project_id).order_by(ImportJob.id.desc()).limit(limit)
+        )
+    )
+
+
 def get_job(session: Session, project_id: int, job_id: int) -> ImportJob:
     job = session.get(ImportJob, job_id)
     if job is None or job.project_id != project_id:
         raise NotFound("There is no such import.")
     return job
+
+
+@dataclass
+class ImportContents:
+    """What deleting an import takes with it, and the submissions that forbid it."""
+
+    prompts: int
+    tasks: int
+    completions: int
+    submissions: int
+
+
+def import_contents(session: Session, job: ImportJob) -> ImportContents:
+    prompt_ids = select(Prompt.id).where(Prompt.import_job_id == job.id)
+    task_ids = select(Task.id).where(Task.prompt_id.in_(prompt_ids))
+    submissions = sum(
+        session.scalar(select(func.count()).select_from(model).where(model.task_id.in_(task_ids))) or 0
+        for model in SUBMISSION_MODELS.values()
+    )
+    return ImportContents(
+        prompts=session.scalar(select(func.count()).select_from(Prompt).where(Prompt.import_job_id == job.id)) or 0,
+        tasks=session.scalar(select(func.count()).select_from(Task).where(Task.prompt_id.in_(prompt_ids))) or 0,
+        completions=session.scalar(
+            select(func.count()).select_from(Completion).where(Completion.prompt_id.in_(prompt_ids))
+        )
+        or 0,
+        submissions=submissions,
+    )
+
+
+def delete_import(session: Session, project_id: int, job_id: int) -> ImportContents:
+    """Deletes an import: its prompts with their tasks and model outputs, and the import's record.
+    Refused while any submission was made on them (submissions are never deleted silently): retire
+    those tasks or archive the project instead. Returns what went."""
+    job = get_job(session, project_id, job_id)
+    projects.check_writable(projects.get_project(session, project_id))
+    if job.status == ImportJobStatus.running:
+        raise Conflict("This import is still running; wait for it to finish, then delete it.")
+    gone = import_contents(session, job)
+    if gone.submissions:
+        raise Conflict(
+            f"Labelers made {gone.submissions} submission(s) on this import's prompts, and submissions are never "
+            "deleted silently. Retire its prompts' tasks (Flags, Tasks) or archive the project instead."
+        )
+    prompt_ids = select(Prompt.id).where(Prompt.import_job_id == job.id)
+    # Children first: a task's outputs refer to completions that the prompt's deletion would remove.
+    session.execute(delete(Task).where(Task.prompt_id.in_(prompt_ids)).execution_options(synchronize_session=False))
+    session.execute(
+        delete(Completion).where(Completion.prompt_id.in_(prompt_ids)).execution_options(synchronize_session=False)
+    )
+    session.execute(delete(Prompt).where(Prompt.import_job_id == job.id).execution_options(synchronize_session=False))
+    session.delete(job)
+    session.flush()
+    return gone

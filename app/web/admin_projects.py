@@ -90,6 +90,7 @@ def _project_page(request: Request, session, project, *, status_code=200, **extr
         "history": projects.guideline_history(session, project.id),
         "labelers": projects.active_labeler_count(session),
         "summary": stats.project_summary(session, project.id),
+        "imports": imports.recent_jobs(session, project.id),
         **extra,
     }
     return render(request, "admin/project.html", ctx, status_code=status_code)
@@ -284,4 +285,22 @@ def import_job_page(request: Request, session: SessionDep, user: AdminUser, proj
     project = projects.get_project(session, project_id)
     job = imports.get_job(session, project.id, job_id)
     template = "admin/_import_job.html" if request.headers.get("HX-Request") else "admin/import_job.html"
-    return render(request, template, {"project": project, "job": job})
+    contents = imports.import_contents(session, job) if job.status.value == "succeeded" else None
+    return render(request, template, {"project": project, "job": job, "contents": contents})
+
+
+@router.post("/projects/{project_id}/imports/{job_id}/delete")
+def delete_import(request: Request, session: SessionDep, user: AdminUser, project_id: IdPath, job_id: IdPath):
+    try:
+        gone = imports.delete_import(session, project_id, job_id)
+    except ServiceError as exc:
+        if exc.status_code == 404:
+            raise
+        flash(request, exc.message, "error")
+        return redirect(f"/admin/projects/{project_id}/imports/{job_id}")
+    flash(
+        request,
+        f"Import deleted: {gone.prompts} prompt(s), {gone.tasks} task(s) and {gone.completions} model output(s).",
+        "success",
+    )
+    return redirect(f"/admin/projects/{project_id}")

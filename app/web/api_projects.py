@@ -6,6 +6,7 @@ what their pages show them through the labeling API (/work, next, submission, sk
     GET  /api/v1/projects/{id}                     a project with its counts and current guidelines
     PATCH /api/v1/projects/{id}                    admin: change settings
     POST /api/v1/projects/{id}/archive | unarchive admin: hide from labelers, read-only (or back)
+    DELETE /api/v1/projects/{id}/imports/{job}      admin: delete a file import (409 once labeled)
     PUT  /api/v1/projects/{id}/guidelines          admin: save a new guidelines version
     GET  /api/v1/projects/{id}/prompts?split&after&limit
     POST /api/v1/projects/{id}/prompts             admin: bulk, all or nothing  201 | 422 with line numbers
@@ -162,6 +163,20 @@ def archive_project(project_id: IdPath, session: SessionDep, user: ApiAdmin):
 @router.post("/projects/{project_id}/unarchive", response_model=ProjectOut)
 def unarchive_project(project_id: IdPath, session: SessionDep, user: ApiAdmin):
     return _out(session, projects.set_archived(session, project_id, False))
+
+
+class ImportDeletedOut(BaseModel):
+    prompts: int
+    tasks: int
+    completions: int
+
+
+@router.delete("/projects/{project_id}/imports/{job_id}", response_model=ImportDeletedOut)
+def delete_import(project_id: IdPath, job_id: IdPath, session: SessionDep, user: ApiAdmin):
+    """Deletes a file import (its prompts, their tasks and model outputs); 409 when labelers made
+    submissions on them (never deleted silently)."""
+    gone = imports.delete_import(session, project_id, job_id)
+    return ImportDeletedOut(prompts=gone.prompts, tasks=gone.tasks, completions=gone.completions)
 
 
 @router.patch("/projects/{project_id}", response_model=ProjectOut)
