@@ -473,6 +473,9 @@ class ModelVersion(Base):
     run_id: Mapped[int | None] = mapped_column(ForeignKey("training_runs.id", ondelete="SET NULL"))
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deleted_at: Mapped[datetime | None]
+    """A deleted version that other versions or runs name: its row stays (a tombstone, so lineage
+    reads on), its files are gone and no new run can use it."""
 
 
 class Completion(Base):

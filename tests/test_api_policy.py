@@ -39,6 +39,7 @@ ADMIN_ONLY = {
     ("POST", "/api/v1/projects/{project_id}/archive"),
     ("POST", "/api/v1/projects/{project_id}/unarchive"),
     ("DELETE", "/api/v1/projects/{project_id}/imports/{job_id}"),
+    ("DELETE", "/api/v1/model-versions/{version_id}"),
     ("GET", "/api/v1/projects/{project_id}/review"),
     ("POST", "/api/v1/reviews"),
     ("POST", "/api/v1/reviews/gold"),

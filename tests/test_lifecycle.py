@@ -165,3 +165,72 @@ def test_a_wrong_import_is_deleted_with_its_tasks_but_not_once_labeled(session, 
     assert r.status_code == 303 and "never deleted silently" in client.get(r.headers["location"]).text
     session.expire_all()
     assert session.scalar(select(func.count()).select_from(Prompt)) == 1
+
+
+def test_deleting_model_versions_removes_files_keeps_a_tombstone_for_lineage_and_refuses_when_in_use(
+    session, client, make_user, settings
+):
+    from app.models import ModelKind, ModelVersion
+    from app.services import registry, runs
+
+    admin = make_user("admin@example.com", Role.admin)
+    project = make_project(session, name="Models")
+    make_prompts(session, project, ["A prompt to sample for"])
+    base = registry.register_base(session, "tiny-base")
+
+    def trained(name: str, kind: ModelKind, parent: int) -> ModelVersion:
+        folder = settings.artifacts_dir / "db" / name
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(b"weights")
+        version = ModelVersion(
+            name=name,
+            kind=kind,
+            project_id=project.id,
+            source=str(folder),
+            artifact_path=str(folder),
+            parent_ids=[parent],
+        )
+        session.add(version)
+        session.flush()
+        return version
+
+    sft = trained("sft", ModelKind.sft, base.id)
+    reward = trained("reward", ModelKind.reward, sft.id)
+    queued = runs.create_run(session, project_id=project.id, kind="generate", input_model_ids=[base.id], config={})
+    session.commit()
+    sft_folder, reward_folder = sft.artifact_path, reward.artifact_path
+    headers = {"Authorization": f"Bearer {accounts.create_api_token(session, admin)}"}
+    session.commit()
+
+    # In use by a queued run: refused, nothing removed.
+    busy = client.delete(f"/api/v1/model-versions/{base.id}", headers=headers)
+    assert busy.status_code == 409 and f"Run #{queued.id}" in busy.json()["detail"]
+
+    # Named by a child: a tombstone; the files go; the child's lineage still reads.
+    assert login(client, admin.email, PASSWORD).status_code == 303
+    token = csrf_of(client, f"/admin/models/{sft.id}")
+    r = client.post(f"/admin/models/{sft.id}/delete", data={"csrf_token": token})
+    assert r.status_code == 303 and "stays listed as deleted" in client.get(r.headers["location"]).text
+    from pathlib import Path
+
+    assert not Path(sft_folder).exists()
+    lineage = client.get(f"/api/v1/model-versions/{reward.id}", headers=headers).json()
+    assert sft.id in lineage["lineage"], lineage
+    assert "deleted" in client.get(f"/admin/models/{sft.id}").text
+    assert f"#{sft.id} sft" not in client.get(f"/admin/runs/new?kind=reward&project={project.id}").text
+    refused = client.post(
+        "/api/v1/runs", json={"project_id": project.id, "kind": "reward", "input_model_ids": [sft.id]}, headers=headers
+    )
+    assert refused.status_code == 400 and "was deleted" in refused.json()["detail"]
+
+    # Named by nothing: the row goes with its files.
+    gone = client.delete(f"/api/v1/model-versions/{reward.id}", headers=headers)
+    assert gone.status_code == 200 and gone.json() == {
+        "id": reward.id,
+        "tombstone": False,
+        "named_by": [],
+        "files_removed": True,
+    }
+    assert not Path(reward_folder).exists()
+    assert client.get(f"/api/v1/model-versions/{reward.id}", headers=headers).status_code == 404
+    assert client.delete(f"/api/v1/model-versions/{sft.id}", headers=headers).status_code == 409  # already deleted

@@ -283,7 +283,7 @@ class RunContext:
 
         def info(session: Session) -> VersionInfo:
             version = session.get(ModelVersion, version_id)
-            if version is None:
+            if version is None or version.deleted_at is not None:
                 raise ValueError(f"Input model version {version_id} no longer exists; start the run with another one.")
             return VersionInfo(version.id, version.name, version.kind, registry.weights_location(version))
 

@@ -5,7 +5,9 @@ version (sft, reward, ppo) points at its artifact folder and lists its parent ve
 run that made it and the run's final metrics, so `lineage()` walks back to the base model
 and each run's dataset snapshot names the rows it used."""
 
+import shutil
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +15,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.models import DatabaseIdentity, ModelKind, ModelVersion, Project, TrainingRun
-from app.services import NotFound, ServiceError
+from app.db import utcnow
+from app.models import DatabaseIdentity, ModelKind, ModelVersion, Project, RunStatus, TrainingRun
+from app.services import Conflict, NotFound, ServiceError
 from app.validation import text_problem
 
 
@@ -45,7 +48,7 @@ def children(session: Session, version_id: int, *, scan: int = 2000) -> list[Mod
 def list_versions(
     session: Session, *, project_id: int | None = None, kind: ModelKind | None = None, limit: int = 200
 ) -> list[ModelVersion]:
-    stmt = select(ModelVersion).order_by(ModelVersion.id.desc()).limit(limit)
+    stmt = select(ModelVersion).where(ModelVersion.deleted_at.is_(None)).order_by(ModelVersion.id.desc()).limit(limit)
     if project_id is not None:
         # Base versions are shared by every project (project_id None).
         stmt = stmt.where((ModelVersion.project_id == project_id) | ModelVersion.project_id.is_(None))
@@ -76,6 +79,7 @@ def register_base(session: Session, source: str, *, name: str = "", project_id: 
         .where(
             ModelVersion.kind == ModelKind.base,
             ModelVersion.source == source,
+            ModelVersion.deleted_at.is_(None),
             (ModelVersion.project_id == project_id) if project_id is not None else ModelVersion.project_id.is_(None),
         )
         .order_by(ModelVersion.id)
@@ -138,6 +142,58 @@ def lineage(session: Session, version_id: int) -> list[ModelVersion]:
         seen[current] = version
         frontier.extend(pid for pid in version.parent_ids if pid not in seen)
     return list(seen.values())
+
+
+@dataclass
+class Deleted:
+    version_id: int
+    tombstone: bool
+    """Kept as a row (others name it) rather than removed."""
+    folder: Path | None
+    """This app's artifact folder of the version, to remove from disk once the deletion is committed."""
+    named_by: list[str]
+
+
+def delete_version(session: Session, version_id: int, artifacts_dir: Path) -> Deleted:
+    """Deletes a model version. Refused while a queued or running run uses it. When other versions
+    descend from it or runs used it, its row stays as a tombstone (lineage stays readable); else
+    the row goes. Its files go too when they are this app's artifacts (a base model's own folder or
+    hub id is not ours to remove): the caller removes `folder` after committing."""
+    version = get_version(session, version_id)
+    if version.deleted_at is not None:
+        raise Conflict(f"Model version {version_id} is already deleted.")
+    runs_using = [
+        r
+        for r in session.scalars(select(TrainingRun).order_by(TrainingRun.id))
+        if version_id in (r.input_model_ids or [])
+    ]
+    active = [r for r in runs_using if r.status in (RunStatus.queued, RunStatus.running)]
+    if active:
+        raise Conflict(
+            f"Run #{active[0].id} ({active[0].status.value}) uses model version {version_id}; "
+            "cancel it or wait for it to end, then delete the version."
+        )
+    named_by = [f"model version {v.id}" for v in children(session, version_id)] + [f"run #{r.id}" for r in runs_using]
+    folder = _own_folder(version, artifacts_dir)
+    if named_by:
+        version.deleted_at, version.artifact_path = utcnow(), None
+    else:
+        session.delete(version)
+    session.flush()
+    return Deleted(version_id, bool(named_by), folder, named_by)
+
+
+def remove_files(deleted: Deleted) -> None:
+    """After the deletion is committed: the version's artifact folder goes from disk."""
+    if deleted.folder is not None:
+        shutil.rmtree(deleted.folder, ignore_errors=True)
+
+
+def _own_folder(version: ModelVersion, artifacts_dir: Path) -> Path | None:
+    if not version.artifact_path:
+        return None
+    folder, root = Path(version.artifact_path).resolve(), Path(artifacts_dir).resolve()
+    return folder if folder != root and folder.is_relative_to(root) else None
 
 
 def weights_location(version: ModelVersion) -> str:

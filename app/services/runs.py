@@ -145,6 +145,8 @@ def _check_input_models(session: Session, kind: RunKind, ids: list[Any], project
         version = session.get(ModelVersion, version_id)
         if version is None:
             raise NotFound(f"Model version {version_id} ({names[position]}) does not exist.")
+        if version.deleted_at is not None:
+            raise ServiceError(f"Model version {version_id} ({names[position]}) was deleted; choose another one.")
         if version.kind not in accepted[position]:
             allowed = " or ".join(k.value for k in accepted[position])
             raise ServiceError(

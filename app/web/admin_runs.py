@@ -375,6 +375,25 @@ def model_page(request: Request, session: SessionDep, user: AdminUser, version_i
     )
 
 
+@router.post("/models/{version_id}/delete")
+def delete_model(request: Request, session: SessionDep, settings: SettingsDep, user: AdminUser, version_id: IdPath):
+    try:
+        deleted = registry.delete_version(session, version_id, settings.artifacts_dir)
+    except ServiceError as exc:
+        if exc.status_code == 404:
+            raise
+        flash(request, exc.message, "error")
+        return redirect(f"/admin/models/{version_id}")
+    session.commit()  # the files go only once the registry no longer points at them
+    registry.remove_files(deleted)
+    kept = (
+        f" It stays listed as deleted, because {', '.join(deleted.named_by[:5])} name it." if deleted.tombstone else ""
+    )
+    files = " Its files were removed from disk." if deleted.folder else ""
+    flash(request, f"Model version {version_id} deleted.{files}{kept}", "success")
+    return redirect(f"/admin/models/{version_id}" if deleted.tombstone else "/admin/models")
+
+
 @router.post("/models")
 async def register_model(request: Request, session: SessionDep, user: AdminUser):
     form = await request.form()

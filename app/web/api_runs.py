@@ -251,6 +251,24 @@ def read_version(version_id: IdPath, session: SessionDep, user: ApiAdmin):
     return _version_out(chain[0], [v.id for v in chain])
 
 
+class DeletedOut(BaseModel):
+    id: int
+    tombstone: bool = Field(description="Kept as a deleted row because other versions or runs name it.")
+    named_by: list[str]
+    files_removed: bool
+
+
+@router.delete("/model-versions/{version_id}", response_model=DeletedOut)
+def delete_version(version_id: IdPath, session: SessionDep, settings: SettingsDep, user: ApiAdmin):
+    """Deletes a model version and its files (409 while a queued or running run uses it)."""
+    deleted = registry.delete_version(session, version_id, settings.artifacts_dir)
+    session.commit()  # the files go only once the registry no longer points at them
+    registry.remove_files(deleted)
+    return DeletedOut(
+        id=version_id, tombstone=deleted.tombstone, named_by=deleted.named_by, files_removed=deleted.folder is not None
+    )
+
+
 @router.post("/model-versions", response_model=VersionOut, status_code=201)
 def register_base(body: VersionIn, session: SessionDep, user: ApiAdmin):
     return _version_out(registry.register_base(session, body.source, name=body.name, project_id=body.project_id))

@@ -1,6 +1,6 @@
 """review of submissions: each demonstration, ranking and comparison carries an admin's decision
 (pending / accepted / rejected, with the reason, who and when; replaces demonstrations.accepted),
-an admin can leave a labeler's data out of future runs, invites can be revoked,
+an admin can leave a labeler's data out of future runs, invites can be revoked, model versions deleted (a tombstone when others name them),
 a labeler's flag on a prompt can be dismissed, and a labeler can revise a submission (earlier
 answers kept in submission_revisions)
 
@@ -53,6 +53,8 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
     )
     op.create_index("ix_submission_revisions_kind_submission", "submission_revisions", ["kind", "submission_id"])
+    with op.batch_alter_table("model_versions") as batch:
+        batch.add_column(sa.Column("deleted_at", app.db.UTCDateTime(timezone=True), nullable=True))
     with op.batch_alter_table("invites") as batch:
         batch.add_column(sa.Column("revoked_at", app.db.UTCDateTime(timezone=True), nullable=True))
     with op.batch_alter_table("users") as batch:
@@ -64,6 +66,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("model_versions") as batch:
+        batch.drop_column("deleted_at")
     with op.batch_alter_table("invites") as batch:
         batch.drop_column("revoked_at")
     with op.batch_alter_table("users") as batch:
