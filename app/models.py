@@ -134,6 +134,8 @@ class User(Base):
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_login_at: Mapped[datetime | None]
+    simulated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    """A simulated labeler (`instructloop demo`): never counted or offered as a real one."""
     left_out_of_training: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     """An admin left this labeler's data out of future runs (added to each new run's exclude_labelers)."""
 

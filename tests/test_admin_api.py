@@ -46,8 +46,10 @@ def test_create_read_patch_project(api):
     assert project["guidelines_version"] == 1 and project["targets"] == {"ranking": 50}
     r = api("POST", "/projects", json={"name": "api"})
     assert r.status_code == 409 and "already exists" in r.json()["detail"]
-    r = api("POST", "/projects", json={"name": "Big", "overlap": 5})
-    assert r.status_code == 400 and "active labeler" in r.json()["detail"]
+    r = api("POST", "/projects", json={"name": "Big", "overlap": 51})
+    assert r.status_code == 400 and "at most 50" in r.json()["detail"]
+    r = api("POST", "/projects", json={"name": "Wide", "overlap": 5})  # more than the labelers: allowed (tasks wait)
+    assert r.status_code == 201, r.text
     r = api("POST", "/projects", json={"name": "K", "k": 12})
     assert r.status_code == 400 and "between 2 and 9" in r.json()["detail"]
     r = api("POST", "/projects", json={"k": 3})
@@ -57,7 +59,7 @@ def test_create_read_patch_project(api):
     r = api("PUT", f"/projects/{project['id']}/guidelines", json={"body_md": "# Rules v2"})
     assert r.json()["guidelines_version"] == 2
     assert api("GET", "/projects/999").status_code == 404
-    assert [p["name"] for p in api("GET", "/projects").json()] == ["Api"]
+    assert [p["name"] for p in api("GET", "/projects").json()] == ["Api", "Wide"]
 
 
 def test_bulk_prompts_all_or_nothing(api, session):

@@ -5,7 +5,7 @@ import re
 from sqlalchemy import func, select
 
 from app.models import GuidelineVersion, Project, Role
-from app.services import Conflict, ServiceError, projects
+from app.services import Conflict, projects
 from tests.conftest import csrf_of
 
 
@@ -51,7 +51,7 @@ def test_bad_k_overlap_and_lease_are_refused(admin_client, make_user, session):
         ({"k": "1"}, "between 2 and 9"),
         ({"k": "10"}, "between 2 and 9"),
         ({"k": "four"}, "whole number"),
-        ({"overlap": "3"}, "more than the 2 active labelers"),
+        ({"overlap": "51"}, "at most 50"),
         ({"overlap": "0"}, "at least 1"),
         ({"lease_minutes": "0"}, "lease length"),
         ({"name": "   "}, "Give the project a name"),
@@ -64,18 +64,20 @@ def test_bad_k_overlap_and_lease_are_refused(admin_client, make_user, session):
     assert admin_client.post("/admin/projects", data=_form(admin_client, overlap="2")).status_code == 303
 
 
-def test_overlap_counts_only_active_labelers(session, make_user):
+def test_overlap_above_the_labelers_is_a_warning_counting_only_active_real_labelers(session, make_user):
+    from app.services import accounts
+
     make_user("l1@example.com")
     off = make_user("l2@example.com")
     off.is_active = False
     make_user("boss@example.com", Role.admin)
+    accounts.create_user(session, "sim-1@simulated.invalid", None, role=Role.labeler, simulated=True)
     session.flush()
-    try:
-        projects.create_project(session, projects.ProjectSettings(name="P", overlap=2))
-    except ServiceError as exc:
-        assert "1 active labeler:" in exc.message
-    else:
-        raise AssertionError("overlap 2 with one active labeler was accepted")
+    project = projects.create_project(session, projects.ProjectSettings(name="P", overlap=2))
+    warning = projects.overlap_warning(session, project)
+    assert warning and "more than the 1 active labeler:" in warning
+    project.overlap = 1
+    assert projects.overlap_warning(session, project) is None
 
 
 def test_edit_project_and_rename_clash(admin_client, session):

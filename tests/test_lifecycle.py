@@ -234,3 +234,21 @@ def test_deleting_model_versions_removes_files_keeps_a_tombstone_for_lineage_and
     assert not Path(reward_folder).exists()
     assert client.get(f"/api/v1/model-versions/{reward.id}", headers=headers).status_code == 404
     assert client.delete(f"/api/v1/model-versions/{sft.id}", headers=headers).status_code == 409  # already deleted
+
+
+def test_the_demos_simulated_labelers_are_marked_and_never_offered_as_real_ones(session, client, make_user):
+    from trainer.simulate import ensure_labelers
+
+    admin = make_user("admin@example.com", Role.admin)
+    make_user("real@example.com", Role.labeler)
+    make_project(session, name="Demo")
+    sims = ensure_labelers(session, 3)
+    session.commit()
+    assert all(u.simulated for u in sims)
+    assert login(client, admin.email, PASSWORD).status_code == 303
+    people = client.get("/admin/users").text
+    listed, simulated_part = people.split("simulated labelers", 1)
+    assert "sim-1@simulated.invalid" not in listed and "sim-1@simulated.invalid" in simulated_part
+    form = client.get("/admin/runs/new?kind=sft").text
+    assert f'name="exclude" value="{sims[0].id}"' not in form and "> real<" in form.replace("\n", "").replace("  ", "")
+    assert '1</div><div class="stat-label">active labelers' in client.get("/admin").text.replace("\n", "")

@@ -182,7 +182,7 @@ def ensure_labelers(session: Session, count: int, prefix: str = "sim") -> list[U
         email = f"{prefix}-{i}@simulated.invalid"
         user = session.scalar(select(User).where(User.email == email))
         if user is None:
-            user = accounts.create_user(session, email, None, role=Role.labeler, name=f"{prefix} {i}")
+            user = accounts.create_user(session, email, None, role=Role.labeler, name=f"{prefix} {i}", simulated=True)
         users.append(user)
     return users
 

@@ -34,7 +34,13 @@ def normalize_email(email: str) -> str:
 
 
 def create_user(
-    session: Session, email: str, password: str | None, *, role: Role = Role.labeler, name: str = ""
+    session: Session,
+    email: str,
+    password: str | None,
+    *,
+    role: Role = Role.labeler,
+    name: str = "",
+    simulated: bool = False,
 ) -> User:
     email = normalize_email(email)
     if "@" not in email or len(email) > 254:
@@ -48,6 +54,7 @@ def create_user(
         name=name or email.split("@")[0],
         role=role,
         password_hash=hash_password(password) if password is not None else None,
+        simulated=simulated,
     )
     session.add(user)
     session.flush()
@@ -258,9 +265,10 @@ def get_user(session: Session, user_id: int) -> User:
     return user
 
 
-def list_users(session: Session) -> list[User]:
-    """Everyone, admins first, by email (the People page and the run form's labeler list)."""
-    return list(session.scalars(select(User).order_by(User.role, User.email)))
+def list_users(session: Session, *, simulated: bool = False) -> list[User]:
+    """Everyone real (or, with simulated, the demo's simulated labelers), admins first, by email:
+    the People page and the run form's labeler list."""
+    return list(session.scalars(select(User).where(User.simulated == simulated).order_by(User.role, User.email)))
 
 
 def open_invites(session: Session, *, limit: int = 20) -> list[Invite]:

@@ -15,6 +15,8 @@ from app.validation import text_problem
 
 K_MIN, K_MAX = 2, 9
 LEASE_MIN_S, LEASE_MAX_S = 60, 7 * 24 * 3600
+OVERLAP_MAX = 50
+"""Labelers one task can ask for (as app.services.review.MAX_REQUIRED)."""
 NAME_MAX = 200
 TARGET_MAX = 10_000_000
 TARGET_KINDS = [k.value for k in TaskKind]
@@ -33,7 +35,25 @@ class ProjectSettings:
 
 
 def active_labeler_count(session: Session) -> int:
-    return session.scalar(select(func.count(User.id)).where(User.role == Role.labeler, User.is_active)) or 0
+    """Real labelers who can work (the demo's simulated ones do not count)."""
+    return (
+        session.scalar(
+            select(func.count(User.id)).where(User.role == Role.labeler, User.is_active, User.simulated.is_(False))
+        )
+        or 0
+    )
+
+
+def overlap_warning(session: Session, project: Project) -> str | None:
+    """A project may ask for more labelers per task than there are yet (more can be invited), but
+    its tasks then wait: the project page says so."""
+    labelers = active_labeler_count(session)
+    if project.overlap <= labelers:
+        return None
+    return (
+        f"Overlap {project.overlap} is more than the {labelers} active labeler{'s' if labelers != 1 else ''}: "
+        f"tasks wait for more labelers before they are done. Invite more, or lower the overlap."
+    )
 
 
 def _check(session: Session, s: ProjectSettings, project: Project | None) -> ProjectSettings:
@@ -54,16 +74,10 @@ def _check(session: Session, s: ProjectSettings, project: Project | None) -> Pro
             raise Conflict(f"A project named “{name}” already exists. Pick another name.")
     if not K_MIN <= s.k <= K_MAX:
         problems.append(f"Outputs per prompt (K) must be between {K_MIN} and {K_MAX}; got {s.k}.")
-    labelers = active_labeler_count(session)
     if s.overlap < 1:
         problems.append(f"Overlap (labelers per task) must be at least 1; got {s.overlap}.")
-    elif s.overlap > max(1, labelers):
-        # One labeler can never do a task twice, so a higher overlap could never be met.
-        problems.append(
-            f"Overlap {s.overlap} is more than the {labelers} active labeler"
-            f"{'s' if labelers != 1 else ''}: no task could ever be finished. "
-            "Invite more labelers first, or lower the overlap."
-        )
+    elif s.overlap > OVERLAP_MAX:
+        problems.append(f"Overlap (labelers per task) can be at most {OVERLAP_MAX}; got {s.overlap}.")
     if s.lease_seconds is not None and not LEASE_MIN_S <= s.lease_seconds <= LEASE_MAX_S:
         problems.append(
             f"The lease length must be between {LEASE_MIN_S // 60} minute and "
@@ -250,7 +264,7 @@ def project_names(session: Session) -> dict[int, str]:
 def dashboard_counts(session: Session) -> dict[str, int]:
     return {
         "projects": session.scalar(select(func.count(Project.id))) or 0,
-        "labelers": session.scalar(select(func.count(User.id)).where(User.role == Role.labeler, User.is_active)) or 0,
+        "labelers": active_labeler_count(session),
         "runs": session.scalar(select(func.count(TrainingRun.id))) or 0,
     }
 

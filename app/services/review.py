@@ -34,14 +34,14 @@ from app.models import (
     TaskStatus,
     User,
 )
-from app.services import NotFound, ServiceError, stats
+from app.services import NotFound, ServiceError, projects, stats
 from app.validation import text_problem
 
 MAX_REASON = 2000
 PAGE = 25
 DISAGREEMENT_SCAN = 2000
 """Shared tasks looked at for disagreements (the newest)."""
-MAX_REQUIRED = 50
+MAX_REQUIRED = projects.OVERLAP_MAX
 """Labelers one task can ask for."""
 
 

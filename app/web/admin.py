@@ -24,6 +24,7 @@ def _users_page(request: Request, session, status_code: int = 200, **extra):
         "admin/users.html",
         {
             "users": accounts.list_users(session),
+            "simulated": accounts.list_users(session, simulated=True),
             "invites": accounts.open_invites(session),
             "roles": list(Role),
             **extra,

@@ -91,6 +91,7 @@ def _project_page(request: Request, session, project, *, status_code=200, **extr
         "labelers": projects.active_labeler_count(session),
         "summary": stats.project_summary(session, project.id),
         "imports": imports.recent_jobs(session, project.id),
+        "overlap_warning": projects.overlap_warning(session, project),
         **extra,
     }
     return render(request, "admin/project.html", ctx, status_code=status_code)

@@ -34,7 +34,7 @@ class ProjectIn(BaseModel):
     name: str
     description: str = ""
     k: int = Field(4, description="Outputs per prompt in ranking tasks (2..9).")
-    overlap: int = Field(1, description="Labelers per task (at most the number of active labelers).")
+    overlap: int = Field(1, description="Labelers per task (1..50; more than there are labelers makes tasks wait).")
     lease_seconds: int | None = Field(None, description="How long a labeler holds a task; null: the server default.")
     targets: dict[str, int] = Field(
         default_factory=dict, description='Submissions wanted per kind, e.g. {"ranking": 500}.'

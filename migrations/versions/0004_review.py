@@ -1,6 +1,6 @@
 """review of submissions: each demonstration, ranking and comparison carries an admin's decision
 (pending / accepted / rejected, with the reason, who and when; replaces demonstrations.accepted),
-an admin can leave a labeler's data out of future runs, invites can be revoked, model versions deleted (a tombstone when others name them),
+an admin can leave a labeler's data out of future runs, simulated labelers are marked, invites can be revoked, model versions deleted (a tombstone when others name them),
 a labeler's flag on a prompt can be dismissed, and a labeler can revise a submission (earlier
 answers kept in submission_revisions)
 
@@ -59,6 +59,11 @@ def upgrade() -> None:
         batch.add_column(sa.Column("revoked_at", app.db.UTCDateTime(timezone=True), nullable=True))
     with op.batch_alter_table("users") as batch:
         batch.add_column(sa.Column("left_out_of_training", sa.Boolean(), server_default=sa.false(), nullable=False))
+        batch.add_column(sa.Column("simulated", sa.Boolean(), server_default=sa.false(), nullable=False))
+    # The demo's labelers so far (trainer/simulate.py names them sim-N@simulated.invalid).
+    op.execute(
+        sa.text("UPDATE users SET simulated = :yes WHERE email LIKE '%@simulated.invalid'").bindparams(yes=True)
+    )
     with op.batch_alter_table("skips") as batch:
         batch.add_column(sa.Column("dismissed_at", app.db.UTCDateTime(timezone=True), nullable=True))
         batch.add_column(sa.Column("dismissed_by_id", sa.Integer(), nullable=True))
@@ -71,6 +76,7 @@ def downgrade() -> None:
     with op.batch_alter_table("invites") as batch:
         batch.drop_column("revoked_at")
     with op.batch_alter_table("users") as batch:
+        batch.drop_column("simulated")
         batch.drop_column("left_out_of_training")
     with op.batch_alter_table("skips") as batch:
         batch.drop_constraint("fk_skips_dismissed_by", type_="foreignkey")
