@@ -252,3 +252,52 @@ def test_the_demos_simulated_labelers_are_marked_and_never_offered_as_real_ones(
     form = client.get("/admin/runs/new?kind=sft").text
     assert f'name="exclude" value="{sims[0].id}"' not in form and "> real<" in form.replace("\n", "").replace("  ", "")
     assert '1</div><div class="stat-label">active labelers' in client.get("/admin").text.replace("\n", "")
+
+
+def test_a_finished_runs_page_leads_on_to_the_next_runs_and_clones_its_settings(session, client, make_user, settings):
+    import re
+
+    from app.models import ModelKind, ModelVersion, RunStatus, TrainingRun
+    from app.services import registry
+
+    admin = make_user("admin@example.com", Role.admin)
+    project = make_project(session, name="Loop")
+    make_prompts(session, project, ["A prompt"])
+    base = registry.register_base(session, "tiny-base")
+    run = TrainingRun(
+        project_id=project.id,
+        kind="sft",
+        config={"epochs": 2, "learning_rate": 0.001},
+        input_model_ids=[base.id],
+        data_filter={"splits": ["train"]},
+        status=RunStatus.succeeded,
+        summary={"train_loss": 1.0},
+    )
+    session.add(run)
+    session.flush()
+    sft = ModelVersion(
+        name="sft", kind=ModelKind.sft, project_id=project.id, source="x", parent_ids=[base.id], run_id=run.id
+    )
+    session.add(sft)
+    session.flush()
+    reward = ModelVersion(name="rm", kind=ModelKind.reward, project_id=project.id, source="y", parent_ids=[sft.id])
+    session.add(reward)
+    session.commit()
+    assert login(client, admin.email, PASSWORD).status_code == 303
+
+    live = client.get(f"/admin/runs/{run.id}/live").text  # the polled part shows the model when the run ends
+    assert f"/admin/models/{sft.id}" in live and "Train a reward model from this" in live
+    reward_form = client.get(re.search(r'href="(/admin/runs/new\?kind=reward&models=\d+)"', live).group(1))
+    assert re.search(rf'<option value="{sft.id}" selected>', reward_form.text)
+    ppo_form = client.get(f"/admin/runs/new?kind=ppo&models={sft.id},{reward.id}").text
+    assert re.search(rf'<option value="{sft.id}" selected>', ppo_form) and re.search(
+        rf'<option value="{reward.id}" selected>', ppo_form
+    )
+    model_page = client.get(f"/admin/models/{reward.id}").text
+    assert f"/admin/runs/new?kind=ppo&models={sft.id},{reward.id}" in model_page
+    evaluate = client.get(f"/admin/models/{sft.id}").text
+    assert f'name="models" value="{sft.id},{base.id}"' in evaluate, "the baseline defaults to the parent"
+
+    clone = client.get(f"/admin/runs/new?clone={run.id}").text
+    assert 'name="cfg_epochs" value="2"' in clone and 'name="cfg_learning_rate" value="0.001"' in clone
+    assert re.search(rf'<option value="{base.id}" selected>', clone)

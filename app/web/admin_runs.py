@@ -167,12 +167,17 @@ def new_run_page(
     kind: str = "sft",
     project: str = "",
     model: str = "",
+    models: str = "",
     preset: str = "",
+    clone: str = "",
 ):
-    models = [int(model)] if model.isdigit() else []
+    if clone.isdigit():  # "Run again / Retry with these settings"
+        run = runs.get_run(session, int(clone))
+        return _run_form(request, session, settings, run.kind.value, project_id=run.project_id, form=_form_of_run(run))
+    chosen = [int(m) for m in (models or model).split(",") if m.strip().isdigit()][:3]
     pid = int(project) if project.isdigit() else None
-    if pid is None and models:
-        version = registry.versions_by_id(session, models).get(models[0])
+    if pid is None and chosen:
+        version = registry.versions_by_id(session, chosen).get(chosen[0])
         pid = version.project_id if version else None
     # A preset fills the settings as if the admin had typed them (the form shows them, changeable).
     values = PRESETS.get(preset, {}).get(kind)
@@ -182,7 +187,24 @@ def new_run_page(
         items: list[tuple[str, str | UploadFile]] = [("splits", "train")]
         items += [(f"cfg_{name}", "on" if v is True else str(v)) for name, v in fields.items() if v is not False]
         form = FormData(items)
-    return _run_form(request, session, settings, kind, project_id=pid, form=form, preset_models=models)
+    return _run_form(request, session, settings, kind, project_id=pid, form=form, preset_models=chosen)
+
+
+def _form_of_run(run: TrainingRun) -> FormData:
+    """A run's settings as the run form's fields, to queue it again (changeable first)."""
+    items: list[tuple[str, str | UploadFile]] = [
+        (f"model_{i}", str(m)) for i, m in enumerate(run.input_model_ids or [])
+    ]
+    items += [
+        (f"cfg_{name}", "on" if v is True else str(v)) for name, v in (run.config or {}).items() if v is not False
+    ]
+    data_filter = run.data_filter or {}
+    items += [("splits", s) for s in data_filter.get("splits") or ["train"]]
+    items += [("valid_splits", s) for s in data_filter.get("valid_splits") or []]
+    items += [("exclude", str(u)) for u in data_filter.get("exclude_labelers") or []]
+    if data_filter.get("min_agreement") is not None:
+        items.append(("min_agreement", str(data_filter["min_agreement"])))
+    return FormData(items)
 
 
 @router.post("/runs")
