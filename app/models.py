@@ -160,6 +160,8 @@ class Invite(Base):
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     revoked_at: Mapped[datetime | None]
     """An admin revoked the link, or sent a new one to the same email (one open invite per email)."""
+    project_ids: Mapped[list[Any]] = mapped_column(default=list, server_default="[]")
+    """Projects the invitee becomes a member of when they accept."""
 
 
 class UserSession(Base):
@@ -252,6 +254,10 @@ class Project(Base):
     """Goals per task kind, e.g. {"demonstration": 1000, "ranking": 500}."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     archived_at: Mapped[datetime | None]
+    paused_at: Mapped[datetime | None]
+    """Paused: no task is handed out (held ones can still be submitted); settings stay editable."""
+    members_only: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    """False: every labeler works on it; True: only its members (ProjectMember)."""
 
     guidelines: Mapped[list["GuidelineVersion"]] = relationship(
         order_by="GuidelineVersion.version", back_populates="project"
@@ -261,6 +267,16 @@ class Project(Base):
 # Names are unique whatever their case ("Chat" and "chat" are one project), enforced by the database
 # so that parallel creates can't both pass the service's check.
 Index("ux_projects_name_lower", func.lower(Project.name), unique=True)
+
+
+class ProjectMember(Base):
+    """A labeler assigned to a project (used when the project is members_only)."""
+
+    __tablename__ = "project_members"
+
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class GuidelineVersion(Base):

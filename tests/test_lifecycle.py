@@ -301,3 +301,63 @@ def test_a_finished_runs_page_leads_on_to_the_next_runs_and_clones_its_settings(
     clone = client.get(f"/admin/runs/new?clone={run.id}").text
     assert 'name="cfg_epochs" value="2"' in clone and 'name="cfg_learning_rate" value="0.001"' in clone
     assert re.search(rf'<option value="{base.id}" selected>', clone)
+
+
+def test_members_only_projects_and_pausing_decide_what_a_labeler_is_handed(session, client, make_user):
+    admin = make_user("admin@example.com", Role.admin)
+    ann, bob = make_user("ann@example.com", Role.labeler), make_user("bob@example.com", Role.labeler)
+    first, second = make_project(session, name="First"), make_project(session, name="Second")
+    for project in (first, second):
+        tasks.create_demonstration_tasks(session, project, make_prompts(session, project, [f"{project.name} prompt"]))
+    session.commit()
+    admin_headers = {"Authorization": f"Bearer {accounts.create_api_token(session, admin)}"}
+    bob_headers = {"Authorization": f"Bearer {accounts.create_api_token(session, bob)}"}
+    session.commit()
+
+    # Second is for ann only (set on the project page); bob no longer sees it, nor can he lease from it.
+    assert login(client, admin.email, PASSWORD).status_code == 303
+    token = csrf_of(client, f"/admin/projects/{second.id}")
+    r = client.post(
+        f"/admin/projects/{second.id}/members", data={"csrf_token": token, "who": "members", "members": [str(ann.id)]}
+    )
+    assert r.status_code == 303
+    work = {(w["project"], w["kind"]) for w in client.get("/api/v1/work", headers=bob_headers).json()}
+    assert ("First", "demonstration") in work and ("Second", "demonstration") not in work
+    refused = client.get(f"/api/v1/projects/{second.id}/next?kind=demonstration", headers=bob_headers)
+    assert refused.status_code == 403 and "members only" in refused.json()["detail"]
+    client.cookies.clear()
+    assert login(client, ann.email, PASSWORD).status_code == 303
+    home = client.get("/label").text
+    assert "First" in home and "Second" in home
+
+    # Paused: nobody is handed its tasks; resumed: back.
+    assert client.post(f"/api/v1/projects/{first.id}/pause", headers=admin_headers).json()["paused_at"] is not None
+    assert "First" not in client.get("/label").text
+    assert client.get(f"/api/v1/projects/{first.id}/next?kind=demonstration", headers=bob_headers).status_code == 403
+    assert client.post(f"/api/v1/projects/{first.id}/resume", headers=admin_headers).json()["paused_at"] is None
+    assert "First" in client.get("/label").text
+
+    # The API sets members too; an invite that names a project makes its invitee a member.
+    members = client.put(
+        f"/api/v1/projects/{second.id}/members",
+        json={"members_only": True, "user_ids": [ann.id, bob.id]},
+        headers=admin_headers,
+    )
+    assert members.json() == {"members_only": True, "user_ids": sorted([ann.id, bob.id])}
+    assert (
+        client.put(
+            f"/api/v1/projects/{second.id}/members",
+            json={"members_only": True, "user_ids": [999999]},
+            headers=admin_headers,
+        ).status_code
+        == 404
+    )
+    raw = accounts.create_invite(
+        session, "cat@example.com", role=Role.labeler, created_by=admin, ttl_s=3600, project_ids=[second.id]
+    )
+    session.commit()
+    cat = accounts.accept_invite(session, raw, "a long enough password", name="Cat")
+    session.commit()
+    from app.services import projects as project_service
+
+    assert cat.id in project_service.member_ids(session, second.id) and cat.last_login_at is not None

@@ -9,7 +9,7 @@ from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from app.db import changed_rows, utcnow
-from app.models import ApiToken, Invite, LoginFailure, PasswordReset, Role, User, UserSession
+from app.models import ApiToken, Invite, LoginFailure, PasswordReset, Project, ProjectMember, Role, User, UserSession
 from app.security import (
     hash_password,
     new_api_token,
@@ -121,8 +121,21 @@ def clear_login_failures(session: Session, user_id: int) -> int:
     return changed_rows(session.execute(delete(LoginFailure).where(LoginFailure.email == user.email)))
 
 
-def create_invite(session: Session, email: str, *, role: Role, created_by: User | None, ttl_s: int) -> str:
-    """Returns the raw token (shown once, in the link); only its hash is stored."""
+def create_invite(
+    session: Session,
+    email: str,
+    *,
+    role: Role,
+    created_by: User | None,
+    ttl_s: int,
+    project_ids: list[int] | None = None,
+) -> str:
+    """Returns the raw token (shown once, in the link); only its hash is stored. `project_ids`: the
+    projects the invitee becomes a member of on accepting."""
+    project_ids = sorted(set(project_ids or []))
+    missing = sorted(set(project_ids) - set(session.scalars(select(Project.id).where(Project.id.in_(project_ids)))))
+    if missing:
+        raise NotFound(f"No project with the id(s) {missing}.")
     email = normalize_email(email)
     if "@" not in email:
         raise ServiceError(f"{email!r} is not an email address.")
@@ -143,6 +156,7 @@ def create_invite(session: Session, email: str, *, role: Role, created_by: User 
             role=role,
             created_by_id=created_by.id if created_by else None,
             expires_at=utcnow() + timedelta(seconds=ttl_s),
+            project_ids=project_ids,
         )
     )
     session.flush()
@@ -208,7 +222,11 @@ def accept_invite(session: Session, token: str, password: str, name: str = "") -
                 "This invite link was already used. Log in, or ask an admin for a new one.", status_code=410
             )
     user = create_user(session, invite.email, password, role=invite.role, name=name)
+    user.last_login_at = utcnow()  # accepting signs them in
     session.execute(update(Invite).where(Invite.id == invite.id).values(user_id=user.id))
+    existing = set(session.scalars(select(Project.id).where(Project.id.in_(invite.project_ids or []))))
+    session.add_all(ProjectMember(project_id=pid, user_id=user.id) for pid in sorted(existing))
+    session.flush()
     return user
 
 

@@ -4,12 +4,24 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
-from app.models import GuidelineVersion, Project, Prompt, Role, Split, Task, TaskKind, TaskStatus, TrainingRun, User
+from app.models import (
+    GuidelineVersion,
+    Project,
+    ProjectMember,
+    Prompt,
+    Role,
+    Split,
+    Task,
+    TaskKind,
+    TaskStatus,
+    TrainingRun,
+    User,
+)
 from app.services import Conflict, NotFound, ServiceError
 from app.validation import text_problem
 
@@ -45,15 +57,56 @@ def active_labeler_count(session: Session) -> int:
 
 
 def overlap_warning(session: Session, project: Project) -> str | None:
-    """A project may ask for more labelers per task than there are yet (more can be invited), but
-    its tasks then wait: the project page says so."""
-    labelers = active_labeler_count(session)
+    """A project may ask for more labelers per task than it has yet (more can be invited or
+    assigned), but its tasks then wait: the project page says so."""
+    if project.members_only:
+        labelers = len(member_ids(session, project.id, active_only=True))
+        who = f"{labelers} active member{'s' if labelers != 1 else ''}"
+    else:
+        labelers = active_labeler_count(session)
+        who = f"{labelers} active labeler{'s' if labelers != 1 else ''}"
     if project.overlap <= labelers:
         return None
     return (
-        f"Overlap {project.overlap} is more than the {labelers} active labeler{'s' if labelers != 1 else ''}: "
-        f"tasks wait for more labelers before they are done. Invite more, or lower the overlap."
+        f"Overlap {project.overlap} is more than the {who}: tasks wait for more labelers before they are "
+        "done. Invite or assign more, or lower the overlap."
     )
+
+
+def member_ids(session: Session, project_id: int, *, active_only: bool = False) -> list[int]:
+    stmt = select(ProjectMember.user_id).where(ProjectMember.project_id == project_id)
+    if active_only:
+        stmt = stmt.join(User, User.id == ProjectMember.user_id).where(User.is_active, User.simulated.is_(False))
+    return list(session.scalars(stmt.order_by(ProjectMember.user_id)))
+
+
+def set_members(session: Session, project_id: int, members_only: bool, user_ids: list[int]) -> Project:
+    """Who labels the project: every labeler (members_only False; the member list is kept for later)
+    or only the labelers listed. Leases already held stay until they end."""
+    project = get_project(session, project_id)
+    known = set(session.scalars(select(User.id).where(User.id.in_(user_ids))))
+    unknown = sorted(set(user_ids) - known)
+    if unknown:
+        raise NotFound(f"No user with the id(s) {unknown}.")
+    project.members_only = members_only
+    session.execute(delete(ProjectMember).where(ProjectMember.project_id == project_id))
+    session.add_all(ProjectMember(project_id=project_id, user_id=uid) for uid in sorted(known))
+    session.flush()
+    return project
+
+
+def add_member(session: Session, project_id: int, user_id: int) -> None:
+    if session.get(ProjectMember, (project_id, user_id)) is None:
+        session.add(ProjectMember(project_id=project_id, user_id=user_id))
+        session.flush()
+
+
+def set_paused(session: Session, project_id: int, paused: bool) -> Project:
+    """Paused: no task is handed out until it is resumed (held tasks can still be submitted)."""
+    project = get_project(session, project_id)
+    project.paused_at = (project.paused_at or utcnow()) if paused else None
+    session.flush()
+    return project
 
 
 def _check(session: Session, s: ProjectSettings, project: Project | None) -> ProjectSettings:

@@ -18,7 +18,7 @@ import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import BindParameter, and_, bindparam, exists, func, select
+from sqlalchemy import BindParameter, ColumnElement, and_, bindparam, exists, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -28,6 +28,7 @@ from app.models import (
     Completion,
     Lease,
     Project,
+    ProjectMember,
     Prompt,
     Skip,
     Task,
@@ -36,7 +37,7 @@ from app.models import (
     TaskStatus,
     table,
 )
-from app.services import NotFound
+from app.services import Forbidden, NotFound
 
 # Candidates tried per call when a race makes the first one full; each try is one short query.
 _MAX_TRIES = 20
@@ -113,10 +114,20 @@ _TOP_PRIORITY = {
     )
     for kind in TaskKind
 }
+
+
 # One round trip for both: the labeler's live lease on this queue, and the queue's top priority.
+def may_work_on(user_id) -> ColumnElement[bool]:
+    """The project (of the enclosing query) is open to this labeler: not paused, and either open to
+    every labeler or the labeler is one of its members."""
+    member = exists().where(ProjectMember.project_id == Project.id, ProjectMember.user_id == user_id)
+    return Project.paused_at.is_(None) & (Project.members_only.is_(False) | member)
+
+
 _HELD_AND_TOP = {
     kind: select(
         Project.archived_at,
+        may_work_on(_uid).label("open_to_me"),
         Project.lease_seconds,
         _HELD[kind].scalar_subquery().label("held"),
         _TOP_PRIORITY[kind].scalar_subquery().label("top"),
@@ -174,6 +185,8 @@ def next_task_in_project(
     row = session.execute(_HELD_AND_TOP[kind], {"user_id": user_id, "now": now, "project_id": project_id}).first()
     if row is None or row.archived_at is not None:
         raise NotFound(f"There is no active project {project_id}.")
+    if not row.open_to_me:
+        raise Forbidden(f"Project {project_id} is paused or open to its members only; it has no task for you.")
     if row.held is not None:
         return assignment(session, row.held, user_id)
     expires_at = now + timedelta(seconds=row.lease_seconds or default_lease_seconds)
@@ -381,6 +394,7 @@ def available_counts(session: Session, user_id: int, now: datetime | None = None
             .join(Project, Project.id == Task.project_id)
             .where(
                 Project.archived_at.is_(None),
+                may_work_on(user_id),
                 Task.kind == kind,
                 Task.status == TaskStatus.open,
                 available_filter(user_id, kind, now) | held,

@@ -26,6 +26,7 @@ def _users_page(request: Request, session, status_code: int = 200, **extra):
             "users": accounts.list_users(session),
             "simulated": accounts.list_users(session, simulated=True),
             "invites": accounts.open_invites(session),
+            "projects": projects.project_names(session),
             "roles": list(Role),
             **extra,
         },
@@ -53,6 +54,7 @@ def invite(
     user: AdminUser,
     email: Annotated[str, Form()] = "",
     role: Annotated[str, Form()] = "labeler",
+    projects_: Annotated[list[str], Form(alias="projects")] = [],  # noqa: B006 - FastAPI copies the default
 ):
     try:
         token = accounts.create_invite(
@@ -61,6 +63,7 @@ def invite(
             role=Role(role) if role in Role.__members__ else Role.labeler,
             created_by=user,
             ttl_s=settings.invite_ttl_s,
+            project_ids=[int(p) for p in projects_ if p.isdigit()],
         )
     except ServiceError as exc:
         return _users_page(request, session, error=exc.message, email=email, status_code=exc.status_code)
@@ -79,7 +82,9 @@ def revoke_invite(request: Request, session: SessionDep, user: AdminUser, invite
 def resend_invite(request: Request, session: SessionDep, settings: SettingsDep, user: AdminUser, invite_id: IdPath):
     """A new link for the same email and role; the old one stops working."""
     old = accounts.get_invite(session, invite_id)
-    token = accounts.create_invite(session, old.email, role=old.role, created_by=user, ttl_s=settings.invite_ttl_s)
+    token = accounts.create_invite(
+        session, old.email, role=old.role, created_by=user, ttl_s=settings.invite_ttl_s, project_ids=old.project_ids
+    )
     link = _link(request, settings, "invite_page", token)
     return _users_page(request, session, invite_link=link, invite_email=old.email)
 

@@ -15,8 +15,8 @@ from starlette.datastructures import FormData, UploadFile
 from app.deps import AdminUser, SessionDep, SettingsDep, verify_csrf
 from app.markdown import render_markdown
 from app.models import ImportJobStatus
-from app.services import ServiceError, imports, projects, stats
-from app.web.params import IdPath, form_text
+from app.services import ServiceError, accounts, imports, projects, stats
+from app.web.params import IdPath, form_text, form_texts
 from app.web.render import flash, redirect, render
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(verify_csrf)], include_in_schema=False)
@@ -92,6 +92,8 @@ def _project_page(request: Request, session, project, *, status_code=200, **extr
         "summary": stats.project_summary(session, project.id),
         "imports": imports.recent_jobs(session, project.id),
         "overlap_warning": projects.overlap_warning(session, project),
+        "members": set(projects.member_ids(session, project.id)),
+        "all_labelers": [u for u in accounts.list_users(session) if u.role.value == "labeler"],
         **extra,
     }
     return render(request, "admin/project.html", ctx, status_code=status_code)
@@ -115,6 +117,25 @@ async def update_project(request: Request, session: SessionDep, user: AdminUser,
             request, session, project, settings_error=exc.message, form=form, status_code=exc.status_code
         )
     flash(request, "Project settings saved.", "success")
+    return redirect(f"/admin/projects/{project.id}")
+
+
+@router.post("/projects/{project_id}/members")
+async def set_members(request: Request, session: SessionDep, user: AdminUser, project_id: IdPath):
+    form = await request.form()
+    members_only = form_text(form, "who") == "members"
+    ids = [int(v) for v in form_texts(form, "members") if v.isdigit()]
+    project = projects.set_members(session, project_id, members_only, ids)
+    who = f"its {len(ids)} member(s) only" if members_only else "every labeler"
+    flash(request, f"“{project.name}” is now labeled by {who}.", "success")
+    return redirect(f"/admin/projects/{project.id}#members")
+
+
+@router.post("/projects/{project_id}/pause")
+async def pause_project(request: Request, session: SessionDep, user: AdminUser, project_id: IdPath):
+    paused = form_text(await request.form(), "paused") == "1"
+    project = projects.set_paused(session, project_id, paused)
+    flash(request, f"“{project.name}” is {'paused: no task is handed out' if paused else 'running again'}.", "success")
     return redirect(f"/admin/projects/{project.id}")
 
 

@@ -7,6 +7,8 @@ what their pages show them through the labeling API (/work, next, submission, sk
     PATCH /api/v1/projects/{id}                    admin: change settings
     POST /api/v1/projects/{id}/archive | unarchive admin: hide from labelers, read-only (or back)
     DELETE /api/v1/projects/{id}/imports/{job}      admin: delete a file import (409 once labeled)
+    PUT  /api/v1/projects/{id}/members             admin: every labeler, or only these members
+    POST /api/v1/projects/{id}/pause | resume      admin: hand out no task (or again)
     PUT  /api/v1/projects/{id}/guidelines          admin: save a new guidelines version
     GET  /api/v1/projects/{id}/prompts?split&after&limit
     POST /api/v1/projects/{id}/prompts             admin: bulk, all or nothing  201 | 422 with line numbers
@@ -71,6 +73,8 @@ class ProjectOut(BaseModel):
     targets: dict[str, Any]
     created_at: datetime
     archived_at: datetime | None = Field(None, description="Archived: hidden from labelers, read-only, exportable.")
+    paused_at: datetime | None = Field(None, description="Paused: no task is handed out until resumed.")
+    members_only: bool = Field(False, description="Only its members label it (PUT .../members).")
     guidelines_version: int | None = None
     guidelines: str | None = None
     counts: dict[str, Any] | None = None
@@ -123,6 +127,8 @@ def _out(session, project: Project, detail: bool = False) -> ProjectOut:
         targets=project.targets or {},
         created_at=project.created_at,
         archived_at=project.archived_at,
+        paused_at=project.paused_at,
+        members_only=project.members_only,
     )
     if detail:
         g = projects.current_guidelines(session, project.id)
@@ -158,6 +164,32 @@ def read_project(project_id: IdPath, session: SessionDep, user: ApiAdmin):
 @router.post("/projects/{project_id}/archive", response_model=ProjectOut)
 def archive_project(project_id: IdPath, session: SessionDep, user: ApiAdmin):
     return _out(session, projects.set_archived(session, project_id, True))
+
+
+class MembersIn(BaseModel):
+    members_only: bool = Field(description="True: only these users label the project; False: every labeler.")
+    user_ids: list[Id] = Field(default_factory=list, max_length=10_000)
+
+
+class MembersOut(BaseModel):
+    members_only: bool
+    user_ids: list[int]
+
+
+@router.put("/projects/{project_id}/members", response_model=MembersOut)
+def set_members(project_id: IdPath, body: MembersIn, session: SessionDep, user: ApiAdmin):
+    project = projects.set_members(session, project_id, body.members_only, body.user_ids)
+    return MembersOut(members_only=project.members_only, user_ids=projects.member_ids(session, project_id))
+
+
+@router.post("/projects/{project_id}/pause", response_model=ProjectOut)
+def pause_project(project_id: IdPath, session: SessionDep, user: ApiAdmin):
+    return _out(session, projects.set_paused(session, project_id, True))
+
+
+@router.post("/projects/{project_id}/resume", response_model=ProjectOut)
+def resume_project(project_id: IdPath, session: SessionDep, user: ApiAdmin):
+    return _out(session, projects.set_paused(session, project_id, False))
 
 
 @router.post("/projects/{project_id}/unarchive", response_model=ProjectOut)

@@ -1,6 +1,6 @@
 """review of submissions: each demonstration, ranking and comparison carries an admin's decision
 (pending / accepted / rejected, with the reason, who and when; replaces demonstrations.accepted),
-an admin can leave a labeler's data out of future runs, simulated labelers are marked, invites can be revoked, model versions deleted (a tombstone when others name them),
+an admin can leave a labeler's data out of future runs, simulated labelers are marked, invites can be revoked and name projects, projects can be paused and have members, model versions deleted (a tombstone when others name them),
 a labeler's flag on a prompt can be dismissed, and a labeler can revise a submission (earlier
 answers kept in submission_revisions)
 
@@ -57,6 +57,21 @@ def upgrade() -> None:
         batch.add_column(sa.Column("deleted_at", app.db.UTCDateTime(timezone=True), nullable=True))
     with op.batch_alter_table("invites") as batch:
         batch.add_column(sa.Column("revoked_at", app.db.UTCDateTime(timezone=True), nullable=True))
+        batch.add_column(sa.Column("project_ids", sa.JSON(), server_default="[]", nullable=False))
+    # Plain ADD COLUMN, not batch mode: SQLite's batch mode copies the table and would lose the
+    # expression index ux_projects_name_lower (it cannot reflect it).
+    op.add_column("projects", sa.Column("paused_at", app.db.UTCDateTime(timezone=True), nullable=True))
+    op.add_column("projects", sa.Column("members_only", sa.Boolean(), server_default=sa.false(), nullable=False))
+    op.create_table(
+        "project_members",
+        sa.Column("project_id", sa.Integer(), nullable=False),
+        sa.Column("user_id", sa.Integer(), nullable=False),
+        sa.Column("created_at", app.db.UTCDateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(["project_id"], ["projects.id"], ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(["user_id"], ["users.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("project_id", "user_id"),
+    )
+    op.create_index("ix_project_members_user_id", "project_members", ["user_id"])
     with op.batch_alter_table("users") as batch:
         batch.add_column(sa.Column("left_out_of_training", sa.Boolean(), server_default=sa.false(), nullable=False))
         batch.add_column(sa.Column("simulated", sa.Boolean(), server_default=sa.false(), nullable=False))
@@ -73,7 +88,12 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.batch_alter_table("model_versions") as batch:
         batch.drop_column("deleted_at")
+    op.drop_index("ix_project_members_user_id", table_name="project_members")
+    op.drop_table("project_members")
+    op.drop_column("projects", "members_only")
+    op.drop_column("projects", "paused_at")
     with op.batch_alter_table("invites") as batch:
+        batch.drop_column("project_ids")
         batch.drop_column("revoked_at")
     with op.batch_alter_table("users") as batch:
         batch.drop_column("simulated")
