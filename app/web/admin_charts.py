@@ -13,12 +13,17 @@ KIND_COLORS = {"demonstration": "#3056d3", "ranking": "#e07a1f", "comparison": "
 MODEL_COLORS = {"base": "#5d6679", "sft": "#3056d3", "reward": "#e07a1f", "ppo": "#1f7a4d"}
 
 
-def _nice_ticks(lo: float, hi: float, n: int = 4) -> list[float]:
+def _nice_ticks(lo: float, hi: float, n: int = 4, *, integer: bool = False) -> list[float]:
+    """About n+1 round ticks from at or below lo to at or above hi; with integer, whole-number
+    steps only (steps, counts: no tick at 2.5)."""
     if hi <= lo:
         hi = lo + 1
     raw = (hi - lo) / n
     mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    steps = (1, 2, 5, 10) if integer else (1, 2, 2.5, 5, 10)
+    step = next(m * mag for m in steps if m * mag >= raw)
+    if integer:
+        step = max(1, round(step))
     start = math.floor(lo / step) * step
     ticks = [round(start, 10)]
     while ticks[-1] < hi - step * 1e-9:  # the last tick is at or above the highest value
@@ -26,19 +31,25 @@ def _nice_ticks(lo: float, hi: float, n: int = 4) -> list[float]:
     return ticks
 
 
-def _fmt(v: float) -> str:
-    if v == 0:
-        return "0"
-    a = abs(v)
-    if a >= 10_000:
-        return f"{v / 1000:.0f}k"
-    if a >= 1000:
-        return f"{v / 1000:.1f}k"
-    if a >= 10:
-        return f"{v:.0f}"
-    if a >= 1:
-        return f"{v:.1f}".rstrip("0").rstrip(".")
-    return f"{v:.3g}"  # three significant digits, so close ticks (0.00285, 0.0029) stay apart
+def _tick_labels(ticks: list[float]) -> list[str]:
+    """Labels that show each tick's own value: as many decimals as the step between ticks needs
+    (a range of 51.2-52.4 reads 51.2, 51.4 ... rather than 51, 51, 52, 52)."""
+    step = abs(ticks[1] - ticks[0]) if len(ticks) > 1 else 1.0
+    if max(abs(t) for t in ticks) >= 10_000 and step >= 1000:
+        digits = _decimals(step / 1000)
+        return [f"{t / 1000:.{digits}f}k" for t in ticks]
+    digits = _decimals(step)
+    return [f"{t:.{digits}f}" for t in ticks]
+
+
+def _decimals(step: float) -> int:
+    """Decimals that write `step` exactly (0.25 -> 2, 5 -> 0), at most 6."""
+    text = f"{step:.6f}".rstrip("0")
+    return len(text.split(".")[1]) if "." in text else 0
+
+
+def _is_integer(values: list[float]) -> bool:
+    return all(float(v).is_integer() for v in values)
 
 
 def line_chart(
@@ -62,7 +73,7 @@ def line_chart(
     x0, x1 = min(xs), max(xs)
     if x1 == x0:
         x1 = x0 + 1
-    yticks = _nice_ticks(min(ys), max(ys))
+    yticks = _nice_ticks(min(ys), max(ys), integer=_is_integer(ys))
     y0, y1 = yticks[0], yticks[-1]
     if y1 == y0:
         y1 = y0 + 1
@@ -75,14 +86,15 @@ def line_chart(
         return top + ph - (y - y0) / (y1 - y0) * ph
 
     out = [f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="{escape(label)}">']
-    for t in yticks:
+    for t, text in zip(yticks, _tick_labels(yticks), strict=True):
         out.append(
             f'<line class="grid" x1="{left}" x2="{width - right}" y1="{sy(t):.1f}" y2="{sy(t):.1f}"/>'
-            f'<text x="{left - 6}" y="{sy(t) + 4:.1f}" text-anchor="end">{_fmt(t)}</text>'
+            f'<text x="{left - 6}" y="{sy(t) + 4:.1f}" text-anchor="end">{text}</text>'
         )
-    for t in _nice_ticks(x0, x1, 5):
+    xticks = _nice_ticks(x0, x1, 5, integer=_is_integer(xs))
+    for t, text in zip(xticks, _tick_labels(xticks), strict=True):
         if x0 <= t <= x1:
-            out.append(f'<text x="{sx(t):.1f}" y="{height - 8}" text-anchor="middle">{_fmt(t)}</text>')
+            out.append(f'<text x="{sx(t):.1f}" y="{height - 8}" text-anchor="middle">{text}</text>')
     for i, (name, pts) in enumerate(series.items()):
         pts = sorted((x, y) for x, y in pts if math.isfinite(y))
         if not pts:
@@ -108,17 +120,17 @@ def stacked_bars(
     """Submissions per day, one stacked bar per day, one color per kind."""
     left, right, top, bottom = 44, 8, 10, 26
     totals = [sum(counts.get(k, 0) for k in kinds) for _, counts in days]
-    yticks = _nice_ticks(0, max(totals + [1]))
+    yticks = _nice_ticks(0, max(totals + [1]), integer=True)
     ymax = yticks[-1] or 1
     pw, ph = width - left - right, height - top - bottom
     slot = pw / max(1, len(days))
     bar = max(2.0, slot * 0.7)
     out = [f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="Submissions per day">']
-    for t in yticks:
+    for t, text in zip(yticks, _tick_labels(yticks), strict=True):
         y = top + ph - t / ymax * ph
         out.append(
             f'<line class="grid" x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}"/>'
-            f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{_fmt(t)}</text>'
+            f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{text}</text>'
         )
     label_every = max(1, math.ceil(len(days) / 10))
     for i, (day, counts) in enumerate(days):
