@@ -218,10 +218,12 @@ def test_evaluate_run_makes_ab_tasks_and_a_reward_win_rate(settings, session, ti
         done = wait_for(lambda: _finished(worker.engine, run.id), timeout=120)
     assert done.status == RunStatus.succeeded, done.error
     summary = done.summary
-    assert summary["comparison_tasks"] == 8 and done.dataset_snapshot["rows"]["prompts"] == [p.id for p in prompts]
+    posed = summary["comparison_tasks"]  # two identical answers are not posed (nothing to choose)
+    assert posed + summary["identical_answers"] == 8 and posed >= 4
+    assert done.dataset_snapshot["rows"]["prompts"] == [p.id for p in prompts]
     session.expire_all()
     made = session.scalars(select(Task).where(Task.source_run_id == run.id)).all()
-    assert len(made) == 8 and all(t.kind == TaskKind.comparison for t in made)
+    assert len(made) == posed and all(t.kind == TaskKind.comparison for t in made)
     sides = []
     for task in made:
         a, b = (session.get(Completion, o.completion_id) for o in task.outputs)  # position 0 is A
@@ -229,12 +231,13 @@ def test_evaluate_run_makes_ab_tasks_and_a_reward_win_rate(settings, session, ti
         sides.append(a.model_version_id == candidate)
         pair = next(p for p in summary["pairs"] if p["task_id"] == task.id)
         assert (pair["a"], pair["b"], pair["candidate_is_a"]) == (a.id, b.id, sides[-1])
-    assert 0 < sum(sides) < 8, "the A/B order is not randomized"
+        assert a.text.strip() != b.text.strip()
+    assert 0 < sum(sides) < posed, "the A/B order is not randomized"
     verdict = summary["reward_model"]
     assert verdict["n"] == 8 and verdict["wins"] + verdict["losses"] + verdict["ties"] == 8
     assert verdict["ci95"][0] <= verdict["win_rate"] <= verdict["ci95"][1] and verdict["reward_model_id"] == rm.id
     report = evaluation.evaluation_report(session, run.id)
-    assert report["labelers"]["n"] == 0 and report["labelers"]["tasks"] == 8 and report["reward_model"] == verdict
+    assert report["labelers"]["n"] == 0 and report["labelers"]["tasks"] == posed and report["reward_model"] == verdict
 
 
 def test_cancel_during_sft_registers_no_model(settings, session, tiny):

@@ -384,15 +384,20 @@ def run_evaluate(ctx: RunContext) -> Outcome:
     snapshot.keep_prompts([p.id for p in prompts])
     ctx.set_snapshot(snapshot)
 
-    # 3. Comparison tasks with a seeded, stored A/B order.
+    # 3. Comparison tasks with a seeded, stored A/B order. Two identical answers are not posed: there
+    # is nothing to choose between them (they are counted, as ties, in the summary).
     rng = random.Random(config.seed)
     pairs = []
+    identical = 0
     with ctx.session() as session:
         project = session.get_one(Project, ctx.project_id)
         for item in prompts:
             prompt = session.get(Prompt, item.id)
             mine, theirs = answers[candidate.id][item.id], answers[baseline.id][item.id]
             candidate_is_a = rng.random() < 0.5
+            if texts[mine].strip() == texts[theirs].strip():
+                identical += 1
+                continue
             a, b = (mine, theirs) if candidate_is_a else (theirs, mine)
             if prompt is None:
                 continue
@@ -401,8 +406,9 @@ def run_evaluate(ctx: RunContext) -> Outcome:
             )
             pairs.append({"task_id": task.id, "prompt_id": item.id, "a": a, "b": b, "candidate_is_a": candidate_is_a})
     summary: dict[str, Any] = {
-        "prompts": len(pairs),
+        "prompts": len(pairs) + identical,
         "comparison_tasks": len(pairs),
+        "identical_answers": identical,
         "candidate_model_id": candidate.id,
         "baseline_model_id": baseline.id,
         "pairs": pairs,
