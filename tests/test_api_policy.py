@@ -41,6 +41,8 @@ ADMIN_ONLY = {
     ("DELETE", "/api/v1/projects/{project_id}/imports/{job_id}"),
     ("DELETE", "/api/v1/model-versions/{version_id}"),
     ("PUT", "/api/v1/projects/{project_id}/members"),
+    ("DELETE", "/api/v1/projects/{project_id}"),
+    ("DELETE", "/api/v1/runs/{run_id}"),
     ("POST", "/api/v1/projects/{project_id}/pause"),
     ("POST", "/api/v1/projects/{project_id}/resume"),
     ("GET", "/api/v1/projects/{project_id}/review"),

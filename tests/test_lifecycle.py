@@ -361,3 +361,45 @@ def test_members_only_projects_and_pausing_decide_what_a_labeler_is_handed(sessi
     from app.services import projects as project_service
 
     assert cat.id in project_service.member_ids(session, second.id) and cat.last_login_at is not None
+
+
+def test_projects_and_runs_are_deleted_unless_something_depends_on_them(session, client, make_user):
+    from sqlalchemy import func, select
+
+    from app.models import Demonstration, ModelKind, ModelVersion, Project, RunStatus, Task, TrainingRun
+
+    admin = make_user("admin@example.com", Role.admin)
+    labeler = make_user("lena@example.com", Role.labeler)
+    empty, used = make_project(session, name="Scratch"), make_project(session, name="Used")
+    for project in (empty, used):
+        tasks.create_demonstration_tasks(session, project, make_prompts(session, project, [f"{project.name} prompt"]))
+    task = session.scalar(select(Task).where(Task.project_id == used.id))
+    session.add(Demonstration(task_id=task.id, prompt_id=task.prompt_id, user_id=labeler.id, text="Hi"))
+    ended = TrainingRun(project_id=empty.id, kind="sft", status=RunStatus.failed, config={}, input_model_ids=[])
+    made = TrainingRun(project_id=used.id, kind="sft", status=RunStatus.succeeded, config={}, input_model_ids=[])
+    running = TrainingRun(project_id=used.id, kind="sft", status=RunStatus.running, config={}, input_model_ids=[])
+    session.add_all([ended, made, running])
+    session.flush()
+    session.add(
+        ModelVersion(name="m", kind=ModelKind.sft, project_id=used.id, source="x", parent_ids=[], run_id=made.id)
+    )
+    session.commit()
+    headers = {"Authorization": f"Bearer {accounts.create_api_token(session, admin)}"}
+    session.commit()
+
+    refused = client.delete(f"/api/v1/projects/{used.id}", headers=headers)
+    assert refused.status_code == 409 and "archive the project instead" in refused.json()["detail"]
+    assert client.delete(f"/api/v1/runs/{running.id}", headers=headers).status_code == 409
+    kept = client.delete(f"/api/v1/runs/{made.id}", headers=headers)
+    assert kept.status_code == 409 and "delete them first" in kept.json()["detail"]
+
+    assert login(client, admin.email, PASSWORD).status_code == 303
+    token = csrf_of(client, f"/admin/projects/{empty.id}")
+    assert client.post(f"/admin/runs/{ended.id}/delete", data={"csrf_token": token}).status_code == 303
+    r = client.post(f"/admin/projects/{empty.id}/delete", data={"csrf_token": token})
+    assert r.status_code == 303 and "deleted with 1 prompt(s) and 1 task(s)" in client.get(r.headers["location"]).text
+    empty_id, ended_id = empty.id, ended.id
+    session.expire_all()
+    assert session.get(Project, empty_id) is None and session.get(TrainingRun, ended_id) is None
+    assert session.scalar(select(func.count()).select_from(Task)) == 1
+    assert "Delete</button>" not in client.get(f"/admin/projects/{used.id}").text

@@ -331,3 +331,50 @@ def list_prompts(
     if split is not None:
         stmt = stmt.where(Prompt.split == split)
     return list(session.scalars(stmt))
+
+
+@dataclass
+class ProjectContents:
+    prompts: int
+    tasks: int
+    submissions: int
+
+
+def project_contents(session: Session, project_id: int) -> ProjectContents:
+    from app.models import SUBMISSION_MODELS
+
+    task_ids = select(Task.id).where(Task.project_id == project_id)
+    return ProjectContents(
+        prompts=session.scalar(select(func.count()).select_from(Prompt).where(Prompt.project_id == project_id)) or 0,
+        tasks=session.scalar(select(func.count()).select_from(Task).where(Task.project_id == project_id)) or 0,
+        submissions=sum(
+            session.scalar(select(func.count()).select_from(m).where(m.task_id.in_(task_ids))) or 0
+            for m in SUBMISSION_MODELS.values()
+        ),
+    )
+
+
+def delete_project(session: Session, project_id: int) -> ProjectContents:
+    """Deletes a project with its prompts, tasks, model outputs, guidelines and imports; its runs and
+    model versions stay (without a project). Refused once labelers made submissions in it (they are
+    never deleted silently): archive it instead."""
+    from app.models import Completion
+
+    project = get_project(session, project_id)
+    gone = project_contents(session, project_id)
+    if gone.submissions:
+        raise Conflict(
+            f"Labelers made {gone.submissions} submission(s) in “{project.name}”, and submissions are never deleted "
+            "silently: archive the project instead (hidden from labelers, read-only, exportable)."
+        )
+    prompt_ids = select(Prompt.id).where(Prompt.project_id == project_id)
+    # Children first: a task's outputs refer to completions that the prompts' deletion would remove.
+    session.execute(delete(Task).where(Task.project_id == project_id).execution_options(synchronize_session=False))
+    session.execute(
+        delete(Completion).where(Completion.prompt_id.in_(prompt_ids)).execution_options(synchronize_session=False)
+    )
+    session.execute(delete(Prompt).where(Prompt.project_id == project_id).execution_options(synchronize_session=False))
+    # (Core, not session.delete: the database cascades to the guidelines, imports and members.)
+    session.execute(delete(Project).where(Project.id == project_id).execution_options(synchronize_session=False))
+    session.expunge(project)
+    return gone

@@ -20,7 +20,7 @@ Run state machine (TrainingRun.status):
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from app.db import atomic, lock_writes, skip_locked, utcnow
@@ -571,3 +571,17 @@ def _end_attempt(run: TrainingRun, outcome: str) -> None:
     if log and "ended_at" not in log[-1]:
         log[-1].update(ended_at=utcnow().isoformat(timespec="seconds"), outcome=outcome)
         run.attempt_log = log
+
+
+def delete_run(session: Session, run_id: int) -> TrainingRun:
+    """Deletes an ended run's record (its metrics with it). Refused while it is queued or running, and
+    while model versions it made exist (delete those first: the registry names their run)."""
+    run = get_run(session, run_id)
+    if run.status not in FINAL:
+        raise Conflict(f"Run #{run_id} is {run.status.value}; cancel it first.")
+    made = [v.id for v in registry.produced_by(session, run_id) if v.deleted_at is None]
+    if made:
+        raise Conflict(f"Run #{run_id} made model version(s) {made}; delete them first (their lineage names this run).")
+    session.execute(delete(TrainingRun).where(TrainingRun.id == run_id).execution_options(synchronize_session=False))
+    session.expunge(run)
+    return run

@@ -92,6 +92,7 @@ def _project_page(request: Request, session, project, *, status_code=200, **extr
         "summary": stats.project_summary(session, project.id),
         "imports": imports.recent_jobs(session, project.id),
         "overlap_warning": projects.overlap_warning(session, project),
+        "contents": projects.project_contents(session, project.id),
         "members": set(projects.member_ids(session, project.id)),
         "all_labelers": [u for u in accounts.list_users(session) if u.role.value == "labeler"],
         **extra,
@@ -137,6 +138,20 @@ async def pause_project(request: Request, session: SessionDep, user: AdminUser, 
     project = projects.set_paused(session, project_id, paused)
     flash(request, f"“{project.name}” is {'paused: no task is handed out' if paused else 'running again'}.", "success")
     return redirect(f"/admin/projects/{project.id}")
+
+
+@router.post("/projects/{project_id}/delete")
+def delete_project(request: Request, session: SessionDep, user: AdminUser, project_id: IdPath):
+    name = projects.get_project(session, project_id).name
+    try:
+        gone = projects.delete_project(session, project_id)
+    except ServiceError as exc:
+        if exc.status_code == 404:
+            raise
+        flash(request, exc.message, "error")
+        return redirect(f"/admin/projects/{project_id}")
+    flash(request, f"Project “{name}” deleted with {gone.prompts} prompt(s) and {gone.tasks} task(s).", "success")
+    return redirect("/admin/projects")
 
 
 @router.post("/projects/{project_id}/archive")

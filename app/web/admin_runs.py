@@ -316,6 +316,19 @@ def run_live(request: Request, session: SessionDep, user: AdminUser, run_id: IdP
     return render(request, "admin/_run_live.html", _run_context(session, run))
 
 
+@router.post("/runs/{run_id}/delete")
+def delete_run(request: Request, session: SessionDep, user: AdminUser, run_id: IdPath):
+    try:
+        runs.delete_run(session, run_id)
+    except ServiceError as exc:
+        if exc.status_code == 404:
+            raise
+        flash(request, exc.message, "error")
+        return redirect(f"/admin/runs/{run_id}")
+    flash(request, f"Run #{run_id} deleted.", "success")
+    return redirect("/admin/runs")
+
+
 @router.post("/runs/{run_id}/cancel")
 def cancel_run(request: Request, session: SessionDep, user: AdminUser, run_id: IdPath):
     try:

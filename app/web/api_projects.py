@@ -161,6 +161,19 @@ def read_project(project_id: IdPath, session: SessionDep, user: ApiAdmin):
     return _out(session, projects.get_project(session, project_id), detail=True)
 
 
+class ProjectDeletedOut(BaseModel):
+    prompts: int
+    tasks: int
+
+
+@router.delete("/projects/{project_id}", response_model=ProjectDeletedOut)
+def delete_project(project_id: IdPath, session: SessionDep, user: ApiAdmin):
+    """Deletes a project with its prompts and tasks (its runs and models stay); 409 once labelers
+    made submissions in it (archive it instead)."""
+    gone = projects.delete_project(session, project_id)
+    return ProjectDeletedOut(prompts=gone.prompts, tasks=gone.tasks)
+
+
 @router.post("/projects/{project_id}/archive", response_model=ProjectOut)
 def archive_project(project_id: IdPath, session: SessionDep, user: ApiAdmin):
     return _out(session, projects.set_archived(session, project_id, True))

@@ -203,6 +203,12 @@ def read_run(run_id: IdPath, session: SessionDep, user: ApiAdmin):
     return _one_run_out(session, runs.get_run(session, run_id), with_metrics=True)
 
 
+@router.delete("/runs/{run_id}", status_code=204)
+def delete_run(run_id: IdPath, session: SessionDep, user: ApiAdmin) -> None:
+    """Deletes an ended run's record and metrics (409 while it runs, or while models it made exist)."""
+    runs.delete_run(session, run_id)
+
+
 @router.post("/runs/{run_id}/cancel", response_model=RunOut)
 def cancel_run(run_id: IdPath, session: SessionDep, user: ApiAdmin):
     return _one_run_out(session, runs.cancel_run(session, run_id, by=user))
