@@ -403,3 +403,22 @@ def test_projects_and_runs_are_deleted_unless_something_depends_on_them(session,
     assert session.get(Project, empty_id) is None and session.get(TrainingRun, ended_id) is None
     assert session.scalar(select(func.count()).select_from(Task)) == 1
     assert "Delete</button>" not in client.get(f"/admin/projects/{used.id}").text
+
+
+def test_a_demo_project_goes_whole_with_its_simulated_submissions(session):
+    from sqlalchemy import func, select
+
+    from app.models import Demonstration, Task
+    from app.services import projects as project_service
+    from trainer.simulate import ensure_labelers
+
+    (sim,) = ensure_labelers(session, 1)
+    demo = make_project(session, name="demo 2026-12-05")
+    tasks.create_demonstration_tasks(session, demo, make_prompts(session, demo, ["Say hi"]))
+    task = session.scalar(select(Task).where(Task.project_id == demo.id))
+    session.add(Demonstration(task_id=task.id, prompt_id=task.prompt_id, user_id=sim.id, text="Hi"))
+    session.commit()
+    gone = project_service.delete_project(session, demo.id)
+    session.commit()
+    assert (gone.submissions, gone.simulated_submissions, gone.tasks) == (0, 1, 1)
+    assert session.scalar(select(func.count()).select_from(Demonstration)) == 0

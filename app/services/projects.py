@@ -338,27 +338,37 @@ class ProjectContents:
     prompts: int
     tasks: int
     submissions: int
+    """By real labelers: they forbid deleting the project."""
+    simulated_submissions: int
+    """By the demo's simulated labelers: they go with the project."""
 
 
-def project_contents(session: Session, project_id: int) -> ProjectContents:
+def _submission_counts(session: Session, project_id: int, *, simulated: bool) -> int:
     from app.models import SUBMISSION_MODELS
 
     task_ids = select(Task.id).where(Task.project_id == project_id)
+    by = select(User.id).where(User.simulated.is_(simulated))
+    return sum(
+        session.scalar(select(func.count()).select_from(m).where(m.task_id.in_(task_ids), m.user_id.in_(by))) or 0
+        for m in SUBMISSION_MODELS.values()
+    )
+
+
+def project_contents(session: Session, project_id: int) -> ProjectContents:
     return ProjectContents(
         prompts=session.scalar(select(func.count()).select_from(Prompt).where(Prompt.project_id == project_id)) or 0,
         tasks=session.scalar(select(func.count()).select_from(Task).where(Task.project_id == project_id)) or 0,
-        submissions=sum(
-            session.scalar(select(func.count()).select_from(m).where(m.task_id.in_(task_ids))) or 0
-            for m in SUBMISSION_MODELS.values()
-        ),
+        submissions=_submission_counts(session, project_id, simulated=False),
+        simulated_submissions=_submission_counts(session, project_id, simulated=True),
     )
 
 
 def delete_project(session: Session, project_id: int) -> ProjectContents:
-    """Deletes a project with its prompts, tasks, model outputs, guidelines and imports; its runs and
-    model versions stay (without a project). Refused once labelers made submissions in it (they are
-    never deleted silently): archive it instead."""
-    from app.models import Completion
+    """Deletes a project with its prompts, tasks, model outputs, guidelines and imports, and the
+    demo's simulated submissions (a demo project goes whole); its runs and model versions stay
+    (without a project). Refused once real labelers made submissions in it (they are never deleted
+    silently): archive it instead."""
+    from app.models import SUBMISSION_MODELS, Completion
 
     project = get_project(session, project_id)
     gone = project_contents(session, project_id)
@@ -367,7 +377,10 @@ def delete_project(session: Session, project_id: int) -> ProjectContents:
             f"Labelers made {gone.submissions} submission(s) in “{project.name}”, and submissions are never deleted "
             "silently: archive the project instead (hidden from labelers, read-only, exportable)."
         )
+    task_ids = select(Task.id).where(Task.project_id == project_id)
     prompt_ids = select(Prompt.id).where(Prompt.project_id == project_id)
+    for model in SUBMISSION_MODELS.values():  # only simulated ones are left (checked above)
+        session.execute(delete(model).where(model.task_id.in_(task_ids)).execution_options(synchronize_session=False))
     # Children first: a task's outputs refer to completions that the prompts' deletion would remove.
     session.execute(delete(Task).where(Task.project_id == project_id).execution_options(synchronize_session=False))
     session.execute(
