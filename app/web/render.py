@@ -5,6 +5,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
 
 from app.config import REPO_ROOT
 from app.markdown import render_markdown
@@ -27,6 +28,19 @@ def duration(seconds: float) -> str:
 
 
 templates.env.filters["duration"] = duration
+
+
+def when(value) -> Markup:
+    """A stored (UTC) time as <time>: the page shows it in UTC, and static/js/app.js rewrites it in
+    the viewer's own time zone (a page without JavaScript keeps the UTC text)."""
+    if value is None:
+        return Markup("")
+    return Markup('<time datetime="{}" data-local>{} UTC</time>').format(
+        value.isoformat(), value.strftime("%Y-%m-%d %H:%M")
+    )
+
+
+templates.env.filters["when"] = when
 templates.env.globals["OUTPUT_FLAGS"] = OUTPUT_FLAGS
 
 

@@ -46,3 +46,13 @@ document.addEventListener("click", async (e) => {
   try { await navigator.clipboard.writeText(text); button.textContent = "Copied"; }
   catch { getSelection().selectAllChildren(document.querySelector(button.dataset.copy)); button.textContent = "Selected: press Ctrl+C"; }
 });
+
+// <time datetime="..." data-local> (the `when` filter): the stored UTC time, shown in this viewer's time zone.
+for (const el of document.querySelectorAll("time[data-local]")) {
+  const at = new Date(el.getAttribute("datetime"));
+  if (isNaN(at)) continue;
+  const pad = (n) => String(n).padStart(2, "0");
+  const zone = Intl.DateTimeFormat(undefined, { timeZoneName: "short" }).formatToParts(at).find((p) => p.type === "timeZoneName");
+  el.textContent = `${at.getFullYear()}-${pad(at.getMonth() + 1)}-${pad(at.getDate())} ${pad(at.getHours())}:${pad(at.getMinutes())}${zone ? " " + zone.value : ""}`;
+  el.title = el.getAttribute("datetime").slice(0, 16).replace("T", " ") + " UTC";
+}
