@@ -76,7 +76,11 @@ def _next_task(
     """Leases the next task of this queue and shows it, or goes back to the work list when there is
     none. `done` is said first. What the caller stored is committed already (atomic services): it
     stays saved whatever happens here."""
-    got = queue.next_task_in_project(session, user.id, project_id, kind, default_lease_seconds=lease_seconds)
+    try:
+        got = queue.next_task_in_project(session, user.id, project_id, kind, default_lease_seconds=lease_seconds)
+    except ServiceError as exc:  # paused, archived or closed to this labeler since the last task
+        flash(request, f"{done} {exc.message}".strip(), "info")
+        return redirect("/label")
     if got is None:
         name = projects.get_project(session, project_id).name
         flash(request, f"{done} No more {kind.value} tasks for you in {name} right now. Thank you!".strip(), "success")
