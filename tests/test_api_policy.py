@@ -43,6 +43,8 @@ ADMIN_ONLY = {
     ("PUT", "/api/v1/projects/{project_id}/members"),
     ("DELETE", "/api/v1/projects/{project_id}"),
     ("DELETE", "/api/v1/runs/{run_id}"),
+    ("DELETE", "/api/v1/projects/{project_id}/prompts/{prompt_id}"),
+    ("DELETE", "/api/v1/tasks/{task_id}"),
     ("POST", "/api/v1/projects/{project_id}/pause"),
     ("POST", "/api/v1/projects/{project_id}/resume"),
     ("GET", "/api/v1/projects/{project_id}/review"),

@@ -422,3 +422,34 @@ def test_a_demo_project_goes_whole_with_its_simulated_submissions(session):
     session.commit()
     assert (gone.submissions, gone.simulated_submissions, gone.tasks) == (0, 1, 1)
     assert session.scalar(select(func.count()).select_from(Demonstration)) == 0
+
+
+def test_prompts_and_tasks_are_deleted_until_someone_answered_them(session, client, make_user):
+    from sqlalchemy import func, select
+
+    from app.models import Demonstration, Prompt, Task
+
+    admin = make_user("admin@example.com", Role.admin)
+    labeler = make_user("lena@example.com", Role.labeler)
+    project = make_project(session, name="Bits")
+    prompts = make_prompts(session, project, ["keep me", "drop me", "answered"])
+    made = tasks.create_demonstration_tasks(session, project, prompts)
+    session.add(Demonstration(task_id=made[2].id, prompt_id=prompts[2].id, user_id=labeler.id, text="Hi"))
+    session.commit()
+    headers = {"Authorization": f"Bearer {accounts.create_api_token(session, admin)}"}
+    session.commit()
+    ids = [p.id for p in prompts] + [t.id for t in made]
+
+    assert client.delete(f"/api/v1/projects/{project.id}/prompts/{ids[1]}", headers=headers).json() == {
+        "tasks_deleted": 1
+    }
+    answered = client.delete(f"/api/v1/projects/{project.id}/prompts/{ids[2]}", headers=headers)
+    assert answered.status_code == 409 and "never deleted silently" in answered.json()["detail"]
+    assert client.delete(f"/api/v1/tasks/{ids[5]}", headers=headers).status_code == 409
+    assert client.delete(f"/api/v1/projects/{project.id}/prompts/999999", headers=headers).status_code == 404
+    assert login(client, admin.email, PASSWORD).status_code == 303
+    token = csrf_of(client, f"/admin/tasks/{ids[3]}")
+    assert client.post(f"/admin/tasks/{ids[3]}/delete", data={"csrf_token": token}).status_code == 303
+    session.expire_all()
+    assert sorted(session.scalars(select(Prompt.text))) == ["answered", "keep me"]
+    assert session.scalar(select(func.count()).select_from(Task)) == 1

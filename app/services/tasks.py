@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from app.models import (
@@ -15,7 +15,7 @@ from app.models import (
     TaskKind,
     User,
 )
-from app.services import NotFound, ServiceError
+from app.services import Conflict, NotFound, ServiceError
 
 MIN_OUTPUTS, MAX_OUTPUTS = 2, 9
 
@@ -149,3 +149,44 @@ def tasks_page(
     if shared_only:
         q = q.where(Task.done_count >= 2)
     return list(session.scalars(q))
+
+
+def _submitted(session: Session, task_ids) -> int:
+    return sum(
+        session.scalar(select(func.count()).select_from(m).where(m.task_id.in_(task_ids))) or 0
+        for m in SUBMISSION_MODELS.values()
+    )
+
+
+def delete_task(session: Session, task_id: int) -> Task:
+    """Deletes a task nobody has answered (its leases, skips and drafts with it); refused once a
+    labeler submitted an answer to it (retire it instead)."""
+    task = get_task(session, task_id)
+    if _submitted(session, [task_id]):
+        raise Conflict(f"Task {task_id} has answers, and answers are never deleted silently: retire the task instead.")
+    session.execute(delete(Task).where(Task.id == task_id).execution_options(synchronize_session=False))
+    session.expunge(task)
+    return task
+
+
+def delete_prompt(session: Session, project_id: int, prompt_id: int) -> int:
+    """Deletes a prompt with its tasks and model outputs; refused once a labeler answered one of its
+    tasks. Returns how many tasks went."""
+    prompt = session.get(Prompt, prompt_id)
+    if prompt is None or prompt.project_id != project_id:
+        raise NotFound(f"Project {project_id} has no prompt {prompt_id}.")
+    task_ids = select(Task.id).where(Task.prompt_id == prompt_id)
+    if _submitted(session, task_ids):
+        raise Conflict(
+            f"Labelers answered tasks of prompt {prompt_id}, and answers are never deleted silently: retire its "
+            "tasks instead."
+        )
+    tasks_gone = session.scalar(select(func.count()).select_from(Task).where(Task.prompt_id == prompt_id)) or 0
+    # Children first: a task's outputs refer to completions that the prompt's deletion would remove.
+    session.execute(delete(Task).where(Task.prompt_id == prompt_id).execution_options(synchronize_session=False))
+    session.execute(
+        delete(Completion).where(Completion.prompt_id == prompt_id).execution_options(synchronize_session=False)
+    )
+    session.execute(delete(Prompt).where(Prompt.id == prompt_id).execution_options(synchronize_session=False))
+    session.expunge(prompt)
+    return int(tasks_gone)

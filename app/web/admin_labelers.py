@@ -104,6 +104,20 @@ def task_page(request: Request, session: SessionDep, user: AdminUser, task_id: I
     )
 
 
+@router.post("/tasks/{task_id}/delete")
+def delete_task(request: Request, session: SessionDep, user: AdminUser, task_id: IdPath):
+    project_id = tasks.get_task(session, task_id).project_id
+    try:
+        tasks.delete_task(session, task_id)
+    except ServiceError as exc:
+        if exc.status_code == 404:
+            raise
+        flash(request, exc.message, "error")
+        return redirect(f"/admin/tasks/{task_id}")
+    flash(request, f"Task #{task_id} deleted.", "success")
+    return redirect(f"/admin/projects/{project_id}/tasks")
+
+
 @router.post("/tasks/{task_id}/gold")
 async def set_gold(request: Request, session: SessionDep, user: AdminUser, task_id: IdPath):
     task = tasks.get_task(session, task_id)

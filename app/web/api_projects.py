@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from app.deps import ApiAdmin, SessionDep
 from app.models import Project, Split
-from app.services import exports, imports, projects, stats
+from app.services import exports, imports, projects, stats, tasks
 from app.web.params import DB_INT_MAX, Id, IdPath
 
 router = APIRouter(prefix="/api/v1", tags=["projects"])
@@ -172,6 +172,18 @@ def delete_project(project_id: IdPath, session: SessionDep, user: ApiAdmin):
     made submissions in it (archive it instead)."""
     gone = projects.delete_project(session, project_id)
     return ProjectDeletedOut(prompts=gone.prompts, tasks=gone.tasks)
+
+
+@router.delete("/projects/{project_id}/prompts/{prompt_id}")
+def delete_prompt(project_id: IdPath, prompt_id: IdPath, session: SessionDep, user: ApiAdmin) -> dict[str, int]:
+    """Deletes a prompt with its tasks and model outputs; 409 once a labeler answered one of them."""
+    return {"tasks_deleted": tasks.delete_prompt(session, project_id, prompt_id)}
+
+
+@router.delete("/tasks/{task_id}", status_code=204)
+def delete_task(task_id: IdPath, session: SessionDep, user: ApiAdmin) -> None:
+    """Deletes a task nobody has answered; 409 once answered (retire it instead)."""
+    tasks.delete_task(session, task_id)
 
 
 @router.post("/projects/{project_id}/archive", response_model=ProjectOut)
