@@ -6,7 +6,7 @@ from app.deps import AdminUser, SessionDep, verify_csrf
 from app.models import TaskKind
 from app.services import ServiceError, projects, review, stats, tasks
 from app.web.params import IdPath, Page, form_id, form_text
-from app.web.render import flash, redirect, render
+from app.web.render import flash, redirect, refused, render
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(verify_csrf)], include_in_schema=False)
 PAIRWISE_REFERENCE = 0.726  # InstructGPT: training labelers agreed on 72.6 ± 1.5 % of comparisons
@@ -110,10 +110,7 @@ def delete_task(request: Request, session: SessionDep, user: AdminUser, task_id:
     try:
         tasks.delete_task(session, task_id)
     except ServiceError as exc:
-        if exc.status_code == 404:
-            raise
-        flash(request, exc.message, "error")
-        return redirect(f"/admin/tasks/{task_id}")
+        return refused(request, exc, f"/admin/tasks/{task_id}")
     flash(request, f"Task #{task_id} deleted.", "success")
     return redirect(f"/admin/projects/{project_id}/tasks")
 

@@ -17,7 +17,7 @@ from app.markdown import render_markdown
 from app.models import ImportJobStatus
 from app.services import ServiceError, accounts, imports, projects, stats
 from app.web.params import IdPath, form_text, form_texts
-from app.web.render import flash, redirect, render
+from app.web.render import flash, redirect, refused, render
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(verify_csrf)], include_in_schema=False)
 UPLOAD_TTL_S = 24 * 3600
@@ -146,10 +146,7 @@ def delete_project(request: Request, session: SessionDep, user: AdminUser, proje
     try:
         gone = projects.delete_project(session, project_id)
     except ServiceError as exc:
-        if exc.status_code == 404:
-            raise
-        flash(request, exc.message, "error")
-        return redirect(f"/admin/projects/{project_id}")
+        return refused(request, exc, f"/admin/projects/{project_id}")
     flash(request, f"Project “{name}” deleted with {gone.prompts} prompt(s) and {gone.tasks} task(s).", "success")
     return redirect("/admin/projects")
 
@@ -331,10 +328,7 @@ def delete_import(request: Request, session: SessionDep, user: AdminUser, projec
     try:
         gone = imports.delete_import(session, project_id, job_id)
     except ServiceError as exc:
-        if exc.status_code == 404:
-            raise
-        flash(request, exc.message, "error")
-        return redirect(f"/admin/projects/{project_id}/imports/{job_id}")
+        return refused(request, exc, f"/admin/projects/{project_id}/imports/{job_id}")
     flash(
         request,
         f"Import deleted: {gone.prompts} prompt(s), {gone.tasks} task(s) and {gone.completions} model output(s).",

@@ -13,7 +13,7 @@ from app.models import ModelKind, ModelVersion, RunKind, RunStatus, TrainingRun
 from app.services import ServiceError, accounts, estimates, evaluation, projects, registry, runs
 from app.web.admin_charts import MODEL_COLORS, headline_metrics, line_chart, lineage_graph
 from app.web.params import IdPath, form_id, form_text, form_texts
-from app.web.render import flash, redirect, render
+from app.web.render import flash, redirect, refused, render
 from runconfig import PRESET_TITLES, PRESETS, RUN_CONFIGS
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(verify_csrf)], include_in_schema=False)
@@ -321,10 +321,7 @@ def delete_run(request: Request, session: SessionDep, user: AdminUser, run_id: I
     try:
         runs.delete_run(session, run_id)
     except ServiceError as exc:
-        if exc.status_code == 404:
-            raise
-        flash(request, exc.message, "error")
-        return redirect(f"/admin/runs/{run_id}")
+        return refused(request, exc, f"/admin/runs/{run_id}")
     flash(request, f"Run #{run_id} deleted.", "success")
     return redirect("/admin/runs")
 
@@ -415,10 +412,7 @@ def delete_model(request: Request, session: SessionDep, settings: SettingsDep, u
     try:
         deleted = registry.delete_version(session, version_id, settings.artifacts_dir)
     except ServiceError as exc:
-        if exc.status_code == 404:
-            raise
-        flash(request, exc.message, "error")
-        return redirect(f"/admin/models/{version_id}")
+        return refused(request, exc, f"/admin/models/{version_id}")
     session.commit()  # the files go only once the registry no longer points at them
     registry.remove_files(deleted)
     kept = (

@@ -69,3 +69,12 @@ def render(request: Request, name: str, context: dict[str, Any] | None = None, s
 def redirect(url: str) -> RedirectResponse:
     """After a POST: 303 so the browser GETs the next page; htmx follows it too."""
     return RedirectResponse(url, status_code=303)
+
+
+def refused(request: Request, exc: Exception, back: str) -> RedirectResponse:
+    """A refused action of a form (a deletion something depends on): its reason as an error message on
+    the page `back`. A 404 is raised on (the error page says what does not exist)."""
+    if getattr(exc, "status_code", 400) == 404:
+        raise exc
+    flash(request, getattr(exc, "message", str(exc)), "error")
+    return redirect(back)
