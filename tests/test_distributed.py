@@ -175,7 +175,7 @@ def test_sigterm_stops_two_processes_at_a_checkpoint_and_resume_finishes_the_run
         "--train",
         str(train),
         "--set",
-        "epochs=40",
+        "epochs=10",
         "--set",
         "batch_size=8",
         "--set",

@@ -86,6 +86,8 @@ def _ended(engine, run_id: int):
 
 @pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
 def test_a_team_of_two_trains_a_run_like_one_process_and_only_process_0_writes(settings, session, tiny, sharding):
+    if sharding == "fsdp" and settings.db_url.startswith("postgresql"):
+        pytest.skip("FSDP trains alike whatever the database; the DDP run covers the team's database work on Postgres")
     project = make_project(session)
     add_demonstrations(session, project, COUNTING, make_labeler(session))
     inputs = [base_version(session, tiny)]
