@@ -28,7 +28,7 @@ from app.validation import text_problem
 K_MIN, K_MAX = 2, 9
 LEASE_MIN_S, LEASE_MAX_S = 60, 7 * 24 * 3600
 OVERLAP_MAX = 50
-"""Labelers one task can ask for (as app.services.review.MAX_REQUIRED)."""
+"""Labelers one task can ask for (a project's overlap, and review.ask_one_more_labeler)."""
 NAME_MAX = 200
 TARGET_MAX = 10_000_000
 TARGET_KINDS = [k.value for k in TaskKind]

@@ -41,8 +41,6 @@ MAX_REASON = 2000
 PAGE = 25
 DISAGREEMENT_SCAN = 2000
 """Shared tasks looked at for disagreements (the newest)."""
-MAX_REQUIRED = projects.OVERLAP_MAX
-"""Labelers one task can ask for."""
 
 
 @dataclass
@@ -403,7 +401,7 @@ def ask_one_more_labeler(session: Session, task_id: int) -> Task:
         raise NotFound(f"No task #{task_id}.")
     if task.status == TaskStatus.retired:
         raise ServiceError("This task is retired; it is not handed out again.")
-    if task.required >= MAX_REQUIRED:
+    if task.required >= projects.OVERLAP_MAX:
         raise ServiceError(f"The task already asks for {task.required} labelers, the most there can be.")
     task.required += 1
     task.status = TaskStatus.open
