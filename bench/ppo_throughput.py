@@ -61,7 +61,8 @@ def has_digit(text: str) -> bool:
     return any(ch.isdigit() for ch in text)
 
 
-def settings_from(args) -> dict:
+def bench_settings(args) -> dict:
+    """The fixed settings of the tiny and small comparisons (see the header)."""
     return {
         "rollout_batch_size": 16,
         "minibatch_size": 8,
@@ -77,21 +78,45 @@ def settings_from(args) -> dict:
         "temperature": 1.0,
         "max_new_tokens": args.max_new_tokens,
         "missing_eos_penalty": 1.0,
+        "precision": "fp32",
         "total_episodes": args.episodes,
         "seed": args.seed,
     }
 
 
+SHARED = ("rollout_batch_size", "minibatch_size", "ppo_epochs", "forward_batch_size", "learning_rate", "kl_coef",
+          "cliprange", "cliprange_value", "vf_coef", "gamma", "lam", "temperature", "max_new_tokens",
+          "missing_eos_penalty", "precision")  # fmt: skip
+"""The settings both sides take; the others (LoRA, top_p...) have no counterpart or stay at their defaults."""
+
+
+def settings_for(name: str, args) -> dict:
+    """bench: the fixed comparison settings; demo: `instructloop demo`'s PPO (runconfig.PRESETS["cpu"]);
+    form: the run form's defaults (PPOConfig()). Precision "auto" is fp32 on the CPU."""
+    if name == "bench":
+        return bench_settings(args)
+    from runconfig import PRESETS, PPOConfig
+
+    config = PPOConfig(**PRESETS["cpu"]["ppo"]) if name == "demo" else PPOConfig()
+    s = {k: getattr(config, k) for k in SHARED}
+    if s["precision"] == "auto":
+        s["precision"] = "bf16" if args.device.startswith("cuda") else "fp32"
+    steps = args.steps or 2
+    return {**s, "total_episodes": steps * config.rollout_batch_size, "seed": args.seed}
+
+
 # --- 1. models, built once ------------------------------------------------------------------------
 
 
-SIZES = {  # the tiny Llama-style model of each size (trainer.tiny), about 0.7M and 9.7M parameters
+SIZES: dict[str, dict | None] = {  # the tiny Llama-style models (trainer.tiny), about 0.7M and 9.7M parameters;
+    # "default": SmolLM2-135M-Instruct, the embedded default model, as the SFT policy.
     "tiny": dict(
         hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2
     ),
     "small": dict(
         hidden_size=384, intermediate_size=1024, num_hidden_layers=6, num_attention_heads=6, num_key_value_heads=2
     ),
+    "default": None,
 }
 
 
@@ -102,36 +127,52 @@ def prepare(out: Path, device: str, size: str) -> dict:
 
     from runconfig import RewardConfig, SFTConfig
     from trainer.data import RankingExample, SFTExample
-    from trainer.modeling import ScalarHeadModel, encode_prompt, load_causal_lm, load_tokenizer
+    from trainer.modeling import (
+        DEFAULT_MODEL,
+        ScalarHeadModel,
+        encode_prompt,
+        load_causal_lm,
+        load_tokenizer,
+        resolve_model_source,
+    )
     from trainer.reward import train_reward
     from trainer.sft import train_sft
     from trainer.tiny import DEFAULT_TEXTS, make_tiny_model
 
     transformers.logging.set_verbosity_error()
-    paths = {name: out / name for name in ("base", "sft", "rm", "rm_seqcls")}
+    paths = {name: out / name for name in ("sft", "rm", "rm_seqcls")}
     if all((p / "config.json").is_file() for p in paths.values()) and (out / "prompts.json").is_file():
         return {k: str(v) for k, v in paths.items()}
     torch.manual_seed(0)
-    make_tiny_model(paths["base"], texts=DEFAULT_TEXTS + DIGIT_ANSWERS + WORD_ANSWERS + PROMPTS, **SIZES[size])
-    tokenizer = load_tokenizer(str(paths["base"]))
-
-    # SFT: every prompt answered by every answer (half with digits), so the policy says either.
-    policy = load_causal_lm(str(paths["base"]), device=device)
-    demos = [SFTExample(p, a) for p in PROMPTS for a in DIGIT_ANSWERS + WORD_ANSWERS]
-    sft = train_sft(
-        policy,
-        tokenizer,
-        demos,
-        demos[:32],
-        SFTConfig(learning_rate=3e-3, epochs=12, batch_size=32, micro_batch_size=32, warmup_ratio=0.1),
-    )
+    if SIZES[size] is None:
+        # The default model is already instruction-tuned: it is the SFT policy as it is.
+        source = resolve_model_source(DEFAULT_MODEL, out)
+        tokenizer = load_tokenizer(source)
+        policy = load_causal_lm(source, device=device)
+        sft: dict = {}
+        rounds, rm_settings = 1, dict(learning_rate=3e-5, epochs=1)
+    else:
+        paths["base"] = out / "base"
+        make_tiny_model(paths["base"], texts=DEFAULT_TEXTS + DIGIT_ANSWERS + WORD_ANSWERS + PROMPTS, **SIZES[size])
+        tokenizer = load_tokenizer(str(paths["base"]))
+        # SFT: every prompt answered by every answer (half with digits), so the policy says either.
+        policy = load_causal_lm(str(paths["base"]), device=device)
+        demos = [SFTExample(p, a) for p in PROMPTS for a in DIGIT_ANSWERS + WORD_ANSWERS]
+        sft = train_sft(
+            policy,
+            tokenizer,
+            demos,
+            demos[:32],
+            SFTConfig(learning_rate=3e-3, epochs=12, batch_size=32, micro_batch_size=32, warmup_ratio=0.1),
+        )
+        rounds, rm_settings = 4, dict(learning_rate=1e-3, epochs=4)
     policy.save_pretrained(paths["sft"])
     tokenizer.save_pretrained(paths["sft"])
 
     # Rankings of the SFT model's own samples by the checkable rule, as labelers would rank them.
     rankings, rng = [], random.Random(0)
     policy.eval()
-    for _ in range(4):
+    for _ in range(rounds):
         for prompt in PROMPTS:
             ids = torch.tensor([encode_prompt(tokenizer, prompt)], device=device)
             outs = policy.generate(
@@ -157,9 +198,7 @@ def prepare(out: Path, device: str, size: str) -> dict:
         tokenizer,
         rankings[:split],
         rankings[split:],
-        RewardConfig(
-            learning_rate=1e-3, epochs=4, batch_size=8, micro_batch_size=8, max_length=128, normalize_bias=False
-        ),
+        RewardConfig(batch_size=8, micro_batch_size=8, max_length=128, normalize_bias=False, **rm_settings),
     )
     with torch.no_grad():
         rm.head.bias.zero_()  # TRL's score head has no bias; a constant shift changes nothing in PPO
@@ -185,7 +224,7 @@ def prepare(out: Path, device: str, size: str) -> dict:
         json.dumps(
             {
                 "prompt_ids": [encode_prompt(tokenizer, p) for p in PROMPTS],
-                "sft_train_loss": sft.get("train_loss"),
+                "sft_train_loss": sft.get("train_loss", float("nan")),
                 "rm_valid_accuracy": rm_result.get("valid_accuracy"),
                 "rankings": len(rankings),
             }
@@ -278,7 +317,7 @@ def side_trl(paths: dict, s: dict, device: str, prompt_ids: list[list[int]]) -> 
         save_strategy="no",
         disable_tqdm=True,
         use_cpu=not device.startswith("cuda"),
-        bf16=False,
+        bf16=s["precision"] == "bf16",  # mixed: fp32 weights under bf16 autocast, as ours
         gradient_checkpointing=False,
         per_device_train_batch_size=s["rollout_batch_size"],
         gradient_accumulation_steps=1,
@@ -328,28 +367,10 @@ def side_trl(paths: dict, s: dict, device: str, prompt_ids: list[list[int]]) -> 
     }
 
 
-def run_side(side: str, work: Path, args, seed: int) -> dict:
+def run_side(side: str, work: Path, args, settings: dict) -> dict:
     python = sys.executable if side == "ours" else str(TRL_PYTHON)
-    cmd = [
-        python,
-        __file__,
-        "--side",
-        side,
-        "--work",
-        str(work),
-        "--device",
-        args.device,
-        "--threads",
-        str(args.threads),
-        "--episodes",
-        str(args.episodes),
-        "--lr",
-        str(args.lr),
-        "--max-new-tokens",
-        str(args.max_new_tokens),
-        "--seed",
-        str(seed),
-    ]
+    cmd = [python, __file__, "--side", side, "--work", str(work), "--device", args.device]
+    cmd += ["--threads", str(args.threads), "--settings-json", json.dumps(settings)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
@@ -363,19 +384,25 @@ def run_side(side: str, work: Path, args, seed: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--episodes", type=int, default=256, help="episodes per run (prompt + sampled answer)")
+    parser.add_argument("--episodes", type=int, default=256, help="episodes per run with the bench settings")
+    parser.add_argument("--steps", type=int, default=0, help="PPO steps per run with the demo/form settings (2)")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each side, alternating which goes first")
     parser.add_argument("--threads", type=int, default=1, help="torch threads on each side")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--lr", type=float, default=1e-4, help="bench settings only")
+    parser.add_argument("--max-new-tokens", type=int, default=24, help="bench settings only")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first repeat (repeat r uses seed + r)")
-    parser.add_argument("--side", choices=["ours", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny", help="model size (see SIZES)")
+    parser.add_argument(
+        "--settings",
+        help="comma-separated: bench (the fixed settings above), demo (instructloop demo's PPO), form (the run "
+        "form's defaults); default: bench for the tiny models, demo,form for the default model",
+    )
     parser.add_argument("--work", help="where the models are built (default bench/out/ppo-SIZE)")
+    parser.add_argument("--side", choices=["ours", "trl"], help=argparse.SUPPRESS)
+    parser.add_argument("--settings-json", help=argparse.SUPPRESS)
     args = parser.parse_args()
     work = Path(args.work or ROOT / "bench" / "out" / f"ppo-{args.size}")
-    s = settings_from(args)
 
     if args.side:
         import torch
@@ -383,6 +410,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         paths = {name: str(work / name) for name in ("sft", "rm", "rm_seqcls")}
         prompt_ids = json.loads((work / "prompts.json").read_text())["prompt_ids"]
+        s = json.loads(args.settings_json)
         result = (
             side_ours(paths, s, args.device) if args.side == "ours" else side_trl(paths, s, args.device, prompt_ids)
         )
@@ -403,23 +431,37 @@ def main() -> None:
         f"model held-out accuracy {info['rm_valid_accuracy']:.3f} on rankings of SFT samples "
         f"({info['rankings']} rankings)"
     )
-    print(
-        f"settings: {json.dumps(s)} (seed + repeat), model {args.size} {SIZES[args.size]}, threads "
-        f"{args.threads}, device {args.device}"
-    )
+    names = (args.settings or ("demo,form" if SIZES[args.size] is None else "bench")).split(",")
+    speeds = {}
+    for name in names:
+        s = settings_for(name, args)
+        print(f"\n## settings {name}: {json.dumps(s)} (seed + repeat)")
+        print(f"model {args.size} {SIZES[args.size] or 'SmolLM2-135M-Instruct'}, threads {args.threads}, {args.device}")
+        ours, trl = compare(work, args, s)
+        speeds[name] = ours["eps"]
+    if len(speeds) > 1:
+        first, *rest = names
+        for name in rest:
+            print(
+                f"ours with {first} settings / ours with {name} settings: {speeds[first] / speeds[name]:.1f}x episodes/s"
+            )
+
+
+def compare(work: Path, args, s: dict) -> tuple[dict, dict]:
+    """Runs both sides --repeats times with settings s, prints the table; returns both summaries."""
     load = os.getloadavg()
     runs = {"ours": [], "trl": []}
     for repeat in range(args.repeats):
         for side in ("ours", "trl") if repeat % 2 == 0 else ("trl", "ours"):
-            result = run_side(side, work, args, seed=args.seed + repeat)
+            result = run_side(side, work, args, {**s, "seed": s["seed"] + repeat})
             runs[side].append(result)
             print(
-                f"  run {repeat + 1} {side:4s}: {result['episodes'] / result['seconds']:.2f} episodes/s, "
-                f"{result['episodes'] / result['cpu_seconds']:.2f} episodes per CPU-second, "
+                f"  run {repeat + 1} {side:4s}: {result['episodes'] / result['seconds']:.3f} episodes/s, "
+                f"{result['episodes'] / result['cpu_seconds']:.3f} episodes per CPU-second, "
                 f"peak {result['peak_mb']:.0f} MB, final score {result['curve'][-1]:+.3f}",
                 flush=True,
             )
-    print(f"load average before: {load[0]:.2f}, after: {os.getloadavg()[0]:.2f} (2 cores shared with other work)")
+    print(f"load average before: {load[0]:.2f}, after: {os.getloadavg()[0]:.2f}")
 
     def summary(side):
         rs = runs[side]
@@ -451,21 +493,22 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for name, r in (("instructloop trainer/ppo.py", ours), ("TRL 1.12 PPOTrainer", trl)):
-        runs_text = ", ".join(f"{e:.2f}" for e in r["eps_all"])
+        runs_text = ", ".join(f"{e:.3f}" for e in r["eps_all"])
         print(
-            f"| {name} | {r['eps']:.2f} | {runs_text} | {r['eps_cpu']:.2f} | {r['peak']:.0f} ({r['before']:.0f}) | "
+            f"| {name} | {r['eps']:.3f} | {runs_text} | {r['eps_cpu']:.3f} | {r['peak']:.0f} ({r['before']:.0f}) | "
             f"{r['first']:+.3f} | "
             f"{r['last_quarter']:+.3f} | {r['mean']:+.3f} | {r['kl'][-1]:.3f} |"
         )
     print()
     print(
-        f"speed ratio ours/TRL: {ours['eps'] / trl['eps']:.2f}x episodes/s (goal >= 1.5x), "
+        f"speed ratio ours/TRL: {ours['eps'] / trl['eps']:.2f}x episodes/s, "
         f"{ours['eps_cpu'] / trl['eps_cpu']:.2f}x episodes per CPU-second; "
         f"reward last quarter ours {ours['last_quarter']:+.3f} vs TRL {trl['last_quarter']:+.3f}"
     )
     print("reward curve (mean score - missing-EOS penalty per step, mean over runs):")
     print("  ours: " + " ".join(f"{v:+.2f}" for v in ours["curve"]))
     print("  TRL:  " + " ".join(f"{v:+.2f}" for v in trl["curve"]))
+    return ours, trl
 
 
 if __name__ == "__main__":

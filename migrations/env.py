@@ -1,10 +1,18 @@
 """Alembic environment: the URL comes from the caller (app.migrate) or from Settings."""
 
+import warnings
+
 from alembic import context
+from sqlalchemy.exc import SAWarning
 
 from app.config import Settings
 from app.db import make_engine
 from app.models import Base
+
+# On SQLite, batch migrations reflect the tables they copy, and SQLAlchemy cannot reflect the
+# expression index ux_projects_name_lower (lower(name)) and warns at every fresh database. No
+# migration copies the projects table (0004 adds its columns in place), so the index is kept.
+warnings.filterwarnings("ignore", "Skipped unsupported reflection of expression-based index", SAWarning)
 
 config = context.config
 target_metadata = Base.metadata

@@ -513,23 +513,32 @@ def type_name(cls: type[RunConfig], key: str) -> str:
 # runs its profiles with them. "cpu" is sized for SmolLM2-135M in fp32 on a 2-core laptop.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "cpu": {
+        # bf16 autocast (fp32 master weights): 1.5x faster training and 1.7x faster forward passes
+        # than fp32 on a 2-core AVX512-BF16 CPU (SmolLM2-135M, 16 x 48 tokens).
         "sft": dict(
-            epochs=1, batch_size=8, micro_batch_size=8, learning_rate=5e-5, max_length=96, max_prompt_length=64
+            epochs=1,
+            batch_size=8,
+            micro_batch_size=8,
+            learning_rate=5e-5,
+            max_length=96,
+            max_prompt_length=64,
+            precision="bf16",
         ),
-        "generate": dict(k=4, temperature=1.0, top_p=0.95, max_new_tokens=24, limit=48, batch_size=48),
-        "reward": dict(epochs=1, batch_size=8, micro_batch_size=8, learning_rate=3e-5, max_length=96),
+        "generate": dict(k=4, temperature=1.0, top_p=0.95, max_new_tokens=24, limit=96, batch_size=48),
+        "reward": dict(epochs=1, batch_size=8, micro_batch_size=8, learning_rate=3e-5, max_length=96, precision="bf16"),
         "ppo": dict(
-            total_episodes=128,
+            total_episodes=256,
             rollout_batch_size=16,
             minibatch_size=8,
             forward_batch_size=16,
             ppo_epochs=2,
             max_new_tokens=24,
-            learning_rate=1e-5,
+            learning_rate=2e-5,
             kl_coef=0.05,
             temperature=0.9,
+            precision="bf16",
         ),
-        "evaluate": dict(num_prompts=32, temperature=0.7, top_p=0.95, max_new_tokens=24, batch_size=32),
+        "evaluate": dict(num_prompts=0, temperature=0.7, top_p=0.95, max_new_tokens=24, batch_size=40),
     },
     "gpu": {
         "sft": dict(

@@ -36,7 +36,7 @@ def main() -> None:
     sums = team.gather(weights)
     if team.is_main:
         print(json.dumps({**result, "scores": scores, "weight_sums": sums}), flush=True)
-    team.close()
+    team.leave()
 
 
 if __name__ == "__main__":

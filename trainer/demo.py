@@ -27,7 +27,7 @@ from sqlalchemy import select
 from app.config import Settings
 from app.db import make_engine, make_sessionmaker, write_session
 from app.models import ModelVersion, RunMetric, RunStatus, TaskKind, TrainingRun
-from app.services import evaluation, imports, projects, registry, runs
+from app.services import estimates, evaluation, imports, projects, registry, runs
 from runconfig import PRESETS
 from trainer import simulate
 
@@ -51,6 +51,10 @@ class Profile:
     agreement: float = 0.73
     padding_rate: float = 0.4
     """Share of demonstrations that ignore the length limit (see trainer.simulate.SimulatedLabeler)."""
+    valid_fraction: float = 0.1
+    test_fraction: float = 0.25
+    """Held-out shares of the prompts: valid for the SFT and reward models' held-out figures, test
+    for the final comparison of PPO with SFT."""
     prompt_kinds: tuple[str, ...] = simulate.DEMO_PROMPT_KINDS
     tiny_sizes: dict[str, int] = field(default_factory=dict)
     """Sizes for trainer.tiny.make_tiny_model when model == 'tiny'."""
@@ -67,7 +71,9 @@ PROFILES = {
         # Sized to finish in about 20 minutes on a 2-core laptop with SmolLM2-135M in fp32.
         name="cpu",
         model="smollm2-135m-instruct",
-        prompts=160,
+        prompts=400,
+        padding_rate=0.6,
+        test_fraction=0.4,
         sft=PRESETS["cpu"]["sft"],
         reward=PRESETS["cpu"]["reward"],
         generate=PRESETS["cpu"]["generate"],
@@ -124,6 +130,8 @@ class DemoResult:
     seconds: float
     figures: dict[str, Any]
     run_ids: dict[str, int]
+    timings: dict[str, tuple[float, float | None]] = field(default_factory=dict)
+    """Each run kind's (seconds taken, seconds the run form estimated beforehand or None)."""
 
 
 Echo = Callable[[str], None]
@@ -139,6 +147,8 @@ class Demo:
         self.start_worker = start_worker
         self.worker: subprocess.Popen | None = None
         self.run_ids: dict[str, int] = {}
+        self.timings: dict[str, tuple[float, float | None]] = {}
+        """Each run's (seconds taken, seconds estimated beforehand or None)."""
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -160,7 +170,7 @@ class Demo:
             figures = self._figures()
         finally:
             self._stop_worker()
-        result = DemoResult(project_id, time.monotonic() - started, figures, dict(self.run_ids))
+        result = DemoResult(project_id, time.monotonic() - started, figures, dict(self.run_ids), dict(self.timings))
         self._report(result)
         return result
 
@@ -177,7 +187,13 @@ class Demo:
                 guidelines_md=GUIDELINES,
             )
             result = imports.run_import(
-                session, project, data, filename="demo.jsonl", valid_fraction=0.1, test_fraction=0.25, create_tasks=True
+                session,
+                project,
+                data,
+                filename="demo.jsonl",
+                valid_fraction=self.profile.valid_fraction,
+                test_fraction=self.profile.test_fraction,
+                create_tasks=True,
             )
             counts = result.preview.split_counts
             self.echo(
@@ -215,10 +231,11 @@ class Demo:
 
     def _train(self, kind: str, project_id: int, inputs: list[int], config: dict[str, Any]) -> int:
         """Queues a run, follows it to the end, and returns the model version it produced (or the run id)."""
+        config = {**config, "seed": self.seed}
         with write_session(self.engine) as session:
-            run = runs.create_run(
-                session, project_id=project_id, kind=kind, config={**config, "seed": self.seed}, input_model_ids=inputs
-            )
+            # What the run form would say: the time at the pace of the newest finished run of this kind.
+            estimate = estimates.estimate_run(session, project_id, kind, config).seconds
+            run = runs.create_run(session, project_id=project_id, kind=kind, config=config, input_model_ids=inputs)
             run_id = run.id
         self.run_ids[kind] = run_id
         bar = ProgressBar(self.echo, f"{kind} run {run_id}")
@@ -240,7 +257,8 @@ class Demo:
             raise RuntimeError(f"The {kind} run {run_id} {status.value}: {error}")
         with self.sessions() as session:
             version = session.scalar(select(ModelVersion).where(ModelVersion.run_id == run_id))
-        bar.done("done" + (f" -> model version {version.id}" if version else ""))
+        self.timings[kind] = (bar.elapsed(), estimate)
+        bar.done("done" + (f" -> model version {version.id}" if version else ""), estimate)
         return version.id if version else run_id
 
     def _figures(self) -> dict[str, Any]:
@@ -349,9 +367,12 @@ class ProgressBar:
             sys.stdout.write("\r\033[K" + self.line)
             sys.stdout.flush()
 
-    def done(self, note: str) -> None:
-        elapsed = time.monotonic() - self.started
-        line = f"{self.label:<34} {note} ({elapsed:.0f}s)"
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def done(self, note: str, estimate: float | None = None) -> None:
+        guess = "" if estimate is None else f"; estimated {estimate:.0f}s"
+        line = f"{self.label:<34} {note} ({self.elapsed():.0f}s{guess})"
         if self.tty:
             sys.stdout.write("\r\033[K")
         self.echo(line)

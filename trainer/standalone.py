@@ -3,6 +3,7 @@ the common flags, JSONL reading, config from --set KEY=JSON, and printing metric
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -112,11 +113,14 @@ def finish(result: dict, model, save, args: argparse.Namespace) -> None:
     whole = None if stopped else full_state_dict(model)
     if team.is_main and not stopped:
         save(whole)
-    team.close()
     if team.is_main:
         print(json.dumps(result))
         if stopped:
-            raise SystemExit(
+            print(
                 f"Stopped at step {result['steps']:.0f}; the checkpoint is in "
-                f"{checkpoints(args).folder}. Run the same command with --resume to go on."
+                f"{checkpoints(args).folder}. Run the same command with --resume to go on.",
+                file=sys.stderr,
             )
+    team.leave(1 if stopped else 0)  # several processes end here
+    if stopped:
+        raise SystemExit(1)

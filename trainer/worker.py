@@ -684,5 +684,5 @@ def main(
     worker.install_signal_handlers()
     handled = worker.run(once=once)
     if team is not None:
-        team.close()
+        team.leave(0)
     return handled
