@@ -3,6 +3,11 @@
 
     .venv/bin/python bench/ppo_throughput.py                    # tiny model on the CPU
     .venv/bin/python bench/ppo_throughput.py --episodes 512 --repeats 3 --threads 1
+    .venv/bin/python bench/ppo_throughput.py --size default --threads 2 --repeats 1
+
+`--size default` runs the default model (SmolLM2-135M-Instruct, as the SFT policy) with two sets
+of settings, each on both sides: `instructloop demo`'s PPO settings (runconfig.PRESETS["cpu"]) and
+the run form's defaults (PPOConfig()), and prints how much faster the demo's settings train.
 
 The TRL side runs in its own virtual environment, made once (torch first, so pip keeps the
 CPU build; TRL 1.12 accepts transformers 5.x and datasets 5.x):
@@ -23,9 +28,10 @@ What it does:
    (mean reward-model score minus the missing-EOS penalty per step, as TRL's objective/scores).
 3. Prints the table, the curves and the ratio ours/TRL.
 
-Same settings on both sides: rollout batch 16, minibatch 8 (one optimizer step each), 4 PPO
-epochs, lr constant, AdamW eps 1e-5, beta, clip ranges, vf_coef, gamma, lambda, temperature,
-max new tokens, missing-EOS penalty, fp32, no gradient checkpointing, the same torch threads."""
+Same settings on both sides (the bench set for the tiny models): rollout batch 16, minibatch 8 (one
+optimizer step each), 4 PPO epochs, lr constant, AdamW eps 1e-5, beta, clip ranges, vf_coef, gamma,
+lambda, temperature, max new tokens, missing-EOS penalty, precision (fp32, or bf16 autocast with fp32
+weights on both), no gradient checkpointing, the same torch threads."""
 
 import argparse
 import json
@@ -101,7 +107,7 @@ def settings_for(name: str, args) -> dict:
     s = {k: getattr(config, k) for k in SHARED}
     if s["precision"] == "auto":
         s["precision"] = "bf16" if args.device.startswith("cuda") else "fp32"
-    steps = args.steps or 2
+    steps = args.steps or (4 if name == "demo" else 1)  # the form's defaults take minutes per step on a CPU
     return {**s, "total_episodes": steps * config.rollout_batch_size, "seed": args.seed}
 
 
@@ -385,7 +391,7 @@ def run_side(side: str, work: Path, args, settings: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--episodes", type=int, default=256, help="episodes per run with the bench settings")
-    parser.add_argument("--steps", type=int, default=0, help="PPO steps per run with the demo/form settings (2)")
+    parser.add_argument("--steps", type=int, default=0, help="PPO steps per run with the demo/form settings (4/1)")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each side, alternating which goes first")
     parser.add_argument("--threads", type=int, default=1, help="torch threads on each side")
     parser.add_argument("--device", default="cpu")

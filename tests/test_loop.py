@@ -36,6 +36,9 @@ def test_whole_loop_through_the_worker(tmp_path):
     win = f["labeler_win_rate"]
     assert win["n"] >= 40 and win["wins"] + win["losses"] + win["ties"] == win["n"]
     assert win["win_rate"] >= 0.65, win
+    # Each stage's time; no estimate beforehand on a fresh database (no finished run to take a pace from).
+    assert set(result.timings) == {"sft", "generate", "reward", "ppo", "evaluate"}
+    assert all(taken > 0 and estimate is None for taken, estimate in result.timings.values())
 
     engine = make_engine(settings.db_url)
     with make_sessionmaker(engine)() as session:

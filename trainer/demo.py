@@ -5,9 +5,20 @@ A/B comparisons of PPO against SFT -> win rate. Every stage goes through the rea
 queue and worker (a `instructloop worker` subprocess claims each run); the terminal shows a
 progress bar per run. Afterwards the web app shows the lineage, the plots and the win rate.
 
-The profiles trade quality for time: `cpu` finishes in minutes on a 2-core laptop with
+The profiles trade quality for time: `cpu` finishes in about 12 minutes on a 2-core laptop with
 SmolLM2-135M-Instruct, `gpu` uses real sizes, `tiny` uses a tiny model built from a config
 (for tests). Run: `instructloop demo [--profile cpu|gpu|tiny]`.
+
+What the cpu profile can show, and how it was chosen. A 135M model does not learn two-digit
+addition or comparing numbers from a few hundred examples and episodes, so on those prompts SFT
+and PPO are wrong alike. What it can learn within the budget is to follow the instructions about
+form. The simulated demonstrators, like real ones, are imperfect: 60% of their demonstrations wrap
+the answer in chatty filler that breaks the prompt's length limit ("Here is my answer: 137. I hope
+that this is helpful to you today."). SFT copies that habit; the simulated labelers' rankings
+prefer answers within the limit, so the reward model learns it and PPO drops the filler. The
+labelers' preference is the same function throughout (trainer.simulate.preference_score), the
+final comparison uses only test-split prompts, and those labelers answer at random 32% of the
+time (the paper's 73% agreement), so the win rate they report is lower than the true one.
 """
 
 import json
@@ -68,7 +79,8 @@ class Profile:
 
 PROFILES = {
     "cpu": Profile(
-        # Sized to finish in about 20 minutes on a 2-core laptop with SmolLM2-135M in fp32.
+        # About 12 minutes on a 2-core laptop; 40% of the prompts are held out for the final
+        # comparison, so that it has more than 100 A/B pairs (see the header for the padding rate).
         name="cpu",
         model="smollm2-135m-instruct",
         prompts=400,
