@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=10 * 1024 * 1024, alias="INSTRUCTLOOP_MAX_BODY_BYTES")
     """Requests with a larger body are refused with 413 before they are read."""
 
+    intake_rate_per_minute: float = Field(default=600.0, alias="INSTRUCTLOOP_INTAKE_RATE")
+    intake_burst: int = Field(default=100, alias="INSTRUCTLOOP_INTAKE_BURST")
+    """The intake's rate limit per app token and server process: a token bucket that holds `burst`
+    prompts and refills at `rate` per minute (a batch costs one per prompt); beyond it, 429."""
+
     admin_email: str = Field(default="admin@localhost", alias="INSTRUCTLOOP_ADMIN_EMAIL")
     admin_password: str = Field(default="", alias="INSTRUCTLOOP_ADMIN_PASSWORD")
     """Password of the first admin created on first start; printed once when unset."""

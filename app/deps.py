@@ -12,9 +12,9 @@ from sqlalchemy.orm import Session
 
 from app import policies
 from app.config import Settings
-from app.models import Role, User
+from app.models import AppToken, Role, User
 from app.security import CSRF_FIELD, CSRF_HEADER, SessionData
-from app.services import accounts
+from app.services import accounts, intake
 
 
 @dataclass(frozen=True)
@@ -133,10 +133,33 @@ def api_user(session: SessionDep, credentials: Annotated[HTTPAuthorizationCreden
     # on SQLite a query that waits for the writer lock would stall every request of the process.
     if credentials is None or not credentials.credentials.strip():
         raise LoginRequired()
-    user = accounts.user_for_api_token(session, credentials.credentials.strip())
+    raw = credentials.credentials.strip()
+    user = accounts.user_for_api_token(session, raw)
     if user is None:
+        if intake.app_token_for(session, raw) is not None:
+            raise PermissionDenied(APP_TOKEN_ONLY)
         raise LoginRequired()
     return user
+
+
+APP_TOKEN_ONLY = "This is an app token: it can only send prompts to its project (POST /api/v1/projects/{id}/intake)."
+
+
+def app_token(
+    session: SessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> AppToken:
+    """The intake's one authentication: an app token (made by an admin for one project)."""
+    if credentials is None or not credentials.credentials.strip():
+        raise LoginRequired()
+    raw = credentials.credentials.strip()
+    token = intake.app_token_for(session, raw)
+    if token is None:
+        if accounts.user_for_api_token(session, raw) is not None:
+            raise PermissionDenied(
+                "The intake takes an app token (an admin makes one for the project), not a user's API token."
+            )
+        raise LoginRequired()
+    return token
 
 
 def api_admin(user: Annotated[User, Depends(api_user)]) -> User:
@@ -151,6 +174,7 @@ LabelerUser = Annotated[User, Depends(labeler_user)]
 AdminUser = Annotated[User, Depends(admin_user)]
 ApiUser = Annotated[User, Depends(api_user)]
 ApiAdmin = Annotated[User, Depends(api_admin)]
+AppTokenDep = Annotated[AppToken, Depends(app_token)]
 
 
 async def verify_csrf(request: Request) -> None:

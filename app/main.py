@@ -3,6 +3,7 @@
 import gc
 import json
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -17,7 +18,7 @@ from app.config import REPO_ROOT, Settings
 from app.db import make_engine, make_sessionmaker
 from app.deps import CsrfFailed, LoginRequired, PermissionDenied
 from app.security import SESSION_COOKIE, SessionSigner, new_session
-from app.services import ServiceError, imports
+from app.services import ServiceError, imports, intake
 from app.validation import InvalidValue
 from app.web import (
     admin,
@@ -27,6 +28,7 @@ from app.web import (
     admin_review,
     admin_runs,
     api,
+    api_intake,
     api_projects,
     api_review,
     api_runs,
@@ -49,6 +51,10 @@ def _wants_json(request: Request) -> bool:
     return _path_wants_json(request.url.path)
 
 
+# Paths with a smaller body limit than the server's: the intake takes small prompts from outside.
+SMALL_BODY_PATHS = ((re.compile(r"/api/v1/projects/[^/]+/intake/?"), intake.MAX_BODY_BYTES),)
+
+
 class BodyLimit:
     """Refuses request bodies over the limit with 413 before the app reads them."""
 
@@ -58,26 +64,27 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit = next((n for pattern, n in SMALL_BODY_PATHS if pattern.fullmatch(scope["path"])), self.max_bytes)
         length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await self._refuse(scope, send)
+        if length is not None and length.isdigit() and int(length) > limit:
+            return await self._refuse(scope, send, limit)
         seen = 0
 
         async def limited_receive():
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
+            if seen > limit:
                 raise _TooLarge()
             return message
 
         try:
             await self.app(scope, limited_receive, send)
         except _TooLarge:
-            await self._refuse(scope, send)
+            await self._refuse(scope, send, limit)
 
-    async def _refuse(self, scope, send):
-        message = f"Request body too large (limit {self.max_bytes:,} bytes)."
+    async def _refuse(self, scope, send, limit: int):
+        message = f"Request body too large (limit {limit:,} bytes)."
         if _path_wants_json(scope["path"]):
             body, kind = json.dumps({"detail": message}).encode(), b"application/json"
         else:  # a page: a plain page saying so (this runs outside the app, so no template)
@@ -165,6 +172,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = make_engine(settings.db_url)
     app.state.sessionmaker = make_sessionmaker(app.state.engine)
     app.state.signer = SessionSigner(settings.secret_key, settings.session_max_age_s)
+    app.state.intake_limiter = intake.RateLimiter(settings.intake_rate_per_minute, settings.intake_burst)
 
     app.add_middleware(BrowserSession, settings=settings)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
@@ -203,7 +211,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError):
         if _wants_json(request):
-            return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
+            return JSONResponse(
+                {"detail": exc.message}, status_code=exc.status_code, headers=getattr(exc, "headers", None)
+            )
         return render(
             request, "error.html", {"title": "Can't do that", "message": exc.message}, status_code=exc.status_code
         )
@@ -262,6 +272,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     app.include_router(api_tasks.router)  # labeling API (issue 3)
     app.include_router(api_runs.router)  # runs, model registry, evaluation (issue 4)
+    app.include_router(api_intake.router)  # an application's prompts (issue 18)
     for router in (
         admin_projects.router,
         admin_labelers.router,

@@ -27,6 +27,7 @@ from sqlalchemy import (
     UniqueConstraint,
     false,
     func,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -70,6 +71,36 @@ class SkipReason(enum.StrEnum):
     pii = "pii"
     nonsense = "nonsense"
     harmful = "harmful"
+
+
+class PromptCategory(enum.StrEnum):
+    """InstructGPT's use-case categories of the API prompt dataset (Ouyang et al. 2022, Table 1)."""
+
+    generation = "generation"
+    open_qa = "open_qa"
+    brainstorming = "brainstorming"
+    chat = "chat"
+    rewrite = "rewrite"
+    summarization = "summarization"
+    classification = "classification"
+    other = "other"
+    closed_qa = "closed_qa"
+    extract = "extract"
+
+
+PAPER_CATEGORY_SHARES: dict[PromptCategory, float] = {
+    PromptCategory.generation: 45.6,
+    PromptCategory.open_qa: 12.4,
+    PromptCategory.brainstorming: 11.2,
+    PromptCategory.chat: 8.4,
+    PromptCategory.rewrite: 6.6,
+    PromptCategory.summarization: 4.2,
+    PromptCategory.classification: 3.5,
+    PromptCategory.other: 3.5,
+    PromptCategory.closed_qa: 2.6,
+    PromptCategory.extract: 1.9,
+}
+"""Percent of each category in the paper's API prompt dataset (Table 1): a reference, not a target."""
 
 
 class ReviewStatus(enum.StrEnum):
@@ -235,6 +266,28 @@ class ApiToken(Base):
     user: Mapped[User] = relationship()
 
 
+class AppToken(Base):
+    """An application's token for one project: it can only send prompts to that project's intake
+    (POST /api/v1/projects/{id}/intake); every other route refuses it. Belongs to no user, so it
+    outlives the admin who made it; stored as a SHA-256 like ApiToken."""
+
+    __tablename__ = "app_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(120), default="")
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    create_tasks: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    """Prompts it adds to the train split get a demonstration task, as imports can."""
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+    project: Mapped["Project"] = relationship()
+
+
 class Project(Base):
     __tablename__ = "projects"
 
@@ -296,9 +349,16 @@ class GuidelineVersion(Base):
 class Prompt(Base):
     __tablename__ = "prompts"
     # (project_id, split): the per-split counts of the admin pages read this index, not the texts.
+    # (project_id, prefix_hash) unique: the intake's duplicate check is one index lookup, and two
+    # racing requests can't both store a prompt with the same long prefix.
+    # (project_id, end_user_hash): the intake's cap per end user counts on this index.
+    # (project_id, category, pii): the data page's category mix and PII counts read only this index.
     __table_args__ = (
         UniqueConstraint("project_id", "content_hash"),
         Index("ix_prompts_project_split", "project_id", "split"),
+        Index("ux_prompts_project_prefix", "project_id", "prefix_hash", unique=True),
+        Index("ix_prompts_project_end_user", "project_id", "end_user_hash"),
+        Index("ix_prompts_project_category", "project_id", "category", "pii"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -314,6 +374,15 @@ class Prompt(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     import_job_id: Mapped[int | None] = mapped_column(ForeignKey("import_jobs.id", ondelete="SET NULL"), index=True)
     """The background import that added it (None: added another way)."""
+    category: Mapped[PromptCategory | None] = mapped_column(_enum(PromptCategory))
+    """InstructGPT's use case (None: not categorized); from the import, the intake or an admin."""
+    prefix_hash: Mapped[str | None] = mapped_column(String(64))
+    """Intake prompts: SHA-256 of the first INTAKE_PREFIX_CHARS characters of the lowercased,
+    space-collapsed text (app.services.intake); None for prompts added another way."""
+    end_user_hash: Mapped[str | None] = mapped_column(String(64))
+    """Intake prompts: SHA-256 of (project id, the application's end-user id); never the id itself."""
+    pii: Mapped[str | None] = mapped_column(String(64))
+    """Kinds of personal data the intake found, comma-separated (e.g. "email,phone"); never the text found."""
 
     project: Mapped[Project] = relationship()
 

@@ -4,6 +4,7 @@ and submit it, against a real uvicorn server started here, on Postgres and on SQ
     .venv/bin/python bench/web_load.py                      # both databases, all loads
     .venv/bin/python bench/web_load.py --db sqlite --loads 1,10,50 --seconds 5
     .venv/bin/python bench/web_load.py --db postgres --pg-url postgresql+psycopg://postgres@127.0.0.1:5432/il_bench
+    .venv/bin/python bench/web_load.py --db postgres --scenarios intake --seconds 5   # the intake only
 
 Loads: saturation with N labelers and no pause between tasks (N from --loads), and "realistic":
 --realistic labelers (default 500) who pause a few seconds between tasks (about 100 requests/s).
@@ -16,6 +17,13 @@ checks read back from the database afterwards:
   same task again after submitting it;
 - lost submissions: submissions the server acknowledged that are not stored (or a task whose
   done_count disagrees with its stored rows).
+
+The intake scenario (--scenarios intake; issue 18): N applications, each with its own app token
+and keep-alive connection, send prompts to POST /api/v1/projects/{id}/intake with no pause (unique
+texts from many end users, 1 in 20 with an email address, 1 in 20 a repeat of an earlier prompt).
+Printed per run: prompts/s (created), p50/p95/p99 latency, the outcomes, errors, and the check read
+back afterwards (lost: a created prompt the server acknowledged that is not stored). The server's
+intake rate limit is lifted for the run (it would cap each token at 600 prompts a minute).
 
 The Postgres database named in --pg-url is dropped and recreated (use a scratch one).
 """
@@ -45,7 +53,7 @@ from sqlalchemy.engine import make_url  # noqa: E402
 from app.db import make_engine, make_sessionmaker  # noqa: E402
 from app.migrate import upgrade  # noqa: E402
 from app.models import Demonstration, GuidelineVersion, Project, Prompt, Role, Task, TaskKind  # noqa: E402
-from app.services import accounts  # noqa: E402
+from app.services import accounts, intake  # noqa: E402
 
 # -- a tiny HTTP/1.1 keep-alive client (the load generator must cost less CPU than the server) ----
 
@@ -295,7 +303,14 @@ def free_port() -> int:
 
 def start_server(url: str, workdir: Path, workers: int) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    env = {**os.environ, "DATABASE_URL": url, "SECRET_KEY": "bench", "INSTRUCTLOOP_DATA_DIR": str(workdir / "data")}
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "SECRET_KEY": "bench",
+        "INSTRUCTLOOP_DATA_DIR": str(workdir / "data"),
+        "INSTRUCTLOOP_INTAKE_RATE": "1e9",  # measure the intake, not its rate limit
+        "INSTRUCTLOOP_INTAKE_BURST": "1000000",
+    }
     cmd = [
         sys.executable,
         "-m",
@@ -378,6 +393,139 @@ def run_one(db: str, args, n: int, seconds: float, pause, workdir: Path) -> dict
     }
 
 
+# -- the intake scenario -------------------------------------------------------------------------
+
+
+@dataclass
+class IntakeStats:
+    ms: list[float] = field(default_factory=list)
+    outcomes: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    created: list[int] = field(default_factory=list)  # prompt ids the server acknowledged
+    errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+async def app_client(
+    conn: Conn, n: int, project_id: int, stats: IntakeStats, deadline: float, rng: random.Random, batch: int
+):
+    sent: list[str] = []
+    i = 0
+
+    def one() -> dict:
+        nonlocal i
+        i += 1
+        if sent and rng.random() < 0.05:
+            text_ = rng.choice(sent)  # a repeat: answered "duplicate"
+        else:
+            text_ = f"App {n} prompt {i}: {rng.choice(TOPICS)} about {rng.randrange(10**9)}, please."
+            if rng.random() < 0.05:
+                text_ += f" Reply to user{rng.randrange(10**6)}@example.com."
+            sent.append(text_)
+        return {"text": text_, "end_user": f"user-{rng.randrange(100_000)}"}
+
+    while time.perf_counter() < deadline:
+        body = json.dumps(one() if batch == 1 else {"prompts": [one() for _ in range(batch)]}).encode()
+        try:
+            t0 = time.perf_counter()
+            status, data = await conn.request("POST", f"/api/v1/projects/{project_id}/intake", body)
+            stats.ms.append((time.perf_counter() - t0) * 1000)
+        except (OSError, ConnectionError, asyncio.IncompleteReadError) as exc:
+            stats.errors[type(exc).__name__] += 1
+            conn.writer = None
+            await asyncio.sleep(0.05)
+            continue
+        if status in (200, 201):
+            out = json.loads(data)
+            for o in out["results"] if batch > 1 else [out]:
+                stats.outcomes[o["status"]] += 1
+                if o["status"] == "created":
+                    stats.created.append(o["prompt_id"])
+        else:
+            stats.errors[f"intake {status}"] += 1
+
+
+TOPICS = ["Write a poem", "Summarize the news", "Explain a proof", "Brainstorm names", "Rewrite an email"]
+
+
+def seed_intake(url: str, n_apps: int) -> tuple[int, list[str]]:
+    engine = make_engine(url)
+    with make_sessionmaker(engine).begin() as s:
+        project = Project(name="intake bench")
+        s.add(project)
+        s.flush()
+        s.add(GuidelineVersion(project_id=project.id, version=1, body_md="Be helpful."))
+        tokens = [intake.create_app_token(s, project.id, name=f"app {i}")[1] for i in range(n_apps)]
+        project_id = project.id
+    engine.dispose()
+    return project_id, tokens
+
+
+def run_intake(db: str, args, n: int, workdir: Path) -> dict:
+    url = fresh_database(db, args.pg_url, workdir)
+    project_id, tokens = seed_intake(url, n)
+    proc, port = start_server(url, workdir, args.workers)
+    try:
+
+        async def drive_apps(seconds: float, stats: IntakeStats, count: int) -> float:
+            rng = random.Random(count)
+            conns = [Conn("127.0.0.1", port, t) for t in tokens[:count]]
+            t0 = time.perf_counter()
+            await asyncio.gather(
+                *(
+                    app_client(c, i, project_id, stats, t0 + seconds, rng, args.intake_batch)
+                    for i, c in enumerate(conns)
+                )
+            )
+            for c in conns:
+                if c.writer is not None:
+                    c.writer.close()
+            return time.perf_counter() - t0
+
+        asyncio.run(drive_apps(0.5, IntakeStats(), min(n, 5)))  # warm up imports and pools
+        stats = IntakeStats()
+        cpu0 = cpu_seconds(proc.pid)
+        elapsed = asyncio.run(drive_apps(args.seconds, stats, n))
+        server_cpu = cpu_seconds(proc.pid) - cpu0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        stored = set(conn.execute(select(Prompt.id).where(Prompt.project_id == project_id)).scalars())
+    engine.dispose()
+    return {
+        "db": db,
+        "load": f"intake N={n}" + (f" batch={args.intake_batch}" if args.intake_batch > 1 else ""),
+        "seconds": round(elapsed, 1),
+        "prompts": len(stats.created),
+        "prompts_per_s": len(stats.created) / elapsed,
+        "req_per_s": len(stats.ms) / elapsed,
+        "p50": pct(stats.ms, 50),
+        "p95": pct(stats.ms, 95),
+        "p99": pct(stats.ms, 99),
+        "outcomes": dict(stats.outcomes),
+        "lost": len(set(stats.created) - stored),
+        "errors": sum(stats.errors.values()),
+        "error_kinds": dict(stats.errors),
+        "server_cpu_ms_per_req": 1000 * server_cpu / max(1, len(stats.ms)),
+        "loadavg": os.getloadavg()[0],
+    }
+
+
+INTAKE_HEADER = (
+    "| DB | load | s | prompts created | prompts/s | req/s | intake p50/p95/p99 ms | outcomes | lost | errors "
+    "| server CPU ms/req | load avg |"
+)
+
+
+def intake_row(r: dict) -> str:
+    return (
+        f"| {r['db']} | {r['load']} | {r['seconds']} | {r['prompts']} | {r['prompts_per_s']:.0f} | {r['req_per_s']:.0f} "
+        f"| {r['p50']:.1f} / {r['p95']:.1f} / {r['p99']:.1f} | {r['outcomes']} | {r['lost']} "
+        f"| {r['errors']}{' ' + str(r['error_kinds']) if r['errors'] else ''} | {r['server_cpu_ms_per_req']:.2f} "
+        f"| {r['loadavg']:.1f} |"
+    )
+
+
 HEADER = (
     "| DB | load | s | subs | subs/s | req/s | next p50/p95/p99 ms | submit p50/p95/p99 ms "
     "| double | lost | errors | server CPU ms/req | load avg |"
@@ -410,22 +558,34 @@ def main() -> None:
     p.add_argument("--tasks", type=int, default=8000, help="tasks in the queue")
     p.add_argument("--overlap", type=int, default=2, help="labelers per task")
     p.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
+    p.add_argument("--scenarios", default="labeling,intake", help="labeling, intake or both (comma-separated)")
+    p.add_argument("--intake-loads", default="10,50", help="intake: concurrent app clients")
+    p.add_argument("--intake-batch", type=int, default=1, help="intake: prompts per request (the batch form)")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
     pause = tuple(float(x) for x in args.pause.split(","))
     dbs = ["postgres", "sqlite"] if args.db == "both" else [args.db]
+    scenarios = {s.strip() for s in args.scenarios.split(",")}
     results = []
     print(f"cpus={os.cpu_count()} workers={args.workers} overlap={args.overlap} tasks={args.tasks}", flush=True)
-    print(HEADER, flush=True)
     with tempfile.TemporaryDirectory(prefix="il-web-load-") as tmp:
-        for db in dbs:
-            runs = [(int(n), args.seconds, None) for n in args.loads.split(",") if n]
-            if args.realistic:
-                runs.append((args.realistic, args.realistic_seconds, pause))
-            for n, seconds, pz in runs:
-                r = run_one(db, args, n, seconds, pz, Path(tmp))
-                results.append(r)
-                print(row(r), flush=True)
+        if "labeling" in scenarios:
+            print(HEADER, flush=True)
+            for db in dbs:
+                runs = [(int(n), args.seconds, None) for n in args.loads.split(",") if n]
+                if args.realistic:
+                    runs.append((args.realistic, args.realistic_seconds, pause))
+                for n, seconds, pz in runs:
+                    r = run_one(db, args, n, seconds, pz, Path(tmp))
+                    results.append(r)
+                    print(row(r), flush=True)
+        if "intake" in scenarios:
+            print(INTAKE_HEADER, flush=True)
+            for db in dbs:
+                for n in (int(x) for x in args.intake_loads.split(",") if x):
+                    r = run_intake(db, args, n, Path(tmp))
+                    results.append(r)
+                    print(intake_row(r), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

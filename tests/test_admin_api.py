@@ -106,7 +106,7 @@ def test_api_exports(api, session):
     r = api("GET", f"/projects/{world.project.id}/exports/preferences")
     assert r.status_code == 200
     rows = [json.loads(line) for line in r.text.splitlines()]
-    assert len(rows) == 18 and set(rows[0]) == {"prompt", "chosen", "rejected", "split"}
+    assert len(rows) == 18 and set(rows[0]) == {"prompt", "chosen", "rejected", "split", "category"}
     chat = api("GET", f"/projects/{world.project.id}/exports/sft?format=conversational").text.splitlines()
     assert [json.loads(line)["split"] for line in chat] == ["train"] and "messages" in chat[0]
     r = api("GET", f"/projects/{world.project.id}/exports/rankings?exclude_labelers={world.l1.id}&split=train")

@@ -55,6 +55,14 @@ ADMIN_ONLY = {
     ("POST", "/api/v1/projects/{project_id}/flags/{skip_id}/dismiss"),
     ("GET", "/api/v1/projects/{project_id}/disagreements"),
     ("POST", "/api/v1/tasks/{task_id}/more-labels"),
+    ("PATCH", "/api/v1/projects/{project_id}/prompts/{prompt_id}"),
+    ("GET", "/api/v1/projects/{project_id}/app-tokens"),
+    ("POST", "/api/v1/projects/{project_id}/app-tokens"),
+    ("DELETE", "/api/v1/projects/{project_id}/app-tokens/{token_id}"),
+}
+APP_TOKEN_ONLY = {
+    # An application's app token (one project), never a user's token: tests/test_intake.py.
+    ("POST", "/api/v1/projects/{project_id}/intake"),
 }
 
 
@@ -64,7 +72,22 @@ def _operations(client) -> set[tuple[str, str]]:
 
 
 def test_every_api_operation_has_a_policy(client):
-    assert _operations(client) == LABELER_ALLOWED | ADMIN_ONLY
+    assert _operations(client) == LABELER_ALLOWED | ADMIN_ONLY | APP_TOKEN_ONLY
+
+
+@pytest.mark.parametrize("method, path", sorted(APP_TOKEN_ONLY))
+def test_user_tokens_get_403_on_the_app_token_operations(client, session, method, path):
+    project, _ = demo_setup(session, n_prompts=1)
+    users = [accounts.create_user(session, f"{r.value}@example.com", None, role=r) for r in Role]
+    tokens = [accounts.create_api_token(session, u) for u in users]
+    session.commit()
+    url = _url(path, project.id)
+    assert client.request(method, url, json={"text": "Hi", "end_user": "a"}).status_code == 401
+    for token in tokens:
+        r = client.request(
+            method, url, json={"text": "Hi", "end_user": "a"}, headers={"Authorization": f"Bearer {token}"}
+        )
+        assert r.status_code == 403, (method, url, r.status_code, r.text[:200])
 
 
 def test_the_schema_declares_the_bearer_scheme_on_every_operation(client):

@@ -33,7 +33,13 @@ def test_export_rows(session, world):
     prefs = list(exports.preference_rows(session, f))
     # l1: 6 pairs, l2: 6, l3: 5 (its a = b tie dropped), the comparison: 1 (x beat y).
     assert len(prefs) == 18
-    assert {"prompt": "prompt 1", "chosen": "answer x", "rejected": "answer y", "split": "train"} in prefs
+    assert {
+        "prompt": "prompt 1",
+        "chosen": "answer x",
+        "rejected": "answer y",
+        "split": "train",
+        "category": None,
+    } in prefs
     assert not any(p["chosen"] == "output a" and p["rejected"] == "output b" for p in prefs[12:17])  # l3 tied a and b
     rankings = list(exports.ranking_rows(session, f))
     assert len(rankings) == 3
@@ -45,7 +51,7 @@ def test_export_rows(session, world):
     assert len(list(exports.ranking_rows(session, only_l1))) == 1
     test_only = exports.ExportFilter(world.project.id, splits=["test"])
     assert list(exports.sft_rows(session, test_only)) == [
-        {"prompt": "prompt 2", "completion": "demo two", "split": "test"}
+        {"prompt": "prompt 2", "completion": "demo two", "split": "test", "category": None}
     ]
 
 
@@ -64,6 +70,7 @@ def test_conversational_format_is_chat_messages(session, world):
     assert sft == {
         "messages": [{"role": "user", "content": "prompt 1"}, {"role": "assistant", "content": "demo one"}],
         "split": "train",
+        "category": None,
     }
     prefs = list(exports.preference_rows(session, f))
     assert {
@@ -71,6 +78,7 @@ def test_conversational_format_is_chat_messages(session, world):
         "chosen": [{"role": "assistant", "content": "answer x"}],
         "rejected": [{"role": "assistant", "content": "answer y"}],
         "split": "train",
+        "category": None,
     } in prefs
     ranking = next(exports.ranking_rows(session, f))
     assert ranking["prompt"] == [{"role": "user", "content": "prompt 0"}]
@@ -132,7 +140,7 @@ def test_cli_export_and_load(cli_env, world, tmp_path):
     assert len(_load(out)) == 18
     r = cli_env.invoke(cli, ["export", "sft", "--project", str(world.project.id), "--split", "train"])
     assert r.exit_code == 0 and len(r.stdout.strip().splitlines()) == 1
-    assert json.loads(r.stdout.splitlines()[0]).keys() == {"prompt", "completion", "split"}
+    assert json.loads(r.stdout.splitlines()[0]).keys() == {"prompt", "completion", "split", "category"}
     r = cli_env.invoke(cli, ["export", "sft", "--project", "Stats", "--format", "conversational"])
     assert r.exit_code == 0 and json.loads(r.stdout.splitlines()[0])["messages"][1]["role"] == "assistant"
     r = cli_env.invoke(cli, ["export", "sft", "--project", "Nope"])

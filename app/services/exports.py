@@ -6,7 +6,7 @@
 - rankings: one row per ranking with all outputs, the full order with ties, ratings, flags,
   the order shown and the labeler id.
 
-Every row says its prompt's `split`; an export holds the train split unless others are asked for
+Every row says its prompt's `split` and `category` (InstructGPT's use case; null when unset); an export holds the train split unless others are asked for
 (valid and test prompts are for evaluation). Two formats, as TRL reads them:
 - plain: strings; a trainer then sees the text without the chat template;
 - conversational: message lists (sft: {"messages": [user, assistant]}; preferences: "prompt" as
@@ -94,24 +94,27 @@ def _batches(session: Session, stmt, id_column) -> Iterator[Sequence[Row]]:
 
 def sft_rows(session: Session, f: ExportFilter) -> Iterator[dict[str, Any]]:
     """Demonstrations (an admin's rejected ones are left out, as in training)."""
-    stmt = _scoped(select(Demonstration.id, Prompt.text, Demonstration.text, Prompt.split), Demonstration, f)
+    stmt = _scoped(
+        select(Demonstration.id, Prompt.text, Demonstration.text, Prompt.split, Prompt.category), Demonstration, f
+    )
     for rows in _batches(session, stmt, Demonstration.id):
-        for _, prompt, completion, split in rows:
+        for _, prompt, completion, split, category in rows:
+            where = {"split": split.value, "category": _value(category)}
             if f.format == "conversational":
-                yield {"messages": _user(prompt) + _assistant(completion), "split": split.value}
+                yield {"messages": _user(prompt) + _assistant(completion), **where}
             else:
-                yield {"prompt": prompt, "completion": completion, "split": split.value}
+                yield {"prompt": prompt, "completion": completion, **where}
 
 
-def _pair(f: ExportFilter, prompt: str, chosen: str, rejected: str, split) -> dict[str, Any]:
+def _value(category) -> str | None:
+    return category.value if category is not None else None
+
+
+def _pair(f: ExportFilter, prompt: str, chosen: str, rejected: str, split, category) -> dict[str, Any]:
+    where = {"split": split.value, "category": _value(category)}
     if f.format == "conversational":
-        return {
-            "prompt": _user(prompt),
-            "chosen": _assistant(chosen),
-            "rejected": _assistant(rejected),
-            "split": split.value,
-        }
-    return {"prompt": prompt, "chosen": chosen, "rejected": rejected, "split": split.value}
+        return {"prompt": _user(prompt), "chosen": _assistant(chosen), "rejected": _assistant(rejected), **where}
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected, **where}
 
 
 def _outputs(session: Session, task_ids: list[int]) -> dict[int, list[tuple[int, str, str]]]:
@@ -129,7 +132,7 @@ def _outputs(session: Session, task_ids: list[int]) -> dict[int, list[tuple[int,
 
 
 def _ranking_batches(session: Session, f: ExportFilter):
-    stmt = _scoped(select(Ranking.id, Ranking, Prompt.id, Prompt.text, Prompt.split), Ranking, f)
+    stmt = _scoped(select(Ranking.id, Ranking, Prompt.id, Prompt.text, Prompt.split, Prompt.category), Ranking, f)
     for rows in _batches(session, stmt, Ranking.id):
         outputs = _outputs(session, sorted({r[1].task_id for r in rows}))
         yield rows, outputs
@@ -137,14 +140,14 @@ def _ranking_batches(session: Session, f: ExportFilter):
 
 def preference_rows(session: Session, f: ExportFilter) -> Iterator[dict[str, Any]]:
     for rows, outputs in _ranking_batches(session, f):
-        for _, ranking, _pid, prompt, split in rows:
+        for _, ranking, _pid, prompt, split, category in rows:
             texts = {cid: text for cid, text, *_ in outputs[ranking.task_id]}
             order = [[c for c in group if c in texts] for group in ranking.order]
             for i, better in enumerate(order):
                 for worse in order[i + 1 :]:
                     for a in better:
                         for b in worse:
-                            yield _pair(f, prompt, texts[a], texts[b], split)
+                            yield _pair(f, prompt, texts[a], texts[b], split, category)
     stmt = _scoped(
         select(
             Comparison.id,
@@ -153,6 +156,7 @@ def preference_rows(session: Session, f: ExportFilter) -> Iterator[dict[str, Any
             Comparison.a_completion_id,
             Comparison.b_completion_id,
             Prompt.split,
+            Prompt.category,
         ),
         Comparison,
         f,
@@ -160,14 +164,14 @@ def preference_rows(session: Session, f: ExportFilter) -> Iterator[dict[str, Any
     for rows in _batches(session, stmt, Comparison.id):
         ids = {c for r in rows for c in (r[3], r[4])}
         texts = dict(session.execute(select(Completion.id, Completion.text).where(Completion.id.in_(ids))).all())
-        for _, prompt, choice, a, b, split in rows:
+        for _, prompt, choice, a, b, split, category in rows:
             chosen, rejected = (a, b) if choice == ComparisonChoice.a else (b, a)
-            yield _pair(f, prompt, texts[chosen], texts[rejected], split)
+            yield _pair(f, prompt, texts[chosen], texts[rejected], split, category)
 
 
 def ranking_rows(session: Session, f: ExportFilter) -> Iterator[dict[str, Any]]:
     for rows, outputs in _ranking_batches(session, f):
-        for _, r, prompt_id, prompt, split in rows:
+        for _, r, prompt_id, prompt, split, category in rows:
             ratings = r.ratings or {}
             conversational = f.format == "conversational"
             completions = []
@@ -190,6 +194,7 @@ def ranking_rows(session: Session, f: ExportFilter) -> Iterator[dict[str, Any]]:
                 "prompt_id": prompt_id,
                 "prompt": _user(prompt) if conversational else prompt,
                 "split": split.value,
+                "category": _value(category),
                 "labeler_id": r.user_id,
                 "completions": completions,
                 "order": r.order,

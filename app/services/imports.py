@@ -2,8 +2,10 @@
 
 Formats (detected per record when `fmt` is "auto"):
 - JSON Lines: one object per line with a `prompt`, `text`, `instruction` or `question` field
-  (optional `reference`/`completion`/`output`/`answer`, `id`, `split`), or one JSON string per line.
-- CSV with a header row naming a `prompt` (or `text`, `instruction`, `question`) column.
+  (optional `reference`/`completion`/`output`/`answer`, `id`, `split`, `category`), or one JSON
+  string per line.
+- CSV with a header row naming a `prompt` (or `text`, `instruction`, `question`) column (and
+  optionally the others). `category` is one of InstructGPT's use cases (`PromptCategory`).
 - hh-rlhf: `{"chosen", "rejected"}` dialogues; the prompt is their shared part up to the last
   "Assistant:" turn.
 - Alpaca: a JSON array (or JSONL) of `{"instruction", "input", "output"}`; self-instruct's
@@ -36,6 +38,7 @@ from app.models import (
     ImportJobStatus,
     Project,
     Prompt,
+    PromptCategory,
     Split,
     Task,
     TaskKind,
@@ -78,6 +81,7 @@ class Record:
     split: Split | None = None
     content_hash: str = ""
     source_format: str = ""
+    category: PromptCategory | None = None
 
 
 @dataclass
@@ -228,13 +232,14 @@ def _generic(obj: dict, line: int) -> Record:
     ref_key = next((k for k in REFERENCE_KEYS if obj.get(k) not in (None, "")), None)
     reference = _text(obj, ref_key, line) if ref_key else None
     split = obj.get("split")
-    if split not in (None, "") and split not in Split.__members__:
+    if split not in (None, "") and (not isinstance(split, str) or split not in Split.__members__):
         raise ValueError(f"split must be train, valid or test; got {split!r}")
+    category = parse_category(obj.get("category"))
     ext = obj.get("id")
     meta = {
         k: v
         for k, v in obj.items()
-        if k not in (key, ref_key, "split", "id") and isinstance(v, (str, int, float, bool))
+        if k not in (key, ref_key, "split", "id", "category") and isinstance(v, (str, int, float, bool))
     }
     return Record(
         line,
@@ -244,7 +249,19 @@ def _generic(obj: dict, line: int) -> Record:
         meta,
         Split(split) if split else None,
         source_format="csv" if obj.get("__csv__") else "jsonl",
+        category=category,
     )
+
+
+def parse_category(value: Any) -> PromptCategory | None:
+    """A category as files write it ("open QA", "Closed_QA", "rewrite"); None when empty. Raises
+    ValueError naming the categories for anything else."""
+    if value in (None, ""):
+        return None
+    key = "_".join(value.lower().split()) if isinstance(value, str) else ""
+    if key not in PromptCategory.__members__:
+        raise ValueError(f"category must be one of {', '.join(PromptCategory)}; got {value!r}")
+    return PromptCategory(key)
 
 
 def _alpaca(obj: dict, line: int) -> Record:
@@ -538,6 +555,7 @@ def commit(
             content_hash=r.content_hash,
             reference=r.reference,
             meta=r.meta,
+            category=r.category,
         )
         for r in preview.records
     ]
@@ -641,6 +659,7 @@ def run_job(engine: Engine, job_id: int, data: bytes) -> ImportJob:
                             "content_hash": r.content_hash,
                             "reference": r.reference,
                             "meta": r.meta,
+                            "category": r.category,
                             "import_job_id": job_id,
                         }
                         for r in chunk

@@ -14,6 +14,7 @@ from app.models import (
     Project,
     ProjectMember,
     Prompt,
+    PromptCategory,
     Role,
     Split,
     Task,
@@ -323,14 +324,46 @@ def dashboard_counts(session: Session) -> dict[str, int]:
 
 
 def list_prompts(
-    session: Session, project_id: int, *, split: Split | None = None, after: int = 0, limit: int = 100
+    session: Session,
+    project_id: int,
+    *,
+    split: Split | None = None,
+    after: int = 0,
+    limit: int = 100,
+    category: str | None = None,
+    pii: bool = False,
+    newest_first: bool = False,
 ) -> list[Prompt]:
-    """The project's prompts with an id above `after` (keyset paging), oldest first."""
+    """The project's prompts with an id above `after` (keyset paging; below it when newest first),
+    oldest first. `category`: one category, or "none" for the uncategorized; `pii`: only prompts
+    the intake flagged."""
     get_project(session, project_id)
-    stmt = select(Prompt).where(Prompt.project_id == project_id, Prompt.id > after).order_by(Prompt.id).limit(limit)
+    stmt = select(Prompt).where(Prompt.project_id == project_id).limit(limit)
+    if newest_first:
+        stmt = stmt.order_by(Prompt.id.desc()).where(Prompt.id < after) if after else stmt.order_by(Prompt.id.desc())
+    else:
+        stmt = stmt.where(Prompt.id > after).order_by(Prompt.id)
     if split is not None:
         stmt = stmt.where(Prompt.split == split)
+    if category == "none":
+        stmt = stmt.where(Prompt.category.is_(None))
+    elif category:
+        stmt = stmt.where(Prompt.category == PromptCategory(category))
+    if pii:
+        stmt = stmt.where(Prompt.pii.is_not(None))
     return list(session.scalars(stmt))
+
+
+def set_category(session: Session, project_id: int, prompt_id: int, category: PromptCategory | None) -> Prompt:
+    """An admin's category for a prompt (None: uncategorized)."""
+    project = get_project(session, project_id)
+    prompt = session.get(Prompt, prompt_id)
+    if prompt is None or prompt.project_id != project_id:
+        raise NotFound(f"Project {project_id} has no prompt {prompt_id}.")
+    check_writable(project)
+    prompt.category = category
+    session.flush()
+    return prompt
 
 
 @dataclass

@@ -17,12 +17,14 @@ from sqlalchemy.orm import Session
 
 from app.db import utcnow
 from app.models import (
+    PAPER_CATEGORY_SHARES,
     SUBMISSION_MODELS,
     Comparison,
     ComparisonChoice,
     Demonstration,
     Project,
     Prompt,
+    PromptCategory,
     Ranking,
     Role,
     Skip,
@@ -519,6 +521,50 @@ def data_overview(
     open_tasks = {pid: c.get("open", {}) for pid, c in counts.items()}
     labelers = session.scalar(select(func.count(User.id)).where(User.role == Role.labeler, User.is_active)) or 0
     return DataOverview(list(projects), counts, open_tasks, per_day, labelers, as_of)
+
+
+@dataclass
+class CategoryMix:
+    """A project's prompts per InstructGPT category, beside the paper's API mix (Table 1)."""
+
+    counts: dict[PromptCategory | None, int] = field(default_factory=dict)
+    """None: uncategorized."""
+    pii: int = 0
+    """Prompts the intake flagged for personal data."""
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def categorized(self) -> int:
+        return self.total - self.counts.get(None, 0)
+
+    def rows(self) -> list[tuple[str, int, float | None, float]]:
+        """(category, prompts, percent of the categorized prompts, the paper's percent), in the paper's order."""
+        n = self.categorized
+        return [
+            (c.value, self.counts.get(c, 0), 100 * self.counts.get(c, 0) / n if n else None, paper)
+            for c, paper in PAPER_CATEGORY_SHARES.items()
+        ]
+
+
+def category_mix(session: Session, project_ids: list[int]) -> dict[int, CategoryMix]:
+    """Per project: prompts per category and PII-flagged prompts. Not remembered (an admin's category
+    edit adds no row), and cheap: one grouped read of the (project_id, category, pii) index."""
+    mixes: dict[int, CategoryMix] = {pid: CategoryMix() for pid in project_ids}
+    if not project_ids:
+        return mixes
+    flagged = Prompt.pii.is_not(None)
+    for pid, category, has_pii, n in session.execute(
+        select(Prompt.project_id, Prompt.category, flagged, func.count())
+        .where(Prompt.project_id.in_(project_ids))
+        .group_by(Prompt.project_id, Prompt.category, flagged)
+    ):
+        mix = mixes[pid]
+        mix.counts[category] = mix.counts.get(category, 0) + n
+        mix.pii += n if has_pii else 0
+    return mixes
 
 
 def submissions_per_day(

@@ -15,7 +15,7 @@ from starlette.datastructures import FormData, UploadFile
 from app.deps import AdminUser, SessionDep, SettingsDep, verify_csrf
 from app.markdown import render_markdown
 from app.models import ImportJobStatus
-from app.services import ServiceError, accounts, imports, projects, stats
+from app.services import ServiceError, accounts, imports, intake, projects, stats
 from app.web.params import IdPath, form_text, form_texts
 from app.web.render import flash, redirect, refused, render
 
@@ -95,6 +95,7 @@ def _project_page(request: Request, session, project, *, status_code=200, **extr
         "contents": projects.project_contents(session, project.id),
         "members": set(projects.member_ids(session, project.id)),
         "all_labelers": [u for u in accounts.list_users(session) if u.role.value == "labeler"],
+        "app_tokens": intake.app_tokens(session, project.id),
         **extra,
     }
     return render(request, "admin/project.html", ctx, status_code=status_code)
@@ -119,6 +120,26 @@ async def update_project(request: Request, session: SessionDep, user: AdminUser,
         )
     flash(request, "Project settings saved.", "success")
     return redirect(f"/admin/projects/{project.id}")
+
+
+@router.post("/projects/{project_id}/app-tokens")
+async def create_app_token(request: Request, session: SessionDep, user: AdminUser, project_id: IdPath):
+    form = await request.form()
+    _, raw = intake.create_app_token(
+        session,
+        project_id,
+        name=form_text(form, "name"),
+        create_tasks=form_text(form, "create_tasks") == "true",
+        created_by=user,
+    )
+    return _project_page(request, session, projects.get_project(session, project_id), new_app_token=raw)
+
+
+@router.post("/projects/{project_id}/app-tokens/{token_id}/revoke")
+def revoke_app_token(request: Request, session: SessionDep, user: AdminUser, project_id: IdPath, token_id: IdPath):
+    row = intake.revoke_app_token(session, project_id, token_id)
+    flash(request, f"App token {row.prefix}… revoked: the intake refuses it from now on.", "success")
+    return redirect(f"/admin/projects/{project_id}#intake")
 
 
 @router.post("/projects/{project_id}/members")

@@ -10,8 +10,9 @@ what their pages show them through the labeling API (/work, next, submission, sk
     PUT  /api/v1/projects/{id}/members             admin: every labeler, or only these members
     POST /api/v1/projects/{id}/pause | resume      admin: hand out no task (or again)
     PUT  /api/v1/projects/{id}/guidelines          admin: save a new guidelines version
-    GET  /api/v1/projects/{id}/prompts?split&after&limit
+    GET  /api/v1/projects/{id}/prompts?split&category&pii&after&limit
     POST /api/v1/projects/{id}/prompts             admin: bulk, all or nothing  201 | 422 with line numbers
+    PATCH /api/v1/projects/{id}/prompts/{prompt}   admin: set a prompt's category
     GET  /api/v1/projects/{id}/exports/{kind}      admin: JSON Lines (sft, preferences, rankings)
 
 Thin handlers: the rules live in app.services.projects, imports and exports."""
@@ -24,7 +25,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field, model_validator
 
 from app.deps import ApiAdmin, SessionDep
-from app.models import Project, Split
+from app.models import Project, PromptCategory, Split
 from app.services import exports, imports, projects, stats, tasks
 from app.web.params import DB_INT_MAX, Id, IdPath
 
@@ -89,6 +90,7 @@ class PromptIn(BaseModel):
     reference: str | None = None
     split: Split | None = Field(None, description="Omit to assign one from the prompt's hash (reproducible).")
     external_id: str | None = None
+    category: PromptCategory | None = Field(None, description="InstructGPT's use-case category, if known.")
 
 
 class PromptsIn(BaseModel):
@@ -105,6 +107,25 @@ class PromptOut(BaseModel):
     reference: str | None
     external_id: str | None
     source: str
+    category: PromptCategory | None = None
+    pii: list[str] = Field(default_factory=list, description="Kinds of personal data the intake found.")
+
+
+class PromptPatch(BaseModel):
+    category: PromptCategory | None = Field(description="The prompt's use-case category; null: uncategorized.")
+
+
+def _prompt_out(p) -> PromptOut:
+    return PromptOut(
+        id=p.id,
+        text=p.text,
+        split=p.split,
+        reference=p.reference,
+        external_id=p.external_id,
+        source=p.source,
+        category=p.category,
+        pii=p.pii.split(",") if p.pii else [],
+    )
 
 
 class ImportOut(BaseModel):
@@ -264,15 +285,20 @@ def list_prompts(
     session: SessionDep,
     user: ApiAdmin,
     split: Split | None = None,
+    category: PromptCategory | None = None,
+    pii: bool = Query(False, description="Only prompts the intake flagged for personal data."),
     after: int = Query(0, ge=0, le=DB_INT_MAX, description="Return prompts with an id above this (keyset paging)."),
     limit: int = Query(100, ge=1, le=1000),
 ):
-    return [
-        PromptOut(
-            id=p.id, text=p.text, split=p.split, reference=p.reference, external_id=p.external_id, source=p.source
-        )
-        for p in projects.list_prompts(session, project_id, split=split, after=after, limit=limit)
-    ]
+    found = projects.list_prompts(
+        session, project_id, split=split, category=category, pii=pii, after=after, limit=limit
+    )
+    return [_prompt_out(p) for p in found]
+
+
+@router.patch("/projects/{project_id}/prompts/{prompt_id}", response_model=PromptOut)
+def update_prompt(project_id: IdPath, prompt_id: IdPath, body: PromptPatch, session: SessionDep, user: ApiAdmin):
+    return _prompt_out(projects.set_category(session, project_id, prompt_id, body.category))
 
 
 @router.post("/projects/{project_id}/prompts", response_model=ImportOut, status_code=201)

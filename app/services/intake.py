@@ -1,0 +1,371 @@
+"""The intake: an application sends its users' real prompts to a project (InstructGPT §3.2, "where
+prompts come from"), through an app token bound to that project.
+
+Each prompt passes, in this order:
+1. the checks every write makes (not empty, no NUL, at most MAX_TEXT_CHARS, small metadata);
+2. a PII scan (emails, phone numbers, Luhn-valid card numbers) of the text and the metadata's
+   strings: the kinds found are stored on the prompt (`Prompt.pii`), never the text matched; with
+   `pii="drop"` a prompt with PII is not stored at all (nothing is written or logged);
+3. deduplication by long common prefix: the text lowercased, whitespace collapsed, cut to its first
+   PREFIX_CHARS characters (the whole text when shorter) and hashed into `Prompt.prefix_hash`; a
+   prompt whose prefix hash (or exact text) the project has already is skipped as a duplicate. The
+   unique index (project_id, prefix_hash) makes this one index lookup and race-safe;
+4. the cap: at most MAX_PROMPTS_PER_END_USER prompts per end user per project (429 beyond);
+5. the split, from sha256(project id, end user): every prompt of one end user lands in the same
+   split (VALID_FRACTION / TEST_FRACTION), so no user's prompts straddle train and evaluation.
+
+The end user's id is stored only as that hash (`Prompt.end_user_hash`): an application's user ids
+are often emails or account numbers, and the cap and split need only equality. The hash includes
+the project id, so one person is not linkable across projects by it (it is not a secret: send ids
+that are opaque already).
+"""
+
+import hashlib
+import json
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import bindparam, func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, joinedload
+
+from app.db import atomic, is_postgres, utcnow
+from app.models import AppToken, Project, Prompt, PromptCategory, Split, User
+from app.security import token_hash
+from app.services import Forbidden, NotFound, ServiceError, imports, projects, tasks
+from app.validation import json_problem, text_problem
+
+PREFIX_CHARS = 200
+"""Prompts whose first 200 normalized characters agree are duplicates (shorter ones: the whole text)."""
+MAX_TEXT_CHARS = 32_768
+MAX_BODY_BYTES = 1_000_000
+"""Intake request bodies over this are refused with 413 before they are read (app.main.BodyLimit)."""
+MAX_METADATA_BYTES = 4_096
+MAX_END_USER_CHARS = 200
+MAX_BATCH = 100
+MAX_PROMPTS_PER_END_USER = 200
+VALID_FRACTION = 0.1
+TEST_FRACTION = 0.1
+APP_TOKEN_PREFIX = "ilapp_"
+PII_MODES = ("flag", "drop")
+
+
+class RateLimited(ServiceError):
+    status_code = 429
+
+    def __init__(self, message: str, retry_after_s: float):
+        super().__init__(message)
+        self.headers = {"Retry-After": str(max(1, int(retry_after_s + 0.999)))}
+
+
+@dataclass
+class Item:
+    text: str
+    end_user: str
+    metadata: dict[str, Any] | None = None
+    category: PromptCategory | None = None
+    pii: str = "flag"
+
+
+@dataclass
+class Outcome:
+    status: str
+    """created | duplicate | dropped | refused (the end user's cap; a single request answers 429)."""
+    prompt_id: int | None = None
+    split: Split | None = None
+    pii: list[str] = field(default_factory=list)
+    reason: str | None = None
+
+
+# ---------------------------------------------------------------- hashes
+
+
+def prefix_of(text: str) -> str:
+    """Lowercased, whitespace collapsed, the first PREFIX_CHARS characters."""
+    return " ".join(text.lower().split())[:PREFIX_CHARS]
+
+
+def prefix_hash(text: str) -> str:
+    return hashlib.sha256(prefix_of(text).encode()).hexdigest()
+
+
+def end_user_hash(project_id: int, end_user: str) -> str:
+    return hashlib.sha256(f"{project_id}\x00{end_user}".encode()).hexdigest()
+
+
+def split_for_end_user(project_id: int, end_user: str) -> Split:
+    return imports.split_for(end_user_hash(project_id, end_user), VALID_FRACTION, TEST_FRACTION)
+
+
+# ---------------------------------------------------------------- PII
+
+_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+# A run of digits with the separators numbers are written with ("+1 (415) 555-0100", "4111 1111 ...").
+_NUMBER = re.compile(r"(?<![\w+.])\+?\(?\d(?:[ ().-]{0,2}\d){6,22}(?![\w])")
+
+
+def luhn_ok(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch)
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def pii_kinds(text: str) -> list[str]:
+    """The kinds of personal data in the text: email, phone, credit_card (sorted; never the matches)."""
+    found = set()
+    if "@" in text and _EMAIL.search(text):
+        found.add("email")
+    for m in _NUMBER.finditer(text):
+        raw = m.group()
+        digits = re.sub(r"\D", "", raw)
+        if 13 <= len(digits) <= 19 and luhn_ok(digits):
+            found.add("credit_card")
+        elif 10 <= len(digits) <= 15 and not re.fullmatch(r"\d+\.\d+", raw):  # not a decimal number
+            found.add("phone")
+    return sorted(found)
+
+
+def _scanned_text(item: Item) -> str:
+    if not item.metadata:
+        return item.text
+    return "\n".join([item.text, *_strings(item.metadata)])
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in (str(k), *_strings(v))]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+# ---------------------------------------------------------------- checks
+
+
+def check_item(item: Item, number: int | None = None) -> None:
+    """Raises ServiceError (422) naming what is wrong; nothing of a refused request is stored."""
+    where = f"prompt {number}: " if number is not None else ""
+
+    def refuse(message: str) -> None:
+        raise ServiceError(where + message, status_code=422)
+
+    if not isinstance(item.text, str) or not item.text.strip():
+        refuse("text is empty")
+    if len(item.text) > MAX_TEXT_CHARS:
+        refuse(f"text has {len(item.text):,} characters; the limit is {MAX_TEXT_CHARS:,}")
+    if not 1 <= len(item.end_user) <= MAX_END_USER_CHARS:
+        refuse(f"end_user must be 1 to {MAX_END_USER_CHARS} characters")
+    if item.pii not in PII_MODES:
+        refuse("pii must be 'flag' or 'drop'")
+    if item.metadata is not None:
+        try:
+            size = len(json.dumps(item.metadata, ensure_ascii=False).encode())
+        except (TypeError, ValueError):
+            refuse("metadata must be a JSON object")
+        else:
+            if size > MAX_METADATA_BYTES:
+                refuse(f"metadata is {size:,} bytes as JSON; the limit is {MAX_METADATA_BYTES:,}")
+    for name, value in (("text", item.text), ("end_user", item.end_user)):
+        if problem := text_problem(value):
+            refuse(f"{name} {problem}")
+    if item.metadata is not None and (problem := json_problem(item.metadata)):
+        refuse(f"metadata {problem}")
+
+
+# ---------------------------------------------------------------- rate limit
+
+
+class RateLimiter:
+    """A token bucket per app token, in this process's memory: `burst` prompts at once, refilled at
+    `per_minute`. Several server processes each keep their own (the limit is per process)."""
+
+    def __init__(self, per_minute: float, burst: int):
+        self.rate, self.burst = per_minute / 60.0, max(1, burst)
+        self._buckets: dict[int, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, key: int, n: int = 1) -> None:
+        """Takes n from the key's bucket, or raises RateLimited with the wait."""
+        now = time.monotonic()
+        with self._lock:
+            level, at = self._buckets.get(key, (float(self.burst), now))
+            level = min(float(self.burst), level + (now - at) * self.rate)
+            if n > level:
+                self._buckets[key] = (level, now)
+                wait = (n - level) / self.rate if self.rate > 0 and n <= self.burst else 60.0
+                raise RateLimited(
+                    f"Rate limit: this token may send {self.rate * 60:g} prompts a minute (bursts of "
+                    f"{self.burst}); try again in {wait:.1f} s.",
+                    wait,
+                )
+            self._buckets[key] = (level - n, now)
+
+
+# ---------------------------------------------------------------- app tokens
+
+
+def create_app_token(
+    session: Session, project_id: int, *, name: str = "", create_tasks: bool = True, created_by: User | None = None
+) -> tuple[AppToken, str]:
+    """Returns the row and the raw token (shown once; only its hash is stored)."""
+    project = projects.get_project(session, project_id)
+    projects.check_writable(project)
+    raw = APP_TOKEN_PREFIX + secrets.token_urlsafe(32)
+    row = AppToken(
+        project_id=project.id,
+        name=name.strip()[:120],
+        token_hash=token_hash(raw),
+        prefix=raw[:12],
+        create_tasks=create_tasks,
+        created_by_id=created_by.id if created_by else None,
+    )
+    session.add(row)
+    session.flush()
+    return row, raw
+
+
+def app_tokens(session: Session, project_id: int) -> list[AppToken]:
+    return list(session.scalars(select(AppToken).where(AppToken.project_id == project_id).order_by(AppToken.id.desc())))
+
+
+def revoke_app_token(session: Session, project_id: int, token_id: int) -> AppToken:
+    row = session.get(AppToken, token_id)
+    if row is None or row.project_id != project_id:
+        raise NotFound("This project has no such app token.")
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+        session.flush()
+    return row
+
+
+# Built once (it runs on every intake call), with its project: the intake reads both, in one round trip.
+_APP_TOKEN = (
+    select(AppToken)
+    .options(joinedload(AppToken.project))
+    .where(AppToken.token_hash == bindparam("token_hash"), AppToken.revoked_at.is_(None))
+)
+
+
+def app_token_for(session: Session, raw: str) -> AppToken | None:
+    """The live app token with this value, or None (unknown, revoked, or not an app token)."""
+    if not raw.startswith(APP_TOKEN_PREFIX):
+        return None
+    row = session.scalar(_APP_TOKEN, {"token_hash": token_hash(raw)})
+    if row is not None:
+        now = utcnow()
+        if row.last_used_at is None or (now - row.last_used_at).total_seconds() > 60:
+            row.last_used_at = now
+    return row
+
+
+# ---------------------------------------------------------------- receiving prompts
+
+
+def receive(session: Session, token: AppToken, project_id: int, items: list[Item]) -> list[Outcome]:
+    """Checks every item first (one bad item refuses the request, nothing stored), then handles
+    each in its own transaction. Refuses an unknown project (404), another project's token (403)
+    and an archived project (409)."""
+    project = session.get(Project, project_id)  # the token's own project is loaded already
+    if project is None:
+        raise NotFound(f"There is no project {project_id}.")
+    if token.project_id != project.id:
+        raise Forbidden(f"This app token belongs to another project (id {token.project_id}).")
+    projects.check_writable(project)
+    if not items:
+        raise ServiceError("No prompts sent.", status_code=422)
+    if len(items) > MAX_BATCH:
+        raise ServiceError(f"At most {MAX_BATCH} prompts per request; got {len(items)}.", status_code=422)
+    for number, item in enumerate(items, start=1):
+        check_item(item, number if len(items) > 1 else None)
+    create_tasks = token.create_tasks
+    return [_receive_one(session, project, create_tasks, item) for item in items]
+
+
+def _receive_one(session: Session, project: Project, create_tasks: bool, item: Item) -> Outcome:
+    kinds = pii_kinds(_scanned_text(item))
+    if kinds and item.pii == "drop":
+        return Outcome("dropped", pii=kinds, reason="pii: " + ", ".join(kinds))
+    text = imports.normalize(item.text)
+    content, prefix = imports.content_hash(text), prefix_hash(text)
+    values = {
+        "project_id": project.id,
+        "text": text,
+        "content_hash": content,
+        "prefix_hash": prefix,
+        "end_user_hash": end_user_hash(project.id, item.end_user),
+        "category": item.category,
+        "pii": ",".join(kinds) or None,
+        "meta": dict(item.metadata or {}),
+    }
+    try:
+        return _store(session, project, create_tasks, values, kinds)
+    except IntegrityError:  # a request with the same prefix committed between our check and insert
+        existing = _existing(session, project.id, prefix, content)
+        if existing is None:
+            raise
+        return _duplicate(existing)
+
+
+def _existing_query(project_id: int, prefix: str, content: str):
+    return (
+        select(Prompt.id)
+        .where(Prompt.project_id == project_id, or_(Prompt.prefix_hash == prefix, Prompt.content_hash == content))
+        .limit(1)
+    )
+
+
+def _existing(session: Session, project_id: int, prefix: str, content: str) -> int | None:
+    return session.scalar(_existing_query(project_id, prefix, content))
+
+
+def _duplicate(prompt_id: int) -> Outcome:
+    return Outcome(
+        "duplicate",
+        prompt_id=prompt_id,
+        reason=f"shares its first {PREFIX_CHARS} characters (lowercased, spaces collapsed) with prompt {prompt_id}",
+    )
+
+
+@atomic
+def _store(session: Session, project: Project, create_tasks: bool, values: dict[str, Any], kinds: list[str]) -> Outcome:
+    user_hash = values["end_user_hash"]
+    if is_postgres(session):  # one end user's prompts one at a time, so the cap's count holds
+        session.execute(select(func.pg_advisory_xact_lock(project.id, int(user_hash[:8], 16) - 2**31)))
+    # One round trip: the duplicate (one lookup in ux_prompts_project_prefix or the content-hash
+    # constraint) and the end user's prompts so far (counted on ix_prompts_project_end_user, up to the cap).
+    sent = (
+        select(Prompt.id)
+        .where(Prompt.project_id == project.id, Prompt.end_user_hash == user_hash)
+        .limit(MAX_PROMPTS_PER_END_USER)
+        .subquery()
+    )
+    existing, count = session.execute(
+        select(
+            _existing_query(project.id, values["prefix_hash"], values["content_hash"]).scalar_subquery(),
+            select(func.count()).select_from(sent).scalar_subquery(),
+        )
+    ).one()
+    if existing is not None:
+        return _duplicate(existing)
+    if count >= MAX_PROMPTS_PER_END_USER:
+        return Outcome(
+            "refused",
+            reason=f"this end user has sent {MAX_PROMPTS_PER_END_USER} prompts to this project, the most it takes",
+        )
+    split = imports.split_for(user_hash, VALID_FRACTION, TEST_FRACTION)
+    prompt = Prompt(**values, split=split, source="intake")
+    session.add(prompt)
+    session.flush()
+    if create_tasks and split == Split.train:
+        tasks.create_demonstration_tasks(session, project, [prompt])
+    return Outcome("created", prompt_id=prompt.id, split=split, pii=kinds)
