@@ -33,8 +33,10 @@ from app.web import (
     api_review,
     api_runs,
     api_tasks,
+    api_written,
     auth,
     labeler,
+    written,
 )
 from app.web.headers import SecurityHeaders, docs_router
 from app.web.render import redirect, render
@@ -273,12 +275,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(api_tasks.router)  # labeling API (issue 3)
     app.include_router(api_runs.router)  # runs, model registry, evaluation (issue 4)
     app.include_router(api_intake.router)  # an application's prompts (issue 18)
+    app.include_router(api_written.router)  # labeler-written prompts (issue 18)
     for router in (
         admin_projects.router,
         admin_labelers.router,
         admin_data.router,
         admin_runs.router,
         admin_review.router,
+        written.router,
         api_projects.router,
         api_review.router,
     ):  # admin dashboard (issue 6)

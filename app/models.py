@@ -311,6 +311,11 @@ class Project(Base):
     """Paused: no task is handed out (held ones can still be submitted); settings stay editable."""
     members_only: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     """False: every labeler works on it; True: only its members (ProjectMember)."""
+    written_prompt_targets: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """Labeler-written prompts wanted, {"kind": {"few_shot": 20, ...}, "category": {"generation": 10, ...}};
+    None: the project asks for no written prompts (app.services.written_prompts)."""
+    written_use_cases: Mapped[list[Any] | None] = mapped_column(JSON)
+    """The use cases a user-based written prompt follows (strings); None: none yet."""
 
     guidelines: Mapped[list["GuidelineVersion"]] = relationship(
         order_by="GuidelineVersion.version", back_populates="project"
@@ -699,3 +704,34 @@ class RunMetric(Base):
     name: Mapped[str] = mapped_column(String(100))
     value: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WrittenPrompt(Base):
+    """A prompt a labeler wrote (InstructGPT §3.2: plain, few-shot, user-based), pending an admin's
+    review; accepting it creates a real Prompt (`prompt_id`) with its demonstration task."""
+
+    __tablename__ = "written_prompts"
+    __table_args__ = (Index("ix_written_prompts_project_status", "project_id", "status"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    author_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    """plain | few_shot | user_based (app.services.written_prompts.KINDS)."""
+    category: Mapped[PromptCategory] = mapped_column(_enum(PromptCategory))
+    use_case: Mapped[str | None] = mapped_column(String(200))
+    text: Mapped[str] = mapped_column(Text)
+    has_pii: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    """The author ticked "contains personal information"."""
+    status: Mapped[ReviewStatus] = mapped_column(_enum(ReviewStatus), default=ReviewStatus.pending)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    """Why it was rejected (the author sees it)."""
+    edited: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    """The admin changed its text or category when accepting it."""
+    reviewed_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    reviewed_at: Mapped[datetime | None]
+    prompt_id: Mapped[int | None] = mapped_column(ForeignKey("prompts.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    author: Mapped[User | None] = relationship(foreign_keys=[author_id])
+    reviewed_by: Mapped[User | None] = relationship(foreign_keys=[reviewed_by_id])

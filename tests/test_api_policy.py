@@ -16,8 +16,14 @@ LABELER_ALLOWED = {
     ("GET", "/api/v1/projects/{project_id}/next"),
     ("POST", "/api/v1/tasks/{task_id}/submission"),
     ("POST", "/api/v1/tasks/{task_id}/skip"),
+    ("POST", "/api/v1/projects/{project_id}/written-prompts"),
+    ("GET", "/api/v1/projects/{project_id}/written-prompts/mine"),
 }
 ADMIN_ONLY = {
+    ("GET", "/api/v1/projects/{project_id}/written-prompts"),
+    ("POST", "/api/v1/projects/{project_id}/written-prompts/{written_id}/accept"),
+    ("POST", "/api/v1/projects/{project_id}/written-prompts/{written_id}/reject"),
+    ("PUT", "/api/v1/projects/{project_id}/written-prompt-settings"),
     ("GET", "/api/v1/projects"),
     ("POST", "/api/v1/projects"),
     ("GET", "/api/v1/projects/{project_id}"),

@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.deps import LabelerUser, OptionalUser, SessionDep, SettingsDep, verify_csrf
 from app.models import OUTPUT_FLAGS, SkipReason, TaskKind, User
-from app.services import NotFound, ServiceError, projects, queue, submissions, tasks
+from app.services import NotFound, ServiceError, projects, queue, submissions, tasks, written_prompts
 from app.web.params import IdPath, Page
 from app.web.render import flash, redirect, render
 
@@ -54,7 +54,9 @@ def root(user: OptionalUser):
 def labeler_home(request: Request, session: SessionDep, user: LabelerUser):
     work = [{**dataclasses.asdict(w), "title": KIND_TITLES[w.kind]} for w in queue.work_list(session, user.id)]
     today = submissions.counts_since(session, user, submissions.start_of_today())
-    return render(request, "labeler/home.html", {"work": work, "today": today, "kind_titles": KIND_TITLES})
+    writing = written_prompts.open_projects(session, user)
+    context = {"work": work, "today": today, "kind_titles": KIND_TITLES, "writing": writing}
+    return render(request, "labeler/home.html", context)
 
 
 @router.get("/label/p/{project_id}/{kind}")

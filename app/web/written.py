@@ -1,0 +1,151 @@
+"""Pages for labeler-written prompts (rules in app.services.written_prompts).
+
+GET  /label/write/{project_id}                 the "Write a prompt" page (guidelines beside it, my prompts below)
+POST /label/write/{project_id}                 write one (the form again with a message when refused)
+GET  /admin/projects/{id}/written?status       targets, use cases, and the written prompts to review
+POST /admin/projects/{id}/written/settings     targets per kind and category, use cases (one a line)
+POST /admin/projects/{id}/written/{wid}/accept   accept, with the text and category as edited in the form
+POST /admin/projects/{id}/written/{wid}/reject   reject with a reason
+"""
+
+from fastapi import APIRouter, Depends, Request
+
+from app.deps import AdminUser, LabelerUser, SessionDep, verify_csrf
+from app.models import PromptCategory, User
+from app.services import ServiceError, projects, written_prompts
+from app.web.params import IdPath, form_text
+from app.web.render import flash, redirect, render
+
+router = APIRouter(dependencies=[Depends(verify_csrf)], include_in_schema=False)
+CATEGORIES = [c.value for c in PromptCategory]
+
+
+def _write_page(request: Request, session, user: User, project_id: int, form: dict, error: str = "", status: int = 200):
+    project = written_prompts.writable_project(session, user, project_id)
+    context = {
+        "project": project,
+        "guidelines": projects.current_guidelines(session, project_id),
+        "kinds": written_prompts.KINDS,
+        "categories": CATEGORIES,
+        "use_cases": written_prompts.use_cases(project),
+        "mine": written_prompts.own(session, user, project_id),
+        "form": form,
+        "error": error or None,
+        "template": written_prompts.FEW_SHOT_TEMPLATE,
+    }
+    return render(request, "labeler/write.html", context, status_code=status)
+
+
+@router.get("/label/write/{project_id}")
+def write_page(request: Request, session: SessionDep, user: LabelerUser, project_id: IdPath, kind: str = "plain"):
+    form = {"kind": kind if kind in written_prompts.KINDS else "plain"}
+    if form["kind"] == "few_shot":
+        form["text"] = written_prompts.FEW_SHOT_TEMPLATE
+    return _write_page(request, session, user, project_id, form)
+
+
+@router.post("/label/write/{project_id}")
+async def write(request: Request, session: SessionDep, user: LabelerUser, project_id: IdPath):
+    raw = await request.form()
+    form = {k: form_text(raw, k) for k in ("kind", "text", "category", "use_case")}
+    form["has_pii"] = "on" if form_text(raw, "has_pii") else ""
+    try:
+        row = written_prompts.write(
+            session,
+            user,
+            project_id,
+            kind=form["kind"],
+            text=form["text"],
+            category=form["category"],
+            use_case=form["use_case"] or None,
+            has_pii=bool(form["has_pii"]),
+        )
+    except ServiceError as exc:
+        if exc.status_code in (403, 404, 409):
+            raise  # not a project this labeler may write for: the plain error page says why
+        return _write_page(request, session, user, project_id, form, exc.message, exc.status_code)
+    flash(request, f"Prompt {row.id} sent for review. Thank you!", "success")
+    return redirect(f"/label/write/{project_id}")
+
+
+@router.get("/admin/projects/{project_id}/written")
+def review_page(request: Request, session: SessionDep, user: AdminUser, project_id: IdPath, status: str = "pending"):
+    project = projects.get_project(session, project_id)
+    status = status if status in ("pending", "accepted", "rejected") else "pending"
+    rows = written_prompts.listing(session, project_id, status)
+    items = [
+        (r, written_prompts.near_duplicate(session, project_id, r.text) if status == "pending" else None) for r in rows
+    ]
+    targets = project.written_prompt_targets or {}
+    return render(
+        request,
+        "admin/written.html",
+        {
+            "project": project,
+            "status": status,
+            "items": items,
+            "progress": written_prompts.progress(session, project),
+            "kinds": written_prompts.KINDS,
+            "categories": CATEGORIES,
+            "targets": targets,
+            "use_cases": "\n".join(written_prompts.use_cases(project)),
+        },
+    )
+
+
+@router.post("/admin/projects/{project_id}/written/settings")
+async def settings(request: Request, session: SessionDep, user: AdminUser, project_id: IdPath):
+    raw = await request.form()
+    targets: dict[str, dict[str, int]] = {"kind": {}, "category": {}}
+    try:
+        for group, names in (("kind", list(written_prompts.KINDS)), ("category", CATEGORIES)):
+            for name in names:
+                value = form_text(raw, f"{group}_{name}").strip()
+                if value:
+                    if not value.isdigit():
+                        raise ServiceError(f"The target for {name} must be a whole number.", status_code=422)
+                    targets[group][name] = int(value)
+        cases = form_text(raw, "use_cases").splitlines()
+        written_prompts.set_settings(session, project_id, targets=targets, cases=cases)
+    except ServiceError as exc:
+        if exc.status_code == 404:
+            raise
+        flash(request, exc.message, "error")
+    else:
+        flash(request, "Targets and use cases saved.", "success")
+    return redirect(f"/admin/projects/{project_id}/written")
+
+
+@router.post("/admin/projects/{project_id}/written/{written_id}/accept")
+async def accept(request: Request, session: SessionDep, user: AdminUser, project_id: IdPath, written_id: IdPath):
+    raw = await request.form()
+    try:
+        row = written_prompts.accept(
+            session,
+            user,
+            project_id,
+            written_id,
+            text=form_text(raw, "text") or None,
+            category=form_text(raw, "category") or None,
+        )
+    except ServiceError as exc:
+        if exc.status_code == 404:
+            raise
+        flash(request, exc.message, "error")
+    else:
+        flash(request, f"Accepted: prompt {row.prompt_id} and its demonstration task were created.", "success")
+    return redirect(f"/admin/projects/{project_id}/written")
+
+
+@router.post("/admin/projects/{project_id}/written/{written_id}/reject")
+async def reject(request: Request, session: SessionDep, user: AdminUser, project_id: IdPath, written_id: IdPath):
+    raw = await request.form()
+    try:
+        written_prompts.reject(session, user, project_id, written_id, form_text(raw, "reason"))
+    except ServiceError as exc:
+        if exc.status_code == 404:
+            raise
+        flash(request, exc.message, "error")
+    else:
+        flash(request, "Rejected; the author sees the reason.", "success")
+    return redirect(f"/admin/projects/{project_id}/written")
