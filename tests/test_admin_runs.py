@@ -9,6 +9,7 @@ from app.db import utcnow
 from app.models import ModelKind, ModelVersion, RunKind, RunMetric, RunStatus, TrainingRun
 from app.services import registry
 from app.web.admin_runs import config_fields
+from runconfig import PRESETS
 from tests.conftest import csrf_of
 from tests.test_admin_stats import World
 
@@ -305,7 +306,10 @@ def test_cpu_preset_fills_the_form_and_the_estimate_follows(admin_client, sessio
     make_prompts(session, project, [f"prompt {i}" for i in range(20)])
     session.commit()
     page = admin_client.get(f"/admin/runs/new?kind=ppo&project={project.id}&preset=cpu").text
-    assert 'name="cfg_rollout_batch_size" value="16"' in page and 'name="cfg_total_episodes" value="128"' in page
-    assert "8 PPO steps of 16 episodes" in page  # the estimate reads the preset's settings
+    ppo = PRESETS["cpu"]["ppo"]
+    assert f'name="cfg_rollout_batch_size" value="{ppo["rollout_batch_size"]}"' in page
+    assert f'name="cfg_total_episodes" value="{ppo["total_episodes"]}"' in page
+    steps = ppo["total_episodes"] // ppo["rollout_batch_size"]
+    assert f"{steps} PPO steps of {ppo['rollout_batch_size']} episodes" in page  # the estimate reads the preset
     sft = admin_client.get(f"/admin/runs/new?kind=sft&project={project.id}&preset=cpu").text
     assert 'name="cfg_keep_best" checked' in sft and 'name="cfg_max_length" value="96"' in sft
