@@ -126,9 +126,10 @@ def admin_user(user: Annotated[User, Depends(current_user)]) -> User:
 # through HTTPBearer so that /openapi.json names the scheme on every operation that needs it and
 # /api/docs has "Authorize"; auto_error is off so a missing token gets our 401 body.
 bearer = HTTPBearer(auto_error=False, description="An API token from your Account page.")
+BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 
-def api_user(session: SessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> User:
+def api_user(session: SessionDep, credentials: BearerCredentials) -> User:
     # Sync (on the threadpool): an async dependency here would run the query on the event loop, and
     # on SQLite a query that waits for the writer lock would stall every request of the process.
     if credentials is None or not credentials.credentials.strip():
@@ -145,10 +146,10 @@ def api_user(session: SessionDep, credentials: Annotated[HTTPAuthorizationCreden
 APP_TOKEN_ONLY = "This is an app token: it can only send prompts to its project (POST /api/v1/projects/{id}/intake)."
 
 
-def app_token(
-    session: SessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
-) -> AppToken:
-    """The intake's one authentication: an app token (made by an admin for one project)."""
+def app_token(session: Session, credentials: HTTPAuthorizationCredentials | None) -> AppToken:
+    """The intake's one authentication: an app token (made by an admin for one project). Called by
+    the intake handler in its own thread: as a dependency it would cost the intake, the busiest
+    route, one more threadpool hop per request (bench/README.md, the intake scenario)."""
     if credentials is None or not credentials.credentials.strip():
         raise LoginRequired()
     raw = credentials.credentials.strip()
@@ -174,7 +175,6 @@ LabelerUser = Annotated[User, Depends(labeler_user)]
 AdminUser = Annotated[User, Depends(admin_user)]
 ApiUser = Annotated[User, Depends(api_user)]
 ApiAdmin = Annotated[User, Depends(api_admin)]
-AppTokenDep = Annotated[AppToken, Depends(app_token)]
 
 
 async def verify_csrf(request: Request) -> None:

@@ -69,7 +69,7 @@ class Conn:
         # closes idle ones after 5 s) is replaced, and a request that met such a close is resent.
         reused = self.writer is not None and not self.reader.at_eof()
         if not reused:
-            await self._connect()
+            await self.connect()
         head = (
             f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n{self.auth}{extra}"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
@@ -82,7 +82,7 @@ class Conn:
                 raise
             status_line = b""
         if not status_line and reused:
-            await self._connect()
+            await self.connect()
             self.writer.write(head)
             status_line = await self.reader.readline()
         if not status_line:
@@ -103,7 +103,7 @@ class Conn:
             self.writer = None
         return status, data
 
-    async def _connect(self) -> None:
+    async def connect(self) -> None:
         if self.writer is not None:
             self.writer.close()
         self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
@@ -468,6 +468,9 @@ def run_intake(db: str, args, n: int, workdir: Path) -> dict:
         async def drive_apps(seconds: float, stats: IntakeStats, count: int) -> float:
             rng = random.Random(count)
             conns = [Conn("127.0.0.1", port, t) for t in tokens[:count]]
+            for c in conns:  # as apps that start apart do; see "connections" in bench/README.md
+                await c.connect()
+                await asyncio.sleep(args.connect_gap)
             t0 = time.perf_counter()
             await asyncio.gather(
                 *(
@@ -561,6 +564,13 @@ def main() -> None:
     p.add_argument("--scenarios", default="labeling,intake", help="labeling, intake or both (comma-separated)")
     p.add_argument("--intake-loads", default="10,50", help="intake: concurrent app clients")
     p.add_argument("--intake-batch", type=int, default=1, help="intake: prompts per request (the batch form)")
+    p.add_argument(
+        "--connect-gap",
+        type=float,
+        default=0.02,
+        help="intake: seconds between opening the apps' connections (0: all at once, one server process "
+        "accepts them all)",
+    )
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
     pause = tuple(float(x) for x in args.pause.split(","))

@@ -5,11 +5,14 @@ API, exports and the data page."""
 
 import logging
 import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 
+from app.db import make_sessionmaker
 from app.models import AppToken, Prompt, PromptCategory, Role, Split, Task, TaskKind
 from app.services import accounts, exports, imports, intake, projects
 from tests.conftest import csrf_of
@@ -168,6 +171,28 @@ def test_the_201st_prompt_of_one_end_user_is_refused(it, session):
     batch = it.post({"prompts": [{"text": "And again from the busy user.", "end_user": "busy"}]})
     assert batch.status_code == 200 and batch.json()["results"][0]["status"] == "refused"
     assert it.count() == 201
+
+
+def test_parallel_requests_of_one_end_user_stop_exactly_at_the_cap(it, session, engine):
+    """Eight requests of one end user at once, each in its own session and thread, when the user has
+    room for three more (Postgres: the end user's advisory lock; SQLite: the writer lock)."""
+    items = [intake.Item(f"Prompt number {i} from the busy user.", "busy") for i in range(197)]
+    intake.receive(session, it.row, it.project.id, items[:100])
+    intake.receive(session, it.row, it.project.id, items[100:])
+    token_id, project_id = it.row.id, it.project.id
+    start = threading.Barrier(8)
+
+    def send(n: int) -> str:
+        with make_sessionmaker(engine)() as s:
+            token = s.get(AppToken, token_id)
+            start.wait()
+            (outcome,) = intake.receive(s, token, project_id, [intake.Item(f"Parallel prompt {n}.", "busy")])
+            return outcome.status
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(send, range(8)))
+    assert sorted(statuses) == ["created"] * 3 + ["refused"] * 5
+    assert it.count() == 200
 
 
 def test_every_prompt_of_one_end_user_lands_in_one_split(it, session):
@@ -371,8 +396,19 @@ def test_a_batch_answers_per_prompt(it):
         }
     )
     assert r.status_code == 200
-    assert [x["status"] for x in r.json()["results"]] == ["created", "duplicate", "dropped", "created"]
+    results = r.json()["results"]
+    assert [x["status"] for x in results] == ["created", "duplicate", "dropped", "created"]
+    assert results[1]["prompt_id"] == results[0]["prompt_id"] and "first 200 characters" in results[1]["reason"]
     assert it.count() == 2
+
+
+def test_a_batch_reaching_the_cap_stores_what_fits(it, session):
+    items = [intake.Item(f"Prompt number {i} from the busy user.", "busy") for i in range(199)]
+    intake.receive(session, it.row, it.project.id, items[:100])
+    intake.receive(session, it.row, it.project.id, items[100:])
+    r = it.post({"prompts": [{"text": f"Late prompt {i}.", "end_user": "busy"} for i in range(3)]})
+    assert [x["status"] for x in r.json()["results"]] == ["created", "refused", "refused"]
+    assert it.count() == 200
 
 
 # ---------------------------------------------------------------- categories

@@ -29,14 +29,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, func, or_, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import bindparam, func, insert, literal, null, or_, select, text, union_all
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, joinedload
 
-from app.db import atomic, is_postgres, utcnow
-from app.models import AppToken, Project, Prompt, PromptCategory, Split, User
+from app.db import atomic, utcnow
+from app.models import AppToken, Project, Prompt, PromptCategory, Split, Task, TaskKind, User, table
 from app.security import token_hash
-from app.services import Forbidden, NotFound, ServiceError, imports, projects, tasks
+from app.services import Forbidden, NotFound, ServiceError, imports, projects
 from app.validation import json_problem, text_problem
 
 PREFIX_CHARS = 200
@@ -272,9 +272,9 @@ def app_token_for(session: Session, raw: str) -> AppToken | None:
 
 
 def receive(session: Session, token: AppToken, project_id: int, items: list[Item]) -> list[Outcome]:
-    """Checks every item first (one bad item refuses the request, nothing stored), then handles
-    each in its own transaction. Refuses an unknown project (404), another project's token (403)
-    and an archived project (409)."""
+    """Checks every item first (one bad item refuses the request, nothing stored), then stores the
+    request's prompts in one transaction. Refuses an unknown project (404), another project's token
+    (403) and an archived project (409)."""
     project = session.get(Project, project_id)  # the token's own project is loaded already
     if project is None:
         raise NotFound(f"There is no project {project_id}.")
@@ -287,45 +287,33 @@ def receive(session: Session, token: AppToken, project_id: int, items: list[Item
         raise ServiceError(f"At most {MAX_BATCH} prompts per request; got {len(items)}.", status_code=422)
     for number, item in enumerate(items, start=1):
         check_item(item, number if len(items) > 1 else None)
-    create_tasks = token.create_tasks
-    return [_receive_one(session, project, create_tasks, item) for item in items]
-
-
-def _receive_one(session: Session, project: Project, create_tasks: bool, item: Item) -> Outcome:
-    kinds = pii_kinds(_scanned_text(item))
-    if kinds and item.pii == "drop":
-        return Outcome("dropped", pii=kinds, reason="pii: " + ", ".join(kinds))
-    text = imports.normalize(item.text)
-    content, prefix = imports.content_hash(text), prefix_hash(text)
-    values = {
-        "project_id": project.id,
-        "text": text,
-        "content_hash": content,
-        "prefix_hash": prefix,
-        "end_user_hash": end_user_hash(project.id, item.end_user),
-        "category": item.category,
-        "pii": ",".join(kinds) or None,
-        "meta": dict(item.metadata or {}),
-    }
-    try:
-        return _store(session, project, create_tasks, values, kinds)
-    except IntegrityError:  # a request with the same prefix committed between our check and insert
-        existing = _existing(session, project.id, prefix, content)
-        if existing is None:
-            raise
-        return _duplicate(existing)
-
-
-def _existing_query(project_id: int, prefix: str, content: str):
-    return (
-        select(Prompt.id)
-        .where(Prompt.project_id == project_id, or_(Prompt.prefix_hash == prefix, Prompt.content_hash == content))
-        .limit(1)
-    )
-
-
-def _existing(session: Session, project_id: int, prefix: str, content: str) -> int | None:
-    return session.scalar(_existing_query(project_id, prefix, content))
+    outcomes: list[Outcome | None] = []
+    rows: list[dict[str, Any]] = []
+    for item in items:
+        kinds = pii_kinds(_scanned_text(item))
+        if kinds and item.pii == "drop":
+            outcomes.append(Outcome("dropped", pii=kinds, reason="pii: " + ", ".join(kinds)))
+            continue
+        prompt_text = imports.normalize(item.text)
+        user_hash = end_user_hash(project.id, item.end_user)
+        rows.append(
+            {
+                "project_id": project.id,
+                "text": prompt_text,
+                "split": imports.split_for(user_hash, VALID_FRACTION, TEST_FRACTION),
+                "source": "intake",
+                "content_hash": imports.content_hash(prompt_text),
+                "prefix_hash": prefix_hash(prompt_text),
+                "end_user_hash": user_hash,
+                "category": item.category,
+                "pii": ",".join(kinds) or None,
+                "meta": dict(item.metadata or {}),
+                "created_at": utcnow(),
+            }
+        )
+        outcomes.append(None)
+    stored = iter(_store(session, project, token.create_tasks, rows) if rows else [])
+    return [o if o is not None else next(stored) for o in outcomes]
 
 
 def _duplicate(prompt_id: int) -> Outcome:
@@ -336,36 +324,135 @@ def _duplicate(prompt_id: int) -> Outcome:
     )
 
 
-@atomic
-def _store(session: Session, project: Project, create_tasks: bool, values: dict[str, Any], kinds: list[str]) -> Outcome:
-    user_hash = values["end_user_hash"]
-    if is_postgres(session):  # one end user's prompts one at a time, so the cap's count holds
-        session.execute(select(func.pg_advisory_xact_lock(project.id, int(user_hash[:8], 16) - 2**31)))
-    # One round trip: the duplicate (one lookup in ux_prompts_project_prefix or the content-hash
-    # constraint) and the end user's prompts so far (counted on ix_prompts_project_end_user, up to the cap).
-    sent = (
-        select(Prompt.id)
-        .where(Prompt.project_id == project.id, Prompt.end_user_hash == user_hash)
-        .limit(MAX_PROMPTS_PER_END_USER)
-        .subquery()
+def _refused() -> Outcome:
+    return Outcome(
+        "refused",
+        reason=f"this end user has sent {MAX_PROMPTS_PER_END_USER} prompts to this project, the most it takes",
     )
-    existing, count = session.execute(
-        select(
-            _existing_query(project.id, values["prefix_hash"], values["content_hash"]).scalar_subquery(),
-            select(func.count()).select_from(sent).scalar_subquery(),
-        )
-    ).one()
-    if existing is not None:
-        return _duplicate(existing)
-    if count >= MAX_PROMPTS_PER_END_USER:
-        return Outcome(
-            "refused",
-            reason=f"this end user has sent {MAX_PROMPTS_PER_END_USER} prompts to this project, the most it takes",
-        )
-    split = imports.split_for(user_hash, VALID_FRACTION, TEST_FRACTION)
-    prompt = Prompt(**values, split=split, source="intake")
-    session.add(prompt)
-    session.flush()
-    if create_tasks and split == Split.train:
-        tasks.create_demonstration_tasks(session, project, [prompt])
-    return Outcome("created", prompt_id=prompt.id, split=split, pii=kinds)
+
+
+# Set-based, in SQLAlchemy Core: the intake's throughput is bound by the server's CPU, and the ORM's
+# unit of work per prompt and per task cost more than the statements themselves (bench/README.md).
+# ON CONFLICT DO NOTHING: a prompt with the same prefix that another request committed after our
+# duplicate check is skipped by the database (the unique ux_prompts_project_prefix) and answered as a
+# duplicate below, never an IntegrityError that would undo the rest of the request.
+_INSERT_PROMPTS = {
+    name: dialect_insert(table(Prompt)).on_conflict_do_nothing().returning(Prompt.id, Prompt.prefix_hash)
+    for name, dialect_insert in (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))
+}
+_INSERT_TASKS = insert(table(Task))
+_P = table(Prompt).c
+# What the project has already, in one round trip: the prompts sharing a prefix or a text with this
+# request's (lookups in ux_prompts_project_prefix and the content-hash key), and how many prompts each
+# of its end users sent (ix_prompts_project_end_user; bounded, as the intake stops them at the cap).
+_KNOWN = union_all(
+    select(_P.id, _P.prefix_hash, _P.content_hash, null().label("end_user_hash"), literal(0).label("n")).where(
+        _P.project_id == bindparam("project_id"),
+        or_(
+            _P.prefix_hash.in_(bindparam("prefixes", expanding=True)),
+            _P.content_hash.in_(bindparam("contents", expanding=True)),
+        ),
+    ),
+    select(null(), null(), null(), _P.end_user_hash, func.count())
+    .where(_P.project_id == bindparam("project_id"), _P.end_user_hash.in_(bindparam("users", expanding=True)))
+    .group_by(_P.end_user_hash),
+)
+# Each end user's prompts are taken one request at a time, so the cap's count holds (Postgres runs
+# writers at once; SQLite's writer lock, taken by `atomic`, serializes them already). The keys come
+# sorted, so two requests never wait for each other's locks in opposite orders.
+_LOCK_END_USERS = text(
+    "SELECT pg_advisory_xact_lock(:project_id, k) FROM (SELECT unnest(CAST(:keys AS integer[])) AS k ORDER BY 1) AS s"
+)
+
+
+@atomic
+def _store(session: Session, project: Project, create_tasks: bool, rows: list[dict[str, Any]]) -> list[Outcome]:
+    """One Outcome per row, in order: duplicate (of a stored prompt or of an earlier row), refused
+    (the end user's cap) or created (with its demonstration task in the train split)."""
+    db = session.connection()  # Core statements: see _INSERT_PROMPTS
+    users = sorted({r["end_user_hash"] for r in rows})
+    if db.dialect.name == "postgresql":
+        db.execute(_LOCK_END_USERS, {"project_id": project.id, "keys": sorted({_lock_key(u) for u in users})})
+    stored: dict[str, int] = {}  # prefix and content hashes the project has -> the prompt's id
+    sent: dict[str, int] = {}  # end user -> prompts sent so far
+    known = {
+        "project_id": project.id,
+        "prefixes": [r["prefix_hash"] for r in rows],
+        "contents": [r["content_hash"] for r in rows],
+        "users": users,
+    }
+    for prompt_id, prefix, content, user, n in db.execute(_KNOWN, known):
+        if user is not None:
+            sent[user] = n
+            continue
+        stored.setdefault(content, prompt_id)
+        if prefix is not None:
+            stored.setdefault(prefix, prompt_id)
+    outcomes: list[Outcome] = []
+    fresh: list[dict[str, Any]] = []  # the rows to insert
+    pending: list[tuple[Outcome, int]] = []  # outcomes that wait for the id of fresh[i]
+    taken: dict[str, int] = {}  # this request's new hashes -> their index in fresh
+    for r in rows:
+        keys = (r["prefix_hash"], r["content_hash"])
+        if (earlier := next((stored[k] for k in keys if k in stored), None)) is not None:
+            outcomes.append(_duplicate(earlier))
+            continue
+        if (same := next((taken[k] for k in keys if k in taken), None)) is not None:
+            outcome = Outcome("duplicate")
+        elif sent.get(r["end_user_hash"], 0) >= MAX_PROMPTS_PER_END_USER:
+            outcomes.append(_refused())
+            continue
+        else:
+            sent[r["end_user_hash"]] = sent.get(r["end_user_hash"], 0) + 1
+            same = len(fresh)
+            taken.update(dict.fromkeys(keys, same))
+            fresh.append(r)
+            outcome = Outcome("created", split=r["split"], pii=r["pii"].split(",") if r["pii"] else [])
+        outcomes.append(outcome)
+        pending.append((outcome, same))
+    if not fresh:
+        return outcomes
+    ids = {prefix: i for i, prefix in db.execute(_INSERT_PROMPTS[db.dialect.name], fresh)}  # prefix hash -> id
+    for outcome, i in pending:
+        r = fresh[i]
+        if r["prefix_hash"] in ids:
+            outcome.prompt_id = ids[r["prefix_hash"]]
+            if outcome.status == "duplicate":
+                outcome.reason = _duplicate(outcome.prompt_id).reason
+        else:  # stored by another request since our check: a duplicate of what it stored
+            earlier = _existing(session, project.id, r["prefix_hash"], r["content_hash"])
+            if earlier is None:  # and deleted again since
+                raise ServiceError(
+                    "A prompt like this one changed while it was stored; send it again.", status_code=409
+                )
+            dup = _duplicate(earlier)
+            outcome.status, outcome.prompt_id, outcome.reason = dup.status, dup.prompt_id, dup.reason
+            outcome.split, outcome.pii = None, []
+    if create_tasks:
+        train = [ids[r["prefix_hash"]] for r in fresh if r["split"] == Split.train and r["prefix_hash"] in ids]
+        if train:
+            db.execute(
+                _INSERT_TASKS,
+                [
+                    {
+                        "project_id": project.id,
+                        "prompt_id": i,
+                        "kind": TaskKind.demonstration,
+                        "required": project.overlap,
+                    }
+                    for i in train
+                ],
+            )
+    return outcomes
+
+
+def _lock_key(user_hash: str) -> int:
+    return int(user_hash[:8], 16) - 2**31
+
+
+def _existing(session: Session, project_id: int, prefix: str, content: str) -> int | None:
+    return session.scalar(
+        select(Prompt.id)
+        .where(Prompt.project_id == project_id, or_(Prompt.prefix_hash == prefix, Prompt.content_hash == content))
+        .limit(1)
+    )
