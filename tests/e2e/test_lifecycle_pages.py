@@ -2,7 +2,8 @@
 delete that import; archive a project and see it vanish from the labeler home; give one of two
 projects to its members only and see a labeler keep only the other; revoke an invite and see its
 link refused; delete a model version and see its folder gone and its child's lineage still readable;
-from a finished SFT run click through to a reward run and a PPO run. Screenshots at 1280x800 and
+from a finished SFT run click through to a reward run and a PPO run; the demo's simulated labelers stay
+out of People's list and the run form. Screenshots at 1280x800 and
 390x844."""
 
 import re
@@ -15,6 +16,7 @@ from app.services import registry, tasks
 from tests.conftest import PASSWORD
 from tests.e2e.conftest import ui_login
 from tests.labeling import make_project, make_prompts
+from trainer.simulate import ensure_labelers
 
 
 def _confirming(page) -> None:
@@ -83,6 +85,20 @@ def test_imports_archive_membership_and_invites(live_server, page_at, shot, sess
     stranger = page_at(390, 844)
     response = stranger.goto(link)
     assert response.status == 410 and "revoked" in stranger.locator("main").inner_text()
+
+    # The demo's simulated labelers, made as `instructloop demo` makes them: folded away on People,
+    # not among the labelers a run can leave out.
+    ensure_labelers(session, 2)
+    session.commit()
+    admin.goto(f"{live_server}/admin/users")
+    folded = admin.locator("details", has_text="simulated labelers")
+    assert (
+        "2 simulated labelers" in folded.inner_text() and not admin.get_by_text("sim-1@simulated.invalid").is_visible()
+    )
+    assert "sim 1" not in admin.locator("main").inner_text().replace(folded.inner_text(), "")
+    admin.goto(f"{live_server}/admin/runs/new?kind=sft")
+    offered = admin.locator("input[name=exclude]").evaluate_all("els => els.map(e => e.parentElement.innerText.trim())")
+    assert "lena" in offered and not [o for o in offered if o.startswith("sim ")]
 
 
 def test_models_and_runs_lead_on_and_deletion_keeps_lineage(live_server, page_at, shot, session, make_user, settings):
