@@ -167,6 +167,20 @@ class BrowserSession:
         return [h for h in response.raw_headers if h[0] == b"set-cookie"]
 
 
+def healthz(request: Request):
+    # A module-level function, not a closure over the app: FastAPI caches facts about endpoint
+    # functions in module-level LRU caches, and a closure kept every app built in the process alive
+    # (in the test suite, hundreds of apps: 3 million objects for the garbage collector to walk).
+    try:
+        with request.app.state.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:  # any driver error means "not healthy"
+        # The driver's words name the database's host and port: for the log, not for anyone asking.
+        log.error("health check: database unreachable: %s", str(exc).splitlines()[0][:300])
+        return JSONResponse({"status": "unavailable", "reason": "database unreachable"}, status_code=503)
+    return {"status": "ok", "database": "ok"}
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     app = FastAPI(title="instructloop", version="0.1.0", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
@@ -258,16 +272,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return JSONResponse({"detail": message}, status_code=503)
         return render(request, "error.html", {"title": "Try again shortly", "message": message}, status_code=503)
 
-    @app.get("/healthz", include_in_schema=False)
-    def healthz():
-        try:
-            with app.state.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-        except Exception as exc:  # any driver error means "not healthy"
-            # The driver's words name the database's host and port: for the log, not for anyone asking.
-            log.error("health check: database unreachable: %s", str(exc).splitlines()[0][:300])
-            return JSONResponse({"status": "unavailable", "reason": "database unreachable"}, status_code=503)
-        return {"status": "ok", "database": "ok"}
+    app.add_api_route("/healthz", healthz, include_in_schema=False)
 
     # Starlette tries the routers in this order: the API routes under load (an application's
     # prompts, issue 18; labeling, issue 3) first, which saves the intake ~8% of its server CPU.
