@@ -129,12 +129,16 @@ bearer = HTTPBearer(auto_error=False, description="An API token from your Accoun
 BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 
+def _bearer_token(credentials: HTTPAuthorizationCredentials | None) -> str:
+    if credentials is None or not credentials.credentials.strip():
+        raise LoginRequired()
+    return credentials.credentials.strip()
+
+
 def api_user(session: SessionDep, credentials: BearerCredentials) -> User:
     # Sync (on the threadpool): an async dependency here would run the query on the event loop, and
     # on SQLite a query that waits for the writer lock would stall every request of the process.
-    if credentials is None or not credentials.credentials.strip():
-        raise LoginRequired()
-    raw = credentials.credentials.strip()
+    raw = _bearer_token(credentials)
     user = accounts.user_for_api_token(session, raw)
     if user is None:
         if intake.app_token_for(session, raw) is not None:
@@ -150,9 +154,7 @@ def app_token(session: Session, credentials: HTTPAuthorizationCredentials | None
     """The intake's one authentication: an app token (made by an admin for one project). Called by
     the intake handler in its own thread: as a dependency it would cost the intake, the busiest
     route, one more threadpool hop per request (bench/README.md, the intake scenario)."""
-    if credentials is None or not credentials.credentials.strip():
-        raise LoginRequired()
-    raw = credentials.credentials.strip()
+    raw = _bearer_token(credentials)
     token = intake.app_token_for(session, raw)
     if token is None:
         if accounts.user_for_api_token(session, raw) is not None:

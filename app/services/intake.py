@@ -420,7 +420,7 @@ def _store(session: Session, project: Project, create_tasks: bool, rows: list[di
             if outcome.status == "duplicate":
                 outcome.reason = _duplicate(outcome.prompt_id).reason
         else:  # stored by another request since our check: a duplicate of what it stored
-            earlier = _existing(session, project.id, r["prefix_hash"], r["content_hash"])
+            earlier = existing_prompt(session, project.id, r["text"])
             if earlier is None:  # and deleted again since
                 raise ServiceError(
                     "A prompt like this one changed while it was stored; send it again.", status_code=409
@@ -450,9 +450,13 @@ def _lock_key(user_hash: str) -> int:
     return int(user_hash[:8], 16) - 2**31
 
 
-def _existing(session: Session, project_id: int, prefix: str, content: str) -> int | None:
+def existing_prompt(session: Session, project_id: int, text: str) -> int | None:
+    """A prompt of the project that this (normalized) text duplicates: same prefix or same text; or None."""
     return session.scalar(
         select(Prompt.id)
-        .where(Prompt.project_id == project_id, or_(Prompt.prefix_hash == prefix, Prompt.content_hash == content))
+        .where(
+            Prompt.project_id == project_id,
+            or_(Prompt.prefix_hash == prefix_hash(text), Prompt.content_hash == imports.content_hash(text)),
+        )
         .limit(1)
     )

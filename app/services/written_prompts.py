@@ -147,17 +147,27 @@ def listing(session: Session, project_id: int, status: str | None = "pending") -
     return list(session.scalars(query.order_by(WrittenPrompt.id).limit(500)))
 
 
-def near_duplicate(session: Session, project_id: int, text: str) -> int | None:
-    """An existing prompt of the project with the same normalized prefix (the intake's) or text, or None."""
-    text = imports.normalize(text)
-    return session.scalar(
-        select(Prompt.id)
+def near_duplicates(session: Session, project_id: int, rows: list[WrittenPrompt]) -> dict[int, int]:
+    """Written prompt id -> an existing prompt of the project that starts the same way (the intake's
+    prefix hash) or has the same text, for those that have one: one query for a whole page of rows."""
+    keys = {r.id: (intake.prefix_hash(r.text), imports.content_hash(r.text)) for r in rows}
+    if not keys:
+        return {}
+    found: dict[str | None, int] = {}
+    for prompt_id, prefix, content in session.execute(
+        select(Prompt.id, Prompt.prefix_hash, Prompt.content_hash)
         .where(
             Prompt.project_id == project_id,
-            or_(Prompt.prefix_hash == intake.prefix_hash(text), Prompt.content_hash == imports.content_hash(text)),
+            or_(
+                Prompt.prefix_hash.in_([p for p, _ in keys.values()]),
+                Prompt.content_hash.in_([c for _, c in keys.values()]),
+            ),
         )
-        .limit(1)
-    )
+        .order_by(Prompt.id)
+    ):
+        found.setdefault(prefix, prompt_id)
+        found.setdefault(content, prompt_id)
+    return {rid: found.get(p) or found[c] for rid, (p, c) in keys.items() if p in found or c in found}
 
 
 def _get(session: Session, project_id: int, written_id: int) -> WrittenPrompt:
@@ -184,7 +194,7 @@ def accept(
         raise Conflict(f"Written prompt {row.id} is {row.status.value} already.")
     new_text = _check_text(text) if text is not None and text.strip() != row.text.strip() else row.text
     new_category = _category(category) if category else row.category
-    if (dup := near_duplicate(session, project.id, new_text)) is not None:
+    if (dup := intake.existing_prompt(session, project.id, new_text)) is not None:
         raise Conflict(f"Prompt {dup} of this project starts the same way (first {intake.PREFIX_CHARS} characters).")
     pii = None
     if row.has_pii:

@@ -116,10 +116,8 @@ def listing(
     status: Annotated[Literal["pending", "accepted", "rejected"], Query()] = "pending",
 ):
     rows = written_prompts.listing(session, project_id, status)
-    return [
-        _out(r, written_prompts.near_duplicate(session, project_id, r.text) if status == "pending" else None)
-        for r in rows
-    ]
+    near = written_prompts.near_duplicates(session, project_id, rows) if status == "pending" else {}
+    return [_out(r, near.get(r.id)) for r in rows]
 
 
 @router.post("/projects/{project_id}/written-prompts/{written_id}/accept", response_model=WrittenOut)

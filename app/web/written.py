@@ -14,7 +14,7 @@ from app.deps import AdminUser, LabelerUser, SessionDep, verify_csrf
 from app.models import PromptCategory, User
 from app.services import ServiceError, projects, written_prompts
 from app.web.params import IdPath, form_text
-from app.web.render import flash, redirect, render
+from app.web.render import flash, redirect, refused, render
 
 router = APIRouter(dependencies=[Depends(verify_csrf)], include_in_schema=False)
 CATEGORIES = [c.value for c in PromptCategory]
@@ -73,9 +73,8 @@ def review_page(request: Request, session: SessionDep, user: AdminUser, project_
     project = projects.get_project(session, project_id)
     status = status if status in ("pending", "accepted", "rejected") else "pending"
     rows = written_prompts.listing(session, project_id, status)
-    items = [
-        (r, written_prompts.near_duplicate(session, project_id, r.text) if status == "pending" else None) for r in rows
-    ]
+    near = written_prompts.near_duplicates(session, project_id, rows) if status == "pending" else {}
+    items = [(r, near.get(r.id)) for r in rows]
     targets = project.written_prompt_targets or {}
     return render(
         request,
@@ -108,11 +107,8 @@ async def settings(request: Request, session: SessionDep, user: AdminUser, proje
         cases = form_text(raw, "use_cases").splitlines()
         written_prompts.set_settings(session, project_id, targets=targets, cases=cases)
     except ServiceError as exc:
-        if exc.status_code == 404:
-            raise
-        flash(request, exc.message, "error")
-    else:
-        flash(request, "Targets and use cases saved.", "success")
+        return refused(request, exc, f"/admin/projects/{project_id}/written")
+    flash(request, "Targets and use cases saved.", "success")
     return redirect(f"/admin/projects/{project_id}/written")
 
 
@@ -129,11 +125,8 @@ async def accept(request: Request, session: SessionDep, user: AdminUser, project
             category=form_text(raw, "category") or None,
         )
     except ServiceError as exc:
-        if exc.status_code == 404:
-            raise
-        flash(request, exc.message, "error")
-    else:
-        flash(request, f"Accepted: prompt {row.prompt_id} and its demonstration task were created.", "success")
+        return refused(request, exc, f"/admin/projects/{project_id}/written")
+    flash(request, f"Accepted: prompt {row.prompt_id} and its demonstration task were created.", "success")
     return redirect(f"/admin/projects/{project_id}/written")
 
 
@@ -143,9 +136,6 @@ async def reject(request: Request, session: SessionDep, user: AdminUser, project
     try:
         written_prompts.reject(session, user, project_id, written_id, form_text(raw, "reason"))
     except ServiceError as exc:
-        if exc.status_code == 404:
-            raise
-        flash(request, exc.message, "error")
-    else:
-        flash(request, "Rejected; the author sees the reason.", "success")
+        return refused(request, exc, f"/admin/projects/{project_id}/written")
+    flash(request, "Rejected; the author sees the reason.", "success")
     return redirect(f"/admin/projects/{project_id}/written")
