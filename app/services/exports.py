@@ -6,8 +6,9 @@
 - rankings: one row per ranking with all outputs, the full order with ties, ratings, flags,
   the order shown and the labeler id.
 
-Every row says its prompt's `split` and `category` (InstructGPT's use case; null when unset); an export holds the train split unless others are asked for
-(valid and test prompts are for evaluation). Two formats, as TRL reads them:
+Every row says its prompt's `split` and `category` (InstructGPT's use case; null when unset); an
+export holds the train split unless others are asked for (valid and test prompts are for
+evaluation). Two formats, as TRL reads them:
 - plain: strings; a trainer then sees the text without the chat template;
 - conversational: message lists (sft: {"messages": [user, assistant]}; preferences: "prompt" as
   [user], "chosen"/"rejected" as [assistant]; rankings: "prompt" as [user] and each completion's
