@@ -9,6 +9,7 @@ RUN pip install --no-cache-dir "torch==${TORCH_VERSION}" ${TORCH_PIP_ARGS}
 COPY pyproject.toml requirements.lock README.md alembic.ini ./
 COPY app ./app
 COPY trainer ./trainer
+COPY worker ./worker
 COPY runconfig ./runconfig
 COPY instructloop ./instructloop
 COPY migrations ./migrations

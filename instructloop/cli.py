@@ -162,7 +162,7 @@ def worker(once: bool, poll_interval: float, device: str, processes: int) -> Non
         os.execv(launch[0], [*launch, "-m", "instructloop", "worker", *worker_args])
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from trainer.worker import main as worker_main  # torch is imported here, never by the web app
+    from worker.worker import main as worker_main  # torch is imported here, never by the web app
 
     if poll_interval <= 0:
         raise click.BadParameter("must be above 0", param_hint="--poll-interval")
@@ -244,7 +244,7 @@ def simulate(
 
     from app.models import TaskKind
     from app.services import ServiceError, projects
-    from trainer import simulate as sim
+    from worker import simulate as sim
 
     settings = Settings()
     engine = make_engine(settings.db_url)
@@ -412,7 +412,7 @@ def demo(profile: str, gpu_flag: bool, seed: int, start_worker: bool) -> None:
     """Run the whole loop with simulated labelers: SFT, rankings, reward model, PPO, evaluation."""
     from app import migrate as migrations
     from app.services import ServiceError
-    from trainer.demo import run_demo
+    from worker.demo import run_demo
 
     settings = Settings()
     if settings.is_sqlite:

@@ -17,9 +17,9 @@ from tests.worker_helpers import (
 )
 from trainer import modeling
 from trainer.generate import _to_sample, sample_batches
-from trainer.snapshots import snapshot_prompts
 from trainer.tiny import make_tiny_model
-from trainer.worker import Worker
+from worker.snapshots import snapshot_prompts
+from worker.worker import Worker
 
 _one_thread = pytest.fixture(autouse=True)(one_torch_thread)
 

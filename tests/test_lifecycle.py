@@ -237,7 +237,7 @@ def test_deleting_model_versions_removes_files_keeps_a_tombstone_for_lineage_and
 
 
 def test_the_demos_simulated_labelers_are_marked_and_never_offered_as_real_ones(session, client, make_user):
-    from trainer.simulate import ensure_labelers
+    from worker.simulate import ensure_labelers
 
     admin = make_user("admin@example.com", Role.admin)
     make_user("real@example.com", Role.labeler)
@@ -410,7 +410,7 @@ def test_a_demo_project_goes_whole_with_its_simulated_submissions(session):
 
     from app.models import Demonstration, Task
     from app.services import projects as project_service
-    from trainer.simulate import ensure_labelers
+    from worker.simulate import ensure_labelers
 
     (sim,) = ensure_labelers(session, 1)
     demo = make_project(session, name="demo 2026-12-05")

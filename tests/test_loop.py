@@ -13,7 +13,7 @@ from app.db import make_engine, make_sessionmaker
 from app.migrate import upgrade
 from app.models import ModelKind, ModelVersion, RunStatus, TrainingRun
 from app.services import registry
-from trainer.demo import run_demo
+from worker.demo import run_demo
 
 pytestmark = pytest.mark.slow
 KL_BOUND = 15.0

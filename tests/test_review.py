@@ -23,7 +23,7 @@ from app.models import (
 from app.services import accounts, exports, review, tasks
 from tests.conftest import PASSWORD, csrf_of, login
 from tests.worker_helpers import add_demonstrations, add_ranking, make_prompts
-from trainer.snapshots import snapshot_demonstrations
+from worker.snapshots import snapshot_demonstrations
 
 HTMX = {"HX-Request": "true"}
 
@@ -95,7 +95,7 @@ def test_a_decision_can_be_undone_and_a_plain_form_post_redirects(session, admin
 def test_rankings_show_as_the_labeler_saw_them_and_rejected_ones_leave_the_reward_snapshot(
     session, admin_client, make_user
 ):
-    from trainer.snapshots import snapshot_rankings
+    from worker.snapshots import snapshot_rankings
 
     alice = make_user("alice@example.com", Role.labeler)
     project = _project(session)
@@ -312,7 +312,7 @@ def test_labelers_page_shows_acceptance_and_leaves_a_labeler_out_of_new_runs(ses
 
 
 def test_a_labeler_revises_a_ranking_and_a_comparison_in_their_task_screens(session, client, make_user):
-    from trainer.snapshots import snapshot_rankings
+    from worker.snapshots import snapshot_rankings
 
     alice = make_user("alice@example.com", Role.labeler)
     project = _project(session)

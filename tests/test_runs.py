@@ -31,7 +31,7 @@ from tests.worker_helpers import (
     make_prompts,
     queue_raw,
 )
-from trainer import snapshots as data
+from worker import snapshots as data
 
 
 @pytest.fixture
@@ -166,7 +166,7 @@ def test_claim_takes_oldest_and_sets_worker_fields(engine, session, project):
 
 def test_concurrent_workers_claim_each_run_exactly_once(settings, session, project):
     """Four workers (each with its own engine and connections) race for 40 runs."""
-    from trainer.worker import Worker
+    from worker.worker import Worker
 
     ids = [queue_raw(session, project, "generate").id for _ in range(40)]
     session.commit()

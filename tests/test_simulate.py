@@ -10,7 +10,7 @@ from app.db import write_session
 from app.models import Comparison, Completion, Demonstration, Project, Prompt, Ranking
 from app.services import tasks
 from app.services.queue import Output
-from trainer.simulate import (
+from worker.simulate import (
     SimulatedLabeler,
     demo_prompts,
     noise_for_agreement,

@@ -269,7 +269,7 @@ def test_cancel_during_sft_registers_no_model(settings, session, tiny):
 
 def test_errors_are_described_for_people():
     from trainer.errors import TrainingDiverged
-    from trainer.worker import describe_error
+    from worker.context import describe_error
 
     class OutOfMemoryError(RuntimeError):  # the name torch.cuda.OutOfMemoryError has
         pass

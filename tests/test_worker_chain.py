@@ -22,7 +22,7 @@ from tests.worker_helpers import (
     run_status,
 )
 from trainer.tiny import make_tiny_model
-from trainer.worker import Worker
+from worker.worker import Worker
 
 _one_thread = pytest.fixture(autouse=True)(one_torch_thread)
 

@@ -9,7 +9,7 @@ from sqlalchemy.exc import OperationalError
 
 from app.models import RunMetric
 from tests.worker_helpers import make_project, queue_raw
-from trainer.worker import Worker
+from worker.worker import Worker
 
 
 def test_metrics_survive_an_outage_and_the_log_stays_short(settings, session, caplog):
@@ -29,7 +29,7 @@ def test_metrics_survive_an_outage_and_the_log_stays_short(settings, session, ca
             yield s
 
     worker.transaction = flaky
-    caplog.set_level(logging.INFO, logger="trainer.worker")
+    caplog.set_level(logging.INFO, logger="instructloop.worker")
     ctx.on_metrics(1, 1000, {"loss": 1.0})
     down["now"] = True
     for step in range(2, 2002):  # 2,000 steps while the database is away

@@ -134,7 +134,7 @@ class WorkerThread:
     """A real Worker serving the queue in a background thread (signals stay with the main thread)."""
 
     def __init__(self, settings: Settings, **kwargs):
-        from trainer.worker import Worker
+        from worker.worker import Worker
 
         self.worker = Worker(settings, poll_interval=0.05, device="cpu", **kwargs)
         self.thread = threading.Thread(target=self.worker.run, daemon=True)

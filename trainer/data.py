@@ -1,6 +1,6 @@
 """Plain training examples: what the algorithms (sft.py, reward.py, ppo.py, generate.py) take.
 
-They never touch the database: trainer/snapshots.py (the worker's side) reads these from it."""
+They never touch the database: worker/snapshots.py (the worker's side) reads these from it."""
 
 from dataclasses import dataclass, field
 

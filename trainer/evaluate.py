@@ -1,5 +1,5 @@
 """Scoring answers with a reward model (pure: no database), for the `evaluate` run's automatic
-win rate (trainer/jobs.py)."""
+win rate (worker/jobs.py)."""
 
 import torch
 

@@ -1,7 +1,7 @@
 """Sampling from a policy (pure: no database): K outputs per prompt with Hugging Face `generate`
 and its KV cache, plain temperature / top-p sampling (top-k and repetition penalties off, whatever
 the model's own generation_config says), reseeded per batch so the same seed gives the same outputs
-on the CPU. Used by the `generate` and `evaluate` runs (trainer/jobs.py)."""
+on the CPU. Used by the `generate` and `evaluate` runs (worker/jobs.py)."""
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass

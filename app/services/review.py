@@ -1,6 +1,6 @@
 """Review of what labelers submit: the admin's queue of submissions, each shown whole as the labeler
 saw it, and the decision on it (accept / reject with a reason, reversible, recorded with who and
-when). A rejected submission is left out of training snapshots and exports (trainer/snapshots.py,
+when). A rejected submission is left out of training snapshots and exports (worker/snapshots.py,
 services/exports.py); the labeler sees the decision and its reason in their history.
 
 Disagreements: tasks whose labelers disagree, side by side; an admin asks one more labeler

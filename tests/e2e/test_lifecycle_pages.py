@@ -16,7 +16,7 @@ from app.services import registry, tasks
 from tests.conftest import PASSWORD
 from tests.e2e.conftest import ui_login
 from tests.labeling import make_project, make_prompts
-from trainer.simulate import ensure_labelers
+from worker.simulate import ensure_labelers
 
 
 def _confirming(page) -> None:

@@ -14,7 +14,7 @@ from app.services import tasks
 from tests.conftest import PASSWORD
 from tests.e2e.conftest import ui_login
 from tests.labeling import make_outputs, make_project, make_prompts
-from trainer.snapshots import snapshot_demonstrations
+from worker.snapshots import snapshot_demonstrations
 
 SIZES = {"desktop": (1280, 800), "phone": (390, 844)}
 

@@ -16,7 +16,7 @@ form. The simulated demonstrators, like real ones, are imperfect: 60% of their d
 the answer in chatty filler that breaks the prompt's length limit ("Here is my answer: 137. I hope
 that this is helpful to you today."). SFT copies that habit; the simulated labelers' rankings
 prefer answers within the limit, so the reward model learns it and PPO drops the filler. The
-labelers' preference is the same function throughout (trainer.simulate.preference_score), the
+labelers' preference is the same function throughout (worker.simulate.preference_score), the
 final comparison uses only test-split prompts, and those labelers answer at random 32% of the
 time (the paper's 73% agreement), so the win rate they report is lower than the true one.
 """
@@ -40,7 +40,7 @@ from app.db import make_engine, make_sessionmaker, write_session
 from app.models import ModelVersion, RunMetric, RunStatus, TaskKind, TrainingRun
 from app.services import estimates, evaluation, imports, projects, registry, runs
 from runconfig import PRESETS
-from trainer import simulate
+from worker import simulate
 
 GUIDELINES = """# Demo guidelines
 
@@ -61,7 +61,7 @@ class Profile:
     labelers: int = 4
     agreement: float = 0.73
     padding_rate: float = 0.4
-    """Share of demonstrations that ignore the length limit (see trainer.simulate.SimulatedLabeler)."""
+    """Share of demonstrations that ignore the length limit (see worker.simulate.SimulatedLabeler)."""
     valid_fraction: float = 0.1
     test_fraction: float = 0.25
     """Held-out shares of the prompts: valid for the SFT and reward models' held-out figures, test

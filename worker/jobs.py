@@ -24,8 +24,8 @@ from trainer.ppo import train_ppo
 from trainer.precision import load_dtype
 from trainer.reward import train_reward
 from trainer.sft import train_sft
-from trainer.snapshots import DataError, Snapshot, snapshot_demonstrations, snapshot_prompts, snapshot_rankings
-from trainer.worker import Outcome, RunContext, VersionInfo, free_memory
+from worker.context import Outcome, RunContext, VersionInfo, free_memory
+from worker.snapshots import DataError, Snapshot, snapshot_demonstrations, snapshot_prompts, snapshot_rankings
 
 
 def _model_options(config) -> dict:
