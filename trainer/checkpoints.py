@@ -22,7 +22,7 @@ import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict, set_optimizer_state_dict
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from trainer.distributed import full_tensor, is_sharded
+from trainer.distributed import Team, full_tensor, is_sharded
 
 KEEP = 2
 """Checkpoints kept per run: the newest, and one more in case the newest was cut short on disk."""
@@ -123,6 +123,13 @@ class Checkpoints:
         """The newest checkpoint (of a step <= at_most when given) as saved, or None when there is none."""
         path = self.latest(at_most)
         return None if path is None else torch.load(path, map_location="cpu", weights_only=True)
+
+
+def save_together(checkpoints: Checkpoints, team: Team, step: int, state: dict[str, Any]) -> None:
+    """Process 0 writes the checkpoint; every process waits for it (the state was gathered by all)."""
+    if team.is_main:
+        checkpoints.save(step, state)
+    team.barrier()
 
 
 def training_state(

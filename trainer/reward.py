@@ -17,25 +17,20 @@ The worker runs this for a `reward` run (`instructloop worker`). By hand, on JSO
 `pairwise_step_loss` is the naive version (each pair's two completions forwarded separately),
 kept for the numerical test of the K-way loss and for bench/rm_throughput.py."""
 
-import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from runconfig import RewardConfig
-from trainer.checkpoints import Checkpoints, EpochOrder, restore_training_state, training_state
+from trainer.checkpoints import Checkpoints
 from trainer.data import RankingExample, SFTExample
-from trainer.distributed import Team, full_tensor
-from trainer.errors import TrainingDiverged
+from trainer.distributed import Team
+from trainer.loop import MetricsCallback, TrainingLoop
 from trainer.modeling import ScalarHeadModel, encode_completion, encode_prompt, pad_right
-from trainer.precision import for_model, load_dtype
-
-MetricsCallback = Callable[[int, int, dict[str, float]], None]
+from trainer.precision import load_dtype
 
 
 @dataclass
@@ -177,6 +172,52 @@ def normalize_bias(model: ScalarHeadModel, tokenizer, demonstrations, max_length
     return shift
 
 
+class RewardLoop(TrainingLoop):
+    """The shared loop (trainer/loop.py) with the K-way loss over whole rankings and held-out pair accuracy."""
+
+    name = "Reward"
+
+    def __init__(self, model, config: RewardConfig, train_rows: list, valid_rows: list, pad_id: int, **hooks):
+        result = {
+            "train_rankings": float(len(train_rows)),
+            "train_pairs": float(sum(len(r.pairs) for r in train_rows)),
+            "valid_pairs": float(sum(len(r.pairs) for r in valid_rows)),
+            "steps": 0.0,
+            "stopped_early": 0.0,
+        }
+        super().__init__(model, config, train_rows, valid_rows, result, **hooks)
+        self.pad_id = pad_id
+        self.pairs_done = 0
+
+    def loss(self, model, rows: list) -> tuple[torch.Tensor, float]:
+        # K forwards per ranking; the loss is the mean over the batch's rankings of each ranking's
+        # mean over its pairs.
+        loss_sum, margins = kway_step_loss(model, rows, self.pad_id)
+        return loss_sum, float(int((margins.detach() > 0).sum()))  # pairs ordered right
+
+    def loss_denominator(self, batch: list) -> float:
+        return len(batch)  # each ranking weighs the same
+
+    def step_metrics(self, batch: list, count: float) -> dict[str, float]:
+        batch_pairs = sum(len(r.pairs) for r in batch)
+        self.pairs_done += batch_pairs
+        self.result["train_accuracy"] = count / batch_pairs
+        return {"train_accuracy": count / batch_pairs}
+
+    def evaluate(self) -> dict[str, float]:
+        held_out = evaluate(self.model, self.valid_rows, self.pad_id, self.config.eval_batch_size, self.team)
+        return {"valid_loss": held_out["loss"], "valid_accuracy": held_out["accuracy"]}
+
+    def loop_state(self) -> dict:
+        return {"pairs_done": self.pairs_done}
+
+    def load_loop_state(self, loop: dict) -> None:
+        self.pairs_done = loop["pairs_done"]
+
+    def final_figures(self) -> dict[str, float]:
+        return {"pairs_per_s": self.pairs_done / self.train_seconds if self.train_seconds > 0 else 0.0}
+
+
 def train_reward(
     model: ScalarHeadModel,
     tokenizer,
@@ -192,11 +233,10 @@ def train_reward(
     """Train `model` in place on the rankings; return the final metrics (held-out accuracy first).
     With `checkpoints`, a checkpoint every `config.save_every` steps and when stopped, and the run
     goes on from the newest one it finds."""
-    # 1. Check the config and the rankings (bad indices, K < 2) before any work.
+    # Check the config and the rankings (bad indices, K < 2) before any work.
     problems = config.problems()
     if problems:
         raise ValueError("Bad reward config: " + " ".join(problems))
-    pad_id = tokenizer.pad_token_id
     train_rows = encode_rankings(tokenizer, train, config.max_length)
     valid_rows = encode_rankings(tokenizer, valid, config.max_length)
     if not train_rows:
@@ -204,128 +244,23 @@ def train_reward(
             f"No training ranking has two outputs in different places ({len(train)} rankings, all tied or none); "
             "collect rankings first."
         )
-    on_metrics = on_metrics or (lambda step, total, metrics: None)
-    should_stop = should_stop or (lambda: False)
-    checkpoints = checkpoints or Checkpoints()
-    team = Team()  # one process, or one of several under accelerate launch (trainer/distributed.py)
-    torch.manual_seed(config.seed)
-
-    # 2. Optimizer and schedule: linear warmup, cosine decay to min_lr_ratio (paper: 10%) of the peak.
-    steps_per_epoch = math.ceil(len(train_rows) / config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
-    if config.max_steps:
-        total_steps = min(total_steps, config.max_steps)
-    precision = for_model(config.precision, model)  # fp32 master weights unless bf16-pure
-    wrapped = team.wrap(model, config.sharding)  # DDP (or FSDP) with several processes
-    params = [p for p in model.parameters() if p.requires_grad]  # (FSDP replaced them with their shards)
-    optimizer = torch.optim.AdamW(
-        params, lr=config.learning_rate, betas=(0.9, 0.95), weight_decay=config.weight_decay, fused=True
-    )  # one kernel for all parameters (CPU and GPU)
-    schedule = get_cosine_with_min_lr_schedule_with_warmup(
-        optimizer,
-        num_warmup_steps=round(config.warmup_ratio * total_steps),
-        num_training_steps=total_steps,
-        min_lr_rate=config.min_lr_ratio,
+    # Each optimizer step takes batch_size whole rankings (all their pairs).
+    loop = RewardLoop(
+        model,
+        config,
+        train_rows,
+        valid_rows,
+        tokenizer.pad_token_id,
+        on_metrics=on_metrics,
+        should_stop=should_stop,
+        checkpoints=checkpoints,
     )
-    eval_every = config.eval_every or steps_per_epoch
-    result = {
-        "train_rankings": float(len(train_rows)),
-        "train_pairs": float(sum(len(r.pairs) for r in train_rows)),
-        "valid_pairs": float(sum(len(r.pairs) for r in valid_rows)),
-        "steps": 0.0,
-        "stopped_early": 0.0,
-    }
-
-    train_seconds, step, pairs_done = 0.0, 0, 0  # time in training steps only (not evaluation)
-    epochs = EpochOrder(len(train_rows), config.batch_size, config.seed)
-    resumed = checkpoints.load()
-    if resumed is not None:  # go on exactly where the checkpoint was written
-        restore_training_state(resumed, model, optimizer, schedule, precision.scaler)
-        epochs.load(resumed["epochs"])
-        step, train_seconds, pairs_done = (resumed["loop"][k] for k in ("step", "train_seconds", "pairs_done"))
-        result.update(resumed["loop"]["result"], stopped_early=0.0, resumed_from_step=float(step))
-
-    def save(step: int) -> None:
-        loop = {"step": step, "train_seconds": train_seconds, "pairs_done": pairs_done, "result": result}
-        state = training_state(model, optimizer, schedule, precision.scaler)
-        if team.is_main:
-            checkpoints.save(step, {**state, "epochs": epochs.state(), "loop": loop})
-        team.barrier()
-
-    # 3. The loop: each optimizer step takes batch_size whole rankings (all their pairs).
-    on_metrics(step, total_steps, {})  # the number of steps, before the first one
-    model.train()
-    while step < total_steps:
-        batch = [train_rows[i] for i in epochs.batch()]
-        batch_pairs = sum(len(r.pairs) for r in batch)
-        step_started = time.perf_counter()
-        loss_total, correct = 0.0, 0.0
-        for micro, (rows, weight, last) in enumerate(team.micro_batches(batch, config.micro_batch_size)):
-            if micro and team.size == 1 and should_stop():  # cancel mid-batch (one process: nobody waits)
-                result["stopped_early"] = 1.0
-                break
-            # 4. K forwards per ranking; the loss is the mean over the batch's rankings of each
-            # ranking's mean over its pairs.
-            with team.no_sync(wrapped, last=last):
-                with precision.autocast():
-                    loss_sum, margins = kway_step_loss(wrapped, rows, pad_id)
-                precision.backward(loss_sum * (weight * team.loss_scale / len(batch)))
-            loss_total += loss_sum.item() * weight
-            correct += int((margins.detach() > 0).sum()) * weight
-        loss_total, correct = team.sum(loss_total, correct)
-        if result["stopped_early"]:
-            optimizer.zero_grad(set_to_none=True)
-            if checkpoints.due(step, config.save_every, stopping=True):
-                save(step)
-            total_steps = step
-            break
-        epochs.advance()
-        loss = loss_total / len(batch)
-        if not math.isfinite(loss):
-            raise TrainingDiverged(
-                f"Reward loss became {loss} at step {step + 1}: lower learning_rate (now {config.learning_rate})."
-            )
-        norm = precision.step(optimizer, lambda: torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
-        grad_norm = float(full_tensor(norm))
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        train_seconds += time.perf_counter() - step_started
-        pairs_done += batch_pairs
-        result.update(steps=float(step), train_loss=loss, train_accuracy=correct / batch_pairs)
-        metrics = {
-            "train_loss": loss,
-            "train_accuracy": correct / batch_pairs,
-            "lr": schedule.get_last_lr()[0],
-            "grad_norm": grad_norm,
-        }
-
-        # 5. Held-out pairs every eval_every steps and at the end.
-        stopping = team.any(should_stop())  # cancel / SIGTERM, polled once per step, decided together
-        if valid_rows and (stopping or step % eval_every == 0 or step == total_steps):
-            with precision.autocast():
-                held_out = evaluate(model, valid_rows, pad_id, config.eval_batch_size, team)
-            metrics.update(valid_loss=held_out["loss"], valid_accuracy=held_out["accuracy"])
-            result.update(valid_loss=held_out["loss"], valid_accuracy=held_out["accuracy"])
-        on_metrics(step, total_steps, metrics)
-
-        # 6. Checkpoint; on cancel / SIGTERM stop at this safe point with what we have.
-        if checkpoints.due(step, config.save_every, stopping=stopping):
-            save(step)
-        if stopping:
-            result["stopped_early"] = 1.0
-            total_steps = step
-            break
-
-    result["pairs_per_s"] = pairs_done / train_seconds if train_seconds > 0 else 0.0
-    result.update(team.info())
-
-    # 7. Bias: the demonstrations' mean score becomes 0, so rewards are comparable across runs.
+    result = loop.run()
+    # Bias: the demonstrations' mean score becomes 0, so rewards are comparable across runs.
     if config.normalize_bias and demonstrations:
         result["bias_shift"] = normalize_bias(
             model, tokenizer, list(demonstrations), config.max_length, config.eval_batch_size
         )
-    model.eval()
     return result
 
 
