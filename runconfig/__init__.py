@@ -4,25 +4,71 @@ nor the app is imported here, so both sides may import this module without a pac
 
 Defaults follow the InstructGPT paper (Ouyang et al. 2022, appendix C), scaled for small models.
 Each field's docstring is its documentation (`use_attribute_docstrings`): the run forms and
-`GET /api/v1/run-configs` show it. Each model's `problems()` lists impossible combinations.
+`GET /api/v1/run-configs` show it.
 
-`config_from_dict(kind, values)` is the one way in from JSON (API, dashboard, database): it
-refuses unknown keys and wrong types and runs `problems()`, listing every problem at once."""
+Pydantic checks the settings itself: each field's bounds (`Field(ge=..., le=...)`) and choices
+(`Literal`), and each model's `rules` across fields (a `model_validator`). `config_from_dict(kind,
+values)` is the one way in from JSON (API, dashboard, database): it words pydantic's errors for
+people and lists every problem at once.
+
+`DataFilter` is a run's data selection (TrainingRun.data_filter, kept as JSON); `data_filter_from_dict`
+checks the one a person asks for."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Literal, Self, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 
-SPLITS = ("train", "valid", "test")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16", "bf16-pure")  # see trainer/precision.py
-SHARDINGS = ("ddp", "fsdp")  # see trainer/distributed.py
+SplitName = Literal["train", "valid", "test"]
+PrecisionName = Literal["auto", "fp32", "bf16", "fp16", "bf16-pure"]  # see trainer/precision.py
+ShardingName = Literal["ddp", "fsdp"]  # see trainer/distributed.py
+SPLITS: tuple[str, ...] = get_args(SplitName)
+PRECISIONS: tuple[str, ...] = get_args(PrecisionName)
+SHARDINGS: tuple[str, ...] = get_args(ShardingName)
 INT_MAX = 2**31 - 1  # every integer setting fits the database's integer
 
 
+@dataclass(frozen=True)
+class Words:
+    """How `config_from_dict` words an out-of-range setting (Annotated metadata, which pydantic
+    ignores). `zero`: what 0 means, for a setting that is 0 or positive ("0 (all epochs) or
+    positive"); `range`: the allowed values in words, said instead of the bound that was broken;
+    `name`: the setting as the message names it."""
+
+    zero: str = ""
+    range: str = ""
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A rule across settings: `problem(config)` says what is wrong, or None. `config_from_dict`
+    checks it even while other settings are invalid, unless one of its `fields` is among them."""
+
+    fields: tuple[str, ...]
+    problem: Callable[[Any], str | None]
+
+
+# Reused field types (the bounds keep a run possible to finish and its integers in the database's).
+BatchSize = Annotated[int, Field(ge=1, le=65536)]
+LoraRank = Annotated[int, Field(ge=0, le=4096)]
+Seed = Annotated[int, Field(ge=-INT_MAX, le=INT_MAX)]
+LearningRate = Annotated[float, Field(gt=0, lt=1)]
+Positive = Annotated[float, Field(gt=0)]
+NonNegative = Annotated[float, Field(ge=0)]
+TopP = Annotated[float, Field(gt=0, le=1)]
+MaxNewTokens = Annotated[int, Field(ge=1, le=4096), Words(range="between 1 and 4096")]
+MaxLength = Annotated[int, Field(ge=8, le=32768), Words(range="between 8 and 32768 tokens")]
+SaveEvery = Annotated[int, Field(ge=0, le=INT_MAX), Words(zero="only when stopped")]
+MaxSteps = Annotated[int, Field(ge=0, le=INT_MAX), Words(zero="all epochs")]
+
+
 Precision = Annotated[
-    str,
+    PrecisionName,
     Field(
         description="Training precision: auto (bf16 on GPUs that have it, fp16 on older GPUs, fp32 on the CPU), "
         "fp32, bf16 or fp16 (mixed: fp32 master weights under autocast), or bf16-pure (half the memory, but small "
@@ -32,7 +78,7 @@ Precision = Annotated[
 
 
 Sharding = Annotated[
-    str,
+    ShardingName,
     Field(
         description="How several processes (instructloop worker --processes N, accelerate launch) share the "
         "training: ddp (each holds the whole model and optimizer; fastest when they fit one GPU) or fsdp (weights, "
@@ -42,15 +88,46 @@ Sharding = Annotated[
 ]
 
 
+def _divides(part: str, whole: str, why: str = "") -> Rule:
+    def problem(config: Any) -> str | None:
+        p, w = getattr(config, part), getattr(config, whole)
+        return f"{part} ({p}) must divide {whole} ({w}){why}." if w % p else None
+
+    return Rule((part, whole), problem)
+
+
+def _no_fsdp_with_lora(*ranks: str) -> Rule:
+    def problem(config: Any) -> str | None:
+        if config.sharding == "fsdp" and any(getattr(config, rank) for rank in ranks):
+            return "sharding=fsdp splits fully fine-tuned models; LoRA adapters are small: use ddp with lora_r."
+        return None
+
+    return Rule(("sharding", *ranks), problem)
+
+
 class RunConfig(BaseModel):
     """Strict JSON types: an int is accepted where a float is wanted, a bool never as a number."""
 
     model_config = ConfigDict(
         extra="forbid", strict=True, allow_inf_nan=False, use_attribute_docstrings=True, validate_assignment=True
     )
+    rules: ClassVar[tuple[Rule, ...]] = ()
+    """Rules across settings (each setting alone is checked by its field's type and bounds)."""
 
-    def problems(self) -> list[str]:
-        return []
+    def problems(self, skip: Collection[str] = ()) -> list[str]:
+        """What the rules find, leaving out the rules about a setting in `skip`."""
+        return [
+            problem
+            for rule in self.rules
+            if not set(rule.fields) & set(skip) and (problem := rule.problem(self)) is not None
+        ]
+
+    @model_validator(mode="after")
+    def _follows_the_rules(self) -> Self:
+        problems = self.problems()
+        if problems:
+            raise ValueError(" ".join(problems))
+        return self
 
 
 class SFTConfig(RunConfig):
@@ -58,56 +135,58 @@ class SFTConfig(RunConfig):
     only (InstructGPT appendix C.1: cosine decay, batch 32; 16 epochs there, fewer here because
     small models on small data overfit sooner). Input model: the base (or an earlier SFT) model."""
 
-    learning_rate: float = 2e-5
+    learning_rate: LearningRate = 2e-5
     """Peak AdamW learning rate (paper: 9.65e-6 at 1.3B; small models take a larger one)."""
-    epochs: int = 3
+    epochs: Annotated[int, Field(ge=1, le=1000)] = 3
     """Passes over the training demonstrations."""
-    batch_size: int = 32
+    batch_size: BatchSize = 32
     """Demonstrations per optimizer step (paper: 32)."""
-    micro_batch_size: int = 8
+    micro_batch_size: BatchSize = 8
     """Demonstrations per forward pass; batch_size / micro_batch_size gradients are accumulated."""
-    warmup_ratio: float = 0.03
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.03
     """Share of the steps with a linear warmup before the cosine decay."""
-    min_lr_ratio: float = 0.0
+    min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.0
     """The cosine schedule ends at learning_rate * min_lr_ratio."""
-    weight_decay: float = 0.0
+    weight_decay: NonNegative = 0.0
     """AdamW weight decay."""
-    max_grad_norm: float = 1.0
+    max_grad_norm: Positive = 1.0
     """Gradients are clipped to this global norm."""
-    max_length: int = 1024
+    max_length: MaxLength = 1024
     """Longest prompt + response in tokens; longer responses are cut (they then have no EOS)."""
-    max_prompt_length: int = 512
+    max_prompt_length: Annotated[int, Field(ge=1, le=INT_MAX)] = 512
     """Longest prompt in tokens; longer prompts keep their end (the part next to the answer)."""
-    eval_every: int = 0
+    eval_every: Annotated[int, Field(ge=0, le=INT_MAX), Words(zero="once per epoch")] = 0
     """Optimizer steps between held-out evaluations; 0 evaluates once per epoch."""
-    eval_batch_size: int = 16
+    eval_batch_size: BatchSize = 16
     """Demonstrations per forward pass when computing the held-out loss."""
     keep_best: bool = True
     """Return the weights with the lowest held-out loss seen (not the last ones) when there is a valid split."""
-    max_steps: int = 0
+    max_steps: MaxSteps = 0
     """Stop after this many optimizer steps (0: run all epochs); the schedule spans the shorter of the two."""
-    lora_r: int = 0
+    lora_r: Annotated[LoraRank, Words(zero="full fine-tuning")] = 0
     """Train LoRA adapters of this rank instead of all weights (0 = full fine-tuning)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, about 30% slower)."""
-    save_every: int = 100
+    save_every: SaveEvery = 100
     """Optimizer steps between checkpoints (0: only when stopped). A run whose worker was stopped or
     vanished is queued again and goes on from its newest checkpoint."""
     precision: Precision = "auto"
     sharding: Sharding = "ddp"
-    seed: int = 0
+    seed: Seed = 0
     """Seeds shuffling (and the worker seeds model init): the same data and seed give the same metrics on the CPU."""
 
-    def problems(self) -> list[str]:
-        problems = _optimizer_problems(self)
-        if not 8 <= self.max_length <= 32768:
-            problems.append(f"max_length must be between 8 and 32768 tokens, got {self.max_length}.")
-        if not 1 <= self.max_prompt_length < self.max_length:
-            problems.append(
-                f"max_prompt_length must be at least 1 and below max_length ({self.max_length}), "
-                f"got {self.max_prompt_length}."
-            )
-        return problems
+    rules = (
+        Rule(
+            ("max_prompt_length", "max_length"),
+            lambda c: (
+                f"max_prompt_length must be below max_length ({c.max_length}), got {c.max_prompt_length}."
+                if c.max_prompt_length >= c.max_length
+                else None
+            ),
+        ),
+        _divides("micro_batch_size", "batch_size", ": gradients of whole micro-batches are accumulated"),
+        _no_fsdp_with_lora("lora_r"),
+    )
 
 
 class RewardConfig(RunConfig):
@@ -116,135 +195,79 @@ class RewardConfig(RunConfig):
     batch element, each completion runs through the model once, ties are dropped (appendix C.2: one
     epoch, cosine decay to 10% of the peak, 64 rankings per batch). Input model: SFT (or base)."""
 
-    learning_rate: float = 1e-5
+    learning_rate: LearningRate = 1e-5
     """Peak AdamW learning rate (paper: 9e-6 at 6B)."""
-    epochs: int = 1
+    epochs: Annotated[int, Field(ge=1, le=1000)] = 1
     """Passes over the rankings (paper: one; more overfits)."""
-    batch_size: int = 32
+    batch_size: BatchSize = 32
     """Rankings per optimizer step, each bringing all its pairs (paper: 64)."""
-    micro_batch_size: int = 4
+    micro_batch_size: BatchSize = 4
     """Rankings per forward pass (K sequences each); batch_size / micro_batch_size are accumulated."""
-    warmup_ratio: float = 0.05
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.05
     """Share of the steps with a linear warmup before the cosine decay."""
-    min_lr_ratio: float = 0.1
+    min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.1
     """The cosine schedule ends at learning_rate * min_lr_ratio (paper: 10%)."""
-    weight_decay: float = 0.0
+    weight_decay: NonNegative = 0.0
     """AdamW weight decay."""
-    max_grad_norm: float = 1.0
+    max_grad_norm: Positive = 1.0
     """Gradients are clipped to this global norm."""
-    max_length: int = 512
+    max_length: MaxLength = 512
     """Longest prompt + completion in tokens; longer ones keep the prompt's end and the completion's start."""
-    eval_every: int = 0
+    eval_every: Annotated[int, Field(ge=0, le=INT_MAX), Words(zero="at the end of each epoch")] = 0
     """Optimizer steps between held-out evaluations; 0 evaluates at the end of each epoch."""
-    eval_batch_size: int = 8
+    eval_batch_size: BatchSize = 8
     """Rankings per forward pass when computing held-out accuracy."""
     normalize_bias: bool = True
     """After training, shift the head's bias so the demonstrations' mean score is 0 (as in the paper)."""
-    max_steps: int = 0
+    max_steps: MaxSteps = 0
     """Stop after this many optimizer steps (0: run all epochs); the schedule spans the shorter of the two."""
-    lora_r: int = 0
+    lora_r: Annotated[LoraRank, Words(zero="full fine-tuning")] = 0
     """Train LoRA adapters of this rank on the backbone (the head is always trained; 0 = full fine-tuning)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, about 30% slower)."""
-    save_every: int = 100
+    save_every: SaveEvery = 100
     """Optimizer steps between checkpoints (0: only when stopped). A run whose worker was stopped or
     vanished is queued again and goes on from its newest checkpoint."""
     precision: Precision = "auto"
     sharding: Sharding = "ddp"
-    seed: int = 0
+    seed: Seed = 0
     """Seeds shuffling: the same data and seed give the same metrics on the CPU."""
 
-    def problems(self) -> list[str]:
-        problems = _optimizer_problems(self)
-        if not 8 <= self.max_length <= 32768:
-            problems.append(f"max_length must be between 8 and 32768 tokens, got {self.max_length}.")
-        return problems
+    rules = (
+        _divides("micro_batch_size", "batch_size", ": gradients of whole micro-batches are accumulated"),
+        _no_fsdp_with_lora("lora_r"),
+    )
 
 
-def _precision_problems(config: SFTConfig | RewardConfig | PPOConfig) -> list[str]:
-    """The precision and sharding settings."""
-    problems = []
-    if config.precision not in PRECISIONS:
-        problems.append(f"precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}.")
-    if config.sharding not in SHARDINGS:
-        problems.append(f"sharding must be one of {', '.join(SHARDINGS)}, got {config.sharding!r}.")
-    elif config.sharding == "fsdp" and (config.lora_r or getattr(config, "value_lora_r", 0)):
-        problems.append("sharding=fsdp splits fully fine-tuned models; LoRA adapters are small: use ddp with lora_r.")
-    return problems
-
-
-def _optimizer_problems(config: SFTConfig | RewardConfig) -> list[str]:
-    """Checks shared by SFTConfig and RewardConfig."""
-    problems = _precision_problems(config)
-    if not 0 < config.learning_rate < 1:
-        problems.append(f"learning_rate must be in (0, 1), got {config.learning_rate}.")
-    if config.epochs < 1:
-        problems.append(f"epochs must be at least 1, got {config.epochs}.")
-    if config.batch_size < 1 or config.micro_batch_size < 1:
-        problems.append(
-            f"batch_size and micro_batch_size must be at least 1, got "
-            f"{config.batch_size} and {config.micro_batch_size}."
-        )
-    elif config.batch_size % config.micro_batch_size:
-        problems.append(
-            f"micro_batch_size ({config.micro_batch_size}) must divide batch_size "
-            f"({config.batch_size}): gradients of whole micro-batches are accumulated."
-        )
-    if config.eval_batch_size < 1:
-        problems.append(f"eval_batch_size must be at least 1, got {config.eval_batch_size}.")
-    if not 0 <= config.warmup_ratio < 1:
-        problems.append(f"warmup_ratio must be in [0, 1), got {config.warmup_ratio}.")
-    if not 0 <= config.min_lr_ratio <= 1:
-        problems.append(f"min_lr_ratio must be between 0 and 1, got {config.min_lr_ratio}.")
-    if config.weight_decay < 0:
-        problems.append(f"weight_decay must be 0 or more, got {config.weight_decay}.")
-    if not config.max_grad_norm > 0:
-        problems.append(f"max_grad_norm must be above 0, got {config.max_grad_norm}.")
-    if config.eval_every < 0:
-        problems.append(f"eval_every must be 0 (once per epoch) or positive, got {config.eval_every}.")
-    if config.max_steps < 0:
-        problems.append(f"max_steps must be 0 (all epochs) or positive, got {config.max_steps}.")
-    if config.lora_r < 0:
-        problems.append(f"lora_r must be 0 (full fine-tuning) or positive, got {config.lora_r}.")
-    if config.save_every < 0:
-        problems.append(f"save_every must be 0 (only when stopped) or positive, got {config.save_every}.")
-    return problems
+def _project_k_or_two_to_nine(k: int) -> int:
+    if k != 0 and not 2 <= k <= 9:
+        raise ValueError(f"k must be 0 (the project's K) or between 2 and 9, got {k}.")
+    return k
 
 
 class GenerateConfig(RunConfig):
     """`generate`: sample K outputs per prompt from one model version and create ranking tasks."""
 
-    k: int = 0
+    k: Annotated[int, AfterValidator(_project_k_or_two_to_nine)] = 0
     """Outputs per prompt; 0 uses the project's K (2..9)."""
-    temperature: float = 1.0
+    temperature: Positive = 1.0
     """Sampling temperature (the paper samples the outputs to rank at temperature 1)."""
-    top_p: float = 1.0
+    top_p: TopP = 1.0
     """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p (1 keeps all)."""
-    max_new_tokens: int = 128
+    max_new_tokens: MaxNewTokens = 128
     """Longest output in tokens; outputs cut here are stored with ended_with_eos = false."""
-    split: str = "train"
+    split: SplitName = "train"
     """Prompts of this split (train, valid or test) get outputs."""
-    limit: int = 64
+    limit: Annotated[int, Field(ge=0, le=INT_MAX), Words(zero="all prompts")] = 64
     """Most prompts per run; 0 means every prompt of the split."""
     new_prompts_only: bool = True
     """Skip prompts that already have a ranking task, so repeated runs reach new prompts."""
-    batch_size: int = 8
+    batch_size: BatchSize = 8
     """Prompts per generate call (each brings K sequences)."""
-    priority: int = 0
+    priority: Seed = 0
     """Priority of the ranking tasks created (higher is handed out first)."""
-    seed: int = 0
+    seed: Seed = 0
     """Seeds the sampler: the same model, prompts and seed give the same outputs on the CPU."""
-
-    def problems(self) -> list[str]:
-        problems: list[str] = []
-        if self.k != 0 and not 2 <= self.k <= 9:
-            problems.append(f"k must be 0 (the project's K) or between 2 and 9, got {self.k}.")
-        problems += _sampling_problems(self.temperature, self.top_p, self.max_new_tokens, self.batch_size)
-        if self.split not in SPLITS:
-            problems.append(f"split must be one of {', '.join(SPLITS)}, got {self.split!r}.")
-        if self.limit < 0:
-            problems.append(f"limit must be 0 (all prompts) or positive, got {self.limit}.")
-        return problems
 
 
 class EvaluateConfig(RunConfig):
@@ -252,31 +275,22 @@ class EvaluateConfig(RunConfig):
     side by side (A/B order randomized per prompt and stored), and an optional reward model
     gives an automatic win rate. Input models: [candidate, baseline] or [candidate, baseline, reward]."""
 
-    split: str = "test"
+    split: Annotated[Literal["valid", "test"], Words(range="a held-out split (valid or test)")] = "test"
     """Held-out prompts to answer (test or valid; train is refused: it measures memorization)."""
-    num_prompts: int = 64
+    num_prompts: Annotated[int, Field(ge=0, le=INT_MAX), Words(zero="all")] = 64
     """Prompts to compare; 0 means every prompt of the split."""
-    temperature: float = 0.7
+    temperature: Positive = 0.7
     """Sampling temperature for both models (the same for both, so only the weights differ)."""
-    top_p: float = 0.95
+    top_p: TopP = 0.95
     """Nucleus sampling for both models."""
-    max_new_tokens: int = 128
+    max_new_tokens: MaxNewTokens = 128
     """Longest answer in tokens."""
-    batch_size: int = 8
+    batch_size: BatchSize = 8
     """Prompts per generate call."""
-    priority: int = 0
+    priority: Seed = 0
     """Priority of the comparison tasks created."""
-    seed: int = 0
+    seed: Seed = 0
     """Seeds sampling and the A/B order."""
-
-    def problems(self) -> list[str]:
-        problems: list[str] = []
-        if self.split not in ("valid", "test"):
-            problems.append(f"split must be a held-out split (valid or test), got {self.split!r}.")
-        if self.num_prompts < 0:
-            problems.append(f"num_prompts must be 0 (all) or positive, got {self.num_prompts}.")
-        problems += _sampling_problems(self.temperature, self.top_p, self.max_new_tokens, self.batch_size)
-        return problems
 
 
 class PPOConfig(RunConfig):
@@ -285,52 +299,54 @@ class PPOConfig(RunConfig):
     Input models: [policy (SFT), reward]; the value model starts from the reward model.
     Defaults follow TRL's PPOv2 trainer and the paper, scaled for small models."""
 
-    learning_rate: float = 1e-5
+    learning_rate: LearningRate = 1e-5
     """AdamW learning rate for the policy and the value model (constant)."""
-    kl_coef: float = 0.05
+    kl_coef: Annotated[
+        float, Field(ge=0, le=1), Words(name="kl_coef (beta)", range="between 0 and 1 (paper: 0.02)")
+    ] = 0.05
     """beta: per-token KL penalty coefficient against the reference (SFT) model (paper: 0.02)."""
-    gamma: float = 1.0
+    gamma: Annotated[float, Field(gt=0, le=1)] = 1.0
     """Discount factor over response tokens (1: no discount, as in the paper)."""
-    lam: float = 0.95
+    lam: Annotated[float, Field(ge=0, le=1)] = 0.95
     """GAE lambda (bias/variance trade-off of the advantage estimate)."""
-    cliprange: float = 0.2
+    cliprange: Annotated[float, Field(gt=0, lt=1), Words(range="in (0, 1) (usual: 0.2)")] = 0.2
     """PPO clip range of the policy ratio: updates are clipped to [1 - c, 1 + c]."""
-    cliprange_value: float = 0.2
+    cliprange_value: Annotated[float, Field(gt=0, le=100)] = 0.2
     """Clip range of the value prediction around the rollout's value."""
-    vf_coef: float = 0.1
+    vf_coef: NonNegative = 0.1
     """Weight of the value loss in the total loss."""
     whiten_rewards: bool = False
     """Whiten the per-token rewards (mean kept) before GAE; advantages are always whitened."""
-    ppo_epochs: int = 4
+    ppo_epochs: Annotated[int, Field(ge=1, le=100)] = 4
     """Passes of PPO optimization over each rollout batch."""
-    rollout_batch_size: int = 16
+    rollout_batch_size: BatchSize = 16
     """Prompts sampled (one response each) per PPO step; one episode = one prompt and its response."""
-    minibatch_size: int = 4
+    minibatch_size: BatchSize = 4
     """Episodes per gradient step; must divide rollout_batch_size."""
-    forward_batch_size: int = 16
+    forward_batch_size: BatchSize = 16
     """Sequences per no-grad forward (generation, reference, reward, value) in a rollout."""
-    temperature: float = 1.0
+    temperature: Positive = 1.0
     """Sampling temperature of the rollouts; log-probs are computed at the same temperature."""
-    top_p: float = 1.0
+    top_p: TopP = 1.0
     """Nucleus sampling of the rollouts (1 keeps the whole distribution, which PPO assumes)."""
-    max_new_tokens: int = 64
+    max_new_tokens: MaxNewTokens = 64
     """Longest response in tokens; a response cut here has no EOS and gets missing_eos_penalty."""
-    missing_eos_penalty: float = 1.0
+    missing_eos_penalty: NonNegative = 1.0
     """Subtracted from the reward-model score of a response that produced no EOS (0 disables)."""
-    ptx_coef: float = 0.0
+    ptx_coef: NonNegative = 0.0
     """gamma of PPO-ptx: weight of the SFT loss on demonstrations mixed into each step (0 = plain PPO)."""
-    ptx_batch_size: int = 4
+    ptx_batch_size: BatchSize = 4
     """Demonstrations per gradient step for the ptx term."""
-    total_episodes: int = 1024
+    total_episodes: Annotated[int, Field(ge=1, le=INT_MAX)] = 1024
     """Episodes (prompt + sampled response) in the whole run; steps = total_episodes // rollout_batch_size."""
-    kl_limit: float = 20.0
+    kl_limit: Positive = 20.0
     """The run stops as diverged when the mean per-response KL to the reference (nats) passes this."""
-    max_grad_norm: float = 1.0
+    max_grad_norm: Positive = 1.0
     """The policy's and the value model's gradients are each clipped to this global norm."""
-    lora_r: int = 0
+    lora_r: Annotated[LoraRank, Words(zero="full fine-tuning")] = 0
     """Train LoRA adapters of this rank on the policy (0 = full fine-tuning); the reference is then
     the policy with its adapters switched off, so the backbone is held once."""
-    value_lora_r: int = 0
+    value_lora_r: Annotated[LoraRank, Words(zero="all weights")] = 0
     """Train the value model (started from the reward model) as LoRA adapters of this rank and its
     head (0 = all its weights): with a full-size value model, PPO holds two trained models."""
     gradient_checkpointing: bool = False
@@ -339,79 +355,26 @@ class PPOConfig(RunConfig):
     low_memory: bool = False
     """Keep the reference and reward models in CPU memory and move each to the GPU only for its
     forward pass (with lora_r and gradient_checkpointing, a 1B-parameter PPO fits on 24 GB)."""
-    save_every: int = 10
+    save_every: SaveEvery = 10
     """PPO steps between checkpoints (0: only when stopped). A run whose worker was stopped or
     vanished is queued again and goes on from its newest checkpoint."""
     precision: Precision = "auto"
     sharding: Sharding = "ddp"
-    seed: int = 0
+    seed: Seed = 0
     """Seeds prompt order, sampling and minibatch shuffling."""
 
-    def problems(self) -> list[str]:
-        problems = _sampling_problems(self.temperature, self.top_p, self.max_new_tokens, batch_size=1)
-        problems += _precision_problems(self)
-        if self.forward_batch_size < 1:
-            problems.append(f"forward_batch_size must be at least 1, got {self.forward_batch_size}.")
-        if not 0 < self.learning_rate < 1:
-            problems.append(f"learning_rate must be in (0, 1), got {self.learning_rate}.")
-        if not 0 <= self.kl_coef <= 1:
-            problems.append(f"kl_coef (beta) must be between 0 and 1 (paper: 0.02), got {self.kl_coef}.")
-        if not 0 < self.gamma <= 1:
-            problems.append(f"gamma must be in (0, 1], got {self.gamma}.")
-        if not 0 <= self.lam <= 1:
-            problems.append(f"lam must be between 0 and 1, got {self.lam}.")
-        if not 0 < self.cliprange < 1:
-            problems.append(f"cliprange must be in (0, 1) (usual: 0.2), got {self.cliprange}.")
-        if not 0 < self.cliprange_value <= 100:
-            problems.append(f"cliprange_value must be in (0, 100], got {self.cliprange_value}.")
-        if self.vf_coef < 0:
-            problems.append(f"vf_coef must be 0 or more, got {self.vf_coef}.")
-        if self.ppo_epochs < 1:
-            problems.append(f"ppo_epochs must be at least 1, got {self.ppo_epochs}.")
-        if self.rollout_batch_size < 1 or self.minibatch_size < 1:
-            problems.append(
-                f"rollout_batch_size and minibatch_size must be at least 1, got "
-                f"{self.rollout_batch_size} and {self.minibatch_size}."
-            )
-        elif self.rollout_batch_size % self.minibatch_size:
-            problems.append(
-                f"minibatch_size ({self.minibatch_size}) must divide rollout_batch_size ({self.rollout_batch_size})."
-            )
-        if self.total_episodes < self.rollout_batch_size:
-            problems.append(
-                f"total_episodes ({self.total_episodes}) must be at least rollout_batch_size "
-                f"({self.rollout_batch_size})."
-            )
-        if self.missing_eos_penalty < 0:
-            problems.append(f"missing_eos_penalty must be 0 or more, got {self.missing_eos_penalty}.")
-        if self.ptx_coef < 0:
-            problems.append(f"ptx_coef must be 0 or more, got {self.ptx_coef}.")
-        if self.ptx_batch_size < 1:
-            problems.append(f"ptx_batch_size must be at least 1, got {self.ptx_batch_size}.")
-        if not self.kl_limit > 0:
-            problems.append(f"kl_limit must be above 0, got {self.kl_limit}.")
-        if not self.max_grad_norm > 0:
-            problems.append(f"max_grad_norm must be above 0, got {self.max_grad_norm}.")
-        if self.lora_r < 0:
-            problems.append(f"lora_r must be 0 (full fine-tuning) or positive, got {self.lora_r}.")
-        if self.save_every < 0:
-            problems.append(f"save_every must be 0 (only when stopped) or positive, got {self.save_every}.")
-        if self.value_lora_r < 0:
-            problems.append(f"value_lora_r must be 0 (all weights) or positive, got {self.value_lora_r}.")
-        return problems
-
-
-def _sampling_problems(temperature: float, top_p: float, max_new_tokens: int, batch_size: int) -> list[str]:
-    problems: list[str] = []
-    if not temperature > 0:
-        problems.append(f"temperature must be above 0, got {temperature}.")
-    if not 0 < top_p <= 1:
-        problems.append(f"top_p must be in (0, 1], got {top_p}.")
-    if not 1 <= max_new_tokens <= 4096:
-        problems.append(f"max_new_tokens must be between 1 and 4096, got {max_new_tokens}.")
-    if batch_size < 1:
-        problems.append(f"batch_size must be at least 1, got {batch_size}.")
-    return problems
+    rules = (
+        _divides("minibatch_size", "rollout_batch_size"),
+        Rule(
+            ("total_episodes", "rollout_batch_size"),
+            lambda c: (
+                f"total_episodes ({c.total_episodes}) must be at least rollout_batch_size ({c.rollout_batch_size})."
+                if c.total_episodes < c.rollout_batch_size
+                else None
+            ),
+        ),
+        _no_fsdp_with_lora("lora_r", "value_lora_r"),
+    )
 
 
 RUN_CONFIGS: dict[str, type[RunConfig]] = {
@@ -424,32 +387,14 @@ RUN_CONFIGS: dict[str, type[RunConfig]] = {
 RunKindName = Literal["sft", "reward", "generate", "evaluate", "ppo"]
 
 
-# Settings with an upper bound that keeps a run possible to finish. The lower bounds and the
-# relations between settings are in each config's problems().
-UPPER_BOUNDS = {
-    "epochs": 1000,
-    "ppo_epochs": 100,
-    "lora_r": 4096,
-    "value_lora_r": 4096,
-    **{
-        name: 65536
-        for name in (
-            "batch_size",
-            "micro_batch_size",
-            "eval_batch_size",
-            "rollout_batch_size",
-            "minibatch_size",
-            "forward_batch_size",
-            "ptx_batch_size",
-        )
-    },
-}
 _TYPE_NAMES = {
     "int": f"an integer within ±{INT_MAX:,}",
     "float": "a finite number",
     "bool": "true or false",
     "str": "a string",
 }
+_BOUNDS = ("gt", "ge", "lt", "le")
+_BOUND_ERRORS = {"greater_than": "gt", "greater_than_equal": "ge", "less_than": "lt", "less_than_equal": "le"}
 
 
 def config_from_dict(kind: str, values: Any) -> Any:
@@ -474,29 +419,55 @@ def config_from_dict(kind: str, values: Any) -> Any:
         else value
         for key, value in values.items()
     }
-    problems = []
     try:
-        config = cls.model_validate(values)
+        return cls.model_validate(values)
     except ValidationError as error:
-        for item in error.errors():
-            key = str(item["loc"][0]) if item["loc"] else ""
-            if item["type"] == "extra_forbidden":
-                problems.append(
-                    f"Unknown setting {key!r} for a {kind} run; known settings: {', '.join(sorted(fields))}."
-                )
-            else:
-                problems.append(f"{key} must be {type_name(cls, key)}, got {item['input']!r}.")
+        errors = error.errors()
+    problems = [_problem(cls, kind, item) for item in errors]
+    invalid = {str(item["loc"][0]) for item in errors if item["loc"]}
+    if invalid:  # the rules across settings are checked only once every field is valid: check the others too
+        valid = {key: value for key, value in values.items() if key in fields and key not in invalid}
+        problems += cls.model_construct(**valid).problems(skip=invalid)
+    raise ValueError(" ".join(problems))
+
+
+def _problem(cls: type[RunConfig], kind: str, item: Any) -> str:
+    """One of pydantic's errors in words: the setting, what it must be, and what it got."""
+    if not item["loc"]:  # the model's rules
+        return str(item["ctx"]["error"])
+    key = str(item["loc"][0])
+    if item["type"] == "extra_forbidden":
+        return f"Unknown setting {key!r} for a {kind} run; known settings: {', '.join(sorted(cls.model_fields))}."
+    info = cls.model_fields[key]
+    value = item["input"]
+    if info.annotation is float and type(value) is int:
+        value = float(value)  # as the config would hold it
+    if info.annotation is int and type(value) is int and abs(value) > INT_MAX:
+        return f"{key} must be {type_name(cls, key)}, got {value}."
+    if item["type"] == "value_error":  # a field validator's own sentence
+        return str(item["ctx"]["error"])
+    words = next((m for m in info.metadata if isinstance(m, Words)), Words())
+    if item["type"] == "literal_error":
+        allowed = words.range or f"one of {', '.join(map(str, get_args(info.annotation)))}"
+    elif item["type"] in _BOUND_ERRORS:
+        allowed = words.range or _allowed(info, _BOUND_ERRORS[item["type"]], words.zero)
     else:
-        for key in fields:
-            value = getattr(config, key)
-            if fields[key].annotation is int and abs(value) > INT_MAX:
-                problems.append(f"{key} must be {type_name(cls, key)}, got {value}.")
-            elif key in UPPER_BOUNDS and value > UPPER_BOUNDS[key]:
-                problems.append(f"{key} must be at most {UPPER_BOUNDS[key]:,}, got {value}.")
-        problems = problems or config.problems()
-    if problems:
-        raise ValueError(" ".join(problems))
-    return config
+        return f"{key} must be {type_name(cls, key)}, got {value!r}."
+    return f"{words.name or key} must be {allowed}, got {value!r}."
+
+
+def _allowed(info: FieldInfo, broken: str, zero: str) -> str:
+    """A field's bounds in words: the whole interval of a float, else the bound that was broken."""
+    bounds = {name: getattr(m, name) for m in info.metadata for name in _BOUNDS if hasattr(m, name)}
+    low, high = bounds.get("gt", bounds.get("ge")), bounds.get("lt", bounds.get("le"))
+    if info.annotation is float and low is not None and high is not None:
+        if "ge" in bounds and "le" in bounds:
+            return f"between {low} and {high}"
+        return f"in {'(' if 'gt' in bounds else '['}{low}, {high}{')' if 'lt' in bounds else ']'}"
+    bound = bounds[broken]
+    if broken == "ge" and bound == 0:
+        return f"0 ({zero}) or positive" if zero else "0 or more"
+    return {"ge": "at least", "gt": "above", "le": "at most", "lt": "below"}[broken] + f" {bound:,}"
 
 
 def config_to_dict(config: RunConfig) -> dict[str, Any]:
@@ -507,6 +478,62 @@ def type_name(cls: type[RunConfig], key: str) -> str:
     annotation = cls.model_fields[key].annotation
     name = getattr(annotation, "__name__", str(annotation))
     return _TYPE_NAMES.get(name, f"of type {name}")
+
+
+# ---- a run's data -------------------------------------------------------------------------------
+
+
+class DataFilter(BaseModel):
+    """A run's data selection (TrainingRun.data_filter). The row keeps only the keys that were
+    given (`stored()`), so a row written before a key existed loads with that key's default."""
+
+    model_config = ConfigDict(
+        extra="forbid", strict=True, allow_inf_nan=False, frozen=True, use_attribute_docstrings=True
+    )
+
+    exclude_labelers: list[int] = []
+    """Users whose demonstrations and rankings are left out (with those added when the run is created)."""
+    min_agreement: Annotated[float, Field(ge=0, le=100)] | None = None
+    """Labelers whose agreement with the others on shared ranking tasks is below this percentage are
+    left out too (resolved when the run is created)."""
+    splits: Annotated[list[SplitName], Field(min_length=1)] = ["train"]
+    """Prompt splits to train on."""
+    valid_splits: Annotated[list[SplitName], Field(min_length=1)] = ["valid"]
+    """Prompt splits whose data measures held-out loss or accuracy."""
+    left_out_by_admin: list[int] = []
+    """Resolved when the run is created: the labelers an admin had left out of training."""
+    below_agreement: list[int] = []
+    """Resolved when the run is created: the labelers below min_agreement."""
+
+    def stored(self) -> dict[str, Any]:
+        """The JSON kept with the run: the keys given or resolved, as they were given."""
+        return self.model_dump(exclude_unset=True)
+
+
+DATA_FILTER_KEYS = ("exclude_labelers", "min_agreement", "splits", "valid_splits")
+"""What a person may ask for in a run's data filter; the others are resolved when the run is created."""
+_DATA_FILTER_MUST = {
+    "exclude_labelers": "data_filter.exclude_labelers must be a list of user ids.",
+    "min_agreement": "data_filter.min_agreement is a percentage between 0 and 100, e.g. 65; got {value!r}.",
+    "splits": "data_filter.splits must be a non-empty list of splits (train, valid, test).",
+    "valid_splits": "data_filter.valid_splits must be a non-empty list of splits (train, valid, test).",
+}
+
+
+def data_filter_from_dict(values: Any) -> DataFilter:
+    """The data filter a person asked for (API, run form). Raises ValueError listing every problem."""
+    if not isinstance(values, dict):
+        raise ValueError("data_filter must be an object.")
+    unknown = set(values) - set(DATA_FILTER_KEYS)
+    if unknown:
+        raise ValueError(
+            f"Unknown data_filter keys: {', '.join(sorted(map(str, unknown)))}; known: {', '.join(DATA_FILTER_KEYS)}."
+        )
+    try:
+        return DataFilter.model_validate(values)
+    except ValidationError as error:
+        keys = dict.fromkeys(str(item["loc"][0]) for item in error.errors())
+        raise ValueError(" ".join(_DATA_FILTER_MUST[key].format(value=values[key]) for key in keys)) from None
 
 
 # Settings a person can start from on the run form, per run kind; the demo (`instructloop demo`)
