@@ -10,12 +10,17 @@ State machines (documented here, enforced in app.services):
 """
 
 import enum
+import re
 from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
+    Connection,
+    Delete,
+    Engine,
     Enum,
     Float,
     ForeignKey,
@@ -24,9 +29,14 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    TextClause,
     UniqueConstraint,
+    Update,
+    event,
     false,
     func,
+    inspect,
+    text,
     true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -652,6 +662,66 @@ SUBMISSION_MODELS: dict[TaskKind, SubmissionModel] = {
     TaskKind.comparison: Comparison,
 }
 """The table of each task kind's submissions."""
+
+
+class FigureWrites(Base):
+    """One row (id 1): how many committed transactions updated or deleted rows that the admin figures
+    read. The figures' fingerprint (app.services.stats) reads it beside the newest row of each table,
+    which sees inserts; so a remembered figure is never older than the last write of any process.
+
+    Counted for every connection of every engine (`_note_figure_write`), so no write path can
+    forget it. Inserts are not counted (labeling and the intake stay off this one row), and on
+    Postgres a submission's slot update rides inside its INSERT; the count is bumped as the last
+    statement before COMMIT, so the row is locked for one round trip and never waits in a cycle."""
+
+    __tablename__ = "figure_writes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+FIGURE_TABLES = frozenset(table(m).name for m in (Prompt, Task, Skip, *SUBMISSION_MODELS.values()))
+"""The tables the admin figures read: an UPDATE or DELETE of any of them counts in FigureWrites."""
+_CASCADING = frozenset(table(m).name for m in (Project, User))
+"""Deleting one of these deletes figure rows too (ON DELETE CASCADE)."""
+_WROTE = "figure_tables_written"
+_COUNTER_FOUND = "figure_writes_found"
+_TEXT_WRITE = re.compile(r"\s*(?:TRUNCATE\b|(?:UPDATE|DELETE\s+FROM)\s+\"?(\w+))", re.IGNORECASE)
+_BUMP = text("INSERT INTO figure_writes (id, n) VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET n = figure_writes.n + 1")
+
+
+def _figure_table_written(statement: Any) -> bool:
+    if isinstance(statement, Update | Delete):
+        name = getattr(statement.table, "name", None)
+        return name in FIGURE_TABLES or (isinstance(statement, Delete) and name in _CASCADING)
+    if isinstance(statement, TextClause) and (m := _TEXT_WRITE.match(statement.text)):
+        return m.group(1) is None or m.group(1).lower() in FIGURE_TABLES | _CASCADING  # None: TRUNCATE
+    return False
+
+
+@event.listens_for(Engine, "before_execute")
+def _note_figure_write(conn: Connection, statement: Any, *_: Any) -> None:
+    if _figure_table_written(statement):
+        conn.info[_WROTE] = True
+
+
+@event.listens_for(Engine, "commit")
+def _count_figure_writes(conn: Connection) -> None:
+    if conn.info.pop(_WROTE, False) and _counter_exists(conn):
+        conn.execute(_BUMP)
+
+
+def _counter_exists(conn: Connection) -> bool:
+    """False only before its migration (older migrations edit figure tables); once found, each
+    pooled connection remembers it."""
+    if not conn.info.get(_COUNTER_FOUND):
+        conn.info[_COUNTER_FOUND] = inspect(conn).has_table(table(FigureWrites).name)
+    return bool(conn.info[_COUNTER_FOUND])
+
+
+@event.listens_for(Engine, "rollback")
+def _forget_figure_writes(conn: Connection) -> None:
+    conn.info.pop(_WROTE, None)
 
 
 class TrainingRun(Base):

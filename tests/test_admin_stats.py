@@ -1,16 +1,21 @@
 """Labeler figures, agreement (pairwise rate, Kendall's tau-b), gold accuracy, data page, tasks pages."""
 
+import json
 import math
+import subprocess
+import sys
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
-from app.db import utcnow
+from app.db import make_engine, make_sessionmaker, utcnow, write_session
 from app.models import (
     Comparison,
     Completion,
     Demonstration,
+    FigureWrites,
     Prompt,
     Ranking,
     Skip,
@@ -19,8 +24,9 @@ from app.models import (
     Task,
     TaskCompletion,
     TaskKind,
+    TaskStatus,
 )
-from app.services import ServiceError, accounts, projects, stats
+from app.services import ServiceError, accounts, imports, projects, queue, review, stats, submissions, tasks
 from tests.conftest import csrf_of
 
 
@@ -181,8 +187,8 @@ def test_agreement(session, world):
 
 
 def test_gold_accuracy(session, world):
-    stats.set_gold(session, world.rank_task, {"order": [[world.a], [world.b], [world.c], [world.d]]})
-    stats.set_gold(session, world.comp_task, {"winner": world.x})
+    review.set_gold(session, world.rank_task, {"order": [[world.a], [world.b], [world.c], [world.d]]})
+    review.set_gold(session, world.comp_task, {"winner": world.x})
     session.commit()
     gold = stats.gold_accuracy(session, world.project.id)
     assert gold[world.l1.id] == (2, 1.0)
@@ -194,10 +200,10 @@ def test_gold_accuracy(session, world):
         {"order": "a>b"},
     ]:
         with pytest.raises(ServiceError, match="every output"):
-            stats.set_gold(session, world.rank_task, bad)
+            review.set_gold(session, world.rank_task, bad)
     with pytest.raises(ServiceError, match="one of the two"):
-        stats.set_gold(session, world.comp_task, {"winner": world.a})
-    stats.set_gold(session, world.comp_task, None)
+        review.set_gold(session, world.comp_task, {"winner": world.a})
+    review.set_gold(session, world.comp_task, None)
     session.commit()
     assert world.l1.id in stats.gold_accuracy(session) and stats.gold_accuracy(session)[world.l1.id][0] == 1
 
@@ -279,3 +285,156 @@ def test_project_page_counts_new_prompts_at_once(admin_client, session, world):
     )
     session.commit()
     assert stat.format(28) in admin_client.get(f"/admin/projects/{world.project.id}").text  # 3 + 25
+
+
+# ---------------------------------------------------------------- figures are never stale
+
+
+@pytest.fixture
+def other(settings):
+    """Another process's view of the same database: an engine and session of its own."""
+    engine = make_engine(settings.db_url)
+    with make_sessionmaker(engine)() as s:
+        yield s
+    engine.dispose()
+
+
+def _views(session, project_id: int, *, fresh: bool = False):
+    """Every remembered figure of a project and of the data page, as plain values."""
+    rows, agreement, _ = stats.labelers_report(session, project_id, fresh=fresh)
+    overview = stats.data_overview(session, 7, fresh=fresh)
+    return (
+        stats.project_summary(session, project_id, fresh=fresh),
+        overview.counts,
+        overview.per_day,
+        [(r.user.email, r.done, r.median_ms, r.skips, r.prompt_flags, r.gold_n, r.gold_accuracy) for r in rows],
+        (agreement.project.same, agreement.project.comparable, agreement.shared_tasks),
+    )
+
+
+def _spare(session, project_id: int, text: str, job_id: int | None = None) -> tuple[Prompt, Task]:
+    """A prompt with an unanswered demonstration task (deletable)."""
+    prompt = Prompt(project_id=project_id, text=text, content_hash=text, import_job_id=job_id)
+    session.add(prompt)
+    session.flush()
+    task = Task(project_id=project_id, prompt_id=prompt.id, kind=TaskKind.demonstration, required=1)
+    session.add(task)
+    session.commit()
+    return prompt, task
+
+
+def _flag_id(session, world) -> int:
+    return session.scalar(select(Skip.id).where(Skip.reason == SkipReason.pii))
+
+
+CHANGES = {
+    # name: (change made through the other engine, what the world project's summary says after)
+    "prompt deleted": lambda o, w, spare: tasks.delete_prompt(o, w.project.id, spare[0].id),
+    "task deleted": lambda o, w, spare: tasks.delete_task(o, spare[1].id),
+    "gold set": lambda o, w, spare: review.set_gold(
+        o, o.get(Task, w.rank_task.id), {"order": [[w.d], [w.c], [w.b], [w.a]]}
+    ),
+    "flagged prompt retired": lambda o, w, spare: review.retire_flagged_prompt(
+        o, o.get(accounts.User, w.l1.id), w.project.id, _flag_id(o, w)
+    ),
+    "one more labeler asked": lambda o, w, spare: review.ask_one_more_labeler(o, w.comp_task.id),
+    "submission rejected": lambda o, w, spare: review.decide(
+        o, o.get(accounts.User, w.l1.id), "ranking", o.scalar(select(Ranking.id).limit(1)), "rejected", "Off topic"
+    ),
+}
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_an_edit_or_deletion_elsewhere_shows_on_the_next_view(session, other, world, change):
+    """Figures are remembered per process; a row another process deletes or edits in place (no new
+    row) shows in the very next view of this one, and of the other one."""
+    spare = _spare(session, world.project.id, "spare prompt")
+    _spare(session, world.project.id, "newer prompt")  # the deleted rows are not the newest
+    session.get(Task, world.comp_task.id).status = TaskStatus.closed
+    session.commit()
+    before = _views(session, world.project.id)
+    assert before[0]["prompts_total"] == 5 and before[0]["tasks"]["demonstration"] == {"open": 4}
+    # A remembered view is what a fresh computation says, and stays so without writes.
+    assert _views(other, world.project.id) == before == _views(session, world.project.id, fresh=True)
+    CHANGES[change](other, world, spare)
+    other.commit()
+    session.commit()  # a new snapshot (Postgres), as a new request has
+    after = _views(session, world.project.id)
+    assert after == _views(other, world.project.id) == _views(session, world.project.id, fresh=True)
+    expected = {
+        "prompt deleted": lambda: after[0]["prompts_total"] == 4 and after[0]["tasks"]["demonstration"] == {"open": 3},
+        "task deleted": lambda: after[0]["prompts_total"] == 5 and after[0]["tasks"]["demonstration"] == {"open": 3},
+        "flagged prompt retired": lambda: after[0]["tasks"]["demonstration"] == {"open": 3, "retired": 1},
+        "one more labeler asked": lambda: after[0]["tasks"]["comparison"] == {"open": 1},
+        "gold set": lambda: [row[5] for row in after[3]] == [1, 1, 1],
+    }
+    assert expected.get(change, lambda: after == before)()
+
+
+def test_a_deleted_project_and_import_leave_the_figures(session, other, world):
+    spare = projects.create_project(session, projects.ProjectSettings(name="Spare"))
+    job = imports.start_job(session, spare, filename="p.jsonl", options={}, created_by=None)
+    job.status = imports.ImportJobStatus.succeeded
+    session.commit()
+    for i in range(3):
+        _spare(session, spare.id, f"imported {i}", job.id)
+    _spare(session, spare.id, "typed in")
+    _spare(session, world.project.id, "newer prompt")  # the deleted rows are not the newest
+    assert stats.project_summary(session, spare.id)["prompts_total"] == 4
+    assert stats.data_overview(session).counts[spare.id]["prompts"] == {"train": 4}
+    imports.delete_import(other, spare.id, job.id)
+    other.commit()
+    assert stats.project_summary(session, spare.id)["prompts_total"] == 1
+    assert stats.data_overview(session).counts[spare.id]["prompts"] == {"train": 1}
+    projects.delete_project(other, spare.id)
+    other.commit()
+    assert stats.project_summary(session, spare.id)["prompts_total"] == 0
+    assert spare.id not in stats.data_overview(session).counts
+    assert stats.data_overview(session).counts[world.project.id]["prompts"] == {"train": 3, "test": 1}
+
+
+def test_a_deletion_by_another_process_shows_on_the_next_view(session, settings, world):
+    """A separate Python process (as a worker or the CLI is) that never imports the stats module."""
+    prompt, _ = _spare(session, world.project.id, "spare prompt")
+    _spare(session, world.project.id, "newer prompt")  # the deleted prompt is not the newest
+    assert stats.project_summary(session, world.project.id)["prompts_total"] == 5
+    script = (
+        "import sys\n"
+        "from app.db import make_engine, write_session\n"
+        "from app.services import tasks\n"
+        "with write_session(make_engine(sys.argv[1])) as s:\n"
+        "    tasks.delete_prompt(s, int(sys.argv[2]), int(sys.argv[3]))\n"
+        "assert 'app.services.stats' not in sys.modules\n"
+    )
+    args = [settings.db_url, str(world.project.id), str(prompt.id)]
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-c", script, *args], check=True, cwd=root, timeout=120)
+    session.commit()
+    assert stats.project_summary(session, world.project.id)["prompts_total"] == 4
+
+
+def _writes(session) -> int | None:
+    session.commit()
+    return session.scalar(select(FigureWrites.n).where(FigureWrites.id == 1))
+
+
+def test_inserts_leave_the_write_count_alone(session, engine, world, db_url):
+    """Labeling and the intake add rows (the newest-row part of the fingerprint sees them) and
+    leave the one counted row alone; on Postgres even a submission's slot update, which rides
+    inside its INSERT. (SQLite takes the slot in a separate UPDATE; its writers take turns anyway.)"""
+    project = world.project
+    spare = _spare(session, project.id, "spare prompt")
+    shown = stats.project_summary(session, project.id)
+    writes = _writes(session)
+    with write_session(engine) as s:
+        leased = queue.next_task(s, world.l3.id, project, TaskKind.demonstration, default_lease_seconds=600)
+    assert leased is not None and leased.task_id == spare[1].id
+    with write_session(engine) as s:
+        submissions.submit_demonstration(s, s.get(accounts.User, world.l3.id), spare[1].id, "An answer.")
+    if db_url.startswith("postgresql"):
+        assert _writes(session) == writes
+    after = stats.project_summary(session, project.id)
+    assert after != shown and after == stats.project_summary(session, project.id, fresh=True)
+    assert after["done"]["demonstration"] == shown["done"]["demonstration"] + 1
+    assert after["tasks"]["demonstration"] == {"open": 2, "closed": 1}
+    assert json.dumps(after)  # plain values, as remembered

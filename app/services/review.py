@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, null, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db import atomic, changed_rows, utcnow
@@ -409,14 +409,36 @@ def ask_one_more_labeler(session: Session, task_id: int) -> Task:
     return task
 
 
+def set_gold(session: Session, task: Task, gold: dict | None) -> None:
+    """Gold for a ranking task: {"order": [[id], [id, id], ...]} over exactly its outputs;
+    for a comparison task: {"winner": completion id or None for a tie}; None removes it."""
+    if gold is None:
+        task.gold = null()
+        return
+    ids = {o.completion_id for o in task.outputs}
+    if task.kind == TaskKind.ranking:
+        order = gold.get("order")
+        flat = [c for g in order or [] for c in g] if isinstance(order, list) else []
+        if sorted(flat) != sorted(ids) or any(not g for g in order or []):
+            raise ServiceError("The gold order must place every output of the task exactly once.")
+        task.gold = {"order": [[int(c) for c in g] for g in order or []]}
+    elif task.kind == TaskKind.comparison:
+        winner = gold.get("winner")
+        if winner is not None and winner not in ids:
+            raise ServiceError("The gold winner must be one of the two outputs, or a tie.")
+        task.gold = {"winner": winner}
+    else:
+        raise ServiceError("Gold answers are for ranking and comparison tasks; demonstrations are free text.")
+
+
 def gold_from_submission(session: Session, kind: str, submission_id: int) -> Task:
     """The submission's answer becomes its task's gold answer (rankings and comparisons)."""
     one = item(session, kind, submission_id)
     sub = one.submission
     if one.kind == TaskKind.ranking:
-        stats.set_gold(session, one.task, {"order": sub.order})
+        set_gold(session, one.task, {"order": sub.order})
     elif one.kind == TaskKind.comparison:
-        stats.set_gold(
+        set_gold(
             session, one.task, {"winner": stats.comparison_winner(sub.choice, sub.a_completion_id, sub.b_completion_id)}
         )
     else:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import String, case, cast, func, literal, null, select, union_all
+from sqlalchemy import String, case, cast, func, literal, select, union_all
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
@@ -22,6 +22,7 @@ from app.models import (
     Comparison,
     ComparisonChoice,
     Demonstration,
+    FigureWrites,
     Project,
     Prompt,
     PromptCategory,
@@ -35,7 +36,6 @@ from app.models import (
     TaskStatus,
     User,
 )
-from app.services import ServiceError
 
 log = logging.getLogger(__name__)
 AGREEMENT_TASK_LIMIT = 2000
@@ -86,24 +86,27 @@ _MEMO: dict[tuple, tuple[tuple, Any, datetime]] = {}
 
 
 def _fingerprint(session: Session) -> tuple:
-    """Changes whenever a prompt, task, submission or skip is added or an import is rolled back: the
-    newest row of each table (its id and time, read through the primary key, so a wiped and refilled
-    table differs too), and the date (figures per day). Rows are not edited in place in ways these
-    figures read (a task's status follows its submissions)."""
+    """Changes whenever a committed write could change a figure, in this process or another: the
+    newest row of each table the figures read (its id and time, read through the primary key, so a
+    wiped and refilled table differs too) for inserts; the count of committed transactions that
+    updated or deleted such rows (FigureWrites, bumped by every connection) for the rest (deleted
+    prompts, tasks and projects, a rolled back import, gold, reviews, retired or reopened tasks);
+    and the date (figures per day). One query."""
     tables = (Prompt, Task, Demonstration, Ranking, Comparison, Skip)
     newest = [select(m.id, m.created_at).order_by(m.id.desc()).limit(1).subquery() for m in tables]
     cols = [
         c for sub in newest for c in (select(sub.c.id).scalar_subquery(), select(sub.c.created_at).scalar_subquery())
     ]
-    return (utcnow().date(), *session.execute(select(*cols)).one())
+    writes = select(FigureWrites.n).where(FigureWrites.id == 1).scalar_subquery()
+    return (utcnow().date(), *session.execute(select(*cols, writes)).one())
 
 
 def memo(session: Session, name: str, args: tuple, compute, *, fresh: bool = False) -> tuple[Any, datetime]:
     """(value, computed_at) of `compute(session)`, an aggregate of plain numbers (never ORM rows).
 
-    Remembered per process until a row is added (`_fingerprint`, one indexed query): a view after a
-    change always recomputes, so no figure older than the last write is shown. `fresh` recomputes
-    anyway."""
+    Remembered per process until a figure's rows change in any process (`_fingerprint`, one indexed
+    query): the fingerprint is read before computing, so a view after a committed write always
+    recomputes and no figure older than the last write is shown. `fresh` recomputes anyway."""
     key = (session.get_bind().engine.url.render_as_string(), name, args)
     fingerprint = _fingerprint(session)
     hit = _MEMO.get(key)
@@ -200,7 +203,7 @@ def _middle_times(session: Session, model, counts: dict[int, int]) -> dict[int, 
 
 def labeler_figures(session: Session, project_id: int | None = None, *, fresh: bool = False) -> list[LabelerFigures]:
     """One row per labeler (and per admin who labeled): a fixed number of grouped queries, remembered
-    until a submission is added."""
+    until the rows they are counted from change (see memo)."""
     numbers, _ = memo(session, "labelers", (project_id,), lambda s: _labeler_numbers(s, project_id), fresh=fresh)
     users = session.scalars(
         select(User).where((User.role == Role.labeler) | User.id.in_(list(numbers))).order_by(User.email)
@@ -349,28 +352,6 @@ def ranking_agreement(session: Session, project_id: int | None = None, limit: in
 # ---------------------------------------------------------------- gold
 
 
-def set_gold(session: Session, task: Task, gold: dict | None) -> None:
-    """Gold for a ranking task: {"order": [[id], [id, id], ...]} over exactly its outputs;
-    for a comparison task: {"winner": completion id or None for a tie}."""
-    if gold is None:
-        task.gold = null()
-        return
-    ids = {o.completion_id for o in task.outputs}
-    if task.kind == TaskKind.ranking:
-        order = gold.get("order")
-        flat = [c for g in order or [] for c in g] if isinstance(order, list) else []
-        if sorted(flat) != sorted(ids) or any(not g for g in order or []):
-            raise ServiceError("The gold order must place every output of the task exactly once.")
-        task.gold = {"order": [[int(c) for c in g] for g in order or []]}
-    elif task.kind == TaskKind.comparison:
-        winner = gold.get("winner")
-        if winner is not None and winner not in ids:
-            raise ServiceError("The gold winner must be one of the two outputs, or a tie.")
-        task.gold = {"winner": winner}
-    else:
-        raise ServiceError("Gold answers are for ranking and comparison tasks; demonstrations are free text.")
-
-
 def gold_score_ranking(order: list, gold: dict) -> float | None:
     """Share of the gold's strictly ordered pairs that the labeler ordered the same way (a tie counts wrong)."""
     g, r = ranks_of(gold.get("order") or []), ranks_of(order)
@@ -512,7 +493,7 @@ def data_overview(
     session: Session, days: int = 30, project_id: int | None = None, *, fresh: bool = False
 ) -> DataOverview:
     """Counts per project, kind and split, open tasks, and submissions per day; the counts are
-    remembered until a prompt, task or submission is added."""
+    remembered until their rows change (see memo)."""
     projects = session.scalars(select(Project).order_by(Project.name)).all()
     counts, as_of = memo(session, "data", (), _data_counts, fresh=fresh)
     per_day, _ = memo(
@@ -550,8 +531,7 @@ class CategoryMix:
 
 
 def category_mix(session: Session, project_ids: list[int]) -> dict[int, CategoryMix]:
-    """Per project: prompts per category and PII-flagged prompts. Not remembered (an admin's category
-    edit adds no row), and cheap: one grouped read of the (project_id, category, pii) index."""
+    """Per project: prompts per category and PII-flagged prompts. Not remembered: cheap, one grouped read of the (project_id, category, pii) index."""
     mixes: dict[int, CategoryMix] = {pid: CategoryMix() for pid in project_ids}
     if not project_ids:
         return mixes

@@ -121,7 +121,7 @@ async def set_gold(request: Request, session: SessionDep, user: AdminUser, task_
     form = await request.form()
     try:
         if form.get("clear"):
-            stats.set_gold(session, task, None)
+            review.set_gold(session, task, None)
             flash(request, "Gold answer removed.")
         elif task.kind == TaskKind.ranking:
             # One rank number per output (1 = best); equal numbers are ties.
@@ -132,10 +132,10 @@ async def set_gold(request: Request, session: SessionDep, user: AdminUser, task_
                     raise ServiceError(f"Give every output a rank from 1 to {len(task.outputs)}.")
                 ranks[out.completion_id] = int(value)
             order = [[cid for cid, r in ranks.items() if r == level] for level in sorted(set(ranks.values()))]
-            stats.set_gold(session, task, {"order": order})
+            review.set_gold(session, task, {"order": order})
             flash(request, "Gold order saved; labelers' accuracy on it shows on the Labelers page.", "success")
         else:
-            stats.set_gold(session, task, {"winner": form_id(form, "winner")})
+            review.set_gold(session, task, {"winner": form_id(form, "winner")})
             flash(request, "Gold answer saved.", "success")
     except ServiceError as exc:
         session.rollback()
