@@ -138,6 +138,14 @@ def write_session(engine: Engine) -> Iterator[Session]:
             yield session
 
 
+@contextmanager
+def read_session(engine: Engine) -> Iterator[Session]:
+    """Reads outside a web request (a streamed export, a background job's parsing): no transaction is
+    held for writing, so SQLite's writer lock stays free. Writes go through write_session."""
+    with Session(engine, expire_on_commit=False) as session:
+        yield session
+
+
 OWNED = "transaction_owned_by_caller"
 """Session.info key: the caller (write_session) commits; `atomic` leaves the transaction alone."""
 
@@ -166,6 +174,29 @@ def atomic(func: Callable[Concatenate[Session, P], T]) -> Callable[Concatenate[S
         return result
 
     return step
+
+
+AFTER_COMMIT = "after_commit"
+"""Session.info key: what to do once the session's transaction has committed (`after_commit`)."""
+
+
+def after_commit(session: Session, action: Callable[[], object]) -> None:
+    """action() once the session's outer transaction commits (files that may go only after the rows
+    naming them are gone); forgotten if it rolls back. Runs in whoever commits: the request's session,
+    write_session or an atomic step."""
+    session.info.setdefault(AFTER_COMMIT, []).append(action)
+
+
+@event.listens_for(Session, "after_commit")
+def _run_after_commit(session: Session) -> None:
+    for action in session.info.pop(AFTER_COMMIT, []):
+        action()
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_after_rollback(session: Session, transaction) -> None:
+    if transaction.parent is None:  # the outer transaction ended without a commit (after one, it's empty)
+        session.info.pop(AFTER_COMMIT, None)
 
 
 def changed_rows(result: Result) -> int:

@@ -51,17 +51,33 @@ _COMMIT_THREADS = anyio.CapacityLimiter(math.inf)
 
 
 async def get_session(request: Request) -> AsyncIterator[Session]:
-    """The request's session: what is still pending when the handler returns is committed before the
-    response is sent, and everything is rolled back on any error, so nothing is half-written. Service
-    steps whose reads decide their writes are `app.db.atomic`: they hold the writer lock and commit
-    within the handler (see there why)."""
+    """The request's session, and the one place a request's transaction ends: what is still pending
+    when the handler returns is committed before the response is sent, unless the handler refused the
+    request (`refuse`: a form shown again with its error, a refused action); on a refusal or any error
+    everything is rolled back, so nothing is half-written. Routers never commit or roll back (a test
+    walks them). Services check before they write, and a write that may fail on a constraint runs in
+    a savepoint, so a refused request has nothing of its own pending when it re-renders. Service steps
+    whose reads decide their writes are `app.db.atomic`: they hold the writer lock and commit within
+    the handler (see there why). Work for after the commit (removing files) is `app.db.after_commit`."""
     session = request.app.state.sessionmaker()
     try:
         yield session
     except BaseException:
         await _end(session, commit=False)
         raise
-    await _end(session, commit=True)
+    await _end(session, commit=not is_refused(request))
+
+
+REFUSED = "request_refused"
+
+
+def refuse(request: Request) -> None:
+    """This request's answer is a refusal: its session rolls back instead of committing."""
+    setattr(request.state, REFUSED, True)
+
+
+def is_refused(request: Request) -> bool:
+    return getattr(request.state, REFUSED, False)
 
 
 async def _end(session: Session, *, commit: bool) -> None:

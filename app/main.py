@@ -257,12 +257,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if _wants_json(request):
             return JSONResponse({"detail": "Invalid request.", "errors": errors}, status_code=422)
         what = "; ".join(f"{e['loc'][-1]}: {e['msg']}" for e in errors[:3])
-        return render(
-            request,
-            "error.html",
-            {"title": "Not a valid address", "message": f"This page can't be shown for these values ({what})."},
-            status_code=422,
-        )
+        if request.method == "POST":  # a typed form (app.web.params.BackForm) with a value it can't take
+            title, message = (
+                "Not a valid form",
+                f"This form has values that can't be used ({what}). Go back and correct them.",
+            )
+        else:
+            title, message = "Not a valid address", f"This page can't be shown for these values ({what})."
+        return render(request, "error.html", {"title": title, "message": message}, status_code=422)
 
     @app.exception_handler(OperationalError)
     async def _db_down(request: Request, exc: OperationalError):

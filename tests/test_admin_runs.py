@@ -98,7 +98,8 @@ def test_api_takes_min_agreement_as_documented(client, session, world, make_user
     [
         ({"cfg_epochs": "three"}, 422, "epochs must be a whole number"),
         ({"cfg_learning_rate": "-1"}, 422, "learning_rate"),
-        ({"min_agreement": "lots"}, 400, "percentage"),
+        ({"min_agreement": "lots"}, 422, "Not a valid form"),  # type="number" on the page
+        ({"min_agreement": "150"}, 400, "percentage"),
         ({"model_0": "999"}, 404, "does not exist"),
     ],
 )

@@ -22,9 +22,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Row, exists, select
+from sqlalchemy import Engine, Row, exists, select
 from sqlalchemy.orm import Session
 
+from app.db import read_session
 from app.models import (
     Comparison,
     ComparisonChoice,
@@ -244,6 +245,13 @@ def _first_preference(session: Session, f: ExportFilter):
     for row in preference_rows(session, f):
         yield row
         return
+
+
+def stream_lines(engine: Engine, kind: str, f: ExportFilter) -> Iterator[str]:
+    """jsonl_lines in a session of its own, for a streamed response: the request's session has ended
+    before the body is sent."""
+    with read_session(engine) as session:
+        yield from jsonl_lines(session, kind, f)
 
 
 def jsonl_lines(session: Session, kind: str, f: ExportFilter) -> Iterator[str]:

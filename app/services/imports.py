@@ -22,15 +22,17 @@ import hashlib
 import io
 import json
 import logging
+import threading
 import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.db import make_sessionmaker, utcnow
+from app.db import atomic, read_session, utcnow, write_session
 from app.models import (
     SUBMISSION_MODELS,
     Completion,
@@ -602,6 +604,7 @@ def summary(preview: ImportPreview, tasks_created: int) -> str:
     return message
 
 
+@atomic  # committed before the job runs: its thread reads the row from a session of its own
 def start_job(
     session: Session, project: Project, *, filename: str, options: dict[str, Any], created_by: User | None
 ) -> ImportJob:
@@ -621,9 +624,8 @@ def run_job(engine: Engine, job_id: int, data: bytes) -> ImportJob:
     """Parses the upload, then writes its prompts JOB_CHUNK at a time, each chunk in its own
     transaction with the job's progress. All or nothing all the same: when anything fails, the
     prompts the job added are deleted and the job says why. Returns the finished job."""
-    factory = make_sessionmaker(engine)
     try:
-        with factory.begin() as session:
+        with read_session(engine) as session:  # parsing holds no writer lock
             job = session.get_one(ImportJob, job_id)
             project = session.get_one(Project, job.project_id)
             o = job.options
@@ -643,10 +645,11 @@ def run_job(engine: Engine, job_id: int, data: bytes) -> ImportJob:
                 )
             if not preview.records:
                 raise ServiceError("Nothing to import: every prompt in the file is already in this project.")
-            job.total = len(preview.records)
+        with write_session(engine) as session:
+            session.execute(update(ImportJob).where(ImportJob.id == job_id).values(total=len(preview.records)))
         for start in range(0, len(preview.records), JOB_CHUNK):
             chunk = preview.records[start : start + JOB_CHUNK]
-            with factory.begin() as session:
+            with write_session(engine) as session:
                 session.execute(
                     insert(Prompt),
                     [
@@ -669,7 +672,7 @@ def run_job(engine: Engine, job_id: int, data: bytes) -> ImportJob:
                     update(ImportJob).where(ImportJob.id == job_id).values(done=ImportJob.done + len(chunk))
                 )
         tasks_created = 0
-        with factory.begin() as session:
+        with write_session(engine) as session:
             if o.get(
                 "create_tasks"
             ):  # one demonstration task per new train prompt, as tasks.create_demonstration_tasks
@@ -706,13 +709,24 @@ def run_job(engine: Engine, job_id: int, data: bytes) -> ImportJob:
             log.exception("import job %s failed", job_id)
             message = f"The import failed ({type(exc).__name__}); nothing was imported."
         fail_job(engine, job_id, message)
-    with factory() as session:
+    with read_session(engine) as session:
         return session.get_one(ImportJob, job_id)
+
+
+def run_upload(engine: Engine, job_id: int, upload: Path) -> ImportJob | None:
+    """Runs a started job on the previewed upload (removed once read): a small file at once, its
+    finished job returned; a large one in a thread of its own (None), its page showing the progress."""
+    data = upload.read_bytes()
+    upload.unlink(missing_ok=True)
+    if len(data) > BACKGROUND_MIN_BYTES:
+        threading.Thread(target=run_job, args=(engine, job_id, data), daemon=True, name=f"import-job-{job_id}").start()
+        return None
+    return run_job(engine, job_id, data)
 
 
 def fail_job(engine: Engine, job_id: int, message: str) -> None:
     """Removes what the job added and records why it ended."""
-    with make_sessionmaker(engine).begin() as session:
+    with write_session(engine) as session:
         session.execute(delete(Prompt).where(Prompt.import_job_id == job_id))
         session.execute(
             update(ImportJob)
@@ -723,7 +737,7 @@ def fail_job(engine: Engine, job_id: int, message: str) -> None:
 
 def fail_unfinished_jobs(engine: Engine) -> int:
     """At server start: jobs a previous server process was running can't finish any more."""
-    with make_sessionmaker(engine)() as session:
+    with read_session(engine) as session:
         ids = list(session.scalars(select(ImportJob.id).where(ImportJob.status == ImportJobStatus.running)))
     for job_id in ids:
         fail_job(engine, job_id, "The server stopped during this import; nothing was imported. Import the file again.")

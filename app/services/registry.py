@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.db import utcnow
+from app.db import after_commit, utcnow
 from app.models import DatabaseIdentity, ModelKind, ModelVersion, Project, RunStatus, TrainingRun
 from app.services import Conflict, NotFound, ServiceError
 from app.validation import text_problem
@@ -158,7 +158,8 @@ def delete_version(session: Session, version_id: int, artifacts_dir: Path) -> De
     """Deletes a model version. Refused while a queued or running run uses it. When other versions
     descend from it or runs used it, its row stays as a tombstone (lineage stays readable); else
     the row goes. Its files go too when they are this app's artifacts (a base model's own folder or
-    hub id is not ours to remove): the caller removes `folder` after committing."""
+    hub id is not ours to remove), once the deletion has committed (`after_commit`): a rolled-back
+    deletion leaves them."""
     version = get_version(session, version_id)
     if version.deleted_at is not None:
         raise Conflict(f"Model version {version_id} is already deleted.")
@@ -180,13 +181,9 @@ def delete_version(session: Session, version_id: int, artifacts_dir: Path) -> De
     else:
         session.delete(version)
     session.flush()
+    if folder is not None:
+        after_commit(session, lambda: shutil.rmtree(folder, ignore_errors=True))
     return Deleted(version_id, bool(named_by), folder, named_by)
-
-
-def remove_files(deleted: Deleted) -> None:
-    """After the deletion is committed: the version's artifact folder goes from disk."""
-    if deleted.folder is not None:
-        shutil.rmtree(deleted.folder, ignore_errors=True)
 
 
 def _own_folder(version: ModelVersion, artifacts_dir: Path) -> Path | None:

@@ -110,16 +110,11 @@ def export_download(
         raise ServiceError("Leave out labelers by their ids, separated by commas (e.g. 3,7).") from None
     f = exports.ExportFilter(project.id, list(exports.SPLITS) if split == "all" else [split], excluded, format)
     exports.check(session, kind, f)
-    maker = request.app.state.sessionmaker
-
-    def body():
-        # A session of its own: the request's session is closed before the stream is sent.
-        with maker() as s:
-            yield from exports.jsonl_lines(s, kind, f)
-
     name = exports.filename(project, kind, f)
     return StreamingResponse(
-        body(), media_type="application/x-ndjson", headers={"Content-Disposition": f'attachment; filename="{name}"'}
+        exports.stream_lines(request.app.state.engine, kind, f),
+        media_type="application/x-ndjson",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
     )
 
 

@@ -2,52 +2,51 @@
 
 import re
 import secrets
-import threading
 import time
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Form, Request
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import HTMLResponse
-from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import FormData, UploadFile
+from pydantic import BaseModel
 
 from app.deps import AdminUser, SessionDep, SettingsDep, verify_csrf
 from app.markdown import render_markdown
 from app.models import ImportJobStatus
 from app.services import ServiceError, accounts, imports, intake, projects, stats
-from app.web.params import IdPath, form_text, form_texts
+from app.web.params import Id, IdPath
 from app.web.render import flash, redirect, refused, render
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(verify_csrf)], include_in_schema=False)
 UPLOAD_TTL_S = 24 * 3600
 
 
-def _int(form: FormData, name: str, label: str) -> int | None:
-    """The form's whole number, None when left empty."""
-    value = form_text(form, name).strip()
-    if not value:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise ServiceError(f"{label} must be a whole number; got {value!r}.") from None
+class ProjectForm(BaseModel):
+    """The settings of a new or edited project (templates/admin/_project_fields.html)."""
 
+    name: str = ""
+    description: str = ""
+    guidelines: str = ""
+    k: int | None = None
+    overlap: int | None = None
+    lease_minutes: int | None = None
+    target_demonstration: int | None = None
+    target_ranking: int | None = None
+    target_comparison: int | None = None
 
-def _settings_from_form(form: FormData) -> projects.ProjectSettings:
-    lease_min = _int(form, "lease_minutes", "The lease length")
-    targets = {k: _int(form, f"target_{k}", f"The {k} target") or 0 for k in projects.TARGET_KINDS}
-    k, overlap = _int(form, "k", "K (outputs per prompt)"), _int(form, "overlap", "Overlap")
-    if k is None or overlap is None:
-        raise ServiceError("K (outputs per prompt) and Overlap are needed.")
-    return projects.ProjectSettings(
-        name=form_text(form, "name"),
-        description=form_text(form, "description"),
-        k=k,
-        overlap=overlap,
-        lease_seconds=lease_min * 60 if lease_min is not None else None,
-        targets=targets,
-    )
+    def settings(self) -> projects.ProjectSettings:
+        """What the service checks (every problem named at once there)."""
+        if self.k is None or self.overlap is None:
+            raise ServiceError("K (outputs per prompt) and Overlap are needed.")
+        targets = {kind: getattr(self, f"target_{kind}") or 0 for kind in projects.TARGET_KINDS}
+        return projects.ProjectSettings(
+            name=self.name,
+            description=self.description,
+            k=self.k,
+            overlap=self.overlap,
+            lease_seconds=self.lease_minutes * 60 if self.lease_minutes is not None else None,
+            targets=targets,
+        )
 
 
 @router.get("/projects")
@@ -65,18 +64,14 @@ def new_project_page(request: Request, session: SessionDep, user: AdminUser):
 
 
 @router.post("/projects")
-async def create_project(request: Request, session: SessionDep, user: AdminUser):
-    form = await request.form()
+def create_project(request: Request, session: SessionDep, user: AdminUser, form: Annotated[ProjectForm, Form()]):
     try:
-        project = projects.create_project(
-            session, _settings_from_form(form), guidelines_md=form_text(form, "guidelines"), created_by=user
-        )
+        project = projects.create_project(session, form.settings(), guidelines_md=form.guidelines, created_by=user)
     except ServiceError as exc:
-        session.rollback()
         return render(
             request,
             "admin/project_new.html",
-            {"form": form, "error": exc.message, "labelers": projects.active_labeler_count(session)},
+            {"form": form.model_dump(), "error": exc.message, "labelers": projects.active_labeler_count(session)},
             status_code=exc.status_code,
         )
     flash(request, f"Project “{project.name}” created. Next: import prompts.", "success")
@@ -107,30 +102,31 @@ def project_page(request: Request, session: SessionDep, user: AdminUser, project
 
 
 @router.post("/projects/{project_id}")
-async def update_project(request: Request, session: SessionDep, user: AdminUser, project_id: IdPath):
+def update_project(
+    request: Request, session: SessionDep, user: AdminUser, project_id: IdPath, form: Annotated[ProjectForm, Form()]
+):
     project = projects.get_project(session, project_id)
-    form = await request.form()
     try:
-        projects.update_project(session, project, _settings_from_form(form))
+        projects.update_project(session, project, form.settings())
     except ServiceError as exc:
-        session.rollback()
-        project = projects.get_project(session, project_id)
         return _project_page(
-            request, session, project, settings_error=exc.message, form=form, status_code=exc.status_code
+            request, session, project, settings_error=exc.message, form=form.model_dump(), status_code=exc.status_code
         )
     flash(request, "Project settings saved.", "success")
     return redirect(f"/admin/projects/{project.id}")
 
 
+class AppTokenForm(BaseModel):
+    name: str = ""
+    create_tasks: bool = False
+
+
 @router.post("/projects/{project_id}/app-tokens")
-async def create_app_token(request: Request, session: SessionDep, user: AdminUser, project_id: IdPath):
-    form = await request.form()
+def create_app_token(
+    request: Request, session: SessionDep, user: AdminUser, project_id: IdPath, form: Annotated[AppTokenForm, Form()]
+):
     _, raw = intake.create_app_token(
-        session,
-        project_id,
-        name=form_text(form, "name"),
-        create_tasks=form_text(form, "create_tasks") == "true",
-        created_by=user,
+        session, project_id, name=form.name, create_tasks=form.create_tasks, created_by=user
     )
     return _project_page(request, session, projects.get_project(session, project_id), new_app_token=raw)
 
@@ -142,20 +138,27 @@ def revoke_app_token(request: Request, session: SessionDep, user: AdminUser, pro
     return redirect(f"/admin/projects/{project_id}#intake")
 
 
+class MembersForm(BaseModel):
+    who: str = "everyone"
+    """"members": only the ticked labelers see the project; anything else: every labeler."""
+    members: list[Id] = []
+
+
 @router.post("/projects/{project_id}/members")
-async def set_members(request: Request, session: SessionDep, user: AdminUser, project_id: IdPath):
-    form = await request.form()
-    members_only = form_text(form, "who") == "members"
-    ids = [int(v) for v in form_texts(form, "members") if v.isdigit()]
-    project = projects.set_members(session, project_id, members_only, ids)
-    who = f"its {len(ids)} member(s) only" if members_only else "every labeler"
+def set_members(
+    request: Request, session: SessionDep, user: AdminUser, project_id: IdPath, form: Annotated[MembersForm, Form()]
+):
+    members_only = form.who == "members"
+    project = projects.set_members(session, project_id, members_only, form.members)
+    who = f"its {len(form.members)} member(s) only" if members_only else "every labeler"
     flash(request, f"“{project.name}” is now labeled by {who}.", "success")
     return redirect(f"/admin/projects/{project.id}#members")
 
 
 @router.post("/projects/{project_id}/pause")
-async def pause_project(request: Request, session: SessionDep, user: AdminUser, project_id: IdPath):
-    paused = form_text(await request.form(), "paused") == "1"
+def pause_project(
+    request: Request, session: SessionDep, user: AdminUser, project_id: IdPath, paused: Annotated[bool, Form()] = False
+):
     project = projects.set_paused(session, project_id, paused)
     flash(request, f"“{project.name}” is {'paused: no task is handed out' if paused else 'running again'}.", "success")
     return redirect(f"/admin/projects/{project.id}")
@@ -173,8 +176,13 @@ def delete_project(request: Request, session: SessionDep, user: AdminUser, proje
 
 
 @router.post("/projects/{project_id}/archive")
-async def archive_project(request: Request, session: SessionDep, user: AdminUser, project_id: IdPath):
-    archived = form_text(await request.form(), "archived") == "1"
+def archive_project(
+    request: Request,
+    session: SessionDep,
+    user: AdminUser,
+    project_id: IdPath,
+    archived: Annotated[bool, Form()] = False,
+):
     project = projects.set_archived(session, project_id, archived)
     if archived:
         flash(request, f"“{project.name}” is archived: labelers no longer see it, and it is read-only.", "success")
@@ -198,10 +206,12 @@ def save_guidelines(
 
 
 @router.post("/guidelines/preview", response_class=HTMLResponse)
-async def preview_guidelines(request: Request, user: AdminUser):
-    """htmx: the Markdown rendered exactly as labelers will see it (the editor's form is sent)."""
-    form = await request.form()
-    body = form_text(form, "body") or form_text(form, "guidelines")
+def preview_guidelines(
+    user: AdminUser, body: Annotated[str, Form()] = "", guidelines: Annotated[str, Form()] = ""
+) -> HTMLResponse:
+    """htmx: the Markdown rendered exactly as labelers will see it (the editor's form is sent: the
+    project's guidelines editor names its field `body`, the new-project form `guidelines`)."""
+    body = body or guidelines
     html = render_markdown(body) if body.strip() else '<p class="muted">Nothing to preview yet.</p>'
     return HTMLResponse(str(html))
 
@@ -252,11 +262,15 @@ def _import_page(request, project, *, status_code=200, **extra):
     )
 
 
-def _fractions(valid_pct: str, test_pct: str) -> tuple[float, float]:
-    try:
-        return float(valid_pct or 0) / 100, float(test_pct or 0) / 100
-    except ValueError:
-        raise ServiceError("The valid and test shares are percentages, e.g. 10.") from None
+class ImportForm(BaseModel):
+    """The import page's options; the confirm step also carries the previewed upload's token."""
+
+    format: str = "auto"
+    valid_pct: float = 10
+    test_pct: float = 10
+    create_tasks: bool = False
+    token: str = ""
+    filename: str = ""
 
 
 @router.get("/projects/{project_id}/import")
@@ -265,33 +279,37 @@ def import_page(request: Request, session: SessionDep, user: AdminUser, project_
 
 
 @router.post("/projects/{project_id}/import/preview")
-async def import_preview(
-    request: Request, session: SessionDep, settings: SettingsDep, user: AdminUser, project_id: IdPath
+def import_preview(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    user: AdminUser,
+    project_id: IdPath,
+    form: Annotated[ImportForm, Form()],
+    file: Annotated[UploadFile | None, File()] = None,
 ):
     project = projects.get_project(session, project_id)
-    form = await request.form()
-    upload = form.get("file")
-    if not isinstance(upload, UploadFile) or not upload.filename:
-        return _import_page(request, project, form=form, error="Choose a file to import.", status_code=400)
-    data = await upload.read(imports.MAX_IMPORT_BYTES + 1)
+    shown = form.model_dump()
+    if file is None or not file.filename:
+        return _import_page(request, project, form=shown, error="Choose a file to import.", status_code=400)
+    data = file.file.read(imports.MAX_IMPORT_BYTES + 1)
     try:
-        valid, test = _fractions(form_text(form, "valid_pct", "10"), form_text(form, "test_pct", "10"))
         preview = imports.preview_import(
             session,
             project,
             data,
-            filename=upload.filename,
-            fmt=form_text(form, "format", "auto"),
-            valid_fraction=valid,
-            test_fraction=test,
+            filename=file.filename,
+            fmt=form.format,
+            valid_fraction=form.valid_pct / 100,
+            test_fraction=form.test_pct / 100,
         )
     except ServiceError as exc:
-        return _import_page(request, project, form=form, error=exc.message, status_code=exc.status_code)
+        return _import_page(request, project, form=shown, error=exc.message, status_code=exc.status_code)
     token = _keep_upload(settings, data) if preview.ok else None
     return _import_page(
         request,
         project,
-        form=form,
+        form={**shown, "filename": file.filename},
         preview=preview,
         token=token,
         status_code=200 if preview.ok or not preview.errors else 422,
@@ -299,39 +317,32 @@ async def import_preview(
 
 
 @router.post("/projects/{project_id}/import")
-async def import_commit(
-    request: Request, session: SessionDep, settings: SettingsDep, user: AdminUser, project_id: IdPath
+def import_commit(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    user: AdminUser,
+    project_id: IdPath,
+    form: Annotated[ImportForm, Form()],
 ):
     project = projects.get_project(session, project_id)
-    form = await request.form()
+    options = {
+        "fmt": form.format,
+        "valid_fraction": form.valid_pct / 100,
+        "test_fraction": form.test_pct / 100,
+        "create_tasks": form.create_tasks,
+    }
     try:
-        path = _upload_path(settings, form_text(form, "token"))
-        valid, test = _fractions(form_text(form, "valid_pct", "10"), form_text(form, "test_pct", "10"))
-        options = {
-            "fmt": form_text(form, "format", "auto"),
-            "valid_fraction": valid,
-            "test_fraction": test,
-            "create_tasks": form_text(form, "create_tasks") == "on",
-        }
-        job = imports.start_job(
-            session, project, filename=form_text(form, "filename"), options=options, created_by=user
-        )
+        path = _upload_path(settings, form.token)
+        job = imports.start_job(session, project, filename=form.filename, options=options, created_by=user)
     except ServiceError as exc:
-        session.rollback()
-        return _import_page(request, project, form=form, error=exc.message, status_code=exc.status_code)
-    session.commit()
-    data = path.read_bytes()
-    path.unlink(missing_ok=True)
-    engine = request.app.state.engine
-    if len(data) > imports.BACKGROUND_MIN_BYTES:
-        threading.Thread(
-            target=imports.run_job, args=(engine, job.id, data), daemon=True, name=f"import-job-{job.id}"
-        ).start()
+        return _import_page(request, project, form=form.model_dump(), error=exc.message, status_code=exc.status_code)
+    finished = imports.run_upload(request.app.state.engine, job.id, path)
+    if finished is None:  # a large file: its page follows the job
         return redirect(f"/admin/projects/{project.id}/imports/{job.id}")
-    job = await run_in_threadpool(imports.run_job, engine, job.id, data)
-    if job.status != ImportJobStatus.succeeded:
-        return _import_page(request, project, form=form, error=job.message, status_code=409)
-    flash(request, job.message, "success")
+    if finished.status != ImportJobStatus.succeeded:
+        return _import_page(request, project, form=form.model_dump(), error=finished.message, status_code=409)
+    flash(request, finished.message, "success")
     return redirect(f"/admin/projects/{project.id}")
 
 

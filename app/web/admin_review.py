@@ -12,11 +12,13 @@
 A decision from the review page comes by htmx and answers with the card in its new state; without
 JavaScript the form posts and the page comes back."""
 
-from fastapi import APIRouter, Depends, Request
+from typing import Annotated
 
-from app.deps import AdminUser, SessionDep, verify_csrf
+from fastapi import APIRouter, Depends, Form, Request
+
+from app.deps import AdminUser, SessionDep, refuse, verify_csrf
 from app.services import ServiceError, accounts, projects, review
-from app.web.params import IdPath, form_text
+from app.web.params import BackForm, IdPath
 from app.web.render import flash, is_htmx, redirect, render
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(verify_csrf)], include_in_schema=False)
@@ -53,20 +55,32 @@ def review_page(
     )
 
 
+class DecisionForm(BackForm):
+    decision: str = ""
+    reason: str = ""
+
+
 @router.post("/review/{kind}/{submission_id}")
-async def decide(request: Request, session: SessionDep, user: AdminUser, kind: str, submission_id: IdPath):
-    form = await request.form()
+def decide(
+    request: Request,
+    session: SessionDep,
+    user: AdminUser,
+    kind: str,
+    submission_id: IdPath,
+    form: Annotated[DecisionForm, Form()],
+):
     error = None
     try:
-        sub = review.decide(session, user, kind, submission_id, form_text(form, "decision"), form_text(form, "reason"))
+        sub = review.decide(session, user, kind, submission_id, form.decision, form.reason)
     except ServiceError as exc:
         if exc.status_code == 404 or not is_htmx(request):
             raise
+        refuse(request)
         error = exc.message  # the card comes back as it was, with the message
     if not is_htmx(request):
         flash(request, f"{kind.capitalize()} #{submission_id}: {sub.review.value}.")
-        return redirect(form_text(form, "back") or "/admin")
-    context = {"item": review.item(session, kind, submission_id), "error": error, "back": form_text(form, "back")}
+        return redirect(form.back_or("/admin"))
+    context = {"item": review.item(session, kind, submission_id), "error": error, "back": form.back}
     return render(request, "admin/_review_item.html", context)
 
 
@@ -114,16 +128,23 @@ def disagreements_page(
 
 
 @router.post("/tasks/{task_id}/more-labels")
-async def more_labels(request: Request, session: SessionDep, user: AdminUser, task_id: IdPath):
-    form = await request.form()
+def more_labels(
+    request: Request, session: SessionDep, user: AdminUser, task_id: IdPath, form: Annotated[BackForm, Form()]
+):
     task = review.ask_one_more_labeler(session, task_id)
     flash(request, f"Task #{task.id} now asks for {task.required} labelers; it is open again.", "success")
-    return redirect(form_text(form, "back") or f"/admin/tasks/{task.id}")
+    return redirect(form.back_or(f"/admin/tasks/{task.id}"))
 
 
 @router.post("/review/{kind}/{submission_id}/gold")
-async def gold_from(request: Request, session: SessionDep, user: AdminUser, kind: str, submission_id: IdPath):
-    form = await request.form()
+def gold_from(
+    request: Request,
+    session: SessionDep,
+    user: AdminUser,
+    kind: str,
+    submission_id: IdPath,
+    form: Annotated[BackForm, Form()],
+):
     task = review.gold_from_submission(session, kind, submission_id)
     flash(request, f"Task #{task.id}: gold answer set from {kind} #{submission_id}.", "success")
-    return redirect(form_text(form, "back") or f"/admin/tasks/{task.id}")
+    return redirect(form.back_or(f"/admin/tasks/{task.id}"))

@@ -4,15 +4,16 @@ live (htmx polling, SVG plots), cancel; the model registry with its lineage grap
 import dataclasses
 import typing
 from functools import cache
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
-from starlette.datastructures import FormData, UploadFile
+from fastapi import APIRouter, Depends, Form, Request
+from pydantic import BaseModel, ConfigDict
 
 from app.deps import AdminUser, SessionDep, SettingsDep, verify_csrf
 from app.models import ModelKind, ModelVersion, RunKind, RunStatus, TrainingRun
 from app.services import ServiceError, accounts, estimates, evaluation, projects, registry, runs
 from app.web.admin_charts import MODEL_COLORS, headline_metrics, line_chart, lineage_graph
-from app.web.params import IdPath, form_id, form_text, form_texts
+from app.web.params import Id, IdPath
 from app.web.render import flash, redirect, refused, render
 from runconfig import PRESET_TITLES, PRESETS, RUN_CONFIGS
 
@@ -57,28 +58,74 @@ def config_fields(kind: str) -> tuple[str, list[ConfigField]]:
     return " ".join((cls.__doc__ or "").split()), fields
 
 
-def _config_from_form(kind: str, form: FormData) -> dict[str, typing.Any]:
-    """Only the fields the admin changed from the defaults; types follow the config model."""
-    values: dict[str, typing.Any] = {}
-    problems: list[str] = []
-    for f in config_fields(kind)[1]:
-        value: bool | int | float | str
-        if f.type == "bool":
-            value = form_text(form, f"cfg_{f.name}") == "on"
-        else:
-            raw = form_text(form, f"cfg_{f.name}").strip()
-            if raw == "":
+class RunForm(BaseModel):
+    """The run form: fixed fields typed here; the kind's settings come as `cfg_<name>` fields, typed by
+    the kind's config model (runconfig), so they are extra fields read by `config()`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    kind: str = ""
+    project_id: Id | None = None
+    model_0: str = ""
+    model_1: str = ""
+    model_2: str = ""
+    splits: list[str] = []
+    exclude: list[Id] = []
+    min_agreement: float | None = None
+
+    def check_kind(self) -> str:
+        if self.kind not in KIND_TITLES:
+            raise ServiceError(f"Unknown run kind {self.kind!r}.")
+        return self.kind
+
+    def setting(self, name: str) -> str:
+        value = (self.model_extra or {}).get(f"cfg_{name}", "")
+        return value.strip() if isinstance(value, str) else ""
+
+    def config(self) -> dict[str, typing.Any]:
+        """Only the settings the admin changed from the defaults, typed as the config model says."""
+        values: dict[str, typing.Any] = {}
+        problems: list[str] = []
+        for f in config_fields(self.check_kind())[1]:
+            value: bool | int | float | str
+            raw = self.setting(f.name)
+            if f.type == "bool":
+                value = raw == "on"
+            elif raw == "":
                 continue
-            try:
-                value = int(raw) if f.type == "int" else float(raw) if f.type == "float" else raw
-            except ValueError:
-                problems.append(f"{f.name} must be {'a whole number' if f.type == 'int' else 'a number'}; got {raw!r}.")
-                continue
-        if value != f.default:
-            values[f.name] = value
-    if problems:
-        raise ServiceError(" ".join(problems), status_code=422)
-    return values
+            else:
+                try:
+                    value = int(raw) if f.type == "int" else float(raw) if f.type == "float" else raw
+                except ValueError:
+                    what = "a whole number" if f.type == "int" else "a number"
+                    problems.append(f"{f.name} must be {what}; got {raw!r}.")
+                    continue
+            if value != f.default:
+                values[f.name] = value
+        if problems:
+            raise ServiceError(" ".join(problems), status_code=422)
+        return values
+
+    def model_ids(self) -> list[int]:
+        ids = []
+        for value in (self.model_0, self.model_1, self.model_2):
+            if value.isdecimal() and len(value) < 10:
+                ids.append(int(value))
+            elif value and value != "default":
+                raise ServiceError("Pick a model version from the list.")
+        return ids
+
+    def data_filter(self) -> dict[str, typing.Any]:
+        data_filter: dict[str, typing.Any] = {"exclude_labelers": sorted(set(self.exclude))} if self.exclude else {}
+        if self.min_agreement is not None:
+            data_filter["min_agreement"] = self.min_agreement
+        if self.splits and self.splits != ["train"]:
+            data_filter["splits"] = self.splits
+        return data_filter
+
+    def shown(self) -> dict[str, typing.Any]:
+        """The values as the form shows them again (templates/admin/run_new.html)."""
+        return {**self.model_dump(exclude={"exclude"}), "exclude": [str(u) for u in self.exclude]}
 
 
 def _model_choices(session, project_id: int | None) -> list[ModelVersion]:
@@ -128,7 +175,7 @@ def _run_form(
             "project_id": project_id,
             "slots": slots,
             "labelers": labelers,
-            "form": form or {},
+            "form": form.shown() if form else {},
             "error": error,
             "default_model": settings.default_model,
             "preset_models": preset_models or [],
@@ -137,24 +184,20 @@ def _run_form(
     )
 
 
-def _estimate(session: SessionDep, project_id: int | None, kind: str, form: FormData | None):
+def _estimate(session: SessionDep, project_id: int | None, kind: str, form: RunForm | None):
     """What the run in the form will do and about how long it takes; None when the form's settings
     are not valid yet (the form says why on submit)."""
     try:
-        config = _config_from_form(kind, form) if form else {}
+        config = form.config() if form else {}
         return estimates.estimate_run(session, project_id, kind, config)
     except ServiceError:
         return None
 
 
 @router.post("/runs/estimate")
-async def run_estimate(request: Request, session: SessionDep, user: AdminUser):
+def run_estimate(request: Request, session: SessionDep, user: AdminUser, form: Annotated[RunForm, Form()]):
     """htmx: the estimate again as the admin changes the form."""
-    form = await request.form()
-    kind = form_text(form, "kind")
-    if kind not in KIND_TITLES:
-        raise ServiceError(f"Unknown run kind {kind!r}.")
-    estimate = _estimate(session, form_id(form, "project_id"), kind, form)
+    estimate = _estimate(session, form.project_id, form.check_kind(), form)
     return render(request, "admin/_run_estimate.html", {"estimate": estimate})
 
 
@@ -184,74 +227,60 @@ def new_run_page(
     form = None
     if values is not None and kind in KIND_TITLES:
         fields = {f.name: values.get(f.name, f.default) for f in config_fields(kind)[1]}
-        items: list[tuple[str, str | UploadFile]] = [("splits", "train")]
-        items += [(f"cfg_{name}", "on" if v is True else str(v)) for name, v in fields.items() if v is not False]
-        form = FormData(items)
+        form = RunForm(kind=kind, splits=["train"], **_settings_fields(fields))
     return _run_form(request, session, settings, kind, project_id=pid, form=form, preset_models=chosen)
 
 
-def _form_of_run(run: TrainingRun) -> FormData:
+def _settings_fields(config: dict[str, typing.Any]) -> dict[str, str]:
+    """Settings as the run form's `cfg_` fields (a ticked checkbox sends "on", an unticked one nothing)."""
+    return {f"cfg_{name}": "on" if v is True else str(v) for name, v in config.items() if v is not False}
+
+
+def _form_of_run(run: TrainingRun) -> RunForm:
     """A run's settings as the run form's fields, to queue it again (changeable first)."""
-    items: list[tuple[str, str | UploadFile]] = [
-        (f"model_{i}", str(m)) for i, m in enumerate(run.input_model_ids or [])
-    ]
-    items += [
-        (f"cfg_{name}", "on" if v is True else str(v)) for name, v in (run.config or {}).items() if v is not False
-    ]
     data_filter = run.data_filter or {}
-    items += [("splits", s) for s in data_filter.get("splits") or ["train"]]
-    items += [("valid_splits", s) for s in data_filter.get("valid_splits") or []]
-    items += [("exclude", str(u)) for u in data_filter.get("exclude_labelers") or []]
-    if data_filter.get("min_agreement") is not None:
-        items.append(("min_agreement", str(data_filter["min_agreement"])))
-    return FormData(items)
+    models = {f"model_{i}": str(m) for i, m in enumerate(run.input_model_ids or [])}
+    return RunForm(
+        kind=run.kind.value,
+        splits=data_filter.get("splits") or ["train"],
+        exclude=data_filter.get("exclude_labelers") or [],
+        min_agreement=data_filter.get("min_agreement"),
+        **models,
+        **_settings_fields(run.config or {}),
+    )
 
 
 @router.post("/runs")
-async def create_run(request: Request, session: SessionDep, settings: SettingsDep, user: AdminUser):
-    form = await request.form()
-    kind = form_text(form, "kind")
-    pid = form_id(form, "project_id")
+def create_run(
+    request: Request, session: SessionDep, settings: SettingsDep, user: AdminUser, form: Annotated[RunForm, Form()]
+):
     try:
-        if kind not in KIND_TITLES:
-            raise ServiceError(f"Unknown run kind {kind!r}.")
-        config = _config_from_form(kind, form)
-        model_ids = []
-        for i in range(3):
-            value = form_text(form, f"model_{i}")
-            if value.isdigit():
-                model_ids.append(int(value))
-            elif value and value != "default":
-                raise ServiceError("Pick a model version from the list.")
-        excluded = sorted({int(v) for v in form_texts(form, "exclude") if v.isdigit()})
-        data_filter: dict[str, typing.Any] = {"exclude_labelers": excluded} if excluded else {}
-        min_agreement = form_text(form, "min_agreement").strip()
-        if min_agreement:
-            try:
-                data_filter["min_agreement"] = float(min_agreement)
-            except ValueError:
-                raise ServiceError("Minimum agreement is a percentage, e.g. 65.") from None
-        splits = form_texts(form, "splits")
-        if splits and splits != ["train"]:
-            data_filter["splits"] = splits
         run = runs.create_run(
             session,
-            project_id=pid,
-            kind=kind,
-            config=config,
-            input_model_ids=model_ids,
-            data_filter=data_filter,
+            project_id=form.project_id,
+            kind=form.check_kind(),
+            config=form.config(),
+            input_model_ids=form.model_ids(),
+            data_filter=form.data_filter(),
             created_by=user,
             default_model=settings.default_model,
         )
     except ServiceError as exc:
-        session.rollback()
         return _run_form(
-            request, session, settings, kind, project_id=pid, form=form, error=exc.message, status_code=exc.status_code
+            request,
+            session,
+            settings,
+            form.kind,
+            project_id=form.project_id,
+            form=form,
+            error=exc.message,
+            status_code=exc.status_code,
         )
     low = run.data_filter.get("below_agreement")
     note = (
-        "" if low is None else f" Left out {len(low)} labeler{'s' * (len(low) != 1)} below {min_agreement}% agreement."
+        ""
+        if low is None
+        else f" Left out {len(low)} labeler{'s' * (len(low) != 1)} below {form.min_agreement:g}% agreement."
     )
     flash(request, f"Run #{run.id} ({run.kind.value}) is queued; a worker will pick it up.{note}", "success")
     return redirect(f"/admin/runs/{run.id}")
@@ -331,7 +360,6 @@ def cancel_run(request: Request, session: SessionDep, user: AdminUser, run_id: I
     try:
         run = runs.cancel_run(session, run_id, by=user)
     except ServiceError as exc:
-        session.rollback()
         run = runs.get_run(session, run_id)
         return render(
             request, "admin/run.html", {**_run_context(session, run), "error": exc.message}, status_code=exc.status_code
@@ -413,8 +441,6 @@ def delete_model(request: Request, session: SessionDep, settings: SettingsDep, u
         deleted = registry.delete_version(session, version_id, settings.artifacts_dir)
     except ServiceError as exc:
         return refused(request, exc, f"/admin/models/{version_id}")
-    session.commit()  # the files go only once the registry no longer points at them
-    registry.remove_files(deleted)
     kept = (
         f" It stays listed as deleted, because {', '.join(deleted.named_by[:5])} name it." if deleted.tombstone else ""
     )
@@ -423,17 +449,17 @@ def delete_model(request: Request, session: SessionDep, settings: SettingsDep, u
     return redirect(f"/admin/models/{version_id}" if deleted.tombstone else "/admin/models")
 
 
+class BaseModelForm(BaseModel):
+    source: str = ""
+    name: str = ""
+    project_id: Id | None = None
+
+
 @router.post("/models")
-async def register_model(request: Request, session: SessionDep, user: AdminUser):
-    form = await request.form()
-    pid = form_id(form, "project_id")
+def register_model(request: Request, session: SessionDep, user: AdminUser, form: Annotated[BaseModelForm, Form()]):
     try:
-        version = registry.register_base(
-            session, form_text(form, "source"), name=form_text(form, "name"), project_id=pid
-        )
+        version = registry.register_base(session, form.source, name=form.name, project_id=form.project_id)
     except ServiceError as exc:
-        session.rollback()
-        flash(request, exc.message, "error")
-        return redirect("/admin/models")
+        return refused(request, exc, "/admin/models")
     flash(request, f"Base model #{version.id} “{version.name}” registered.", "success")
     return redirect(f"/admin/models/{version.id}")

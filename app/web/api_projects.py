@@ -346,14 +346,8 @@ def export(
     p = projects.get_project(session, project_id)
     f = exports.ExportFilter(p.id, split, exclude_labelers, format)
     exports.check(session, kind, f)
-    maker = request.app.state.sessionmaker
-
-    def body():
-        with maker() as s:  # the request's session closes before the stream is sent
-            yield from exports.jsonl_lines(s, kind, f)
-
     return StreamingResponse(
-        body(),
+        exports.stream_lines(request.app.state.engine, kind, f),
         media_type="application/x-ndjson",
         headers={"Content-Disposition": f'attachment; filename="{exports.filename(p, kind, f)}"'},
     )

@@ -268,8 +268,6 @@ class DeletedOut(BaseModel):
 def delete_version(version_id: IdPath, session: SessionDep, settings: SettingsDep, user: ApiAdmin):
     """Deletes a model version and its files (409 while a queued or running run uses it)."""
     deleted = registry.delete_version(session, version_id, settings.artifacts_dir)
-    session.commit()  # the files go only once the registry no longer points at them
-    registry.remove_files(deleted)
     return DeletedOut(
         id=version_id, tombstone=deleted.tombstone, named_by=deleted.named_by, files_removed=deleted.folder is not None
     )

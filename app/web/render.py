@@ -8,6 +8,7 @@ from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
 from app.config import REPO_ROOT
+from app.deps import refuse
 from app.markdown import render_markdown
 from app.models import OUTPUT_FLAGS
 
@@ -54,6 +55,10 @@ def flash(request: Request, message: str, kind: str = "info") -> None:
 
 
 def render(request: Request, name: str, context: dict[str, Any] | None = None, status_code: int = 200) -> HTMLResponse:
+    """The page or fragment `name`; an error status (a form shown again with its message) refuses the
+    request, so its session rolls back (app.deps.get_session)."""
+    if status_code >= 400:
+        refuse(request)
     ctx = {
         "user": getattr(request.state, "user", None),
         "csrf_token": request.app.state.signer.csrf_token(request.state.session.sid),
@@ -76,5 +81,6 @@ def refused(request: Request, exc: Exception, back: str) -> RedirectResponse:
     the page `back`. A 404 is raised on (the error page says what does not exist)."""
     if getattr(exc, "status_code", 400) == 404:
         raise exc
+    refuse(request)
     flash(request, getattr(exc, "message", str(exc)), "error")
     return redirect(back)
