@@ -43,11 +43,10 @@ from app.models import (
     PromptCategory,
     Split,
     Task,
-    TaskKind,
     User,
     table,
 )
-from app.services import Conflict, NotFound, ServiceError, projects
+from app.services import Conflict, NotFound, ServiceError, projects, tasks
 from app.validation import row_problem
 
 log = logging.getLogger(__name__)
@@ -547,20 +546,7 @@ def commit(
         )
     if not preview.records:
         raise ServiceError("Nothing to import: every prompt given is already in this project.")
-    prompts = [
-        Prompt(
-            project_id=project.id,
-            text=r.text,
-            split=r.split,
-            source=source[:200],
-            external_id=r.external_id,
-            content_hash=r.content_hash,
-            reference=r.reference,
-            meta=r.meta,
-            category=r.category,
-        )
-        for r in preview.records
-    ]
+    prompts = [Prompt(**prompt_values(project.id, r, source)) for r in preview.records]
     try:
         with session.begin_nested():
             session.add_all(prompts)
@@ -571,11 +557,24 @@ def commit(
         ) from exc
     tasks_created = 0
     if create_tasks:
-        from app.services import tasks  # the labeler side owns task creation
-
         train = [p for p in prompts if p.split == Split.train]
         tasks_created = len(tasks.create_demonstration_tasks(session, project, train))
     return ImportResult(prompts, preview, tasks_created)
+
+
+def prompt_values(project_id: int, r: Record, source: str) -> dict[str, Any]:
+    """A Prompt row's columns for an imported record (both the direct import and the job's)."""
+    return {
+        "project_id": project_id,
+        "text": r.text,
+        "split": r.split,
+        "source": source[:200],
+        "external_id": r.external_id,
+        "content_hash": r.content_hash,
+        "reference": r.reference,
+        "meta": r.meta,
+        "category": r.category,
+    }
 
 
 # ---------------------------------------------------------------- web imports as background jobs
@@ -653,18 +652,7 @@ def run_job(engine: Engine, job_id: int, data: bytes) -> ImportJob:
                 session.execute(
                     insert(Prompt),
                     [
-                        {
-                            "project_id": project.id,
-                            "text": r.text,
-                            "split": r.split,
-                            "source": job.filename or "upload",
-                            "external_id": r.external_id,
-                            "content_hash": r.content_hash,
-                            "reference": r.reference,
-                            "meta": r.meta,
-                            "category": r.category,
-                            "import_job_id": job_id,
-                        }
+                        {**prompt_values(project.id, r, job.filename or "upload"), "import_job_id": job_id}
                         for r in chunk
                     ],
                 )
@@ -673,28 +661,13 @@ def run_job(engine: Engine, job_id: int, data: bytes) -> ImportJob:
                 )
         tasks_created = 0
         with write_session(engine) as session:
-            if o.get(
-                "create_tasks"
-            ):  # one demonstration task per new train prompt, as tasks.create_demonstration_tasks
+            if o.get("create_tasks"):  # one demonstration task per new train prompt
                 train_ids = list(
                     session.scalars(
                         select(Prompt.id).where(Prompt.import_job_id == job_id, Prompt.split == Split.train)
                     )
                 )
-                for start in range(0, len(train_ids), JOB_CHUNK):
-                    session.execute(
-                        insert(Task),
-                        [
-                            {
-                                "project_id": project.id,
-                                "prompt_id": pid,
-                                "kind": TaskKind.demonstration,
-                                "required": project.overlap,
-                            }
-                            for pid in train_ids[start : start + JOB_CHUNK]
-                        ],
-                    )
-                tasks_created = len(train_ids)
+                tasks_created = tasks.insert_demonstration_tasks(session, project, train_ids)
             session.execute(
                 update(ImportJob)
                 .where(ImportJob.id == job_id)

@@ -29,14 +29,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, literal, null, or_, select, text, union_all
+from sqlalchemy import bindparam, func, literal, null, or_, select, text, union_all
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, joinedload
 
 from app.db import atomic, utcnow
-from app.models import AppToken, Project, Prompt, PromptCategory, Split, Task, TaskKind, User, table
+from app.models import AppToken, Project, Prompt, PromptCategory, Split, User, table
 from app.security import token_hash
-from app.services import Forbidden, NotFound, ServiceError, imports, projects
+from app.services import Forbidden, NotFound, ServiceError, imports, projects, tasks
 from app.validation import json_problem, text_problem
 
 PREFIX_CHARS = 200
@@ -340,7 +340,6 @@ _INSERT_PROMPTS = {
     name: dialect_insert(table(Prompt)).on_conflict_do_nothing().returning(Prompt.id, Prompt.prefix_hash)
     for name, dialect_insert in (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))
 }
-_INSERT_TASKS = insert(table(Task))
 _P = table(Prompt).c
 # What the project has already, in one round trip: the prompts sharing a prefix or a text with this
 # request's (lookups in ux_prompts_project_prefix and the content-hash key), and how many prompts each
@@ -430,19 +429,7 @@ def _store(session: Session, project: Project, create_tasks: bool, rows: list[di
             outcome.split, outcome.pii = None, []
     if create_tasks:
         train = [ids[r["prefix_hash"]] for r in fresh if r["split"] == Split.train and r["prefix_hash"] in ids]
-        if train:
-            db.execute(
-                _INSERT_TASKS,
-                [
-                    {
-                        "project_id": project.id,
-                        "prompt_id": i,
-                        "kind": TaskKind.demonstration,
-                        "required": project.overlap,
-                    }
-                    for i in train
-                ],
-            )
+        tasks.insert_demonstration_tasks(db, project, train)
     return outcomes
 
 

@@ -1,8 +1,9 @@
 """Creating and reading tasks. Tasks are only rows; app.services.queue hands them out to labelers."""
 
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import Connection, delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from app.models import (
@@ -14,8 +15,13 @@ from app.models import (
     TaskCompletion,
     TaskKind,
     User,
+    table,
 )
 from app.services import Conflict, NotFound, ServiceError
+
+INSERT_CHUNK = 5000
+"""Rows per INSERT statement of a bulk write (well under SQLite's and Postgres' parameter limits)."""
+_INSERT_TASKS = insert(table(Task))
 
 MIN_OUTPUTS, MAX_OUTPUTS = 2, 9
 
@@ -37,6 +43,21 @@ def _check_completions(session: Session, prompt: Prompt, completion_ids: list[in
     foreign = [cid for cid in completion_ids if found[cid] != prompt.id]
     if foreign:
         raise ServiceError(f"Output(s) {', '.join(map(str, foreign))} answer another prompt, not prompt {prompt.id}.")
+
+
+def insert_demonstration_tasks(db: Session | Connection, project: Project, prompt_ids: Sequence[int]) -> int:
+    """One demonstration task per prompt id, wanting `project.overlap` labelers each, written in Core
+    statements (no ORM objects): the bulk path of the intake and of import jobs. The caller has
+    checked that the prompts are the project's. Returns how many were written."""
+    for start in range(0, len(prompt_ids), INSERT_CHUNK):
+        db.execute(
+            _INSERT_TASKS,
+            [
+                {"project_id": project.id, "prompt_id": i, "kind": TaskKind.demonstration, "required": project.overlap}
+                for i in prompt_ids[start : start + INSERT_CHUNK]
+            ],
+        )
+    return len(prompt_ids)
 
 
 def create_demonstration_tasks(
