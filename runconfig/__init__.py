@@ -122,6 +122,16 @@ class RunConfig(BaseModel):
             if not set(rule.fields) & set(skip) and (problem := rule.problem(self)) is not None
         ]
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        """An assignment the rules refuse is undone: pydantic keeps it otherwise (pydantic#7105)."""
+        before = self.__dict__.get(name)
+        try:
+            super().__setattr__(name, value)
+        except ValidationError:
+            if name in type(self).model_fields:
+                self.__dict__[name] = before
+            raise
+
     @model_validator(mode="after")
     def _follows_the_rules(self) -> Self:
         problems = self.problems()
