@@ -21,6 +21,7 @@ from app.models import (
     Task,
 )
 from app.services import accounts, exports, review, tasks
+from runconfig import DataFilter
 from tests.conftest import PASSWORD, csrf_of, login
 from tests.worker_helpers import add_demonstrations, add_ranking, make_prompts
 from worker.snapshots import snapshot_demonstrations
@@ -61,7 +62,7 @@ def test_a_rejected_demonstration_leaves_training_and_exports_and_the_labeler_se
     assert rejected.review == ReviewStatus.rejected and rejected.review_reason == "Counts past 3."
     assert rejected.reviewed_by_id == admin_client.user.id and rejected.reviewed_at is not None
 
-    train, valid, snap = snapshot_demonstrations(session, project.id, {"valid_splits": ["train"]})
+    train, valid, snap = snapshot_demonstrations(session, project.id, DataFilter(valid_splits=["train"]))
     assert demos[1].id not in snap.rows["demonstrations"] and snap.counts["demonstrations_rejected"] == 1
     assert "Left out 1 demonstration(s) an admin rejected." in snap.notes
     rows = list(exports.sft_rows(session, exports.ExportFilter(project.id)))
@@ -111,7 +112,7 @@ def test_rankings_show_as_the_labeler_saw_them_and_rejected_ones_leave_the_rewar
     # Shown as A = the second answer (the labeler's order), ranked 1, with its Likert rating.
     assert re.search(r"<strong>A</strong>\s*· rank 1\s*· Likert 6/7\s*</div>second answer", card), card[:1500]
     assert _decide(admin_client, "ranking", ranking.id, "rejected", "Random order.").status_code == 200
-    _, _, snap = snapshot_rankings(session, project.id, {"valid_splits": ["train"]})
+    _, _, snap = snapshot_rankings(session, project.id, DataFilter(valid_splits=["train"]))
     assert snap.rows["rankings"] == [kept.id] and snap.counts["rankings_rejected"] == 1
 
 
@@ -269,7 +270,7 @@ def test_a_labeler_revises_a_demonstration_until_it_is_reviewed_and_runs_record_
         1,
         {"text": "Hi"},
     )
-    _, _, snap = snapshot_demonstrations(session, project.id, {"valid_splits": ["train"]})
+    _, _, snap = snapshot_demonstrations(session, project.id, DataFilter(valid_splits=["train"]))
     assert snap.record()["revisions"] == {"demonstrations": {str(demo.id): 2}}
     assert snap.manifest[0][-1] == "Hello there!"
 
@@ -340,7 +341,7 @@ def test_a_labeler_revises_a_ranking_and_a_comparison_in_their_task_screens(sess
     session.expire_all()
     revised = session.get(Ranking, ranking.id)
     assert revised.order == [[b], [a]] and revised.revision == 2
-    _, _, snap = snapshot_rankings(session, project.id, {"valid_splits": ["train"]})
+    _, _, snap = snapshot_rankings(session, project.id, DataFilter(valid_splits=["train"]))
     assert snap.record()["revisions"] == {"rankings": {str(ranking.id): 2}}
 
     data = {"csrf_token": token, "choice": "tie", "reason": "Both fine."}

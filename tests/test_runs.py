@@ -22,6 +22,7 @@ from app.models import (
     TrainingRun,
 )
 from app.services import Conflict, NotFound, ServiceError, evaluation, registry, runs, tasks
+from runconfig import DataFilter
 from tests.worker_helpers import (
     COUNTING,
     add_demonstrations,
@@ -274,7 +275,7 @@ def test_demonstration_snapshot_records_rows_and_a_content_hash(session, project
     held = add_demonstrations(session, project, COUNTING[3:5], alice, Split.valid)
     mine[0].review = ReviewStatus.rejected  # rejected by an admin: never trained on
     session.flush()
-    train, valid, snap = data.snapshot_demonstrations(session, project.id, {"exclude_labelers": [bob.id]})
+    train, valid, snap = data.snapshot_demonstrations(session, project.id, DataFilter(exclude_labelers=[bob.id]))
     assert [e.completion for e in train] == [a for _, a in COUNTING[1:3]]
     assert [e.prompt for e in valid] == [p for p, _ in COUNTING[3:5]]
     record = snap.record()
@@ -282,12 +283,18 @@ def test_demonstration_snapshot_records_rows_and_a_content_hash(session, project
     assert record["counts"]["demonstrations_rejected"] == 1 and "Left out 1 demonstration(s)" in record["notes"][0]
     assert theirs[0].id not in record["rows"]["demonstrations"] and len(record["sha256"]) == 64
     # Same rows, same hash; an edited answer gives another hash.
-    assert data.snapshot_demonstrations(session, project.id, {"exclude_labelers": [bob.id]})[2].sha256 == snap.sha256
+    assert (
+        data.snapshot_demonstrations(session, project.id, DataFilter(exclude_labelers=[bob.id]))[2].sha256
+        == snap.sha256
+    )
     mine[1].text = "edited"
     session.flush()
-    assert data.snapshot_demonstrations(session, project.id, {"exclude_labelers": [bob.id]})[2].sha256 != snap.sha256
+    assert (
+        data.snapshot_demonstrations(session, project.id, DataFilter(exclude_labelers=[bob.id]))[2].sha256
+        != snap.sha256
+    )
     with pytest.raises(data.DataError, match="No accepted demonstrations"):
-        data.snapshot_demonstrations(session, project.id, {"exclude_labelers": [alice.id, bob.id]})
+        data.snapshot_demonstrations(session, project.id, DataFilter(exclude_labelers=[alice.id, bob.id]))
 
 
 def test_ranking_snapshot_orders_ties_and_deleted_completions(session, project):

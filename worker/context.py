@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.models import ModelKind, ModelVersion, Project, RunKind
 from app.services import ServiceError, registry, runs
+from runconfig import DataFilter
 from trainer.errors import TrainingDiverged
 
 log = logging.getLogger("instructloop.worker")
@@ -122,7 +123,7 @@ class RunContext:
         self.worker = worker
         self.settings = worker.settings
         self.run_id, self.kind, self._project_id = run_id, kind, project_id
-        self.config, self.input_model_ids, self.data_filter = config, input_model_ids, data_filter
+        self.config, self.input_model_ids, self._data_filter = config, input_model_ids, data_filter
         self.stop = threading.Event()
         self.stop_reason = ""
         self.lost = False
@@ -131,6 +132,12 @@ class RunContext:
         self._device: Any = None  # a torch.device once asked for (torch loads with the first run)
         self._unsent: list[tuple[int, dict[str, float]]] = []  # steps whose metrics wait for the database
         self._metrics_outage = OutageLog(f"run {run_id}: metrics")
+
+    @property
+    def data_filter(self) -> DataFilter:
+        """The run's data selection, from the row's JSON: read in the job, so a row that does not
+        load fails its run with the reason."""
+        return DataFilter.model_validate(self._data_filter)
 
     # -- database ----------------------------------------------------------------------------
     @contextmanager

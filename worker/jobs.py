@@ -114,7 +114,7 @@ def run_reward(ctx: RunContext) -> Outcome:
 
 def run_ppo(ctx: RunContext) -> Outcome:
     config = config_from_dict("ppo", ctx.config)
-    splits = ctx.data_filter.get("splits") or ["train"]
+    splits = ctx.data_filter.splits
 
     def read(session):
         prompts, snapshot = snapshot_prompts(session, ctx.project_id, splits)

@@ -7,6 +7,7 @@ later edit of a row shows up as a different hash."""
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.models import Completion, Demonstration, Prompt, Ranking, ReviewStatus, Split, Task, TaskKind
+from runconfig import DataFilter
 from trainer.data import PromptItem, RankingExample, SFTExample
 
 HOLDOUT_EVERY = 10
@@ -74,8 +76,8 @@ class Snapshot:
         )
 
 
-def _splits(data_filter: dict, key: str, default: list[str]) -> list[Split]:
-    return [Split(s) for s in (data_filter.get(key) or default)]
+def _splits(names: Sequence[str]) -> list[Split]:
+    return [Split(s) for s in names]
 
 
 def _held_out(prompt_ids: set[int]) -> set[int]:
@@ -96,20 +98,20 @@ def _rejected_note(session: Session, stmt, model, what: str) -> tuple[int, list[
 
 
 def snapshot_demonstrations(
-    session: Session, project_id: int, data_filter: dict | None = None
+    session: Session, project_id: int, data_filter: DataFilter | None = None
 ) -> tuple[list[SFTExample], list[SFTExample], Snapshot]:
     """Accepted demonstrations -> (train, valid) SFT examples, split by their prompt's split."""
-    data_filter = data_filter or {}
-    train_splits = _splits(data_filter, "splits", ["train"])
-    valid_splits = _splits(data_filter, "valid_splits", ["valid"])
+    data_filter = data_filter or DataFilter()
+    train_splits = _splits(data_filter.splits)
+    valid_splits = _splits(data_filter.valid_splits)
     stmt = (
         select(Demonstration, Prompt)
         .join(Prompt, Prompt.id == Demonstration.prompt_id)
         .where(Prompt.project_id == project_id, Prompt.split.in_(train_splits + valid_splits))
         .order_by(Demonstration.id)
     )
-    if data_filter.get("exclude_labelers"):
-        stmt = stmt.where(Demonstration.user_id.not_in(data_filter["exclude_labelers"]))
+    if data_filter.exclude_labelers:
+        stmt = stmt.where(Demonstration.user_id.not_in(data_filter.exclude_labelers))
     rejected, notes = _rejected_note(session, stmt.order_by(None), Demonstration, "demonstration(s)")
     rows = session.execute(stmt.where(Demonstration.review != ReviewStatus.rejected)).all()
     if not any(p.split in train_splits for _, p in rows):
@@ -143,13 +145,13 @@ def snapshot_demonstrations(
 
 
 def snapshot_rankings(
-    session: Session, project_id: int, data_filter: dict | None = None
+    session: Session, project_id: int, data_filter: DataFilter | None = None
 ) -> tuple[list[RankingExample], list[RankingExample], Snapshot]:
     """Labelers' rankings -> (train, valid) RankingExamples. Rankings with one group only (all tied)
     carry no preference and are left out. A ranking naming a completion that no longer exists fails."""
-    data_filter = data_filter or {}
-    train_splits = _splits(data_filter, "splits", ["train"])
-    valid_splits = _splits(data_filter, "valid_splits", ["valid"])
+    data_filter = data_filter or DataFilter()
+    train_splits = _splits(data_filter.splits)
+    valid_splits = _splits(data_filter.valid_splits)
     stmt = (
         select(Ranking, Task, Prompt)
         .join(Task, Task.id == Ranking.task_id)
@@ -159,8 +161,8 @@ def snapshot_rankings(
         )
         .order_by(Ranking.id)
     )
-    if data_filter.get("exclude_labelers"):
-        stmt = stmt.where(Ranking.user_id.not_in(data_filter["exclude_labelers"]))
+    if data_filter.exclude_labelers:
+        stmt = stmt.where(Ranking.user_id.not_in(data_filter.exclude_labelers))
     rejected, notes = _rejected_note(session, stmt.order_by(None), Ranking, "ranking(s)")
     rows = session.execute(stmt.where(Ranking.review != ReviewStatus.rejected)).all()
     if not any(p.split in train_splits for _, _, p in rows):
@@ -243,7 +245,12 @@ def snapshot_rankings(
 
 
 def snapshot_prompts(
-    session: Session, project_id: int, splits: list[str], *, limit: int = 0, without_task_kind: TaskKind | None = None
+    session: Session,
+    project_id: int,
+    splits: Sequence[str],
+    *,
+    limit: int = 0,
+    without_task_kind: TaskKind | None = None,
 ) -> tuple[list[PromptItem], Snapshot]:
     """Prompts of the given splits, oldest first (at most `limit`, 0 = all); with `without_task_kind`
     only prompts that have no task of that kind yet."""

@@ -41,6 +41,7 @@ from app.models import (
     User,
 )
 from app.services import Conflict, NotFound, ServiceError, projects, registry, stats
+from runconfig import DataFilter, config_from_dict, config_to_dict, data_filter_from_dict
 
 FINAL = (RunStatus.succeeded, RunStatus.failed, RunStatus.cancelled)
 POLICY_KINDS = (ModelKind.base, ModelKind.sft, ModelKind.ppo)
@@ -60,10 +61,14 @@ INPUT_NAMES = {
     RunKind.ppo: ["the SFT policy", "the reward model"],
     RunKind.evaluate: ["the candidate", "the baseline", "the reward model for an automatic win rate"],
 }
-DATA_FILTER_KEYS = {"exclude_labelers", "min_agreement", "splits", "valid_splits"}
-"""What a run's data_filter may say (TrainingRun.data_filter): labelers to leave out, a minimum
-agreement in percent (labelers below it on shared ranking tasks are left out too, resolved when the
-run is created and listed in `below_agreement`), and the training and validation splits."""
+
+
+def data_filter_of(run: TrainingRun) -> DataFilter:
+    """The run's data selection, typed: labelers to leave out, a minimum agreement in percent
+    (labelers below it on shared ranking tasks are left out too, resolved when the run is created
+    and listed in `below_agreement`), and the training and validation splits. The row keeps JSON
+    with only the keys given (`DataFilter.stored()`), so rows of any age load."""
+    return DataFilter.model_validate(run.data_filter or {})
 
 
 # ---- the admin's side ---------------------------------------------------------------------------
@@ -85,8 +90,6 @@ def create_run(
 
     With no input model, sft/reward/generate start from the config's `model` (when the kind has
     one) or `default_model`, registered as a base version, so the run always records its inputs."""
-    from runconfig import config_from_dict, config_to_dict  # no torch: plain dataclasses
-
     try:
         run_kind = RunKind(kind)
     except ValueError:
@@ -103,20 +106,18 @@ def create_run(
         parsed = config_from_dict(run_kind.value, config or {})
     except ValueError as exc:
         raise ServiceError(f"Invalid {run_kind.value} config: {exc}", status_code=422) from None
-    data_filter = _check_data_filter(session, data_filter or {})
-    data_filter = _apply_left_out(session, data_filter)
-    if "min_agreement" in data_filter:
-        data_filter = _apply_min_agreement(session, project.id, data_filter)
+    selection = _check_data_filter(session, data_filter or {})
+    selection = _apply_min_agreement(session, project.id, _apply_left_out(session, selection))
     ids = _check_input_models(
         session, run_kind, list(input_model_ids or []), project_id, getattr(parsed, "model", "") or default_model
     )
-    _check_data(session, project, run_kind, parsed, data_filter)
+    _check_data(session, project, run_kind, parsed, selection)
     run = TrainingRun(
         project_id=project.id,
         kind=run_kind,
         config=config_to_dict(parsed),
         input_model_ids=ids,
-        data_filter=data_filter,
+        data_filter=selection.stored(),
         created_by_id=created_by.id if created_by else None,
         status=RunStatus.queued,
         summary={},
@@ -164,52 +165,38 @@ def _check_input_models(session: Session, kind: RunKind, ids: list[Any], project
     return ids
 
 
-def _check_data_filter(session: Session, data_filter: Any) -> dict[str, Any]:
-    if not isinstance(data_filter, dict):
-        raise ServiceError("data_filter must be an object.")
-    unknown = set(data_filter) - DATA_FILTER_KEYS
-    if unknown:
-        raise ServiceError(
-            f"Unknown data_filter keys: {', '.join(sorted(unknown))}; known: {', '.join(sorted(DATA_FILTER_KEYS))}."
-        )
-    excluded = data_filter.get("exclude_labelers", [])
-    if not isinstance(excluded, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in excluded):
-        raise ServiceError("data_filter.exclude_labelers must be a list of user ids.")
+def _check_data_filter(session: Session, data_filter: Any) -> DataFilter:
+    try:
+        selection = data_filter_from_dict(data_filter)
+    except ValueError as exc:
+        raise ServiceError(str(exc)) from None
+    excluded = selection.exclude_labelers
     missing = set(excluded) - set(session.scalars(select(User.id).where(User.id.in_(excluded))))
     if missing:
         raise ServiceError(f"data_filter.exclude_labelers names unknown users: {sorted(missing)}.")
-    agreement = data_filter.get("min_agreement")
-    if agreement is not None and (
-        isinstance(agreement, bool) or not isinstance(agreement, int | float) or not 0 <= agreement <= 100
-    ):
-        raise ServiceError(f"data_filter.min_agreement is a percentage between 0 and 100, e.g. 65; got {agreement!r}.")
-    for key in ("splits", "valid_splits"):
-        splits = data_filter.get(key)
-        if splits is None:
-            continue
-        if not isinstance(splits, list) or not splits or not all(s in Split.__members__ for s in splits):
-            raise ServiceError(f"data_filter.{key} must be a non-empty list of splits (train, valid, test).")
-    return dict(data_filter)
+    return selection
 
 
-def _apply_left_out(session: Session, data_filter: dict[str, Any]) -> dict[str, Any]:
+def _apply_left_out(session: Session, selection: DataFilter) -> DataFilter:
     """Labelers an admin left out of training (Labelers page) join exclude_labelers; who they were is
     kept with the run (`left_out_by_admin`)."""
     left_out = sorted(session.scalars(select(User.id).where(User.left_out_of_training)))
     if not left_out:
-        return data_filter
-    excluded = sorted(set(data_filter.get("exclude_labelers", [])) | set(left_out))
-    return {**data_filter, "exclude_labelers": excluded, "left_out_by_admin": left_out}
+        return selection
+    excluded = sorted(set(selection.exclude_labelers) | set(left_out))
+    return selection.model_copy(update={"exclude_labelers": excluded, "left_out_by_admin": left_out})
 
 
-def _apply_min_agreement(session: Session, project_id: int, data_filter: dict[str, Any]) -> dict[str, Any]:
+def _apply_min_agreement(session: Session, project_id: int, selection: DataFilter) -> DataFilter:
     """Labelers whose agreement with the others on shared ranking tasks is below min_agreement are
     left out like the excluded ones; who they were is kept with the run (`below_agreement`)."""
-    threshold = data_filter["min_agreement"] / 100
+    if selection.min_agreement is None:
+        return selection
+    threshold = selection.min_agreement / 100
     per_labeler = stats.ranking_agreement(session, project_id).per_labeler
     low = sorted(uid for uid, s in per_labeler.items() if s.rate is not None and s.rate < threshold)
-    excluded = sorted(set(data_filter.get("exclude_labelers", [])) | set(low))
-    return {**data_filter, "exclude_labelers": excluded, "below_agreement": low}
+    excluded = sorted(set(selection.exclude_labelers) | set(low))
+    return selection.model_copy(update={"exclude_labelers": excluded, "below_agreement": low})
 
 
 def training_examples(
@@ -241,10 +228,10 @@ def training_examples(
     return int(session.scalar(stmt) or 0)
 
 
-def _check_data(session: Session, project: Project, kind: RunKind, config: Any, data_filter: dict) -> None:
+def _check_data(session: Session, project: Project, kind: RunKind, config: Any, selection: DataFilter) -> None:
     """Refuses a run that would find no data (the worker re-checks on its snapshot)."""
-    excluded = data_filter.get("exclude_labelers", [])
-    splits = [Split(s) for s in data_filter.get("splits", ["train"])]
+    excluded = selection.exclude_labelers
+    splits = [Split(s) for s in selection.splits]
     if kind == RunKind.sft:
         if not training_examples(session, project.id, kind, splits, excluded):
             raise ServiceError(

@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from app.models import Demonstration, ReviewStatus, Role, Skip, Task, TaskStatus
 from app.services import tasks
+from runconfig import DataFilter
 from tests.conftest import PASSWORD
 from tests.e2e.conftest import ui_login
 from tests.labeling import make_outputs, make_project, make_prompts
@@ -108,7 +109,7 @@ def test_flag_reject_and_revise(live_server, page_at, shot, session, make_user):
 
     # The next SFT snapshot leaves it out and records the revision; the export lacks it.
     session.expire_all()
-    train, valid, snap = snapshot_demonstrations(session, project.id, {"valid_splits": ["train"]})
+    train, valid, snap = snapshot_demonstrations(session, project.id, DataFilter(valid_splits=["train"]))
     assert [e.completion for e in train + valid] == ["Hello there!"]
     assert snap.counts["demonstrations_rejected"] == 1
     assert snap.record()["revisions"] == {"demonstrations": {str(hello.id): 2}}
