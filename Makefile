@@ -8,7 +8,9 @@ TORCH_VERSION ?= 2.13.0
 TORCH_PIP_ARGS ?=
 HOST ?= 127.0.0.1
 PORT ?= 8000
-PYTEST_ARGS ?=
+# The default run leaves out the tests marked slow (they train models end to end on the CPU);
+# CI runs them too: `make test PYTEST_ARGS=` runs everything.
+PYTEST_ARGS ?= -m "not slow"
 
 .PHONY: run test install dev worker lint clean fuzz lock
 
