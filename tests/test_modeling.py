@@ -78,15 +78,13 @@ def test_lora_and_gradient_checkpointing(tiny):
     assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad)
 
 
-def _batch(rows, pad_id, side):
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        sl = slice(width - len(row), width) if side == "left" else slice(0, len(row))
-        ids[i, sl] = torch.tensor(row)
-        mask[i, sl] = 1
-    return ids, mask
+def test_pad_batch_pads_on_either_side():
+    ids, mask = modeling.pad_batch([[7, 8, 9], [4]], 1)
+    assert ids.tolist() == [[7, 8, 9], [4, 1, 1]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    ids, mask = modeling.pad_batch([[7, 8, 9], [4]], 1, left=True)
+    assert ids.tolist() == [[7, 8, 9], [1, 1, 4]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    labels, _ = modeling.pad_batch([[7, 8], [4]], 1, fill=-100)
+    assert labels.tolist() == [[7, 8], [4, -100]] and labels.dtype == torch.long
 
 
 def test_scalar_head_reads_the_last_real_token_with_any_padding(tiny):
@@ -94,9 +92,9 @@ def test_scalar_head_reads_the_last_real_token_with_any_padding(tiny):
     model = ScalarHeadModel.from_causal_lm(tiny, device="cpu").eval()
     rows = [encode_prompt(tok, "Hi") + encode_completion(tok, t) for t in ["yes", "a much longer answer here"]]
     with torch.no_grad():
-        alone = torch.cat([model(*_batch([r], tok.pad_token_id, "right")) for r in rows])
-        right = model(*_batch(rows, tok.pad_token_id, "right"))
-        left = model(*_batch(rows, tok.pad_token_id, "left"))
+        alone = torch.cat([model(*modeling.pad_batch([r], tok.pad_token_id)) for r in rows])
+        right = model(*modeling.pad_batch(rows, tok.pad_token_id))
+        left = model(*modeling.pad_batch(rows, tok.pad_token_id, left=True))
     assert alone.shape == (2,)
     torch.testing.assert_close(right, alone, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(left, alone, atol=1e-5, rtol=1e-5)
@@ -113,7 +111,7 @@ def test_scalar_head_save_and_load_round_trip(tiny, tmp_path, lora_r):
             for name, p in model.named_parameters():
                 if "lora_B" in name:
                     p.normal_(std=0.1)
-    ids, mask = _batch([encode_prompt(tok, "Hi") + encode_completion(tok, "there")], tok.pad_token_id, "right")
+    ids, mask = modeling.pad_batch([encode_prompt(tok, "Hi") + encode_completion(tok, "there")], tok.pad_token_id)
     model.eval()
     with torch.no_grad():
         before = model(ids, mask)

@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from runconfig import PPOConfig, config_from_dict
+from trainer.modeling import pad_batch
 from trainer.ppo import (
     clipped_policy_loss,
     clipped_value_loss,
     entropy_from_logits,
     gae_advantages,
-    left_pad,
     logprobs_from_logits,
     masked_whiten,
     per_token_kl,
@@ -46,7 +46,7 @@ def test_mask_stops_at_any_end_token():
 
 
 def test_left_pad_and_trim():
-    ids, mask = left_pad([[7, 8, 9], [4]], PAD)
+    ids, mask = pad_batch([[7, 8, 9], [4]], PAD, left=True)
     assert ids.tolist() == [[7, 8, 9], [PAD, PAD, 4]]
     assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
     # Only the second row: its first two query columns and the response tail are padding for it.

@@ -215,7 +215,7 @@ def test_a_trained_reward_model_is_a_standard_sequence_classifier(tiny, tmp_path
     and its logit plus the documented offset is the project's score, normalization included."""
     from transformers import AutoModelForSequenceClassification
 
-    from trainer.modeling import SCORE_OFFSET, encode_completion, encode_prompt, pad_right
+    from trainer.modeling import SCORE_OFFSET, encode_completion, encode_prompt, pad_batch
 
     model, tok = fresh(tiny)
     demos = [SFTExample(prompt=r.prompt, completion=r.completions[0]) for r in TRAIN[:16]]
@@ -223,7 +223,7 @@ def test_a_trained_reward_model_is_a_standard_sequence_classifier(tiny, tmp_path
     assert result["bias_shift"] != 0
     model.save_pretrained(tmp_path / "rm", tokenizer=tok)
     sequences = [encode_prompt(tok, r.prompt) + encode_completion(tok, c) for r in VALID[:4] for c in r.completions]
-    ids, mask = pad_right(sequences, tok.pad_token_id)
+    ids, mask = pad_batch(sequences, tok.pad_token_id)
     with torch.no_grad():
         ours = model.eval()(ids, mask)
         plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm").eval()
@@ -240,14 +240,14 @@ def test_reward_models_in_the_older_form_still_load(tiny, tmp_path):
     """Backbone folder + scalar_head.safetensors, as saved before the sequence-classification form."""
     from safetensors.torch import save_file
 
-    from trainer.modeling import HEAD_WEIGHTS, encode_completion, encode_prompt, pad_right
+    from trainer.modeling import HEAD_WEIGHTS, encode_completion, encode_prompt, pad_batch
 
     model, tok = fresh(tiny, seed=3)
     folder = tmp_path / "old"
     model.backbone.save_pretrained(folder)
     tok.save_pretrained(folder)
     save_file({k: v.contiguous() for k, v in model.head.state_dict().items()}, folder / HEAD_WEIGHTS)
-    ids, mask = pad_right([encode_prompt(tok, "Hi") + encode_completion(tok, "great")], tok.pad_token_id)
+    ids, mask = pad_batch([encode_prompt(tok, "Hi") + encode_completion(tok, "great")], tok.pad_token_id)
     with torch.no_grad():
         torch.testing.assert_close(
             ScalarHeadModel.from_pretrained(folder, device="cpu").eval()(ids, mask), model.eval()(ids, mask)

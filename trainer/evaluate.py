@@ -15,10 +15,5 @@ def score_pairs(model, tokenizer, pairs: list[tuple[str, str, bool]]) -> torch.T
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit:
         rows = [r[-limit:] for r in rows]
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        input_ids[i, : len(r)] = torch.tensor(r)
-        attention_mask[i, : len(r)] = 1
+    input_ids, attention_mask = modeling.pad_batch(rows, tokenizer.pad_token_id)
     return model(input_ids.to(model.device), attention_mask.to(model.device)).float().cpu()

@@ -69,12 +69,8 @@ def sample_batches(
             return
         chunk = prompts[start : start + batch_size]
         encoded = [modeling.encode_prompt(tokenizer, p) for p in chunk]
-        width = max(len(ids) for ids in encoded)
-        input_ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, ids in enumerate(encoded):
-            input_ids[row, width - len(ids) :] = torch.tensor(ids)
-            attention_mask[row, width - len(ids) :] = 1
+        input_ids, attention_mask = modeling.pad_batch(encoded, tokenizer.pad_token_id, left=True)
+        width = input_ids.shape[1]
         torch.manual_seed(seed + start)  # per batch, so resuming or re-batching keeps the stream
         output = model.generate(
             input_ids=input_ids.to(device),

@@ -228,14 +228,19 @@ def encode_completion(tokenizer, completion: str, *, ended: bool = True) -> list
     return ids + [answer_end_id(tokenizer)] if ended else ids
 
 
-def pad_right(rows: list[list[int]], pad_id: int, fill: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded [B, T] ids (padded with `fill`, default pad_id) and their attention mask."""
+def pad_batch(
+    rows: list[list[int]], pad_id: int, *, left: bool = False, fill: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, T] ids of token rows padded to the longest with `fill` (default pad_id), and their
+    attention mask. Padded on the right, or with left=True on the left, so that every row ends in
+    the last column (where generation continues)."""
     width = max(len(row) for row in rows)
     ids = torch.full((len(rows), width), pad_id if fill is None else fill, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, : len(row)] = 1
+        place = slice(width - len(row), width) if left else slice(0, len(row))
+        ids[i, place] = torch.tensor(row, dtype=torch.long)
+        mask[i, place] = 1
     return ids, mask
 
 

@@ -29,7 +29,7 @@ from trainer.checkpoints import Checkpoints
 from trainer.data import RankingExample, SFTExample
 from trainer.distributed import Team
 from trainer.loop import MetricsCallback, TrainingLoop
-from trainer.modeling import ScalarHeadModel, encode_completion, encode_prompt, pad_right
+from trainer.modeling import ScalarHeadModel, encode_completion, encode_prompt, pad_batch
 from trainer.precision import load_dtype
 
 
@@ -94,7 +94,7 @@ def encode_rankings(tokenizer, rankings: list[RankingExample], max_length: int) 
 
 def score(model: ScalarHeadModel, sequences: list[list[int]], pad_id: int) -> torch.Tensor:
     """Reward of each sequence (read at its last real token, its EOS)."""
-    ids, mask = pad_right(sequences, pad_id)
+    ids, mask = pad_batch(sequences, pad_id)
     device = next(model.parameters()).device  # (a DDP wrapper has no .device)
     return model(ids.to(device), mask.to(device))
 

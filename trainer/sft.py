@@ -25,7 +25,7 @@ from trainer.checkpoints import Checkpoints, load_trained_state, trained_state
 from trainer.data import SFTExample
 from trainer.distributed import Team
 from trainer.loop import MetricsCallback, TrainingLoop
-from trainer.modeling import encode_completion, encode_prompt, pad_right
+from trainer.modeling import encode_completion, encode_prompt, pad_batch
 from trainer.precision import load_dtype
 
 IGNORE = -100  # label of the prompt's tokens: no loss there
@@ -42,8 +42,8 @@ def encode_example(tokenizer, example: SFTExample, config: SFTConfig) -> tuple[l
 def response_loss_sum(model, rows: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, int]:
     """Summed cross-entropy over the response tokens of `rows`, and how many tokens that is."""
     device = next(model.parameters()).device
-    input_ids, attention_mask = pad_right([ids for ids, _ in rows], pad_id)
-    labels, _ = pad_right([labels for _, labels in rows], pad_id, fill=IGNORE)
+    input_ids, attention_mask = pad_batch([ids for ids, _ in rows], pad_id)
+    labels, _ = pad_batch([labels for _, labels in rows], pad_id, fill=IGNORE)
     input_ids, attention_mask, labels = input_ids.to(device), attention_mask.to(device), labels.to(device)
     # Position t predicts token t+1: keep the positions whose next token is a response token.
     keep = torch.zeros_like(labels, dtype=torch.bool)
