@@ -54,6 +54,7 @@ import resource
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -67,6 +68,7 @@ from trainer.checkpoints import (
     random_state,
     restore_training_state,
     rng_state,
+    save_together,
     set_random_state,
     set_rng_state,
     trained_state,
@@ -75,7 +77,7 @@ from trainer.checkpoints import (
 from trainer.data import SFTExample
 from trainer.distributed import Team, full_state_dict, full_tensor, is_sharded
 from trainer.errors import TrainingDiverged
-from trainer.modeling import encode_completion, encode_prompt, end_ids
+from trainer.modeling import encode_completion, encode_prompt, end_ids, pad_batch
 from trainer.precision import for_model, load_dtype
 from trainer.sft import IGNORE, response_loss_sum
 
@@ -203,16 +205,6 @@ def disable_dropout(model: torch.nn.Module) -> None:
 
 def _is_dropout_rate(name: str) -> bool:
     return "dropout" in name or name.endswith("pdrop")
-
-
-def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
-        mask[i, width - len(r) :] = 1
-    return ids, mask
 
 
 def positions(mask: torch.Tensor) -> torch.Tensor:
@@ -445,7 +437,435 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-# --- the algorithm -----------------------------------------------------------------------------
+# --- the algorithm, step by step ---------------------------------------------------------------
+
+
+@dataclass
+class Rollout:
+    """One step's sampled answers and what the models say of them (steps 1-4), for this process's
+    part of the batch. Tensors are [rows, response tokens] unless said otherwise."""
+
+    batch: list[int]
+    """The prompts' indices."""
+    queries: torch.Tensor
+    """The prompts, left-padded [rows, prompt tokens], and their attention mask."""
+    query_mask: torch.Tensor
+    responses: torch.Tensor
+    """The answers, pad after their first end token."""
+    response_mask: torch.Tensor
+    """True up to and including the first end token."""
+    mask: torch.Tensor
+    """response_mask as floats."""
+    ended: torch.Tensor
+    """[rows]: whether each answer produced an end token."""
+    seqs: torch.Tensor
+    """queries + responses, and their attention mask."""
+    seq_mask: torch.Tensor
+    logprobs: torch.Tensor
+    ref_logprobs: torch.Tensor
+    values: torch.Tensor
+    entropy: torch.Tensor
+    scores: torch.Tensor
+    """[rows]: the reward model's (or reward_fn's) score of each answer."""
+
+
+@dataclass
+class Targets:
+    """What the PPO epochs fit (steps 5-6), with the figures the step's metrics need."""
+
+    kl: torch.Tensor
+    """Per-token KL to the reference."""
+    mean_kl: float
+    """Per answer, over the whole batch (every process)."""
+    rows_total: float
+    """Answers in the whole batch."""
+    penalized: torch.Tensor
+    """The scores less the missing-EOS penalty."""
+    advantages: torch.Tensor
+    returns: torch.Tensor
+
+
+class PPORun:
+    """What one train_ppo call keeps across its steps (models, optimizer, prompt order and queues, the
+    last good policy), and the steps themselves as methods, in the order they run."""
+
+    def __init__(
+        self,
+        policy,
+        ref_policy,
+        reward_model,
+        value_model,
+        tokenizer,
+        prompts: list[str],
+        config: PPOConfig,
+        *,
+        ptx: Sequence[SFTExample],
+        reward_tokenizer,
+        reward_fn: Callable[[list[str], list[str]], Sequence[float]] | None,
+        checkpoints: Checkpoints | None,
+        should_stop: Callable[[], bool] | None,
+    ):
+        """0. Tokenize and check everything before any work; freeze the frozen, switch dropout off;
+        the optimizer, and the random generators and queues of this run."""
+        self.team = team = Team()  # one process, or one of several under accelerate launch (see the header)
+        self.prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
+        self.ptx_ids = [
+            (encode_prompt(tokenizer, ex.prompt), encode_completion(tokenizer, ex.completion)) for ex in ptx
+        ]
+        check_inputs(
+            policy,
+            ref_policy,
+            reward_model,
+            value_model,
+            tokenizer,
+            self.prompt_ids,
+            self.ptx_ids,
+            config,
+            reward_tokenizer,
+            reward_fn,
+            team.size,
+        )
+        self.policy, self.ref_policy, self.value_model = policy, ref_policy, value_model
+        self.reward_model, self.reward_fn = reward_model, reward_fn
+        self.tokenizer, self.prompts, self.config = tokenizer, prompts, config
+        self.device = model_device(policy)
+        self.pad_id = tokenizer.pad_token_id
+        self.eos_id = end_ids(tokenizer, getattr(policy, "generation_config", None))
+        for model in (policy, ref_policy, reward_model, value_model):
+            if model is not None:
+                disable_dropout(model)
+        for model in (ref_policy, reward_model):
+            if model is not None:
+                model.eval().requires_grad_(False)
+        self.precision = for_model(config.precision, policy)  # fp32 master weights unless bf16-pure
+        for_model(config.precision, value_model)
+        # DDP for the training passes, sampling and the no-grad passes use the models themselves; or
+        # FSDP, which shards the models in place (every pass through them is then collective).
+        self.policy_ddp = team.wrap(policy, config.sharding)
+        self.value_ddp = team.wrap(value_model, config.sharding)
+        self.sharded = is_sharded(policy)
+        self.policy_params = [p for p in policy.parameters() if p.requires_grad]
+        self.value_params = [p for p in value_model.parameters() if p.requires_grad]
+        self.optimizer = adamw(self.policy_params + self.value_params, config.learning_rate)
+        self.both = torch.nn.ModuleList([policy, value_model])  # what holds the optimizer's parameters
+        torch.manual_seed(config.seed + team.rank)  # each process samples its own answers
+        self.order = random.Random(config.seed)  # the same prompt order in every process: each takes its part
+        self.prompt_queue: list[int] = []
+        self.ptx_queue: list[int] = []
+        self.total_steps = config.total_episodes // config.rollout_batch_size
+        self.micro = config.minibatch_size // team.size  # this process's rows of each global minibatch
+        self.metrics: dict[str, float] = {}
+        self.steps_done = 0
+        self.first_step = 1
+        self.started = time.perf_counter()
+        self.checkpoints = checkpoints or Checkpoints()
+        self.last_good = LastGoodPolicy(policy, self.checkpoints, lora=bool(config.lora_r))
+        self.ref_context = (lambda: nullcontext()) if ref_policy is not None else policy.disable_adapter
+        self.stop_sampling = StoppingCriteriaList([StopWhen(should_stop)]) if should_stop is not None else None
+        self.should_stop = should_stop or (lambda: False)
+        self.resumed = False
+
+    def resume(self) -> None:
+        """Go on exactly where the newest checkpoint was written; without one, save the SFT policy
+        itself as step 0 (what a divergence in the first steps goes back to)."""
+        resumed = self.checkpoints.load()
+        if resumed is None:
+            if self.checkpoints.enabled:
+                self.save(0)
+            return
+        team = self.team
+        self.resumed = True
+        restore_training_state(
+            resumed["policy"], self.policy, self.optimizer, None, self.precision.scaler, owner=self.both
+        )
+        load_trained_state(self.value_model, resumed["value"])
+        loop = resumed["loop"]
+        if len(loop.get("rng_by_rank", [])) == team.size:  # each process's own generators
+            set_rng_state(loop["rng_by_rank"][team.rank])
+        self.steps_done, self.metrics = loop["step"], loop["metrics"]
+        self.prompt_queue[:], self.ptx_queue[:] = loop["prompt_queue"], loop["ptx_queue"]
+        set_random_state(self.order, loop["order"])
+        self.first_step = self.steps_done + 1
+
+    def save(self, step: int) -> None:
+        loop = {
+            "step": step,
+            "metrics": self.metrics,
+            "prompt_queue": self.prompt_queue,
+            "ptx_queue": self.ptx_queue,
+            "order": random_state(self.order),
+            "rng_by_rank": self.team.gather(rng_state()),
+        }
+        policy_state = training_state(self.policy, self.optimizer, None, self.precision.scaler, owner=self.both)
+        state = {"policy": policy_state, "value": trained_state(self.value_model), "loop": loop}
+        save_together(self.checkpoints, self.team, step, state)
+
+    def save_on_stop(self) -> None:
+        """The checkpoint of a run stopped between steps, unless this call did no step yet (the
+        newest checkpoint, resumed from or of step 0, already holds where it is)."""
+        if self.checkpoints.due(self.steps_done, self.config.save_every, stopping=True):
+            if self.steps_done >= self.first_step:
+                self.save(self.steps_done)
+
+    def take(self, queue: list[int], n: int, size: int) -> list[int]:
+        """The next n indices of a queue over range(size), refilled in a new order when empty."""
+        out: list[int] = []
+        while len(out) < n:
+            if not queue:
+                queue.extend(self.order.sample(range(size), size))
+            out.append(queue.pop())
+        return out
+
+    def stop_now(self) -> bool:
+        """Whether any process was asked to stop (decided together: nobody waits for one that left)."""
+        return self.team.any(self.should_stop())
+
+    def next_prompts(self) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+        """1. A batch of prompts (this process's part), left-padded so every answer starts in the same column."""
+        chosen = self.take(self.prompt_queue, self.config.rollout_batch_size, len(self.prompt_ids))
+        batch = self.team.shard(chosen)
+        queries, query_mask = pad_batch([self.prompt_ids[i] for i in batch], self.pad_id, left=True)
+        return batch, queries.to(self.device), query_mask.to(self.device)
+
+    def roll_out(self, batch: list[int], queries: torch.Tensor, query_mask: torch.Tensor) -> Rollout | None:
+        """2-4. The answers to the batch's prompts and what the models say of them; None when a stop
+        came during sampling."""
+        self.policy.eval()
+        self.value_model.eval()
+        with torch.no_grad(), self.precision.autocast():
+            responses = self.sample(queries, query_mask)
+            if responses is None:
+                return None
+            return self.score(batch, queries, query_mask, responses)
+
+    def sample(self, queries: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor | None:
+        """2. Rollouts: one answer per prompt with generate() and its KV cache (a cancel ends the
+        sampling at the next token; the unfinished step is dropped: the run resumes before it).
+        The answers right-padded to the longest; None when stopped."""
+        width, size = queries.shape[1], self.config.forward_batch_size
+        chunks: list[torch.Tensor] = []
+        for lo in range(0, len(queries), size):
+            out = self.policy.generate(
+                input_ids=queries[lo : lo + size],
+                attention_mask=query_mask[lo : lo + size],
+                stopping_criteria=self.stop_sampling,
+                synced_gpus=self.sharded,  # FSDP: every process runs as many forward passes
+                **sampling_settings(self.config, self.eos_id, self.pad_id),
+            )
+            chunks.append(out[:, width:])
+            if self.stop_now():
+                break
+        if self.stop_now():
+            return None
+        length = max(r.shape[1] for r in chunks)
+        return torch.cat([F.pad(r, (0, length - r.shape[1]), value=self.pad_id) for r in chunks])
+
+    def score(
+        self, batch: list[int], queries: torch.Tensor, query_mask: torch.Tensor, responses: torch.Tensor
+    ) -> Rollout:
+        """3-4. The answers cut at their first end token; the log-probs, values and scores of them."""
+        # 3. Mask everything after the first EOS (pad != EOS, so the EOS itself is kept and learned).
+        response_mask, ended = response_mask_after_eos(responses, self.eos_id)
+        responses = responses.masked_fill(~response_mask, self.pad_id)
+        seqs = torch.cat([queries, responses], dim=1)
+        seq_mask = torch.cat([query_mask, response_mask.long()], dim=1)
+
+        # 4. Log-probs of the policy and the reference (temperature applied), values, scores.
+        config, size, length = self.config, self.config.forward_batch_size, responses.shape[1]
+        parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("logprobs", "ref", "values", "entropy", "scores")}
+        for lo in range(0, len(batch), size):
+            part = slice(lo, lo + size)
+            part_ids, part_mask, resp = seqs[part], seq_mask[part], responses[part]
+            logits = policy_logits(self.policy, part_ids, part_mask, length)
+            parts["logprobs"].append(logprobs_from_logits(logits, resp, config.temperature))
+            parts["entropy"].append(entropy_from_logits(logits, config.temperature))
+            del logits
+            parts["values"].append(token_values(self.value_model, part_ids, part_mask, length))
+        with visiting(self.ref_policy, self.device, config.low_memory), self.ref_context():
+            reference = self.ref_policy if self.ref_policy is not None else self.policy
+            for lo in range(0, len(batch), size):
+                part = slice(lo, lo + size)
+                logits = policy_logits(reference, seqs[part], seq_mask[part], length)
+                parts["ref"].append(logprobs_from_logits(logits, responses[part], config.temperature))
+        if self.reward_fn is None:
+            with visiting(self.reward_model, self.device, config.low_memory):
+                for lo in range(0, len(batch), size):
+                    part = slice(lo, lo + size)
+                    parts["scores"].append(self.reward_model(seqs[part], seq_mask[part]).float())
+            scores = torch.cat(parts["scores"])
+        else:
+            texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
+            given = list(self.reward_fn([self.prompts[i] for i in batch], texts))
+            if len(given) != len(texts):
+                raise ValueError(f"reward_fn returned {len(given)} scores for {len(texts)} completions.")
+            scores = torch.tensor([float(v) for v in given], device=self.device)
+        return Rollout(
+            batch=batch,
+            queries=queries,
+            query_mask=query_mask,
+            responses=responses,
+            response_mask=response_mask,
+            mask=response_mask.float(),
+            ended=ended,
+            seqs=seqs,
+            seq_mask=seq_mask,
+            logprobs=torch.cat(parts["logprobs"]),
+            ref_logprobs=torch.cat(parts["ref"]),
+            values=torch.cat(parts["values"]),
+            entropy=torch.cat(parts["entropy"]),
+            scores=scores,
+        )
+
+    def targets(self, rollout: Rollout, step: int) -> Targets:
+        """5-6. Per-token rewards, the divergence checks, GAE advantages and returns."""
+        config, team, mask = self.config, self.team, rollout.mask
+        with torch.no_grad(), self.precision.autocast():
+            # 5. Rewards: -beta * KL per token, the score (minus the no-EOS penalty) at the last token.
+            kl = per_token_kl(rollout.logprobs, rollout.ref_logprobs, mask)
+            kl_total, rows_total = team.sum(float(kl.sum()), len(rollout.batch))
+            mean_kl = kl_total / rows_total  # over the whole batch: every process decides alike
+            if team.any(not math.isfinite(mean_kl) or not bool(torch.isfinite(rollout.scores).all())):
+                raise diverged(f"Step {step}: non-finite log-probs or scores.", self.last_good)
+            if mean_kl > config.kl_limit:
+                raise diverged(
+                    f"Step {step}: the KL to the reference is {mean_kl:.2f} nats, past kl_limit={config.kl_limit}.",
+                    self.last_good,
+                )
+            penalized = rollout.scores - config.missing_eos_penalty * (~rollout.ended).float()
+            rewards = rewards_with_kl(penalized, kl, mask, config.kl_coef)
+            if config.whiten_rewards:
+                rewards = masked_whiten(rewards, mask, shift_mean=False, team=team)
+
+            # 6. GAE advantages and returns; advantages whitened over the batch's real tokens.
+            advantages, returns = gae_advantages(rewards, rollout.values, mask, config.gamma, config.lam)
+            advantages = masked_whiten(advantages, mask, team=team)
+        return Targets(kl, mean_kl, rows_total, penalized, advantages, returns)
+
+    def optimize(self, rollout: Rollout, targets: Targets, step: int) -> tuple[dict[str, list[torch.Tensor]], bool]:
+        """7. PPO epochs over shuffled minibatches: clipped ratio + clipped value loss (+ ptx). Returns
+        each minibatch's figures, and whether a stop came (looked for after each epoch)."""
+        self.policy.train()
+        self.value_model.train()
+        names = ("policy_loss", "value_loss", "clip_frac", "approx_kl", "ptx_loss")
+        stats: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+        for _ in range(self.config.ppo_epochs):
+            permutation = torch.randperm(len(rollout.batch), device=self.device)
+            for lo in range(0, len(rollout.batch), self.micro):
+                rows = permutation[lo : lo + self.micro]
+                with self.precision.autocast():  # the forward passes of this minibatch (backward runs outside)
+                    loss, figures = self.minibatch_loss(rollout, targets, rows)
+                self.update(loss, step)
+                for name, value in figures.items():
+                    stats[name].append(value.detach())
+            if self.stop_now():
+                return stats, True
+        return stats, False
+
+    def minibatch_loss(
+        self, rollout: Rollout, targets: Targets, rows: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The PPO loss of these rows (trimmed to their longest prompt and answer), and its parts."""
+        config = self.config
+        width = rollout.queries.shape[1]
+        first, resp_len = trim(rollout.query_mask[rows], rollout.response_mask[rows])
+        ids = rollout.seqs[rows][:, first : width + resp_len]
+        ids_mask = rollout.seq_mask[rows][:, first : width + resp_len]
+        mb_mask = rollout.mask[rows][:, :resp_len]
+        logits = policy_logits(self.policy_ddp, ids, ids_mask, resp_len)
+        new_logprobs = logprobs_from_logits(logits, rollout.responses[rows][:, :resp_len], config.temperature)
+        pg_loss, clip_frac, approx_kl = clipped_policy_loss(
+            new_logprobs,
+            rollout.logprobs[rows][:, :resp_len],
+            targets.advantages[rows][:, :resp_len],
+            mb_mask,
+            config.cliprange,
+        )
+        new_values = token_values(self.value_ddp, ids, ids_mask, resp_len)
+        vf_loss = clipped_value_loss(
+            new_values,
+            rollout.values[rows][:, :resp_len],
+            targets.returns[rows][:, :resp_len],
+            mb_mask,
+            config.cliprange_value,
+        )
+        loss = pg_loss + config.vf_coef * vf_loss
+        figures = {"policy_loss": pg_loss, "value_loss": vf_loss, "clip_frac": clip_frac, "approx_kl": approx_kl}
+        if self.ptx_ids and config.ptx_coef > 0:
+            ptx_loss = self.ptx_loss()
+            loss = loss + config.ptx_coef * ptx_loss
+            figures["ptx_loss"] = ptx_loss
+        return loss, figures
+
+    def ptx_loss(self) -> torch.Tensor:
+        """PPO-ptx: the SFT loss (response tokens only) on a batch of demonstrations (this process's
+        part; through the model itself: DDP allows one forward per backward, and the gradients of
+        both passes meet in the same all-reduce)."""
+        chosen = self.team.shard(self.take(self.ptx_queue, self.config.ptx_batch_size, len(self.ptx_ids)))
+        demos = [(p + c, [IGNORE] * len(p) + c) for p, c in (self.ptx_ids[i] for i in chosen)]
+        loss_sum, tokens = response_loss_sum(self.policy, demos, self.pad_id)
+        return loss_sum / max(tokens, 1)
+
+    def update(self, loss: torch.Tensor, step: int) -> None:
+        """One optimizer step of the policy and the value model; a non-finite loss or gradient norm
+        is divergence (the step is not applied)."""
+        if self.team.any(not torch.isfinite(loss)):
+            raise diverged(f"Step {step}: the loss became {float(loss.detach())}.", self.last_good)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.precision.backward(loss)
+        self.precision.step(self.optimizer, lambda: self.clip_gradients(step))
+
+    def clip_gradients(self, step: int) -> torch.Tensor:
+        # Clipped per model: the value loss's large early gradients must not shrink the policy's step.
+        max_norm = self.config.max_grad_norm
+        norm = full_tensor(torch.nn.utils.clip_grad_norm_(self.policy_params, max_norm)) + full_tensor(
+            torch.nn.utils.clip_grad_norm_(self.value_params, max_norm)
+        )
+        # fp16: the scaler skips a step whose gradients overflowed; otherwise it is divergence.
+        if not torch.isfinite(norm) and self.precision.scaler is None:
+            raise diverged(f"Step {step}: the gradient norm became {float(norm)}.", self.last_good)
+        return norm
+
+    def step_metrics(
+        self, rollout: Rollout, targets: Targets, stats: dict[str, list[torch.Tensor]], step: int
+    ) -> dict[str, float]:
+        """8. Metrics of this step, over the whole batch (peak memory: this process's)."""
+        mask, rows_total = rollout.mask, targets.rows_total
+        score_sum, reward_sum, entropy_sum, response_tokens, ended_sum = self.team.sum(
+            float(rollout.scores.sum()),
+            float((targets.penalized - self.config.kl_coef * targets.kl.sum(1)).sum()),
+            float((rollout.entropy * mask).sum()),
+            float(mask.sum()),
+            float(rollout.ended.float().sum()),
+        )
+        episodes = (step - self.first_step + 1) * self.config.rollout_batch_size
+        metrics = {
+            "score": score_sum / rows_total,
+            "reward": reward_sum / rows_total,
+            "kl": targets.mean_kl,
+            "entropy": entropy_sum / max(response_tokens, 1.0),
+            "response_length": response_tokens / rows_total,
+            "eos_fraction": ended_sum / rows_total,
+            "episodes_per_s": episodes / (time.perf_counter() - self.started),
+            "peak_memory_mb": peak_memory_mb(self.device),
+        }
+        means = {name: float(torch.stack(v).mean()) for name, v in stats.items() if v}
+        metrics.update(zip(means, (v / self.team.size for v in self.team.sum(*means.values())), strict=True))
+        return metrics
+
+    def summary(self, stopped: bool) -> dict:
+        """The last step's metrics and the run's figures; the models left in eval mode."""
+        self.policy.eval()
+        self.value_model.eval()
+        seconds = time.perf_counter() - self.started
+        return {
+            **self.metrics,
+            **({"resumed_from_step": float(self.first_step - 1)} if self.resumed else {}),
+            "steps": float(self.steps_done),
+            "episodes": float(self.steps_done * self.config.rollout_batch_size),
+            "stopped_early": float(stopped),
+            "seconds": seconds,
+            **self.team.info(),
+        }
 
 
 def train_ppo(
@@ -479,309 +899,48 @@ def train_ppo(
       from the newest one it finds.
     Returns the last step's metrics with "steps", "episodes", "stopped_early" (1.0 when should_stop
     ended it) and "seconds"; every step's metrics went to on_metrics(step, total_steps, metrics)."""
-    # 0. Tokenize and check everything before any work; freeze the frozen, switch dropout off.
-    team = Team()  # one process, or one of several under accelerate launch (see the header)
-    prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
-    ptx_ids = [(encode_prompt(tokenizer, ex.prompt), encode_completion(tokenizer, ex.completion)) for ex in ptx]
-    check_inputs(
+    run = PPORun(
         policy,
         ref_policy,
         reward_model,
         value_model,
         tokenizer,
-        prompt_ids,
-        ptx_ids,
+        prompts,
         config,
-        reward_tokenizer,
-        reward_fn,
-        team.size,
+        ptx=ptx,
+        reward_tokenizer=reward_tokenizer,
+        reward_fn=reward_fn,
+        checkpoints=checkpoints,
+        should_stop=should_stop,
     )
-    device = model_device(policy)
-    pad_id, eos_id = tokenizer.pad_token_id, end_ids(tokenizer, getattr(policy, "generation_config", None))
-    for model in (policy, ref_policy, reward_model, value_model):
-        if model is not None:
-            disable_dropout(model)
-    for model in (ref_policy, reward_model):
-        if model is not None:
-            model.eval().requires_grad_(False)
-    precision = for_model(config.precision, policy)  # fp32 master weights unless bf16-pure
-    for_model(config.precision, value_model)
-    # DDP for the training passes, sampling and the no-grad passes use the models themselves; or
-    # FSDP, which shards the models in place (every pass through them is then collective).
-    policy_ddp, value_ddp = team.wrap(policy, config.sharding), team.wrap(value_model, config.sharding)
-    sharded = is_sharded(policy)
-    policy_params = [p for p in policy.parameters() if p.requires_grad]
-    value_params = [p for p in value_model.parameters() if p.requires_grad]
-    optimizer = adamw(policy_params + value_params, config.learning_rate)
-    both = torch.nn.ModuleList([policy, value_model])  # what holds the optimizer's parameters
-    torch.manual_seed(config.seed + team.rank)  # each process samples its own answers
-    order = random.Random(config.seed)  # the same prompt order in every process: each takes its part
-    prompt_queue: list[int] = []
-    ptx_queue: list[int] = []
-    total_steps = config.total_episodes // config.rollout_batch_size
-    metrics: dict[str, float] = {}
-    steps_done = 0
-    started = time.perf_counter()
-    stopped = False
-    checkpoints = checkpoints or Checkpoints()
-    last_good = LastGoodPolicy(policy, checkpoints, lora=bool(config.lora_r))
-    first_step = 1
-    resumed = checkpoints.load()
-    if resumed is not None:  # go on exactly where the checkpoint was written
-        restore_training_state(resumed["policy"], policy, optimizer, None, precision.scaler, owner=both)
-        load_trained_state(value_model, resumed["value"])
-        loop = resumed["loop"]
-        if len(loop.get("rng_by_rank", [])) == team.size:  # each process's own generators
-            set_rng_state(loop["rng_by_rank"][team.rank])
-        steps_done, metrics = loop["step"], loop["metrics"]
-        prompt_queue[:], ptx_queue[:] = loop["prompt_queue"], loop["ptx_queue"]
-        set_random_state(order, loop["order"])
-        first_step = steps_done + 1
-
-    def save(step: int) -> None:
-        loop = {
-            "step": step,
-            "metrics": metrics,
-            "prompt_queue": prompt_queue,
-            "ptx_queue": ptx_queue,
-            "order": random_state(order),
-            "rng_by_rank": team.gather(rng_state()),
-        }
-        policy_state = training_state(policy, optimizer, None, precision.scaler, owner=both)
-        if team.is_main:
-            checkpoints.save(step, {"policy": policy_state, "value": trained_state(value_model), "loop": loop})
-        team.barrier()
-
-    def take(queue: list[int], n: int, size: int) -> list[int]:
-        out: list[int] = []
-        while len(out) < n:
-            if not queue:
-                queue.extend(order.sample(range(size), size))
-            out.append(queue.pop())
-        return out
-
-    ref_context = (lambda: nullcontext()) if ref_policy is not None else policy.disable_adapter
-
-    if resumed is None and checkpoints.enabled:
-        save(0)  # the SFT policy itself: what a divergence in the first steps goes back to
+    run.resume()
     on_phase = on_phase or (lambda phase, total: None)
-    stop_sampling = StoppingCriteriaList([StopWhen(should_stop)]) if should_stop is not None else None
-    micro = config.minibatch_size // team.size  # this process's rows of each global minibatch
-
-    should_stop = should_stop or (lambda: False)
-    for step in range(first_step, total_steps + 1):
-        if team.any(should_stop()):  # between steps: a clean point to resume from
+    stopped = False
+    for step in range(run.first_step, run.total_steps + 1):
+        if run.stop_now():  # between steps: a clean point to resume from
             stopped = True
-            if checkpoints.due(steps_done, config.save_every, stopping=True) and steps_done >= first_step:
-                save(steps_done)
+            run.save_on_stop()
             break
-        # 1. A batch of prompts, left-padded so every answer starts in the same column.
-        batch = team.shard(take(prompt_queue, config.rollout_batch_size, len(prompt_ids)))  # this process's part
-        queries, query_mask = left_pad([prompt_ids[i] for i in batch], pad_id)
-        queries, query_mask = queries.to(device), query_mask.to(device)
-        width = queries.shape[1]
-
-        # 2. Rollouts: sample one answer per prompt with generate() and its KV cache (a cancel ends
-        # the sampling at the next token; the unfinished step is dropped: the run resumes before it).
-        on_phase("rolling out", total_steps)  # (the number of steps is known before the first ends)
-        policy.eval()
-        value_model.eval()
-        chunks: list[torch.Tensor] = []
-        with torch.no_grad(), precision.autocast():
-            for lo in range(0, len(batch), config.forward_batch_size):
-                out = policy.generate(
-                    input_ids=queries[lo : lo + config.forward_batch_size],
-                    attention_mask=query_mask[lo : lo + config.forward_batch_size],
-                    stopping_criteria=stop_sampling,
-                    synced_gpus=sharded,  # FSDP: every process runs as many forward passes
-                    **sampling_settings(config, eos_id, pad_id),
-                )
-                chunks.append(out[:, width:])
-                if team.any(should_stop()):
-                    break
-            if team.any(should_stop()):
-                stopped = True
-                break
-            length = max(r.shape[1] for r in chunks)
-            responses = torch.cat([F.pad(r, (0, length - r.shape[1]), value=pad_id) for r in chunks])
-
-            # 3. Mask everything after the first EOS (pad != EOS, so the EOS itself is kept and learned).
-            response_mask, ended = response_mask_after_eos(responses, eos_id)
-            responses = responses.masked_fill(~response_mask, pad_id)
-            seqs = torch.cat([queries, responses], dim=1)
-            seq_mask = torch.cat([query_mask, response_mask.long()], dim=1)
-
-            # 4. Log-probs of the policy and the reference (temperature applied), values, scores.
-            parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("logprobs", "ref", "values", "entropy", "scores")}
-            for lo in range(0, len(batch), config.forward_batch_size):
-                part = slice(lo, lo + config.forward_batch_size)
-                part_ids, part_mask, resp = seqs[part], seq_mask[part], responses[part]
-                logits = policy_logits(policy, part_ids, part_mask, length)
-                parts["logprobs"].append(logprobs_from_logits(logits, resp, config.temperature))
-                parts["entropy"].append(entropy_from_logits(logits, config.temperature))
-                del logits
-                parts["values"].append(token_values(value_model, part_ids, part_mask, length))
-            with visiting(ref_policy, device, config.low_memory), ref_context():
-                reference = ref_policy if ref_policy is not None else policy
-                for lo in range(0, len(batch), config.forward_batch_size):
-                    part = slice(lo, lo + config.forward_batch_size)
-                    logits = policy_logits(reference, seqs[part], seq_mask[part], length)
-                    parts["ref"].append(logprobs_from_logits(logits, responses[part], config.temperature))
-            if reward_fn is None:
-                with visiting(reward_model, device, config.low_memory):
-                    for lo in range(0, len(batch), config.forward_batch_size):
-                        part = slice(lo, lo + config.forward_batch_size)
-                        parts["scores"].append(reward_model(seqs[part], seq_mask[part]).float())
-                scores = torch.cat(parts["scores"])
-            else:
-                texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
-                given = list(reward_fn([prompts[i] for i in batch], texts))
-                if len(given) != len(texts):
-                    raise ValueError(f"reward_fn returned {len(given)} scores for {len(texts)} completions.")
-                scores = torch.tensor([float(v) for v in given], device=device)
-            logprobs, ref_logprobs = torch.cat(parts["logprobs"]), torch.cat(parts["ref"])
-            values, entropy = torch.cat(parts["values"]), torch.cat(parts["entropy"])
-            mask = response_mask.float()
-
-            # 5. Rewards: -beta * KL per token, the score (minus the no-EOS penalty) at the last token.
-            kl = per_token_kl(logprobs, ref_logprobs, mask)
-            kl_total, rows_total = team.sum(float(kl.sum()), len(batch))
-            mean_kl = kl_total / rows_total  # over the whole batch: every process decides alike
-            if team.any(not math.isfinite(mean_kl) or not bool(torch.isfinite(scores).all())):
-                raise diverged(f"Step {step}: non-finite log-probs or scores.", last_good)
-            if mean_kl > config.kl_limit:
-                raise diverged(
-                    f"Step {step}: the KL to the reference is {mean_kl:.2f} nats, past kl_limit={config.kl_limit}.",
-                    last_good,
-                )
-            penalized = scores - config.missing_eos_penalty * (~ended).float()
-            rewards = rewards_with_kl(penalized, kl, mask, config.kl_coef)
-            if config.whiten_rewards:
-                rewards = masked_whiten(rewards, mask, shift_mean=False, team=team)
-
-            # 6. GAE advantages and returns; advantages whitened over the batch's real tokens.
-            advantages, returns = gae_advantages(rewards, values, mask, config.gamma, config.lam)
-            advantages = masked_whiten(advantages, mask, team=team)
-
+        batch, queries, query_mask = run.next_prompts()
+        on_phase("rolling out", run.total_steps)  # (the number of steps is known before the first ends)
+        rollout = run.roll_out(batch, queries, query_mask)
+        if rollout is None:
+            stopped = True
+            break
+        targets = run.targets(rollout, step)
         # This policy is good (its KL is fine): keep it to fall back to if the update below diverges.
-        last_good.keep(step - 1)
-
-        # 7. PPO epochs over shuffled minibatches: clipped ratio + clipped value loss (+ ptx).
-        on_phase("optimizing", total_steps)
-        policy.train()
-        value_model.train()
-        stats: dict[str, list[torch.Tensor]] = {
-            "policy_loss": [],
-            "value_loss": [],
-            "clip_frac": [],
-            "approx_kl": [],
-            "ptx_loss": [],
-        }
-        for _ in range(config.ppo_epochs):
-            permutation = torch.randperm(len(batch), device=device)
-            for lo in range(0, len(batch), micro):
-                rows = permutation[lo : lo + micro]
-                first, resp_len = trim(query_mask[rows], response_mask[rows])
-                ids = seqs[rows][:, first : width + resp_len]
-                ids_mask = seq_mask[rows][:, first : width + resp_len]
-                mb_mask = mask[rows][:, :resp_len]
-                with precision.autocast():  # the forward passes of this minibatch (backward runs outside)
-                    logits = policy_logits(policy_ddp, ids, ids_mask, resp_len)
-                    new_logprobs = logprobs_from_logits(logits, responses[rows][:, :resp_len], config.temperature)
-                    pg_loss, clip_frac, approx_kl = clipped_policy_loss(
-                        new_logprobs,
-                        logprobs[rows][:, :resp_len],
-                        advantages[rows][:, :resp_len],
-                        mb_mask,
-                        config.cliprange,
-                    )
-                    new_values = token_values(value_ddp, ids, ids_mask, resp_len)
-                    vf_loss = clipped_value_loss(
-                        new_values,
-                        values[rows][:, :resp_len],
-                        returns[rows][:, :resp_len],
-                        mb_mask,
-                        config.cliprange_value,
-                    )
-                    loss = pg_loss + config.vf_coef * vf_loss
-                    if ptx_ids and config.ptx_coef > 0:
-                        # PPO-ptx: the SFT loss (response tokens only) on a batch of demonstrations
-                        # (this process's part; through the model itself: DDP allows one forward per backward,
-                        # and the gradients of both passes meet in the same all-reduce).
-                        chosen = team.shard(take(ptx_queue, config.ptx_batch_size, len(ptx_ids)))
-                        demos = [(p + c, [IGNORE] * len(p) + c) for p, c in (ptx_ids[i] for i in chosen)]
-                        loss_sum, tokens = response_loss_sum(policy, demos, pad_id)
-                        ptx_loss = loss_sum / max(tokens, 1)
-                        loss = loss + config.ptx_coef * ptx_loss
-                        stats["ptx_loss"].append(ptx_loss.detach())
-                if team.any(not torch.isfinite(loss)):
-                    raise diverged(f"Step {step}: the loss became {float(loss.detach())}.", last_good)
-                optimizer.zero_grad(set_to_none=True)
-                precision.backward(loss)
-
-                def clip() -> torch.Tensor:  # called at once by precision.step, in this iteration
-                    # Clipped per model: the value loss's large early gradients must not shrink the policy's step.
-                    norm = full_tensor(
-                        torch.nn.utils.clip_grad_norm_(policy_params, config.max_grad_norm)
-                    ) + full_tensor(torch.nn.utils.clip_grad_norm_(value_params, config.max_grad_norm))
-                    # fp16: the scaler skips a step whose gradients overflowed; otherwise it is divergence.
-                    if not torch.isfinite(norm) and precision.scaler is None:
-                        message = f"Step {step}: the gradient norm became {float(norm)}."  # noqa: B023
-                        raise diverged(message, last_good)  # noqa: B023
-                    return norm
-
-                precision.step(optimizer, clip)
-                for name, value in (
-                    ("policy_loss", pg_loss),
-                    ("value_loss", vf_loss),
-                    ("clip_frac", clip_frac),
-                    ("approx_kl", approx_kl),
-                ):
-                    stats[name].append(value.detach())
-            if team.any(should_stop()):
-                stopped = True
-                break
-
-        # 8. Metrics of this step, over the whole batch (peak memory: this process's).
-        score_sum, reward_sum, entropy_sum, response_tokens, ended_sum = team.sum(
-            float(scores.sum()),
-            float((penalized - config.kl_coef * kl.sum(1)).sum()),
-            float((entropy * mask).sum()),
-            float(mask.sum()),
-            float(ended.float().sum()),
-        )
-        metrics = {
-            "score": score_sum / rows_total,
-            "reward": reward_sum / rows_total,
-            "kl": mean_kl,
-            "entropy": entropy_sum / max(response_tokens, 1.0),
-            "response_length": response_tokens / rows_total,
-            "eos_fraction": ended_sum / rows_total,
-            "episodes_per_s": (step - first_step + 1) * config.rollout_batch_size / (time.perf_counter() - started),
-            "peak_memory_mb": peak_memory_mb(device),
-        }
-        means = {name: float(torch.stack(v).mean()) for name, v in stats.items() if v}
-        metrics.update(zip(means, (v / team.size for v in team.sum(*means.values())), strict=True))
-        steps_done = step
+        run.last_good.keep(step - 1)
+        on_phase("optimizing", run.total_steps)
+        stats, stopped = run.optimize(rollout, targets, step)
+        run.metrics = run.step_metrics(rollout, targets, stats, step)
+        run.steps_done = step
         if on_metrics is not None:
-            on_metrics(step, total_steps, metrics)
+            on_metrics(step, run.total_steps, run.metrics)
         if stopped:
             break
-        if checkpoints.due(step, config.save_every):
-            save(step)
-
-    policy.eval()
-    value_model.eval()
-    seconds = time.perf_counter() - started
-    return {
-        **metrics,
-        **({"resumed_from_step": float(first_step - 1)} if resumed is not None else {}),
-        "steps": float(steps_done),
-        "episodes": float(steps_done * config.rollout_batch_size),
-        "stopped_early": float(stopped),
-        "seconds": seconds,
-        **team.info(),
-    }
+        if run.checkpoints.due(step, config.save_every):
+            run.save(step)
+    return run.summary(stopped)
 
 
 def main(argv: list[str] | None = None) -> None:
