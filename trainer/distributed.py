@@ -179,10 +179,6 @@ class Team:
         return {"world_size": float(self.size)}
 
 
-def team() -> Team:
-    return Team()
-
-
 @contextmanager
 def _fsdp_no_sync(model: Any) -> Iterator[None]:
     model.set_requires_gradient_sync(False)
