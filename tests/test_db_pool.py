@@ -14,7 +14,14 @@ def test_pool_replaces_a_connection_the_server_closed(engine):
             old_pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
         # back in the pool, idle: now the server ends it
         assert killer.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": old_pid}).scalar()
-    time.sleep(0.3)  # the server's closing message reaches the idle socket
+        # Once the backend has exited, its closing message is on the idle socket.
+        deadline = time.monotonic() + 10
+        while True:
+            killer.rollback()  # a fresh statistics snapshot on each look
+            if not killer.execute(text("SELECT 1 FROM pg_stat_activity WHERE pid = :pid"), {"pid": old_pid}).first():
+                break
+            assert time.monotonic() < deadline, "the terminated backend is still there"
+            time.sleep(0.01)
     for _ in range(3):  # every pooled connection works, and the killed one was replaced
         with engine.connect() as conn:
             assert conn.execute(text("SELECT pg_backend_pid()")).scalar() != old_pid

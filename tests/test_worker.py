@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from datetime import timedelta
 
 import pytest
@@ -89,16 +88,14 @@ def test_failing_runs_are_marked_and_the_worker_serves_the_next(settings, sessio
 
 def _cancel_once_running(settings, run):
     """Starts a worker, cancels the run once it has made progress, and returns the stopped run.
-    "Within seconds": the bound leaves room for a loaded CI box."""
+    The run stops long before its end (the callers check where); the deadline only bounds a hang."""
     with WorkerThread(fast_settings(settings)) as worker:
         started = wait_for(lambda: _progressed(worker.engine, run.id, 2), timeout=60)
         assert started.status == RunStatus.running, started.error
         with worker.transaction() as s:
             runs.cancel_run(s, run.id)
-        asked = time.monotonic()
-        stopped = wait_for(lambda: _finished(worker.engine, run.id), timeout=10)
-        took = time.monotonic() - asked
-    assert stopped.status == RunStatus.cancelled and took < 8.0, f"took {took:.2f}s"
+        stopped = wait_for(lambda: _finished(worker.engine, run.id), timeout=60)
+    assert stopped.status == RunStatus.cancelled, stopped.error
     return stopped
 
 
@@ -137,12 +134,16 @@ def test_a_vanished_workers_run_is_failed_and_its_late_result_dropped(settings, 
 
         # The reaper passes over (SKIP LOCKED) a run whose heartbeat is being written right now.
         assert wait_for(reap_everything, timeout=10) == {run.id: RunStatus.failed}
-        time.sleep(1.5)
+        # The worker notices at its next heartbeat and drops the run: it is free again, and claims
+        # the next queued run (one that fails at once: its model does not exist).
+        after = queue_raw(session, project, "generate", {"k": 2}, [999999])
+        session.commit()
+        wait_for(lambda: run_status(worker.engine, after.id).status != RunStatus.queued, timeout=60)
         late = run_status(worker.engine, run.id)
-        steps = late.progress_step
-        time.sleep(0.5)
-        assert run_status(worker.engine, run.id).progress_step == steps, "the worker kept going"
     assert late.status == RunStatus.failed and "worker vanished" in late.error
+    assert late.progress_step < late.progress_total, "the worker kept going"
+    session.commit()  # a fresh snapshot: see the worker's writes
+    assert len(session.scalars(select(Task).where(Task.source_run_id == run.id)).all()) < 300
 
 
 def test_sigterm_stops_a_real_worker_at_a_safe_point(settings, session, tiny):
@@ -169,16 +170,13 @@ def test_sigterm_stops_a_real_worker_at_a_safe_point(settings, session, tiny):
         wait_for(lambda: run_status(engine, run.id).progress_step >= 1 or proc.poll() is not None, timeout=90)
         assert proc.poll() is None, proc.stdout.read()
         proc.send_signal(signal.SIGTERM)
-        sent = time.monotonic()
-        output, _ = proc.communicate(timeout=30)
-        took = time.monotonic() - sent
+        output, _ = proc.communicate(timeout=60)  # a bound on a hang, not a speed claim
         stopped = run_status(engine, run.id)
     finally:
         if proc.poll() is None:
             proc.kill()
         engine.dispose()
     assert proc.returncode == 0, output
-    assert took < 10, f"took {took:.1f}s"
     # Queued again for another worker (a generate run goes on with the prompts that have no task yet).
     assert stopped.status == RunStatus.queued and stopped.attempts == 1, output
     assert stopped.error.startswith("Attempt 1 of 3: worker stopped (SIGTERM at step "), stopped.error
