@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from app import policies
 from app.config import Settings
 from app.models import AppToken, Role, User
-from app.security import CSRF_FIELD, CSRF_HEADER, SessionData
+from app.security import CSRF_FIELD, CSRF_HEADER
 from app.services import accounts, intake
 
 
@@ -101,11 +101,6 @@ async def get_settings(request: Request) -> Settings:
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-
-
-def browser_session(request: Request) -> SessionData:
-    """Set by the session middleware on every request (anonymous ones too)."""
-    return request.state.session
 
 
 def optional_user(request: Request, session: SessionDep) -> User | None:

@@ -16,8 +16,3 @@ def can_label(user: User | None) -> bool:
 
 def can_admin(user: User | None) -> bool:
     return is_signed_in(user) and user.role == Role.admin
-
-
-def can_submit_for(user: User, submission_user_id: int) -> bool:
-    """A submission belongs to the labeler who holds the task; nobody submits for someone else."""
-    return user.id == submission_user_id

@@ -158,8 +158,6 @@ def test_policies():
     assert not policies.can_admin(labeler) and policies.can_admin(admin)
     assert not policies.can_admin(disabled) and not policies.can_label(disabled)
     assert not policies.can_label(None) and not policies.can_admin(None)
-    labeler.id, admin.id = 1, 2
-    assert policies.can_submit_for(labeler, 1) and not policies.can_submit_for(admin, 1)
 
 
 def _invite(admin_client) -> str:

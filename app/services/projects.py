@@ -96,12 +96,6 @@ def set_members(session: Session, project_id: int, members_only: bool, user_ids:
     return project
 
 
-def add_member(session: Session, project_id: int, user_id: int) -> None:
-    if session.get(ProjectMember, (project_id, user_id)) is None:
-        session.add(ProjectMember(project_id=project_id, user_id=user_id))
-        session.flush()
-
-
 def set_paused(session: Session, project_id: int, paused: bool) -> Project:
     """Paused: no task is handed out until it is resumed (held tasks can still be submitted)."""
     project = get_project(session, project_id)
