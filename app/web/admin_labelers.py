@@ -1,11 +1,14 @@
 """Admin pages: labeler figures, agreement, gold tasks (and the task pages where gold is set)."""
 
-from fastapi import APIRouter, Depends, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Form, Request
+from pydantic import ConfigDict, field_validator
 
 from app.deps import AdminUser, SessionDep, verify_csrf
 from app.models import TaskKind
 from app.services import ServiceError, projects, review, stats, tasks
-from app.web.params import IdPath, Page, form_id, form_text
+from app.web.params import BackForm, Id, IdPath, Page
 from app.web.render import flash, redirect, refused, render
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(verify_csrf)], include_in_schema=False)
@@ -38,17 +41,21 @@ def labelers_page(
     )
 
 
+class TrainingForm(BackForm):
+    left_out: bool = False  # "1": leave the labeler's data out of new runs, "0": use it again
+
+
 @router.post("/labelers/{user_id}/training")
-async def leave_out(request: Request, session: SessionDep, user: AdminUser, user_id: IdPath):
-    form = await request.form()
-    left_out = form_text(form, "left_out") == "1"
-    labeler = review.leave_out_of_training(session, user_id, left_out)
+def leave_out(
+    request: Request, session: SessionDep, user: AdminUser, user_id: IdPath, form: Annotated[TrainingForm, Form()]
+):
+    labeler = review.leave_out_of_training(session, user_id, form.left_out)
     who = labeler.name or labeler.email
-    if left_out:
+    if form.left_out:
         flash(request, f"{who}'s data is left out of every run created from now on.", "success")
     else:
         flash(request, f"{who}'s data is used again in new runs.", "success")
-    return redirect(form_text(form, "back") or "/admin/labelers")
+    return redirect(form.back_or("/admin/labelers"))
 
 
 @router.get("/projects/{project_id}/tasks")
@@ -115,29 +122,53 @@ def delete_task(request: Request, session: SessionDep, user: AdminUser, task_id:
     return redirect(f"/admin/projects/{project_id}/tasks")
 
 
+class GoldForm(BackForm):
+    """A task's gold answer: `clear` removes it; a ranking's `rank_{output id}` (1 = best, equal
+    ranks tie); a comparison's `winner`, an output's id or "tie"."""
+
+    model_config = ConfigDict(extra="allow")
+
+    clear: bool = False
+    winner: Id | None = None  # None: a tie (or none picked)
+
+    @field_validator("winner", mode="before")
+    @classmethod
+    def _tie(cls, value: object) -> object:
+        return None if value == "tie" else value
+
+    def order(self, output_ids: list[int]) -> list[list[int]]:
+        """The order the ranks give, or ServiceError unless every output has a rank from 1 to n."""
+        extra = self.model_extra or {}
+        ranks: dict[int, int] = {}
+        for cid in output_ids:
+            value = extra.get(f"rank_{cid}")
+            try:
+                rank = int(value) if isinstance(value, str) else 0
+            except ValueError:
+                rank = 0
+            if not 1 <= rank <= len(output_ids):
+                raise ServiceError(f"Give every output a rank from 1 to {len(output_ids)}.")
+            ranks[cid] = rank
+        return [[cid for cid, r in ranks.items() if r == level] for level in sorted(set(ranks.values()))]
+
+
 @router.post("/tasks/{task_id}/gold")
-async def set_gold(request: Request, session: SessionDep, user: AdminUser, task_id: IdPath):
+def set_gold(
+    request: Request, session: SessionDep, user: AdminUser, task_id: IdPath, form: Annotated[GoldForm, Form()]
+):
     task = tasks.get_task(session, task_id)
-    form = await request.form()
     try:
-        if form.get("clear"):
+        if form.clear:
             review.set_gold(session, task, None)
             flash(request, "Gold answer removed.")
         elif task.kind == TaskKind.ranking:
             # One rank number per output (1 = best); equal numbers are ties.
-            ranks = {}
-            for out in task.outputs:
-                value = form_text(form, f"rank_{out.completion_id}")
-                if not value.isdigit() or not 1 <= int(value) <= len(task.outputs):
-                    raise ServiceError(f"Give every output a rank from 1 to {len(task.outputs)}.")
-                ranks[out.completion_id] = int(value)
-            order = [[cid for cid, r in ranks.items() if r == level] for level in sorted(set(ranks.values()))]
+            order = form.order([out.completion_id for out in task.outputs])
             review.set_gold(session, task, {"order": order})
             flash(request, "Gold order saved; labelers' accuracy on it shows on the Labelers page.", "success")
         else:
-            review.set_gold(session, task, {"winner": form_id(form, "winner")})
+            review.set_gold(session, task, {"winner": form.winner})
             flash(request, "Gold answer saved.", "success")
-    except ServiceError as exc:
-        session.rollback()
+    except ServiceError as exc:  # set_gold checks before it writes: nothing is pending
         return task_page(request, session, user, task_id, error=exc.message)
     return redirect(f"/admin/tasks/{task.id}")

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, Form, Request
 from app.deps import CurrentUser, OptionalUser, SessionDep, SettingsDep, verify_csrf
 from app.security import new_session, token_hash
 from app.services import ServiceError, accounts
-from app.web.params import IdPath
+from app.web.params import BackForm, IdPath
 from app.web.render import flash, redirect, render
 
 router = APIRouter(dependencies=[Depends(verify_csrf)], include_in_schema=False)
@@ -27,36 +27,35 @@ def login_page(request: Request, user: OptionalUser, next: str | None = None):
     return render(request, "auth/login.html", {"next": next or "", "email": ""})
 
 
+class LoginForm(BackForm):
+    email: str = ""
+    password: str = ""
+    next: str = ""  # where to go once signed in (a path on this site)
+
+
 @router.post("/login")
-def login(
-    request: Request,
-    session: SessionDep,
-    settings: SettingsDep,
-    email: Annotated[str, Form()] = "",
-    password: Annotated[str, Form()] = "",
-    next: Annotated[str, Form()] = "",
-):
+def login(request: Request, session: SessionDep, settings: SettingsDep, form: Annotated[LoginForm, Form()]):
     try:
         user = accounts.authenticate(
             session,
-            email,
-            password,
+            form.email,
+            form.password,
             ip=_client_ip(request),
             max_failures=settings.login_max_failures,
             max_failures_per_ip=settings.login_max_failures_per_ip,
             window_s=settings.login_window_s,
         )
     except ServiceError as exc:
-        # The failure row must be stored even though we answer with an error.
-        session.commit()
+        # The attempt's failure row is committed already (accounts._admit_attempt); this refusal
+        # rolls back nothing else.
         return render(
             request,
             "auth/login.html",
-            {"error": exc.message, "email": email, "next": next},
+            {"error": exc.message, "email": form.email, "next": form.next},
             status_code=exc.status_code,
         )
     _sign_in(request, session, user)
-    return redirect(_safe_next(next))
+    return redirect(_safe_next(form.next))
 
 
 def _sign_in(request: Request, session, user) -> None:
@@ -94,36 +93,34 @@ def invite_page(request: Request, session: SessionDep, token: str):
     return render(request, "auth/invite.html", {"invite": invite, "token": token})
 
 
+class InviteForm(BackForm):
+    name: str = ""
+    password: str = ""
+    password2: str = ""
+
+
 @router.post("/invite/{token}")
-def accept_invite(
-    request: Request,
-    session: SessionDep,
-    token: str,
-    password: Annotated[str, Form()] = "",
-    password2: Annotated[str, Form()] = "",
-    name: Annotated[str, Form()] = "",
-):
+def accept_invite(request: Request, session: SessionDep, token: str, form: Annotated[InviteForm, Form()]):
     try:
         invite = accounts.open_invite(session, token)
     except ServiceError as exc:
         return render(
             request, "error.html", {"title": "Invite link", "message": exc.message}, status_code=exc.status_code
         )
-    if password != password2:
+    if form.password != form.password2:
         return render(
             request,
             "auth/invite.html",
-            {"invite": invite, "token": token, "name": name, "error": "The two passwords differ."},
+            {"invite": invite, "token": token, "name": form.name, "error": "The two passwords differ."},
             status_code=400,
         )
     try:
-        user = accounts.accept_invite(session, token, password, name=name)
+        user = accounts.accept_invite(session, token, form.password, name=form.name)
     except ServiceError as exc:
-        session.rollback()
         return render(
             request,
             "auth/invite.html",
-            {"invite": invite, "token": token, "name": name, "error": exc.message},
+            {"invite": invite, "token": token, "name": form.name, "error": exc.message},
             status_code=exc.status_code,
         )
     _sign_in(request, session, user)
@@ -148,25 +145,28 @@ def account_page(request: Request, session: SessionDep, user: CurrentUser):
     return _account_page(request, session, user)
 
 
+class TokenForm(BackForm):
+    name: str = ""
+
+
 @router.post("/account/tokens")
-def create_token(request: Request, session: SessionDep, user: CurrentUser, name: Annotated[str, Form()] = ""):
-    token = accounts.create_api_token(session, user, name=name.strip()[:120])
+def create_token(request: Request, session: SessionDep, user: CurrentUser, form: Annotated[TokenForm, Form()]):
+    token = accounts.create_api_token(session, user, name=form.name.strip()[:120])
     return _account_page(request, session, user, new_token=token)
 
 
+class PasswordForm(BackForm):
+    current: str = ""
+    password: str = ""
+    password2: str = ""
+
+
 @router.post("/account/password")
-def change_password(
-    request: Request,
-    session: SessionDep,
-    user: CurrentUser,
-    current: Annotated[str, Form()] = "",
-    password: Annotated[str, Form()] = "",
-    password2: Annotated[str, Form()] = "",
-):
+def change_password(request: Request, session: SessionDep, user: CurrentUser, form: Annotated[PasswordForm, Form()]):
     try:
-        if password != password2:
+        if form.password != form.password2:
             raise ServiceError("The two new passwords differ.")
-        accounts.change_password(session, user, current, password, keep_sid=request.state.session.sid)
+        accounts.change_password(session, user, form.current, form.password, keep_sid=request.state.session.sid)
     except ServiceError as exc:
         return _account_page(request, session, user, password_error=exc.message, status_code=exc.status_code)
     flash(request, "Password changed. Your other sessions are signed out.")
@@ -191,14 +191,13 @@ def reset_page(request: Request, session: SessionDep, token: str):
     return render(request, "auth/reset.html", {"email": reset.user.email, "token": token})
 
 
+class ResetForm(BackForm):
+    password: str = ""
+    password2: str = ""
+
+
 @router.post("/reset/{token}")
-def reset_password(
-    request: Request,
-    session: SessionDep,
-    token: str,
-    password: Annotated[str, Form()] = "",
-    password2: Annotated[str, Form()] = "",
-):
+def reset_password(request: Request, session: SessionDep, token: str, form: Annotated[ResetForm, Form()]):
     try:
         reset = accounts.open_password_reset(session, token)
     except ServiceError as exc:
@@ -207,11 +206,10 @@ def reset_password(
         )
     email = reset.user.email
     try:
-        if password != password2:
+        if form.password != form.password2:
             raise ServiceError("The two passwords differ.")
-        accounts.use_password_reset(session, token, password)
+        accounts.use_password_reset(session, token, form.password)
     except ServiceError as exc:
-        session.rollback()
         return render(
             request,
             "auth/reset.html",

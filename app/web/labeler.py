@@ -15,17 +15,17 @@ Pages only parse forms and render; the rules live in app.services.queue and .sub
 import dataclasses
 import secrets
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Self
 
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse
 from markupsafe import escape
-from starlette.concurrency import run_in_threadpool
+from pydantic import ConfigDict, model_validator
 
-from app.deps import LabelerUser, OptionalUser, SessionDep, SettingsDep, verify_csrf
+from app.deps import LabelerUser, OptionalUser, SessionDep, SettingsDep, refuse, verify_csrf
 from app.models import OUTPUT_FLAGS, SkipReason, TaskKind, User
 from app.services import NotFound, ServiceError, projects, queue, submissions, tasks, written_prompts
-from app.web.params import IdPath, Page
+from app.web.params import BackForm, IdPath, Page
 from app.web.render import flash, redirect, render
 
 router = APIRouter(dependencies=[Depends(verify_csrf)], include_in_schema=False)
@@ -120,62 +120,93 @@ def task_page(request: Request, session: SessionDep, task_id: IdPath, user: Labe
     return _render_task(request, ctx)
 
 
-def _int_or_none(value: str | None) -> int | None:
-    try:
-        return int(value) if value not in (None, "") else None
-    except ValueError:
-        return None
+class AnswerForm(BackForm):
+    """A task's answer from its screen, new or revised: the demonstration's `text`; the comparison's
+    `choice` and `reason`; for a ranking, per output, `place_{id}` (1 = best; equal places are ties)
+    and `likert_{id}` (whole numbers, empty: not given) and the repeated `flags_{id}`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    idempotency_key: str = ""
+    time_spent_ms: int | None = None
+    text: str = ""
+    choice: str = ""
+    reason: str = ""
+    none_acceptable: bool = False
+
+    @model_validator(mode="after")
+    def _numbers_per_output(self) -> Self:
+        """Every place_{id} / likert_{id} becomes a number or None (empty), else the form is a 422."""
+        extra = self.model_extra or {}
+        for name, value in extra.items():
+            if name.startswith(("place_", "likert_")):
+                if not isinstance(value, str):
+                    raise ValueError(f"{name} is given more than once")
+                try:
+                    extra[name] = int(value) if value.strip() else None
+                except ValueError:
+                    raise ValueError(f"{name} must be a whole number") from None
+        return self
+
+    def place(self, output_id: int) -> int | None:
+        return (self.model_extra or {}).get(f"place_{output_id}")
+
+    def likert(self, output_id: int) -> int | None:
+        return (self.model_extra or {}).get(f"likert_{output_id}")
+
+    def flags(self, output_id: int) -> list[str]:
+        value = (self.model_extra or {}).get(f"flags_{output_id}", [])
+        return value if isinstance(value, list) else [value]
 
 
-def _ranking_from_form(form, output_ids: list[int]) -> tuple[list[list[int]], dict, dict]:
+def _ranking_from_form(form: AnswerForm, output_ids: list[int]) -> tuple[list[list[int]], dict, dict]:
     """Places (1 = best; equal places are ties), Likert and flags per output from the form fields."""
     places: dict[int, int] = {}
     ratings: dict[str, dict] = {}
     for cid in output_ids:
-        place = _int_or_none(form.get(f"place_{cid}"))
+        place = form.place(cid)
         if place is not None:
             places[cid] = place
-        likert = _int_or_none(form.get(f"likert_{cid}"))
-        ratings[str(cid)] = {"likert": likert, "flags": form.getlist(f"flags_{cid}")}
+        ratings[str(cid)] = {"likert": form.likert(cid), "flags": form.flags(cid)}
     order = [[cid for cid in output_ids if places.get(cid) == p] for p in sorted(set(places.values()))]
     # An unplaced output is left out of the order, so the service names it in its message.
     return order, ratings, places
 
 
 @router.post("/label/task/{task_id}/submit")
-async def submit_form(request: Request, session: SessionDep, settings: SettingsDep, task_id: IdPath, user: LabelerUser):
-    form = await request.form()
-    return await run_in_threadpool(_submit_form, request, session, settings.lease_seconds, task_id, user, form)
-
-
-def _submit_form(
-    request: Request, session: SessionDep, lease_seconds: int, task_id: int, user: User, form
+def submit_form(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    task_id: IdPath,
+    user: LabelerUser,
+    form: Annotated[AnswerForm, Form()],
 ) -> HTMLResponse:
     response = _submit_in(session, request, task_id, user, form)
     if isinstance(response, tuple):  # stored: on to the next task of the same queue
-        return _next_task(request, session, lease_seconds, user, *response, done="Saved.")
+        return _next_task(request, session, settings.lease_seconds, user, *response, done="Saved.")
     return response
 
 
 def _submit_in(
-    session: SessionDep, request: Request, task_id: int, user: User, form
+    session: SessionDep, request: Request, task_id: int, user: User, form: AnswerForm
 ) -> HTMLResponse | tuple[int, TaskKind]:
     """The form again with the error, or the stored task's (project id, kind)."""
     task = tasks.get_task(session, task_id)
-    key = str(form.get("idempotency_key") or "") or None
-    time_ms = _int_or_none(form.get("time_spent_ms"))
+    key = form.idempotency_key or None
+    time_ms = form.time_spent_ms
     values: dict = {}
     try:
         # Each submit is one atomic step: a refused answer leaves nothing behind.
         if task.kind == TaskKind.demonstration:
-            values = {"text": str(form.get("text", ""))}
+            values = {"text": form.text}
             submissions.submit_demonstration(
                 session, user, task_id, values["text"], time_spent_ms=time_ms, idempotency_key=key
             )
         elif task.kind == TaskKind.ranking:
             output_ids = [tc.completion_id for tc in task.outputs]
             order, ratings, places = _ranking_from_form(form, output_ids)
-            none_ok = form.get("none_acceptable") == "on"
+            none_ok = form.none_acceptable
             values = {"places": places, "ratings": ratings, "none_acceptable": none_ok}
             ratings = {cid: r for cid, r in ratings.items() if r["likert"] is not None or r["flags"]}
             submissions.submit_ranking(
@@ -189,7 +220,7 @@ def _submit_in(
                 idempotency_key=key,
             )
         else:
-            values = {"choice": str(form.get("choice", "")), "reason": str(form.get("reason", ""))}
+            values = {"choice": form.choice, "reason": form.reason}
             submissions.submit_comparison(
                 session,
                 user,
@@ -209,6 +240,15 @@ def _submit_in(
     return task.project_id, task.kind
 
 
+class SkipForm(BackForm):
+    reason: str = "skip"
+    note: str = ""
+
+
+class DraftForm(BackForm):
+    text: str = ""
+
+
 @router.post("/label/task/{task_id}/skip")
 def skip_form(
     request: Request,
@@ -216,20 +256,22 @@ def skip_form(
     settings: SettingsDep,
     task_id: IdPath,
     user: LabelerUser,
-    reason: Annotated[str, Form()] = "skip",
-    note: Annotated[str, Form()] = "",
+    form: Annotated[SkipForm, Form()],
 ):
     got = queue.held_task(session, task_id, user.id)
-    submissions.skip(session, user, task_id, reason, note)
-    done = "Skipped." if reason == "skip" else "Skipped and flagged for the admins."
+    submissions.skip(session, user, task_id, form.reason, form.note)
+    done = "Skipped." if form.reason == "skip" else "Skipped and flagged for the admins."
     return _next_task(request, session, settings.lease_seconds, user, got.project_id, got.kind, done=done)
 
 
 @router.post("/label/task/{task_id}/draft")
-def save_draft(session: SessionDep, task_id: IdPath, user: LabelerUser, text: Annotated[str, Form()] = ""):
+def save_draft(
+    request: Request, session: SessionDep, task_id: IdPath, user: LabelerUser, form: Annotated[DraftForm, Form()]
+):
     try:
-        submissions.save_draft(session, user, task_id, text)
+        submissions.save_draft(session, user, task_id, form.text)
     except ServiceError as exc:  # its own status (the page swaps it in: data-swap-errors)
+        refuse(request)
         return HTMLResponse(
             f'<span class="draft-status bad" role="status">Draft not saved: {escape(exc.message)}</span>',
             status_code=exc.status_code,
@@ -240,7 +282,9 @@ def save_draft(session: SessionDep, task_id: IdPath, user: LabelerUser, text: An
 REVISABLE = {"demonstrations": TaskKind.demonstration, "rankings": TaskKind.ranking, "comparisons": TaskKind.comparison}
 
 
-def _revise_page(request: Request, session, user: User, kind: TaskKind, submission_id: int, error: str = "", form=None):
+def _revise_page(
+    request: Request, session, user: User, kind: TaskKind, submission_id: int, error: str = "", form: dict | None = None
+):
     """A submitted answer in its task screen, filled in, to change and save again (or, once
     reviewed, shown with why it can no longer change)."""
     item = submissions.own_submission(session, user, kind.value, submission_id)
@@ -288,23 +332,30 @@ def revise_page(request: Request, session: SessionDep, user: LabelerUser, kind: 
 
 
 @router.post("/label/{kind}/{submission_id}/revise")
-async def revise(request: Request, session: SessionDep, user: LabelerUser, kind: str, submission_id: IdPath):
+def revise(
+    request: Request,
+    session: SessionDep,
+    user: LabelerUser,
+    kind: str,
+    submission_id: IdPath,
+    form: Annotated[AnswerForm, Form()],
+):
     if kind not in REVISABLE:
         raise NotFound(f"Nothing to revise at /label/{kind}.")
-    task_kind, form = REVISABLE[kind], await request.form()
+    task_kind = REVISABLE[kind]
     values: dict = {}
     try:
         if task_kind == TaskKind.demonstration:
-            sub = submissions.revise_demonstration(session, user, submission_id, str(form.get("text", "")))
+            sub = submissions.revise_demonstration(session, user, submission_id, form.text)
         elif task_kind == TaskKind.ranking:
             item = submissions.own_submission(session, user, "ranking", submission_id)
             order, ratings, places = _ranking_from_form(form, [o.completion_id for o in item.outputs])
-            none_ok = form.get("none_acceptable") == "on"
+            none_ok = form.none_acceptable
             values = {"places": places, "ratings": ratings, "none_acceptable": none_ok}
             ratings = {cid: r for cid, r in ratings.items() if r["likert"] is not None or r["flags"]}
             sub = submissions.revise_ranking(session, user, submission_id, order, ratings, none_acceptable=none_ok)
         else:
-            values = {"choice": str(form.get("choice", "")), "reason": str(form.get("reason", ""))}
+            values = {"choice": form.choice, "reason": form.reason}
             sub = submissions.revise_comparison(session, user, submission_id, values["choice"], values["reason"])
     except ServiceError as exc:
         if exc.status_code == 404:

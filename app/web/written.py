@@ -8,12 +8,15 @@ POST /admin/projects/{id}/written/{wid}/accept   accept, with the text and categ
 POST /admin/projects/{id}/written/{wid}/reject   reject with a reason
 """
 
-from fastapi import APIRouter, Depends, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Form, Request
+from pydantic import ConfigDict
 
 from app.deps import AdminUser, LabelerUser, SessionDep, verify_csrf
 from app.models import PromptCategory, User
 from app.services import ServiceError, projects, written_prompts
-from app.web.params import IdPath, form_text
+from app.web.params import BackForm, IdPath
 from app.web.render import flash, redirect, refused, render
 
 router = APIRouter(dependencies=[Depends(verify_csrf)], include_in_schema=False)
@@ -44,26 +47,34 @@ def write_page(request: Request, session: SessionDep, user: LabelerUser, project
     return _write_page(request, session, user, project_id, form)
 
 
+class WriteForm(BackForm):
+    kind: str = ""
+    text: str = ""
+    category: str = ""
+    use_case: str = ""
+    has_pii: bool = False
+
+
 @router.post("/label/write/{project_id}")
-async def write(request: Request, session: SessionDep, user: LabelerUser, project_id: IdPath):
-    raw = await request.form()
-    form = {k: form_text(raw, k) for k in ("kind", "text", "category", "use_case")}
-    form["has_pii"] = "on" if form_text(raw, "has_pii") else ""
+def write(
+    request: Request, session: SessionDep, user: LabelerUser, project_id: IdPath, form: Annotated[WriteForm, Form()]
+):
     try:
         row = written_prompts.write(
             session,
             user,
             project_id,
-            kind=form["kind"],
-            text=form["text"],
-            category=form["category"],
-            use_case=form["use_case"] or None,
-            has_pii=bool(form["has_pii"]),
+            kind=form.kind,
+            text=form.text,
+            category=form.category,
+            use_case=form.use_case or None,
+            has_pii=form.has_pii,
         )
     except ServiceError as exc:
         if exc.status_code in (403, 404, 409):
             raise  # not a project this labeler may write for: the plain error page says why
-        return _write_page(request, session, user, project_id, form, exc.message, exc.status_code)
+        values = form.model_dump(exclude={"back"})  # the form again as it was sent
+        return _write_page(request, session, user, project_id, values, exc.message, exc.status_code)
     flash(request, f"Prompt {row.id} sent for review. Thank you!", "success")
     return redirect(f"/label/write/{project_id}")
 
@@ -92,37 +103,66 @@ def review_page(request: Request, session: SessionDep, user: AdminUser, project_
     )
 
 
-@router.post("/admin/projects/{project_id}/written/settings")
-async def settings(request: Request, session: SessionDep, user: AdminUser, project_id: IdPath):
-    raw = await request.form()
-    targets: dict[str, dict[str, int]] = {"kind": {}, "category": {}}
-    try:
+class SettingsForm(BackForm):
+    """Targets per kind and per category (`kind_{name}`, `category_{name}`: whole numbers, empty for
+    none) and the use cases, one a line."""
+
+    model_config = ConfigDict(extra="allow")
+
+    use_cases: str = ""
+
+    def targets(self) -> dict[str, dict[str, int]]:
+        """The targets given, or ServiceError naming the first that is not a whole number."""
+        extra = self.model_extra or {}
+        targets: dict[str, dict[str, int]] = {"kind": {}, "category": {}}
         for group, names in (("kind", list(written_prompts.KINDS)), ("category", CATEGORIES)):
             for name in names:
-                value = form_text(raw, f"{group}_{name}").strip()
-                if value:
-                    if not value.isdigit():
-                        raise ServiceError(f"The target for {name} must be a whole number.", status_code=422)
-                    targets[group][name] = int(value)
-        cases = form_text(raw, "use_cases").splitlines()
-        written_prompts.set_settings(session, project_id, targets=targets, cases=cases)
+                value = extra.get(f"{group}_{name}", "")
+                value = (value[-1] if isinstance(value, list) else value).strip()  # repeated: the last
+                if not value:
+                    continue
+                try:
+                    number = int(value)
+                except ValueError:
+                    number = -1
+                if number < 0:
+                    raise ServiceError(f"The target for {name} must be a whole number.", status_code=422)
+                targets[group][name] = number
+        return targets
+
+
+@router.post("/admin/projects/{project_id}/written/settings")
+def settings(
+    request: Request, session: SessionDep, user: AdminUser, project_id: IdPath, form: Annotated[SettingsForm, Form()]
+):
+    try:
+        targets = form.targets()
+        written_prompts.set_settings(session, project_id, targets=targets, cases=form.use_cases.splitlines())
     except ServiceError as exc:
         return refused(request, exc, f"/admin/projects/{project_id}/written")
     flash(request, "Targets and use cases saved.", "success")
     return redirect(f"/admin/projects/{project_id}/written")
 
 
+class AcceptForm(BackForm):
+    """The text and category as edited on the review page (empty: as written)."""
+
+    text: str | None = None
+    category: str | None = None
+
+
 @router.post("/admin/projects/{project_id}/written/{written_id}/accept")
-async def accept(request: Request, session: SessionDep, user: AdminUser, project_id: IdPath, written_id: IdPath):
-    raw = await request.form()
+def accept(
+    request: Request,
+    session: SessionDep,
+    user: AdminUser,
+    project_id: IdPath,
+    written_id: IdPath,
+    form: Annotated[AcceptForm, Form()],
+):
     try:
         row = written_prompts.accept(
-            session,
-            user,
-            project_id,
-            written_id,
-            text=form_text(raw, "text") or None,
-            category=form_text(raw, "category") or None,
+            session, user, project_id, written_id, text=form.text or None, category=form.category or None
         )
     except ServiceError as exc:
         return refused(request, exc, f"/admin/projects/{project_id}/written")
@@ -130,11 +170,21 @@ async def accept(request: Request, session: SessionDep, user: AdminUser, project
     return redirect(f"/admin/projects/{project_id}/written")
 
 
+class RejectForm(BackForm):
+    reason: str = ""
+
+
 @router.post("/admin/projects/{project_id}/written/{written_id}/reject")
-async def reject(request: Request, session: SessionDep, user: AdminUser, project_id: IdPath, written_id: IdPath):
-    raw = await request.form()
+def reject(
+    request: Request,
+    session: SessionDep,
+    user: AdminUser,
+    project_id: IdPath,
+    written_id: IdPath,
+    form: Annotated[RejectForm, Form()],
+):
     try:
-        written_prompts.reject(session, user, project_id, written_id, form_text(raw, "reason"))
+        written_prompts.reject(session, user, project_id, written_id, form.reason)
     except ServiceError as exc:
         return refused(request, exc, f"/admin/projects/{project_id}/written")
     flash(request, "Rejected; the author sees the reason.", "success")
