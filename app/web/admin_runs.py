@@ -238,13 +238,13 @@ def _settings_fields(config: dict[str, typing.Any]) -> dict[str, str]:
 
 def _form_of_run(run: TrainingRun) -> RunForm:
     """A run's settings as the run form's fields, to queue it again (changeable first)."""
-    data_filter = run.data_filter or {}
+    selection = runs.data_filter_of(run)
     models = {f"model_{i}": str(m) for i, m in enumerate(run.input_model_ids or [])}
     return RunForm(
         kind=run.kind.value,
-        splits=data_filter.get("splits") or ["train"],
-        exclude=data_filter.get("exclude_labelers") or [],
-        min_agreement=data_filter.get("min_agreement"),
+        splits=list(selection.splits or ["train"]),
+        exclude=list(selection.exclude_labelers or []),
+        min_agreement=selection.min_agreement,
         **models,
         **_settings_fields(run.config or {}),
     )
@@ -276,11 +276,12 @@ def create_run(
             error=exc.message,
             status_code=exc.status_code,
         )
-    low = run.data_filter.get("below_agreement")
+    selection = runs.data_filter_of(run)
+    low = selection.below_agreement
     note = (
         ""
-        if low is None
-        else f" Left out {len(low)} labeler{'s' * (len(low) != 1)} below {form.min_agreement:g}% agreement."
+        if selection.min_agreement is None
+        else f" Left out {len(low)} labeler{'s' * (len(low) != 1)} below {selection.min_agreement:g}% agreement."
     )
     flash(request, f"Run #{run.id} ({run.kind.value}) is queued; a worker will pick it up.{note}", "success")
     return redirect(f"/admin/runs/{run.id}")
