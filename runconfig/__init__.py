@@ -249,9 +249,13 @@ class RewardConfig(RunConfig):
     )
 
 
+K_MIN, K_MAX = 2, 9
+"""Outputs per prompt a labeler ranks (InstructGPT: K = 4 to 9): projects, ranking tasks and runs."""
+
+
 def _project_k_or_two_to_nine(k: int) -> int:
-    if k != 0 and not 2 <= k <= 9:
-        raise ValueError(f"k must be 0 (the project's K) or between 2 and 9, got {k}.")
+    if k != 0 and not K_MIN <= k <= K_MAX:
+        raise ValueError(f"k must be 0 (the project's K) or between {K_MIN} and {K_MAX}, got {k}.")
     return k
 
 

@@ -13,7 +13,7 @@ import torch
 from app.models import Completion, ModelKind, Project, Prompt, RunKind, TaskKind
 from app.services import tasks
 from app.services.evaluation import win_rate
-from runconfig import EvaluateConfig, GenerateConfig, config_from_dict, config_to_dict
+from runconfig import K_MAX, K_MIN, EvaluateConfig, GenerateConfig, config_from_dict, config_to_dict
 from trainer import modeling
 from trainer.data import PromptItem, SFTExample
 from trainer.distributed import full_state_dict
@@ -283,8 +283,10 @@ def run_generate(ctx: RunContext) -> Outcome:
             limit=config.limit,
             without_task_kind=TaskKind.ranking if config.new_prompts_only else None,
         )
-    if not 2 <= k <= 9:
-        raise ValueError(f"K must be between 2 and 9 outputs per prompt; the project's K is {k}: set k in the config.")
+    if not K_MIN <= k <= K_MAX:
+        raise ValueError(
+            f"K must be between {K_MIN} and {K_MAX} outputs per prompt; the project's K is {k}: set k in the config."
+        )
     version = ctx.input_version(0)
     if version.kind == ModelKind.reward:
         raise ValueError(f"Model version {version.id} is a reward model; generate samples from a policy.")

@@ -25,8 +25,8 @@ from app.models import (
 )
 from app.services import Conflict, NotFound, ServiceError
 from app.validation import text_problem
+from runconfig import K_MAX, K_MIN
 
-K_MIN, K_MAX = 2, 9
 LEASE_MIN_S, LEASE_MAX_S = 60, 7 * 24 * 3600
 OVERLAP_MAX = 50
 """Labelers one task can ask for (a project's overlap, and review.ask_one_more_labeler)."""

@@ -18,12 +18,11 @@ from app.models import (
     table,
 )
 from app.services import Conflict, NotFound, ServiceError
+from runconfig import K_MAX, K_MIN
 
 INSERT_CHUNK = 5000
 """Rows per INSERT statement of a bulk write (well under SQLite's and Postgres' parameter limits)."""
 _INSERT_TASKS = insert(table(Task))
-
-MIN_OUTPUTS, MAX_OUTPUTS = 2, 9
 
 
 def _check_prompt(project: Project, prompt: Prompt) -> None:
@@ -116,8 +115,8 @@ def create_ranking_task(
     source_run_id: int | None = None,
 ) -> Task:
     """A task to rank 2..9 outputs of one prompt (shown to each labeler in a shuffled order)."""
-    if not MIN_OUTPUTS <= len(completion_ids) <= MAX_OUTPUTS:
-        raise ServiceError(f"A ranking task shows {MIN_OUTPUTS} to {MAX_OUTPUTS} outputs, not {len(completion_ids)}.")
+    if not K_MIN <= len(completion_ids) <= K_MAX:
+        raise ServiceError(f"A ranking task shows {K_MIN} to {K_MAX} outputs, not {len(completion_ids)}.")
     return _task_with_outputs(session, project, prompt, TaskKind.ranking, list(completion_ids), priority, source_run_id)
 
 
