@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, Form, Request
 from app.deps import AdminUser, SessionDep, SettingsDep, verify_csrf
 from app.models import Role
 from app.services import ServiceError, accounts, projects
-from app.web.params import IdPath
+from app.web.params import Id, IdPath
 from app.web.render import flash, redirect, render
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(verify_csrf)], include_in_schema=False)
@@ -54,7 +54,7 @@ def invite(
     user: AdminUser,
     email: Annotated[str, Form()] = "",
     role: Annotated[str, Form()] = "labeler",
-    projects_: Annotated[list[str], Form(alias="projects")] = [],  # noqa: B006 - FastAPI copies the default
+    projects_: Annotated[list[Id], Form(alias="projects")] = [],  # noqa: B006 - FastAPI copies the default
 ):
     try:
         token = accounts.create_invite(
@@ -63,7 +63,7 @@ def invite(
             role=Role(role) if role in Role.__members__ else Role.labeler,
             created_by=user,
             ttl_s=settings.invite_ttl_s,
-            project_ids=[int(p) for p in projects_ if p.isdigit()],
+            project_ids=projects_,
         )
     except ServiceError as exc:
         return _users_page(request, session, error=exc.message, email=email, status_code=exc.status_code)

@@ -11,15 +11,11 @@ from app.deps import AdminUser, SessionDep, verify_csrf
 from app.models import PromptCategory, TaskKind
 from app.services import ServiceError, exports, projects, stats
 from app.web.admin_charts import KIND_COLORS, stacked_bars
-from app.web.params import IdPath
+from app.web.params import IdFilter, IdPath
 from app.web.render import flash, redirect, render
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(verify_csrf)], include_in_schema=False)
 KINDS = [k.value for k in TaskKind]
-
-
-def _project_id(value: str | None) -> int | None:
-    return int(value) if value and value.isdigit() else None
 
 
 @router.get("/data")
@@ -27,7 +23,7 @@ def data_page(
     request: Request,
     session: SessionDep,
     user: AdminUser,
-    project: str | None = None,
+    project: IdFilter = None,
     days: Annotated[int, Query(ge=1, le=3650)] = 30,
     fresh: bool = False,
     category: str = "",
@@ -35,7 +31,7 @@ def data_page(
     before: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ):
     days = min(max(days, 7), 365)
-    pid = _project_id(project)
+    pid = project
     category = category if category == "none" or category in PromptCategory.__members__ else ""
     overview = stats.data_overview(session, days=days, project_id=pid, fresh=fresh)
     chart = stacked_bars(overview.per_day, kinds=KINDS)

@@ -8,7 +8,7 @@ from pydantic import ConfigDict, field_validator
 from app.deps import AdminUser, SessionDep, verify_csrf
 from app.models import TaskKind
 from app.services import ServiceError, projects, review, stats, tasks
-from app.web.params import BackForm, Id, IdPath, Page
+from app.web.params import BackForm, Id, IdFilter, IdPath, Page
 from app.web.render import flash, redirect, refused, render
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(verify_csrf)], include_in_schema=False)
@@ -17,9 +17,9 @@ PAIRWISE_REFERENCE = 0.726  # InstructGPT: training labelers agreed on 72.6 ± 1
 
 @router.get("/labelers")
 def labelers_page(
-    request: Request, session: SessionDep, user: AdminUser, project: str | None = None, fresh: bool = False
+    request: Request, session: SessionDep, user: AdminUser, project: IdFilter = None, fresh: bool = False
 ):
-    pid = int(project) if project and project.isdigit() else None
+    pid = project
     rows, agreement, as_of = stats.labelers_report(session, pid, fresh=fresh)
     names = {r.user.id: r.user.name or r.user.email for r in rows}
     pairs = sorted(agreement.per_pair.items(), key=lambda kv: -kv[1].comparable)[:30]

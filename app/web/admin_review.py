@@ -14,7 +14,7 @@ JavaScript the form posts and the page comes back."""
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Form, Request
+from fastapi import APIRouter, Depends, Form, Query, Request
 
 from app.deps import AdminUser, SessionDep, refuse, verify_csrf
 from app.services import ServiceError, accounts, projects, review
@@ -114,11 +114,16 @@ def dismiss_flag(request: Request, session: SessionDep, user: AdminUser, project
 
 @router.get("/projects/{project_id}/disagreements")
 def disagreements_page(
-    request: Request, session: SessionDep, user: AdminUser, project_id: IdPath, kind: str = "ranking", below: str = "60"
+    request: Request,
+    session: SessionDep,
+    user: AdminUser,
+    project_id: IdPath,
+    kind: str = "ranking",
+    below: Annotated[int, Query(ge=1, le=101)] = 60,
 ):
     project = projects.get_project(session, project_id)
     task_kind = review.TaskKind.comparison if kind == "comparison" else review.TaskKind.ranking
-    percent = int(below) if below.isdigit() and 0 < int(below) <= 101 else 60
+    percent = below
     found, looked_at = review.disagreements(session, project_id, task_kind, below=percent / 100)
     return render(
         request,

@@ -13,7 +13,7 @@ from app.deps import AdminUser, SessionDep, SettingsDep, verify_csrf
 from app.models import ModelKind, ModelVersion, RunKind, RunStatus, TrainingRun
 from app.services import ServiceError, accounts, estimates, evaluation, projects, registry, runs
 from app.web.admin_charts import MODEL_COLORS, headline_metrics, line_chart, lineage_graph
-from app.web.params import Id, IdPath
+from app.web.params import Id, IdFilter, IdPath, IdsQuery
 from app.web.render import flash, redirect, refused, render
 from runconfig import PRESET_TITLES, PRESETS, RUN_CONFIGS
 
@@ -208,17 +208,17 @@ def new_run_page(
     settings: SettingsDep,
     user: AdminUser,
     kind: str = "sft",
-    project: str = "",
-    model: str = "",
-    models: str = "",
+    project: IdFilter = None,
+    model: IdFilter = None,
+    models: IdsQuery = [],  # noqa: B006 - FastAPI copies the default
     preset: str = "",
-    clone: str = "",
+    clone: IdFilter = None,
 ):
-    if clone.isdigit():  # "Run again / Retry with these settings"
-        run = runs.get_run(session, int(clone))
+    if clone is not None:  # "Run again / Retry with these settings"
+        run = runs.get_run(session, clone)
         return _run_form(request, session, settings, run.kind.value, project_id=run.project_id, form=_form_of_run(run))
-    chosen = [int(m) for m in (models or model).split(",") if m.strip().isdigit()][:3]
-    pid = int(project) if project.isdigit() else None
+    chosen = (models or ([model] if model else []))[:3]
+    pid = project
     if pid is None and chosen:
         version = registry.versions_by_id(session, chosen).get(chosen[0])
         pid = version.project_id if version else None
@@ -292,9 +292,9 @@ def create_run(
 
 @router.get("/runs")
 def runs_page(
-    request: Request, session: SessionDep, user: AdminUser, project: str = "", status: str = "", kind: str = ""
+    request: Request, session: SessionDep, user: AdminUser, project: IdFilter = None, status: str = "", kind: str = ""
 ):
-    pid = int(project) if project.isdigit() else None
+    pid = project
     st = RunStatus(status) if status in RunStatus.__members__ else None
     rk = RunKind(kind) if kind in RunKind.__members__ else None
     listed = runs.list_runs(session, project_id=pid, status=st, kind=rk, limit=100)
@@ -389,8 +389,8 @@ def _graph_versions(session: SessionDep, versions: list[ModelVersion]) -> list[M
 
 
 @router.get("/models")
-def models_page(request: Request, session: SessionDep, user: AdminUser, project: str = ""):
-    pid = int(project) if project.isdigit() else None
+def models_page(request: Request, session: SessionDep, user: AdminUser, project: IdFilter = None):
+    pid = project
     versions = _model_choices(session, pid)
     return render(
         request,
