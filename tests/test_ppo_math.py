@@ -45,7 +45,7 @@ def test_mask_stops_at_any_end_token():
     assert ended.tolist() == [True, True, False]
 
 
-def test_left_pad_and_trim():
+def test_left_padding_and_trim():
     ids, mask = pad_batch([[7, 8, 9], [4]], PAD, left=True)
     assert ids.tolist() == [[7, 8, 9], [PAD, PAD, 4]]
     assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]

@@ -97,11 +97,8 @@ class SFTLoop(TrainingLoop):
         return {"tokens": count}
 
     def evaluate(self) -> dict[str, float]:
-        return {
-            "valid_loss": held_out_loss(
-                self.model, self.valid_rows, self.pad_id, self.config.eval_batch_size, self.team
-            )
-        }
+        loss = held_out_loss(self.model, self.valid_rows, self.pad_id, self.config.eval_batch_size, self.team)
+        return {"valid_loss": loss}
 
     def evaluated(self, held_out: dict[str, float]) -> None:
         if held_out["valid_loss"] < self.best_loss:
