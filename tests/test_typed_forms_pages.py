@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 
 from app.models import LoginFailure, Project, Ranking, Role, Task, User
 from app.services import written_prompts
-from tests.conftest import csrf_of, login
+from tests.conftest import PASSWORD, csrf_of, login
 from tests.labeling import comparison_setup, ranking_setup
 
 
@@ -137,3 +137,12 @@ def test_a_failed_login_keeps_its_failure_row_and_a_refused_password_change_chan
     assert r.status_code == 400 and "The current password is wrong." in r.text
     session.expire_all()
     assert session.get(User, user.id).password_hash == old_hash
+
+
+def test_login_goes_on_only_to_a_path_on_this_site(client, make_user):
+    user = make_user("a@example.com")
+    for nxt, where in (("/label/history", "/label/history"), ("//evil.example/", "/"), ("/\\evil.example/", "/")):
+        client.cookies.clear()
+        token = csrf_of(client)
+        r = client.post("/login", data={"csrf_token": token, "email": user.email, "password": PASSWORD, "next": nxt})
+        assert r.status_code == 303 and r.headers["location"] == where, nxt

@@ -14,8 +14,9 @@ router = APIRouter(dependencies=[Depends(verify_csrf)], include_in_schema=False)
 
 
 def _safe_next(nxt: str | None) -> str:
-    # Only same-site paths: "//evil.example" or "https://..." would be an open redirect.
-    if nxt and nxt.startswith("/") and not nxt.startswith("//"):
+    # Only same-site paths: "//evil.example", "/\\evil.example" (browsers read it as "//") or
+    # "https://..." would be an open redirect.
+    if nxt and nxt.startswith("/") and not nxt.startswith(("//", "/\\")):
         return nxt
     return "/"
 
