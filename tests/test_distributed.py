@@ -22,6 +22,8 @@ from tests.test_reward import synthetic_rankings
 from tests.test_sft import TRAIN, VALID
 from trainer.tiny import make_tiny_model
 
+pytestmark = pytest.mark.slow  # several processes train end to end (minutes); CI runs it
+
 ACCELERATE = shutil.which("accelerate", path=str(Path(sys.executable).parent))
 TOLERANCE = 1e-4
 """The two runs add the same numbers in another order (per process, then across processes)."""

@@ -32,6 +32,8 @@ from tests.worker_helpers import (
 from trainer import modeling
 from trainer.tiny import make_tiny_model
 
+pytestmark = pytest.mark.slow  # several processes train end to end (minutes); CI runs it
+
 _one_thread = pytest.fixture(autouse=True)(one_torch_thread)
 
 SFT = {
