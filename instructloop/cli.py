@@ -6,11 +6,16 @@ import sys
 import click
 
 from app.config import Settings
-from app.db import make_engine, make_sessionmaker
+from app.db import make_engine, read_session, write_session
 
 
-def _sessionmaker(settings: Settings):
-    return make_sessionmaker(make_engine(settings.db_url))
+def _writing(settings: Settings):
+    """A command's transaction (committed at the end of its block), as the worker writes."""
+    return write_session(make_engine(settings.db_url))
+
+
+def _reading(settings: Settings):
+    return read_session(make_engine(settings.db_url))
 
 
 @click.group()
@@ -50,7 +55,7 @@ def serve(host: str, port: int, workers: int, with_worker: bool, migrate: bool |
 def _ensure_first_admin(settings: Settings, host: str, port: int) -> None:
     from app.services import accounts
 
-    with _sessionmaker(settings).begin() as session:
+    with _writing(settings) as session:
         created = accounts.ensure_first_admin(session, settings.admin_email, settings.admin_password)
     if created is None:
         return
@@ -121,7 +126,7 @@ def users_create(email: str, role: str, name: str, password_stdin: bool) -> None
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     settings = Settings()
     try:
-        with _sessionmaker(settings).begin() as session:
+        with _writing(settings) as session:
             user = accounts.create_user(session, email, password, role=Role(role), name=name)
     except ServiceError as exc:
         raise click.ClickException(exc.message) from exc
@@ -254,7 +259,7 @@ def simulate(
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
     try:
-        with make_sessionmaker(engine)() as session:
+        with read_session(engine) as session:
             project_id = projects.project_by_name_or_id(session, project_ref).id
     except ServiceError as exc:
         raise click.ClickException(exc.message) from exc
@@ -302,7 +307,7 @@ def import_prompts(
         data = f.read(imports.CLI_MAX_IMPORT_BYTES + 1)
     name = "stdin" if file == "-" else file.rsplit("/", 1)[-1]
     try:
-        with _sessionmaker(Settings()).begin() as session:
+        with _writing(Settings()) as session:
             project = projects.project_by_name_or_id(session, project_ref)
             valid, test, limit = valid_pct / 100, test_pct / 100, imports.CLI_MAX_IMPORT_BYTES
             preview = imports.preview_import(
@@ -377,7 +382,7 @@ def export_data(
     from app.services import ServiceError, exports, projects
 
     try:
-        with _sessionmaker(Settings())() as session:
+        with _reading(Settings()) as session:
             project = projects.project_by_name_or_id(session, project_ref)
             f = exports.ExportFilter(project.id, list(splits), list(exclude), fmt)
             exports.check(session, kind, f)
