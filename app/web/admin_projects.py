@@ -8,20 +8,19 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import HTMLResponse
-from pydantic import BaseModel
 
 from app.deps import AdminUser, SessionDep, SettingsDep, verify_csrf
 from app.markdown import render_markdown
 from app.models import ImportJobStatus
 from app.services import ServiceError, accounts, imports, intake, projects, stats
-from app.web.params import Id, IdPath
+from app.web.params import BackForm, Id, IdPath
 from app.web.render import flash, redirect, refused, render
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(verify_csrf)], include_in_schema=False)
 UPLOAD_TTL_S = 24 * 3600
 
 
-class ProjectForm(BaseModel):
+class ProjectForm(BackForm):
     """The settings of a new or edited project (templates/admin/_project_fields.html)."""
 
     name: str = ""
@@ -116,7 +115,7 @@ def update_project(
     return redirect(f"/admin/projects/{project.id}")
 
 
-class AppTokenForm(BaseModel):
+class AppTokenForm(BackForm):
     name: str = ""
     create_tasks: bool = False
 
@@ -138,7 +137,7 @@ def revoke_app_token(request: Request, session: SessionDep, user: AdminUser, pro
     return redirect(f"/admin/projects/{project_id}#intake")
 
 
-class MembersForm(BaseModel):
+class MembersForm(BackForm):
     who: str = "everyone"
     """"members": only the ticked labelers see the project; anything else: every labeler."""
     members: list[Id] = []
@@ -262,7 +261,7 @@ def _import_page(request, project, *, status_code=200, **extra):
     )
 
 
-class ImportForm(BaseModel):
+class ImportForm(BackForm):
     """The import page's options; the confirm step also carries the previewed upload's token."""
 
     format: str = "auto"
@@ -309,7 +308,7 @@ def import_preview(
     return _import_page(
         request,
         project,
-        form={**shown, "filename": file.filename},
+        form=shown,
         preview=preview,
         token=token,
         status_code=200 if preview.ok or not preview.errors else 422,

@@ -7,13 +7,13 @@ from functools import cache
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Request
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 
 from app.deps import AdminUser, SessionDep, SettingsDep, verify_csrf
 from app.models import ModelKind, ModelVersion, RunKind, RunStatus, TrainingRun
 from app.services import ServiceError, accounts, estimates, evaluation, projects, registry, runs
 from app.web.admin_charts import MODEL_COLORS, headline_metrics, line_chart, lineage_graph
-from app.web.params import Id, IdFilter, IdPath, IdsQuery
+from app.web.params import BackForm, Id, IdFilter, IdPath, IdsQuery
 from app.web.render import flash, redirect, refused, render
 from runconfig import PRESET_TITLES, PRESETS, RUN_CONFIGS
 
@@ -58,7 +58,7 @@ def config_fields(kind: str) -> tuple[str, list[ConfigField]]:
     return " ".join((cls.__doc__ or "").split()), fields
 
 
-class RunForm(BaseModel):
+class RunForm(BackForm):
     """The run form: fixed fields typed here; the kind's settings come as `cfg_<name>` fields, typed by
     the kind's config model (runconfig), so they are extra fields read by `config()`."""
 
@@ -450,7 +450,7 @@ def delete_model(request: Request, session: SessionDep, settings: SettingsDep, u
     return redirect(f"/admin/models/{version_id}" if deleted.tombstone else "/admin/models")
 
 
-class BaseModelForm(BaseModel):
+class BaseModelForm(BackForm):
     source: str = ""
     name: str = ""
     project_id: Id | None = None
