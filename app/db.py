@@ -2,6 +2,7 @@
 
 import functools
 import select as io_select
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -75,6 +76,9 @@ def _drop_closed_connection(dbapi_conn, _record, _proxy) -> None:
         raise DisconnectionError("the server closed this pooled connection")
 
 
+HOLDS_WRITER_QUEUE = "holds_writer_queue"
+"""Connection info key: this connection holds its process's place before SQLite's writer lock."""
+
 SQLITE_WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE", "SAVEPOINT", "CREATE", "DROP", "ALTER")
 
 
@@ -100,14 +104,50 @@ def _configure_sqlite(engine: Engine) -> None:
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
 
+    # The threads of one process queue for the writer lock here, in order, rather than in SQLite's
+    # busy handler, which polls with growing sleeps (1, 2, 5, ... 100 ms): under a burst of writes
+    # from the web threadpool those sleeps, not the work, made the p95 (bench/review_load.py).
+    # Other processes (the worker, a second web process) still meet at SQLite's lock.
+    writer_queue = threading.Lock()
+
+    def queue_for_writer(proxy) -> None:
+        # A timeout rather than waiting forever: a thread that already writes on another
+        # connection then meets SQLite's busy timeout and its clear error, as before.
+        if not proxy.info.get(HOLDS_WRITER_QUEUE) and writer_queue.acquire(timeout=30):
+            proxy.info[HOLDS_WRITER_QUEUE] = True
+
+    def leave_writer_queue(proxy) -> None:
+        if proxy is not None and proxy.info.pop(HOLDS_WRITER_QUEUE, False):
+            writer_queue.release()
+
     @event.listens_for(engine, "before_cursor_execute")
     def _before_write(conn, cursor, statement, _parameters, _context, _executemany):
-        if (
+        head = statement.lstrip().upper()
+        if head.startswith("BEGIN IMMEDIATE"):  # lock_writes
+            queue_for_writer(conn.connection)
+        elif (
             conn.in_transaction()
             and not conn.connection.dbapi_connection.in_transaction
-            and statement.lstrip().upper().startswith(SQLITE_WRITES)
+            and head.startswith(SQLITE_WRITES)
         ):
+            queue_for_writer(conn.connection)
             cursor.execute("BEGIN IMMEDIATE")
+
+    @event.listens_for(engine, "commit")
+    @event.listens_for(engine, "rollback")
+    def _after_transaction(conn):
+        leave_writer_queue(conn.connection)
+
+    # A connection that goes back to the pool, or away, without a commit or rollback event (the
+    # pool's reset, an invalidated connection) leaves the queue too.
+    @event.listens_for(engine.pool, "reset")
+    def _on_reset(_dbapi_conn, record, _state=None):
+        leave_writer_queue(record)
+
+    @event.listens_for(engine.pool, "invalidate")
+    @event.listens_for(engine.pool, "close")
+    def _on_close(_dbapi_conn, record, _exception=None):
+        leave_writer_queue(record)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
