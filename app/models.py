@@ -41,6 +41,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from app import conversation
 from app.db import UTCDateTime, utcnow
 
 
@@ -361,6 +362,14 @@ class GuidelineVersion(Base):
     project: Mapped[Project] = relationship(back_populates="guidelines")
 
 
+def _messages_of_text(context) -> list[conversation.Message]:
+    return conversation.single(context.get_current_parameters()["text"])
+
+
+def _text_of_messages(context) -> str:
+    return conversation.render(context.get_current_parameters()["messages"])
+
+
 class Prompt(Base):
     __tablename__ = "prompts"
     # (project_id, split): the per-split counts of the admin pages read this index, not the texts.
@@ -378,7 +387,11 @@ class Prompt(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
-    text: Mapped[str] = mapped_column(Text)
+    messages: Mapped[list[Any]] = mapped_column(default=_messages_of_text)
+    """The conversation the model answers (app.conversation): [{"role", "content"}, ...] ending with a
+    user turn. Given only `text`, a prompt is that one user message."""
+    text: Mapped[str] = mapped_column(Text, default=_text_of_messages)
+    """The conversation as plain text (conversation.render): what lists, previews and hashes read."""
     split: Mapped[Split] = mapped_column(_enum(Split), default=Split.train)
     source: Mapped[str] = mapped_column(String(200), default="")
     external_id: Mapped[str | None] = mapped_column(String(200))
