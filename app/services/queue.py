@@ -22,6 +22,7 @@ from sqlalchemy import BindParameter, ColumnElement, and_, bindparam, exists, fu
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from app.conversation import Message
 from app.db import atomic, is_postgres, utcnow
 from app.models import (
     SUBMISSION_MODELS,
@@ -58,6 +59,9 @@ class Assignment:
     kind: TaskKind
     prompt_id: int
     prompt_text: str
+    """The conversation as plain text (Prompt.text)."""
+    messages: list[Message]
+    """The conversation the labeler answers, ranks or compares the next assistant turn of."""
     lease_id: int
     leased_at: datetime
     expires_at: datetime
@@ -135,7 +139,7 @@ _HELD_AND_TOP = {
     for kind in TaskKind
 }
 _CANDIDATE = {
-    kind: select(Task.id, Task.done_count, Task.required, Task.prompt_id, Prompt.text)
+    kind: select(Task.id, Task.done_count, Task.required, Task.prompt_id, Prompt.text, Prompt.messages)
     .join(Prompt, Prompt.id == Task.prompt_id)
     .where(Task.project_id == _pid, Task.priority == _prio, available_filter(_uid, kind, _now))
     .order_by(Task.id)
@@ -203,6 +207,7 @@ def next_task_in_project(
         kind=kind,
         prompt_id=task.prompt_id,
         prompt_text=task.text,
+        messages=task.messages,
         lease_id=lease.id,
         leased_at=lease.created_at,
         expires_at=lease.expires_at,
@@ -317,6 +322,7 @@ _ASSIGNMENT = (
         Task.kind,
         Task.prompt_id,
         Prompt.text,
+        Prompt.messages,
         Lease.id.label("lease_id"),
         Lease.created_at,
         Lease.expires_at,
@@ -345,6 +351,7 @@ def assignment(session: Session, task_id: int, user_id: int) -> Assignment | Non
         kind=TaskKind(row.kind),
         prompt_id=row.prompt_id,
         prompt_text=row.text,
+        messages=row.messages,
         lease_id=row.lease_id,
         leased_at=row.created_at,
         expires_at=row.expires_at,

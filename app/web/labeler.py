@@ -303,6 +303,7 @@ def _revise_page(
         kind,
         item.prompt.id,
         item.prompt.text,
+        item.prompt.messages,
         0,
         sub.created_at,
         sub.created_at,
