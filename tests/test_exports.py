@@ -6,8 +6,19 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from app.models import Prompt
-from app.services import ServiceError, exports, projects
+from app import conversation
+from app.models import (
+    Comparison,
+    Completion,
+    Demonstration,
+    Prompt,
+    Ranking,
+    Split,
+    Task,
+    TaskCompletion,
+    TaskKind,
+)
+from app.services import ServiceError, accounts, exports, projects
 from instructloop.cli import main as cli
 from tests.conftest import SHARED_DATA
 from tests.test_admin_stats import World
@@ -67,8 +78,9 @@ def test_a_rejected_demonstration_is_not_exported(session, world):
 def test_conversational_format_is_chat_messages(session, world):
     f = exports.ExportFilter(world.project.id, format="conversational")
     (sft,) = exports.sft_rows(session, f)
-    assert sft == {
-        "messages": [{"role": "user", "content": "prompt 1"}, {"role": "assistant", "content": "demo one"}],
+    assert sft == {  # TRL's conversational prompt-completion format
+        "prompt": [{"role": "user", "content": "prompt 1"}],
+        "completion": [{"role": "assistant", "content": "demo one"}],
         "split": "train",
         "category": None,
     }
@@ -87,6 +99,100 @@ def test_conversational_format_is_chat_messages(session, world):
         exports.check(session, "sft", exports.ExportFilter(world.project.id, format="xml"))
 
 
+FIVE = [  # an hh-rlhf dialogue with three Human turns, up to its last one
+    {"role": "user", "content": "Can you recommend a short novel?"},
+    {"role": "assistant", "content": "The Old Man and the Sea is about 27,000 words."},
+    {"role": "user", "content": "What is it about?"},
+    {"role": "assistant", "content": "An old fisherman and his fight with a marlin."},
+    {"role": "user", "content": "Does it end well?"},
+]
+ANSWER, WORSE, WORST = "Not for the fish: the sharks eat it.", "Yes.", "I don't know."
+
+
+def _five_message_project(session):
+    """One five-message prompt with a demonstration, a ranking of three outputs and a comparison."""
+    labeler = accounts.create_user(session, "chat@example.com", None)
+    project = projects.create_project(session, projects.ProjectSettings(name="Chat", k=3))
+    prompt = Prompt(
+        project_id=project.id, messages=FIVE, split=Split.train, content_hash=conversation.content_hash(FIVE)
+    )
+    session.add(prompt)
+    session.flush()
+    outputs = [Completion(prompt_id=prompt.id, text=t, source="test") for t in (ANSWER, WORSE, WORST)]
+    session.add_all(outputs)
+    session.flush()
+    demo, rank, comp = (
+        Task(project_id=project.id, prompt_id=prompt.id, kind=kind, required=1, done_count=1)
+        for kind in (TaskKind.demonstration, TaskKind.ranking, TaskKind.comparison)
+    )
+    rank.outputs = [TaskCompletion(completion_id=o.id, position=i) for i, o in enumerate(outputs)]
+    comp.outputs = [TaskCompletion(completion_id=o.id, position=i) for i, o in enumerate(outputs[1:])]
+    session.add_all([demo, rank, comp])
+    session.flush()
+    session.add_all(
+        [
+            Demonstration(task_id=demo.id, prompt_id=prompt.id, user_id=labeler.id, text=ANSWER),
+            Ranking(task_id=rank.id, user_id=labeler.id, order=[[o.id] for o in outputs]),
+            Comparison(
+                task_id=comp.id,
+                user_id=labeler.id,
+                a_completion_id=outputs[1].id,
+                b_completion_id=outputs[2].id,
+                choice="a",
+            ),
+        ]
+    )
+    session.commit()
+    return project
+
+
+def test_a_conversation_is_exported_with_every_turn(session, tmp_path):
+    project = _five_message_project(session)
+    chat = exports.ExportFilter(project.id, format="conversational")
+    assert list(exports.sft_rows(session, chat)) == [
+        {"prompt": FIVE, "completion": [{"role": "assistant", "content": ANSWER}], "split": "train", "category": None}
+    ]
+    prefs = list(exports.preference_rows(session, chat))
+    pairs = [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in prefs]
+    assert pairs == [(ANSWER, WORSE), (ANSWER, WORST), (WORSE, WORST), (WORSE, WORST)]  # 3 from the ranking, 1 A/B
+    assert all(
+        p["prompt"] == FIVE and [m["role"] for m in p["chosen"] + p["rejected"]] == ["assistant"] * 2 for p in prefs
+    )
+    (ranking,) = exports.ranking_rows(session, chat)
+    assert ranking["prompt"] == FIVE
+    assert [c["messages"] for c in ranking["completions"]] == [
+        [{"role": "assistant", "content": t}] for t in (ANSWER, WORSE, WORST)
+    ]
+
+    rendered = (
+        "User: Can you recommend a short novel?\n\n"
+        "Assistant: The Old Man and the Sea is about 27,000 words.\n\n"
+        "User: What is it about?\n\n"
+        "Assistant: An old fisherman and his fight with a marlin.\n\n"
+        "User: Does it end well?"
+    )
+    plain = exports.ExportFilter(project.id)
+    assert list(exports.sft_rows(session, plain)) == [
+        {"prompt": rendered, "completion": ANSWER, "split": "train", "category": None}
+    ]
+    assert {p["prompt"] for p in exports.preference_rows(session, plain)} == {rendered}
+    assert next(exports.ranking_rows(session, plain))["prompt"] == rendered
+
+    # As TRL reads it: `datasets` keeps the five messages as a list of {role, content}.
+    path = tmp_path / "sft-chat.jsonl"
+    path.write_text("".join(exports.jsonl_lines(session, "sft", chat)))
+    row = _load(path)[0]
+    assert row["prompt"] == FIVE and row["completion"] == [{"role": "assistant", "content": ANSWER}]
+
+
+def test_single_turn_plain_export_lines_are_unchanged(session, world):
+    """A single-turn prompt's plain rows read as they did before conversations, byte for byte."""
+    f = exports.ExportFilter(world.project.id, splits=["test"])
+    assert list(exports.jsonl_lines(session, "sft", f)) == [
+        '{"prompt": "prompt 2", "completion": "demo two", "split": "test", "category": null}\n'
+    ]
+
+
 def test_download_each_export_and_load_with_datasets(admin_client, world, tmp_path):
     for kind, columns, n in [
         ("sft", {"prompt", "completion", "split"}, 2),
@@ -100,13 +206,18 @@ def test_download_each_export_and_load_with_datasets(admin_client, world, tmp_pa
         path.write_bytes(r.content)
         ds = _load(path)
         assert len(ds) == n and columns <= set(ds.column_names)
-    for kind, columns in [("sft", {"messages", "split"}), ("preferences", {"prompt", "chosen", "rejected", "split"})]:
+    for kind, columns in [
+        ("sft", {"prompt", "completion", "split"}),
+        ("preferences", {"prompt", "chosen", "rejected", "split"}),
+    ]:
         r = admin_client.get(f"/admin/projects/{world.project.id}/export/{kind}?format=conversational")
         path = tmp_path / f"{kind}-chat.jsonl"
         path.write_bytes(r.content)
         ds = _load(path)
         assert columns <= set(ds.column_names) and set(ds["split"]) == {"train"}
-        assert isinstance(ds[0]["messages" if kind == "sft" else "chosen"], list)
+        assert isinstance(ds[0]["prompt"], list) and isinstance(
+            ds[0]["completion" if kind == "sft" else "chosen"], list
+        )
     assert admin_client.get(f"/admin/projects/{world.project.id}/exports").status_code == 200
 
 
@@ -142,7 +253,7 @@ def test_cli_export_and_load(cli_env, world, tmp_path):
     assert r.exit_code == 0 and len(r.stdout.strip().splitlines()) == 1
     assert json.loads(r.stdout.splitlines()[0]).keys() == {"prompt", "completion", "split", "category"}
     r = cli_env.invoke(cli, ["export", "sft", "--project", "Stats", "--format", "conversational"])
-    assert r.exit_code == 0 and json.loads(r.stdout.splitlines()[0])["messages"][1]["role"] == "assistant"
+    assert r.exit_code == 0 and json.loads(r.stdout.splitlines()[0])["completion"][0]["role"] == "assistant"
     r = cli_env.invoke(cli, ["export", "sft", "--project", "Nope"])
     assert r.exit_code == 1 and "There is no project 'Nope'" in r.output
 

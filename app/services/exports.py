@@ -8,11 +8,16 @@
 
 Every row says its prompt's `split` and `category` (InstructGPT's use case; null when unset); an
 export holds the train split unless others are asked for (valid and test prompts are for
-evaluation). Two formats, as TRL reads them:
-- plain: strings; a trainer then sees the text without the chat template;
-- conversational: message lists (sft: {"messages": [user, assistant]}; preferences: "prompt" as
-  [user], "chosen"/"rejected" as [assistant]; rankings: "prompt" as [user] and each completion's
-  "messages" as [assistant]), so TRL applies the model's chat template.
+evaluation). A prompt is a conversation (app.conversation) that ends with a user turn; the answer is
+the next assistant turn. Two formats, as TRL reads them:
+- plain: strings; the prompt is its plain rendering (`Prompt.text`: a single user turn as itself,
+  a longer conversation as "User: ...\n\nAssistant: ..." blocks), and a trainer sees the text
+  without the chat template;
+- conversational: message lists, TRL's conversational prompt-completion and preference formats:
+  "prompt" is the whole conversation ([system?, user, assistant, ..., user]) and "completion" (sft),
+  "chosen" / "rejected" (preferences) are [assistant]; rankings: "prompt" the conversation and each
+  completion's "messages" [assistant]. TRL applies the model's chat template to every turn and
+  trains only on the answer.
 """
 
 import json
@@ -64,8 +69,9 @@ class ExportFilter:
         self.splits = list(self.splits) or ["train"]
 
 
-def _user(text: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": text}]
+def _conversation(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """The stored conversation as export rows carry it: role and content only, in order."""
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
 def _assistant(text: str) -> list[dict[str, str]]:
@@ -97,25 +103,38 @@ def _batches(session: Session, stmt, id_column) -> Iterator[Sequence[Row]]:
 def sft_rows(session: Session, f: ExportFilter) -> Iterator[dict[str, Any]]:
     """Demonstrations (an admin's rejected ones are left out, as in training)."""
     stmt = _scoped(
-        select(Demonstration.id, Prompt.text, Demonstration.text, Prompt.split, Prompt.category), Demonstration, f
+        select(Demonstration.id, _prompt_column(f), Demonstration.text, Prompt.split, Prompt.category),
+        Demonstration,
+        f,
     )
     for rows in _batches(session, stmt, Demonstration.id):
         for _, prompt, completion, split, category in rows:
             where = {"split": split.value, "category": _value(category)}
             if f.format == "conversational":
-                yield {"messages": _user(prompt) + _assistant(completion), **where}
+                yield {"prompt": _conversation(prompt), "completion": _assistant(completion), **where}
             else:
                 yield {"prompt": prompt, "completion": completion, **where}
+
+
+def _prompt_column(f: ExportFilter):
+    """What a row's prompt is read from: the message list (conversational) or its rendering (plain)."""
+    return Prompt.messages if f.format == "conversational" else Prompt.text
 
 
 def _value(category) -> str | None:
     return category.value if category is not None else None
 
 
-def _pair(f: ExportFilter, prompt: str, chosen: str, rejected: str, split, category) -> dict[str, Any]:
+def _pair(f: ExportFilter, prompt, chosen: str, rejected: str, split, category) -> dict[str, Any]:
+    """`prompt`: the conversation (conversational) or its rendering (plain), as _prompt_column reads it."""
     where = {"split": split.value, "category": _value(category)}
     if f.format == "conversational":
-        return {"prompt": _user(prompt), "chosen": _assistant(chosen), "rejected": _assistant(rejected), **where}
+        return {
+            "prompt": _conversation(prompt),
+            "chosen": _assistant(chosen),
+            "rejected": _assistant(rejected),
+            **where,
+        }
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected, **where}
 
 
@@ -134,7 +153,7 @@ def _outputs(session: Session, task_ids: list[int]) -> dict[int, list[tuple[int,
 
 
 def _ranking_batches(session: Session, f: ExportFilter):
-    stmt = _scoped(select(Ranking.id, Ranking, Prompt.id, Prompt.text, Prompt.split, Prompt.category), Ranking, f)
+    stmt = _scoped(select(Ranking.id, Ranking, Prompt.id, _prompt_column(f), Prompt.split, Prompt.category), Ranking, f)
     for rows in _batches(session, stmt, Ranking.id):
         outputs = _outputs(session, sorted({r[1].task_id for r in rows}))
         yield rows, outputs
@@ -153,7 +172,7 @@ def preference_rows(session: Session, f: ExportFilter) -> Iterator[dict[str, Any
     stmt = _scoped(
         select(
             Comparison.id,
-            Prompt.text,
+            _prompt_column(f),
             Comparison.choice,
             Comparison.a_completion_id,
             Comparison.b_completion_id,
@@ -194,7 +213,7 @@ def ranking_rows(session: Session, f: ExportFilter) -> Iterator[dict[str, Any]]:
                 "ranking_id": r.id,
                 "task_id": r.task_id,
                 "prompt_id": prompt_id,
-                "prompt": _user(prompt) if conversational else prompt,
+                "prompt": _conversation(prompt) if conversational else prompt,
                 "split": split.value,
                 "category": _value(category),
                 "labeler_id": r.user_id,
