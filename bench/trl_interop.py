@@ -4,14 +4,18 @@
 - RewardTrainer starting from a reward-model folder that the project's trainer saved;
 - SFTTrainer on the `sft` export, DPOTrainer on the `preferences` export and RewardTrainer on the
   `rankings` export (its orders expanded to chosen/rejected pairs), each in the plain and the
-  conversational format, loaded with `datasets`.
+  conversational format, loaded with `datasets`;
+- all of that twice: on single-turn prompts, and on multi-turn ones (conversations of two and
+  three user turns with the assistant's earlier turns, one with a system message).
 
     .venv/bin/python bench/trl_interop.py
 
-Printed per check: whether it ran, its loss, and whether TRL applied the model's chat template to
-the text (it does for the conversational exports; the plain ones are trained as raw strings).
-The data is a small project written into a temporary SQLite database through the project's
-models, exported through app.services.exports, on a tiny model built from a config."""
+Printed per check: whether it ran, its loss, whether TRL applied the model's chat template to the
+text (it does for the conversational exports; the plain ones are trained as raw strings), how many
+of the first prompt's turns are in the token ids TRL made of it, and, for SFT, whether the loss is
+on the answer's tokens only. The data is two small projects written into a temporary SQLite
+database through the project's models, exported through app.services.exports, on a tiny model
+built from a config."""
 
 import json
 import sys
@@ -24,6 +28,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import trl_side  # noqa: E402
 
+from app import conversation  # noqa: E402
 from app.db import make_engine, make_sessionmaker  # noqa: E402
 from app.migrate import upgrade  # noqa: E402
 from app.models import Completion, Demonstration, Prompt, Ranking, Split, Task, TaskCompletion, TaskKind  # noqa: E402
@@ -42,23 +47,88 @@ QUESTIONS = [
 ANSWERS = ["Four.", "Blue.", "Hello!", "One, two, three.", "An apple.", "Blue, mostly.", "Seven.", "Goodbye!"]
 
 
-def seed_project(url: str) -> int:
-    """A project with demonstrations and K=3 rankings on train prompts."""
+# Multi-turn prompts: (conversation ending with the user's turn, the next assistant turn).
+CHATS = [
+    (
+        [
+            {"role": "user", "content": "Can you recommend a short novel?"},
+            {"role": "assistant", "content": "The Old Man and the Sea is short."},
+            {"role": "user", "content": "What is it about?"},
+            {"role": "assistant", "content": "An old fisherman and a big fish."},
+            {"role": "user", "content": "Does it end well?"},
+        ],
+        "Not for the fish.",
+    ),
+    (
+        [
+            {"role": "system", "content": "You answer in one short sentence."},
+            {"role": "user", "content": "What is two plus two?"},
+            {"role": "assistant", "content": "Four."},
+            {"role": "user", "content": "And times three?"},
+        ],
+        "Twelve.",
+    ),
+    (
+        [
+            {"role": "user", "content": "Name a colour."},
+            {"role": "assistant", "content": "Blue."},
+            {"role": "user", "content": "Another one?"},
+        ],
+        "Green.",
+    ),
+    (
+        [
+            {"role": "user", "content": "Say hello."},
+            {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "Now in French."},
+            {"role": "assistant", "content": "Bonjour!"},
+            {"role": "user", "content": "And in German?"},
+        ],
+        "Hallo!",
+    ),
+    (
+        [
+            {"role": "user", "content": "Count to three."},
+            {"role": "assistant", "content": "One, two, three."},
+            {"role": "user", "content": "Backwards?"},
+        ],
+        "Three, two, one.",
+    ),
+    (
+        [
+            {"role": "system", "content": "You are a gardener."},
+            {"role": "user", "content": "Name a fruit."},
+            {"role": "assistant", "content": "An apple."},
+            {"role": "user", "content": "When is it picked?"},
+        ],
+        "In autumn.",
+    ),
+]
+WORSE = ["Not sure.", "No."]
+
+
+def seed_project(url: str, name: str, items: list[tuple[list[conversation.Message], str]]) -> int:
+    """A project with a demonstration and a K=3 ranking on each train prompt (a conversation)."""
     engine = make_engine(url)
     with make_sessionmaker(engine)() as session:
-        labeler = accounts.create_user(session, "labeler@bench.invalid", None)
-        project = projects.create_project(session, projects.ProjectSettings(name="Interop", k=3))
+        labeler = accounts.create_user(session, f"labeler-{name.lower()}@bench.invalid", None)
+        project = projects.create_project(session, projects.ProjectSettings(name=name, k=3))
         prompts = [
-            Prompt(project_id=project.id, text=q, split=Split.train, content_hash=f"h{i}")
-            for i, q in enumerate(QUESTIONS)
+            Prompt(
+                project_id=project.id,
+                messages=messages,
+                split=Split.train,
+                content_hash=conversation.content_hash(messages),
+            )
+            for messages, _ in items
         ]
         session.add_all(prompts)
         session.flush()
-        for prompt, answer in zip(prompts, ANSWERS):
+        for prompt, (_, answer) in zip(prompts, items):
             demo = Task(
                 project_id=project.id, prompt_id=prompt.id, kind=TaskKind.demonstration, required=1, done_count=1
             )
-            outputs = [Completion(prompt_id=prompt.id, text=t, source="bench") for t in (answer, "Not sure.", "No.")]
+            outputs = [Completion(prompt_id=prompt.id, text=t, source="bench") for t in (answer, *WORSE)]
             session.add_all([demo, *outputs])
             session.flush()
             rank = Task(project_id=project.id, prompt_id=prompt.id, kind=TaskKind.ranking, required=1, done_count=1)
@@ -77,19 +147,21 @@ def seed_project(url: str) -> int:
     return project_id
 
 
-def write_exports(url: str, project_id: int, workdir: Path) -> dict[str, str]:
+def write_exports(url: str, project_id: int, workdir: Path, tag: str) -> dict[str, dict[str, str]]:
+    """{format: {kind: file}}; the files are named after `tag` (single-turn, multi-turn)."""
     engine = make_engine(url)
-    files = {}
+    files: dict[str, dict[str, str]] = {}
     with make_sessionmaker(engine)() as session:
         for fmt in ("plain", "conversational"):
             f = exports.ExportFilter(project_id, format=fmt)
+            these = files[fmt] = {}
             for kind in ("sft", "preferences", "rankings"):
-                path = workdir / f"{kind}-{fmt}.jsonl"
+                path = workdir / f"{tag}-{kind}-{fmt}.jsonl"
                 path.write_text("".join(exports.jsonl_lines(session, kind, f)))
-                files[f"{kind}-{fmt}"] = str(path)
+                these[kind] = str(path)
             # A reward trainer wants pairs: each ranking's orders expanded, as a user of the export does.
             pairs = []
-            for line in Path(files[f"rankings-{fmt}"]).read_text().splitlines():
+            for line in Path(these["rankings"]).read_text().splitlines():
                 row = json.loads(line)
                 by_id = {c["id"]: c["messages"] if fmt == "conversational" else c["text"] for c in row["completions"]}
                 for i, better in enumerate(row["order"]):
@@ -99,9 +171,9 @@ def write_exports(url: str, project_id: int, workdir: Path) -> dict[str, str]:
                             for a in better
                             for b in worse
                         ]
-            path = workdir / f"rankings-pairs-{fmt}.jsonl"
+            path = workdir / f"{tag}-rankings-pairs-{fmt}.jsonl"
             path.write_text("".join(json.dumps(p) + "\n" for p in pairs))
-            files[f"rankings-pairs-{fmt}"] = str(path)
+            these["rankings-pairs"] = str(path)
     engine.dispose()
     return files
 
@@ -134,26 +206,43 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="il-interop-"))
     url = f"sqlite:///{workdir / 'interop.db'}"
     upgrade(url)
-    project_id = seed_project(url)
-    files = write_exports(url, project_id, workdir)
-    policy = str(make_tiny_model(workdir / "policy", texts=QUESTIONS + ANSWERS + ["Not sure.", "No."]))
+    single = seed_project(url, "Interop", [(conversation.single(q), a) for q, a in zip(QUESTIONS, ANSWERS)])
+    multi = seed_project(url, "Interop chat", CHATS)
+    sets, first_rows = {}, {}
+    for tag, project_id, (first, answer) in (
+        ("single-turn", single, (conversation.single(QUESTIONS[0]), ANSWERS[0])),
+        ("multi-turn", multi, CHATS[0]),
+    ):
+        for fmt, files in write_exports(url, project_id, workdir, tag).items():
+            sets[f"{fmt}, {tag}"] = files
+            # Every export's first row is this prompt (and, in sft and the rankings, its answer).
+            first_rows[f"{fmt}, {tag}"] = {"turns": [m["content"] for m in first], "answer": answer}
+    texts = (
+        QUESTIONS + ANSWERS + WORSE + [m["content"] for messages, a in CHATS for m in messages] + [a for _, a in CHATS]
+    )
+    policy = str(make_tiny_model(workdir / "policy", texts=texts))
     spec = {
         "policy": policy,
         "reward_model": train_reward_folder(policy, workdir),
-        "exports": files,
+        "sets": sets,
+        "first_rows": first_rows,
         "template_marker": "<|assistant|>",
         "threads": 1,
         "workdir": str(workdir / "trl"),
     }
     result = trl_side.run("check", spec, workdir)
     print(f"TRL {result['trl_version']}; data and models in {workdir}\n")
-    print(f"{'check':<72} {'ran':>4} {'loss':>8}  chat template applied")
+    print(f"{'check':<90} {'ran':>4} {'loss':>8}  template  turns  loss on answer only")
     for name, r in result["checks"].items():
         if r["ok"]:
-            print(f"{name:<72} {'yes':>4} {r['loss']:>8.3f}  {'yes' if r['chat_template_applied'] else 'no'}")
+            answer_only = {True: "yes", False: "NO", None: "-"}[r["loss_on_answer_only"]]
+            print(
+                f"{name:<90} {'yes':>4} {r['loss']:>8.3f}  {'yes' if r['chat_template_applied'] else 'no':<8}"
+                f"  {r['turns_in_tokens']:<5}  {answer_only}"
+            )
         else:
-            print(f"{name:<72} {'NO':>4}           {r['error']}")
-    sys.exit(0 if all(r["ok"] for r in result["checks"].values()) else 1)
+            print(f"{name:<90} {'NO':>4}           {r['error']}")
+    sys.exit(0 if all(r["ok"] and r["loss_on_answer_only"] is not False for r in result["checks"].values()) else 1)
 
 
 if __name__ == "__main__":

@@ -198,21 +198,24 @@ def trl_sft(spec: dict) -> dict:
 def trl_check(spec: dict) -> dict:
     """What an ML engineer does with instructloop's outputs in TRL: one optimizer step each of
     RewardTrainer from the project's reward-model folder, and of SFTTrainer / DPOTrainer /
-    RewardTrainer on the project's exports (plain and conversational) loaded with `datasets`.
-    Reports per check whether it ran and whether TRL applied the model's chat template."""
+    RewardTrainer on the project's exports loaded with `datasets`, for each set of exports in
+    spec["sets"] ({"plain, single-turn": {"sft": path, "preferences": path, "rankings-pairs": path}, ...}).
+    Reports per check whether it ran, whether TRL applied the model's chat template, how many of the
+    first prompt's turns (spec["first_rows"][set]["turns"]) are in the token ids TRL made of it, and
+    for SFT whether the loss is on the first answer's tokens only."""
     import torch
     from datasets import load_dataset
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
     from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer, SFTConfig, SFTTrainer
 
     torch.set_num_threads(spec["threads"])
-    exports, results = spec["exports"], {}
+    results = {}
     tokenizer = AutoTokenizer.from_pretrained(spec["policy"])
     marker = spec["template_marker"]  # text only the chat template writes (e.g. "<|assistant|>")
 
     def common(name: str) -> dict:
         return dict(
-            output_dir=str(Path(spec["workdir"]) / name),
+            output_dir=str(Path(spec["workdir"]) / name.replace(", ", "-")),
             max_steps=1,
             per_device_train_batch_size=2,
             learning_rate=1e-4,
@@ -230,11 +233,27 @@ def trl_check(spec: dict) -> dict:
         keys = [k for k in row if k.endswith("ids") and k != "completion_ids"] or list(row)
         return [i for k in keys if isinstance(row[k], list) for i in row[k] if isinstance(i, int)]
 
-    def record(name: str, trainer) -> None:
+    def answer_only(trainer, answer: str) -> bool:
+        """SFT: the tokens that carry a label (the loss) in the first example are its answer's."""
+        row = trainer.train_dataset[0]
+        labels = row.get("labels") or [
+            i if m else -100 for i, m in zip(row["input_ids"], row["completion_mask"], strict=True)
+        ]
+        trained = [i for i, label in zip(row["input_ids"], labels, strict=True) if label != -100]
+        return tokenizer.decode(trained, skip_special_tokens=True).strip() == answer
+
+    def record(name: str, trainer, first: dict, sft: bool = False) -> None:
         try:
             out = trainer.train()
             text = tokenizer.decode(first_ids(trainer))
-            results[name] = {"ok": True, "loss": float(out.training_loss), "chat_template_applied": marker in text}
+            found = sum(turn in text for turn in first["turns"])
+            results[name] = {
+                "ok": True,
+                "loss": float(out.training_loss),
+                "chat_template_applied": marker in text,
+                "turns_in_tokens": f"{found}/{len(first['turns'])}",
+                "loss_on_answer_only": answer_only(trainer, first["answer"]) if sft else None,
+            }
         except Exception as exc:  # report the failure in the table instead of stopping the other checks
             results[name] = {"ok": False, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
 
@@ -244,37 +263,39 @@ def trl_check(spec: dict) -> dict:
 
     # 1. The project's reward model folder, loaded as TRL loads any reward model.
     rm = AutoModelForSequenceClassification.from_pretrained(spec["reward_model"], num_labels=1)
-    for fmt in ("plain", "conversational"):
-        train = reward_pairs(exports[f"preferences-{fmt}"])
+    for label, files in spec["sets"].items():
         trainer = RewardTrainer(
-            model=rm, args=RewardConfig(**common(f"rm-folder-{fmt}")), train_dataset=train, processing_class=tokenizer
+            model=rm,
+            args=RewardConfig(**common(f"rm-folder-{label}")),
+            train_dataset=reward_pairs(files["preferences"]),
+            processing_class=tokenizer,
         )
-        record(f"RewardTrainer from our reward-model folder, preferences ({fmt})", trainer)
+        record(f"RewardTrainer from our reward-model folder, preferences ({label})", trainer, spec["first_rows"][label])
     # 2. The exports in each trainer.
-    for fmt in ("plain", "conversational"):
-        sft = load_dataset("json", data_files=exports[f"sft-{fmt}"], split="train").remove_columns(["split"])
+    for label, files in spec["sets"].items():
+        first = spec["first_rows"][label]
+        sft = load_dataset("json", data_files=files["sft"], split="train").remove_columns(["split"])
         trainer = SFTTrainer(
             model=AutoModelForCausalLM.from_pretrained(spec["policy"]),
             train_dataset=sft,
-            args=SFTConfig(**common(f"sft-{fmt}"), max_length=256),
+            args=SFTConfig(**common(f"sft-{label}"), max_length=256),
             processing_class=tokenizer,
         )
-        record(f"SFTTrainer on the sft export ({fmt})", trainer)
-        prefs = reward_pairs(exports[f"preferences-{fmt}"])
+        record(f"SFTTrainer on the sft export ({label})", trainer, first, sft=True)
         trainer = DPOTrainer(
             model=AutoModelForCausalLM.from_pretrained(spec["policy"]),
-            train_dataset=prefs,
-            args=DPOConfig(**common(f"dpo-{fmt}"), max_length=256),
+            train_dataset=reward_pairs(files["preferences"]),
+            args=DPOConfig(**common(f"dpo-{label}"), max_length=256),
             processing_class=tokenizer,
         )
-        record(f"DPOTrainer on the preferences export ({fmt})", trainer)
+        record(f"DPOTrainer on the preferences export ({label})", trainer, first)
         trainer = RewardTrainer(
             model=AutoModelForSequenceClassification.from_pretrained(spec["policy"], num_labels=1),
-            train_dataset=reward_pairs(exports[f"rankings-pairs-{fmt}"]),
-            args=RewardConfig(**common(f"rm-rankings-{fmt}")),
+            train_dataset=reward_pairs(files["rankings-pairs"]),
+            args=RewardConfig(**common(f"rm-rankings-{label}")),
             processing_class=tokenizer,
         )
-        record(f"RewardTrainer on the rankings export ({fmt})", trainer)
+        record(f"RewardTrainer on the rankings export ({label})", trainer, first)
     return {"checks": results}
 
 
