@@ -327,6 +327,9 @@ class Project(Base):
     None: the project asks for no written prompts (app.services.written_prompts)."""
     written_use_cases: Mapped[list[Any] | None] = mapped_column(JSON)
     """The use cases a user-based written prompt follows (strings); None: none yet."""
+    follow_up_turns: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Labelers grow conversations (write the user's next turn after an accepted demonstration) up
+    to this many user turns; 0: they don't (app.services.written_prompts)."""
 
     guidelines: Mapped[list["GuidelineVersion"]] = relationship(
         order_by="GuidelineVersion.version", back_populates="project"
@@ -814,7 +817,12 @@ class WrittenPrompt(Base):
     reviewed_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     reviewed_at: Mapped[datetime | None]
     prompt_id: Mapped[int | None] = mapped_column(ForeignKey("prompts.id", ondelete="SET NULL"))
+    demonstration_id: Mapped[int | None] = mapped_column(
+        ForeignKey("demonstrations.id", ondelete="SET NULL"), index=True
+    )
+    """A follow-up: the accepted demonstration it continues (its text is the user's next turn)."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     author: Mapped[User | None] = relationship(foreign_keys=[author_id])
+    demonstration: Mapped[Demonstration | None] = relationship()
     reviewed_by: Mapped[User | None] = relationship(foreign_keys=[reviewed_by_id])

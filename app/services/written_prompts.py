@@ -9,21 +9,43 @@
   (source SOURCE, the category, `pii` kinds when the author ticked "contains personal information",
   split train: a written prompt is written to be demonstrated) with its demonstration task, as an
   import with tasks gives one. Near-duplicates are pointed out with the intake's prefix hash.
+- Follow-ups grow conversations (Open-Assistant's prompter replies): where a project sets
+  `follow_up_turns`, a labeler reads an accepted demonstration in its thread and writes the user's
+  next turn; accepted, it becomes a prompt one turn deeper (the thread, the demonstration as the
+  assistant's turn, the new user turn) with its demonstration task, until the conversation has
+  `follow_up_turns` user turns.
 """
 
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, not_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
+from app import conversation
 from app.db import utcnow
-from app.models import Project, ProjectMember, Prompt, PromptCategory, ReviewStatus, Split, User, WrittenPrompt
+from app.models import (
+    Demonstration,
+    Project,
+    ProjectMember,
+    Prompt,
+    PromptCategory,
+    ReviewStatus,
+    Split,
+    Task,
+    TaskStatus,
+    User,
+    WrittenPrompt,
+)
 from app.services import Conflict, Forbidden, NotFound, ServiceError, imports, intake, projects, queue, tasks
 from app.validation import text_problem
 
 KINDS = {"plain": "Plain", "few_shot": "Few-shot", "user_based": "User-based"}
+"""The kinds a labeler writes on the "Write a prompt" page (and sets targets for)."""
+FOLLOW_UP = "follow_up"
+KIND_TITLES = {**KINDS, FOLLOW_UP: "Follow-up"}
+MAX_FOLLOW_UP_TURNS = 20
 SOURCE = "written by a labeler"
 MAX_TEXT_CHARS = 16_000
 MAX_USE_CASES = 100
@@ -72,12 +94,17 @@ def _category(value: str) -> PromptCategory:
         ) from None
 
 
-def writable_project(session: Session, author: User, project_id: int) -> Project:
-    """The project, if this labeler may write prompts for it (else 404, 403 or 409 saying why)."""
+def _open_project(session: Session, author: User, project_id: int) -> Project:
     project = projects.get_project(session, project_id)
     projects.check_writable(project)
     if project.members_only and session.get(ProjectMember, (project.id, author.id)) is None:
         raise Forbidden("This project is open to its members only.")
+    return project
+
+
+def writable_project(session: Session, author: User, project_id: int) -> Project:
+    """The project, if this labeler may write prompts for it (else 404, 403 or 409 saying why)."""
+    project = _open_project(session, author, project_id)
     if not wants_written(project):
         raise Conflict("This project asks for no written prompts.")
     return project
@@ -150,7 +177,8 @@ def listing(session: Session, project_id: int, status: str | None = "pending") -
 def near_duplicates(session: Session, project_id: int, rows: list[WrittenPrompt]) -> dict[int, int]:
     """Written prompt id -> an existing prompt of the project that starts the same way (the intake's
     prefix hash) or has the same text, for those that have one: one query for a whole page of rows."""
-    keys = {r.id: (intake.prefix_hash(r.text), imports.content_hash(r.text)) for r in rows}
+    # A follow-up is one turn of a conversation: its accept checks the whole conversation instead.
+    keys = {r.id: (intake.prefix_hash(r.text), imports.content_hash(r.text)) for r in rows if r.kind != FOLLOW_UP}
     if not keys:
         return {}
     found: dict[str | None, int] = {}
@@ -194,21 +222,40 @@ def accept(
         raise Conflict(f"Written prompt {row.id} is {row.status.value} already.")
     new_text = _check_text(text) if text is not None and text.strip() != row.text.strip() else row.text
     new_category = _category(category) if category else row.category
-    if (dup := intake.existing_prompt(session, project.id, new_text)) is not None:
-        raise Conflict(f"Prompt {dup} of this project starts the same way (first {intake.PREFIX_CHARS} characters).")
-    pii = None
-    if row.has_pii:
-        pii = ",".join(intake.pii_kinds(new_text)) or "other"
     meta: dict[str, Any] = {"written_prompt_id": row.id, "kind": row.kind}
     if row.use_case:
         meta["use_case"] = row.use_case
+    if row.kind == FOLLOW_UP:
+        demo, parent = _continued(session, row)
+        messages = _deeper(demo, parent, new_text)
+        meta |= {"follows_prompt_id": demo.prompt_id, "follows_demonstration_id": demo.id}
+        # Conversations grown from one thread share their start, so the intake's prefix hash (one
+        # prompt per start) does not apply; an exact duplicate is still refused.
+        prefix = None
+        dup = session.scalar(
+            select(Prompt.id).where(
+                Prompt.project_id == project.id, Prompt.content_hash == conversation.content_hash(messages)
+            )
+        )
+        if dup is not None:
+            raise Conflict(f"Prompt {dup} of this project is this same conversation.")
+    else:
+        messages = conversation.single(new_text)
+        prefix = intake.prefix_hash(new_text)
+        if (dup := intake.existing_prompt(session, project.id, new_text)) is not None:
+            raise Conflict(
+                f"Prompt {dup} of this project starts the same way (first {intake.PREFIX_CHARS} characters)."
+            )
+    pii = None
+    if row.has_pii:
+        pii = ",".join(intake.pii_kinds(new_text)) or "other"
     prompt = Prompt(
         project_id=project.id,
-        text=new_text,
+        messages=messages,
         split=Split.train,
         source=SOURCE,
-        content_hash=imports.content_hash(new_text),
-        prefix_hash=intake.prefix_hash(new_text),
+        content_hash=conversation.content_hash(messages),
+        prefix_hash=prefix,
         category=new_category,
         pii=pii,
         meta=meta,
@@ -243,10 +290,24 @@ def reject(session: Session, admin: User, project_id: int, written_id: int, reas
     return row
 
 
-def set_settings(session: Session, project_id: int, *, targets: dict[str, dict[str, int]], cases: list[str]) -> Project:
-    """Targets per kind and per category (0 or missing: none wanted) and the use cases (one per entry)."""
+def set_settings(
+    session: Session,
+    project_id: int,
+    *,
+    targets: dict[str, dict[str, int]],
+    cases: list[str],
+    follow_up_turns: int | None = None,
+) -> Project:
+    """Targets per kind and per category (0 or missing: none wanted), the use cases (one per entry)
+    and how many user turns follow-ups grow conversations to (None: unchanged; 0: no follow-ups)."""
     project = projects.get_project(session, project_id)
     projects.check_writable(project)
+    if follow_up_turns is not None:
+        if not 0 <= follow_up_turns <= MAX_FOLLOW_UP_TURNS or follow_up_turns == 1:
+            raise _refuse(
+                f"Conversations grow to 2 to {MAX_FOLLOW_UP_TURNS} user turns (0: labelers write no follow-ups)."
+            )
+        project.follow_up_turns = follow_up_turns
     clean: dict[str, dict[str, int]] = {"kind": {}, "category": {}}
     for group, names in (("kind", list(KINDS)), ("category", [c.value for c in PromptCategory])):
         for name, n in (targets.get(group) or {}).items():
@@ -290,7 +351,7 @@ def progress(session: Session, project: Project) -> list[Progress]:
     target or a written prompt)."""
     rows = session.execute(
         select(WrittenPrompt.kind, WrittenPrompt.category, WrittenPrompt.status, func.count())
-        .where(WrittenPrompt.project_id == project.id)
+        .where(WrittenPrompt.project_id == project.id, WrittenPrompt.kind != FOLLOW_UP)
         .group_by(WrittenPrompt.kind, WrittenPrompt.category, WrittenPrompt.status)
     ).all()
     targets = project.written_prompt_targets or {}
@@ -312,3 +373,150 @@ def open_projects(session: Session, user: User) -> list[Project]:
         select(Project).where(Project.archived_at.is_(None), queue.may_work_on(user.id)).order_by(Project.name)
     )
     return [p for p in rows if wants_written(p)]
+
+
+# ---------------------------------------------------------------- follow-ups: conversations one turn deeper
+
+
+def follow_up_project(session: Session, author: User, project_id: int) -> Project:
+    """The project, if this labeler may grow its conversations (else 404, 403 or 409 saying why)."""
+    project = _open_project(session, author, project_id)
+    if not project.follow_up_turns:
+        raise Conflict("This project does not grow conversations.")
+    return project
+
+
+def follow_up_candidates(
+    session: Session, author: User, project: Project, *, after: int = 0, limit: int = 1
+) -> list[Demonstration]:
+    """Accepted demonstrations this labeler may continue: their conversation is shorter than the
+    project's follow_up_turns, their task is not retired, and this labeler has not continued them.
+    The least continued first (a conversation tree grows in breadth before one branch is deepened),
+    then by id after `after` (the one skipped), wrapping around."""
+    followed_by_me = select(WrittenPrompt.demonstration_id).where(
+        WrittenPrompt.author_id == author.id, WrittenPrompt.demonstration_id.is_not(None)
+    )
+    follow_ups = (
+        select(func.count())
+        .where(WrittenPrompt.demonstration_id == Demonstration.id, WrittenPrompt.status != ReviewStatus.rejected)
+        .scalar_subquery()
+    )
+    rows = session.execute(
+        select(Demonstration, Prompt.messages)
+        .join(Prompt, Prompt.id == Demonstration.prompt_id)
+        .join(Task, Task.id == Demonstration.task_id)
+        .where(
+            Prompt.project_id == project.id,
+            Demonstration.review == ReviewStatus.accepted,
+            Task.status != TaskStatus.retired,
+            Prompt.pii.is_(None),
+            # At most 2 * turns messages (a system message and turns - 1 answered turns before the
+            # last user turn): the rest is counted below, exactly.
+            func.json_array_length(Prompt.messages) < 2 * project.follow_up_turns,
+            not_(Demonstration.id.in_(followed_by_me)),
+        )
+        .order_by(follow_ups, (Demonstration.id <= after), Demonstration.id)
+        .limit(200)
+    ).all()
+    return [d for d, messages in rows if conversation.turns(messages) < project.follow_up_turns][:limit]
+
+
+def follow_up_to_show(
+    session: Session, author: User, project: Project, after: int = 0, demonstration_id: int | None = None
+) -> tuple[Demonstration | None, list[conversation.Message]]:
+    """The demonstration to continue (the one given, as when its form comes back with a message;
+    else the next candidate after `after`) and the thread its author reads; (None, []) if none."""
+    demo = session.get(Demonstration, demonstration_id) if demonstration_id else None
+    prompt = session.get(Prompt, demo.prompt_id) if demo is not None else None
+    if demo is None or prompt is None or prompt.project_id != project.id:
+        found = follow_up_candidates(session, author, project, after=after)
+        if not found:
+            return None, []
+        demo, prompt = found[0], session.get_one(Prompt, found[0].prompt_id)
+    return demo, thread_of(demo, prompt)
+
+
+def thread_of(demo: Demonstration, prompt: Prompt) -> list[conversation.Message]:
+    """What the follow-up's author reads: the conversation and the demonstration as its answer."""
+    return [*prompt.messages, {"role": "assistant", "content": demo.text}]
+
+
+def write_follow_up(
+    session: Session, author: User, project_id: int, demonstration_id: int, *, text: str, has_pii: bool = False
+) -> WrittenPrompt:
+    """Stores the user's next turn after an accepted demonstration, pending review like a written
+    prompt; refuses (409, 422) a demonstration that can't be continued or bad text, saying why."""
+    project = follow_up_project(session, author, project_id)
+    demo = session.get(Demonstration, demonstration_id)
+    prompt = session.get(Prompt, demo.prompt_id) if demo is not None else None
+    if demo is None or prompt is None or prompt.project_id != project.id:
+        raise NotFound(f"This project has no demonstration {demonstration_id}.")
+    if demo.review != ReviewStatus.accepted:
+        raise Conflict("Only an accepted demonstration can be continued; this one is not (any more).")
+    if conversation.turns(prompt.messages) >= project.follow_up_turns:
+        raise Conflict(f"This conversation has {project.follow_up_turns} user turns already, the project's maximum.")
+    mine = select(WrittenPrompt.id).where(
+        WrittenPrompt.author_id == author.id, WrittenPrompt.demonstration_id == demo.id
+    )
+    if session.scalar(mine) is not None:
+        raise Conflict("You have continued this conversation already.")
+    text = _check_text(text, "The next turn")
+    _deeper(demo, prompt, text)
+    row = WrittenPrompt(
+        project_id=project.id,
+        author_id=author.id,
+        kind=FOLLOW_UP,
+        category=prompt.category or PromptCategory.chat,
+        text=text,
+        has_pii=bool(has_pii),
+        status=ReviewStatus.pending,
+        reason="",
+        demonstration_id=demo.id,
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def _continued(session: Session, row: WrittenPrompt) -> tuple[Demonstration, Prompt]:
+    demo = session.get(Demonstration, row.demonstration_id) if row.demonstration_id else None
+    if demo is None:
+        raise Conflict("The demonstration this follow-up continues was deleted; reject it.")
+    if demo.review != ReviewStatus.accepted:
+        raise Conflict("The demonstration this follow-up continues is no longer accepted; reject it.")
+    return demo, session.get_one(Prompt, demo.prompt_id)
+
+
+def _deeper(demo: Demonstration, prompt: Prompt, next_turn: str) -> list[conversation.Message]:
+    try:
+        return conversation.check(
+            conversation.extend(prompt.messages, demo.text, next_turn), max_chars=imports.MAX_PROMPT_CHARS
+        )
+    except conversation.ConversationError as exc:
+        raise _refuse(f"The conversation one turn deeper can't be stored: {exc}.") from exc
+
+
+def follow_up_work(session: Session, user: User) -> list[tuple[Project, int]]:
+    """The projects open to this labeler that grow conversations, with how many demonstrations wait
+    for this labeler's follow-up (counted up to 200)."""
+    rows = session.scalars(
+        select(Project)
+        .where(Project.archived_at.is_(None), Project.follow_up_turns > 0, queue.may_work_on(user.id))
+        .order_by(Project.name)
+    )
+    work = [(p, len(follow_up_candidates(session, user, p, limit=200))) for p in rows]
+    return [(p, n) for p, n in work if n]
+
+
+def follow_up_threads(session: Session, rows: list[WrittenPrompt]) -> dict[int, list[conversation.Message]]:
+    """Follow-up id -> the thread it continues (its conversation and the demonstration), for a page
+    of written prompts in one query; a follow-up whose demonstration was deleted has none."""
+    wanted = {r.demonstration_id: r.id for r in rows if r.kind == FOLLOW_UP and r.demonstration_id}
+    if not wanted:
+        return {}
+    found = session.execute(
+        select(Demonstration, Prompt)
+        .join(Prompt, Prompt.id == Demonstration.prompt_id)
+        .where(Demonstration.id.in_(wanted))
+    ).all()
+    return {wanted[demo.id]: thread_of(demo, prompt) for demo, prompt in found}

@@ -55,7 +55,8 @@ def labeler_home(request: Request, session: SessionDep, user: LabelerUser):
     work = [{**dataclasses.asdict(w), "title": KIND_TITLES[w.kind]} for w in queue.work_list(session, user.id)]
     today = submissions.counts_since(session, user, submissions.start_of_today())
     writing = written_prompts.open_projects(session, user)
-    context = {"work": work, "today": today, "kind_titles": KIND_TITLES, "writing": writing}
+    follow_ups = written_prompts.follow_up_work(session, user)
+    context = {"work": work, "today": today, "kind_titles": KIND_TITLES, "writing": writing, "follow_ups": follow_ups}
     return render(request, "labeler/home.html", context)
 
 

@@ -3,7 +3,10 @@
 GET  /label/write/{project_id}                 the "Write a prompt" page (guidelines beside it, my prompts below)
 POST /label/write/{project_id}                 write one (the form again with a message when refused)
 GET  /admin/projects/{id}/written?status       targets, use cases, and the written prompts to review
-POST /admin/projects/{id}/written/settings     targets per kind and category, use cases (one a line)
+GET  /label/follow-up/{project_id}?after       a conversation to continue (the next after `after`)
+POST /label/follow-up/{project_id}             write the user's next turn (pending review, like a written prompt)
+POST /admin/projects/{id}/written/settings     targets per kind and category, use cases (one a line),
+                                               how deep labelers grow conversations
 POST /admin/projects/{id}/written/{wid}/accept   accept, with the text and category as edited in the form
 POST /admin/projects/{id}/written/{wid}/reject   reject with a reason
 """
@@ -13,10 +16,11 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Form, Request
 from pydantic import ConfigDict
 
+from app import conversation
 from app.deps import AdminUser, LabelerUser, SessionDep, verify_csrf
 from app.models import PromptCategory, User
 from app.services import ServiceError, projects, written_prompts
-from app.web.params import BackForm, IdPath
+from app.web.params import BackForm, IdFilter, IdPath
 from app.web.render import flash, redirect, refused, render
 
 router = APIRouter(dependencies=[Depends(verify_csrf)], include_in_schema=False)
@@ -29,6 +33,7 @@ def _write_page(request: Request, session, user: User, project_id: int, form: di
         "project": project,
         "guidelines": projects.current_guidelines(session, project_id),
         "kinds": written_prompts.KINDS,
+        "kind_titles": written_prompts.KIND_TITLES,
         "categories": CATEGORIES,
         "use_cases": written_prompts.use_cases(project),
         "mine": written_prompts.own(session, user, project_id),
@@ -79,13 +84,71 @@ def write(
     return redirect(f"/label/write/{project_id}")
 
 
+def _follow_up_page(
+    request: Request,
+    session,
+    user: User,
+    project_id: int,
+    after: int = 0,
+    form: dict | None = None,
+    demonstration_id: int | None = None,
+    error: str = "",
+    status: int = 200,
+):
+    project = written_prompts.follow_up_project(session, user, project_id)
+    demo, messages = written_prompts.follow_up_to_show(session, user, project, after, demonstration_id)
+    context = {
+        "project": project,
+        "guidelines": projects.current_guidelines(session, project_id),
+        "demo": demo,
+        "messages": messages,
+        "turns": conversation.turns(messages) + 1 if demo else 0,
+        "form": form or {},
+        "error": error or None,
+    }
+    return render(request, "labeler/follow_up.html", context, status_code=status)
+
+
+@router.get("/label/follow-up/{project_id}")
+def follow_up_page(
+    request: Request, session: SessionDep, user: LabelerUser, project_id: IdPath, after: IdFilter = None
+):
+    return _follow_up_page(request, session, user, project_id, after or 0)
+
+
+class FollowUpForm(BackForm):
+    demonstration_id: int
+    text: str = ""
+    has_pii: bool = False
+
+
+@router.post("/label/follow-up/{project_id}")
+def follow_up(
+    request: Request, session: SessionDep, user: LabelerUser, project_id: IdPath, form: Annotated[FollowUpForm, Form()]
+):
+    try:
+        row = written_prompts.write_follow_up(
+            session, user, project_id, form.demonstration_id, text=form.text, has_pii=form.has_pii
+        )
+    except ServiceError as exc:
+        if exc.status_code != 422:
+            raise  # not a conversation this labeler may continue: the plain error page says why
+        values = form.model_dump(exclude={"back"})
+        return _follow_up_page(
+            request, session, user, project_id, 0, values, form.demonstration_id, exc.message, exc.status_code
+        )
+    flash(request, f"Follow-up {row.id} sent for review. Thank you!", "success")
+    return redirect(f"/label/follow-up/{project_id}")
+
+
 @router.get("/admin/projects/{project_id}/written")
 def review_page(request: Request, session: SessionDep, user: AdminUser, project_id: IdPath, status: str = "pending"):
     project = projects.get_project(session, project_id)
     status = status if status in ("pending", "accepted", "rejected") else "pending"
     rows = written_prompts.listing(session, project_id, status)
     near = written_prompts.near_duplicates(session, project_id, rows) if status == "pending" else {}
-    items = [(r, near.get(r.id)) for r in rows]
+    threads = written_prompts.follow_up_threads(session, rows)
+    items = [(r, near.get(r.id), threads.get(r.id)) for r in rows]
     targets = project.written_prompt_targets or {}
     return render(
         request,
@@ -96,6 +159,7 @@ def review_page(request: Request, session: SessionDep, user: AdminUser, project_
             "items": items,
             "progress": written_prompts.progress(session, project),
             "kinds": written_prompts.KINDS,
+            "kind_titles": written_prompts.KIND_TITLES,
             "categories": CATEGORIES,
             "targets": targets,
             "use_cases": "\n".join(written_prompts.use_cases(project)),
@@ -110,6 +174,7 @@ class SettingsForm(BackForm):
     model_config = ConfigDict(extra="allow")
 
     use_cases: str = ""
+    follow_up_turns: int | None = None
 
     def targets(self) -> dict[str, dict[str, int]]:
         """The targets given, or ServiceError naming the first that is not a whole number."""
@@ -137,10 +202,16 @@ def settings(
 ):
     try:
         targets = form.targets()
-        written_prompts.set_settings(session, project_id, targets=targets, cases=form.use_cases.splitlines())
+        written_prompts.set_settings(
+            session,
+            project_id,
+            targets=targets,
+            cases=form.use_cases.splitlines(),
+            follow_up_turns=form.follow_up_turns,
+        )
     except ServiceError as exc:
         return refused(request, exc, f"/admin/projects/{project_id}/written")
-    flash(request, "Targets and use cases saved.", "success")
+    flash(request, "Settings saved.", "success")
     return redirect(f"/admin/projects/{project_id}/written")
 
 
