@@ -291,7 +291,7 @@ def simulate(
     "fmt",
     default="auto",
     show_default=True,
-    type=click.Choice(["auto", "jsonl", "csv", "hh-rlhf", "alpaca", "oasst"]),
+    type=click.Choice(["auto", "jsonl", "messages", "csv", "hh-rlhf", "alpaca", "oasst"]),
 )
 @click.option("--valid", "valid_pct", default=10.0, show_default=True, help="Validation share, percent.")
 @click.option("--test", "test_pct", default=10.0, show_default=True, help="Test share, percent.")

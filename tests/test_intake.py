@@ -3,6 +3,7 @@ and Postgres: dedup by long common prefix, the cap per end user, the split by en
 and drops, the app token's single permission, bad input, the rate limit; categories in imports, the
 API, exports and the data page."""
 
+import json
 import logging
 import re
 import threading
@@ -12,6 +13,7 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 
+from app import conversation
 from app.db import make_sessionmaker
 from app.models import AppToken, Prompt, PromptCategory, Role, Split, Task, TaskKind
 from app.services import accounts, exports, imports, intake, projects
@@ -135,10 +137,16 @@ def test_a_racing_duplicate_is_answered_as_a_duplicate(it, session, engine, db_u
                 raced.append(
                     other.execute(
                         text(
-                            "INSERT INTO prompts (project_id, text, split, source, content_hash, prefix_hash, meta,"
-                            " created_at) VALUES (:p, :t, 'train', 'race', 'x', :h, '{}', now()) RETURNING id"
+                            "INSERT INTO prompts (project_id, messages, text, split, source, content_hash,"
+                            " prefix_hash, meta, created_at) VALUES (:p, CAST(:m AS json), :t, 'train', 'race',"
+                            " 'x', :h, '{}', now()) RETURNING id"
                         ),
-                        {"p": it.project.id, "t": LONG + "race", "h": intake.prefix_hash(LONG)},
+                        {
+                            "p": it.project.id,
+                            "m": json.dumps(conversation.single(LONG + "race")),
+                            "t": LONG + "race",
+                            "h": intake.prefix_hash(LONG),
+                        },
                     ).scalar_one()
                 )
                 other.commit()
@@ -517,3 +525,157 @@ def test_the_data_page_shows_the_category_mix_and_edits_a_category(it, session, 
         data={"category": "poetry", "csrf_token": csrf},
     )
     assert bad.status_code == 400
+
+
+# ---------------------------------------------------------------- conversations
+
+
+CHAT = [
+    {"role": "system", "content": "You are a travel agent."},
+    {"role": "user", "content": "Plan a day in Lisbon."},
+    {"role": "assistant", "content": "Morning: Belém. Afternoon: Alfama."},
+    {"role": "user", "content": "  Make it rain-proof.  "},
+]
+
+
+def test_a_conversation_is_stored_with_its_turns(it, session):
+    r = it.post({"messages": CHAT, "end_user": _user_in(Split.train, it.project.id), "category": "brainstorming"})
+    assert r.status_code == 201, r.text
+    prompt = session.get(Prompt, r.json()["prompt_id"])
+    assert prompt.messages == CHAT[:3] + [{"role": "user", "content": "Make it rain-proof."}]
+    assert prompt.text == conversation.render(prompt.messages) and prompt.text.startswith("System: You are")
+    assert prompt.content_hash == conversation.content_hash(prompt.messages)
+    assert prompt.prefix_hash == intake.prefix_hash(prompt.messages) != intake.prefix_hash(prompt.text)
+    assert prompt.category == PromptCategory.brainstorming and prompt.source == "intake"
+    (task,) = session.scalars(select(Task).where(Task.prompt_id == prompt.id))
+    assert task.kind == TaskKind.demonstration
+    # A one-turn conversation is the same prompt as its text.
+    one = it.post({"messages": [{"role": "user", "content": "Hello there"}], "end_user": "a"})
+    assert one.status_code == 201
+    assert it.post({"text": "hello   THERE", "end_user": "b"}).json() == {
+        "status": "duplicate",
+        "prompt_id": one.json()["prompt_id"],
+        "split": None,
+        "pii": [],
+        "reason": f"shares its first 200 characters (lowercased, spaces collapsed) with prompt {one.json()['prompt_id']}",
+    }
+
+
+def test_conversations_are_duplicates_when_they_agree_up_to_a_long_common_prefix_of_the_last_turn(it):
+    opening = [{"role": "user", "content": LONG}, {"role": "assistant", "content": "Once upon a time..."}]
+    first = it.post({"messages": opening + [{"role": "user", "content": LONG + "Make it sad."}], "end_user": "a"})
+    assert first.status_code == 201
+    # The chat's first turn alone, and the chat one turn deeper, are prompts of their own (a prefix of
+    # the whole rendering would have called both duplicates).
+    assert it.post({"messages": opening[:1], "end_user": "a"}).status_code == 201
+    deeper = opening + [
+        {"role": "user", "content": "Shorter."},
+        {"role": "assistant", "content": "A keeper found a bottle."},
+        {"role": "user", "content": "Sadder."},
+    ]
+    assert it.post({"messages": deeper, "end_user": "a"}).status_code == 201
+    # The same earlier turns (spacing and case aside) and the same first 200 characters of the last.
+    variant = [
+        {"role": "user", "content": LONG.upper()},
+        {"role": "assistant", "content": "once  upon a time..."},
+        {"role": "user", "content": LONG + "Make it happy."},
+    ]
+    r = it.post({"messages": variant, "end_user": "b"})
+    assert r.status_code == 200 and r.json()["status"] == "duplicate"
+    assert r.json()["prompt_id"] == first.json()["prompt_id"] and "earlier turns" in r.json()["reason"]
+    # Another system message makes another prompt.
+    system = [{"role": "system", "content": "Be brief."}]
+    assert it.post({"messages": system + variant, "end_user": "b"}).status_code == 201
+    assert it.count() == 4
+
+
+def test_pii_is_looked_for_in_every_user_turn(it, session):
+    chat = [
+        {"role": "user", "content": "My email is dana@example.com, remember it."},
+        {"role": "assistant", "content": "Noted."},
+        {"role": "user", "content": "Now draft a complaint letter."},
+    ]
+    r = it.post({"messages": chat, "end_user": "a"})
+    assert r.status_code == 201 and r.json()["pii"] == ["email"]
+    assert session.get(Prompt, r.json()["prompt_id"]).pii == "email"
+    dropped = it.post({"messages": chat[:2] + [{"role": "user", "content": "Again."}], "end_user": "a", "pii": "drop"})
+    assert dropped.json()["status"] == "dropped" and dropped.json()["pii"] == ["email"]
+    meta = it.post({"messages": chat[2:], "end_user": "a", "metadata": {"phone": "+1 415 555 0100"}})
+    assert meta.json()["pii"] == ["phone"]
+    # The application's own turns are not the end user's data: a support number in a reply flags nothing.
+    reply = [
+        {"role": "user", "content": "How do I reach support?"},
+        {"role": "assistant", "content": "Call 415-555-0100."},
+        {"role": "user", "content": "Thanks, and opening hours?"},
+    ]
+    assert it.post({"messages": reply, "end_user": "a"}).json()["pii"] == []
+    assert it.count() == 3
+
+
+def test_the_cap_and_the_rate_limit_count_conversations(it, monkeypatch):
+    monkeypatch.setattr(intake, "MAX_PROMPTS_PER_END_USER", 2)
+    it.client.app.state.intake_limiter = intake.RateLimiter(per_minute=60, burst=4)
+    chats = [[{"role": "user", "content": f"Question {i}"}] for i in range(5)]
+    assert it.post({"messages": chats[0], "end_user": "a"}).status_code == 201
+    assert it.post({"messages": chats[1], "end_user": "a"}).status_code == 201
+    capped = it.post({"messages": chats[2], "end_user": "a"})
+    assert capped.status_code == 429 and "has sent 2 prompts" in capped.json()["detail"]
+    assert it.post({"messages": chats[3], "end_user": "b"}).status_code == 201
+    limited = it.post({"messages": chats[4], "end_user": "b"})
+    assert limited.status_code == 429 and "Rate limit" in limited.json()["detail"]
+    assert it.count() == 3
+
+
+def _chat(*pairs) -> list[dict]:
+    return [{"role": r, "content": c} for r, c in pairs]
+
+
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        (
+            {"messages": _chat(("user", "Hi"), ("assistant", "Hello"))},
+            "messages: the conversation ends with an assistant",
+        ),
+        ({"messages": _chat(("system", "A"), ("system", "B"), ("user", "Hi"))}, "message 2 is a system message"),
+        ({"messages": _chat(("assistant", "Hello"), ("user", "Hi"))}, "message 1 is a assistant turn where a user"),
+        ({"messages": _chat(("user", "Hi"), ("user", "Again"))}, "message 2 is a user turn where a assistant"),
+        (
+            {"messages": _chat(("user", "Hi"), ("assistant", " \n "), ("user", "Ok"))},
+            "message 2 (assistant) has no text",
+        ),
+        ({"messages": _chat(("system", "Be kind."))}, "only a system message"),
+        ({"messages": []}, "non-empty list"),
+        (
+            {"messages": _chat(("user", "x" * intake.MAX_TEXT_CHARS), ("assistant", "y"), ("user", "z"))},
+            "limit is 32,768",
+        ),
+        ({"messages": _chat(*[("user", "q"), ("assistant", "a")] * 100, ("user", "q"))}, "the limit is 200"),
+        ({"messages": _chat(("user", "a\x00b"))}, "message 1 (user) contains a NUL"),
+        ({"messages": _chat(("user", "Hi")), "text": "Hi"}, "either text or messages, not both"),
+        ({}, "send text or messages"),
+        ({"messages": _chat(("bot", "Hi"))}, "Input should be 'system', 'user' or 'assistant'"),
+        ({"messages": [{"role": "user"}]}, "Field required"),
+        ({"messages": "Hi"}, "Input should be a valid list"),
+        (
+            {"prompts": [{"text": "Fine", "end_user": "a"}, {"messages": _chat(("user", "Hi"), ("assistant", "Yo"))}]},
+            "prompt 2: messages: the conversation ends with an assistant turn",
+        ),
+    ],
+)
+def test_a_malformed_conversation_is_refused_naming_the_problem(it, body, words):
+    if "prompts" in body:
+        body["prompts"][1]["end_user"] = "a"
+    else:
+        body = body | {"end_user": "a"}
+    r = it.post(body)
+    assert r.status_code == 422 and words in r.text, r.text[:400]
+    assert it.count() == 0
+
+
+def test_the_openapi_schema_documents_messages(client):
+    schema = client.get("/openapi.json").json()["components"]["schemas"]
+    fields = schema["IntakeIn"]["properties"]
+    assert "exactly one of text and messages" in fields["messages"]["description"]
+    assert "ending with the user's turn" in fields["messages"]["description"]
+    assert schema["MessageIn"]["properties"]["role"]["enum"] == ["system", "user", "assistant"]

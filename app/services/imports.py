@@ -1,27 +1,37 @@
 """Importing prompts: parse a file, preview it, then import all of it or nothing.
 
+A prompt is a conversation (app.conversation): most formats give one user message; hh-rlhf
+dialogues, OpenAssistant threads and chat-message files give several turns.
+
 Formats (detected per record when `fmt` is "auto"):
 - JSON Lines: one object per line with a `prompt`, `text`, `instruction` or `question` field
   (optional `reference`/`completion`/`output`/`answer`, `id`, `split`, `category`), or one JSON
   string per line.
+- Chat messages (TRL's conversational format, OpenAI's chat format): `{"messages": [{"role",
+  "content"}, ...]}` (or `"prompt"` holding such a list), a system message kept, ending with the
+  user's turn; the other fields as in JSON Lines (a TRL `completion` list gives the reference).
 - CSV with a header row naming a `prompt` (or `text`, `instruction`, `question`) column (and
   optionally the others). `category` is one of InstructGPT's use cases (`PromptCategory`).
 - hh-rlhf: `{"chosen", "rejected"}` dialogues; the prompt is their shared part up to the last
-  "Assistant:" turn.
+  "Assistant:" turn, as turns (Human -> user, Assistant -> assistant).
 - Alpaca: a JSON array (or JSONL) of `{"instruction", "input", "output"}`; self-instruct's
   `instances` too.
 - OpenAssistant: message trees (`{"message_tree_id", "prompt": {...}}`) or root messages
-  (`{"role": "prompter", "text", "replies"}`); the reference is the best-ranked reply.
-gzip-compressed files are accepted. Splits come from the prompt's hash, so the same prompt lands
-in the same split on every import, in every project.
+  (`{"role": "prompter", "text", "replies"}`): every prompter message that is not deleted (nor
+  below a deleted message) becomes a prompt, the thread from the root down to it; its reference is
+  its best-ranked reply. Its external id is the message's id.
+gzip-compressed files are accepted. Splits come from the hash of the conversation's first user
+turn (for a single-turn prompt, its content hash), so the same prompt lands in the same split on
+every import, in every project, and the deeper turns of one thread never straddle train and
+evaluation.
 """
 
 import csv
 import gzip
-import hashlib
 import io
 import json
 import logging
+import re
 import threading
 import zlib
 from dataclasses import dataclass, field
@@ -32,6 +42,8 @@ from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app import conversation
+from app.conversation import ConversationError, Message
 from app.db import atomic, read_session, utcnow, write_session
 from app.models import (
     SUBMISSION_MODELS,
@@ -54,6 +66,7 @@ log = logging.getLogger(__name__)
 FORMATS = {
     "auto": "Detect (recommended)",
     "jsonl": "JSON Lines (prompt / text field)",
+    "messages": "Chat messages (messages: [{role, content}, ...])",
     "csv": "CSV with a header row",
     "hh-rlhf": "hh-rlhf (chosen / rejected dialogues)",
     "alpaca": "Alpaca (instruction / input / output)",
@@ -75,7 +88,8 @@ class ImportRefused(ServiceError):
 @dataclass
 class Record:
     line: int
-    text: str
+    messages: list[Any]
+    """The conversation as read (checked and normalized by the preview, `_plan`)."""
     reference: str | None = None
     external_id: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
@@ -83,6 +97,16 @@ class Record:
     content_hash: str = ""
     source_format: str = ""
     category: PromptCategory | None = None
+    where: str = ""
+    """Which part of its line a record is, where a line gives several (an OpenAssistant message)."""
+
+    @property
+    def text(self) -> str:
+        return conversation.render(self.messages)
+
+
+def _user(text: str) -> list[Any]:
+    return [{"role": "user", "content": text}]
 
 
 @dataclass
@@ -129,8 +153,16 @@ class ImportResult:
     tasks_created: int
 
 
-def content_hash(text: str) -> str:
-    return hashlib.sha256(normalize(text).encode()).hexdigest()
+def content_hash(prompt: str | list[Message]) -> str:
+    """A text (one user turn) or a conversation: equal for equal prompts (conversation.content_hash)."""
+    return conversation.content_hash(conversation.single(prompt) if isinstance(prompt, str) else prompt)
+
+
+def split_key(messages: list[Message]) -> str:
+    """What a prompt's split is drawn from: the hash of its first user turn, so every conversation
+    opening with it (an OpenAssistant thread's deeper turns, a conversation grown by a turn) lands
+    in the split of that opening, and a single-turn prompt's split is its content hash's."""
+    return content_hash(conversation.user_turns(messages)[0])
 
 
 def normalize(text: str) -> str:
@@ -190,23 +222,26 @@ def _size(n: int) -> str:
     return f"{n / 1024 / 1024:.1f} MB" if n >= 1024 * 1024 else f"{n:,} bytes"
 
 
-# ---------------------------------------------------------------- one record per object
+# ---------------------------------------------------------------- records per object
 
 
-def _record_from_object(obj: Any, line: int, fmt: str) -> Record:
-    """Raises ValueError with the reason the object is not a prompt of the expected format."""
+def _records_from_object(obj: Any, line: int, fmt: str) -> list[Record]:
+    """The prompts one object gives (an OpenAssistant tree gives several). Raises ValueError with the
+    reason the object is not a prompt of the expected format."""
     if isinstance(obj, str) and fmt in ("auto", "jsonl"):
-        return Record(line, obj, source_format="jsonl")
+        return [Record(line, _user(obj), source_format="jsonl")]
     if not isinstance(obj, dict):
         raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    if fmt == "messages" or (fmt == "auto" and _messages_key(obj)):
+        return [_generic(obj, line, messages_only=True)]
     if fmt == "hh-rlhf" or (fmt == "auto" and "chosen" in obj and "rejected" in obj):
-        return _hh_rlhf(obj, line)
+        return [_hh_rlhf(obj, line)]
     if fmt == "oasst" or (fmt == "auto" and (isinstance(obj.get("prompt"), dict) or obj.get("role") == "prompter")):
         return _oasst(obj, line)
     if fmt == "alpaca" or (fmt == "auto" and "instruction" in obj):
-        return _alpaca(obj, line)
+        return [_alpaca(obj, line)]
     if fmt in ("auto", "jsonl", "csv"):
-        return _generic(obj, line)
+        return [_generic(obj, line)]
     raise ValueError(f"unknown format {fmt!r}")
 
 
@@ -225,13 +260,39 @@ def _keys(obj: dict) -> str:
     return ", ".join(list(obj)[:8]) or "none"
 
 
-def _generic(obj: dict, line: int) -> Record:
-    key = next((k for k in PROMPT_KEYS if k in obj), None)
+def _messages_key(obj: dict) -> str | None:
+    """Where an object keeps its conversation: `messages`, or TRL's conversational `prompt` list."""
+    if obj.get("messages") is not None:
+        return "messages"
+    return "prompt" if isinstance(obj.get("prompt"), list) else None
+
+
+def _generic(obj: dict, line: int, *, messages_only: bool = False) -> Record:
+    messages_key = None if obj.get("__csv__") else _messages_key(obj)  # a CSV cell is text, never a list
+    key = messages_key or next((k for k in PROMPT_KEYS if obj.get(k) is not None), None)
     if key is None:
+        if messages_only:
+            raise ValueError(
+                'no messages field: expected {"messages": [{"role": ..., "content": ...}, ...]}; '
+                f"got keys {_keys(obj)}"
+            )
         raise ValueError(f"no prompt field: expected one of {', '.join(PROMPT_KEYS)}; got keys {_keys(obj)}")
-    text = _text(obj, key, line)
-    ref_key = next((k for k in REFERENCE_KEYS if obj.get(k) not in (None, "")), None)
-    reference = _text(obj, ref_key, line) if ref_key else None
+    if messages_key:
+        if other := next((k for k in PROMPT_KEYS if k != key and obj.get(k) is not None), None):
+            raise ValueError(f"both {key!r} and {other!r} given: a prompt is either a conversation or a text")
+        messages = obj[key]
+        last = messages[-1] if isinstance(messages, list) and messages else None
+        # A chat file's last assistant turn is usually the answer to train on: refused by name rather
+        # than dropped, so no one's answers vanish without a word.
+        if isinstance(last, dict) and last.get("role") == "assistant":
+            raise ValueError(
+                f"the conversation ends with an assistant turn (message {len(messages)}); a prompt ends with "
+                "the user's turn: move that answer to a 'reference' field, or leave it out"
+            )
+    else:
+        messages = _user(_text(obj, key, line))
+    ref_key = next((k for k in REFERENCE_KEYS if obj.get(k) not in (None, "", [])), None)
+    reference = _reference(obj, ref_key, line) if ref_key else None
     split = obj.get("split")
     if split not in (None, "") and (not isinstance(split, str) or split not in Split.__members__):
         raise ValueError(f"split must be train, valid or test; got {split!r}")
@@ -244,14 +305,26 @@ def _generic(obj: dict, line: int) -> Record:
     }
     return Record(
         line,
-        text,
+        messages,
         reference,
         str(ext) if ext not in (None, "") else None,
         meta,
         Split(split) if split else None,
-        source_format="csv" if obj.get("__csv__") else "jsonl",
+        source_format="csv" if obj.get("__csv__") else "messages" if messages_key else "jsonl",
         category=category,
     )
+
+
+def _reference(obj: dict, key: str, line: int) -> str:
+    value = obj[key]
+    # TRL's conversational prompt-completion rows: the completion is a list of one assistant message.
+    if isinstance(value, list):
+        if len(value) == 1 and isinstance(value[0], dict) and value[0].get("role") == "assistant":
+            content = value[0].get("content")
+            if isinstance(content, str):
+                return content
+        raise ValueError(f"field {key!r} must be a string or a list of one assistant message")
+    return _text(obj, key, line)
 
 
 def parse_category(value: Any) -> PromptCategory | None:
@@ -276,7 +349,7 @@ def _alpaca(obj: dict, line: int) -> Record:
     ext = obj.get("id")
     return Record(
         line,
-        text,
+        _user(text),
         output if isinstance(output, str) else None,
         str(ext) if ext else None,
         {"input": given} if given else {},
@@ -285,6 +358,7 @@ def _alpaca(obj: dict, line: int) -> Record:
 
 
 HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 
 
 def _hh_rlhf(obj: dict, line: int) -> Record:
@@ -298,29 +372,62 @@ def _hh_rlhf(obj: dict, line: int) -> Record:
     if cut < 0 or not (chosen.startswith(HUMAN) or chosen.startswith("Human:")):
         raise ValueError("not an hh-rlhf dialogue: 'chosen' and 'rejected' share no “Human: … Assistant:” turns")
     prefix = chosen[:cut]
-    turns = prefix.count(HUMAN) + prefix.startswith("Human:")
-    text = prefix.strip()
-    if turns == 1 and ASSISTANT not in prefix:
-        text = text.removeprefix("Human:").strip()  # a single question: show it plainly
+    parts = _HH_TURN.split(prefix if prefix.startswith("\n\n") else "\n\n" + prefix)
+    messages: list[Message] = []
+    for speaker, said in zip(parts[1::2], parts[2::2], strict=True):
+        role, content = ("user" if speaker == "Human" else "assistant"), said.strip()
+        # Real records have empty turns ("Assistant: " then the next "Human:") and two Assistant
+        # blocks in a row (a "Human:" written inside a reply): the turns keep every word and alternate.
+        if not content:
+            continue
+        if messages and messages[-1]["role"] == role:
+            messages[-1]["content"] += "\n\n" + content
+        else:
+            messages.append({"role": role, "content": content})
     meta = {"chosen": chosen[cut + len(ASSISTANT) :].strip(), "rejected": rejected[cut + len(ASSISTANT) :].strip()}
-    return Record(line, text, None, None, meta, source_format="hh-rlhf")
+    return Record(line, messages, None, None, meta, source_format="hh-rlhf")
 
 
-def _oasst(obj: dict, line: int) -> Record:
+OASST_ROLES = {"prompter": "user", "assistant": "assistant"}
+
+
+def _oasst(obj: dict, line: int) -> list[Record]:
+    """One prompt per prompter message: the thread from the root down to it. A deleted message
+    leaves out itself and everything below it (a thread can't skip a turn)."""
     root = obj["prompt"] if isinstance(obj.get("prompt"), dict) else obj
     if root.get("role") != "prompter":
         raise ValueError("not an OpenAssistant tree: expected a root message with role 'prompter'")
-    text = _text(root, "text", line)
-    replies = [
-        r
-        for r in root.get("replies") or []
-        if isinstance(r, dict) and isinstance(r.get("text"), str) and not r.get("deleted")
-    ]
-    ranked = sorted(replies, key=lambda r: (r.get("rank") is None, r.get("rank") or 0))
-    reference = ranked[0]["text"] if ranked else None
-    ext = obj.get("message_tree_id") or root.get("message_id")
-    meta = {"lang": root.get("lang"), "replies": len(replies)}
-    return Record(line, text, reference, str(ext) if ext else None, meta, source_format="oasst")
+    tree_id = obj.get("message_tree_id") or root.get("message_id")
+    records: list[Record] = []
+    stack: list[tuple[dict, list[Any]]] = [(root, [])]  # (message, the thread above it)
+    while stack:
+        message, above = stack.pop()
+        role = OASST_ROLES.get(str(message.get("role")))
+        if role is None:
+            raise ValueError(
+                f"message {message.get('message_id') or '?'} has role {message.get('role')!r}; "
+                "expected prompter or assistant"
+            )
+        thread = [*above, {"role": role, "content": _text(message, "text", line)}]
+        replies = [r for r in message.get("replies") or [] if isinstance(r, dict) and not r.get("deleted")]
+        if role == "user":
+            answers = [r for r in replies if isinstance(r.get("text"), str)]
+            ranked = sorted(answers, key=lambda r: (r.get("rank") is None, r.get("rank") or 0))
+            ext = message.get("message_id") or (tree_id if message is root else None)
+            meta: dict[str, Any] = {"lang": message.get("lang"), "replies": len(answers), "message_tree_id": tree_id}
+            records.append(
+                Record(
+                    line,
+                    thread,
+                    ranked[0]["text"] if ranked else None,
+                    str(ext) if ext else None,
+                    meta,
+                    source_format="oasst",
+                    where=f"message {ext}" if ext else "",
+                )
+            )
+        stack.extend((r, thread) for r in reversed(replies))  # in the file's order, depth first
+    return records
 
 
 # ---------------------------------------------------------------- the file
@@ -350,7 +457,7 @@ def _parse_lines(text: str, fmt: str) -> tuple[list[Record], list[LineError]]:
             continue
         decoded += 1
         try:
-            records.append(_record_from_object(obj, number, fmt))
+            records.extend(_records_from_object(obj, number, fmt))
         except ValueError as exc:
             errors.append(LineError(number, str(exc)))
     if not decoded:
@@ -371,7 +478,7 @@ def _parse_array(text: str, fmt: str) -> tuple[list[Record], list[LineError]]:
     records, errors = [], []
     for index, obj in enumerate(items, start=1):
         try:
-            records.append(_record_from_object(obj, index, fmt))
+            records.extend(_records_from_object(obj, index, fmt))
         except ValueError as exc:
             errors.append(LineError(index, f"(item {index}) {exc}"))
     return records, errors
@@ -439,7 +546,7 @@ def preview_objects(
     records, errors = [], []
     for number, obj in enumerate(objects, start=1):
         try:
-            records.append(_record_from_object(obj, number, "auto"))
+            records.extend(_records_from_object(obj, number, "auto"))
         except ValueError as exc:
             errors.append(LineError(number, str(exc)))
     return _plan(session, project, records, errors, "api", "auto", valid_fraction, test_fraction)
@@ -464,27 +571,15 @@ def _plan(
     duplicates: list[tuple[int, int]] = []
     seen: dict[str, int] = {}
     for r in records:
-        r.text = normalize(r.text)
-        if not r.text:
-            errors.append(LineError(r.line, "the prompt is empty"))
+        if problem := _problem(r):
+            errors.append(LineError(r.line, f"({r.where}) {problem}" if r.where else problem))
             continue
-        if len(r.text) > MAX_PROMPT_CHARS:
-            errors.append(
-                LineError(r.line, f"the prompt has {len(r.text):,} characters; the limit is {MAX_PROMPT_CHARS:,}")
-            )
-            continue
-        # The same checks the database write makes, so a preview that passes also commits.
-        if problem := row_problem(
-            table(Prompt), {"text": r.text, "reference": r.reference, "external_id": r.external_id, "meta": r.meta}
-        ):
-            errors.append(LineError(r.line, problem))
-            continue
-        r.content_hash = content_hash(r.text)
+        r.content_hash = conversation.content_hash(r.messages)
         if r.content_hash in seen:
             duplicates.append((r.line, seen[r.content_hash]))
             continue
         seen[r.content_hash] = r.line
-        r.split = r.split or split_for(r.content_hash, valid_fraction, test_fraction)
+        r.split = r.split or split_for(split_key(r.messages), valid_fraction, test_fraction)
         kept.append(r)
     errors.sort(key=lambda e: e.line)
     existing_hashes = _existing_hashes(session, project.id, [r.content_hash for r in kept])
@@ -494,6 +589,33 @@ def _plan(
     for r in records:
         formats[r.source_format] = formats.get(r.source_format, 0) + 1
     return ImportPreview(filename, fmt, kept, errors, duplicates, existing, formats)
+
+
+def _problem(r: Record) -> str | None:
+    """Why a record can't be imported, or None; its messages are checked and normalized in place."""
+    raw = r.messages
+    if isinstance(raw, list) and len(raw) == 1 and isinstance(raw[0], dict) and raw[0].get("role") == "user":
+        # A plain prompt: said as a prompt, not as "message 1".
+        text = raw[0].get("content")
+        if isinstance(text, str) and not normalize(text):
+            return "the prompt is empty"
+        if isinstance(text, str) and len(normalize(text)) > MAX_PROMPT_CHARS:
+            return f"the prompt has {len(normalize(text)):,} characters; the limit is {MAX_PROMPT_CHARS:,}"
+    try:
+        r.messages = conversation.check(raw, max_chars=MAX_PROMPT_CHARS)
+    except ConversationError as exc:
+        return str(exc)
+    # The same checks the database write makes, so a preview that passes also commits.
+    return row_problem(
+        table(Prompt),
+        {
+            "messages": r.messages,
+            "text": r.text,
+            "reference": r.reference,
+            "external_id": r.external_id,
+            "meta": r.meta,
+        },
+    )
 
 
 def _existing_hashes(session: Session, project_id: int, hashes: list[str]) -> set[str]:
@@ -566,6 +688,7 @@ def prompt_values(project_id: int, r: Record, source: str) -> dict[str, Any]:
     """A Prompt row's columns for an imported record (both the direct import and the job's)."""
     return {
         "project_id": project_id,
+        "messages": r.messages,
         "text": r.text,
         "split": r.split,
         "source": source[:200],

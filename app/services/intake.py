@@ -1,15 +1,22 @@
 """The intake: an application sends its users' real prompts to a project (InstructGPT §3.2, "where
 prompts come from"), through an app token bound to that project.
 
-Each prompt passes, in this order:
-1. the checks every write makes (not empty, no NUL, at most MAX_TEXT_CHARS, small metadata);
-2. a PII scan (emails, phone numbers, Luhn-valid card numbers) of the text and the metadata's
-   strings: the kinds found are stored on the prompt (`Prompt.pii`), never the text matched; with
-   `pii="drop"` a prompt with PII is not stored at all (nothing is written or logged);
+A prompt is a text (one user turn) or a conversation (`messages`, app.conversation: an optional
+system message, then user and assistant turns alternating, ending with the user's turn). Each
+prompt passes, in this order:
+1. the checks every write makes (not empty, no NUL, at most MAX_TEXT_CHARS in all its turns, a
+   well-formed conversation, small metadata);
+2. a PII scan (emails, phone numbers, Luhn-valid card numbers) of every user turn and the
+   metadata's strings: the kinds found are stored on the prompt (`Prompt.pii`), never the text
+   matched; with `pii="drop"` a prompt with PII is not stored at all (nothing is written or logged);
 3. deduplication by long common prefix: the text lowercased, whitespace collapsed, cut to its first
    PREFIX_CHARS characters (the whole text when shorter) and hashed into `Prompt.prefix_hash`; a
-   prompt whose prefix hash (or exact text) the project has already is skipped as a duplicate. The
-   unique index (project_id, prefix_hash) makes this one index lookup and race-safe;
+   prompt whose prefix hash (or exact text) the project has already is skipped as a duplicate. For
+   a conversation the prefix is that of its last user turn, after all its earlier turns whole: two
+   conversations are duplicates when they agree up to their last user turn and on its first
+   PREFIX_CHARS characters (a prefix of the whole rendering would make every later turn of a chat
+   with a long opening a duplicate of its first). The unique index (project_id, prefix_hash) makes
+   this one index lookup and race-safe;
 4. the cap: at most MAX_PROMPTS_PER_END_USER prompts per end user per project (429 beyond);
 5. the split, from sha256(project id, end user): every prompt of one end user lands in the same
    split (VALID_FRACTION / TEST_FRACTION), so no user's prompts straddle train and evaluation.
@@ -27,12 +34,14 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import bindparam, func, literal, null, or_, select, text, union_all
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, joinedload
 
+from app import conversation
+from app.conversation import ConversationError, Message
 from app.db import atomic, utcnow
 from app.models import AppToken, Project, Prompt, PromptCategory, Split, User, table
 from app.security import token_hash
@@ -42,6 +51,7 @@ from app.validation import json_problem, text_problem
 PREFIX_CHARS = 200
 """Prompts whose first 200 normalized characters agree are duplicates (shorter ones: the whole text)."""
 MAX_TEXT_CHARS = 32_768
+"""A text's limit, and a conversation's (all its turns together)."""
 MAX_BODY_BYTES = 1_000_000
 """Intake request bodies over this are refused with 413 before they are read (app.main.BodyLimit)."""
 MAX_METADATA_BYTES = 4_096
@@ -64,11 +74,14 @@ class RateLimited(ServiceError):
 
 @dataclass
 class Item:
-    text: str
+    text: str | None
+    """The prompt as one user turn; or None, and `messages` holds it."""
     end_user: str
     metadata: dict[str, Any] | None = None
     category: PromptCategory | None = None
     pii: str = "flag"
+    messages: list[Any] | None = None
+    """The prompt as a conversation ([{"role", "content"}, ...]); exactly one of text and messages."""
 
 
 @dataclass
@@ -89,8 +102,18 @@ def prefix_of(text: str) -> str:
     return " ".join(text.lower().split())[:PREFIX_CHARS]
 
 
-def prefix_hash(text: str) -> str:
-    return hashlib.sha256(prefix_of(text).encode()).hexdigest()
+def prefix_hash(prompt: str | list[Message]) -> str:
+    """A text's (one user turn's) prefix hash, or a conversation's: its turns before the last user
+    turn whole (normalized as prefix_of normalizes, so they read alike), then the last user turn's
+    prefix. A single user turn hashes as its text, as prompts stored before conversations did."""
+    if isinstance(prompt, str):
+        key = prefix_of(prompt)
+    elif len(prompt) == 1 and prompt[0]["role"] == "user":
+        key = prefix_of(prompt[0]["content"])
+    else:
+        earlier = [[m["role"], " ".join(m["content"].lower().split())] for m in prompt[:-1]]
+        key = json.dumps(earlier, ensure_ascii=False) + "\x00" + prefix_of(prompt[-1]["content"])
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def end_user_hash(project_id: int, end_user: str) -> str:
@@ -133,10 +156,11 @@ def pii_kinds(text: str) -> list[str]:
     return sorted(found)
 
 
-def _scanned_text(item: Item) -> str:
-    if not item.metadata:
-        return item.text
-    return "\n".join([item.text, *_strings(item.metadata)])
+def _scanned_text(item: Item, messages: list[Message]) -> str:
+    """Every user turn and the metadata's strings: what the end user wrote. (Assistant turns are the
+    application's model speaking, the system message the application; an answer repeating a user's
+    details repeats what a user turn holds already.)"""
+    return "\n".join([*conversation.user_turns(messages), *_strings(item.metadata or {})])
 
 
 def _strings(value: Any) -> list[str]:
@@ -152,17 +176,32 @@ def _strings(value: Any) -> list[str]:
 # ---------------------------------------------------------------- checks
 
 
-def check_item(item: Item, number: int | None = None) -> None:
-    """Raises ServiceError (422) naming what is wrong; nothing of a refused request is stored."""
+def check_item(item: Item, number: int | None = None) -> list[Message]:
+    """The item's prompt as a checked, normalized conversation; or ServiceError (422) naming what is
+    wrong. Nothing of a refused request is stored."""
     where = f"prompt {number}: " if number is not None else ""
 
-    def refuse(message: str) -> None:
+    def refuse(message: str) -> NoReturn:
         raise ServiceError(where + message, status_code=422)
 
-    if not isinstance(item.text, str) or not item.text.strip():
-        refuse("text is empty")
-    if len(item.text) > MAX_TEXT_CHARS:
-        refuse(f"text has {len(item.text):,} characters; the limit is {MAX_TEXT_CHARS:,}")
+    if (item.text is None) == (item.messages is None):
+        refuse("send either text or messages, not both" if item.text is not None else "send text or messages")
+    if item.messages is not None:
+        try:
+            messages = conversation.check(item.messages, max_chars=MAX_TEXT_CHARS)
+        except ConversationError as exc:
+            refuse(f"messages: {exc}")
+        for n, message in enumerate(messages, start=1):
+            if problem := text_problem(message["content"]):
+                refuse(f"messages: message {n} ({message['role']}) {problem}")
+    else:
+        if not isinstance(item.text, str) or not item.text.strip():
+            refuse("text is empty")
+        if len(item.text) > MAX_TEXT_CHARS:
+            refuse(f"text has {len(item.text):,} characters; the limit is {MAX_TEXT_CHARS:,}")
+        if problem := text_problem(item.text):
+            refuse(f"text {problem}")
+        messages = conversation.single(item.text)
     if not 1 <= len(item.end_user) <= MAX_END_USER_CHARS:
         refuse(f"end_user must be 1 to {MAX_END_USER_CHARS} characters")
     if item.pii not in PII_MODES:
@@ -175,11 +214,11 @@ def check_item(item: Item, number: int | None = None) -> None:
         else:
             if size > MAX_METADATA_BYTES:
                 refuse(f"metadata is {size:,} bytes as JSON; the limit is {MAX_METADATA_BYTES:,}")
-    for name, value in (("text", item.text), ("end_user", item.end_user)):
-        if problem := text_problem(value):
-            refuse(f"{name} {problem}")
+    if problem := text_problem(item.end_user):
+        refuse(f"end_user {problem}")
     if item.metadata is not None and (problem := json_problem(item.metadata)):
         refuse(f"metadata {problem}")
+    return messages
 
 
 # ---------------------------------------------------------------- rate limit
@@ -285,25 +324,24 @@ def receive(session: Session, token: AppToken, project_id: int, items: list[Item
         raise ServiceError("No prompts sent.", status_code=422)
     if len(items) > MAX_BATCH:
         raise ServiceError(f"At most {MAX_BATCH} prompts per request; got {len(items)}.", status_code=422)
-    for number, item in enumerate(items, start=1):
-        check_item(item, number if len(items) > 1 else None)
+    conversations = [check_item(item, number if len(items) > 1 else None) for number, item in enumerate(items, 1)]
     outcomes: list[Outcome | None] = []
     rows: list[dict[str, Any]] = []
-    for item in items:
-        kinds = pii_kinds(_scanned_text(item))
+    for item, messages in zip(items, conversations, strict=True):
+        kinds = pii_kinds(_scanned_text(item, messages))
         if kinds and item.pii == "drop":
             outcomes.append(Outcome("dropped", pii=kinds, reason="pii: " + ", ".join(kinds)))
             continue
-        prompt_text = imports.normalize(item.text)
         user_hash = end_user_hash(project.id, item.end_user)
         rows.append(
             {
                 "project_id": project.id,
-                "text": prompt_text,
+                "messages": messages,
+                "text": conversation.render(messages),
                 "split": imports.split_for(user_hash, VALID_FRACTION, TEST_FRACTION),
                 "source": "intake",
-                "content_hash": imports.content_hash(prompt_text),
-                "prefix_hash": prefix_hash(prompt_text),
+                "content_hash": conversation.content_hash(messages),
+                "prefix_hash": prefix_hash(messages),
                 "end_user_hash": user_hash,
                 "category": item.category,
                 "pii": ",".join(kinds) or None,
@@ -316,11 +354,15 @@ def receive(session: Session, token: AppToken, project_id: int, items: list[Item
     return [o if o is not None else next(stored) for o in outcomes]
 
 
-def _duplicate(prompt_id: int) -> Outcome:
+def _duplicate(prompt_id: int, messages: list[Message]) -> Outcome:
+    if len(messages) == 1:
+        what = f"its first {PREFIX_CHARS} characters"
+    else:
+        what = f"its earlier turns and the first {PREFIX_CHARS} characters of its last user turn"
     return Outcome(
         "duplicate",
         prompt_id=prompt_id,
-        reason=f"shares its first {PREFIX_CHARS} characters (lowercased, spaces collapsed) with prompt {prompt_id}",
+        reason=f"shares {what} (lowercased, spaces collapsed) with prompt {prompt_id}",
     )
 
 
@@ -394,7 +436,7 @@ def _store(session: Session, project: Project, create_tasks: bool, rows: list[di
     for r in rows:
         keys = (r["prefix_hash"], r["content_hash"])
         if (earlier := next((stored[k] for k in keys if k in stored), None)) is not None:
-            outcomes.append(_duplicate(earlier))
+            outcomes.append(_duplicate(earlier, r["messages"]))
             continue
         if (same := next((taken[k] for k in keys if k in taken), None)) is not None:
             outcome = Outcome("duplicate")
@@ -417,14 +459,14 @@ def _store(session: Session, project: Project, create_tasks: bool, rows: list[di
         if r["prefix_hash"] in ids:
             outcome.prompt_id = ids[r["prefix_hash"]]
             if outcome.status == "duplicate":
-                outcome.reason = _duplicate(outcome.prompt_id).reason
+                outcome.reason = _duplicate(outcome.prompt_id, r["messages"]).reason
         else:  # stored by another request since our check: a duplicate of what it stored
-            earlier = existing_prompt(session, project.id, r["text"])
+            earlier = existing_prompt(session, project.id, r["messages"])
             if earlier is None:  # and deleted again since
                 raise ServiceError(
                     "A prompt like this one changed while it was stored; send it again.", status_code=409
                 )
-            dup = _duplicate(earlier)
+            dup = _duplicate(earlier, r["messages"])
             outcome.status, outcome.prompt_id, outcome.reason = dup.status, dup.prompt_id, dup.reason
             outcome.split, outcome.pii = None, []
     if create_tasks:
@@ -437,13 +479,14 @@ def _lock_key(user_hash: str) -> int:
     return int(user_hash[:8], 16) - 2**31
 
 
-def existing_prompt(session: Session, project_id: int, text: str) -> int | None:
-    """A prompt of the project that this (normalized) text duplicates: same prefix or same text; or None."""
+def existing_prompt(session: Session, project_id: int, prompt: str | list[Message]) -> int | None:
+    """A prompt of the project that this (normalized) text or conversation duplicates: same prefix
+    hash or same content; or None."""
     return session.scalar(
         select(Prompt.id)
         .where(
             Prompt.project_id == project_id,
-            or_(Prompt.prefix_hash == prefix_hash(text), Prompt.content_hash == imports.content_hash(text)),
+            or_(Prompt.prefix_hash == prefix_hash(prompt), Prompt.content_hash == imports.content_hash(prompt)),
         )
         .limit(1)
     )

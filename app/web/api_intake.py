@@ -1,7 +1,8 @@
 """The intake API: an application sends its users' prompts with an app token, and admins make and
 revoke those tokens.
 
-    POST   /api/v1/projects/{id}/intake                 app token: one prompt (201 created | 200
+    POST   /api/v1/projects/{id}/intake                 app token: one prompt, a text or a
+                                                         conversation (201 created | 200
                                                          duplicate or dropped | 429 cap or rate)
                                                          or {"prompts": [...]} (up to 100; 200)
     GET    /api/v1/projects/{id}/app-tokens             admin: the project's app tokens
@@ -17,6 +18,7 @@ from fastapi import APIRouter, Body, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
+from app import conversation
 from app.deps import ApiAdmin, BearerCredentials, SessionDep, app_token
 from app.models import AppToken, PromptCategory, Split
 from app.services import intake
@@ -25,10 +27,40 @@ from app.web.params import IdPath
 router = APIRouter(prefix="/api/v1", tags=["intake"])
 
 
+class MessageIn(BaseModel):
+    """One turn of a conversation (OpenAI's chat message, TRL's conversational format). Other keys
+    (`name`, ...) are ignored."""
+
+    role: Literal["system", "user", "assistant"] = Field(
+        description="system (at most one, first), then user and assistant alternating from a user turn."
+    )
+    content: str = Field(description="The turn's text (not empty, no NUL).")
+
+
 class IntakeIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    text: str = Field(description=f"The prompt (1 to {intake.MAX_TEXT_CHARS:,} characters, no NUL).")
+    text: str | None = Field(
+        None,
+        description=f"The prompt as one user turn (1 to {intake.MAX_TEXT_CHARS:,} characters, no NUL). "
+        "Send exactly one of text and messages.",
+    )
+    messages: list[MessageIn] | None = Field(
+        None,
+        description="The prompt as a conversation for the model to answer with its next assistant turn: "
+        "an optional system message, then user and assistant turns alternating, ending with the user's "
+        f"turn; at most {conversation.MAX_MESSAGES} messages and {intake.MAX_TEXT_CHARS:,} characters in "
+        "all. PII is looked for in every user turn; duplicates are conversations that agree up to their "
+        f"last user turn and on its first {intake.PREFIX_CHARS} characters. A malformed conversation is "
+        "refused (422) with the message at fault named. Send exactly one of text and messages.",
+        examples=[
+            [
+                {"role": "user", "content": "Plan a day in Lisbon."},
+                {"role": "assistant", "content": "Morning: Belém. Afternoon: Alfama."},
+                {"role": "user", "content": "Make it rain-proof."},
+            ]
+        ],
+    )
     end_user: str = Field(
         min_length=1,
         max_length=intake.MAX_END_USER_CHARS,
@@ -44,7 +76,8 @@ class IntakeIn(BaseModel):
     )
 
     def item(self) -> intake.Item:
-        return intake.Item(self.text, self.end_user, self.metadata, self.category, self.pii)
+        messages = None if self.messages is None else [m.model_dump() for m in self.messages]
+        return intake.Item(self.text, self.end_user, self.metadata, self.category, self.pii, messages)
 
 
 class IntakeBatchIn(BaseModel):
@@ -90,8 +123,9 @@ STATUS = {"created": 201, "duplicate": 200, "dropped": 200}
 def receive(
     project_id: IdPath, body: IntakeBody, request: Request, session: SessionDep, credentials: BearerCredentials
 ):
-    """Sends one prompt (or {"prompts": [...]}, up to 100) from an application's end users. One bad
-    prompt refuses the request (422) and nothing is stored."""
+    """Sends one prompt (or {"prompts": [...]}, up to 100) from an application's end users: a text, or
+    a conversation as `messages` ending with the user's turn. One bad prompt refuses the request
+    (422, naming the prompt and the problem) and nothing is stored."""
     token = app_token(session, credentials)
     items = [p.item() for p in body.prompts] if isinstance(body, IntakeBatchIn) else [body.item()]
     request.app.state.intake_limiter.take(token.id, len(items))
