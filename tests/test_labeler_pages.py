@@ -175,3 +175,119 @@ def test_a_get_of_a_queue_link_leases_nothing(labeler_client, session):
 def test_a_task_that_does_not_exist_says_so(labeler_client):
     r = labeler_client.get("/label/task/99999")
     assert r.status_code == 404 and "There is no task 99999" in r.text
+
+
+def _conversation_prompt(session, project, messages):
+    from app import conversation
+    from app.models import Prompt
+
+    prompt = Prompt(project_id=project.id, messages=messages, content_hash=conversation.content_hash(messages))
+    session.add(prompt)
+    session.flush()
+    return prompt
+
+
+def _turns(html: str) -> list[tuple[str, bool]]:
+    """(role, last?) of each turn of the page's thread, in order."""
+    return [
+        (role, bool(last)) for last, role in re.findall(r'class="turn turn-\w+( turn-last)?" data-role="(\w+)"', html)
+    ]
+
+
+DIALOGUE = [
+    {"role": "system", "content": "You are a terse assistant. <b>Never</b> use bold."},
+    {"role": "user", "content": f"First question {EVIL}"},
+    {"role": "assistant", "content": "  Indented answer\n\n    with a code-like block\nkept as typed"},
+    {"role": "user", "content": "Second question"},
+    {"role": "assistant", "content": "\n".join(f"long line {i}" for i in range(40))},
+    {"role": "user", "content": "And the third?"},
+]
+
+
+def test_a_conversation_is_a_thread_on_every_task_screen(labeler_client, session):
+    """Each turn with its role, the system message as such, the last user turn marked, long earlier
+    turns folded, every text escaped with its whitespace; the answer is the next assistant turn."""
+    c = labeler_client
+    project = make_project(session, overlap=1)
+    prompt = _conversation_prompt(session, project, DIALOGUE)
+    tasks.create_demonstration_tasks(session, project, [prompt])
+    a, b = make_outputs(session, prompt, ["Answer A", "Answer B"])
+    tasks.create_ranking_task(session, project, prompt, [a.id, b.id])
+    tasks.create_comparison_task(session, project, prompt, a.id, b.id)
+    session.commit()
+    roles = [("system", False), ("user", False), ("assistant", False), ("user", False), ("assistant", False)]
+    for kind, hint in (
+        ("demonstration", "Write the assistant's next turn"),
+        ("ranking", "candidate for the assistant's next turn"),
+        ("comparison", "candidates for the assistant's next turn"),
+    ):
+        page = c.get(f"/label/task/{_task_id(_start(c, project.id, kind))}").text
+        assert _turns(page) == [*roles, ("user", True)], kind
+        assert "Conversation <span" in page and "· 6 messages" in page
+        assert hint in page and 'class="hint next-turn"' in page
+        assert "<script>alert" not in page and "First question &lt;script&gt;alert" in page
+        assert "&lt;b&gt;Never&lt;/b&gt;" in page
+        # whitespace kept as typed: the text sits directly in the pre-wrap element
+        assert '<div class="long-text">  Indented answer\n\n    with a code-like block\nkept as typed</div>' in page
+        # the 40-line assistant turn is folded, whole inside its <details>; the short ones are not
+        folds = re.findall(r'<details class="turn-fold">.*?</details>', page, re.S)
+        assert len(folds) == 1 and "long line 0\nlong line 1" in folds[0] and "long line 39" in folds[0]
+        assert "(509 characters)" in folds[0]
+        assert re.search(r'<div class="long-text" data-testid="prompt">And the third\?</div>', page)
+
+
+def test_a_single_turn_prompt_has_no_thread_chrome(labeler_client, session):
+    c = labeler_client
+    project = make_project(session)
+    tasks.create_demonstration_tasks(session, project, make_prompts(session, project, ["Just one\n  question"]))
+    session.commit()
+    page = c.get(f"/label/task/{_task_id(_start(c, project.id, 'demonstration'))}").text
+    assert '<div class="long-text" data-testid="prompt">Just one\n  question</div>' in page
+    assert 'class="thread"' not in page and "turn-" not in page and "next-turn" not in page
+    assert '<h2 id="prompt-h" class="label">Prompt</h2>' in page
+    assert "Write the reply you would want the assistant to give." in page
+
+
+def test_a_long_thread_folds_its_oldest_turns_together(labeler_client, session):
+    c = labeler_client
+    project = make_project(session)
+    messages = [{"role": ("user", "assistant")[i % 2], "content": f"turn {i}"} for i in range(15)]
+    tasks.create_demonstration_tasks(session, project, [_conversation_prompt(session, project, messages)])
+    session.commit()
+    page = c.get(f"/label/task/{_task_id(_start(c, project.id, 'demonstration'))}").text
+    assert len(_turns(page)) == 15 and _turns(page)[-1] == ("user", True)
+    group = re.search(r'<li class="turn-group">(.*?)</details></li>', page, re.S).group(1)
+    assert "Show 10 earlier messages" in group
+    assert [int(x) for x in re.findall(r">turn (\d+)<", group)] == list(range(10))  # the oldest ten
+    rest = page[page.index("</details></li>") :]
+    assert [int(x) for x in re.findall(r">turn (\d+)<", rest)] == list(range(10, 15))
+
+
+def test_history_revise_and_admin_pages_show_the_thread(labeler_client, session, make_user):
+    from app.models import Role
+    from tests.conftest import login
+
+    c = labeler_client
+    project = make_project(session)
+    prompt = _conversation_prompt(session, project, DIALOGUE)
+    tasks.create_demonstration_tasks(session, project, [prompt])
+    session.commit()
+    tid = _task_id(_start(c, project.id, "demonstration"))
+    token = csrf_of(c, f"/label/task/{tid}")
+    r = c.post(f"/label/task/{tid}/submit", data={"text": "Third answer", "csrf_token": token, "idempotency_key": "h"})
+    assert r.status_code == 303
+    session.expire_all()
+    demo = session.scalar(select(Demonstration))
+    roles = ["system", "user", "assistant", "user", "assistant", "user"]
+    history = c.get("/label/history").text
+    assert [r for r, _ in _turns(history)] == roles and "First question &lt;script&gt;" in history
+    revise = c.get(f"/label/demonstrations/{demo.id}/revise").text
+    assert [r for r, _ in _turns(revise)] == roles and "<h2>Conversation</h2>" in revise
+
+    make_user("admin@example.com", Role.admin)
+    c.post("/logout", data={"csrf_token": token})
+    assert login(c, "admin@example.com").status_code == 303
+    task_page = c.get(f"/admin/tasks/{tid}").text
+    assert [r for r, _ in _turns(task_page)] == roles and "<h2>Conversation</h2>" in task_page
+    review = c.get(f"/admin/projects/{project.id}/review?status=all").text
+    assert [r for r, _ in _turns(review)] == roles and "<script>alert" not in review

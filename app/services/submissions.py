@@ -13,7 +13,7 @@ Rules (see app.services.queue for how slots are handed out):
 """
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
@@ -664,6 +664,8 @@ class HistoryRow:
     skip_reason: SkipReason | None = None
     item: Any = None
     """review.Item: the submission whole, as the labeler made it."""
+    prompt_messages: list = field(default_factory=list)
+    """The conversation (Prompt.messages), shown as a thread."""
 
 
 def _history_union(user_id: int):
@@ -706,6 +708,7 @@ def history(session: Session, user: User, *, limit: int = 50, offset: int = 0) -
             Task.id,
             Project.name,
             Prompt.text,
+            Prompt.messages,
             sub.c.created_at,
             sub.c.time_spent_ms,
             sub.c.row_id,
@@ -721,7 +724,7 @@ def history(session: Session, user: User, *, limit: int = 50, offset: int = 0) -
         .offset(offset)
     ).all()
     out = []
-    for kind, task_id, project, prompt, created, spent, row_id, status, reason, source in rows:
+    for kind, task_id, project, prompt, messages, created, spent, row_id, status, reason, source in rows:
         if source == "skip":
             out.append(
                 HistoryRow(
@@ -733,11 +736,23 @@ def history(session: Session, user: User, *, limit: int = 50, offset: int = 0) -
                     spent,
                     skip_reason=SkipReason(status),
                     reason=reason,
+                    prompt_messages=messages,
                 )
             )
         else:
             out.append(
-                HistoryRow(TaskKind(kind), task_id, project, prompt, created, spent, row_id, str(status), reason)
+                HistoryRow(
+                    TaskKind(kind),
+                    task_id,
+                    project,
+                    prompt,
+                    created,
+                    spent,
+                    row_id,
+                    str(status),
+                    reason,
+                    prompt_messages=messages,
+                )
             )
     for kind, model in SUBMISSION_MODELS.items():  # each submission whole, one query per kind
         ids = [r.submission_id for r in out if r.submission_id is not None and r.kind == kind]
