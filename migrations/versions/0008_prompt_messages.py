@@ -18,15 +18,17 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.add_column("prompts", sa.Column("messages", sa.JSON(), nullable=True))
+    # Added NOT NULL with a placeholder default and filled at once: SQLite can't make a column NOT
+    # NULL later without rebuilding the table (batch mode), and rebuilding `prompts` fails its
+    # foreign keys once other tables point at it. Postgres drops the default again; SQLite keeps it
+    # (never used: every insert gives messages, app.models.Prompt).
+    op.add_column("prompts", sa.Column("messages", sa.JSON(), nullable=False, server_default="[]"))
     # One statement on the server: no row travels through Python, whatever the table's size.
     if op.get_bind().dialect.name == "postgresql":
-        single = "json_build_array(json_build_object('role', 'user', 'content', text))"
+        op.execute("UPDATE prompts SET messages = json_build_array(json_build_object('role', 'user', 'content', text))")
+        op.alter_column("prompts", "messages", server_default=None)
     else:
-        single = "json_array(json_object('role', 'user', 'content', text))"
-    op.execute(f"UPDATE prompts SET messages = {single}")
-    with op.batch_alter_table("prompts") as batch:
-        batch.alter_column("messages", existing_type=sa.JSON(), nullable=False)
+        op.execute("UPDATE prompts SET messages = json_array(json_object('role', 'user', 'content', text))")
 
 
 def downgrade() -> None:
@@ -42,5 +44,4 @@ def downgrade() -> None:
         if len(row.messages) > 1:
             digest = hashlib.sha256(row.text.replace("\r\n", "\n").strip().encode()).hexdigest()
             bind.execute(prompts.update().where(prompts.c.id == row.id).values(content_hash=digest))
-    with op.batch_alter_table("prompts") as batch:
-        batch.drop_column("messages")
+    op.drop_column("prompts", "messages")  # SQLite drops an unindexed column in place
