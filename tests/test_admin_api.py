@@ -5,8 +5,9 @@ import json
 import pytest
 from sqlalchemy import func, select
 
+from app import conversation
 from app.models import Prompt, Role, Task
-from app.services import accounts
+from app.services import accounts, projects
 from tests.test_admin_stats import World
 
 
@@ -108,9 +109,50 @@ def test_api_exports(api, session):
     rows = [json.loads(line) for line in r.text.splitlines()]
     assert len(rows) == 18 and set(rows[0]) == {"prompt", "chosen", "rejected", "split", "category"}
     chat = api("GET", f"/projects/{world.project.id}/exports/sft?format=conversational").text.splitlines()
-    assert [json.loads(line)["split"] for line in chat] == ["train"] and "messages" in chat[0]
+    assert [json.loads(line)["split"] for line in chat] == ["train"]
+    assert json.loads(chat[0])["prompt"] == [{"role": "user", "content": "prompt 1"}]
     r = api("GET", f"/projects/{world.project.id}/exports/rankings?exclude_labelers={world.l1.id}&split=train")
     assert len(r.text.splitlines()) == 2
     r = api("GET", f"/projects/{world.project.id}/exports/sft?split=valid")
     assert r.status_code == 400 and "Nothing to export" in r.json()["detail"]
     assert api("GET", f"/projects/{world.project.id}/exports/sft", who="labeler").status_code == 403
+
+
+FIVE = [
+    {"role": "user", "content": "Can you recommend a short novel?"},
+    {"role": "assistant", "content": "The Old Man and the Sea is short."},
+    {"role": "user", "content": "What is it about?"},
+    {"role": "assistant", "content": "An old fisherman and a big fish."},
+    {"role": "user", "content": "Does it end well?"},
+]
+
+
+def test_listed_prompts_carry_their_conversation(api, client, session):
+    project = projects.create_project(session, projects.ProjectSettings(name="Chat"))
+    session.add_all(
+        [
+            Prompt(project_id=project.id, messages=FIVE, content_hash=conversation.content_hash(FIVE)),
+            Prompt(project_id=project.id, text="Say hi.", content_hash="h-hi"),
+        ]
+    )
+    session.commit()
+    listed = api("GET", f"/projects/{project.id}/prompts").json()
+    assert [(p["text"], p["messages"]) for p in listed] == [
+        ("Does it end well?", FIVE),  # text: the last user turn, as readers of the old shape expect
+        ("Say hi.", [{"role": "user", "content": "Say hi."}]),
+    ]
+    props = client.get("/openapi.json").json()["components"]["schemas"]["PromptOut"]["properties"]
+    assert "last user turn" in props["text"]["description"] and "conversation" in props["messages"]["description"]
+
+
+def test_a_bulk_item_is_a_text_or_a_conversation_not_both(api, session):
+    project = projects.create_project(session, projects.ProjectSettings(name="Either"))
+    session.commit()
+    for item in [{"text": "hi", "messages": FIVE}, {"reference": "no prompt"}]:
+        r = api("POST", f"/projects/{project.id}/prompts", json={"prompts": [item]})
+        assert r.status_code == 422 and "exactly one of text and messages" in r.text, r.text
+    r = api(
+        "POST", f"/projects/{project.id}/prompts", json={"prompts": [{"messages": [{"role": "bot", "content": "x"}]}]}
+    )
+    assert r.status_code == 422 and "role" in r.text
+    assert _count(session, Prompt) == 0

@@ -3,9 +3,10 @@
 import pytest
 from sqlalchemy import func, select
 
-from app.models import Demonstration, Ranking, Task
-from app.services import accounts
-from tests.labeling import comparison_setup, demo_setup, make_labelers, ranking_setup
+from app import conversation
+from app.models import Demonstration, Prompt, Ranking, Role, Task
+from app.services import accounts, tasks
+from tests.labeling import comparison_setup, demo_setup, make_labelers, make_project, ranking_setup
 
 
 def _auth(session, user) -> dict:
@@ -133,3 +134,54 @@ def test_huge_body_refused(client, session, two, settings):
     r = client.post(f"/api/v1/tasks/{tasks[0].id}/submission", json={"kind": "demonstration", "text": huge}, headers=ha)
     assert r.status_code == 413 and "too large" in r.json()["detail"]
     assert _count(session, Demonstration) == 0
+
+
+FIVE = [
+    {"role": "user", "content": "Can you recommend a short novel?"},
+    {"role": "assistant", "content": "The Old Man and the Sea is short."},
+    {"role": "user", "content": "What is it about?"},
+    {"role": "assistant", "content": "An old fisherman and a big fish."},
+    {"role": "user", "content": "Does it end well?"},
+]
+
+
+def test_a_conversation_through_the_api(client, session, two):
+    """The labeler's task, the review queue and the flags carry every turn as `messages`; `prompt`
+    stays the last user turn, as readers of the shape before conversations expect."""
+    project = make_project(session, name="Chat")
+    prompt = Prompt(project_id=project.id, messages=FIVE, content_hash=conversation.content_hash(FIVE))
+    single = Prompt(
+        project_id=project.id, text="Say hi.", content_hash=conversation.content_hash(conversation.single("Say hi."))
+    )
+    session.add_all([prompt, single])
+    session.flush()
+    demo, other = tasks.create_demonstration_tasks(session, project, [prompt, single])
+    admin = accounts.create_user(session, "chat-admin@example.com", None, role=Role.admin)
+    hadmin = _auth(session, admin)
+    session.commit()
+    ha, hb = two
+
+    got = client.get(f"/api/v1/projects/{project.id}/next", headers=ha).json()
+    assert got["task_id"] == demo.id and got["messages"] == FIVE and got["prompt"] == "Does it end well?"
+    got_b = client.get(f"/api/v1/projects/{project.id}/next", headers=hb).json()
+    assert got_b["task_id"] == other.id
+    assert got_b["messages"] == [{"role": "user", "content": "Say hi."}] and got_b["prompt"] == "Say hi."
+    r = client.post(
+        f"/api/v1/tasks/{demo.id}/submission", json={"kind": "demonstration", "text": "Not for the fish."}, headers=ha
+    )
+    assert r.status_code == 201, r.text
+    r = client.post(f"/api/v1/tasks/{other.id}/skip", json={"reason": "nonsense"}, headers=hb)
+    assert r.status_code == 200, r.text
+
+    (item,) = client.get(f"/api/v1/projects/{project.id}/review", headers=hadmin).json()["items"]
+    assert item["task_id"] == demo.id and item["text"] == "Not for the fish."
+    assert item["messages"] == FIVE and item["prompt"] == "Does it end well?"
+    (flag,) = client.get(f"/api/v1/projects/{project.id}/flags", headers=hadmin).json()["flags"]
+    assert flag["task_id"] == other.id and flag["messages"] == [{"role": "user", "content": "Say hi."}]
+
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    for model, field in [("LeasedTaskOut", "prompt"), ("ReviewItemOut", "prompt"), ("FlagOut", "prompt")]:
+        props = schemas[model]["properties"]
+        assert "last user turn" in props[field]["description"], model
+        assert "conversation" in props["messages"]["description"] and props["messages"]["type"] == "array", model
+    assert schemas["ChatMessage"]["properties"]["role"]["enum"] == ["system", "user", "assistant"]

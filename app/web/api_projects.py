@@ -11,7 +11,8 @@ what their pages show them through the labeling API (/work, next, submission, sk
     POST /api/v1/projects/{id}/pause | resume      admin: hand out no task (or again)
     PUT  /api/v1/projects/{id}/guidelines          admin: save a new guidelines version
     GET  /api/v1/projects/{id}/prompts?split&category&pii&after&limit
-    POST /api/v1/projects/{id}/prompts             admin: bulk, all or nothing  201 | 422 with line numbers
+    POST /api/v1/projects/{id}/prompts             admin: bulk (texts or conversations), all or nothing
+                                                   201 | 422 with line numbers
     PATCH /api/v1/projects/{id}/prompts/{prompt}   admin: set a prompt's category
     GET  /api/v1/projects/{id}/exports/{kind}      admin: JSON Lines (sft, preferences, rankings)
 
@@ -24,9 +25,11 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field, model_validator
 
+from app import conversation
 from app.deps import ApiAdmin, SessionDep
 from app.models import Project, PromptCategory, Split
 from app.services import exports, imports, projects, stats, tasks
+from app.web.api_conversation import LAST_USER_TURN, MESSAGES, ChatMessage, messages_out
 from app.web.params import DB_INT_MAX, Id, IdPath
 
 router = APIRouter(prefix="/api/v1", tags=["projects"])
@@ -86,11 +89,39 @@ class GuidelinesIn(BaseModel):
 
 
 class PromptIn(BaseModel):
-    text: str
-    reference: str | None = None
+    """A prompt as a text (one user turn) or as a conversation (`messages`): exactly one of the two."""
+
+    text: str | None = Field(None, description="The prompt as one user turn.")
+    messages: list[ChatMessage] | None = Field(
+        None,
+        description=MESSAGES + " Checked like an import's: a malformed conversation is a bad item (422).",
+        examples=[
+            [
+                {"role": "user", "content": "Plan a day in Lisbon."},
+                {"role": "assistant", "content": "Morning: Belém. Afternoon: Alfama."},
+                {"role": "user", "content": "Make it rain-proof."},
+            ]
+        ],
+    )
+    reference: str | None = Field(None, description="A reference answer (the next assistant turn), if known.")
     split: Split | None = Field(None, description="Omit to assign one from the prompt's hash (reproducible).")
     external_id: str | None = None
     category: PromptCategory | None = Field(None, description="InstructGPT's use-case category, if known.")
+
+    @model_validator(mode="after")
+    def _text_or_messages(self) -> "PromptIn":
+        if (self.text is None) == (self.messages is None):
+            raise ValueError("send exactly one of text and messages")
+        return self
+
+    def as_object(self) -> dict[str, Any]:
+        """The item as the importer reads an object (imports.preview_objects)."""
+        obj = self.model_dump(exclude_none=True, mode="json")
+        if "text" in obj:
+            obj["prompt"] = obj.pop("text")
+        if "external_id" in obj:
+            obj["id"] = obj.pop("external_id")
+        return obj
 
 
 class PromptsIn(BaseModel):
@@ -102,7 +133,8 @@ class PromptsIn(BaseModel):
 
 class PromptOut(BaseModel):
     id: int
-    text: str
+    text: str = Field(description=LAST_USER_TURN)
+    messages: list[ChatMessage] = Field(description=MESSAGES)
     split: Split
     reference: str | None
     external_id: str | None
@@ -118,7 +150,8 @@ class PromptPatch(BaseModel):
 def _prompt_out(p) -> PromptOut:
     return PromptOut(
         id=p.id,
-        text=p.text,
+        text=conversation.last_user_turn(p.messages),
+        messages=messages_out(p.messages),
         split=p.split,
         reference=p.reference,
         external_id=p.external_id,
@@ -132,8 +165,10 @@ class ImportOut(BaseModel):
     imported: int
     prompt_ids: list[int]
     splits: dict[str, int]
-    duplicates: list[list[int]] = Field(description="[item, first item with the same text] (1-based), skipped.")
-    existing: list[int] = Field(description="Items whose text the project already has (1-based), skipped.")
+    duplicates: list[list[int]] = Field(
+        description="[item, first item with the same prompt] (1-based), skipped: same text, or same conversation."
+    )
+    existing: list[int] = Field(description="Items whose prompt the project already has (1-based), skipped.")
     tasks_created: int
 
 
@@ -303,13 +338,10 @@ def update_prompt(project_id: IdPath, prompt_id: IdPath, body: PromptPatch, sess
 
 @router.post("/projects/{project_id}/prompts", response_model=ImportOut, status_code=201)
 def add_prompts(project_id: IdPath, body: PromptsIn, session: SessionDep, user: ApiAdmin):
-    """All or nothing: one bad item refuses the request (422) with every bad item's number."""
+    """Each item is a text or a conversation (`messages`). All or nothing: one bad item refuses the
+    request (422) with every bad item's number and its problem."""
     p = projects.get_project(session, project_id)
-    objects = [item.model_dump(exclude_none=True, mode="json") | {"prompt": item.text} for item in body.prompts]
-    for obj in objects:
-        obj.pop("text")
-        if "external_id" in obj:
-            obj["id"] = obj.pop("external_id")
+    objects = [item.as_object() for item in body.prompts]
     preview = imports.preview_objects(
         session, p, objects, valid_fraction=body.valid_fraction, test_fraction=body.test_fraction
     )

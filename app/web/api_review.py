@@ -11,8 +11,10 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
+from app import conversation
 from app.deps import ApiAdmin, SessionDep
 from app.services import projects, review
+from app.web.api_conversation import LAST_USER_TURN, MESSAGES, ChatMessage, messages_out
 from app.web.params import DB_INT_MAX, Id, IdPath, IdQuery
 
 router = APIRouter(prefix="/api/v1", tags=["review"])
@@ -32,12 +34,15 @@ class ReviewItemOut(BaseModel):
     submission_id: int
     task_id: int
     prompt_id: int
-    prompt: str
+    prompt: str = Field(description=LAST_USER_TURN)
+    messages: list[ChatMessage] = Field(
+        description=MESSAGES + " The submission answers, ranks or compares its next turn."
+    )
     labeler_id: int
     labeler: str
     created_at: datetime
     time_spent_ms: int
-    text: str | None = Field(None, description="The demonstration.")
+    text: str | None = Field(None, description="The demonstration (the conversation's next assistant turn).")
     outputs: list[OutputOut] = []
     none_acceptable: bool | None = None
     choice: str | None = Field(None, description="a, b or tie (comparisons; A and B as shown).")
@@ -67,7 +72,8 @@ class FlagOut(BaseModel):
     note: str
     task_id: int
     prompt_id: int
-    prompt: str
+    prompt: str = Field(description=LAST_USER_TURN)
+    messages: list[ChatMessage] = Field(description=MESSAGES)
     labeler: str
     created_at: datetime
 
@@ -84,7 +90,8 @@ def _item_out(item: review.Item) -> ReviewItemOut:
         submission_id=s.id,
         task_id=item.task.id,
         prompt_id=item.prompt.id,
-        prompt=item.prompt.text,
+        prompt=conversation.last_user_turn(item.prompt.messages),
+        messages=messages_out(item.prompt.messages),
         labeler_id=item.labeler.id,
         labeler=item.labeler.email,
         created_at=s.created_at,
@@ -167,7 +174,8 @@ def flags(session: SessionDep, user: ApiAdmin, project_id: IdPath):
                 note=f.skip.note,
                 task_id=f.task.id,
                 prompt_id=f.prompt.id,
-                prompt=f.prompt.text,
+                prompt=conversation.last_user_turn(f.prompt.messages),
+                messages=messages_out(f.prompt.messages),
                 labeler=f.labeler.email,
                 created_at=f.skip.created_at,
             )

@@ -14,9 +14,11 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Header, Response
 from pydantic import BaseModel, Field
 
+from app import conversation
 from app.deps import ApiUser, SessionDep, SettingsDep
 from app.models import SkipReason, TaskKind
 from app.services import queue, submissions
+from app.web.api_conversation import LAST_USER_TURN, MESSAGES, ChatMessage, messages_out
 from app.web.params import IdPath
 
 router = APIRouter(prefix="/api/v1", tags=["labeling"])
@@ -42,7 +44,8 @@ class LeasedTaskOut(BaseModel):
     project_id: int
     kind: TaskKind
     prompt_id: int
-    prompt: str
+    prompt: str = Field(description=LAST_USER_TURN)
+    messages: list[ChatMessage] = Field(description=MESSAGES + " You write, rank or compare its next assistant turn.")
     lease_id: int
     leased_at: datetime
     expires_at: datetime
@@ -51,7 +54,7 @@ class LeasedTaskOut(BaseModel):
 
 class DemonstrationIn(BaseModel):
     kind: Literal["demonstration"]
-    text: str
+    text: str = Field(description="The next assistant turn of the task's conversation.")
     time_spent_ms: int | None = None
 
 
@@ -111,7 +114,8 @@ def leased_task_out(a: queue.Assignment) -> LeasedTaskOut:
         project_id=a.project_id,
         kind=a.kind,
         prompt_id=a.prompt_id,
-        prompt=a.prompt_text,
+        prompt=conversation.last_user_turn(a.messages),
+        messages=messages_out(a.messages),
         lease_id=a.lease_id,
         leased_at=a.leased_at,
         expires_at=a.expires_at,
