@@ -156,3 +156,36 @@ def test_a_bulk_item_is_a_text_or_a_conversation_not_both(api, session):
     )
     assert r.status_code == 422 and "role" in r.text
     assert _count(session, Prompt) == 0
+
+
+def test_bulk_prompts_as_conversations(api, session):
+    project = projects.create_project(session, projects.ProjectSettings(name="Bulk chat"))
+    session.commit()
+    items = [{"messages": FIVE, "reference": "Not for the fish."}, {"text": "Say hi."}, {"messages": FIVE}]
+    r = api(
+        "POST",
+        f"/projects/{project.id}/prompts",
+        json={"prompts": items, "create_tasks": True, "valid_fraction": 0, "test_fraction": 0},
+    )
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["imported"] == 2 and body["duplicates"] == [[3, 1]] and body["tasks_created"] == 2
+    listed = api("GET", f"/projects/{project.id}/prompts").json()
+    assert [(p["messages"], p["text"], p["reference"]) for p in listed] == [
+        (FIVE, "Does it end well?", "Not for the fish."),
+        ([{"role": "user", "content": "Say hi."}], "Say hi.", None),
+    ]
+    session.rollback()
+    stored = session.scalar(select(Prompt).where(Prompt.id == body["prompt_ids"][0]))
+    assert stored.messages == FIVE and stored.text == conversation.render(FIVE)
+
+    ends_with_answer = {"messages": FIVE[:4]}
+    two_systems = {"messages": [{"role": "system", "content": "a"}, {"role": "system", "content": "b"}, *FIVE]}
+    r = api(
+        "POST", f"/projects/{project.id}/prompts", json={"prompts": [{"text": "fine"}, ends_with_answer, two_systems]}
+    )
+    assert r.status_code == 422, r.text
+    errors = r.json()["errors"]
+    assert [e["item"] for e in errors] == [2, 3]
+    assert "assistant turn" in errors[0]["msg"] and "system" in errors[1]["msg"]
+    assert _count(session, Prompt) == 2
