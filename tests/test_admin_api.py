@@ -189,3 +189,44 @@ def test_bulk_prompts_as_conversations(api, session):
     assert [e["item"] for e in errors] == [2, 3]
     assert "assistant turn" in errors[0]["msg"] and "system" in errors[1]["msg"]
     assert _count(session, Prompt) == 2
+
+
+def test_written_prompts_carry_their_conversation(api, session):
+    """A follow-up (the user's next turn after an accepted demonstration) shows the thread it
+    continues as `messages`; `text` is what the labeler wrote, the last user turn."""
+    from app.models import User
+    from app.services import review, written_prompts
+    from tests.worker_helpers import add_demonstrations
+
+    project = projects.create_project(session, projects.ProjectSettings(name="Grow"))
+    written_prompts.set_settings(session, project.id, targets={"kind": {"plain": 5}}, cases=[], follow_up_turns=3)
+    admin, labeler = (
+        session.scalar(select(User).where(User.email == f"api-{r}@example.com")) for r in ("admin", "labeler")
+    )
+    (demo,) = add_demonstrations(
+        session, project, [("What is a prime number?", "A number with two divisors.")], labeler
+    )
+    review.decide(session, admin, "demonstration", demo.id, "accepted")
+    written_prompts.write_follow_up(session, labeler, project.id, demo.id, text="Is 1 one of them?")
+    session.commit()
+    thread = [
+        {"role": "user", "content": "What is a prime number?"},
+        {"role": "assistant", "content": "A number with two divisors."},
+        {"role": "user", "content": "Is 1 one of them?"},
+    ]
+    plain = {"kind": "plain", "text": "Name a prime.", "category": "generation"}
+    r = api("POST", f"/projects/{project.id}/written-prompts", who="labeler", json=plain)
+    assert r.status_code == 201, r.text
+    assert (
+        r.json()["messages"] == [{"role": "user", "content": "Name a prime."}] and r.json()["demonstration_id"] is None
+    )
+    new, mine = api("GET", f"/projects/{project.id}/written-prompts/mine", who="labeler").json()
+    assert new["kind"] == "plain" and mine["kind"] == "follow_up" and mine["demonstration_id"] == demo.id
+    assert mine["messages"] == thread and mine["text"] == "Is 1 one of them?"
+    pending = api("GET", f"/projects/{project.id}/written-prompts").json()
+    assert [p["messages"] for p in pending] == [thread, [{"role": "user", "content": "Name a prime."}]]
+    pending = pending[0]
+    r = api("POST", f"/projects/{project.id}/written-prompts/{pending['id']}/accept", json={})
+    assert r.status_code == 200 and r.json()["messages"] == thread and r.json()["prompt_id"] is not None
+    listed = api("GET", f"/projects/{project.id}/prompts").json()
+    assert [p["messages"] for p in listed][-1] == thread

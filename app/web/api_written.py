@@ -13,9 +13,11 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
+from app import conversation
 from app.deps import ApiAdmin, ApiUser, SessionDep
 from app.models import WrittenPrompt
 from app.services import written_prompts
+from app.web.api_conversation import MESSAGES, ChatMessage, messages_out
 from app.web.params import IdPath
 
 router = APIRouter(prefix="/api/v1", tags=["written prompts"])
@@ -32,10 +34,15 @@ class WriteIn(BaseModel):
 class WrittenOut(BaseModel):
     id: int
     project_id: int
-    kind: str
+    kind: str = Field(description="plain | few_shot | user_based | follow_up (the user's next turn of a conversation)")
     category: str
     use_case: str | None
-    text: str
+    text: str = Field(description="What the labeler wrote: the prompt's last user turn.")
+    messages: list[ChatMessage] = Field(
+        description=MESSAGES + " A follow-up: the thread it continues (the accepted demonstration as the assistant's "
+        "turn), then `text`; any other kind (or a follow-up whose demonstration was deleted): `text` alone."
+    )
+    demonstration_id: int | None = Field(None, description="A follow-up: the accepted demonstration it continues.")
     has_pii: bool
     author: str | None
     status: str
@@ -67,7 +74,8 @@ class SettingsOut(BaseModel):
     use_cases: list[str]
 
 
-def _out(row: WrittenPrompt, near: int | None = None) -> WrittenOut:
+def _out(row: WrittenPrompt, thread: list[conversation.Message] | None, near: int | None = None) -> WrittenOut:
+    """`thread`: what a follow-up continues (written_prompts.follow_up_threads); None for the others."""
     return WrittenOut(
         id=row.id,
         project_id=row.project_id,
@@ -75,6 +83,8 @@ def _out(row: WrittenPrompt, near: int | None = None) -> WrittenOut:
         category=row.category.value,
         use_case=row.use_case,
         text=row.text,
+        messages=messages_out([*(thread or []), *conversation.single(row.text)]),
+        demonstration_id=row.demonstration_id,
         has_pii=row.has_pii,
         author=row.author.email if row.author else None,
         status=row.status.value,
@@ -86,6 +96,10 @@ def _out(row: WrittenPrompt, near: int | None = None) -> WrittenOut:
         near_duplicate_of=near,
         created_at=row.created_at,
     )
+
+
+def _one(session, row: WrittenPrompt) -> WrittenOut:
+    return _out(row, written_prompts.follow_up_threads(session, [row]).get(row.id))
 
 
 @router.post("/projects/{project_id}/written-prompts", response_model=WrittenOut, status_code=201)
@@ -100,12 +114,14 @@ def write(body: WriteIn, session: SessionDep, user: ApiUser, project_id: IdPath)
         use_case=body.use_case,
         has_pii=body.has_pii,
     )
-    return _out(row)
+    return _one(session, row)
 
 
 @router.get("/projects/{project_id}/written-prompts/mine", response_model=list[WrittenOut])
 def mine(session: SessionDep, user: ApiUser, project_id: IdPath):
-    return [_out(r) for r in written_prompts.own(session, user, project_id)]
+    rows = written_prompts.own(session, user, project_id)
+    threads = written_prompts.follow_up_threads(session, rows)
+    return [_out(r, threads.get(r.id)) for r in rows]
 
 
 @router.get("/projects/{project_id}/written-prompts", response_model=list[WrittenOut])
@@ -117,18 +133,19 @@ def listing(
 ):
     rows = written_prompts.listing(session, project_id, status)
     near = written_prompts.near_duplicates(session, project_id, rows) if status == "pending" else {}
-    return [_out(r, near.get(r.id)) for r in rows]
+    threads = written_prompts.follow_up_threads(session, rows)
+    return [_out(r, threads.get(r.id), near.get(r.id)) for r in rows]
 
 
 @router.post("/projects/{project_id}/written-prompts/{written_id}/accept", response_model=WrittenOut)
 def accept(body: AcceptIn, session: SessionDep, user: ApiAdmin, project_id: IdPath, written_id: IdPath):
     row = written_prompts.accept(session, user, project_id, written_id, text=body.text, category=body.category)
-    return _out(row)
+    return _one(session, row)
 
 
 @router.post("/projects/{project_id}/written-prompts/{written_id}/reject", response_model=WrittenOut)
 def reject(body: RejectIn, session: SessionDep, user: ApiAdmin, project_id: IdPath, written_id: IdPath):
-    return _out(written_prompts.reject(session, user, project_id, written_id, body.reason))
+    return _one(session, written_prompts.reject(session, user, project_id, written_id, body.reason))
 
 
 @router.put("/projects/{project_id}/written-prompt-settings", response_model=SettingsOut)
