@@ -185,6 +185,27 @@ def test_a_conversation_is_exported_with_every_turn(session, tmp_path):
     assert row["prompt"] == FIVE and row["completion"] == [{"role": "assistant", "content": ANSWER}]
 
 
+def test_an_imported_hh_rlhf_dialogue_is_exported_as_its_five_messages_and_the_answer(session):
+    """Import to export: an hh-rlhf record with three Human turns, demonstrated, comes out of the
+    conversational sft export as the five messages and the answer."""
+    from app.services import imports
+
+    turns = "".join(f"\n\n{'Human' if m['role'] == 'user' else 'Assistant'}: {m['content']}" for m in FIVE)
+    record = {"chosen": f"{turns}\n\nAssistant: {ANSWER}", "rejected": f"{turns}\n\nAssistant: {WORSE}"}
+    labeler = accounts.create_user(session, "hh@example.com", None)
+    project = projects.create_project(session, projects.ProjectSettings(name="HH"))
+    preview = imports.preview_import(
+        session, project, json.dumps(record).encode(), fmt="hh-rlhf", valid_fraction=0, test_fraction=0
+    )
+    result = imports.commit(session, project, preview, source="hh.jsonl", create_tasks=True)
+    (prompt,) = result.prompts
+    task = session.scalar(select(Task).where(Task.prompt_id == prompt.id))
+    session.add(Demonstration(task_id=task.id, prompt_id=prompt.id, user_id=labeler.id, text=ANSWER))
+    session.commit()
+    (row,) = exports.sft_rows(session, exports.ExportFilter(project.id, format="conversational"))
+    assert row["prompt"] == FIVE and row["completion"] == [{"role": "assistant", "content": ANSWER}]
+
+
 def test_single_turn_plain_export_lines_are_unchanged(session, world):
     """A single-turn prompt's plain rows read as they did before conversations, byte for byte."""
     f = exports.ExportFilter(world.project.id, splits=["test"])
