@@ -13,6 +13,8 @@ import hashlib
 import json
 from typing import Any, TypedDict
 
+from app.validation import text_problem
+
 ROLES = ("system", "user", "assistant")
 ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
 MAX_MESSAGES = 200
@@ -51,6 +53,8 @@ def check(messages: Any, *, max_chars: int) -> list[Message]:
             raise ConversationError(f"message {n} has role {role!r}; roles are {', '.join(ROLES)}")
         if not isinstance(content, str) or not content.strip():
             raise ConversationError(f"message {n} ({role}) has no text")
+        if problem := text_problem(content):
+            raise ConversationError(f"message {n} ({role}) {problem}")
         checked.append({"role": role, "content": normalize_text(content)})
     offset = 1 if checked[0]["role"] == "system" else 0
     turns = checked[offset:]

@@ -678,4 +678,4 @@ def test_the_openapi_schema_documents_messages(client):
     fields = schema["IntakeIn"]["properties"]
     assert "exactly one of text and messages" in fields["messages"]["description"]
     assert "ending with the user's turn" in fields["messages"]["description"]
-    assert schema["MessageIn"]["properties"]["role"]["enum"] == ["system", "user", "assistant"]
+    assert schema["ChatMessage"]["properties"]["role"]["enum"] == ["system", "user", "assistant"]

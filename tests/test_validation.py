@@ -87,7 +87,7 @@ def test_import_preview_refuses_what_the_commit_would(session):
     ]
     preview = imports.preview_import(session, project, "\n".join(lines).encode())
     assert [(e.line, e.message) for e in preview.errors] == [
-        (2, "text contains a NUL character (\\u0000)"),
+        (2, "message 1 (user) contains a NUL character (\\u0000)"),
         (3, "external_id is longer than 200 characters"),
         (4, "reference contains a lone surrogate (not valid Unicode)"),
         (5, "meta contains a NUL character (\\u0000)"),

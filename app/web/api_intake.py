@@ -22,19 +22,10 @@ from app import conversation
 from app.deps import ApiAdmin, BearerCredentials, SessionDep, app_token
 from app.models import AppToken, PromptCategory, Split
 from app.services import intake
+from app.web.api_conversation import ChatMessage
 from app.web.params import IdPath
 
 router = APIRouter(prefix="/api/v1", tags=["intake"])
-
-
-class MessageIn(BaseModel):
-    """One turn of a conversation (OpenAI's chat message, TRL's conversational format). Other keys
-    (`name`, ...) are ignored."""
-
-    role: Literal["system", "user", "assistant"] = Field(
-        description="system (at most one, first), then user and assistant alternating from a user turn."
-    )
-    content: str = Field(description="The turn's text (not empty, no NUL).")
 
 
 class IntakeIn(BaseModel):
@@ -45,7 +36,7 @@ class IntakeIn(BaseModel):
         description=f"The prompt as one user turn (1 to {intake.MAX_TEXT_CHARS:,} characters, no NUL). "
         "Send exactly one of text and messages.",
     )
-    messages: list[MessageIn] | None = Field(
+    messages: list[ChatMessage] | None = Field(
         None,
         description="The prompt as a conversation for the model to answer with its next assistant turn: "
         "an optional system message, then user and assistant turns alternating, ending with the user's "
