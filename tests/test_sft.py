@@ -67,9 +67,17 @@ def test_labels_cover_the_response_and_its_eos_only(tiny):
     ids, labels = encode_example(tok, SFTExample("Reverse: a b c", "c b a"), FAST)
     response = [t for t in labels if t != IGNORE]
     assert tok.decode(response) == "c b a</s>"
-    assert ids[-len(response) :] == response and labels[: len(ids) - len(response)] == [IGNORE] * (
-        len(ids) - len(response)
+    # The ids are the chat template's: the template's newline after the end token is context, unlabelled.
+    start = next(i for i, label in enumerate(labels) if label != IGNORE)
+    assert ids[start : start + len(response)] == response
+    assert labels[:start] == [IGNORE] * start and tok.decode(ids[start + len(response) :]) == "\n"
+    assert (
+        ids
+        == tok.apply_chat_template(
+            [{"role": "user", "content": "Reverse: a b c"}, {"role": "assistant", "content": "c b a"}], tokenize=True
+        )["input_ids"]
     )
+    # A budget under the template's own frame keeps the prompt's last ids, as it always did.
     cut = SFTConfig(max_length=12, max_prompt_length=4)
     ids, labels = encode_example(tok, SFTExample("Reverse: " + " ".join(WORDS), " ".join(WORDS)), cut)
     assert len(ids) == 12 and labels[:4] == [IGNORE] * 4 and labels[4] != IGNORE

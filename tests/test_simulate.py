@@ -1,5 +1,6 @@
 """Simulated labelers: a checkable preference, a tunable agreement, and work through the real queue."""
 
+import json
 import random
 from itertools import combinations
 
@@ -7,12 +8,14 @@ import pytest
 from sqlalchemy import func, select
 
 from app.db import write_session
-from app.models import Comparison, Completion, Demonstration, Project, Prompt, Ranking
+from app.models import Comparison, Completion, Demonstration, Project, Prompt, Ranking, TaskKind
 from app.services import tasks
 from app.services.queue import Output
 from worker.simulate import (
     SimulatedLabeler,
     demo_prompts,
+    demonstration_for,
+    load_demonstrations,
     noise_for_agreement,
     order_by_score,
     preference_score,
@@ -153,3 +156,37 @@ def test_preference_checks_the_subject():
         > preference_score(sentence, "The sea is bright tonight.", None)
         > preference_score(sentence, "oo", None)
     )
+
+
+def test_on_a_conversation_labelers_judge_by_its_last_user_turn(engine, session, tmp_path):
+    """The instruction being answered is the last user turn's: an earlier "in one word" no longer holds."""
+    project = Project(name="chat", k=2, overlap=1)
+    session.add(project)
+    session.flush()
+    messages = [
+        {"role": "user", "content": "Name a red fruit in one word."},
+        {"role": "assistant", "content": "Cherry"},
+        {"role": "user", "content": "Now give a bulleted list of three red fruits."},
+    ]
+    prompt = Prompt(project_id=project.id, messages=messages, content_hash="chat")
+    session.add(prompt)
+    session.flush()
+    one_word, bullets = (
+        Completion(prompt_id=prompt.id, text="Cherry"),
+        Completion(prompt_id=prompt.id, text="- cherry\n- apple\n- strawberry"),
+    )
+    session.add_all([one_word, bullets])
+    session.flush()
+    tasks.create_ranking_task(session, project, prompt, [one_word.id, bullets.id])
+    session.commit()
+    report = simulate(engine, project.id, labelers=1, agreement=1.0, kinds=[TaskKind.ranking])
+    assert report.errors == [] and report.submitted == {"ranking": 1}
+    with write_session(engine) as s:
+        assert s.scalar(select(Ranking.order)) == [[bullets.id], [one_word.id]]
+
+    # Demonstrations from a conversational export are found by the conversation's plain rendering.
+    path = tmp_path / "demos.jsonl"
+    path.write_text(
+        json.dumps({"prompt": messages, "completion": [{"role": "assistant", "content": "- a\n- b\n- c"}]}) + "\n"
+    )
+    assert demonstration_for(prompt, load_demonstrations(path)) == "- a\n- b\n- c"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
+from app import conversation
 from app.config import Settings
 from app.models import (
     Completion,
@@ -51,6 +52,16 @@ def make_prompts(session: Session, project: Project, texts: list[str], split: Sp
     session.add_all(prompts)
     session.flush()
     return prompts
+
+
+def make_conversation(session: Session, project: Project, messages: list[dict], split: Split = Split.train) -> Prompt:
+    """A prompt that is a conversation (its text, the plain rendering, is filled in on insert)."""
+    prompt = Prompt(
+        project_id=project.id, messages=messages, split=split, content_hash=conversation.content_hash(messages)
+    )
+    session.add(prompt)
+    session.flush()
+    return prompt
 
 
 def make_labeler(session: Session, email: str = "labeler@example.com") -> User:

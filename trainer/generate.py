@@ -4,12 +4,12 @@ the model's own generation_config says), reseeded per batch so the same seed giv
 on the CPU. Used by the `generate` and `evaluate` runs (worker/jobs.py)."""
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from trainer import modeling
-from trainer.data import PromptItem
+from trainer.data import Conversation, PromptItem
 
 
 @dataclass(frozen=True)
@@ -32,15 +32,24 @@ def context_length(model) -> int | None:
 def split_by_length(
     model, tokenizer, prompts: list[PromptItem], max_new_tokens: int
 ) -> tuple[list[PromptItem], list[PromptItem]]:
-    """(prompts that fit, prompts too long for the context with max_new_tokens of answer)."""
+    """(prompts that fit, prompts too long for the context with max_new_tokens of answer).
+
+    A conversation over that budget loses its oldest whole turns (modeling.fit_conversation; its
+    item then carries the shorter messages); one whose system message and last user turn alone are
+    over it is too long: an answer to the tail of a question is no answer to the question."""
     limit = context_length(model)
     if not limit:
         return prompts, []
     fit: list[PromptItem] = []
     too_long: list[PromptItem] = []
     for item in prompts:
-        n = len(modeling.encode_prompt(tokenizer, item.text))
-        (fit if n + max_new_tokens <= limit else too_long).append(item)
+        messages = modeling.fit_conversation(tokenizer, item.prompt, limit - max_new_tokens, cut_last_turn=False)
+        if messages is None:
+            too_long.append(item)
+        elif messages != modeling.as_messages(item.prompt):
+            fit.append(replace(item, messages=messages))
+        else:
+            fit.append(item)
     return fit, too_long
 
 
@@ -48,7 +57,7 @@ def split_by_length(
 def sample_batches(
     model,
     tokenizer,
-    prompts: list[str],
+    prompts: list[Conversation],
     *,
     k: int,
     temperature: float,
@@ -59,7 +68,8 @@ def sample_batches(
     should_stop: Callable[[], bool] | None = None,
 ) -> Iterator[tuple[int, list[list[Sample]]]]:
     """Yields (index of the batch's first prompt, K samples per prompt of the batch), batch by batch;
-    stops between batches when should_stop() says so."""
+    stops between batches when should_stop() says so. A prompt is a string or a conversation, which
+    the chat template formats whole, with the generation prompt."""
     model.eval()
     ends = eos_ids(model, tokenizer)
     device = next(model.parameters()).device

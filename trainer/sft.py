@@ -1,5 +1,6 @@
 """Supervised fine-tuning (InstructGPT step 1): the causal-LM loss on the demonstrations' response
-tokens only, the prompt formatted with the model's chat template, AdamW with a cosine schedule after
+tokens only (the final assistant turn: earlier turns of a conversation are context), the whole
+conversation formatted with the model's chat template, AdamW with a cosine schedule after
 a linear warmup, gradient accumulation, and the held-out loss on the valid split.
 
 The worker runs this for an `sft` run (`instructloop worker`). By hand, on prompt/completion JSONL
@@ -22,21 +23,66 @@ import torch.nn.functional as F
 
 from runconfig import SFTConfig
 from trainer.checkpoints import Checkpoints, load_trained_state, trained_state
-from trainer.data import SFTExample
+from trainer.data import Conversation, SFTExample
 from trainer.distributed import Team
 from trainer.loop import MetricsCallback, TrainingLoop
-from trainer.modeling import encode_completion, encode_prompt, pad_batch
+from trainer.modeling import (
+    as_messages,
+    encode_completion,
+    encode_prompt,
+    encode_with_answer,
+    fit_conversation,
+    pad_batch,
+)
 from trainer.precision import load_dtype
 
 IGNORE = -100  # label of the prompt's tokens: no loss there
 
 
 def encode_example(tokenizer, example: SFTExample, config: SFTConfig) -> tuple[list[int], list[int]]:
-    """(input ids, labels): the prompt keeps its last max_prompt_length tokens, the response its
-    first tokens up to max_length; labels are IGNORE on the prompt."""
-    prompt = encode_prompt(tokenizer, example.prompt)[-config.max_prompt_length :]
-    response = encode_completion(tokenizer, example.completion)[: config.max_length - len(prompt)]
-    return prompt + response, [IGNORE] * len(prompt) + response
+    """(input ids, labels) of a demonstration within the config's prompt and total budgets."""
+    return encode_demonstration(
+        tokenizer,
+        example.prompt,
+        example.completion,
+        max_prompt_length=config.max_prompt_length,
+        max_length=config.max_length,
+    )
+
+
+def encode_demonstration(
+    tokenizer,
+    prompt: Conversation,
+    completion: str,
+    *,
+    max_prompt_length: int | None = None,
+    max_length: int | None = None,
+) -> tuple[list[int], list[int]]:
+    """(input ids, labels): the conversation with the completion as its next assistant turn
+    (modeling.encode_with_answer: the chat template's own ids), labels IGNORE everywhere but on the
+    completion and its end token, so earlier assistant turns are context only.
+
+    A conversation longer than max_prompt_length (default: what max_length leaves beside the
+    completion, at least half of it) loses whole turns from the oldest, keeping the system message
+    and the last user turn (modeling.fit_conversation); when those alone are over, the last user turn
+    keeps its end. The completion is never cut to make room; only max_length ends it (the ids past
+    max_length are dropped, as ever). A budget below the template's own frame keeps the prompt's
+    last ids, as a long prompt always did."""
+    answer = encode_completion(tokenizer, completion)
+    budget = max_prompt_length
+    if budget is None and max_length is not None:
+        budget = max(max_length - len(answer), max_length // 2)
+    messages = as_messages(prompt)
+    if budget is not None:
+        fitted = fit_conversation(tokenizer, messages, budget)
+        if fitted is None:
+            head = encode_prompt(tokenizer, messages)[-budget:]
+            ids, labels = head + answer, [IGNORE] * len(head) + answer
+            return (ids[:max_length], labels[:max_length]) if max_length else (ids, labels)
+        messages = fitted
+    ids, start, stop = encode_with_answer(tokenizer, messages, completion)
+    labels = [IGNORE] * start + ids[start:stop] + [IGNORE] * (len(ids) - stop)
+    return (ids[:max_length], labels[:max_length]) if max_length else (ids, labels)
 
 
 def response_loss_sum(model, rows: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, int]:
@@ -150,7 +196,7 @@ def train_sft(
     empty = [i for i, ex in enumerate(train) if not ex.completion.strip()]
     if empty:
         raise ValueError(f"{len(empty)} training demonstrations have an empty response (first: #{empty[0]}).")
-    # Tokenize once: prompt through the chat template, response ended by EOS.
+    # Tokenize once: the conversation and its answer through the chat template, the answer ended by its end token.
     train_rows = [encode_example(tokenizer, ex, config) for ex in train]
     valid_rows = [encode_example(tokenizer, ex, config) for ex in valid]
     loop = SFTLoop(
@@ -170,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     from trainer import standalone
     from trainer.modeling import load_causal_lm, load_tokenizer, resolve_model_source, save_causal_lm
 
-    parser = standalone.parser("SFT on prompt/completion JSONL.")
+    parser = standalone.parser("SFT on prompt/completion JSONL (strings, or TRL's conversational message lists).")
     parser.add_argument("--model", required=True, help="local folder, hub id or smollm2-135m-instruct")
     parser.add_argument("--train", required=True, type=Path)
     parser.add_argument("--valid", type=Path)
@@ -187,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
         gradient_checkpointing=config.gradient_checkpointing,
     )
     train, valid = (
-        [SFTExample(r["prompt"], r["completion"]) for r in standalone.read_jsonl(path)]
+        [SFTExample(r["prompt"], standalone.answer_text(r["completion"])) for r in standalone.read_jsonl(path)]
         for path in (args.train, args.valid)
     )
     standalone.train_and_save(train_sft, model, tokenizer, train, valid, config, args, save_causal_lm)

@@ -67,6 +67,15 @@ def read_jsonl(path: Path | None) -> list[dict]:
         return [row for row in map(json.loads, f) if row]
 
 
+def answer_text(value: Any) -> str:
+    """A completion as a string: as is, or the assistant turn of TRL's conversational form
+    ([{"role": "assistant", "content": ...}], what the conversational SFT export writes). A prompt
+    needs no such step: the trainers take a string or the message list as it is."""
+    if isinstance(value, list) and value and isinstance(value[-1], dict):
+        return str(value[-1]["content"])
+    return str(value)
+
+
 def stop_on_signals():
     """A should_stop for the command line: SIGTERM (a scheduler preempting the job) or Ctrl-C makes the
     run stop at its next step, with a checkpoint, so that `--resume` goes on from there."""

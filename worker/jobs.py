@@ -157,7 +157,7 @@ def run_ppo(ctx: RunContext) -> Outcome:
             reward_model,
             value_model,
             tokenizer,
-            [p.text for p in prompts],
+            [p.prompt for p in prompts],  # conversations: the chat template formats each whole
             config,
             ptx=ptx,
             on_metrics=ctx.on_metrics,
@@ -247,6 +247,13 @@ def _sampler(
             f"Model version {version.id}: skipped {len(too_long)} prompt(s) longer than its context with "
             f"max_new_tokens={max_new_tokens}: ids {[p.id for p in too_long][:20]}."
         )
+    before = {p.id: p.messages for p in prompts}
+    cut = [p.id for p in fit if p.messages != before[p.id]]
+    if cut:
+        snapshot.notes.append(
+            f"Model version {version.id}: {len(cut)} conversation(s) lost their oldest turns to fit its context "
+            f"with max_new_tokens={max_new_tokens}: ids {cut[:20]}."
+        )
     return model, tokenizer, fit
 
 
@@ -257,7 +264,7 @@ def _samples(
     return sample_batches(
         model,
         tokenizer,
-        [p.text for p in prompts],
+        [p.prompt for p in prompts],
         k=k,
         temperature=config.temperature,
         top_p=config.top_p,
@@ -456,7 +463,7 @@ def reward_win_rate(
         ctx.checkpoint()
         chunk = prompts[start : start + batch_size]
         answers = [candidate_answers[p.id] for p in chunk] + [baseline_answers[p.id] for p in chunk]
-        pairs = [(p.text, texts[a], ended[a]) for p, a in zip(chunk + chunk, answers, strict=True)]
+        pairs = [(p.prompt, texts[a], ended[a]) for p, a in zip(chunk + chunk, answers, strict=True)]
         scores = score_pairs(model, tokenizer, pairs).tolist()
         for mine, theirs in zip(scores[: len(chunk)], scores[len(chunk) :], strict=True):
             margins.append(mine - theirs)

@@ -31,6 +31,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app import conversation
 from app.db import write_session
 from app.models import Project, Prompt, Role, TaskKind, User
 from app.services import ServiceError, accounts, queue, submissions
@@ -188,14 +189,24 @@ def ensure_labelers(session: Session, count: int, prefix: str = "sim") -> list[U
 
 
 def load_demonstrations(path: Path) -> dict[str, str]:
-    """prompt text -> demonstration, from JSONL (prompt/completion or Alpaca instruction/input/output)."""
+    """prompt text -> demonstration, from JSONL (prompt/completion or Alpaca instruction/input/output).
+    A conversational row (prompt a message list, completion [assistant]) is keyed by the plain
+    rendering of its conversation, which is what Prompt.text holds."""
     demos: dict[str, str] = {}
     for line in path.read_text(encoding="utf-8").splitlines():
         if not line.strip():
             continue
         row = json.loads(line)
         if "prompt" in row and "completion" in row:
-            demos[row["prompt"].strip()] = row["completion"]
+            prompt, completion = row["prompt"], row["completion"]
+            if isinstance(prompt, list):
+                turns: list[conversation.Message] = [
+                    {"role": m["role"], "content": conversation.normalize_text(m["content"])} for m in prompt
+                ]
+                prompt = conversation.render(turns)
+            if isinstance(completion, list):
+                completion = completion[-1]["content"]
+            demos[prompt.strip()] = completion
         elif "instruction" in row and "output" in row:
             prompt = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
             demos[prompt.strip()] = row["output"]
@@ -277,7 +288,10 @@ def _work_one(
                     time_spent_ms=labeler.rng.randint(20_000, 120_000),
                 )
             elif kind == TaskKind.ranking:
-                order, ratings = labeler.rank(prompt.text, task.outputs, prompt.reference)
+                # The preference reads the instruction being answered: the conversation's last user turn.
+                order, ratings = labeler.rank(
+                    conversation.last_user_turn(prompt.messages), task.outputs, prompt.reference
+                )
                 submissions.submit_ranking(
                     session,
                     user,
@@ -289,7 +303,7 @@ def _work_one(
                 )
             else:
                 a, b = task.outputs
-                choice = labeler.compare(prompt.text, a.text, b.text, prompt.reference)
+                choice = labeler.compare(conversation.last_user_turn(prompt.messages), a.text, b.text, prompt.reference)
                 submissions.submit_comparison(
                     session, user, task.task_id, choice, time_spent_ms=labeler.rng.randint(10_000, 60_000)
                 )

@@ -1,5 +1,6 @@
 """The database snapshot a run trains on (the worker's side: SQLAlchemy and the app's models,
-no torch): demonstrations, rankings and prompts become the plain examples of trainer/data.py.
+no torch): demonstrations, rankings and prompts become the plain examples of trainer/data.py, each
+prompt as its conversation (Prompt.messages), which the trainer formats with the chat template.
 
 A run reads its data once, when it starts, and records exactly which rows it used (ids) and a
 sha256 of their contents in run.dataset_snapshot, so every model can be traced to its data and a
@@ -76,6 +77,24 @@ class Snapshot:
         )
 
 
+def _conversation(prompt: Prompt) -> str | list[dict[str, str]]:
+    """What the model reads: the prompt's messages (copied, so no example shares the row's list), or
+    for a single user turn its text, which the trainer reads as that one message (the same tokens)."""
+    messages = prompt.messages
+    if len(messages) == 1 and messages[0]["role"] == "user":
+        return messages[0]["content"]
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def _manifest_prompt(prompt: Prompt) -> str | list[list[str]]:
+    """The prompt in a manifest: a single user turn as its text (so the hash of a snapshot taken
+    before conversations stays the same), a longer conversation as its [role, content] turns."""
+    model_prompt = _conversation(prompt)
+    if isinstance(model_prompt, str):
+        return model_prompt
+    return [[m["role"], m["content"]] for m in model_prompt]
+
+
 def _splits(names: Sequence[str]) -> list[Split]:
     return [Split(s) for s in names]
 
@@ -130,10 +149,12 @@ def snapshot_demonstrations(
     valid: list[SFTExample] = []
     manifest: list[Any] = []
     for demo, prompt in rows:
-        example = SFTExample(prompt=prompt.text, completion=demo.text)
+        example = SFTExample(prompt=_conversation(prompt), completion=demo.text)
         is_valid = prompt.id in holdout or (prompt.split in valid_splits and prompt.split not in train_splits)
         (valid if is_valid else train).append(example)
-        manifest.append(["demonstration", demo.id, prompt.id, "valid" if is_valid else "train", prompt.text, demo.text])
+        manifest.append(
+            ["demonstration", demo.id, prompt.id, "valid" if is_valid else "train", _manifest_prompt(prompt), demo.text]
+        )
     snapshot = Snapshot(
         rows={"demonstrations": [d.id for d, _ in rows], "prompts": sorted({p.id for _, p in rows})},
         manifest=manifest,
@@ -204,7 +225,7 @@ def snapshot_rankings(
         ids = [cid for group in groups for cid in group]
         index = {cid: i for i, cid in enumerate(ids)}
         example = RankingExample(
-            prompt=prompt.text,
+            prompt=_conversation(prompt),
             completions=[texts[cid] for cid in ids],
             order=[[index[cid] for cid in group] for group in groups],
             ended=[ended[cid] for cid in ids],
@@ -219,7 +240,7 @@ def snapshot_rankings(
                 ranking.id,
                 prompt.id,
                 "valid" if is_valid else "train",
-                prompt.text,
+                _manifest_prompt(prompt),
                 groups,
                 [texts[cid] for cid in ids],
             ]
@@ -268,10 +289,14 @@ def snapshot_prompts(
             f"Project {project_id} has no {'/'.join(splits)} prompts{extra}: import prompts "
             "(or choose another split) and start the run again."
         )
-    items = [PromptItem(id=p.id, text=p.text, split=p.split.value) for p in prompts]
+    items = []
+    for p in prompts:
+        model_prompt = _conversation(p)
+        messages = None if isinstance(model_prompt, str) else model_prompt
+        items.append(PromptItem(id=p.id, text=p.text, split=p.split.value, messages=messages))
     snapshot = Snapshot(
         rows={"prompts": [p.id for p in items]},
-        manifest=[["prompt", p.id, p.split, p.text] for p in items],
+        manifest=[["prompt", p.id, p.split.value, _manifest_prompt(p)] for p in prompts],
         counts={"prompts": len(items)},
     )
     return items, snapshot
