@@ -403,3 +403,26 @@ def test_a_vanished_or_stopped_workers_run_is_queued_again_until_its_attempts_ar
     runs.claim_next_run(session, "w3")
     evaluate.heartbeat_at = utcnow() - timedelta(seconds=300)
     assert runs.reap_stale_runs(session, stale_s=120) == {evaluate.id: RunStatus.failed}
+
+
+@pytest.mark.parametrize("end", ["vanished", "stopped"])
+def test_a_cancel_wins_over_queueing_again_when_the_worker_dies_or_stops(engine, session, project, end):
+    run = queue_raw(session, project, "sft")  # resumable, with attempts left: would be queued again
+    session.commit()
+    with write_session(engine) as s:
+        runs.claim_next_run(s, "w1")
+    with write_session(engine) as s:  # the admin's cancel: the worker has not seen it yet
+        assert runs.cancel_run(s, run.id).cancel_requested
+    with write_session(engine) as s:
+        if end == "vanished":
+            s.get_one(TrainingRun, run.id).heartbeat_at = utcnow() - timedelta(seconds=300)
+            assert runs.reap_stale_runs(s, stale_s=120) == {run.id: RunStatus.cancelled}
+        else:
+            assert runs.release_run(s, run.id, "w1", "SIGTERM at step 3 of 9") == RunStatus.cancelled
+    session.expire_all()
+    ended = session.get_one(TrainingRun, run.id)
+    assert ended.status == RunStatus.cancelled and ended.finished_at is not None
+    assert ended.error.startswith("Cancelled: an admin asked to stop it"), ended.error
+    assert [a["outcome"] for a in ended.attempt_log] == ["worker vanished" if end == "vanished" else "worker stopped"]
+    with write_session(engine) as s:
+        assert runs.claim_next_run(s, "w2") is None  # no worker picks it up again

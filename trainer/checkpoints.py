@@ -13,7 +13,7 @@ whole; the newest `KEEP` are kept. These are plain `torch.save` files rather tha
 the current epoch, the prompt queue of PPO) has to be in the same file as the weights it belongs to."""
 
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,6 +84,9 @@ class Checkpoints:
     folder: Path | None = None
     resume: bool = True
     """Load the newest checkpoint at the start, when there is one."""
+    on_start: Callable[[int | None], None] | None = None
+    """Told by `load` where the loop goes on: the step of the checkpoint it resumes, None when it
+    starts from the beginning (the worker records it, and drops the metrics of steps done again)."""
 
     def due(self, step: int, every: int, *, stopping: bool = False) -> bool:
         return self.folder is not None and (stopping or (every > 0 and step % every == 0))
@@ -117,6 +120,8 @@ class Checkpoints:
         state = self.load_file() if self.resume else None
         if state is not None:
             set_rng_state(state["rng"])
+        if self.on_start is not None:
+            self.on_start(None if state is None else int(state["step"]))
         return state
 
     def load_file(self, at_most: int | None = None) -> dict[str, Any] | None:

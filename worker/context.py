@@ -307,7 +307,18 @@ class RunContext:
         """Where this run's checkpoints go (kept across attempts, removed when the run ends)."""
         from trainer.checkpoints import Checkpoints
 
-        return Checkpoints(self.worker.run_folder(self.run_id, ".checkpoints"))
+        return Checkpoints(self.worker.run_folder(self.run_id, ".checkpoints"), on_start=self.started_at)
+
+    def started_at(self, step: int | None) -> None:
+        """The training goes on from the checkpoint of `step` (None: from the beginning). The attempt
+        log said the last step the previous attempt reported, which may lie beyond its newest
+        checkpoint; those steps run again, so their metrics go (runs.start_attempt_at)."""
+        self.last_step = step or 0
+        if not self.is_main:
+            return
+        with self.session() as session:
+            if not runs.start_attempt_at(session, self.run_id, self.worker.worker_id, step):
+                self._lose()
 
 
 def describe_error(exc: BaseException) -> str:

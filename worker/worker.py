@@ -206,7 +206,11 @@ class Worker:
             if status == RunStatus.queued:
                 log.warning("run %s: its worker vanished; queued again (resumes from its checkpoint)", run_id)
             else:
-                log.warning("run %s: its worker vanished and it has no attempts left; marked %s", run_id, status.value)
+                log.warning(
+                    "run %s: its worker vanished; not retried (cancel asked or no attempts left): %s",
+                    run_id,
+                    status.value,
+                )
                 self.remove_work_folders(run_id)
         return list(reaped)
 

@@ -12,6 +12,8 @@ Run state machine (TrainingRun.status):
 - `cancel_run` on a running run only sets `cancel_requested`; the worker sees it at its next
   heartbeat and stops at a safe point within seconds. succeeded/failed/cancelled are final: cancelling
   them is a 409.
+- A run whose worker vanished or was stopped (SIGTERM) is queued again while it has attempts left,
+  unless a cancel was requested: then it ends cancelled (the admin's cancel wins over a retry).
 - Only the worker that claimed a run (worker_id) may move it on; a run reaped while its worker was
   stuck stays failed when that worker comes back (its finish is refused and it drops the run).
 - Claiming uses SELECT ... FOR UPDATE SKIP LOCKED on Postgres, and the writer lock of
@@ -420,6 +422,27 @@ def claim_next_run(session: Session, worker_id: str) -> TrainingRun | None:
     return run
 
 
+def start_attempt_at(session: Session, run_id: int, worker_id: str, step: int | None) -> bool:
+    """The attempt goes on from the checkpoint of `step` (None: from the start, no checkpoint). The
+    previous attempt may have gone beyond its newest checkpoint before it died: those steps are done
+    again, so their metrics are dropped (else each appears twice) and the attempt log names the step
+    it really goes on from, not the last one reported. False when the run is not this worker's."""
+    run = _owned(session, run_id, worker_id)
+    if run is None:
+        return False
+    start = step or 0
+    redone = delete(RunMetric).where(RunMetric.run_id == run_id)
+    if step is not None:  # the checkpoint's own step was recorded before it was saved
+        redone = redone.where(RunMetric.step > step)
+    session.execute(redone)
+    log = [dict(entry) for entry in run.attempt_log or []]
+    if log and "ended_at" not in log[-1]:
+        log[-1]["from_step"] = start
+        run.attempt_log = log
+    run.progress_step = start
+    return True
+
+
 def _owned(session: Session, run_id: int, worker_id: str) -> TrainingRun | None:
     run = session.get(TrainingRun, run_id)
     if run is None or run.status != RunStatus.running or run.worker_id != worker_id:
@@ -502,8 +525,8 @@ def finish_run(
 
 def reap_stale_runs(session: Session, stale_s: float) -> dict[int, RunStatus]:
     """Every running run whose heartbeat is older than `stale_s` seconds: queued again while it has
-    attempts left (the next worker resumes it from its newest checkpoint), else failed. Returns
-    {run id: its new status}."""
+    attempts left (the next worker resumes it from its newest checkpoint), else failed; cancelled
+    when an admin asked to cancel it. Returns {run id: its new status}."""
     cutoff = utcnow() - timedelta(seconds=stale_s)
     stmt = skip_locked(
         select(TrainingRun).where(TrainingRun.status == RunStatus.running, TrainingRun.heartbeat_at < cutoff),
@@ -521,7 +544,8 @@ def reap_stale_runs(session: Session, stale_s: float) -> dict[int, RunStatus]:
 
 def release_run(session: Session, run_id: int, worker_id: str, why: str) -> RunStatus | None:
     """The worker holding the run is shutting down (SIGTERM) before the run ended: the run is queued
-    again while it has attempts left, else cancelled. None when the run is not this worker's."""
+    again while it has attempts left and no cancel was asked, else cancelled. None when the run is not
+    this worker's."""
     run = _owned(session, run_id, worker_id)
     if run is None:
         return None
@@ -537,7 +561,12 @@ RESUMABLE = (RunKind.sft, RunKind.reward, RunKind.ppo, RunKind.generate)
 def _retry_or_end(run: TrainingRun, outcome: str, why: str, final: RunStatus) -> RunStatus:
     _end_attempt(run, outcome)
     run.phase = None
-    if run.kind in RESUMABLE and run.attempts < run.max_attempts:
+    if run.cancel_requested:  # an admin's cancel wins: a run asked to stop is never queued again
+        run.status, run.finished_at = RunStatus.cancelled, utcnow()
+        run.error = (
+            f"Cancelled: an admin asked to stop it, and then its attempt {run.attempts} ended: {outcome} ({why})."
+        )
+    elif run.kind in RESUMABLE and run.attempts < run.max_attempts:
         run.status, run.worker_id, run.heartbeat_at = RunStatus.queued, None, None
         run.error = (
             f"Attempt {run.attempts} of {run.max_attempts}: {outcome} ({why}). Queued again: the next "
