@@ -49,6 +49,15 @@ class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON, list[Any]: JSON}
 
 
+@event.listens_for(Table, "after_parent_attach")
+def _never_reuse_ids(table: Table, parent: Any) -> None:
+    """Table args of every model: AUTOINCREMENT on SQLite, so an id is never given out again after a
+    delete (plain SQLite hands out max(id) + 1: a deleted project's id went to the next project, and
+    an invite naming the old one to the new one). Postgres sequences never go back. Migration 0010."""
+    if parent is Base.metadata:
+        table.dialect_kwargs["sqlite_autoincrement"] = True
+
+
 def _enum(cls: type[enum.Enum]) -> Enum:
     # Stored as plain strings (no native Postgres ENUM): adding a value needs no migration dance.
     return Enum(cls, native_enum=False, length=32, values_callable=lambda e: [m.value for m in e])

@@ -10,8 +10,9 @@ from app.db import make_engine
 from app.models import Base
 
 # On SQLite, batch migrations reflect the tables they copy, and SQLAlchemy cannot reflect the
-# expression index ux_projects_name_lower (lower(name)) and warns at every fresh database. No
-# migration copies the projects table (0004 adds its columns in place), so the index is kept.
+# expression index ux_projects_name_lower (lower(name)) and warns at every fresh database. No batch
+# migration copies the projects table (0004 adds its columns in place; 0010 rebuilds it from its
+# stored SQL, indexes included), so the index is kept.
 warnings.filterwarnings("ignore", "Skipped unsupported reflection of expression-based index", SAWarning)
 
 config = context.config
@@ -50,6 +51,8 @@ def _run(connection) -> None:
     )
     with context.begin_transaction():
         context.run_migrations()
+    if connection.dialect.name == "sqlite":  # a migration that rebuilt tables turned them off (0010)
+        connection.exec_driver_sql("PRAGMA foreign_keys=ON")
 
 
 if context.is_offline_mode():

@@ -224,8 +224,10 @@ def accept_invite(session: Session, token: str, password: str, name: str = "") -
     user = create_user(session, invite.email, password, role=invite.role, name=name)
     user.last_login_at = utcnow()  # accepting signs them in
     session.execute(update(Invite).where(Invite.id == invite.id).values(user_id=user.id))
-    existing = set(session.scalars(select(Project.id).where(Project.id.in_(invite.project_ids or []))))
-    session.add_all(ProjectMember(project_id=pid, user_id=user.id) for pid in sorted(existing))
+    # Only the projects the invite named: one made after the invite never is, whatever its id (a
+    # deleted project's id came back on SQLite before 0010, and an id outlives its row in backups).
+    named = select(Project.id).where(Project.id.in_(invite.project_ids or []), Project.created_at <= invite.created_at)
+    session.add_all(ProjectMember(project_id=pid, user_id=user.id) for pid in sorted(set(session.scalars(named))))
     session.flush()
     return user
 
