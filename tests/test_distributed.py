@@ -17,9 +17,10 @@ import pytest
 from safetensors.torch import load_file
 
 from app.config import REPO_ROOT
-from tests.test_ppo import sft_folder  # noqa: F401 - the tiny SFT policy fixture
+from tests.test_ppo import ANSWERS, PROMPTS, sft_folder  # noqa: F401 - the tiny SFT policy fixture
 from tests.test_reward import synthetic_rankings
 from tests.test_sft import TRAIN, VALID
+from trainer.modeling import ScalarHeadModel, load_tokenizer
 from trainer.tiny import make_tiny_model
 
 pytestmark = pytest.mark.slow  # several processes train end to end (minutes); CI runs it
@@ -207,7 +208,7 @@ def test_sigterm_stops_two_processes_at_a_checkpoint_and_resume_finishes_the_run
             break
     output = "".join(lines) + proc.communicate(timeout=120)[0]
     assert proc.returncode != 0 and "Run the same command with --resume" in output, output[-3000:]
-    assert not (tmp_path / "cut").exists() and list((tmp_path / "cut.checkpoints").glob("step-*.pt"))
+    assert not (tmp_path / "cut").exists() and _checkpoints(tmp_path / "cut.checkpoints")
     resumed = _run([*args, "--resume"], 2, tmp_path / "cut")
     assert 20 <= resumed["resumed_from_step"] < resumed["steps"] == whole["steps"]
     assert _close(tmp_path / "whole", tmp_path / "cut") < TOLERANCE
@@ -233,3 +234,66 @@ def test_ppo_on_two_processes_learns_like_one_with_the_weights_in_step(sft_folde
     fsdp = _run(["tests.ddp_ppo", sft_folder, '{"sharding": "fsdp"}'], 2, None)
     assert fsdp["scores"] == two["scores"] and abs(fsdp["kl"] - two["kl"]) < TOLERANCE
     assert abs(fsdp["weight_sums"][0] - first) < 1e-2 and fsdp["weight_sums"][0] == fsdp["weight_sums"][1]
+
+
+def _checkpoints(folder: Path) -> list[Path]:
+    """The complete checkpoints in a folder: step-N.pt files (one process, DDP) or step-N folders (FSDP)."""
+    return [p for p in folder.glob("step-*") if not p.name.endswith(".partial")]
+
+
+def _stop_at(command: list[str], step: int) -> str:
+    """Runs `command`, SIGTERMs the launcher's process group once step `step`'s metrics line is out
+    (as a scheduler preempting the job), and returns the output."""
+    proc = subprocess.Popen(
+        command,
+        cwd=REPO_ROOT,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    lines = []
+    assert proc.stdout is not None
+    for line in proc.stdout:  # metric lines: "step total {json}"
+        lines.append(line)
+        if line.split(" ", 1)[0] == str(step):
+            os.killpg(proc.pid, signal.SIGTERM)
+            break
+    output = "".join(lines) + proc.communicate(timeout=180)[0]
+    assert proc.returncode != 0 and "Run the same command with --resume" in output, output[-3000:]
+    return output
+
+
+@pytest.mark.skipif(ACCELERATE is None, reason="the accelerate command is not installed beside this Python")
+def test_fsdp_ppo_with_checkpoints_and_ptx_stops_and_resumes_to_the_end_of_one_run(sft_folder, tmp_path):  # noqa: F811
+    """Issue 29, finding 1: PPO sharded (FSDP) on 2 processes with checkpoints (step 0 and every
+    step) and ptx. On 537a5f6 it deadlocked at the step-0 checkpoint (process 0 gathered a sharded
+    weight inside a process-0-only branch). It must finish; and a run SIGTERMed at step 3 then run
+    again with --resume must end with the weights of the uninterrupted run."""
+    reward = tmp_path / "reward"
+    ScalarHeadModel.from_causal_lm(sft_folder, device="cpu").save_pretrained(reward, load_tokenizer(sft_folder))
+    prompts = _write(tmp_path / "prompts.jsonl", [{"prompt": p} for p in PROMPTS])
+    ptx = _write(tmp_path / "ptx.jsonl", [{"prompt": p, "completion": a} for p in PROMPTS for a in ANSWERS[:2]])
+    sets = {
+        "sharding": "fsdp",
+        "total_episodes": 24,
+        "rollout_batch_size": 4,
+        "minibatch_size": 2,
+        "max_new_tokens": 6,
+        "save_every": 1,
+        "ptx_coef": 0.5,
+        "ptx_batch_size": 2,
+        "learning_rate": 1e-3,
+    }
+    args = ["trainer.ppo", "--policy", sft_folder, "--reward", str(reward), "--prompts", str(prompts)]
+    args += ["--ptx", str(ptx), *(a for k, v in sets.items() for a in ("--set", f"{k}={json.dumps(v)}"))]
+    whole = _run(args, 2, tmp_path / "whole")
+    assert whole["steps"] == 6 and whole["world_size"] == 2.0 and "ptx_loss" in whole
+    assert _checkpoints(tmp_path / "whole.checkpoints")
+
+    _stop_at(_command(args, 2, tmp_path / "cut"), 3)
+    assert not (tmp_path / "cut").exists() and _checkpoints(tmp_path / "cut.checkpoints")
+    resumed = _run([*args, "--resume"], 2, tmp_path / "cut")
+    assert 3 <= resumed["resumed_from_step"] < resumed["steps"] == whole["steps"]
+    assert _close(tmp_path / "whole", tmp_path / "cut") < TOLERANCE
