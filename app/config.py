@@ -1,10 +1,11 @@
 """Settings, read from environment variables (and a .env file in the working directory)."""
 
+import ipaddress
 import secrets
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -28,10 +29,17 @@ class Settings(BaseSettings):
 
     public_url: str = Field(default="", alias="INSTRUCTLOOP_PUBLIC_URL")
     """The address people open, e.g. https://label.example.com: invite and reset links start with it.
-    Unset, links use the address of the admin's request (its Host header)."""
+    Unset, a link starts with the admin's request address only when its host is trusted (a loopback
+    name, or one in allowed_hosts); otherwise the page gives the bare path and asks for this setting,
+    so a forged Host header never ends up in a link someone is sent."""
 
     allowed_hosts: str = Field(default="", alias="INSTRUCTLOOP_ALLOWED_HOSTS")
     """Comma-separated host names the server answers to (others get 400); empty: any."""
+
+    trusted_proxies: str = Field(default="", alias="INSTRUCTLOOP_TRUSTED_PROXIES")
+    """Comma-separated addresses or networks (e.g. 127.0.0.1, 10.0.0.0/8) of the reverse proxies in
+    front: only a request from one of them has its X-Forwarded-For / X-Forwarded-Proto believed.
+    Empty: never (the peer address is the client), even from loopback."""
 
     cookie_secure: bool = Field(default=False, alias="INSTRUCTLOOP_COOKIE_SECURE")
     """Send the session cookie only over HTTPS (turn on behind TLS)."""
@@ -44,6 +52,9 @@ class Settings(BaseSettings):
     login_window_s: int = Field(default=15 * 60, alias="INSTRUCTLOOP_LOGIN_WINDOW")
     login_max_failures_per_ip: int = Field(default=20, alias="INSTRUCTLOOP_LOGIN_MAX_FAILURES_PER_IP")
     invite_ttl_s: int = Field(default=7 * 24 * 3600, alias="INSTRUCTLOOP_INVITE_TTL")
+    reset_ttl_s: int = Field(default=3600, alias="INSTRUCTLOOP_RESET_TTL")
+    """A password reset link is a password: it works for this long (an invite, which only makes a new
+    account, lives invite_ttl_s)."""
     max_body_bytes: int = Field(default=10 * 1024 * 1024, alias="INSTRUCTLOOP_MAX_BODY_BYTES")
     """Requests with a larger body are refused with 413 before they are read."""
 
@@ -62,6 +73,15 @@ class Settings(BaseSettings):
     worker_heartbeat_s: float = Field(default=5.0, alias="INSTRUCTLOOP_WORKER_HEARTBEAT")
     worker_stale_s: float = Field(default=120.0, alias="INSTRUCTLOOP_WORKER_STALE")
     """A running run whose heartbeat is older than this is marked failed (its worker vanished)."""
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_are_addresses(cls, value: str) -> str:
+        # A typo must stop the server at start, not silently trust nobody (or everybody).
+        for item in value.split(","):
+            if item.strip():
+                ipaddress.ip_network(item.strip(), strict=False)
+        return value
 
     @cached_property
     def db_url(self) -> str:

@@ -1,8 +1,10 @@
 """Annotated dependencies: the database session and the signed-in user, for pages and API."""
 
+import ipaddress
 import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Annotated
 
 import anyio
@@ -101,6 +103,44 @@ async def get_settings(request: Request) -> Settings:
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def client_ip(request: Request, settings: Settings | None = None) -> str:
+    """The client's address: the one function that says it (login throttle, session records, logs).
+
+    X-Forwarded-For is believed only from a proxy in INSTRUCTLOOP_TRUSTED_PROXIES (default none, not
+    even loopback: anyone on the machine could otherwise name any address and escape the throttle).
+    Of its hops the nearest one that is not itself a trusted proxy is the client, as uvicorn reads it
+    (instructloop serve hands uvicorn the same list): what the client wrote in front is not believed."""
+    settings = settings or request.app.state.settings
+    peer = request.client.host if request.client else ""
+    proxies = trusted_networks(settings.trusted_proxies)
+    if not proxies or not _is_trusted(peer, proxies):
+        return peer
+    hops = [h.strip() for value in request.headers.getlist("x-forwarded-for") for h in value.split(",")]
+    for hop in reversed(hops):
+        if hop and not _is_trusted(hop, proxies):
+            return hop[:64]
+    return (hops[0] if hops and hops[0] else peer)[:64]  # every hop a proxy: the farthest one
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@lru_cache(maxsize=8)
+def trusted_networks(spec: str) -> tuple[Network, ...]:
+    """The networks of a comma-separated list of addresses and networks (ValueError on a bad one)."""
+    return tuple(ipaddress.ip_network(item.strip(), strict=False) for item in spec.split(",") if item.strip())
+
+
+def _is_trusted(host: str, proxies: tuple[Network, ...]) -> bool:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in proxies)
 
 
 def optional_user(request: Request, session: SessionDep) -> User | None:

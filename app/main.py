@@ -58,7 +58,8 @@ SMALL_BODY_PATHS = ((re.compile(r"/api/v1/projects/[^/]+/intake/?"), intake.MAX_
 
 
 class BodyLimit:
-    """Refuses request bodies over the limit with 413 before the app reads them."""
+    """Refuses request bodies over the limit with 413: at once when Content-Length says so, else
+    (a chunked body) as soon as what was read passes the limit."""
 
     def __init__(self, app, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
@@ -70,19 +71,34 @@ class BodyLimit:
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             return await self._refuse(scope, send, limit)
-        seen = 0
+        seen, too_large, started = 0, False, False
 
         async def limited_receive():
-            nonlocal seen
+            nonlocal seen, too_large
+            if too_large:
+                raise _TooLarge()
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > limit:
+                too_large = True
                 raise _TooLarge()
             return message
 
+        async def guarded_send(message):
+            nonlocal started
+            # The app may catch _TooLarge and answer for itself (FastAPI turns any error while it
+            # reads a body into 400): that answer is dropped, the 413 below goes out instead.
+            if too_large and not started:
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
         try:
-            await self.app(scope, limited_receive, send)
-        except _TooLarge:
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:
+            if not too_large or started:
+                raise
+        if too_large and not started:
             await self._refuse(scope, send, limit)
 
     async def _refuse(self, scope, send, limit: int):

@@ -45,11 +45,29 @@ def serve(host: str, port: int, workers: int, with_worker: bool, migrate: bool |
     _ensure_first_admin(settings, host, port)
     worker = subprocess.Popen([sys.executable, "-m", "instructloop", "worker"]) if with_worker else None
     try:
-        uvicorn.run("app.main:create_served_app", factory=True, host=host, port=port, workers=workers, log_level="info")
+        uvicorn.run(
+            "app.main:create_served_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level="info",
+            **proxy_options(settings),
+        )
     finally:
         if worker is not None:
             worker.terminate()
             worker.wait(timeout=60)
+
+
+def proxy_options(settings: Settings) -> dict:
+    """uvicorn's proxy headers follow INSTRUCTLOOP_TRUSTED_PROXIES (app.deps.client_ip): its defaults
+    believe X-Forwarded-For from 127.0.0.1 (or $FORWARDED_ALLOW_IPS) and would rewrite the client
+    address, and so the access log's, before the app sees the request."""
+    proxies = [item.strip() for item in settings.trusted_proxies.split(",") if item.strip()]
+    if not proxies:
+        return {"proxy_headers": False}
+    return {"proxy_headers": True, "forwarded_allow_ips": proxies}
 
 
 def _ensure_first_admin(settings: Settings, host: str, port: int) -> None:

@@ -52,8 +52,8 @@ def test_wrong_password_unknown_user_and_disabled_user(client, make_user, sessio
     user = session.scalar(select(User).where(User.email == "a@example.com"))
     user.is_active = False
     session.commit()
-    r = login(client, "a@example.com")
-    assert r.status_code == 401 and "disabled" in r.text
+    r = login(client, "a@example.com")  # the right password: refused like a wrong one (issue 27)
+    assert r.status_code == 401 and "Wrong email or password." in r.text and "disabled" not in r.text
     assert client.get("/label").status_code == 303
 
 

@@ -76,11 +76,11 @@ def authenticate(
         session, email, ip, max_failures=max_failures, max_failures_per_ip=max_failures_per_ip, window_s=window_s
     )
     user = session.scalar(select(User).where(User.email == email))
-    if not verify_password(user.password_hash if user else None, password) or user is None:
+    # A disabled account is refused exactly like a wrong password (same message, the hash still
+    # checked, the attempt still counted): anything else would confirm that the password was right.
+    if not verify_password(user.password_hash if user else None, password) or user is None or not user.is_active:
         raise LoginError("Wrong email or password.")
     session.execute(delete(LoginFailure).where(LoginFailure.email == email, LoginFailure.ip == ip))
-    if not user.is_active:
-        raise LoginError("This account is disabled. Ask an admin to enable it.")
     user.last_login_at = utcnow()
     return user
 
@@ -377,26 +377,32 @@ def open_sessions(session: Session, user_id: int) -> list[UserSession]:
 def end_access(session: Session, user_id: int) -> tuple[int, int]:
     """An admin's "sign out everywhere": ends every session and revokes every API token.
     Returns (sessions ended, tokens revoked)."""
-    ended = end_sessions(session, user_id)
-    revoked = changed_rows(
+    return end_sessions(session, user_id), revoke_api_tokens(session, user_id)
+
+
+def revoke_api_tokens(session: Session, user_id: int) -> int:
+    """Revokes every open API token of the user. Returns how many."""
+    return changed_rows(
         session.execute(
             update(ApiToken)
             .where(ApiToken.user_id == user_id, ApiToken.revoked_at.is_(None))
             .values(revoked_at=utcnow())
         )
     )
-    return ended, revoked
 
 
 # -- passwords ---------------------------------------------------------------------------------
 
 
-def change_password(session: Session, user: User, current: str, new: str, *, keep_sid: str) -> None:
-    """Checks the current password, sets the new one and ends the user's other sessions."""
+def change_password(session: Session, user: User, current: str, new: str, *, keep_sid: str) -> int:
+    """Checks the current password, sets the new one, ends the user's other sessions and revokes
+    their API tokens (a token made by whoever knew the old password must not outlive it).
+    Returns how many tokens were revoked."""
     if not verify_password(user.password_hash, current):
         raise ServiceError("The current password is wrong.")
     _set_password(session, user, new)
     end_sessions(session, user.id, keep_sid=keep_sid)
+    return revoke_api_tokens(session, user.id)
 
 
 def _set_password(session: Session, user: User, password: str) -> None:
@@ -435,7 +441,8 @@ def open_password_reset(session: Session, token: str) -> PasswordReset:
 
 
 def use_password_reset(session: Session, token: str, password: str) -> User:
-    """Sets the new password and ends every session of the user (whoever had them)."""
+    """Sets the new password, ends every session of the user and revokes their API tokens (whoever
+    had them)."""
     reset = open_password_reset(session, token)
     user = reset.user
     _set_password(session, user, password)
@@ -447,5 +454,5 @@ def use_password_reset(session: Session, token: str, password: str) -> User:
         )
     ):
         raise ServiceError("This reset link was already used. Log in, or ask an admin for a new one.", status_code=410)
-    end_sessions(session, user.id)
+    end_access(session, user.id)
     return user

@@ -36,9 +36,40 @@ def _users_page(request: Request, session, status_code: int = 200, **extra):
 
 def _link(request: Request, settings, route: str, token: str) -> str:
     """A link to send someone: on the configured public address, so that a forged Host header
-    can't put another site in it."""
+    can't put another site in front of its token. Without one, the request's address serves only
+    when its host is trusted; otherwise the admin gets the bare path and is asked for the setting."""
     path = request.app.url_path_for(route, token=token)
-    return settings.public_url.rstrip("/") + path if settings.public_url else str(request.url_for(route, token=token))
+    if settings.public_url:
+        return settings.public_url.rstrip("/") + path
+    if _trusted_host(request.url.hostname or "", settings.allowed_hosts):
+        return str(request.url_for(route, token=token))
+    flash(
+        request,
+        "Set INSTRUCTLOOP_PUBLIC_URL (e.g. https://label.example.com) to get whole links: without it only a "
+        "loopback host or one in INSTRUCTLOOP_ALLOWED_HOSTS is trusted, so this link is the path only. "
+        "Put this server's address in front of it.",
+        "error",
+    )
+    return path
+
+
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def _trusted_host(host: str, allowed_hosts: str) -> bool:
+    """A loopback name (a server on this machine) or one on the allow-list the server enforces
+    (Starlette's TrustedHostMiddleware patterns: a name or "*.domain"; a bare "*" trusts nothing here)."""
+    host = host.lower()
+    if host in LOOPBACK_HOSTS:
+        return True
+    for pattern in (p.strip().lower() for p in allowed_hosts.split(",")):
+        if (
+            pattern
+            and pattern != "*"
+            and (host == pattern or (pattern.startswith("*.") and host.endswith(pattern[1:])))
+        ):
+            return True
+    return False
 
 
 @router.get("/users")
@@ -111,7 +142,7 @@ def end_access(request: Request, session: SessionDep, user: AdminUser, user_id: 
 
 @router.post("/users/{user_id}/reset-link")
 def reset_link(request: Request, session: SessionDep, settings: SettingsDep, user: AdminUser, user_id: IdPath):
-    token = accounts.create_password_reset(session, user_id, created_by=user, ttl_s=settings.invite_ttl_s)
+    token = accounts.create_password_reset(session, user_id, created_by=user, ttl_s=settings.reset_ttl_s)
     return _users_page(
         request,
         session,

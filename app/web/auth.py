@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Request
 
-from app.deps import CurrentUser, OptionalUser, SessionDep, SettingsDep, verify_csrf
+from app.deps import CurrentUser, OptionalUser, SessionDep, SettingsDep, client_ip, verify_csrf
 from app.security import new_session, token_hash
 from app.services import ServiceError, accounts
 from app.web.params import BackForm, IdPath
@@ -41,7 +41,7 @@ def login(request: Request, session: SessionDep, settings: SettingsDep, form: An
             session,
             form.email,
             form.password,
-            ip=_client_ip(request),
+            ip=client_ip(request),
             max_failures=settings.login_max_failures,
             max_failures_per_ip=settings.login_max_failures_per_ip,
             window_s=settings.login_window_s,
@@ -66,13 +66,9 @@ def _sign_in(request: Request, session, user) -> None:
         session,
         user,
         request.state.session.sid,
-        ip=_client_ip(request),
+        ip=client_ip(request),
         user_agent=request.headers.get("user-agent", ""),
     )
-
-
-def _client_ip(request: Request) -> str:
-    return request.client.host if request.client else ""
 
 
 @router.post("/logout")
@@ -167,10 +163,18 @@ def change_password(request: Request, session: SessionDep, user: CurrentUser, fo
     try:
         if form.password != form.password2:
             raise ServiceError("The two new passwords differ.")
-        accounts.change_password(session, user, form.current, form.password, keep_sid=request.state.session.sid)
+        revoked = accounts.change_password(
+            session, user, form.current, form.password, keep_sid=request.state.session.sid
+        )
     except ServiceError as exc:
         return _account_page(request, session, user, password_error=exc.message, status_code=exc.status_code)
-    flash(request, "Password changed. Your other sessions are signed out.")
+    tokens = (
+        f" and {revoked} API token{'s' * (revoked != 1)} {'were' if revoked != 1 else 'was'} revoked"
+        " (create new ones for your scripts)"
+        if revoked
+        else ""
+    )
+    flash(request, f"Password changed. Your other sessions are signed out{tokens}.")
     return redirect("/account")
 
 
@@ -218,7 +222,10 @@ def reset_password(request: Request, session: SessionDep, token: str, form: Anno
             status_code=exc.status_code,
         )
     request.state.session = new_session()
-    flash(request, "Your password is set. Log in with it.")
+    flash(
+        request,
+        "Your password is set: log in with it. Every session of this account was signed out and its API tokens revoked.",
+    )
     return redirect("/login")
 
 
