@@ -297,3 +297,19 @@ def test_fsdp_ppo_with_checkpoints_and_ptx_stops_and_resumes_to_the_end_of_one_r
     resumed = _run([*args, "--resume"], 2, tmp_path / "cut")
     assert 3 <= resumed["resumed_from_step"] < resumed["steps"] == whole["steps"]
     assert _close(tmp_path / "whole", tmp_path / "cut") < TOLERANCE
+
+
+@pytest.mark.skipif(ACCELERATE is None, reason="the accelerate command is not installed beside this Python")
+@pytest.mark.parametrize("launcher", ["bf16", "fp16"])
+def test_the_launchers_mixed_precision_does_not_override_the_runs(sft_folder, launcher):  # noqa: F811
+    """Issue 29, finding 2: with ACCELERATE_MIXED_PRECISION in the environment (an `accelerate config`
+    default, `accelerate launch --mixed_precision`), DDP's Accelerator autocast the policy's forward
+    on top of the run's precision. The run's precision must win: with the reference equal to the
+    policy, the step-1 KL is exactly 0 in fp32 and in bf16 mixed."""
+    env = {**ENV, "ACCELERATE_MIXED_PRECISION": launcher}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", _free_port()]
+    command += ["-m", "tests.ddp_precision", sft_folder, json.dumps(["fp32", "bf16"]), "ddp"]
+    done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    kl = json.loads(done.stdout.strip().splitlines()[-1])
+    assert kl == {"fp32": 0.0, "bf16": 0.0}, kl

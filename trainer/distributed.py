@@ -91,7 +91,10 @@ class Team:
         if sharding == "fsdp":
             return self._shard(model)
         if self._accelerator is None:
-            self._accelerator = Accelerator(cpu=self.device.type == "cpu")
+            # mixed_precision="no": the run's own precision (trainer/precision.py) autocasts; an
+            # accelerate default (ACCELERATE_MIXED_PRECISION, from `accelerate config` or `launch
+            # --mixed_precision`) would otherwise wrap the model's forward in a second autocast.
+            self._accelerator = Accelerator(cpu=self.device.type == "cpu", mixed_precision="no")
         return self._accelerator.prepare_model(model)
 
     def _shard(self, model: torch.nn.Module) -> torch.nn.Module:
