@@ -257,47 +257,180 @@ def test_evaluation_results_match_the_evaluation_service(admin_client, session, 
     assert f'href="/admin/runs/{run.id}"' in page.text and "50.0%" in page.text
 
 
-def test_the_run_form_says_what_the_run_will_do_and_about_how_long(admin_client, session):
+def _model_folder(tmp_path, name, hidden, layers, vocab=512):
+    """A model folder with only its config.json: enough for the estimate to count its parameters."""
+    import json
+
+    folder = tmp_path / name
+    folder.mkdir()
+    config = {
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+        "intermediate_size": 4 * hidden,
+        "vocab_size": vocab,
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    return str(folder)
+
+
+def _finished_sft(session, project, version_id, *, load_s, step_s, steps, batch, save_s, worker="cpu-box:1"):
+    """A succeeded SFT run whose metrics say: load_s before the first step, step_s per step, save_s after."""
     from datetime import timedelta
 
+    start = utcnow() - timedelta(seconds=load_s + steps * step_s + save_s + 60)
+    run = TrainingRun(
+        project_id=project.id,
+        kind=RunKind.sft,
+        status=RunStatus.succeeded,
+        config={"epochs": 1, "batch_size": batch, "micro_batch_size": batch},
+        input_model_ids=[version_id],
+        data_filter={},
+        summary={"steps": float(steps)},
+        dataset_snapshot={"counts": {"sft_train": steps * batch}},
+        started_at=start,
+        finished_at=start + timedelta(seconds=load_s + steps * step_s + save_s),
+        progress_step=steps,
+        progress_total=steps,
+        attempts=1,
+        attempt_log=[{"attempt": 1, "worker": worker, "started_at": start.isoformat()}],
+        worker_id=worker,
+    )
+    session.add(run)
+    session.flush()
+    for step in range(1, steps + 1):
+        at = start + timedelta(seconds=load_s + step * step_s)
+        session.add(RunMetric(run_id=run.id, step=step, name="train_loss", value=1.0, created_at=at))
+    session.flush()
+    return run
+
+
+def test_the_estimate_takes_loading_apart_from_the_pace_of_a_run_on_the_same_model(admin_client, session, tmp_path):
     from tests.worker_helpers import COUNTING, add_demonstrations, make_labeler, make_project
 
     project = make_project(session, "Estimates")
     add_demonstrations(session, project, COUNTING, make_labeler(session))  # 12 accepted demonstrations
+    small = registry.register_base(session, _model_folder(tmp_path, "small", 64, 2), project_id=project.id)
+    big = registry.register_base(session, _model_folder(tmp_path, "big", 512, 12), project_id=project.id)
     session.commit()
-    page = admin_client.get(f"/admin/runs/new?kind=sft&project={project.id}").text
-    assert "3 optimizer steps: 3 epoch(s) over 12 demonstrations" in page and "No finished sft run yet" in page
-    # A finished SFT run that saw 24 demonstrations in 120 s sets the pace: 5 s per demonstration.
-    done = utcnow()
-    session.add(
-        TrainingRun(
-            project_id=project.id,
-            kind=RunKind.sft,
-            status=RunStatus.succeeded,
-            config={"epochs": 2, "batch_size": 4},
-            input_model_ids=[],
-            data_filter={},
-            summary={"steps": 6.0},
-            dataset_snapshot={"counts": {"sft_train": 12}},
-            started_at=done - timedelta(seconds=120),
-            finished_at=done,
-            worker_id="cpu-box:1",
-        )
-    )
+    page = admin_client.get(f"/admin/runs/new?kind=sft&project={project.id}&preset=defaults&model_0={small.id}").text
+    assert "3 optimizer steps: 3 epoch(s) over 12 demonstrations" in page
+    assert "First guess: no finished sft run on a comparable model yet" in page  # a size and this CPU
+    # SFT on the small model: 15 s loading, 6 steps of 4 demonstrations at 5 s a step, 5 s saving.
+    _finished_sft(session, project, small.id, load_s=15, step_s=5, steps=6, batch=4, save_s=5)
+    # Newer, on a model about 130x the size: not a pace for the small model.
+    _finished_sft(session, project, big.id, load_s=40, step_s=500, steps=2, batch=4, save_s=10, worker="other:2")
     session.commit()
-    page = admin_client.get(f"/admin/runs/new?kind=sft&project={project.id}").text
-    assert "About 3 min 00 s" in page and "worker cpu-box:1" in page  # 3 epochs x 12 = 36 x 5 s
+    page = admin_client.get(f"/admin/runs/new?kind=sft&project={project.id}&preset=defaults&model_0={small.id}").text
+    # 20 s loading and saving + 36 demonstrations x 1.25 s = 65 s (the whole run's pace said 2.2 s each: 100 s)
+    assert "About 1 min 05 s" in page and "on the same model" in page and "worker cpu-box:1" in page
     token = csrf_of(admin_client, "/admin/runs/new")
-    changed = admin_client.post(
-        "/admin/runs/estimate",
-        data={"csrf_token": token, "kind": "sft", "project_id": str(project.id), "cfg_epochs": "1"},
-    )
-    assert changed.status_code == 200 and "About 1 min 00 s" in changed.text
-    bad = admin_client.post(
-        "/admin/runs/estimate",
-        data={"csrf_token": token, "kind": "sft", "project_id": str(project.id), "cfg_epochs": "0"},
-    )
+    form = {"csrf_token": token, "kind": "sft", "project_id": str(project.id), "model_0": str(small.id)}
+    changed = admin_client.post("/admin/runs/estimate", data={**form, "cfg_epochs": "1"})
+    assert changed.status_code == 200 and "About 35 s" in changed.text  # 20 + 12 x 1.25
+    bad = admin_client.post("/admin/runs/estimate", data={**form, "cfg_epochs": "0"})
     assert bad.status_code == 200 and "Fix the settings" in bad.text
+    # The big model's own run sets its pace: loading 50 s, 125 s per demonstration.
+    on_big = admin_client.post("/admin/runs/estimate", data={**form, "model_0": str(big.id), "cfg_epochs": "1"})
+    assert "About 25 min 50 s" in on_big.text and "worker other:2" in on_big.text  # 50 + 12 x 125
+
+
+def test_a_comparable_model_scales_the_pace_and_an_unknown_one_gets_no_number(admin_client, session, tmp_path):
+    from tests.worker_helpers import COUNTING, add_demonstrations, make_labeler, make_project
+
+    project = make_project(session, "Scaled")
+    add_demonstrations(session, project, COUNTING, make_labeler(session))
+    one = registry.register_base(session, _model_folder(tmp_path, "one", 256, 4), project_id=project.id)
+    two = registry.register_base(session, _model_folder(tmp_path, "two", 256, 8), project_id=project.id)
+    hub = registry.register_base(session, "no-such-org/unsized-model", project_id=project.id)
+    _finished_sft(session, project, one.id, load_s=10, step_s=4, steps=6, batch=4, save_s=0)
+    session.commit()
+    token = csrf_of(admin_client, "/admin/runs/new")
+    form = {"csrf_token": token, "kind": "sft", "project_id": str(project.id), "cfg_epochs": "1"}
+    scaled = admin_client.post("/admin/runs/estimate", data={**form, "model_0": str(two.id)}).text
+    ratio = _params_of(256, 8) / _params_of(256, 4)
+    expected = 10 * ratio + 12 * 1.0 * ratio  # loading and per-demonstration time both scale with size
+    from app.web.render import duration
+
+    assert f"About {duration(expected)}" in scaled and "scaled to" in scaled
+    unknown = admin_client.post("/admin/runs/estimate", data={**form, "model_0": str(hub.id)}).text
+    assert "About" not in unknown and "No estimate" in unknown and "size is unknown" in unknown
+
+
+def _params_of(hidden, layers, vocab=512):
+    return layers * (4 * hidden * hidden + 3 * hidden * 4 * hidden) + vocab * hidden
+
+
+def test_no_first_guess_on_a_gpu_machine(admin_client, session, tmp_path, monkeypatch):
+    from app.services import estimates
+    from tests.worker_helpers import COUNTING, add_demonstrations, make_labeler, make_project
+
+    project = make_project(session, "GPU box")
+    add_demonstrations(session, project, COUNTING, make_labeler(session))
+    version = registry.register_base(session, _model_folder(tmp_path, "m", 64, 2), project_id=project.id)
+    session.commit()
+    url = f"/admin/runs/new?kind=sft&project={project.id}&model_0={version.id}"
+    assert "First guess" in admin_client.get(url).text
+    monkeypatch.setattr(estimates, "gpu_present", lambda: True)
+    page = admin_client.get(url).text
+    assert "About" not in page and "no measured first guess for a GPU" in page
+
+
+def test_the_form_opens_with_the_cpu_preset_when_no_gpu_is_present(admin_client, session, monkeypatch):
+    from app.services import estimates
+    from tests.worker_helpers import make_project
+
+    project = make_project(session, "Devices")
+    session.commit()
+    cpu = PRESETS["cpu"]["sft"]
+    monkeypatch.setattr(estimates, "gpu_present", lambda: False)
+    page = admin_client.get(f"/admin/runs/new?kind=sft&project={project.id}").text
+    assert f'name="cfg_max_length" value="{cpu["max_length"]}"' in page
+    assert "chosen because this machine has no GPU" in page
+    monkeypatch.setattr(estimates, "gpu_present", lambda: True)
+    page = admin_client.get(f"/admin/runs/new?kind=sft&project={project.id}").text
+    assert 'name="cfg_max_length" value="1024"' in page and "the defaults (sized for a GPU)" in page
+
+
+def test_a_preset_keeps_the_models_project_and_data_filter(admin_client, session, world, tmp_path):
+    folder = str(tmp_path / "sft")
+    sft = ModelVersion(
+        name="sft-7",
+        kind=ModelKind.sft,
+        source=folder,
+        artifact_path=folder,
+        parent_ids=[],
+        project_id=world.project.id,
+    )
+    session.add(sft)
+    session.commit()
+    url = f"/admin/runs/new?kind=generate&models={sft.id}"
+    page = admin_client.get(url).text
+    assert re.search(rf'<option value="{sft.id}" selected>', page)
+    link = re.search(r'href="(/admin/runs/new\?[^"]*preset=cpu)"', page).group(1).replace("&amp;", "&")
+    assert f"model_0={sft.id}" in link and f"project={world.project.id}" in link
+    kept = admin_client.get(link).text
+    assert re.search(rf'<option value="{sft.id}" selected>', kept)
+    gen = PRESETS["cpu"]["generate"]
+    assert f'name="cfg_max_new_tokens" value="{gen["max_new_tokens"]}"' in kept
+    # The data filter of a reward form stays too (htmx sends the form's models and data with the preset).
+    reward = admin_client.get(
+        f"/admin/runs/new?kind=reward&project={world.project.id}&model_0={sft.id}&splits=train&splits=valid"
+        f"&exclude={world.l2.id}&min_agreement=60&preset=cpu-real"
+    ).text
+    assert re.search(rf'<option value="{sft.id}" selected>', reward)
+    assert re.search(r'name="splits" value="valid" class="keep-on-preset" checked', reward)
+    assert re.search(rf'name="exclude" value="{world.l2.id}" class="keep-on-preset" checked', reward)
+    assert (
+        'name="min_agreement" class="keep-on-preset" type="number" min="0" max="100" step="any" value="60.0"' in reward
+    )
+    assert f'name="cfg_epochs" value="{PRESETS["cpu-real"]["reward"]["epochs"]}"' in reward
+
+
+def test_a_reward_form_without_held_out_rankings_warns(admin_client, session, world):
+    page = admin_client.get(f"/admin/runs/new?kind=reward&project={world.project.id}").text
+    assert "No rankings on held-out (valid) prompts" in page  # World's one ranking task is on a train prompt
 
 
 def test_cpu_preset_fills_the_form_and_the_estimate_follows(admin_client, session):
@@ -314,3 +447,37 @@ def test_cpu_preset_fills_the_form_and_the_estimate_follows(admin_client, sessio
     assert f"{steps} PPO steps of {ppo['rollout_batch_size']} episodes" in page  # the estimate reads the preset
     sft = admin_client.get(f"/admin/runs/new?kind=sft&project={project.id}&preset=cpu").text
     assert 'name="cfg_keep_best" checked' in sft and 'name="cfg_max_length" value="96"' in sft
+
+
+def test_the_run_line_and_inputs_read_as_words(admin_client, session, world):
+    """No empty item in the run line while models load ("loading models · 12 s elapsed", not "· ·"),
+    and the data filter names the labelers it left out."""
+    from datetime import timedelta
+
+    started = utcnow() - timedelta(seconds=12)
+    run = TrainingRun(
+        project_id=world.project.id,
+        kind=RunKind.sft,
+        status=RunStatus.running,
+        config={},
+        input_model_ids=[],
+        data_filter={
+            "exclude_labelers": [world.l1.id, world.l3.id],
+            "min_agreement": 65.0,
+            "below_agreement": [world.l3.id],
+        },
+        started_at=started,
+        phase="loading models",
+        attempts=1,
+        attempt_log=[{"attempt": 1, "worker": "w", "started_at": started.isoformat()}],
+    )
+    session.add(run)
+    session.commit()
+    live = admin_client.get(f"/admin/runs/{run.id}/live").text
+    line = re.sub(r"<[^>]+>", "", re.search(r'id="run-progress-text">(.*?)</span>', live).group(1))
+    assert re.fullmatch(r"loading models · 1\d s elapsed", line), line
+    page = admin_client.get(f"/admin/runs/{run.id}").text
+    shown = re.sub(r"<[^>]+>", "", re.search(r'id="run-data-filter">(.*?)</dd>', page, re.S).group(1))
+    names = [u.name or u.email for u in (world.l1, world.l3)]
+    assert f"left out: {names[0]}, {names[1]}" in shown and f"below the minimum agreement: {names[1]}" in shown
+    assert "minimum agreement: 65%" in shown and "[" not in shown  # (it showed exclude_labelers = [2, 4])

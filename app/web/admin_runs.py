@@ -5,9 +5,10 @@ import dataclasses
 import typing
 from functools import cache
 from typing import Annotated
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, Form, Request
-from pydantic import ConfigDict
+from fastapi import APIRouter, Depends, Form, Query, Request
+from pydantic import BeforeValidator, ConfigDict
 
 from app.deps import AdminUser, SessionDep, SettingsDep, verify_csrf
 from app.models import ModelKind, ModelVersion, RunKind, RunStatus, TrainingRun
@@ -27,6 +28,14 @@ KIND_TITLES = {
 }
 PLOT_FIRST = ["train_loss", "loss", "valid_loss", "accuracy", "valid_accuracy", "reward", "kl", "win_rate"]
 """Metrics plotted first on a run page (the ones an admin looks at); the others follow by name."""
+
+
+def _blank_is_none(value: object) -> object:
+    return None if value == "" else value
+
+
+DEFAULTS = "defaults"
+"""The run form's settings as the run kind's config model sets them (a preset name for the links)."""
 MAX_POINTS = 400
 """Points per plotted metric; longer series are thinned evenly (the last point is always kept)."""
 
@@ -147,6 +156,7 @@ def _run_form(
     error=None,
     status_code=200,
     preset_models=None,
+    preset="",
 ):
     if kind not in KIND_TITLES:
         kind = "sft"
@@ -160,13 +170,24 @@ def _run_form(
         {"name": name, "index": i, "required": i < required, "choices": [v for v in versions if v.kind in accepted[i]]}
         for i, name in enumerate(runs.INPUT_NAMES[RunKind(kind)][: len(accepted)])
     ]
+    form = form or RunForm(kind=kind, splits=["train"])
+    for i, chosen in enumerate((preset_models or [])[: len(slots)]):
+        if not getattr(form, f"model_{i}"):
+            setattr(form, f"model_{i}", str(chosen))
+    for i in range(required):  # a required model's list shows its first choice: the run (and its estimate) takes it
+        first = next((v for v in versions if v.kind in accepted[i]), None)
+        if first is not None and not getattr(form, f"model_{i}"):
+            setattr(form, f"model_{i}", str(first.id))
     labelers = sorted(accounts.list_users(session), key=lambda u: u.email)
     return render(
         request,
         "admin/run_new.html",
         {
-            "estimate": _estimate(session, project_id, kind, form),
+            "estimate": _estimate(session, settings, project_id, kind, form),
             "presets": PRESET_TITLES,
+            "preset": preset,
+            "no_gpu": not estimates.gpu_present(),
+            "keep": _kept_query(kind, project_id, form),
             "kind": kind,
             "kinds": KIND_TITLES,
             "doc": doc,
@@ -175,29 +196,47 @@ def _run_form(
             "project_id": project_id,
             "slots": slots,
             "labelers": labelers,
-            "form": form.shown() if form else {},
+            "form": form.shown(),
             "error": error,
             "default_model": settings.default_model,
-            "preset_models": preset_models or [],
         },
         status_code=status_code,
     )
 
 
-def _estimate(session: SessionDep, project_id: int | None, kind: str, form: RunForm | None):
+def _kept_query(kind: str, project_id: int | None, form: RunForm) -> str:
+    """What a preset link keeps of the form: the kind, project, models and data filter (a preset
+    changes the settings only)."""
+    pairs: list[tuple[str, str]] = [("kind", kind)]
+    if project_id:
+        pairs.append(("project", str(project_id)))
+    pairs += [(f"model_{i}", m) for i, m in enumerate((form.model_0, form.model_1, form.model_2)) if m]
+    pairs += [("splits", s) for s in form.splits]
+    pairs += [("exclude", str(u)) for u in form.exclude]
+    if form.min_agreement is not None:
+        pairs.append(("min_agreement", f"{form.min_agreement:g}"))
+    return urlencode(pairs)
+
+
+def _estimate(session: SessionDep, settings, project_id: int | None, kind: str, form: RunForm | None):
     """What the run in the form will do and about how long it takes; None when the form's settings
     are not valid yet (the form says why on submit)."""
     try:
         config = form.config() if form else {}
-        return estimates.estimate_run(session, project_id, kind, config)
+        ids = form.model_ids() if form else []
+        optional_first = runs.INPUT_MODELS[RunKind(kind)][1] == 0  # else the run must name its models
+        default = settings.default_model if optional_first else ""
+        return estimates.estimate_run(session, project_id, kind, config, input_model_ids=ids, default_model=default)
     except ServiceError:
         return None
 
 
 @router.post("/runs/estimate")
-def run_estimate(request: Request, session: SessionDep, user: AdminUser, form: Annotated[RunForm, Form()]):
+def run_estimate(
+    request: Request, session: SessionDep, settings: SettingsDep, user: AdminUser, form: Annotated[RunForm, Form()]
+):
     """htmx: the estimate again as the admin changes the form."""
-    estimate = _estimate(session, form.project_id, form.check_kind(), form)
+    estimate = _estimate(session, settings, form.project_id, form.check_kind(), form)
     return render(request, "admin/_run_estimate.html", {"estimate": estimate})
 
 
@@ -211,24 +250,44 @@ def new_run_page(
     project: IdFilter = None,
     model: IdFilter = None,
     models: IdsQuery = [],  # noqa: B006 - FastAPI copies the default
+    model_0: str = "",
+    model_1: str = "",
+    model_2: str = "",
+    splits: Annotated[list[str], Query()] = [],  # noqa: B006
+    exclude: Annotated[list[Id], Query()] = [],  # noqa: B006
+    min_agreement: Annotated[float | None, BeforeValidator(_blank_is_none), Query(ge=0, le=100)] = None,
     preset: str = "",
     clone: IdFilter = None,
 ):
+    """The run form. A preset fills the settings only: the model(s), project and data filter of the
+    link (or of the form it was clicked in) stay. With no preset asked for, a machine without a GPU
+    starts from the CPU preset, one with a GPU from the defaults."""
     if clone is not None:  # "Run again / Retry with these settings"
         run = runs.get_run(session, clone)
         return _run_form(request, session, settings, run.kind.value, project_id=run.project_id, form=_form_of_run(run))
+    if kind not in KIND_TITLES:
+        kind = "sft"
     chosen = (models or ([model] if model else []))[:3]
     pid = project
     if pid is None and chosen:
         version = registry.versions_by_id(session, chosen).get(chosen[0])
         pid = version.project_id if version else None
-    # A preset fills the settings as if the admin had typed them (the form shows them, changeable).
-    values = PRESETS.get(preset, {}).get(kind)
-    form = None
-    if values is not None and kind in KIND_TITLES:
-        fields = {f.name: values.get(f.name, f.default) for f in config_fields(kind)[1]}
-        form = RunForm(kind=kind, splits=["train"], **_settings_fields(fields))
-    return _run_form(request, session, settings, kind, project_id=pid, form=form, preset_models=chosen)
+    if preset not in PRESETS and preset != DEFAULTS:
+        preset = "cpu" if not estimates.gpu_present() else DEFAULTS
+    # The preset's settings as if the admin had typed them (the form shows them, changeable).
+    values = PRESETS.get(preset, {}).get(kind, {})
+    fields = {f.name: values.get(f.name, f.default) for f in config_fields(kind)[1]}
+    form = RunForm(
+        kind=kind,
+        splits=[s for s in splits if s in ("train", "valid", "test")] or ["train"],
+        exclude=exclude,
+        min_agreement=min_agreement,
+        model_0=model_0,
+        model_1=model_1,
+        model_2=model_2,
+        **_settings_fields(fields),
+    )
+    return _run_form(request, session, settings, kind, project_id=pid, form=form, preset_models=chosen, preset=preset)
 
 
 def _settings_fields(config: dict[str, typing.Any]) -> dict[str, str]:
@@ -315,6 +374,35 @@ def runs_page(
     )
 
 
+LABELER_LISTS = {
+    "exclude_labelers": "left out",
+    "left_out_by_admin": "of whom left out of training on the Labelers page",
+    "below_agreement": "of whom below the minimum agreement",
+}
+
+
+def _data_filter_words(session: SessionDep, run: TrainingRun) -> list[tuple[str, str]]:
+    """The run's data filter as the run page says it: labelers by name, not by id."""
+    words: list[tuple[str, str]] = []
+    for key, value in (run.data_filter or {}).items():
+        if key in LABELER_LISTS and isinstance(value, list):
+            names = []
+            for user_id in value:
+                try:
+                    user = accounts.get_user(session, int(user_id))
+                    names.append(user.name or user.email)
+                except (ServiceError, TypeError, ValueError):
+                    names.append(f"user #{user_id} (deleted)")
+            words.append((LABELER_LISTS[key], ", ".join(names) or "nobody"))
+        elif key == "min_agreement":
+            words.append(("minimum agreement", f"{value:g}%" if isinstance(value, int | float) else str(value)))
+        elif isinstance(value, list):
+            words.append((key.replace("_", " "), ", ".join(map(str, value))))
+        else:
+            words.append((key.replace("_", " "), str(value)))
+    return words
+
+
 def _run_context(session: SessionDep, run: TrainingRun) -> dict:
     series = runs.metric_series(session, run.id, max_points=MAX_POINTS)
     first = {name: i for i, name in enumerate(PLOT_FIRST)}
@@ -330,6 +418,7 @@ def _run_context(session: SessionDep, run: TrainingRun) -> dict:
         "final": run.status in runs.FINAL,
         "report": report,
         "project": projects.get_project(session, run.project_id) if run.project_id else None,
+        "data_filter": _data_filter_words(session, run),
     }
 
 
