@@ -336,15 +336,30 @@ def test_prompt_snapshot_limits_and_skips_prompts_with_tasks(session, project):
 # ---- win rates ------------------------------------------------------------------------------------
 
 
-def test_wilson_interval_matches_known_values():
-    low, high = evaluation.wilson_interval(8, 10)
-    assert low == pytest.approx(0.4902, abs=1e-4) and high == pytest.approx(0.9433, abs=1e-4)
-    assert evaluation.wilson_interval(0, 10)[0] == pytest.approx(0.0) and evaluation.wilson_interval(10, 10)[
-        1
-    ] == pytest.approx(1.0)
-    assert evaluation.win_rate(0, 0, 0) == {"n": 0, "wins": 0, "losses": 0, "ties": 0, "win_rate": None, "ci95": None}
-    two_ties = evaluation.win_rate(1, 1, 2)
-    assert two_ties["win_rate"] == 0.5 and two_ties["ci95"][0] < 0.5 < two_ties["ci95"][1]
+def test_the_interval_counts_prompts_not_judgements():
+    # 3 labelers judging the same 20 prompts (they agree on each prompt) against 60 prompts judged
+    # once, with the same 60% win rate: the first is 20 prompts' worth of evidence, not 60.
+    outcomes = [0.0] * 8 + [1.0] * 12
+    clustered = evaluation.win_rate([(p, score) for p, score in enumerate(outcomes) for _ in range(3)])
+    spread = evaluation.win_rate([(p, score) for p, score in enumerate(outcomes * 3)])
+    assert clustered["win_rate"] == spread["win_rate"] == pytest.approx(0.6)
+    assert clustered["n"] == spread["n"] == 60 and (clustered["prompts"], spread["prompts"]) == (20, 60)
+    width = lambda r: r["ci95"][1] - r["ci95"][0]  # noqa: E731
+    assert width(clustered) > 1.5 * width(spread)
+    assert clustered["ci95"][0] < 0.6 < clustered["ci95"][1] and spread["ci95"][0] < 0.6 < spread["ci95"][1]
+    # With 60 independent prompts the bootstrap agrees with the textbook interval (±1.96 standard errors).
+    assert width(spread) == pytest.approx(2 * 1.96 * (0.6 * 0.4 / 60) ** 0.5, rel=0.15)
+    assert evaluation.win_rate([]) == {
+        "n": 0,
+        "wins": 0,
+        "losses": 0,
+        "ties": 0,
+        "identical": 0,
+        "prompts": 0,
+        "win_rate": None,
+        "ci95": None,
+    }
+    assert evaluation.win_rate([(1, 1.0), (1, 0.0)])["ci95"] == [0.0, 1.0], "one prompt: nothing to resample"
 
 
 def test_labeler_win_rate_reads_choices_whatever_the_shown_order(session, project):
@@ -373,9 +388,28 @@ def test_labeler_win_rate_reads_choices_whatever_the_shown_order(session, projec
     session.flush()
     result = evaluation.labeler_win_rate(session, run.id)
     assert (result["wins"], result["losses"], result["ties"], result["n"]) == (2, 1, 1, 4)
-    assert result["win_rate"] == pytest.approx(2.5 / 4)
-    assert result["ci95"] == pytest.approx(list(evaluation.wilson_interval(2.5, 4)))
+    assert result["win_rate"] == pytest.approx(2.5 / 4) and result["identical"] == 0 and result["prompts"] == 4
+    assert result["ci95"][0] < result["win_rate"] < result["ci95"][1]
     assert result["tasks"] == 4
+    # Two identical answers are a tie whatever the labeler picked.
+    prompt = make_prompts(session, project, ["Q same"], Split.test)[0]
+    mine = Completion(prompt_id=prompt.id, text="same answer", model_version_id=candidate.id)
+    theirs = Completion(prompt_id=prompt.id, text=" same answer\n", model_version_id=baseline.id)
+    session.add_all([mine, theirs])
+    session.flush()
+    task = tasks.create_comparison_task(session, project, prompt, mine.id, theirs.id, source_run_id=run.id)
+    session.add(
+        Comparison(
+            task_id=task.id,
+            user_id=labelers[0].id,
+            a_completion_id=mine.id,
+            b_completion_id=theirs.id,
+            choice=ComparisonChoice.a,
+        )
+    )
+    session.flush()
+    result = evaluation.labeler_win_rate(session, run.id)
+    assert (result["wins"], result["ties"], result["identical"], result["n"]) == (2, 2, 1, 5)
     with pytest.raises(ServiceError, match="win rates come from evaluate runs"):
         evaluation.labeler_win_rate(session, queue_raw(session, project, "sft").id)
 

@@ -310,8 +310,9 @@ class Demo:
         if win.get("n"):
             low, high = win["ci95"]
             self.echo(
-                f"  PPO vs SFT (labelers)  win rate {win['win_rate']:.1%} [95% CI {low:.1%}, {high:.1%}] "
-                f"over {win['n']} comparisons"
+                f"  PPO vs SFT (labelers)  win rate {win['win_rate']:.1%} [95% CI {low:.1%}, {high:.1%}, "
+                f"bootstrap over prompts] over {win['n']} comparisons of {win['prompts']} prompts; "
+                f"{win['ties']} ties, {win['identical']} of them identical answers"
             )
         if f["reward_model_win_rate"] is not None:
             self.echo(f"  PPO vs SFT (reward model) win rate {f['reward_model_win_rate']:.1%}")

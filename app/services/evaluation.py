@@ -1,13 +1,18 @@
 """Win rates of an `evaluate` run: the labelers' A/B choices and the reward model's automatic one.
 
-The win rate is the candidate's share of comparisons, a tie counting half for each side. Its 95%
-confidence interval is Wilson's score interval on that share (with ties as half-successes), which
-stays inside [0, 1] and behaves at small n and at 0 % or 100 %, unlike the normal approximation."""
+The win rate is the candidate's share of comparisons, a tie counting half for each side. Two
+identical answers are a tie whatever was chosen between them (a labeler forced to pick, or a score
+difference of rounding), and how many there were is reported. The 95% interval is a percentile
+bootstrap over prompts: whole prompts are resampled with all their comparisons, so several labelers
+judging one prompt count as the one prompt they are (their judgements of it are not independent)
+and don't narrow the interval as more prompts would. The labelers' figure and the reward model's
+are computed and shown apart, never pooled."""
 
-import math
 from collections import defaultdict
+from collections.abc import Hashable, Sequence
 from typing import Any
 
+import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -15,30 +20,45 @@ from app.models import Comparison, ComparisonChoice, Completion, RunKind, Task, 
 from app.services import ServiceError
 from app.services.runs import get_run
 
-Z95 = 1.959963984540054
+BOOTSTRAP_SAMPLES = 2000
+_BOOTSTRAP_CHUNK = 250  # resamples drawn at once: bounds the index matrix at 250 x prompts
 
 
-def wilson_interval(score: float, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval for `score` successes in `n` trials (score may be fractional: ties)."""
-    if n <= 0:
+def clustered_interval(outcomes: Sequence[tuple[Hashable, float]], *, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0):
+    """95% percentile-bootstrap interval of the mean score, resampling whole prompts (the first item
+    of each outcome) with replacement; (0, 1) with fewer than two prompts, where there is nothing
+    to resample. Seeded, so a page shows the same interval on every load."""
+    totals: dict[Hashable, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for prompt, score in outcomes:
+        totals[prompt][0] += score
+        totals[prompt][1] += 1
+    if len(totals) < 2:
         return 0.0, 1.0
-    p = score / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    sums, counts = np.array(list(totals.values())).T
+    rng = np.random.default_rng(seed)
+    rates = []
+    for start in range(0, samples, _BOOTSTRAP_CHUNK):
+        picks = rng.integers(0, len(sums), size=(min(_BOOTSTRAP_CHUNK, samples - start), len(sums)))
+        rates.append(sums[picks].sum(axis=1) / counts[picks].sum(axis=1))
+    low, high = np.quantile(np.concatenate(rates), [0.025, 0.975])
+    return float(low), float(high)
 
 
-def win_rate(wins: int, losses: int, ties: int) -> dict[str, Any]:
-    n = wins + losses + ties
-    score = wins + 0.5 * ties
-    low, high = wilson_interval(score, n)
+def win_rate(outcomes: Sequence[tuple[Hashable, float]], *, identical: int = 0) -> dict[str, Any]:
+    """outcomes: (prompt, score) for each comparison, score 1 when the candidate won, 0 when it lost,
+    0.5 for a tie; `identical` of the ties were identical answers."""
+    n = len(outcomes)
+    wins = sum(1 for _, score in outcomes if score == 1)
+    losses = sum(1 for _, score in outcomes if score == 0)
+    low, high = clustered_interval(outcomes)
     return {
         "n": n,
         "wins": wins,
         "losses": losses,
-        "ties": ties,
-        "win_rate": score / n if n else None,
+        "ties": n - wins - losses,
+        "identical": identical,
+        "prompts": len({prompt for prompt, _ in outcomes}),
+        "win_rate": sum(score for _, score in outcomes) / n if n else None,
         "ci95": [low, high] if n else None,
     }
 
@@ -58,33 +78,47 @@ def labeler_win_rates(session: Session, runs: list[TrainingRun]) -> dict[int, di
         return {}
     ids = [r.id for r in runs]
     rows = session.execute(
-        select(Task.source_run_id, Comparison.a_completion_id, Comparison.b_completion_id, Comparison.choice)
+        select(
+            Task.source_run_id,
+            Task.prompt_id,
+            Comparison.a_completion_id,
+            Comparison.b_completion_id,
+            Comparison.choice,
+        )
         .join(Task, Task.id == Comparison.task_id)
         .where(Task.source_run_id.in_(ids), Task.kind == TaskKind.comparison)
     ).all()
-    completions = {c for _, a, b, _ in rows for c in (a, b)}
-    model_of = (
-        dict(
-            session.execute(
-                select(Completion.id, Completion.model_version_id).where(Completion.id.in_(completions))
-            ).all()
-        )
+    completions = {c for _, _, a, b, _ in rows for c in (a, b)}
+    shown = (
+        {
+            cid: (model_id, text.strip())
+            for cid, model_id, text in session.execute(
+                select(Completion.id, Completion.model_version_id, Completion.text).where(
+                    Completion.id.in_(completions)
+                )
+            )
+        }
         if completions
         else {}
     )
-    tally = {rid: [0, 0, 0] for rid in ids}  # wins, losses, ties
+    outcomes: dict[int, list[tuple[int, float]]] = {rid: [] for rid in ids}
+    identical = dict.fromkeys(ids, 0)
     pair = {r.id: (r.input_model_ids[0], r.input_model_ids[1]) for r in runs}
-    for rid, a, b, choice in rows:
+    for rid, prompt_id, a, b, choice in rows:
         if rid is None:  # not selected (source_run_id IN ids); the column itself is nullable
             continue
-        if choice == ComparisonChoice.tie:
-            tally[rid][2] += 1
+        if shown[a][1] == shown[b][1]:
+            identical[rid] += 1
+            outcomes[rid].append((prompt_id, 0.5))
             continue
-        chosen = model_of.get(a if choice == ComparisonChoice.a else b)
+        if choice == ComparisonChoice.tie:
+            outcomes[rid].append((prompt_id, 0.5))
+            continue
+        chosen = shown[a if choice == ComparisonChoice.a else b][0]
         if chosen == pair[rid][0]:
-            tally[rid][0] += 1
+            outcomes[rid].append((prompt_id, 1.0))
         elif chosen == pair[rid][1]:
-            tally[rid][1] += 1
+            outcomes[rid].append((prompt_id, 0.0))
     counts: dict[int, dict[TaskStatus, int]] = defaultdict(dict)
     for run_id, status, n in session.execute(
         select(Task.source_run_id, Task.status, func.count())
@@ -95,7 +129,7 @@ def labeler_win_rates(session: Session, runs: list[TrainingRun]) -> dict[int, di
             counts[run_id][status] = n
     return {
         rid: {
-            **win_rate(*tally[rid]),
+            **win_rate(outcomes[rid], identical=identical[rid]),
             "candidate_model_id": pair[rid][0],
             "baseline_model_id": pair[rid][1],
             "tasks": sum(counts[rid].values()),
