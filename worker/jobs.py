@@ -457,7 +457,8 @@ def reward_win_rate(
     tokenizer = ctx.load_tokenizer(source)
     model = modeling.ScalarHeadModel.from_pretrained(source, device=ctx.device)
     model.eval()
-    wins = losses = ties = 0
+    outcomes: list[tuple[int, float]] = []
+    identical = 0
     margins = []
     for start in range(0, len(prompts), batch_size):
         ctx.checkpoint()
@@ -465,18 +466,20 @@ def reward_win_rate(
         answers = [candidate_answers[p.id] for p in chunk] + [baseline_answers[p.id] for p in chunk]
         pairs = [(p.prompt, texts[a], ended[a]) for p, a in zip(chunk + chunk, answers, strict=True)]
         scores = score_pairs(model, tokenizer, pairs).tolist()
-        for mine, theirs in zip(scores[: len(chunk)], scores[len(chunk) :], strict=True):
+        for p, mine, theirs in zip(chunk, scores[: len(chunk)], scores[len(chunk) :], strict=True):
             margins.append(mine - theirs)
-            if abs(mine - theirs) < 1e-6:
-                ties += 1
-            elif mine > theirs:
-                wins += 1
+            # Identical answers are a tie, not whichever side a rounding difference favours.
+            if texts[candidate_answers[p.id]].strip() == texts[baseline_answers[p.id]].strip():
+                identical += 1
+                outcomes.append((p.id, 0.5))
+            elif abs(mine - theirs) < 1e-6:
+                outcomes.append((p.id, 0.5))
             else:
-                losses += 1
+                outcomes.append((p.id, 1.0 if mine > theirs else 0.0))
     del model
     free_memory()
     return {
-        **win_rate(wins, losses, ties),
+        **win_rate(outcomes, identical=identical),
         "reward_model_id": reward.id,
         "mean_margin": sum(margins) / len(margins) if margins else None,
     }
