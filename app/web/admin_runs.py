@@ -8,7 +8,7 @@ from typing import Annotated
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Form, Query, Request
-from pydantic import BeforeValidator, ConfigDict
+from pydantic import BeforeValidator, ConfigDict, Field
 
 from app.deps import AdminUser, SessionDep, SettingsDep, verify_csrf
 from app.models import ModelKind, ModelVersion, RunKind, RunStatus, TrainingRun
@@ -33,6 +33,8 @@ PLOT_FIRST = ["train_loss", "loss", "valid_loss", "accuracy", "valid_accuracy", 
 def _blank_is_none(value: object) -> object:
     return None if value == "" else value
 
+
+Percent = Annotated[float, Field(ge=0, le=100)]
 
 DEFAULTS = "defaults"
 """The run form's settings as the run kind's config model sets them (a preset name for the links)."""
@@ -255,7 +257,7 @@ def new_run_page(
     model_2: str = "",
     splits: Annotated[list[str], Query()] = [],  # noqa: B006
     exclude: Annotated[list[Id], Query()] = [],  # noqa: B006
-    min_agreement: Annotated[float | None, BeforeValidator(_blank_is_none), Query(ge=0, le=100)] = None,
+    min_agreement: Annotated[Percent | None, BeforeValidator(_blank_is_none), Query()] = None,
     preset: str = "",
     clone: IdFilter = None,
 ):

@@ -49,6 +49,16 @@ def _world(session, settings):
     return project, base, sft, labeler
 
 
+def _preset(page, name: str) -> None:
+    """Clicks a preset link and waits for htmx to put the new form in place (the page does not load
+    again, so Playwright's load states say nothing about it)."""
+    old = page.locator("#run-form").element_handle()
+    with page.expect_response(lambda r: f"preset={name}" in r.url):
+        page.locator(f"#run-presets a[data-preset={name}]").click()
+    page.wait_for_function("el => !el.isConnected", arg=old)  # swapped
+    page.wait_for_load_state("networkidle")
+
+
 def _queued(session, kind: str) -> TrainingRun:
     session.expire_all()
     return session.scalars(
@@ -67,8 +77,7 @@ def test_a_preset_keeps_the_model_you_came_with(live_server, page_at, shot, sess
     admin.get_by_role("link", name="Generate ranking tasks").click()
     admin.wait_for_load_state("networkidle")
     assert admin.locator("select[name=model_0]").input_value() == str(sft.id)
-    admin.locator("#run-presets a[data-preset=cpu]").click()
-    admin.wait_for_load_state("networkidle")
+    _preset(admin, "cpu")
     assert admin.locator("#run-presets a[data-preset=cpu] strong").count() == 1  # the chosen preset
     generate = PRESETS["cpu"]["generate"]
     assert admin.locator("input[name=cfg_max_new_tokens]").input_value() == str(generate["max_new_tokens"])
@@ -88,16 +97,14 @@ def test_a_preset_keeps_the_model_you_came_with(live_server, page_at, shot, sess
     admin.locator(f"input[name=exclude][value='{labeler.id}']").check()
     admin.locator("input[name=min_agreement]").fill("40")
     admin.locator("select[name=model_0]").select_option(str(base.id))
-    admin.locator("#run-presets a[data-preset=cpu]").click()
-    admin.wait_for_load_state("networkidle")
+    _preset(admin, "cpu")
     assert admin.locator("select[name=model_0]").input_value() == str(base.id)
     assert admin.locator(f"input[name=exclude][value='{labeler.id}']").is_checked()
     assert admin.locator("input[name=min_agreement]").input_value() in ("40", "40.0")
     admin.locator("select[name=model_0]").select_option(str(sft.id))
     admin.locator(f"input[name=exclude][value='{labeler.id}']").uncheck()
     admin.locator("input[name=min_agreement]").fill("")
-    admin.locator("#run-presets a[data-preset=cpu]").click()
-    admin.wait_for_load_state("networkidle")
+    _preset(admin, "cpu")
     reward = PRESETS["cpu"]["reward"]
     assert admin.locator("input[name=cfg_max_length]").input_value() == str(reward["max_length"])
     assert admin.locator("select[name=model_0]").input_value() == str(sft.id)
