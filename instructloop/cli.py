@@ -1,5 +1,6 @@
 """The `instructloop` command."""
 
+import signal
 import subprocess
 import sys
 
@@ -43,7 +44,11 @@ def serve(host: str, port: int, workers: int, with_worker: bool, migrate: bool |
     if migrate or (migrate is None and settings.is_sqlite):
         migrations.upgrade(settings.db_url)
     _ensure_first_admin(settings, host, port)
-    worker = subprocess.Popen([sys.executable, "-m", "instructloop", "worker"]) if with_worker else None
+    worker = _start_worker() if with_worker else None
+    # uvicorn catches SIGTERM (kill, systemd, docker stop), shuts down, then raises it again; with
+    # the default handler that ended this process before the `finally` below stopped the worker.
+    # Exiting through Python instead runs it.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         uvicorn.run(
             "app.main:create_served_app",
@@ -58,6 +63,26 @@ def serve(host: str, port: int, workers: int, with_worker: bool, migrate: bool |
         if worker is not None:
             worker.terminate()
             worker.wait(timeout=60)
+
+
+def _start_worker() -> subprocess.Popen:
+    """The worker beside the web app; on Linux it also gets SIGTERM if this process dies without
+    stopping it (SIGKILL, a crash), so a worker never outlives its server."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "instructloop", "worker"],
+        preexec_fn=_terminate_with_parent if sys.platform == "linux" else None,
+    )
+
+
+def _terminate_with_parent() -> None:
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def _exit_on_sigterm(signum, _frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def proxy_options(settings: Settings) -> dict:

@@ -101,3 +101,56 @@ def test_serve_starts_on_the_embedded_database(tmp_path):
         output = server.communicate(timeout=30)[0]
     assert status == 200, output
     assert "created the admin account" in output and (tmp_path / "instructloop.db").exists()
+
+
+def test_sigterm_to_serve_stops_its_worker(tmp_path):
+    # What kill, systemd and `docker stop` send: the server's worker must not outlive it (issue 28:
+    # uvicorn re-raised the signal before the server's `finally` stopped the worker, which stayed
+    # behind, holding its memory, and the next `make run` started a second one).
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env.update(INSTRUCTLOOP_DATA_DIR=str(tmp_path), INSTRUCTLOOP_ADMIN_PASSWORD="a strong password")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "instructloop", "serve", "--port", str(port), "--with-worker"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def children() -> list[int]:
+        found = []
+        for task in Path(f"/proc/{server.pid}/task").iterdir():
+            found += [int(pid) for pid in (task / "children").read_text().split()]
+        return found
+
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5):
+                    break
+            except OSError:
+                time.sleep(0.3)
+        (worker,) = children()
+        assert b"worker" in Path(f"/proc/{worker}/cmdline").read_bytes()
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=90) != 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+    deadline = time.monotonic() + 60
+    while Path(f"/proc/{worker}").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    state = Path(f"/proc/{worker}/stat").read_text().split()[2] if Path(f"/proc/{worker}").exists() else "gone"
+    assert state in ("gone", "Z"), f"the worker {worker} outlived its server ({state})"
