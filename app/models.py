@@ -532,6 +532,10 @@ class Draft(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+LABELER, IMPORTED = "labeler", "imported"
+"""A submission's source: a labeler's, or feedback imported from a file (no labeler account)."""
+
+
 class _Submission:
     """Columns every submission kind shares: once per (task, labeler), idempotent on retry, and an
     admin's review (the server defaults: the submit path inserts with its own column list)."""
@@ -549,6 +553,21 @@ class _Submission:
     reviewed_at: Mapped[datetime | None] = mapped_column()
     revision: Mapped[int] = mapped_column(Integer, server_default="1")
     """1 as submitted; each revision by its labeler adds one (the earlier answers: SubmissionRevision)."""
+    # Imported feedback (hh-rlhf pairs, OpenAssistant ranks...) has no labeler: user_id is None and
+    # these say where it came from. A labeler's submission has them all None.
+    origin_file: Mapped[str | None] = mapped_column(String(200))
+    """Imported: the file it came from (None: a labeler's submission)."""
+    origin_line: Mapped[int | None] = mapped_column(Integer)
+    """Imported: the line (or array item) of that file."""
+    origin_id: Mapped[str | None] = mapped_column(String(200))
+    """Imported: the id the file gave it (an OpenAssistant message id), if any."""
+    import_job_id: Mapped[int | None] = mapped_column(ForeignKey("import_jobs.id", ondelete="SET NULL"))
+    """Imported from the web in the background: the job (a failed job removes what it added)."""
+
+    @property
+    def source(self) -> str:
+        """Either "labeler" or "imported": what exports, snapshots and admin pages say."""
+        return IMPORTED if cast(Any, self).user_id is None else LABELER
 
 
 class Demonstration(_Submission, Base):
@@ -563,7 +582,8 @@ class Demonstration(_Submission, Base):
 
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="RESTRICT"))
     prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id", ondelete="RESTRICT"), index=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"))
+    """The labeler; None: imported feedback (origin_file says from where)."""
     guideline_version_id: Mapped[int | None] = mapped_column(ForeignKey("guideline_versions.id"))
     text: Mapped[str] = mapped_column(Text)
 
@@ -632,7 +652,8 @@ class Ranking(_Submission, Base):
     )
 
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="RESTRICT"))
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"))
+    """The labeler; None: imported feedback (origin_file says from where)."""
     guideline_version_id: Mapped[int | None] = mapped_column(ForeignKey("guideline_versions.id"))
     order: Mapped[list[Any]] = mapped_column()
     """Best first; each element is a group of tied completion ids, e.g. [[3], [1, 4], [2]]."""
@@ -666,7 +687,8 @@ class Comparison(_Submission, Base):
     )
 
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="RESTRICT"))
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"))
+    """The labeler; None: imported feedback (origin_file says from where)."""
     guideline_version_id: Mapped[int | None] = mapped_column(ForeignKey("guideline_versions.id"))
     a_completion_id: Mapped[int] = mapped_column(ForeignKey("completions.id", ondelete="RESTRICT"))
     b_completion_id: Mapped[int] = mapped_column(ForeignKey("completions.id", ondelete="RESTRICT"))

@@ -27,6 +27,8 @@ SplitName = Literal["train", "valid", "test"]
 PrecisionName = Literal["auto", "fp32", "bf16", "fp16", "bf16-pure"]  # see trainer/precision.py
 ShardingName = Literal["ddp", "fsdp"]  # see trainer/distributed.py
 SPLITS: tuple[str, ...] = get_args(SplitName)
+SourceName = Literal["labelers", "imported"]
+"""Whose data a run takes (DataFilter.sources): labelers' submissions, imported feedback."""
 PRECISIONS: tuple[str, ...] = get_args(PrecisionName)
 SHARDINGS: tuple[str, ...] = get_args(ShardingName)
 INT_MAX = 2**31 - 1  # every integer setting fits the database's integer
@@ -514,6 +516,8 @@ class DataFilter(BaseModel):
     """Prompt splits to train on."""
     valid_splits: Annotated[list[SplitName], Field(min_length=1)] = ["valid"]
     """Prompt splits whose data measures held-out loss or accuracy."""
+    sources: Annotated[list[SourceName], Field(min_length=1)] = ["labelers", "imported"]
+    """Whose data: labelers' submissions, feedback imported from files (hh-rlhf, OpenAssistant...), or both."""
     left_out_by_admin: list[int] = []
     """Resolved when the run is created: the labelers an admin had left out of training."""
     below_agreement: list[int] = []
@@ -524,13 +528,14 @@ class DataFilter(BaseModel):
         return self.model_dump(exclude_unset=True)
 
 
-DATA_FILTER_KEYS = ("exclude_labelers", "min_agreement", "splits", "valid_splits")
+DATA_FILTER_KEYS = ("exclude_labelers", "min_agreement", "splits", "valid_splits", "sources")
 """What a person may ask for in a run's data filter; the others are resolved when the run is created."""
 _DATA_FILTER_MUST = {
     "exclude_labelers": "data_filter.exclude_labelers must be a list of user ids.",
     "min_agreement": "data_filter.min_agreement is a percentage between 0 and 100, e.g. 65; got {value!r}.",
     "splits": "data_filter.splits must be a non-empty list of splits (train, valid, test).",
     "valid_splits": "data_filter.valid_splits must be a non-empty list of splits (train, valid, test).",
+    "sources": "data_filter.sources must be a non-empty list of labelers and/or imported.",
 }
 
 

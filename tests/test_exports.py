@@ -50,6 +50,7 @@ def test_export_rows(session, world):
         "rejected": "answer y",
         "split": "train",
         "category": None,
+        "source": "labeler",
     } in prefs
     assert not any(p["chosen"] == "output a" and p["rejected"] == "output b" for p in prefs[12:17])  # l3 tied a and b
     rankings = list(exports.ranking_rows(session, f))
@@ -62,7 +63,7 @@ def test_export_rows(session, world):
     assert len(list(exports.ranking_rows(session, only_l1))) == 1
     test_only = exports.ExportFilter(world.project.id, splits=["test"])
     assert list(exports.sft_rows(session, test_only)) == [
-        {"prompt": "prompt 2", "completion": "demo two", "split": "test", "category": None}
+        {"prompt": "prompt 2", "completion": "demo two", "split": "test", "category": None, "source": "labeler"}
     ]
 
 
@@ -83,6 +84,7 @@ def test_conversational_format_is_chat_messages(session, world):
         "completion": [{"role": "assistant", "content": "demo one"}],
         "split": "train",
         "category": None,
+        "source": "labeler",
     }
     prefs = list(exports.preference_rows(session, f))
     assert {
@@ -91,6 +93,7 @@ def test_conversational_format_is_chat_messages(session, world):
         "rejected": [{"role": "assistant", "content": "answer y"}],
         "split": "train",
         "category": None,
+        "source": "labeler",
     } in prefs
     ranking = next(exports.ranking_rows(session, f))
     assert ranking["prompt"] == [{"role": "user", "content": "prompt 0"}]
@@ -150,7 +153,7 @@ def test_a_conversation_is_exported_with_every_turn(session, tmp_path):
     project = _five_message_project(session)
     chat = exports.ExportFilter(project.id, format="conversational")
     assert list(exports.sft_rows(session, chat)) == [
-        {"prompt": FIVE, "completion": [{"role": "assistant", "content": ANSWER}], "split": "train", "category": None}
+        {"prompt": FIVE, "completion": [{"role": "assistant", "content": ANSWER}], "split": "train", "category": None, "source": "labeler"}
     ]
     prefs = list(exports.preference_rows(session, chat))
     pairs = [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in prefs]
@@ -173,7 +176,7 @@ def test_a_conversation_is_exported_with_every_turn(session, tmp_path):
     )
     plain = exports.ExportFilter(project.id)
     assert list(exports.sft_rows(session, plain)) == [
-        {"prompt": rendered, "completion": ANSWER, "split": "train", "category": None}
+        {"prompt": rendered, "completion": ANSWER, "split": "train", "category": None, "source": "labeler"}
     ]
     assert {p["prompt"] for p in exports.preference_rows(session, plain)} == {rendered}
     assert next(exports.ranking_rows(session, plain))["prompt"] == rendered
@@ -210,7 +213,7 @@ def test_single_turn_plain_export_lines_are_unchanged(session, world):
     """A single-turn prompt's plain rows read as they did before conversations, byte for byte."""
     f = exports.ExportFilter(world.project.id, splits=["test"])
     assert list(exports.jsonl_lines(session, "sft", f)) == [
-        '{"prompt": "prompt 2", "completion": "demo two", "split": "test", "category": null}\n'
+        '{"prompt": "prompt 2", "completion": "demo two", "split": "test", "category": null, "source": "labeler"}\n'
     ]
 
 
@@ -272,7 +275,7 @@ def test_cli_export_and_load(cli_env, world, tmp_path):
     assert len(_load(out)) == 18
     r = cli_env.invoke(cli, ["export", "sft", "--project", str(world.project.id), "--split", "train"])
     assert r.exit_code == 0 and len(r.stdout.strip().splitlines()) == 1
-    assert json.loads(r.stdout.splitlines()[0]).keys() == {"prompt", "completion", "split", "category"}
+    assert json.loads(r.stdout.splitlines()[0]).keys() == {"prompt", "completion", "split", "category", "source"}
     r = cli_env.invoke(cli, ["export", "sft", "--project", "Stats", "--format", "conversational"])
     assert r.exit_code == 0 and json.loads(r.stdout.splitlines()[0])["completion"][0]["role"] == "assistant"
     r = cli_env.invoke(cli, ["export", "sft", "--project", "Nope"])

@@ -168,7 +168,7 @@ def test_data_filter_defaults_are_typed():
         ([], "data_filter must be an object."),
         (
             {"labelers": [1]},
-            "Unknown data_filter keys: labelers; known: exclude_labelers, min_agreement, splits, valid_splits.",
+            "Unknown data_filter keys: labelers; known: exclude_labelers, min_agreement, splits, valid_splits, sources.",
         ),
         ({"below_agreement": [1]}, "Unknown data_filter keys: below_agreement"),  # resolved, never asked for
         ({"exclude_labelers": [True]}, "data_filter.exclude_labelers must be a list of user ids."),

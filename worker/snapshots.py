@@ -15,7 +15,19 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.models import Completion, Demonstration, Prompt, Ranking, ReviewStatus, Split, Task, TaskKind
+from app.models import (
+    Comparison,
+    ComparisonChoice,
+    Completion,
+    Demonstration,
+    Prompt,
+    Ranking,
+    ReviewStatus,
+    Split,
+    Task,
+    TaskKind,
+)
+from app.services import data_scope
 from runconfig import DataFilter
 from trainer.data import PromptItem, RankingExample, SFTExample
 
@@ -108,12 +120,36 @@ def _revised(table: str, subs: list) -> dict[str, dict[int, int]]:
     return {table: revised} if revised else {}
 
 
-def _rejected_note(session: Session, stmt, model, what: str) -> tuple[int, list[str]]:
-    """How many of the rows `stmt` selects (before the review filter) an admin rejected, and the note."""
-    count = int(
-        session.scalar(stmt.with_only_columns(func.count(model.id)).where(model.review == ReviewStatus.rejected)) or 0
+def _kept(model, data_filter: DataFilter) -> list:
+    """The shared rule of what may be trained on (app.services.data_scope), for this run's filter.
+    Every statement here joins Prompt."""
+    return data_scope.submission_kept(
+        model, Prompt.id, exclude_labelers=data_filter.exclude_labelers, sources=data_filter.sources
     )
-    return count, [f"Left out {count} {what} an admin rejected."] if count else []
+
+
+def _left_out_notes(session: Session, stmt, model, data_filter: DataFilter, what: str) -> tuple[int, list[str]]:
+    """How many of the rows `stmt` selects (before the shared filter) an admin rejected, and the
+    notes of what the filter leaves out: rejected, on retired prompts, of the sources not chosen."""
+
+    def count(*where) -> int:
+        return int(session.scalar(stmt.with_only_columns(func.count(model.id)).where(*where)) or 0)
+
+    rejected = count(model.review == ReviewStatus.rejected)
+    notes = [f"Left out {rejected} {what} an admin rejected."] if rejected else []
+    if retired := count(~data_scope.prompt_kept(Prompt.id)):
+        notes.append(f"Left out {retired} {what} of retired prompts.")
+    if set(data_filter.sources) != set(data_scope.SOURCES):
+        other = [s for s in data_scope.SOURCES if s not in data_filter.sources]
+        if unchosen := count(data_scope.from_sources(model, other)):
+            notes.append(f"Left out {unchosen} {what} of the sources not chosen ({', '.join(other)}).")
+    return rejected, notes
+
+
+def _source_counts(table: str, subs: list) -> dict[str, int]:
+    """How many of the rows used came from labelers and how many were imported."""
+    imported = sum(1 for s in subs if s.user_id is None)
+    return {f"{table}_labelers": len(subs) - imported, f"{table}_imported": imported}
 
 
 def snapshot_demonstrations(
@@ -129,10 +165,8 @@ def snapshot_demonstrations(
         .where(Prompt.project_id == project_id, Prompt.split.in_(train_splits + valid_splits))
         .order_by(Demonstration.id)
     )
-    if data_filter.exclude_labelers:
-        stmt = stmt.where(Demonstration.user_id.not_in(data_filter.exclude_labelers))
-    rejected, notes = _rejected_note(session, stmt.order_by(None), Demonstration, "demonstration(s)")
-    rows = session.execute(stmt.where(Demonstration.review != ReviewStatus.rejected)).all()
+    rejected, notes = _left_out_notes(session, stmt.order_by(None), Demonstration, data_filter, "demonstration(s)")
+    rows = session.execute(stmt.where(*_kept(Demonstration, data_filter))).all()
     if not any(p.split in train_splits for _, p in rows):
         raise DataError(
             f"No accepted demonstrations on the {'/'.join(train_splits)} prompts of project "
@@ -158,7 +192,12 @@ def snapshot_demonstrations(
     snapshot = Snapshot(
         rows={"demonstrations": [d.id for d, _ in rows], "prompts": sorted({p.id for _, p in rows})},
         manifest=manifest,
-        counts={"sft_train": len(train), "sft_valid": len(valid), "demonstrations_rejected": rejected},
+        counts={
+            "sft_train": len(train),
+            "sft_valid": len(valid),
+            "demonstrations_rejected": rejected,
+            **_source_counts("demonstrations", [d for d, _ in rows]),
+        },
         notes=notes,
         revisions=_revised("demonstrations", [d for d, _ in rows]),
     )
@@ -182,11 +221,12 @@ def snapshot_rankings(
         )
         .order_by(Ranking.id)
     )
-    if data_filter.exclude_labelers:
-        stmt = stmt.where(Ranking.user_id.not_in(data_filter.exclude_labelers))
-    rejected, notes = _rejected_note(session, stmt.order_by(None), Ranking, "ranking(s)")
-    rows = session.execute(stmt.where(Ranking.review != ReviewStatus.rejected)).all()
-    if not any(p.split in train_splits for _, _, p in rows):
+    rejected, notes = _left_out_notes(session, stmt.order_by(None), Ranking, data_filter, "ranking(s)")
+    rows = session.execute(stmt.where(*_kept(Ranking, data_filter))).all()
+    pairs = _imported_pairs(session, project_id, train_splits + valid_splits, data_filter)
+    if not any(p.split in train_splits for _, _, p in rows) and not any(
+        p.split in train_splits for _, _, p, _ in pairs
+    ):
         raise DataError(
             f"No rankings on the {'/'.join(train_splits)} prompts of project {project_id}: run "
             "`generate` and collect rankings before a reward run."
@@ -206,8 +246,9 @@ def snapshot_rankings(
                 "completions, then start the run again."
             )
     holdout: set[int] = set()
-    if not any(p.split in valid_splits and p.split not in train_splits for _, _, p in rows):
-        holdout = _held_out({p.id for _, _, p in rows})
+    prompts_used = [p for _, _, p in rows] + [p for _, _, p, _ in pairs]
+    if not any(p.split in valid_splits and p.split not in train_splits for p in prompts_used):
+        holdout = _held_out({p.id for p in prompts_used})
         notes.append(
             f"No rankings on the {'/'.join(valid_splits)} split: held out every {HOLDOUT_EVERY}th "
             f"training prompt ({len(holdout)} prompts) for the held-out accuracy."
@@ -245,6 +286,27 @@ def snapshot_rankings(
                 [texts[cid] for cid in ids],
             ]
         )
+    for comparison, task, prompt, (chosen, rejected_text) in pairs:
+        example = RankingExample(
+            prompt=_conversation(prompt),
+            completions=[chosen[1], rejected_text[1]],
+            order=[[0], [1]],
+            ended=[True, True],  # written by people, not sampled: nothing was cut off
+            meta={"comparison_id": comparison.id, "task_id": task.id, "prompt_id": prompt.id, "user_id": None},
+        )
+        is_valid = prompt.id in holdout or (prompt.split in valid_splits and prompt.split not in train_splits)
+        (valid if is_valid else train).append(example)
+        manifest.append(
+            [
+                "comparison",
+                comparison.id,
+                prompt.id,
+                "valid" if is_valid else "train",
+                _manifest_prompt(prompt),
+                [[chosen[0]], [rejected_text[0]]],
+                [chosen[1], rejected_text[1]],
+            ]
+        )
     if no_preference:
         notes.append(f"Left out {no_preference} ranking(s) with every output tied (no preference to learn).")
     if not train:
@@ -254,15 +316,61 @@ def snapshot_rankings(
     snapshot = Snapshot(
         rows={
             "rankings": [r.id for r in used],
-            "prompts": sorted({p.id for _, _, p in rows}),
-            "completions": sorted({cid for r in used for g in r.order for cid in g}),
+            **({"comparisons": [c.id for c, _, _, _ in pairs]} if pairs else {}),
+            "prompts": sorted({p.id for p in prompts_used}),
+            "completions": sorted(
+                {cid for r in used for g in r.order for cid in g} | {a[0] for _, _, _, ab in pairs for a in ab}
+            ),
         },
         revisions=_revised("rankings", used),
         manifest=manifest,
-        counts={"rankings_train": len(train), "rankings_valid": len(valid), "rankings_rejected": rejected},
+        counts={
+            "rankings_train": len(train),
+            "rankings_valid": len(valid),
+            "rankings_rejected": rejected,
+            **_source_counts("rankings", used),
+            "comparisons_imported": len(pairs),
+        },
         notes=notes,
     )
     return train, valid, snapshot
+
+
+def _imported_pairs(session: Session, project_id: int, splits: list[Split], data_filter: DataFilter) -> list:
+    """Imported comparisons (hh-rlhf pairs, TRL preference files) as (comparison, task, prompt,
+    ((chosen id, text), (rejected id, text))), when the run takes imported feedback. Labelers'
+    A/B comparisons are an evaluation's verdicts on two models, never reward training data: the
+    judge stays apart from the training signal."""
+    if "imported" not in data_filter.sources:
+        return []
+    stmt = (
+        select(Comparison, Task, Prompt)
+        .join(Task, Task.id == Comparison.task_id)
+        .join(Prompt, Prompt.id == Task.prompt_id)
+        .where(
+            Task.project_id == project_id,
+            Prompt.split.in_(splits),
+            Comparison.user_id.is_(None),
+            Comparison.choice != ComparisonChoice.tie,
+            *_kept(Comparison, data_filter),
+        )
+        .order_by(Comparison.id)
+    )
+    rows = session.execute(stmt).all()
+    ids = {cid for c, _, _ in rows for cid in (c.a_completion_id, c.b_completion_id)}
+    texts: dict[int, str] = {}
+    for i in range(0, len(ids), 1000):
+        chunk = sorted(ids)[i : i + 1000]
+        texts.update(session.execute(select(Completion.id, Completion.text).where(Completion.id.in_(chunk))).all())
+    pairs = []
+    for c, task, prompt in rows:
+        chosen, rejected = (
+            (c.a_completion_id, c.b_completion_id)
+            if c.choice == ComparisonChoice.a
+            else (c.b_completion_id, c.a_completion_id)
+        )
+        pairs.append((c, task, prompt, ((chosen, texts[chosen]), (rejected, texts[rejected]))))
+    return pairs
 
 
 def snapshot_prompts(
@@ -276,7 +384,11 @@ def snapshot_prompts(
     """Prompts of the given splits, oldest first (at most `limit`, 0 = all); with `without_task_kind`
     only prompts that have no task of that kind yet."""
     split_values = [Split(s) for s in splits]
-    stmt = select(Prompt).where(Prompt.project_id == project_id, Prompt.split.in_(split_values)).order_by(Prompt.id)
+    stmt = (
+        select(Prompt)
+        .where(Prompt.project_id == project_id, Prompt.split.in_(split_values), data_scope.prompt_kept(Prompt.id))
+        .order_by(Prompt.id)
+    )
     if without_task_kind is not None:
         has_task = select(Task.prompt_id).where(Task.project_id == project_id, Task.kind == without_task_kind)
         stmt = stmt.where(Prompt.id.not_in(has_task))

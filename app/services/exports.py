@@ -6,9 +6,11 @@
 - rankings: one row per ranking with all outputs, the full order with ties, ratings, flags,
   the order shown and the labeler id.
 
-Every row says its prompt's `split` and `category` (InstructGPT's use case; null when unset); an
-export holds the train split unless others are asked for (valid and test prompts are for
-evaluation). A prompt is a conversation (app.conversation) that ends with a user turn; the answer is
+Every row says its prompt's `split` and `category` (InstructGPT's use case; null when unset) and
+its `source`: "labeler", or "imported" (feedback brought from a file, with its `origin`: file, line
+and original id). An export holds the train split unless others are asked for (valid and test
+prompts are for evaluation), and what app.services.data_scope lets out: no rejected submission,
+nothing of a retired prompt, no labeler left out of runs. A prompt is a conversation (app.conversation) that ends with a user turn; the answer is
 the next assistant turn. Two formats, as TRL reads them:
 - plain: strings; the prompt is its plain rendering (`Prompt.text`: a single user turn as itself,
   a longer conversation as "User: ...\n\nAssistant: ..." blocks), and a trainer sees the text
@@ -32,6 +34,8 @@ from sqlalchemy.orm import Session
 
 from app.db import read_session
 from app.models import (
+    IMPORTED,
+    LABELER,
     Comparison,
     ComparisonChoice,
     Completion,
@@ -39,11 +43,10 @@ from app.models import (
     Project,
     Prompt,
     Ranking,
-    ReviewStatus,
     Task,
     TaskCompletion,
 )
-from app.services import ServiceError
+from app.services import ServiceError, data_scope
 
 KINDS = {
     "sft": "SFT: prompt / completion",
@@ -64,6 +67,8 @@ class ExportFilter:
     """Empty: the train split only."""
     exclude_labelers: list[int] = field(default_factory=list)
     format: str = "plain"
+    sources: list[str] = field(default_factory=lambda: list(data_scope.SOURCES))
+    """labelers, imported, or both (the default)."""
 
     def __post_init__(self) -> None:
         self.splits = list(self.splits) or ["train"]
@@ -78,15 +83,27 @@ def _assistant(text: str) -> list[dict[str, str]]:
     return [{"role": "assistant", "content": text}]
 
 
-def _scoped(stmt, model, f: ExportFilter):
-    stmt = (
+def _scoped(session: Session, stmt, model, f: ExportFilter):
+    """The rows of `model` this export holds: the filter's project, splits and sources, and the
+    shared rule of what may leave the app (data_scope), with the labelers left out of runs."""
+    excluded = set(f.exclude_labelers) | set(data_scope.left_out_labelers(session))
+    return (
         stmt.join(Task, Task.id == model.task_id)
         .join(Prompt, Prompt.id == Task.prompt_id)
         .where(Task.project_id == f.project_id, Prompt.split.in_(f.splits))
+        .where(*data_scope.submission_kept(model, Prompt.id, exclude_labelers=excluded, sources=f.sources))
     )
-    if f.exclude_labelers:
-        stmt = stmt.where(model.user_id.not_in(f.exclude_labelers))
-    return stmt.where(model.review != ReviewStatus.rejected)  # an admin's rejections are left out, as in training
+
+
+def _provenance(user_id: int | None, origin_file: str | None, origin_line: int | None, origin_id: str | None):
+    """A row's `source`, and for imported feedback its `origin` (the file, line and original id)."""
+    if user_id is not None:
+        return {"source": LABELER}
+    return {"source": IMPORTED, "origin": {"file": origin_file, "line": origin_line, "id": origin_id}}
+
+
+def _origin_columns(model) -> tuple:
+    return (model.user_id, model.origin_file, model.origin_line, model.origin_id)
 
 
 def _batches(session: Session, stmt, id_column) -> Iterator[Sequence[Row]]:
@@ -103,13 +120,21 @@ def _batches(session: Session, stmt, id_column) -> Iterator[Sequence[Row]]:
 def sft_rows(session: Session, f: ExportFilter) -> Iterator[dict[str, Any]]:
     """Demonstrations (an admin's rejected ones are left out, as in training)."""
     stmt = _scoped(
-        select(Demonstration.id, _prompt_column(f), Demonstration.text, Prompt.split, Prompt.category),
+        session,
+        select(
+            Demonstration.id,
+            _prompt_column(f),
+            Demonstration.text,
+            Prompt.split,
+            Prompt.category,
+            *_origin_columns(Demonstration),
+        ),
         Demonstration,
         f,
     )
     for rows in _batches(session, stmt, Demonstration.id):
-        for _, prompt, completion, split, category in rows:
-            where = {"split": split.value, "category": _value(category)}
+        for _, prompt, completion, split, category, *origin in rows:
+            where = {"split": split.value, "category": _value(category), **_provenance(*origin)}
             if f.format == "conversational":
                 yield {"prompt": _conversation(prompt), "completion": _assistant(completion), **where}
             else:
@@ -125,9 +150,10 @@ def _value(category) -> str | None:
     return category.value if category is not None else None
 
 
-def _pair(f: ExportFilter, prompt, chosen: str, rejected: str, split, category) -> dict[str, Any]:
-    """`prompt`: the conversation (conversational) or its rendering (plain), as _prompt_column reads it."""
-    where = {"split": split.value, "category": _value(category)}
+def _pair(f: ExportFilter, prompt, chosen: str, rejected: str, split, category, origin) -> dict[str, Any]:
+    """`prompt`: the conversation (conversational) or its rendering (plain), as _prompt_column reads it;
+    `origin`: the submission's user_id, origin_file, origin_line and origin_id."""
+    where = {"split": split.value, "category": _value(category), **_provenance(*origin)}
     if f.format == "conversational":
         return {
             "prompt": _conversation(prompt),
@@ -153,7 +179,9 @@ def _outputs(session: Session, task_ids: list[int]) -> dict[int, list[tuple[int,
 
 
 def _ranking_batches(session: Session, f: ExportFilter):
-    stmt = _scoped(select(Ranking.id, Ranking, Prompt.id, _prompt_column(f), Prompt.split, Prompt.category), Ranking, f)
+    stmt = _scoped(
+        session, select(Ranking.id, Ranking, Prompt.id, _prompt_column(f), Prompt.split, Prompt.category), Ranking, f
+    )
     for rows in _batches(session, stmt, Ranking.id):
         outputs = _outputs(session, sorted({r[1].task_id for r in rows}))
         yield rows, outputs
@@ -162,14 +190,16 @@ def _ranking_batches(session: Session, f: ExportFilter):
 def preference_rows(session: Session, f: ExportFilter) -> Iterator[dict[str, Any]]:
     for rows, outputs in _ranking_batches(session, f):
         for _, ranking, _pid, prompt, split, category in rows:
+            origin = (ranking.user_id, ranking.origin_file, ranking.origin_line, ranking.origin_id)
             texts = {cid: text for cid, text, *_ in outputs[ranking.task_id]}
             order = [[c for c in group if c in texts] for group in ranking.order]
             for i, better in enumerate(order):
                 for worse in order[i + 1 :]:
                     for a in better:
                         for b in worse:
-                            yield _pair(f, prompt, texts[a], texts[b], split, category)
+                            yield _pair(f, prompt, texts[a], texts[b], split, category, origin)
     stmt = _scoped(
+        session,
         select(
             Comparison.id,
             _prompt_column(f),
@@ -178,6 +208,7 @@ def preference_rows(session: Session, f: ExportFilter) -> Iterator[dict[str, Any
             Comparison.b_completion_id,
             Prompt.split,
             Prompt.category,
+            *_origin_columns(Comparison),
         ),
         Comparison,
         f,
@@ -185,9 +216,9 @@ def preference_rows(session: Session, f: ExportFilter) -> Iterator[dict[str, Any
     for rows in _batches(session, stmt, Comparison.id):
         ids = {c for r in rows for c in (r[3], r[4])}
         texts = dict(session.execute(select(Completion.id, Completion.text).where(Completion.id.in_(ids))).all())
-        for _, prompt, choice, a, b, split, category in rows:
+        for _, prompt, choice, a, b, split, category, *who in rows:
             chosen, rejected = (a, b) if choice == ComparisonChoice.a else (b, a)
-            yield _pair(f, prompt, texts[chosen], texts[rejected], split, category)
+            yield _pair(f, prompt, texts[chosen], texts[rejected], split, category, who)
 
 
 def ranking_rows(session: Session, f: ExportFilter) -> Iterator[dict[str, Any]]:
@@ -217,6 +248,7 @@ def ranking_rows(session: Session, f: ExportFilter) -> Iterator[dict[str, Any]]:
                 "split": split.value,
                 "category": _value(category),
                 "labeler_id": r.user_id,
+                **_provenance(r.user_id, r.origin_file, r.origin_line, r.origin_id),
                 "completions": completions,
                 "order": r.order,
                 "display_order": r.display_order,
@@ -239,13 +271,20 @@ def check(session: Session, kind: str, f: ExportFilter) -> None:
         raise ServiceError(f"Unknown split {bad[0]!r}; use train, valid or test.")
     if f.format not in FORMATS:
         raise ServiceError(f"Unknown format {f.format!r}; use {' or '.join(FORMATS)}.")
+    bad_sources = [s for s in f.sources if s not in data_scope.SOURCES]
+    if bad_sources or not f.sources:
+        raise ServiceError(
+            f"Unknown source {bad_sources[0]!r}; use labelers or imported."
+            if bad_sources
+            else "Choose a source: labelers or imported."
+        )
     if kind == "sft":
-        probe = _scoped(select(Demonstration.id), Demonstration, f)
+        probe = _scoped(session, select(Demonstration.id), Demonstration, f)
     else:
-        probe = _scoped(select(Ranking.id), Ranking, f)
+        probe = _scoped(session, select(Ranking.id), Ranking, f)
         if kind == "preferences":
             probe = probe.union_all(
-                _scoped(select(Comparison.id), Comparison, f).where(Comparison.choice != ComparisonChoice.tie)
+                _scoped(session, select(Comparison.id), Comparison, f).where(Comparison.choice != ComparisonChoice.tie)
             )
     if not session.scalar(select(exists(probe.subquery().select()))):
         what = {"sft": "accepted demonstrations", "preferences": "rankings or comparisons", "rankings": "rankings"}[

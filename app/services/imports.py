@@ -20,6 +20,19 @@ Formats (detected per record when `fmt` is "auto"):
   (`{"role": "prompter", "text", "replies"}`): every prompter message that is not deleted (nor
   below a deleted message) becomes a prompt, the thread from the root down to it; its reference is
   its best-ranked reply. Its external id is the message's id.
+- Preferences (TRL's preference format): `{"prompt", "chosen", "rejected"}`, plain strings or
+  conversational (the prompt a message list ending with the user's turn, chosen and rejected
+  a list of one assistant message).
+
+Feedback comes with the prompts unless the admin takes the prompts only (`feedback=False`): an
+hh-rlhf or preference pair becomes a comparison (chosen over rejected; identical answers give
+none); an OpenAssistant prompter message a ranking of its human-ranked replies (two or more) and
+its best reply, written by a person, a demonstration; with `answers_as_demonstrations`, every
+other reference (Alpaca output, GSM8K answer...) a demonstration too. Each is a submission without
+a labeler (user_id NULL) on a closed task of its own, carrying the file, line and original id
+(origin_file, origin_line, origin_id); a line whose prompt is a duplicate, or already in the
+project, gives its feedback to that prompt (unless the prompt already holds imported feedback of
+that kind).
 gzip-compressed files are accepted. Splits come from the hash of the conversation's first user
 turn (for a single-turn prompt, its content hash), so the same prompt lands in the same split on
 every import, in every project, and the deeper turns of one thread never straddle train and
@@ -34,11 +47,12 @@ import logging
 import re
 import threading
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, insert, select, update
+from sqlalchemy import Engine, delete, func, insert, or_, select, union_all, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -47,14 +61,21 @@ from app.conversation import ConversationError, Message
 from app.db import atomic, read_session, utcnow, write_session
 from app.models import (
     SUBMISSION_MODELS,
+    Comparison,
+    ComparisonChoice,
     Completion,
+    Demonstration,
     ImportJob,
     ImportJobStatus,
     Project,
     Prompt,
     PromptCategory,
+    Ranking,
     Split,
     Task,
+    TaskCompletion,
+    TaskKind,
+    TaskStatus,
     User,
     table,
 )
@@ -71,6 +92,7 @@ FORMATS = {
     "hh-rlhf": "hh-rlhf (chosen / rejected dialogues)",
     "alpaca": "Alpaca (instruction / input / output)",
     "oasst": "OpenAssistant message trees",
+    "preferences": "Preferences (prompt / chosen / rejected, TRL)",
 }
 MAX_IMPORT_BYTES = 8 * 1024 * 1024
 """Web uploads (under the request body limit, so the form can say why)."""
@@ -83,6 +105,28 @@ REFERENCE_KEYS = ("reference", "completion", "response", "output", "answer")
 
 class ImportRefused(ServiceError):
     """The file as a whole can't be read (encoding, size, format); nothing is imported."""
+
+
+@dataclass
+class Feedback:
+    """Human feedback a record brings beside its prompt (see the module's docstring)."""
+
+    kind: TaskKind
+    answers: list[str]
+    """comparison: [chosen, rejected]; ranking: the replies; demonstration: [the answer]."""
+    order: list[list[int]] = field(default_factory=list)
+    """ranking: groups of indexes into `answers`, best first (equal ranks tie)."""
+    origin_id: str | None = None
+
+
+@dataclass
+class PlannedFeedback:
+    """Feedback the import will write: on the prompt with `content_hash`, from `line`."""
+
+    content_hash: str
+    line: int
+    feedback: Feedback
+    source_format: str
 
 
 @dataclass
@@ -99,6 +143,9 @@ class Record:
     category: PromptCategory | None = None
     where: str = ""
     """Which part of its line a record is, where a line gives several (an OpenAssistant message)."""
+    feedback: list[Feedback] = field(default_factory=list)
+    identical_pair: bool = False
+    """A pair whose chosen and rejected answers are the same: no comparison (nothing to prefer)."""
 
     @property
     def text(self) -> str:
@@ -127,10 +174,25 @@ class ImportPreview:
     existing: list[int]
     """Lines whose prompt the project already has."""
     formats_seen: dict[str, int]
+    feedback: list[PlannedFeedback] = field(default_factory=list)
+    """The feedback an import would add (none when the prompts only are taken)."""
+    identical_pairs: list[int] = field(default_factory=list)
+    """Lines whose chosen and rejected answers are the same (no comparison)."""
+    feedback_already: int = 0
+    """Feedback left out: its prompt, already in the project, holds imported feedback of that kind."""
+    take_feedback: bool = True
 
     @property
     def ok(self) -> bool:
-        return not self.errors and bool(self.records)
+        return not self.errors and bool(self.records or self.feedback)
+
+    @property
+    def feedback_counts(self) -> dict[str, int]:
+        """How many comparisons, rankings and demonstrations the import adds."""
+        counts = Counter(f.feedback.kind.value for f in self.feedback)
+        return {
+            k.value: counts.get(k.value, 0) for k in (TaskKind.comparison, TaskKind.ranking, TaskKind.demonstration)
+        }
 
     @property
     def split_counts(self) -> dict[str, int]:
@@ -151,6 +213,8 @@ class ImportResult:
     prompts: list[Prompt]
     preview: ImportPreview
     tasks_created: int
+    feedback: dict[str, int] = field(default_factory=dict)
+    """Imported submissions written, per kind."""
 
 
 def content_hash(prompt: str | list[Message]) -> str:
@@ -232,6 +296,8 @@ def _records_from_object(obj: Any, line: int, fmt: str) -> list[Record]:
         return [Record(line, _user(obj), source_format="jsonl")]
     if not isinstance(obj, dict):
         raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    if fmt == "preferences" or (fmt == "auto" and "prompt" in obj and "chosen" in obj and "rejected" in obj):
+        return [_preference(obj, line)]
     if fmt == "messages" or (fmt == "auto" and _messages_key(obj)):
         return [_generic(obj, line, messages_only=True)]
     if fmt == "hh-rlhf" or (fmt == "auto" and "chosen" in obj and "rejected" in obj):
@@ -385,7 +451,56 @@ def _hh_rlhf(obj: dict, line: int) -> Record:
         else:
             messages.append({"role": role, "content": content})
     meta = {"chosen": chosen[cut + len(ASSISTANT) :].strip(), "rejected": rejected[cut + len(ASSISTANT) :].strip()}
-    return Record(line, messages, None, None, meta, source_format="hh-rlhf")
+    record = Record(line, messages, None, None, meta, source_format="hh-rlhf")
+    return _with_pair(record, meta["chosen"], meta["rejected"], None)
+
+
+def _with_pair(record: Record, chosen: str, rejected: str, origin_id: str | None) -> Record:
+    if chosen == rejected:
+        record.identical_pair = True
+    else:
+        record.feedback.append(Feedback(TaskKind.comparison, [chosen, rejected], origin_id=origin_id))
+    return record
+
+
+def _preference(obj: dict, line: int) -> Record:
+    """TRL's preference format with an explicit prompt, plain or conversational."""
+    prompt = obj.get("prompt")
+    if isinstance(prompt, list):
+        messages = prompt
+    elif isinstance(prompt, str):
+        messages = _user(prompt)
+    else:
+        raise ValueError("field 'prompt' must be a string or a list of messages")
+    chosen, rejected = _answer(obj, "chosen"), _answer(obj, "rejected")
+    ext = obj.get("id")
+    origin = str(ext) if ext not in (None, "") else None
+    split = obj.get("split")
+    if split not in (None, "") and (not isinstance(split, str) or split not in Split.__members__):
+        raise ValueError(f"split must be train, valid or test; got {split!r}")
+    record = Record(
+        line,
+        messages,
+        None,
+        origin,
+        {},
+        Split(split) if split else None,
+        source_format="preferences",
+        category=parse_category(obj.get("category")),
+    )
+    return _with_pair(record, chosen, rejected, origin)
+
+
+def _answer(obj: dict, key: str) -> str:
+    """A preference answer: a string, or (conversational) a list of one assistant message."""
+    value = obj.get(key)
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict):
+        message = value[0]
+        if message.get("role") == "assistant" and isinstance(message.get("content"), str):
+            return message["content"].strip()
+    raise ValueError(f"field {key!r} must be a string or a list of one assistant message")
 
 
 OASST_ROLES = {"prompter": "user", "assistant": "assistant"}
@@ -424,10 +539,32 @@ def _oasst(obj: dict, line: int) -> list[Record]:
                     meta,
                     source_format="oasst",
                     where=f"message {ext}" if ext else "",
+                    feedback=_oasst_feedback(answers, str(ext) if ext else None),
                 )
             )
         stack.extend((r, thread) for r in reversed(replies))  # in the file's order, depth first
     return records
+
+
+def _oasst_feedback(answers: list[dict], message_id: str | None) -> list[Feedback]:
+    """The replies people ranked (two or more) as a ranking, equal ranks tied; the best reply, or
+    the only one, as a demonstration unless a model wrote it (`synthetic`)."""
+    feedback = []
+    ranked = sorted((r for r in answers if isinstance(r.get("rank"), int)), key=lambda r: r["rank"])
+    if len(ranked) >= 2:
+        groups: list[list[int]] = []
+        for i, reply in enumerate(ranked):
+            if i and reply["rank"] == ranked[i - 1]["rank"]:
+                groups[-1].append(i)
+            else:
+                groups.append([i])
+        if len(groups) >= 2:
+            feedback.append(Feedback(TaskKind.ranking, [r["text"] for r in ranked], groups, message_id))
+    best = ranked[0] if ranked else answers[0] if len(answers) == 1 else None
+    if best is not None and not best.get("synthetic") and best["text"].strip():
+        reply_id = best.get("message_id")
+        feedback.append(Feedback(TaskKind.demonstration, [best["text"]], origin_id=str(reply_id) if reply_id else None))
+    return feedback
 
 
 # ---------------------------------------------------------------- the file
@@ -531,15 +668,36 @@ def preview_import(
     valid_fraction: float = 0.1,
     test_fraction: float = 0.1,
     max_bytes: int = MAX_IMPORT_BYTES,
+    feedback: bool = True,
+    answers_as_demonstrations: bool = False,
 ) -> ImportPreview:
-    """Everything an import would do, without writing: records, split, problems, duplicates."""
+    """Everything an import would do, without writing: records, split, problems, duplicates, and
+    the feedback it brings (none with `feedback=False`: the prompts only)."""
     _check_fractions(valid_fraction, test_fraction)
     records, errors = parse(decode(data, max_bytes=max_bytes), filename=filename, fmt=fmt)
-    return _plan(session, project, records, errors, filename, fmt, valid_fraction, test_fraction)
+    return _plan(
+        session,
+        project,
+        records,
+        errors,
+        filename,
+        fmt,
+        valid_fraction,
+        test_fraction,
+        feedback=feedback,
+        answers_as_demonstrations=answers_as_demonstrations,
+    )
 
 
 def preview_objects(
-    session: Session, project: Project, objects: list[Any], *, valid_fraction: float = 0.1, test_fraction: float = 0.1
+    session: Session,
+    project: Project,
+    objects: list[Any],
+    *,
+    valid_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    feedback: bool = True,
+    answers_as_demonstrations: bool = False,
 ) -> ImportPreview:
     """The same for prompts sent as JSON objects (the bulk API); item i is "line" i + 1."""
     _check_fractions(valid_fraction, test_fraction)
@@ -549,7 +707,18 @@ def preview_objects(
             records.extend(_records_from_object(obj, number, "auto"))
         except ValueError as exc:
             errors.append(LineError(number, str(exc)))
-    return _plan(session, project, records, errors, "api", "auto", valid_fraction, test_fraction)
+    return _plan(
+        session,
+        project,
+        records,
+        errors,
+        "api",
+        "auto",
+        valid_fraction,
+        test_fraction,
+        feedback=feedback,
+        answers_as_demonstrations=answers_as_demonstrations,
+    )
 
 
 def _check_fractions(valid_fraction: float, test_fraction: float) -> None:
@@ -566,15 +735,25 @@ def _plan(
     fmt: str,
     valid_fraction: float,
     test_fraction: float,
+    *,
+    feedback: bool = True,
+    answers_as_demonstrations: bool = False,
 ) -> ImportPreview:
     kept: list[Record] = []
     duplicates: list[tuple[int, int]] = []
     seen: dict[str, int] = {}
+    planned: list[PlannedFeedback] = []
     for r in records:
-        if problem := _problem(r):
+        if problem := _problem(r) or (_feedback_problem(r) if feedback else None):
             errors.append(LineError(r.line, f"({r.where}) {problem}" if r.where else problem))
             continue
         r.content_hash = conversation.content_hash(r.messages)
+        if feedback:
+            # A duplicate line still brings its own feedback, to the prompt its first line gave.
+            planned += [
+                PlannedFeedback(r.content_hash, r.line, f, r.source_format)
+                for f in _feedback_of(r, answers_as_demonstrations)
+            ]
         if r.content_hash in seen:
             duplicates.append((r.line, seen[r.content_hash]))
             continue
@@ -585,10 +764,66 @@ def _plan(
     existing_hashes = _existing_hashes(session, project.id, [r.content_hash for r in kept])
     existing = [r.line for r in kept if r.content_hash in existing_hashes]
     kept = [r for r in kept if r.content_hash not in existing_hashes]
+    # Feedback for a prompt the project has goes to it, unless that prompt already holds imported
+    # feedback of the kind (the same file imported twice doesn't count its pairs twice).
+    fed = _imported_kinds(session, project.id, sorted(existing_hashes))
+    with_feedback = [f for f in planned if (f.content_hash, f.feedback.kind) not in fed]
     formats: dict[str, int] = {}
     for r in records:
         formats[r.source_format] = formats.get(r.source_format, 0) + 1
-    return ImportPreview(filename, fmt, kept, errors, duplicates, existing, formats)
+    return ImportPreview(
+        filename,
+        fmt,
+        kept,
+        errors,
+        duplicates,
+        existing,
+        formats,
+        feedback=with_feedback,
+        identical_pairs=[r.line for r in records if r.identical_pair],
+        feedback_already=len(planned) - len(with_feedback),
+        take_feedback=feedback,
+    )
+
+
+def _feedback_of(r: Record, answers_as_demonstrations: bool) -> list[Feedback]:
+    """A record's feedback; with `answers_as_demonstrations`, its reference as a demonstration too
+    (where the file gave none already)."""
+    found = list(r.feedback)
+    has_demonstration = any(f.kind == TaskKind.demonstration for f in found)
+    if answers_as_demonstrations and r.reference and normalize(r.reference) and not has_demonstration:
+        found.append(Feedback(TaskKind.demonstration, [normalize(r.reference)], origin_id=r.external_id))
+    return found
+
+
+def _feedback_problem(r: Record) -> str | None:
+    """Why a record's feedback can't be stored (the checks of the database write), or None."""
+    for f in r.feedback:
+        for i, answer in enumerate(f.answers):
+            what = "answer" if f.kind == TaskKind.demonstration else f"{f.kind.value} answer {i + 1}"
+            if len(answer) > MAX_PROMPT_CHARS:
+                return f"the {what} has {len(answer):,} characters; the limit is {MAX_PROMPT_CHARS:,}"
+            if problem := row_problem(table(Completion), {"text": answer, "source": ""}):
+                return f"the {what}: {problem}"
+        if f.origin_id and (problem := row_problem(table(Demonstration), {"origin_id": f.origin_id})):
+            return problem
+    return None
+
+
+def _imported_kinds(session: Session, project_id: int, hashes: list[str]) -> set[tuple[str, TaskKind]]:
+    """(prompt hash, kind) of the prompts among `hashes` that already hold imported feedback."""
+    found: set[tuple[str, TaskKind]] = set()
+    for i in range(0, len(hashes), 500):
+        chunk = hashes[i : i + 500]
+        parts = [
+            select(Prompt.content_hash, Task.kind)
+            .join(Task, Task.prompt_id == Prompt.id)
+            .join(model, model.task_id == Task.id)
+            .where(Prompt.project_id == project_id, Prompt.content_hash.in_(chunk), model.user_id.is_(None))
+            for model in SUBMISSION_MODELS.values()
+        ]
+        found.update((h, TaskKind(k)) for h, k in session.execute(union_all(*parts)))
+    return found
 
 
 def _problem(r: Record) -> str | None:
@@ -641,6 +876,8 @@ def run_import(
     test_fraction: float = 0.1,
     create_tasks: bool = False,
     max_bytes: int = MAX_IMPORT_BYTES,
+    feedback: bool = True,
+    answers_as_demonstrations: bool = False,
 ) -> ImportResult:
     """All or nothing: any bad line refuses the whole file with a report of the lines."""
     preview = preview_import(
@@ -652,22 +889,27 @@ def run_import(
         valid_fraction=valid_fraction,
         test_fraction=test_fraction,
         max_bytes=max_bytes,
+        feedback=feedback,
+        answers_as_demonstrations=answers_as_demonstrations,
     )
     return commit(session, project, preview, source=filename or "upload", create_tasks=create_tasks)
+
+
+NOTHING_NEW = "Nothing to import: every prompt given is already in this project, and it brings no new feedback."
 
 
 def commit(
     session: Session, project: Project, preview: ImportPreview, *, source: str, create_tasks: bool = False
 ) -> ImportResult:
-    """Writes a preview's prompts, or refuses the whole of it if any line was bad."""
+    """Writes a preview's prompts and feedback, or refuses the whole of it if any line was bad."""
     projects.check_writable(project)
     if preview.errors:
         raise ServiceError(
             f"Nothing was imported: {len(preview.errors)} line{'s' * (len(preview.errors) > 1)} "
             f"can't be read.\n{preview.error_report()}"
         )
-    if not preview.records:
-        raise ServiceError("Nothing to import: every prompt given is already in this project.")
+    if not preview.records and not preview.feedback:
+        raise ServiceError(NOTHING_NEW)
     prompts = [Prompt(**prompt_values(project.id, r, source)) for r in preview.records]
     try:
         with session.begin_nested():
@@ -681,7 +923,98 @@ def commit(
     if create_tasks:
         train = [p for p in prompts if p.split == Split.train]
         tasks_created = len(tasks.create_demonstration_tasks(session, project, train))
-    return ImportResult(prompts, preview, tasks_created)
+    written = write_feedback(session, project.id, preview.feedback, origin_file=source)
+    return ImportResult(prompts, preview, tasks_created, written)
+
+
+def _prompt_ids(session: Session, project_id: int, hashes: set[str]) -> dict[str, int]:
+    found: dict[str, int] = {}
+    ordered = sorted(hashes)
+    for i in range(0, len(ordered), 500):
+        rows = session.execute(
+            select(Prompt.content_hash, Prompt.id).where(
+                Prompt.project_id == project_id, Prompt.content_hash.in_(ordered[i : i + 500])
+            )
+        )
+        found.update({h: pid for h, pid in rows})
+    return found
+
+
+def write_feedback(
+    session: Session, project_id: int, planned: list[PlannedFeedback], *, origin_file: str, job_id: int | None = None
+) -> dict[str, int]:
+    """Stores feedback as submissions without a labeler, each on a closed task of its own (never
+    handed out) with its outputs; the prompts are in the database already. Returns counts per kind."""
+    prompt_ids = _prompt_ids(session, project_id, {p.content_hash for p in planned})
+    output_source = f"imported: {origin_file}"[:200]
+    made: list[tuple[PlannedFeedback, Task, list[Completion]]] = []
+    for p in planned:
+        prompt_id = prompt_ids[p.content_hash]
+        task = Task(
+            project_id=project_id, prompt_id=prompt_id, kind=p.feedback.kind, status=TaskStatus.closed, done_count=1
+        )
+        outputs = []
+        if p.feedback.kind != TaskKind.demonstration:
+            outputs = [Completion(prompt_id=prompt_id, source=output_source, text=a) for a in p.feedback.answers]
+            task.outputs = [TaskCompletion(completion=c, position=i) for i, c in enumerate(outputs)]
+        made.append((p, task, outputs))
+    session.add_all([task for _, task, _ in made])
+    session.flush()
+    counts: Counter[str] = Counter()
+    for p, task, outputs in made:
+        f = p.feedback
+        common: dict[str, Any] = {
+            "task_id": task.id,
+            "user_id": None,
+            "origin_file": origin_file[:200],
+            "origin_line": p.line,
+            "origin_id": f.origin_id,
+            "import_job_id": job_id,
+        }
+        ids = [c.id for c in outputs]
+        sub: Demonstration | Ranking | Comparison
+        if f.kind == TaskKind.demonstration:
+            sub = Demonstration(**common, prompt_id=task.prompt_id, text=f.answers[0])
+        elif f.kind == TaskKind.ranking:
+            sub = Ranking(
+                **common,
+                order=[[ids[i] for i in group] for group in f.order],
+                display_order=ids,
+                ratings={},
+                flag_count=0,
+            )
+        else:  # the chosen answer is A, and chosen
+            sub = Comparison(**common, a_completion_id=ids[0], b_completion_id=ids[1], choice=ComparisonChoice.a)
+        session.add(sub)
+        counts[f.kind.value] += 1
+    session.flush()
+    return dict(counts)
+
+
+def _delete_feedback(session: Session, task_ids) -> None:
+    """Deletes imported submissions on the tasks `task_ids` selects, with those tasks and their outputs."""
+    tasks_of: list[int] = []
+    for model in SUBMISSION_MODELS.values():
+        tasks_of += session.scalars(select(model.task_id).where(model.task_id.in_(task_ids), model.user_id.is_(None)))
+        session.execute(
+            delete(model)
+            .where(model.task_id.in_(task_ids), model.user_id.is_(None))
+            .execution_options(synchronize_session=False)
+        )
+    for i in range(0, len(tasks_of), 500):
+        chunk = tasks_of[i : i + 500]
+        outputs = list(session.scalars(select(TaskCompletion.completion_id).where(TaskCompletion.task_id.in_(chunk))))
+        session.execute(delete(TaskCompletion).where(TaskCompletion.task_id.in_(chunk)))
+        session.execute(delete(Task).where(Task.id.in_(chunk)).execution_options(synchronize_session=False))
+        session.execute(
+            delete(Completion).where(Completion.id.in_(outputs)).execution_options(synchronize_session=False)
+        )
+
+
+def _job_feedback_tasks(job_id: int, *more):
+    """The tasks of a job's imported feedback (on its prompts, or on prompts it found in the project),
+    and those `more` selects (one flat UNION: SQLite refuses nested ones)."""
+    return union_all(*[select(m.task_id).where(m.import_job_id == job_id) for m in SUBMISSION_MODELS.values()], *more)
 
 
 def prompt_values(project_id: int, r: Record, source: str) -> dict[str, Any]:
@@ -710,7 +1043,7 @@ JOB_CHUNK = 2_000
 neither the request nor the database holds a 500,000-prompt transaction."""
 
 
-def summary(preview: ImportPreview, tasks_created: int) -> str:
+def summary(preview: ImportPreview, tasks_created: int, written: dict[str, int] | None = None) -> str:
     counts = preview.split_counts
     message = (
         f"Imported {len(preview.records):,} prompts (train {counts['train']:,}, valid {counts['valid']:,}, "
@@ -723,7 +1056,14 @@ def summary(preview: ImportPreview, tasks_created: int) -> str:
         )
     if tasks_created:
         message += f" Created {tasks_created:,} demonstration tasks."
+    if feedback := feedback_summary(written or {}):
+        message += f" Imported feedback (no labeler): {feedback}."
     return message
+
+
+def feedback_summary(counts: dict[str, int]) -> str:
+    """ "1,553 comparisons, 212 rankings" (kinds with none left out)."""
+    return ", ".join(f"{n:,} {kind}{'s' * (n != 1)}" for kind, n in counts.items() if n)
 
 
 @atomic  # committed before the job runs: its thread reads the row from a session of its own
@@ -759,14 +1099,16 @@ def run_job(engine: Engine, job_id: int, data: bytes) -> ImportJob:
                 fmt=o.get("fmt", "auto"),
                 valid_fraction=o.get("valid_fraction", 0.1),
                 test_fraction=o.get("test_fraction", 0.1),
+                feedback=o.get("feedback", True),
+                answers_as_demonstrations=o.get("answers_as_demonstrations", False),
             )
             if preview.errors:
                 raise ServiceError(
                     f"Nothing was imported: {len(preview.errors)} line"
                     f"{'s' * (len(preview.errors) > 1)} can't be read.\n{preview.error_report()}"
                 )
-            if not preview.records:
-                raise ServiceError("Nothing to import: every prompt in the file is already in this project.")
+            if not preview.records and not preview.feedback:
+                raise ServiceError(NOTHING_NEW)
         with write_session(engine) as session:
             session.execute(update(ImportJob).where(ImportJob.id == job_id).values(total=len(preview.records)))
         for start in range(0, len(preview.records), JOB_CHUNK):
@@ -782,6 +1124,12 @@ def run_job(engine: Engine, job_id: int, data: bytes) -> ImportJob:
                 session.execute(
                     update(ImportJob).where(ImportJob.id == job_id).values(done=ImportJob.done + len(chunk))
                 )
+        written: Counter[str] = Counter()
+        for start in range(0, len(preview.feedback), JOB_CHUNK):  # after every prompt is in
+            with write_session(engine) as session:
+                chunk_feedback = preview.feedback[start : start + JOB_CHUNK]
+                origin = job.filename or "upload"
+                written.update(write_feedback(session, project.id, chunk_feedback, origin_file=origin, job_id=job_id))
         tasks_created = 0
         with write_session(engine) as session:
             if o.get("create_tasks"):  # one demonstration task per new train prompt
@@ -794,7 +1142,11 @@ def run_job(engine: Engine, job_id: int, data: bytes) -> ImportJob:
             session.execute(
                 update(ImportJob)
                 .where(ImportJob.id == job_id)
-                .values(status=ImportJobStatus.succeeded, message=summary(preview, tasks_created), finished_at=utcnow())
+                .values(
+                    status=ImportJobStatus.succeeded,
+                    message=summary(preview, tasks_created, dict(written)),
+                    finished_at=utcnow(),
+                )
             )
     except Exception as exc:  # noqa: BLE001 - every failure ends the job, with its prompts removed
         if isinstance(exc, IntegrityError):
@@ -823,6 +1175,7 @@ def run_upload(engine: Engine, job_id: int, upload: Path) -> ImportJob | None:
 def fail_job(engine: Engine, job_id: int, message: str) -> None:
     """Removes what the job added and records why it ended."""
     with write_session(engine) as session:
+        _delete_feedback(session, _job_feedback_tasks(job_id))
         session.execute(delete(Prompt).where(Prompt.import_job_id == job_id))
         session.execute(
             update(ImportJob)
@@ -863,13 +1216,28 @@ class ImportContents:
     tasks: int
     completions: int
     submissions: int
+    """Labelers' submissions on its prompts."""
+    feedback: int = 0
+    """Imported feedback that goes with it (no labeler)."""
 
 
 def import_contents(session: Session, job: ImportJob) -> ImportContents:
     prompt_ids = select(Prompt.id).where(Prompt.import_job_id == job.id)
     task_ids = select(Task.id).where(Task.prompt_id.in_(prompt_ids))
     submissions = sum(
-        session.scalar(select(func.count()).select_from(model).where(model.task_id.in_(task_ids))) or 0
+        session.scalar(
+            select(func.count()).select_from(model).where(model.task_id.in_(task_ids), model.user_id.is_not(None))
+        )
+        or 0
+        for model in SUBMISSION_MODELS.values()
+    )
+    feedback = sum(
+        session.scalar(
+            select(func.count())
+            .select_from(model)
+            .where(model.user_id.is_(None), or_(model.task_id.in_(task_ids), model.import_job_id == job.id))
+        )
+        or 0
         for model in SUBMISSION_MODELS.values()
     )
     return ImportContents(
@@ -880,6 +1248,7 @@ def import_contents(session: Session, job: ImportJob) -> ImportContents:
         )
         or 0,
         submissions=submissions,
+        feedback=feedback,
     )
 
 
@@ -898,6 +1267,8 @@ def delete_import(session: Session, project_id: int, job_id: int) -> ImportConte
             "deleted silently. Retire its prompts' tasks (Flags, Tasks) or archive the project instead."
         )
     prompt_ids = select(Prompt.id).where(Prompt.import_job_id == job.id)
+    # The feedback it brought first (imported feedback on its prompts too, whichever import brought it).
+    _delete_feedback(session, _job_feedback_tasks(job.id, select(Task.id).where(Task.prompt_id.in_(prompt_ids))))
     # Children first: a task's outputs refer to completions that the prompt's deletion would remove.
     session.execute(delete(Task).where(Task.prompt_id.in_(prompt_ids)).execution_options(synchronize_session=False))
     session.execute(

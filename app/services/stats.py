@@ -135,8 +135,12 @@ def _labeler_numbers(session: Session, project_id: int | None) -> dict[int, dict
         if project_id is None:
             # All projects: grouped reads and medians along the (user_id, time_spent_ms, ...) index.
             for uid, n, last in session.execute(
-                select(model.user_id, func.count(), func.max(model.created_at)).group_by(model.user_id)
+                select(model.user_id, func.count(), func.max(model.created_at))
+                .where(model.user_id.is_not(None))  # imported feedback has no labeler
+                .group_by(model.user_id)
             ):
+                if uid is None:
+                    continue
                 numbers[uid]["done"][kind.value] = n
                 note_last(uid, last)
             medians = _middle_times(
@@ -157,10 +161,12 @@ def _labeler_numbers(session: Session, project_id: int | None) -> dict[int, dict
                     func.aggregate_strings(cast(model.time_spent_ms, String), ","),
                 )
                 .join(Task, Task.id == model.task_id)
-                .where(Task.project_id == project_id)
+                .where(Task.project_id == project_id, model.user_id.is_not(None))  # imported: no labeler
                 .group_by(model.user_id)
             )
             for uid, n, last, times in session.execute(q):
+                if uid is None:
+                    continue
                 numbers[uid]["done"][kind.value] = n
                 numbers[uid]["median_ms"][kind.value] = float(statistics.median(map(int, times.split(","))))
                 note_last(uid, last)
@@ -219,10 +225,14 @@ def labeler_figures(session: Session, project_id: int | None = None, *, fresh: b
 
 def _output_flag_counts(session: Session, project_id: int | None) -> dict[int, int]:
     """Flags labelers ticked on ranked outputs (each ranking stores its count)."""
-    q = select(Ranking.user_id, func.sum(Ranking.flag_count)).group_by(Ranking.user_id)
+    q = (
+        select(Ranking.user_id, func.sum(Ranking.flag_count))
+        .where(Ranking.user_id.is_not(None))
+        .group_by(Ranking.user_id)
+    )
     if project_id is not None:
         q = q.join(Task, Task.id == Ranking.task_id).where(Task.project_id == project_id)
-    return {uid: int(n or 0) for uid, n in session.execute(q)}
+    return {uid: int(n or 0) for uid, n in session.execute(q) if uid is not None}
 
 
 # ---------------------------------------------------------------- agreement
@@ -320,14 +330,19 @@ class Agreement:
 
 def ranking_agreement(session: Session, project_id: int | None = None, limit: int = AGREEMENT_TASK_LIMIT) -> Agreement:
     """Agreement on ranking tasks that two or more labelers did (the most recent `limit` of them)."""
-    shared_tasks = select(Ranking.task_id).group_by(Ranking.task_id).having(func.count() >= 2)
+    # Labelers only: imported rankings (no labeler) agree with no one.
+    shared_tasks = (
+        select(Ranking.task_id).where(Ranking.user_id.is_not(None)).group_by(Ranking.task_id).having(func.count() >= 2)
+    )
     if project_id is not None:
         shared_tasks = shared_tasks.join(Task, Task.id == Ranking.task_id).where(Task.project_id == project_id)
     shared = shared_tasks.order_by(Ranking.task_id.desc()).limit(limit + 1).subquery()
     # One statement (no list of 2,000 ids to bind): the rankings of the newest limit + 1 shared tasks.
     by_task: dict[int, list[tuple]] = defaultdict(list)  # (user, output ids, pair signs, ranks)
     for task_id, user_id, order in session.execute(
-        select(Ranking.task_id, Ranking.user_id, Ranking.order).where(Ranking.task_id.in_(select(shared.c.task_id)))
+        select(Ranking.task_id, Ranking.user_id, Ranking.order).where(
+            Ranking.task_id.in_(select(shared.c.task_id)), Ranking.user_id.is_not(None)
+        )
     ):
         ranks = ranks_of(order)
         ids = tuple(sorted(ranks))
@@ -380,7 +395,7 @@ def gold_accuracy(session: Session, project_id: int | None = None) -> dict[int, 
         for tid, uid, order in session.execute(
             select(Ranking.task_id, Ranking.user_id, Ranking.order).where(Ranking.task_id.in_(ranked[i : i + 1000]))
         ):
-            if (s := gold_score_ranking(order, gold[tid][1])) is not None:
+            if uid is not None and (s := gold_score_ranking(order, gold[tid][1])) is not None:
                 scores[uid].append(s)
     for i in range(0, len(compared), 1000):
         rows = session.execute(
@@ -393,7 +408,7 @@ def gold_accuracy(session: Session, project_id: int | None = None) -> dict[int, 
             ).where(Comparison.task_id.in_(compared[i : i + 1000]))
         )
         for tid, uid, choice, a_id, b_id in rows:
-            if "winner" in gold[tid][1]:
+            if uid is not None and "winner" in gold[tid][1]:
                 scores[uid].append(1.0 if comparison_winner(choice, a_id, b_id) == gold[tid][1]["winner"] else 0.0)
     return {uid: (len(v), sum(v) / len(v)) for uid, v in scores.items()}
 
