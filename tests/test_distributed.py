@@ -299,17 +299,28 @@ def test_fsdp_ppo_with_checkpoints_and_ptx_stops_and_resumes_to_the_end_of_one_r
     assert _close(tmp_path / "whole", tmp_path / "cut") < TOLERANCE
 
 
-@pytest.mark.skipif(ACCELERATE is None, reason="the accelerate command is not installed beside this Python")
+def _step_one_kls(sft_folder: str, precisions: list[str], sharding: str, launcher: str = "no") -> dict:  # noqa: F811
+    """tests/ddp_precision.py under torchrun (2 processes), ACCELERATE_MIXED_PRECISION=launcher."""
+    env = {**ENV, "ACCELERATE_MIXED_PRECISION": launcher}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", _free_port()]
+    command += ["-m", "tests.ddp_precision", sft_folder, json.dumps(precisions), sharding]
+    done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.parametrize("launcher", ["bf16", "fp16"])
 def test_the_launchers_mixed_precision_does_not_override_the_runs(sft_folder, launcher):  # noqa: F811
     """Issue 29, finding 2: with ACCELERATE_MIXED_PRECISION in the environment (an `accelerate config`
     default, `accelerate launch --mixed_precision`), DDP's Accelerator autocast the policy's forward
     on top of the run's precision. The run's precision must win: with the reference equal to the
     policy, the step-1 KL is exactly 0 in fp32 and in bf16 mixed."""
-    env = {**ENV, "ACCELERATE_MIXED_PRECISION": launcher}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", _free_port()]
-    command += ["-m", "tests.ddp_precision", sft_folder, json.dumps(["fp32", "bf16"]), "ddp"]
-    done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    kl = json.loads(done.stdout.strip().splitlines()[-1])
+    kl = _step_one_kls(sft_folder, ["fp32", "bf16"], "ddp", launcher)
     assert kl == {"fp32": 0.0, "bf16": 0.0}, kl
+
+
+def test_fsdp_ppo_trains_in_fp16_and_bf16(sft_folder):  # noqa: F811
+    """Issue 29, finding 4: fp16 (with ShardedGradScaler, tests/test_precision.py) and bf16 mixed train
+    a PPO step under FSDP on 2 processes, the step-1 KL between equal policy and reference exactly 0."""
+    kl = _step_one_kls(sft_folder, ["fp16", "bf16"], "fsdp")
+    assert kl == {"fp16": 0.0, "bf16": 0.0}, kl

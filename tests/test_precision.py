@@ -2,12 +2,16 @@
 trains like fp32 from a model loaded in bf16, which is how GPUs load it; pure bf16 loses most small
 updates to rounding, which is why mixed is the default on GPUs and pure only when asked for."""
 
+import json
+
 import pytest
 import torch
 
 from runconfig import SFTConfig, config_from_dict
+from tests.test_ppo import PROMPTS, sft_folder  # noqa: F401 - the tiny SFT policy fixture
 from tests.test_sft import TRAIN, VALID
-from trainer.modeling import load_causal_lm, load_tokenizer
+from trainer.modeling import ScalarHeadModel, load_causal_lm, load_tokenizer
+from trainer.ppo import main as ppo_main
 from trainer.precision import resolve
 from trainer.sft import train_sft
 from trainer.tiny import make_tiny_model
@@ -75,3 +79,40 @@ def test_precision_setting_resolves_and_is_checked():
     assert resolve("bf16-pure", "cpu").weights_dtype == torch.bfloat16 and resolve("fp16", "cpu").scaler is not None
     with pytest.raises(ValueError, match="precision must be one of"):
         config_from_dict("sft", {"precision": "fp8"})
+
+
+def test_auto_picks_fp16_on_a_gpu_that_only_emulates_bf16():
+    """Issue 29, finding 4: torch.cuda.is_bf16_supported() says yes on a T4 or V100 (emulated), so
+    "auto" never chose fp16 there. The decision, given the device's facts."""
+    assert resolve("auto", "cuda", native_bf16=False).name == "fp16"
+    assert resolve("auto", "cuda", native_bf16=True).name == "bf16"
+    assert resolve("auto", "cpu", native_bf16=True).name == "fp32"
+
+
+def test_fp16_under_fsdp_uses_the_sharded_scaler():
+    """Each FSDP process sees only its shard of the gradients: torch's ShardedGradScaler all-reduces
+    the inf/NaN it finds, so every process skips the same steps (the plain scaler could disagree)."""
+    from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+    assert isinstance(resolve("fp16", "cpu", sharded=True).scaler, ShardedGradScaler)
+    assert not isinstance(resolve("fp16", "cpu").scaler, ShardedGradScaler)
+    assert resolve("bf16", "cpu", sharded=True).scaler is None
+
+
+@pytest.mark.parametrize("precision", ["bf16", "bf16-pure"])
+def test_ppo_reference_and_reward_load_in_the_policys_dtype(sft_folder, tmp_path, capsys, precision):  # noqa: F811
+    """Issue 29, finding 3: the frozen models loaded in pick_dtype's dtype (bf16 on CUDA) beside a
+    policy in another (fp32 masters), so equal weights had a KL (+0.10 nats per answer on SmolLM2).
+    `python -m trainer.ppo` with the reference equal to the policy: the step-1 KL is exactly 0 (on
+    the CPU, bf16-pure shows what CUDA did: the policy in bf16, the reference in fp32)."""
+    torch.set_num_threads(1)
+    reward = tmp_path / "reward"
+    ScalarHeadModel.from_causal_lm(sft_folder, device="cpu").save_pretrained(reward, load_tokenizer(sft_folder))
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    sets = {"total_episodes": 4, "rollout_batch_size": 4, "minibatch_size": 4, "max_new_tokens": 4}
+    sets["precision"] = precision
+    args = ["--policy", sft_folder, "--reward", str(reward), "--prompts", str(prompts), "--out", str(tmp_path / "o")]
+    ppo_main([*args, *(a for k, v in sets.items() for a in ("--set", f"{k}={json.dumps(v)}"))])
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("1 1 ") and json.loads(first[4:])["kl"] == 0.0, first

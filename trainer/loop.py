@@ -116,11 +116,16 @@ class TrainingLoop:
         if config.max_steps:
             self.total_steps = min(self.total_steps, config.max_steps)
         self.eval_every = config.eval_every or steps_per_epoch
-        self.precision = for_model(config.precision, self.model)  # fp32 master weights unless bf16-pure
+        sharded = config.sharding == "fsdp" and self.team.size > 1
+        self.precision = for_model(config.precision, self.model, sharded=sharded)  # fp32 masters unless bf16-pure
         self.wrapped = self.team.wrap(self.model, config.sharding)  # DDP (or FSDP) with several processes
         self.params = [p for p in self.model.parameters() if p.requires_grad]  # (FSDP replaced them with shards)
         self.optimizer = torch.optim.AdamW(
-            self.params, lr=config.learning_rate, betas=(0.9, 0.95), weight_decay=config.weight_decay, fused=True
+            self.params,
+            lr=config.learning_rate,
+            betas=(0.9, 0.95),
+            weight_decay=config.weight_decay,
+            fused=self.precision.fused_optimizer,
         )  # one kernel for all parameters (CPU and GPU)
         self.schedule = get_cosine_with_min_lr_schedule_with_warmup(
             self.optimizer,

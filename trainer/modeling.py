@@ -132,9 +132,11 @@ def pick_device() -> torch.device:
 
 
 def pick_dtype(device: torch.device | str) -> torch.dtype:
-    """bf16 on GPU (where supported), fp32 on CPU."""
+    """bf16 on GPU (where native, not emulated), fp32 on CPU."""
+    from trainer.precision import bf16_native
+
     device = torch.device(device)
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    if device.type == "cuda" and bf16_native():
         return torch.bfloat16
     return torch.float32
 
@@ -619,8 +621,9 @@ class ScalarHeadModel(torch.nn.Module):
         hidden = self.backbone(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
         ).last_hidden_state
+        dtype = self.head.weight.dtype  # fp32, or bf16 when a bf16-pure run trains the head in bf16
         if per_token:
-            return self.head(hidden.float()).squeeze(-1)
+            return self.head(hidden.to(dtype)).float().squeeze(-1)
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         last = hidden[rows, last_token_index(attention_mask)]
-        return self.head(last.float()).squeeze(-1)
+        return self.head(last.to(dtype)).float().squeeze(-1)

@@ -21,7 +21,7 @@ from trainer.errors import TrainingDiverged
 from trainer.evaluate import score_pairs
 from trainer.generate import Sample, sample_batches, split_by_length
 from trainer.ppo import train_ppo
-from trainer.precision import load_dtype
+from trainer.precision import frozen_dtype, load_dtype
 from trainer.reward import train_reward
 from trainer.sft import train_sft
 from worker.context import Outcome, RunContext, VersionInfo, free_memory
@@ -140,8 +140,11 @@ def run_ppo(ctx: RunContext) -> Outcome:
     # low-memory mode the frozen models stay on the CPU and visit the GPU for their forward pass.
     frozen_device = "cpu" if config.low_memory else ctx.device
     policy = modeling.load_causal_lm(policy_source, device=ctx.device, **_model_options(config))
-    ref_policy = None if config.lora_r else modeling.load_causal_lm(policy_source, device=frozen_device)
-    reward_model = modeling.ScalarHeadModel.from_pretrained(reward_source, device=frozen_device)
+    # The frozen models in the policy's weights' dtype (fp32 beside fp32 masters): a bf16 reference made
+    # the KL between equal weights +0.10 nats per answer on CUDA (trainer/precision.py frozen_dtype).
+    frozen = frozen_dtype(config.precision)
+    ref_policy = None if config.lora_r else modeling.load_causal_lm(policy_source, device=frozen_device, dtype=frozen)
+    reward_model = modeling.ScalarHeadModel.from_pretrained(reward_source, device=frozen_device, dtype=frozen)
     value_model = modeling.ScalarHeadModel.from_pretrained(
         reward_source,
         device=ctx.device,
