@@ -20,7 +20,7 @@ from app.models import (
     SubmissionRevision,
     Task,
 )
-from app.services import accounts, exports, review, tasks
+from app.services import accounts, exports, review, submissions, tasks
 from runconfig import DataFilter
 from tests.conftest import PASSWORD, csrf_of, login
 from tests.worker_helpers import add_demonstrations, add_ranking, make_prompts
@@ -36,8 +36,10 @@ def _project(session, name="Review") -> Project:
     return project
 
 
-def _decide(client, kind: str, sub_id: int, decision: str, reason: str = "", htmx: bool = True):
+def _decide(client, kind: str, sub_id: int, decision: str, reason: str = "", htmx: bool = True, revision=1):
     data = {"decision": decision, "reason": reason, "csrf_token": csrf_of(client, "/admin"), "back": "/admin"}
+    if revision is not None:
+        data["revision"] = revision
     return client.post(f"/admin/review/{kind}/{sub_id}", data=data, headers=HTMX if htmx else {})
 
 
@@ -353,3 +355,54 @@ def test_a_labeler_revises_a_ranking_and_a_comparison_in_their_task_screens(sess
     assert kept[("ranking", 1)]["order"] == [[a], [b]]
     assert client.get("/label/nonsense/1/revise").status_code == 404
     assert client.get(f"/label/rankings/{ranking.id + 100}/revise").status_code == 404
+
+
+def test_a_decision_never_lands_on_a_revision_the_admin_did_not_see(session, client, admin_client, make_user):
+    """Issue 27, finding 2: the labeler revises after the admin opened the review page; the admin's
+    decision names the revision read and is refused (409) with the answer as it is now."""
+    labeler = make_user("writer@example.com", Role.labeler)
+    project = _project(session)
+    page_demo, api_demo, old_client_demo = add_demonstrations(
+        session, project, [("Say hi", "Hi"), ("Say bye", "Bye"), ("Say yes", "Yes")], labeler
+    )
+    session.commit()
+    page = admin_client.get(f"/admin/projects/{project.id}/review").text
+    assert 'name="revision" value="1"' in page, "the card's form carries the revision shown"
+    submissions.revise_demonstration(session, labeler, page_demo.id, "Hi, and a rude word")
+    submissions.revise_demonstration(session, labeler, api_demo.id, "Bye, and a rude word")
+
+    # The page (htmx): 409, the card again with the new text, its new revision and why.
+    stale = _decide(admin_client, "demonstration", page_demo.id, "accepted", revision=1)
+    assert stale.status_code == 409 and "Hi, and a rude word" in stale.text, stale.text[-2000:]
+    assert 'name="revision" value="2"' in stale.text and "revised demonstration" in stale.text
+    assert 'data-review="pending"' in stale.text
+    # Without JavaScript: back to the queue (which shows revision 2) with the message.
+    plain = _decide(admin_client, "demonstration", page_demo.id, "accepted", htmx=False, revision=1)
+    assert plain.status_code == 303
+    assert "revised demonstration" in admin_client.get(plain.headers["location"]).text
+    # A form that names no revision (a page from before) decides nothing either.
+    bare = _decide(admin_client, "demonstration", page_demo.id, "accepted", revision=None)
+    assert "reload it" in bare.text and 'data-review="pending"' in bare.text
+    session.expire_all()
+    assert session.get(Demonstration, page_demo.id).review == ReviewStatus.pending, "nothing was decided"
+    ok = _decide(admin_client, "demonstration", page_demo.id, "accepted", revision=2)
+    assert ok.status_code == 200 and 'data-review="accepted"' in ok.text
+
+    # The API: the queue names each item's revision; a stale one is 409 with the current revision and text.
+    headers = bearer(session, admin_client.user)
+    listed = client.get(f"/api/v1/projects/{project.id}/review", headers=headers).json()["items"]
+    assert {i["submission_id"]: i["revision"] for i in listed} == {api_demo.id: 2, old_client_demo.id: 1}
+    body = {"kind": "demonstration", "submission_id": api_demo.id, "decision": "accepted", "revision": 1}
+    r = client.post("/api/v1/reviews", json=body, headers=headers)
+    assert r.status_code == 409, r.text
+    conflict = r.json()
+    assert conflict["revision"] == 2 and conflict["item"]["text"] == "Bye, and a rude word"
+    assert conflict["item"]["review"] == "pending" and "revision 1" in conflict["detail"]
+    session.expire_all()
+    assert session.get(Demonstration, api_demo.id).review == ReviewStatus.pending
+    assert client.post("/api/v1/reviews", json=body | {"revision": 2}, headers=headers).json()["review"] == "accepted"
+    # Optional for older clients: without it the decision applies to what is current.
+    old = {"kind": "demonstration", "submission_id": old_client_demo.id, "decision": "accepted"}
+    assert client.post("/api/v1/reviews", json=old, headers=headers).status_code == 200
+    schema = client.get("/openapi.json").json()
+    assert "409" in schema["paths"]["/api/v1/reviews"]["post"]["responses"]

@@ -101,6 +101,7 @@ def test_near_duplicates_are_pointed_out_and_rejects_need_a_reason(session, make
     row = written_prompts.write(
         session, labeler, project.id, kind="plain", text="summarize this ARTICLE about bees.", category="summarization"
     )
+    session.commit()  # (a refused decision rolls back its whole step, as a request would)
     assert written_prompts.near_duplicates(session, project.id, [row]) == {row.id: existing.id}
     assert f"Prompt {existing.id}" in _refused(written_prompts.accept, session, admin, project.id, row.id)
     assert "Say why" in _refused(written_prompts.reject, session, admin, project.id, row.id, "  ")

@@ -1,14 +1,16 @@
 """Projects: create and edit their settings, and keep every version of their guidelines."""
 
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.db import utcnow
+from app.db import after_commit, utcnow
 from app.models import (
     GuidelineVersion,
     Project,
@@ -85,6 +87,7 @@ def set_members(session: Session, project_id: int, members_only: bool, user_ids:
     """Who labels the project: every labeler (members_only False; the member list is kept for later)
     or only the labelers listed. Leases already held stay until they end."""
     project = get_project(session, project_id)
+    check_writable(project)
     known = set(session.scalars(select(User.id).where(User.id.in_(user_ids))))
     unknown = sorted(set(user_ids) - known)
     if unknown:
@@ -99,6 +102,7 @@ def set_members(session: Session, project_id: int, members_only: bool, user_ids:
 def set_paused(session: Session, project_id: int, paused: bool) -> Project:
     """Paused: no task is handed out until it is resumed (held tasks can still be submitted)."""
     project = get_project(session, project_id)
+    check_writable(project)
     project.paused_at = (project.paused_at or utcnow()) if paused else None
     session.flush()
     return project
@@ -193,7 +197,11 @@ def _unique_name(session: Session, name: str) -> Iterator[None]:
 
 
 def check_writable(project: Project) -> None:
-    """An archived project is read-only (its exports still work) until it is unarchived."""
+    """An archived project is read-only (its exports still work) until it is unarchived: the one
+    guard of every service that writes to a project (settings, members, pause, guidelines, prompts,
+    imports, tasks, reviews, flags, written prompts, revisions, runs). What stays open on an
+    archived project, and why, is listed in tests/test_archived_guard.py, which walks every write
+    route against one."""
     if project.archived_at is not None:
         raise Conflict(
             f"Project “{project.name}” is archived, so it is read-only (exports still work). Unarchive it to change it."
@@ -390,11 +398,18 @@ def project_contents(session: Session, project_id: int) -> ProjectContents:
     )
 
 
-def delete_project(session: Session, project_id: int) -> ProjectContents:
+def upload_folder(data_dir: Path, project_id: int) -> Path:
+    """Where the import page keeps a project's previewed uploads until the import is confirmed: one
+    folder per project, so that a deleted project's go with it."""
+    return data_dir / "uploads" / str(project_id)
+
+
+def delete_project(session: Session, project_id: int, *, data_dir: Path | None = None) -> ProjectContents:
     """Deletes a project with its prompts, tasks, model outputs, guidelines and imports, and the
     demo's simulated submissions (a demo project goes whole); its runs and model versions stay
     (without a project). Refused once real labelers made submissions in it (they are never deleted
-    silently): archive it instead."""
+    silently): archive it instead. With `data_dir`, its previewed uploads leave the disk once the
+    deletion has committed."""
     from app.models import SUBMISSION_MODELS, Completion
 
     project = get_project(session, project_id)
@@ -417,4 +432,7 @@ def delete_project(session: Session, project_id: int) -> ProjectContents:
     # (Core, not session.delete: the database cascades to the guidelines, imports and members.)
     session.execute(delete(Project).where(Project.id == project_id).execution_options(synchronize_session=False))
     session.expunge(project)
+    if data_dir is not None:
+        folder = upload_folder(data_dir, project_id)
+        after_commit(session, lambda: shutil.rmtree(folder, ignore_errors=True))
     return gone

@@ -48,6 +48,13 @@ _MAX_TRIES = 20
 class Output:
     id: int
     text: str
+    cut_off: bool = False
+    """Sampling stopped at the token limit before the model ended its answer (labelers see a mark)."""
+
+
+def cut_off(generation: dict | None) -> bool:
+    """A sampled output that did not end by itself; imported or written outputs never are."""
+    return (generation or {}).get("ended_with_eos") is False
 
 
 @dataclass
@@ -151,7 +158,7 @@ TASK_OUTPUT_IDS = (
 )
 _LOCK_TASK = select(Task.id).where(Task.id == _tid).with_for_update()
 _OUTPUTS = (
-    select(Completion.id, Completion.text)
+    select(Completion.id, Completion.text, Completion.generation)
     .join(TaskCompletion, TaskCompletion.completion_id == Completion.id)
     .where(TaskCompletion.task_id == _tid)
     .order_by(TaskCompletion.position)
@@ -251,7 +258,10 @@ def _lease_available_task(
             continue
         outputs: list[Output] = []
         if kind != TaskKind.demonstration:
-            outputs = [Output(cid, text) for cid, text in session.execute(_OUTPUTS, {"task_id": row.id})]
+            outputs = [
+                Output(cid, text, cut_off(generation))
+                for cid, text, generation in session.execute(_OUTPUTS, {"task_id": row.id})
+            ]
             random.shuffle(outputs)
         lease = session.execute(
             _LEASE[session.get_bind().dialect.name],
@@ -341,10 +351,15 @@ def assignment(session: Session, task_id: int, user_id: int) -> Assignment | Non
         return None
     outputs: list[Output] = []
     if row.display_order:
-        texts = dict(
-            session.execute(select(Completion.id, Completion.text).where(Completion.id.in_(row.display_order))).all()
-        )
-        outputs = [Output(cid, texts[cid]) for cid in row.display_order]
+        found = {
+            cid: Output(cid, text, cut_off(generation))
+            for cid, text, generation in session.execute(
+                select(Completion.id, Completion.text, Completion.generation).where(
+                    Completion.id.in_(row.display_order)
+                )
+            )
+        }
+        outputs = [found[cid] for cid in row.display_order]
     return Assignment(
         task_id=row.id,
         project_id=row.project_id,

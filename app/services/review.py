@@ -24,6 +24,7 @@ from app.models import (
     OUTPUT_FLAGS,
     SUBMISSION_MODELS,
     Completion,
+    Project,
     Prompt,
     Ranking,
     ReviewStatus,
@@ -34,7 +35,7 @@ from app.models import (
     TaskStatus,
     User,
 )
-from app.services import NotFound, ServiceError, data_scope, projects, stats
+from app.services import Conflict, NotFound, ServiceError, projects, stats
 from app.validation import text_problem
 
 MAX_REASON = 2000
@@ -62,8 +63,7 @@ class Item:
     submission: Any
     task: Task
     prompt: Prompt
-    labeler: User | None
-    """None: imported feedback (the submission's origin_file says from where)."""
+    labeler: User
     reviewer: User | None
     outputs: list[Output] = field(default_factory=list)
 
@@ -82,19 +82,10 @@ class Filters:
     """By labelers whose agreement with the others on shared ranking tasks is below this percent."""
     after: int = 0
     """Keyset cursor: submissions with a higher id."""
-    source: str = ""
-    """labelers or imported (feedback from a file, no labeler); empty: both."""
 
 
 def parse_filters(
-    kind: str,
-    status: str,
-    labeler: str,
-    flagged: str,
-    days: str,
-    after: str,
-    agreement_below: str = "",
-    source: str = "",
+    kind: str, status: str, labeler: str, flagged: str, days: str, after: str, agreement_below: str = ""
 ) -> Filters:
     """Filters from query-string values; anything unknown falls back to the default."""
     return Filters(
@@ -105,7 +96,6 @@ def parse_filters(
         flagged=flagged in ("1", "on", "true"),
         days=int(days) if days.isdigit() and 0 < int(days) <= 3650 else None,
         after=int(after) if after.isdigit() else 0,
-        source=source if source in data_scope.SOURCES else "",
     )
 
 
@@ -120,8 +110,6 @@ def _scoped(session: Session, project_id: int, f: Filters):
         stmt = stmt.where(model.user_id.in_(low))
     if f.labeler_id is not None:
         stmt = stmt.where(model.user_id == f.labeler_id)
-    if f.source:
-        stmt = stmt.where(data_scope.from_sources(model, [f.source]))
     if f.days is not None:
         stmt = stmt.where(model.created_at >= utcnow() - timedelta(days=f.days))
     if f.flagged and f.kind == TaskKind.ranking:
@@ -171,7 +159,7 @@ def items(session: Session, kind: TaskKind, subs: list[Any]) -> list[Item]:
                 submission=s,
                 task=task,
                 prompt=prompts[task.prompt_id],
-                labeler=users[s.user_id] if s.user_id is not None else None,
+                labeler=users[s.user_id],
                 reviewer=users.get(s.reviewed_by_id) if s.reviewed_by_id else None,
                 outputs=_outputs(kind, s, texts),
             )
@@ -228,10 +216,45 @@ class Decision:
     reviewed_at: datetime | None
 
 
+class RevisionChanged(Conflict):
+    """The submission was revised by its labeler since the admin read it (409): the decision is
+    not recorded; `revision` is the one current now."""
+
+    def __init__(self, message: str, revision: int):
+        super().__init__(message)
+        self.revision = revision
+
+
+def _project_of(session: Session, model: Any, submission_id: int) -> Project:
+    project = session.scalar(
+        select(Project)
+        .join(Task, Task.project_id == Project.id)
+        .join(model, model.task_id == Task.id)
+        .where(model.id == submission_id)
+    )
+    if project is None:
+        raise NotFound(f"No {model.__name__.lower()} #{submission_id}.")
+    return project
+
+
 @atomic
-def decide(session: Session, admin: User, kind: str, submission_id: int, decision: str, reason: str = "") -> Decision:
+def decide(
+    session: Session,
+    admin: User,
+    kind: str,
+    submission_id: int,
+    decision: str,
+    reason: str = "",
+    *,
+    revision: int | None = None,
+) -> Decision:
     """Records an admin's decision on a submission: accepted, rejected (a reason is required) or
-    pending again (undoes an earlier decision), in one UPDATE (the last decision wins)."""
+    pending again (undoes an earlier decision), in one UPDATE (the last decision wins).
+
+    `revision`: the revision the admin read. Given, the UPDATE applies only while the submission is
+    still that revision, so a decision never lands on text its labeler revised since (RevisionChanged,
+    409; a revise in progress holds the row, and the UPDATE reads the row it leaves). None: whatever
+    is current (API clients that send none)."""
     if kind not in TaskKind.__members__:
         raise NotFound(f"Unknown submission kind {kind!r}; use demonstration, ranking or comparison.")
     if decision not in ReviewStatus.__members__:
@@ -246,19 +269,27 @@ def decide(session: Session, admin: User, kind: str, submission_id: int, decisio
         raise ServiceError("Say why it is rejected: the labeler sees the reason in their history.")
     decided = status != ReviewStatus.pending
     model = SUBMISSION_MODELS[TaskKind(kind)]
+    projects.check_writable(_project_of(session, model, submission_id))
+    stmt = update(model).where(model.id == submission_id)
+    if revision is not None:
+        stmt = stmt.where(model.revision == revision)
     row = session.execute(
-        update(model)
-        .where(model.id == submission_id)
-        .values(
+        stmt.values(
             review=status,
             review_reason=reason if decided else "",
             reviewed_by_id=admin.id if decided else None,
             reviewed_at=utcnow() if decided else None,
-        )
-        .returning(model.review, model.review_reason, model.reviewed_by_id, model.reviewed_at)
+        ).returning(model.review, model.review_reason, model.reviewed_by_id, model.reviewed_at)
     ).first()
     if row is None:
-        raise NotFound(f"No {kind} #{submission_id}.")
+        now = session.scalar(select(model.revision).where(model.id == submission_id))
+        if now is None:
+            raise NotFound(f"No {kind} #{submission_id}.")
+        raise RevisionChanged(
+            f"The labeler revised {kind} #{submission_id} after you read it (revision {revision}; it is revision "
+            f"{now} now): read it as it is now, then decide again.",
+            now,
+        )
     return Decision(TaskKind(kind), submission_id, ReviewStatus(row[0]), *row[1:])
 
 
@@ -296,18 +327,35 @@ def _flag(session: Session, project_id: int, skip_id: int) -> tuple[Skip, Task]:
     return row[0], row[1]
 
 
+def _decide_flag(session: Session, admin: User, project_id: int, skip_id: int) -> tuple[Skip, Task]:
+    """Marks the open flag dealt with, once: of two admins deciding it at once (dismiss, retire),
+    the second's conditional UPDATE finds it dealt with and is refused (409)."""
+    skip, task = _flag(session, project_id, skip_id)
+    projects.check_writable(projects.get_project(session, project_id))
+    done = session.execute(
+        update(Skip)
+        .where(Skip.id == skip.id, Skip.dismissed_at.is_(None))
+        .values(dismissed_at=utcnow(), dismissed_by_id=admin.id)
+        .execution_options(synchronize_session=False)
+    )
+    if not changed_rows(done):
+        raise Conflict(f"Flag #{skip.id} was dealt with already (dismissed, or its prompt retired); reload the page.")
+    session.refresh(skip)
+    return skip, task
+
+
+@atomic
 def dismiss_flag(session: Session, admin: User, project_id: int, skip_id: int) -> Skip:
     """The admin looked at the flag and lets the prompt be."""
-    skip, _ = _flag(session, project_id, skip_id)
-    skip.dismissed_at, skip.dismissed_by_id = utcnow(), admin.id
-    session.flush()
+    skip, _ = _decide_flag(session, admin, project_id, skip_id)
     return skip
 
 
+@atomic
 def retire_flagged_prompt(session: Session, admin: User, project_id: int, skip_id: int) -> int:
     """Retires the flagged prompt's open tasks (no labeler gets them again; what was submitted stays)
     and dismisses every open flag on the prompt. Returns how many tasks were retired."""
-    _, task = _flag(session, project_id, skip_id)
+    _, task = _decide_flag(session, admin, project_id, skip_id)
     task_ids = select(Task.id).where(Task.prompt_id == task.prompt_id)
     retired = changed_rows(
         session.execute(
@@ -412,6 +460,7 @@ def ask_one_more_labeler(session: Session, task_id: int) -> Task:
     task = session.get(Task, task_id)
     if task is None:
         raise NotFound(f"No task #{task_id}.")
+    projects.check_writable(task.project)
     if task.status == TaskStatus.retired:
         raise ServiceError("This task is retired; it is not handed out again.")
     if task.required >= projects.OVERLAP_MAX:
@@ -425,6 +474,7 @@ def ask_one_more_labeler(session: Session, task_id: int) -> Task:
 def set_gold(session: Session, task: Task, gold: dict | None) -> None:
     """Gold for a ranking task: {"order": [[id], [id, id], ...]} over exactly its outputs;
     for a comparison task: {"winner": completion id or None for a tie}; None removes it."""
+    projects.check_writable(task.project)
     if gold is None:
         task.gold = null()
         return
@@ -471,8 +521,6 @@ def acceptance(session: Session, project_id: int | None = None) -> dict[int, tup
         stmt = stmt.join(Task, Task.id == model.task_id).where(Task.project_id == project_id)
     out: dict[int, list[int]] = {}
     for user_id, status, n in session.execute(stmt.group_by(model.user_id, model.review)):
-        if user_id is None:  # imported feedback: no labeler's figure
-            continue
         out.setdefault(user_id, [0, 0])[0 if status == ReviewStatus.accepted else 1] += n
     return {uid: (a, r) for uid, (a, r) in out.items()}
 

@@ -57,7 +57,7 @@ from app.models import (
     count_output_flags,
     table,
 )
-from app.services import Conflict, Forbidden, NotFound, ServiceError
+from app.services import Conflict, Forbidden, NotFound, ServiceError, projects
 from app.services.queue import TASK_OUTPUT_IDS
 from app.validation import check_values, text_problem
 
@@ -358,6 +358,7 @@ def _revisable(session: Session, user: User, kind: TaskKind, submission_id: int)
     if sub.review != ReviewStatus.pending:
         raise Conflict(f"An admin has {sub.review.value} this {kind.value}; it can no longer be revised.")
     task = session.get_one(Task, sub.task_id)
+    projects.check_writable(task.project)  # (a held task can still be submitted; a revision can't)
     if task.status == TaskStatus.retired:
         raise Conflict(f"This task was retired; its {kind.value} can no longer be revised.")
     return sub, task

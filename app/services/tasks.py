@@ -17,7 +17,7 @@ from app.models import (
     User,
     table,
 )
-from app.services import Conflict, NotFound, ServiceError
+from app.services import Conflict, NotFound, ServiceError, projects
 from runconfig import K_MAX, K_MIN
 
 INSERT_CHUNK = 5000
@@ -182,6 +182,7 @@ def delete_task(session: Session, task_id: int) -> Task:
     """Deletes a task nobody has answered (its leases, skips and drafts with it); refused once a
     labeler submitted an answer to it (retire it instead)."""
     task = get_task(session, task_id)
+    projects.check_writable(task.project)
     if _submitted(session, [task_id]):
         raise Conflict(f"Task {task_id} has answers, and answers are never deleted silently: retire the task instead.")
     session.execute(delete(Task).where(Task.id == task_id).execution_options(synchronize_session=False))
@@ -195,6 +196,7 @@ def delete_prompt(session: Session, project_id: int, prompt_id: int) -> int:
     prompt = session.get(Prompt, prompt_id)
     if prompt is None or prompt.project_id != project_id:
         raise NotFound(f"Project {project_id} has no prompt {prompt_id}.")
+    projects.check_writable(projects.get_project(session, project_id))
     task_ids = select(Task.id).where(Task.prompt_id == prompt_id)
     if _submitted(session, task_ids):
         raise Conflict(

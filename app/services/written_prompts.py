@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
 from app import conversation
-from app.db import utcnow
+from app.db import atomic, utcnow
 from app.models import (
     Demonstration,
     Project,
@@ -198,13 +198,26 @@ def near_duplicates(session: Session, project_id: int, rows: list[WrittenPrompt]
     return {rid: found.get(p) or found[c] for rid, (p, c) in keys.items() if p in found or c in found}
 
 
-def _get(session: Session, project_id: int, written_id: int) -> WrittenPrompt:
-    row = session.get(WrittenPrompt, written_id)
+def _pending(session: Session, project_id: int, written_id: int) -> tuple[WrittenPrompt, Project]:
+    """The written prompt, locked until the decision commits (FOR UPDATE on Postgres; the `atomic`
+    step's writer lock on SQLite) and read fresh, if it still waits for one: of two admins deciding
+    at once, the second reads the first one's decision and is refused (409)."""
+    row = session.scalar(
+        select(WrittenPrompt)
+        .where(WrittenPrompt.id == written_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
     if row is None or row.project_id != project_id:
         raise NotFound(f"This project has no written prompt {written_id}.")
-    return row
+    project = projects.get_project(session, project_id)
+    projects.check_writable(project)
+    if row.status != ReviewStatus.pending:
+        raise Conflict(f"Written prompt {row.id} is {row.status.value} already.")
+    return row, project
 
 
+@atomic
 def accept(
     session: Session,
     admin: User,
@@ -215,11 +228,7 @@ def accept(
     category: str | None = None,
 ) -> WrittenPrompt:
     """Creates the Prompt (train split) and its demonstration task; refuses a near-duplicate (409)."""
-    row = _get(session, project_id, written_id)
-    project = projects.get_project(session, project_id)
-    projects.check_writable(project)
-    if row.status != ReviewStatus.pending:
-        raise Conflict(f"Written prompt {row.id} is {row.status.value} already.")
+    row, project = _pending(session, project_id, written_id)
     new_text = _check_text(text) if text is not None and text.strip() != row.text.strip() else row.text
     new_category = _category(category) if category else row.category
     meta: dict[str, Any] = {"written_prompt_id": row.id, "kind": row.kind}
@@ -275,10 +284,9 @@ def accept(
     return row
 
 
+@atomic
 def reject(session: Session, admin: User, project_id: int, written_id: int, reason: str) -> WrittenPrompt:
-    row = _get(session, project_id, written_id)
-    if row.status != ReviewStatus.pending:
-        raise Conflict(f"Written prompt {row.id} is {row.status.value} already.")
+    row, _ = _pending(session, project_id, written_id)
     reason = (reason or "").strip()
     if not reason:
         raise _refuse("Say why it is rejected: the author sees the reason.")

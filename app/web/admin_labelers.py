@@ -170,5 +170,7 @@ def set_gold(
             review.set_gold(session, task, {"winner": form.winner})
             flash(request, "Gold answer saved.", "success")
     except ServiceError as exc:  # set_gold checks before it writes: nothing is pending
-        return task_page(request, session, user, task_id, error=exc.message)
+        response = task_page(request, session, user, task_id, error=exc.message)
+        response.status_code = max(response.status_code, exc.status_code)  # 409: an archived project
+        return response
     return redirect(f"/admin/tasks/{task.id}")

@@ -164,10 +164,10 @@ def pause_project(
 
 
 @router.post("/projects/{project_id}/delete")
-def delete_project(request: Request, session: SessionDep, user: AdminUser, project_id: IdPath):
+def delete_project(request: Request, session: SessionDep, settings: SettingsDep, user: AdminUser, project_id: IdPath):
     name = projects.get_project(session, project_id).name
     try:
-        gone = projects.delete_project(session, project_id)
+        gone = projects.delete_project(session, project_id, data_dir=settings.data_dir)
     except ServiceError as exc:
         return refused(request, exc, f"/admin/projects/{project_id}")
     flash(request, f"Project “{name}” deleted with {gone.prompts} prompt(s) and {gone.tasks} task(s).", "success")
@@ -225,28 +225,25 @@ def guideline_version_page(request: Request, session: SessionDep, user: AdminUse
 # ---------------------------------------------------------------- imports
 
 
-def _uploads(settings) -> Path:
-    folder = settings.data_dir / "uploads"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-def _keep_upload(settings, data: bytes) -> str:
-    """The previewed bytes wait on disk for the confirm step, so the import is exactly what was shown."""
-    folder = _uploads(settings)
+def _keep_upload(settings, project_id: int, data: bytes) -> str:
+    """The previewed bytes wait on disk for the confirm step, so the import is exactly what was shown;
+    in the project's folder, which goes when the project is deleted (projects.delete_project)."""
+    uploads = settings.data_dir / "uploads"
     now = time.time()
-    for old in folder.glob("*.upload"):
+    for old in uploads.glob("**/*.upload"):  # (and those of the flat folder of older versions)
         if now - old.stat().st_mtime > UPLOAD_TTL_S:
             old.unlink(missing_ok=True)
+    folder = projects.upload_folder(settings.data_dir, project_id)
+    folder.mkdir(parents=True, exist_ok=True)
     token = secrets.token_hex(16)
     (folder / f"{token}.upload").write_bytes(data)
     return token
 
 
-def _upload_path(settings, token: str) -> Path:
+def _upload_path(settings, project_id: int, token: str) -> Path:
     if not re.fullmatch(r"[0-9a-f]{32}", token or ""):
         raise ServiceError("This import has expired; choose the file again.")
-    path = _uploads(settings) / f"{token}.upload"
+    path = projects.upload_folder(settings.data_dir, project_id) / f"{token}.upload"
     if not path.exists():
         raise ServiceError("This import has expired or was already done; choose the file again.")
     return path
@@ -268,10 +265,6 @@ class ImportForm(BackForm):
     valid_pct: float = 10
     test_pct: float = 10
     create_tasks: bool = False
-    prompts_only: bool = False
-    """Leave the file's feedback (pairs, ranks, answers) out: the prompts only."""
-    answers_as_demonstrations: bool = False
-    """Reference answers (Alpaca, GSM8K...) become imported demonstrations too."""
     token: str = ""
     filename: str = ""
 
@@ -297,6 +290,7 @@ def import_preview(
         return _import_page(request, project, form=shown, error="Choose a file to import.", status_code=400)
     data = file.file.read(imports.MAX_IMPORT_BYTES + 1)
     try:
+        projects.check_writable(project)  # (before the upload is kept on disk for the confirm step)
         preview = imports.preview_import(
             session,
             project,
@@ -305,12 +299,10 @@ def import_preview(
             fmt=form.format,
             valid_fraction=form.valid_pct / 100,
             test_fraction=form.test_pct / 100,
-            feedback=not form.prompts_only,
-            answers_as_demonstrations=form.answers_as_demonstrations,
         )
     except ServiceError as exc:
         return _import_page(request, project, form=shown, error=exc.message, status_code=exc.status_code)
-    token = _keep_upload(settings, data) if preview.ok else None
+    token = _keep_upload(settings, project.id, data) if preview.ok else None
     return _import_page(
         request,
         project,
@@ -336,11 +328,10 @@ def import_commit(
         "valid_fraction": form.valid_pct / 100,
         "test_fraction": form.test_pct / 100,
         "create_tasks": form.create_tasks,
-        "feedback": not form.prompts_only,
-        "answers_as_demonstrations": form.answers_as_demonstrations,
     }
     try:
-        path = _upload_path(settings, form.token)
+        projects.check_writable(project)  # before "expired": an archived project takes no import at all
+        path = _upload_path(settings, project.id, form.token)
         job = imports.start_job(session, project, filename=form.filename, options=options, created_by=user)
     except ServiceError as exc:
         return _import_page(request, project, form=form.model_dump(), error=exc.message, status_code=exc.status_code)

@@ -1,7 +1,8 @@
 """Admin pages: review of submissions and the labelers' flags (rules in app.services.review).
 
     GET  /admin/projects/{id}/review?kind&status&labeler&flagged&days&after   the review queue
-    POST /admin/review/{kind}/{id}                 decision (accepted / rejected / pending) + reason
+    POST /admin/review/{kind}/{id}                 decision (accepted / rejected / pending) + reason, on
+                                                   the revision read (a newer one: 409, the card as it is now)
     GET  /admin/projects/{id}/flags                flagged prompts and ranking output flags
     POST /admin/projects/{id}/flags/{skip}/retire  retire the prompt (and its open tasks)
     POST /admin/projects/{id}/flags/{skip}/dismiss let the prompt be
@@ -12,14 +13,16 @@
 A decision from the review page comes by htmx and answers with the card in its new state; without
 JavaScript the form posts and the page comes back."""
 
+from html import escape
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Query, Request
+from fastapi.responses import HTMLResponse
 
 from app.deps import AdminUser, SessionDep, refuse, verify_csrf
 from app.services import ServiceError, accounts, projects, review
-from app.web.params import BackForm, IdPath
-from app.web.render import flash, is_htmx, redirect, render
+from app.web.params import BackForm, Id, IdPath
+from app.web.render import flash, is_htmx, redirect, refused, render
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(verify_csrf)], include_in_schema=False)
 
@@ -37,10 +40,9 @@ def review_page(
     days: str = "",
     after: str = "",
     agreement_below: str = "",
-    source: str = "",
 ):
     project = projects.get_project(session, project_id)
-    f = review.parse_filters(kind, status, labeler, flagged, days, after, agreement_below, source)
+    f = review.parse_filters(kind, status, labeler, flagged, days, after, agreement_below)
     found = review.queue(session, project_id, f, limit=review.PAGE + 1)
     return render(
         request,
@@ -59,6 +61,9 @@ def review_page(
 class DecisionForm(BackForm):
     decision: str = ""
     reason: str = ""
+    revision: Id | None = None
+    """The revision the admin read (the card's hidden field): required here, so that a decision
+    never lands on an answer its labeler revised since the page was loaded."""
 
 
 @router.post("/review/{kind}/{submission_id}")
@@ -70,10 +75,20 @@ def decide(
     submission_id: IdPath,
     form: Annotated[DecisionForm, Form()],
 ):
-    error = None
+    error, status = None, 200
     try:
-        sub = review.decide(session, user, kind, submission_id, form.decision, form.reason)
+        if form.revision is None:
+            raise ServiceError("This page is out of date (it names no revision of the answer): reload it, then decide.")
+        sub = review.decide(session, user, kind, submission_id, form.decision, form.reason, revision=form.revision)
+    except review.RevisionChanged as exc:
+        if not is_htmx(request):  # the queue shows the answer as it is now, with the message
+            return refused(request, exc, form.back_or("/admin"))
+        refuse(request)
+        error, status = exc.message, exc.status_code  # the card comes back with the new revision
     except ServiceError as exc:
+        if exc.status_code == 404 and is_htmx(request):  # (the card swaps errors in: data-swap-errors)
+            refuse(request)
+            return HTMLResponse(f'<div class="flash flash-error" role="alert">{escape(exc.message)}</div>', 404)
         if exc.status_code == 404 or not is_htmx(request):
             raise
         refuse(request)
@@ -82,7 +97,7 @@ def decide(
         flash(request, f"{kind.capitalize()} #{submission_id}: {sub.review.value}.")
         return redirect(form.back_or("/admin"))
     context = {"item": review.item(session, kind, submission_id), "error": error, "back": form.back}
-    return render(request, "admin/_review_item.html", context)
+    return render(request, "admin/_review_item.html", context, status_code=status)
 
 
 @router.get("/projects/{project_id}/flags")
@@ -101,14 +116,20 @@ def flags_page(request: Request, session: SessionDep, user: AdminUser, project_i
 
 @router.post("/projects/{project_id}/flags/{skip_id}/retire")
 def retire_prompt(request: Request, session: SessionDep, user: AdminUser, project_id: IdPath, skip_id: IdPath):
-    retired = review.retire_flagged_prompt(session, user, project_id, skip_id)
+    try:
+        retired = review.retire_flagged_prompt(session, user, project_id, skip_id)
+    except ServiceError as exc:  # dealt with already (another admin), or the project is archived
+        return refused(request, exc, f"/admin/projects/{project_id}/flags")
     flash(request, f"Prompt retired: {retired} open task(s) will not be handed out again.")
     return redirect(f"/admin/projects/{project_id}/flags")
 
 
 @router.post("/projects/{project_id}/flags/{skip_id}/dismiss")
 def dismiss_flag(request: Request, session: SessionDep, user: AdminUser, project_id: IdPath, skip_id: IdPath):
-    review.dismiss_flag(session, user, project_id, skip_id)
+    try:
+        review.dismiss_flag(session, user, project_id, skip_id)
+    except ServiceError as exc:
+        return refused(request, exc, f"/admin/projects/{project_id}/flags")
     flash(request, "Flag dismissed: the prompt stays in the queue.")
     return redirect(f"/admin/projects/{project_id}/flags")
 

@@ -1,7 +1,8 @@
 """JSON API for reviewing submissions and labelers' flags (admins; rules in app.services.review).
 
 GET  /api/v1/projects/{id}/review?kind&status&labeler&flagged&days&after   submissions to review
-POST /api/v1/reviews                          a decision: {kind, submission_id, decision, reason}
+POST /api/v1/reviews                          a decision: {kind, submission_id, decision, reason, revision}
+                                              (revised since `revision`: 409 with the submission as it is now)
 GET  /api/v1/projects/{id}/flags              flagged prompts (open) and ranking output flags
 POST /api/v1/projects/{id}/flags/{skip_id}/retire | dismiss"""
 
@@ -9,6 +10,7 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from app import conversation
@@ -38,9 +40,8 @@ class ReviewItemOut(BaseModel):
     messages: list[ChatMessage] = Field(
         description=MESSAGES + " The submission answers, ranks or compares its next turn."
     )
-    labeler_id: int | None = Field(description="None: imported feedback (no labeler; `source` says so).")
-    labeler: str = Field(description="The labeler's email; for imported feedback, its file and line.")
-    source: str = Field("labeler", description="labeler, or imported (feedback brought from a file).")
+    labeler_id: int
+    labeler: str
     created_at: datetime
     time_spent_ms: int
     text: str | None = Field(None, description="The demonstration (the conversation's next assistant turn).")
@@ -52,6 +53,9 @@ class ReviewItemOut(BaseModel):
     review_reason: str
     reviewed_by: str | None
     reviewed_at: datetime | None
+    revision: int = Field(
+        description="1 as submitted; each revision by the labeler adds one. Send it with a decision on this item."
+    )
 
 
 class ReviewPage(BaseModel):
@@ -65,6 +69,21 @@ class DecisionIn(BaseModel):
     submission_id: Id
     decision: Literal["accepted", "rejected", "pending"] = Field(description="pending undoes an earlier decision.")
     reason: str = Field("", description="Required to reject: the labeler sees it in their history.")
+    revision: Id | None = Field(
+        None,
+        description=(
+            "The item's `revision` as you read it. Given, the decision is recorded only while the submission is "
+            "still that revision: if its labeler revised it since, the answer is 409 with the current revision and "
+            "the submission as it is now, and nothing is recorded. Omitted, the decision applies to whatever the "
+            "submission is when it arrives (kept optional for clients written before it existed; send it)."
+        ),
+    )
+
+
+class RevisionConflictOut(BaseModel):
+    detail: str
+    revision: int = Field(description="The submission's revision now.")
+    item: ReviewItemOut = Field(description="The submission as it is now (`text`: a demonstration's current text).")
 
 
 class FlagOut(BaseModel):
@@ -93,9 +112,8 @@ def _item_out(item: review.Item) -> ReviewItemOut:
         prompt_id=item.prompt.id,
         prompt=conversation.last_user_turn(item.prompt.messages),
         messages=messages_out(item.prompt.messages),
-        labeler_id=item.labeler.id if item.labeler else None,
-        labeler=item.labeler.email if item.labeler else f"{s.origin_file}, line {s.origin_line}",
-        source=s.source,
+        labeler_id=item.labeler.id,
+        labeler=item.labeler.email,
         created_at=s.created_at,
         time_spent_ms=s.time_spent_ms,
         text=getattr(s, "text", None),
@@ -107,6 +125,7 @@ def _item_out(item: review.Item) -> ReviewItemOut:
         review_reason=s.review_reason,
         reviewed_by=item.reviewer.email if item.reviewer else None,
         reviewed_at=s.reviewed_at,
+        revision=s.revision,
     )
 
 
@@ -152,9 +171,22 @@ class DecisionOut(BaseModel):
     reviewed_at: datetime | None
 
 
-@router.post("/reviews", response_model=DecisionOut)
+@router.post(
+    "/reviews",
+    response_model=DecisionOut,
+    responses={409: {"model": RevisionConflictOut, "description": "Revised since the `revision` sent."}},
+)
 def decide(body: DecisionIn, session: SessionDep, user: ApiAdmin):
-    d = review.decide(session, user, body.kind, body.submission_id, body.decision, body.reason)
+    """Records a decision on a submission (the last decision wins; `pending` undoes one). Send the
+    `revision` you read: a submission revised since is not decided, and comes back as it is now (409)."""
+    try:
+        d = review.decide(
+            session, user, body.kind, body.submission_id, body.decision, body.reason, revision=body.revision
+        )
+    except review.RevisionChanged as exc:
+        now = _item_out(review.item(session, body.kind, body.submission_id))
+        conflict = RevisionConflictOut(detail=exc.message, revision=now.revision, item=now)
+        return JSONResponse(status_code=409, content=conflict.model_dump(mode="json"))
     return DecisionOut(
         kind=d.kind.value,
         submission_id=d.submission_id,

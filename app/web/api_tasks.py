@@ -37,6 +37,9 @@ class OutputOut(BaseModel):
     id: int
     label: str = Field(description="How the page names it: A, B, C... in this labeler's order.")
     text: str
+    cut_off: bool = Field(
+        default=False, description="Sampling stopped at the token limit before the model ended this answer."
+    )
 
 
 class LeasedTaskOut(BaseModel):
@@ -119,7 +122,9 @@ def leased_task_out(a: queue.Assignment) -> LeasedTaskOut:
         lease_id=a.lease_id,
         leased_at=a.leased_at,
         expires_at=a.expires_at,
-        outputs=[OutputOut(id=o.id, label=chr(65 + i), text=o.text) for i, o in enumerate(a.outputs)],
+        outputs=[
+            OutputOut(id=o.id, label=chr(65 + i), text=o.text, cut_off=o.cut_off) for i, o in enumerate(a.outputs)
+        ],
     )
 
 
