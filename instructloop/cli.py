@@ -334,16 +334,31 @@ def simulate(
     "fmt",
     default="auto",
     show_default=True,
-    type=click.Choice(["auto", "jsonl", "messages", "csv", "hh-rlhf", "alpaca", "oasst"]),
+    type=click.Choice(["auto", "jsonl", "messages", "csv", "hh-rlhf", "alpaca", "oasst", "preferences"]),
+)
+@click.option("--prompts-only", is_flag=True, help="Leave the file's feedback (comparisons, rankings, answers) out.")
+@click.option(
+    "--answers-as-demonstrations",
+    is_flag=True,
+    help="Reference answers (Alpaca, GSM8K, OpenAssistant) become imported demonstrations too.",
 )
 @click.option("--valid", "valid_pct", default=10.0, show_default=True, help="Validation share, percent.")
 @click.option("--test", "test_pct", default=10.0, show_default=True, help="Test share, percent.")
 @click.option("--create-tasks", is_flag=True, help="Create a demonstration task for each train prompt.")
 @click.option("--dry-run", is_flag=True, help="Only show the preview; write nothing.")
 def import_prompts(
-    file: str, project_ref: str, fmt: str, valid_pct: float, test_pct: float, create_tasks: bool, dry_run: bool
+    file: str,
+    project_ref: str,
+    fmt: str,
+    prompts_only: bool,
+    answers_as_demonstrations: bool,
+    valid_pct: float,
+    test_pct: float,
+    create_tasks: bool,
+    dry_run: bool,
 ) -> None:
-    """Import prompts from FILE (JSONL, CSV, hh-rlhf, Alpaca, OpenAssistant; .gz ok): all or nothing."""
+    """Import prompts and their feedback from FILE (JSONL, CSV, hh-rlhf, preferences, Alpaca,
+    OpenAssistant; .gz ok): all or nothing. Feedback is stored without a labeler (imported)."""
     from app.services import ServiceError, imports, projects
 
     with click.open_file(file, "rb") as f:
@@ -362,32 +377,31 @@ def import_prompts(
                 valid_fraction=valid,
                 test_fraction=test,
                 max_bytes=limit,
+                feedback=not prompts_only,
+                answers_as_demonstrations=answers_as_demonstrations,
             )
             click.echo(
                 f"{name}: {len(preview.records):,} new prompts {preview.split_counts}, "
                 f"{len(preview.duplicates):,} duplicates in the file, {len(preview.existing):,} already in "
                 f"“{project.name}”, {len(preview.errors):,} bad lines."
             )
+            if preview.take_feedback:
+                click.echo(
+                    f"Feedback (imported, no labeler): {imports.feedback_summary(preview.feedback_counts) or 'none'}"
+                    f"; {len(preview.identical_pairs):,} identical pairs (no comparison)"
+                    f", {preview.feedback_already:,} already imported."
+                )
             if preview.errors:
                 raise click.ClickException(f"Nothing imported.\n{preview.error_report()}")
             if dry_run:
                 return
-            result = imports.run_import(
-                session,
-                project,
-                data,
-                create_tasks=create_tasks,
-                filename=name,
-                fmt=fmt,
-                valid_fraction=valid,
-                test_fraction=test,
-                max_bytes=limit,
-            )
+            result = imports.commit(session, project, preview, source=name, create_tasks=create_tasks)
     except ServiceError as exc:
         raise click.ClickException(exc.message) from exc
     click.echo(
         f"Imported {len(result.prompts):,} prompts"
         + (f" and created {result.tasks_created:,} demonstration tasks." if create_tasks else ".")
+        + (f" Feedback: {imports.feedback_summary(result.feedback)}." if result.feedback else "")
     )
 
 

@@ -35,7 +35,7 @@ from app.models import (
     TaskStatus,
     User,
 )
-from app.services import Conflict, NotFound, ServiceError, projects, stats
+from app.services import Conflict, NotFound, ServiceError, data_scope, projects, stats
 from app.validation import text_problem
 
 MAX_REASON = 2000
@@ -63,7 +63,8 @@ class Item:
     submission: Any
     task: Task
     prompt: Prompt
-    labeler: User
+    labeler: User | None
+    """None: imported feedback (the submission's origin_file says from where)."""
     reviewer: User | None
     outputs: list[Output] = field(default_factory=list)
 
@@ -82,10 +83,19 @@ class Filters:
     """By labelers whose agreement with the others on shared ranking tasks is below this percent."""
     after: int = 0
     """Keyset cursor: submissions with a higher id."""
+    source: str = ""
+    """labelers or imported (feedback from a file, no labeler); empty: both."""
 
 
 def parse_filters(
-    kind: str, status: str, labeler: str, flagged: str, days: str, after: str, agreement_below: str = ""
+    kind: str,
+    status: str,
+    labeler: str,
+    flagged: str,
+    days: str,
+    after: str,
+    agreement_below: str = "",
+    source: str = "",
 ) -> Filters:
     """Filters from query-string values; anything unknown falls back to the default."""
     return Filters(
@@ -96,6 +106,7 @@ def parse_filters(
         flagged=flagged in ("1", "on", "true"),
         days=int(days) if days.isdigit() and 0 < int(days) <= 3650 else None,
         after=int(after) if after.isdigit() else 0,
+        source=source if source in data_scope.SOURCES else "",
     )
 
 
@@ -110,6 +121,8 @@ def _scoped(session: Session, project_id: int, f: Filters):
         stmt = stmt.where(model.user_id.in_(low))
     if f.labeler_id is not None:
         stmt = stmt.where(model.user_id == f.labeler_id)
+    if f.source:
+        stmt = stmt.where(data_scope.from_sources(model, [f.source]))
     if f.days is not None:
         stmt = stmt.where(model.created_at >= utcnow() - timedelta(days=f.days))
     if f.flagged and f.kind == TaskKind.ranking:
@@ -159,7 +172,7 @@ def items(session: Session, kind: TaskKind, subs: list[Any]) -> list[Item]:
                 submission=s,
                 task=task,
                 prompt=prompts[task.prompt_id],
-                labeler=users[s.user_id],
+                labeler=users[s.user_id] if s.user_id is not None else None,
                 reviewer=users.get(s.reviewed_by_id) if s.reviewed_by_id else None,
                 outputs=_outputs(kind, s, texts),
             )
@@ -521,6 +534,8 @@ def acceptance(session: Session, project_id: int | None = None) -> dict[int, tup
         stmt = stmt.join(Task, Task.id == model.task_id).where(Task.project_id == project_id)
     out: dict[int, list[int]] = {}
     for user_id, status, n in session.execute(stmt.group_by(model.user_id, model.review)):
+        if user_id is None:  # imported feedback: no labeler's figure
+            continue
         out.setdefault(user_id, [0, 0])[0 if status == ReviewStatus.accepted else 1] += n
     return {uid: (a, r) for uid, (a, r) in out.items()}
 

@@ -265,6 +265,10 @@ class ImportForm(BackForm):
     valid_pct: float = 10
     test_pct: float = 10
     create_tasks: bool = False
+    prompts_only: bool = False
+    """Leave the file's feedback (pairs, ranks, answers) out: the prompts only."""
+    answers_as_demonstrations: bool = False
+    """Reference answers (Alpaca, GSM8K...) become imported demonstrations too."""
     token: str = ""
     filename: str = ""
 
@@ -299,6 +303,8 @@ def import_preview(
             fmt=form.format,
             valid_fraction=form.valid_pct / 100,
             test_fraction=form.test_pct / 100,
+            feedback=not form.prompts_only,
+            answers_as_demonstrations=form.answers_as_demonstrations,
         )
     except ServiceError as exc:
         return _import_page(request, project, form=shown, error=exc.message, status_code=exc.status_code)
@@ -328,6 +334,8 @@ def import_commit(
         "valid_fraction": form.valid_pct / 100,
         "test_fraction": form.test_pct / 100,
         "create_tasks": form.create_tasks,
+        "feedback": not form.prompts_only,
+        "answers_as_demonstrations": form.answers_as_demonstrations,
     }
     try:
         projects.check_writable(project)  # before "expired": an archived project takes no import at all

@@ -40,9 +40,10 @@ def review_page(
     days: str = "",
     after: str = "",
     agreement_below: str = "",
+    source: str = "",
 ):
     project = projects.get_project(session, project_id)
-    f = review.parse_filters(kind, status, labeler, flagged, days, after, agreement_below)
+    f = review.parse_filters(kind, status, labeler, flagged, days, after, agreement_below, source)
     found = review.queue(session, project_id, f, limit=review.PAGE + 1)
     return render(
         request,

@@ -107,11 +107,15 @@ class PromptIn(BaseModel):
     split: Split | None = Field(None, description="Omit to assign one from the prompt's hash (reproducible).")
     external_id: str | None = None
     category: PromptCategory | None = Field(None, description="InstructGPT's use-case category, if known.")
+    chosen: str | None = Field(None, description="With `rejected`: a preference pair, imported as a comparison.")
+    rejected: str | None = Field(None, description="The answer `chosen` was preferred to.")
 
     @model_validator(mode="after")
     def _text_or_messages(self) -> "PromptIn":
         if (self.text is None) == (self.messages is None):
             raise ValueError("send exactly one of text and messages")
+        if (self.chosen is None) != (self.rejected is None):
+            raise ValueError("send both chosen and rejected, or neither")
         return self
 
     def as_object(self) -> dict[str, Any]:
@@ -121,6 +125,8 @@ class PromptIn(BaseModel):
             obj["prompt"] = obj.pop("text")
         if "external_id" in obj:
             obj["id"] = obj.pop("external_id")
+        if "chosen" in obj and "messages" in obj:  # TRL's preference format: the prompt is the conversation
+            obj["prompt"] = obj.pop("messages")
         return obj
 
 
@@ -129,6 +135,10 @@ class PromptsIn(BaseModel):
     valid_fraction: float = 0.1
     test_fraction: float = 0.1
     create_tasks: bool = Field(False, description="Create a demonstration task for each new train prompt.")
+    feedback: bool = Field(True, description="Import the items' feedback (chosen/rejected pairs); false: prompts only.")
+    answers_as_demonstrations: bool = Field(
+        False, description="Each item's reference becomes an imported demonstration (no labeler)."
+    )
 
 
 class PromptOut(BaseModel):
@@ -170,6 +180,10 @@ class ImportOut(BaseModel):
     )
     existing: list[int] = Field(description="Items whose prompt the project already has (1-based), skipped.")
     tasks_created: int
+    feedback: dict[str, int] = Field(
+        default_factory=dict,
+        description="Imported submissions (no labeler) written, per kind: comparison, demonstration.",
+    )
 
 
 def _out(session, project: Project, detail: bool = False) -> ProjectOut:
@@ -343,7 +357,13 @@ def add_prompts(project_id: IdPath, body: PromptsIn, session: SessionDep, user: 
     p = projects.get_project(session, project_id)
     objects = [item.as_object() for item in body.prompts]
     preview = imports.preview_objects(
-        session, p, objects, valid_fraction=body.valid_fraction, test_fraction=body.test_fraction
+        session,
+        p,
+        objects,
+        valid_fraction=body.valid_fraction,
+        test_fraction=body.test_fraction,
+        feedback=body.feedback,
+        answers_as_demonstrations=body.answers_as_demonstrations,
     )
     if preview.errors:
         return JSONResponse(
@@ -361,6 +381,7 @@ def add_prompts(project_id: IdPath, body: PromptsIn, session: SessionDep, user: 
         duplicates=[list(d) for d in preview.duplicates],
         existing=preview.existing,
         tasks_created=result.tasks_created,
+        feedback=result.feedback,
     )
 
 

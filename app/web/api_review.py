@@ -40,8 +40,9 @@ class ReviewItemOut(BaseModel):
     messages: list[ChatMessage] = Field(
         description=MESSAGES + " The submission answers, ranks or compares its next turn."
     )
-    labeler_id: int
-    labeler: str
+    labeler_id: int | None = Field(description="None: imported feedback (no labeler; `source` says so).")
+    labeler: str = Field(description="The labeler's email; for imported feedback, its file and line.")
+    source: str = Field("labeler", description="labeler, or imported (feedback brought from a file).")
     created_at: datetime
     time_spent_ms: int
     text: str | None = Field(None, description="The demonstration (the conversation's next assistant turn).")
@@ -112,8 +113,9 @@ def _item_out(item: review.Item) -> ReviewItemOut:
         prompt_id=item.prompt.id,
         prompt=conversation.last_user_turn(item.prompt.messages),
         messages=messages_out(item.prompt.messages),
-        labeler_id=item.labeler.id,
-        labeler=item.labeler.email,
+        labeler_id=item.labeler.id if item.labeler else None,
+        labeler=item.labeler.email if item.labeler else f"{s.origin_file}, line {s.origin_line}",
+        source=s.source,
         created_at=s.created_at,
         time_spent_ms=s.time_spent_ms,
         text=getattr(s, "text", None),
