@@ -107,7 +107,7 @@ def test_api_exports(api, session):
     r = api("GET", f"/projects/{world.project.id}/exports/preferences")
     assert r.status_code == 200
     rows = [json.loads(line) for line in r.text.splitlines()]
-    assert len(rows) == 18 and set(rows[0]) == {"prompt", "chosen", "rejected", "split", "category"}
+    assert len(rows) == 18 and set(rows[0]) == {"prompt", "chosen", "rejected", "split", "category", "source"}
     chat = api("GET", f"/projects/{world.project.id}/exports/sft?format=conversational").text.splitlines()
     assert [json.loads(line)["split"] for line in chat] == ["train"]
     assert json.loads(chat[0])["prompt"] == [{"role": "user", "content": "prompt 1"}]
