@@ -36,6 +36,13 @@ def test_whole_loop_through_the_worker(tmp_path):
     win = f["labeler_win_rate"]
     assert win["n"] >= 40 and win["wins"] + win["losses"] + win["ties"] == win["n"]
     assert win["win_rate"] >= 0.65, win
+    # What the win rate is made of: per template, and the same pairs judged again (issue 26).
+    assert (
+        set(f["per_template"]) <= {"sentence", "fruit"} and sum(w["n"] for w in f["per_template"].values()) == win["n"]
+    )
+    for judge in ("preference_judge", "without_filler_judge", "fewer_words_judge"):
+        assert f[judge]["n"] == win["n"] and 0 <= f[judge]["win_rate"] <= 1
+    assert any("fewer words wins" in line for line in lines) and any("filler taken out" in line for line in lines)
     # Each stage's time; no estimate beforehand on a fresh database (no finished run to take a pace from).
     assert set(result.timings) == {"sft", "generate", "reward", "ppo", "evaluate"}
     assert all(taken > 0 and estimate is None for taken, estimate in result.timings.values())

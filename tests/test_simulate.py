@@ -12,6 +12,7 @@ from app.models import Comparison, Completion, Demonstration, Project, Prompt, R
 from app.services import tasks
 from app.services.queue import Output
 from worker.simulate import (
+    PADDED,
     SimulatedLabeler,
     demo_prompts,
     demonstration_for,
@@ -19,7 +20,9 @@ from worker.simulate import (
     noise_for_agreement,
     order_by_score,
     preference_score,
+    prompt_template,
     simulate,
+    without_filler,
 )
 
 
@@ -190,3 +193,10 @@ def test_on_a_conversation_labelers_judge_by_its_last_user_turn(engine, session,
         json.dumps({"prompt": messages, "completion": [{"role": "assistant", "content": "- a\n- b\n- c"}]}) + "\n"
     )
     assert demonstration_for(prompt, load_demonstrations(path)) == "- a\n- b\n- c"
+
+
+def test_the_planted_filler_comes_out_and_prompts_name_their_template():
+    padded = [t.format(answer="Plum.") for t in PADDED]
+    assert [without_filler(p) for p in padded] == ["Plum."] * len(padded)
+    assert without_filler("Plum, I think.") == "Plum, I think.", "only the planted phrases go"
+    assert {prompt_template(p) for p, _ in demo_prompts(40, seed=3)} == {"sum", "yes/no", "sentence", "fruit"}

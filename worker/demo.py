@@ -35,9 +35,10 @@ from typing import Any
 
 from sqlalchemy import select
 
+from app import conversation
 from app.config import Settings
 from app.db import make_engine, make_sessionmaker, write_session
-from app.models import ModelVersion, RunMetric, RunStatus, TaskKind, TrainingRun
+from app.models import Comparison, Completion, ModelVersion, Prompt, RunMetric, RunStatus, Task, TaskKind, TrainingRun
 from app.services import estimates, evaluation, imports, projects, registry, runs
 from runconfig import PRESETS
 from worker import simulate
@@ -294,6 +295,7 @@ class Demo:
                 "ppo_kl_end": metric("ppo", "kl", -1),
                 "reward_model_win_rate": (evaluate_run.summary.get("reward_model") or {}).get("win_rate"),
                 "labeler_win_rate": evaluation.labeler_win_rate(session, evaluate_run.id),
+                **_form_judgements(session, evaluate_run),
             }
 
     def _report(self, result: DemoResult) -> None:
@@ -316,6 +318,14 @@ class Demo:
             )
         if f["reward_model_win_rate"] is not None:
             self.echo(f"  PPO vs SFT (reward model) win rate {f['reward_model_win_rate']:.1%}")
+        if f.get("per_template"):
+            self.echo("  What the win rate is made of (the same test comparisons):")
+            self.echo("    labelers, per prompt template:")
+            for template, rate in f["per_template"].items():
+                self.echo(f"      {template:<10} {_rate(rate)}")
+            self.echo(f"    the labelers' preference without their noise    {_rate(f['preference_judge'])}")
+            self.echo(f"    the same, planted filler taken out of both answers {_rate(f['without_filler_judge'])}")
+            self.echo(f'    "fewer words wins"                                {_rate(f["fewer_words_judge"])}')
         self.echo(f"Open the dashboard to see the lineage and the plots: /admin/projects/{result.project_id}")
 
     # -- the worker -------------------------------------------------------------------------------
@@ -401,3 +411,61 @@ def run_demo(
     # simulated labelers see the same views each time and a demo run is reproducible on the CPU.
     random.seed(seed)
     return Demo(settings, PROFILES[profile], echo=echo, seed=seed, start_worker=start_worker).run()
+
+
+def _rate(w: dict[str, Any]) -> str:
+    if not w.get("n"):
+        return "no comparisons"
+    low, high = w["ci95"]
+    return f"{w['win_rate']:.1%} [{low:.1%}, {high:.1%}] over {w['n']} ({w['ties']} ties)"
+
+
+def _form_judgements(session, evaluate_run: TrainingRun) -> dict[str, Any]:
+    """How much of PPO's win over SFT is form: the labelers' win rate per prompt template, and the
+    test pairs judged again by the preference without noise, by it with the planted filler taken
+    out of both answers (a gain that survives is more than dropping filler), and by "fewer words
+    wins" (what a judge that only counts words would say)."""
+    if len(evaluate_run.input_model_ids or []) < 2:
+        return {}
+    candidate = evaluate_run.input_model_ids[0]
+    rows = session.execute(
+        select(
+            Prompt.id,
+            Prompt.messages,
+            Prompt.reference,
+            Comparison.choice,
+            Comparison.a_completion_id,
+            Comparison.b_completion_id,
+        )
+        .join(Task, Task.prompt_id == Prompt.id)
+        .join(Comparison, Comparison.task_id == Task.id)
+        .where(Task.source_run_id == evaluate_run.id, Task.kind == TaskKind.comparison)
+    ).all()
+    ids = {c for row in rows for c in (row.a_completion_id, row.b_completion_id)}
+    completions = {c.id: c for c in session.scalars(select(Completion).where(Completion.id.in_(ids)))} if ids else {}
+    labelers: dict[str, list[tuple[int, float]]] = {}
+    judges: dict[str, list[tuple[int, float]]] = {"preference": [], "without_filler": [], "fewer_words": []}
+    for row in rows:
+        a, b = completions[row.a_completion_id], completions[row.b_completion_id]
+        mine, theirs = (a, b) if a.model_version_id == candidate else (b, a)
+        prompt = conversation.last_user_turn(row.messages)
+        same = mine.text.strip() == theirs.text.strip()
+        choice = row.choice.value
+        chose_mine = (choice == "a") == (mine is a)
+        labeler_score = 0.5 if same or choice == "tie" else float(chose_mine)
+        labelers.setdefault(simulate.prompt_template(prompt), []).append((row.id, labeler_score))
+
+        # Each judge scores both answers; identical answers and equal scores are ties.
+        pairs = {
+            "preference": (mine.text, theirs.text),
+            "without_filler": (simulate.without_filler(mine.text), simulate.without_filler(theirs.text)),
+        }
+        for name, (x, y) in pairs.items():
+            sx, sy = (simulate.preference_score(prompt, t, row.reference) for t in (x, y))
+            judges[name].append((row.id, 0.5 if same or sx == sy else float(sx > sy)))
+        nx, ny = len(mine.text.split()), len(theirs.text.split())
+        judges["fewer_words"].append((row.id, 0.5 if same or nx == ny else float(nx < ny)))
+    return {
+        "per_template": {t: evaluation.win_rate(o) for t, o in sorted(labelers.items())},
+        **{f"{name}_judge": evaluation.win_rate(o) for name, o in judges.items()},
+    }

@@ -133,6 +133,34 @@ PADDED = [
 ]
 
 
+FILLER = re.compile(
+    r"sure!|let me know if you have any other questions about this\.?|good question\.?|i think the answer is|"
+    r"but please check it yourself\.?|here is my answer:|i hope that this is helpful to you today\.?",
+    re.I,
+)
+"""Every phrase of the planted filler (PADDED), to judge answers without it (`without_filler`)."""
+
+
+def without_filler(text: str) -> str:
+    """The answer with the demonstrators' planted filler phrases taken out (what is left of a padded
+    answer is its answer), so a judgement can tell the gain in form from any other gain."""
+    return " ".join(FILLER.sub(" ", text).split())
+
+
+def prompt_template(prompt: str) -> str:
+    """Which of the demo's prompt templates (demo_prompts) a prompt comes from."""
+    p = prompt.lower()
+    if " plus " in p:
+        return "sum"
+    if "greater than" in p:
+        return "yes/no"
+    if "sentence about" in p:
+        return "sentence"
+    if "fruit" in p:
+        return "fruit"
+    return "other"
+
+
 @dataclass
 class SimulatedLabeler:
     user: User
