@@ -92,6 +92,7 @@ async def form_reviewer(
             "decision": decision,
             "reason": "Off the guidelines." if decision == "rejected" else "",
             "csrf_token": csrf,
+            "revision": "1",  # the revision the reviewer saw (the page requires it); these are never revised
         }
         t0 = time.perf_counter()
         try:
