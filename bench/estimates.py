@@ -52,6 +52,7 @@ class EstimatingDemo(Demo):
             run = session.get_one(TrainingRun, self.run_ids[kind])
             real = (run.finished_at - run.started_at).total_seconds()
         ROWS.append((self.label, kind, self.run_ids[kind], estimate.seconds, real, estimate.basis))
+        print(_row(*ROWS[-1]), flush=True)  # as it comes, in case the bench is stopped early
         return result
 
 
@@ -100,10 +101,14 @@ def main() -> None:
     print(f"\nbench/estimates.py: {time.monotonic() - started:.0f} s in all, {estimates.os.cpu_count()} CPU cores\n")
     print("| pass | kind | run | estimate | real | estimate/real | from |")
     print("|---|---|---|---|---|---|---|")
-    for label, kind, run_id, estimate, real, basis in ROWS:
-        ratio = f"{estimate / real:.2f}" if estimate is not None and real > 0 else "–"
-        shown = f"{estimate:.0f} s" if estimate is not None else "none"
-        print(f"| {label} | {kind} | #{run_id} | {shown} | {real:.0f} s | {ratio} | {basis} |")
+    for row in ROWS:
+        print(_row(*row))
+
+
+def _row(label: str, kind: str, run_id: int, estimate: float | None, real: float, basis: str) -> str:
+    ratio = f"{estimate / real:.2f}" if estimate is not None and real > 0 else "–"
+    shown = f"{estimate:.0f} s" if estimate is not None else "none"
+    return f"| {label} | {kind} | #{run_id} | {shown} | {real:.0f} s | {ratio} | {basis} |"
 
 
 if __name__ == "__main__":

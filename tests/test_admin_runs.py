@@ -306,7 +306,18 @@ def _finished_sft(session, project, version_id, *, load_s, step_s, steps, batch,
     return run
 
 
-def test_the_estimate_takes_loading_apart_from_the_pace_of_a_run_on_the_same_model(admin_client, session, tmp_path):
+@pytest.fixture
+def quiet_cpu(monkeypatch):
+    """A machine where the first guess holds: no GPU, not busy."""
+    from app.services import estimates
+
+    monkeypatch.setattr(estimates, "gpu_present", lambda: False)
+    monkeypatch.setattr(estimates.os, "getloadavg", lambda: (0.1, 0.1, 0.1))
+
+
+def test_the_estimate_takes_loading_apart_from_the_pace_of_a_run_on_the_same_model(
+    admin_client, session, tmp_path, quiet_cpu
+):
     from tests.worker_helpers import COUNTING, add_demonstrations, make_labeler, make_project
 
     project = make_project(session, "Estimates")
@@ -362,7 +373,9 @@ def _params_of(hidden, layers, vocab=512):
     return layers * (4 * hidden * hidden + 3 * hidden * 4 * hidden) + vocab * hidden
 
 
-def test_no_first_guess_on_a_gpu_machine(admin_client, session, tmp_path, monkeypatch):
+def test_no_first_guess_on_a_gpu_machine_a_busy_one_or_for_sampling(
+    admin_client, session, tmp_path, quiet_cpu, monkeypatch
+):
     from app.services import estimates
     from tests.worker_helpers import COUNTING, add_demonstrations, make_labeler, make_project
 
@@ -370,8 +383,19 @@ def test_no_first_guess_on_a_gpu_machine(admin_client, session, tmp_path, monkey
     add_demonstrations(session, project, COUNTING, make_labeler(session))
     version = registry.register_base(session, _model_folder(tmp_path, "m", 64, 2), project_id=project.id)
     session.commit()
-    url = f"/admin/runs/new?kind=sft&project={project.id}&model_0={version.id}"
+    url = f"/admin/runs/new?kind=sft&project={project.id}&model_0={version.id}&preset=defaults"
     assert "First guess" in admin_client.get(url).text
+    generate = admin_client.get(url.replace("kind=sft", "kind=generate")).text
+    assert "First guess" not in generate and "no measured first guess for sampling" in generate
+    monkeypatch.setattr(estimates.os, "getloadavg", lambda: (9.0, 9.0, 9.0))
+    assert "this machine is busy" in admin_client.get(url).text
+    monkeypatch.setattr(estimates.os, "getloadavg", lambda: (0.1, 0.1, 0.1))
+    monkeypatch.setattr(estimates, "cpu_has_bf16", lambda: False)
+    token = csrf_of(admin_client, "/admin/runs/new")
+    form = {"csrf_token": token, "kind": "sft", "project_id": str(project.id), "model_0": str(version.id)}
+    bf16 = admin_client.post("/admin/runs/estimate", data={**form, "cfg_precision": "bf16"}).text
+    assert "About" not in bf16 and "bf16 is emulated" in bf16
+    assert "First guess" in admin_client.post("/admin/runs/estimate", data={**form, "cfg_precision": "fp32"}).text
     monkeypatch.setattr(estimates, "gpu_present", lambda: True)
     page = admin_client.get(url).text
     assert "About" not in page and "no measured first guess for a GPU" in page
@@ -385,9 +409,13 @@ def test_the_form_opens_with_the_cpu_preset_when_no_gpu_is_present(admin_client,
     session.commit()
     cpu = PRESETS["cpu"]["sft"]
     monkeypatch.setattr(estimates, "gpu_present", lambda: False)
+    monkeypatch.setattr(estimates, "cpu_has_bf16", lambda: True)
     page = admin_client.get(f"/admin/runs/new?kind=sft&project={project.id}").text
-    assert f'name="cfg_max_length" value="{cpu["max_length"]}"' in page
+    assert f'name="cfg_max_length" value="{cpu["max_length"]}"' in page and 'name="cfg_precision" value="bf16"' in page
     assert "chosen because this machine has no GPU" in page
+    monkeypatch.setattr(estimates, "cpu_has_bf16", lambda: False)  # bf16 would be emulated, 10x slower
+    page = admin_client.get(f"/admin/runs/new?kind=sft&project={project.id}").text
+    assert 'name="cfg_precision" value="fp32"' in page and "this CPU has no bf16 instructions" in page
     monkeypatch.setattr(estimates, "gpu_present", lambda: True)
     page = admin_client.get(f"/admin/runs/new?kind=sft&project={project.id}").text
     assert 'name="cfg_max_length" value="1024"' in page and "the defaults (sized for a GPU)" in page

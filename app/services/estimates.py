@@ -7,8 +7,9 @@ episode, a sampled answer) at a pace per unit, in this order of preference:
    trained from it), its pace scaled by the tokens per unit of the two runs' settings and data;
 2. else such a run on a model of comparable size (within 4x the parameters), scaled by parameter
    count and tokens;
-3. else a first guess from the model's size and this machine's CPU cores (measured constants, see
-   bench/estimates.py); on a GPU machine no guess (nothing measured there yet);
+3. else, for SFT and reward runs, a first guess from the model's size and this machine's CPU cores
+   (a constant measured on a quiet 2-core bf16 CPU): none on a GPU machine, for sampling kinds, for
+   bf16 on a CPU that emulates it, or on a busy machine (nothing measured holds there);
 4. else no number: "no estimate" rather than a wrong one.
 
 A finished run's loading time and per-unit time are told apart by what the run recorded: each
@@ -79,12 +80,12 @@ COMPARABLE = 4.0
 RECENT_RUNS = 30
 """Finished runs of a kind looked at for a pace, newest first."""
 
-# First-guess constants for a CPU worker, measured with bench/estimates.py (SmolLM2-135M on a
-# 2-core AVX512-BF16 machine, the CPU presets): useful floating-point work per second per core.
-CPU_TRAIN_FLOPS_PER_CORE = 14e9
-"""Training (forward + backward, 6 N flops per token) under bf16 autocast."""
-CPU_SAMPLE_FLOPS_PER_CORE = 5e9
-"""Sampling (2 N flops per token, one token at a time with a KV cache)."""
+# First-guess constant for a CPU worker, from bench/README.md's "Training precision" figures
+# (SmolLM2-135M SFT, bf16 mixed, 1.18 s per step of 4 demonstrations of about 60 tokens, 2-core
+# AVX512-BF16 CPU, quiet machine): useful floating-point work per second per core while training.
+CPU_TRAIN_FLOPS_PER_CORE = 80e9
+"""Training (forward + backward, 6 N flops per token). Sampling has no measured constant: generate,
+evaluate and PPO get no first guess."""
 LOAD_FIXED_S = 2.0
 """Per model loaded: opening the tokenizer and the model class."""
 LOAD_BYTES_PER_S = 150e6
@@ -161,9 +162,9 @@ def estimate_run(
             f"{_short(rate)} per {unit} (worker {pace.run.worker_id or 'unknown'})."
         )
         return estimate
-    guess = _first_guess(run_kind, model, flops)
+    guess = _first_guess(run_kind, model, flops, parsed)
     if guess is None:
-        estimate.basis = _why_none(run_kind, model, flops)
+        estimate.basis = _why_none(run_kind, model, parsed)
         return estimate
     estimate.load_seconds, per_unit, device = guess
     estimate.seconds = estimate.load_seconds + estimate.units * per_unit
@@ -476,18 +477,47 @@ def _load_guess(kind: RunKind, params: float | None) -> float:
     return MODELS_LOADED[kind] * per_model
 
 
-def _first_guess(kind: RunKind, model: ModelInfo, flops: float | None) -> tuple[float, float, str] | None:
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 itself (AVX512-BF16 or AMX); without, torch emulates it about
+    10x slower (an SFT step of the CPU preset took 3.5 min instead of 1.2 s on such a CPU)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _first_guess_problem(kind: RunKind, config: Any) -> str | None:
+    """Why the first guess's measured constant does not hold for this run on this machine, or None."""
+    if gpu_present():
+        return "no measured first guess for a GPU"
+    if kind not in (RunKind.sft, RunKind.reward):
+        return "no measured first guess for sampling"
+    if config.precision in ("bf16", "bf16-pure") and not cpu_has_bf16():
+        return "this CPU has no bf16 instructions, so bf16 is emulated (set precision to fp32)"
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if load > _cores():
+        return f"this machine is busy (load {load:.1f} on {_cores()} cores)"
+    return None
+
+
+def _first_guess(kind: RunKind, model: ModelInfo, flops: float | None, config: Any) -> tuple[float, float, str] | None:
     """(loading s, s per unit, the device in words) from the model's size on this machine's CPU."""
-    if model.params is None or flops is None or gpu_present():
+    if model.params is None or flops is None or _first_guess_problem(kind, config) is not None:
         return None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    rate = CPU_SAMPLE_FLOPS_PER_CORE if kind in (RunKind.generate, RunKind.evaluate) else CPU_TRAIN_FLOPS_PER_CORE
-    if kind == RunKind.ppo:  # a third of its work is sampling
-        rate = 1 / (1 / (3 * CPU_SAMPLE_FLOPS_PER_CORE) + 2 / (3 * CPU_TRAIN_FLOPS_PER_CORE))
-    return _load_guess(kind, model.params), flops / (rate * cores), f"this machine's {cores} CPU cores"
+    cores = _cores()
+    return (
+        _load_guess(kind, model.params),
+        flops / (CPU_TRAIN_FLOPS_PER_CORE * cores),
+        f"this machine's {cores} CPU cores",
+    )
 
 
-def _why_none(kind: RunKind, model: ModelInfo, flops: float | None) -> str:
+def _why_none(kind: RunKind, model: ModelInfo, config: Any) -> str:
     if model.params is None:
         return (
             f"No estimate: no finished {kind.value} run on this model yet, and its size is unknown "
@@ -495,5 +525,5 @@ def _why_none(kind: RunKind, model: ModelInfo, flops: float | None) -> str:
         )
     return (
         f"No estimate: no finished {kind.value} run on this model or one of comparable size yet, "
-        "and no measured first guess for a GPU."
+        f"and {_first_guess_problem(kind, config) or 'no first guess'}."
     )
