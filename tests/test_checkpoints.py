@@ -7,7 +7,9 @@ import torch
 from runconfig import PPOConfig, RewardConfig, SFTConfig
 from tests.test_reward import synthetic_rankings
 from tests.test_sft import TRAIN, VALID
+from trainer import checkpoints
 from trainer.checkpoints import KEEP, Checkpoints
+from trainer.errors import CheckpointSpaceError
 from trainer.modeling import ScalarHeadModel, load_causal_lm, load_tokenizer
 from trainer.ppo import train_ppo
 from trainer.reward import train_reward
@@ -170,3 +172,42 @@ def test_ppo_stopped_and_resumed_equals_one_uninterrupted_run(tiny, tmp_path):
     assert seen[0] == stopped["steps"] + 1  # resumed, not started again
     assert resumed["steps"] == expected["steps"]
     assert same_weights(second[0], whole[0]) and same_weights(second[3], whole[3])
+
+
+SMALL_SFT = SFTConfig(learning_rate=1e-2, epochs=1, batch_size=16, micro_batch_size=16, save_every=1)
+
+
+def test_a_disk_without_room_refuses_the_checkpoint_naming_the_space_it_needs(tiny, tmp_path, monkeypatch):
+    """Issue 29, finding 5: the free space is checked before writing (a tiny quota: the free-space
+    function says 1 MB), and the run stops with a message that says how much is needed."""
+    monkeypatch.setattr(checkpoints, "free_bytes", lambda folder: 10**6)
+    folder = tmp_path / "checkpoints"
+    with pytest.raises(CheckpointSpaceError, match=r"step 1 .* needs about 0\.\d\d GiB and 0\.00 GiB is free"):
+        train_sft(
+            load_causal_lm(tiny, device="cpu"),
+            load_tokenizer(tiny),
+            TRAIN,
+            [],
+            SMALL_SFT,
+            checkpoints=Checkpoints(folder),
+        )
+    assert not list(folder.iterdir())  # nothing half-written
+
+
+def test_at_most_one_complete_checkpoint_beside_the_one_being_written(tiny, tmp_path, monkeypatch):
+    """A 1B PPO checkpoint is ~30 GB: two kept plus the one being written overflowed a 64 GiB disk.
+    Each write (torch.save, spied on) finds at most one complete checkpoint; KEEP stay at rest."""
+    folder = tmp_path / "checkpoints"
+    seen: list[list[str]] = []
+    save = torch.save
+
+    def spying_save(obj, path, *args, **kwargs):
+        seen.append([p.name for p in folder.glob("step-*") if not p.name.endswith(".partial")])
+        return save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", spying_save)
+    train_sft(
+        load_causal_lm(tiny, device="cpu"), load_tokenizer(tiny), TRAIN, [], SMALL_SFT, checkpoints=Checkpoints(folder)
+    )
+    assert len(seen) == 4 and max(len(s) for s in seen) == 1, seen
+    assert sorted(p.name for p in folder.iterdir()) == ["step-3.pt", "step-4.pt"]

@@ -290,7 +290,11 @@ def test_fsdp_ppo_with_checkpoints_and_ptx_stops_and_resumes_to_the_end_of_one_r
     args += ["--ptx", str(ptx), *(a for k, v in sets.items() for a in ("--set", f"{k}={json.dumps(v)}"))]
     whole = _run(args, 2, tmp_path / "whole")
     assert whole["steps"] == 6 and whole["world_size"] == 2.0 and "ptx_loss" in whole
-    assert _checkpoints(tmp_path / "whole.checkpoints")
+    # Finding 5: a sharded checkpoint, each process writing its own shards (no whole model gathered).
+    saved = _checkpoints(tmp_path / "whole.checkpoints")
+    assert [p.name for p in sorted(saved)] == ["step-5", "step-6"], saved
+    shards = [p.stat().st_size for p in sorted((tmp_path / "whole.checkpoints" / "step-6").glob("*.distcp"))]
+    assert len(shards) == 2 and min(shards) > 0.35 * sum(shards), shards
 
     _stop_at(_command(args, 2, tmp_path / "cut"), 3)
     assert not (tmp_path / "cut").exists() and _checkpoints(tmp_path / "cut.checkpoints")

@@ -422,3 +422,25 @@ def test_without_a_checkpoint_a_diverged_full_policy_is_not_put_back(sft_folder)
     with pytest.raises(TrainingDiverged, match="no earlier good policy") as err:
         train_ppo(policy, ref, None, value, tokenizer, PROMPTS, config, reward_fn=says_a_number)
     assert err.value.last_good_step is None
+
+
+def test_each_step_reports_the_seconds_of_its_phases(sft_folder, tmp_path):
+    """Issue 29: rollout (sampling), scoring, update and checkpoint seconds in every step's metrics;
+    the step-0 checkpoint is counted in step 1's."""
+    policy, ref, value, tokenizer = models(sft_folder)
+    history = []
+    train_ppo(
+        policy,
+        ref,
+        None,
+        value,
+        tokenizer,
+        PROMPTS,
+        small(total_episodes=32, save_every=0),
+        reward_fn=says_a_number,
+        checkpoints=Checkpoints(tmp_path / "checkpoints"),
+        on_metrics=lambda step, total, m: history.append(m),
+    )
+    for metrics in history:
+        assert all(metrics[k] > 0 for k in ("rollout_s", "scoring_s", "update_s")), metrics
+    assert history[0]["checkpoint_s"] > 0 and history[1]["checkpoint_s"] == 0

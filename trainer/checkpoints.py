@@ -8,11 +8,21 @@ shuffling generator, best weights so far). On the CPU a resumed run ends with th
 an uninterrupted one (tests/test_checkpoints.py).
 
 It is written to `step-<n>.pt.partial` and renamed when complete, so a file without `.partial` is
-whole; the newest `KEEP` are kept. These are plain `torch.save` files rather than accelerate's
-`save_state` folders: the loops here hold no Accelerator, and their own position (the data order of
-the current epoch, the prompt queue of PPO) has to be in the same file as the weights it belongs to."""
+whole. These are plain `torch.save` files rather than accelerate's `save_state` folders: the loops
+here hold no Accelerator, and their own position (the data order of the current epoch, the prompt
+queue of PPO) has to be in the same file as the weights it belongs to.
+
+A model sharded across processes (FSDP) is saved as a folder `step-<n>/` instead: its weights and
+optimizer state through torch.distributed.checkpoint, each process writing its own shards (no
+process gathers the whole model), and the rest (`state.pt`) by process 0. Any number of processes
+(one included) can load it again.
+
+Disk: before a checkpoint is written, all but the newest complete one are deleted (at most one
+complete checkpoint beside the one being written; two at rest, so a divergence can go back one
+more), and the free space is checked against the new checkpoint's size (CheckpointSpaceError)."""
 
 import random
+import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +33,99 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimi
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from trainer.distributed import Team, full_tensor, is_sharded
+from trainer.errors import CheckpointSpaceError
 
 KEEP = 2
-"""Checkpoints kept per run: the newest, and one more in case the newest was cut short on disk."""
+"""Complete checkpoints kept at rest per run: the newest and the one before (what a divergence found
+right after a checkpoint goes back to). Before a new one is written only the newest is kept."""
+MARGIN = 1.05
+"""Free space asked for beyond the checkpoint's tensor bytes (pickled structure, file system)."""
+
+
+class Shards(dict):
+    """Part of a checkpoint's state that is sharded across the processes (FSDP's DTensors, a sharded
+    optimizer state): written through torch.distributed.checkpoint, each process its own shards."""
+
+
+class ShardsOnDisk:
+    """A `Shards` part of a saved checkpoint, read into a template of the same structure (the live
+    model's parameters, an optimizer state dict) when the loop restores it."""
+
+    def __init__(self, folder: Path, key: str):
+        self.folder, self.key = folder, key
+
+    def load_into(self, template: dict) -> dict:
+        import torch.distributed.checkpoint as dcp
+
+        box = {self.key: template}
+        dcp.load(box, checkpoint_id=str(self.folder))  # in place into the template's tensors
+        return box[self.key]
+
+
+def free_bytes(folder: Path) -> int:
+    return shutil.disk_usage(folder).free
+
+
+def _split(state: dict, prefix: str = "") -> tuple[dict, dict[str, dict]]:
+    """(state with each Shards part replaced by a placeholder, {key: that part})."""
+    plain: dict = {}
+    shards: dict[str, dict] = {}
+    for name, value in state.items():
+        key = f"{prefix}{name}"
+        if isinstance(value, Shards):
+            plain[name], shards[key] = {"__shards__": key}, dict(value)
+        elif isinstance(value, dict):
+            plain[name], inner = _split(value, key + "/")
+            shards.update(inner)
+        else:
+            plain[name] = value
+    return plain, shards
+
+
+def _placeholders(state: Any, folder: Path) -> Any:
+    """A loaded state.pt with its placeholders turned into ShardsOnDisk."""
+    if isinstance(state, dict):
+        if set(state) == {"__shards__"}:
+            return ShardsOnDisk(folder, state["__shards__"])
+        return {k: _placeholders(v, folder) for k, v in state.items()}
+    return state
+
+
+def _bytes(value: Any) -> int:
+    """The bytes of the tensors in `value` that this process writes (a DTensor: its own shard)."""
+    if isinstance(value, DTensor):
+        return value.to_local().nbytes
+    if isinstance(value, torch.Tensor):
+        return value.nbytes
+    if isinstance(value, dict):
+        return sum(_bytes(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return sum(_bytes(v) for v in value)
+    return 0
+
+
+def _step_of(path: Path) -> int | None:
+    """The step of a complete checkpoint (step-N.pt or step-N/), None for anything else."""
+    name = path.name
+    if not name.startswith("step-") or name.endswith(".partial"):
+        return None
+    number = name[len("step-") :].removesuffix(".pt")
+    return int(number) if number.isdigit() else None
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def checkpoint_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The trained weights for a checkpoint: a sharded model's own shards (Shards, not gathered),
+    else trained_state's CPU copies."""
+    if is_sharded(model):
+        return Shards({name: p.detach() for name, p in model.named_parameters() if p.requires_grad})
+    return trained_state(model)
 
 
 def trained_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -36,8 +136,11 @@ def trained_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
-def load_trained_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+def load_trained_state(model: torch.nn.Module, state: "Mapping[str, torch.Tensor] | ShardsOnDisk") -> None:
     params = dict(model.named_parameters())
+    if isinstance(state, ShardsOnDisk):  # read into the parameters (this process's shards) in place
+        state.load_into({name: p.detach() for name, p in params.items() if p.requires_grad})
+        return
     missing = [name for name, p in params.items() if p.requires_grad and name not in state]
     if missing:
         raise ValueError(
@@ -95,24 +198,66 @@ class Checkpoints:
     def enabled(self) -> bool:
         return self.folder is not None
 
+    def complete(self) -> list[tuple[int, Path]]:
+        """The complete checkpoints (step-N.pt files, step-N/ folders of a sharded run), oldest first."""
+        if self.folder is None or not self.folder.is_dir():
+            return []
+        return sorted((step, p) for p in self.folder.iterdir() if (step := _step_of(p)) is not None)
+
     def latest(self, at_most: int | None = None) -> Path | None:
         """The newest checkpoint (of a step <= at_most when given)."""
-        if self.folder is None or not self.folder.is_dir():
-            return None
-        steps = sorted((int(p.stem.split("-")[1]), p) for p in self.folder.glob("step-*.pt"))
-        found = [p for step, p in steps if at_most is None or step <= at_most]
+        found = [p for step, p in self.complete() if at_most is None or step <= at_most]
         return found[-1] if found else None
 
-    def save(self, step: int, state: dict[str, Any]) -> Path:
-        """Writes `state` (tensors, numbers, lists, dicts) as the checkpoint of `step`."""
+    def make_room(self) -> None:
+        """Before writing: partial checkpoints (of a crash) and all complete ones but the newest go."""
         assert self.folder is not None
         self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / f"step-{step}.pt"
+        for partial in self.folder.glob("step-*.partial"):
+            _remove(partial)
+        for _, old in self.complete()[:-1]:
+            _remove(old)
+
+    def check_space(self, step: int, needed: int, free: int) -> None:
+        if needed * MARGIN > free:
+            raise CheckpointSpaceError(
+                f"Not enough disk space for the checkpoint of step {step} in {self.folder}: it needs about "
+                f"{_gib(needed * MARGIN)} and {_gib(free)} is free (older checkpoints already removed, "
+                f"the newest kept). Free space on that disk, give a checkpoint folder on a larger one "
+                f"(--checkpoints), or save less often (save_every)."
+            )
+
+    def save(self, step: int, state: dict[str, Any], team: Team | None = None) -> Path:
+        """Writes `state` (tensors, numbers, lists, dicts; Shards parts through
+        torch.distributed.checkpoint) as the checkpoint of `step`. With a team every process calls it
+        (collective); process 0 writes all but the other processes' shards."""
+        assert self.folder is not None
+        main = team is None or team.is_main
+        plain, shards = _split({**state, "step": step, "rng": rng_state()})
+        if main:
+            self.make_room()
+        local = sum(_bytes(part) for part in shards.values()) + (_bytes(plain) if main else 0)
+        needed = int(team.sum(local)[0]) if team is not None else local
+        free = free_bytes(self.folder) if main else 0
+        self.check_space(step, needed, team.share(free) if team is not None else free)  # alike everywhere
+        path = self.folder / (f"step-{step}" if shards else f"step-{step}.pt")
         partial = path.with_name(path.name + ".partial")
-        torch.save({**state, "step": step, "rng": rng_state()}, partial)
-        partial.replace(path)
-        for old in sorted(self.folder.glob("step-*.pt"), key=lambda p: int(p.stem.split("-")[1]))[:-KEEP]:
-            old.unlink(missing_ok=True)
+        if shards:
+            import torch.distributed.checkpoint as dcp
+
+            dcp.save(shards, checkpoint_id=str(partial))  # each process writes its own shards
+            if main:
+                torch.save(plain, partial / "state.pt")
+        elif main:
+            torch.save(plain, partial)
+        if team is not None:
+            team.barrier()
+        if main:
+            if path.exists():  # the same step saved again (a stop right after a due checkpoint)
+                _remove(path)
+            partial.replace(path)
+        if team is not None:
+            team.barrier()
         return path
 
     def load(self) -> dict[str, Any] | None:
@@ -125,16 +270,23 @@ class Checkpoints:
         return state
 
     def load_file(self, at_most: int | None = None) -> dict[str, Any] | None:
-        """The newest checkpoint (of a step <= at_most when given) as saved, or None when there is none."""
+        """The newest checkpoint (of a step <= at_most when given) as saved (its sharded parts as
+        ShardsOnDisk, read when restored), or None when there is none."""
         path = self.latest(at_most)
-        return None if path is None else torch.load(path, map_location="cpu", weights_only=True)
+        if path is None:
+            return None
+        if path.is_dir():
+            return _placeholders(torch.load(path / "state.pt", map_location="cpu", weights_only=True), path)
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _gib(size: float) -> str:
+    return f"{size / 2**30:.2f} GiB"
 
 
 def save_together(checkpoints: Checkpoints, team: Team, step: int, state: dict[str, Any]) -> None:
-    """Process 0 writes the checkpoint; every process waits for it (the state was gathered by all)."""
-    if team.is_main:
-        checkpoints.save(step, state)
-    team.barrier()
+    """Every process saves its part of the checkpoint (collective); process 0 the unsharded rest."""
+    checkpoints.save(step, state, team)
 
 
 def training_state(
@@ -143,7 +295,7 @@ def training_state(
     """The trained weights, the optimizer, the schedule (or None) and the fp16 scaler (or None).
     `owner`: the module that holds all the optimizer's parameters, when not `model` alone."""
     return {
-        "weights": trained_state(model),
+        "weights": checkpoint_weights(model),
         "optimizer": optimizer_state(owner or model, optimizer),
         "schedule": schedule.state_dict() if schedule is not None else {},
         "scaler": scaler.state_dict() if scaler is not None else {},
@@ -162,20 +314,27 @@ def restore_training_state(
 
 
 def optimizer_state(owner: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    """The optimizer's state; for a sharded model its whole state by parameter name (torch's
-    distributed state-dict API; collective), which any number of processes can load again."""
+    """The optimizer's state; for a sharded model this process's shards of it by parameter name
+    (torch's distributed state-dict API, saved through torch.distributed.checkpoint), which any number
+    of processes can load again; None before the first step (asking torch for the state of an
+    optimizer without one would take a step of lr 0 and count it in AdamW's bias correction)."""
     if not is_sharded(owner):
         return optimizer.state_dict()
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return {"sharded": True, "state": get_optimizer_state_dict(owner, optimizer, options=options)}
+    if not optimizer.state:
+        return {"sharded": True, "state": None}
+    return {"sharded": True, "state": Shards(get_optimizer_state_dict(owner, optimizer))}
 
 
 def load_optimizer_state(owner: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
-    if state.get("sharded"):
+    if not state.get("sharded"):
+        optimizer.load_state_dict(state)
+    elif isinstance(state["state"], ShardsOnDisk):
+        template = get_optimizer_state_dict(owner, optimizer)  # the structure (and tensors) to read into
+        loaded = state["state"].load_into(template)
+        set_optimizer_state_dict(owner, optimizer, optim_state_dict=loaded)
+    elif state["state"] is not None:  # a gathered whole state (checkpoints written before shards)
         options = StateDictOptions(full_state_dict=True)
         set_optimizer_state_dict(owner, optimizer, optim_state_dict=state["state"], options=options)
-    else:
-        optimizer.load_state_dict(state)
 
 
 class EpochOrder:

@@ -8,3 +8,8 @@ class TrainingDiverged(RuntimeError):
     def __init__(self, message: str, *, last_good_step: int | None = None):
         super().__init__(message)
         self.last_good_step = last_good_step
+
+
+class CheckpointSpaceError(OSError):
+    """The checkpoint folder's disk has less free space than the next checkpoint needs: the run stops
+    before writing (a half-written checkpoint would fill the disk and fail anyway)."""

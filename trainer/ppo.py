@@ -64,6 +64,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from runconfig import PPOConfig
 from trainer.checkpoints import (
     Checkpoints,
+    checkpoint_weights,
     load_trained_state,
     random_state,
     restore_training_state,
@@ -580,6 +581,8 @@ class PPORun:
         self.stop_sampling = StoppingCriteriaList([StopWhen(should_stop)]) if should_stop is not None else None
         self.should_stop = should_stop or (lambda: False)
         self.resumed = False
+        self.seconds = {"rollout_s": 0.0, "scoring_s": 0.0, "update_s": 0.0, "checkpoint_s": 0.0}
+        """Each phase's seconds in the current step (process 0's: the processes wait for each other)."""
 
     def resume(self) -> None:
         """Go on exactly where the newest checkpoint was written; without one, save the SFT policy
@@ -604,6 +607,7 @@ class PPORun:
         self.first_step = self.steps_done + 1
 
     def save(self, step: int) -> None:
+        started = time.perf_counter()
         loop = {
             "step": step,
             "metrics": self.metrics,
@@ -613,8 +617,9 @@ class PPORun:
             "rng_by_rank": self.team.gather(rng_state()),
         }
         policy_state = training_state(self.policy, self.optimizer, None, self.precision.scaler, owner=self.both)
-        state = {"policy": policy_state, "value": trained_state(self.value_model), "loop": loop}
+        state = {"policy": policy_state, "value": checkpoint_weights(self.value_model), "loop": loop}
         save_together(self.checkpoints, self.team, step, state)
+        self.seconds["checkpoint_s"] += time.perf_counter() - started  # reported with the next step's metrics
 
     def save_on_stop(self) -> None:
         """The checkpoint of a run stopped between steps, unless this call did no step yet (the
@@ -649,10 +654,15 @@ class PPORun:
         self.policy.eval()
         self.value_model.eval()
         with torch.no_grad(), self.precision.autocast():
+            started = time.perf_counter()
             responses = self.sample(queries, query_mask)
             if responses is None:
                 return None
-            return self.score(batch, queries, query_mask, responses)
+            scoring = time.perf_counter()
+            rollout = self.score(batch, queries, query_mask, responses)
+        self.seconds["rollout_s"] = scoring - started
+        self.seconds["scoring_s"] = time.perf_counter() - scoring
+        return rollout
 
     def sample(self, queries: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor | None:
         """2. Rollouts: one answer per prompt with generate() and its KV cache (a cancel ends the
@@ -764,6 +774,7 @@ class PPORun:
         self.value_model.train()
         names = ("policy_loss", "value_loss", "clip_frac", "approx_kl", "ptx_loss")
         stats: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+        started = time.perf_counter()
         for _ in range(self.config.ppo_epochs):
             permutation = torch.randperm(len(rollout.batch), device=self.device)
             for lo in range(0, len(rollout.batch), self.micro):
@@ -775,6 +786,7 @@ class PPORun:
                     stats[name].append(value.detach())
             if self.stop_now():
                 return stats, True
+        self.seconds["update_s"] = time.perf_counter() - started
         return stats, False
 
     def minibatch_loss(
@@ -863,7 +875,9 @@ class PPORun:
             "eos_fraction": ended_sum / rows_total,
             "episodes_per_s": episodes / (time.perf_counter() - self.started),
             "peak_memory_mb": peak_memory_mb(self.device),
+            **self.seconds,  # rollout (sampling), scoring (log-probs, values, rewards), update, checkpoint
         }
+        self.seconds["checkpoint_s"] = 0.0
         means = {name: float(torch.stack(v).mean()) for name, v in stats.items() if v}
         metrics.update(zip(means, (v / self.team.size for v in self.team.sum(*means.values())), strict=True))
         return metrics
