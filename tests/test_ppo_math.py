@@ -128,3 +128,41 @@ def test_ppo_config_refuses_bad_values_with_clear_messages():
     assert "minibatch_size (5) must divide rollout_batch_size (16)" in message
     with pytest.raises(ValueError, match="Unknown setting 'beta'"):
         config_from_dict("ppo", {"beta": 0.1})
+
+
+def _whole(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1), -(logp.exp() * logp).sum(-1)
+
+
+def test_log_probs_and_entropy_in_chunks_equal_the_whole_batch_and_no_fp32_batch_tensor_exists():
+    """Issue 29, finding 7: no fp32 [batch, length, vocab] tensor of the whole batch (1.2 GB at the GPU
+    preset): the log-softmax runs a row at a time here, with the same numbers and gradient to 1e-5."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    torch.manual_seed(0)
+    batch, length, vocab = 4, 5, 64
+    logits = (3 * torch.randn(batch, length, vocab)).to(torch.bfloat16).requires_grad_()
+    tokens = torch.randint(0, vocab, (batch, length))
+    expected_lp, expected_ent = _whole(logits, tokens, 0.7)
+    expected_lp.sum().backward()
+    expected_grad, logits.grad = logits.grad.clone(), None
+
+    class Largest(TorchDispatchMode):
+        biggest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, tuple | list) else [out]:
+                if isinstance(t, torch.Tensor) and t.dtype == torch.float32:
+                    Largest.biggest = max(Largest.biggest, t.numel())
+            return out
+
+    one_row = length * vocab * 4
+    with Largest():
+        lp = logprobs_from_logits(logits, tokens, 0.7, chunk_bytes=one_row)
+        ent = entropy_from_logits(logits, 0.7, chunk_bytes=one_row)
+        lp.sum().backward()
+    assert Largest.biggest <= length * vocab < batch * length * vocab
+    assert torch.allclose(lp, expected_lp, atol=1e-5) and torch.allclose(ent, expected_ent, atol=1e-5)
+    assert torch.allclose(logits.grad.float(), expected_grad.float(), atol=1e-5)
