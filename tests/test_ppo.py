@@ -444,3 +444,11 @@ def test_each_step_reports_the_seconds_of_its_phases(sft_folder, tmp_path):
     for metrics in history:
         assert all(metrics[k] > 0 for k in ("rollout_s", "scoring_s", "update_s")), metrics
     assert history[0]["checkpoint_s"] > 0 and history[1]["checkpoint_s"] == 0
+
+
+def test_top_p_below_one_is_refused(sft_folder):
+    """Issue 29, finding 8: log-probs use the whole softmax, so nucleus sampling would make the ratio
+    and the KL those of another distribution."""
+    policy, ref, value, tokenizer = models(sft_folder)
+    with pytest.raises(ValueError, match=r"top_p=0\.9 is not supported in PPO"):
+        train_ppo(policy, ref, None, value, tokenizer, PROMPTS, small(top_p=0.9), reward_fn=says_a_number)

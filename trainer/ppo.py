@@ -351,6 +351,12 @@ def check_inputs(
     problems = config.problems()
     if problems:
         raise ValueError("Invalid PPO config: " + " ".join(problems))
+    if config.top_p < 1:
+        raise ValueError(
+            f"top_p={config.top_p} is not supported in PPO: the log-probs and the KL are computed under the "
+            f"whole softmax, so answers sampled from a truncated one would be scored by another "
+            f"distribution. Use top_p=1 (temperature still applies)."
+        )
     if team_size > 1 and (config.rollout_batch_size % team_size or config.minibatch_size % team_size):
         raise ValueError(
             f"With {team_size} processes, rollout_batch_size ({config.rollout_batch_size}) and minibatch_size "
