@@ -406,3 +406,43 @@ def test_a_decision_never_lands_on_a_revision_the_admin_did_not_see(session, cli
     assert client.post("/api/v1/reviews", json=old, headers=headers).status_code == 200
     schema = client.get("/openapi.json").json()
     assert "409" in schema["paths"]["/api/v1/reviews"]["post"]["responses"]
+
+
+def test_a_rejected_answer_is_fixed_and_goes_back_to_review(session, admin_client, make_user):
+    # Issue 28: a rejected answer could not be fixed (Revise only while pending) and the home page
+    # never said anything was rejected.
+    labeler = make_user("fixer@example.com", Role.labeler)
+    project = _project(session)
+    (demo,) = add_demonstrations(session, project, [("Say hi", "Hi")], labeler)
+    session.commit()
+    review.decide(session, admin_client.user, "demonstration", demo.id, "rejected", "Greet properly.")
+    writer = admin_client
+    writer.cookies.clear()
+    assert login(writer, labeler.email, PASSWORD).status_code == 303
+    home = writer.get("/label").text
+    assert "rejected 1 of your answers" in home
+    assert "Fix and resubmit</a>" in writer.get("/label/history").text
+    page = writer.get(f"/label/demonstrations/{demo.id}/revise").text
+    assert "Greet properly." in page and "Send it back for review" in page
+    token = csrf_of(writer, f"/label/demonstrations/{demo.id}/revise")
+    same = writer.post(f"/label/demonstrations/{demo.id}/revise", data={"text": "Hi", "csrf_token": token})
+    assert same.status_code in (400, 422) and "change it" in same.text
+    fixed = writer.post(
+        f"/label/demonstrations/{demo.id}/revise", data={"text": "Hello, nice to meet you!", "csrf_token": token}
+    )
+    assert fixed.status_code == 303
+    session.expire_all()
+    now = session.get(Demonstration, demo.id)
+    assert (now.text, now.revision, now.review, now.review_reason) == (
+        "Hello, nice to meet you!",
+        2,
+        ReviewStatus.pending,
+        "",
+    )
+    (earlier,) = session.scalars(select(SubmissionRevision).where(SubmissionRevision.submission_id == demo.id))
+    assert earlier.answer == {"text": "Hi", "rejected_because": "Greet properly."}
+    assert "rejected" not in writer.get("/label").text.split("Your work", 1)[1][:400]
+    # Back in the review queue, and decided on its new revision.
+    assert review.decide(session, admin_client.user, "demonstration", demo.id, "accepted", revision=2) is not None
+    refused = writer.post(f"/label/demonstrations/{demo.id}/revise", data={"text": "Again", "csrf_token": token})
+    assert refused.status_code == 409 and "accepted" in refused.text

@@ -351,12 +351,13 @@ def own_submission(session: Session, user: User, kind: str, submission_id: int):
 
 
 def _revisable(session: Session, user: User, kind: TaskKind, submission_id: int) -> tuple[Any, Task]:
-    """The labeler's own submission, locked, while no admin has reviewed it and its task is not retired."""
+    """The labeler's own submission, locked, while it is not accepted and its task is not retired:
+    pending (not reviewed yet) or rejected (to fix and resubmit)."""
     sub: Any = session.get(SUBMISSION_MODELS[kind], submission_id, with_for_update=True)
     if sub is None or sub.user_id != user.id:
         raise NotFound(f"You have no {kind.value} {submission_id}.")
-    if sub.review != ReviewStatus.pending:
-        raise Conflict(f"An admin has {sub.review.value} this {kind.value}; it can no longer be revised.")
+    if sub.review == ReviewStatus.accepted:
+        raise Conflict(f"An admin has accepted this {kind.value}; it can no longer be revised.")
     task = session.get_one(Task, sub.task_id)
     projects.check_writable(task.project)  # (a held task can still be submitted; a revision can't)
     if task.status == TaskStatus.retired:
@@ -365,7 +366,11 @@ def _revisable(session: Session, user: User, kind: TaskKind, submission_id: int)
 
 
 def _keep_earlier(session: Session, kind: TaskKind, sub: Any, answer: dict[str, Any]) -> None:
-    """Keeps the answer being replaced (SubmissionRevision) and counts the new revision."""
+    """Keeps the answer being replaced (SubmissionRevision) and counts the new revision. A rejected
+    answer fixed this way goes back to review; its rejection stays with the answer it was about."""
+    if sub.review == ReviewStatus.rejected:
+        answer = {**answer, "rejected_because": sub.review_reason}
+        sub.review, sub.review_reason, sub.reviewed_by_id, sub.reviewed_at = ReviewStatus.pending, "", None, None
     earlier = session.scalar(
         select(func.max(SubmissionRevision.replaced_at)).where(
             SubmissionRevision.kind == kind, SubmissionRevision.submission_id == sub.id
@@ -379,8 +384,14 @@ def _keep_earlier(session: Session, kind: TaskKind, sub: Any, answer: dict[str, 
     sub.revision += 1
 
 
-# A labeler revises their own submission while no admin has reviewed it and its task is not
-# retired; the earlier answer is kept and `revision` goes up by one. A run uses the answer current
+def _refuse_unchanged_rejection(sub: Any) -> None:
+    if sub.review == ReviewStatus.rejected:
+        raise ServiceError("This answer was rejected as it is: change it before sending it back for review.")
+
+
+# A labeler revises their own submission while no admin has accepted it and its task is not
+# retired (a rejected one is fixed and goes back to review); the earlier answer is kept and
+# `revision` goes up by one. A run uses the answer current
 # when it takes its snapshot, and records the revision.
 
 
@@ -391,6 +402,8 @@ def revise_demonstration(session: Session, user: User, demonstration_id: int, te
     if text != demo.text:
         _keep_earlier(session, TaskKind.demonstration, demo, {"text": demo.text})
         demo.text = text
+    else:
+        _refuse_unchanged_rejection(demo)
     session.flush()
     return demo
 
@@ -407,6 +420,8 @@ def revise_ranking(
         _keep_earlier(session, TaskKind.ranking, ranking, old)
         ranking.order, ranking.ratings, ranking.none_acceptable = clean_order, clean_ratings, bool(none_acceptable)
         ranking.flag_count = count_output_flags(clean_ratings)
+    else:
+        _refuse_unchanged_rejection(ranking)
     session.flush()
     return ranking
 
@@ -420,6 +435,8 @@ def revise_comparison(session: Session, user: User, comparison_id: int, choice: 
             session, TaskKind.comparison, comparison, {"choice": comparison.choice.value, "reason": comparison.reason}
         )
         comparison.choice, comparison.reason = clean_choice, reason
+    else:
+        _refuse_unchanged_rejection(comparison)
     session.flush()
     return comparison
 
@@ -766,6 +783,20 @@ def history(session: Session, user: User, *, limit: int = 50, offset: int = 0) -
                 if r.kind == kind and r.submission_id in found:
                     r.item = found[r.submission_id]
     return out
+
+
+def rejected_count(session: Session, user: User) -> int:
+    """The labeler's rejected answers still to fix (on tasks not retired): the home page asks for them."""
+    return sum(
+        session.scalar(
+            select(func.count())
+            .select_from(model)
+            .join(Task, Task.id == model.task_id)
+            .where(model.user_id == user.id, model.review == ReviewStatus.rejected, Task.status != TaskStatus.retired)
+        )
+        or 0
+        for model in SUBMISSION_MODELS.values()
+    )
 
 
 def counts_since(session: Session, user: User, since: datetime) -> dict[TaskKind, int]:

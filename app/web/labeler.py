@@ -56,7 +56,14 @@ def labeler_home(request: Request, session: SessionDep, user: LabelerUser):
     today = submissions.counts_since(session, user, submissions.start_of_today())
     writing = written_prompts.open_projects(session, user)
     follow_ups = written_prompts.follow_up_work(session, user)
-    context = {"work": work, "today": today, "kind_titles": KIND_TITLES, "writing": writing, "follow_ups": follow_ups}
+    context = {
+        "work": work,
+        "today": today,
+        "kind_titles": KIND_TITLES,
+        "writing": writing,
+        "follow_ups": follow_ups,
+        "rejected": submissions.rejected_count(session, user),
+    }
     return render(request, "labeler/home.html", context)
 
 
@@ -290,7 +297,7 @@ def _revise_page(
     reviewed, shown with why it can no longer change)."""
     item = submissions.own_submission(session, user, kind.value, submission_id)
     sub, status_code = item.submission, 400 if error else 200
-    if kind == TaskKind.demonstration or sub.review.value != "pending" or item.task.status.value == "retired":
+    if kind == TaskKind.demonstration or sub.review.value == "accepted" or item.task.status.value == "retired":
         return render(request, "labeler/revise.html", {"item": item, "error": error}, status_code=status_code)
     if form is None and kind == TaskKind.ranking:
         places = {cid: place for place, group in enumerate(sub.order, 1) for cid in group}
