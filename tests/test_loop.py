@@ -43,9 +43,11 @@ def test_whole_loop_through_the_worker(tmp_path):
     for judge in ("preference_judge", "without_filler_judge", "fewer_words_judge"):
         assert f[judge]["n"] == win["n"] and 0 <= f[judge]["win_rate"] <= 1
     assert any("fewer words wins" in line for line in lines) and any("filler taken out" in line for line in lines)
-    # Each stage's time; no estimate beforehand on a fresh database (no finished run to take a pace from).
+    # Each stage's time, and the run form's estimate where it had something comparable to go on:
+    # on a fresh database nothing ran before the first SFT run (a tiny model has no first guess).
     assert set(result.timings) == {"sft", "generate", "reward", "ppo", "evaluate"}
-    assert all(taken > 0 and estimate is None for taken, estimate in result.timings.values())
+    assert all(taken > 0 for taken, _ in result.timings.values())
+    assert result.timings["sft"][1] is None
 
     engine = make_engine(settings.db_url)
     with make_sessionmaker(engine)() as session:

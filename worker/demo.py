@@ -246,8 +246,9 @@ class Demo:
         """Queues a run, follows it to the end, and returns the model version it produced (or the run id)."""
         config = {**config, "seed": self.seed}
         with write_session(self.engine) as session:
-            # What the run form would say: the time at the pace of the newest finished run of this kind.
-            estimate = estimates.estimate_run(session, project_id, kind, config).seconds
+            # What the run form would say for these models (app.services.estimates; None when it has
+            # nothing comparable to go on).
+            estimate = estimates.estimate_run(session, project_id, kind, config, input_model_ids=inputs).seconds
             run = runs.create_run(session, project_id=project_id, kind=kind, config=config, input_model_ids=inputs)
             run_id = run.id
         self.run_ids[kind] = run_id
