@@ -153,7 +153,13 @@ def test_a_conversation_is_exported_with_every_turn(session, tmp_path):
     project = _five_message_project(session)
     chat = exports.ExportFilter(project.id, format="conversational")
     assert list(exports.sft_rows(session, chat)) == [
-        {"prompt": FIVE, "completion": [{"role": "assistant", "content": ANSWER}], "split": "train", "category": None, "source": "labeler"}
+        {
+            "prompt": FIVE,
+            "completion": [{"role": "assistant", "content": ANSWER}],
+            "split": "train",
+            "category": None,
+            "source": "labeler",
+        }
     ]
     prefs = list(exports.preference_rows(session, chat))
     pairs = [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in prefs]
