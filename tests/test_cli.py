@@ -63,9 +63,8 @@ def test_first_admin_created_once(settings, capsys):
     assert out.count("created the admin account") == 1 and "Password " in out
 
 
-def test_serve_starts_on_the_embedded_database(tmp_path):
-    # The README's first command: a fresh data folder, SQLite migrated, the first admin created, and
-    # the app (its served factory, app.main.create_served_app) answering.
+def _serve(tmp_path, *options: str, output=None):
+    """`instructloop serve` on a fresh data folder (SQLite), answering on a free port: (process, port)."""
     import os
     import socket
     import subprocess
@@ -79,21 +78,32 @@ def test_serve_starts_on_the_embedded_database(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     env.update(INSTRUCTLOOP_DATA_DIR=str(tmp_path), INSTRUCTLOOP_ADMIN_PASSWORD="a strong password")
     server = subprocess.Popen(
-        [sys.executable, "-m", "instructloop", "serve", "--port", str(port)],
+        [sys.executable, "-m", "instructloop", "serve", "--port", str(port), *options],
         env=env,
-        stdout=subprocess.PIPE,
+        stdout=output if output is not None else subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
         text=True,
     )
-    try:
-        deadline, status = time.monotonic() + 60, None
-        while time.monotonic() < deadline and server.poll() is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
-                    status = r.status
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5):
                 break
-            except OSError:
-                time.sleep(0.3)
+        except OSError:
+            time.sleep(0.3)
+    return server, port
+
+
+def test_serve_starts_on_the_embedded_database(tmp_path):
+    # The README's first command: a fresh data folder, SQLite migrated, the first admin created, and
+    # the app (its served factory, app.main.create_served_app) answering.
+    import subprocess
+    import urllib.request
+
+    server, port = _serve(tmp_path, output=subprocess.PIPE)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+            status = r.status
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/login", timeout=5) as r:
             assert r.status == 200 and b'name="password"' in r.read()
     finally:
@@ -107,26 +117,11 @@ def test_sigterm_to_serve_stops_its_worker(tmp_path):
     # What kill, systemd and `docker stop` send: the server's worker must not outlive it (issue 28:
     # uvicorn re-raised the signal before the server's `finally` stopped the worker, which stayed
     # behind, holding its memory, and the next `make run` started a second one).
-    import os
     import signal
-    import socket
-    import subprocess
-    import sys
     import time
-    import urllib.request
     from pathlib import Path
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    env.update(INSTRUCTLOOP_DATA_DIR=str(tmp_path), INSTRUCTLOOP_ADMIN_PASSWORD="a strong password")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "instructloop", "serve", "--port", str(port), "--with-worker"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server, _ = _serve(tmp_path, "--with-worker")
 
     def children() -> list[int]:
         found = []
@@ -135,13 +130,6 @@ def test_sigterm_to_serve_stops_its_worker(tmp_path):
         return found
 
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5):
-                    break
-            except OSError:
-                time.sleep(0.3)
         (worker,) = children()
         assert b"worker" in Path(f"/proc/{worker}/cmdline").read_bytes()
         server.send_signal(signal.SIGTERM)
