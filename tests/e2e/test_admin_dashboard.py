@@ -162,7 +162,7 @@ def test_admin_runs_the_loop_in_a_browser(live_server, page_at, shot, make_user,
     path = tmp_path / "sft.jsonl"
     info.value.save_as(path)
     ds = datasets.load_dataset("json", data_files=str(path), split="train")
-    assert len(ds) == len(COUNTING) and set(ds.column_names) == {"prompt", "completion", "split", "category"}
+    assert len(ds) == len(COUNTING) and set(ds.column_names) == {"prompt", "completion", "split", "category", "source"}
 
     page.goto(f"{live_server}/admin/labelers")
     shot(page, "admin-labelers")
