@@ -313,6 +313,18 @@ def quiet_cpu(monkeypatch):
 
     monkeypatch.setattr(estimates, "gpu_present", lambda: False)
     monkeypatch.setattr(estimates.os, "getloadavg", lambda: (0.1, 0.1, 0.1))
+    # The test's models are tiny; the guess's own size floor is tested on its own below.
+    monkeypatch.setattr(estimates, "FIRST_GUESS_MIN_PARAMS", 0)
+
+
+def test_no_first_guess_for_a_model_far_smaller_than_the_one_it_was_measured_on(monkeypatch):
+    from app.services import estimates
+
+    monkeypatch.setattr(estimates, "gpu_present", lambda: False)
+    monkeypatch.setattr(estimates.os, "getloadavg", lambda: (0.1, 0.1, 0.1))
+    config = type("Config", (), {"precision": "fp32"})()
+    assert "under 50M parameters" in estimates._first_guess_problem(estimates.RunKind.sft, config, 33_000)
+    assert estimates._first_guess_problem(estimates.RunKind.sft, config, 134_515_008) is None
 
 
 def test_the_estimate_takes_loading_apart_from_the_pace_of_a_run_on_the_same_model(

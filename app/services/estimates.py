@@ -491,8 +491,16 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _first_guess_problem(kind: RunKind, config: Any) -> str | None:
+FIRST_GUESS_MIN_PARAMS = 50e6
+"""The first guess's constant was measured on SmolLM2-135M; a much smaller model's run is mostly fixed
+costs (starting, tokenizing, evaluating) that it does not count: the tiny demo model's SFT run was
+guessed at 2 s and took 8 s."""
+
+
+def _first_guess_problem(kind: RunKind, config: Any, params: float | None = None) -> str | None:
     """Why the first guess's measured constant does not hold for this run on this machine, or None."""
+    if params is not None and params < FIRST_GUESS_MIN_PARAMS:
+        return f"no measured first guess for a model under {FIRST_GUESS_MIN_PARAMS / 1e6:.0f}M parameters"
     if gpu_present():
         return "no measured first guess for a GPU"
     if kind not in (RunKind.sft, RunKind.reward):
@@ -507,7 +515,7 @@ def _first_guess_problem(kind: RunKind, config: Any) -> str | None:
 
 def _first_guess(kind: RunKind, model: ModelInfo, flops: float | None, config: Any) -> tuple[float, float, str] | None:
     """(loading s, s per unit, the device in words) from the model's size on this machine's CPU."""
-    if model.params is None or flops is None or _first_guess_problem(kind, config) is not None:
+    if model.params is None or flops is None or _first_guess_problem(kind, config, model.params) is not None:
         return None
     cores = _cores()
     return (
@@ -525,5 +533,5 @@ def _why_none(kind: RunKind, model: ModelInfo, config: Any) -> str:
         )
     return (
         f"No estimate: no finished {kind.value} run on this model or one of comparable size yet, "
-        f"and {_first_guess_problem(kind, config) or 'no first guess'}."
+        f"and {_first_guess_problem(kind, config, model.params) or 'no first guess'}."
     )
