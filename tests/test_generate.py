@@ -42,10 +42,30 @@ def test_sampling_is_seeded_and_counts_tokens(tiny):
     for sample in (s for per_prompt in first for s in per_prompt):
         assert sample.num_tokens <= 6 and (sample.ended_with_eos or sample.num_tokens == 6)
     # Stopping between batches: nothing after the first batch.
-    stopped = list(
-        sample_batches(model, tokenizer, prompts, seed=1, should_stop=iter([False, True]).__next__, **kwargs)
-    )
-    assert [start for start, _ in stopped] == [0]
+    stop = []
+    batches = sample_batches(model, tokenizer, prompts, seed=1, should_stop=lambda: bool(stop), **kwargs)
+    starts = []
+    for start, _ in batches:
+        starts.append(start)
+        stop.append(True)  # a cancel arrives while the first batch is being stored
+    assert starts == [0]
+
+
+def test_a_stop_ends_sampling_within_a_token_and_yields_no_cut_batch(tiny):
+    # Issue 28: a cancel was read only between batches, so a batch covering the whole run sampled
+    # to its end (6 minutes on the CPU preset) and was published.
+    tokenizer = modeling.load_tokenizer(str(tiny))
+    model = modeling.load_causal_lm(str(tiny), device="cpu")
+    asked = []
+
+    def should_stop() -> bool:  # a cancel that arrives after the second new token
+        asked.append(1)
+        return len(asked) > 3
+
+    kwargs = dict(k=2, temperature=1.0, top_p=1.0, max_new_tokens=200, batch_size=8)
+    prompts = [p for p, _ in COUNTING[:3]]
+    assert list(sample_batches(model, tokenizer, prompts, seed=1, should_stop=should_stop, **kwargs)) == []
+    assert len(asked) <= 6, "asked once per new token, and sampling ended at the first yes"
 
 
 def test_a_sample_ends_at_eos_and_drops_padding(tiny):

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from trainer import modeling
 from trainer.data import Conversation, PromptItem
@@ -67,9 +68,10 @@ def sample_batches(
     batch_size: int,
     should_stop: Callable[[], bool] | None = None,
 ) -> Iterator[tuple[int, list[list[Sample]]]]:
-    """Yields (index of the batch's first prompt, K samples per prompt of the batch), batch by batch;
-    stops between batches when should_stop() says so. A prompt is a string or a conversation, which
-    the chat template formats whole, with the generation prompt."""
+    """Yields (index of the batch's first prompt, K samples per prompt of the batch), batch by batch.
+    should_stop() is asked at every new token too: once it says so, sampling ends within a token and
+    the cut batch is not yielded (its answers would look cut at the token limit). A prompt is a
+    string or a conversation, which the chat template formats whole, with the generation prompt."""
     model.eval()
     ends = eos_ids(model, tokenizer)
     device = next(model.parameters()).device
@@ -95,7 +97,10 @@ def sample_batches(
             use_cache=True,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=ends,
+            stopping_criteria=StoppingCriteriaList([StopWhen(should_stop)]) if should_stop is not None else None,
         )
+        if should_stop is not None and should_stop():
+            return
         generated = output[:, width:].cpu()
         samples: list[list[Sample]] = []
         for row in range(len(chunk)):
@@ -104,6 +109,17 @@ def sample_batches(
                 per_prompt.append(_to_sample(generated[row * k + j].tolist(), tokenizer, ends))
             samples.append(per_prompt)
         yield start, samples
+
+
+class StopWhen(StoppingCriteria):
+    """Ends a generate() call at the next token once `should_stop()` says so (a cancel, SIGTERM): a
+    large batch or a long answer no longer holds a cancel until it is done."""
+
+    def __init__(self, should_stop: Callable[[], bool]):
+        self.should_stop = should_stop
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.should_stop(), dtype=torch.bool, device=input_ids.device)
 
 
 def _to_sample(tokens: list[int], tokenizer, ends: list[int]) -> Sample:

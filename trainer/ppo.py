@@ -59,7 +59,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import StoppingCriteriaList
 
 from runconfig import PPOConfig
 from trainer.checkpoints import (
@@ -78,6 +78,7 @@ from trainer.checkpoints import (
 from trainer.data import Conversation, SFTExample
 from trainer.distributed import Team, full_state_dict, full_tensor, is_sharded
 from trainer.errors import TrainingDiverged
+from trainer.generate import StopWhen
 from trainer.modeling import encode_prompt, end_ids, fit_conversation, pad_batch
 from trainer.precision import for_model, frozen_dtype, load_dtype
 from trainer.sft import IGNORE, encode_demonstration, response_loss_sum
@@ -259,16 +260,6 @@ def policy_logits(model, ids: torch.Tensor, mask: torch.Tensor, response_len: in
 def token_values(value_model, ids: torch.Tensor, mask: torch.Tensor, response_len: int) -> torch.Tensor:
     """V(prompt + response[:t]) for each response position t: the value head at the token before it."""
     return value_model(ids, mask, per_token=True)[:, -response_len - 1 : -1].float()
-
-
-class StopWhen(StoppingCriteria):
-    """Ends a generate() call at the next token once `should_stop()` says so (a cancel, SIGTERM)."""
-
-    def __init__(self, should_stop: Callable[[], bool]):
-        self.should_stop = should_stop
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
-        return torch.full((input_ids.shape[0],), self.should_stop(), dtype=torch.bool, device=input_ids.device)
 
 
 def sampling_settings(config: PPOConfig, eos_id: list[int], pad_id: int) -> dict:
