@@ -429,14 +429,24 @@ def follow_up_candidates(
     return [d for d, messages in rows if conversation.turns(messages) < project.follow_up_turns][:limit]
 
 
+def _demonstration_in(
+    session: Session, project: Project, demonstration_id: int
+) -> tuple[Demonstration, Prompt] | tuple[None, None]:
+    """The demonstration and its prompt, if it belongs to this project."""
+    demo = session.get(Demonstration, demonstration_id)
+    prompt = session.get(Prompt, demo.prompt_id) if demo is not None else None
+    if demo is None or prompt is None or prompt.project_id != project.id:
+        return None, None
+    return demo, prompt
+
+
 def follow_up_to_show(
     session: Session, author: User, project: Project, after: int = 0, demonstration_id: int | None = None
 ) -> tuple[Demonstration | None, list[conversation.Message]]:
     """The demonstration to continue (the one given, as when its form comes back with a message;
     else the next candidate after `after`) and the thread its author reads; (None, []) if none."""
-    demo = session.get(Demonstration, demonstration_id) if demonstration_id else None
-    prompt = session.get(Prompt, demo.prompt_id) if demo is not None else None
-    if demo is None or prompt is None or prompt.project_id != project.id:
+    demo, prompt = _demonstration_in(session, project, demonstration_id) if demonstration_id else (None, None)
+    if demo is None or prompt is None:
         found = follow_up_candidates(session, author, project, after=after)
         if not found:
             return None, []
@@ -455,9 +465,8 @@ def write_follow_up(
     """Stores the user's next turn after an accepted demonstration, pending review like a written
     prompt; refuses (409, 422) a demonstration that can't be continued or bad text, saying why."""
     project = follow_up_project(session, author, project_id)
-    demo = session.get(Demonstration, demonstration_id)
-    prompt = session.get(Prompt, demo.prompt_id) if demo is not None else None
-    if demo is None or prompt is None or prompt.project_id != project.id:
+    demo, prompt = _demonstration_in(session, project, demonstration_id)
+    if demo is None or prompt is None:
         raise NotFound(f"This project has no demonstration {demonstration_id}.")
     if demo.review != ReviewStatus.accepted:
         raise Conflict("Only an accepted demonstration can be continued; this one is not (any more).")
