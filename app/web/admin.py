@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Form, Request
 
 from app.deps import AdminUser, SessionDep, SettingsDep, verify_csrf
 from app.models import Role
-from app.services import ServiceError, accounts, projects
+from app.services import ServiceError, accounts, attention, projects
 from app.web.params import Id, IdPath
 from app.web.render import flash, redirect, render
 
@@ -15,7 +15,11 @@ router = APIRouter(prefix="/admin", dependencies=[Depends(verify_csrf)], include
 
 @router.get("")
 def dashboard(request: Request, session: SessionDep, user: AdminUser):
-    return render(request, "admin/dashboard.html", {"counts": projects.dashboard_counts(session)})
+    return render(
+        request,
+        "admin/dashboard.html",
+        {"counts": projects.dashboard_counts(session), "attention": attention.needs_attention(session)},
+    )
 
 
 def _users_page(request: Request, session, status_code: int = 200, **extra):
