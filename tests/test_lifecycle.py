@@ -331,11 +331,17 @@ def test_members_only_projects_and_pausing_decide_what_a_labeler_is_handed(sessi
     assert "First" in home and "Second" in home
 
     # Paused: nobody is handed its tasks; resumed: back.
+    # The labeler reads "paused", not "no tasks" (issue 28).
     assert client.post(f"/api/v1/projects/{first.id}/pause", headers=admin_headers).json()["paused_at"] is not None
-    assert "First" not in client.get("/label").text
-    assert client.get(f"/api/v1/projects/{first.id}/next?kind=demonstration", headers=bob_headers).status_code == 403
+    home = client.get("/label").text
+    available, paused = home.split('data-testid="paused-projects"')
+    assert "First" not in available and "First" in paused and "Paused by an admin" in paused
+    assert "No tasks for you right now" not in home
+    refused = client.get(f"/api/v1/projects/{first.id}/next?kind=demonstration", headers=bob_headers)
+    assert refused.status_code == 403 and "is paused by an admin" in refused.json()["detail"]
     assert client.post(f"/api/v1/projects/{first.id}/resume", headers=admin_headers).json()["paused_at"] is None
-    assert "First" in client.get("/label").text
+    home = client.get("/label").text
+    assert "First" in home and 'data-testid="paused-projects"' not in home
 
     # The API sets members too; an invite that names a project makes its invitee a member.
     members = client.put(
@@ -394,6 +400,8 @@ def test_projects_and_runs_are_deleted_unless_something_depends_on_them(session,
     assert kept.status_code == 409 and "delete them first" in kept.json()["detail"]
 
     assert login(client, admin.email, PASSWORD).status_code == 303
+    empty_page = client.get(f"/admin/projects/{empty.id}").text
+    assert "Delete</button>" in empty_page and 'id="delete-why"' not in empty_page
     token = csrf_of(client, f"/admin/projects/{empty.id}")
     assert client.post(f"/admin/runs/{ended.id}/delete", data={"csrf_token": token}).status_code == 303
     r = client.post(f"/admin/projects/{empty.id}/delete", data={"csrf_token": token})
@@ -402,7 +410,9 @@ def test_projects_and_runs_are_deleted_unless_something_depends_on_them(session,
     session.expire_all()
     assert session.get(Project, empty_id) is None and session.get(TrainingRun, ended_id) is None
     assert session.scalar(select(func.count()).select_from(Task)) == 1
-    assert "Delete</button>" not in client.get(f"/admin/projects/{used.id}").text
+    used_page = client.get(f"/admin/projects/{used.id}").text
+    assert "Delete</button>" not in used_page
+    assert "No Delete: labelers made 1 submission here" in used_page and "Archive the project instead" in used_page
 
 
 def test_a_demo_project_goes_whole_with_its_simulated_submissions(session):

@@ -138,6 +138,7 @@ def may_work_on(user_id) -> ColumnElement[bool]:
 _HELD_AND_TOP = {
     kind: select(
         Project.archived_at,
+        Project.paused_at,
         may_work_on(_uid).label("open_to_me"),
         Project.lease_seconds,
         _HELD[kind].scalar_subquery().label("held"),
@@ -196,8 +197,10 @@ def next_task_in_project(
     row = session.execute(_HELD_AND_TOP[kind], {"user_id": user_id, "now": now, "project_id": project_id}).first()
     if row is None or row.archived_at is not None:
         raise NotFound(f"There is no active project {project_id}.")
+    if row.paused_at is not None:
+        raise Forbidden(f"Project {project_id} is paused by an admin: no task is handed out until it is resumed.")
     if not row.open_to_me:
-        raise Forbidden(f"Project {project_id} is paused or open to its members only; it has no task for you.")
+        raise Forbidden(f"Project {project_id} is open to its members only; it has no task for you.")
     if row.held is not None:
         return assignment(session, row.held, user_id)
     expires_at = now + timedelta(seconds=row.lease_seconds or default_lease_seconds)
@@ -403,6 +406,25 @@ def work_list(session: Session, user_id: int) -> list[WorkItem]:
         WorkItem(pid, names[pid], kind, n)
         for (pid, kind), n in sorted(counts.items(), key=lambda kv: (names[kv[0][0]].lower(), kv[0][1].value))
     ]
+
+
+def paused_projects(session: Session, user_id: int) -> list[Project]:
+    """Projects an admin paused that this labeler would otherwise work on (not archived, open to
+    them, open tasks left): the home page says they are paused rather than that there is no task."""
+    member = exists().where(ProjectMember.project_id == Project.id, ProjectMember.user_id == user_id)
+    open_task = exists().where(Task.project_id == Project.id, Task.status == TaskStatus.open)
+    return list(
+        session.scalars(
+            select(Project)
+            .where(
+                Project.archived_at.is_(None),
+                Project.paused_at.is_not(None),
+                Project.members_only.is_(False) | member,
+                open_task,
+            )
+            .order_by(Project.name)
+        )
+    )
 
 
 def available_counts(session: Session, user_id: int, now: datetime | None = None) -> dict[tuple[int, TaskKind], int]:

@@ -63,6 +63,7 @@ def labeler_home(request: Request, session: SessionDep, user: LabelerUser):
         "writing": writing,
         "follow_ups": follow_ups,
         "rejected": submissions.rejected_count(session, user),
+        "paused": queue.paused_projects(session, user.id),
     }
     return render(request, "labeler/home.html", context)
 
