@@ -15,31 +15,56 @@ MODEL_COLORS = {"base": "#5d6679", "sft": "#3056d3", "reward": "#e07a1f", "ppo":
 
 def _nice_ticks(lo: float, hi: float, n: int = 4, *, integer: bool = False) -> list[float]:
     """About n+1 round ticks from at or below lo to at or above hi; with integer, whole-number
-    steps only (steps, counts: no tick at 2.5)."""
-    if hi <= lo:
-        hi = lo + 1
+    steps only (steps, counts: no tick at 2.5). A single value (or a span too small for a float to
+    step through) gets an axis around it, the value in the middle, not at its bottom edge."""
+    if hi - lo <= abs(lo) * 1e-9:
+        pad = max(abs(lo) * 0.1, 1.0 if integer else 0.0) or 1.0
+        lo, hi = lo - pad, lo + pad
     raw = (hi - lo) / n
     mag = 10 ** math.floor(math.log10(raw))
     steps = (1, 2, 5, 10) if integer else (1, 2, 2.5, 5, 10)
     step = next(m * mag for m in steps if m * mag >= raw)
     if integer:
         step = max(1, round(step))
-    start = math.floor(lo / step) * step
-    ticks = [round(start, 10)]
+    first = math.floor(lo / step)
+    ticks = [_clean(first * step)]
     while ticks[-1] < hi - step * 1e-9:  # the last tick is at or above the highest value
-        ticks.append(round(start + len(ticks) * step, 10))
+        ticks.append(_clean((first + len(ticks)) * step))
     return ticks
+
+
+def _clean(value: float) -> float:
+    """The tick without float noise (0.30000000000000004 -> 0.3), at any scale (1e-9 as well as 1e9)."""
+    return float(f"{value:.12g}")
 
 
 def _tick_labels(ticks: list[float]) -> list[str]:
     """Labels that show each tick's own value: as many decimals as the step between ticks needs
-    (a range of 51.2-52.4 reads 51.2, 51.4 ... rather than 51, 51, 52, 52)."""
+    (a range of 51.2-52.4 reads 51.2, 51.4 ... rather than 51, 51, 52, 52); tiny steps in
+    scientific notation (a KL of 2e-5 to 3e-5 reads 2.0e-5, 2.5e-5 ... rather than 0, 0, 0)."""
     step = abs(ticks[1] - ticks[0]) if len(ticks) > 1 else 1.0
-    if max(abs(t) for t in ticks) >= 10_000 and step >= 1000:
+    biggest = max(abs(t) for t in ticks)
+    if biggest >= 10_000_000 and step >= 1_000_000:
+        digits = _decimals(step / 1_000_000)
+        return [f"{t / 1_000_000:.{digits}f}M" for t in ticks]
+    if biggest >= 10_000 and step >= 1000:
         digits = _decimals(step / 1000)
         return [f"{t / 1000:.{digits}f}k" for t in ticks]
+    if step < 1e-3:
+        exponent = math.floor(math.log10(step))
+        extra = _decimals(_clean(step / 10**exponent))  # 1 for a step of 2.5e-6
+        return [
+            "0" if t == 0 else _short_exponent(f"{t:.{max(math.floor(math.log10(abs(t))) - exponent + extra, 0)}e}")
+            for t in ticks
+        ]
     digits = _decimals(step)
     return [f"{t:.{digits}f}" for t in ticks]
+
+
+def _short_exponent(text: str) -> str:
+    """2.5e-06 -> 2.5e-6."""
+    mantissa, exponent = text.split("e")
+    return f"{mantissa}e{int(exponent)}"
 
 
 def _decimals(step: float) -> int:
@@ -71,8 +96,8 @@ def line_chart(
     left, right, top, bottom = 48, 12, 10, 26
     xs, ys = [p[0] for p in points], [p[1] for p in points]
     x0, x1 = min(xs), max(xs)
-    if x1 == x0:
-        x1 = x0 + 1
+    if x1 == x0:  # one step: it stands in the middle (a step 0 at the left edge)
+        x0, x1 = max(x0 - 1, min(x0, 0)), x0 + 1
     yticks = _nice_ticks(min(ys), max(ys), integer=_is_integer(ys))
     y0, y1 = yticks[0], yticks[-1]
     if y1 == y0:
@@ -196,15 +221,25 @@ def lineage_graph(versions: list, *, highlight: int | None = None) -> Markup:
                 out.append(f'<path d="{d}" fill="none" stroke="#8a94a6" stroke-width="1.5" marker-end="url(#arrow)"/>')
     for v in versions:
         x, y = pos[v.id]
-        color = MODEL_COLORS.get(v.kind.value, "#5d6679")
-        metric = _headline_metric(v.metrics or {})
+        # A deleted version (a tombstone kept for the lineage of what came from it) is grey, dashed and
+        # says so: its files are gone and no run may use it.
+        deleted = v.deleted_at is not None
+        color = "#a3aab8" if deleted else MODEL_COLORS.get(v.kind.value, "#5d6679")
+        metric = "deleted" if deleted else _headline_metric(v.metrics or {})
         stroke = ' stroke-width="3"' if v.id == highlight else ' stroke-width="1.5"'
+        if deleted:
+            stroke += ' stroke-dasharray="5 4"'
+        fill, ink = ("#f3f4f7", "#6b7385") if deleted else ("#fff", "#1d2433")
+        title = f"deleted · {v.source}" if deleted else v.source
+        group = '<g class="deleted">' if deleted else "<g>"
+        strike = ";text-decoration:line-through" if deleted else ""
         out.append(
-            f'<a href="/admin/models/{v.id}"><g><rect x="{x}" y="{y}" width="{box_w}" height="{box_h}" rx="8" '
-            f'fill="#fff" stroke="{color}"{stroke}/><rect x="{x}" y="{y}" width="6" height="{box_h}" rx="3" '
-            f'fill="{color}"/><text x="{x + 14}" y="{y + 21}" style="fill:#1d2433;font-weight:600;font-size:12px">'
-            f"#{v.id} {escape(v.name[:22])}</text>"
-            f'<text x="{x + 14}" y="{y + 40}">{escape(metric)}</text><title>{escape(v.source)}</title></g></a>'
+            f'<a href="/admin/models/{v.id}">{group}<rect x="{x}" y="{y}" '
+            f'width="{box_w}" height="{box_h}" rx="8" fill="{fill}" stroke="{color}"{stroke}/>'
+            f'<rect x="{x}" y="{y}" width="6" height="{box_h}" rx="3" fill="{color}"/>'
+            f'<text x="{x + 14}" y="{y + 21}" style="fill:{ink};font-weight:600;font-size:12px'
+            f'{strike}">#{v.id} {escape(v.name[:22])}</text>'
+            f'<text x="{x + 14}" y="{y + 40}">{escape(metric)}</text><title>{escape(title)}</title></g></a>'
         )
     out.append("</svg>")
     return Markup("".join(out))

@@ -159,6 +159,8 @@ def test_models_and_runs_lead_on_and_deletion_keeps_lineage(live_server, page_at
     assert not folder.exists()
     admin.goto(f"{live_server}/admin/models/{reward.id}")
     assert f"#{sft.id}" in admin.locator(".lineage").inner_text()
+    tombstone = admin.locator(".lineage svg g.deleted")  # grey, dashed, "deleted" (issue 28)
+    assert tombstone.count() == 1 and f"#{sft.id}" in tombstone.text_content() and "deleted" in tombstone.text_content()
     shot(admin, "lifecycle-model-desktop")
     phone = page_at(390, 844)
     ui_login(phone, live_server, "admin@example.com", PASSWORD)
