@@ -217,7 +217,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _login_required(request: Request, exc: LoginRequired):
         if _wants_json(request):
             return JSONResponse(
-                {"detail": "Authentication required: send 'Authorization: Bearer <token>'."},
+                {
+                    "detail": "Authentication required: send 'Authorization: Bearer <token>'. A browser login does "
+                    "not sign API calls: make a token on your Account page (/account), then in /api/docs click "
+                    "Authorize and paste it."
+                },
                 status_code=401,
                 headers={"WWW-Authenticate": "Bearer"},
             )

@@ -236,6 +236,7 @@ def test_admin_disables_user(admin_client, make_user, session):
 def test_api_token_lifecycle(labeler_client, client, session):
     r = client.get("/api/v1/me")
     assert r.status_code == 401 and r.json()["detail"].startswith("Authentication required")
+    assert "make a token on your Account page" in r.json()["detail"], "what to do, in /api/docs too (issue 28)"
     r = labeler_client.post(
         "/account/tokens", data={"name": "script", "csrf_token": csrf_of(labeler_client, "/account")}
     )

@@ -74,6 +74,10 @@ _DOCS_PAGE = """<!doctype html>
   <link rel="stylesheet" href="/static/vendor/swagger-ui/swagger-ui.css">
 </head>
 <body>
+  <p id="api-docs-auth" style="font: 15px/1.45 system-ui, sans-serif; margin: 12px auto 0; max-width: 1420px;
+     padding: 10px 14px; border-radius: 8px; background: #e8eefc; color: #1d2433; box-sizing: border-box">
+    <b>Try it out needs an API token</b>: your browser login does not sign API calls (they answer 401).
+    Make a token on your <a href="/account">Account page</a>, click <b>Authorize</b> below and paste it.</p>
   <div id="swagger-ui" data-openapi-url="/openapi.json"></div>
   <script src="/static/vendor/swagger-ui/swagger-ui-bundle.js"></script>
   <script src="/static/js/api-docs.js"></script>

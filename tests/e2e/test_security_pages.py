@@ -58,6 +58,8 @@ def test_api_docs_render_offline_under_the_csp(live_server, page_at, shot):
     page.goto(f"{live_server}/api/docs")
     page.wait_for_selector(".swagger-ui .opblock", timeout=15_000)
     assert page.locator(".swagger-ui .opblock").count() >= 10
+    hint = page.locator("#api-docs-auth")  # Try it out in the admin's own browser answers 401: say why (issue 28)
+    assert "needs an API token" in hint.inner_text() and hint.locator("a[href='/account']").count() == 1
     shot(page, "api-docs", full_page=False)
     assert violations == []
 
