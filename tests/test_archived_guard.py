@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from app.deps import AdminUser
 from app.models import (
     AppToken,
+    Completion,
     Demonstration,
     GuidelineVersion,
     ImportJob,
@@ -27,13 +28,15 @@ from app.models import (
     Prompt,
     Ranking,
     Role,
+    RunKind,
+    RunStatus,
     Skip,
     SkipReason,
     Task,
     TrainingRun,
     WrittenPrompt,
 )
-from app.services import accounts, intake, projects, tasks, written_prompts
+from app.services import accounts, intake, projects, registry, tasks, written_prompts
 from tests.conftest import PASSWORD, csrf_of, login
 from tests.test_handler_policy import _api_routes
 from tests.worker_helpers import add_demonstrations, add_ranking, make_prompts
@@ -103,6 +106,7 @@ FORMS = {
     "/admin/projects/{project_id}/written/settings": {"use_cases": "Email"},
     "/admin/projects/{project_id}/written/{written_id}/reject": {"reason": "No."},
     "/admin/review/{kind}/{submission_id}": {"decision": "accepted", "revision": "1"},
+    "/admin/projects/{project_id}/review/accept-shown": {"kind": "ranking", "shown": "{shown}"},
     "/admin/tasks/{task_id}/gold": {"clear": "true"},
     "/admin/runs": {"kind": "sft", "project_id": "{project_id}"},
     "/label/write/{project_id}": {"kind": "plain", "text": "A new prompt.", "category": "generation"},
@@ -138,6 +142,15 @@ def _archived_world(session, make_user):
     ranking = add_ranking(session, project, ranked, ["one", "two"], [[0], [1]], labeler)
     (spare_task,) = tasks.create_demonstration_tasks(session, project, [spare])
     flag = Skip(task_id=spare_task.id, user_id=labeler.id, reason=SkipReason.pii, note="")
+    # An ended generate run whose open ranking task shows an output of a model version (withdrawals).
+    version = registry.register_base(session, "/models/sampled")
+    run = TrainingRun(project_id=project.id, kind=RunKind.generate, status=RunStatus.cancelled, config={})
+    session.add(run)
+    session.flush()
+    sampled = [Completion(prompt_id=ranked.id, text=t, model_version_id=version.id) for t in ("x", "y")]
+    session.add_all(sampled)
+    session.flush()
+    tasks.create_ranking_task(session, project, ranked, [c.id for c in sampled], source_run_id=run.id)
     job = ImportJob(project_id=project.id, filename="old.jsonl", status=ImportJobStatus.succeeded)
     session.add_all([flag, job])
     written = written_prompts.write(session, labeler, project.id, kind="plain", text="Write me", category="chat")
@@ -154,6 +167,9 @@ def _archived_world(session, make_user):
         "job_id": job.id,
         "token_id": app_token.id,
         "demonstration_id": demo.id,
+        "run_id": run.id,
+        "version_id": version.id,
+        "shown": f"{ranking.id}:1",
     }
     per_route = {"/label/{kind}/{submission_id}/revise": {"kind": "demonstrations", "submission_id": demo.id}}
     heads = {

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, null, or_, select, update
+from sqlalchemy import and_, func, null, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db import atomic, changed_rows, utcnow
@@ -31,11 +31,12 @@ from app.models import (
     Skip,
     SkipReason,
     Task,
+    TaskCompletion,
     TaskKind,
     TaskStatus,
     User,
 )
-from app.services import Conflict, NotFound, ServiceError, data_scope, projects, stats
+from app.services import Conflict, NotFound, ServiceError, data_scope, projects, stats, tasks
 from app.validation import text_problem
 
 MAX_REASON = 2000
@@ -85,6 +86,9 @@ class Filters:
     """Keyset cursor: submissions with a higher id."""
     source: str = ""
     """labelers or imported (feedback from a file, no labeler); empty: both."""
+    text: str = ""
+    """A substring, any case, of the prompt, the answer (a demonstration, a comparison's reason) or
+    an output shown; empty: any."""
 
 
 def parse_filters(
@@ -96,9 +100,12 @@ def parse_filters(
     after: str,
     agreement_below: str = "",
     source: str = "",
+    text: str = "",
 ) -> Filters:
-    """Filters from query-string values; anything unknown falls back to the default."""
+    """Filters from query-string values; anything unknown falls back to the default (a search too
+    long is refused: ServiceError)."""
     return Filters(
+        text=tasks.search_text(text),
         agreement_below=int(agreement_below) if agreement_below.isdigit() and 0 < int(agreement_below) <= 100 else None,
         kind=TaskKind(kind) if kind in TaskKind.__members__ else TaskKind.demonstration,
         status=status if status in (*ReviewStatus.__members__, "all") else "pending",
@@ -129,7 +136,26 @@ def _scoped(session: Session, project_id: int, f: Filters):
         stmt = stmt.where(or_(Ranking.flag_count > 0, Ranking.none_acceptable))
     elif f.flagged and f.kind == TaskKind.comparison:
         stmt = stmt.where(SUBMISSION_MODELS[TaskKind.comparison].reason != "")  # type: ignore[union-attr]
+    if f.text:
+        stmt = stmt.join(Prompt, Prompt.id == Task.prompt_id).where(_mentions(model, f.kind, f.text))
     return model, stmt
+
+
+def _mentions(model: Any, kind: TaskKind, text: str) -> Any:
+    """The submission's prompt, its answer or one of the outputs its task shows contains `text` (any case)."""
+    shown = (
+        select(TaskCompletion.task_id)
+        .join(Completion, Completion.id == TaskCompletion.completion_id)
+        .where(TaskCompletion.task_id == Task.id, Completion.text.icontains(text, autoescape=True))
+    )
+    found = [Prompt.text.icontains(text, autoescape=True)]
+    if kind == TaskKind.demonstration:
+        found.append(model.text.icontains(text, autoescape=True))
+    else:
+        found.append(shown.exists())
+        if kind == TaskKind.comparison:
+            found.append(model.reason.icontains(text, autoescape=True))
+    return or_(*found)
 
 
 def status_counts(session: Session, project_id: int, f: Filters) -> dict[str, int]:
@@ -304,6 +330,56 @@ def decide(
             now,
         )
     return Decision(TaskKind(kind), submission_id, ReviewStatus(row[0]), *row[1:])
+
+
+MAX_SHOWN = 100
+"""Items one "accept the shown items" takes (a review page shows PAGE)."""
+
+
+@dataclass
+class AcceptedShown:
+    accepted: int
+    revised: int
+    """Skipped: their labeler revised them since the page showed them (they stay pending)."""
+    decided: int
+    """Skipped: no longer pending (another admin decided them meanwhile) or gone."""
+
+
+@atomic
+def accept_shown(
+    session: Session, admin: User, project_id: int, kind: str, shown: list[tuple[int, int]]
+) -> AcceptedShown:
+    """Accepts the pending submissions a review page showed, each (submission id, revision shown)
+    only while it is still that revision and still pending: in one UPDATE, so an answer revised
+    since the page was rendered is never accepted (as `decide` with a revision), nor a decision
+    another admin made meanwhile overwritten."""
+    if kind not in TaskKind.__members__:
+        raise NotFound(f"Unknown submission kind {kind!r}; use demonstration, ranking or comparison.")
+    projects.check_writable(projects.get_project(session, project_id))
+    wanted = dict(shown)  # (a repeated id: the last revision named)
+    if not wanted:
+        raise ServiceError("No pending items were shown, so none was accepted.")
+    if len(wanted) > MAX_SHOWN:
+        raise ServiceError(f"{len(wanted)} items at once is too many; the limit is {MAX_SHOWN}.")
+    model = SUBMISSION_MODELS[TaskKind(kind)]
+    in_project = model.task_id.in_(select(Task.id).where(Task.project_id == project_id))
+    accepted = session.scalars(
+        update(model)
+        .where(
+            or_(*(and_(model.id == sub_id, model.revision == rev) for sub_id, rev in wanted.items())),
+            model.review == ReviewStatus.pending,
+            in_project,
+        )
+        .values(review=ReviewStatus.accepted, review_reason="", reviewed_by_id=admin.id, reviewed_at=utcnow())
+        .returning(model.id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    done = set(accepted)
+    left = [i for i in wanted if i not in done]
+    now = dict(session.execute(select(model.id, model.revision).where(model.id.in_(left), in_project)).all())
+    revised = sum(1 for i in left if i in now and now[i] != wanted[i])
+    session.expire_all()
+    return AcceptedShown(len(accepted), revised, len(left) - revised)
 
 
 # -- flags ------------------------------------------------------------------------------------

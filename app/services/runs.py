@@ -42,7 +42,7 @@ from app.models import (
     TrainingRun,
     User,
 )
-from app.services import Conflict, NotFound, ServiceError, projects, registry, stats
+from app.services import Conflict, NotFound, ServiceError, projects, registry, stats, tasks
 from runconfig import DataFilter, config_from_dict, config_to_dict, data_filter_from_dict
 
 FINAL = (RunStatus.succeeded, RunStatus.failed, RunStatus.cancelled)
@@ -601,3 +601,35 @@ def delete_run(session: Session, run_id: int) -> TrainingRun:
     session.execute(delete(TrainingRun).where(TrainingRun.id == run_id).execution_options(synchronize_session=False))
     session.expunge(run)
     return run
+
+
+# -- the tasks a run or a model version made ---------------------------------------------------------
+
+
+def run_open_tasks(session: Session, run_id: int) -> tasks.OpenTasks:
+    return tasks.open_tasks(session, tasks.of_run(run_id))
+
+
+@atomic
+def withdraw_run_tasks(session: Session, run_id: int) -> tasks.Withdrawn:
+    """Withdraws the open tasks an ended run made (a cancelled or failed generate run's earlier
+    batches, an evaluation no longer wanted); refused while the run still makes tasks."""
+    run = session.get(TrainingRun, run_id, with_for_update=True, populate_existing=True)
+    if run is None:
+        raise NotFound(f"Run {run_id} does not exist.")
+    if run.project_id is not None:
+        projects.check_writable(projects.get_project(session, run.project_id))
+    if run.status not in FINAL:
+        raise Conflict(f"Run #{run_id} is {run.status.value} and may still make tasks: cancel it first, then withdraw.")
+    return tasks.withdraw_open(session, tasks.of_run(run_id))
+
+
+def version_open_tasks(session: Session, version_id: int) -> tasks.OpenTasks:
+    return tasks.open_tasks(session, tasks.of_model_version(version_id))
+
+
+@atomic
+def withdraw_version_tasks(session: Session, version_id: int) -> tasks.Withdrawn:
+    """Withdraws the open tasks that show an output of the model version (from whichever run)."""
+    registry.get_version(session, version_id)
+    return tasks.withdraw_open(session, tasks.of_model_version(version_id))

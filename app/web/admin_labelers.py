@@ -1,6 +1,7 @@
 """Admin pages: labeler figures, agreement, gold tasks (and the task pages where gold is set)."""
 
 from typing import Annotated
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Form, Request
 from pydantic import ConfigDict, field_validator
@@ -66,22 +67,36 @@ def tasks_page(
     project_id: IdPath,
     kind: str = "",
     shared: bool = False,
+    source: str = "",
+    q: str = "",
+    run: IdFilter = None,
     page: Page = 1,
 ):
     project = projects.get_project(session, project_id)
-    task_kind = TaskKind(kind) if kind in TaskKind.__members__ else None
-    page = max(1, page)
-    listed = tasks.tasks_page(session, project.id, task_kind, offset=(page - 1) * 50, limit=51, shared_only=shared)
+    text = tasks.search_text(q)  # too long: 400, said on the error page
+    f = tasks.TaskFilter(
+        kind=TaskKind(kind) if kind in TaskKind.__members__ else None,
+        shared_only=shared,
+        source=source if source in ("labelers", "imported") else "",
+        text=text,
+        run_id=run,
+    )
+    listed = tasks.tasks_page(session, project.id, f, offset=(page - 1) * 50, limit=51)
+    shown = listed[:50]
+    query = {"kind": kind, "shared": str(shared).lower(), "source": f.source, "q": text, "run": run or ""}
     return render(
         request,
         "admin/tasks.html",
         {
             "project": project,
-            "tasks": listed[:50],
+            "tasks": shown,
+            "sources": tasks.sources(session, shown),
             "more": len(listed) > 50,
+            "f": f,
             "kind": kind,
             "shared": shared,
             "page": page,
+            "query": urlencode(query),
         },
     )
 

@@ -1,8 +1,10 @@
 """Admin pages: review of submissions and the labelers' flags (rules in app.services.review).
 
-    GET  /admin/projects/{id}/review?kind&status&labeler&flagged&days&after   the review queue
+    GET  /admin/projects/{id}/review?kind&status&labeler&flagged&days&q&after   the review queue (q: text search)
     POST /admin/review/{kind}/{id}                 decision (accepted / rejected / pending) + reason, on
                                                    the revision read (a newer one: 409, the card as it is now)
+    POST /admin/projects/{id}/review/accept-shown  accept the pending items the page showed, each at the
+                                                   revision shown (those revised since are skipped and counted)
     GET  /admin/projects/{id}/flags                flagged prompts and ranking output flags
     POST /admin/projects/{id}/flags/{skip}/retire  retire the prompt (and its open tasks)
     POST /admin/projects/{id}/flags/{skip}/dismiss let the prompt be
@@ -13,11 +15,13 @@
 A decision from the review page comes by htmx and answers with the card in its new state; without
 JavaScript the form posts and the page comes back."""
 
+import re
 from html import escape
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse
+from pydantic import BeforeValidator, Field
 
 from app.deps import AdminUser, SessionDep, refuse, verify_csrf
 from app.services import ServiceError, accounts, projects, review
@@ -41,9 +45,10 @@ def review_page(
     after: str = "",
     agreement_below: str = "",
     source: str = "",
+    q: str = "",
 ):
     project = projects.get_project(session, project_id)
-    f = review.parse_filters(kind, status, labeler, flagged, days, after, agreement_below, source)
+    f = review.parse_filters(kind, status, labeler, flagged, days, after, agreement_below, source, q)
     found = review.queue(session, project_id, f, limit=review.PAGE + 1)
     return render(
         request,
@@ -99,6 +104,42 @@ def decide(
         return redirect(form.back_or("/admin"))
     context = {"item": review.item(session, kind, submission_id), "error": error, "back": form.back}
     return render(request, "admin/_review_item.html", context, status_code=status)
+
+
+def _shown_item(value: object) -> object:
+    """ "<submission id>:<revision>" (the review page's hidden field) as a pair; anything else fails validation."""
+    if isinstance(value, str) and re.fullmatch(r"\d{1,10}:\d{1,10}", value):
+        return tuple(value.split(":"))
+    return value
+
+
+ShownItem = Annotated[tuple[Id, Id], BeforeValidator(_shown_item)]
+
+
+class AcceptShownForm(BackForm):
+    kind: str = ""
+    shown: Annotated[list[ShownItem], Field(max_length=review.MAX_SHOWN)] = []
+
+
+@router.post("/projects/{project_id}/review/accept-shown")
+def accept_shown(
+    request: Request, session: SessionDep, user: AdminUser, project_id: IdPath, form: Annotated[AcceptShownForm, Form()]
+):
+    back = form.back_or(f"/admin/projects/{project_id}/review?kind={form.kind}")
+    try:
+        done = review.accept_shown(session, user, project_id, form.kind, list(form.shown))
+    except ServiceError as exc:  # nothing shown, an unknown kind, an archived project
+        return refused(request, exc, back)
+    words = [f"Accepted {done.accepted} {form.kind}(s)."]
+    if done.revised:
+        words.append(
+            f"Skipped {done.revised} that {'its labeler' if done.revised == 1 else 'their labelers'} revised after "
+            "the page was shown: read them as they are now, below."
+        )
+    if done.decided:
+        words.append(f"Skipped {done.decided} decided meanwhile by someone else (or deleted).")
+    flash(request, " ".join(words), "warn" if done.revised or done.decided else "success")
+    return redirect(back)
 
 
 @router.get("/projects/{project_id}/flags")

@@ -414,14 +414,18 @@ def _run_context(session: SessionDep, run: TrainingRun) -> dict:
     names = sorted(series, key=lambda n: (first.get(n, len(first)), n))
     charts = [(name, line_chart({name: series[name]}, label=name), series[name][-1][1]) for name in names]
     report = evaluation.labeler_win_rate(session, run.id) if run.kind == RunKind.evaluate else None
+    final = run.status in runs.FINAL
+    # Generate and evaluate runs make tasks; an ended one offers to withdraw those still open.
+    makes_tasks = run.kind in (RunKind.generate, RunKind.evaluate) and final
     return {
         "run": run,
         "timing": runs.timing(run),
         "charts": charts,
         "produced": registry.produced_by(session, run.id),
         "inputs": registry.versions_by_id(session, run.input_model_ids or []),
-        "final": run.status in runs.FINAL,
+        "final": final,
         "report": report,
+        "run_tasks": runs.run_open_tasks(session, run.id) if makes_tasks else None,
         "project": projects.get_project(session, run.project_id) if run.project_id else None,
         "data_filter": _data_filter_words(session, run),
     }
@@ -467,6 +471,27 @@ def cancel_run(request: Request, session: SessionDep, user: AdminUser, run_id: I
         "success",
     )
     return redirect(f"/admin/runs/{run.id}")
+
+
+def _withdrawn_words(withdrawn) -> str:
+    if not withdrawn.total:
+        return "No open tasks to withdraw: nothing changed."
+    parts = []
+    if withdrawn.deleted:
+        parts.append(f"{withdrawn.deleted} that nobody had answered deleted")
+    if withdrawn.closed:
+        parts.append(f"{withdrawn.closed} with answers or a flag closed, what was submitted kept")
+    return f"Withdrew {withdrawn.total} open task(s) from the labelers' queues: {'; '.join(parts)}."
+
+
+@router.post("/runs/{run_id}/withdraw-tasks")
+def withdraw_run_tasks(request: Request, session: SessionDep, user: AdminUser, run_id: IdPath):
+    try:
+        withdrawn = runs.withdraw_run_tasks(session, run_id)
+    except ServiceError as exc:  # still running, or an archived project
+        return refused(request, exc, f"/admin/runs/{run_id}")
+    flash(request, f"Run #{run_id}: {_withdrawn_words(withdrawn)}", "success" if withdrawn.total else "info")
+    return redirect(f"/admin/runs/{run_id}")
 
 
 # ---------------------------------------------------------------- models
@@ -515,6 +540,7 @@ def model_page(request: Request, session: SessionDep, user: AdminUser, version_i
         if v.id != version.id and v.kind in (ModelKind.base, ModelKind.sft, ModelKind.ppo)
     ]
     run = runs.find_run(session, version.run_id) if version.run_id else None
+    version_tasks = runs.version_open_tasks(session, version.id)
     return render(
         request,
         "admin/model.html",
@@ -526,8 +552,19 @@ def model_page(request: Request, session: SessionDep, user: AdminUser, version_i
             "others": others,
             "graph": lineage_graph(list(family.values()), highlight=version.id),
             "is_policy": version.kind in (ModelKind.base, ModelKind.sft, ModelKind.ppo),
+            "version_tasks": version_tasks,
         },
     )
+
+
+@router.post("/models/{version_id}/withdraw-tasks")
+def withdraw_version_tasks(request: Request, session: SessionDep, user: AdminUser, version_id: IdPath):
+    try:
+        withdrawn = runs.withdraw_version_tasks(session, version_id)
+    except ServiceError as exc:  # an archived project
+        return refused(request, exc, f"/admin/models/{version_id}")
+    flash(request, f"Model #{version_id}: {_withdrawn_words(withdrawn)}", "success" if withdrawn.total else "info")
+    return redirect(f"/admin/models/{version_id}")
 
 
 @router.post("/models/{version_id}/delete")
