@@ -96,11 +96,12 @@ def test_bad_input_is_refused_with_a_reason(session, make_user):
 def test_near_duplicates_are_pointed_out_and_rejects_need_a_reason(session, make_user):
     labeler, admin = make_user("w@example.com"), make_user("a@example.com", Role.admin)
     project = _project(session)
-    (existing,) = make_prompts(session, project, ["Summarize   this article about bees."])
-    existing.prefix_hash = written_prompts.intake.prefix_hash(existing.text)
     row = written_prompts.write(
         session, labeler, project.id, kind="plain", text="summarize this ARTICLE about bees.", category="summarization"
     )
+    # Imported after it was written (the write itself would have been told: see the next test).
+    (existing,) = make_prompts(session, project, ["Summarize   this article about bees."])
+    existing.prefix_hash = written_prompts.intake.prefix_hash(existing.text)
     session.commit()  # (a refused decision rolls back its whole step, as a request would)
     assert written_prompts.near_duplicates(session, project.id, [row]) == {row.id: existing.id}
     assert f"Prompt {existing.id}" in _refused(written_prompts.accept, session, admin, project.id, row.id)
@@ -116,6 +117,28 @@ def test_near_duplicates_are_pointed_out_and_rejects_need_a_reason(session, make
     assert "whole number" in _refused(
         written_prompts.set_settings, session, project.id, targets={"kind": {"plain": -1}}, cases=[]
     )
+
+
+def test_a_labeler_writing_a_prompt_the_project_has_is_told_at_once(session, client, make_user):
+    labeler, other = make_user("w@example.com"), make_user("v@example.com")
+    project = _project(session)
+    (existing,) = make_prompts(session, project, ["Summarize   this article about bees."])
+    existing.prefix_hash = written_prompts.intake.prefix_hash(existing.text)
+    plain = {"kind": "plain", "category": "summarization"}
+    told = _refused(
+        written_prompts.write, session, labeler, project.id, text="summarize this ARTICLE about bees.", **plain
+    )
+    assert "already has this prompt" in told
+    written_prompts.write(session, labeler, project.id, text="Explain how bees dance.", **plain)
+    told = _refused(written_prompts.write, session, other, project.id, text="Explain how bees dance.", **plain)
+    assert "waits for review" in told
+    assert written_prompts.write(session, other, project.id, text="Explain how ants talk.", **plain).id
+    session.commit()
+
+    login(client, labeler.email)  # the page: told, with the text kept to change it
+    form = {"csrf_token": csrf_of(client, f"/label/write/{project.id}"), **plain}
+    page = client.post(f"/label/write/{project.id}", data={**form, "text": "Summarize this article about bees."})
+    assert page.status_code == 422 and "already has this prompt" in page.text and "about bees.</textarea>" in page.text
 
 
 def test_the_api_writes_lists_reviews_and_refuses_bad_input(session, client, make_user):

@@ -136,6 +136,7 @@ def write(
             raise _refuse("Pick one of the project's use cases for a user-based prompt.")
     else:
         use_case = None
+    _refuse_existing(session, project.id, text)
     row = WrittenPrompt(
         project_id=project.id,
         author_id=author.id,
@@ -150,6 +151,25 @@ def write(
     session.add(row)
     session.flush()
     return row
+
+
+def _refuse_existing(session: Session, project_id: int, text: str) -> None:
+    """The labeler is told at once that the project has this prompt already (what an admin's accept
+    would refuse as a duplicate: the same start, intake.PREFIX_CHARS characters), or that someone
+    wrote it and it waits for review; rather than after an admin reads it."""
+    if intake.existing_prompt(session, project_id, text) is not None:
+        raise _refuse(
+            f"This project already has this prompt (or one that starts the same way: the first "
+            f"{intake.PREFIX_CHARS} characters, ignoring case and spacing). Write a different one."
+        )
+    waiting = select(WrittenPrompt.id).where(
+        WrittenPrompt.project_id == project_id,
+        WrittenPrompt.status == ReviewStatus.pending,
+        WrittenPrompt.kind != FOLLOW_UP,
+        WrittenPrompt.text == text,
+    )
+    if session.scalar(waiting.limit(1)) is not None:
+        raise _refuse("Someone wrote this same prompt already; it waits for review. Write a different one.")
 
 
 def _bare_template(text: str) -> bool:
