@@ -4,8 +4,13 @@ Epochs of shuffled batches (checkpoints.EpochOrder), each optimizer step one bat
 examples, its gradients accumulated over micro-batches; AdamW with a cosine schedule after a linear
 warmup; gradient clipping; held-out evaluation every `eval_every` steps (once per epoch by default)
 and at the end; a checkpoint every `save_every` steps and when stopped; resume from the newest
-checkpoint; a stop (cancel, SIGTERM) polled once per step, and between micro-batches when there is
-one process; TrainingDiverged on a non-finite loss.
+checkpoint; a stop (cancel, SIGTERM) polled once per step, between micro-batches when there is one
+process, and before each batch of a held-out pass; TrainingDiverged on a non-finite loss.
+
+A stopped run's model is neither saved nor registered, so stopping runs no held-out pass of its own
+and leaves one it is in the middle of (a long held-out set took minutes to end a SIGTERMed run); a
+pass that was due at that step is owed, written in the checkpoint, and run first on resume, so that
+a resumed run equals one never stopped (the held-out figures choose SFT's best weights).
 
 Each algorithm subclasses `TrainingLoop` with what is its own: the loss of a micro-batch, what the
 batch's loss is a mean over, the step's and the evaluation's figures, and anything more its
@@ -14,7 +19,7 @@ collectives in the same order (the micro-batch counts, the sums, the stop decisi
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -27,6 +32,10 @@ from trainer.errors import TrainingDiverged
 from trainer.precision import for_model
 
 MetricsCallback = Callable[[int, int, dict[str, float]], None]
+
+
+class HeldOutStopped(Exception):
+    """A stop asked during a held-out pass: the pass is left unfinished and its figures unused."""
 
 
 class TrainingLoop:
@@ -56,7 +65,9 @@ class TrainingLoop:
         self.checkpoints = checkpoints or Checkpoints()
         self.team = Team()  # one process, or one of several under accelerate launch (trainer/distributed.py)
         self.step = 0
+        self.total_steps = 0  # set by prepare()
         self.train_seconds = 0.0  # time in training steps only (not evaluation)
+        self.held_out_owed = False  # the held-out pass of this step was due when the run stopped
 
     # --- what each algorithm says --------------------------------------------------------------
 
@@ -74,7 +85,8 @@ class TrainingLoop:
         return {}
 
     def evaluate(self) -> dict[str, float]:
-        """The held-out figures, named as they are logged (valid_loss...)."""
+        """The held-out figures, named as they are logged (valid_loss...). Runs its batches through
+        self.held_out_batches, which ends the pass when a stop is asked."""
         raise NotImplementedError
 
     def evaluated(self, held_out: dict[str, float]) -> None:
@@ -100,8 +112,10 @@ class TrainingLoop:
         self.resume_or_start()
         self.on_metrics(self.step, self.total_steps, {})  # the number of steps, before the first one
         self.model.train()
-        while self.step < self.total_steps and self.train_step():
+        while not self.result["stopped_early"] and self.step < self.total_steps and self.train_step():
             pass
+        if self.result["stopped_early"]:
+            self.total_steps = self.step
         self.result.update(self.final_figures())
         self.result.update(self.team.info())
         self.model.eval()
@@ -145,13 +159,26 @@ class TrainingLoop:
             self.step, self.train_seconds = loop["step"], loop["train_seconds"]
             self.result.update(loop["result"], stopped_early=0.0, resumed_from_step=float(self.step))
             self.load_loop_state(loop)
+            if loop.get("held_out_owed"):  # the stopped attempt left this step's held-out pass undone
+                self.held_out_owed = True
+                if not self.held_out_of_step({}):  # stopped again: the checkpoint still owes it
+                    self.result["stopped_early"] = 1.0
         elif self.evaluate_at_start and self.valid_rows:
             held_out = self.evaluate_held_out()
+            if held_out is None:  # stopped before the first step: nothing to save
+                self.result["stopped_early"] = 1.0
+                return
             self.result.update({f"initial_{name}": value for name, value in held_out.items()})
             self.on_metrics(0, self.total_steps, held_out)
 
     def save(self) -> None:
-        loop = {"step": self.step, "train_seconds": self.train_seconds, "result": self.result, **self.loop_state()}
+        loop = {
+            "step": self.step,
+            "train_seconds": self.train_seconds,
+            "result": self.result,
+            "held_out_owed": self.held_out_owed,
+            **self.loop_state(),
+        }
         state = training_state(self.model, self.optimizer, self.schedule, self.precision.scaler)
         save_together(self.checkpoints, self.team, self.step, {**state, "epochs": self.epochs.state(), "loop": loop})
 
@@ -166,7 +193,6 @@ class TrainingLoop:
             self.optimizer.zero_grad(set_to_none=True)
             if self.checkpoints.due(self.step, self.config.save_every, stopping=True):
                 self.save()
-            self.total_steps = self.step
             return False
         self.epochs.advance()
         loss = loss_total / denominator
@@ -191,22 +217,37 @@ class TrainingLoop:
             "grad_norm": grad_norm,
         }
 
-        # Held-out figures every eval_every steps, at the end and when stopping.
+        # Held-out figures every eval_every steps and at the end (owed, not run, when stopping).
+        self.held_out_owed = bool(self.valid_rows) and (
+            self.step % self.eval_every == 0 or self.step == self.total_steps
+        )
         stopping = self.team.any(self.should_stop())  # cancel / SIGTERM, polled once per step, decided together
-        if self.valid_rows and (stopping or self.step % self.eval_every == 0 or self.step == self.total_steps):
-            held_out = self.evaluate_held_out()
-            metrics.update(held_out)
-            self.result.update(held_out)
-            self.evaluated(held_out)
-        self.on_metrics(self.step, self.total_steps, metrics)
+        if not stopping:
+            stopping = not self.held_out_of_step(metrics)
+        else:
+            self.on_metrics(self.step, self.total_steps, metrics)
 
         # Checkpoint; on cancel / SIGTERM stop at this safe point with what we have.
         if self.checkpoints.due(self.step, self.config.save_every, stopping=stopping):
             self.save()
         if stopping:
             self.result["stopped_early"] = 1.0
-            self.total_steps = self.step
             return False
+        return True
+
+    def held_out_of_step(self, metrics: dict[str, float]) -> bool:
+        """The step's held-out pass when it is owed, then its metrics reported; False (the pass
+        still owed, the metrics reported without it) when a stop came during the pass."""
+        if self.held_out_owed:
+            held_out = self.evaluate_held_out()
+            if held_out is None:
+                self.on_metrics(self.step, self.total_steps, metrics)
+                return False
+            self.held_out_owed = False
+            metrics.update(held_out)
+            self.result.update(held_out)
+            self.evaluated(held_out)
+        self.on_metrics(self.step, self.total_steps, metrics)
         return True
 
     def accumulate(self, batch: list, denominator: float) -> tuple[float, float]:
@@ -228,6 +269,22 @@ class TrainingLoop:
         loss_total, count = team.sum(loss_total, count)
         return loss_total, count
 
-    def evaluate_held_out(self) -> dict[str, float]:
-        with self.precision.autocast():
-            return self.evaluate()
+    def evaluate_held_out(self) -> dict[str, float] | None:
+        """The held-out figures, or None when a stop was asked during the pass."""
+        try:
+            with self.precision.autocast():
+                return self.evaluate()
+        except HeldOutStopped:
+            return None
+
+    def stop_decided(self) -> bool:
+        """should_stop() decided by the whole team (a collective: every process calls it as often)."""
+        return self.team.any(self.should_stop())
+
+    def held_out_batches(self, items: list, size: int) -> Iterator[tuple[list, float]]:
+        """team.batches of a held-out pass, the stop polled before each one (every process runs as
+        many batches, so the decisions meet); a stop raises HeldOutStopped, which ends the pass."""
+        for batch in self.team.batches(items, size):
+            if self.stop_decided():
+                raise HeldOutStopped()
+            yield batch

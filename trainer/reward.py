@@ -20,7 +20,7 @@ The worker runs this for a `reward` run (`instructloop worker`). By hand, on JSO
 `pairwise_step_loss` is the naive version (each pair's two completions forwarded separately),
 kept for the numerical test of the K-way loss and for bench/rm_throughput.py."""
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,43 +148,61 @@ def pairwise_step_loss(model, rankings: list[EncodedRanking], pad_id: int) -> tu
 
 @torch.no_grad()
 def evaluate(
-    model, rankings: list[EncodedRanking], pad_id: int, batch_size: int, team: Team | None = None
+    model,
+    rankings: list[EncodedRanking],
+    pad_id: int,
+    batch_size: int,
+    team: Team | None = None,
+    *,
+    batches: Iterable[tuple[list[EncodedRanking], float]] | None = None,
 ) -> dict[str, float]:
     """Held-out pair accuracy (winner scored strictly higher) and mean loss per pair (each process
-    scores its part of the rankings)."""
+    scores its part of the rankings); `batches`: that part's (rows, weight), e.g. the training
+    loop's, which stops when asked."""
     was_training = model.training
     model.eval()
     loss, correct, pairs = 0.0, 0.0, 0.0
     team = team or Team()
-    for rows, weight in team.batches(rankings, batch_size):
-        batch_loss, margins = kway_step_loss(model, rows, pad_id)
-        loss += batch_loss.item() * weight
-        correct += int((margins > 0).sum()) * weight
-        pairs += margins.numel() * weight
-    model.train(was_training)
+    try:
+        for rows, weight in batches if batches is not None else team.batches(rankings, batch_size):
+            batch_loss, margins = kway_step_loss(model, rows, pad_id)
+            loss += batch_loss.item() * weight
+            correct += int((margins > 0).sum()) * weight
+            pairs += margins.numel() * weight
+    finally:
+        model.train(was_training)
     loss, correct, pairs = team.sum(loss, correct, pairs)
     # accuracy over pairs (as the paper reports it), loss as trained: per ranking
     return {"accuracy": correct / max(pairs, 1), "loss": loss / max(len(rankings), 1), "pairs": float(pairs)}
 
 
 @torch.no_grad()
-def normalize_bias(model: ScalarHeadModel, tokenizer, demonstrations, max_length: int, batch_size: int) -> float:
-    """Shift the head's bias so the demonstrations' mean score is 0; return the shift."""
+def normalize_bias(
+    model: ScalarHeadModel,
+    tokenizer,
+    demonstrations,
+    max_length: int,
+    batch_size: int,
+    should_stop: Callable[[], bool] | None = None,
+) -> float | None:
+    """Shift the head's bias so the demonstrations' mean score is 0; return the shift. None, and
+    the bias left as it was, when should_stop (polled before each batch) says stop."""
     was_training = model.training
     model.eval()
     sequences = [
         encode_scored(tokenizer, d.prompt, encode_completion(tokenizer, d.completion), max_length)
         for d in demonstrations
     ]
-    scores = torch.cat(
-        [
-            score(model, sequences[i : i + batch_size], tokenizer.pad_token_id)
-            for i in range(0, len(sequences), batch_size)
-        ]
-    )
-    shift = scores.mean().item()
+    scores = []
+    try:
+        for i in range(0, len(sequences), batch_size):
+            if should_stop is not None and should_stop():
+                return None
+            scores.append(score(model, sequences[i : i + batch_size], tokenizer.pad_token_id))
+    finally:
+        model.train(was_training)
+    shift = torch.cat(scores).mean().item()
     model.head.bias.data.sub_(shift)
-    model.train(was_training)
     return shift
 
 
@@ -221,7 +239,9 @@ class RewardLoop(TrainingLoop):
         return {"train_accuracy": count / batch_pairs}
 
     def evaluate(self) -> dict[str, float]:
-        held_out = evaluate(self.model, self.valid_rows, self.pad_id, self.config.eval_batch_size, self.team)
+        size = self.config.eval_batch_size
+        batches = self.held_out_batches(self.valid_rows, size)
+        held_out = evaluate(self.model, self.valid_rows, self.pad_id, size, self.team, batches=batches)
         return {"valid_loss": held_out["loss"], "valid_accuracy": held_out["accuracy"]}
 
     def loop_state(self) -> dict:
@@ -273,10 +293,16 @@ def train_reward(
     )
     result = loop.run()
     # Bias: the demonstrations' mean score becomes 0, so rewards are comparable across runs.
-    if config.normalize_bias and demonstrations:
-        result["bias_shift"] = normalize_bias(
-            model, tokenizer, list(demonstrations), config.max_length, config.eval_batch_size
+    if config.normalize_bias and demonstrations and not result["stopped_early"]:
+        shift = normalize_bias(
+            model, tokenizer, list(demonstrations), config.max_length, config.eval_batch_size, loop.stop_decided
         )
+        if shift is None:  # stopped: the trained state is saved; a resume normalizes again
+            result["stopped_early"] = 1.0
+            if loop.checkpoints.enabled:
+                loop.save()
+        else:
+            result["bias_shift"] = shift
     return result
 
 
