@@ -54,6 +54,19 @@ def test_jsonl_import_with_duplicates_and_splits(session, project):
         imports.run_import(session, project, data, filename="p.jsonl")
 
 
+def test_a_small_import_keeps_a_prompt_in_train_and_makes_its_task(session, project):
+    drawn = ["Question 10?", "Question 15?"]  # both drawn into test at 10% / 10%
+    assert {imports.split_for(imports.content_hash(t), 0.1, 0.1) for t in drawn} == {Split.test}
+    result = imports.run_import(session, project, _jsonl(*drawn), filename="two.jsonl", create_tasks=True)
+    session.commit()
+    splits = dict(session.execute(select(Prompt.text, Prompt.split)).tuples().all())
+    assert splits == {"Question 10?": Split.train, "Question 15?": Split.test}
+    assert result.tasks_created == 1 and _count(session, Task) == 1
+    # Splits the file sets are the file's: nothing is moved.
+    pinned = _jsonl({"prompt": "Held out 1", "split": "test"}, {"prompt": "Held out 2", "split": "valid"})
+    assert imports.run_import(session, project, pinned, filename="pinned.jsonl", create_tasks=True).tasks_created == 0
+
+
 def test_split_shares_are_close_to_asked_and_reproducible():
     hashes = [imports.content_hash(f"prompt {i}") for i in range(5000)]
     splits = [imports.split_for(h, 0.1, 0.2) for h in hashes]

@@ -743,6 +743,7 @@ def _plan(
     duplicates: list[tuple[int, int]] = []
     seen: dict[str, int] = {}
     planned: list[PlannedFeedback] = []
+    drawn: set[int] = set()  # lines whose split was drawn here (not set by the file)
     for r in records:
         if problem := _problem(r) or (_feedback_problem(r) if feedback else None):
             errors.append(LineError(r.line, f"({r.where}) {problem}" if r.where else problem))
@@ -758,12 +759,20 @@ def _plan(
             duplicates.append((r.line, seen[r.content_hash]))
             continue
         seen[r.content_hash] = r.line
-        r.split = r.split or split_for(split_key(r.messages), valid_fraction, test_fraction)
+        if r.split is None:
+            r.split = split_for(split_key(r.messages), valid_fraction, test_fraction)
+            drawn.add(r.line)
         kept.append(r)
     errors.sort(key=lambda e: e.line)
     existing_hashes = _existing_hashes(session, project.id, [r.content_hash for r in kept])
     existing = [r.line for r in kept if r.content_hash in existing_hashes]
     kept = [r for r in kept if r.content_hash not in existing_hashes]
+    if not any(r.split == Split.train for r in kept):
+        # A small file can draw every prompt into valid or test (2 prompts: 4% of the time both in
+        # test) and bring nothing to demonstrate, no task: its first drawn prompt trains instead.
+        first = next((r for r in kept if r.line in drawn), None)
+        if first is not None:
+            first.split = Split.train
     # Feedback for a prompt the project has goes to it, unless that prompt already holds imported
     # feedback of the kind (the same file imported twice doesn't count its pairs twice).
     fed = _imported_kinds(session, project.id, sorted(existing_hashes))
