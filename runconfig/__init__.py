@@ -66,6 +66,10 @@ TopP = Annotated[float, Field(gt=0, le=1)]
 MaxNewTokens = Annotated[int, Field(ge=1, le=4096), Words(range="between 1 and 4096")]
 MaxLength = Annotated[int, Field(ge=8, le=32768), Words(range="between 8 and 32768 tokens")]
 SaveEvery = Annotated[int, Field(ge=0, le=INT_MAX), Words(zero="only when stopped")]
+RolloutBackend = Annotated[
+    Literal["auto", "hf", "vllm"],
+    Words(range="auto, hf or vllm (vllm needs `make install-vllm` in the worker's environment)"),
+]  # see trainer/rollout.py
 MaxSteps = Annotated[int, Field(ge=0, le=INT_MAX), Words(zero="all epochs")]
 
 
@@ -280,6 +284,9 @@ class GenerateConfig(RunConfig):
     """Skip prompts that already have a ranking task, so repeated runs reach new prompts."""
     batch_size: BatchSize = 8
     """Prompts per generate call (each brings K sequences)."""
+    rollout_backend: RolloutBackend = "auto"
+    """What samples the answers: hf (transformers' generate), vllm (a vLLM engine in the worker), or
+    auto (vLLM on a GPU when it is installed, else hf). The run's summary says which ran."""
     priority: Seed = 0
     """Priority of the ranking tasks created (higher is handed out first)."""
     seed: Seed = 0
@@ -303,6 +310,9 @@ class EvaluateConfig(RunConfig):
     """Longest answer in tokens."""
     batch_size: BatchSize = 8
     """Prompts per generate call."""
+    rollout_backend: RolloutBackend = "auto"
+    """What samples the answers: hf (transformers' generate), vllm (a vLLM engine in the worker), or
+    auto (vLLM on a GPU when it is installed, else hf). The run's summary says which ran."""
     priority: Seed = 0
     """Priority of the comparison tasks created."""
     seed: Seed = 0
@@ -316,7 +326,10 @@ class PPOConfig(RunConfig):
     Defaults follow TRL's PPOv2 trainer and the paper, scaled for small models."""
 
     learning_rate: LearningRate = 1e-5
-    """AdamW learning rate for the policy and the value model (constant)."""
+    """AdamW learning rate for the policy and the value model (constant after the warmup; no weight decay)."""
+    warmup_steps: Annotated[int, Field(ge=0, le=INT_MAX), Words(zero="no warmup")] = 10
+    """PPO steps of linear learning-rate warmup: step s of them trains at learning_rate * s / warmup_steps,
+    the first at a tenth of it with the default (InstructGPT: 10 iterations, from a tenth)."""
     kl_coef: Annotated[
         float, Field(ge=0, le=1), Words(name="kl_coef (beta)", range="between 0 and 1 (paper: 0.02)")
     ] = 0.05
@@ -341,6 +354,10 @@ class PPOConfig(RunConfig):
     """Episodes per gradient step; must divide rollout_batch_size."""
     forward_batch_size: BatchSize = 16
     """Sequences per no-grad forward (generation, reference, reward, value) in a rollout."""
+    rollout_backend: RolloutBackend = "auto"
+    """What samples the rollouts: hf (transformers' generate on the policy), vllm (a vLLM engine in
+    each process, given the new weights after every update), or auto (vLLM on a GPU when it is
+    installed, else hf). Log-probs always come from the policy itself. The metrics say which ran."""
     temperature: Positive = 1.0
     """Sampling temperature of the rollouts; log-probs are computed at the same temperature."""
     top_p: TopP = 1.0
@@ -580,6 +597,7 @@ _CPU_QUICK: dict[str, dict[str, Any]] = {
         ppo_epochs=2,
         max_new_tokens=24,
         learning_rate=2e-5,
+        warmup_steps=0,  # 16 steps: a 10-step warmup would be most of them (the demo's figures had none)
         kl_coef=0.05,
         temperature=0.9,
         precision="bf16",

@@ -25,10 +25,12 @@ With a run's `sharding="fsdp"` the model is sharded instead (torch's FSDP2, `ful
 transformer block, then the whole model, as accelerate's FSDP2 plugin wraps them): each process holds
 a 1/N share of the weights, gradients and optimizer state, and gathers a block's weights for its
 forward and backward pass. accelerate's own FSDP plugin is not used because it refuses to run on the
-CPU, where the tests run; the wrapping is the same. Under FSDP every forward pass is collective: the
-loops run as many passes in every process (equal parts, weight-0 fillers), sampling uses
-`synced_gpus`, and the full weights are gathered for checkpoints (`full_state_dict`) and the saved
-model."""
+CPU, where the tests run; the wrapping is the same. Under bf16 (fp16) mixed precision each linear
+layer of a block is a unit of its own that is all-gathered in bf16 (fp16) with its gradients reduced
+in fp32 (`mixed_precision_policy`). Under FSDP every forward pass is collective: the loops run as
+many passes in every process (equal parts, weight-0 fillers), PPO samples with the whole policy
+gathered once per rollout (`gathered_for_sampling`) and `synced_gpus`, and the full weights are
+gathered for the saved model (`full_state_dict`)."""
 
 import math
 import os
@@ -83,13 +85,14 @@ class Team:
             rows = part[i * micro : (i + 1) * micro]
             yield (rows or list(batch[:1])), (1.0 if rows else 0.0), i == count - 1
 
-    def wrap(self, model: torch.nn.Module, sharding: str = "ddp") -> torch.nn.Module:
+    def wrap(self, model: torch.nn.Module, sharding: str = "ddp", precision: str = "fp32") -> torch.nn.Module:
         """DDP around the model when there are several processes (or, with sharding="fsdp", the model
-        itself sharded in place); the model itself otherwise."""
+        itself sharded in place); the model itself otherwise. precision: the run's resolved setting
+        (trainer/precision.py), which sets what FSDP all-gathers."""
         if self.size == 1:
             return model
         if sharding == "fsdp":
-            return self._shard(model)
+            return self._shard(model, precision)
         if self._accelerator is None:
             # mixed_precision="no": the run's own precision (trainer/precision.py) autocasts; an
             # accelerate default (ACCELERATE_MIXED_PRECISION, from `accelerate config` or `launch
@@ -97,14 +100,19 @@ class Team:
             self._accelerator = Accelerator(cpu=self.device.type == "cpu", mixed_precision="no")
         return self._accelerator.prepare_model(model)
 
-    def _shard(self, model: torch.nn.Module) -> torch.nn.Module:
+    def _shard(self, model: torch.nn.Module, precision: str) -> torch.nn.Module:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
         mesh = init_device_mesh(self.device.type, (self.size,))
+        policy = mixed_precision_policy(precision)
         blocks = {name for m in model.modules() for name in (getattr(m, "_no_split_modules", None) or [])}
         for module in model.modules():
             if type(module).__name__ in blocks:
+                if policy is not None:
+                    for linear in module.modules():
+                        if type(linear) is torch.nn.Linear:
+                            fully_shard(linear, mesh=mesh, mp_policy=policy)
                 fully_shard(module, mesh=mesh)
         fully_shard(model, mesh=mesh)
         return model
@@ -216,3 +224,49 @@ def full_state_dict(model: torch.nn.Module) -> dict[str, Any] | None:
         if first.setdefault(id(param), name) != name:
             whole.pop(name, None)
     return whole
+
+
+def mixed_precision_policy(precision: str) -> Any:
+    """FSDP2's mixed precision for a run's precision: under bf16 (fp16) mixed, the weights of the
+    transformer blocks' linear layers are all-gathered in bf16 (fp16), half the bytes of their fp32
+    masters, and their gradients reduced in fp32; None otherwise (fp32, bf16-pure: gathered as kept).
+
+    Linear layers only: autocast computes them in the low dtype from the fp32 weights anyway (the
+    same rounding, so the same numbers as DDP and as an unsharded reference: the step-1 KL stays 0),
+    and their weight gradients come out of the low-dtype matmul either way. The norms and the
+    embedding stay fp32, as autocast keeps them: a policy over whole blocks would run them in bf16
+    and change the model's function. Each linear layer is then its own FSDP unit."""
+    low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if low is None:
+        return None
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    # The cast of a linear layer's input to `low` is autocast's own cast; outside autocast it keeps
+    # the matmul's dtypes matched.
+    return MixedPrecisionPolicy(param_dtype=low, reduce_dtype=torch.float32)
+
+
+@contextmanager
+def gathered_for_sampling(model: torch.nn.Module) -> Iterator[None]:
+    """The whole of a sharded (FSDP2) model gathered once for the block and kept until its end, so that
+    generate()'s forward pass per new token all-gathers nothing (without it every FSDP unit is gathered
+    and freed again at every token); then sharded again. Nothing happens to a model that is not
+    sharded, nor on a torch without FSDPModule.set_reshard_after_forward (before 2.8), where sampling
+    gathers per token as before. Collective: every process enters it. Memory: the whole model's weights
+    for the block (the linear layers' in bf16 under bf16 mixed precision)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    if not units or not hasattr(units[0], "set_reshard_after_forward"):
+        yield
+        return
+    for unit in units:
+        unit.set_reshard_after_forward(False, recurse=False)
+        unit.unshard()
+    try:
+        yield
+    finally:
+        for unit in units:
+            unit.reshard()
+            # As fully_shard set them: each unit frees its weights after its forward, the root keeps them.
+            unit.set_reshard_after_forward(unit is not model, recurse=False)
