@@ -132,7 +132,7 @@ class TrainingLoop:
         self.eval_every = config.eval_every or steps_per_epoch
         sharded = config.sharding == "fsdp" and self.team.size > 1
         self.precision = for_model(config.precision, self.model, sharded=sharded)  # fp32 masters unless bf16-pure
-        self.wrapped = self.team.wrap(self.model, config.sharding)  # DDP (or FSDP) with several processes
+        self.wrapped = self.team.wrap(self.model, config.sharding, self.precision.name)  # DDP or FSDP
         self.params = [p for p in self.model.parameters() if p.requires_grad]  # (FSDP replaced them with shards)
         self.optimizer = torch.optim.AdamW(
             self.params,
