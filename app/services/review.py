@@ -483,12 +483,70 @@ def output_flag_counts(session: Session, project_id: int) -> dict[str, int]:
 
 
 @dataclass
+class Mark:
+    """One labeler's judgment of one output."""
+
+    letter: str
+    """The letter this labeler saw the output under (each labeler sees the outputs in an order of their own)."""
+    rank: int | None = None
+    """Rankings: 1 = best."""
+    tied: bool = False
+    """Rankings: another output shares the place."""
+    likert: int | None = None
+    flags: list[str] = field(default_factory=list)
+    verdict: str = ""
+    """Comparisons: "preferred", "not preferred" or "tie"."""
+
+
+@dataclass
+class OutputRow:
+    """One output of a disagreement, identified by its completion id (not by the letters the
+    labelers saw it under), with each labeler's mark in the order of Disagreement.items."""
+
+    number: int
+    """1, 2, ...: the output's place in the task."""
+    completion_id: int
+    text: str
+    marks: list[Mark | None]
+    """None: that labeler's answer does not hold this output."""
+    spread: int = 0
+    """Rankings: the worst place minus the best place the labelers gave it."""
+
+
+@dataclass
 class Disagreement:
     task: Task
     agreement: float
     """Rankings: the labeler pairs' mean same-order rate over strictly ordered output pairs;
     comparisons: the share of labeler pairs that picked the same winner."""
     items: list[Item]
+    rows: list[OutputRow] = field(default_factory=list)
+
+
+def _mark(kind: TaskKind, item: Item, output: Output) -> Mark:
+    if kind == TaskKind.comparison:
+        winner = stats.comparison_winner(
+            item.submission.choice, item.submission.a_completion_id, item.submission.b_completion_id
+        )
+        verdict = "tie" if winner is None else "preferred" if winner == output.completion_id else "not preferred"
+        return Mark(output.letter, verdict=verdict)
+    tied = any(o.rank == output.rank and o is not output for o in item.outputs) if output.rank else False
+    return Mark(output.letter, output.rank, tied, output.likert, output.flags)
+
+
+def _rows(kind: TaskKind, positions: list[int], found: list[Item]) -> list[OutputRow]:
+    """The task's outputs in the task's own order (`positions`: completion ids), one row each."""
+    seen = {o.completion_id: o.text for item in found for o in item.outputs}
+    ids = [cid for cid in positions if cid in seen] + sorted(set(seen) - set(positions))
+    rows = []
+    for number, cid in enumerate(ids, start=1):
+        marks = []
+        for item in found:
+            output = next((o for o in item.outputs if o.completion_id == cid), None)
+            marks.append(_mark(kind, item, output) if output is not None else None)
+        places = [m.rank for m in marks if m is not None and m.rank is not None]
+        rows.append(OutputRow(number, cid, seen[cid], marks, max(places) - min(places) if places else 0))
+    return rows
 
 
 def _agreement(kind: TaskKind, answers: list[Any]) -> float | None:
@@ -538,10 +596,19 @@ def disagreements(
     found = {
         i.submission.id: i for i in items(session, kind, list(session.scalars(select(model).where(model.id.in_(ids)))))
     }
-    return [
-        Disagreement(found[by_task[t][0][0]].task, rate, [found[sub_id] for sub_id, _ in by_task[t]])
-        for rate, t in worst
-    ], len(by_task)
+    positions: dict[int, list[int]] = {}
+    for task_id, cid in session.execute(
+        select(TaskCompletion.task_id, TaskCompletion.completion_id)
+        .where(TaskCompletion.task_id.in_([t for _, t in worst]))
+        .order_by(TaskCompletion.task_id, TaskCompletion.position)
+    ):
+        positions.setdefault(task_id, []).append(cid)
+    shown = []
+    for rate, t in worst:
+        labelers = [found[sub_id] for sub_id, _ in by_task[t]]
+        rows = _rows(kind, positions.get(t, []), labelers)
+        shown.append(Disagreement(labelers[0].task, rate, labelers, rows))
+    return shown, len(by_task)
 
 
 def ask_one_more_labeler(session: Session, task_id: int) -> Task:
