@@ -15,11 +15,16 @@ The worker runs this for a `reward` run (`instructloop worker`). By hand, on JSO
 ({"prompt": a string or a message list, "completions": [...], "order": [[best], [tied, tied], ...]}):
 
     python -m trainer.reward --model sft-model --train rankings.jsonl --valid valid.jsonl \\
-        --out rm-model --set epochs=1
+        --demonstrations sft-train.jsonl --out rm-model --set epochs=1
+
+(--demonstrations: the SFT data, {"prompt", "completion"}, whose mean score becomes 0 as in a run
+of the app; without it the bias stays as trained.)
 
 `pairwise_step_loss` is the naive version (each pair's two completions forwarded separately),
 kept for the numerical test of the K-way loss and for bench/rm_throughput.py."""
 
+import functools
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -314,8 +319,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", required=True, help="SFT model folder, hub id or smollm2-135m-instruct")
     parser.add_argument("--train", required=True, type=Path)
     parser.add_argument("--valid", type=Path)
+    parser.add_argument(
+        "--demonstrations",
+        type=Path,
+        help='JSONL with "prompt" and "completion" (the SFT data): the bias is set so that their mean score is 0, '
+        "as the worker sets it (score_offset in the saved config.json)",
+    )
     args = parser.parse_args(argv)
     config = standalone.config("reward", args.set)
+    demonstrations = [
+        SFTExample(row["prompt"], standalone.answer_text(row["completion"]))
+        for row in standalone.read_jsonl(args.demonstrations)
+    ]
+    if config.normalize_bias and not demonstrations and standalone.is_main():
+        print("No --demonstrations: the reward bias is not normalized.", file=sys.stderr)
     source = resolve_model_source(args.model, args.cache)
     tokenizer = load_tokenizer(source)
     torch.manual_seed(config.seed)
@@ -334,7 +351,7 @@ def main(argv: list[str] | None = None) -> None:
         for path in (args.train, args.valid)
     )
     standalone.train_and_save(
-        train_reward,
+        functools.partial(train_reward, demonstrations=demonstrations),
         model,
         tokenizer,
         train,
