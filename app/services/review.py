@@ -606,8 +606,8 @@ def disagreements(
     shown = []
     for rate, t in worst:
         labelers = [found[sub_id] for sub_id, _ in by_task[t]]
-        rows = _rows(kind, positions.get(t, []), labelers)
-        shown.append(Disagreement(labelers[0].task, rate, labelers, rows))
+        output_rows = _rows(kind, positions.get(t, []), labelers)
+        shown.append(Disagreement(labelers[0].task, rate, labelers, output_rows))
     return shown, len(by_task)
 
 
