@@ -134,7 +134,7 @@ def accept_shown(
     if done.revised:
         words.append(
             f"Skipped {done.revised} that {'its labeler' if done.revised == 1 else 'their labelers'} revised after "
-            "the page was shown: read them as they are now, below."
+            f"the page was shown: read {'it as it is' if done.revised == 1 else 'them as they are'} now, below."
         )
     if done.decided:
         words.append(f"Skipped {done.decided} decided meanwhile by someone else (or deleted).")
