@@ -162,7 +162,7 @@ def _waiting(session: Session, live: dict[int, Project]) -> list[Attention]:
         if p.id in active:
             continue
         n = open_tasks[p.id]
-        text = f"{_plural(n, 'open task')}, and no labeler worked on them in the last {hours} h"
+        text = f"{_plural(n, 'open task')}, and no labeler worked on {'it' if n == 1 else 'them'} in the last {hours} h"
         href = f"/admin/projects/{p.id}"
         if not labelers:
             text += ": there is no active labeler; invite some"

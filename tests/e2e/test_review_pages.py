@@ -153,7 +153,7 @@ def test_a_disagreement_gets_one_more_labeler(live_server, page_at, shot, sessio
     admin.goto(f"{live_server}/admin/projects/{project.id}/disagreements")
     section = admin.locator(".disagreement").first
     assert "0% agreement" in section.inner_text()
-    assert "ann@example.com" in section.inner_text() and "bob@example.com" in section.inner_text()
+    assert "ann" in section.locator("thead").inner_text() and "bob" in section.locator("thead").inner_text()
     shot(admin, "review-disagreements-desktop")
     section.get_by_role("button", name="Ask one more labeler").click()
     admin.wait_for_load_state("networkidle")
