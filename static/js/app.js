@@ -56,3 +56,10 @@ for (const el of document.querySelectorAll("time[data-local]")) {
   el.textContent = `${at.getFullYear()}-${pad(at.getMonth() + 1)}-${pad(at.getDate())} ${pad(at.getHours())}:${pad(at.getMinutes())}${zone ? " " + zone.value : ""}`;
   el.title = el.getAttribute("datetime").slice(0, 16).replace("T", " ") + " UTC";
 }
+
+// On a phone the navigation is one row that scrolls sideways: bring the current page's link into it.
+const activeLink = document.querySelector(".nav a.active");
+if (activeLink && activeLink.parentElement.scrollWidth > activeLink.parentElement.clientWidth) {
+  const nav = activeLink.parentElement;
+  nav.scrollLeft = activeLink.offsetLeft - nav.offsetLeft - (nav.clientWidth - activeLink.offsetWidth) / 2;
+}
