@@ -107,10 +107,12 @@ def test_same_seed_gives_the_same_metrics(tiny):
 
 def test_should_stop_ends_at_a_safe_point(tiny):
     model, tok = fresh(tiny)
-    polls = []  # FAST has 2 micro-batches per step: polled between them and after each step
-    result = train_sft(model, tok, TRAIN, VALID, FAST, should_stop=lambda: polls.append(1) or len(polls) >= 4)
+    # Polled before the first held-out pass's one batch, then (FAST has 2 micro-batches per step)
+    # between the micro-batches and after each step.
+    polls = []
+    result = train_sft(model, tok, TRAIN, VALID, FAST, should_stop=lambda: polls.append(1) or len(polls) >= 5)
     assert result["steps"] == 2 and result["stopped_early"] == 1.0
-    assert math.isfinite(result["valid_loss"])
+    assert math.isfinite(result["initial_valid_loss"]) and "valid_loss" not in result  # a stop runs no held-out pass
 
 
 def test_nan_weights_raise_training_diverged(tiny):

