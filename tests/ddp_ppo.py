@@ -25,7 +25,9 @@ def main() -> None:
         value,
         tokenizer,
         PROMPTS,
-        small(total_episodes=192, kl_limit=20.0, **json.loads(sys.argv[2] if len(sys.argv) > 2 else "{}")),
+        small(
+            total_episodes=192, kl_limit=20.0, warmup_steps=0, **json.loads(sys.argv[2] if len(sys.argv) > 2 else "{}")
+        ),
         reward_fn=says_a_number,
         on_metrics=lambda step, total, metrics: scores.append(metrics["score"]),
     )

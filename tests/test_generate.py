@@ -17,6 +17,7 @@ from tests.worker_helpers import (
 )
 from trainer import modeling
 from trainer.generate import _to_sample, sample_batches
+from trainer.rollout import completion_from
 from trainer.tiny import make_tiny_model
 from worker.snapshots import snapshot_prompts
 from worker.worker import Worker
@@ -72,11 +73,11 @@ def test_a_sample_ends_at_eos_and_drops_padding(tiny):
     tokenizer = modeling.load_tokenizer(str(tiny))
     words = tokenizer("one two", add_special_tokens=False).input_ids
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    ended = _to_sample(words + [eos, pad, pad], tokenizer, [eos])
+    ended = _to_sample(completion_from(words + [eos, pad, pad], [eos]), tokenizer, [eos])
     assert (ended.text, ended.ended_with_eos, ended.num_tokens) == ("one two", True, len(words) + 1)
-    cut = _to_sample(words, tokenizer, [eos])
+    cut = _to_sample(completion_from(words, [eos]), tokenizer, [eos])
     assert (cut.text, cut.ended_with_eos, cut.num_tokens) == ("one two", False, len(words))
-    nul = _to_sample(tokenizer("a\x00b", add_special_tokens=False).input_ids, tokenizer, [eos])
+    nul = _to_sample(completion_from(tokenizer("a\x00b", add_special_tokens=False).input_ids, [eos]), tokenizer, [eos])
     assert nul.text == "ab"  # Postgres text cannot store NUL
 
 

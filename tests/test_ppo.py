@@ -2,6 +2,7 @@
 the reward-model and LoRA paths, ptx, bad input and divergence."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -39,8 +40,12 @@ def says_a_number(prompts, completions):
 
 @pytest.fixture(scope="module")
 def sft_folder(tmp_path_factory):
+    return train_sft_policy(tmp_path_factory.mktemp("tiny"), tmp_path_factory.mktemp("sft"), SIZES)
+
+
+def train_sft_policy(base: Path, out: Path, sizes: dict) -> str:
     """A tiny policy fine-tuned to answer with one of ANSWERS then EOS (a quick SFT on the CPU)."""
-    folder = make_tiny_model(tmp_path_factory.mktemp("tiny"), **SIZES)
+    folder = make_tiny_model(base, **sizes)
     tokenizer = load_tokenizer(str(folder))
     model = load_causal_lm(str(folder), device="cpu")
     pairs = [(encode_prompt(tokenizer, p), encode_completion(tokenizer, a)) for p in PROMPTS for a in ANSWERS]
@@ -54,7 +59,6 @@ def sft_folder(tmp_path_factory):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    out = tmp_path_factory.mktemp("sft")
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return str(out)

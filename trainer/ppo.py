@@ -58,8 +58,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from transformers import StoppingCriteriaList
 
 from runconfig import PPOConfig
 from trainer.checkpoints import (
@@ -76,11 +74,11 @@ from trainer.checkpoints import (
     training_state,
 )
 from trainer.data import Conversation, SFTExample
-from trainer.distributed import Team, full_state_dict, full_tensor, is_sharded
+from trainer.distributed import Team, full_state_dict, full_tensor, gathered_for_sampling, is_sharded
 from trainer.errors import TrainingDiverged
-from trainer.generate import StopWhen
 from trainer.modeling import encode_prompt, end_ids, fit_conversation, pad_batch
 from trainer.precision import for_model, frozen_dtype, load_dtype
+from trainer.rollout import HFSampler, Sampler, SamplingSpec, make_sampler
 from trainer.sft import IGNORE, encode_demonstration, response_loss_sum
 
 # --- the math, in small pure functions (tested alone) -------------------------------------------
@@ -262,30 +260,6 @@ def token_values(value_model, ids: torch.Tensor, mask: torch.Tensor, response_le
     return value_model(ids, mask, per_token=True)[:, -response_len - 1 : -1].float()
 
 
-def sampling_settings(config: PPOConfig, eos_id: list[int], pad_id: int) -> dict:
-    """generate() settings that sample from exactly softmax(logits / temperature) (with top_p): the
-    distribution whose log-probs PPO computes. generate() fills any setting left unset from the
-    model's generation_config (a hub model may ship top_k, repetition_penalty, min_new_tokens...),
-    and each of those would make the sampled tokens come from another distribution."""
-    return dict(
-        do_sample=True,
-        temperature=config.temperature,
-        top_p=config.top_p,
-        top_k=0,
-        min_p=0.0,
-        typical_p=1.0,
-        epsilon_cutoff=0.0,
-        eta_cutoff=0.0,
-        repetition_penalty=1.0,
-        no_repeat_ngram_size=0,
-        min_new_tokens=0,
-        max_new_tokens=config.max_new_tokens,
-        eos_token_id=eos_id,
-        pad_token_id=pad_id,
-        use_cache=True,
-    )
-
-
 def trim(query_mask: torch.Tensor, response_mask: torch.Tensor) -> tuple[int, int]:
     """(first query column, response length) that hold any real token: the rest is padding for all rows."""
     first = int((query_mask.sum(dim=0) > 0).long().argmax())
@@ -420,14 +394,23 @@ def check_inputs(
 
 
 def adamw(params: list, lr: float, fused: bool = True) -> torch.optim.Optimizer:
-    """AdamW with the fused kernel where this torch has one for the device (one kernel for all
-    parameters instead of a loop of small ops: ~2x faster steps for small models) and `fused` allows it."""
+    """AdamW without weight decay, as TRL's PPO (torch's default 0.01 would pull every weight of the
+    policy and value model toward 0, away from the SFT model the KL penalty holds it to), with the
+    fused kernel where this torch has one for the device (one kernel for all parameters instead of a
+    loop of small ops: ~2x faster steps for small models) and `fused` allows it."""
     if fused:
         try:
-            return torch.optim.AdamW(params, lr=lr, eps=1e-5, fused=True)
+            return torch.optim.AdamW(params, lr=lr, eps=1e-5, weight_decay=0.0, fused=True)
         except (RuntimeError, TypeError):
             pass
-    return torch.optim.AdamW(params, lr=lr, eps=1e-5)
+    return torch.optim.AdamW(params, lr=lr, eps=1e-5, weight_decay=0.0)
+
+
+def warmup_lr(config: PPOConfig, step: int) -> float:
+    """The learning rate of PPO step `step` (from 1): a linear warmup over the first warmup_steps
+    steps (InstructGPT: 10), learning_rate * step / warmup_steps, then learning_rate. A function of
+    the step alone, so a resumed run goes on at the rate it stopped at."""
+    return config.learning_rate * min(1.0, step / config.warmup_steps) if config.warmup_steps else config.learning_rate
 
 
 class LastGoodPolicy:
@@ -585,8 +568,8 @@ class PPORun:
         for_model(config.precision, value_model)
         # DDP for the training passes, sampling and the no-grad passes use the models themselves; or
         # FSDP, which shards the models in place (every pass through them is then collective).
-        self.policy_ddp = team.wrap(policy, config.sharding)
-        self.value_ddp = team.wrap(value_model, config.sharding)
+        self.policy_ddp = team.wrap(policy, config.sharding, self.precision.name)
+        self.value_ddp = team.wrap(value_model, config.sharding, self.precision.name)
         self.sharded = is_sharded(policy)
         self.policy_params = [p for p in policy.parameters() if p.requires_grad]
         self.value_params = [p for p in value_model.parameters() if p.requires_grad]
@@ -607,8 +590,11 @@ class PPORun:
         self.checkpoints = checkpoints or Checkpoints()
         self.last_good = LastGoodPolicy(policy, self.checkpoints, lora=bool(config.lora_r))
         self.ref_context = (lambda: nullcontext()) if ref_policy is not None else policy.disable_adapter
-        self.stop_sampling = StoppingCriteriaList([StopWhen(should_stop)]) if should_stop is not None else None
         self.should_stop = should_stop or (lambda: False)
+        self.sampler: Sampler = HFSampler(
+            policy, batch_size=config.forward_batch_size, pad_id=self.pad_id, synced_gpus=self.sharded
+        )
+        """Replaced by train_ppo with the run's rollout backend once the policy holds its resumed weights."""
         self.resumed = False
         self.seconds = {"rollout_s": 0.0, "scoring_s": 0.0, "update_s": 0.0, "checkpoint_s": 0.0}
         """Each phase's seconds in the current step (process 0's: the processes wait for each other)."""
@@ -684,7 +670,7 @@ class PPORun:
         self.value_model.eval()
         with torch.no_grad(), self.precision.autocast():
             started = time.perf_counter()
-            responses = self.sample(queries, query_mask)
+            responses = self.sample(batch)
             if responses is None:
                 return None
             scoring = time.perf_counter()
@@ -693,27 +679,22 @@ class PPORun:
         self.seconds["scoring_s"] = time.perf_counter() - scoring
         return rollout
 
-    def sample(self, queries: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor | None:
-        """2. Rollouts: one answer per prompt with generate() and its KV cache (a cancel ends the
-        sampling at the next token; the unfinished step is dropped: the run resumes before it).
-        The answers right-padded to the longest; None when stopped."""
-        width, size = queries.shape[1], self.config.forward_batch_size
-        chunks: list[torch.Tensor] = []
-        for lo in range(0, len(queries), size):
-            out = self.policy.generate(
-                input_ids=queries[lo : lo + size],
-                attention_mask=query_mask[lo : lo + size],
-                stopping_criteria=self.stop_sampling,
-                synced_gpus=self.sharded,  # FSDP: every process runs as many forward passes
-                **sampling_settings(self.config, self.eos_id, self.pad_id),
-            )
-            chunks.append(out[:, width:])
-            if self.stop_now():
-                break
-        if self.stop_now():
+    def sample(self, batch: list[int]) -> torch.Tensor | None:
+        """2. Rollouts: one answer per prompt from the run's sampler (generate() on the policy, or a
+        vLLM engine holding its weights); a cancel ends the sampling at the next token (the
+        unfinished step is dropped: the run resumes before it). The answers right-padded to the
+        longest; None when stopped."""
+        config = self.config
+        spec = SamplingSpec(1, config.temperature, config.top_p, config.max_new_tokens, self.eos_id)
+        prompts = [self.prompt_ids[i] for i in batch]
+        gather = gathered_for_sampling(self.policy) if self.sampler.name == "hf" else nullcontext()
+        with gather:  # FSDP: the weights gathered once, not at every token
+            completions = self.sampler.sample(prompts, spec, self.should_stop)
+        if self.stop_now() or completions is None:  # decided together: nobody waits for one that left
             return None
-        length = max(r.shape[1] for r in chunks)
-        return torch.cat([F.pad(r, (0, length - r.shape[1]), value=self.pad_id) for r in chunks])
+        rows = [answers[0].token_ids for answers in completions]
+        length = max(len(r) for r in rows)
+        return torch.tensor([r + [self.pad_id] * (length - len(r)) for r in rows], device=self.device)
 
     def score(
         self, batch: list[int], queries: torch.Tensor, query_mask: torch.Tensor, responses: torch.Tensor
@@ -804,6 +785,8 @@ class PPORun:
         names = ("policy_loss", "value_loss", "clip_frac", "approx_kl", "ptx_loss")
         stats: dict[str, list[torch.Tensor]] = {name: [] for name in names}
         started = time.perf_counter()
+        for group in self.optimizer.param_groups:
+            group["lr"] = warmup_lr(self.config, step)
         for _ in range(self.config.ppo_epochs):
             permutation = torch.randperm(len(rollout.batch), device=self.device)
             for lo in range(0, len(rollout.batch), self.micro):
@@ -923,6 +906,7 @@ class PPORun:
             "episodes": float(self.steps_done * self.config.rollout_batch_size),
             "stopped_early": float(stopped),
             "seconds": seconds,
+            "rollout_backend": self.sampler.name,
             **self.team.info(),
         }
 
@@ -975,7 +959,28 @@ def train_ppo(
         should_stop=should_stop,
     )
     run.resume()
-    on_phase = on_phase or (lambda phase, total: None)
+    run.sampler = make_sampler(
+        config.rollout_backend,
+        policy,
+        batch_size=config.forward_batch_size,
+        pad_id=run.pad_id,
+        synced_gpus=run.sharded,  # FSDP: every process runs as many forward passes
+        between_batches=run.stop_now,
+        max_model_len=getattr(getattr(policy, "config", None), "max_position_embeddings", 0) or 0,
+    )
+    try:
+        return _steps(run, config, on_metrics, on_phase or (lambda phase, total: None))
+    finally:
+        run.sampler.close()
+
+
+def _steps(
+    run: PPORun,
+    config: PPOConfig,
+    on_metrics: Callable[[int, int, dict], None] | None,
+    on_phase: Callable[[str, int], None],
+) -> dict:
+    """train_ppo's steps, from the first not yet done to the last or a stop."""
     stopped = False
     for step in range(run.first_step, run.total_steps + 1):
         if run.stop_now():  # between steps: a clean point to resume from
@@ -992,7 +997,10 @@ def train_ppo(
         # This policy is good (its KL is fine): keep it to fall back to if the update below diverges.
         run.last_good.keep(step - 1)
         on_phase("optimizing", run.total_steps)
+        run.sampler.sleep()  # vLLM on a GPU: its KV cache freed while the update runs
         stats, stopped = run.optimize(rollout, targets, step)
+        if not stopped and step < run.total_steps:
+            run.sampler.load_weights(run.policy)  # the next rollouts come from the updated policy
         run.metrics = run.step_metrics(rollout, targets, stats, step)
         run.steps_done = step
         if on_metrics is not None:

@@ -6,7 +6,7 @@ app nor SQLAlchemy; import-linter checks that (`make lint`)."""
 
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -23,6 +23,7 @@ from trainer.generate import Sample, sample_batches, split_by_length
 from trainer.ppo import train_ppo
 from trainer.precision import frozen_dtype, load_dtype
 from trainer.reward import train_reward
+from trainer.rollout import choose_backend
 from trainer.sft import train_sft
 from worker.context import Outcome, RunContext, VersionInfo, free_memory
 from worker.snapshots import DataError, Snapshot, snapshot_demonstrations, snapshot_prompts, snapshot_rankings
@@ -275,7 +276,13 @@ def _samples(
         seed=config.seed,
         batch_size=config.batch_size,
         should_stop=ctx.should_stop,
+        backend=rollout_backend(model, config),
     )
+
+
+def rollout_backend(model, config: GenerateConfig | EvaluateConfig) -> Literal["hf", "vllm"]:
+    """The sampler that `config.rollout_backend` means on this worker (the summary says which ran)."""
+    return choose_backend(config.rollout_backend, next(model.parameters()).device)
 
 
 def run_generate(ctx: RunContext) -> Outcome:
@@ -344,6 +351,7 @@ def run_generate(ctx: RunContext) -> Outcome:
             "k": k,
             "eos_fraction": ended / completions if completions else 0.0,
             "model_version_id": version.id,
+            "rollout_backend": rollout_backend(model, config),
             "config": config_to_dict(config),
         }
     )
@@ -369,6 +377,7 @@ def run_evaluate(ctx: RunContext) -> Outcome:
     for turn, version in enumerate((candidate, baseline)):
         model, tokenizer, prompts = _sampler(ctx, version, prompts, config.max_new_tokens, snapshot)
         answers[version.id] = {}
+        backend = rollout_backend(model, config)
         batches = _samples(ctx, model, tokenizer, prompts, 1, config)
         for start, samples in batches:
             with ctx.session() as session:
@@ -425,6 +434,7 @@ def run_evaluate(ctx: RunContext) -> Outcome:
         "baseline_model_id": baseline.id,
         "pairs": pairs,
         "config": config_to_dict(config),
+        "rollout_backend": backend,
     }
 
     # 4. The reward model's verdict.
