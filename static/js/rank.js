@@ -30,7 +30,11 @@
     });
     chip.addEventListener("dragend", () => chip.classList.remove("dragging"));
     chip.addEventListener("keydown", (e) => onChipKey(e, id));
-    chip.addEventListener("click", () => card.scrollIntoView({ behavior: "smooth", block: "start" }));
+    chip.addEventListener("click", () => {
+      if (dragged) { dragged = false; return; }  // the end of a touch drag, not a tap
+      card.scrollIntoView({ behavior: "smooth", block: "start" });
+    });
+    touchDraggable(chip, id);
     chips.set(id, chip);
   }
 
@@ -62,6 +66,47 @@
       const id = e.dataTransfer.getData("text/plain");
       if (chips.has(id)) setPlace(id, zone.dataset.drop, false);
     });
+  }
+
+  // A finger starts no HTML5 drag: on touch the chip follows the finger (pointer events; the chips'
+  // touch-action is none) and lands in the place under it when lifted. A tap stays a tap.
+  let touch = null, dragged = false;
+  const zones = [...board.querySelectorAll("[data-drop]")];
+  const zoneAt = (x, y) => zones.find((z) => {
+    const r = z.getBoundingClientRect();
+    return x >= r.left && x <= r.right && y >= r.top && y <= r.bottom;
+  });
+  function touchDraggable(chip, id) {
+    chip.addEventListener("pointerdown", (e) => {
+      if (e.pointerType !== "touch") return;
+      dragged = false;
+      chip.setPointerCapture(e.pointerId);
+      touch = { id, x: e.clientX, y: e.clientY, moved: false };
+    });
+    chip.addEventListener("pointermove", (e) => {
+      if (!touch || touch.id !== id) return;
+      const dx = e.clientX - touch.x, dy = e.clientY - touch.y;
+      if (!touch.moved && Math.hypot(dx, dy) < 8) return;
+      touch.moved = true;
+      chip.classList.add("dragging");
+      chip.style.transform = `translate(${dx}px, ${dy}px)`;
+      const over = zoneAt(e.clientX, e.clientY);
+      zones.forEach((z) => z.classList.toggle("over", z === over));
+    });
+    const end = (e, drop) => {
+      if (!touch || touch.id !== id) return;
+      const moved = touch.moved;
+      touch = null;
+      chip.style.transform = "";
+      chip.classList.remove("dragging");
+      zones.forEach((z) => z.classList.remove("over"));
+      if (!moved) return;
+      dragged = true;
+      const zone = drop && zoneAt(e.clientX, e.clientY);
+      if (zone) setPlace(id, zone.dataset.drop, false);
+    };
+    chip.addEventListener("pointerup", (e) => end(e, true));
+    chip.addEventListener("pointercancel", (e) => end(e, false));
   }
 
   function placeOf(id) { return selectOf(id).value; }
