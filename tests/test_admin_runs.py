@@ -144,6 +144,14 @@ def _run(session, project, status=RunStatus.running, **kw) -> TrainingRun:
     return run
 
 
+def test_the_run_page_says_which_sampler_ran(admin_client, session, world):
+    run = _run(session, world.project, status=RunStatus.succeeded, kind=RunKind.generate)
+    run.summary = {"completions": 8.0, "rollout_backend": "vllm"}
+    session.commit()
+    page = admin_client.get(f"/admin/runs/{run.id}").text
+    assert re.search(r"<dt>sampled with</dt><dd>vLLM</dd>", page) and "<dt>completions</dt>" in page
+
+
 def test_live_plot_and_cancel(admin_client, session, world):
     run = _run(session, world.project, progress_step=0, progress_total=100, started_at=utcnow(), worker_id="w1")
     live = admin_client.get(f"/admin/runs/{run.id}/live")

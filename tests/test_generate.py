@@ -95,6 +95,7 @@ def test_generate_run_stores_outputs_and_ranking_tasks(settings, session, tiny):
         done = run_status(worker.engine, run.id)
         assert done.status == RunStatus.succeeded, done.error
         assert done.summary["ranking_tasks"] == 5 and done.summary["completions"] == 15 and done.summary["k"] == 3
+        assert done.summary["rollout_backend"] == "hf"  # auto on a CPU
         assert done.dataset_snapshot["rows"]["prompts"] == [p.id for p in prompts]
         assert len(done.dataset_snapshot["sha256"]) == 64
         assert f"ids [{long_prompt.id}]" in done.dataset_snapshot["notes"][0]

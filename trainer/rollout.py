@@ -267,9 +267,9 @@ class VLLMSampler:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
-        if self.on_gpu:
-            self.llm.wake_up()
         engine = self.llm.llm_engine
+        if engine.is_sleeping():
+            self.llm.wake_up(tags=["kv_cache"])
         ids: list[str] = []
         for i, prompt in enumerate(prompts):
             # vLLM seeds the j-th of a prompt's n answers with seed + j: prompts' seeds lie far apart,
@@ -315,17 +315,18 @@ class VLLMSampler:
     def load_weights(self, model) -> None:
         """The policy's current weights into the engine (LoRA adapters merged into a copy of them)."""
         state = full_weights(model)
-        if self.on_gpu:
-            self.llm.wake_up(tags=["weights"])
+        if self.llm.llm_engine.is_sleeping():
+            self.llm.wake_up(tags=["weights"])  # memory for the weights, filled below
         # In place, layer by layer, redoing the engine's own processing of loaded weights (on the
         # CPU it repacks the linear layers for its kernels: a plain load_weights can't follow that).
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(state.items())})
         self.llm.reset_prefix_cache()  # cached prompt blocks were computed with the old weights
 
     def sleep(self) -> None:
-        """Frees the KV cache and weights' GPU memory while the trainer updates (GPU only)."""
+        """Frees the KV cache's and the weights' GPU memory while the trainer updates (GPU only):
+        level 2 keeps no copy of the weights, as load_weights brings the updated ones."""
         if self.on_gpu:
-            self.llm.sleep(level=1)
+            self.llm.sleep(level=2)
 
     def close(self) -> None:
         """Shuts the engine down and frees its memory. Its shutdown ends with
