@@ -3,6 +3,7 @@
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 
@@ -457,30 +458,47 @@ def export_data(
 @main.command()
 @click.option(
     "--profile",
-    type=click.Choice(["cpu", "gpu", "tiny"]),
+    type=click.Choice(["cpu", "gpu", "tiny", "hh"]),
     default="cpu",
     show_default=True,
-    help="cpu: minutes on a laptop; gpu: real sizes; tiny: a tiny model, for a quick look.",
+    help="cpu: minutes on a laptop; gpu: real sizes; tiny: a tiny model, for a quick look; "
+    "hh: public human feedback (hh-rlhf, OpenAssistant) judged by a gold reward model.",
 )
-@click.option("--gpu", "gpu_flag", is_flag=True, help="Same as --profile gpu.")
+@click.option("--gpu", "gpu_flag", is_flag=True, help="GPU sizes: same as --profile gpu, or hh's GPU size with hh.")
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option(
+    "--data",
+    "data_folder",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The hh profile's data folder (hh-rlhf/, oasst-en-100/); default ../shared/data beside the checkout.",
+)
 @click.option(
     "--worker/--no-worker",
     "start_worker",
     default=True,
     help="Start a worker for the demo (turn off when `instructloop worker` already runs).",
 )
-def demo(profile: str, gpu_flag: bool, seed: int, start_worker: bool) -> None:
-    """Run the whole loop with simulated labelers: SFT, rankings, reward model, PPO, evaluation."""
+def demo(profile: str, gpu_flag: bool, seed: int, data_folder: Path | None, start_worker: bool) -> None:
+    """Run the whole loop with simulated labelers (or, with --profile hh, on public human feedback):
+    SFT, rankings, reward model, PPO, evaluation."""
     from app import migrate as migrations
     from app.services import ServiceError
+    from worker import gold
     from worker.demo import run_demo
 
+    if gpu_flag:
+        profile = "hh-gpu" if profile == "hh" else "gpu"
+    if profile.startswith("hh"):
+        try:  # before touching the database: say at once what is missing
+            gold.check_data_folder(data_folder or gold.default_data_folder())
+        except gold.DataFolderMissing as exc:
+            raise click.ClickException(str(exc)) from exc
     settings = Settings()
     if settings.is_sqlite:
         migrations.upgrade(settings.db_url)
     try:
-        run_demo(settings, "gpu" if gpu_flag else profile, echo=click.echo, seed=seed, start_worker=start_worker)
+        run_demo(settings, profile, echo=click.echo, seed=seed, start_worker=start_worker, data=data_folder)
     except ServiceError as exc:
         raise click.ClickException(exc.message) from exc
     except RuntimeError as exc:

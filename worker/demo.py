@@ -41,7 +41,7 @@ from app.db import make_engine, make_sessionmaker, write_session
 from app.models import Comparison, Completion, ModelVersion, Prompt, RunMetric, RunStatus, Task, TaskKind, TrainingRun
 from app.services import estimates, evaluation, imports, projects, registry, runs
 from runconfig import PRESETS
-from worker import simulate
+from worker import gold, simulate
 
 GUIDELINES = """# Demo guidelines
 
@@ -133,6 +133,85 @@ PROFILES = {
             temperature=1.0,
         ),
         evaluate=dict(num_prompts=64, temperature=1.0, max_new_tokens=12, batch_size=64),
+    ),
+}
+
+
+@dataclass
+class HHProfile:
+    """The real-data profile: human demonstrations, preferences and prompts instead of simulated labelers."""
+
+    name: str
+    model: str
+    valid_fraction: float = 0.2
+    test_fraction: float = 0.2
+    """Shares of the loop's prompts held out: valid for the reward model's held-out pairs (and SFT's
+    held-out loss), test for the comparison of PPO with SFT."""
+    gold_valid_fraction: float = 0.1
+    """Share of the gold pairs held out for the gold reward model's own accuracy."""
+    sft: dict[str, Any] = field(default_factory=dict)
+    reward: dict[str, Any] = field(default_factory=dict)
+    ppo: dict[str, Any] = field(default_factory=dict)
+    evaluate: dict[str, Any] = field(default_factory=dict)
+
+
+_HH_CPU_REWARD = dict(epochs=1, batch_size=8, micro_batch_size=8, learning_rate=3e-5, max_length=192, precision="bf16")
+HH_PROFILES = {
+    # Sized for a quiet 2-core CPU (under 30 minutes): SmolLM2-135M-Instruct; hh-rlhf helpful-base
+    # (the shared 1,554 test pairs) and 100 OpenAssistant trees; sequences cut to 192 tokens, answers
+    # to 48; PPO trains LoRA adapters (rank 16) on the policy and the value model. These settings
+    # were set before any run and not changed after looking at held-out figures.
+    "hh": HHProfile(
+        name="hh",
+        model="smollm2-135m-instruct",
+        sft=dict(
+            epochs=2,
+            batch_size=8,
+            micro_batch_size=8,
+            learning_rate=5e-5,
+            max_length=192,
+            max_prompt_length=128,
+            precision="bf16",
+        ),
+        reward=_HH_CPU_REWARD,
+        ppo=dict(
+            total_episodes=256,
+            rollout_batch_size=16,
+            minibatch_size=8,
+            forward_batch_size=16,
+            ppo_epochs=2,
+            max_new_tokens=48,
+            learning_rate=1e-4,  # LoRA adapters take a larger step than full weights
+            warmup_steps=0,
+            kl_coef=0.05,
+            temperature=0.9,
+            lora_r=16,
+            value_lora_r=16,
+            precision="bf16",
+        ),
+        # The oldest 150 test prompts: the hh-rlhf ones (imported first), the gold judge's own domain.
+        evaluate=dict(num_prompts=150, temperature=0.7, top_p=0.95, max_new_tokens=48, batch_size=30),
+    ),
+    # The same data at the GPU sizes: longer sequences and answers, more epochs and episodes, full weights.
+    "hh-gpu": HHProfile(
+        name="hh-gpu",
+        model="smollm2-135m-instruct",
+        sft=dict(
+            epochs=3, batch_size=32, micro_batch_size=32, learning_rate=2e-5, max_length=512, max_prompt_length=384
+        ),
+        reward=dict(epochs=2, batch_size=32, micro_batch_size=16, learning_rate=1e-5, max_length=512),
+        ppo=dict(
+            total_episodes=4096,
+            rollout_batch_size=64,
+            minibatch_size=16,
+            forward_batch_size=64,
+            ppo_epochs=4,
+            max_new_tokens=128,
+            learning_rate=1e-5,
+            kl_coef=0.05,
+            temperature=0.9,
+        ),
+        evaluate=dict(num_prompts=150, temperature=0.7, top_p=0.95, max_new_tokens=128, batch_size=75),
     ),
 }
 
@@ -243,8 +322,10 @@ class Demo:
         )
         bar.done(f"{report.submitted.get(kind.value, 0)} {kind.value}s, {report.skipped} skipped")
 
-    def _train(self, kind: str, project_id: int, inputs: list[int], config: dict[str, Any]) -> int:
-        """Queues a run, follows it to the end, and returns the model version it produced (or the run id)."""
+    def _train(self, kind: str, project_id: int, inputs: list[int], config: dict[str, Any], name: str = "") -> int:
+        """Queues a run, follows it to the end, and returns the model version it produced (or the run
+        id). `name` keys its run id and timing when two runs of one kind are made (default: the kind)."""
+        name = name or kind
         config = {**config, "seed": self.seed}
         if config.get("precision") == "bf16" and not estimates.gpu_present() and not estimates.cpu_has_bf16():
             # The cpu profile's bf16 autocast is 1.5x faster than fp32 on a CPU with bf16 instructions
@@ -259,8 +340,8 @@ class Demo:
             estimate = estimates.estimate_run(session, project_id, kind, config, input_model_ids=inputs).seconds
             run = runs.create_run(session, project_id=project_id, kind=kind, config=config, input_model_ids=inputs)
             run_id = run.id
-        self.run_ids[kind] = run_id
-        bar = ProgressBar(self.echo, f"{kind} run {run_id}")
+        self.run_ids[name] = run_id
+        bar = ProgressBar(self.echo, f"{name} run {run_id}")
         while True:
             with self.sessions() as session:
                 run = session.get_one(TrainingRun, run_id)
@@ -279,7 +360,7 @@ class Demo:
             raise RuntimeError(f"The {kind} run {run_id} {status.value}: {error}")
         with self.sessions() as session:
             version = session.scalar(select(ModelVersion).where(ModelVersion.run_id == run_id))
-        self.timings[kind] = (bar.elapsed(), estimate)
+        self.timings[name] = (bar.elapsed(), estimate)
         bar.done("done" + (f" -> model version {version.id}" if version else ""), estimate)
         return version.id if version else run_id
 
@@ -360,6 +441,154 @@ class Demo:
             self.worker.kill()
 
 
+class HHDemo(Demo):
+    """The loop on public human feedback: SFT on OpenAssistant's human replies, a reward model on
+    hh-rlhf's and OpenAssistant's human preferences, PPO on their human prompts; PPO and SFT then
+    answer held-out hh-rlhf prompts and a gold reward model, trained in a project of its own on
+    hh-rlhf pairs the loop never sees (worker.gold), judges them."""
+
+    def __init__(self, settings: Settings, profile: HHProfile, data: Path, **kwargs):
+        super().__init__(settings, profile, **kwargs)  # type: ignore[arg-type]
+        self.hh: HHProfile = profile
+        self.data = data
+
+    def run(self) -> DemoResult:
+        started = time.monotonic()
+        hh_lines = gold.read_lines(self.data / gold.HH_FILE)
+        loop_lines, gold_lines = gold.split_hh(hh_lines)
+        if self.start_worker:
+            self._start_worker()
+        try:
+            loop = self._project("hh demo", loop_lines, oasst=True)
+            judge = self._project("hh gold judge", gold_lines, oasst=False)
+            base = self._register_base(loop)
+            sft = self._train("sft", loop, [base], self.hh.sft)
+            reward = self._train("reward", loop, [sft], self.hh.reward)
+            gold_rm = self._train("reward", judge, [self._register_base(judge)], self.hh.reward, name="gold reward")
+            ppo = self._train("ppo", loop, [sft, reward], self.hh.ppo)
+            self._train("evaluate", loop, [ppo, sft, reward], self.hh.evaluate)
+            self.echo("Scoring the held-out pairs and the answers with the reward model and the gold judge...")
+            figures = self._hh_figures(loop, reward, gold_rm, ppo, sft)
+        finally:
+            self._stop_worker()
+        result = DemoResult(loop, time.monotonic() - started, figures, dict(self.run_ids), dict(self.timings))
+        self._hh_report(result)
+        return result
+
+    def _project(self, what: str, hh_lines: list[str], *, oasst: bool) -> int:
+        name = f"{what} {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        gold_project = not oasst
+        with write_session(self.engine) as session:
+            project = projects.create_project(
+                session,
+                projects.ProjectSettings(
+                    name=name, k=4, overlap=1, description="Created by `instructloop demo --profile hh`."
+                ),
+                guidelines_md="# hh demo\n\nPublic human feedback (hh-rlhf, OpenAssistant); no labelers.",
+            )
+            valid = self.hh.gold_valid_fraction if gold_project else self.hh.valid_fraction
+            test = 0.0 if gold_project else self.hh.test_fraction
+            files = [(gold.HH_FILE, "hh-rlhf", "\n".join(hh_lines).encode())]
+            if oasst:
+                files.append((gold.OASST_FILE, "oasst", (self.data / gold.OASST_FILE).read_bytes()))
+            notes = []
+            for filename, fmt, data in files:
+                result = imports.run_import(
+                    session, project, data, filename=filename, fmt=fmt, valid_fraction=valid, test_fraction=test
+                )
+                counts = result.preview.split_counts
+                notes.append(
+                    f"{filename}: {len(result.prompts)} prompts ({counts['train']} train, {counts['valid']} valid, "
+                    f"{counts['test']} test), {imports.feedback_summary(result.feedback)}"
+                )
+            self.echo(f"Project '{name}' (id {project.id}):")
+            for note in notes:
+                self.echo(f"  {note}")
+            return project.id
+
+    def _register_base(self, project_id: int) -> int:
+        with write_session(self.engine) as session:
+            return registry.register_base(session, self.hh.model, project_id=project_id).id
+
+    def _hh_figures(self, loop: int, reward: int, gold_rm: int, ppo: int, sft: int) -> dict[str, Any]:
+        from trainer import modeling
+
+        def load(version_id: int):
+            with self.sessions() as session:
+                location = registry.weights_location(session.get_one(ModelVersion, version_id))
+            source = modeling.resolve_model_source(location, self.settings.data_dir)
+            model = modeling.ScalarHeadModel.from_pretrained(source, device=modeling.pick_device())
+            model.eval()
+            return model, modeling.load_tokenizer(source)
+
+        with self.sessions() as session:
+            pairs = gold.held_out_pairs(session, loop)
+            answers = gold.evaluate_answers(session, self.run_ids["evaluate"], (ppo, sft))
+            evaluate_run = session.get_one(TrainingRun, self.run_ids["evaluate"])
+            proxy = (evaluate_run.summary or {}).get("reward_model") or {}
+
+            def metric(name: str, metric: str, pick: int) -> float | None:
+                rows = session.scalars(
+                    select(RunMetric.value)
+                    .where(RunMetric.run_id == self.run_ids[name], RunMetric.name == metric)
+                    .order_by(RunMetric.step)
+                ).all()
+                return rows[pick] if rows else None
+
+            figures: dict[str, Any] = {
+                "reward_run_valid_accuracy": metric("reward", "valid_accuracy", -1),
+                "gold_run_valid_accuracy": metric("gold reward", "valid_accuracy", -1),
+                "ppo_score_start": metric("ppo", "score", 0),
+                "ppo_score_end": metric("ppo", "score", -1),
+                "ppo_kl_end": metric("ppo", "kl", -1),
+                "proxy_win_rate": proxy.get("win_rate"),
+            }
+        model, tokenizer = load(reward)
+        figures["reward"] = gold.judge_pairs(model, tokenizer, pairs)
+        del model
+        model, tokenizer = load(gold_rm)
+        figures["gold_on_held_out"] = gold.judge_pairs(model, tokenizer, pairs)
+        figures["gold_win_rate"] = gold.gold_win_rate(model, tokenizer, answers)
+        del model
+        figures["longer_wins"] = gold.longer_wins(pairs)
+        figures["lengths"] = dict(zip(("ppo", "sft"), gold.answer_lengths(answers), strict=True))
+        return figures
+
+    def _hh_report(self, result: DemoResult) -> None:
+        f = result.figures
+        r, g, lw = f["reward"], f["gold_on_held_out"], f["longer_wins"]
+        self.echo("")
+        self.echo(f"Finished in {result.seconds / 60:.1f} minutes (project {result.project_id}).")
+        self.echo(
+            f"  Held-out hh-rlhf pairs: {r['pairs']}, of which {r['chosen_shorter_pairs']} have the shorter answer chosen."
+        )
+        self.echo("                         accuracy  chosen-shorter  balanced  prefers longer")
+        for label, x in (("reward model (loop)", r), ("gold judge", g), ('"longer wins"', lw)):
+            self.echo(
+                f"  {label:<22} {_pct(x['accuracy'])}   {_pct(x['accuracy_chosen_shorter'])}          "
+                f"{_pct(x['balanced_accuracy'])}    {_pct(x['prefers_longer'])}"
+            )
+        self.echo(
+            f"  (the reward run's own held-out accuracy, OpenAssistant rankings included: "
+            f"{_fmt(f['reward_run_valid_accuracy'])}; the gold run's on its own held-out pairs: "
+            f"{_fmt(f['gold_run_valid_accuracy'])})"
+        )
+        self.echo(
+            f"  PPO reward-model score {_fmt(f['ppo_score_start'])} -> {_fmt(f['ppo_score_end'])}, "
+            f"KL {_fmt(f['ppo_kl_end'])}"
+        )
+        self.echo(
+            f"  PPO vs SFT (gold judge)       {_rate(f['gold_win_rate'])}, {f['gold_win_rate']['identical']} identical"
+        )
+        if f["proxy_win_rate"] is not None:
+            self.echo(f"  PPO vs SFT (the loop's reward model, the training signal) {f['proxy_win_rate']:.1%}")
+        for who in ("ppo", "sft"):
+            x = f["lengths"][who]
+            self.echo(
+                f"  {who.upper()} answers: {x['mean_words']:.1f} words on average, {x['ended']:.0%} ended by the model"
+            )
+
+
 def _last_metrics(session, run_id: int) -> str:
     row = session.execute(
         select(RunMetric.step).where(RunMetric.run_id == run_id).order_by(RunMetric.step.desc()).limit(1)
@@ -411,15 +640,30 @@ class ProgressBar:
 
 
 def run_demo(
-    settings: Settings, profile: str = "cpu", *, echo: Echo = print, seed: int = 0, start_worker: bool = True
+    settings: Settings,
+    profile: str = "cpu",
+    *,
+    echo: Echo = print,
+    seed: int = 0,
+    start_worker: bool = True,
+    data: Path | None = None,
 ) -> DemoResult:
-    if profile not in PROFILES:
-        raise ValueError(f"Unknown profile {profile!r}; use one of {', '.join(PROFILES)}.")
+    """`data`: the folder of the public data the hh profiles read (default ../shared/data beside the checkout)."""
+    if profile not in PROFILES and profile not in HH_PROFILES:
+        raise ValueError(f"Unknown profile {profile!r}; use one of {', '.join([*PROFILES, *HH_PROFILES])}.")
+    if profile in HH_PROFILES:
+        folder = gold.check_data_folder(Path(data) if data is not None else gold.default_data_folder())
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     # The queue shuffles each labeler's view of the outputs with the global random; seeded, the
     # simulated labelers see the same views each time and a demo run is reproducible on the CPU.
     random.seed(seed)
+    if profile in HH_PROFILES:
+        return HHDemo(settings, HH_PROFILES[profile], folder, echo=echo, seed=seed, start_worker=start_worker).run()
     return Demo(settings, PROFILES[profile], echo=echo, seed=seed, start_worker=start_worker).run()
+
+
+def _pct(value: float | None) -> str:
+    return "  n/a" if value is None else f"{value:5.1%}"
 
 
 def _rate(w: dict[str, Any]) -> str:

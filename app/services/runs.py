@@ -27,6 +27,8 @@ from sqlalchemy.orm import Session
 
 from app.db import atomic, lock_writes, skip_locked, utcnow
 from app.models import (
+    Comparison,
+    ComparisonChoice,
     Demonstration,
     ModelKind,
     ModelVersion,
@@ -227,6 +229,20 @@ def training_examples(
         )
         if excluded:
             stmt = stmt.where(Ranking.user_id.not_in(excluded))
+        # Imported pairs (hh-rlhf, TRL preference files) train a reward model too (worker.snapshots).
+        pairs = (
+            select(func.count(Comparison.id))
+            .join(Task, Task.id == Comparison.task_id)
+            .join(Prompt, Prompt.id == Task.prompt_id)
+            .where(
+                Task.project_id == project_id,
+                Prompt.split.in_(splits),
+                Comparison.user_id.is_(None),
+                Comparison.choice != ComparisonChoice.tie,
+                Comparison.review != ReviewStatus.rejected,
+            )
+        )
+        return int(session.scalar(stmt) or 0) + int(session.scalar(pairs) or 0)
     return int(session.scalar(stmt) or 0)
 
 
@@ -243,7 +259,7 @@ def _check_data(session: Session, project: Project, kind: RunKind, config: Any, 
     elif kind == RunKind.reward:
         if not training_examples(session, project.id, kind, splits, excluded):
             raise ServiceError(
-                f"Project {project.name!r} has no rankings on the {'/'.join(splits)} prompts yet: "
+                f"Project {project.name!r} has no rankings or imported pairs on the {'/'.join(splits)} prompts yet: "
                 "run `generate` and collect rankings before a reward run."
             )
     else:
@@ -293,15 +309,22 @@ def status_counts(session: Session) -> dict[str, int]:
 
 
 def timing(run: TrainingRun, now: datetime | None = None) -> dict[str, float | None]:
-    """Seconds this attempt has run, and an estimate of the seconds left from its pace so far (None
-    until it has done a step)."""
+    """Seconds this attempt has run, and an estimate of the seconds left from its pace so far, the
+    part of a step done counted (None until some work is done). The pace is taken from when the
+    work began (record_progress), so the models' loading does not count as work; until the work
+    has moved on from there, from the attempt's start."""
     if run.status != RunStatus.running or not run.attempt_log:
         return {"elapsed_s": None, "eta_s": None}
     attempt = run.attempt_log[-1]
-    elapsed = ((now or utcnow()) - datetime.fromisoformat(attempt["started_at"])).total_seconds()
-    done = run.progress_step - int(attempt.get("from_step", 0))
-    left = run.progress_total - run.progress_step
-    eta = elapsed / done * left if done > 0 and run.progress_total else None
+    now = now or utcnow()
+    elapsed = (now - datetime.fromisoformat(attempt["started_at"])).total_seconds()
+    position = run.progress_step + (run.progress_partial or 0.0)
+    left = run.progress_total - position
+    since, done = elapsed, position - int(attempt.get("from_step", 0))
+    if "work_started_at" in attempt and position > attempt.get("work_from", position):
+        since = (now - datetime.fromisoformat(attempt["work_started_at"])).total_seconds()
+        done = position - attempt["work_from"]
+    eta = since / done * left if done > 0 and run.progress_total else None
     return {"elapsed_s": elapsed, "eta_s": eta}
 
 
@@ -416,7 +439,7 @@ def claim_next_run(session: Session, worker_id: str) -> TrainingRun | None:
         "started_at": now.isoformat(timespec="seconds"),
         "from_step": run.progress_step,
     }
-    run.phase = "starting"
+    run.phase, run.progress_partial = "starting", None
     run.attempt_log = [*(run.attempt_log or []), entry]
     session.flush()
     return run
@@ -461,16 +484,30 @@ def heartbeat(session: Session, run_id: int, worker_id: str) -> str:
 
 
 def record_progress(
-    session: Session, run_id: int, worker_id: str, step: int, total: int, phase: str | None = None
+    session: Session,
+    run_id: int,
+    worker_id: str,
+    step: int,
+    total: int,
+    phase: str | None = None,
+    partial: float | None = None,
 ) -> bool:
+    """The run's steps done of `total`, what it does now, and `partial`: work done beyond `step`, in
+    steps (None: whole steps only). The first progress with a total in an attempt marks where its
+    work began (after loading the models), which the time left is paced from."""
     run = _owned(session, run_id, worker_id)
     if run is None:
         return False
     run.progress_step = int(step)
     run.progress_total = int(total)
+    run.progress_partial = partial
     if phase is not None:
         run.phase = phase[:40]
     run.heartbeat_at = utcnow()
+    attempt = (run.attempt_log or [{}])[-1]
+    if total and "work_started_at" not in attempt and "ended_at" not in attempt and run.attempt_log:
+        attempt = {**attempt, "work_started_at": run.heartbeat_at.isoformat(), "work_from": step + (partial or 0.0)}
+        run.attempt_log = [*run.attempt_log[:-1], attempt]
     return True
 
 
@@ -511,7 +548,7 @@ def finish_run(
         return False
     _end_attempt(run, status.value)
     run.status = status
-    run.phase = None
+    run.phase, run.progress_partial = None, None
     run.finished_at = utcnow()
     run.heartbeat_at = run.finished_at
     if summary is not None:
@@ -560,7 +597,7 @@ RESUMABLE = (RunKind.sft, RunKind.reward, RunKind.ppo, RunKind.generate)
 
 def _retry_or_end(run: TrainingRun, outcome: str, why: str, final: RunStatus) -> RunStatus:
     _end_attempt(run, outcome)
-    run.phase = None
+    run.phase, run.progress_partial = None, None
     if run.cancel_requested:  # an admin's cancel wins: a run asked to stop is never queued again
         run.status, run.finished_at = RunStatus.cancelled, utcnow()
         run.error = (
