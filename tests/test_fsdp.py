@@ -44,6 +44,8 @@ def test_fsdp_gathers_linear_weights_in_the_low_precision_and_samples_with_one_g
         dtype = {"bf16": "bfloat16", "fp16": "float16"}[low]
         assert out[low]["gathered"] == {dtype: linear, "float32": everything - linear}, out[low]
     for precision, measured in out.items():
+        # After gathered_for_sampling the units free their weights after a forward again, as before it.
+        assert measured["backward_gathers"] == measured["sampling"]["units"] - 1, (precision, measured)
         # The same numbers as unsharded under autocast: the KL to an unsharded reference stays 0. A
         # policy over whole blocks (norms in bf16) changed the logits by 4e-3; gradients reduced in
         # bf16 were 4e-3 off.

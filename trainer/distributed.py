@@ -260,6 +260,9 @@ def gathered_for_sampling(model: torch.nn.Module) -> Iterator[None]:
     if not units or not hasattr(units[0], "set_reshard_after_forward"):
         yield
         return
+    state = model._get_fsdp_state() if units[0] is model else None
+    if state is not None:  # what the root's first forward does (sampling may come first): the root and its
+        state._lazy_init()  # units' shared streams settled before the units are gathered outside a forward
     for unit in units:
         unit.set_reshard_after_forward(False, recurse=False)
         unit.unshard()
