@@ -7,7 +7,8 @@ progress bar per run. Afterwards the web app shows the lineage, the plots and th
 
 The profiles trade quality for time: `cpu` finishes in about 12 minutes on a 2-core laptop with
 SmolLM2-135M-Instruct, `gpu` uses real sizes, `tiny` uses a tiny model built from a config
-(for tests). Run: `instructloop demo [--profile cpu|gpu|tiny]`.
+(for tests). Run: `instructloop demo [--profile cpu|gpu|tiny]`. The `hh` profile (HHDemo) runs the
+loop on public human feedback instead of simulated labelers, judged by a gold reward model.
 
 What the cpu profile can show, and how it was chosen. A 135M model does not learn two-digit
 addition or comparing numbers from a few hundred examples and episodes, so on those prompts SFT
