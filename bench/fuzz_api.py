@@ -69,7 +69,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def fuzz(base: str, token: str, who: str, max_examples: int, max_time: int, workers: int) -> tuple[int, int, str]:
+def fuzz(
+    base: str, token: str, who: str, max_examples: int, max_time: int, workers: int, cwd: Path
+) -> tuple[int, int, str]:
     cmd = [
         str(SCHEMATHESIS),
         "run",
@@ -92,7 +94,8 @@ def fuzz(base: str, token: str, who: str, max_examples: int, max_time: int, work
         "--no-color",
     ]
     started = time.monotonic()
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=max_time + 600).stdout
+    # cwd: schemathesis writes its cache (.schemathesis/) there, not into the working tree.
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=max_time + 600, cwd=cwd).stdout
     seconds = time.monotonic() - started
     generated = sum(int(n) for n in re.findall(r"(\d+) generated", out)) or sum(
         int(n) for n in re.findall(r"Test cases:\s*(\d+)", out)
@@ -145,7 +148,7 @@ def main() -> None:
                 time.sleep(0.2)
         total_cases = total_errors = 0
         for who, token in (("admin", admin_token), ("labeler", labeler_token)):
-            cases, errors, out = fuzz(base, token, who, args.max_examples, args.max_time, args.workers)
+            cases, errors, out = fuzz(base, token, who, args.max_examples, args.max_time, args.workers, tmp)
             total_cases, total_errors = total_cases + cases, total_errors + errors
             if args.show or errors:
                 print(out[-20000:])
