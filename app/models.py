@@ -768,7 +768,10 @@ def _counter_exists(conn: Connection) -> bool:
 
 @event.listens_for(Engine, "rollback")
 def _forget_figure_writes(conn: Connection) -> None:
-    conn.info.pop(_WROTE, None)
+    # A connection that died in its transaction (Postgres restarted) is invalidated: its info went
+    # with it, and asking for it would raise PendingRollbackError in place of the database's error.
+    if not conn.invalidated:
+        conn.info.pop(_WROTE, None)
 
 
 class TrainingRun(Base):
@@ -794,6 +797,10 @@ class TrainingRun(Base):
     heartbeat_at: Mapped[datetime | None]
     progress_step: Mapped[int] = mapped_column(Integer, default=0)
     progress_total: Mapped[int] = mapped_column(Integer, default=0)
+    progress_partial: Mapped[float | None] = mapped_column(Float)
+    """Work done beyond progress_step, in steps: how far into a long step the run is (PPO: the
+    fraction of the step's rollout and epochs done), so the bar and the time left move inside it.
+    None when the run reports whole steps only."""
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     error: Mapped[str | None] = mapped_column(Text)
     summary: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -78,6 +78,7 @@ from trainer.distributed import Team, full_state_dict, full_tensor, gathered_for
 from trainer.errors import TrainingDiverged
 from trainer.modeling import encode_prompt, end_ids, fit_conversation, pad_batch
 from trainer.precision import for_model, frozen_dtype, load_dtype
+from trainer.progress import ForwardPasses
 from trainer.rollout import HFSampler, Sampler, SamplingSpec, make_sampler
 from trainer.sft import IGNORE, encode_demonstration, response_loss_sum
 
@@ -911,6 +912,90 @@ class PPORun:
         }
 
 
+FIRST_STEP_SHARES = (0.5, 0.1, 0.4)
+"""The shares of rolling out, scoring and optimizing in a step's time before a step has been timed
+(then the previous step's own): bench/worker_memory.py's SmolLM2-135M PPO at the CPU preset."""
+
+
+class StepProgress:
+    """How far the current step is, for on_phase(phase, total_steps, fraction of the step done): the
+    phase with a detail, "rolling out (token 12 of 24)", "scoring", "optimizing (epoch 2 of 4)",
+    reported at each phase's start and at most every trainer.progress.REPORT_EVERY_S inside it.
+
+    Counted from forward passes (trainer.progress), so neither the sampler nor the PPO epochs need
+    to report: while generate() samples, the policy runs one pass per new token and the sampler asks
+    between_batches() after each batch (a vLLM engine runs its own passes: its rollouts show no
+    tokens, and "scoring" shows from the next phase on); while the epochs run, the value model runs
+    one pass per minibatch. A phase's share of the step is its share of the previous step's time."""
+
+    def __init__(self, run: "PPORun", on_phase: Callable[[str, int, float], None]):
+        self.run, self.on_phase = run, on_phase
+        config, rows = run.config, run.config.rollout_batch_size // run.team.size
+        self.batches = math.ceil(rows / config.forward_batch_size)
+        self.per_epoch = math.ceil(rows / run.micro)
+        self.shares: tuple[float, float, float] = FIRST_STEP_SHARES
+        self.phase, self.batches_done = "", 0
+        self.tokens = ForwardPasses(run.policy.get_input_embeddings(), lambda: self.moved("rolling out"))
+        self.minibatches = ForwardPasses(run.value_model, lambda: self.moved("optimizing"))
+
+    def start(self, phase: str) -> None:
+        self.phase = phase
+        self.batches_done = self.tokens.count = self.minibatches.count = 0
+        self.report()
+
+    def between_batches(self, stop_now: Callable[[], bool]) -> Callable[[], bool]:
+        """The sampler's between_batches: counts the batch sampled, then asks stop_now(); after the
+        step's last batch the rollout goes on to scoring."""
+
+        def ask() -> bool:
+            self.batches_done += 1
+            self.tokens.count = 0
+            if self.phase == "rolling out" and self.batches_done >= self.batches:
+                self.start("scoring")
+            return stop_now()
+
+        return ask
+
+    def moved(self, phase: str) -> None:
+        if self.phase == phase:
+            self.report()
+
+    def where(self) -> tuple[float, str]:
+        """(the fraction of the step done, the phase's detail)."""
+        rolling, scoring, optimizing = self.shares
+        if self.phase == "rolling out":
+            most = self.run.config.max_new_tokens
+            tokens = min(self.tokens.count, most)
+            done = min(1.0, (self.batches_done + tokens / most) / self.batches)
+            if self.batches == 1:
+                return rolling * done, f"token {tokens} of {most}"
+            return (
+                rolling * done,
+                f"batch {min(self.batches_done + 1, self.batches)}/{self.batches}, token {tokens}/{most}",
+            )
+        if self.phase == "optimizing":
+            epochs = self.run.config.ppo_epochs
+            finished = min(max(self.minibatches.count - 1, 0), epochs * self.per_epoch)  # the counted one runs
+            epoch = min(finished // self.per_epoch + 1, epochs)
+            return rolling + scoring + optimizing * finished / (epochs * self.per_epoch), f"epoch {epoch} of {epochs}"
+        return rolling, ""
+
+    def report(self) -> None:
+        fraction, detail = self.where()
+        self.on_phase(f"{self.phase} ({detail})" if detail else self.phase, self.run.total_steps, fraction)
+
+    def step_done(self) -> None:
+        """The step's phases' times set the shares of the next (scoring's from the rollout's end)."""
+        rolling, scoring, optimizing = (self.run.seconds[k] for k in ("rollout_s", "scoring_s", "update_s"))
+        if min(rolling, scoring, optimizing) > 0:
+            total = rolling + scoring + optimizing
+            self.shares = (rolling / total, scoring / total, optimizing / total)
+
+    def close(self) -> None:
+        self.tokens.close()
+        self.minibatches.close()
+
+
 def train_ppo(
     policy,
     ref_policy,
@@ -926,7 +1011,7 @@ def train_ppo(
     reward_tokenizer=None,
     reward_fn: Callable[[list[Conversation], list[str]], Sequence[float]] | None = None,
     checkpoints: Checkpoints | None = None,
-    on_phase: Callable[[str, int], None] | None = None,
+    on_phase: Callable[[str, int, float], None] | None = None,
 ) -> dict:
     """Optimize `policy` in place with PPO against `reward_model`; return a summary of the run.
 
@@ -938,7 +1023,8 @@ def train_ppo(
       one too long for the context with max_new_tokens loses its oldest whole turns.
     - reward_fn(prompts, completions) -> scores: a programmatic reward (e.g. a checkable answer) used
       instead of reward_model, given the prompts as passed; completions are decoded without special tokens.
-    - on_phase(phase, total_steps): "rolling out" and "optimizing", at the start of each.
+    - on_phase(phase, total_steps, fraction): what the step does now and the fraction of it done,
+      "rolling out (token 12 of 24)", "scoring", "optimizing (epoch 2 of 4)" (StepProgress).
     - checkpoints: a checkpoint every config.save_every steps and when stopped between steps (a stop
       in the middle of a step's PPO epochs goes back to the previous checkpoint), and the run goes on
       from the newest one it finds.
@@ -959,26 +1045,30 @@ def train_ppo(
         should_stop=should_stop,
     )
     run.resume()
-    run.sampler = make_sampler(
-        config.rollout_backend,
-        policy,
-        batch_size=config.forward_batch_size,
-        pad_id=run.pad_id,
-        synced_gpus=run.sharded,  # FSDP: every process runs as many forward passes
-        between_batches=run.stop_now,
-        max_model_len=getattr(getattr(policy, "config", None), "max_position_embeddings", 0) or 0,
-    )
+    progress = StepProgress(run, on_phase or (lambda phase, total, fraction: None))
     try:
-        return _steps(run, config, on_metrics, on_phase or (lambda phase, total: None))
+        run.sampler = make_sampler(
+            config.rollout_backend,
+            policy,
+            batch_size=config.forward_batch_size,
+            pad_id=run.pad_id,
+            synced_gpus=run.sharded,  # FSDP: every process runs as many forward passes
+            between_batches=progress.between_batches(run.stop_now),
+            max_model_len=getattr(getattr(policy, "config", None), "max_position_embeddings", 0) or 0,
+        )
+        try:
+            return _steps(run, config, on_metrics, progress)
+        finally:
+            run.sampler.close()
     finally:
-        run.sampler.close()
+        progress.close()
 
 
 def _steps(
     run: PPORun,
     config: PPOConfig,
     on_metrics: Callable[[int, int, dict], None] | None,
-    on_phase: Callable[[str, int], None],
+    progress: StepProgress,
 ) -> dict:
     """train_ppo's steps, from the first not yet done to the last or a stop."""
     stopped = False
@@ -988,7 +1078,7 @@ def _steps(
             run.save_on_stop()
             break
         batch, queries, query_mask = run.next_prompts()
-        on_phase("rolling out", run.total_steps)  # (the number of steps is known before the first ends)
+        progress.start("rolling out")  # (the number of steps is known before the first ends)
         rollout = run.roll_out(batch, queries, query_mask)
         if rollout is None:
             stopped = True
@@ -996,13 +1086,14 @@ def _steps(
         targets = run.targets(rollout, step)
         # This policy is good (its KL is fine): keep it to fall back to if the update below diverges.
         run.last_good.keep(step - 1)
-        on_phase("optimizing", run.total_steps)
+        progress.start("optimizing")
         run.sampler.sleep()  # vLLM on a GPU: its KV cache freed while the update runs
         stats, stopped = run.optimize(rollout, targets, step)
         if not stopped and step < run.total_steps:
             run.sampler.load_weights(run.policy)  # the next rollouts come from the updated policy
         run.metrics = run.step_metrics(rollout, targets, stats, step)
         run.steps_done = step
+        progress.step_done()
         if on_metrics is not None:
             on_metrics(step, run.total_steps, run.metrics)
         if stopped:

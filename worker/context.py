@@ -2,6 +2,7 @@
 models, metrics, the stop signal; and what a run hands back (`Outcome`). Used by worker.jobs, made by
 worker.worker."""
 
+import ctypes
 import gc
 import logging
 import shutil
@@ -129,6 +130,7 @@ class RunContext:
         self.lost = False
         self.last_step, self.last_total = 0, 0
         self.phase = "starting"
+        self.partial: float | None = None  # work done beyond last_step, in steps (set_phase)
         self._device: Any = None  # a torch.device once asked for (torch loads with the first run)
         self._unsent: list[tuple[int, dict[str, float]]] = []  # steps whose metrics wait for the database
         self._metrics_outage = OutageLog(f"run {run_id}: metrics")
@@ -188,6 +190,8 @@ class RunContext:
     def on_metrics(self, step: int, total: int, metrics: dict[str, float]) -> None:
         """Records progress and metrics; while the database is away they wait in memory and are
         written, in order, with the first step after it is back (training goes on meanwhile)."""
+        if int(step) != self.last_step:  # a new step: what was done beyond the last one is in it
+            self.partial = None
         self.last_step, self.last_total = int(step), int(total)
         if not self.is_main:  # the metrics are the team's (summed over the processes); process 0 writes them
             return
@@ -196,7 +200,9 @@ class RunContext:
             del self._unsent[:-MAX_UNSENT_METRICS]
         try:
             with self.session() as session:
-                if not runs.record_progress(session, self.run_id, self.worker.worker_id, step, total, phase=self.phase):
+                if not runs.record_progress(
+                    session, self.run_id, self.worker.worker_id, step, total, phase=self.phase, partial=self.partial
+                ):
                     self._lose()
                     return
                 for unsent_step, unsent in self._unsent:
@@ -207,10 +213,11 @@ class RunContext:
         self._unsent.clear()
         self._metrics_outage.ok()
 
-    def set_phase(self, phase: str, total: int | None = None) -> None:
+    def set_phase(self, phase: str, total: int | None = None, partial: float | None = None) -> None:
         """Says what the run is doing now (shown on the run page at once), with the number of steps
-        when it becomes known."""
-        self.phase = phase
+        when it becomes known, and how much of the next step is done (`partial`, in steps: the
+        run page's bar and time left move inside long steps; None: nothing measured)."""
+        self.phase, self.partial = phase, partial
         self.on_metrics(self.last_step, self.last_total if total is None else total, {})
 
     # -- stopping ------------------------------------------------------------------------------
@@ -342,6 +349,8 @@ def describe_error(exc: BaseException) -> str:
 
 
 def free_memory() -> None:
+    """Gives back what a run no longer holds: its objects (a run's objects refer to each other, so
+    only the cycle collector frees them), the GPU's cached blocks, and the free pages of the C heap."""
     gc.collect()
     try:
         import torch
@@ -350,3 +359,16 @@ def free_memory() -> None:
             torch.cuda.empty_cache()
     except ImportError:
         pass
+    trim_heap()
+
+
+def trim_heap() -> None:
+    """glibc's malloc_trim: the pages of freed tensors that glibc keeps for later allocations go back
+    to the system (without it, an idle worker held most of a PPO run's peak: bench/README.md,
+    "Worker memory"). Nothing to do where the C library has no malloc_trim (macOS, musl)."""
+    try:
+        trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    except OSError:
+        return
+    if trim is not None:
+        trim(0)

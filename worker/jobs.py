@@ -22,6 +22,7 @@ from trainer.evaluate import score_pairs
 from trainer.generate import Sample, sample_batches, split_by_length
 from trainer.ppo import train_ppo
 from trainer.precision import frozen_dtype, load_dtype
+from trainer.progress import ForwardPasses
 from trainer.reward import train_reward
 from trainer.rollout import choose_backend
 from trainer.sft import train_sft
@@ -262,10 +263,18 @@ def _sampler(
 
 
 def _samples(
-    ctx: RunContext, model, tokenizer, prompts: list[PromptItem], k: int, config: GenerateConfig | EvaluateConfig
+    ctx: RunContext,
+    model,
+    tokenizer,
+    prompts: list[PromptItem],
+    k: int,
+    config: GenerateConfig | EvaluateConfig,
+    total: int,
 ):
-    """k answers per prompt, batch by batch, with the run's sampling settings (stops when asked)."""
-    return sample_batches(
+    """k answers per prompt, batch by batch, with the run's sampling settings (stops when asked);
+    while a batch samples, its tokens are the phase and its prompts' share of them the progress
+    beyond the last step (`total` steps in the run)."""
+    batches = sample_batches(
         model,
         tokenizer,
         [p.prompt for p in prompts],
@@ -278,6 +287,26 @@ def _samples(
         should_stop=ctx.should_stop,
         backend=rollout_backend(model, config),
     )
+    in_batch = 0  # prompts of the batch being sampled
+
+    def moved() -> None:
+        tokens = min(passes.count, config.max_new_tokens)
+        ctx.set_phase(
+            f"sampling (token {tokens} of {config.max_new_tokens})", total, in_batch * tokens / config.max_new_tokens
+        )
+
+    # generate() runs the model once per new token (a vLLM engine its own copy: no tokens shown).
+    passes = ForwardPasses(model.get_input_embeddings(), moved)
+    try:
+        for start in range(0, len(prompts), config.batch_size):
+            in_batch, passes.count = len(prompts[start : start + config.batch_size]), 0
+            ctx.set_phase("sampling", total, 0.0)
+            batch = next(batches, None)
+            if batch is None:
+                return
+            yield batch
+    finally:
+        passes.close()
 
 
 def rollout_backend(model, config: GenerateConfig | EvaluateConfig) -> Literal["hf", "vllm"]:
@@ -318,7 +347,7 @@ def run_generate(ctx: RunContext) -> Outcome:
 
     total = len(prompts)
     made_tasks, completions, ended = 0, 0, 0
-    batches = _samples(ctx, model, tokenizer, prompts, k, config)
+    batches = _samples(ctx, model, tokenizer, prompts, k, config, total)
     for start, samples in batches:
         with ctx.session() as session:
             project = session.get_one(Project, ctx.project_id)
@@ -378,7 +407,7 @@ def run_evaluate(ctx: RunContext) -> Outcome:
         model, tokenizer, prompts = _sampler(ctx, version, prompts, config.max_new_tokens, snapshot)
         answers[version.id] = {}
         backend = rollout_backend(model, config)
-        batches = _samples(ctx, model, tokenizer, prompts, 1, config)
+        batches = _samples(ctx, model, tokenizer, prompts, 1, config, steps_total)
         for start, samples in batches:
             with ctx.session() as session:
                 for item, outputs in zip(prompts[start : start + len(samples)], samples, strict=True):
