@@ -70,6 +70,8 @@ def our_side(spec: dict) -> dict:
     marks = []
 
     def on_metrics(step, total, metrics):
+        if "tokens" not in metrics:  # the loop's call before its first step (the number of steps) or a held-out pass
+            return
         if model.device.type == "cuda":
             torch.cuda.synchronize()
         marks.append((time.perf_counter(), time.process_time(), metrics["tokens"]))
