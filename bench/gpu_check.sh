@@ -5,6 +5,7 @@
 #   bash bench/gpu_check.sh                        # on a GPU: bench/gpu_check.json
 #   bash bench/gpu_check.sh --device cpu out.json  # on the CPU: small sizes, fp32
 #
+# Then, on a GPU with vLLM installed, bench/rollout_throughput.py into bench/gpu_rollout.json.
 # Runs bench/gpu_check.py with the project's Python (.venv/bin/python, else python3; or $PYTHON).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,4 +13,10 @@ python="${PYTHON:-}"
 if [ -z "$python" ]; then
   if [ -x .venv/bin/python ]; then python=.venv/bin/python; else python=python3; fi
 fi
-exec "$python" bench/gpu_check.py "$@"
+"$python" bench/gpu_check.py "$@"
+# Rollouts, HF generate against vLLM (bench/rollout_throughput.py), where vLLM is installed in that
+# Python (make install-vllm): generation tokens/s on SmolLM2 and PPO episodes/s with both curves.
+if [ "${1:-}" != "--device" ] && "$python" -c "import vllm" 2>/dev/null; then
+  "$python" bench/rollout_throughput.py --device cuda --models tiny,smollm2 --seeds 1 --prompts 64 \
+    --new-tokens 128 --ppo-steps 4 --out bench/gpu_rollout.json
+fi

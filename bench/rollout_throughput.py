@@ -135,7 +135,7 @@ def main() -> None:
     prepare(ROOT / "bench" / "out" / "ppo" / "tiny", "cpu", "tiny")  # the tiny SFT policy and reward model
     figures: dict = {"args": {k: v for k, v in vars(args).items() if k != "one"} | {"out": str(args.out)}}
     base = {"device": args.device, "threads": args.threads}
-    for model in args.models.split(","):
+    for model in filter(None, args.models.split(",")):
         for seed in range(args.seeds):
             order = ("hf", "vllm") if seed % 2 == 0 else ("vllm", "hf")
             for backend in order:
