@@ -201,3 +201,51 @@ def test_review_pages_at_both_sizes_and_the_shortcuts_panel(live_server, page_at
     shot(page, f"task-shortcuts-{size}", full_page=False)
     page.keyboard.press("Escape")
     assert not page.locator("dialog#shortcuts").is_visible()
+
+
+@pytest.mark.parametrize("size", sorted(SIZES))
+def test_rejected_then_fixed_resubmitted_and_accepted(live_server, page_at, shot, session, make_user, size):
+    """Issue 28: the labeler's home says an answer was rejected; "Fix and resubmit" opens it with the
+    reason; the fix goes back to the admin's review queue as its new revision and is accepted."""
+    from app.models import Project, SubmissionRevision
+    from app.services import review
+    from tests.worker_helpers import add_demonstrations
+
+    admin_user = make_user("admin@example.com", Role.admin)
+    labeler = make_user("lena@example.com", Role.labeler)
+    project = Project(name="Fixes", k=2, overlap=1)
+    session.add(project)
+    session.flush()
+    (demo,) = add_demonstrations(session, project, [("Say hi", "Hi")], labeler)
+    session.commit()
+    review.decide(session, admin_user, "demonstration", demo.id, "rejected", "Greet properly.")
+    session.commit()
+
+    lena = _as(page_at, live_server, "lena@example.com", SIZES[size])
+    lena.goto(f"{live_server}/label")
+    notice = lena.get_by_role("link", name="Fix and resubmit it")
+    assert notice.is_visible() and "rejected 1 of your answers" in lena.content()
+    shot(lena, f"rejected-home-{size}")
+    notice.click()
+    lena.wait_for_url("**/label/history")
+    lena.get_by_role("link", name="Fix and resubmit").click()
+    lena.wait_for_url(f"**/label/demonstrations/{demo.id}/revise")
+    assert "rejected this answer: Greet properly. Fix it" in lena.get_by_test_id("rejected-reason").inner_text()
+    lena.fill("#revise-text", "Hello, nice to meet you!")
+    shot(lena, f"rejected-fix-{size}")
+    lena.get_by_role("button", name="Send it back for review").click()
+    lena.wait_for_url("**/label/history")
+    assert "Fix and resubmit" not in lena.locator("tr", has_text="Say hi").inner_text()
+
+    admin = _as(page_at, live_server, "admin@example.com", SIZES[size])
+    admin.goto(f"{live_server}/admin/projects/{project.id}/review")
+    card = admin.locator(f"#review-demonstration-{demo.id}")
+    assert "Hello, nice to meet you!" in card.inner_text() and "revision 2" in card.inner_text()
+    card.focus()
+    admin.keyboard.press("a")
+    admin.wait_for_selector(f"#review-demonstration-{demo.id}[data-review=accepted]")
+    session.expire_all()
+    fixed = session.get(Demonstration, demo.id)
+    assert (fixed.text, fixed.revision, fixed.review) == ("Hello, nice to meet you!", 2, ReviewStatus.accepted)
+    (earlier,) = session.scalars(select(SubmissionRevision).where(SubmissionRevision.submission_id == demo.id))
+    assert earlier.answer["text"] == "Hi"
