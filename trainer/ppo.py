@@ -912,9 +912,10 @@ class PPORun:
         }
 
 
-FIRST_STEP_SHARES = (0.5, 0.1, 0.4)
+FIRST_STEP_SHARES = (0.2, 0.15, 0.65)
 """The shares of rolling out, scoring and optimizing in a step's time before a step has been timed
-(then the previous step's own): bench/worker_memory.py's SmolLM2-135M PPO at the CPU preset."""
+(then the previous step's own): SmolLM2-135M PPO at the CPU preset in fp32 on the 2-core CPU
+(bench/worker_memory.py: 0.22/0.20/0.58 in step 1, 0.13/0.13/0.74 in step 2)."""
 
 
 class StepProgress:

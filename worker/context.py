@@ -362,6 +362,26 @@ def free_memory() -> None:
     trim_heap()
 
 
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
+MMAP_THRESHOLD = 128 * 1024
+"""glibc's own starting threshold: blocks from this size up are mapped apart and unmapped when freed."""
+
+
+def hold_mmap_threshold() -> None:
+    """Keeps glibc's mmap threshold at 128 KiB for the worker's life. By default glibc raises it to
+    the size of each mapped block freed, up to 32 MiB: after a run's first freed tensors nearly all
+    tensors (a SmolLM2-135M layer's weights and gradients are 0.4-3.5 MiB) came from the heap, where
+    the gradients freed and made again at every minibatch and the activations between them left the
+    heap in pieces it kept (bench/README.md, "Worker memory"). Results do not change: only where
+    the memory comes from. Nothing to do without glibc's mallopt (macOS, musl)."""
+    try:
+        mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    except OSError:
+        return
+    if mallopt is not None:
+        mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+
+
 def trim_heap() -> None:
     """glibc's malloc_trim: the pages of freed tensors that glibc keeps for later allocations go back
     to the system (without it, an idle worker held most of a PPO run's peak: bench/README.md,
