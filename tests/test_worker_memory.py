@@ -2,8 +2,6 @@
 C heap's free pages go back to the system (bench/worker_memory.py measures the real figures)."""
 
 import platform
-import subprocess
-import sys
 import weakref
 from pathlib import Path
 
@@ -14,7 +12,7 @@ from app.services import runs
 from tests.test_worker_resume import _inputs, _when
 from tests.worker_helpers import WorkerThread, fast_settings, make_project, one_torch_thread, wait_for
 from trainer.tiny import make_tiny_model
-from worker import jobs
+from worker import context, jobs
 from worker.context import trim_heap
 
 _one_thread = pytest.fixture(autouse=True)(one_torch_thread)
@@ -42,37 +40,7 @@ def test_trim_heap_gives_the_free_pages_of_the_heap_back():
     assert after < kept - 48 * 1024, (kept, after)  # given back
 
 
-HALF_FREED = """
-import sys
-from pathlib import Path
-from worker.context import hold_mmap_threshold
-if sys.argv[1] == "hold":
-    hold_mmap_threshold()
-def rss():
-    return int(next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmRSS")).split()[1])
-big = bytearray(4 << 20)
-del big
-blocks = [bytearray(1 << 20) for _ in range(128)]
-before = rss()
-del blocks[::2]
-print(before - rss())
-"""
-
-
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
-def test_with_the_mmap_threshold_held_freed_blocks_go_back_at_once():
-    def given_back_kb(mode: str) -> int:
-        root = Path(__file__).parent.parent
-        out = subprocess.run(
-            [sys.executable, "-c", HALF_FREED, mode], capture_output=True, text=True, check=True, cwd=root
-        )
-        return int(out.stdout)
-
-    assert given_back_kb("default") < 16 * 1024  # glibc raised its threshold: the blocks stayed in the heap
-    assert given_back_kb("hold") > 56 * 1024  # each 1 MiB block was mapped apart and unmapped when freed
-
-
-def test_a_ppo_runs_models_are_freed_once_it_has_ended(settings, session, tmp_path, monkeypatch):
+def test_a_ppo_runs_models_and_heap_are_freed_once_it_has_ended(settings, session, tmp_path, monkeypatch):
     held: list[weakref.ref] = []
 
     def watching(policy, ref_policy, reward_model, value_model, *args, **kwargs):
@@ -81,6 +49,9 @@ def test_a_ppo_runs_models_are_freed_once_it_has_ended(settings, session, tmp_pa
 
     train_ppo = jobs.train_ppo
     monkeypatch.setattr(jobs, "train_ppo", watching)
+    trims: list[int] = []
+    monkeypatch.setattr(context, "TRIM_EVERY_S", 0.0)
+    monkeypatch.setattr(context, "trim_heap", lambda: trims.append(1) or trim_heap())
     tiny = make_tiny_model(tmp_path / "tiny")
     project = make_project(session)
     inputs = _inputs(session, project, tiny, "ppo", tmp_path)
@@ -91,5 +62,7 @@ def test_a_ppo_runs_models_are_freed_once_it_has_ended(settings, session, tmp_pa
         ended = wait_for(lambda: _when(worker.engine, run.id), timeout=120)
         assert ended.status == RunStatus.succeeded, ended.error
         assert len(held) == 4
-        # The worker, idle again, holds none of the four models (nor their optimizer and rollouts).
+        # The worker, idle again, holds none of the four models (nor their optimizer and rollouts),
+        # and gave the heap's free pages back at the end of each of the 2 steps and of the run.
         wait_for(lambda: all(ref() is None for ref in held), timeout=30)
+        wait_for(lambda: len(trims) == 3, timeout=30)

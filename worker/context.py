@@ -92,6 +92,12 @@ class OutageLog:
 # Metrics kept in memory while the database is away, at most this many steps (the oldest go first).
 MAX_UNSENT_METRICS = 100_000
 
+TRIM_EVERY_S = 10.0
+"""At the end of a step, the C heap's free pages go back to the system (trim_heap) if the last
+time was this long ago: a step's freed tensors otherwise stay in the heap, in pieces the next step
+does not always fit into (a PPO run grew by about 1 GiB a step), while trimming after every short
+step would cost the page faults of taking them back each time."""
+
 
 class Host(Protocol):
     """What a run's context uses of the worker that runs it (worker.worker.Worker)."""
@@ -134,6 +140,7 @@ class RunContext:
         self._device: Any = None  # a torch.device once asked for (torch loads with the first run)
         self._unsent: list[tuple[int, dict[str, float]]] = []  # steps whose metrics wait for the database
         self._metrics_outage = OutageLog(f"run {run_id}: metrics")
+        self._trimmed = time.monotonic()
 
     @property
     def data_filter(self) -> DataFilter:
@@ -193,6 +200,9 @@ class RunContext:
         if int(step) != self.last_step:  # a new step: what was done beyond the last one is in it
             self.partial = None
         self.last_step, self.last_total = int(step), int(total)
+        if metrics and time.monotonic() - self._trimmed >= TRIM_EVERY_S:  # a step ended: its freed pages go back
+            trim_heap()
+            self._trimmed = time.monotonic()
         if not self.is_main:  # the metrics are the team's (summed over the processes); process 0 writes them
             return
         if metrics:
@@ -362,30 +372,14 @@ def free_memory() -> None:
     trim_heap()
 
 
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
-MMAP_THRESHOLD = 128 * 1024
-"""glibc's own starting threshold: blocks from this size up are mapped apart and unmapped when freed."""
-
-
-def hold_mmap_threshold() -> None:
-    """Keeps glibc's mmap threshold at 128 KiB for the worker's life. By default glibc raises it to
-    the size of each mapped block freed, up to 32 MiB: after a run's first freed tensors nearly all
-    tensors (a SmolLM2-135M layer's weights and gradients are 0.4-3.5 MiB) came from the heap, where
-    the gradients freed and made again at every minibatch and the activations between them left the
-    heap in pieces it kept (bench/README.md, "Worker memory"). Results do not change: only where
-    the memory comes from. Nothing to do without glibc's mallopt (macOS, musl)."""
-    try:
-        mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
-    except OSError:
-        return
-    if mallopt is not None:
-        mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-
-
 def trim_heap() -> None:
     """glibc's malloc_trim: the pages of freed tensors that glibc keeps for later allocations go back
     to the system (without it, an idle worker held most of a PPO run's peak: bench/README.md,
-    "Worker memory"). Nothing to do where the C library has no malloc_trim (macOS, musl)."""
+    "Worker memory"). Nothing to do where the C library has no malloc_trim (macOS, musl).
+
+    glibc also raises its mmap threshold to the size of each mapped block freed (up to 32 MiB), after
+    which most tensors come from the heap; MALLOC_MMAP_THRESHOLD_=131072 in the worker's environment
+    holds it, for less memory at more CPU time (figures in bench/README.md)."""
     try:
         trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
     except OSError:

@@ -65,7 +65,6 @@ from worker.context import (
     RunStopped,
     describe_error,
     free_memory,
-    hold_mmap_threshold,
 )
 
 log = logging.getLogger("instructloop.worker")
@@ -387,7 +386,6 @@ def main(
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # per-load progress bars only clutter the worker's log
-    hold_mmap_threshold()  # freed tensors go back to the system rather than stay in glibc's heap
     team = None
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from trainer.distributed import Team
