@@ -13,7 +13,7 @@ import torch
 from tests.test_ppo import PROMPTS, models, says_a_number, small
 from trainer import modeling
 from trainer.distributed import Team
-from trainer.ppo import PPORun, _steps
+from trainer.ppo import PPORun, StepProgress, _steps
 from trainer.rollout import HFSampler, SamplingSpec, VLLMSampler
 
 
@@ -50,7 +50,7 @@ def main() -> None:
         before_engine = greedy(run.sampler, prompts, ends)
         # One step: rollouts from the engine, the update, the new weights into the engine.
         run.total_steps = 1
-        _steps(run, config, None, lambda phase, total: None)
+        _steps(run, config, None, StepProgress(run, lambda phase, total, fraction: None))
         run.sampler.load_weights(policy)
         after_policy = greedy(HFSampler(policy, batch_size=16, pad_id=tokenizer.pad_token_id), prompts, ends)
         after_engine = greedy(run.sampler, prompts, ends)
