@@ -170,16 +170,8 @@ def test_the_worker_writes_the_tokens_of_a_generate_batch(settings, session, tmp
 
 def _running(session, **fields) -> TrainingRun:
     project = make_project(session)
-    run = TrainingRun(
-        project_id=project.id,
-        kind=RunKind.ppo,
-        status=RunStatus.running,
-        config={},
-        input_model_ids=[],
-        data_filter={},
-        summary={},
-        **fields,
-    )
+    values = dict(kind=RunKind.ppo, status=RunStatus.running, config={}, input_model_ids=[], data_filter={}, summary={})
+    run = TrainingRun(project_id=project.id, **{**values, **fields})
     session.add(run)
     session.commit()
     return run
@@ -223,3 +215,31 @@ def test_the_run_page_shows_the_phase_and_the_part_of_the_step(admin_client, ses
     assert " left" in live  # 0.7 of a step in 30 s
     listing = admin_client.get("/admin/runs").text
     assert 'style="width: 35.0%"' in listing
+
+
+def test_a_one_step_run_s_loading_is_measured_from_when_its_work_began(session):
+    from app.models import RunMetric
+    from app.services import estimates
+
+    started = utcnow() - timedelta(seconds=500)
+    work = started + timedelta(seconds=30)  # 30 s loading the four models
+    run = _running(
+        session,
+        progress_step=1,
+        progress_total=1,
+        config={"total_episodes": 16, "rollout_batch_size": 16},
+        attempt_log=[
+            {"attempt": 1, "started_at": started.isoformat(), "work_started_at": work.isoformat(), "work_from": 0.0}
+        ],
+    )
+    run.status, run.summary = RunStatus.succeeded, {"episodes": 16.0, "steps": 1.0}
+    run.started_at, run.finished_at = started, started + timedelta(seconds=100)  # 10 s saving after the step
+    session.add(RunMetric(run_id=run.id, step=1, name="score", value=0.5, created_at=work + timedelta(seconds=60)))
+    session.commit()
+    model = estimates.ModelInfo("smollm2-135m-instruct", 134_515_008.0, "smollm2")
+    pace = estimates._measure(session, run, model)
+    assert pace is not None and pace.measured_load
+    assert pace.load_s == pytest.approx(40.0) and pace.per_unit_s == pytest.approx(60 / 16)
+    # Without the work's start (a run from before it was recorded) one step is not enough to tell.
+    run.attempt_log = [{"attempt": 1, "started_at": started.isoformat()}]
+    assert not estimates._measure(session, run, model).measured_load

@@ -13,11 +13,12 @@ episode, a sampled answer) at a pace per unit, in this order of preference:
 4. else no number: "no estimate" rather than a wrong one.
 
 A finished run's loading time and per-unit time are told apart by what the run recorded: each
-progress step's metrics carry the time they were written (`RunMetric.created_at`), so the time
-before the first step is loading (and the first held-out evaluation), the time between the first
-and the last step is work, and the time after the last step is saving. The worker records no
-separate loading figure; this derivation needs a run that reported two steps or more (a one-step
-run's loading is taken from the first-guess constants)."""
+progress step's metrics carry the time they were written (`RunMetric.created_at`), and the attempt
+log when the work began (`work_started_at`, with the models loaded: runs.record_progress), so the
+time before the work is loading (and the first held-out evaluation), the time from there to the
+last step is work, and the time after the last step is saving. A run from before work_started_at
+was recorded needs two steps or more (the first step's time then stands for the work's start); a
+one-step run of that kind takes its loading from the first-guess constants."""
 
 import json
 import math
@@ -405,6 +406,15 @@ def _attempt_start(run: TrainingRun) -> tuple[datetime, int]:
     return _utc(run.started_at), 0
 
 
+def _work_start(run: TrainingRun) -> tuple[float, datetime] | None:
+    """(the steps done, when the last attempt's work began), or None when it was not recorded."""
+    last = (run.attempt_log or [{}])[-1]
+    try:
+        return float(last["work_from"]), _utc(datetime.fromisoformat(last["work_started_at"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def _units_done(run: TrainingRun) -> float:
     summary, counts = run.summary or {}, (run.dataset_snapshot or {}).get("counts", {})
     config = run.config or {}
@@ -434,7 +444,10 @@ def _measure(session: Session, run: TrainingRun, model: ModelInfo) -> Pace | Non
         .group_by(RunMetric.step)
         .order_by(RunMetric.step)
     ).all()
-    points = [(int(step), _utc(at)) for step, at in rows]
+    points: list[tuple[float, datetime]] = [(int(step), _utc(at)) for step, at in rows]
+    work = _work_start(run)
+    if work is not None and points and points[0][0] > work[0] and points[0][1] >= work[1]:
+        points.insert(0, work)  # the work's start is its first point: a one-step run is measured too
     try:
         config = config_from_dict(run.kind.value, run.config or {})
     except ValueError:
