@@ -9,9 +9,7 @@ from dataclasses import dataclass, replace
 
 from trainer import modeling
 from trainer.data import Conversation, PromptItem
-from trainer.rollout import Backend, Completion, SamplingSpec, StopWhen, open_sampler
-
-__all__ = ["Sample", "StopWhen", "context_length", "eos_ids", "sample_batches", "split_by_length"]
+from trainer.rollout import Backend, Completion, SamplingSpec, open_sampler
 
 
 @dataclass(frozen=True)
@@ -76,10 +74,7 @@ def sample_batches(
     `backend` picks the sampler (trainer.rollout); its engine is closed when the iteration ends."""
     model.eval()
     ends = eos_ids(model, tokenizer)
-    limit = (context_length(model) or 0) if backend != "hf" else 0
-    with open_sampler(
-        backend, model, batch_size=batch_size, pad_id=tokenizer.pad_token_id, max_model_len=limit
-    ) as sampler:
+    with open_sampler(backend, model, batch_size=batch_size, pad_id=tokenizer.pad_token_id) as sampler:
         for start in range(0, len(prompts), batch_size):
             if should_stop is not None and should_stop():
                 return

@@ -1055,7 +1055,6 @@ def train_ppo(
             pad_id=run.pad_id,
             synced_gpus=run.sharded,  # FSDP: every process runs as many forward passes
             between_batches=progress.between_batches(run.stop_now),
-            max_model_len=getattr(getattr(policy, "config", None), "max_position_embeddings", 0) or 0,
         )
         try:
             return _steps(run, config, on_metrics, progress)
