@@ -200,3 +200,43 @@ def test_the_planted_filler_comes_out_and_prompts_name_their_template():
     assert [without_filler(p) for p in padded] == ["Plum."] * len(padded)
     assert without_filler("Plum, I think.") == "Plum, I think.", "only the planted phrases go"
     assert {prompt_template(p) for p, _ in demo_prompts(40, seed=3)} == {"sum", "yes/no", "sentence", "fruit"}
+
+
+def _subject(prompt: str) -> str:
+    """A demo prompt's topic or colour, or its wording for sums and yes/no questions."""
+    p = prompt.lower()
+    if "sentence about" in p:
+        return p.split("sentence about ", 1)[1].split(",")[0]
+    if "fruit" in p:
+        return next(c for c in ("red", "blue", "green", "yellow", "purple", "orange") if f" {c}" in p)
+    return p.split()[0] + " " + ("plus" if " plus " in p else "more" if " more " in p else p.split()[2])
+
+
+def test_held_out_prompts_ask_what_the_training_prompts_never_do():
+    seen = demo_prompts(240, seed=1, held_out=False)
+    unseen = demo_prompts(160, seed=1, held_out=True)
+    assert len(seen) == 240 and len(unseen) == 160
+    seen_subjects = {_subject(p) for p, _ in seen}
+    unseen_subjects = {_subject(p) for p, _ in unseen}
+    assert not seen_subjects & unseen_subjects, "no topic, colour or wording in both"
+    assert {"purple", "orange", "the desert"} <= unseen_subjects
+    # Every template is held out and still recognised and judged by the same preference.
+    assert {prompt_template(p) for p, _ in unseen} == {"sum", "yes/no", "sentence", "fruit"}
+    for p, ref in unseen[:8]:
+        assert preference_score(p, ref, ref) > preference_score(p, "Sure! " + ref + " I hope this helps you.", ref)
+
+
+def test_the_cpu_demo_tests_only_on_held_out_prompts(settings):
+    from dataclasses import replace
+
+    from worker.demo import PROFILES, Demo
+
+    demo = Demo(settings, replace(PROFILES["cpu"], prompts=100), echo=lambda _line: None, start_worker=False)
+    project_id = demo._create_project()
+    with demo.sessions() as s:
+        rows = s.execute(select(Prompt.text, Prompt.split).where(Prompt.project_id == project_id)).all()
+    test = {_subject(t) for t, split in rows if split.value == "test"}
+    rest = {_subject(t) for t, split in rows if split.value != "test"}
+    assert sum(split.value == "test" for _, split in rows) == 40
+    assert {split.value for _, split in rows} == {"train", "valid", "test"}
+    assert test and not test & rest

@@ -69,6 +69,9 @@ class Profile:
     """Held-out shares of the prompts: valid for the SFT and reward models' held-out figures, test
     for the final comparison of PPO with SFT."""
     prompt_kinds: tuple[str, ...] = simulate.DEMO_PROMPT_KINDS
+    unseen_test: bool = True
+    """The test split asks in wordings, topics and colours that no train or valid prompt uses
+    (simulate.demo_prompts(held_out=True)); off, it is a random share of one pool."""
     tiny_sizes: dict[str, int] = field(default_factory=dict)
     """Sizes for trainer.tiny.make_tiny_model when model == 'tiny'."""
     k: int = 4
@@ -116,6 +119,7 @@ PROFILES = {
         agreement=0.9,
         padding_rate=0.5,
         prompt_kinds=("sentence", "fruit"),
+        unseen_test=False,  # a 2-layer model is not expected to generalise to unseen topics
         sft=dict(
             epochs=12, batch_size=16, micro_batch_size=16, learning_rate=3e-3, max_length=64, max_prompt_length=48
         ),
@@ -279,8 +283,16 @@ class Demo:
 
     def _create_project(self) -> int:
         name = f"demo {time.strftime('%Y-%m-%d %H:%M:%S')}"
-        pairs = simulate.demo_prompts(self.profile.prompts, seed=self.seed, kinds=self.profile.prompt_kinds)
-        data = "\n".join(json.dumps({"prompt": p, "reference": r}) for p, r in pairs).encode()
+        p = self.profile
+        valid, test = p.valid_fraction, p.test_fraction
+        if p.unseen_test:
+            n_test = round(p.prompts * test)
+            records = [{"prompt": q, "reference": r} for q, r in self._demo_prompts(p.prompts - n_test, False)]
+            records += [{"prompt": q, "reference": r, "split": "test"} for q, r in self._demo_prompts(n_test, True)]
+            valid, test = valid / (1 - test), 0.0  # the import draws train/valid for the seen ones only
+        else:
+            records = [{"prompt": q, "reference": r} for q, r in self._demo_prompts(p.prompts)]
+        data = "\n".join(json.dumps(r) for r in records).encode()
         with write_session(self.engine) as session:
             project = projects.create_project(
                 session,
@@ -294,8 +306,8 @@ class Demo:
                 project,
                 data,
                 filename="demo.jsonl",
-                valid_fraction=self.profile.valid_fraction,
-                test_fraction=self.profile.test_fraction,
+                valid_fraction=valid,
+                test_fraction=test,
                 create_tasks=True,
             )
             counts = result.preview.split_counts
@@ -304,6 +316,9 @@ class Demo:
                 f"({counts['train']} train, {counts['valid']} valid, {counts['test']} test)"
             )
             return project.id
+
+    def _demo_prompts(self, n: int, held_out: bool | None = None) -> list[tuple[str, str]]:
+        return simulate.demo_prompts(n, seed=self.seed, kinds=self.profile.prompt_kinds, held_out=held_out)
 
     def _base_model(self, project_id: int) -> int:
         source = self.profile.model
@@ -420,7 +435,8 @@ class Demo:
             self.echo(f"  PPO vs SFT (reward model) win rate {f['reward_model_win_rate']:.1%}")
         if f.get("per_template"):
             self.echo("  What the win rate is made of (the same test comparisons):")
-            self.echo("    labelers, per prompt template:")
+            unseen = " (test prompts in wordings, topics and colours never trained on)" if self.profile.unseen_test else ""
+            self.echo(f"    labelers, per prompt template{unseen}:")
             for template, rate in f["per_template"].items():
                 self.echo(f"      {template:<10} {_rate(rate)}")
             self.echo(f"    the labelers' preference without their noise    {_rate(f['preference_judge'])}")

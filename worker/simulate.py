@@ -150,9 +150,9 @@ def without_filler(text: str) -> str:
 def prompt_template(prompt: str) -> str:
     """Which of the demo's prompt templates (demo_prompts) a prompt comes from."""
     p = prompt.lower()
-    if " plus " in p:
+    if " plus " in p or p.startswith("add "):
         return "sum"
-    if "greater than" in p:
+    if "greater than" in p or "more than" in p:
         return "yes/no"
     if "sentence about" in p:
         return "sentence"
@@ -354,6 +354,8 @@ _FRUITS = {
     "purple": "Plum",
     "orange": "Orange",
 }
+_SENTENCE = "Write one sentence about {t}, in at most {w} words."
+_HELD_OUT_FRUIT_ASK = "Reply with one {c} fruit, in one word."
 _FRUIT_ASKS = [
     "Name a fruit that is {c}. Answer in one word.",
     "Which fruit is {c}? Answer in one word.",
@@ -389,29 +391,43 @@ _TOPICS = [
 
 
 DEMO_PROMPT_KINDS = ("sum", "yes_no", "sentence", "fruit")
+HELD_OUT_COLOURS = ("purple", "orange")
+HELD_OUT_TOPICS = tuple(_TOPICS[i] for i in range(2, len(_TOPICS), 3))
+"""Colours and topics that only held-out prompts (demo_prompts(held_out=True)) ask about: 8 of the 24
+topics and 2 of the 6 colours, so the test split asks what training never showed."""
 
 
-def demo_prompts(n: int, seed: int = 0, kinds: tuple[str, ...] = DEMO_PROMPT_KINDS) -> list[tuple[str, str]]:
+def demo_prompts(
+    n: int, seed: int = 0, kinds: tuple[str, ...] = DEMO_PROMPT_KINDS, *, held_out: bool | None = None
+) -> list[tuple[str, str]]:
     """n distinct (prompt, reference answer) pairs whose instructions the simulated preference checks:
     sums and yes/no comparisons (checkable answers), length limits (one word, at most N words), and
-    the subject (a fruit of a colour, a sentence about a topic). Fewer if the finite kinds run out."""
+    the subject (a fruit of a colour, a sentence about a topic). Fewer if the finite kinds run out.
+
+    held_out=False gives only the training wordings, topics and colours; held_out=True only the
+    held-out ones: each template in a wording of its own ("Add 12 and 30.", "Is 7 more than 3?",
+    "Write exactly one sentence about ..."), with the held-out topics and colours, so a model is
+    tested on instructions it was never trained on. None (the default): every topic and colour, in
+    the training wordings."""
     rng = random.Random(seed)
-    fruits = [(ask.format(c=c), fruit) for c, fruit in _FRUITS.items() for ask in _FRUIT_ASKS]
-    sentences = [
-        (f"Write one sentence about {t}, in at most {w} words.", f"There is something calm about {t}.")
-        for t in _TOPICS
-        for w in range(8, 16)
-    ]
+    colours = [c for c in _FRUITS if held_out is None or (c in HELD_OUT_COLOURS) == held_out]
+    topics = [t for t in _TOPICS if held_out is None or (t in HELD_OUT_TOPICS) == held_out]
+    asks = [*_FRUIT_ASKS, _HELD_OUT_FRUIT_ASK] if held_out else _FRUIT_ASKS
+    fruits = [(ask.format(c=c), _FRUITS[c]) for c in colours for ask in asks]
+    sentence = "Write exactly one sentence about {t}, in at most {w} words." if held_out else _SENTENCE
+    sentences = [(sentence.format(t=t, w=w), f"There is something calm about {t}.") for t in topics for w in range(8, 16)]
     rng.shuffle(fruits)
     rng.shuffle(sentences)
 
     def sum_prompt():
         a, b = rng.randint(2, 99), rng.randint(2, 99)
-        return f"What is {a} plus {b}? Answer in at most 5 words.", str(a + b)
+        ask = "Add {a} and {b}." if held_out else "What is {a} plus {b}?"
+        return ask.format(a=a, b=b) + " Answer in at most 5 words.", str(a + b)
 
     def yes_no_prompt():
         x, y = rng.sample(range(1, 100), 2)
-        return f"Is {x} greater than {y}? Answer in one word: yes or no.", "yes" if x > y else "no"
+        ask = "Is {x} more than {y}?" if held_out else "Is {x} greater than {y}?"
+        return ask.format(x=x, y=y) + " Answer in one word: yes or no.", "yes" if x > y else "no"
 
     all_makers = {
         "sum": sum_prompt,
