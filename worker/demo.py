@@ -435,7 +435,9 @@ class Demo:
             self.echo(f"  PPO vs SFT (reward model) win rate {f['reward_model_win_rate']:.1%}")
         if f.get("per_template"):
             self.echo("  What the win rate is made of (the same test comparisons):")
-            unseen = " (test prompts in wordings, topics and colours never trained on)" if self.profile.unseen_test else ""
+            unseen = (
+                " (test prompts in wordings, topics and colours never trained on)" if self.profile.unseen_test else ""
+            )
             self.echo(f"    labelers, per prompt template{unseen}:")
             for template, rate in f["per_template"].items():
                 self.echo(f"      {template:<10} {_rate(rate)}")

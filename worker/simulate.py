@@ -415,7 +415,9 @@ def demo_prompts(
     asks = [*_FRUIT_ASKS, _HELD_OUT_FRUIT_ASK] if held_out else _FRUIT_ASKS
     fruits = [(ask.format(c=c), _FRUITS[c]) for c in colours for ask in asks]
     sentence = "Write exactly one sentence about {t}, in at most {w} words." if held_out else _SENTENCE
-    sentences = [(sentence.format(t=t, w=w), f"There is something calm about {t}.") for t in topics for w in range(8, 16)]
+    sentences = [
+        (sentence.format(t=t, w=w), f"There is something calm about {t}.") for t in topics for w in range(8, 16)
+    ]
     rng.shuffle(fruits)
     rng.shuffle(sentences)
 
