@@ -126,6 +126,10 @@ JSON = {
     "/api/v1/projects/{project_id}/written-prompt-settings": {"targets": {}, "use_cases": ["Email"]},
     "/api/v1/reviews": {"kind": "ranking", "submission_id": "{submission_id}", "decision": "accepted"},
     "/api/v1/reviews/gold": {"kind": "ranking", "submission_id": "{submission_id}"},
+    "/api/v1/projects/{project_id}/review/accept": {
+        "kind": "ranking",
+        "items": [{"submission_id": "{submission_id}", "revision": 1}],
+    },
     "/api/v1/runs": {"project_id": "{project_id}", "kind": "sft"},
 }
 UPLOADS = {"/admin/projects/{project_id}/import/preview": {"file": ("p.jsonl", b'{"prompt": "A new prompt."}\n')}}
@@ -211,6 +215,8 @@ def _fill(value, ids):
         return ids[value[1:-1]]
     if isinstance(value, dict):
         return {k: _fill(v, ids) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill(v, ids) for v in value]
     return value
 
 

@@ -3,6 +3,8 @@
 GET  /api/v1/projects/{id}/review?kind&status&labeler&flagged&days&after   submissions to review
 POST /api/v1/reviews                          a decision: {kind, submission_id, decision, reason, revision}
                                               (revised since `revision`: 409 with the submission as it is now)
+POST /api/v1/projects/{id}/review/accept      accept pending items as read: {kind, items: [{submission_id, revision}]}
+                                              (revised or decided since: skipped and counted)
 GET  /api/v1/projects/{id}/flags              flagged prompts (open) and ranking output flags
 POST /api/v1/projects/{id}/flags/{skip_id}/retire | dismiss"""
 
@@ -197,6 +199,32 @@ def decide(body: DecisionIn, session: SessionDep, user: ApiAdmin):
         reviewed_by=user.email if d.reviewed_by_id else None,
         reviewed_at=d.reviewed_at,
     )
+
+
+class ShownItemIn(BaseModel):
+    submission_id: Id
+    revision: Id = Field(description="The item's `revision` as you read it.")
+
+
+class AcceptShownIn(BaseModel):
+    kind: Literal["demonstration", "ranking", "comparison"]
+    items: list[ShownItemIn] = Field(max_length=review.MAX_SHOWN, description="The pending items you read.")
+
+
+class AcceptedShownOut(BaseModel):
+    accepted: int
+    revised: int = Field(description="Skipped: revised by their labeler since the revision sent (still pending).")
+    decided: int = Field(description="Skipped: no longer pending (decided meanwhile), gone, or of another project.")
+
+
+@router.post("/projects/{project_id}/review/accept", response_model=AcceptedShownOut)
+def accept_shown(body: AcceptShownIn, session: SessionDep, user: ApiAdmin, project_id: IdPath):
+    """Accepts the pending items of the project as read, each only while it is still the revision
+    sent and still pending (the review page's "Accept the shown items"); the rest are skipped and
+    counted. 400 for an empty list, 409 on an archived project."""
+    shown = [(i.submission_id, i.revision) for i in body.items]
+    done = review.accept_shown(session, user, project_id, body.kind, shown)
+    return AcceptedShownOut(accepted=done.accepted, revised=done.revised, decided=done.decided)
 
 
 @router.get("/projects/{project_id}/flags", response_model=FlagsOut)

@@ -5,12 +5,14 @@ admins (a labeler's pages show none of it).
     GET  /api/v1/runs?project_id&status&kind   list runs
     GET  /api/v1/runs/{id}                     a run with its latest metrics
     POST /api/v1/runs/{id}/cancel              admin: cancel            200 | 409 when already finished
+    POST /api/v1/runs/{id}/withdraw-tasks      admin: withdraw the open tasks an ended generate/evaluate run made
     GET  /api/v1/runs/{id}/metrics?name&since_step
     GET  /api/v1/runs/{id}/evaluation          win rates of an evaluate run (labelers, reward model)
     GET  /api/v1/run-configs                   every run kind's settings with their defaults
     GET  /api/v1/model-versions?project_id&kind
     GET  /api/v1/model-versions/{id}           a version with its lineage
     POST /api/v1/model-versions                admin: register a base model (hub id, folder, default)
+    POST /api/v1/model-versions/{id}/withdraw-tasks   admin: withdraw the open tasks showing its outputs
 
 Thin handlers: the rules live in app.services.runs, registry and evaluation."""
 
@@ -22,7 +24,7 @@ from pydantic import BaseModel, Field
 
 from app.deps import ApiAdmin, SessionDep, SettingsDep
 from app.models import ModelKind, ModelVersion, RunKind, RunStatus, TrainingRun
-from app.services import evaluation, registry, runs
+from app.services import ServiceError, evaluation, registry, runs, tasks
 from app.web.params import DB_INT_MAX, Id, IdPath, IdQuery
 from runconfig import RUN_CONFIGS
 
@@ -72,6 +74,10 @@ class RunOut(BaseModel):
     heartbeat_at: datetime | None
     progress_step: int
     progress_total: int
+    progress_partial: float | None = Field(
+        description="Work done beyond progress_step, in steps (PPO: the share of the step's rollout and epochs "
+        "done); null when the run reports whole steps only."
+    )
     cancel_requested: bool
     error: str | None
     summary: dict[str, Any]
@@ -128,6 +134,7 @@ def _run_out(run: TrainingRun, produced: list[int], latest: dict[str, dict[str, 
         heartbeat_at=run.heartbeat_at,
         progress_step=run.progress_step,
         progress_total=run.progress_total,
+        progress_partial=run.progress_partial,
         cancel_requested=run.cancel_requested,
         error=run.error,
         summary=run.summary or {},
@@ -214,6 +221,31 @@ def cancel_run(run_id: IdPath, session: SessionDep, user: ApiAdmin):
     return _one_run_out(session, runs.cancel_run(session, run_id, by=user))
 
 
+class WithdrawnOut(BaseModel):
+    withdrawn: int = Field(description="Open tasks taken out of the labelers' queues: deleted + closed.")
+    deleted: int = Field(description="Nobody had answered them: deleted, with their leases and drafts.")
+    closed: int = Field(description="They had answers or an open flag: closed, what was submitted kept.")
+
+
+def _withdrawn_out(withdrawn: tasks.Withdrawn) -> WithdrawnOut:
+    return WithdrawnOut(withdrawn=withdrawn.total, deleted=withdrawn.deleted, closed=withdrawn.closed)
+
+
+TASK_MAKING_KINDS = (RunKind.generate, RunKind.evaluate)
+"""The run kinds that make tasks (the run page offers the withdrawal for these only)."""
+
+
+@router.post("/runs/{run_id}/withdraw-tasks", response_model=WithdrawnOut)
+def withdraw_run_tasks(run_id: IdPath, session: SessionDep, user: ApiAdmin):
+    """Withdraws the open tasks an ended generate or evaluate run made, as the run page's button
+    does: 409 while the run may still make tasks (cancel it first) or on an archived project, 400 for
+    a run of a kind that makes no tasks."""
+    run = runs.get_run(session, run_id)
+    if run.kind not in TASK_MAKING_KINDS:
+        raise ServiceError(f"Run {run.id} is a {run.kind.value} run; only generate and evaluate runs make tasks.")
+    return _withdrawn_out(runs.withdraw_run_tasks(session, run_id))
+
+
 @router.get("/runs/{run_id}/metrics", response_model=list[MetricOut])
 def run_metrics(
     run_id: IdPath,
@@ -255,6 +287,13 @@ def list_versions(
 def read_version(version_id: IdPath, session: SessionDep, user: ApiAdmin):
     chain = registry.lineage(session, version_id)
     return _version_out(chain[0], [v.id for v in chain])
+
+
+@router.post("/model-versions/{version_id}/withdraw-tasks", response_model=WithdrawnOut)
+def withdraw_version_tasks(version_id: IdPath, session: SessionDep, user: ApiAdmin):
+    """Withdraws the open tasks that show an output of the model version (from whichever run), as the
+    model page's button does; 409 when one of them is in an archived project."""
+    return _withdrawn_out(runs.withdraw_version_tasks(session, version_id))
 
 
 class DeletedOut(BaseModel):
