@@ -647,6 +647,10 @@ def run_open_tasks(session: Session, run_id: int) -> tasks.OpenTasks:
     return tasks.open_tasks(session, tasks.of_run(run_id))
 
 
+TASK_MAKING_KINDS = (RunKind.generate, RunKind.evaluate)
+"""The run kinds that make tasks (the run page offers the withdrawal for these only)."""
+
+
 @atomic
 def withdraw_run_tasks(session: Session, run_id: int) -> tasks.Withdrawn:
     """Withdraws the open tasks an ended run made (a cancelled or failed generate run's earlier
@@ -656,6 +660,8 @@ def withdraw_run_tasks(session: Session, run_id: int) -> tasks.Withdrawn:
         raise NotFound(f"Run {run_id} does not exist.")
     if run.project_id is not None:
         projects.check_writable(projects.get_project(session, run.project_id))
+    if run.kind not in TASK_MAKING_KINDS:
+        raise ServiceError(f"Run {run.id} is a {run.kind.value} run; only generate and evaluate runs make tasks.")
     if run.status not in FINAL:
         raise Conflict(f"Run #{run_id} is {run.status.value} and may still make tasks: cancel it first, then withdraw.")
     return tasks.withdraw_open(session, tasks.of_run(run_id))

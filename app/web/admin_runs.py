@@ -416,7 +416,7 @@ def _run_context(session: SessionDep, run: TrainingRun) -> dict:
     report = evaluation.labeler_win_rate(session, run.id) if run.kind == RunKind.evaluate else None
     final = run.status in runs.FINAL
     # Generate and evaluate runs make tasks; an ended one offers to withdraw those still open.
-    makes_tasks = run.kind in (RunKind.generate, RunKind.evaluate) and final
+    makes_tasks = run.kind in runs.TASK_MAKING_KINDS and final
     return {
         "run": run,
         "timing": runs.timing(run),

@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 
 from app.deps import ApiAdmin, SessionDep, SettingsDep
 from app.models import ModelKind, ModelVersion, RunKind, RunStatus, TrainingRun
-from app.services import ServiceError, evaluation, registry, runs, tasks
+from app.services import evaluation, registry, runs, tasks
 from app.web.params import DB_INT_MAX, Id, IdPath, IdQuery
 from runconfig import RUN_CONFIGS
 
@@ -231,18 +231,11 @@ def _withdrawn_out(withdrawn: tasks.Withdrawn) -> WithdrawnOut:
     return WithdrawnOut(withdrawn=withdrawn.total, deleted=withdrawn.deleted, closed=withdrawn.closed)
 
 
-TASK_MAKING_KINDS = (RunKind.generate, RunKind.evaluate)
-"""The run kinds that make tasks (the run page offers the withdrawal for these only)."""
-
-
 @router.post("/runs/{run_id}/withdraw-tasks", response_model=WithdrawnOut)
 def withdraw_run_tasks(run_id: IdPath, session: SessionDep, user: ApiAdmin):
     """Withdraws the open tasks an ended generate or evaluate run made, as the run page's button
     does: 409 while the run may still make tasks (cancel it first) or on an archived project, 400 for
     a run of a kind that makes no tasks."""
-    run = runs.get_run(session, run_id)
-    if run.kind not in TASK_MAKING_KINDS:
-        raise ServiceError(f"Run {run.id} is a {run.kind.value} run; only generate and evaluate runs make tasks.")
     return _withdrawn_out(runs.withdraw_run_tasks(session, run_id))
 
 
