@@ -265,6 +265,13 @@ def _project_k_or_two_to_nine(k: int) -> int:
     return k
 
 
+MaxPromptLength = Annotated[
+    int, Field(ge=0, le=INT_MAX), Words(zero="what the model's context leaves beside max_new_tokens")
+]
+"""Longest prompt in tokens: a conversation over it loses its oldest whole turns; one whose system
+message and last user turn alone are over it is skipped, and the run's notes name it."""
+
+
 class GenerateConfig(RunConfig):
     """`generate`: sample K outputs per prompt from one model version and create ranking tasks."""
 
@@ -276,6 +283,8 @@ class GenerateConfig(RunConfig):
     """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p (1 keeps all)."""
     max_new_tokens: MaxNewTokens = 128
     """Longest output in tokens; outputs cut here are stored with ended_with_eos = false."""
+    max_prompt_length: MaxPromptLength = 0
+    """Longest prompt in tokens (0: the model's context less max_new_tokens); see MaxPromptLength."""
     split: SplitName = "train"
     """Prompts of this split (train, valid or test) get outputs."""
     limit: Annotated[int, Field(ge=0, le=INT_MAX), Words(zero="all prompts")] = 64
@@ -308,6 +317,8 @@ class EvaluateConfig(RunConfig):
     """Nucleus sampling for both models."""
     max_new_tokens: MaxNewTokens = 128
     """Longest answer in tokens."""
+    max_prompt_length: MaxPromptLength = 0
+    """Longest prompt in tokens (0: the model's context less max_new_tokens); see MaxPromptLength."""
     batch_size: BatchSize = 8
     """Prompts per generate call."""
     rollout_backend: RolloutBackend = "auto"
@@ -364,6 +375,9 @@ class PPOConfig(RunConfig):
     """Nucleus sampling of the rollouts (1 keeps the whole distribution, which PPO assumes)."""
     max_new_tokens: MaxNewTokens = 64
     """Longest response in tokens; a response cut here has no EOS and gets missing_eos_penalty."""
+    max_prompt_length: MaxPromptLength = 0
+    """Longest prompt in tokens (0: the model's context less max_new_tokens): a shorter limit bounds
+    the rollouts' and updates' cost on long conversations; see MaxPromptLength."""
     missing_eos_penalty: NonNegative = 1.0
     """Subtracted from the reward-model score of a response that produced no EOS (0 disables)."""
     ptx_coef: NonNegative = 0.0

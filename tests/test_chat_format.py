@@ -222,3 +222,19 @@ def test_a_template_that_refuses_system_messages_gets_it_in_the_first_user_turn(
     start, stop = labelled(ids, labels)
     assert ids[:start] == modeling.encode_prompt(tok, [SYSTEM, *DIALOGUE])
     assert tok.decode(ids[start:stop]) == ANSWER + tok.eos_token
+
+
+def test_max_prompt_length_cuts_tighter_than_the_context(tiny):
+    tok = modeling.load_tokenizer(tiny)
+    model = modeling.load_causal_lm(tiny, device="cpu")
+    conversation = [SYSTEM, *DIALOGUE]
+    length = len(modeling.encode_prompt(tok, conversation))
+    long = PromptItem(id=2, text="(rendered)", split="train", messages=conversation)
+    assert split_by_length(model, tok, [long], 4) == ([long], [])  # fits the context
+    fit, too_long = split_by_length(model, tok, [long], 4, max_prompt_length=length - 1)
+    assert not too_long and fit[0].messages == [SYSTEM, *DIALOGUE[2:]]
+    # The context still bounds it where it is the tighter of the two.
+    context = model.config.max_position_embeddings
+    fit, _ = split_by_length(model, tok, [long], context - length + 1, max_prompt_length=10_000)
+    assert fit[0].messages == [SYSTEM, *DIALOGUE[2:]]
+    assert split_by_length(model, tok, [long], 4, max_prompt_length=3) == ([], [long])

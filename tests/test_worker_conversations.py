@@ -112,3 +112,35 @@ def test_generate_samples_from_the_whole_conversation_cut_at_whole_turns(setting
         assert [s.text for per_prompt in rendered for s in per_prompt] != [c.text for c in stored]
     finally:
         worker.engine.dispose()
+
+
+def test_a_ppo_run_fits_its_prompts_to_max_prompt_length(settings, session, tiny, tmp_path):
+    """max_prompt_length bounds what PPO rolls out from (and so its cost on long conversations): a
+    conversation over it loses its oldest whole turns, a single turn over it is left out, and the
+    run's snapshot names both and keeps only the prompts it used."""
+    from tests.test_worker_resume import _inputs
+
+    project = make_project(session)
+    inputs = _inputs(session, project, tiny, "ppo", tmp_path)  # COUNTING's short prompts
+    chat = make_conversation(session, project, DIALOGUE)
+    tokenizer = modeling.load_tokenizer(str(tiny))
+    limit = len(modeling.encode_prompt(tokenizer, DIALOGUE)) - 1  # the whole dialogue is one token over
+    assert len(modeling.encode_prompt(tokenizer, [DIALOGUE[0], *DIALOGUE[3:]])) <= limit
+    (rambling,) = make_prompts(session, project, ["Count on " * 40])
+    config = {"total_episodes": 8, "rollout_batch_size": 8, "minibatch_size": 4, "max_new_tokens": 4}
+    run = queue_raw(session, project, "ppo", {**config, "max_prompt_length": limit}, inputs)
+    session.commit()
+    worker = Worker(fast_settings(settings), device="cpu")
+    try:
+        assert worker.run_next()
+        done = run_status(worker.engine, run.id)
+        assert done.status == RunStatus.succeeded, done.error
+        snap = done.dataset_snapshot
+        assert chat.id in snap["rows"]["prompts"] and rambling.id not in snap["rows"]["prompts"]
+        skipped, cut = snap["notes"]
+        assert (
+            skipped.startswith(f"Model version {inputs[0]}: skipped 1 prompt(s)") and f"ids [{rambling.id}]" in skipped
+        )
+        assert f"max_prompt_length={limit}" in skipped and f"ids [{chat.id}]" in cut and "oldest turns" in cut
+    finally:
+        worker.engine.dispose()

@@ -30,20 +30,24 @@ def context_length(model) -> int | None:
 
 
 def split_by_length(
-    model, tokenizer, prompts: list[PromptItem], max_new_tokens: int
+    model, tokenizer, prompts: list[PromptItem], max_new_tokens: int, max_prompt_length: int = 0
 ) -> tuple[list[PromptItem], list[PromptItem]]:
-    """(prompts that fit, prompts too long for the context with max_new_tokens of answer).
+    """(prompts that fit, prompts too long for the context with max_new_tokens of answer, or for
+    max_prompt_length when it is set and shorter).
 
     A conversation over that budget loses its oldest whole turns (modeling.fit_conversation; its
     item then carries the shorter messages); one whose system message and last user turn alone are
     over it is too long: an answer to the tail of a question is no answer to the question."""
-    limit = context_length(model)
-    if not limit:
+    context = context_length(model)
+    budget = context - max_new_tokens if context else None
+    if max_prompt_length:
+        budget = max_prompt_length if budget is None else min(budget, max_prompt_length)
+    if budget is None:
         return prompts, []
     fit: list[PromptItem] = []
     too_long: list[PromptItem] = []
     for item in prompts:
-        messages = modeling.fit_conversation(tokenizer, item.prompt, limit - max_new_tokens, cut_last_turn=False)
+        messages = modeling.fit_conversation(tokenizer, item.prompt, budget, cut_last_turn=False)
         if messages is None:
             too_long.append(item)
         elif messages != modeling.as_messages(item.prompt):

@@ -13,7 +13,7 @@ import torch
 from app.models import Completion, ModelKind, Project, Prompt, RunKind, TaskKind
 from app.services import tasks
 from app.services.evaluation import win_rate
-from runconfig import K_MAX, K_MIN, EvaluateConfig, GenerateConfig, config_from_dict, config_to_dict
+from runconfig import K_MAX, K_MIN, EvaluateConfig, GenerateConfig, PPOConfig, config_from_dict, config_to_dict
 from trainer import modeling
 from trainer.data import PromptItem, SFTExample
 from trainer.distributed import full_state_dict
@@ -28,6 +28,8 @@ from trainer.rollout import choose_backend
 from trainer.sft import train_sft
 from worker.context import Outcome, RunContext, VersionInfo, free_memory
 from worker.snapshots import DataError, Snapshot, snapshot_demonstrations, snapshot_prompts, snapshot_rankings
+
+SamplingConfig = GenerateConfig | EvaluateConfig | PPOConfig
 
 
 def _model_options(config) -> dict:
@@ -130,7 +132,6 @@ def run_ppo(ctx: RunContext) -> Outcome:
         return prompts, ptx, snapshot
 
     prompts, ptx, snapshot = ctx.read(read)
-    ctx.set_snapshot(snapshot)
     ctx.set_phase("loading models")
     policy_version, reward_version = ctx.input_version(0), ctx.input_version(1)
     policy_source, reward_source = ctx.resolve(policy_version), ctx.resolve(reward_version)
@@ -142,6 +143,11 @@ def run_ppo(ctx: RunContext) -> Outcome:
     # low-memory mode the frozen models stay on the CPU and visit the GPU for their forward pass.
     frozen_device = "cpu" if config.low_memory else ctx.device
     policy = modeling.load_causal_lm(policy_source, device=ctx.device, **_model_options(config))
+    prompts = _fit_prompts(policy, tokenizer, policy_version, prompts, config, snapshot)
+    snapshot.keep_prompts([p.id for p in prompts])
+    if not prompts:
+        raise ValueError(_all_too_long(config))
+    ctx.set_snapshot(snapshot)
     # The frozen models in the policy's weights' dtype (fp32 beside fp32 masters): a bf16 reference made
     # the KL between equal weights +0.10 nats per answer on CUDA (trainer/precision.py frozen_dtype).
     frozen = frozen_dtype(config.precision)
@@ -236,30 +242,48 @@ def store_completions(session, prompt_id: int, version, samples: list[Sample], c
 
 
 def _sampler(
-    ctx: RunContext, version: VersionInfo, prompts: list[PromptItem], max_new_tokens: int, snapshot: Snapshot
+    ctx: RunContext, version: VersionInfo, prompts: list[PromptItem], config: SamplingConfig, snapshot: Snapshot
 ) -> tuple[Any, Any, list[PromptItem]]:
-    """The policy to sample from, its tokenizer, and the prompts that fit its context with
-    max_new_tokens (the others are named in the snapshot's notes)."""
+    """The policy to sample from, its tokenizer, and the prompts that fit (_fit_prompts)."""
     ctx.set_phase(f"loading model {version.id}")
     source = ctx.resolve(version)
     tokenizer = ctx.load_tokenizer(source)
     model = modeling.load_causal_lm(source, device=ctx.device)
     ctx.checkpoint()
     ctx.set_phase("sampling")
-    fit, too_long = split_by_length(model, tokenizer, prompts, max_new_tokens)
+    return model, tokenizer, _fit_prompts(model, tokenizer, version, prompts, config, snapshot)
+
+
+def _all_too_long(config: SamplingConfig) -> str:
+    limit = f" or max_prompt_length={config.max_prompt_length}" if config.max_prompt_length else ""
+    return (
+        "Every selected prompt is too long for the model's context with "
+        f"max_new_tokens={config.max_new_tokens}{limit}; lower max_new_tokens or use shorter prompts."
+    )
+
+
+def _fit_prompts(
+    model, tokenizer, version: VersionInfo, prompts: list[PromptItem], config: SamplingConfig, snapshot: Snapshot
+) -> list[PromptItem]:
+    """The prompts that fit the model's context with max_new_tokens and the run's max_prompt_length,
+    conversations cut by whole turns where that makes them fit; the snapshot's notes name the rest."""
+    fit, too_long = split_by_length(model, tokenizer, prompts, config.max_new_tokens, config.max_prompt_length)
+    limit = f"max_new_tokens={config.max_new_tokens}" + (
+        f" and max_prompt_length={config.max_prompt_length}" if config.max_prompt_length else ""
+    )
     if too_long:
         snapshot.notes.append(
             f"Model version {version.id}: skipped {len(too_long)} prompt(s) longer than its context with "
-            f"max_new_tokens={max_new_tokens}: ids {[p.id for p in too_long][:20]}."
+            f"{limit}: ids {[p.id for p in too_long][:20]}."
         )
     before = {p.id: p.messages for p in prompts}
     cut = [p.id for p in fit if p.messages != before[p.id]]
     if cut:
         snapshot.notes.append(
             f"Model version {version.id}: {len(cut)} conversation(s) lost their oldest turns to fit its context "
-            f"with max_new_tokens={max_new_tokens}: ids {cut[:20]}."
+            f"with {limit}: ids {cut[:20]}."
         )
-    return model, tokenizer, fit
+    return fit
 
 
 def _samples(
@@ -336,13 +360,10 @@ def run_generate(ctx: RunContext) -> Outcome:
     version = ctx.input_version(0)
     if version.kind == ModelKind.reward:
         raise ValueError(f"Model version {version.id} is a reward model; generate samples from a policy.")
-    model, tokenizer, prompts = _sampler(ctx, version, prompts, config.max_new_tokens, snapshot)
+    model, tokenizer, prompts = _sampler(ctx, version, prompts, config, snapshot)
     snapshot.keep_prompts([p.id for p in prompts])
     if not prompts:
-        raise ValueError(
-            "Every selected prompt is too long for the model's context with "
-            f"max_new_tokens={config.max_new_tokens}; lower max_new_tokens or use shorter prompts."
-        )
+        raise ValueError(_all_too_long(config))
     ctx.set_snapshot(snapshot)
 
     total = len(prompts)
@@ -404,7 +425,7 @@ def run_evaluate(ctx: RunContext) -> Outcome:
     ended: dict[int, bool] = {}  # completion id -> did the sample end by itself
     steps_total = 2 * len(prompts)
     for turn, version in enumerate((candidate, baseline)):
-        model, tokenizer, prompts = _sampler(ctx, version, prompts, config.max_new_tokens, snapshot)
+        model, tokenizer, prompts = _sampler(ctx, version, prompts, config, snapshot)
         answers[version.id] = {}
         backend = rollout_backend(model, config)
         batches = _samples(ctx, model, tokenizer, prompts, 1, config, steps_total)
