@@ -22,7 +22,10 @@ VENV = HERE / ".venv-trl"
 
 def ensure_venv() -> Path:
     """Python of bench/.venv-trl, created on first use: torch first (pinned to the project's
-    version, so pip never pulls another build), then trl with the project's transformers."""
+    version, so pip never pulls another build), then trl with the project's transformers and peft
+    (LoRA on TRL's side as on ours)."""
+    from importlib.metadata import version
+
     import torch
     import transformers
 
@@ -30,12 +33,17 @@ def ensure_venv() -> Path:
     if python.exists():
         return python
     torch_version = torch.__version__.split("+")[0]
-    print(f"creating {VENV} (torch=={torch_version}, transformers=={transformers.__version__}, trl)", flush=True)
+    peft_version = version("peft")
+    print(
+        f"creating {VENV} (torch=={torch_version}, transformers=={transformers.__version__}, "
+        f"peft=={peft_version}, trl)",
+        flush=True,
+    )
     base_python = Path(sys.base_prefix) / "bin" / "python3"  # the interpreter the project's venv was made from
     subprocess.run([str(base_python), "-m", "venv", str(VENV)], check=True)
     pip = [str(python), "-m", "pip", "install", "-q"]
     subprocess.run(pip + [f"torch=={torch_version}"], check=True)
-    subprocess.run(pip + ["trl", f"transformers=={transformers.__version__}"], check=True)
+    subprocess.run(pip + ["trl", f"transformers=={transformers.__version__}", f"peft=={peft_version}"], check=True)
     return python
 
 
@@ -95,7 +103,9 @@ def _common_args(spec: dict, device: str) -> dict:
         seed=spec["seed"],
         dataloader_num_workers=0,
         use_cpu=device == "cpu",
-        bf16=device == "cuda",
+        # bf16 autocast over fp32 weights where the spec asks for it (bench/rm_quality.py --precision);
+        # without the key, bf16 on a GPU as before.
+        bf16=spec["precision"] == "bf16" if "precision" in spec else device == "cuda",
         # The project's trainers default to no activation checkpointing; TRL's configs default to it
         # on (slower, less memory). Same setting on both sides, or the speed figures flatter ours.
         gradient_checkpointing=spec.get("gradient_checkpointing", False),
@@ -113,8 +123,10 @@ def trl_reward(spec: dict) -> dict:
     data = json.loads(Path(spec["data"]).read_text())
     tokenizer = AutoTokenizer.from_pretrained(spec["model"])
     torch.manual_seed(spec["seed"])
+    # Weights in fp32 when the spec names a precision (bf16 is then autocast, as on our side).
+    bf16_weights = device == "cuda" and "precision" not in spec
     model = AutoModelForSequenceClassification.from_pretrained(
-        spec["model"], num_labels=1, dtype=torch.bfloat16 if device == "cuda" else torch.float32
+        spec["model"], num_labels=1, dtype=torch.bfloat16 if bf16_weights else torch.float32
     )
     model.config.pad_token_id = tokenizer.pad_token_id
     pairs = [(seqs[w], seqs[l]) for seqs, pair_list in data["train"] for w, l in pair_list]
@@ -125,25 +137,54 @@ def trl_reward(spec: dict) -> dict:
         center_rewards_coefficient=None,
         **_common_args(spec, device),
     )
+    peft_config = None
+    if spec.get("lora_r"):
+        from peft import LoraConfig
+
+        # As trainer/modeling.py's LoRA: alpha 2r, no dropout, every linear layer of the backbone;
+        # SEQ_CLS keeps the score head trained in full (peft's modules_to_save), as ours is.
+        r = spec["lora_r"]
+        peft_config = LoraConfig(
+            r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules="all-linear", task_type="SEQ_CLS"
+        )
     clock = _timing_callback()
-    trainer = RewardTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer, callbacks=[clock])
+    trainer = RewardTrainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        processing_class=tokenizer,
+        callbacks=[clock],
+        peft_config=peft_config,
+    )
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     trainer.train()
     seconds, cpu_seconds = clock.times[-1] - clock.times[0], clock.cpu_times[-1] - clock.cpu_times[0]
-    # Held-out pair accuracy, computed like the project's (winner scored strictly higher).
+    # Held-out scores, (winner, loser) per pair: the accuracy is counted as the project's (winner
+    # scored strictly higher). bench/rm_quality.py computes its figures from these.
+    model = trainer.model
     model.eval()
-    correct = total = 0
-    with torch.no_grad():
-        for seqs, pair_list in data["valid"]:
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=spec.get("precision") == "bf16")
+    valid, size, pad = data["valid"], spec.get("eval_rankings", 1), tokenizer.pad_token_id
+    pair_scores = []
+    with torch.no_grad(), autocast:
+        for start in range(0, len(valid), size):
+            rows = valid[start : start + size]
+            seqs = [s for sequences, _ in rows for s in sequences]
             width = max(len(s) for s in seqs)
-            ids = torch.tensor([s + [tokenizer.pad_token_id] * (width - len(s)) for s in seqs], device=model.device)
+            ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=model.device)
             mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=model.device)
-            scores = model(input_ids=ids, attention_mask=mask).logits.squeeze(-1).float()
-            correct += sum(int(scores[w] > scores[l]) for w, l in pair_list)
-            total += len(pair_list)
+            flat = model(input_ids=ids, attention_mask=mask).logits.squeeze(-1).float().tolist()
+            offset = 0
+            for sequences, pair_list in rows:
+                pair_scores += [[flat[offset + w], flat[offset + lose]] for w, lose in pair_list]
+                offset += len(sequences)
     return {
         "pairs_per_s": spec["pairs_per_step"] * (spec["steps"] - 1) / seconds,
         "pairs_per_cpu_s": spec["pairs_per_step"] * (spec["steps"] - 1) / cpu_seconds,
-        "valid_accuracy": correct / total,
+        "valid_accuracy": sum(c > r for c, r in pair_scores) / len(pair_scores),
+        "scores": pair_scores,
+        "trainable_params": trainable,
+        "mixed_precision": trainer.accelerator.mixed_precision,
         "peak_memory_mb": _peak_memory_mb(device),
         "device": device,
     }
