@@ -7,10 +7,11 @@ so a cookie alone, which a forged cross-site form would carry, does nothing)."""
 
 import pytest
 
-from app.models import Completion, Demonstration, Ranking, ReviewStatus, Role, RunKind, RunStatus, Task, TrainingRun
-from app.services import accounts, projects, registry, review, submissions, tasks
+from app.models import Demonstration, Ranking, ReviewStatus, Role, RunKind, RunStatus, Task, TrainingRun
+from app.services import accounts, projects, registry, review, submissions
 from tests.conftest import login
 from tests.labeling import make_labelers, make_project, make_prompts
+from tests.test_bulk_actions import _ranking
 from tests.worker_helpers import add_demonstrations
 
 
@@ -35,15 +36,6 @@ def _run(session, project, kind=RunKind.generate, status=RunStatus.cancelled) ->
     return run
 
 
-def _task(session, project, prompt, run=None, version=None) -> Task:
-    outputs = [Completion(prompt_id=prompt.id, text=t, source="test", model_version_id=version) for t in ("x", "y")]
-    session.add_all(outputs)
-    session.flush()
-    return tasks.create_ranking_task(
-        session, project, prompt, [o.id for o in outputs], source_run_id=run.id if run else None
-    )
-
-
 def _answer(session, task, labeler) -> None:
     """A labeler's ranking of the (overlap 2) task, still open: withdrawing closes it, keeping this."""
     ids = [o.completion_id for o in task.outputs]
@@ -66,8 +58,8 @@ def made(session, api):
     (ann,) = make_labelers(session, 1)
     p1, p2, p3 = make_prompts(session, project, ["one", "two", "three"])
     run = _run(session, project)
-    fresh, answered = _task(session, project, p1, run), _task(session, project, p2, run)
-    elsewhere = _task(session, project, p3, _run(session, project, status=RunStatus.succeeded))
+    fresh, answered = _ranking(session, project, p1, run), _ranking(session, project, p2, run)
+    elsewhere = _ranking(session, project, p3, _run(session, project, status=RunStatus.succeeded))
     _answer(session, answered, ann)
     session.commit()
     return project, run, {"fresh": fresh.id, "answered": answered.id, "elsewhere": elsewhere.id}
@@ -142,9 +134,9 @@ def test_the_api_withdraws_a_model_versions_open_tasks(session, api):
     bad, good = (registry.register_base(session, f"/models/{n}").id for n in ("bad", "good"))
     p1, p2, p3 = make_prompts(session, project, ["a", "b", "c"])
     fresh, answered, other = (
-        _task(session, project, p1, version=bad),
-        _task(session, project, p2, version=bad),
-        _task(session, project, p3, version=good),
+        _ranking(session, project, p1, version=bad),
+        _ranking(session, project, p2, version=bad),
+        _ranking(session, project, p3, version=good),
     )
     _answer(session, answered, ann)
     session.commit()

@@ -37,6 +37,18 @@ DIALOGUE = [
 ]
 
 
+def _ran(settings, run_id: int):
+    """The run as it ended after a worker took it."""
+    worker = Worker(fast_settings(settings), device="cpu")
+    try:
+        assert worker.run_next()
+        done = run_status(worker.engine, run_id)
+    finally:
+        worker.engine.dispose()
+    assert done.status == RunStatus.succeeded, done.error
+    return done
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     texts = [m["content"] for m in DIALOGUE] + ["Green.", "Count on from 1."]
@@ -85,33 +97,27 @@ def test_generate_samples_from_the_whole_conversation_cut_at_whole_turns(setting
     version = base_version(session, tiny)
     run = queue_raw(session, project, "generate", {"max_new_tokens": 4, "batch_size": 2, "seed": 1}, [version])
     session.commit()
-    worker = Worker(fast_settings(settings), device="cpu")
-    try:
-        assert worker.run_next()
-        done = run_status(worker.engine, run.id)
-        assert done.status == RunStatus.succeeded, done.error
-        assert done.summary["ranking_tasks"] == 2 and done.dataset_snapshot["rows"]["prompts"] == [
-            chat.id,
-            long_chat.id,
-        ]
-        (note,) = done.dataset_snapshot["notes"]
-        assert note.startswith(f"Model version {version}: 1 conversation(s) lost their oldest turns") and (
-            f"ids [{long_chat.id}]" in note
-        )
-        # The stored samples are the model's answers to the conversations (the long one without its
-        # first pair of turns, which leaves DIALOGUE), not to their plain renderings.
-        session.expire_all()
-        stored = session.scalars(select(Completion).order_by(Completion.id)).all()
-        assert [c.prompt_id for c in stored] == [chat.id, chat.id, long_chat.id, long_chat.id]
-        config = config_from_dict("generate", {"max_new_tokens": 4, "batch_size": 2, "seed": 1})
-        model = modeling.load_causal_lm(str(tiny), device="cpu")
-        kwargs = dict(k=2, temperature=config.temperature, top_p=config.top_p, max_new_tokens=4, seed=1, batch_size=2)
-        ((_, expected),) = sample_batches(model, tokenizer, [DIALOGUE, DIALOGUE], **kwargs)
-        assert [c.text for c in stored] == [s.text for per_prompt in expected for s in per_prompt]
-        ((_, rendered),) = sample_batches(model, tokenizer, [chat.text, long_chat.text], **kwargs)
-        assert [s.text for per_prompt in rendered for s in per_prompt] != [c.text for c in stored]
-    finally:
-        worker.engine.dispose()
+    done = _ran(settings, run.id)
+    assert done.summary["ranking_tasks"] == 2 and done.dataset_snapshot["rows"]["prompts"] == [
+        chat.id,
+        long_chat.id,
+    ]
+    (note,) = done.dataset_snapshot["notes"]
+    assert note.startswith(f"Model version {version}: 1 conversation(s) lost their oldest turns") and (
+        f"ids [{long_chat.id}]" in note
+    )
+    # The stored samples are the model's answers to the conversations (the long one without its
+    # first pair of turns, which leaves DIALOGUE), not to their plain renderings.
+    session.expire_all()
+    stored = session.scalars(select(Completion).order_by(Completion.id)).all()
+    assert [c.prompt_id for c in stored] == [chat.id, chat.id, long_chat.id, long_chat.id]
+    config = config_from_dict("generate", {"max_new_tokens": 4, "batch_size": 2, "seed": 1})
+    model = modeling.load_causal_lm(str(tiny), device="cpu")
+    kwargs = dict(k=2, temperature=config.temperature, top_p=config.top_p, max_new_tokens=4, seed=1, batch_size=2)
+    ((_, expected),) = sample_batches(model, tokenizer, [DIALOGUE, DIALOGUE], **kwargs)
+    assert [c.text for c in stored] == [s.text for per_prompt in expected for s in per_prompt]
+    ((_, rendered),) = sample_batches(model, tokenizer, [chat.text, long_chat.text], **kwargs)
+    assert [s.text for per_prompt in rendered for s in per_prompt] != [c.text for c in stored]
 
 
 def test_a_ppo_run_fits_its_prompts_to_max_prompt_length(settings, session, tiny, tmp_path):
@@ -130,17 +136,9 @@ def test_a_ppo_run_fits_its_prompts_to_max_prompt_length(settings, session, tiny
     config = {"total_episodes": 8, "rollout_batch_size": 8, "minibatch_size": 4, "max_new_tokens": 4}
     run = queue_raw(session, project, "ppo", {**config, "max_prompt_length": limit}, inputs)
     session.commit()
-    worker = Worker(fast_settings(settings), device="cpu")
-    try:
-        assert worker.run_next()
-        done = run_status(worker.engine, run.id)
-        assert done.status == RunStatus.succeeded, done.error
-        snap = done.dataset_snapshot
-        assert chat.id in snap["rows"]["prompts"] and rambling.id not in snap["rows"]["prompts"]
-        skipped, cut = snap["notes"]
-        assert (
-            skipped.startswith(f"Model version {inputs[0]}: skipped 1 prompt(s)") and f"ids [{rambling.id}]" in skipped
-        )
-        assert f"max_prompt_length={limit}" in skipped and f"ids [{chat.id}]" in cut and "oldest turns" in cut
-    finally:
-        worker.engine.dispose()
+    done = _ran(settings, run.id)
+    snap = done.dataset_snapshot
+    assert chat.id in snap["rows"]["prompts"] and rambling.id not in snap["rows"]["prompts"]
+    skipped, cut = snap["notes"]
+    assert skipped.startswith(f"Model version {inputs[0]}: skipped 1 prompt(s)") and f"ids [{rambling.id}]" in skipped
+    assert f"max_prompt_length={limit}" in skipped and f"ids [{chat.id}]" in cut and "oldest turns" in cut
