@@ -410,6 +410,13 @@ def test_labeler_win_rate_reads_choices_whatever_the_shown_order(session, projec
     session.flush()
     result = evaluation.labeler_win_rate(session, run.id)
     assert (result["wins"], result["ties"], result["identical"], result["n"]) == (2, 2, 1, 5)
+    # Identical answers the run never posed (nothing to choose) are ties too, each its own prompt.
+    unposed = make_prompts(session, project, ["Q one", "Q two"], Split.test)
+    run.summary = {**run.summary, "identical_answers": 2, "identical_prompt_ids": [p.id for p in unposed]}
+    session.flush()
+    result = evaluation.labeler_win_rate(session, run.id)
+    assert (result["wins"], result["ties"], result["identical"], result["n"]) == (2, 4, 3, 7)
+    assert result["prompts"] == 7 and result["win_rate"] == pytest.approx((2 + 4 * 0.5) / 7)
     with pytest.raises(ServiceError, match="win rates come from evaluate runs"):
         evaluation.labeler_win_rate(session, queue_raw(session, project, "sft").id)
 

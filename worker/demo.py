@@ -29,7 +29,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -731,8 +731,8 @@ def _form_judgements(session, evaluate_run: TrainingRun) -> dict[str, Any]:
     ).all()
     ids = {c for row in rows for c in (row.a_completion_id, row.b_completion_id)}
     completions = {c.id: c for c in session.scalars(select(Completion).where(Completion.id.in_(ids)))} if ids else {}
-    labelers: dict[str, list[tuple[int, float]]] = {}
-    judges: dict[str, list[tuple[int, float]]] = {"preference": [], "without_filler": [], "fewer_words": []}
+    labelers: dict[str, list[tuple[Hashable, float]]] = {}
+    judges: dict[str, list[tuple[Hashable, float]]] = {"preference": [], "without_filler": [], "fewer_words": []}
     for row in rows:
         a, b = completions[row.a_completion_id], completions[row.b_completion_id]
         mine, theirs = (a, b) if a.model_version_id == candidate else (b, a)
@@ -753,6 +753,20 @@ def _form_judgements(session, evaluate_run: TrainingRun) -> dict[str, Any]:
             judges[name].append((row.id, 0.5 if same or sx == sy else float(sx > sy)))
         nx, ny = len(mine.text.split()), len(theirs.text.split())
         judges["fewer_words"].append((row.id, 0.5 if same or nx == ny else float(nx < ny)))
+    # The identical answers the run did not pose are ties for every judge, as in the labelers' figure.
+    ties = evaluation.unposed_ties(evaluate_run, [o for outcomes in labelers.values() for o in outcomes])
+    messages = dict(
+        session.execute(select(Prompt.id, Prompt.messages).where(Prompt.id.in_({p for p, _ in ties}))).all()
+    )
+    for prompt_id, tie in ties:
+        template = (
+            simulate.prompt_template(conversation.last_user_turn(messages[prompt_id]))
+            if prompt_id in messages
+            else "other"
+        )
+        labelers.setdefault(template, []).append((prompt_id, tie))
+        for outcomes in judges.values():
+            outcomes.append((prompt_id, tie))
     return {
         "per_template": {t: evaluation.win_rate(o) for t, o in sorted(labelers.items())},
         **{f"{name}_judge": evaluation.win_rate(o) for name, o in judges.items()},

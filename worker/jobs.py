@@ -459,7 +459,7 @@ def run_evaluate(ctx: RunContext) -> Outcome:
     # is nothing to choose between them (they are counted, as ties, in the summary).
     rng = random.Random(config.seed)
     pairs = []
-    identical = 0
+    identical: list[int] = []  # prompt ids
     with ctx.session() as session:
         project = session.get_one(Project, ctx.project_id)
         for item in prompts:
@@ -467,7 +467,7 @@ def run_evaluate(ctx: RunContext) -> Outcome:
             mine, theirs = answers[candidate.id][item.id], answers[baseline.id][item.id]
             candidate_is_a = rng.random() < 0.5
             if texts[mine].strip() == texts[theirs].strip():
-                identical += 1
+                identical.append(item.id)
                 continue
             a, b = (mine, theirs) if candidate_is_a else (theirs, mine)
             if prompt is None:
@@ -477,9 +477,10 @@ def run_evaluate(ctx: RunContext) -> Outcome:
             )
             pairs.append({"task_id": task.id, "prompt_id": item.id, "a": a, "b": b, "candidate_is_a": candidate_is_a})
     summary: dict[str, Any] = {
-        "prompts": len(pairs) + identical,
+        "prompts": len(pairs) + len(identical),
         "comparison_tasks": len(pairs),
-        "identical_answers": identical,
+        "identical_answers": len(identical),
+        "identical_prompt_ids": identical,
         "candidate_model_id": candidate.id,
         "baseline_model_id": baseline.id,
         "pairs": pairs,

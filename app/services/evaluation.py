@@ -2,7 +2,8 @@
 
 The win rate is the candidate's share of comparisons, a tie counting half for each side. Two
 identical answers are a tie whatever was chosen between them (a labeler forced to pick, or a score
-difference of rounding), and how many there were is reported. The 95% interval is a percentile
+difference of rounding), and how many there were is reported; so are the identical answers an
+evaluate run never posed as tasks (each prompt as many ties as a posed prompt got judgements). The 95% interval is a percentile
 bootstrap over prompts: whole prompts are resampled with all their comparisons, so several labelers
 judging one prompt count as the one prompt they are (their judgements of it are not independent)
 and don't narrow the interval as more prompts would. The labelers' figure and the reward model's
@@ -63,6 +64,21 @@ def win_rate(outcomes: Sequence[tuple[Hashable, float]], *, identical: int = 0) 
     }
 
 
+def unposed_ties(run: TrainingRun, judged: Sequence[tuple[Hashable, float]]) -> list[tuple[Hashable, float]]:
+    """The identical answers an evaluate run did not pose (nothing to choose between them) as ties,
+    each prompt as many times as the posed prompts were judged on average; none before labelers
+    have judged anything, so an unjudged run shows no figure."""
+    prompts = len({prompt for prompt, _ in judged})
+    if not prompts:
+        return []
+    summary = run.summary or {}
+    unposed = summary.get("identical_prompt_ids") or [
+        ("identical", i) for i in range(summary.get("identical_answers", 0))
+    ]
+    per_prompt = max(1, round(len(judged) / prompts))
+    return [(prompt, 0.5) for prompt in unposed for _ in range(per_prompt)]
+
+
 def labeler_win_rate(session: Session, run_id: int) -> dict[str, Any]:
     """The candidate's win rate over the baseline in the labelers' comparisons of this run's tasks."""
     run = get_run(session, run_id)
@@ -101,7 +117,7 @@ def labeler_win_rates(session: Session, runs: list[TrainingRun]) -> dict[int, di
         if completions
         else {}
     )
-    outcomes: dict[int, list[tuple[int, float]]] = {rid: [] for rid in ids}
+    outcomes: dict[int, list[tuple[Hashable, float]]] = {rid: [] for rid in ids}
     identical = dict.fromkeys(ids, 0)
     pair = {r.id: (r.input_model_ids[0], r.input_model_ids[1]) for r in runs}
     for rid, prompt_id, a, b, choice in rows:
@@ -119,6 +135,10 @@ def labeler_win_rates(session: Session, runs: list[TrainingRun]) -> dict[int, di
             outcomes[rid].append((prompt_id, 1.0))
         elif chosen == pair[rid][1]:
             outcomes[rid].append((prompt_id, 0.0))
+    for r in runs:
+        ties = unposed_ties(r, outcomes[r.id])
+        outcomes[r.id] += ties
+        identical[r.id] += len(ties)
     counts: dict[int, dict[TaskStatus, int]] = defaultdict(dict)
     for run_id, status, n in session.execute(
         select(Task.source_run_id, Task.status, func.count())
