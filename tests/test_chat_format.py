@@ -238,3 +238,24 @@ def test_max_prompt_length_cuts_tighter_than_the_context(tiny):
     fit, _ = split_by_length(model, tok, [long], context - length + 1, max_prompt_length=10_000)
     assert fit[0].messages == [SYSTEM, *DIALOGUE[2:]]
     assert split_by_length(model, tok, [long], 4, max_prompt_length=3) == ([], [long])
+
+
+def test_a_judge_scores_the_conversation_cut_to_its_training_length(tiny):
+    """score_pairs with max_length reads what a reward model trained at that length read: the
+    conversation without its oldest whole turns, not the whole of it."""
+    import torch
+
+    from trainer.evaluate import score_pairs
+
+    tok = modeling.load_tokenizer(tiny)
+    torch.manual_seed(0)
+    judge = modeling.ScalarHeadModel.from_causal_lm(tiny, device="cpu").eval()
+    conversation = [SYSTEM, *DIALOGUE]
+    answer_ids = modeling.encode_completion(tok, ANSWER, ended=True)
+    cut = [SYSTEM, *DIALOGUE[2:]]
+    length = len(modeling.encode_prompt(tok, cut)) + len(answer_ids)
+    assert len(modeling.encode_prompt(tok, conversation)) + len(answer_ids) > length
+    with torch.no_grad():
+        whole, short = score_pairs(judge, tok, [(conversation, ANSWER, True), (cut, ANSWER, True)])
+        (limited,) = score_pairs(judge, tok, [(conversation, ANSWER, True)], max_length=length)
+    assert limited == pytest.approx(short.item(), abs=1e-5) and whole != pytest.approx(short.item(), abs=1e-5)

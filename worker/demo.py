@@ -578,12 +578,14 @@ class HHDemo(Demo):
                 "ppo_kl_end": metric("ppo", "kl", -1),
                 "proxy_win_rate": proxy.get("win_rate"),
             }
+        # Both judges read sequences cut as they were trained (the profile's reward max_length).
+        length = self.hh.reward.get("max_length")
         model, tokenizer = load(reward)
-        figures["reward"] = gold.judge_pairs(model, tokenizer, pairs)
+        figures["reward"] = gold.judge_pairs(model, tokenizer, pairs, length)
         del model
         model, tokenizer = load(gold_rm)
-        figures["gold_on_held_out"] = gold.judge_pairs(model, tokenizer, pairs)
-        figures["gold_win_rate"] = gold.gold_win_rate(model, tokenizer, answers)
+        figures["gold_on_held_out"] = gold.judge_pairs(model, tokenizer, pairs, length)
+        figures["gold_win_rate"] = gold.gold_win_rate(model, tokenizer, answers, length)
         del model
         figures["longer_wins"] = gold.longer_wins(pairs)
         figures["lengths"] = dict(zip(("ppo", "sft"), gold.answer_lengths(answers), strict=True))

@@ -156,8 +156,11 @@ def longer_wins(pairs: Sequence[HeldOutPair]) -> dict[str, Any]:
     return pair_figures(pairs, [float(c) for c, _ in lengths], [float(r) for _, r in lengths])
 
 
-def score(model, tokenizer, items: Sequence[tuple[list[Any], str, bool]], batch_size: int = 8) -> list[float]:
-    """Reward scores of (conversation, answer, ended) triples, as the evaluate run scores them."""
+def score(
+    model, tokenizer, items: Sequence[tuple[list[Any], str, bool]], batch_size: int = 8, max_length: int | None = None
+) -> list[float]:
+    """Reward scores of (conversation, answer, ended) triples, as the evaluate run scores them; cut
+    to max_length (the judge's training length) when given."""
     import torch
 
     from trainer.evaluate import score_pairs
@@ -165,12 +168,13 @@ def score(model, tokenizer, items: Sequence[tuple[list[Any], str, bool]], batch_
     out: list[float] = []
     with torch.no_grad():
         for start in range(0, len(items), batch_size):
-            out += score_pairs(model, tokenizer, list(items[start : start + batch_size])).tolist()
+            out += score_pairs(model, tokenizer, list(items[start : start + batch_size]), max_length).tolist()
     return out
 
 
-def judge_pairs(model, tokenizer, pairs: Sequence[HeldOutPair]) -> dict[str, Any]:
-    scores = score(model, tokenizer, [(p.prompt, t, True) for p in pairs for t in (p.chosen, p.rejected)])
+def judge_pairs(model, tokenizer, pairs: Sequence[HeldOutPair], max_length: int | None = None) -> dict[str, Any]:
+    items = [(p.prompt, t, True) for p in pairs for t in (p.chosen, p.rejected)]
+    scores = score(model, tokenizer, items, max_length=max_length)
     return pair_figures(pairs, scores[0::2], scores[1::2])
 
 
@@ -200,7 +204,9 @@ def evaluate_answers(session: Session, run_id: int, version_ids: tuple[int, int]
     ]
 
 
-def gold_win_rate(model, tokenizer, answers: list[tuple[int, list, list]]) -> dict[str, Any]:
+def gold_win_rate(
+    model, tokenizer, answers: list[tuple[int, list, list]], max_length: int | None = None
+) -> dict[str, Any]:
     """The candidate's (first answer's) win rate over the baseline by the gold reward model, with the
     bootstrap interval over prompts; identical answers and equal scores are ties."""
     items = [
@@ -208,7 +214,7 @@ def gold_win_rate(model, tokenizer, answers: list[tuple[int, list, list]]) -> di
         for _, prompt, pair in answers
         for c in pair
     ]
-    scores = score(model, tokenizer, items)
+    scores = score(model, tokenizer, items, max_length=max_length)
     outcomes: list[tuple[int, float]] = []
     identical = 0
     for (pid, _, (mine, theirs)), s_mine, s_theirs in zip(answers, scores[0::2], scores[1::2], strict=True):
