@@ -316,10 +316,11 @@ def _finished_sft(session, project, version_id, *, load_s, step_s, steps, batch,
 
 @pytest.fixture
 def quiet_cpu(monkeypatch):
-    """A machine where the first guess holds: no GPU, not busy."""
+    """A machine where the first guess holds: no GPU, bf16 instructions, not busy."""
     from app.services import estimates
 
     monkeypatch.setattr(estimates, "gpu_present", lambda: False)
+    monkeypatch.setattr(estimates, "cpu_has_bf16", lambda: True)
     monkeypatch.setattr(estimates.os, "getloadavg", lambda: (0.1, 0.1, 0.1))
     # The test's models are tiny; the guess's own size floor is tested on its own below.
     monkeypatch.setattr(estimates, "FIRST_GUESS_MIN_PARAMS", 0)
@@ -329,8 +330,9 @@ def test_no_first_guess_for_a_model_far_smaller_than_the_one_it_was_measured_on(
     from app.services import estimates
 
     monkeypatch.setattr(estimates, "gpu_present", lambda: False)
+    monkeypatch.setattr(estimates, "cpu_has_bf16", lambda: True)
     monkeypatch.setattr(estimates.os, "getloadavg", lambda: (0.1, 0.1, 0.1))
-    config = type("Config", (), {"precision": "fp32"})()
+    config = type("Config", (), {"precision": "bf16"})()
     assert "under 50M parameters" in estimates._first_guess_problem(estimates.RunKind.sft, config, 33_000)
     assert estimates._first_guess_problem(estimates.RunKind.sft, config, 134_515_008) is None
 
@@ -347,7 +349,12 @@ def test_the_estimate_takes_loading_apart_from_the_pace_of_a_run_on_the_same_mod
     session.commit()
     page = admin_client.get(f"/admin/runs/new?kind=sft&project={project.id}&preset=defaults&model_0={small.id}").text
     assert "3 optimizer steps: 3 epoch(s) over 12 demonstrations" in page
-    assert "First guess: no finished sft run on a comparable model yet" in page  # a size and this CPU
+    # The default precision is fp32 on a CPU: the first guess's constant was measured in bf16 mixed.
+    assert "About" not in page and "measured in bf16 mixed precision" in page
+    token = csrf_of(admin_client, "/admin/runs/new")
+    form = {"csrf_token": token, "kind": "sft", "project_id": str(project.id), "model_0": str(small.id)}
+    guess = admin_client.post("/admin/runs/estimate", data={**form, "cfg_precision": "bf16"}).text
+    assert "First guess: no finished sft run on a comparable model yet" in guess  # a size and this CPU
     # SFT on the small model: 15 s loading, 6 steps of 4 demonstrations at 5 s a step, 5 s saving.
     _finished_sft(session, project, small.id, load_s=15, step_s=5, steps=6, batch=4, save_s=5)
     # Newer, on a model about 130x the size: not a pace for the small model.
@@ -356,8 +363,6 @@ def test_the_estimate_takes_loading_apart_from_the_pace_of_a_run_on_the_same_mod
     page = admin_client.get(f"/admin/runs/new?kind=sft&project={project.id}&preset=defaults&model_0={small.id}").text
     # 20 s loading and saving + 36 demonstrations x 1.25 s = 65 s (the whole run's pace said 2.2 s each: 100 s)
     assert "About 1 min 05 s" in page and "on the same model" in page and "worker cpu-box:1" in page
-    token = csrf_of(admin_client, "/admin/runs/new")
-    form = {"csrf_token": token, "kind": "sft", "project_id": str(project.id), "model_0": str(small.id)}
     changed = admin_client.post("/admin/runs/estimate", data={**form, "cfg_epochs": "1"})
     assert changed.status_code == 200 and "About 35 s" in changed.text  # 20 + 12 x 1.25
     bad = admin_client.post("/admin/runs/estimate", data={**form, "cfg_epochs": "0"})
@@ -403,7 +408,7 @@ def test_no_first_guess_on_a_gpu_machine_a_busy_one_or_for_sampling(
     add_demonstrations(session, project, COUNTING, make_labeler(session))
     version = registry.register_base(session, _model_folder(tmp_path, "m", 64, 2), project_id=project.id)
     session.commit()
-    url = f"/admin/runs/new?kind=sft&project={project.id}&model_0={version.id}&preset=defaults"
+    url = f"/admin/runs/new?kind=sft&project={project.id}&model_0={version.id}&preset=cpu"  # bf16 mixed
     assert "First guess" in admin_client.get(url).text
     generate = admin_client.get(url.replace("kind=sft", "kind=generate")).text
     assert "First guess" not in generate and "no measured first guess for sampling" in generate
@@ -415,7 +420,8 @@ def test_no_first_guess_on_a_gpu_machine_a_busy_one_or_for_sampling(
     form = {"csrf_token": token, "kind": "sft", "project_id": str(project.id), "model_0": str(version.id)}
     bf16 = admin_client.post("/admin/runs/estimate", data={**form, "cfg_precision": "bf16"}).text
     assert "About" not in bf16 and "bf16 is emulated" in bf16
-    assert "First guess" in admin_client.post("/admin/runs/estimate", data={**form, "cfg_precision": "fp32"}).text
+    fp32 = admin_client.post("/admin/runs/estimate", data={**form, "cfg_precision": "fp32"}).text
+    assert "About" not in fp32 and "no measured first guess for this precision on this CPU" in fp32
     monkeypatch.setattr(estimates, "gpu_present", lambda: True)
     page = admin_client.get(url).text
     assert "About" not in page and "no measured first guess for a GPU" in page

@@ -8,8 +8,9 @@ episode, a sampled answer) at a pace per unit, in this order of preference:
 2. else such a run on a model of comparable size (within 4x the parameters), scaled by parameter
    count and tokens;
 3. else, for SFT and reward runs, a first guess from the model's size and this machine's CPU cores
-   (a constant measured on a quiet 2-core bf16 CPU): none on a GPU machine, for sampling kinds, for
-   bf16 on a CPU that emulates it, or on a busy machine (nothing measured holds there);
+   (a constant measured on a quiet 2-core bf16 CPU in bf16 mixed precision): none on a GPU
+   machine, for sampling kinds, for another precision or a CPU without bf16 instructions, or on a
+   busy machine (nothing measured holds there);
 4. else no number: "no estimate" rather than a wrong one.
 
 A finished run's loading time and per-unit time are told apart by what the run recorded: each
@@ -84,6 +85,7 @@ RECENT_RUNS = 30
 # First-guess constant for a CPU worker, from bench/README.md's "Training precision" figures
 # (SmolLM2-135M SFT, bf16 mixed, 1.18 s per step of 4 demonstrations of about 60 tokens, 2-core
 # AVX512-BF16 CPU, quiet machine): useful floating-point work per second per core while training.
+# It holds for bf16 mixed precision on a CPU with bf16 instructions only (_first_guess_problem).
 CPU_TRAIN_FLOPS_PER_CORE = 80e9
 """Training (forward + backward, 6 N flops per token). Sampling has no measured constant: generate,
 evaluate and PPO get no first guess."""
@@ -520,6 +522,10 @@ def _first_guess_problem(kind: RunKind, config: Any, params: float | None = None
         return "no measured first guess for sampling"
     if config.precision in ("bf16", "bf16-pure") and not cpu_has_bf16():
         return "this CPU has no bf16 instructions, so bf16 is emulated (set precision to fp32)"
+    if config.precision != "bf16" or not cpu_has_bf16():
+        # Measured once, on a CPU without bf16 instructions (AMD EPYC, fp32): SmolLM2 SFT ran 2.1x and
+        # 4.7x slower than this constant said (bench/README.md, "Run-time estimates").
+        return "no measured first guess for this precision on this CPU (it was measured in bf16 mixed precision)"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     if load > _cores():
         return f"this machine is busy (load {load:.1f} on {_cores()} cores)"
