@@ -6,6 +6,7 @@ database. This script reads the worker's VmRSS and VmHWM from /proc/<pid>/status
 with the run's phase from the database, and keeps watching the idle worker after the run.
 
     .venv/bin/python bench/worker_memory.py [--steps 2] [--precision fp32] [--idle 20] [--set lora_r=16]
+        [--preset cpu-small] [--low-memory]
 
 Prints the peak VmRSS of each phase, the process's VmHWM, VmRSS at the end of the run and after
 --idle seconds of idling, and the run's time. The worker's torch threads are the worker's own
@@ -82,11 +83,12 @@ def prepare(settings: Settings, config: dict) -> int:
         return run.id
 
 
-def watch(settings: Settings, run_id: int, idle_s: float) -> dict:
+def watch(settings: Settings, run_id: int, idle_s: float, low_memory: bool) -> dict:
     """Starts the worker, samples its memory until the run ends and idle_s after, then stops it."""
     env = {**os.environ, "INSTRUCTLOOP_DATA_DIR": str(settings.data_dir), "DATABASE_URL": settings.db_url}
     worker = subprocess.Popen(
-        [sys.executable, "-m", "instructloop", "worker", "--poll-interval", "0.5", "--device", "cpu"],
+        [sys.executable, "-m", "instructloop", "worker", "--poll-interval", "0.5", "--device", "cpu"]
+        + ["--low-memory"] * low_memory,
         env=env,
         cwd=Path(__file__).parent.parent,
     )
@@ -142,10 +144,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="PPO steps (rollout batches of the preset)")
     parser.add_argument("--precision", default="fp32", help="the run's precision (the preset's is bf16)")
     parser.add_argument("--idle", type=float, default=20.0, help="seconds to watch the idle worker after the run")
+    parser.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="whose PPO settings")
+    parser.add_argument("--low-memory", action="store_true", help="start the worker with --low-memory")
     parser.add_argument("--set", action="append", default=[], help="another PPO setting, name=value (e.g. lora_r=16)")
     parser.add_argument("--model-cache", type=Path, default=default_data_dir(), help="holds models/smollm2-...")
     args = parser.parse_args()
-    preset = PRESETS["cpu"]["ppo"]
+    preset = PRESETS[args.preset]["ppo"]
     config = {
         **preset,
         "total_episodes": args.steps * preset["rollout_batch_size"],
@@ -162,12 +166,12 @@ def main() -> None:
     try:
         migrate.upgrade(settings.db_url)
         run_id = prepare(settings, config)
-        result = watch(settings, run_id, args.idle)
+        result = watch(settings, run_id, args.idle, args.low_memory)
     finally:
         shutil.rmtree(data, ignore_errors=True)
     run = result["run"]
     print(f"\nbench/worker_memory.py at {commit}: PPO run {run.status.value} in {result['seconds']:.0f} s")
-    print(f"settings: {config}")
+    print(f"settings: preset {args.preset!r} with {config}; worker --low-memory: {args.low_memory}")
     malloc = {k: v for k, v in os.environ.items() if k.startswith(("MALLOC_", "GLIBC_TUNABLES"))}
     print(f"malloc environment: {malloc or 'none'}")
     if run.error:

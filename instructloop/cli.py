@@ -200,7 +200,14 @@ def users_create(email: str, role: str, name: str, password_stdin: bool) -> None
     help="Train each SFT, reward and PPO run on this many processes (one per GPU; on a machine without "
     "GPUs, CPU processes), started through accelerate launch. Only process 0 talks to the database.",
 )
-def worker(once: bool, poll_interval: float, device: str, processes: int) -> None:
+@click.option(
+    "--low-memory",
+    is_flag=True,
+    help="Hold the C library's mmap threshold at 1 MiB: large freed blocks go back to the system at once "
+    "(with the 'CPU, small memory' preset a 135M PPO run peaks near 2.4 GB instead of 3.6) for 16-46% "
+    "more time.",
+)
+def worker(once: bool, poll_interval: float, device: str, processes: int, low_memory: bool) -> None:
     """Run the training worker: claim queued runs and run them (SIGTERM stops it at a safe point)."""
     import logging
     import os
@@ -208,10 +215,15 @@ def worker(once: bool, poll_interval: float, device: str, processes: int) -> Non
     if processes > 1 and "LOCAL_RANK" not in os.environ:  # not yet launched: start the team
         launch = team_launch_command(processes)
         worker_args = ["--poll-interval", str(poll_interval), "--device", device] + ["--once"] * once
+        worker_args += ["--low-memory"] * low_memory
         os.execv(launch[0], [*launch, "-m", "instructloop", "worker", *worker_args])
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from worker.context import hold_mmap_threshold
     from worker.worker import main as worker_main  # torch is imported here, never by the web app
+
+    if low_memory and not hold_mmap_threshold():
+        raise click.ClickException("--low-memory needs glibc's mallopt, which this C library does not have.")
 
     if poll_interval <= 0:
         raise click.BadParameter("must be above 0", param_hint="--poll-interval")

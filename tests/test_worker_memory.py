@@ -2,11 +2,14 @@
 C heap's free pages go back to the system (bench/worker_memory.py measures the real figures)."""
 
 import platform
+import subprocess
+import sys
 import weakref
 from pathlib import Path
 
 import pytest
 
+from app.config import REPO_ROOT
 from app.models import RunStatus
 from app.services import runs
 from tests.test_worker_resume import _inputs, _when
@@ -66,3 +69,38 @@ def test_a_ppo_runs_models_and_heap_are_freed_once_it_has_ended(settings, sessio
         # and gave the heap's free pages back at the end of each of the 2 steps and of the run.
         wait_for(lambda: all(ref() is None for ref in held), timeout=30)
         wait_for(lambda: len(trims) == 3, timeout=30)
+
+
+HELD_THRESHOLD_PROBE = """
+import sys
+from pathlib import Path
+from worker.context import hold_mmap_threshold
+
+def rss_kb():
+    status = Path("/proc/self/status").read_text()
+    return int(next(l for l in status.splitlines() if l.startswith("VmRSS")).split()[1])
+
+held = sys.argv[1] == "held" and hold_mmap_threshold()
+big = bytearray(4 << 20)
+del big  # by default glibc now serves blocks up to 4 MiB from the heap
+blocks = [bytearray(1 << 20) for _ in range(128)]
+before = rss_kb()
+del blocks[::2]
+print(held, before - rss_kb())
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_the_low_memory_worker_gives_large_freed_blocks_back_at_once():
+    """`instructloop worker --low-memory` (hold_mmap_threshold): 1 MiB blocks are mapped on their own,
+    so freeing 64 of them between others in use gives their 64 MiB back without a trim; by default
+    glibc keeps them. In a process of its own: the setting lasts for the process."""
+    freed = {}
+    for mode in ("default", "held"):
+        command = [sys.executable, "-c", HELD_THRESHOLD_PROBE, mode]
+        done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        held, given_back_kb = done.stdout.split()
+        assert held == str(mode == "held")
+        freed[mode] = int(given_back_kb)
+    assert freed["held"] > 48 * 1024 and freed["default"] < 16 * 1024, freed

@@ -372,14 +372,32 @@ def free_memory() -> None:
     trim_heap()
 
 
+LOW_MEMORY_MMAP_THRESHOLD = 1 << 20
+"""glibc's mmap threshold for `instructloop worker --low-memory`: blocks from 1 MiB up are mapped
+and unmapped on their own (bench/README.md, "Worker memory": PPO's peak 3.6 -> 2.35 GiB with a LoRA
+policy and value model and gradient checkpointing, for 16-46% more time)."""
+
+
+def hold_mmap_threshold(size: int = LOW_MEMORY_MMAP_THRESHOLD) -> bool:
+    """mallopt(M_MMAP_THRESHOLD, size): the threshold stays where it is set, where glibc would raise
+    it to each freed block's size (the same as MALLOC_MMAP_THRESHOLD_ in the environment). False
+    where the C library has no mallopt (macOS, musl)."""
+    try:
+        mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    except OSError:
+        return False
+    m_mmap_threshold = -3  # glibc's malloc.h
+    return mallopt is not None and mallopt(m_mmap_threshold, size) == 1
+
+
 def trim_heap() -> None:
     """glibc's malloc_trim: the pages of freed tensors that glibc keeps for later allocations go back
     to the system (without it, an idle worker held most of a PPO run's peak: bench/README.md,
     "Worker memory"). Nothing to do where the C library has no malloc_trim (macOS, musl).
 
     glibc also raises its mmap threshold to the size of each mapped block freed (up to 32 MiB), after
-    which most tensors come from the heap; MALLOC_MMAP_THRESHOLD_=1048576 in the worker's environment
-    holds it, for less memory at more CPU time (figures in bench/README.md)."""
+    which most tensors come from the heap; `instructloop worker --low-memory` holds it
+    (hold_mmap_threshold), for less memory at more CPU time (figures in bench/README.md)."""
     try:
         trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
     except OSError:
