@@ -155,19 +155,22 @@ def optional_user(request: Request, session: SessionDep) -> User | None:
     return user
 
 
-def current_user(user: Annotated[User | None, Depends(optional_user)]) -> User:
+# The role checks below are async: they only read the user that optional_user / api_user loaded on
+# the threadpool, so they need no thread of their own (a sync dependency costs a threadpool hop per
+# request, and under load each hop waits for the event loop and a free thread).
+async def current_user(user: Annotated[User | None, Depends(optional_user)]) -> User:
     if user is None:
         raise LoginRequired()
     return user
 
 
-def labeler_user(user: Annotated[User, Depends(current_user)]) -> User:
+async def labeler_user(user: Annotated[User, Depends(current_user)]) -> User:
     if not policies.can_label(user):
         raise PermissionDenied()
     return user
 
 
-def admin_user(user: Annotated[User, Depends(current_user)]) -> User:
+async def admin_user(user: Annotated[User, Depends(current_user)]) -> User:
     if not policies.can_admin(user):
         raise PermissionDenied("This page is for admins.")
     return user
@@ -216,7 +219,7 @@ def app_token(session: Session, credentials: HTTPAuthorizationCredentials | None
     return token
 
 
-def api_admin(user: Annotated[User, Depends(api_user)]) -> User:
+async def api_admin(user: Annotated[User, Depends(api_user)]) -> User:
     if not policies.can_admin(user):
         raise PermissionDenied("This endpoint is for admins.")
     return user
