@@ -90,78 +90,65 @@ def _close(a: Path, b: Path) -> float:
     return max(float((wa[k].float() - wb[k].float()).abs().max()) for k in wa)
 
 
+def _sets(settings: dict) -> list[str]:
+    return [a for k, v in settings.items() for a in ("--set", f"{k}={json.dumps(v)}")]
+
+
+@pytest.fixture(scope="module")
+def sft_one(tiny, tmp_path_factory) -> tuple[list[str], dict, Path]:
+    """The SFT case's arguments and its one-process run, shared by the DDP and FSDP tests (on one
+    process the sharding setting changes nothing)."""
+    folder = tmp_path_factory.mktemp("sft")
+    train = _write(folder / "train.jsonl", [{"prompt": e.prompt, "completion": e.completion} for e in TRAIN])
+    valid = _write(folder / "valid.jsonl", [{"prompt": e.prompt, "completion": e.completion} for e in VALID])
+    # 64 demonstrations, batches of 12 (the last one 4: uneven parts), micro-batches of 2.
+    sets = {
+        "epochs": 2,
+        "batch_size": 12,
+        "micro_batch_size": 2,
+        "learning_rate": 0.005,
+        "eval_every": 4,
+        "keep_best": False,
+    }
+    args = ["trainer.sft", "--model", str(tiny), "--train", str(train), "--valid", str(valid)]
+    args += _sets(sets)
+    return args, _run(args, 1, folder / "one"), folder / "one"
+
+
+@pytest.fixture(scope="module")
+def reward_one(tiny, tmp_path_factory) -> tuple[list[str], dict, Path]:
+    """The reward case's arguments and its one-process run, shared like sft_one's."""
+    folder = tmp_path_factory.mktemp("reward")
+    rows = [{"prompt": r.prompt, "completions": r.completions, "order": r.order} for r in synthetic_rankings(40, 0)]
+    train = _write(folder / "train.jsonl", rows[:30])
+    valid = _write(folder / "valid.jsonl", rows[30:])
+    sets = {"epochs": 2, "batch_size": 8, "micro_batch_size": 2, "learning_rate": 0.001, "eval_every": 2}
+    args = ["trainer.reward", "--model", str(tiny), "--train", str(train), "--valid", str(valid), *_sets(sets)]
+    return args, _run(args, 1, folder / "one"), folder / "one"
+
+
 @pytest.mark.skipif(ACCELERATE is None, reason="the accelerate command is not installed beside this Python")
 @pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
-def test_sft_on_two_processes_matches_one(tiny, tmp_path, sharding):
-    train = _write(tmp_path / "train.jsonl", [{"prompt": e.prompt, "completion": e.completion} for e in TRAIN])
-    valid = _write(tmp_path / "valid.jsonl", [{"prompt": e.prompt, "completion": e.completion} for e in VALID])
-    # 64 demonstrations, batches of 12 (the last one 4: uneven parts), micro-batches of 2.
-    args = [
-        "trainer.sft",
-        "--model",
-        str(tiny),
-        "--train",
-        str(train),
-        "--valid",
-        str(valid),
-        "--set",
-        "epochs=2",
-        "--set",
-        "batch_size=12",
-        "--set",
-        "micro_batch_size=2",
-        "--set",
-        "learning_rate=0.005",
-        "--set",
-        "eval_every=4",
-        "--set",
-        "keep_best=false",
-        "--set",
-        f'sharding="{sharding}"',
-    ]
-    one = _run(args, 1, tmp_path / "one")
-    two = _run(args, 2, tmp_path / "two")
+def test_sft_on_two_processes_matches_one(sft_one, tmp_path, sharding):
+    args, one, one_folder = sft_one
+    two = _run([*args, *_sets({"sharding": sharding})], 2, tmp_path / "two")
     assert (one["world_size"], two["world_size"]) == (1.0, 2.0)
     assert one["steps"] == two["steps"] == 12
     assert abs(one["valid_loss"] - two["valid_loss"]) < TOLERANCE, (one, two)
     assert abs(one["tokens"] - two["tokens"]) == 0
-    assert _close(tmp_path / "one", tmp_path / "two") < TOLERANCE
+    assert _close(one_folder, tmp_path / "two") < TOLERANCE
 
 
 @pytest.mark.skipif(ACCELERATE is None, reason="the accelerate command is not installed beside this Python")
 @pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
-def test_reward_on_two_processes_matches_one(tiny, tmp_path, sharding):
-    rows = [{"prompt": r.prompt, "completions": r.completions, "order": r.order} for r in synthetic_rankings(40, 0)]
-    train = _write(tmp_path / "train.jsonl", rows[:30])
-    valid = _write(tmp_path / "valid.jsonl", rows[30:])
-    args = [
-        "trainer.reward",
-        "--model",
-        str(tiny),
-        "--train",
-        str(train),
-        "--valid",
-        str(valid),
-        "--set",
-        "epochs=2",
-        "--set",
-        "batch_size=8",
-        "--set",
-        "micro_batch_size=2",
-        "--set",
-        "learning_rate=0.001",
-        "--set",
-        "eval_every=2",
-        "--set",
-        f'sharding="{sharding}"',
-    ]
-    one = _run(args, 1, tmp_path / "one")
-    two = _run(args, 2, tmp_path / "two")
+def test_reward_on_two_processes_matches_one(reward_one, tmp_path, sharding):
+    args, one, one_folder = reward_one
+    two = _run([*args, *_sets({"sharding": sharding})], 2, tmp_path / "two")
     assert (one["world_size"], two["world_size"]) == (1.0, 2.0)
     assert one["steps"] == two["steps"]
     assert abs(one["valid_accuracy"] - two["valid_accuracy"]) < TOLERANCE
     assert abs(one["valid_loss"] - two["valid_loss"]) < TOLERANCE, (one, two)
-    assert _close(tmp_path / "one", tmp_path / "two") < TOLERANCE
+    assert _close(one_folder, tmp_path / "two") < TOLERANCE
 
 
 @pytest.mark.skipif(ACCELERATE is None, reason="the accelerate command is not installed beside this Python")
@@ -171,43 +158,10 @@ def test_sigterm_stops_two_processes_at_a_checkpoint_and_resume_finishes_the_run
     with a checkpoint and no model at --out; the same command with --resume ends where an
     uninterrupted run ends (under FSDP the checkpoint holds the gathered weights and optimizer state)."""
     train = _write(tmp_path / "train.jsonl", [{"prompt": e.prompt, "completion": e.completion} for e in TRAIN])
-    args = [
-        "trainer.sft",
-        "--model",
-        str(tiny),
-        "--train",
-        str(train),
-        "--set",
-        "epochs=10",
-        "--set",
-        "batch_size=8",
-        "--set",
-        "micro_batch_size=2",
-        "--set",
-        "learning_rate=0.002",
-        "--set",
-        "save_every=0",
-        "--set",
-        f'sharding="{sharding}"',
-    ]
+    sets = {"epochs": 10, "batch_size": 8, "micro_batch_size": 2, "learning_rate": 0.002, "save_every": 0}
+    args = ["trainer.sft", "--model", str(tiny), "--train", str(train), *_sets({**sets, "sharding": sharding})]
     whole = _run(args, 2, tmp_path / "whole")
-    proc = subprocess.Popen(
-        _command(args, 2, tmp_path / "cut"),
-        cwd=REPO_ROOT,
-        env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    lines = []
-    for line in proc.stdout:  # metric lines: "step total {json}"
-        lines.append(line)
-        if line.split(" ", 1)[0] == "20":
-            os.killpg(proc.pid, signal.SIGTERM)
-            break
-    output = "".join(lines) + proc.communicate(timeout=120)[0]
-    assert proc.returncode != 0 and "Run the same command with --resume" in output, output[-3000:]
+    _stop_at(_command(args, 2, tmp_path / "cut"), 20)
     assert not (tmp_path / "cut").exists() and _checkpoints(tmp_path / "cut.checkpoints")
     resumed = _run([*args, "--resume"], 2, tmp_path / "cut")
     assert 20 <= resumed["resumed_from_step"] < resumed["steps"] == whole["steps"]
@@ -287,7 +241,7 @@ def test_fsdp_ppo_with_checkpoints_and_ptx_stops_and_resumes_to_the_end_of_one_r
         "learning_rate": 1e-3,
     }
     args = ["trainer.ppo", "--policy", sft_folder, "--reward", str(reward), "--prompts", str(prompts)]
-    args += ["--ptx", str(ptx), *(a for k, v in sets.items() for a in ("--set", f"{k}={json.dumps(v)}"))]
+    args += ["--ptx", str(ptx), *_sets(sets)]
     whole = _run(args, 2, tmp_path / "whole")
     assert whole["steps"] == 6 and whole["world_size"] == 2.0 and "ptx_loss" in whole
     # Finding 5: a sharded checkpoint, each process writing its own shards (no whole model gathered).

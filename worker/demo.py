@@ -263,6 +263,8 @@ class Demo:
         self._said_fp32 = False
         self.timings: dict[str, tuple[float, float | None]] = {}
         """Each run's (seconds taken, seconds estimated beforehand or None)."""
+        self.estimate_bases: dict[str, str] = {}
+        """What each run's estimate was based on (or why there was none), as the run form says it."""
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -369,7 +371,8 @@ class Demo:
         with write_session(self.engine) as session:
             # What the run form would say for these models (app.services.estimates; None when it has
             # nothing comparable to go on).
-            estimate = estimates.estimate_run(session, project_id, kind, config, input_model_ids=inputs).seconds
+            said = estimates.estimate_run(session, project_id, kind, config, input_model_ids=inputs)
+            estimate, self.estimate_bases[name] = said.seconds, said.basis
             run = runs.create_run(session, project_id=project_id, kind=kind, config=config, input_model_ids=inputs)
             run_id = run.id
         self.run_ids[name] = run_id
