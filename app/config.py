@@ -70,12 +70,6 @@ class Settings(BaseSettings):
     default_model: str = Field(default="smollm2-135m-instruct", alias="INSTRUCTLOOP_DEFAULT_MODEL")
     """Model used when a run names none: a hub id, a local folder or the embedded default."""
 
-    web_threads: int = Field(default=0, ge=0, alias="INSTRUCTLOOP_WEB_THREADS")
-    """Threads per server process that run the handlers (they are sync, app/deps.py). 0: 2 on SQLite,
-    anyio's default of 40 otherwise. SQLite takes one writer at a time, and more threads of a process
-    only queue for that lock and the GIL: review decisions by form at 10 reviewers went from 81-100/s,
-    p95 176-248 ms with 40 threads to 105-117/s, p95 113-145 ms with 2 (bench/README.md)."""
-
     worker_heartbeat_s: float = Field(default=5.0, alias="INSTRUCTLOOP_WORKER_HEARTBEAT")
     worker_stale_s: float = Field(default=120.0, alias="INSTRUCTLOOP_WORKER_STALE")
     """A running run whose heartbeat is older than this is marked failed (its worker vanished)."""
@@ -98,11 +92,6 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.db_url.startswith("sqlite")
-
-    @property
-    def handler_threads(self) -> int | None:
-        """web_threads resolved: None keeps anyio's default."""
-        return self.web_threads or (2 if self.is_sqlite else None)
 
     @cached_property
     def secret_key(self) -> str:

@@ -4,10 +4,7 @@ import gc
 import json
 import logging
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
-import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -200,24 +197,9 @@ def healthz(request: Request):
     return {"status": "ok", "database": "ok"}
 
 
-@asynccontextmanager
-async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    threads = app.state.settings.handler_threads
-    if threads is not None:  # the limiter of this event loop's threadpool, where sync handlers run
-        anyio.to_thread.current_default_thread_limiter().total_tokens = threads
-    yield
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    app = FastAPI(
-        title="instructloop",
-        version="0.1.0",
-        docs_url=None,
-        redoc_url=None,
-        openapi_url="/openapi.json",
-        lifespan=_lifespan,
-    )
+    app = FastAPI(title="instructloop", version="0.1.0", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     app.state.settings = settings
     app.state.engine = make_engine(settings.db_url)
     app.state.sessionmaker = make_sessionmaker(app.state.engine)

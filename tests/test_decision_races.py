@@ -15,8 +15,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.db import make_sessionmaker
-from app.models import Project, Prompt, Role, Skip, SkipReason, Task, TaskStatus, WrittenPrompt
-from app.services import ServiceError, review, tasks, written_prompts
+from app.models import GuidelineVersion, Project, Prompt, Role, Skip, SkipReason, Task, TaskStatus, WrittenPrompt
+from app.services import ServiceError, projects, review, tasks, written_prompts
 from tests.worker_helpers import make_prompts
 
 ROUNDS = 50
@@ -133,3 +133,22 @@ def test_a_flag_dismissed_and_retired_at_once_is_decided_once(session, engine, m
         assert task_now.status == (TaskStatus.open if winner == "dismissed" else TaskStatus.retired), (n, outcomes)
     assert sum(wins.values()) == ROUNDS
     print(f"\n{engine.dialect.name}: {ROUNDS} flag races, exactly one winner each; wins {dict(wins)}")
+
+
+def test_guidelines_saved_by_several_admins_at_once_each_get_a_version(session, engine):
+    """Found by a load of 10 admins on the API (pause, resume, save guidelines): two saves at once
+    read the same latest version, and the second insert broke the unique (project, version) with a
+    500. Every save must get a version of its own, 1..N."""
+    project = Project(name="Guidelines race", k=2, overlap=1)
+    session.add(project)
+    session.commit()
+    project_id = project.id
+
+    def save(body: str) -> Callable[[Session], object]:
+        return lambda s: projects.save_guidelines(s, s.get_one(Project, project_id), body)
+
+    for round_ in range(5):
+        outcomes = _race(engine, *(save(f"round {round_} admin {i}") for i in range(4)))
+        assert outcomes == ["ok"] * 4, outcomes
+    versions = session.scalars(select(GuidelineVersion.version).where(GuidelineVersion.project_id == project_id))
+    assert sorted(versions) == list(range(1, 21))

@@ -10,7 +10,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.db import after_commit, utcnow
+from app.db import after_commit, lock_writes, utcnow
 from app.models import (
     GuidelineVersion,
     Project,
@@ -239,6 +239,10 @@ def save_guidelines(
 ) -> GuidelineVersion:
     """Every save is a new version; submissions record the version they were made under."""
     check_writable(project)
+    # Two saves at once would both read the same latest version and the second insert would break
+    # the unique (project, version): the writer lock (SQLite) or the project's row (Postgres) first.
+    lock_writes(session)
+    session.execute(select(Project.id).where(Project.id == project.id).with_for_update())
     latest = current_guidelines(session, project.id)
     if latest is not None and latest.body_md == body_md:
         return latest
