@@ -204,7 +204,7 @@ def users_create(email: str, role: str, name: str, password_stdin: bool) -> None
     "--low-memory",
     is_flag=True,
     help="Hold the C library's mmap threshold at 1 MiB: large freed blocks go back to the system at once "
-    "(with the 'CPU small memory' preset a 135M PPO run peaks near 2.4 GB instead of 3.6) for 16-46% "
+    "(with the 'CPU small memory' preset a 135M PPO run peaks near 2.4 GiB instead of 3.6) for 16-46% "
     "more time.",
 )
 def worker(once: bool, poll_interval: float, device: str, processes: int, low_memory: bool) -> None:

@@ -631,8 +631,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
     # The quick look for a worker with little memory (bench/README.md, "Worker memory"): LoRA
     # adapters on the PPO policy (its base is the reference: no second copy) and value model, and
-    # activations recomputed in the backward pass. A 135M PPO run peaks at 3.6 GB, 2.35 GB on a
-    # worker started with --low-memory, against 8.6 GB for the quick look's full fine-tuning.
+    # activations recomputed in the backward pass. A 135M PPO run peaks at 3.6 GiB, 2.36 GiB on a
+    # worker started with --low-memory, against 8.5 GiB for the quick look's full fine-tuning.
     "cpu-small": {
         **{kind: {**_CPU_QUICK[kind], "gradient_checkpointing": True} for kind in ("sft", "reward")},
         "generate": _CPU_QUICK["generate"],

@@ -522,7 +522,7 @@ def _first_guess_problem(kind: RunKind, config: Any, params: float | None = None
         return "no measured first guess for sampling"
     if config.precision in ("bf16", "bf16-pure") and not cpu_has_bf16():
         return "this CPU has no bf16 instructions, so bf16 is emulated (set precision to fp32)"
-    if config.precision != "bf16" or not cpu_has_bf16():
+    if config.precision != "bf16":
         # Measured once, on a CPU without bf16 instructions (AMD EPYC, fp32): SmolLM2 SFT ran 2.1x and
         # 4.7x slower than this constant said (bench/README.md, "Run-time estimates").
         return "no measured first guess for this precision on this CPU (it was measured in bf16 mixed precision)"

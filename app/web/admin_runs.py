@@ -280,7 +280,7 @@ def new_run_page(
     # The preset's settings as if the admin had typed them (the form shows them, changeable).
     values = PRESETS.get(preset, {}).get(kind, {})
     fields = {f.name: values.get(f.name, f.default) for f in config_fields(kind)[1]}
-    if preset.startswith("cpu") and fields.get("precision") == "bf16" and not estimates.cpu_has_bf16():
+    if fields.get("precision") == "bf16" and not estimates.cpu_has_bf16():  # (only the CPU presets say bf16)
         fields["precision"] = "fp32"  # emulated bf16 is about 10x slower (runconfig's note on the presets)
     form = RunForm(
         kind=kind,
