@@ -3,8 +3,9 @@
 import functools
 import select as io_select
 import threading
+import weakref
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar, cast
@@ -109,6 +110,7 @@ def _configure_sqlite(engine: Engine) -> None:
     # from the web threadpool those sleeps, not the work, made the p95 (bench/review_load.py).
     # Other processes (the worker, a second web process) still meet at SQLite's lock.
     writer_queue = threading.Lock()
+    _handler_slots[engine] = threading.BoundedSemaphore(SQLITE_HANDLER_SLOTS)
 
     def queue_for_writer(proxy) -> None:
         # A timeout rather than waiting forever: a thread that already writes on another
@@ -148,6 +150,22 @@ def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine.pool, "close")
     def _on_close(_dbapi_conn, record, _exception=None):
         leave_writer_queue(record)
+
+
+# SQLite: at most this many request handlers of one process run at once; the others wait before they
+# start. There is one writer at a time and one interpreter lock, so the threadpool's 40 handlers at
+# once only shared them: under 10 reviewers the review form's p95 was about 200 ms with 40 and about
+# 130 ms with 2 (bench/review_load.py). A handler ends its transaction before it gives back its slot
+# (app.deps.SessionRoute), so one holding a slot never waits for one that is waiting for a slot.
+SQLITE_HANDLER_SLOTS = 2
+_handler_slots: "weakref.WeakKeyDictionary[Engine, threading.BoundedSemaphore]" = weakref.WeakKeyDictionary()
+
+
+def handler_slot(session: Session) -> AbstractContextManager[object]:
+    """Held while a request handler runs (SQLite: one of SQLITE_HANDLER_SLOTS; Postgres: no limit)."""
+    bind = session.get_bind()
+    slots = _handler_slots.get(bind) if isinstance(bind, Engine) else None
+    return slots if slots is not None else nullcontext()
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

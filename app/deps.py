@@ -1,19 +1,23 @@
 """Annotated dependencies: the database session and the signed-in user, for pages and API."""
 
+import functools
+import inspect
 import ipaddress
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
 from fastapi import Depends, Request
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from app import policies
 from app.config import Settings
+from app.db import handler_slot
 from app.models import AppToken, Role, User
 from app.security import CSRF_FIELD, CSRF_HEADER
 from app.services import accounts, intake
@@ -46,10 +50,15 @@ class CsrfFailed(Exception):
     pass
 
 
-# Sessions are committed on threads of their own, not on the handlers' threadpool: a request that
-# holds SQLite's writer lock (a plain write takes it at its first statement) must be able to commit
-# and release it while every handler thread waits for that lock. At most one per request in flight.
+# What a handler leaves pending is committed when it returns, in its own thread (SessionRoute), not
+# when the request's dependencies end: FastAPI validates a sync endpoint's response on the threadpool
+# before that, and on SQLite a write held until then would wait for a thread while the pool's threads
+# wait for its writer lock. What is still open at the end (reads during that validation, a handler
+# that takes the session only through a dependency) ends on threads of their own, so a request never
+# needs a pool thread to let go of the lock. At most one per request in flight.
 _COMMIT_THREADS = anyio.CapacityLimiter(math.inf)
+REQUEST_STATE = "request_state"
+"""Session.info key: the request's state, where `refuse` marks a refusal."""
 
 
 async def get_session(request: Request) -> AsyncIterator[Session]:
@@ -62,6 +71,7 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
     whose reads decide their writes are `app.db.atomic`: they hold the writer lock and commit within
     the handler (see there why). Work for after the commit (removing files) is `app.db.after_commit`."""
     session = request.app.state.sessionmaker()
+    session.info[REQUEST_STATE] = request.state
     try:
         yield session
     except BaseException:
@@ -82,9 +92,20 @@ def is_refused(request: Request) -> bool:
     return getattr(request.state, REFUSED, False)
 
 
+def _has_open_work(session: Session) -> bool:
+    return bool(session.in_transaction() or session.new or session.dirty or session.deleted)
+
+
+def _end_here(session: Session) -> None:
+    """The request's transaction ends in this thread: committed, or rolled back on a refusal."""
+    if _has_open_work(session):
+        refused = getattr(session.info.get(REQUEST_STATE), REFUSED, False)
+        session.rollback() if refused else session.commit()
+
+
 async def _end(session: Session, *, commit: bool) -> None:
-    if not (session.in_transaction() or session.new or session.dirty or session.deleted):
-        session.close()  # nothing open (an atomic step committed already): no database call, no thread
+    if not _has_open_work(session):
+        session.close()  # nothing open (the handler's thread ended it): no database call, no thread
         return
 
     def end() -> None:
@@ -94,6 +115,37 @@ async def _end(session: Session, *, commit: bool) -> None:
             session.close()
 
     await anyio.to_thread.run_sync(end, limiter=_COMMIT_THREADS)
+
+
+ENDS_SESSION = "ends_request_session"
+"""Attribute of an endpoint wrapped by SessionRoute (include_router builds routes again)."""
+
+
+def _ending_session(endpoint: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(endpoint)  # FastAPI reads the parameters through __wrapped__
+    def handler(*args: Any, **kwargs: Any) -> Any:
+        sessions = [value for value in kwargs.values() if isinstance(value, Session)]
+        if not sessions:
+            return endpoint(*args, **kwargs)
+        with handler_slot(sessions[0]):
+            result = endpoint(*args, **kwargs)
+            for session in sessions:
+                _end_here(session)
+        return result
+
+    setattr(handler, ENDS_SESSION, True)
+    return handler
+
+
+class SessionRoute(APIRoute):
+    """Every router's route class. A sync endpoint that takes the request session runs in one of the
+    process's handler slots (`app.db.handler_slot`: a few at once on SQLite) and ends its transaction
+    in its own thread before it returns (see _COMMIT_THREADS why)."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        if not inspect.iscoroutinefunction(endpoint) and not getattr(endpoint, ENDS_SESSION, False):
+            endpoint = _ending_session(endpoint)
+        super().__init__(path, endpoint, **kwargs)
 
 
 async def get_settings(request: Request) -> Settings:

@@ -2,6 +2,8 @@
 
 - no `async def` endpoint depends on the request's database session: its queries would run on the
   event loop, and on SQLite one that waits for the writer lock stalls every request of the process;
+- every sync endpoint that takes the session is a SessionRoute's, so its transaction ends in its own
+  thread before FastAPI needs another thread for the response (tests/test_handler_threads.py);
 - no router touches the transaction or queries the database itself (`session.commit()`,
   `.rollback()`, `.execute()`, ...), nor opens sessions of its own: the request's session ends in
   app.deps.get_session, and queries live in services;
@@ -16,7 +18,7 @@ from pathlib import Path
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
-from app.deps import get_session
+from app.deps import ENDS_SESSION, get_session
 from app.main import create_app
 
 WEB = Path(__file__).resolve().parents[1] / "app" / "web"
@@ -64,6 +66,16 @@ def async_endpoints_with_session(app) -> list[str]:
     ]
 
 
+def sync_endpoints_without_session_route(app) -> list[str]:
+    return [
+        f"{sorted(route.methods)} {route.path} ({route.endpoint.__module__}.{route.endpoint.__name__})"
+        for route in _api_routes(app.routes)
+        if not inspect.iscoroutinefunction(route.endpoint)
+        and _uses_session(route.dependant)
+        and not getattr(route.endpoint, ENDS_SESSION, False)
+    ]
+
+
 def transaction_calls(source: str, filename: str) -> list[str]:
     """`session.<method>(...)` on the request session, `<x>.sessionmaker(...)` / `maker()` opening a
     session of its own, and `request.form()` read by hand."""
@@ -95,6 +107,26 @@ def test_the_async_check_fails_on_an_async_handler_with_the_session(tmp_path):
         return {}
 
     assert [e for e in async_endpoints_with_session(app) if "/bad" in e]
+
+
+def test_every_sync_endpoint_with_the_session_ends_it_in_its_own_thread(tmp_path):
+    assert sync_endpoints_without_session_route(create_app(_settings(tmp_path))) == []
+
+
+def test_the_route_class_check_fails_on_a_router_without_it(tmp_path):
+    from fastapi import APIRouter
+
+    from app.deps import SessionDep
+
+    app = create_app(_settings(tmp_path))
+    plain = APIRouter()  # the hazard: no route_class=SessionRoute
+
+    @plain.post("/bad")
+    def bad(session: SessionDep):
+        return {}
+
+    app.include_router(plain)
+    assert [e for e in sync_endpoints_without_session_route(app) if "/bad" in e]
 
 
 def test_routers_never_touch_the_transaction():

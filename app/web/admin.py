@@ -4,13 +4,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Request
 
-from app.deps import AdminUser, SessionDep, SettingsDep, verify_csrf
+from app.deps import AdminUser, SessionDep, SessionRoute, SettingsDep, verify_csrf
 from app.models import Role
 from app.services import ServiceError, accounts, attention, projects
 from app.web.params import Id, IdPath
 from app.web.render import flash, redirect, render
 
-router = APIRouter(prefix="/admin", dependencies=[Depends(verify_csrf)], include_in_schema=False)
+router = APIRouter(
+    route_class=SessionRoute, prefix="/admin", dependencies=[Depends(verify_csrf)], include_in_schema=False
+)
 
 
 @router.get("")

@@ -7,14 +7,16 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import StreamingResponse
 
-from app.deps import AdminUser, SessionDep, verify_csrf
+from app.deps import AdminUser, SessionDep, SessionRoute, verify_csrf
 from app.models import PromptCategory, TaskKind
 from app.services import ServiceError, exports, projects, stats
 from app.web.admin_charts import KIND_COLORS, stacked_bars
 from app.web.params import IdFilter, IdPath
 from app.web.render import flash, redirect, render
 
-router = APIRouter(prefix="/admin", dependencies=[Depends(verify_csrf)], include_in_schema=False)
+router = APIRouter(
+    route_class=SessionRoute, prefix="/admin", dependencies=[Depends(verify_csrf)], include_in_schema=False
+)
 KINDS = [k.value for k in TaskKind]
 
 

@@ -6,13 +6,15 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Depends, Form, Request
 from pydantic import ConfigDict, field_validator
 
-from app.deps import AdminUser, SessionDep, verify_csrf
+from app.deps import AdminUser, SessionDep, SessionRoute, verify_csrf
 from app.models import TaskKind
 from app.services import ServiceError, projects, review, stats, tasks
 from app.web.params import BackForm, Id, IdFilter, IdPath, Page
 from app.web.render import flash, redirect, refused, render
 
-router = APIRouter(prefix="/admin", dependencies=[Depends(verify_csrf)], include_in_schema=False)
+router = APIRouter(
+    route_class=SessionRoute, prefix="/admin", dependencies=[Depends(verify_csrf)], include_in_schema=False
+)
 PAIRWISE_REFERENCE = 0.726  # InstructGPT: training labelers agreed on 72.6 ± 1.5 % of comparisons
 
 

@@ -9,14 +9,16 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import HTMLResponse
 
-from app.deps import AdminUser, SessionDep, SettingsDep, verify_csrf
+from app.deps import AdminUser, SessionDep, SessionRoute, SettingsDep, verify_csrf
 from app.markdown import render_markdown
 from app.models import ImportJobStatus
 from app.services import ServiceError, accounts, imports, intake, projects, stats
 from app.web.params import BackForm, Id, IdPath
 from app.web.render import flash, redirect, refused, render
 
-router = APIRouter(prefix="/admin", dependencies=[Depends(verify_csrf)], include_in_schema=False)
+router = APIRouter(
+    route_class=SessionRoute, prefix="/admin", dependencies=[Depends(verify_csrf)], include_in_schema=False
+)
 UPLOAD_TTL_S = 24 * 3600
 
 

@@ -23,12 +23,14 @@ from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BeforeValidator, Field
 
-from app.deps import AdminUser, SessionDep, refuse, verify_csrf
+from app.deps import AdminUser, SessionDep, SessionRoute, refuse, verify_csrf
 from app.services import ServiceError, accounts, projects, review
 from app.web.params import BackForm, Id, IdPath
 from app.web.render import flash, is_htmx, redirect, refused, render
 
-router = APIRouter(prefix="/admin", dependencies=[Depends(verify_csrf)], include_in_schema=False)
+router = APIRouter(
+    route_class=SessionRoute, prefix="/admin", dependencies=[Depends(verify_csrf)], include_in_schema=False
+)
 
 
 @router.get("/projects/{project_id}/review")

@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Depends, Form, Query, Request
 from pydantic import BeforeValidator, ConfigDict, Field
 
-from app.deps import AdminUser, SessionDep, SettingsDep, verify_csrf
+from app.deps import AdminUser, SessionDep, SessionRoute, SettingsDep, verify_csrf
 from app.models import ModelKind, ModelVersion, RunKind, RunStatus, TrainingRun
 from app.services import ServiceError, accounts, estimates, evaluation, projects, registry, runs
 from app.web.admin_charts import MODEL_COLORS, headline_metrics, line_chart, lineage_graph
@@ -18,7 +18,9 @@ from app.web.params import BackForm, Id, IdFilter, IdPath, IdsQuery
 from app.web.render import flash, redirect, refused, render
 from runconfig import PRESET_TITLES, PRESETS, RUN_CONFIGS
 
-router = APIRouter(prefix="/admin", dependencies=[Depends(verify_csrf)], include_in_schema=False)
+router = APIRouter(
+    route_class=SessionRoute, prefix="/admin", dependencies=[Depends(verify_csrf)], include_in_schema=False
+)
 KIND_TITLES = {
     "sft": "Supervised fine-tuning on demonstrations",
     "reward": "Reward model on rankings",

@@ -3,9 +3,9 @@
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from app.deps import ApiUser
+from app.deps import ApiUser, SessionRoute
 
-router = APIRouter(prefix="/api/v1", tags=["api"])
+router = APIRouter(route_class=SessionRoute, prefix="/api/v1", tags=["api"])
 
 
 class MeOut(BaseModel):

@@ -19,13 +19,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from app import conversation
-from app.deps import ApiAdmin, BearerCredentials, SessionDep, app_token
+from app.deps import ApiAdmin, BearerCredentials, SessionDep, SessionRoute, app_token
 from app.models import AppToken, PromptCategory, Split
 from app.services import intake
 from app.web.api_conversation import ChatMessage
 from app.web.params import IdPath
 
-router = APIRouter(prefix="/api/v1", tags=["intake"])
+router = APIRouter(route_class=SessionRoute, prefix="/api/v1", tags=["intake"])
 
 
 class IntakeIn(BaseModel):

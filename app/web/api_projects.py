@@ -26,13 +26,13 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field, model_validator
 
 from app import conversation
-from app.deps import ApiAdmin, SessionDep, SettingsDep
+from app.deps import ApiAdmin, SessionDep, SessionRoute, SettingsDep
 from app.models import Project, PromptCategory, Split
 from app.services import exports, imports, projects, stats, tasks
 from app.web.api_conversation import LAST_USER_TURN, MESSAGES, ChatMessage, messages_out
 from app.web.params import DB_INT_MAX, Id, IdPath
 
-router = APIRouter(prefix="/api/v1", tags=["projects"])
+router = APIRouter(route_class=SessionRoute, prefix="/api/v1", tags=["projects"])
 MAX_BULK = 10_000
 
 

@@ -16,12 +16,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from app import conversation
-from app.deps import ApiAdmin, SessionDep
+from app.deps import ApiAdmin, SessionDep, SessionRoute
 from app.services import projects, review
 from app.web.api_conversation import LAST_USER_TURN, MESSAGES, ChatMessage, messages_out
 from app.web.params import DB_INT_MAX, Id, IdPath, IdQuery
 
-router = APIRouter(prefix="/api/v1", tags=["review"])
+router = APIRouter(route_class=SessionRoute, prefix="/api/v1", tags=["review"])
 
 
 class OutputOut(BaseModel):

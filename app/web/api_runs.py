@@ -22,13 +22,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
-from app.deps import ApiAdmin, SessionDep, SettingsDep
+from app.deps import ApiAdmin, SessionDep, SessionRoute, SettingsDep
 from app.models import ModelKind, ModelVersion, RunKind, RunStatus, TrainingRun
 from app.services import evaluation, registry, runs, tasks
 from app.web.params import DB_INT_MAX, Id, IdPath, IdQuery
 from runconfig import RUN_CONFIGS
 
-router = APIRouter(prefix="/api/v1", tags=["runs"])
+router = APIRouter(route_class=SessionRoute, prefix="/api/v1", tags=["runs"])
 
 
 # -- schemas ----------------------------------------------------------------------------------

@@ -15,13 +15,13 @@ from fastapi import APIRouter, Header, Response
 from pydantic import BaseModel, Field
 
 from app import conversation
-from app.deps import ApiUser, SessionDep, SettingsDep
+from app.deps import ApiUser, SessionDep, SessionRoute, SettingsDep
 from app.models import SkipReason, TaskKind
 from app.services import queue, submissions
 from app.web.api_conversation import LAST_USER_TURN, MESSAGES, ChatMessage, messages_out
 from app.web.params import IdPath
 
-router = APIRouter(prefix="/api/v1", tags=["labeling"])
+router = APIRouter(route_class=SessionRoute, prefix="/api/v1", tags=["labeling"])
 
 
 IdempotencyKey = Annotated[

@@ -14,13 +14,13 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from app import conversation
-from app.deps import ApiAdmin, ApiUser, SessionDep
+from app.deps import ApiAdmin, ApiUser, SessionDep, SessionRoute
 from app.models import WrittenPrompt
 from app.services import written_prompts
 from app.web.api_conversation import MESSAGES, ChatMessage, messages_out
 from app.web.params import IdPath
 
-router = APIRouter(prefix="/api/v1", tags=["written prompts"])
+router = APIRouter(route_class=SessionRoute, prefix="/api/v1", tags=["written prompts"])
 
 
 class WriteIn(BaseModel):

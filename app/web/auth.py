@@ -4,13 +4,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Request
 
-from app.deps import CurrentUser, OptionalUser, SessionDep, SettingsDep, client_ip, verify_csrf
+from app.deps import CurrentUser, OptionalUser, SessionDep, SessionRoute, SettingsDep, client_ip, verify_csrf
 from app.security import new_session, token_hash
 from app.services import ServiceError, accounts
 from app.web.params import BackForm, IdPath
 from app.web.render import flash, redirect, render
 
-router = APIRouter(dependencies=[Depends(verify_csrf)], include_in_schema=False)
+router = APIRouter(route_class=SessionRoute, dependencies=[Depends(verify_csrf)], include_in_schema=False)
 
 
 def _safe_next(nxt: str | None) -> str:

@@ -22,13 +22,13 @@ from fastapi.responses import HTMLResponse
 from markupsafe import escape
 from pydantic import ConfigDict, model_validator
 
-from app.deps import LabelerUser, OptionalUser, SessionDep, SettingsDep, refuse, verify_csrf
+from app.deps import LabelerUser, OptionalUser, SessionDep, SessionRoute, SettingsDep, refuse, verify_csrf
 from app.models import OUTPUT_FLAGS, SkipReason, TaskKind, User
 from app.services import NotFound, ServiceError, projects, queue, submissions, tasks, written_prompts
 from app.web.params import BackForm, IdPath, Page
 from app.web.render import flash, redirect, render
 
-router = APIRouter(dependencies=[Depends(verify_csrf)], include_in_schema=False)
+router = APIRouter(route_class=SessionRoute, dependencies=[Depends(verify_csrf)], include_in_schema=False)
 
 KIND_TITLES = {
     TaskKind.demonstration: "Write demonstrations",

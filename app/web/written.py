@@ -17,13 +17,13 @@ from fastapi import APIRouter, Depends, Form, Request
 from pydantic import ConfigDict
 
 from app import conversation
-from app.deps import AdminUser, LabelerUser, SessionDep, verify_csrf
+from app.deps import AdminUser, LabelerUser, SessionDep, SessionRoute, verify_csrf
 from app.models import PromptCategory, User
 from app.services import ServiceError, projects, written_prompts
 from app.web.params import BackForm, IdFilter, IdPath
 from app.web.render import flash, redirect, refused, render
 
-router = APIRouter(dependencies=[Depends(verify_csrf)], include_in_schema=False)
+router = APIRouter(route_class=SessionRoute, dependencies=[Depends(verify_csrf)], include_in_schema=False)
 CATEGORIES = [c.value for c in PromptCategory]
 
 
