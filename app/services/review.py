@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import and_, func, null, or_, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.util import identity_key
 
 from app.db import atomic, changed_rows, utcnow
 from app.models import (
@@ -177,18 +178,33 @@ def queue(session: Session, project_id: int, f: Filters, *, limit: int = PAGE) -
     return items(session, f.kind, subs)
 
 
+def _by_id(session: Session, model: Any, ids: set[int]) -> dict[int, Any]:
+    """Rows by primary key: those the session holds already, the rest in one query (none if all are
+    held). A decision's card is drawn again right after the decision, from rows just loaded."""
+    found = {i: session.identity_map.get(identity_key(model, i)) for i in ids}
+    missing = [i for i, row in found.items() if row is None]
+    if missing:
+        found.update((row.id, row) for row in session.scalars(select(model).where(model.id.in_(missing))))
+    return found
+
+
 def items(session: Session, kind: TaskKind, subs: list[Any]) -> list[Item]:
     """Submissions with what it takes to show them as the labeler saw them."""
     if not subs:
         return []
-    tasks = {t.id: t for t in session.scalars(select(Task).where(Task.id.in_({s.task_id for s in subs})))}
-    prompts = {
-        p.id: p for p in session.scalars(select(Prompt).where(Prompt.id.in_({t.prompt_id for t in tasks.values()})))
-    }
-    user_ids = {s.user_id for s in subs} | {s.reviewed_by_id for s in subs if s.reviewed_by_id}
-    users = {u.id: u for u in session.scalars(select(User).where(User.id.in_(user_ids)))}
+    tasks = _by_id(session, Task, {s.task_id for s in subs})
+    prompts = _by_id(session, Prompt, {t.prompt_id for t in tasks.values()})
+    users = _by_id(
+        session,
+        User,
+        {s.user_id for s in subs if s.user_id is not None} | {s.reviewed_by_id for s in subs if s.reviewed_by_id},
+    )
     completion_ids = {cid for s in subs for cid in _completion_ids(kind, s)}
-    texts = dict(session.execute(select(Completion.id, Completion.text).where(Completion.id.in_(completion_ids))).all())
+    texts = (
+        dict(session.execute(select(Completion.id, Completion.text).where(Completion.id.in_(completion_ids))).all())
+        if completion_ids
+        else {}
+    )
     out = []
     for s in subs:
         task = tasks[s.task_id]
@@ -207,13 +223,19 @@ def items(session: Session, kind: TaskKind, subs: list[Any]) -> list[Item]:
 
 
 def item(session: Session, kind: str, submission_id: int) -> Item:
-    """One submission, whole."""
+    """One submission, whole: the submission, its task and prompt in one query."""
     if kind not in TaskKind.__members__:
         raise NotFound(f"Unknown submission kind {kind!r}.")
-    sub = session.get(SUBMISSION_MODELS[TaskKind(kind)], submission_id)
-    if sub is None:
+    model = SUBMISSION_MODELS[TaskKind(kind)]
+    found = session.execute(
+        select(model, Task, Prompt)
+        .join(Task, model.task_id == Task.id)
+        .join(Prompt, Task.prompt_id == Prompt.id)
+        .where(model.id == submission_id)
+    ).first()
+    if found is None:
         raise NotFound(f"No {kind} #{submission_id}.")
-    return items(session, TaskKind(kind), [sub])[0]
+    return items(session, TaskKind(kind), [found[0]])[0]
 
 
 def _completion_ids(kind: TaskKind, sub: Any) -> list[int]:
