@@ -124,13 +124,13 @@ ENDS_SESSION = "ends_request_session"
 def _ending_session(endpoint: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(endpoint)  # FastAPI reads the parameters through __wrapped__
     def handler(*args: Any, **kwargs: Any) -> Any:
-        sessions = [value for value in kwargs.values() if isinstance(value, Session)]
-        if not sessions:
+        # The request's one session (FastAPI gives every dependency that asks the same one).
+        session = next((value for value in kwargs.values() if isinstance(value, Session)), None)
+        if session is None:
             return endpoint(*args, **kwargs)
-        with handler_slot(sessions[0]):
+        with handler_slot(session):
             result = endpoint(*args, **kwargs)
-            for session in sessions:
-                _end_here(session)
+            _end_here(session)
         return result
 
     setattr(handler, ENDS_SESSION, True)
